@@ -1,0 +1,9 @@
+//! Callguard: the security plane of a CallManager-style cluster as Kubernetes resources.
+
+// kube-derive repeats `type_ = ...` in each `printcolumn(...)`, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+pub mod api;
+pub mod bench;
+pub mod crdgen;
+pub mod manifest;
+pub mod validate;

@@ -1,0 +1,278 @@
+//! Reading multi-document YAML manifests with their positions, for messages that name
+//! `file:line`. serde_yaml parses the values; saphyr's marked nodes find the line of a field
+//! only when a message needs one, so valid input is parsed once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use serde_json::Value;
+
+/// One YAML document of a manifest file.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub file: Arc<Path>,
+    /// 1-based line of the document's first line in the file.
+    pub first_line: usize,
+    /// The document's own text.
+    pub text: Arc<str>,
+    pub value: Value,
+}
+
+/// Input that cannot be read or parsed: `validate` exits 2 on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// One step of a path into a document: a mapping key or a sequence index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSegment {
+    Key(String),
+    Index(usize),
+}
+
+/// Parses a dotted field path such as `spec.nodes[0].hostname`.
+pub fn parse_field_path(path: &str) -> Vec<PathSegment> {
+    let mut segments = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            segments.push(PathSegment::Key(key.to_string()));
+        }
+        while let Some(end) = rest.find(']') {
+            if let Ok(i) = rest[1..end].parse() {
+                segments.push(PathSegment::Index(i));
+            }
+            rest = &rest[end + 1..];
+        }
+    }
+    segments
+}
+
+/// Every `.yaml`, `.yml` and `.json` file under the given paths, in a stable order. A path that is a
+/// file is taken whatever its name.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+        if meta.is_dir() {
+            walk(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for entry in entries {
+        let hidden = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() {
+            walk(&entry, files)?;
+        } else if entry.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> LoadError {
+    LoadError { file: path.to_path_buf(), line: 0, column: 0, message: format!("cannot read: {e}") }
+}
+
+/// Reads and parses one file into its documents.
+pub fn load_file(path: &Path) -> Result<Vec<Document>, LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
+    parse_documents(path, &bytes)
+}
+
+/// Parses the bytes of one file into its non-empty documents.
+pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadError> {
+    let file: Arc<Path> = Arc::from(path);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_column(bytes, e.valid_up_to());
+        LoadError { file: path.to_path_buf(), line, column, message: "not UTF-8 text".into() }
+    })?;
+    let mut documents = Vec::new();
+    for (offset, chunk) in split_documents(text) {
+        if is_blank(chunk) {
+            continue;
+        }
+        let value: Value = serde_yaml::from_str(chunk).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            LoadError { file: path.to_path_buf(), line: offset + line, column, message: yaml_message(&e) }
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        documents.push(Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value });
+    }
+    Ok(documents)
+}
+
+/// serde_yaml appends " at line L column C" to its messages; the caller prints the position itself.
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    let message = e.to_string();
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    }
+}
+
+fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = offset - before.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Splits a YAML stream at its document markers. A line starting with `---` or `...` at column 0
+/// ends a document wherever it stands (YAML 1.2 §9.1), so splitting by lines is exact. Returns each
+/// document's 0-based first line and text; a `---` line stays with the document it opens.
+pub fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut chunks = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 0;
+    let mut byte = 0;
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let marker = is_marker(line, "---");
+        let end = is_marker(line, "...");
+        if (marker || end) && byte > start_byte {
+            chunks.push((start_line, &text[start_byte..byte]));
+            start_byte = byte;
+            start_line = line_no;
+        }
+        byte += line.len();
+        if end {
+            // "..." ends the document; what follows starts a new one.
+            chunks.push((start_line, &text[start_byte..byte]));
+            start_byte = byte;
+            start_line = line_no + 1;
+        }
+    }
+    if byte > start_byte {
+        chunks.push((start_line, &text[start_byte..byte]));
+    }
+    chunks
+}
+
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+fn is_blank(chunk: &str) -> bool {
+    chunk.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || is_marker(l, "---") && l[3..].trim_start().starts_with('#') || l == "---" || l == "..."
+    })
+}
+
+impl Document {
+    /// The 1-based file line of the field at `path`, or of its nearest ancestor that exists.
+    pub fn line_of(&self, path: &[PathSegment]) -> usize {
+        let Ok(docs) = MarkedYaml::load_from_str(&self.text) else {
+            return self.first_line;
+        };
+        let Some(mut node) = docs.first() else {
+            return self.first_line;
+        };
+        let mut line = node.span.start.line();
+        for segment in path {
+            let child = match (&node.data, segment) {
+                (YamlData::Mapping(map), PathSegment::Key(key)) => map
+                    .iter()
+                    .find(|(k, _)| matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == key))
+                    .map(|(k, v)| (k.span.start.line(), v)),
+                (YamlData::Sequence(items), PathSegment::Index(i)) => items.get(*i).map(|v| (v.span.start.line(), v)),
+                _ => None,
+            };
+            match child {
+                Some((child_line, child)) => {
+                    line = child_line;
+                    node = child;
+                }
+                None => break,
+            }
+        }
+        self.first_line + line.saturating_sub(1)
+    }
+
+    /// `kind`, `metadata.name` and `metadata.namespace` as written.
+    pub fn identity(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        let kind = self.value.get("kind").and_then(Value::as_str);
+        let meta = self.value.get("metadata");
+        let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
+        let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+        (kind, name, namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_at_markers_with_their_lines() {
+        let text = "a: 1\n---\nb: 2\n--- # c\nc: 3\n...\nd: 4\n";
+        let chunks = split_documents(text);
+        assert_eq!(chunks, vec![(0, "a: 1\n"), (1, "---\nb: 2\n"), (3, "--- # c\nc: 3\n...\n"), (6, "d: 4\n")]);
+    }
+
+    #[test]
+    fn a_marker_needs_a_separator_after_it() {
+        assert_eq!(split_documents("a: ---x\n----\n").len(), 1);
+    }
+
+    #[test]
+    fn finds_the_line_of_nested_fields() {
+        let docs = parse_documents(Path::new("f.yaml"), b"# head\n---\nkind: Phone\nspec:\n  list:\n    - a: 1\n    - b: 2\n      c: 3\n")
+            .unwrap();
+        let doc = &docs[0];
+        assert_eq!(doc.first_line, 2);
+        assert_eq!(doc.line_of(&parse_field_path("spec.list[1].c")), 8);
+        assert_eq!(doc.line_of(&parse_field_path("spec.list[1]")), 7);
+        assert_eq!(doc.line_of(&parse_field_path("spec.missing")), 4);
+        assert_eq!(doc.line_of(&[]), 3);
+    }
+
+    #[test]
+    fn parse_errors_carry_file_positions() {
+        let err = parse_documents(Path::new("f.yaml"), b"a: 1\n---\nb: [1,\n").unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        let err = parse_documents(Path::new("f.yaml"), b"a: 1\nb: \xff\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 4));
+    }
+
+    #[test]
+    fn parses_field_paths() {
+        assert_eq!(
+            parse_field_path("spec.nodes[2].services"),
+            vec![
+                PathSegment::Key("spec".into()),
+                PathSegment::Key("nodes".into()),
+                PathSegment::Index(2),
+                PathSegment::Key("services".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! A resolved snapshot of one namespace: the typed Callguard objects and the Secrets they refer
+//! to. Built from manifests by `validate`, and from the API by the operator.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{ObjectRef, Violation};
+use crate::api::*;
+
+/// The decoded data of a Secret: key to bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretData(pub BTreeMap<String, Vec<u8>>);
+
+impl SecretData {
+    /// Decodes a core/v1 Secret manifest: `data` is base64, `stringData` is plain and wins.
+    pub fn from_manifest(value: &Value) -> Result<Self, Violation> {
+        let mut data = BTreeMap::new();
+        if let Some(map) = value.get("data").and_then(Value::as_object) {
+            for (key, encoded) in map {
+                let text = encoded.as_str().unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| Violation::new(format!("data.{key}"), format!("not base64: {e} (DESIGN: secrets)")))?;
+                data.insert(key.clone(), bytes);
+            }
+        }
+        if let Some(map) = value.get("stringData").and_then(Value::as_object) {
+            for (key, text) in map {
+                data.insert(key.clone(), text.as_str().unwrap_or_default().as_bytes().to_vec());
+            }
+        }
+        Ok(SecretData(data))
+    }
+}
+
+/// What to do with a reference to a Secret that is not in the snapshot. GitOps repositories often
+/// keep Secrets sealed or in an external store, so `validate` can be told not to demand them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecretPolicy {
+    /// Every referenced Secret and key must be present.
+    #[default]
+    Require,
+    /// Missing Secrets are accepted; the keys of Secrets that are present are still checked.
+    AllowMissing,
+}
+
+/// Every Callguard object of one namespace, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub namespace: String,
+    pub clusters: BTreeMap<String, CallControlCluster>,
+    pub tokens: BTreeMap<String, SecurityToken>,
+    pub phone_profiles: BTreeMap<String, PhoneSecurityProfile>,
+    pub phones: BTreeMap<String, Phone>,
+    pub trunk_profiles: BTreeMap<String, SipTrunkSecurityProfile>,
+    pub trunks: BTreeMap<String, SipTrunk>,
+    pub srst_references: BTreeMap<String, SrstReference>,
+    pub end_users: BTreeMap<String, EndUser>,
+    pub application_users: BTreeMap<String, ApplicationUser>,
+    pub realms: BTreeMap<String, SipRealm>,
+    pub secrets: BTreeMap<String, SecretData>,
+}
+
+impl Snapshot {
+    pub fn new(namespace: &str) -> Self {
+        Snapshot { namespace: namespace.to_string(), ..Default::default() }
+    }
+
+    /// Adds one manifest, typed by its kind. A value the schema accepted but the types refuse
+    /// (an IP address that does not parse, say) is a violation, never a panic.
+    pub fn insert(&mut self, object: &ObjectRef, value: &Value) -> Result<(), Violation> {
+        let name = object.name.clone();
+        match object.kind.as_str() {
+            "Secret" => {
+                self.secrets.insert(name, SecretData::from_manifest(value)?);
+            }
+            "CallControlCluster" => insert(&mut self.clusters, name, value)?,
+            "SecurityToken" => insert(&mut self.tokens, name, value)?,
+            "PhoneSecurityProfile" => insert(&mut self.phone_profiles, name, value)?,
+            "Phone" => insert(&mut self.phones, name, value)?,
+            "SipTrunkSecurityProfile" => insert(&mut self.trunk_profiles, name, value)?,
+            "SipTrunk" => insert(&mut self.trunks, name, value)?,
+            "SrstReference" => insert(&mut self.srst_references, name, value)?,
+            "EndUser" => insert(&mut self.end_users, name, value)?,
+            "ApplicationUser" => insert(&mut self.application_users, name, value)?,
+            "SipRealm" => insert(&mut self.realms, name, value)?,
+            other => return Err(Violation::new("kind", format!("{other:?} is not a Callguard kind (DESIGN: resources)"))),
+        }
+        Ok(())
+    }
+
+    /// Number of Callguard objects (Secrets not counted).
+    pub fn len(&self) -> usize {
+        self.clusters.len()
+            + self.tokens.len()
+            + self.phone_profiles.len()
+            + self.phones.len()
+            + self.trunk_profiles.len()
+            + self.trunks.len()
+            + self.srst_references.len()
+            + self.end_users.len()
+            + self.application_users.len()
+            + self.realms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, K>, name: String, value: &Value) -> Result<(), Violation> {
+    let typed = serde_json::from_value::<K>(value.clone()).map_err(|e| Violation::new("spec", format!("{e} (DESIGN: resources)")))?;
+    map.insert(name, typed);
+    Ok(())
+}
+
+/// The shape of a core/v1 Secret manifest, as far as Callguard reads it.
+pub fn check_secret_shape(value: &Value) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    if value.pointer("/metadata/name").and_then(Value::as_str).is_none() {
+        violations.push(Violation::new("metadata.name", "required field is missing (DESIGN: secrets)"));
+    }
+    for field in ["data", "stringData"] {
+        match value.get(field) {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (key, v) in map {
+                    if !v.is_string() {
+                        violations.push(Violation::new(format!("{field}.{key}"), "must be a string (DESIGN: secrets)"));
+                    }
+                }
+            }
+            Some(_) => violations.push(Violation::new(field, "must be a mapping of key to string (DESIGN: secrets)")),
+        }
+    }
+    if violations.is_empty()
+        && let Err(v) = SecretData::from_manifest(value)
+    {
+        violations.push(v);
+    }
+    violations
+}
