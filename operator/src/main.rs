@@ -21,6 +21,9 @@ enum Command {
         /// Directory to write into.
         #[arg(long, default_value = "crds")]
         dir: PathBuf,
+        /// Also regenerate the field reference in this README.
+        #[arg(long)]
+        readme: Option<PathBuf>,
     },
     /// Check manifests offline: CRD schema, CEL rules and rules across objects.
     ///
@@ -54,16 +57,7 @@ enum Bench {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crdgen { dir } => match callguard::crdgen::write_all(&dir) {
-            Ok(files) => {
-                println!("wrote {} CRDs to {}", files.len(), dir.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("callguard crdgen: {}: {e}", dir.display());
-                ExitCode::from(2)
-            }
-        },
+        Command::Crdgen { dir, readme } => crdgen(&dir, readme.as_deref()),
         Command::Validate { paths, allow_missing_secrets } => {
             let policy = if allow_missing_secrets { SecretPolicy::AllowMissing } else { SecretPolicy::Require };
             run_validate(&paths, policy)
@@ -71,6 +65,38 @@ fn main() -> ExitCode {
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn crdgen(dir: &std::path::Path, readme: Option<&std::path::Path>) -> ExitCode {
+    match callguard::crdgen::write_all(dir) {
+        Ok(files) => println!("wrote {} CRDs to {}", files.len(), dir.display()),
+        Err(e) => {
+            eprintln!("callguard crdgen: {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    let Some(readme) = readme else { return ExitCode::SUCCESS };
+    let updated = std::fs::read_to_string(readme).map(|text| callguard::crdgen::with_reference(&text));
+    match updated {
+        Ok(Some(text)) => match std::fs::write(readme, text) {
+            Ok(()) => {
+                println!("wrote the field reference into {}", readme.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("callguard crdgen: {}: {e}", readme.display());
+                ExitCode::from(2)
+            }
+        },
+        Ok(None) => {
+            eprintln!("callguard crdgen: {} has no reference markers", readme.display());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("callguard crdgen: {}: {e}", readme.display());
+            ExitCode::from(2)
         }
     }
 }

@@ -118,8 +118,14 @@ pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadE
         if is_blank(chunk) {
             continue;
         }
-        let value: Value = serde_yaml::from_str(chunk).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let value = serde_yaml::from_str::<StrictValue>(chunk).map(|v| v.0).map_err(|e| {
+            let (mut line, mut column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            // serde places a duplicate key at its mapping; saphyr's loader knows the key itself.
+            if e.to_string().starts_with("duplicate key")
+                && let Err(scan) = MarkedYaml::load_from_str(chunk)
+            {
+                (line, column) = (scan.marker().line(), scan.marker().col() + 1);
+            }
             LoadError { file: path.to_path_buf(), line: offset + line, column, message: yaml_message(&e) }
         })?;
         if value.is_null() {
@@ -128,6 +134,71 @@ pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadE
         documents.push(Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value });
     }
     Ok(documents)
+}
+
+/// A JSON value read from YAML that refuses duplicate mapping keys, which YAML forbids and the
+/// API server rejects; serde_json's own `Value` would silently keep the last one.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value with string keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// serde_yaml appends " at line L column C" to its messages; the caller prints the position itself.
@@ -157,7 +228,7 @@ pub fn split_documents(text: &str) -> Vec<(usize, &str)> {
     for (line_no, line) in text.split_inclusive('\n').enumerate() {
         let marker = is_marker(line, "---");
         let end = is_marker(line, "...");
-        if (marker || end) && byte > start_byte {
+        if marker && byte > start_byte {
             chunks.push((start_line, &text[start_byte..byte]));
             start_byte = byte;
             start_line = line_no;

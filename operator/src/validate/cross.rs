@@ -105,19 +105,19 @@ fn cluster_name(cluster: &CallControlCluster) -> String {
     cluster.metadata.name.clone().unwrap_or_default()
 }
 
-/// Whether a token may sign or be listed: Active and not locked (P.16-5).
+/// Whether a token may sign or be listed: Active and not locked (P.16-5). The reason has no section.
 fn token_usable(token: &SecurityToken) -> Result<(), String> {
     if token.status.as_ref().is_some_and(|s| s.locked) {
-        return Err("is locked after 16 consecutive wrong passwords and can never be used again (P.16-5)".into());
+        return Err("is locked after 16 consecutive wrong passwords and can never be used again".into());
     }
     match token.spec.state() {
         TokenState::Active => Ok(()),
-        state => Err(format!("is {state:?}; re-sign the CTL with a remaining token and remove it (P.16-5)")),
+        state => Err(format!("is {state:?}: re-sign the CTL with a remaining token and remove it")),
     }
 }
 
-/// The CTL's tokens resolve (P.3-9); mixed mode needs two usable tokens (P.1-12, P.3-13) and a usable
-/// signer (P.16-5); every token's Secrets resolve.
+/// The CTL's tokens resolve (P.3-9); mixed mode needs two usable tokens (P.1-12, P.3-13); the signer
+/// is usable (P.16-5); every token's Secrets resolve.
 fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
     let snapshot = out.snapshot;
     for (name, token) in &snapshot.tokens {
@@ -128,7 +128,7 @@ fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
     let Some(cluster) = cluster else { return };
     let cname = cluster_name(cluster);
     let Some(ctl) = &cluster.spec.ctl else { return };
-    let mut usable = 0;
+    let mixed = cluster.spec.security_mode() == ClusterSecurityMode::Mixed;
     for (i, token_name) in ctl.tokens.iter().enumerate() {
         match snapshot.tokens.get(token_name) {
             None => out.push(
@@ -137,29 +137,31 @@ fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
                 format!("spec.ctl.tokens[{i}]"),
                 format!("SecurityToken {token_name:?} not found (P.3-9)"),
             ),
-            Some(token) => match token_usable(token) {
-                Ok(()) => usable += 1,
-                Err(why) if cluster.spec.security_mode() == ClusterSecurityMode::Mixed => {
-                    out.push("CallControlCluster", &cname, format!("spec.ctl.tokens[{i}]"), format!("SecurityToken {token_name:?} {why}"))
+            // Mixed mode lists exactly two tokens (CEL), so each must be usable (P.1-12, P.3-13).
+            Some(token) if mixed => {
+                if let Err(why) = token_usable(token) {
+                    out.push(
+                        "CallControlCluster",
+                        &cname,
+                        format!("spec.ctl.tokens[{i}]"),
+                        format!("SecurityToken {token_name:?} {why}; mixed mode needs two usable tokens (P.16-5, P.1-12)"),
+                    );
                 }
-                Err(_) => {}
-            },
+            }
+            Some(_) => {}
         }
     }
-    if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
-        if usable < 2 && ctl.tokens.len() >= 2 && ctl.tokens.iter().all(|t| snapshot.tokens.contains_key(t)) {
-            out.push(
-                "CallControlCluster",
-                &cname,
-                "spec.ctl.tokens",
-                format!("mixed mode needs two usable security tokens; {usable} of {} are (P.1-12, P.3-13)", ctl.tokens.len()),
-            );
-        }
-        if let Some(signer) = snapshot.tokens.get(&ctl.signing_token)
-            && let Err(why) = token_usable(signer)
-        {
-            out.push("CallControlCluster", &cname, "spec.ctl.signingToken", format!("SecurityToken {:?} {why}", ctl.signing_token));
-        }
+    // In mixed mode the signer is one of the tokens above; a non-secure cluster's CTL is signed too.
+    if !mixed
+        && let Some(signer) = snapshot.tokens.get(&ctl.signing_token)
+        && let Err(why) = token_usable(signer)
+    {
+        out.push(
+            "CallControlCluster",
+            &cname,
+            "spec.ctl.signingToken",
+            format!("SecurityToken {:?} {why}; nothing signs with it (P.16-5)", ctl.signing_token),
+        );
     }
 }
 

@@ -113,7 +113,14 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
             continue;
         }
         if let Some(first) = origins.get(&object) {
-            let v = Violation::new("metadata.name", format!("defined twice; first at {}:{}", first.file.display(), first.first_line));
+            let first_at = first.line_of(&[]);
+            let v = Violation::new(
+                "metadata.name",
+                format!(
+                    "defined twice; first at {}:{first_at}: names are unique per kind and namespace (DESIGN: resources)",
+                    first.file.display()
+                ),
+            );
             report.violations.push(locate(doc, &object, v));
             continue;
         }

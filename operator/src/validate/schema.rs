@@ -158,8 +158,8 @@ impl KindSchema {
                     options.as_array().into_iter().flatten().filter(|o| !o.is_null()).map(|o| o.to_string()).collect();
                 format!("{} is not one of {}", error.instance(), options.join(", "))
             }
-            ValidationErrorKind::Minimum { limit } => format!("{} is less than the minimum {limit}", error.instance()),
-            ValidationErrorKind::Maximum { limit } => format!("{} is greater than the maximum {limit}", error.instance()),
+            ValidationErrorKind::Minimum { limit } => format!("{} is less than the minimum {}", error.instance(), number(limit)),
+            ValidationErrorKind::Maximum { limit } => format!("{} is greater than the maximum {}", error.instance(), number(limit)),
             ValidationErrorKind::Pattern { pattern } => format!("{} does not match {pattern}", error.instance()),
             ValidationErrorKind::MaxLength { limit } => format!("longer than {limit} characters"),
             ValidationErrorKind::MinLength { limit } => format!("shorter than {limit} characters"),
@@ -199,8 +199,16 @@ fn cel_validator() -> &'static Validator {
 /// The parenthesised seed reference that ends a description: `(Table 5-2)`, `(P.3-5)`, `(Chapter 9)`.
 fn section_of(description: Option<&Value>) -> Option<String> {
     static SECTION: OnceLock<Regex> = OnceLock::new();
-    let re = SECTION.get_or_init(|| Regex::new(r"\(((?:Table|T\d|P\.|Chapter|spec|DESIGN)[^()]*)\)\.?\s*$").expect("valid regex"));
-    re.captures(description?.as_str()?).map(|c| c[1].to_string())
+    let re = SECTION.get_or_init(|| Regex::new(r"\(((?:Table|T\d|P\.|Chapter|spec|DESIGN)[^()]*)\)").expect("valid regex"));
+    re.captures_iter(description?.as_str()?).last().map(|c| c[1].to_string())
+}
+
+/// CRD bounds are floats (`49151.0`); print whole ones as integers.
+fn number(limit: &Value) -> String {
+    match limit.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => limit.to_string(),
+    }
 }
 
 fn dotted<'a>(segments: impl Iterator<Item = LocationSegment<'a>>) -> String {
