@@ -155,6 +155,26 @@ pub enum Toggle {
     Disabled,
 }
 
+// Which SIP requests are accepted: on a SIP trunk profile for the trunk, on an application user
+// for what the application may send when application level authorization is on (Table 14-1, P.1-18).
+// A plain comment, not a doc comment: flattened into a spec, a description would land on the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SipMethodAcceptance {
+    /// Accept Presence Subscription: SUBSCRIBE requests (Table 14-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_presence_subscription: Option<bool>,
+    /// Accept Out-of-Dialog Refer: REFER outside a dialog (Table 14-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_out_of_dialog_refer: Option<bool>,
+    /// Accept Unsolicited Notification: NOTIFY outside a subscription (Table 14-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_unsolicited_notification: Option<bool>,
+    /// Accept Header Replacement: a dialog that replaces another (Replaces header) (Table 14-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_header_replacement: Option<bool>,
+}
+
 /// The standard status fields every Callguard resource carries.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

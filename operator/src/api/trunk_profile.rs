@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CommonStatus, DeviceSecurityMode};
+use super::{CommonStatus, DeviceSecurityMode, SipMethodAcceptance};
 
 /// Incoming Transport Type of a SIP trunk (Table 14-1; value set of later releases, spec 03 §6.3.1).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -83,18 +83,9 @@ pub struct SipTrunkSecurityProfileSpec {
     /// Enable Application Level Authorization; needs digest authentication (Table 14-1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_application_level_authorization: Option<bool>,
-    /// Accept Presence Subscription (SUBSCRIBE) on the trunk (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_presence_subscription: Option<bool>,
-    /// Accept Out-of-Dialog Refer on the trunk (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_out_of_dialog_refer: Option<bool>,
-    /// Accept Unsolicited Notification on the trunk (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_unsolicited_notification: Option<bool>,
-    /// Accept Header Replacement (Replaces) on the trunk (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_header_replacement: Option<bool>,
+    /// Which out-of-dialog SIP requests the trunk accepts (Table 14-1).
+    #[serde(flatten)]
+    pub accept: SipMethodAcceptance,
 }
 
 const SECURE_NEEDS_TLS_RULE: &str = "!has(self.deviceSecurityMode) || self.deviceSecurityMode == 'NonSecure' || (has(self.incomingTransportType) && self.incomingTransportType == 'TLS' && has(self.outgoingTransportType) && self.outgoingTransportType == 'TLS')";

@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CommonStatus, KeySize, SecretKeyRef};
+use super::{CommonStatus, KeySize, SecretKeyRef, SipMethodAcceptance};
 
 /// The CTI security user groups (P.11-9).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
@@ -101,24 +101,6 @@ pub struct EndUserSpec {
     pub capf_profiles: Vec<CapfProfile>,
 }
 
-/// Per-method authorization of SIP requests an application sends through a trunk (Table 14-1, P.1-18).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SipAuthorization {
-    /// Accept Presence Subscription (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_presence_subscription: Option<bool>,
-    /// Accept Out-of-Dialog Refer (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_out_of_dialog_refer: Option<bool>,
-    /// Accept Unsolicited Notification (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_unsolicited_notification: Option<bool>,
-    /// Accept Header Replacement (Table 14-1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_header_replacement: Option<bool>,
-}
-
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "callguard.io",
@@ -154,9 +136,9 @@ pub struct ApplicationUserSpec {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["instanceId".into()]))]
     pub capf_profiles: Vec<CapfProfile>,
-    /// SIP methods this application may use through trunks with application level authorization (Table 14-1).
+    /// SIP methods this application may use through trunks with application level authorization (Table 14-1, P.1-18).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sip_authorization: Option<SipAuthorization>,
+    pub sip_authorization: Option<SipMethodAcceptance>,
 }
 
 /// Observed state of a user.
