@@ -111,7 +111,7 @@ const CAPF_ON_FIRST_NODE_RULE: &str = "size(self.nodes) == 1 || self.nodes.all(n
 #[serde(rename_all = "camelCase")]
 pub struct ClusterNode {
     /// Node name, a DNS-1123 label (Table 3-2).
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS1123_LABEL))]
     pub name: String,
     /// Hostname the phones and the CTL use for this node (Table 3-2, P.3-2).
     #[schemars(
@@ -302,7 +302,7 @@ impl CapfParameters {
 pub struct DigestParameters {
     /// Service parameter "SIP Station Realm": the realm of 401 challenges to phones; default `ccmsipline` (P.8-3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._\- ]+$"))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::REALM_PATTERN))]
     pub sip_station_realm: Option<String>,
     /// Enterprise parameter "Cluster ID", used when the cluster challenges as UAS; default `StandAloneCluster` (P.15-2).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -206,5 +206,7 @@ pub const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Characters of a SIP realm: letters, digits, period, dash, underscore, space (Table 15-3).
 pub const REALM_PATTERN: &str = r"^[A-Za-z0-9._\- ]+$";
+/// A user ID or digest user name: letters, digits, `.`, `_`, `@`, `-` (T8-2, Table 15-3).
+pub const USER_ID_PATTERN: &str = r"^[A-Za-z0-9._@-]+$";
 /// Hostname or IPv4/IPv6 literal.
 pub const HOST_PATTERN: &str = r"^([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$|^[0-9A-Fa-f:.]+$";

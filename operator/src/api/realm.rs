@@ -24,10 +24,10 @@ use super::{CommonStatus, SecretKeyRef};
 #[serde(rename_all = "camelCase")]
 pub struct SipRealmSpec {
     /// Realm: letters, digits, period, dash, underscore, space (Table 15-3).
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._\- ]+$"))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::REALM_PATTERN))]
     pub realm: String,
     /// User that represents the cluster toward the peer (Table 15-3).
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._@-]+$"))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::USER_ID_PATTERN))]
     pub user: String,
     /// Password that represents the cluster toward the peer (Table 15-3).
     pub password: SecretKeyRef,

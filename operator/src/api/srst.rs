@@ -26,7 +26,7 @@ pub struct SrstReferenceSpec {
     /// The SRST gateway, hostname or IP; one gateway, since HSRP is not supported (P.12-2).
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$|^[0-9A-Fa-f:.]+$")
+        regex(pattern = super::HOST_PATTERN)
     )]
     pub gateway_address: String,
     /// "Is SRST Secure?": fetch the gateway certificate and give it to secure phones; default false (Table 12-2).

@@ -55,7 +55,7 @@ pub struct TrunkDestination {
     /// Hostname or IP address of the peer (Table 14-1).
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$|^[0-9A-Fa-f:.]+$")
+        regex(pattern = super::HOST_PATTERN)
     )]
     pub address: String,
     /// Port of the peer; default 5060 (Table 14-1).

@@ -84,7 +84,7 @@ const SECURE_GROUP_RULE: &str =
 pub struct EndUserSpec {
     /// User ID, the digest user name; default metadata.name (T8-2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._@-]+$"))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::USER_ID_PATTERN))]
     pub user_id: Option<String>,
     /// Digest Credentials, alphanumeric (T8-2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,7 +121,7 @@ pub struct EndUserSpec {
 pub struct ApplicationUserSpec {
     /// User ID, the digest user name in challenges (P.15-3); default metadata.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._@-]+$"))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = super::USER_ID_PATTERN))]
     pub user_id: Option<String>,
     /// Digest Credentials, alphanumeric (T15-2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
