@@ -113,27 +113,32 @@ pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadE
         let (line, column) = line_column(bytes, e.valid_up_to());
         LoadError { file: path.to_path_buf(), line, column, message: "not UTF-8 text".into() }
     })?;
-    let mut documents = Vec::new();
-    for (offset, chunk) in split_documents(text) {
-        if is_blank(chunk) {
-            continue;
+    let chunks: Vec<(usize, &str)> = split_documents(text).into_iter().filter(|(_, chunk)| !is_blank(chunk)).collect();
+    // Documents parse independently: spread a large file over the cores.
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let per_worker = chunks.len().div_ceil(workers).max(64);
+    let parsed: Vec<Result<Option<Document>, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .chunks(per_worker)
+            .map(|part| scope.spawn(|| part.iter().map(|&(offset, chunk)| parse_document(path, &file, offset, chunk)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a parser thread panicked")).collect()
+    });
+    parsed.into_iter().filter_map(Result::transpose).collect()
+}
+
+fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> Result<Option<Document>, LoadError> {
+    let value = serde_yaml::from_str::<StrictValue>(chunk).map(|v| v.0).map_err(|e| {
+        let (mut line, mut column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        // serde places a duplicate key at its mapping; saphyr's loader knows the key itself.
+        if e.to_string().starts_with("duplicate key")
+            && let Err(scan) = MarkedYaml::load_from_str(chunk)
+        {
+            (line, column) = (scan.marker().line(), scan.marker().col() + 1);
         }
-        let value = serde_yaml::from_str::<StrictValue>(chunk).map(|v| v.0).map_err(|e| {
-            let (mut line, mut column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-            // serde places a duplicate key at its mapping; saphyr's loader knows the key itself.
-            if e.to_string().starts_with("duplicate key")
-                && let Err(scan) = MarkedYaml::load_from_str(chunk)
-            {
-                (line, column) = (scan.marker().line(), scan.marker().col() + 1);
-            }
-            LoadError { file: path.to_path_buf(), line: offset + line, column, message: yaml_message(&e) }
-        })?;
-        if value.is_null() {
-            continue;
-        }
-        documents.push(Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value });
-    }
-    Ok(documents)
+        LoadError { file: path.to_path_buf(), line: offset + line, column, message: yaml_message(&e) }
+    })?;
+    Ok((!value.is_null()).then(|| Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value }))
 }
 
 /// A JSON value read from YAML that refuses duplicate mapping keys, which YAML forbids and the
