@@ -113,7 +113,7 @@ impl Snapshot {
 }
 
 fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, K>, name: String, value: &Value) -> Result<(), Violation> {
-    let typed = serde_json::from_value::<K>(value.clone()).map_err(|e| Violation::new("spec", format!("{e} (DESIGN: resources)")))?;
+    let typed = K::deserialize(value).map_err(|e| Violation::new("spec", format!("{e} (DESIGN: resources)")))?;
     map.insert(name, typed);
     Ok(())
 }
