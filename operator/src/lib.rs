@@ -6,4 +6,5 @@ pub mod api;
 pub mod bench;
 pub mod crdgen;
 pub mod manifest;
+pub mod pki;
 pub mod validate;

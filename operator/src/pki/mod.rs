@@ -1,0 +1,3 @@
+//! Keys and certificates: the cluster CA, server certificates, LSCs, and the renewal policy.
+
+pub mod keys;
