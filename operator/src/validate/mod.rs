@@ -77,6 +77,8 @@ pub struct Report {
     pub secrets: usize,
     /// Namespaces seen.
     pub namespaces: usize,
+    /// The typed objects of each namespace, for the build that follows a clean validation.
+    pub snapshots: BTreeMap<String, Snapshot>,
 }
 
 /// Runs every layer on parsed manifest documents. Objects of other API groups are ignored, except
@@ -147,6 +149,7 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
         }
     }
     report.violations.sort_by(|a, b| (&a.file, a.line, &a.object).cmp(&(&b.file, b.line, &b.object)));
+    report.snapshots = snapshots;
     report
 }
 
