@@ -651,6 +651,16 @@ fn non_secure_cluster_writes_mode_1_without_tls() {
 }
 
 #[test]
+fn phone_password_comes_from_the_supplied_secrets() {
+    let mut case = Case::new("alice-7961");
+    case.secrets.phone_password = Some("4711".into());
+    let rendered = render_full(&case.resolve().expect("resolves").config).expect("renders");
+    assert_eq!(value(&rendered, "device/commonProfile/phonePassword").as_deref(), Some("4711"));
+    let stub = render_stub(&case.resolve().expect("resolves").config).expect("renders");
+    assert!(!utf8(&stub).contains("4711"), "the stub carries no secret");
+}
+
+#[test]
 fn profile_of_the_other_protocol_is_refused() {
     let mut case = Case::new("alice-7961");
     case.profile_mut().protocol = PhoneProtocol::Sccp;

@@ -384,6 +384,28 @@ pub struct VpnGroup {
     pub cert_hashes: Vec<VpnCertHash>,
 }
 
+/// A secret value of the file (`phonePassword`), kept out of `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretText(pub String);
+
+impl SecretText {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SecretText {
+    fn from(text: &str) -> Self {
+        SecretText(text.to_string())
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// `sshUserId` and `sshPassword` (spec/04 §6.1).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SshCredentials {
@@ -412,7 +434,7 @@ pub struct PhoneConfig {
     /// SIP phones only.
     pub sip_profile: Option<SipProfile>,
     /// `commonProfile/phonePassword`.
-    pub phone_password: Option<String>,
+    pub phone_password: Option<SecretText>,
     /// The firmware load identifier; empty writes an empty element.
     pub load_information: String,
     pub security_mode: SecurityMode,

@@ -58,7 +58,7 @@ fn write_full(w: &mut Xml, c: &PhoneConfig) -> io::Result<()> {
         write_sip_profile(w, profile)?;
     }
     if let Some(password) = &c.phone_password {
-        w.create_element("commonProfile").write_inner_content(|w| text(w, "phonePassword", password))?;
+        w.create_element("commonProfile").write_inner_content(|w| text(w, "phonePassword", password.as_str()))?;
     }
     text(w, "loadInformation", &c.load_information)?;
     text(w, "deviceSecurityMode", &c.security_mode.code().to_string())?;

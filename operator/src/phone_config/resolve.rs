@@ -18,7 +18,7 @@ pub struct ResolvedSecrets {
     /// The digest user's name and credentials (`EndUser.spec.userId`, `digestCredentials`).
     pub digest: Option<DigestAuth>,
     /// `commonProfile/phonePassword`; the API has no field for it yet.
-    pub phone_password: Option<String>,
+    pub phone_password: Option<SecretText>,
 }
 
 /// What the configuration needs to know of the device's effective trust list (ITL/CTL).
@@ -185,7 +185,7 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
     }
 
     let ports = cluster_spec.ports();
-    let call_manager_nodes: Vec<_> = cluster_spec.nodes.iter().filter(|n| n.services.clone().unwrap_or_default().call_manager()).collect();
+    let call_manager_nodes: Vec<_> = cluster_spec.nodes.iter().filter(|n| n.services.as_ref().is_none_or(|s| s.call_manager())).collect();
     if call_manager_nodes.is_empty() {
         return Err(RenderError::NoCallManagerNode { cluster: cluster.name_any() });
     }

@@ -180,6 +180,8 @@ fn more_than_ten_vpn_hashes_are_refused() {
 fn debug_output_hides_passwords() {
     let auth = DigestAuth { name: "alice".into(), password: "FakeAlice123".into() };
     assert!(!format!("{auth:?}").contains("FakeAlice123"));
+    let password = SecretText::from("4711-secret");
+    assert!(!format!("{password:?}").contains("4711-secret"));
     let ssh = SshCredentials { user_id: "admin".into(), password: "secret-ssh".into() };
     assert!(!format!("{ssh:?}").contains("secret-ssh"));
 }
