@@ -6,5 +6,6 @@ pub mod api;
 pub mod bench;
 pub mod crdgen;
 pub mod manifest;
+pub mod phone_config;
 pub mod pki;
 pub mod validate;

@@ -1,0 +1,690 @@
+//! `SEP<MAC>.cnf.xml`: the typed model renders the spec/04 §6.4 and §6.5 examples and the §5.5 stub
+//! (W-13, compared after canonicalisation), the §6.3 refusals hold (N-10), every quickstart phone
+//! resolves and renders, and rendering is deterministic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use callguard::api::*;
+use callguard::manifest::{collect_files, load_file};
+use callguard::phone_config::*;
+use callguard::validate::{ObjectRef, Snapshot};
+use quick_xml::Reader;
+use quick_xml::events::Event;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the operator crate sits in the repository")
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(repo().join("tests/fixtures/cnf").join(name)).expect("fixture exists")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canonical form: the event sequence with whitespace between elements dropped, empty elements
+// expanded, attributes sorted, entity references resolved and adjacent text joined.
+
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    Decl(String),
+    Start(String, Vec<(String, String)>),
+    Text(String),
+    End(String),
+}
+
+fn canonical(xml: &str) -> Vec<Node> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    reader.config_mut().expand_empty_elements = true;
+    let mut nodes = Vec::new();
+    let mut text = String::new();
+    let flush = |text: &mut String, nodes: &mut Vec<Node>| {
+        if !text.trim().is_empty() {
+            nodes.push(Node::Text(std::mem::take(text)));
+        }
+        text.clear();
+    };
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            Event::Decl(d) => nodes.push(Node::Decl(String::from_utf8_lossy(&d).into_owned())),
+            Event::Start(s) => {
+                flush(&mut text, &mut nodes);
+                let mut attributes: Vec<(String, String)> = s
+                    .attributes()
+                    .map(|a| {
+                        let a = a.expect("attribute");
+                        (String::from_utf8_lossy(a.key.as_ref()).into_owned(), a.unescape_value().expect("attribute value").into_owned())
+                    })
+                    .collect();
+                attributes.sort();
+                nodes.push(Node::Start(String::from_utf8_lossy(s.name().as_ref()).into_owned(), attributes));
+            }
+            Event::End(e) => {
+                flush(&mut text, &mut nodes);
+                nodes.push(Node::End(String::from_utf8_lossy(e.name().as_ref()).into_owned()));
+            }
+            Event::Text(t) => text.push_str(&t.xml_content().expect("text")),
+            Event::GeneralRef(r) => {
+                let reference = format!("&{};", r.decode().expect("reference"));
+                text.push_str(&quick_xml::escape::unescape(&reference).expect("known entity"));
+            }
+            Event::Eof => break,
+            other => panic!("unexpected XML event {other:?}"),
+        }
+    }
+    nodes
+}
+
+fn utf8(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("rendered XML is UTF-8")
+}
+
+/// Every text value at a slash-separated element path, in document order.
+fn values(xml: &[u8], path: &str) -> Vec<String> {
+    let want: Vec<&str> = path.split('/').collect();
+    let mut stack: Vec<String> = Vec::new();
+    let mut found = Vec::new();
+    for node in canonical(utf8(xml)) {
+        match node {
+            Node::Start(name, _) => {
+                stack.push(name);
+                if stack == want {
+                    found.push(String::new());
+                }
+            }
+            Node::Text(t) if stack == want => {
+                if let Some(last) = found.last_mut() {
+                    *last = t;
+                }
+            }
+            Node::End(_) => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+fn value(xml: &[u8], path: &str) -> Option<String> {
+    let mut all = values(xml, path);
+    assert!(all.len() <= 1, "{path} appears {} times", all.len());
+    all.pop()
+}
+
+// ---------------------------------------------------------------------------------------------
+// W-13: the spec's examples as typed models.
+
+/// spec/04 §6.4: SIP phone, Encrypted mode.
+fn sip_encrypted_example() -> PhoneConfig {
+    PhoneConfig {
+        device_name: "SEP001122334455".into(),
+        protocol: DeviceProtocol::Sip,
+        ip_address_mode: IpAddressMode::Ipv4Only,
+        call_managers: vec![CallManagerMember {
+            priority: 0,
+            ports: CallManagerPorts { ethernet_phone_port: 2000, sip: Some(SipPorts { sip_port: 5060, secured_sip_port: 5061 }) },
+            process_node_name: "cm1.voice.example.net".into(),
+        }],
+        srst: SrstInfo::disabled(),
+        tvs: vec![TvsMember { priority: 0, port: 2445, address: "tvs.voice.example.net".into() }],
+        sip_profile: Some(SipProfile {
+            register_with_proxy: true,
+            lines: vec![SipLine {
+                button: 1,
+                line_index: 1,
+                feature_id: 9,
+                feature_label: "1001".into(),
+                proxy: LineProxy::UseCallManager,
+                port: 5060,
+                name: "1001".into(),
+                display_name: "Reception".into(),
+                auth: Some(DigestAuth { name: "1001".into(), password: "s3cr3t-digest".into() }),
+                contact: "1001".into(),
+            }],
+        }),
+        phone_password: Some("4711".into()),
+        load_information: "LOAD_ID".into(),
+        security_mode: SecurityMode::Encrypted,
+        secure_urls: SecureUrls { services: Some("https://svc.voice.example.net:8443/services".into()), ..Default::default() },
+        phone_services: Some(PhoneServices { use_https: true, provisioning: 0 }),
+        transport: Some(TransportLayerProtocol::Tls),
+        tls_resumption_timer: Some(3600),
+        capf_auth_mode: CapfAuthMode::NoPendingOperation,
+        capf_list: vec![CapfEntry { phone_port: 3804, process_node_name: "capf.voice.example.net".into() }],
+        cert_hash: CertHash::from_hex("5d41402abc4b2a76b9719d911017c592"),
+        encr_config: true,
+        vpn_group: None,
+        ssh: Some(SshCredentials::default()),
+    }
+}
+
+/// spec/04 §6.5: SCCP phone, Authenticated mode.
+fn sccp_authenticated_example() -> PhoneConfig {
+    let member = |priority: u8, host: &str| CallManagerMember {
+        priority,
+        ports: CallManagerPorts { ethernet_phone_port: 2000, sip: None },
+        process_node_name: host.into(),
+    };
+    let endpoint = |address: &str| SrstEndpoint { address: address.into(), port: 2000 };
+    PhoneConfig {
+        device_name: "SEP0011223344AA".into(),
+        protocol: DeviceProtocol::Sccp,
+        ip_address_mode: IpAddressMode::Ipv4Only,
+        call_managers: vec![member(0, "cm1.voice.example.net"), member(1, "cm2.voice.example.net")],
+        srst: SrstInfo {
+            name: "Branch-A".into(),
+            option: SrstOption::Enable,
+            user_modifiable: false,
+            sccp: Some([endpoint("192.0.2.254"), endpoint(""), endpoint("")]),
+            sip: None,
+            is_secure: false,
+        },
+        tvs: vec![TvsMember { priority: 0, port: 2445, address: "tvs.voice.example.net".into() }],
+        sip_profile: None,
+        phone_password: None,
+        load_information: "LOAD_ID".into(),
+        security_mode: SecurityMode::Authenticated,
+        secure_urls: SecureUrls::default(),
+        phone_services: None,
+        transport: None,
+        tls_resumption_timer: None,
+        capf_auth_mode: CapfAuthMode::LscThenMic,
+        capf_list: vec![CapfEntry { phone_port: 3804, process_node_name: "capf.voice.example.net".into() }],
+        cert_hash: None,
+        encr_config: false,
+        vpn_group: None,
+        ssh: None,
+    }
+}
+
+#[test]
+fn w13_sip_encrypted_example_renders() {
+    let rendered = render_full(&sip_encrypted_example()).expect("renders");
+    assert_eq!(canonical(utf8(&rendered)), canonical(&fixture("sip-encrypted.xml")));
+}
+
+#[test]
+fn w13_sccp_authenticated_example_renders() {
+    let rendered = render_full(&sccp_authenticated_example()).expect("renders");
+    assert_eq!(canonical(utf8(&rendered)), canonical(&fixture("sccp-authenticated.xml")));
+}
+
+#[test]
+fn stub_of_the_encrypted_example_is_the_spec_stub() {
+    // §5.5: the four middle elements are copied from the full configuration; §5.6: same certHash.
+    let rendered = render_stub(&sip_encrypted_example()).expect("renders");
+    assert_eq!(canonical(utf8(&rendered)), canonical(&fixture("stub.xml")));
+}
+
+#[test]
+fn canonical_form_sees_a_changed_value() {
+    // The comparison above would be worthless if canonicalisation hid differences.
+    let mut config = sccp_authenticated_example();
+    config.capf_auth_mode = CapfAuthMode::Mic;
+    let rendered = render_full(&config).expect("renders");
+    assert_ne!(canonical(utf8(&rendered)), canonical(&fixture("sccp-authenticated.xml")));
+}
+
+#[test]
+fn rendered_file_starts_with_the_declaration_and_uses_lowercase_booleans() {
+    let rendered = render_full(&sip_encrypted_example()).expect("renders");
+    let text = utf8(&rendered);
+    assert!(text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"), "{text}");
+    assert!(!text.contains("True") && !text.contains("False"));
+    assert!(text.contains("<certHash>5d41402abc4b2a76b9719d911017c592</certHash>"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates, with openssl as the independent check.
+
+struct TestCertificates {
+    rsa_der: Vec<u8>,
+    ec_der: Vec<u8>,
+}
+
+fn certificates() -> &'static TestCertificates {
+    static CERTS: OnceLock<TestCertificates> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let rsa = callguard::pki::keys::generate_rsa(2048);
+        let rsa_pair = rcgen::KeyPair::try_from(callguard::pki::keys::pkcs8_der(&rsa).as_slice()).expect("rcgen loads the RSA key");
+        let params = rcgen::CertificateParams::new(vec!["SEP001122334455".to_string()]).expect("params");
+        let rsa_der = params.self_signed(&rsa_pair).expect("RSA certificate").der().to_vec();
+        let ec_pair = rcgen::KeyPair::generate().expect("EC key");
+        let ec_der = params.self_signed(&ec_pair).expect("EC certificate").der().to_vec();
+        TestCertificates { rsa_der, ec_der }
+    })
+}
+
+fn openssl(args: &[&str], input: &Path) -> Vec<u8> {
+    let output = Command::new("openssl").args(args).arg(input).output().expect("the openssl CLI is installed at /usr/bin/openssl");
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+#[test]
+fn cert_hash_is_the_md5_of_the_der_as_openssl_computes_it() {
+    let der = &certificates().rsa_der;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("device.der");
+    std::fs::write(&file, der).expect("write DER");
+    let expected = String::from_utf8(openssl(&["dgst", "-md5", "-r"], &file)).expect("hex");
+    let expected = expected.split_whitespace().next().expect("digest").to_string();
+
+    let certificate = DeviceCertificate::from_der(der).expect("parses");
+    assert_eq!(certificate.key_kind, DeviceKeyKind::Rsa);
+    assert_eq!(certificate.cert_hash.to_hex(), expected);
+    assert_eq!(expected.len(), 32);
+    assert!(expected.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert_eq!(DeviceCertificate::from_der(&certificates().ec_der).expect("parses").key_kind, DeviceKeyKind::Ec);
+    assert!(DeviceCertificate::from_der(b"not a certificate").is_err());
+}
+
+#[test]
+fn vpn_cert_hash_is_base64_sha1_of_the_der() {
+    let der = &certificates().rsa_der;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("server.der");
+    std::fs::write(&file, der).expect("write DER");
+    let binary = dir.path().join("sha1.bin");
+    std::fs::write(&binary, openssl(&["dgst", "-sha1", "-binary"], &file)).expect("write digest");
+    let expected = String::from_utf8(openssl(&["base64", "-A", "-in"], &binary)).expect("base64").trim().to_string();
+
+    let hash = VpnCertHash::of_der(der);
+    assert_eq!(hash.to_base64(), expected);
+    assert_eq!(hash.to_base64().len(), 28);
+
+    let mut config = sip_encrypted_example();
+    config.vpn_group = Some(VpnGroup { hash_algorithm: VpnHashAlgorithm::Sha1, cert_hashes: vec![hash] });
+    let rendered = render_full(&config).expect("renders");
+    assert_eq!(value(&rendered, "device/vpnGroup/credentials/hashAlg").as_deref(), Some("0"));
+    assert_eq!(value(&rendered, "device/vpnGroup/credentials/certHash1"), Some(expected));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The quickstart.
+
+fn quickstart() -> Snapshot {
+    let files = collect_files(&[repo().join("examples/quickstart")]).expect("quickstart files");
+    let mut snapshot = Snapshot::new("default");
+    for file in files {
+        for doc in load_file(&file).expect("quickstart parses") {
+            let (kind, name, _) = doc.identity();
+            let object =
+                ObjectRef { kind: kind.expect("kind").to_string(), namespace: "default".into(), name: name.expect("name").to_string() };
+            snapshot.insert(&object, &doc.value).expect("quickstart objects are typed");
+        }
+    }
+    snapshot
+}
+
+/// The digest user's name and Secret value, read as the operator would.
+fn secrets_for(snapshot: &Snapshot, phone: &Phone) -> ResolvedSecrets {
+    let digest = phone.spec.digest_user_ref.as_ref().map(|user| {
+        let user = &snapshot.end_users[user];
+        let reference = user.spec.digest_credentials.as_ref().expect("digest credentials");
+        let password = &snapshot.secrets[&reference.name].0[&reference.key];
+        DigestAuth { name: user.spec.user_id.clone().expect("user id"), password: String::from_utf8(password.clone()).expect("text") }
+    });
+    ResolvedSecrets { digest, phone_password: None }
+}
+
+struct Rendered {
+    full: Vec<u8>,
+    stub: Vec<u8>,
+    conditions: Vec<ConfigCondition>,
+}
+
+fn render_quickstart() -> BTreeMap<String, Rendered> {
+    let snapshot = quickstart();
+    let cluster = snapshot.clusters.values().next().expect("one cluster");
+    let certificate = DeviceCertificate::from_der(&certificates().rsa_der).expect("parses");
+    let mut out = BTreeMap::new();
+    for (name, phone) in &snapshot.phones {
+        let secrets = secrets_for(&snapshot, phone);
+        let input = PhoneConfigInput {
+            cluster,
+            phone,
+            profile: &snapshot.phone_profiles[&phone.spec.security_profile_ref],
+            srst_reference: phone.spec.srst_reference_ref.as_ref().map(|r| &snapshot.srst_references[r]),
+            secrets: &secrets,
+            device_certificate: Some(certificate),
+            trust: TrustFacts { has_call_manager_record: true },
+            load_information: Some("LOAD_ID"),
+        };
+        let resolved = resolve(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let full = render_full(&resolved.config).expect("renders");
+        let stub = render_stub(&resolved.config).expect("renders");
+        out.insert(name.clone(), Rendered { full, stub, conditions: resolved.conditions });
+    }
+    out
+}
+
+fn reasons(rendered: &Rendered) -> Vec<&'static str> {
+    rendered.conditions.iter().map(ConfigCondition::reason).collect()
+}
+
+#[test]
+fn every_quickstart_phone_resolves_and_renders() {
+    let all = render_quickstart();
+    assert_eq!(all.len(), 7);
+    let certificate = DeviceCertificate::from_der(&certificates().rsa_der).expect("parses");
+    for (name, r) in &all {
+        // Both nodes run CallManager, in order; only the first runs CAPF.
+        assert_eq!(
+            values(&r.full, "device/devicePool/callManagerGroup/members/member/callManager/processNodeName"),
+            ["cm1.quickstart.example", "cm2.quickstart.example"]
+        );
+        assert_eq!(values(&r.full, "device/capfList/capf/processNodeName"), ["cm1.quickstart.example"], "{name}");
+        assert_eq!(values(&r.full, "device/capfList/capf/phonePort"), ["3804"], "{name}");
+        assert_eq!(value(&r.full, "device/fullConfig").as_deref(), Some("true"));
+        assert_eq!(value(&r.stub, "device/fullConfig").as_deref(), Some("false"));
+        assert_eq!(value(&r.full, "device/loadInformation").as_deref(), Some("LOAD_ID"));
+        // §5.6: certHash set exactly when encryption is on, the same in the full file and the stub.
+        let encrypted = value(&r.full, "device/encrConfig");
+        let hash = value(&r.full, "device/certHash");
+        match encrypted.as_deref() {
+            Some("true") => assert_eq!(hash, Some(certificate.cert_hash.to_hex()), "{name}"),
+            Some("false") => assert_eq!(hash.as_deref(), Some(""), "{name}"),
+            other => panic!("{name}: encrConfig {other:?}"),
+        }
+        assert_eq!(value(&r.stub, "device/certHash"), hash, "{name}");
+        assert_eq!(value(&r.stub, "device/encrConfig"), encrypted, "{name}");
+        assert_eq!(value(&r.stub, "device/capfAuthMode"), value(&r.full, "device/capfAuthMode"), "{name}");
+        assert_eq!(value(&r.full, "device/devicePool/srstInfo/isSecure").as_deref(), Some("false"), "{name}");
+        // Passwords never reach the stub.
+        assert!(values(&r.stub, "device/sipProfile/sipLines/line/authPassword").is_empty());
+    }
+}
+
+#[test]
+fn quickstart_sccp_encrypted_phone_with_pending_capf() {
+    let all = render_quickstart();
+    let r = &all["lobby-7970"];
+    assert_eq!(value(&r.full, "device/deviceProtocol").as_deref(), Some("SCCP"));
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("3"));
+    assert_eq!(value(&r.full, "device/transportLayerProtocol"), None, "SCCP has no transportLayerProtocol (§6.5)");
+    assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("1"), "InstallUpgrade by authentication string");
+    assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("true"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/name").as_deref(), Some("branch-gateway"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/srstOption").as_deref(), Some("Enable"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/ipAddr1").as_deref(), Some("srst.branch.quickstart.example"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/port1").as_deref(), Some("2000"));
+    assert_eq!(value(&r.full, "device/devicePool/callManagerGroup/members/member/callManager/ports/sipPort"), None);
+    assert_eq!(value(&r.full, "device/sipProfile"), None);
+    assert_eq!(reasons(r), ["SecureSrstUnavailable", "HardeningNotRendered"]);
+    assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess", "settingsAccess"] }));
+}
+
+#[test]
+fn quickstart_sip_encrypted_phone_with_digest_user() {
+    let all = render_quickstart();
+    let r = &all["alice-7961"];
+    assert_eq!(value(&r.full, "device/deviceProtocol").as_deref(), Some("SIP"));
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("3"));
+    assert_eq!(value(&r.full, "device/transportLayerProtocol").as_deref(), Some("3"));
+    assert_eq!(value(&r.full, "device/TLSResumptionTimer").as_deref(), Some("3600"));
+    assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("0"), "no CAPF operation pending");
+    assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("true"));
+    assert_eq!(values(&r.full, "device/sipProfile/sipLines/line/name"), ["1001"]);
+    assert_eq!(value(&r.full, "device/sipProfile/sipLines/line/authName").as_deref(), Some("alice"));
+    assert_eq!(value(&r.full, "device/sipProfile/sipLines/line/authPassword").as_deref(), Some("FakeAlice123"));
+    assert_eq!(values(&r.full, "device/devicePool/callManagerGroup/members/member/callManager/ports/securedSipPort"), ["5061", "5061"]);
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/sipIpAddr1").as_deref(), Some("srst.branch.quickstart.example"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/sipPort1").as_deref(), Some("5060"));
+    assert_eq!(reasons(r), ["SecureSrstUnavailable"], "encrypted, so no cleartext warning");
+}
+
+#[test]
+fn quickstart_sip_authenticated_phone_sends_digest_in_cleartext() {
+    let all = render_quickstart();
+    let r = &all["bob-7941"];
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("2"));
+    assert_eq!(value(&r.full, "device/transportLayerProtocol").as_deref(), Some("3"));
+    assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("false"));
+    assert_eq!(value(&r.full, "device/sipProfile/sipLines/line/authName").as_deref(), Some("bob"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/name").as_deref(), Some("Disable"));
+    assert_eq!(reasons(r), ["DigestCredentialsInCleartext", "HardeningNotRendered"]);
+}
+
+#[test]
+fn quickstart_manual_key_phone_is_not_encrypted() {
+    let all = render_quickstart();
+    let r = &all["lab-7960"];
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("2"));
+    assert_eq!(value(&r.full, "device/transportLayerProtocol").as_deref(), Some("3"));
+    assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("false"));
+    assert!(values(&r.full, "device/sipProfile/sipLines/line").is_empty(), "no directory numbers");
+    assert_eq!(reasons(r), ["ManualKeyEncryptionNotRendered"]);
+}
+
+#[test]
+fn quickstart_sccp_authenticated_phone_with_null_string_capf() {
+    let all = render_quickstart();
+    let r = &all["hallway-7911"];
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("2"));
+    assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("2"));
+    assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("false"));
+    assert!(reasons(r).is_empty());
+}
+
+#[test]
+fn quickstart_non_secure_sip_phone_uses_udp() {
+    let all = render_quickstart();
+    let r = &all["conference-7912"];
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("1"));
+    assert_eq!(value(&r.full, "device/transportLayerProtocol").as_deref(), Some("2"));
+    assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("0"));
+    assert_eq!(values(&r.full, "device/sipProfile/sipLines/line/contact"), ["1005"]);
+    assert_eq!(value(&r.full, "device/sipProfile/sipLines/line/authName"), None);
+    assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess", "pcPort"] }));
+}
+
+#[test]
+fn quickstart_sccp_phone_with_shared_line() {
+    let all = render_quickstart();
+    let r = &all["backoffice-7971"];
+    assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("3"));
+    assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("0"));
+    assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("true"));
+    assert_eq!(value(&r.full, "device/devicePool/srstInfo/name").as_deref(), Some("Disable"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// N-10: the refusals of spec/04 §6.3, through `resolve` where the resources can express them.
+
+struct Case {
+    snapshot: Snapshot,
+    phone: String,
+    secrets: ResolvedSecrets,
+    certificate: Option<DeviceCertificate>,
+    trust: TrustFacts,
+}
+
+impl Case {
+    fn new(phone: &str) -> Self {
+        let snapshot = quickstart();
+        let secrets = secrets_for(&snapshot, &snapshot.phones[phone]);
+        let certificate = Some(DeviceCertificate::from_der(&certificates().rsa_der).expect("parses"));
+        Case { snapshot, phone: phone.into(), secrets, certificate, trust: TrustFacts { has_call_manager_record: true } }
+    }
+    fn profile_mut(&mut self) -> &mut PhoneSecurityProfileSpec {
+        let name = self.snapshot.phones[&self.phone].spec.security_profile_ref.clone();
+        &mut self.snapshot.phone_profiles.get_mut(&name).expect("profile").spec
+    }
+    fn cluster_mut(&mut self) -> &mut CallControlClusterSpec {
+        &mut self.snapshot.clusters.values_mut().next().expect("cluster").spec
+    }
+    fn resolve(&self) -> Result<Resolved, RenderError> {
+        let phone = &self.snapshot.phones[&self.phone];
+        resolve(&PhoneConfigInput {
+            cluster: self.snapshot.clusters.values().next().expect("cluster"),
+            phone,
+            profile: &self.snapshot.phone_profiles[&phone.spec.security_profile_ref],
+            srst_reference: phone.spec.srst_reference_ref.as_ref().map(|r| &self.snapshot.srst_references[r]),
+            secrets: &self.secrets,
+            device_certificate: self.certificate,
+            trust: self.trust,
+            load_information: None,
+        })
+    }
+}
+
+#[test]
+fn n10_tls_in_mode_1_is_refused() {
+    let mut case = Case::new("bob-7941");
+    case.profile_mut().device_security_mode = Some(DeviceSecurityMode::NonSecure);
+    let err = case.resolve().expect_err("refused");
+    assert!(matches!(&err, RenderError::TlsWithNonSecureMode { profile: Some(p), .. } if p == "sip-authenticated-digest"), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("SEP00AABBCCDD02") && message.contains("sip.transportType TLS") && message.contains("§6.3"), "{message}");
+}
+
+#[test]
+fn n10_secure_mode_without_a_ccm_record_is_refused() {
+    for phone in ["bob-7941", "hallway-7911"] {
+        let mut case = Case::new(phone);
+        case.trust.has_call_manager_record = false;
+        let err = case.resolve().expect_err("refused");
+        assert!(
+            matches!(err, RenderError::SecureModeWithoutCallManagerRecord { mode: SecurityMode::Authenticated, .. }),
+            "{phone}: {err:?}"
+        );
+        assert!(err.to_string().contains("CCM or CCM+TFTP record"), "{err}");
+    }
+    // Mode 1 needs no CCM record.
+    let mut case = Case::new("conference-7912");
+    case.trust.has_call_manager_record = false;
+    assert!(case.resolve().is_ok());
+}
+
+#[test]
+fn n10_six_call_manager_nodes_are_refused() {
+    let mut case = Case::new("alice-7961");
+    let template = case.cluster_mut().nodes[1].clone();
+    for i in 3..=6 {
+        let mut node = template.clone();
+        node.name = format!("cm{i}");
+        node.hostname = format!("cm{i}.quickstart.example");
+        case.cluster_mut().nodes.push(node);
+    }
+    let err = case.resolve().expect_err("refused");
+    assert!(matches!(err, RenderError::TooManyMembers { list: MemberList::CallManagerGroup, count: 6, max: 5, .. }), "{err:?}");
+    // Five are fine.
+    case.cluster_mut().nodes.pop();
+    let resolved = case.resolve().expect("five members");
+    assert_eq!(resolved.config.call_managers.iter().map(|m| m.priority).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn n10_six_capf_or_tvs_entries_are_refused() {
+    let mut config = sccp_authenticated_example();
+    config.capf_list = (0..6).map(|i| CapfEntry { phone_port: 3804, process_node_name: format!("capf{i}.example") }).collect();
+    assert!(matches!(render_full(&config), Err(RenderError::TooManyMembers { list: MemberList::CapfList, count: 6, .. })));
+    assert!(render_stub(&config).is_err(), "the stub carries capfList too");
+
+    let mut config = sccp_authenticated_example();
+    config.tvs = (0..6).map(|i| TvsMember { priority: i, port: 2445, address: format!("tvs{i}.example") }).collect();
+    assert!(matches!(render_full(&config), Err(RenderError::TooManyMembers { list: MemberList::Tvs, count: 6, .. })));
+}
+
+#[test]
+fn n10_duplicate_priorities_are_refused() {
+    let mut config = sccp_authenticated_example();
+    config.call_managers[1].priority = 0;
+    assert!(matches!(render_full(&config), Err(RenderError::DuplicatePriority { list: MemberList::CallManagerGroup, priority: 0, .. })));
+    let mut config = sccp_authenticated_example();
+    config.tvs.push(TvsMember { priority: 0, port: 2445, address: "tvs2.voice.example.net".into() });
+    assert!(matches!(render_full(&config), Err(RenderError::DuplicatePriority { list: MemberList::Tvs, .. })));
+}
+
+#[test]
+fn n10_secure_srst_is_never_rendered() {
+    let mut config = sccp_authenticated_example();
+    config.srst.is_secure = true;
+    let err = render_full(&config).expect_err("refused");
+    assert!(matches!(err, RenderError::SecureSrstWithoutElement { .. }));
+    assert!(err.to_string().contains("§9.3"));
+    // A secure reference resolves with isSecure false and the condition (§9.3).
+    let resolved = Case::new("alice-7961").resolve().expect("resolves");
+    assert!(!resolved.config.srst.is_secure);
+    assert!(resolved.conditions.contains(&ConfigCondition::SecureSrstUnavailable { srst_reference: "branch-gateway".into() }));
+}
+
+#[test]
+fn n10_encryption_without_an_rsa_certificate_is_refused() {
+    let mut case = Case::new("alice-7961");
+    case.certificate = Some(DeviceCertificate::from_der(&certificates().ec_der).expect("parses"));
+    let err = case.resolve().expect_err("refused");
+    assert!(matches!(err, RenderError::EncryptionNeedsRsaCertificate { found: Some(DeviceKeyKind::Ec), .. }), "{err:?}");
+    case.certificate = None;
+    let err = case.resolve().expect_err("refused");
+    assert!(matches!(err, RenderError::EncryptionNeedsRsaCertificate { found: None, .. }), "{err:?}");
+    assert!(err.to_string().contains("RSA device certificate"));
+    // Without encryption no certificate is needed.
+    let mut case = Case::new("bob-7941");
+    case.certificate = None;
+    assert!(case.resolve().is_ok());
+}
+
+#[test]
+fn n10_transport_4_is_refused() {
+    let mut case = Case::new("conference-7912");
+    case.profile_mut().sip.as_mut().expect("sip settings").transport_type = Some(SipTransport::TcpAndUdp);
+    let err = case.resolve().expect_err("refused");
+    assert!(matches!(err, RenderError::TcpAndUdpTransport { .. }), "{err:?}");
+    assert!(err.to_string().contains("transportLayerProtocol 4"));
+}
+
+#[test]
+fn non_secure_cluster_writes_mode_1_without_tls() {
+    let mut case = Case::new("alice-7961");
+    case.cluster_mut().security_mode = Some(ClusterSecurityMode::NonSecure);
+    case.trust.has_call_manager_record = false;
+    let resolved = case.resolve().expect("resolves");
+    assert_eq!(resolved.config.security_mode, SecurityMode::NonSecure);
+    assert_eq!(resolved.config.transport, Some(TransportLayerProtocol::Tcp));
+    assert!(!resolved.config.encr_config, "encryption needs mixed mode (P.7-2)");
+    assert!(resolved.conditions.contains(&ConfigCondition::ClusterNonSecure { profile_mode: DeviceSecurityMode::Encrypted }));
+}
+
+#[test]
+fn phone_password_comes_from_the_supplied_secrets() {
+    let mut case = Case::new("alice-7961");
+    case.secrets.phone_password = Some("4711".into());
+    let rendered = render_full(&case.resolve().expect("resolves").config).expect("renders");
+    assert_eq!(value(&rendered, "device/commonProfile/phonePassword").as_deref(), Some("4711"));
+    let stub = render_stub(&case.resolve().expect("resolves").config).expect("renders");
+    assert!(!utf8(&stub).contains("4711"), "the stub carries no secret");
+}
+
+#[test]
+fn profile_of_the_other_protocol_is_refused() {
+    let mut case = Case::new("alice-7961");
+    case.profile_mut().protocol = PhoneProtocol::Sccp;
+    assert!(matches!(case.resolve(), Err(RenderError::ProfileProtocolMismatch { .. })));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism.
+
+#[test]
+fn rendering_is_deterministic_and_sensitive_to_every_change() {
+    let first = render_quickstart();
+    let second = render_quickstart();
+    for (name, r) in &first {
+        assert_eq!(r.full, second[name].full, "{name}");
+        assert_eq!(r.stub, second[name].stub, "{name}");
+    }
+    let config = sip_encrypted_example();
+    let base = render_full(&config).expect("renders");
+    assert_eq!(base, render_full(&config.clone()).expect("renders"));
+    let mut changed = config.clone();
+    changed.phone_password = Some("4712".into());
+    assert_ne!(base, render_full(&changed).expect("renders"));
+    let mut changed = config;
+    changed.call_managers[0].ports.ethernet_phone_port = 2001;
+    assert_ne!(base, render_full(&changed).expect("renders"));
+}
