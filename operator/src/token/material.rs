@@ -14,6 +14,8 @@ pub const SAST_KEY_BITS: usize = 2048;
 /// PEM label of a password-encrypted PKCS#8 key (RFC 5958).
 pub const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
 
+const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+
 /// Why a token's certificate or key is not what signing needs. Messages never quote the content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MaterialError {
@@ -75,6 +77,10 @@ pub fn check_certificate(pem: &[u8]) -> Result<Vec<u8>, MaterialError> {
 
 /// Checks that a key PEM is an `ENCRYPTED PRIVATE KEY` that parses; it is not decrypted here.
 pub fn check_encrypted_key(pem: &[u8]) -> Result<(), MaterialError> {
+    // The PEM decoder's message for text without any PEM block ("preamble contains invalid data") says little.
+    if !pem.windows(PEM_BEGIN.len()).any(|w| w == PEM_BEGIN) {
+        return Err(MaterialError::KeyNotEncryptedPem("no PEM section".into()));
+    }
     let (label, der) = pkcs8::der::pem::decode_vec(pem).map_err(|e| MaterialError::KeyNotEncryptedPem(e.to_string()))?;
     if label != ENCRYPTED_KEY_LABEL {
         return Err(MaterialError::KeyNotEncryptedPem(format!("found PEM {label}")));
@@ -105,7 +111,7 @@ mod tests {
         assert_eq!(cert, MaterialError::CertificateNotPem("no CERTIFICATE section".into()));
         assert!(cert.to_string().ends_with("(P.3-9)"));
         let key = check_encrypted_key(b"FAKE-ENCRYPTED-KEY-placeholder").unwrap_err();
-        assert!(matches!(key, MaterialError::KeyNotEncryptedPem(_)), "{key:?}");
+        assert_eq!(key, MaterialError::KeyNotEncryptedPem("no PEM section".into()));
         assert!(key.to_string().ends_with("(P.3-17)"));
     }
 
