@@ -165,6 +165,9 @@ fn out_file_is_private_and_bad_passwords_are_handled() {
 
     let out = callguard(&["token", "create", "--name", "t", "--password-file", dir.path().join("absent").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
+
+    let help = text(&callguard(&["token", "create", "--help"]).stdout);
+    assert!(help.contains("--with-password-secret") && help.contains("sealed or external secret"), "{help}");
 }
 
 /// The quickstart's tokens are real: each key opens with its example password Secret.

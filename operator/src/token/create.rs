@@ -75,6 +75,8 @@ pub enum CreateError {
     InvalidName(String),
     /// rcgen refused the certificate.
     Certificate(String),
+    /// The manifests do not serialize.
+    Yaml(String),
 }
 
 impl std::fmt::Display for CreateError {
@@ -87,6 +89,7 @@ impl std::fmt::Display for CreateError {
                 "--name {name:?} must be a DNS-1123 subdomain of at most {MAX_NAME_LEN} characters: it names the Secret and is the certificate's CN (RFC 5280 ub-common-name)"
             ),
             CreateError::Certificate(why) => write!(f, "cannot make the token certificate: {why}"),
+            CreateError::Yaml(why) => write!(f, "cannot write the manifests: {why}"),
         }
     }
 }
@@ -150,7 +153,7 @@ fn years_later(from: OffsetDateTime, years: i32) -> OffsetDateTime {
     let year = from.year() + years;
     from.replace_year(year)
         .or_else(|_| (from - time::Duration::days(1)).replace_year(year))
-        .unwrap_or(from + time::Duration::days(365 * 20 + 5))
+        .unwrap_or(from + time::Duration::days(i64::from(years) * 365 + i64::from(years) / 4))
 }
 
 /// Generates the key and certificate and writes the manifests. Refuses an empty password and
@@ -171,7 +174,7 @@ pub fn create(request: &TokenRequest, password: &str, now: OffsetDateTime) -> Re
     let mut yaml = String::new();
     for document in &documents {
         yaml.push_str("---\n");
-        yaml.push_str(&serde_yaml::to_string(document).map_err(|e| CreateError::Certificate(e.to_string()))?);
+        yaml.push_str(&serde_yaml::to_string(document).map_err(|e| CreateError::Yaml(e.to_string()))?);
     }
     let warnings = if password == TOKEN_FACTORY_PASSWORD { vec![CreateWarning::FactoryPassword] } else { Vec::new() };
     Ok(CreatedToken { yaml, warnings })

@@ -158,6 +158,7 @@ pub fn wrong_password_fingerprint(certificate_der: &[u8], password: &[u8]) -> St
     hash.update((certificate_der.len() as u64).to_be_bytes());
     hash.update(certificate_der);
     hash.update(password);
+    // Hex by hand: no hex crate among the dependencies.
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
