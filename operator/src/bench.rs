@@ -8,19 +8,29 @@ use std::time::Instant;
 use crate::manifest;
 use crate::validate::{self, SecretPolicy};
 
+/// The quickstart's Secrets, whose token Secrets hold example (published) token material.
+const QUICKSTART_SECRETS: &str = include_str!("../../examples/quickstart/secrets.yaml");
+
 /// A namespace the size of a CallManager cluster: one mixed-mode cluster, two tokens, a SIP and an
 /// SCCP profile in each device security mode, `phones` phones across models, and for every SIP
 /// phone an end user with digest credentials in a Secret.
 pub fn namespace_yaml(phones: usize) -> String {
     let mut y = String::with_capacity(phones * 700);
     y.push_str(
-        "apiVersion: callguard.io/v1alpha1\nkind: CallControlCluster\nmetadata: {name: bench}\nspec:\n  securityMode: Mixed\n  nodes:\n  - {name: cm1, hostname: cm1.example.com, firstNode: true}\n  - {name: cm2, hostname: cm2.example.com}\n  ctl: {tokens: [token-a, token-b], signingToken: token-a}\n",
+        "apiVersion: callguard.io/v1alpha1\nkind: CallControlCluster\nmetadata: {name: bench}\nspec:\n  securityMode: Mixed\n  nodes:\n  - {name: cm1, hostname: cm1.example.com, firstNode: true}\n  - {name: cm2, hostname: cm2.example.com}\n  ctl: {tokens: [token-primary, token-backup], signingToken: token-primary}\n",
     );
-    for token in ["token-a", "token-b"] {
+    for token in ["token-primary", "token-backup"] {
         let _ = write!(
             y,
-            "---\napiVersion: callguard.io/v1alpha1\nkind: SecurityToken\nmetadata: {{name: {token}}}\nspec:\n  certificate: {{name: {token}, key: tls.crt}}\n  privateKey: {{name: {token}, key: key.p8}}\n  password: {{name: {token}, key: password}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {token}}}\nstringData: {{tls.crt: not-a-real-certificate, key.p8: not-a-real-key, password: bench-password}}\n"
+            "---\napiVersion: callguard.io/v1alpha1\nkind: SecurityToken\nmetadata: {{name: {token}}}\nspec:\n  certificate: {{name: {token}, key: certificate.pem}}\n  privateKey: {{name: {token}, key: key.p8}}\n  password: {{name: {token}-password, key: password}}\n"
         );
+    }
+    // validate checks that a token's Secret holds a real certificate and encrypted key: reuse the
+    // quickstart's published example tokens rather than generate keys for a benchmark.
+    for document in QUICKSTART_SECRETS.split("\n---\n").filter(|d| d.contains("name: token-")) {
+        y.push_str("---\n");
+        y.push_str(document.trim_end());
+        y.push('\n');
     }
     for mode in ["NonSecure", "Authenticated", "Encrypted"] {
         let transport = if mode == "NonSecure" { "TCP" } else { "TLS" };

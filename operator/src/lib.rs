@@ -8,4 +8,5 @@ pub mod crdgen;
 pub mod manifest;
 pub mod phone_config;
 pub mod pki;
+pub mod token;
 pub mod validate;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use callguard::manifest::{self, Document, LoadError};
+use callguard::token::create;
 use callguard::validate::{self, SecretPolicy};
 
 /// Callguard: the security plane for IP telephony on Kubernetes.
@@ -37,10 +38,52 @@ enum Command {
         #[arg(long)]
         allow_missing_secrets: bool,
     },
+    /// Security tokens (SAST) that sign the CTL.
+    Token {
+        #[command(subcommand)]
+        token: Token,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
         bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Token {
+    /// Make a software token: an RSA 2048 key and a self-signed SAST certificate, written as a Secret
+    /// (certificate.pem, and key.p8 encrypted with the password) and the SecurityToken that uses it.
+    ///
+    /// The password Secret (<name>-password, key `password`) is NOT written unless
+    /// --with-password-secret is given: a password belongs in a sealed or external secret, not in
+    /// plain YAML next to the key it opens. The factory password Cisco123 is accepted with a
+    /// warning, but no CTL is signed with the token until it changes.
+    Create {
+        /// Name of the SecurityToken and of its Secret; also the certificate's CN.
+        #[arg(long)]
+        name: String,
+        /// File holding the token password; one trailing newline is ignored.
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Namespace written into the manifests' metadata.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Organization (O) of the certificate subject.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Organizational unit (OU) of the certificate subject.
+        #[arg(long)]
+        organizational_unit: Option<String>,
+        /// spec.description of the SecurityToken, e.g. where the token is kept.
+        #[arg(long)]
+        description: Option<String>,
+        /// Also write the password Secret, in plain text (for labs and examples only).
+        #[arg(long)]
+        with_password_secret: bool,
+        /// Write the manifests to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -62,6 +105,7 @@ fn main() -> ExitCode {
             let policy = if allow_missing_secrets { SecretPolicy::AllowMissing } else { SecretPolicy::Require };
             run_validate(&paths, policy)
         }
+        Command::Token { token } => run_token(token),
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
             ExitCode::SUCCESS
@@ -99,6 +143,58 @@ fn crdgen(dir: &std::path::Path, readme: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_token(token: Token) -> ExitCode {
+    let Token::Create { name, password_file, namespace, organization, organizational_unit, description, with_password_secret, out } = token;
+    let password = match std::fs::read(&password_file) {
+        Ok(bytes) => create::password_from_file(&bytes),
+        Err(e) => {
+            eprintln!("callguard token create: {}: {e}", password_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let password = match password {
+        Ok(password) => password,
+        Err(e) => {
+            eprintln!("callguard token create: {}: {e}", password_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let request = create::TokenRequest { name, namespace, organization, organizational_unit, description, with_password_secret };
+    let created = match create::create(&request, &password, time::OffsetDateTime::now_utc()) {
+        Ok(created) => created,
+        Err(e) => {
+            eprintln!("callguard token create: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in &created.warnings {
+        eprintln!("callguard token create: warning: {warning}");
+    }
+    match out {
+        None => {
+            print!("{}", created.yaml);
+            ExitCode::SUCCESS
+        }
+        Some(path) => match write_private(&path, created.yaml.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("callguard token create: {}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// Writes a file only its owner can read: it holds a private key, if encrypted.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Finding, ObjectRef, SecretPolicy, Snapshot, Violation};
 use crate::api::*;
+use crate::token::material;
 
 /// Every violation of the cross-object rules in one namespace, in a stable order.
 pub fn check(snapshot: &Snapshot, policy: SecretPolicy) -> Vec<Finding> {
@@ -121,8 +122,8 @@ fn token_usable(token: &SecurityToken) -> Result<(), String> {
 fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
     let snapshot = out.snapshot;
     for (name, token) in &snapshot.tokens {
-        out.secret("SecurityToken", name, "spec.certificate", &token.spec.certificate);
-        out.secret("SecurityToken", name, "spec.privateKey", &token.spec.private_key);
+        token_material(out, name, "spec.certificate", &token.spec.certificate, material::check_certificate);
+        token_material(out, name, "spec.privateKey", &token.spec.private_key, material::check_encrypted_key);
         out.secret("SecurityToken", name, "spec.password", &token.spec.password);
     }
     let Some(cluster) = cluster else { return };
@@ -162,6 +163,22 @@ fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
             "spec.ctl.signingToken",
             format!("SecurityToken {:?} {why}; nothing signs with it (P.16-5)", ctl.signing_token),
         );
+    }
+}
+
+/// A token's certificate is a PEM X.509 certificate with an RSA 2048 key (P.3-9, spec/04 §3.3) and
+/// its key an `ENCRYPTED PRIVATE KEY` (P.3-17): a placeholder would only fail when the CTL is signed.
+fn token_material<T>(
+    out: &mut Findings<'_>,
+    name: &str,
+    field: &str,
+    reference: &SecretKeyRef,
+    check: impl Fn(&[u8]) -> Result<T, material::MaterialError>,
+) {
+    if let Some(value) = out.secret("SecurityToken", name, field, reference)
+        && let Err(e) = check(value)
+    {
+        out.push("SecurityToken", name, field, format!("Secret {:?} key {:?} {e}", reference.name, reference.key));
     }
 }
 
