@@ -8,9 +8,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use callguard::pki::ca::{CaSettings, ClusterCa, certificate_pem};
-use callguard::pki::inspect::{CertificateFacts, md5_hex};
+use callguard::pki::inspect::{CertificateFacts, EcCurve, md5_hex};
 use callguard::pki::issue::{
-    IssueError, LscKeySource, LscRequest, PhoneKey, ServerCertificateRequest, ServerRole, issue_lsc, issue_server_certificate,
+    IssueError, LscKeySource, LscRequest, PhoneKey, ServerCertificateRequest, ServerRole, check_phone_key, issue_lsc,
+    issue_server_certificate,
 };
 use callguard::pki::keys;
 use callguard::pki::serial::Serial;
@@ -258,7 +259,7 @@ fn lsc_from_an_ec_csr_made_with_rcgen() {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let csr = rcgen::CertificateParams::new(vec!["ignored.example".to_string()]).unwrap().serialize_request(&key).unwrap();
     let lsc = issue_lsc(ca(), &lsc_request(LscKeySource::Csr(csr.der()), serial())).unwrap();
-    assert_eq!(lsc.phone_key, PhoneKey::Ec(callguard::pki::inspect::EcCurve::P256));
+    assert_eq!(lsc.phone_key, PhoneKey::Ec(EcCurve::P256));
     assert_verifies(dir.path(), &lsc.certificate_der, "sslclient");
     assert_lsc_profile(&x509_text(dir.path(), &lsc.certificate_der));
 }
@@ -269,6 +270,15 @@ fn rsa_512_phone_keys_are_refused() {
     let spki = openssl_spki(dir.path(), &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512"]);
     let refused = issue_lsc(ca(), &lsc_request(LscKeySource::PublicKey(&spki), serial()));
     assert!(matches!(&refused, Err(IssueError::KeyRefused(why)) if why.contains("512")), "{refused:?}");
+}
+
+#[test]
+fn p521_keys_pass_the_spec_check_but_this_build_cannot_issue_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let spki = openssl_spki(dir.path(), &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"]);
+    assert_eq!(check_phone_key(&spki), Ok(PhoneKey::Ec(EcCurve::P521)));
+    let refused = issue_lsc(ca(), &lsc_request(LscKeySource::PublicKey(&spki), serial()));
+    assert!(matches!(&refused, Err(IssueError::KeyRefused(why)) if why.contains("P-521")), "{refused:?}");
 }
 
 #[test]

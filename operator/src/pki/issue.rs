@@ -271,8 +271,7 @@ pub fn issue_lsc(ca: &ClusterCa, request: &LscRequest<'_>) -> Result<IssuedLsc, 
     };
     let phone_key = check_phone_key(&spki)?;
     if phone_key == PhoneKey::Ec(EcCurve::P521) {
-        // The spec allows P-521, but rcgen built on ring cannot encode a P-521 SubjectPublicKeyInfo.
-        return Err(IssueError::KeyRefused("EC P-521 keys are not supported by this build's certificate encoder (spec/04 §7.8)".into()));
+        return Err(p521_unsupported());
     }
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&spki).map_err(|e| IssueError::KeyRefused(format!("{e} (spec/04 §7.8)")))?;
 
@@ -351,10 +350,17 @@ pub fn public_key_from_csr(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
     let spki = &csr.certification_request_info.subject_pki;
     match inspect::public_key_kind(spki) {
         PublicKeyKind::Rsa { .. } => verify_rsa_csr(&csr)?,
+        PublicKeyKind::Ec(EcCurve::P521) => return Err(p521_unsupported()),
         PublicKeyKind::Ec(_) => csr.verify_signature().map_err(|e| IssueError::CsrRefused(format!("signature does not verify: {e}")))?,
         PublicKeyKind::Other => return Err(IssueError::KeyRefused("only RSA and EC keys are accepted (spec/04 §7.8)".into())),
     }
     Ok(spki.raw.to_vec())
+}
+
+/// The spec allows P-521, but rcgen and x509-parser built on ring can neither encode a P-521 SubjectPublicKeyInfo
+/// nor verify a P-521 signature.
+fn p521_unsupported() -> IssueError {
+    IssueError::KeyRefused("EC P-521 keys are not supported by this build's certificate encoder (spec/04 §7.8)".into())
 }
 
 fn verify_rsa_csr(csr: &X509CertificationRequest<'_>) -> Result<(), IssueError> {
