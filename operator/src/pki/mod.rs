@@ -1,3 +1,8 @@
 //! Keys and certificates: the cluster CA, server certificates, LSCs, and the renewal policy.
 
+pub mod ca;
+pub mod inspect;
+pub mod issue;
 pub mod keys;
+pub mod renewal;
+pub mod serial;
