@@ -619,8 +619,16 @@ fn n10_encryption_without_an_rsa_certificate_is_refused() {
     case.certificate = Some(DeviceCertificate::from_der(&certificates().ec_der).expect("parses"));
     let err = case.resolve().expect_err("refused");
     assert!(matches!(err, RenderError::EncryptionNeedsRsaCertificate { found: Some(DeviceKeyKind::Ec), .. }), "{err:?}");
+    // No certificate yet: the stub goes out with a blank certHash so the phone starts CAPF (§5.1), and
+    // the full file, which could only be encrypted for a certificate, is refused.
     case.certificate = None;
-    let err = case.resolve().expect_err("refused");
+    let resolved = case.resolve().expect("resolves to a stub-only configuration");
+    assert!(resolved.conditions.contains(&ConfigCondition::AwaitingDeviceCertificate));
+    assert!(resolved.config.encr_config && resolved.config.cert_hash.is_none());
+    let stub = String::from_utf8(render_stub(&resolved.config).expect("the stub renders")).unwrap();
+    assert!(stub.contains("<certHash></certHash>") || stub.contains("<certHash/>"), "{stub}");
+    assert!(stub.contains("<encrConfig>true</encrConfig>"), "{stub}");
+    let err = render_full(&resolved.config).expect_err("refused");
     assert!(matches!(err, RenderError::EncryptionNeedsRsaCertificate { found: None, .. }), "{err:?}");
     assert!(err.to_string().contains("RSA device certificate"));
     // Without encryption no certificate is needed.

@@ -477,9 +477,6 @@ impl PhoneConfig {
         if self.srst.is_secure {
             return Err(RenderError::SecureSrstWithoutElement { device: device() });
         }
-        if self.encr_config && self.cert_hash.is_none() {
-            return Err(RenderError::EncryptionNeedsRsaCertificate { device: device(), found: None });
-        }
         if !self.encr_config && self.cert_hash.is_some() {
             return Err(RenderError::CertHashWithoutEncryption { device: device() });
         }

@@ -17,6 +17,11 @@ type Xml = Writer<Vec<u8>>;
 /// `SEP<MAC>.cnf.xml.enc.sgn`; with it off, the payload of `SEP<MAC>.cnf.xml.sgn` (spec/04 §5.6).
 pub fn render_full(config: &PhoneConfig) -> Result<Vec<u8>, RenderError> {
     config.check()?;
+    // The full file of an encrypted phone is only ever encrypted for its certificate (spec/04 §5.3);
+    // without one there is nothing to encrypt for. The stub needs no certificate.
+    if config.encr_config && config.cert_hash.is_none() {
+        return Err(RenderError::EncryptionNeedsRsaCertificate { device: config.device_name.clone(), found: None });
+    }
     document(|w| write_full(w, config))
 }
 

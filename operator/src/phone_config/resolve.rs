@@ -84,6 +84,9 @@ pub enum ConfigCondition {
     ManualKeyEncryptionNotRendered,
     /// Hardening settings that differ from the default but have no known element (spec/02 §6).
     HardeningNotRendered { settings: Vec<&'static str> },
+    /// Encryption is on but the phone has no certificate yet: only the stub is served, with a blank
+    /// certHash, until CAPF issues an LSC (spec/04 §5.1).
+    AwaitingDeviceCertificate,
 }
 
 impl ConfigCondition {
@@ -97,6 +100,7 @@ impl ConfigCondition {
             ConfigCondition::DigestCredentialsEnteredOnPhone => "DigestCredentialsEnteredOnPhone",
             ConfigCondition::ManualKeyEncryptionNotRendered => "ManualKeyEncryptionNotRendered",
             ConfigCondition::HardeningNotRendered { .. } => "HardeningNotRendered",
+            ConfigCondition::AwaitingDeviceCertificate => "AwaitingDeviceCertificate",
         }
     }
 }
@@ -124,6 +128,9 @@ impl fmt::Display for ConfigCondition {
             }
             ConfigCondition::ManualKeyEncryptionNotRendered => f.write_str(
                 "the profile asks for an encrypted configuration, but this model uses manual key distribution, which is not implemented: the file is not encrypted (spec/04 §5)",
+            ),
+            ConfigCondition::AwaitingDeviceCertificate => f.write_str(
+                "the configuration is to be encrypted but the phone has no certificate yet: only the stub is served, with a blank certHash, until CAPF issues an LSC (spec/04 §5.1)",
             ),
             ConfigCondition::HardeningNotRendered { settings } => write!(
                 f,
@@ -250,7 +257,13 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
     let cert_hash = if encr_config {
         match device_certificate {
             Some(DeviceCertificate { cert_hash, key_kind: DeviceKeyKind::Rsa }) => Some(cert_hash),
-            other => return Err(RenderError::EncryptionNeedsRsaCertificate { device, found: other.map(|c| c.key_kind) }),
+            // No certificate yet: the stub goes out with a blank certHash, which makes the phone start
+            // CAPF (spec/04 §5.1 step 2); the full file waits for the LSC.
+            None => {
+                conditions.push(ConfigCondition::AwaitingDeviceCertificate);
+                None
+            }
+            Some(other) => return Err(RenderError::EncryptionNeedsRsaCertificate { device, found: Some(other.key_kind) }),
         }
     } else {
         None
