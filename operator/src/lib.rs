@@ -7,4 +7,5 @@ pub mod bench;
 pub mod crdgen;
 pub mod manifest;
 pub mod pki;
+pub mod trust;
 pub mod validate;
