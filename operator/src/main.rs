@@ -37,6 +37,11 @@ enum Command {
         #[arg(long)]
         allow_missing_secrets: bool,
     },
+    /// Cisco trust files: inspect, verify and decrypt CTL/ITL, .sgn and .enc.sgn files.
+    Trust {
+        #[command(subcommand)]
+        command: callguard::trust::cli::TrustCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
             let policy = if allow_missing_secrets { SecretPolicy::AllowMissing } else { SecretPolicy::Require };
             run_validate(&paths, policy)
         }
+        Command::Trust { command } => callguard::trust::cli::run(command),
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
             ExitCode::SUCCESS

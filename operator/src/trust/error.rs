@@ -110,7 +110,9 @@ impl fmt::Display for TrustError {
                 write!(f, "element 0x{tag:02X} has length {found}, expected {expected} (spec/04 §3.3, §5.2)")
             }
             MissingElement { tag, name } => write!(f, "required element 0x{tag:02X} {name} is missing (spec/04 §3.6, §3.8)"),
-            BadPreamble => write!(f, "the file must start with VERSION (tag 1, length 2) then HEADER_LENGTH (tag 2, length 2) (spec/04 §3.8)"),
+            BadPreamble => {
+                write!(f, "the file must start with VERSION (tag 1, length 2) then HEADER_LENGTH (tag 2, length 2) (spec/04 §3.8)")
+            }
             UnsupportedVersion { major, minor } => {
                 write!(f, "VERSION {major}.{minor} is none of 1.2 (.tlv), 1.0 (.sgn), 2.0 (.enc.sgn) (spec/04 §3.3)")
             }
@@ -127,10 +129,9 @@ impl fmt::Display for TrustError {
                 write!(f, "SIGNER_VERSION {major}.{minor} is neither 1.0 nor 1.1 (spec/04 §3.3)")
             }
             BadModulusCode(code) => write!(f, "SIGNATURE_MODULUS code {code} is not 0..=3 (spec/04 §3.3)"),
-            SignatureLengthMismatch { modulus_bytes, signature_bytes } => write!(
-                f,
-                "SIGNATURE is {signature_bytes} bytes but SIGNATURE_MODULUS says {modulus_bytes} (spec/04 §3.8)"
-            ),
+            SignatureLengthMismatch { modulus_bytes, signature_bytes } => {
+                write!(f, "SIGNATURE is {signature_bytes} bytes but SIGNATURE_MODULUS says {modulus_bytes} (spec/04 §3.8)")
+            }
             BadString { tag } => write!(f, "element 0x{tag:02X} is not NUL-terminated text (spec/04 §1.2)"),
             BadFilename(why) => write!(f, "file name refused: {why} (spec/04 §3.1, §4)"),
             BadRecordLength { offset, length } => {

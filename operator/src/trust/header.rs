@@ -328,9 +328,8 @@ pub fn parse_header(file: &[u8], mode: Mode) -> Result<SignedHeader, TrustError>
         return Err(TrustError::BadPreamble);
     }
     let header_length = usize::from(u16::from_be_bytes([length_element.value[0], length_element.value[1]]));
-    let bad_length = header_length > file.len()
-        || header_length < PREAMBLE_LENGTH
-        || (mode == Mode::Strict && !header_length.is_multiple_of(4));
+    let bad_length =
+        header_length > file.len() || header_length < PREAMBLE_LENGTH || (mode == Mode::Strict && !header_length.is_multiple_of(4));
     if bad_length {
         return Err(TrustError::BadHeaderLength { header_length, file_length: file.len() });
     }
@@ -404,15 +403,19 @@ pub fn parse_header(file: &[u8], mode: Mode) -> Result<SignedHeader, TrustError>
 }
 
 /// The §5.2 elements. Strict `.enc.sgn` files need them all; elsewhere (Lenient) they are optional as a group.
-fn encryption_elements(scan: &Scan<'_>, kind: FileKind, header_hash: HashAlgorithm, mode: Mode) -> Result<Option<EncryptionElements>, TrustError> {
+fn encryption_elements(
+    scan: &Scan<'_>,
+    kind: FileKind,
+    header_hash: HashAlgorithm,
+    mode: Mode,
+) -> Result<Option<EncryptionElements>, TrustError> {
     let any_present = (tag::ENCRYPTION_INFO..=tag::PLAINTEXT_HASH).any(|t| scan.seen[usize::from(t)]);
     if kind != FileKind::Encrypted && !any_present {
         return Ok(None);
     }
     let read = || -> Result<EncryptionElements, TrustError> {
-        let plaintext_hash_algorithm = HashAlgorithm::from_code(
-            tlv::fixed::<1>(scan.require(tag::PLAINTEXT_HASH_ALGORITHM, "PLAINTEXT_HASH_ALGORITHM")?)?[0],
-        )?;
+        let plaintext_hash_algorithm =
+            HashAlgorithm::from_code(tlv::fixed::<1>(scan.require(tag::PLAINTEXT_HASH_ALGORITHM, "PLAINTEXT_HASH_ALGORITHM")?)?[0])?;
         let plaintext_hash = scan.require(tag::PLAINTEXT_HASH, "PLAINTEXT_HASH")?;
         if plaintext_hash.value.len() != plaintext_hash_algorithm.digest_len() {
             return Err(TrustError::BadElementLength {
@@ -461,6 +464,15 @@ impl SignedHeader {
     pub fn verify(&self, file: &[u8], key: &RsaPublicKey) -> Result<(), TrustError> {
         let digest = self.hash.digest_parts(&self.signed_parts(file)?);
         key.verify(self.hash.pkcs1v15(), &digest, &self.signature).map_err(|_| TrustError::BadSignature)
+    }
+
+    /// Verifies with the key of a DER certificate whose serial must equal SIGNER_SERIAL.
+    pub fn verify_with_certificate(&self, file: &[u8], certificate_der: &[u8]) -> Result<(), TrustError> {
+        let facts = CertificateFacts::from_der(certificate_der)?;
+        if !super::names::serials_equal(&facts.serial, &self.signer_serial) {
+            return Err(TrustError::SignerNotFound);
+        }
+        self.verify(file, facts.rsa_key()?)
     }
 
     /// The bytes after the header: records or payload.

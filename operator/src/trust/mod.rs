@@ -2,6 +2,7 @@
 //! configuration (`.enc.sgn`), with a parser, a verifier and a readable description for each.
 
 pub mod certificate;
+pub mod cli;
 pub mod codes;
 pub mod encrypted;
 pub mod error;

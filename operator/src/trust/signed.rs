@@ -1,11 +1,9 @@
 //! Signed files (`.sgn`): any file a phone downloads, behind a VERSION 1.0 header signed by the TFTP key
 //! (spec/04 §4).
 
-use super::certificate::CertificateFacts;
 use super::codes::{FileKind, HashAlgorithm, SignerVersion};
 use super::error::TrustError;
 use super::header::{HeaderFields, SignedHeader, Signer, assemble_signed, check_filename, parse_header};
-use super::names::serials_equal;
 use super::tlv::Mode;
 use super::trust_list::{TrustList, TrustRecord, verify_by_records};
 
@@ -100,14 +98,7 @@ pub(crate) fn verify_configuration<'t>(
 ) -> Result<Option<&'t TrustRecord>, TrustError> {
     match check {
         SignatureCheck::TrustList(list) => verify_by_records(header, file, list.configuration_signers()).map(Some),
-        SignatureCheck::Certificate(der) => {
-            let facts = CertificateFacts::from_der(der)?;
-            if !serials_equal(&facts.serial, &header.signer_serial) {
-                return Err(TrustError::SignerNotFound);
-            }
-            header.verify(file, facts.rsa_key()?)?;
-            Ok(None)
-        }
+        SignatureCheck::Certificate(der) => header.verify_with_certificate(file, der).map(|()| None),
     }
 }
 

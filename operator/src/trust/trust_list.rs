@@ -245,8 +245,7 @@ impl<'a> TrustFileBuilder<'a> {
         if bytes.len() > MAX_FILE_SIZE {
             return Err(TrustError::FileTooLarge { size: bytes.len(), limit: MAX_FILE_SIZE });
         }
-        let warnings =
-            if records.len() > MANY_RECORDS { vec![BuildWarning::ManyRecords { count: records.len() }] } else { Vec::new() };
+        let warnings = if records.len() > MANY_RECORDS { vec![BuildWarning::ManyRecords { count: records.len() }] } else { Vec::new() };
         Ok(BuiltTrustList { bytes, warnings, records })
     }
 
