@@ -786,7 +786,7 @@ fn n05_itl_over_64k_refused() {
 
     // Control: 39 certificates of about 1 000 bytes. With one certificate in two roles (SAST and TVS) that is
     // 40 records, above the 39-record warning threshold of §3.7, yet under 64 KiB.
-    let others = grown_certificates(38, 920);
+    let others = grown_certificates(38, 940);
     let mut builder =
         TrustFileBuilder::new(TrustListKind::Itl, &signer, T0).record(sast_a_cert(), Role::Sast).record(sast_a_cert(), Role::Tvs);
     for der in &others {

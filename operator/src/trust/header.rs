@@ -18,7 +18,7 @@ const PREAMBLE_LENGTH: usize = 10;
 /// The RSA key that signs a file and its certificate (SAST for `.tlv`, TFTP or CCM+TFTP for `.sgn`/`.enc.sgn`).
 ///
 /// Built with [`Signer::new`], which applies the signer key rules of spec/04 §3.3.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Signer {
     pub certificate_der: Vec<u8>,
     pub key: RsaPrivateKey,
@@ -57,6 +57,17 @@ impl Signer {
     /// Signature length in bytes (the modulus size).
     pub fn signature_len(&self) -> usize {
         self.key.size()
+    }
+}
+
+/// Names the certificate and key size only: the `rsa` crate's own `Debug` would print the private exponent.
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("certificate_der", &format_args!("{} bytes", self.certificate_der.len()))
+            .field("key", &format_args!("RSA-{} (private, not shown)", self.key.n().bits()))
+            .field("legacy_signer_keys", &self.legacy_signer_keys)
+            .finish()
     }
 }
 
@@ -478,5 +489,65 @@ impl SignedHeader {
     /// The bytes after the header: records or payload.
     pub fn body<'f>(&self, file: &'f [u8]) -> &'f [u8] {
         file.get(self.header_length..).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::keys;
+
+    fn signer() -> Signer {
+        let key = keys::generate_rsa(2048);
+        let key_pair = rcgen::KeyPair::try_from(keys::pkcs8_der(&key).as_slice()).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "TFTP");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0x01]));
+        let der = params.self_signed(&key_pair).unwrap().der().to_vec();
+        Signer::new(der, key, false).unwrap()
+    }
+
+    fn fields(extra: &[u8]) -> HeaderFields<'_> {
+        HeaderFields {
+            kind: FileKind::Signed,
+            signer_version: SignerVersion::V1_0,
+            hash: HashAlgorithm::Sha1,
+            filename: "a.sgn",
+            timestamp: 7,
+            extra_elements: extra,
+        }
+    }
+
+    #[test]
+    fn header_rules() {
+        let signer = signer();
+        assert!(!format!("{signer:?}").contains("primes"), "Debug must not print the private key");
+        let file = assemble_signed(&fields(&[]), &signer, b"body").unwrap();
+        let header = parse_header(&file, Mode::Strict).unwrap();
+        assert_eq!((header.signer_name.as_str(), header.filename.as_str(), header.timestamp), ("CN=TFTP", "a.sgn", 7));
+        header.verify(&file, &RsaPublicKey::from(&signer.key)).unwrap();
+
+        // SIGNER_INFO children in another order are accepted (spec/04 §3.3): subject = issuer, so swapping the
+        // tags of 0x04 and 0x06 gives the order 06, 04, 05.
+        let mut reordered = file.clone();
+        assert_eq!((reordered[13], reordered[24]), (tag::SIGNER_NAME, tag::SIGNER_ISSUER));
+        reordered.swap(13, 24);
+        let header = parse_header(&reordered, Mode::Strict).unwrap();
+        assert_eq!(header.signer_issuer, "CN=TFTP");
+
+        // SIGNER_VERSION is unknown in a .sgn in Strict mode; Lenient reads it.
+        let with_version = tlv::encode(tag::SIGNER_VERSION, &[1, 0]).unwrap();
+        let file = assemble_signed(&fields(&with_version), &signer, b"").unwrap();
+        assert!(matches!(parse_header(&file, Mode::Strict), Err(TrustError::UnknownTag { tag: tag::SIGNER_VERSION, .. })));
+        assert_eq!(parse_header(&file, Mode::Lenient).unwrap().signer_version, Some(SignerVersion::V1_0));
+
+        // A pad byte before an element is refused in Strict mode.
+        let pad_then_element = [&[tag::PADDING][..], &tlv::encode(0x30, &[]).unwrap()].concat();
+        let file = assemble_signed(&fields(&pad_then_element), &signer, b"").unwrap();
+        assert!(matches!(parse_header(&file, Mode::Strict), Err(TrustError::PadNotAtEnd { .. })));
+        assert_eq!(parse_header(&file, Mode::Lenient).unwrap().unknown_tags, vec![0x30]);
+
+        assert!(matches!(assemble_signed(&HeaderFields { filename: "", ..fields(&[]) }, &signer, b""), Err(TrustError::BadFilename(_))));
     }
 }
