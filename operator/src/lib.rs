@@ -9,4 +9,5 @@ pub mod manifest;
 pub mod phone_config;
 pub mod pki;
 pub mod token;
+pub mod trust;
 pub mod validate;

@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         token: Token,
     },
+    /// Cisco trust files: inspect, verify and decrypt CTL/ITL, .sgn and .enc.sgn files.
+    Trust {
+        #[command(subcommand)]
+        command: callguard::trust::cli::TrustCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
             run_validate(&paths, policy)
         }
         Command::Token { token } => run_token(token),
+        Command::Trust { command } => callguard::trust::cli::run(command),
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
             ExitCode::SUCCESS
