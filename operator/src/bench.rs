@@ -15,10 +15,19 @@ const QUICKSTART_SECRETS: &str = include_str!("../../examples/quickstart/secrets
 /// SCCP profile in each device security mode, `phones` phones across models, and for every SIP
 /// phone an end user with digest credentials in a Secret.
 pub fn namespace_yaml(phones: usize) -> String {
+    namespace_yaml_with(phones, false)
+}
+
+/// As [`namespace_yaml`]; with `encrypt`, the cluster and the Encrypted profiles turn on TFTP
+/// encrypted configuration, so a third of the phones get encrypted files (P.7-2).
+pub fn namespace_yaml_with(phones: usize, encrypt: bool) -> String {
     let mut y = String::with_capacity(phones * 700);
     y.push_str(
         "apiVersion: callguard.io/v1alpha1\nkind: CallControlCluster\nmetadata: {name: bench}\nspec:\n  securityMode: Mixed\n  nodes:\n  - {name: cm1, hostname: cm1.example.com, firstNode: true}\n  - {name: cm2, hostname: cm2.example.com}\n  ctl: {tokens: [token-primary, token-backup], signingToken: token-primary}\n",
     );
+    if encrypt {
+        y.push_str("  tftpEncryptedConfiguration: true\n");
+    }
     for token in ["token-primary", "token-backup"] {
         let _ = write!(
             y,
@@ -35,9 +44,10 @@ pub fn namespace_yaml(phones: usize) -> String {
     for mode in ["NonSecure", "Authenticated", "Encrypted"] {
         let transport = if mode == "NonSecure" { "TCP" } else { "TLS" };
         let lower = mode.to_lowercase();
+        let encrypted = encrypt && mode == "Encrypted";
         let _ = write!(
             y,
-            "---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sccp-{lower}}}\nspec: {{protocol: SCCP, deviceSecurityMode: {mode}}}\n---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sip-{lower}}}\nspec:\n  protocol: SIP\n  deviceSecurityMode: {mode}\n  sip: {{transportType: {transport}, enableDigestAuthentication: true}}\n"
+            "---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sccp-{lower}}}\nspec: {{protocol: SCCP, deviceSecurityMode: {mode}, tftpEncryptedConfig: {encrypted}}}\n---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sip-{lower}}}\nspec:\n  protocol: SIP\n  deviceSecurityMode: {mode}\n  tftpEncryptedConfig: {encrypted}\n  sip: {{transportType: {transport}, enableDigestAuthentication: true}}\n"
         );
     }
     const MODELS: [&str; 5] = ["7911", "7941", "7961", "7970", "7971"];
@@ -100,4 +110,137 @@ pub fn validate(phones: usize) {
     for v in report.violations.iter().take(5) {
         println!("    {v}");
     }
+}
+
+/// `openssl speed` for RSA of `bits` bits, single-threaded as it runs by default: (sign/s, verify/s).
+pub fn openssl_rsa_speed(bits: usize, seconds: u32) -> Result<(f64, f64), String> {
+    let output = std::process::Command::new("openssl")
+        .args(["speed", "-mr", "-seconds", &seconds.to_string(), &format!("rsa{bits}")])
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // Machine-readable result line: +F2:<index>:<bits>:<sign/s>:<verify/s>
+    text.lines()
+        .filter_map(|line| line.strip_prefix("+F2:"))
+        .find_map(|rest| {
+            let fields: Vec<&str> = rest.split(':').collect();
+            (fields.get(1) == Some(&bits.to_string().as_str()))
+                .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))?
+        })
+        .ok_or_else(|| format!("openssl speed printed no rsa{bits} result: {}", text.trim()))
+}
+
+/// Renders and signs the configuration files of `phones` phones (a third encrypted for their LSC),
+/// with the CTL and ITL, and prints files per second next to `openssl speed rsa2048`.
+pub fn configs(phones: usize) -> Result<(), String> {
+    use crate::build::{build_namespace, state::Sensitivity, state::StateDir};
+    let yaml = namespace_yaml_with(phones, true);
+    let documents = manifest::parse_documents(Path::new("bench.yaml"), yaml.as_bytes()).map_err(|e| e.to_string())?;
+    let mut report = validate::validate_documents(&documents, SecretPolicy::Require);
+    if let Some(v) = report.violations.first() {
+        return Err(format!("the generated namespace is invalid: {v}"));
+    }
+    let snapshot = report.snapshots.remove("default").ok_or("the generated namespace is empty")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let state = StateDir::open(dir.path()).map_err(|e| e.to_string())?;
+    let now = time::OffsetDateTime::now_utc();
+
+    // The encrypted phones need certificates. Key generation is a phone's work, not ours, so a pool
+    // of 16 LSCs (issued by the cluster CA from 16 phone keys) is spread over them.
+    let warm = build_namespace(&snapshot, &state, now).map_err(|e| e.to_string())?;
+    let lscs = lsc_pool(&state, 16, now)?;
+    let mut encrypted = 0;
+    for (i, phone) in snapshot.phones.values().enumerate() {
+        let profile = snapshot.phone_profiles.get(&phone.spec.security_profile_ref);
+        if profile.is_some_and(|p| p.spec.tftp_encrypted_config()) {
+            let path = format!("devices/{}.crt", phone.spec.device_name());
+            state.write(&path, &lscs[i % lscs.len()], Sensitivity::Public).map_err(|e| e.to_string())?;
+            encrypted += 1;
+        }
+    }
+    drop(warm);
+
+    let started = Instant::now();
+    let output = build_namespace(&snapshot, &state, now).map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    let encrypted_files = output.files.keys().filter(|name| name.ends_with(".enc.sgn")).count();
+    let signed_files = output.files.keys().filter(|name| name.ends_with(".sgn")).count();
+    let not_ready: Vec<_> = output.statuses.iter().filter(|s| !s.ready).collect();
+    let (sign, _) = openssl_rsa_speed(2048, 3)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let files_per_second = output.files.len() as f64 / elapsed.as_secs_f64();
+    let signatures_per_second = signed_files as f64 / elapsed.as_secs_f64();
+    println!("bench configs: {phones} phones, {encrypted} with encrypted configuration, {cores} core(s)");
+    println!(
+        "  files built:            {:>8}  ({signed_files} signed .sgn/.enc.sgn, {encrypted_files} .enc.sgn, plus plain and trust lists)",
+        output.files.len()
+    );
+    println!("  build time:             {elapsed:>8.2?}");
+    println!("  files per second:       {files_per_second:>8.0}");
+    println!("  RSA-2048 signatures/s:  {signatures_per_second:>8.0}  (one per .sgn and .enc.sgn)");
+    println!("  openssl speed rsa2048:  {sign:>8.0} sign/s on one core");
+    println!("  ratio:                  {:>8.2}  (our signatures/s over openssl's single-core sign/s)", signatures_per_second / sign);
+    if !not_ready.is_empty() {
+        println!(
+            "  not ready: {} resource(s), e.g. {}/{}: {}",
+            not_ready.len(),
+            not_ready[0].kind,
+            not_ready[0].name,
+            not_ready[0].message
+        );
+    }
+    Ok(())
+}
+
+/// `count` LSCs, DER, from as many fresh RSA-2048 phone keys, issued by the state's cluster CA.
+fn lsc_pool(state: &crate::build::state::StateDir, count: usize, now: time::OffsetDateTime) -> Result<Vec<Vec<u8>>, String> {
+    let ca = cluster_ca(state)?;
+    (0..count)
+        .map(|i| {
+            let spki = phone_spki(&crate::pki::keys::generate_rsa(2048));
+            issue_one_lsc(&ca, &format!("SEP{i:012X}"), &spki, now)
+        })
+        .collect()
+}
+
+fn cluster_ca(state: &crate::build::state::StateDir) -> Result<crate::pki::ca::ClusterCa, String> {
+    let read = |name: &str| state.read_string(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} is missing"));
+    crate::pki::ca::ClusterCa::from_pem(&read("ca/ca.crt")?, &read("ca/ca.key")?).map_err(|e| e.to_string())
+}
+
+fn phone_spki(key: &rsa::RsaPrivateKey) -> Vec<u8> {
+    use rsa::pkcs8::EncodePublicKey;
+    rsa::RsaPublicKey::from(key).to_public_key_der().expect("an RSA public key always encodes").as_bytes().to_vec()
+}
+
+fn issue_one_lsc(ca: &crate::pki::ca::ClusterCa, device: &str, spki: &[u8], now: time::OffsetDateTime) -> Result<Vec<u8>, String> {
+    use crate::pki::issue::{LscKeySource, LscRequest, issue_lsc};
+    let serial = crate::pki::serial::Serial::random(&mut rand::thread_rng());
+    let request = LscRequest { device_name: device, key: LscKeySource::PublicKey(spki), validity_days: 365, serial, now };
+    issue_lsc(ca, &request).map(|issued| issued.certificate_der).map_err(|e| e.to_string())
+}
+
+/// Issues `count` LSCs from RSA-2048 phone keys with an RSA-2048 cluster CA on one core, and prints
+/// certificates per second next to `openssl speed rsa2048` (the CA's signing rate bounds issuance).
+pub fn lsc(count: usize) -> Result<(), String> {
+    let now = time::OffsetDateTime::now_utc();
+    let ca = crate::pki::ca::ClusterCa::generate(&crate::pki::ca::CaSettings::new("bench", "default"), now).map_err(|e| e.to_string())?;
+    let keys: Vec<Vec<u8>> = (0..8).map(|_| phone_spki(&crate::pki::keys::generate_rsa(2048))).collect();
+    let started = Instant::now();
+    let mut bytes = 0;
+    for i in 0..count {
+        bytes += issue_one_lsc(&ca, &format!("SEP{i:012X}"), &keys[i % keys.len()], now)?.len();
+    }
+    let elapsed = started.elapsed();
+    let (sign, _) = openssl_rsa_speed(2048, 3)?;
+    let per_second = count as f64 / elapsed.as_secs_f64();
+    println!("bench lsc: {count} LSCs (RSA-2048 phone keys, RSA-2048 CA, SHA-256), one core");
+    println!("  issue time:             {elapsed:>8.2?}  ({} bytes of DER on average)", bytes / count.max(1));
+    println!("  certificates per second:{per_second:>8.0}");
+    println!("  openssl speed rsa2048:  {sign:>8.0} sign/s");
+    println!(
+        "  ratio:                  {:>8.2}  (certificates/s over openssl sign/s; 1.0 = issuance costs no more than its signature)",
+        per_second / sign
+    );
+    Ok(())
 }

@@ -4,6 +4,7 @@
 #[allow(clippy::duplicated_attributes)]
 pub mod api;
 pub mod bench;
+pub mod build;
 pub mod crdgen;
 pub mod manifest;
 pub mod phone_config;

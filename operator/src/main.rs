@@ -38,6 +38,22 @@ enum Command {
         #[arg(long)]
         allow_missing_secrets: bool,
     },
+    /// Validate, then build every namespace's certificates, trust lists and phone configuration files.
+    ///
+    /// Keys, issued certificates, published trust lists and token status are kept in the state
+    /// directory, so a rebuild changes nothing without a reason. The files phones fetch are written to
+    /// `--out` (default: STATE_DIR/tftp/NAMESPACE).
+    Build {
+        /// Files and directories of multi-document YAML.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where keys, certificates and published trust lists are kept (private keys mode 0600).
+        #[arg(long, default_value = ".callguard")]
+        state_dir: PathBuf,
+        /// Where to write the TFTP files.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Security tokens (SAST) that sign the CTL.
     Token {
         #[command(subcommand)]
@@ -100,6 +116,18 @@ enum Bench {
         #[arg(long, default_value_t = 30_000)]
         phones: usize,
     },
+    /// Render and sign the configuration files of a namespace of phones (a third encrypted), next to `openssl speed rsa2048`.
+    Configs {
+        /// Number of phones.
+        #[arg(long, default_value_t = 30_000)]
+        phones: usize,
+    },
+    /// Issue LSCs on one core, next to `openssl speed rsa2048`.
+    Lsc {
+        /// Number of certificates.
+        #[arg(long, default_value_t = 2_000)]
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,10 +140,13 @@ fn main() -> ExitCode {
         }
         Command::Token { token } => run_token(token),
         Command::Trust { command } => callguard::trust::cli::run(command),
+        Command::Build { paths, state_dir, out } => run_build(&paths, &state_dir, out.as_deref()),
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
             ExitCode::SUCCESS
         }
+        Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
+        Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
     }
 }
 
@@ -149,6 +180,79 @@ fn crdgen(dir: &std::path::Path, readme: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn bench_result(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callguard bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+    use callguard::build::{build_namespace, state::StateDir};
+    let (documents, errors) = load(paths);
+    if !errors.is_empty() {
+        for error in &errors {
+            eprintln!("{error}");
+        }
+        return ExitCode::from(2);
+    }
+    let report = validate::validate_documents(&documents, SecretPolicy::Require);
+    if !report.violations.is_empty() {
+        for violation in &report.violations {
+            println!("{violation}");
+        }
+        eprintln!("callguard build: {} violation(s); nothing was built", report.violations.len());
+        return ExitCode::from(1);
+    }
+    let mut failed = false;
+    for (namespace, snapshot) in &report.snapshots {
+        let built = StateDir::open(&state_dir.join(namespace))
+            .map_err(|e| e.to_string())
+            .and_then(|state| build_namespace(snapshot, &state, time::OffsetDateTime::now_utc()).map_err(|e| e.to_string()));
+        let output = match built {
+            Ok(output) => output,
+            Err(e) => {
+                eprintln!("callguard build: namespace {namespace}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let dir = out.map(|o| o.join(namespace)).unwrap_or_else(|| state_dir.join("tftp").join(namespace));
+        if let Err(e) = write_tree(&dir, &output.files) {
+            eprintln!("callguard build: {}: {e}", dir.display());
+            failed = true;
+            continue;
+        }
+        for change in &output.changes {
+            println!("{namespace}: {change}");
+        }
+        for status in &output.statuses {
+            let state = if status.ready { "Ready" } else { "NotReady" };
+            println!("{namespace}: {}/{}: {state} {} {}", status.kind, status.name, status.reason, status.message);
+        }
+        println!("{namespace}: wrote {} files to {}", output.files.len(), dir.display());
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// Replaces the directory's files with `files`, so a file that is no longer built is no longer served.
+fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() && !files.contains_key(&entry.file_name().to_string_lossy().to_string()) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    Ok(())
 }
 
 fn run_token(token: Token) -> ExitCode {

@@ -1,0 +1,317 @@
+//! The build: from the validated objects of one namespace to the files the cluster serves. It keeps
+//! its keys and published trust lists in a state directory so that a rebuild changes nothing without
+//! a reason (DESIGN: pure core; the state directory is its only IO).
+
+pub mod identity;
+pub mod phone_files;
+pub mod state;
+pub mod tokens;
+pub mod trust_files;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kube::ResourceExt;
+use time::OffsetDateTime;
+
+use crate::api::{CallControlCluster, ClusterSecurityMode, SignatureHash};
+use crate::phone_config::TrustFacts;
+use crate::pki::issue::ServerRole;
+use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
+use crate::validate::Snapshot;
+use identity::{ClusterIdentity, pem_certificate_der};
+use phone_files::{PhoneContext, phone_files};
+use state::{Sensitivity, StateDir};
+use tokens::Tokens;
+use trust_files::{TrustListPlan, build_trust_list, tftp_signer};
+
+#[derive(Debug)]
+pub enum BuildError {
+    Io(std::io::Error),
+    /// The state directory holds something unreadable.
+    State(String),
+    Pki(String),
+    Trust(String),
+    Token(String),
+    /// No node runs TFTP, so nothing can sign configuration files (P.1-16).
+    NoTftpNode,
+    /// The namespace has no CallControlCluster, or more than one.
+    Cluster(String),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Io(e) => write!(f, "state directory: {e}"),
+            BuildError::State(m) => write!(f, "state directory: {m}"),
+            BuildError::Pki(m) | BuildError::Trust(m) | BuildError::Token(m) | BuildError::Cluster(m) => f.write_str(m),
+            BuildError::NoTftpNode => {
+                f.write_str("no node runs the TFTP service, so nothing can sign the ITL and configuration files (P.1-16, spec/04 §4)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl From<std::io::Error> for BuildError {
+    fn from(e: std::io::Error) -> Self {
+        BuildError::Io(e)
+    }
+}
+
+/// Whether one resource came out as its spec asks, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResourceStatus {
+    pub kind: &'static str,
+    pub name: String,
+    pub ready: bool,
+    /// A condition type: `Ready`, or the reason it is not.
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl ResourceStatus {
+    fn ready(kind: &'static str, name: &str) -> Self {
+        ResourceStatus { kind, name: name.to_string(), ready: true, reason: "Ready".into(), message: String::new() }
+    }
+
+    fn not_ready(kind: &'static str, name: &str, reason: &str, message: String) -> Self {
+        ResourceStatus { kind, name: name.to_string(), ready: false, reason: reason.into(), message }
+    }
+}
+
+/// What a build produced.
+#[derive(Debug, Default)]
+pub struct BuildOutput {
+    /// The TFTP root: file name to content.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// What changed in the state directory, one line each.
+    pub changes: Vec<String>,
+    pub statuses: Vec<ResourceStatus>,
+}
+
+const PUBLISHED: &str = "published";
+
+/// Builds one namespace. Exactly one CallControlCluster is expected; its phones, tokens and profiles
+/// are the namespace's.
+pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTime) -> Result<BuildOutput, BuildError> {
+    let cluster = single_cluster(snapshot)?;
+    let cluster_name = cluster.name_any();
+    let unix_now = u32::try_from(now.unix_timestamp())
+        .map_err(|_| BuildError::Cluster("the clock is outside the u32 range of TIMESTAMP (spec/04 §3.3)".into()))?;
+    let rfc3339_now = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let hash = match cluster.spec.ctl.as_ref().and_then(|c| c.hash_algorithm).unwrap_or_default() {
+        SignatureHash::Sha1 => HashAlgorithm::Sha1,
+        SignatureHash::Sha512 => HashAlgorithm::Sha512,
+    };
+    let mut output = BuildOutput::default();
+
+    let (identity, changes) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
+    output.changes.extend(changes);
+    let tftp = tftp_signer(&identity)?;
+
+    // The ITL, signed by the TFTP certificate, which it also lists as SAST (spec/04 §3.1).
+    let previous_itl = published(state, TrustListKind::Itl)?;
+    let itl = build_trust_list(&TrustListPlan {
+        kind: TrustListKind::Itl,
+        signer: &tftp,
+        sast: vec![tftp.certificate_der.clone()],
+        functions: &identity.functions,
+        hash,
+        previous: previous_itl.as_ref(),
+        now: unix_now,
+    })?;
+    publish(state, TrustListKind::Itl, &itl.bytes, &mut output.changes)?;
+    let trust_timestamp = TrustList::parse(&itl.bytes, Mode::Strict).map(|l| l.header.timestamp).unwrap_or(unix_now);
+    output.files.insert(TrustListKind::Itl.filename().into(), itl.bytes);
+
+    // The CTL, in mixed mode only, signed by a token (Chapter 3).
+    let tokens = Tokens::load(snapshot, state)?;
+    let mut cluster_status = ResourceStatus::ready("CallControlCluster", &cluster_name);
+    if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
+        let previous_ctl = published(state, TrustListKind::Ctl)?;
+        match build_ctl(snapshot, state, cluster, &tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
+            Ok((bytes, signer)) => {
+                publish(state, TrustListKind::Ctl, &bytes, &mut output.changes)?;
+                output.files.insert(TrustListKind::Ctl.filename().into(), bytes);
+                output.statuses.push(ResourceStatus::ready("SecurityToken", &signer));
+            }
+            Err(e) => {
+                // The last published CTL stays served: phones keep a trust list they can verify.
+                if let Some(previous) = previous_ctl {
+                    output.files.insert(TrustListKind::Ctl.filename().into(), previous.as_bytes().to_vec());
+                }
+                cluster_status = ResourceStatus::not_ready("CallControlCluster", &cluster_name, "CtlNotSigned", e.to_string());
+            }
+        }
+    }
+    for (name, (token, _)) in &tokens.tokens {
+        if output.statuses.iter().any(|s| s.kind == "SecurityToken" && s.name == *name) {
+            continue;
+        }
+        let status = tokens::load_status(state, name)?;
+        output.statuses.push(if status.locked {
+            ResourceStatus::not_ready(
+                "SecurityToken",
+                name,
+                "Locked",
+                "locked after more than 15 consecutive wrong passwords; it can never sign again (P.16-5)".into(),
+            )
+        } else if token.spec.state() != crate::api::TokenState::Active {
+            ResourceStatus::not_ready(
+                "SecurityToken",
+                name,
+                "NotActive",
+                format!("state {:?}: not listed in the CTL (P.16-5)", token.spec.state()),
+            )
+        } else {
+            ResourceStatus::ready("SecurityToken", name)
+        });
+    }
+    output.statuses.push(cluster_status);
+
+    // Every phone's files, signed by the TFTP certificate.
+    let context = PhoneContext {
+        snapshot,
+        cluster,
+        signer: &tftp,
+        hash,
+        timestamp: trust_timestamp,
+        trust: TrustFacts {
+            has_call_manager_record: identity
+                .functions
+                .iter()
+                .any(|f| matches!(f.role, ServerRole::CallManager | ServerRole::CallManagerAndTftp)),
+        },
+    };
+    for (name, built) in build_phones(&context, state, &snapshot.phones)? {
+        match built {
+            Ok(files) => {
+                output.files.extend(files.files);
+                output.statuses.push(phone_status(name, &files.conditions));
+            }
+            Err(message) => output.statuses.push(ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+        }
+    }
+    let status = serde_yaml::to_string(&output.statuses).map_err(|e| BuildError::State(e.to_string()))?;
+    state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
+    Ok(output)
+}
+
+/// Conditions that leave a phone without the configuration its profile asks for; the others are
+/// reported but the phone is served as specified.
+const BLOCKING_PHONE_CONDITIONS: [&str; 1] = ["AwaitingDeviceCertificate"];
+
+fn phone_status(name: &str, conditions: &[(&'static str, String)]) -> ResourceStatus {
+    let mut status = match conditions.iter().find(|(reason, _)| BLOCKING_PHONE_CONDITIONS.contains(reason)) {
+        Some((reason, _)) => ResourceStatus::not_ready("Phone", name, reason, String::new()),
+        None => ResourceStatus::ready("Phone", name),
+    };
+    status.message = conditions.iter().map(|(reason, message)| format!("{reason}: {message}")).collect::<Vec<_>>().join("; ");
+    status
+}
+
+/// A phone's name and its files, or why it has none.
+type PhoneBuild<'a> = (&'a String, Result<phone_files::PhoneFiles, String>);
+
+/// Phone files are independent of each other and each costs an RSA signature: build them on every core.
+fn build_phones<'a>(
+    context: &PhoneContext<'_>,
+    state: &StateDir,
+    phones: &'a BTreeMap<String, crate::api::Phone>,
+) -> Result<Vec<PhoneBuild<'a>>, BuildError> {
+    let certificates: Vec<Option<Vec<u8>>> =
+        phones.values().map(|p| device_certificate(state, &p.spec.device_name())).collect::<Result<_, _>>()?;
+    let jobs: Vec<_> = phones.iter().zip(certificates).collect();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = jobs.len().div_ceil(workers).max(1);
+    Ok(std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|jobs| {
+                scope.spawn(move || {
+                    jobs.iter()
+                        .map(|((name, phone), certificate)| (*name, phone_files(context, phone, certificate.as_deref())))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a phone build does not panic")).collect()
+    }))
+}
+
+fn single_cluster(snapshot: &Snapshot) -> Result<&CallControlCluster, BuildError> {
+    let mut clusters = snapshot.clusters.values();
+    match (clusters.next(), clusters.next()) {
+        (Some(cluster), None) => Ok(cluster),
+        (None, _) => Err(BuildError::Cluster(format!("namespace {}: no CallControlCluster to build (Table 3-2)", snapshot.namespace))),
+        (Some(_), Some(_)) => Err(BuildError::Cluster(format!(
+            "namespace {}: more than one CallControlCluster; a namespace holds one cluster (DESIGN: resources)",
+            snapshot.namespace
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_ctl(
+    snapshot: &Snapshot,
+    state: &StateDir,
+    cluster: &CallControlCluster,
+    tokens: &Tokens,
+    identity: &ClusterIdentity,
+    hash: HashAlgorithm,
+    previous: Option<&TrustList>,
+    now: u32,
+    rfc3339_now: &str,
+) -> Result<(Vec<u8>, String), BuildError> {
+    let settings =
+        cluster.spec.ctl.as_ref().ok_or_else(|| BuildError::Token("spec.ctl: a mixed-mode cluster names its tokens (Table 3-2)".into()))?;
+    let plan = tokens.plan(settings, previous)?;
+    let signer = tokens.unlock_signer(snapshot, state, &plan.signer, rfc3339_now)?;
+    let sast = plan.sast.iter().filter_map(|name| tokens.certificate(name).map(<[u8]>::to_vec)).collect();
+    let built = build_trust_list(&TrustListPlan {
+        kind: TrustListKind::Ctl,
+        signer: &signer,
+        sast,
+        functions: &identity.functions,
+        hash,
+        previous,
+        now,
+    })?;
+    Ok((built.bytes, plan.signer))
+}
+
+fn published_name(kind: TrustListKind) -> String {
+    format!("{PUBLISHED}/{}", kind.filename())
+}
+
+fn published(state: &StateDir, kind: TrustListKind) -> Result<Option<TrustList>, BuildError> {
+    let name = published_name(kind);
+    state
+        .read(&name)?
+        .map(|bytes| TrustList::parse(&bytes, Mode::Strict).map_err(|e| BuildError::State(format!("{name}: {e}"))))
+        .transpose()
+}
+
+fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Vec<String>) -> Result<(), BuildError> {
+    let name = published_name(kind);
+    if state.read(&name)?.as_deref() != Some(bytes) {
+        state.write(&name, bytes, Sensitivity::Public)?;
+        changes.push(format!("published a new {}", kind.filename()));
+    }
+    Ok(())
+}
+
+/// The phone's certificate (LSC, or MIC), PEM or DER, when CAPF or the administrator has put one in
+/// `devices/SEP<MAC>.crt`.
+fn device_certificate(state: &StateDir, device: &str) -> Result<Option<Vec<u8>>, BuildError> {
+    let name = format!("devices/{device}.crt");
+    let Some(bytes) = state.read(&name)? else { return Ok(None) };
+    if bytes.starts_with(b"-----BEGIN") {
+        pem_certificate_der(&bytes).map(Some).map_err(|e| BuildError::State(format!("{name}: {e}")))
+    } else {
+        Ok(Some(bytes))
+    }
+}

@@ -1,0 +1,117 @@
+//! The state directory: what a build keeps between runs so that nothing is regenerated without a
+//! reason (the CA, issued certificates and their serials, the published trust files, token status).
+//!
+//! Writes are atomic (write to a temporary file, then rename) so that an interrupted run never
+//! leaves half a key behind. Private keys are created with mode 0600.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Whether a file holds secret material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sensitivity {
+    Public,
+    /// Readable by the owner only (mode 0600).
+    Private,
+}
+
+impl StateDir {
+    /// Opens (and creates) the directory, readable by its owner only.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        fs::create_dir_all(root)?;
+        set_mode(root, 0o700)?;
+        Ok(StateDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The file's bytes, or `None` when it does not exist.
+    pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn read_string(&self, name: &str) -> io::Result<Option<String>> {
+        self.read(name)?
+            .map(|bytes| String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {e}"))))
+            .transpose()
+    }
+
+    /// Writes atomically; an unchanged file is left alone so its modification time tells when it last changed.
+    pub fn write(&self, name: &str, bytes: &[u8], sensitivity: Sensitivity) -> io::Result<()> {
+        let target = self.path(name);
+        if fs::read(&target).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        let parent = target.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent)?;
+        let temporary = parent.join(format!(".{}.tmp", target.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
+        {
+            let mut file = create(&temporary, sensitivity)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        fs::rename(&temporary, &target)
+    }
+}
+
+#[cfg(unix)]
+fn create(path: &Path, sensitivity: Sensitivity) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = match sensitivity {
+        Sensitivity::Public => 0o644,
+        Sensitivity::Private => 0o600,
+    };
+    // Remove a leftover temporary first: `mode` only applies to files that open creates.
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_files_are_owner_only_and_writes_replace_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        assert_eq!(state.read("ca.key").unwrap(), None);
+        state.write("ca.key", b"secret", Sensitivity::Private).unwrap();
+        state.write("certs/ca.crt", b"public", Sensitivity::Public).unwrap();
+        assert_eq!(state.read("ca.key").unwrap().unwrap(), b"secret");
+        let mode = |name: &str| fs::metadata(state.path(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("ca.key"), 0o600);
+        assert_eq!(mode("certs/ca.crt"), 0o644);
+        assert_eq!(fs::metadata(state.root()).unwrap().permissions().mode() & 0o777, 0o700);
+        state.write("ca.key", b"renewed", Sensitivity::Private).unwrap();
+        assert_eq!(state.read_string("ca.key").unwrap().unwrap(), "renewed");
+        let leftovers: Vec<_> = fs::read_dir(state.root())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
