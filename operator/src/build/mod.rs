@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use crate::api::{CallControlCluster, ClusterSecurityMode, SignatureHash};
 use crate::phone_config::TrustFacts;
 use crate::pki::issue::ServerRole;
+use crate::token::signing::{CtlSigningPlan, PlanCondition};
 use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
 use identity::{ClusterIdentity, pem_certificate_der};
@@ -133,10 +134,16 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
     if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
         let previous_ctl = published(state, TrustListKind::Ctl)?;
         match build_ctl(snapshot, state, cluster, &tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
-            Ok((bytes, signer)) => {
+            Ok((bytes, plan)) => {
                 publish(state, TrustListKind::Ctl, &bytes, &mut output.changes)?;
                 output.files.insert(TrustListKind::Ctl.filename().into(), bytes);
-                output.statuses.push(ResourceStatus::ready("SecurityToken", &signer));
+                output.statuses.push(ResourceStatus::ready("SecurityToken", &plan.signer));
+                cluster_status.message = plan.conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                // The CTL is published, but the seed wants two usable tokens in it at all times (P.3-13).
+                if plan.conditions.iter().any(|c| matches!(c, PlanCondition::FewerThanTwoTokens { .. })) {
+                    cluster_status.ready = false;
+                    cluster_status.reason = "FewerThanTwoTokens".into();
+                }
             }
             Err(e) => {
                 // The last published CTL stays served: phones keep a trust list they can verify.
@@ -158,6 +165,17 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
                 name,
                 "Locked",
                 "locked after more than 15 consecutive wrong passwords; it can never sign again (P.16-5)".into(),
+            )
+        } else if status.consecutive_failed_logins > 0 {
+            ResourceStatus::not_ready(
+                "SecurityToken",
+                name,
+                "WrongPassword",
+                format!(
+                    "{} consecutive wrong password(s); the token locks for good after {} (P.16-5)",
+                    status.consecutive_failed_logins,
+                    crate::api::TOKEN_RETRY_COUNTER
+                ),
             )
         } else if token.spec.state() != crate::api::TokenState::Active {
             ResourceStatus::not_ready(
@@ -265,7 +283,7 @@ fn build_ctl(
     previous: Option<&TrustList>,
     now: u32,
     rfc3339_now: &str,
-) -> Result<(Vec<u8>, String), BuildError> {
+) -> Result<(Vec<u8>, CtlSigningPlan), BuildError> {
     let settings =
         cluster.spec.ctl.as_ref().ok_or_else(|| BuildError::Token("spec.ctl: a mixed-mode cluster names its tokens (Table 3-2)".into()))?;
     let plan = tokens.plan(settings, previous)?;
@@ -280,7 +298,7 @@ fn build_ctl(
         previous,
         now,
     })?;
-    Ok((built.bytes, plan.signer))
+    Ok((built.bytes, plan))
 }
 
 fn published_name(kind: TrustListKind) -> String {

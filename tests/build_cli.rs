@@ -1,0 +1,323 @@
+//! `callguard build` on the quickstart, checked with `callguard trust` and with openssl: the CTL's
+//! records, signatures against the published trust lists, determinism across rebuilds, encrypted
+//! configuration for a phone with a certificate, the lost-token procedure and the token lock
+//! (spec/04 §3-5, P.3-12, P.16-5).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use callguard::pki::ca::ClusterCa;
+use callguard::pki::issue::{LscKeySource, LscRequest, issue_lsc};
+use callguard::pki::serial::Serial;
+use rsa::pkcs8::EncodePublicKey;
+use serde_json::Value;
+
+fn callguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_callguard")).args(args).output().expect("the callguard binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A copy of the quickstart that a test may edit, with its own state directory.
+struct Workspace {
+    _dir: tempfile::TempDir,
+    manifests: PathBuf,
+    state: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        fs::create_dir(&manifests).unwrap();
+        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        for entry in fs::read_dir(quickstart).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
+        }
+        let state = dir.path().join("state");
+        Workspace { _dir: dir, manifests, state }
+    }
+
+    fn build(&self) -> Output {
+        let output = callguard(&["build", self.manifests.to_str().unwrap(), "--state-dir", self.state.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "build failed: {}{}", stdout(&output), String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    fn tftp(&self, name: &str) -> PathBuf {
+        self.state.join("tftp/default").join(name)
+    }
+
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let path = self.manifests.join(file);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        fs::write(path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    fn token_status(&self, name: &str) -> serde_yaml::Value {
+        let text = fs::read_to_string(self.state.join(format!("default/status/tokens/{name}.yaml"))).unwrap_or_default();
+        serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null)
+    }
+}
+
+fn inspect_json(file: &Path) -> Value {
+    let output = callguard(&["trust", "inspect", file.to_str().unwrap(), "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("inspect --json prints JSON")
+}
+
+fn records(description: &Value) -> Vec<(String, String, String)> {
+    description["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["role"].as_str().unwrap().to_string(),
+                r["subject"].as_str().unwrap().to_string(),
+                r["serial_hex"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn verify(file: &Path, flag: &str, against: &Path) -> Output {
+    callguard(&["trust", "verify", file.to_str().unwrap(), flag, against.to_str().unwrap()])
+}
+
+#[test]
+fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
+    let ws = Workspace::new();
+    ws.build();
+    let ctl = ws.tftp("CTLFile.tlv");
+    let description = inspect_json(&ctl);
+    let records = records(&description);
+    let roles: Vec<&str> = records.iter().map(|(role, _, _)| role.as_str()).collect();
+    assert_eq!(roles, ["SAST", "SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"], "{records:?}");
+    assert_eq!(records[0].1, "CN=token-primary,O=Example,OU=Quickstart", "the signing token's SAST comes first (spec/04 §3.6)");
+    assert_eq!(records[1].1, "CN=token-backup,O=Example,OU=Quickstart");
+    assert!(records[2..].iter().all(|(_, subject, _)| subject.starts_with("CN=cm")), "{records:?}");
+    for (_, _, serial) in &records {
+        assert!(serial.len() >= 2 && serial.chars().all(|c| c.is_ascii_hexdigit()), "{serial}");
+    }
+    assert_eq!(description["header"]["signer_serial_hex"].as_str(), Some(records[0].2.as_str()));
+    // The readable form names the same records.
+    let text = stdout(&callguard(&["trust", "inspect", ctl.to_str().unwrap()]));
+    for needle in ["SAST", "CCM+TFTP", "CAPF", "CN=token-backup,O=Example,OU=Quickstart", &records[4].2] {
+        assert!(text.contains(needle), "inspect does not show {needle}:\n{text}");
+    }
+
+    // The CTL verifies with its own SAST; the ITL likewise; every signed configuration verifies
+    // against the TFTP record of both lists.
+    assert_eq!(callguard(&["trust", "verify", ctl.to_str().unwrap()]).status.code(), Some(0));
+    let itl = ws.tftp("ITLFile.tlv");
+    assert_eq!(callguard(&["trust", "verify", itl.to_str().unwrap()]).status.code(), Some(0));
+    let itl_roles: Vec<String> = self::records(&inspect_json(&itl)).into_iter().map(|(role, _, _)| role).collect();
+    assert_eq!(itl_roles, ["SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"], "the ITL is signed by the TFTP certificate (spec/04 §3.1)");
+    let mut signed = 0;
+    for entry in fs::read_dir(ws.state.join("tftp/default")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(".cnf.xml.sgn") {
+            for list in [&ctl, &itl] {
+                let output = verify(&path, "--ctl", list);
+                assert_eq!(output.status.code(), Some(0), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+            }
+            signed += 1;
+        }
+    }
+    assert_eq!(signed, 7, "one signed configuration per quickstart phone");
+}
+
+#[test]
+fn a_rebuild_changes_nothing_and_keeps_the_ca() {
+    let ws = Workspace::new();
+    let first = stdout(&ws.build());
+    assert!(first.contains("created the cluster CA"), "{first}");
+    let snapshot = |ws: &Workspace| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<_> = fs::read_dir(ws.state.join("tftp/default"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let files = snapshot(&ws);
+    let ca = fs::read(ws.state.join("default/ca/ca.crt")).unwrap();
+    let second = stdout(&ws.build());
+    assert!(!second.contains("created") && !second.contains("issued") && !second.contains("published"), "{second}");
+    assert_eq!(snapshot(&ws), files, "same input and state give the same bytes (spec/04 §3.7 step 5)");
+    assert_eq!(fs::read(ws.state.join("default/ca/ca.crt")).unwrap(), ca);
+    // Private keys are owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["default/ca/ca.key", "default/certs/cm1.callmanager-tftp.key", "default/certs/cm1.capf.key"] {
+        assert_eq!(fs::metadata(ws.state.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    // A changed phone changes its file only.
+    ws.edit("phones.yaml", "directoryNumbers: [\"1002\"]", "directoryNumbers: [\"1009\"]");
+    ws.build();
+    let changed: Vec<String> = snapshot(&ws).into_iter().zip(files).filter(|(new, old)| new != old).map(|(new, _)| new.0).collect();
+    assert!(!changed.is_empty() && changed.iter().all(|name| name.starts_with("SEP00AABBCCDD02")), "{changed:?}");
+}
+
+/// A phone key and its LSC, issued by the workspace's cluster CA.
+fn phone_certificate(ws: &Workspace, device: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
+    let ca = ClusterCa::from_pem(
+        &fs::read_to_string(ws.state.join("default/ca/ca.crt")).unwrap(),
+        &fs::read_to_string(ws.state.join("default/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let key = callguard::pki::keys::generate_rsa(2048);
+    let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
+    let request = LscRequest {
+        device_name: device,
+        key: LscKeySource::PublicKey(spki.as_bytes()),
+        validity_days: 365,
+        serial: Serial::random(&mut rand::thread_rng()),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let lsc = issue_lsc(&ca, &request).unwrap().certificate_der;
+    let key_path = dir.join(format!("{device}.key"));
+    fs::write(&key_path, callguard::pki::keys::pkcs8_pem(&key)).unwrap();
+    (key_path, lsc)
+}
+
+#[test]
+fn an_encrypted_phone_with_a_certificate_gets_a_file_only_its_key_opens() {
+    let ws = Workspace::new();
+    ws.build();
+    let device = "SEP001122334455"; // lobby-7970, sccp-encrypted
+    assert!(!ws.tftp(&format!("{device}.cnf.xml.enc.sgn")).exists(), "no certificate, no encrypted file (spec/04 §5.1)");
+    let keys = tempfile::tempdir().unwrap();
+    let (key, lsc) = phone_certificate(&ws, device, keys.path());
+    fs::create_dir_all(ws.state.join("default/devices")).unwrap();
+    fs::write(ws.state.join(format!("default/devices/{device}.crt")), &lsc).unwrap();
+    ws.build();
+
+    let encrypted = ws.tftp(&format!("{device}.cnf.xml.enc.sgn"));
+    let ctl = ws.tftp("CTLFile.tlv");
+    let output =
+        callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let plain = stdout(&output);
+    let md5 = callguard::pki::inspect::md5_hex(&lsc);
+    assert!(plain.contains("<fullConfig>true</fullConfig>") && plain.contains("<deviceSecurityMode>3</deviceSecurityMode>"), "{plain}");
+    assert!(plain.contains(&format!("<certHash>{md5}</certHash>")) && plain.contains("<encrConfig>true</encrConfig>"), "{plain}");
+
+    // The signed stub carries the same certHash; the plain name serves the unsigned stub, never the
+    // full configuration (spec/04 §5.5, §5.6).
+    let stub = fs::read_to_string(ws.tftp(&format!("{device}.cnf.xml"))).unwrap();
+    assert!(stub.contains("<fullConfig>false</fullConfig>") && stub.contains(&md5), "{stub}");
+    let signed = fs::read(ws.tftp(&format!("{device}.cnf.xml.sgn"))).unwrap();
+    assert!(String::from_utf8_lossy(&signed).contains(&stub), "the .sgn payload is the stub");
+
+    // Another phone's key does not open it, and nothing is printed.
+    let (other_key, _) = phone_certificate(&ws, "SEP00AABBCCDD06", keys.path());
+    let output =
+        callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", other_key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn a_lost_token_leaves_the_ctl_which_a_remaining_token_re_signs() {
+    let ws = Workspace::new();
+    ws.build();
+    let first = fs::read(ws.tftp("CTLFile.tlv")).unwrap();
+    let first_path = ws.state.join("first-CTLFile.tlv");
+    fs::write(&first_path, &first).unwrap();
+
+    // P.16-5: buy a new token, and with a token of the CTL add it and delete the lost one.
+    let password = ws.manifests.join("new-token-password");
+    fs::write(&password, "example-only-new-9Qx").unwrap();
+    let created = callguard(&[
+        "token",
+        "create",
+        "--name",
+        "token-new",
+        "--password-file",
+        password.to_str().unwrap(),
+        "--organization",
+        "Example",
+        "--with-password-secret",
+        "--out",
+        ws.manifests.join("token-new.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+    fs::remove_file(&password).unwrap();
+    ws.edit(
+        "tokens.yaml",
+        "  password: {name: token-primary-password, key: password}",
+        "  password: {name: token-primary-password, key: password}\n  state: Lost",
+    );
+    ws.edit("cluster.yaml", "tokens: [token-primary, token-backup]", "tokens: [token-backup, token-new]");
+    ws.edit("cluster.yaml", "signingToken: token-primary", "signingToken: token-backup");
+    let output = stdout(&ws.build());
+    assert!(output.contains("published a new CTLFile.tlv"), "{output}");
+
+    let ctl = ws.tftp("CTLFile.tlv");
+    let description = inspect_json(&ctl);
+    let subjects: Vec<String> = records(&description).into_iter().filter(|(role, _, _)| role == "SAST").map(|(_, s, _)| s).collect();
+    assert_eq!(subjects, ["CN=token-backup,O=Example,OU=Quickstart", "CN=token-new,O=Example"]);
+    assert_eq!(description["header"]["signer_name"], "CN=token-backup,O=Example,OU=Quickstart");
+    // Phones holding the first CTL accept the new one: it is signed by a SAST they trust (spec/04 §3.9).
+    let output = verify(&ctl, "--ctl", &first_path);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
+    let ws = Workspace::new();
+    ws.build();
+    let published = fs::read(ws.tftp("CTLFile.tlv")).unwrap();
+    let right = "example-only-primary-4fJq9";
+    let key_pem = fs::read_to_string(ws.manifests.join("secrets.yaml")).unwrap();
+    let mut current = right.to_string();
+    let mut set_password = |ws: &Workspace, password: &str| {
+        ws.edit("secrets.yaml", &format!("password: {current}\n"), &format!("password: {password}\n"));
+        current = password.to_string();
+    };
+
+    set_password(&ws, "wrong-1");
+    for _ in 0..2 {
+        let output = ws.build();
+        let text = stdout(&output);
+        assert!(text.contains("CallControlCluster/quickstart: NotReady CtlNotSigned"), "{text}");
+        assert!(text.contains("wrong token password"), "{text}");
+        assert!(text.contains("SecurityToken/token-primary: NotReady WrongPassword 1 consecutive"), "{text}");
+        assert!(!text.contains("PRIVATE KEY") && !text.contains("wrong-1"), "neither the key nor the password is shown: {text}");
+        assert_eq!(fs::read(ws.tftp("CTLFile.tlv")).unwrap(), published, "the published CTL stays served");
+    }
+    // A retry of the same wrong password is one attempt (DESIGN: tokens).
+    assert_eq!(ws.token_status("token-primary")["consecutiveFailedLogins"].as_u64(), Some(1));
+
+    for attempt in 2..=16 {
+        set_password(&ws, &format!("wrong-{attempt}"));
+        ws.build();
+    }
+    let status = ws.token_status("token-primary");
+    assert_eq!(status["consecutiveFailedLogins"].as_u64(), Some(16), "{status:?}");
+    assert_eq!(status["locked"].as_bool(), Some(true), "the 16th consecutive failure locks the token (P.16-5)");
+
+    // The right password no longer opens it: the remaining token of the published CTL signs, and the
+    // locked one leaves the file (P.16-5, spec/04 §3.9).
+    set_password(&ws, right);
+    let text = stdout(&ws.build());
+    assert!(text.contains("SecurityToken/token-primary: NotReady Locked"), "{text}");
+    assert!(text.contains("CallControlCluster/quickstart: NotReady FewerThanTwoTokens"), "{text}");
+    assert!(text.contains("the CTL is signed by \"token-backup\" instead"), "{text}");
+    assert_eq!(ws.token_status("token-primary")["locked"].as_bool(), Some(true));
+    let ctl = ws.tftp("CTLFile.tlv");
+    let description = inspect_json(&ctl);
+    let sast: Vec<String> = records(&description).into_iter().filter(|(role, _, _)| role == "SAST").map(|(_, s, _)| s).collect();
+    assert_eq!(sast, ["CN=token-backup,O=Example,OU=Quickstart"]);
+    let first = ws.state.join("first-CTLFile.tlv");
+    fs::write(&first, &published).unwrap();
+    assert_eq!(verify(&ctl, "--ctl", &first).status.code(), Some(0), "phones holding the first CTL accept it");
+    assert!(!text.contains(key_pem.lines().find(|l| l.len() > 40 && !l.contains(' ')).unwrap_or("-----")), "no key material in output");
+}
