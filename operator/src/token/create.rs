@@ -2,7 +2,6 @@
 //! self-signed certificate and the password-encrypted key, and the `SecurityToken` that refers to it
 //! (P.3-9, P.3-17, spec/04 §3.3).
 
-use rand::RngCore;
 use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SerialNumber};
 use rsa::RsaPrivateKey;
 use serde_json::{Value, json};
@@ -10,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::api::{DNS1123_SUBDOMAIN, SecretKeyRef, SecurityToken, SecurityTokenSpec, TOKEN_FACTORY_PASSWORD};
 use crate::pki::keys;
+use crate::pki::serial::Serial;
 
 /// Key of the certificate in the token's Secret.
 pub const CERTIFICATE_KEY: &str = "certificate.pem";
@@ -19,8 +19,6 @@ pub const PRIVATE_KEY_KEY: &str = "key.p8";
 pub const PASSWORD_KEY: &str = "password";
 /// Years a token certificate is valid: a token lives as long as the cluster's trust in it.
 pub const VALIDITY_YEARS: i32 = 20;
-/// Bytes of the random certificate serial.
-pub const SERIAL_BYTES: usize = 16;
 /// Upper bound of an X.520 common name (RFC 5280 Appendix A, ub-common-name); the name is the CN.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -110,19 +108,6 @@ pub fn password_from_file(bytes: &[u8]) -> Result<String, CreateError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| CreateError::PasswordNotText)
 }
 
-/// A random positive serial of exactly [`SERIAL_BYTES`] bytes: top bit clear (positive, no sign
-/// octet, spec/04 §1.5) and first byte non-zero (minimal DER, so never zero).
-pub fn random_serial() -> [u8; SERIAL_BYTES] {
-    let mut serial = [0u8; SERIAL_BYTES];
-    loop {
-        rand::thread_rng().fill_bytes(&mut serial);
-        serial[0] &= 0x7F;
-        if serial[0] != 0 {
-            return serial;
-        }
-    }
-}
-
 /// The self-signed SAST certificate of `key`, PEM: subject CN=name[,O][,OU] in that order
 /// (spec/04 §1.4), valid [`VALIDITY_YEARS`] from `now`, CA:false, digitalSignature only.
 pub fn sast_certificate(request: &TokenRequest, key: &RsaPrivateKey, now: OffsetDateTime) -> Result<String, CreateError> {
@@ -137,7 +122,7 @@ pub fn sast_certificate(request: &TokenRequest, key: &RsaPrivateKey, now: Offset
         subject.push(DnType::OrganizationalUnitName, ou.as_str());
     }
     params.distinguished_name = subject;
-    params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+    params.serial_number = Some(SerialNumber::from_slice(Serial::random(&mut rand::thread_rng()).as_bytes()));
     let not_before = now.replace_nanosecond(0).unwrap_or(now);
     params.not_before = not_before;
     params.not_after = years_later(not_before, VALIDITY_YEARS);
@@ -234,15 +219,6 @@ mod tests {
         assert_eq!(password_from_file(b"\n"), Err(CreateError::EmptyPassword));
         assert_eq!(password_from_file(b""), Err(CreateError::EmptyPassword));
         assert_eq!(password_from_file(b"\xff\xfe"), Err(CreateError::PasswordNotText));
-    }
-
-    #[test]
-    fn serials_are_sixteen_positive_bytes() {
-        for _ in 0..200 {
-            let serial = random_serial();
-            assert_eq!(serial.len(), 16);
-            assert!(serial[0] != 0 && serial[0] & 0x80 == 0, "{serial:02x?}");
-        }
     }
 
     #[test]
