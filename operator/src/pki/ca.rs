@@ -3,6 +3,8 @@
 //!
 //! The CA key leaves this type only as PEM, for a Secret or the state directory: no `Debug` prints it.
 
+use std::sync::{Arc, OnceLock};
+
 use pkcs8::LineEnding;
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rsa::RsaPrivateKey;
@@ -16,6 +18,7 @@ use x509_parser::public_key::PublicKey;
 use super::inspect::{self, CertificateFacts, InspectError};
 use super::keys::{self, KeyError};
 use super::serial::Serial;
+use super::signing::RsaSigningKey;
 
 /// Organisation of the CA subject; leaves copy it (spec/04 §7.8).
 pub const CA_ORGANIZATION: &str = "Callguard";
@@ -134,6 +137,8 @@ impl std::fmt::Debug for CaPem {
 pub struct ClusterCa {
     certificate_der: Vec<u8>,
     key: RsaPrivateKey,
+    /// rcgen's issuer with the key loaded into OpenSSL, made once (see `pki::signing`).
+    issuer: Arc<OnceLock<rcgen::Issuer<'static, RsaSigningKey>>>,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -169,7 +174,7 @@ impl ClusterCa {
         params.not_before = now - NOT_BEFORE_BACKDATE;
         params.not_after = now + Duration::days(i64::from(settings.validity_days));
         let certificate = params.self_signed(&signing_key).map_err(|e| CaError::Encoding(e.to_string()))?;
-        Ok(ClusterCa { certificate_der: certificate.der().to_vec(), key })
+        Ok(ClusterCa { certificate_der: certificate.der().to_vec(), key, issuer: Arc::default() })
     }
 
     /// Loads a CA from its certificate PEM and its PKCS#8 or PKCS#1 key PEM, checking that the certificate is a CA
@@ -212,7 +217,7 @@ impl ClusterCa {
         if !matches {
             return Err(CaError::KeyMismatch);
         }
-        Ok(ClusterCa { certificate_der, key })
+        Ok(ClusterCa { certificate_der, key, issuer: Arc::default() })
     }
 
     /// The certificate and the unencrypted PKCS#8 key, as PEM.
@@ -238,9 +243,14 @@ impl ClusterCa {
     }
 
     /// The issuer rcgen signs leaves with: the CA's subject, key identifier and key.
-    pub(crate) fn rcgen_issuer(&self) -> Result<rcgen::Issuer<'static, KeyPair>, CaError> {
+    pub(crate) fn rcgen_issuer(&self) -> Result<&rcgen::Issuer<'static, RsaSigningKey>, CaError> {
+        if let Some(issuer) = self.issuer.get() {
+            return Ok(issuer);
+        }
         let der = CertificateDer::from(self.certificate_der.as_slice());
-        rcgen::Issuer::from_ca_cert_der(&der, rcgen_key(&self.key)?).map_err(|e| CaError::Encoding(e.to_string()))
+        let key = RsaSigningKey::new(&self.key).map_err(CaError::Key)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&der, key).map_err(|e| CaError::Encoding(e.to_string()))?;
+        Ok(self.issuer.get_or_init(|| issuer))
     }
 }
 

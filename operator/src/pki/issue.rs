@@ -243,7 +243,7 @@ pub fn issue_server_certificate(ca: &ClusterCa, request: &ServerCertificateReque
     let spki = RsaPublicKey::from(key).to_public_key_der().map_err(|e| CaError::Encoding(e.to_string()))?;
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki.as_bytes()).map_err(|e| CaError::Encoding(e.to_string()))?;
     let issuer = ca.rcgen_issuer()?;
-    let certificate = params.signed_by(&subject_key, &issuer).map_err(|e| CaError::Encoding(e.to_string()))?;
+    let certificate = params.signed_by(&subject_key, issuer).map_err(|e| CaError::Encoding(e.to_string()))?;
     Ok(certificate.der().to_vec())
 }
 
@@ -296,7 +296,7 @@ pub fn issue_lsc(ca: &ClusterCa, request: &LscRequest<'_>) -> Result<IssuedLsc, 
     set_serial_and_validity(&mut params, ca, &request.serial, request.now, request.validity_days)?;
 
     let issuer = ca.rcgen_issuer()?;
-    let certificate = params.signed_by(&subject_key, &issuer).map_err(|e| CaError::Encoding(e.to_string()))?;
+    let certificate = params.signed_by(&subject_key, issuer).map_err(|e| CaError::Encoding(e.to_string()))?;
     Ok(IssuedLsc { certificate_der: certificate.der().to_vec(), phone_key })
 }
 

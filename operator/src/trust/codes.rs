@@ -62,6 +62,14 @@ impl HashAlgorithm {
         }
     }
 
+    /// The digest a signer puts in the DigestInfo (spec/04 §1.8).
+    pub fn signature_digest(self) -> crate::pki::signing::SignatureDigest {
+        match self {
+            Self::Sha1 => crate::pki::signing::SignatureDigest::Sha1,
+            Self::Sha512 => crate::pki::signing::SignatureDigest::Sha512,
+        }
+    }
+
     /// RSASSA-PKCS1-v1_5 with the standard DigestInfo prefix for this hash (spec/04 §1.8).
     pub fn pkcs1v15(self) -> Pkcs1v15Sign {
         match self {

@@ -1,6 +1,8 @@
 //! The signed header shared by `.tlv`, `.sgn` and `.enc.sgn`: assembly with its length arithmetic (spec/04 §3.3,
 //! §3.4), and the parse-and-verify procedure (spec/04 §3.8 steps 1, 2 and 5).
 
+use std::sync::Arc;
+
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::Serialize;
@@ -9,6 +11,7 @@ use super::certificate::CertificateFacts;
 use super::codes::{FileKind, HashAlgorithm, ModulusCode, SignerVersion, header_tag as tag};
 use super::error::TrustError;
 use super::tlv::{self, ELEMENT_OVERHEAD, Element, Elements, Mode};
+use crate::pki::signing::RsaSigningKey;
 
 /// Offset of HEADER_LENGTH's value: after VERSION (5 bytes) and HEADER_LENGTH's tag and length.
 const HEADER_LENGTH_VALUE_OFFSET: usize = 8;
@@ -23,13 +26,16 @@ pub struct Signer {
     pub certificate_der: Vec<u8>,
     pub key: RsaPrivateKey,
     legacy_signer_keys: bool,
+    /// The key loaded into OpenSSL once, for fast signing (see `pki::signing`).
+    signing: Arc<RsaSigningKey>,
 }
 
 impl Signer {
     /// Checks §3.3: an RSA certificate whose key is `key`, of 2048 bits, or 1024 bits when `legacy_signer_keys`
     /// (the trust domain's `legacySignerKeys`) is set. 512, 3072, 4096 and EC signers are refused.
     pub fn new(certificate_der: Vec<u8>, key: RsaPrivateKey, legacy_signer_keys: bool) -> Result<Self, TrustError> {
-        let signer = Signer { certificate_der, key, legacy_signer_keys };
+        let signing = Arc::new(RsaSigningKey::new(&key).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?);
+        let signer = Signer { certificate_der, key, legacy_signer_keys, signing };
         signer.facts()?;
         Ok(signer)
     }
@@ -144,8 +150,7 @@ pub fn assemble_signed(fields: &HeaderFields<'_>, signer: &Signer, body: &[u8]) 
     header[HEADER_LENGTH_VALUE_OFFSET..PREAMBLE_LENGTH].copy_from_slice(&header_length_u16.to_be_bytes());
 
     // Steps 5-6: sign the future file minus the SIGNATURE element.
-    let digest = fields.hash.digest_parts(&[&header, body]);
-    let signature = signer.key.sign(fields.hash.pkcs1v15(), &digest).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?;
+    let signature = signer.signing.sign(fields.hash.signature_digest(), &[&header, body]).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?;
 
     // Step 7: insert SIGNATURE after SIGNATURE_INFO.
     let mut file = Vec::with_capacity(header_length + body.len());
