@@ -4,6 +4,6 @@ pub mod ca;
 pub mod inspect;
 pub mod issue;
 pub mod keys;
-pub mod signing;
 pub mod renewal;
 pub mod serial;
+pub mod signing;

@@ -44,8 +44,10 @@ impl std::fmt::Debug for RsaSigningKey {
 impl RsaSigningKey {
     pub fn new(key: &RsaPrivateKey) -> Result<Self, KeyError> {
         let der = keys::pkcs8_der(key);
-        let openssl_key = PKey::private_key_from_pkcs8(&der).map_err(|e| KeyError::Unsupported(format!("OpenSSL refused the RSA key: {e}")))?;
-        let public_key_der = rsa::RsaPublicKey::from(key).to_pkcs1_der().map_err(|e| KeyError::Malformed(e.to_string()))?.as_bytes().to_vec();
+        let openssl_key =
+            PKey::private_key_from_pkcs8(&der).map_err(|e| KeyError::Unsupported(format!("OpenSSL refused the RSA key: {e}")))?;
+        let public_key_der =
+            rsa::RsaPublicKey::from(key).to_pkcs1_der().map_err(|e| KeyError::Malformed(e.to_string()))?.as_bytes().to_vec();
         Ok(RsaSigningKey { key: openssl_key, public_key_der })
     }
 

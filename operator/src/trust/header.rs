@@ -150,7 +150,8 @@ pub fn assemble_signed(fields: &HeaderFields<'_>, signer: &Signer, body: &[u8]) 
     header[HEADER_LENGTH_VALUE_OFFSET..PREAMBLE_LENGTH].copy_from_slice(&header_length_u16.to_be_bytes());
 
     // Steps 5-6: sign the future file minus the SIGNATURE element.
-    let signature = signer.signing.sign(fields.hash.signature_digest(), &[&header, body]).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?;
+    let signature =
+        signer.signing.sign(fields.hash.signature_digest(), &[&header, body]).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?;
 
     // Step 7: insert SIGNATURE after SIGNATURE_INFO.
     let mut file = Vec::with_capacity(header_length + body.len());
