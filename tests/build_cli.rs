@@ -289,7 +289,7 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
         let text = stdout(&output);
         assert!(text.contains("CallControlCluster/quickstart: NotReady CtlNotSigned"), "{text}");
         assert!(text.contains("wrong token password"), "{text}");
-        assert!(text.contains("SecurityToken/token-primary: NotReady WrongPassword 1 consecutive"), "{text}");
+        assert!(text.contains("SecurityToken/token-primary: NotReady WrongPassword: 1 consecutive"), "{text}");
         assert!(!text.contains("PRIVATE KEY") && !text.contains("wrong-1"), "neither the key nor the password is shown: {text}");
         assert_eq!(fs::read(ws.tftp("CTLFile.tlv")).unwrap(), published, "the published CTL stays served");
     }

@@ -232,8 +232,12 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             println!("{namespace}: {change}");
         }
         for status in &output.statuses {
-            let state = if status.ready { "Ready" } else { "NotReady" };
-            println!("{namespace}: {}/{}: {state} {} {}", status.kind, status.name, status.reason, status.message);
+            let object = format!("{namespace}: {}/{}", status.kind, status.name);
+            match (status.ready, status.message.is_empty()) {
+                (true, true) => println!("{object}: Ready"),
+                (true, false) => println!("{object}: Ready; {}", status.message),
+                (false, _) => println!("{object}: NotReady {}: {}", status.reason, status.message),
+            }
         }
         println!("{namespace}: wrote {} files to {}", output.files.len(), dir.display());
     }

@@ -220,15 +220,18 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
 
 /// Conditions that leave a phone without the configuration its profile asks for; the others are
 /// reported but the phone is served as specified.
-const BLOCKING_PHONE_CONDITIONS: [&str; 1] = ["AwaitingDeviceCertificate"];
+const BLOCKING_PHONE_CONDITIONS: [&str; 2] = ["AwaitingDeviceCertificate", "ManualKeyEncryptionNotRendered"];
 
 fn phone_status(name: &str, conditions: &[(&'static str, String)]) -> ResourceStatus {
-    let mut status = match conditions.iter().find(|(reason, _)| BLOCKING_PHONE_CONDITIONS.contains(reason)) {
-        Some((reason, _)) => ResourceStatus::not_ready("Phone", name, reason, String::new()),
-        None => ResourceStatus::ready("Phone", name),
-    };
-    status.message = conditions.iter().map(|(reason, message)| format!("{reason}: {message}")).collect::<Vec<_>>().join("; ");
-    status
+    let blocking = conditions.iter().find(|(reason, _)| BLOCKING_PHONE_CONDITIONS.contains(reason));
+    let others = conditions.iter().filter(|c| Some(*c) != blocking).map(|(reason, message)| format!("{reason}: {message}"));
+    match blocking {
+        Some((reason, message)) => {
+            let message = std::iter::once(message.clone()).chain(others).collect::<Vec<_>>().join("; ");
+            ResourceStatus::not_ready("Phone", name, reason, message)
+        }
+        None => ResourceStatus { message: others.collect::<Vec<_>>().join("; "), ..ResourceStatus::ready("Phone", name) },
+    }
 }
 
 /// A phone's name and its files, or why it has none.
