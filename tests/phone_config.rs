@@ -158,6 +158,7 @@ fn sip_encrypted_example() -> PhoneConfig {
         encr_config: true,
         vpn_group: None,
         ssh: Some(SshCredentials::default()),
+        vendor_config: None,
     }
 }
 
@@ -197,6 +198,7 @@ fn sccp_authenticated_example() -> PhoneConfig {
         encr_config: false,
         vpn_group: None,
         ssh: None,
+        vendor_config: None,
     }
 }
 
@@ -415,7 +417,10 @@ fn quickstart_sccp_encrypted_phone_with_pending_capf() {
     assert_eq!(value(&r.full, "device/devicePool/callManagerGroup/members/member/callManager/ports/sipPort"), None);
     assert_eq!(value(&r.full, "device/sipProfile"), None);
     assert_eq!(reasons(r), ["SecureSrstUnavailable", "HardeningNotRendered"]);
-    assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess", "settingsAccess"] }));
+    assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess"] }));
+    // Settings Access has a known encoding and is written (spec/02 §6, P.9-2).
+    assert_eq!(value(&r.full, "device/vendorConfig/settingsAccess").as_deref(), Some("0"));
+    assert_eq!(value(&r.full, "device/vendorConfig/pcPort").as_deref(), Some("0"));
 }
 
 #[test]
@@ -479,7 +484,11 @@ fn quickstart_non_secure_sip_phone_uses_udp() {
     assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("0"));
     assert_eq!(values(&r.full, "device/sipProfile/sipLines/line/contact"), ["1005"]);
     assert_eq!(value(&r.full, "device/sipProfile/sipLines/line/authName"), None);
-    assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess", "pcPort"] }));
+    assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess"] }));
+    // The conference phone's PC port is disabled: `pcPort` 1 (P.9-2).
+    assert_eq!(value(&r.full, "device/vendorConfig/pcPort").as_deref(), Some("1"));
+    assert_eq!(value(&r.full, "device/vendorConfig/settingsAccess").as_deref(), Some("1"));
+    assert_eq!(value(&r.full, "device/vendorConfig/disableSpeaker").as_deref(), Some("false"));
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! The typed model of `SEP<MAC>.cnf.xml` (spec/04 §6.1): every security element as a field, every
 //! closed value set as an enum. `render` writes it; `resolve` builds it from the resources.
 //!
-//! Hardening (spec/02 §6, the guide's Chapter 9): Gratuitous ARP, Web Access, PC Voice VLAN Access,
-//! Settings Access, PC Port and the speakerphone/headset switches are delivered in the configuration
-//! file, but neither spec names their elements, so none is modelled or rendered; an invented element
-//! would be silently ignored by phones. `resolve` reports non-default settings as `HardeningNotRendered`.
+//! Hardening (spec/02 §6, the guide's Chapter 9) goes in the product-specific `vendorConfig` element,
+//! which neither spec describes. The element names are those of the configuration files phones are
+//! provisioned with in public templates; their encodings agree there only for `settingsAccess`
+//! (1 on), `pcPort` (0 on) and the speakerphone switches (`true`/`false`), so only those are
+//! rendered. `garp`, `webAccess` and `voiceVlanAccess` appear with either value as the default, so
+//! writing them could turn a setting the wrong way: `resolve` reports them as `HardeningNotRendered`
+//! instead (a lab check on a phone settles them).
 //! Likewise `mgcpPorts` (Callguard runs no MGCP) and `capf6` (spec/04 §6.1: not emitted) are left out.
 
 use base64::Engine;
@@ -452,6 +455,21 @@ pub struct PhoneConfig {
     pub encr_config: bool,
     pub vpn_group: Option<VpnGroup>,
     pub ssh: Option<SshCredentials>,
+    /// `vendorConfig`: the hardening settings with a known encoding; `None` writes no element.
+    pub vendor_config: Option<VendorConfig>,
+}
+
+/// The hardening settings of `vendorConfig` whose encoding is known (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VendorConfig {
+    /// `disableSpeaker` (P.9-3).
+    pub disable_speaker: bool,
+    /// `disableSpeakerAndHeadset` (P.9-3).
+    pub disable_speaker_and_headset: bool,
+    /// `pcPort`: 0 enabled, 1 disabled (P.9-2).
+    pub pc_port_enabled: bool,
+    /// `settingsAccess`: 1 enabled, 0 disabled (P.9-2).
+    pub settings_access_enabled: bool,
 }
 
 impl PhoneConfig {

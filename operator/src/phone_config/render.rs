@@ -66,6 +66,14 @@ fn write_full(w: &mut Xml, c: &PhoneConfig) -> io::Result<()> {
         w.create_element("commonProfile").write_inner_content(|w| text(w, "phonePassword", password.as_str()))?;
     }
     text(w, "loadInformation", &c.load_information)?;
+    if let Some(vendor) = &c.vendor_config {
+        w.create_element("vendorConfig").write_inner_content(|w| {
+            text(w, "disableSpeaker", bool_text(vendor.disable_speaker))?;
+            text(w, "disableSpeakerAndHeadset", bool_text(vendor.disable_speaker_and_headset))?;
+            text(w, "pcPort", if vendor.pc_port_enabled { "0" } else { "1" })?;
+            text(w, "settingsAccess", if vendor.settings_access_enabled { "1" } else { "0" })
+        })?;
+    }
     text(w, "deviceSecurityMode", &c.security_mode.code().to_string())?;
     for (element, url) in c.secure_urls.elements() {
         text(w, element, url)?;

@@ -134,7 +134,7 @@ impl fmt::Display for ConfigCondition {
             ),
             ConfigCondition::HardeningNotRendered { settings } => write!(
                 f,
-                "hardening settings {} have no known cnf.xml element and are not delivered (spec/02 §6)",
+                "hardening settings {} have no known cnf.xml encoding and are not delivered (spec/02 §6)",
                 settings.join(", ")
             ),
         }
@@ -321,6 +321,7 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
         encr_config,
         vpn_group: None,
         ssh: None,
+        vendor_config: Some(vendor_config(phone)),
     };
     config.check()?;
     Ok(Resolved { config, conditions })
@@ -401,23 +402,23 @@ fn sip_profile(phone: &Phone, sip_port: u16, auth: Option<&DigestAuth>) -> SipPr
     SipProfile { register_with_proxy: true, lines }
 }
 
-/// The hardening settings that differ from their defaults; none has a known element (spec/02 §6).
+/// The hardening settings with a known `vendorConfig` encoding (spec/02 §6, P.9-2, P.9-3).
+fn vendor_config(phone: &Phone) -> VendorConfig {
+    let h = phone.spec.hardening();
+    VendorConfig {
+        disable_speaker: h.disable_speakerphone(),
+        disable_speaker_and_headset: h.disable_speakerphone_and_headset(),
+        pc_port_enabled: h.pc_port() == Toggle::Enabled,
+        settings_access_enabled: h.settings_access() == Toggle::Enabled,
+    }
+}
+
+/// The hardening settings that differ from their defaults but whose encoding is not known, so they
+/// are not written (see `model`'s module comment).
 fn not_rendered_hardening(phone: &Phone) -> Vec<&'static str> {
     let h = phone.spec.hardening();
-    let disabled = |t: Toggle| match t {
-        Toggle::Enabled => false,
-        Toggle::Disabled => true,
-    };
-    [
-        ("gratuitousArp", disabled(h.gratuitous_arp())),
-        ("webAccess", disabled(h.web_access())),
-        ("pcVoiceVlanAccess", disabled(h.pc_voice_vlan_access())),
-        ("settingsAccess", disabled(h.settings_access())),
-        ("pcPort", disabled(h.pc_port())),
-        ("disableSpeakerphone", h.disable_speakerphone()),
-        ("disableSpeakerphoneAndHeadset", h.disable_speakerphone_and_headset()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect()
+    [("gratuitousArp", h.gratuitous_arp()), ("webAccess", h.web_access()), ("pcVoiceVlanAccess", h.pc_voice_vlan_access())]
+        .into_iter()
+        .filter_map(|(name, toggle)| (toggle == Toggle::Disabled).then_some(name))
+        .collect()
 }

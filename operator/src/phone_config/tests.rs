@@ -32,6 +32,7 @@ fn sample() -> PhoneConfig {
         encr_config: false,
         vpn_group: None,
         ssh: None,
+        vendor_config: None,
     }
 }
 
