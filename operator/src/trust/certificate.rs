@@ -60,9 +60,10 @@ fn ec_bits(point: &[u8]) -> usize {
     if coordinate == 66 { 521 } else { coordinate * 8 }
 }
 
-/// A parsed certificate and the values the record and header elements carry.
+/// The fields of a certificate that trust-file records and headers carry, in their §1.4/§1.5 forms
+/// (the policy view of a certificate is `pki::inspect::CertificateFacts`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFacts {
+pub struct CertificateFields {
     pub der: Vec<u8>,
     /// §1.4 string, without NUL.
     pub subject: String,
@@ -77,7 +78,7 @@ pub struct CertificateFacts {
     pub signature: Vec<u8>,
 }
 
-impl CertificateFacts {
+impl CertificateFields {
     /// Parses a DER certificate. Refuses trailing bytes and zero or negative serials.
     pub fn from_der(der: &[u8]) -> Result<Self, TrustError> {
         let (rest, certificate) = X509Certificate::from_der(der).map_err(|e| TrustError::BadCertificate(format!("not DER X.509: {e}")))?;
@@ -96,7 +97,7 @@ impl CertificateFacts {
         } else {
             CertificateKey::Other(spki.algorithm.algorithm.to_id_string())
         };
-        Ok(CertificateFacts {
+        Ok(CertificateFields {
             der: der.to_vec(),
             subject: dn_string(certificate.subject()),
             issuer: dn_string(certificate.issuer()),

@@ -10,7 +10,7 @@ use rand::RngCore;
 use rand::rngs::OsRng;
 use rsa::{Pkcs1v15Encrypt, RsaPrivateKey};
 
-use super::certificate::{CertificateFacts, CertificateKey};
+use super::certificate::{CertificateFields, CertificateKey};
 use super::codes::{FileKind, HashAlgorithm, SignerVersion};
 use super::error::TrustError;
 use super::header::{EncryptionElements, HeaderFields, SignedHeader, Signer, assemble_signed, parse_header};
@@ -55,7 +55,7 @@ impl<'a> EncryptedConfigBuilder<'a> {
     /// fresh AES key and IV from the OS RNG.
     pub fn encrypt(&self, config_path: &str, plaintext: &[u8], device_certificate_der: &[u8]) -> Result<Vec<u8>, TrustError> {
         let filename = encrypted_filename(config_path)?;
-        let device = CertificateFacts::from_der(device_certificate_der)?;
+        let device = CertificateFields::from_der(device_certificate_der)?;
         let device_key = match &device.key {
             CertificateKey::Rsa(key) => key,
             other => return Err(TrustError::EncryptUnsupportedKeyType(other.kind().to_string())),

@@ -7,7 +7,7 @@ use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::Serialize;
 
-use super::certificate::CertificateFacts;
+use super::certificate::CertificateFields;
 use super::codes::{FileKind, HashAlgorithm, ModulusCode, SignerVersion, header_tag as tag};
 use super::error::TrustError;
 use super::tlv::{self, ELEMENT_OVERHEAD, Element, Elements, Mode};
@@ -41,8 +41,8 @@ impl Signer {
     }
 
     /// The certificate's values, after re-checking the key rules.
-    pub(crate) fn facts(&self) -> Result<CertificateFacts, TrustError> {
-        let facts = CertificateFacts::from_der(&self.certificate_der)?;
+    pub(crate) fn facts(&self) -> Result<CertificateFields, TrustError> {
+        let facts = CertificateFields::from_der(&self.certificate_der)?;
         let certificate_key = facts.rsa_key()?;
         if *certificate_key != RsaPublicKey::from(&self.key) {
             return Err(TrustError::SignerKeyRefused("the private key does not belong to the signer certificate".into()));
@@ -485,7 +485,7 @@ impl SignedHeader {
 
     /// Verifies with the key of a DER certificate whose serial must equal SIGNER_SERIAL.
     pub fn verify_with_certificate(&self, file: &[u8], certificate_der: &[u8]) -> Result<(), TrustError> {
-        let facts = CertificateFacts::from_der(certificate_der)?;
+        let facts = CertificateFields::from_der(certificate_der)?;
         if !super::names::serials_equal(&facts.serial, &self.signer_serial) {
             return Err(TrustError::SignerNotFound);
         }

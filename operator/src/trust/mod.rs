@@ -13,7 +13,7 @@ pub mod signed;
 pub mod tlv;
 pub mod trust_list;
 
-pub use certificate::{CertificateFacts, CertificateKey, KeyKind};
+pub use certificate::{CertificateFields, CertificateKey, KeyKind};
 pub use codes::{FileKind, HashAlgorithm, ModulusCode, Role, SignerVersion};
 pub use encrypted::{EncryptedConfigBuilder, EncryptedFile};
 pub use error::TrustError;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use rsa::RsaPublicKey;
 use rsa::pkcs1::DecodeRsaPublicKey;
 
-use super::certificate::{CertificateFacts, CertificateKey, KeyKind};
+use super::certificate::{CertificateFields, CertificateKey, KeyKind};
 use super::codes::{FileKind, HashAlgorithm, Role, SignerVersion, record_tag as tag};
 use super::error::TrustError;
 use super::header::{HeaderFields, SignedHeader, Signer, assemble_signed, parse_header};
@@ -74,7 +74,7 @@ impl TrustRecord {
     /// The record for `certificate_der` in `role`, with every field taken from the certificate. Refuses keys
     /// other than RSA and uncompressed EC points.
     pub fn new(certificate_der: &[u8], role: Role) -> Result<Self, TrustError> {
-        let facts = CertificateFacts::from_der(certificate_der)?;
+        let facts = CertificateFields::from_der(certificate_der)?;
         match &facts.key {
             CertificateKey::Rsa(_) => {}
             CertificateKey::Ec(point) if point.first() == Some(&4) => {}
@@ -114,7 +114,7 @@ impl TrustRecord {
 
     /// The key kind, from the certificate when it parses, else from PUBLIC_KEY.
     pub fn key_kind(&self) -> KeyKind {
-        match CertificateFacts::from_der(&self.certificate_der) {
+        match CertificateFields::from_der(&self.certificate_der) {
             Ok(facts) => facts.key.kind(),
             Err(_) => match (self.public_key.first(), RsaPublicKey::from_pkcs1_der(&self.public_key)) {
                 (_, Ok(key)) => CertificateKey::Rsa(key).kind(),
@@ -126,7 +126,7 @@ impl TrustRecord {
 
     /// The RSA key that verifies signatures made by this record's certificate.
     pub fn rsa_public_key(&self) -> Option<RsaPublicKey> {
-        match CertificateFacts::from_der(&self.certificate_der) {
+        match CertificateFields::from_der(&self.certificate_der) {
             Ok(facts) => match facts.key {
                 CertificateKey::Rsa(key) => Some(key),
                 _ => None,
@@ -468,7 +468,7 @@ fn check_strict_record(record: &TrustRecord, offset: usize) -> Result<(), TrustE
     if record.certificate_der.is_empty() {
         return Err(TrustError::MissingElement { tag: tag::CERTIFICATE, name: "CERTIFICATE" });
     }
-    let facts = CertificateFacts::from_der(&record.certificate_der)?;
+    let facts = CertificateFields::from_der(&record.certificate_der)?;
     if !serials_equal(&facts.serial, &record.serial) {
         return Err(TrustError::RecordInconsistent { offset, field: "SERIAL_NUMBER" });
     }
