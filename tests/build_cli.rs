@@ -60,7 +60,7 @@ impl Workspace {
     }
 
     fn token_status(&self, name: &str) -> serde_yaml::Value {
-        let text = fs::read_to_string(self.state.join(format!("default/status/tokens/{name}.yaml"))).unwrap_or_default();
+        let text = fs::read_to_string(self.state.join(format!("namespaces/default/status/tokens/{name}.yaml"))).unwrap_or_default();
         serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null)
     }
 }
@@ -148,14 +148,16 @@ fn a_rebuild_changes_nothing_and_keeps_the_ca() {
         files
     };
     let files = snapshot(&ws);
-    let ca = fs::read(ws.state.join("default/ca/ca.crt")).unwrap();
+    let ca = fs::read(ws.state.join("namespaces/default/ca/ca.crt")).unwrap();
     let second = stdout(&ws.build());
     assert!(!second.contains("created") && !second.contains("issued") && !second.contains("published"), "{second}");
     assert_eq!(snapshot(&ws), files, "same input and state give the same bytes (spec/04 §3.7 step 5)");
-    assert_eq!(fs::read(ws.state.join("default/ca/ca.crt")).unwrap(), ca);
+    assert_eq!(fs::read(ws.state.join("namespaces/default/ca/ca.crt")).unwrap(), ca);
     // Private keys are owner-only.
     use std::os::unix::fs::PermissionsExt;
-    for key in ["default/ca/ca.key", "default/certs/cm1.callmanager-tftp.key", "default/certs/cm1.capf.key"] {
+    for key in
+        ["namespaces/default/ca/ca.key", "namespaces/default/certs/cm1.callmanager-tftp.key", "namespaces/default/certs/cm1.capf.key"]
+    {
         assert_eq!(fs::metadata(ws.state.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
     }
     // A changed phone changes its file only.
@@ -168,8 +170,8 @@ fn a_rebuild_changes_nothing_and_keeps_the_ca() {
 /// A phone key and its LSC, issued by the workspace's cluster CA.
 fn phone_certificate(ws: &Workspace, device: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
     let ca = ClusterCa::from_pem(
-        &fs::read_to_string(ws.state.join("default/ca/ca.crt")).unwrap(),
-        &fs::read_to_string(ws.state.join("default/ca/ca.key")).unwrap(),
+        &fs::read_to_string(ws.state.join("namespaces/default/ca/ca.crt")).unwrap(),
+        &fs::read_to_string(ws.state.join("namespaces/default/ca/ca.key")).unwrap(),
     )
     .unwrap();
     let key = callguard::pki::keys::generate_rsa(2048);
@@ -195,8 +197,8 @@ fn an_encrypted_phone_with_a_certificate_gets_a_file_only_its_key_opens() {
     assert!(!ws.tftp(&format!("{device}.cnf.xml.enc.sgn")).exists(), "no certificate, no encrypted file (spec/04 §5.1)");
     let keys = tempfile::tempdir().unwrap();
     let (key, lsc) = phone_certificate(&ws, device, keys.path());
-    fs::create_dir_all(ws.state.join("default/devices")).unwrap();
-    fs::write(ws.state.join(format!("default/devices/{device}.crt")), &lsc).unwrap();
+    fs::create_dir_all(ws.state.join("namespaces/default/devices")).unwrap();
+    fs::write(ws.state.join(format!("namespaces/default/devices/{device}.crt")), &lsc).unwrap();
     ws.build();
 
     let encrypted = ws.tftp(&format!("{device}.cnf.xml.enc.sgn"));

@@ -211,7 +211,7 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
     }
     let mut failed = false;
     for (namespace, snapshot) in &report.snapshots {
-        let built = StateDir::open(&state_dir.join(namespace))
+        let built = StateDir::open(&state_dir.join("namespaces").join(namespace))
             .map_err(|e| e.to_string())
             .and_then(|state| build_namespace(snapshot, &state, time::OffsetDateTime::now_utc()).map_err(|e| e.to_string()));
         let output = match built {
