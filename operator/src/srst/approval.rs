@@ -77,7 +77,8 @@ impl GatewayCertificate {
     /// Approves the certificate if `sha256_fingerprint` (hex, any case, colons allowed) is its SHA-256.
     /// A malformed or different fingerprint is an error and leaves the state as it was.
     pub fn approve(&mut self, sha256_fingerprint: &str) -> Result<(), SrstError> {
-        let given = normalise_fingerprint(sha256_fingerprint).ok_or_else(|| SrstError::MalformedFingerprint(sha256_fingerprint.to_owned()))?;
+        let given =
+            normalise_fingerprint(sha256_fingerprint).ok_or_else(|| SrstError::MalformedFingerprint(sha256_fingerprint.to_owned()))?;
         if given != self.sha256 {
             return Err(SrstError::FingerprintMismatch { expected: self.sha256.clone(), given });
         }

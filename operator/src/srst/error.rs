@@ -38,13 +38,24 @@ impl fmt::Display for InvalidSrstCertificate {
 pub enum SrstError {
     /// The gateway address is neither a DNS name nor an IP literal.
     InvalidHost(String),
-    Connect { endpoint: String, reason: String },
+    Connect {
+        endpoint: String,
+        reason: String,
+    },
     /// Connection and handshake together took longer than allowed.
-    Timeout { endpoint: String, after: Duration },
+    Timeout {
+        endpoint: String,
+        after: Duration,
+    },
     /// The TLS handshake failed before the gateway proved it holds the certificate's key.
-    Handshake { endpoint: String, reason: String },
+    Handshake {
+        endpoint: String,
+        reason: String,
+    },
     /// The handshake ended without a certificate from the gateway.
-    NoCertificate { endpoint: String },
+    NoCertificate {
+        endpoint: String,
+    },
     /// The certificate from the Secret is refused (spec/04 §9.2 step 2).
     InvalidSrstCertificate(InvalidSrstCertificate),
     /// Captured or stored bytes that are not a DER X.509 certificate.
@@ -52,7 +63,10 @@ pub enum SrstError {
     /// An approval that is not 64 hexadecimal digits (colons allowed).
     MalformedFingerprint(String),
     /// An approval whose SHA-256 is not the pending certificate's; the certificate stays pending.
-    FingerprintMismatch { expected: String, given: String },
+    FingerprintMismatch {
+        expected: String,
+        given: String,
+    },
 }
 
 impl fmt::Display for SrstError {
@@ -63,7 +77,9 @@ impl fmt::Display for SrstError {
             SrstError::Timeout { endpoint, after } => {
                 write!(f, "SRST gateway {endpoint} did not complete the TLS handshake within {} s (spec/04 §9.2)", after.as_secs_f64())
             }
-            SrstError::Handshake { endpoint, reason } => write!(f, "TLS handshake with the SRST gateway {endpoint} failed: {reason} (spec/04 §9.2)"),
+            SrstError::Handshake { endpoint, reason } => {
+                write!(f, "TLS handshake with the SRST gateway {endpoint} failed: {reason} (spec/04 §9.2)")
+            }
             SrstError::NoCertificate { endpoint } => write!(f, "the SRST gateway {endpoint} presented no certificate (spec/04 §9.2)"),
             SrstError::InvalidSrstCertificate(why) => write!(f, "InvalidSrstCertificate: {why} (spec/04 §9.2 step 2)"),
             SrstError::NotACertificate(why) => write!(f, "SRST gateway certificate is not DER X.509: {why} (spec/04 §9.2)"),

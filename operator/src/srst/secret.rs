@@ -15,10 +15,8 @@ pub const SECRET_CERTIFICATE_KEY: &str = "tls.crt";
 pub fn certificate_from_pem(pem: &str) -> Result<Vec<u8>, SrstError> {
     // The labels are read by hand first: pki-types skips sections it does not know, such as
     // "ENCRYPTED PRIVATE KEY", and a key in any form must be refused.
-    let labels: Vec<&str> = pem
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("-----BEGIN ").and_then(|rest| rest.strip_suffix("-----")))
-        .collect();
+    let labels: Vec<&str> =
+        pem.lines().filter_map(|line| line.trim().strip_prefix("-----BEGIN ").and_then(|rest| rest.strip_suffix("-----"))).collect();
     if labels.iter().any(|label| label.ends_with("PRIVATE KEY")) {
         return Err(InvalidSrstCertificate::PrivateKey.into());
     }
@@ -90,6 +88,9 @@ mod tests {
 
     #[test]
     fn a_secret_without_tls_crt_has_no_certificate() {
-        assert_eq!(certificate_from_secret(&Secret::default()), Err(SrstError::InvalidSrstCertificate(InvalidSrstCertificate::NoCertificate)));
+        assert_eq!(
+            certificate_from_secret(&Secret::default()),
+            Err(SrstError::InvalidSrstCertificate(InvalidSrstCertificate::NoCertificate))
+        );
     }
 }

@@ -99,7 +99,10 @@ impl VerifyStatus {
 pub enum Element {
     /// `lead ‖ ASCII name`, no NUL. `lead` is [`DEVICE_NAME_LEAD_BYTE`] in every known frame. A name that is not
     /// UTF-8 is decoded lossily: it is only logged, never a reason to refuse a request.
-    DeviceName { lead: u8, name: String },
+    DeviceName {
+        lead: u8,
+        name: String,
+    },
     /// The DER certificate the phone asks about.
     Certificate(Vec<u8>),
     Status(VerifyStatus),
@@ -108,7 +111,10 @@ pub enum Element {
     /// Seconds the phone may cache the verdict.
     Ttl(u32),
     /// A tag this decoder does not know, kept so it can be reported.
-    Unknown { tag: u8, value: Vec<u8> },
+    Unknown {
+        tag: u8,
+        value: Vec<u8>,
+    },
 }
 
 impl Element {
@@ -346,7 +352,9 @@ impl fmt::Display for FrameError {
                 write!(f, "TVS element tag {tag} value of {length} bytes exceeds 65 535 (spec/04 §2.1)")
             }
             FrameError::BodyTooLong(length) => write!(f, "TVS body of {length} bytes exceeds 65 535 (spec/04 §8)"),
-            FrameError::RoleNotEncodable(code) => write!(f, "role code {code} does not fit the one-byte TVS ROLES element (spec/04 §1.7, §8)"),
+            FrameError::RoleNotEncodable(code) => {
+                write!(f, "role code {code} does not fit the one-byte TVS ROLES element (spec/04 §1.7, §8)")
+            }
             FrameError::TrailingBytes(extra) => write!(f, "{extra} bytes follow the TVS frame (spec/04 §8)"),
         }
     }

@@ -173,9 +173,12 @@ impl TvsServer {
             tokio::spawn(async move {
                 let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
-                    Ok(Err(e)) => {
-                        ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeFailed(e.to_string()) }
-                    }
+                    Ok(Err(e)) => ConnectionReport {
+                        peer: None,
+                        responses_sent: 0,
+                        notes: Vec::new(),
+                        end: ConnectionEnd::HandshakeFailed(e.to_string()),
+                    },
                     Ok(Ok(tls)) => serve_connection(tls, &directory, &limits).await,
                 };
                 report.peer = Some(peer);
@@ -193,7 +196,10 @@ impl TvsServer {
 pub enum TvsServerError {
     /// The certificate, key or protocol versions were refused by rustls.
     TlsConfig(String),
-    Bind { address: SocketAddr, reason: String },
+    Bind {
+        address: SocketAddr,
+        reason: String,
+    },
     Io(String),
 }
 
