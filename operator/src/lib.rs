@@ -9,6 +9,8 @@ pub mod crdgen;
 pub mod manifest;
 pub mod phone_config;
 pub mod pki;
+pub mod srst;
 pub mod token;
 pub mod trust;
+pub mod tvs;
 pub mod validate;

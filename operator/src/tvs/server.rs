@@ -1,0 +1,216 @@
+//! The TVS listener: TLS with the TVS-role certificate, no client certificate (spec/04 §8).
+//!
+//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones need TLS 1.0 (spec/04 §8), which takes an
+//! OpenSSL-backed listener; that is left for later.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use std::{fmt, io};
+
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::directory::CertificateDirectory;
+use super::session::{CloseReason, SessionNote, TvsSession};
+
+/// The directory every connection reads at each request; send a new `Arc` to update it while serving.
+pub type SharedDirectory = watch::Receiver<Arc<CertificateDirectory>>;
+
+/// Timeouts of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// TLS handshake; 10 s, as for CAPF (spec/04 §7.5) [D].
+    pub handshake_timeout: Duration,
+    /// Longest wait for the phone's next bytes before closing; 30 s, as CAPF's per-message limit [D].
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits { handshake_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// The session decided to close (end of input, or a protocol violation: spec/04 §8).
+    Session(CloseReason),
+    HandshakeTimeout,
+    HandshakeFailed(String),
+    IdleTimeout,
+    Io(String),
+}
+
+/// What happened on one connection, for logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionReport {
+    pub peer: Option<SocketAddr>,
+    pub responses_sent: usize,
+    pub notes: Vec<SessionNote>,
+    pub end: ConnectionEnd,
+}
+
+/// A TLS server config for TVS: the ring provider, TLS 1.2 and 1.3, no client authentication (spec/04 §8).
+pub fn tls_server_config(
+    certificate_chain: Vec<CertificateDer<'static>>,
+    private_key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TvsServerError> {
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TvsServerError::TlsConfig(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certificate_chain, private_key)
+        .map_err(|e| TvsServerError::TlsConfig(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// Serves one connection that has finished its TLS handshake (or any stream, in tests) until the session
+/// closes. Each response frame goes out in ONE write call, then a flush (spec/04 §10 W-16); on close the
+/// stream is shut down, which sends close_notify over TLS.
+pub async fn serve_connection<S>(mut stream: S, directory: &SharedDirectory, limits: &ServerLimits) -> ConnectionReport
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = TvsSession::new();
+    let mut report = ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::IdleTimeout };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match tokio::time::timeout(limits.idle_timeout, stream.read(&mut buffer)).await {
+            Err(_) => {
+                report.end = ConnectionEnd::IdleTimeout;
+                break;
+            }
+            Ok(Err(e)) => {
+                report.end = ConnectionEnd::Io(e.to_string());
+                break;
+            }
+            Ok(Ok(read)) => read,
+        };
+        let output = match buffer.get(..read) {
+            Some([]) | None => session.end_of_input(),
+            Some(bytes) => {
+                let current = directory.borrow().clone();
+                session.receive(bytes, &current, OffsetDateTime::now_utc())
+            }
+        };
+        report.notes.extend(output.notes);
+        for response in &output.responses {
+            // One write_all over the whole frame: header and body must not be split (spec/04 §7.1, W-16).
+            if let Err(e) = write_frame(&mut stream, response).await {
+                report.end = ConnectionEnd::Io(e.to_string());
+                return report;
+            }
+            report.responses_sent += 1;
+        }
+        if let Some(reason) = output.close {
+            report.end = ConnectionEnd::Session(reason);
+            break;
+        }
+    }
+    // The connection is over either way; a failed close_notify changes nothing for the phone.
+    let _ = stream.shutdown().await;
+    report
+}
+
+async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) -> io::Result<()> {
+    stream.write_all(frame).await?;
+    stream.flush().await
+}
+
+/// The TVS TCP listener.
+pub struct TvsServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    directory: SharedDirectory,
+    limits: ServerLimits,
+    reports: Option<mpsc::UnboundedSender<ConnectionReport>>,
+}
+
+impl TvsServer {
+    /// Binds `address` (port 0 picks a free port; production uses 2445).
+    pub async fn bind(address: SocketAddr, tls: Arc<ServerConfig>, directory: SharedDirectory) -> Result<TvsServer, TvsServerError> {
+        let listener = TcpListener::bind(address).await.map_err(|e| TvsServerError::Bind { address, reason: e.to_string() })?;
+        Ok(TvsServer { listener, acceptor: TlsAcceptor::from(tls), directory, limits: ServerLimits::default(), reports: None })
+    }
+
+    pub fn with_limits(mut self, limits: ServerLimits) -> TvsServer {
+        self.limits = limits;
+        self
+    }
+
+    /// Sends a report for every finished connection (the caller logs them).
+    pub fn with_reports(mut self, reports: mpsc::UnboundedSender<ConnectionReport>) -> TvsServer {
+        self.reports = Some(reports);
+        self
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TvsServerError> {
+        self.listener.local_addr().map_err(|e| TvsServerError::Io(e.to_string()))
+    }
+
+    /// Accepts connections forever, one task each.
+    pub async fn run(self) {
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // Accept errors (out of descriptors, a reset before accept) are transient: keep serving.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = self.acceptor.clone();
+            let directory = self.directory.clone();
+            let limits = self.limits;
+            let reports = self.reports.clone();
+            tokio::spawn(async move {
+                let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
+                    Ok(Err(e)) => ConnectionReport {
+                        peer: None,
+                        responses_sent: 0,
+                        notes: Vec::new(),
+                        end: ConnectionEnd::HandshakeFailed(e.to_string()),
+                    },
+                    Ok(Ok(tls)) => serve_connection(tls, &directory, &limits).await,
+                };
+                report.peer = Some(peer);
+                if let Some(reports) = reports {
+                    // The receiver may be gone; reports are informational.
+                    let _ = reports.send(report);
+                }
+            });
+        }
+    }
+}
+
+/// Why the TVS server could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TvsServerError {
+    /// The certificate, key or protocol versions were refused by rustls.
+    TlsConfig(String),
+    Bind {
+        address: SocketAddr,
+        reason: String,
+    },
+    Io(String),
+}
+
+impl fmt::Display for TvsServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TvsServerError::TlsConfig(why) => write!(f, "TVS TLS configuration refused: {why} (spec/04 §8 transport)"),
+            TvsServerError::Bind { address, reason } => write!(f, "TVS cannot listen on {address}: {reason} (spec/04 §8, TCP 2445)"),
+            TvsServerError::Io(why) => write!(f, "TVS listener: {why} (spec/04 §8)"),
+        }
+    }
+}
+
+impl std::error::Error for TvsServerError {}
