@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use callguard::api::{CapfAuthenticationMode, KeySize};
+use callguard::capf::AuthError;
 use callguard::capf::auth::TrustAnchors;
 use callguard::capf::frame::{
     AuthType, Body, CertificateElement, CertificateType, Command, Curve, Frame, FrameHeader, HEADER_LEN, KeyType, Password, Reason,
@@ -20,7 +21,6 @@ use callguard::capf::server::{CapfServer, ConnectionReport, Timeouts, run_sessio
 use callguard::capf::session::{
     CapfContext, DeviceRecord, FailureReason, Outcome, RequestedKey, ScheduledOperation, Session, SessionConfig,
 };
-use callguard::capf::AuthError;
 use callguard::pki::ca::{CaSettings, ClusterCa, certificate_pem};
 use callguard::pki::inspect::EcCurve;
 use callguard::pki::issue::{
@@ -244,8 +244,12 @@ impl Phone {
     }
 
     fn auth_response(&self, session_id: u32) -> Frame {
-        let mut body =
-            Body { reason: Some(Reason::Success), version: Some(self.version), device_name: Some(self.device_name.clone()), ..Body::default() };
+        let mut body = Body {
+            reason: Some(Reason::Success),
+            version: Some(self.version),
+            device_name: Some(self.device_name.clone()),
+            ..Body::default()
+        };
         match &self.credentials {
             Credentials::Nothing => {}
             Credentials::Password(text) => body.password = Some(Password::new(text)),
@@ -569,7 +573,9 @@ async fn install(mode: CapfAuthenticationMode, key: PhoneKeyPair, requested: Req
         RequestedKey::Rsa(size) => {
             assert_eq!((key_request.key_size, key_request.key_type, key_request.curve), (Some(size.bits()), Some(KeyType::Rsa), None))
         }
-        RequestedKey::Ec(_) => assert_eq!((key_request.key_size, key_request.key_type, key_request.curve), (None, Some(KeyType::Ec), Some(Curve::P384))),
+        RequestedKey::Ec(_) => {
+            assert_eq!((key_request.key_size, key_request.key_type, key_request.curve), (None, Some(KeyType::Ec), Some(Curve::P384)))
+        }
     }
     assert_eq!(transcript.received[2].body.certificate_type, Some(CertificateType::Lsc));
     assert_eq!(transcript.end_reason, Some(Reason::Success));
@@ -612,14 +618,24 @@ async fn w15_install_mode2_null_string_rsa2048_and_p384() {
 async fn w15_install_mode3_existing_lsc_rsa2048_and_p384() {
     for (key, requested) in [(PhoneKeyPair::rsa(2048), RSA2048), (PhoneKeyPair::p384(), P384)] {
         let lsc = issue_test_lsc(DEVICE, &key.spki());
-        install(CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc, key, requested, certificate_credentials(lsc, CertificateType::Lsc))
-            .await;
+        install(
+            CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc,
+            key,
+            requested,
+            certificate_credentials(lsc, CertificateType::Lsc),
+        )
+        .await;
     }
     // Mode 3 accepts a MIC too, and the DigestInfo form of the RSA signatures (spec/04 §7.7).
     let key = PhoneKeyPair::rsa(2048);
     let mic = issue_mic(mic_ca(), &format!("CP-8865-{DEVICE}"), &key.spki());
-    let credentials =
-        Credentials::Certificate { der: mic, kind: CertificateType::Mic, signed_name: DEVICE.into(), sha2_hash_code: 3, form: SignatureForm::DigestInfo };
+    let credentials = Credentials::Certificate {
+        der: mic,
+        kind: CertificateType::Mic,
+        signed_name: DEVICE.into(),
+        sha2_hash_code: 3,
+        form: SignatureForm::DigestInfo,
+    };
     install(CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc, key, RSA2048, credentials).await;
 }
 
@@ -627,8 +643,13 @@ async fn w15_install_mode3_existing_lsc_rsa2048_and_p384() {
 async fn w15_install_mode4_mic_rsa2048_and_p384() {
     for (key, requested) in [(PhoneKeyPair::rsa(2048), RSA2048), (PhoneKeyPair::p384(), P384)] {
         let mic = issue_mic(mic_ca(), &format!("CP-8865-{DEVICE}"), &key.spki());
-        install(CapfAuthenticationMode::ByExistingCertificatePrecedenceMic, key, requested, certificate_credentials(mic, CertificateType::Mic))
-            .await;
+        install(
+            CapfAuthenticationMode::ByExistingCertificatePrecedenceMic,
+            key,
+            requested,
+            certificate_credentials(mic, CertificateType::Mic),
+        )
+        .await;
     }
 }
 
@@ -810,8 +831,7 @@ async fn n11_wrong_password() {
     let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByAuthenticationString, RSA2048);
     for given in [Credentials::Password("4712".into()), Credentials::Password("47110".into()), Credentials::Nothing] {
         let phone = Phone::new(PhoneKeyPair::rsa(2048), given);
-        let transcript =
-            assert_refused(&setup, &phone, |r| *r == FailureReason::Authentication(AuthError::WrongPassword)).await;
+        let transcript = assert_refused(&setup, &phone, |r| *r == FailureReason::Authentication(AuthError::WrongPassword)).await;
         assert_eq!(transcript.commands(), [Command::AuthRequest, Command::EndSession]);
     }
 }
@@ -865,8 +885,13 @@ async fn n11_sha2_hash_code_1() {
     let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByExistingCertificatePrecedenceMic, RSA2048);
     let key = PhoneKeyPair::rsa(2048);
     let mic = issue_mic(mic_ca(), &format!("CP-8865-{DEVICE}"), &key.spki());
-    let credentials =
-        Credentials::Certificate { der: mic, kind: CertificateType::Mic, signed_name: DEVICE.into(), sha2_hash_code: 1, form: SignatureForm::RawHash };
+    let credentials = Credentials::Certificate {
+        der: mic,
+        kind: CertificateType::Mic,
+        signed_name: DEVICE.into(),
+        sha2_hash_code: 1,
+        form: SignatureForm::RawHash,
+    };
     let phone = Phone::new(key, credentials);
     assert_refused(&setup, &phone, |r| *r == FailureReason::Authentication(AuthError::UnsupportedHashCode(1))).await;
 }
@@ -984,4 +1009,49 @@ fn n11_sudi_signed_over_the_big_endian_session_id() {
     setup.trust.sudi_bundle.clear();
     let (sent, _) = run_session_directly(&setup, &phone, session_id);
     assert_eq!(sent.last().unwrap().command, Command::KeyGenerateRequest);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Timeouts (spec/04 §7.5), shortened.
+
+#[tokio::test]
+async fn key_generation_timeout_counts_from_the_request_whatever_requests_in_progress_arrive() {
+    let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
+    let timeouts = Timeouts { message: Duration::from_millis(150), key_generation: Duration::from_millis(600), ..Timeouts::default() };
+    let (server_end, phone_end) = tokio::io::duplex(64 * 1024);
+    let mut server_end = server_end;
+    let session = Session::new(setup.context(), 0x2A, OffsetDateTime::now_utc());
+    let server = tokio::spawn(async move { run_session(&mut server_end, session, &timeouts).await });
+
+    let (mut reader, mut writer) = tokio::io::split(phone_end);
+    let phone = Phone::new(PhoneKeyPair::rsa(2048), Credentials::Nothing);
+    assert_eq!(read_frame(&mut reader).await.unwrap().command, Command::AuthRequest);
+    send(&mut writer, &phone.auth_response(0x2A)).await;
+    assert_eq!(read_frame(&mut reader).await.unwrap().command, Command::KeyGenerateRequest);
+    let started = tokio::time::Instant::now();
+    // REQUEST_IN_PROGRESS every 50 ms, faster than the message timeout, for ever.
+    let spam = tokio::spawn(async move {
+        loop {
+            send(&mut writer, &Frame::new(Command::RequestInProgress, 0x2A, Body::default())).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let end = read_frame(&mut reader).await.expect("END_SESSION");
+    let waited = started.elapsed();
+    spam.abort();
+    assert_eq!((end.command, end.body.reason), (Command::EndSession, Some(Reason::Failure)));
+    assert!(waited >= Duration::from_millis(550) && waited < Duration::from_secs(5), "ended after {waited:?}");
+    let outcome = server.await.unwrap();
+    assert!(matches!(outcome, Outcome::Failed { reason: FailureReason::Timeout { key_generation: true }, .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_completes_the_handshake_is_dropped() {
+    let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
+    let timeouts = Timeouts { handshake: Duration::from_millis(200), ..Timeouts::default() };
+    let (server_end, _idle_client) = tokio::io::duplex(1024);
+    let report = tokio::time::timeout(Duration::from_secs(5), serve_connection(server_end, None, &acceptor(), setup.context(), &timeouts))
+        .await
+        .expect("the handshake timeout fires");
+    assert!(matches!(report, ConnectionReport::HandshakeFailed { .. }), "{report:?}");
 }

@@ -58,7 +58,9 @@ impl std::fmt::Display for AuthError {
             AuthError::CommonNameMismatch { device_name, common_name } => {
                 write!(f, "certificate CN \"{common_name}\" does not belong to device {device_name} (spec/04 §7.5)")
             }
-            AuthError::UnsupportedHashCode(code) => write!(f, "SHA2_SIGNED_DATA hash code {code}; only 3 (SHA-512) is accepted (spec/04 §7.7)"),
+            AuthError::UnsupportedHashCode(code) => {
+                write!(f, "SHA2_SIGNED_DATA hash code {code}; only 3 (SHA-512) is accepted (spec/04 §7.7)")
+            }
             AuthError::UnsupportedKey => write!(f, "the certificate key is neither RSA nor EC (spec/04 §7.7)"),
             AuthError::BadSignature(element) => write!(f, "{element} does not verify over the device name and certificate (spec/04 §7.7)"),
             AuthError::Sudi(why) => write!(f, "SUDI_DATA refused: {why} (spec/04 §7.7)"),
@@ -218,4 +220,42 @@ fn common_name(der: &[u8]) -> String {
         .ok()
         .and_then(|cert| cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capf::frame::Password;
+
+    fn with_password(text: &str) -> Body {
+        Body { password: Some(Password::new(text)), ..Body::default() }
+    }
+
+    #[test]
+    fn password_must_equal_a_valid_authentication_string() {
+        assert_eq!(check_password(&with_password("12345"), Some("12345")), Ok(()));
+        assert_eq!(check_password(&with_password("12346"), Some("12345")), Err(AuthError::WrongPassword));
+        assert_eq!(check_password(&with_password("1234"), Some("12345")), Err(AuthError::WrongPassword));
+        assert_eq!(check_password(&Body::default(), Some("12345")), Err(AuthError::WrongPassword));
+        // A configured string outside 4-10 digits never authenticates, even when the phone sends the same text.
+        for configured in [None, Some(""), Some("123"), Some("12345678901"), Some("12a4")] {
+            let given = with_password(configured.unwrap_or_default());
+            assert_eq!(check_password(&given, configured), Err(AuthError::NoAuthenticationString), "{configured:?}");
+        }
+    }
+
+    #[test]
+    fn certificate_modes_need_all_three_elements() {
+        let trust = TrustAnchors::default();
+        let check = CertificateCheck {
+            raw_device_name: "SEP001122334455",
+            device_name: "SEP001122334455",
+            mode: CapfAuthenticationMode::ByExistingCertificatePrecedenceMic,
+            lsc_ca_der: &[],
+            trust: &trust,
+            check_mic_common_name: true,
+        };
+        assert_eq!(check_certificate(&Body::default(), &check), Err(AuthError::MissingElement("CERTIFICATE")));
+        assert!(AuthError::UnknownIssuer.to_string().contains("spec/04 §7.5"));
+    }
 }

@@ -342,7 +342,11 @@ impl CertificateElement {
         let (prefix, der) = value.split_at_checked(CERTIFICATE_PREFIX_LEN).ok_or(FrameError::ShortCertificate(value.len()))?;
         let inner = u16::from_be_bytes([prefix[1], prefix[2]]);
         let mismatch = (usize::from(inner) != der.len() + 2).then_some(inner);
-        Ok(CertificateElement { certificate_type: CertificateType::from_code(prefix[4]), der: der.to_vec(), inner_length_mismatch: mismatch })
+        Ok(CertificateElement {
+            certificate_type: CertificateType::from_code(prefix[4]),
+            der: der.to_vec(),
+            inner_length_mismatch: mismatch,
+        })
     }
 }
 
@@ -651,4 +655,189 @@ fn read_block(data: &[u8], element_tag: u8) -> Result<(u8, &[u8], &[u8]), FrameE
     let length = usize::from(u16::from_be_bytes([head[1], head[2]]));
     let (bytes, after) = rest.split_at_checked(length).ok_or(bad)?;
     Ok((head[0], bytes, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn element(tag: u8, value: &[u8]) -> Vec<u8> {
+        tlv::encode(tag, value).unwrap()
+    }
+
+    fn frame_bytes(command: u8, session_id: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_ID, command];
+        out.extend_from_slice(&session_id.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn decoder_accepts_any_order_and_skips_unknown_tags_and_0x0d_is_an_ordinary_tag() {
+        let mut body = Vec::new();
+        body.extend(element(tag::DEVICE_NAME, b"SEP001122334455\0"));
+        body.extend(element(99, b"future"));
+        body.extend(element(tag::REASON_INFO, &[0xAB]));
+        body.extend(element(tag::VERSION, &[3]));
+        body.extend(element(tag::REASON, &[1]));
+        let decoded = Body::decode(&body).unwrap();
+        assert_eq!(decoded.device_name.as_deref(), Some("SEP001122334455"));
+        assert_eq!((decoded.version, decoded.reason), (Some(3), Some(Reason::Success)));
+        assert_eq!(
+            decoded.skipped,
+            vec![SkippedElement { tag: 99, value: b"future".to_vec() }, SkippedElement { tag: tag::REASON_INFO, value: vec![0xAB] }]
+        );
+        // Re-encoding sorts by tag: REASON, REASON_INFO, VERSION, DEVICE_NAME, 99.
+        let encoded = decoded.encode().unwrap();
+        let tags: Vec<u8> = tlv::Elements::new(&encoded, 0, encoded.len()).map(|e| e.unwrap().tag).collect();
+        assert_eq!(tags, [1, 2, 7, 13, 99]);
+    }
+
+    #[test]
+    fn encoder_emits_ascending_tags() {
+        let body = Body {
+            reason: Some(Reason::Success),
+            sha2_signed_data: Some(Sha2SignedData { hash_code: 3, signature: vec![1, 2] }),
+            device_name: Some("SEP001122334455".into()),
+            version: Some(3),
+            skipped: vec![SkippedElement { tag: 2, value: vec![9] }],
+            ..Body::default()
+        };
+        let encoded = body.encode().unwrap();
+        let tags: Vec<u8> = tlv::Elements::new(&encoded, 0, encoded.len()).map(|e| e.unwrap().tag).collect();
+        assert_eq!(tags, [1, 2, 7, 13, 20]);
+        assert_eq!(&encoded[encoded.len() - 8..], &[20, 0, 5, 3, 0, 2, 1, 2], "SHA2_SIGNED_DATA = 03 ‖ u16 len ‖ signature");
+        assert_eq!(Body::decode(&encoded).unwrap(), body);
+    }
+
+    #[test]
+    fn header_and_length_errors() {
+        assert_eq!(Frame::decode(&[0x55, 1, 0]), Err(FrameError::Truncated { needed: 8, found: 3 }));
+        assert_eq!(Frame::decode(&frame_bytes(1, 42, &[])[..]).map(|f| f.session_id), Ok(42));
+        let mut wrong_id = frame_bytes(1, 42, &[]);
+        wrong_id[0] = 0x54;
+        assert_eq!(Frame::decode(&wrong_id), Err(FrameError::BadProtocolId(0x54)));
+        let mut short = frame_bytes(2, 42, &element(tag::VERSION, &[3]));
+        short.pop();
+        assert_eq!(Frame::decode(&short), Err(FrameError::Truncated { needed: 12, found: 11 }));
+        let mut long = frame_bytes(2, 42, &[]);
+        long.push(0);
+        assert_eq!(Frame::decode(&long), Err(FrameError::TrailingBytes { declared: 0, found: 1 }));
+        assert_eq!(Frame::decode(&frame_bytes(5, 1, &[])).unwrap().command, Command::Unknown(5));
+    }
+
+    #[test]
+    fn element_errors() {
+        let twice = [element(tag::VERSION, &[3]), element(tag::VERSION, &[3])].concat();
+        assert_eq!(Body::decode(&twice), Err(FrameError::DuplicateElement(tag::VERSION)));
+        assert_eq!(Body::decode(&element(tag::KEY_SIZE, &[8])), Err(FrameError::BadElementLength { tag: 10, expected: 2, found: 1 }));
+        assert_eq!(Body::decode(&element(tag::PASSWORD, b"1234")), Err(FrameError::BadString(tag::PASSWORD)));
+        assert_eq!(Body::decode(&element(tag::CERTIFICATE, &[1, 0, 2, 0])), Err(FrameError::ShortCertificate(4)));
+        assert_eq!(
+            Body::decode(&element(tag::SHA2_SIGNED_DATA, &[3, 0, 5, 1])),
+            Err(FrameError::BadSignatureBlock { tag: tag::SHA2_SIGNED_DATA })
+        );
+        assert!(matches!(Body::decode(&[tag::VERSION, 0, 2, 3]), Err(FrameError::ElementTruncated { .. })));
+        // Every message names the spec section.
+        for error in [FrameError::BadProtocolId(1), FrameError::DuplicateElement(7), FrameError::SessionMismatch { expected: 1, found: 2 }]
+        {
+            assert!(error.to_string().contains("spec/04 §"), "{error}");
+        }
+    }
+
+    #[test]
+    fn empty_password_is_a_lone_nul_and_is_hidden_from_debug() {
+        let body = Body { password: Some(Password::new("")), ..Body::default() };
+        assert_eq!(body.encode().unwrap(), [tag::PASSWORD, 0, 1, 0]);
+        let secret = Body { password: Some(Password::new("987654")), ..Body::default() };
+        assert!(!format!("{secret:?}").contains("987654"));
+    }
+
+    #[test]
+    fn certificate_inner_length_mismatch_is_recorded_not_fatal() {
+        let value = [&[0x01, 0x00, 0x09, 0x00, 0x02][..], b"DER"].concat();
+        let decoded = Body::decode(&element(tag::CERTIFICATE, &value)).unwrap().certificate.unwrap();
+        assert_eq!(decoded.der, b"DER");
+        assert_eq!(decoded.certificate_type, CertificateType::Mic);
+        assert_eq!(decoded.inner_length_mismatch, Some(9));
+    }
+
+    #[test]
+    fn sudi_data_round_trips_and_refuses_other_layouts() {
+        let sudi = SudiData { certificate_der: vec![0x30, 0x00], sha1_signature: vec![1; 4], sha512_signature: vec![2; 5] };
+        let encoded = sudi.encode().unwrap();
+        assert_eq!(&encoded[..5], &[0x00, 0x00, 0x02, 0x30, 0x00]);
+        assert_eq!(SudiData::decode(&encoded).unwrap(), sudi);
+        let mut swapped = encoded.clone();
+        swapped[5] = HASH_CODE_SHA512;
+        assert!(SudiData::decode(&swapped).is_err());
+        assert!(SudiData::decode(&[encoded.as_slice(), &[0]].concat()).is_err());
+    }
+
+    #[test]
+    fn codes_round_trip_and_unknown_values_are_kept() {
+        for code in 0..=u8::MAX {
+            assert_eq!(Command::from_code(code).code(), code);
+            assert_eq!(Reason::from_code(code).code(), code);
+            assert_eq!(AuthType::from_code(code).code(), code);
+            assert_eq!(KeyType::from_code(code).code(), code);
+            assert_eq!(Curve::from_code(code).code(), code);
+            assert_eq!(CertificateType::from_code(code).code(), code);
+        }
+        assert_eq!(Command::from_code(6), Command::Unknown(6));
+        assert_eq!(Reason::from_code(3), Reason::Unknown(3));
+    }
+
+    #[test]
+    fn oversized_values_fail_instead_of_truncating() {
+        let body = Body { public_key: Some(vec![0; 65_536]), ..Body::default() };
+        assert!(matches!(body.encode(), Err(FrameError::TooLong { .. })));
+        let body = Body { public_key: Some(vec![0; 40_000]), signed_data: Some(vec![0; 40_000]), ..Body::default() };
+        assert!(matches!(body.encode(), Err(FrameError::TooLong { what: "frame body", .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Frame::decode(&bytes);
+            let _ = Body::decode(&bytes);
+            let _ = SudiData::decode(&bytes);
+            let _ = FrameHeader::decode(&bytes);
+        }
+
+        #[test]
+        fn well_formed_headers_with_random_bodies_never_panic(command: u8, session_id: u32, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let bytes = frame_bytes(command, session_id, &body);
+            if let Ok(frame) = Frame::decode(&bytes) {
+                prop_assert_eq!(frame.session_id, session_id);
+                prop_assert_eq!(frame.command.code(), command);
+            }
+        }
+
+        #[test]
+        fn typed_bodies_round_trip(
+            reason in proptest::option::of(any::<u8>()),
+            version in proptest::option::of(any::<u8>()),
+            key_size in proptest::option::of(any::<u16>()),
+            name in proptest::option::of("[A-Za-z0-9]{0,20}"),
+            spki in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            der in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            sha2 in proptest::option::of((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64))),
+        ) {
+            let body = Body {
+                reason: reason.map(Reason::from_code),
+                version,
+                key_size,
+                device_name: name,
+                public_key: spki,
+                certificate: der.map(|der| CertificateElement::new(CertificateType::Lsc, der)),
+                sha2_signed_data: sha2.map(|(hash_code, signature)| Sha2SignedData { hash_code, signature }),
+                ..Body::default()
+            };
+            let frame = Frame::new(Command::AuthResponse, 7, body);
+            prop_assert_eq!(Frame::decode(&frame.encode().unwrap()).unwrap(), frame);
+        }
+    }
 }

@@ -107,7 +107,12 @@ pub struct CapfServer {
 
 impl CapfServer {
     /// Binds `address` (port 0 picks a free port).
-    pub async fn bind(address: SocketAddr, acceptor: TlsAcceptor, context: Arc<CapfContext>, timeouts: Timeouts) -> Result<CapfServer, ServerError> {
+    pub async fn bind(
+        address: SocketAddr,
+        acceptor: TlsAcceptor,
+        context: Arc<CapfContext>,
+        timeouts: Timeouts,
+    ) -> Result<CapfServer, ServerError> {
         let listener = TcpListener::bind(address).await?;
         Ok(CapfServer { listener, acceptor, context, timeouts })
     }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::auth::{self, AuthError, CertificateCheck, ClientCertificateKind, TrustAnchors};
-use super::frame::{AuthType, Body, CertificateElement, CertificateType, Command, Curve, Frame, FrameError, KeyType, Reason, SERVER_VERSION};
+use super::frame::{
+    AuthType, Body, CertificateElement, CertificateType, Command, Curve, Frame, FrameError, KeyType, Reason, SERVER_VERSION,
+};
 use crate::api::{CapfAuthenticationMode, CertificateOperation, KeySize};
 use crate::pki::ca::ClusterCa;
 use crate::pki::inspect::{CertificateFacts, EcCurve, md5_hex, sha256_hex};
@@ -165,9 +167,15 @@ pub enum FailureReason {
     /// A frame did not decode, or carried another protocol or session id (spec/04 §7.2).
     Frame(FrameError),
     /// A command that is not valid in this state, or whose semantics are unknown (spec/04 §7.3).
-    UnexpectedCommand { command: Command, expected: &'static str },
+    UnexpectedCommand {
+        command: Command,
+        expected: &'static str,
+    },
     /// A required element is missing.
-    MissingElement { command: Command, element: &'static str },
+    MissingElement {
+        command: Command,
+        element: &'static str,
+    },
     /// VERSION is neither 2 nor 3 (spec/04 §7.4).
     UnsupportedVersion(u8),
     /// END_SESSION{9} (spec/04 §7.5).
@@ -178,13 +186,21 @@ pub enum FailureReason {
     /// PUBLIC_KEY fails the key checks of spec/04 §7.8; nothing was issued.
     KeyRefused(String),
     /// The phone answered with a REASON other than success.
-    PhoneReported { command: Command, reason: Reason },
+    PhoneReported {
+        command: Command,
+        reason: Reason,
+    },
     /// The CA could not issue the LSC.
     Issue(String),
     /// The phone refused to store the LSC that was issued (the serial is for the audit trail).
-    StoreRefused { reason: Reason, serial: Serial },
+    StoreRefused {
+        reason: Reason,
+        serial: Serial,
+    },
     /// No message within the timeout; `key_generation` when waiting for KEY_GENERATE_RESPONSE.
-    Timeout { key_generation: bool },
+    Timeout {
+        key_generation: bool,
+    },
     /// The peer closed the connection before the session ended.
     ConnectionClosed,
 }
@@ -349,7 +365,10 @@ impl Session {
                 reason => {
                     let reason = reason.unwrap_or(Reason::Unknown(u8::MAX));
                     let device_name = Some(issued.device_name.clone());
-                    self.finish(Reason::Failure, Outcome::Failed { device_name, reason: FailureReason::StoreRefused { reason, serial: issued.serial } })
+                    self.finish(
+                        Reason::Failure,
+                        Outcome::Failed { device_name, reason: FailureReason::StoreRefused { reason, serial: issued.serial } },
+                    )
                 }
             },
             (State::AwaitFetch { device_name }, Command::FetchCertificateResponse) => {
@@ -410,7 +429,8 @@ impl Session {
         };
         let device_name = normalise_device_name(raw_device_name);
         let Some(record) = self.context.directory.lookup(&device_name) else {
-            return self.finish(Reason::UnknownDevice, Outcome::Failed { device_name: Some(device_name), reason: FailureReason::UnknownDevice });
+            return self
+                .finish(Reason::UnknownDevice, Outcome::Failed { device_name: Some(device_name), reason: FailureReason::UnknownDevice });
         };
         // Nothing scheduled is answered before authenticating: END_SESSION{0} changes nothing and reveals no more
         // than END_SESSION{9} already does, and a phone in mode 1 has no string to offer when nothing is pending.
@@ -438,7 +458,8 @@ impl Session {
         match record.auth_mode {
             CapfAuthenticationMode::ByAuthenticationString => auth::check_password(body, record.authentication_string.as_deref())?,
             CapfAuthenticationMode::ByNullString => {}
-            mode @ (CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc | CapfAuthenticationMode::ByExistingCertificatePrecedenceMic) => {
+            mode @ (CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc
+            | CapfAuthenticationMode::ByExistingCertificatePrecedenceMic) => {
                 let check = CertificateCheck {
                     raw_device_name,
                     device_name,
@@ -587,5 +608,168 @@ fn device_of(state: &State) -> Option<String> {
         }
         State::AwaitStore { issued } => Some(issued.device_name.clone()),
         State::Start | State::AwaitAuth | State::Done => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ca::CaSettings;
+    use crate::pki::keys;
+    use rsa::RsaPublicKey;
+    use rsa::pkcs8::EncodePublicKey;
+    use std::sync::OnceLock;
+
+    const DEVICE: &str = "SEP001122334455";
+    const ID: u32 = 0x2A;
+
+    fn ca() -> &'static ClusterCa {
+        static CA: OnceLock<ClusterCa> = OnceLock::new();
+        CA.get_or_init(|| ClusterCa::generate(&CaSettings::new("cucm-lab", "voice"), OffsetDateTime::now_utc()).unwrap())
+    }
+
+    fn spki_1024() -> &'static Vec<u8> {
+        static SPKI: OnceLock<Vec<u8>> = OnceLock::new();
+        SPKI.get_or_init(|| RsaPublicKey::from(&keys::generate_rsa(1024)).to_public_key_der().unwrap().as_bytes().to_vec())
+    }
+
+    fn session(operation: ScheduledOperation, key: RequestedKey) -> Session {
+        let record = DeviceRecord {
+            operation,
+            auth_mode: CapfAuthenticationMode::ByNullString,
+            authentication_string: None,
+            key,
+            current_lsc: Some(vec![1, 2, 3]),
+        };
+        let directory = move |name: &str| (name == DEVICE).then(|| record.clone());
+        let context = CapfContext {
+            ca: ca().clone(),
+            trust: TrustAnchors::default(),
+            directory: Arc::new(directory),
+            config: SessionConfig::default(),
+        };
+        let mut session = Session::new(Arc::new(context), ID, OffsetDateTime::now_utc());
+        assert_eq!(session.start().send[0].command, Command::AuthRequest);
+        session
+    }
+
+    fn auth_response() -> Frame {
+        let body = Body { reason: Some(Reason::Success), version: Some(3), device_name: Some(DEVICE.into()), ..Body::default() };
+        Frame::new(Command::AuthResponse, ID, body)
+    }
+
+    fn end_reason(step: &Step) -> Option<Reason> {
+        assert!(step.close, "the session closes");
+        assert_eq!(step.send.len(), 1);
+        assert_eq!(step.send[0].command, Command::EndSession);
+        step.send[0].body.reason
+    }
+
+    fn failure(session: &Session) -> FailureReason {
+        match session.outcome() {
+            Some(Outcome::Failed { reason, .. }) => reason.clone(),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    const RSA1024: RequestedKey = RequestedKey::Rsa(KeySize::Bits1024);
+
+    #[test]
+    fn commands_of_unknown_semantics_and_out_of_order_get_reason_7() {
+        let mut s = session(ScheduledOperation::InstallUpgrade, RSA1024);
+        let step = s.receive(Frame::new(Command::Unknown(5), ID, Body::default()));
+        assert_eq!(end_reason(&step), Some(Reason::Failure));
+        assert_eq!(failure(&s), FailureReason::UnexpectedCommand { command: Command::Unknown(5), expected: "AUTH_RESPONSE" });
+        // After the end, nothing more is sent.
+        assert_eq!(s.receive(auth_response()), Step { send: vec![], close: true });
+
+        let mut s = session(ScheduledOperation::InstallUpgrade, RSA1024);
+        let step = s.receive(Frame::new(Command::RequestInProgress, ID, Body::default()));
+        assert_eq!(end_reason(&step), Some(Reason::Failure));
+    }
+
+    #[test]
+    fn install_tolerates_requests_in_progress_and_waits_for_the_key() {
+        let mut s = session(ScheduledOperation::InstallUpgrade, RSA1024);
+        let step = s.receive(auth_response());
+        assert_eq!(step.send[0].body.key_size, Some(1024));
+        assert_eq!(s.wait(), Wait::KeyGeneration);
+        for _ in 0..5 {
+            assert_eq!(s.receive(Frame::new(Command::RequestInProgress, ID, Body::default())), Step::default());
+        }
+        assert_eq!(s.requests_in_progress(), 5);
+        let key = Frame::new(Command::KeyGenerateResponse, ID, Body { public_key: Some(spki_1024().clone()), ..Body::default() });
+        let step = s.receive(key);
+        assert_eq!(step.send[0].command, Command::StoreCertificateRequest);
+        assert_eq!(s.wait(), Wait::Message);
+        // The phone refuses to store: END_SESSION{7}, and the serial of the LSC is reported.
+        let refused = Frame::new(Command::StoreCertificateResponse, ID, Body { reason: Some(Reason::Failure), ..Body::default() });
+        assert_eq!(end_reason(&s.receive(refused)), Some(Reason::Failure));
+        assert!(matches!(failure(&s), FailureReason::StoreRefused { reason: Reason::Failure, .. }));
+    }
+
+    #[test]
+    fn upgrade_is_reported_when_the_device_had_an_lsc() {
+        let mut s = session(ScheduledOperation::InstallUpgrade, RSA1024);
+        s.receive(auth_response());
+        s.receive(Frame::new(Command::KeyGenerateResponse, ID, Body { public_key: Some(spki_1024().clone()), ..Body::default() }));
+        let stored = Frame::new(Command::StoreCertificateResponse, ID, Body { reason: Some(Reason::Success), ..Body::default() });
+        assert_eq!(end_reason(&s.receive(stored)), Some(Reason::Success));
+        let Some(Outcome::Issued(issued)) = s.outcome() else { panic!("{:?}", s.outcome()) };
+        assert!(issued.upgrade);
+        assert_eq!(issued.phone_key, PhoneKey::Rsa1024);
+    }
+
+    #[test]
+    fn phone_key_failure_and_timeouts_get_reason_7() {
+        let mut s = session(ScheduledOperation::InstallUpgrade, RSA1024);
+        s.receive(auth_response());
+        let failed = Frame::new(Command::KeyGenerateResponse, ID, Body { reason: Some(Reason::Failure), ..Body::default() });
+        assert_eq!(end_reason(&s.receive(failed)), Some(Reason::Failure));
+        assert_eq!(failure(&s), FailureReason::PhoneReported { command: Command::KeyGenerateResponse, reason: Reason::Failure });
+
+        let mut s = session(ScheduledOperation::InstallUpgrade, RSA1024);
+        s.receive(auth_response());
+        assert_eq!(end_reason(&s.time_out()), Some(Reason::Failure));
+        assert_eq!(failure(&s), FailureReason::Timeout { key_generation: true });
+        assert_eq!(s.wait(), Wait::Finished);
+    }
+
+    #[test]
+    fn keys_outside_the_allowed_set_are_never_requested() {
+        for key in [RequestedKey::Rsa(KeySize::Bits512), RequestedKey::Ec(EcCurve::P521)] {
+            let mut s = session(ScheduledOperation::InstallUpgrade, key);
+            assert_eq!(end_reason(&s.receive(auth_response())), Some(Reason::Failure));
+            assert_eq!(failure(&s), FailureReason::UnsupportedConfiguredKey(key));
+        }
+    }
+
+    #[test]
+    fn undecodable_bytes_and_missing_elements_get_reason_7() {
+        let mut s = session(ScheduledOperation::Delete, RSA1024);
+        assert_eq!(end_reason(&s.receive_bytes(&[0x55, 2, 0, 0])), Some(Reason::Failure));
+        assert!(matches!(failure(&s), FailureReason::Frame(FrameError::Truncated { .. })));
+
+        let mut s = session(ScheduledOperation::Delete, RSA1024);
+        let mut frame = auth_response();
+        frame.body.device_name = None;
+        assert_eq!(end_reason(&s.receive(frame)), Some(Reason::Failure));
+        assert_eq!(failure(&s), FailureReason::MissingElement { command: Command::AuthResponse, element: "DEVICE_NAME" });
+    }
+
+    #[test]
+    fn a_closed_connection_is_reported() {
+        let mut s = session(ScheduledOperation::Delete, RSA1024);
+        s.receive(auth_response());
+        s.connection_closed();
+        assert_eq!(s.outcome(), Some(&Outcome::Failed { device_name: Some(DEVICE.into()), reason: FailureReason::ConnectionClosed }));
+    }
+
+    #[test]
+    fn device_names_are_normalised_only_for_sep_macs() {
+        assert_eq!(normalise_device_name("SEP00aabbccddee"), "SEP00AABBCCDDEE");
+        assert_eq!(normalise_device_name("CSFalice"), "CSFalice");
+        assert_eq!(normalise_device_name("SEP00aabbccdde"), "SEP00aabbccdde");
+        assert_eq!(ScheduledOperation::from(CertificateOperation::Troubleshoot), ScheduledOperation::Fetch);
     }
 }
