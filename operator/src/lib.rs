@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod build;
+pub mod capf;
 pub mod crdgen;
 pub mod manifest;
 pub mod phone_config;
