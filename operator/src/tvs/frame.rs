@@ -292,18 +292,13 @@ impl Frame {
 
 /// Splits a body into elements; an element running past the end of the body is an error (spec/04 §2.4).
 pub fn decode_body(body: &[u8]) -> Result<Vec<Element>, FrameError> {
+    // The element layout is the trust files' (spec/04 §2.1), so their reader serves here too.
     let mut elements = Vec::new();
     let mut offset = 0;
-    while offset < body.len() {
-        let tag = body[offset];
-        let value_start = offset + ELEMENT_OVERHEAD;
-        let length = match body.get(offset + 1..value_start) {
-            Some(&[high, low]) => usize::from(u16::from_be_bytes([high, low])),
-            _ => return Err(FrameError::ElementOverrun { tag, offset }),
-        };
-        let value = body.get(value_start..value_start + length).ok_or(FrameError::ElementOverrun { tag, offset })?;
-        elements.push(Element::decode(tag, value)?);
-        offset = value_start + length;
+    while let Some(&tag) = body.get(offset) {
+        let element = crate::trust::tlv::read_element(body, offset, body.len()).map_err(|_| FrameError::ElementOverrun { tag, offset })?;
+        elements.push(Element::decode(element.tag, element.value)?);
+        offset = element.end();
     }
     Ok(elements)
 }
