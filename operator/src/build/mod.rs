@@ -118,7 +118,7 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
     let itl = build_trust_list(&TrustListPlan {
         kind: TrustListKind::Itl,
         signer: &tftp,
-        sast: vec![tftp.certificate_der.clone()],
+        sast: vec![tftp.certificate_der().to_vec()],
         functions: &identity.functions,
         hash,
         previous: previous_itl.as_ref(),

@@ -23,9 +23,9 @@ const PREAMBLE_LENGTH: usize = 10;
 /// Built with [`Signer::new`], which applies the signer key rules of spec/04 §3.3.
 #[derive(Clone)]
 pub struct Signer {
-    pub certificate_der: Vec<u8>,
-    pub key: RsaPrivateKey,
-    legacy_signer_keys: bool,
+    key: RsaPrivateKey,
+    /// The certificate's fields, checked against the key rules once, at construction.
+    fields: CertificateFields,
     /// The key loaded into OpenSSL once, for fast signing (see `pki::signing`).
     signing: Arc<RsaSigningKey>,
 }
@@ -34,25 +34,32 @@ impl Signer {
     /// Checks §3.3: an RSA certificate whose key is `key`, of 2048 bits, or 1024 bits when `legacy_signer_keys`
     /// (the trust domain's `legacySignerKeys`) is set. 512, 3072, 4096 and EC signers are refused.
     pub fn new(certificate_der: Vec<u8>, key: RsaPrivateKey, legacy_signer_keys: bool) -> Result<Self, TrustError> {
-        let signing = Arc::new(RsaSigningKey::new(&key).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?);
-        let signer = Signer { certificate_der, key, legacy_signer_keys, signing };
-        signer.facts()?;
-        Ok(signer)
-    }
-
-    /// The certificate's values, after re-checking the key rules.
-    pub(crate) fn facts(&self) -> Result<CertificateFields, TrustError> {
-        let facts = CertificateFields::from_der(&self.certificate_der)?;
-        let certificate_key = facts.rsa_key()?;
-        if *certificate_key != RsaPublicKey::from(&self.key) {
+        let fields = CertificateFields::from_der(&certificate_der)?;
+        if *fields.rsa_key()? != RsaPublicKey::from(&key) {
             return Err(TrustError::SignerKeyRefused("the private key does not belong to the signer certificate".into()));
         }
-        match self.key.n().bits() {
-            2048 => Ok(facts),
-            1024 if self.legacy_signer_keys => Ok(facts),
-            1024 => Err(TrustError::SignerKeyRefused("RSA-1024 needs the trust domain's legacySignerKeys flag".into())),
-            bits => Err(TrustError::SignerKeyRefused(format!("RSA-{bits}; signers are RSA-2048 (1024 with legacySignerKeys)"))),
+        match key.n().bits() {
+            2048 => {}
+            1024 if legacy_signer_keys => {}
+            1024 => return Err(TrustError::SignerKeyRefused("RSA-1024 needs the trust domain's legacySignerKeys flag".into())),
+            bits => return Err(TrustError::SignerKeyRefused(format!("RSA-{bits}; signers are RSA-2048 (1024 with legacySignerKeys)"))),
         }
+        let signing = Arc::new(RsaSigningKey::new(&key).map_err(|e| TrustError::SignerKeyRefused(e.to_string()))?);
+        Ok(Signer { key, fields, signing })
+    }
+
+    /// The signer's certificate, DER.
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.fields.der
+    }
+
+    pub fn key(&self) -> &RsaPrivateKey {
+        &self.key
+    }
+
+    /// The certificate's values the header carries.
+    pub(crate) fn fields(&self) -> &CertificateFields {
+        &self.fields
     }
 
     /// SHA-512 needs a 2048-bit signer (spec/04 §3.7 step 1).
@@ -70,9 +77,8 @@ impl Signer {
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Signer")
-            .field("certificate_der", &format_args!("{} bytes", self.certificate_der.len()))
+            .field("certificate_der", &format_args!("{} bytes", self.fields.der.len()))
             .field("key", &format_args!("RSA-{} (private, not shown)", self.key.n().bits()))
-            .field("legacy_signer_keys", &self.legacy_signer_keys)
             .finish()
     }
 }
@@ -107,7 +113,7 @@ pub fn check_filename(filename: &str) -> Result<(), TrustError> {
 
 /// Assembles, signs and returns a whole file: header then `body` (spec/04 §3.4 steps 1-7).
 pub fn assemble_signed(fields: &HeaderFields<'_>, signer: &Signer, body: &[u8]) -> Result<Vec<u8>, TrustError> {
-    let facts = signer.facts()?;
+    let facts = signer.fields();
     signer.check_hash(fields.hash)?;
     check_filename(fields.filename)?;
     let signature_len = signer.signature_len();
@@ -532,7 +538,7 @@ mod tests {
         let file = assemble_signed(&fields(&[]), &signer, b"body").unwrap();
         let header = parse_header(&file, Mode::Strict).unwrap();
         assert_eq!((header.signer_name.as_str(), header.filename.as_str(), header.timestamp), ("CN=TFTP", "a.sgn", 7));
-        header.verify(&file, &RsaPublicKey::from(&signer.key)).unwrap();
+        header.verify(&file, &RsaPublicKey::from(signer.key())).unwrap();
 
         // SIGNER_INFO children in another order are accepted (spec/04 §3.3): subject = issuer, so swapping the
         // tags of 0x04 and 0x06 gives the order 06, 04, 05.

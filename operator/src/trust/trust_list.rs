@@ -221,7 +221,7 @@ impl<'a> TrustFileBuilder<'a> {
 
     /// Validates, orders, assembles and signs.
     pub fn build(&self) -> Result<BuiltTrustList, TrustError> {
-        let signer_facts = self.signer.facts()?;
+        let signer_facts = self.signer.fields();
         self.signer.check_hash(self.hash)?;
         let records = self.validated_records(&signer_facts.der)?;
         if let Some(previous) = self.previous
