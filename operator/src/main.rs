@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use callguard::manifest::{self, Document, LoadError};
+use callguard::manifest;
 use callguard::token::create;
 use callguard::validate::{self, SecretPolicy};
 
@@ -193,28 +193,26 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
 }
 
 fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
-    use callguard::build::{build_namespace, state::StateDir};
-    let (documents, errors) = load(paths);
-    if !errors.is_empty() {
-        for error in &errors {
-            eprintln!("{error}");
+    use callguard::build::{PathsError, build_paths};
+    let built = match build_paths(paths, state_dir, time::OffsetDateTime::now_utc()) {
+        Ok(built) => built,
+        Err(PathsError::Unreadable(errors)) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            return ExitCode::from(2);
         }
-        return ExitCode::from(2);
-    }
-    let report = validate::validate_documents(&documents, SecretPolicy::Require);
-    if !report.violations.is_empty() {
-        for violation in &report.violations {
-            println!("{violation}");
+        Err(PathsError::Invalid(violations)) => {
+            for violation in &violations {
+                println!("{violation}");
+            }
+            eprintln!("callguard build: {} violation(s); nothing was built", violations.len());
+            return ExitCode::from(1);
         }
-        eprintln!("callguard build: {} violation(s); nothing was built", report.violations.len());
-        return ExitCode::from(1);
-    }
+    };
     let mut failed = false;
-    for (namespace, snapshot) in &report.snapshots {
-        let built = StateDir::open(&state_dir.join("namespaces").join(namespace))
-            .map_err(|e| e.to_string())
-            .and_then(|state| build_namespace(snapshot, &state, time::OffsetDateTime::now_utc()).map_err(|e| e.to_string()));
-        let output = match built {
+    for (namespace, output) in built {
+        let output = match output {
             Ok(output) => output,
             Err(e) => {
                 eprintln!("callguard build: namespace {namespace}: {e}");
@@ -222,7 +220,7 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
                 continue;
             }
         };
-        let dir = out.map(|o| o.join(namespace)).unwrap_or_else(|| state_dir.join("tftp").join(namespace));
+        let dir = out.map(|o| o.join(&namespace)).unwrap_or_else(|| state_dir.join("tftp").join(&namespace));
         if let Err(e) = write_tree(&dir, &output.files) {
             eprintln!("callguard build: {}: {e}", dir.display());
             failed = true;
@@ -232,12 +230,7 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             println!("{namespace}: {change}");
         }
         for status in &output.statuses {
-            let object = format!("{namespace}: {}/{}", status.kind, status.name);
-            match (status.ready, status.message.is_empty()) {
-                (true, true) => println!("{object}: Ready"),
-                (true, false) => println!("{object}: Ready; {}", status.message),
-                (false, _) => println!("{object}: NotReady {}: {}", status.reason, status.message),
-            }
+            println!("{namespace}: {status}");
         }
         println!("{namespace}: wrote {} files to {}", output.files.len(), dir.display());
     }
@@ -312,7 +305,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {
-    let (documents, errors) = load(paths);
+    let (documents, errors) = manifest::load_paths(paths);
     if !errors.is_empty() {
         for error in &errors {
             eprintln!("{error}");
@@ -337,20 +330,4 @@ fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {
         eprintln!("callguard validate: {} violation(s) in {} objects", report.violations.len(), report.objects);
         ExitCode::from(1)
     }
-}
-
-fn load(paths: &[PathBuf]) -> (Vec<Document>, Vec<LoadError>) {
-    let files = match manifest::collect_files(paths) {
-        Ok(files) => files,
-        Err(e) => return (Vec::new(), vec![e]),
-    };
-    let mut documents = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        match manifest::load_file(&file) {
-            Ok(docs) => documents.extend(docs),
-            Err(e) => errors.push(e),
-        }
-    }
-    (documents, errors)
 }

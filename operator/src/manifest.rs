@@ -101,6 +101,23 @@ fn io_error(path: &Path, e: &std::io::Error) -> LoadError {
 }
 
 /// Reads and parses one file into its documents.
+/// Every document of every file under `paths`, and every file that could not be read or parsed.
+pub fn load_paths(paths: &[PathBuf]) -> (Vec<Document>, Vec<LoadError>) {
+    let files = match collect_files(paths) {
+        Ok(files) => files,
+        Err(e) => return (Vec::new(), vec![e]),
+    };
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match load_file(&file) {
+            Ok(docs) => documents.extend(docs),
+            Err(e) => errors.push(e),
+        }
+    }
+    (documents, errors)
+}
+
 pub fn load_file(path: &Path) -> Result<Vec<Document>, LoadError> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
     parse_documents(path, &bytes)

@@ -83,6 +83,54 @@ impl ResourceStatus {
     }
 }
 
+/// `Kind/name: Ready`, `Kind/name: Ready; warnings` or `Kind/name: NotReady Reason: message`.
+impl fmt::Display for ResourceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}: ", self.kind, self.name)?;
+        match (self.ready, self.message.is_empty()) {
+            (true, true) => f.write_str("Ready"),
+            (true, false) => write!(f, "Ready; {}", self.message),
+            (false, _) => write!(f, "NotReady {}: {}", self.reason, self.message),
+        }
+    }
+}
+
+/// Why nothing was built from a set of manifest paths.
+#[derive(Debug)]
+pub enum PathsError {
+    /// Files that cannot be read or parsed.
+    Unreadable(Vec<crate::manifest::LoadError>),
+    /// Violations of the schema, CEL or cross-object rules, as `callguard validate` prints them.
+    Invalid(Vec<crate::validate::Located>),
+}
+
+/// Validates the manifests under `paths` and, when they are valid, builds every namespace with its
+/// state in `state_root/namespaces/NAMESPACE` (the layout `callguard build` and `callguard local` share).
+pub fn build_paths(
+    paths: &[std::path::PathBuf],
+    state_root: &std::path::Path,
+    now: OffsetDateTime,
+) -> Result<BTreeMap<String, Result<BuildOutput, BuildError>>, PathsError> {
+    let (documents, errors) = crate::manifest::load_paths(paths);
+    if !errors.is_empty() {
+        return Err(PathsError::Unreadable(errors));
+    }
+    let report = crate::validate::validate_documents(&documents, crate::validate::SecretPolicy::Require);
+    if !report.violations.is_empty() {
+        return Err(PathsError::Invalid(report.violations));
+    }
+    Ok(report
+        .snapshots
+        .iter()
+        .map(|(namespace, snapshot)| {
+            let built = StateDir::open(&state_root.join("namespaces").join(namespace))
+                .map_err(BuildError::Io)
+                .and_then(|state| build_namespace(snapshot, &state, now));
+            (namespace.clone(), built)
+        })
+        .collect())
+}
+
 /// What a build produced.
 #[derive(Debug, Default)]
 pub struct BuildOutput {
