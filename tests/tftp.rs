@@ -523,3 +523,15 @@ fn shutdown_stops_taking_requests() {
     assert_eq!(reply_to(harness.address, &read_request(&sized_name(1), TransferOptions::default()), Duration::from_millis(300)), None);
     assert_eq!(harness.counters.snapshot().requests, 1);
 }
+
+#[test]
+fn block_numbers_roll_over_past_65535() {
+    let harness = Harness::default();
+    // 70 000 blocks of 8 bytes: past the 16-bit block counter, which wraps to 0.
+    let bytes = content(8 * 70_000 + 3, 4);
+    harness.files.insert("many-blocks.bin", bytes.clone());
+    let options = TransferOptions { block_size: Some(8), window_size: Some(32), ..TransferOptions::default() };
+    let fetched = fetch(harness.address, &read_request("many-blocks.bin", options), 32, 8, false).expect("long transfer");
+    assert_eq!(fetched.data_sizes.len(), 70_001);
+    assert!(fetched.bytes == bytes, "content differs after the block counter wrapped");
+}

@@ -448,13 +448,15 @@ impl Transfer {
     }
 
     async fn send_all(&self) -> Result<(), FailureKind> {
+        // Replies are ACKs and ERRORs; a longer datagram is truncated, which loses only an ERROR's message tail.
+        let mut buffer = [0u8; 1024];
         if let Some(options) = &self.plan.option_ack {
             // The client acknowledges the OACK with ACK 0 (RFC 2347).
             let oack = Packet::OptionAck(*options).encode();
             let mut retries = 0;
             loop {
                 self.send(&oack).await?;
-                match self.await_ack(0, 0).await? {
+                match self.await_ack(&mut buffer, 0, 0).await? {
                     Awaited::Progress(_) => break,
                     Awaited::TimedOut if retries < self.max_retries => {
                         retries += 1;
@@ -482,7 +484,7 @@ impl Transfer {
                 }
             }
             highest_sent = highest_sent.max(last);
-            match self.await_ack(acked + 1, last).await? {
+            match self.await_ack(&mut buffer, acked + 1, last).await? {
                 Awaited::Progress(index) => {
                     acked = index;
                     retries = 0;
@@ -504,11 +506,10 @@ impl Transfer {
     /// Waits up to the timeout for an ACK of a block indexed `first..=last`. Duplicate and old ACKs are
     /// ignored without resending (which would start the Sorcerer's Apprentice syndrome, RFC 1123
     /// §4.2.3.1); datagrams from other ports get ERROR 5 (RFC 1350 §4).
-    async fn await_ack(&self, first: u64, last: u64) -> Result<Awaited, FailureKind> {
+    async fn await_ack(&self, buffer: &mut [u8], first: u64, last: u64) -> Result<Awaited, FailureKind> {
         let deadline = Instant::now() + self.plan.timeout;
-        let mut buffer = vec![0u8; MAX_PACKET_LEN + 1];
         loop {
-            let (len, from) = match tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buffer)).await {
+            let (len, from) = match tokio::time::timeout_at(deadline, self.socket.recv_from(buffer)).await {
                 Err(_) => return Ok(Awaited::TimedOut),
                 Ok(Err(_)) => return Err(FailureKind::Io),
                 Ok(Ok(received)) => received,
