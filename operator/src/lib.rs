@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod phone_config;
 pub mod pki;
 pub mod srst;
+pub mod tftp;
 pub mod token;
 pub mod trust;
 pub mod tvs;

@@ -1,0 +1,15 @@
+//! The TFTP service that serves phones their configuration, trust lists and firmware (spec/01: "TFTP =
+//! the Cisco TFTP service that serves phone configuration files"; spec/04 §3.1 and §6.2: UDP 69), read-only.
+//!
+//! `packet` is the wire format (RFC 1350, 2347, 2348, 2349, 7440), `source` where files come from and
+//! `server` the UDP server with one socket per transfer.
+
+pub mod packet;
+pub mod server;
+pub mod source;
+
+pub use packet::{ErrorCode, Mode, Opcode, Packet, PacketError, Request, TransferOptions};
+pub use server::{
+    CounterSnapshot, Counters, FailureKind, MAX_FILENAME_LEN, NameRejection, ServerConfig, TftpServer, TftpServerError, check_filename,
+};
+pub use source::{FileSource, MemoryFiles};

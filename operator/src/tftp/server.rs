@@ -1,0 +1,597 @@
+//! The TFTP server: one UDP socket receives requests; each transfer runs on its own ephemeral socket
+//! (the server's transfer identifier, RFC 1350 §4) with RFC 7440 windows and bounded retransmission.
+//! The server is read-only: write requests are refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::packet::{
+    DEFAULT_BLOCK_SIZE, ErrorCode, MAX_BLOCK_SIZE, MAX_PACKET_LEN, Mode, Opcode, Packet, Request, TransferOptions, encode_data, to_netascii,
+};
+use super::source::FileSource;
+
+/// The longest file name the server accepts, in bytes.
+pub const MAX_FILENAME_LEN: usize = 255;
+
+/// Tunables of a `TftpServer`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where requests arrive (port 69 in production; tests use port 0 and read `local_addr`).
+    pub bind: SocketAddr,
+    /// Transfers one client IP may run at once; one more is refused with ERROR 0.
+    pub max_transfers_per_client: usize,
+    /// Wait for an ACK before resending, unless the client negotiated `timeout` (RFC 2349).
+    pub retransmit_timeout: Duration,
+    /// Resends of the same window (or OACK) before the transfer is abandoned.
+    pub max_retries: u32,
+    /// The largest blksize granted (RFC 2348); larger requests are answered with this value.
+    pub max_block_size: u16,
+    /// The largest windowsize granted (RFC 7440); larger requests are answered with this value.
+    pub max_window_size: u16,
+    /// After shutdown is signalled, how long running transfers may take to finish before they are cut.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 69)),
+            max_transfers_per_client: 8,
+            retransmit_timeout: Duration::from_secs(1),
+            max_retries: 5,
+            max_block_size: MAX_BLOCK_SIZE,
+            max_window_size: 64,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a file name is refused (answered with ERROR 2, access violation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameRejection {
+    Empty,
+    TooLong(usize),
+    Absolute,
+    Backslash,
+    ParentSegment,
+    ControlCharacter,
+}
+
+impl fmt::Display for NameRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "file name is empty"),
+            Self::TooLong(len) => write!(f, "file name of {len} bytes exceeds {MAX_FILENAME_LEN}"),
+            Self::Absolute => write!(f, "absolute file names are refused"),
+            Self::Backslash => write!(f, "backslashes in file names are refused"),
+            Self::ParentSegment => write!(f, "'..' segments in file names are refused"),
+            Self::ControlCharacter => write!(f, "control characters in file names are refused"),
+        }
+    }
+}
+
+impl std::error::Error for NameRejection {}
+
+/// Checks a requested name: relative, no `..` segment, no backslash or control character, at most
+/// `MAX_FILENAME_LEN` bytes. Sources look names up verbatim; this is defence in depth for sources
+/// that map names onto a file system.
+pub fn check_filename(name: &str) -> Result<(), NameRejection> {
+    if name.is_empty() {
+        return Err(NameRejection::Empty);
+    }
+    if name.len() > MAX_FILENAME_LEN {
+        return Err(NameRejection::TooLong(name.len()));
+    }
+    if name.starts_with('/') {
+        return Err(NameRejection::Absolute);
+    }
+    if name.contains('\\') {
+        return Err(NameRejection::Backslash);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameRejection::ControlCharacter);
+    }
+    if name.split('/').any(|segment| segment == "..") {
+        return Err(NameRejection::ParentSegment);
+    }
+    Ok(())
+}
+
+/// What went wrong, for the error counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// A datagram on the request socket that is not a valid request (answered with ERROR 4).
+    Malformed,
+    /// A refused file name (ERROR 2).
+    AccessViolation,
+    /// A write request (ERROR 2).
+    WriteRefused,
+    /// A file the source does not have (ERROR 1).
+    FileNotFound,
+    /// The client already ran `max_transfers_per_client` transfers (ERROR 0).
+    ClientLimit,
+    /// The client stopped acknowledging and the retries ran out.
+    TimedOut,
+    /// The client ended the transfer with an ERROR packet.
+    ClientAborted,
+    /// A datagram on a transfer socket from someone other than its client (ERROR 5, RFC 1350 §4).
+    UnknownTransferId,
+    /// A socket operation failed.
+    Io,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 9] = [
+        Self::Malformed,
+        Self::AccessViolation,
+        Self::WriteRefused,
+        Self::FileNotFound,
+        Self::ClientLimit,
+        Self::TimedOut,
+        Self::ClientAborted,
+        Self::UnknownTransferId,
+        Self::Io,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Live counters, updated by the server and its transfers.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    files_served: AtomicU64,
+    bytes_sent: AtomicU64,
+    retransmissions: AtomicU64,
+    failures: [AtomicU64; FailureKind::ALL.len()],
+}
+
+/// A copy of the counters at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CounterSnapshot {
+    /// Read and write requests received (well-formed ones).
+    pub requests: u64,
+    /// Transfers whose last block the client acknowledged.
+    pub files_served: u64,
+    /// DATA payload bytes put on the wire, retransmissions included.
+    pub bytes_sent: u64,
+    /// DATA and OACK packets sent again after a timeout.
+    pub retransmissions: u64,
+    /// Failures by kind; every kind is present, zero or not.
+    pub failures: BTreeMap<FailureKind, u64>,
+}
+
+impl CounterSnapshot {
+    pub fn failures_of(&self, kind: FailureKind) -> u64 {
+        self.failures.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            files_served: self.files_served.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            retransmissions: self.retransmissions.load(Ordering::Relaxed),
+            failures: FailureKind::ALL.iter().map(|kind| (*kind, self.failures[kind.index()].load(Ordering::Relaxed))).collect(),
+        }
+    }
+
+    fn fail(&self, kind: FailureKind) {
+        self.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum TftpServerError {
+    Bind { address: SocketAddr, source: io::Error },
+}
+
+impl fmt::Display for TftpServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bind { address, source } => write!(f, "cannot bind the TFTP socket to {address}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for TftpServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Bind { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Transfers in flight per client IP, released by `ClientSlot::drop`.
+type ClientTable = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+struct ClientSlot {
+    table: ClientTable,
+    client: IpAddr,
+}
+
+impl ClientSlot {
+    fn acquire(table: &ClientTable, client: IpAddr, limit: usize) -> Option<Self> {
+        let mut running = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = running.entry(client).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self { table: Arc::clone(table), client })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut running = self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = running.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A bound TFTP server; `run` serves until shutdown.
+pub struct TftpServer {
+    socket: UdpSocket,
+    config: ServerConfig,
+    source: Arc<dyn FileSource>,
+    counters: Arc<Counters>,
+    clients: ClientTable,
+}
+
+impl TftpServer {
+    pub async fn bind(config: ServerConfig, source: Arc<dyn FileSource>) -> Result<Self, TftpServerError> {
+        let socket = UdpSocket::bind(config.bind).await.map_err(|source| TftpServerError::Bind { address: config.bind, source })?;
+        Ok(Self { socket, config, source, counters: Arc::default(), clients: Arc::default() })
+    }
+
+    /// The bound address (with the real port when `bind` asked for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The live counters; keep the `Arc` to read them while and after the server runs.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Serves until `shutdown` holds `true` (or its sender is dropped). Then stops taking requests,
+    /// lets running transfers finish for up to `drain_timeout`, and cuts the rest.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut transfers = JoinSet::new();
+        // One byte more than the largest datagram, so that an oversized one is seen as such.
+        let mut buffer = vec![0u8; MAX_PACKET_LEN + 1];
+        while !*shutdown.borrow_and_update() {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                received = self.socket.recv_from(&mut buffer) => match received {
+                    Ok((len, peer)) => self.handle_datagram(buffer.get(..len).unwrap_or_default(), peer, &mut transfers).await,
+                    Err(_) => {
+                        self.counters.fail(FailureKind::Io);
+                        // Do not spin on a socket that keeps failing.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = transfers.join_next(), if !transfers.is_empty() => {}
+            }
+        }
+        let drained = tokio::time::timeout(self.config.drain_timeout, async { while transfers.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            transfers.shutdown().await;
+        }
+    }
+
+    async fn handle_datagram(&self, datagram: &[u8], peer: SocketAddr, transfers: &mut JoinSet<()>) {
+        let packet = match Packet::parse(datagram) {
+            Ok(packet) => packet,
+            Err(error) => {
+                // Never answer an ERROR, even a malformed one, so two servers cannot ping-pong.
+                if datagram.get(..2) != Some(&(Opcode::Error as u16).to_be_bytes()[..]) {
+                    self.counters.fail(FailureKind::Malformed);
+                    self.reply_error(peer, ErrorCode::IllegalOperation, &format!("malformed packet: {error}")).await;
+                }
+                return;
+            }
+        };
+        match packet {
+            Packet::ReadRequest(request) => {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                self.start_read(request, peer, transfers).await;
+            }
+            Packet::WriteRequest(_) => {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                self.counters.fail(FailureKind::WriteRefused);
+                self.reply_error(peer, ErrorCode::AccessViolation, "write requests are refused: this server is read-only").await;
+            }
+            Packet::Error { .. } => {}
+            Packet::Data { .. } | Packet::Ack { .. } | Packet::OptionAck(_) => {
+                self.counters.fail(FailureKind::Malformed);
+                self.reply_error(peer, ErrorCode::IllegalOperation, "this port takes only read requests").await;
+            }
+        }
+    }
+
+    async fn start_read(&self, request: Request, peer: SocketAddr, transfers: &mut JoinSet<()>) {
+        if let Err(rejection) = check_filename(&request.filename) {
+            self.counters.fail(FailureKind::AccessViolation);
+            self.reply_error(peer, ErrorCode::AccessViolation, &rejection.to_string()).await;
+            return;
+        }
+        let Some(slot) = ClientSlot::acquire(&self.clients, peer.ip(), self.config.max_transfers_per_client) else {
+            self.counters.fail(FailureKind::ClientLimit);
+            let message = format!("too many transfers from {}: at most {} at once", peer.ip(), self.config.max_transfers_per_client);
+            self.reply_error(peer, ErrorCode::NotDefined, &message).await;
+            return;
+        };
+        let Some(bytes) = self.source.get(&request.filename) else {
+            self.counters.fail(FailureKind::FileNotFound);
+            self.reply_error(peer, ErrorCode::FileNotFound, "file not found").await;
+            return;
+        };
+        let bytes = match request.mode {
+            Mode::Octet => bytes,
+            Mode::Netascii => Arc::from(to_netascii(&bytes)),
+        };
+        // The transfer's own socket, on the listener's address, is the server's TID (RFC 1350 §4).
+        let socket = match UdpSocket::bind(SocketAddr::new(self.config.bind.ip(), 0)).await {
+            Ok(socket) => socket,
+            Err(_) => {
+                self.counters.fail(FailureKind::Io);
+                self.reply_error(peer, ErrorCode::NotDefined, "no transfer socket available").await;
+                return;
+            }
+        };
+        let plan = TransferPlan::negotiate(&request.options, bytes.len(), &self.config);
+        let transfer = Transfer { socket, peer, bytes, plan, max_retries: self.config.max_retries, counters: Arc::clone(&self.counters) };
+        transfers.spawn(async move {
+            let _slot = slot;
+            transfer.run().await;
+        });
+    }
+
+    async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
+        let packet = Packet::Error { code, message: message.to_owned() }.encode();
+        if self.socket.send_to(&packet, peer).await.is_err() {
+            self.counters.fail(FailureKind::Io);
+        }
+    }
+}
+
+/// The negotiated parameters of one transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TransferPlan {
+    block_size: usize,
+    window_size: u64,
+    timeout: Duration,
+    /// The OACK to send first, when the client asked for any option the server grants.
+    option_ack: Option<TransferOptions>,
+}
+
+impl TransferPlan {
+    fn negotiate(requested: &TransferOptions, file_len: usize, config: &ServerConfig) -> Self {
+        let granted = TransferOptions {
+            block_size: requested.block_size.map(|size| size.min(config.max_block_size.max(super::packet::MIN_BLOCK_SIZE))),
+            timeout_secs: requested.timeout_secs,
+            // RFC 2349: on a read request the server answers with the size it will send.
+            transfer_size: requested.transfer_size.map(|_| file_len as u64),
+            window_size: requested.window_size.map(|size| size.min(config.max_window_size.max(1))),
+        };
+        Self {
+            block_size: usize::from(granted.block_size.unwrap_or(DEFAULT_BLOCK_SIZE)),
+            window_size: u64::from(granted.window_size.unwrap_or(1)),
+            timeout: granted.timeout_secs.map_or(config.retransmit_timeout, |secs| Duration::from_secs(u64::from(secs))),
+            option_ack: (!granted.is_empty()).then_some(granted),
+        }
+    }
+}
+
+/// One read transfer on its own socket.
+struct Transfer {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    bytes: Arc<[u8]>,
+    plan: TransferPlan,
+    max_retries: u32,
+    counters: Arc<Counters>,
+}
+
+/// What arrived while waiting for an acknowledgement.
+enum Awaited {
+    /// An ACK of a block (by index) the transfer has sent and not yet seen acknowledged.
+    Progress(u64),
+    TimedOut,
+    Aborted,
+}
+
+impl Transfer {
+    async fn run(self) {
+        match self.send_all().await {
+            Ok(()) => {
+                self.counters.files_served.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kind) => self.counters.fail(kind),
+        }
+    }
+
+    /// Blocks are indexed from 1; the last one is shorter than the block size, possibly empty (RFC 1350 §6).
+    fn block_count(&self) -> u64 {
+        (self.bytes.len() / self.plan.block_size) as u64 + 1
+    }
+
+    fn block(&self, index: u64) -> &[u8] {
+        let start = usize::try_from(index.saturating_sub(1)).unwrap_or(usize::MAX).saturating_mul(self.plan.block_size);
+        let end = start.saturating_add(self.plan.block_size).min(self.bytes.len());
+        self.bytes.get(start..end).unwrap_or_default()
+    }
+
+    async fn send_all(&self) -> Result<(), FailureKind> {
+        // Replies are ACKs and ERRORs; a longer datagram is truncated, which loses only an ERROR's message tail.
+        let mut buffer = [0u8; 1024];
+        if let Some(options) = &self.plan.option_ack {
+            // The client acknowledges the OACK with ACK 0 (RFC 2347).
+            let oack = Packet::OptionAck(*options).encode();
+            let mut retries = 0;
+            loop {
+                self.send(&oack).await?;
+                match self.await_ack(&mut buffer, 0, 0).await? {
+                    Awaited::Progress(_) => break,
+                    Awaited::TimedOut if retries < self.max_retries => {
+                        retries += 1;
+                        self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Awaited::TimedOut => return Err(FailureKind::TimedOut),
+                    Awaited::Aborted => return Err(FailureKind::ClientAborted),
+                }
+            }
+        }
+        let total = self.block_count();
+        // Index of the highest block the client acknowledged (0: none yet).
+        let mut acked: u64 = 0;
+        let mut highest_sent: u64 = 0;
+        let mut retries = 0;
+        loop {
+            // RFC 7440: send a window from the first unacknowledged block; a timeout resends it whole.
+            let last = acked.saturating_add(self.plan.window_size).min(total);
+            for index in acked + 1..=last {
+                let payload = self.block(index);
+                self.send(&encode_data(wire_block(index), payload)).await?;
+                self.counters.bytes_sent.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                if index <= highest_sent {
+                    self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            highest_sent = highest_sent.max(last);
+            match self.await_ack(&mut buffer, acked + 1, last).await? {
+                Awaited::Progress(index) => {
+                    acked = index;
+                    retries = 0;
+                    if acked == total {
+                        return Ok(());
+                    }
+                }
+                Awaited::TimedOut if retries < self.max_retries => retries += 1,
+                Awaited::TimedOut => return Err(FailureKind::TimedOut),
+                Awaited::Aborted => return Err(FailureKind::ClientAborted),
+            }
+        }
+    }
+
+    async fn send(&self, datagram: &[u8]) -> Result<(), FailureKind> {
+        self.socket.send_to(datagram, self.peer).await.map(|_| ()).map_err(|_| FailureKind::Io)
+    }
+
+    /// Waits up to the timeout for an ACK of a block indexed `first..=last`. Duplicate and old ACKs are
+    /// ignored without resending (which would start the Sorcerer's Apprentice syndrome, RFC 1123
+    /// §4.2.3.1); datagrams from other ports get ERROR 5 (RFC 1350 §4).
+    async fn await_ack(&self, buffer: &mut [u8], first: u64, last: u64) -> Result<Awaited, FailureKind> {
+        let deadline = Instant::now() + self.plan.timeout;
+        loop {
+            let (len, from) = match tokio::time::timeout_at(deadline, self.socket.recv_from(buffer)).await {
+                Err(_) => return Ok(Awaited::TimedOut),
+                Ok(Err(_)) => return Err(FailureKind::Io),
+                Ok(Ok(received)) => received,
+            };
+            if from != self.peer {
+                self.counters.fail(FailureKind::UnknownTransferId);
+                let error = Packet::Error { code: ErrorCode::UnknownTransferId, message: "unknown transfer ID".into() }.encode();
+                let _ = self.socket.send_to(&error, from).await;
+                continue;
+            }
+            match Packet::parse(buffer.get(..len).unwrap_or_default()) {
+                Ok(Packet::Ack { block }) => {
+                    // Block numbers wrap at 16 bits; map the number into the window being acknowledged.
+                    let index = first + u64::from(block.wrapping_sub(wire_block(first)));
+                    if index <= last {
+                        return Ok(Awaited::Progress(index));
+                    }
+                }
+                Ok(Packet::Error { .. }) => return Ok(Awaited::Aborted),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The 16-bit block number of a block index; after 65 535 it rolls over to 0, as common clients expect.
+fn wire_block(index: u64) -> u16 {
+    (index & 0xFFFF) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filename_rules_refuse_traversal_and_odd_names() {
+        assert_eq!(check_filename("SEP001122334455.cnf.xml"), Ok(()));
+        assert_eq!(check_filename("dir/file..name"), Ok(()));
+        assert_eq!(check_filename(""), Err(NameRejection::Empty));
+        assert_eq!(check_filename("../etc/passwd"), Err(NameRejection::ParentSegment));
+        assert_eq!(check_filename("a/../../b"), Err(NameRejection::ParentSegment));
+        assert_eq!(check_filename("a/.."), Err(NameRejection::ParentSegment));
+        assert_eq!(check_filename("/etc/passwd"), Err(NameRejection::Absolute));
+        assert_eq!(check_filename("..\\windows"), Err(NameRejection::Backslash));
+        assert_eq!(check_filename("a\0b"), Err(NameRejection::ControlCharacter));
+        assert_eq!(check_filename(&"a".repeat(255)), Ok(()));
+        assert_eq!(check_filename(&"a".repeat(256)), Err(NameRejection::TooLong(256)));
+    }
+
+    #[test]
+    fn negotiation_caps_block_and_window_and_reports_the_size_sent() {
+        let config = ServerConfig { max_block_size: 1428, max_window_size: 4, ..ServerConfig::default() };
+        let requested = TransferOptions { block_size: Some(8192), timeout_secs: Some(3), transfer_size: Some(0), window_size: Some(16) };
+        let plan = TransferPlan::negotiate(&requested, 1000, &config);
+        assert_eq!(plan.block_size, 1428);
+        assert_eq!(plan.window_size, 4);
+        assert_eq!(plan.timeout, Duration::from_secs(3));
+        assert_eq!(
+            plan.option_ack,
+            Some(TransferOptions { block_size: Some(1428), timeout_secs: Some(3), transfer_size: Some(1000), window_size: Some(4) })
+        );
+        let plain = TransferPlan::negotiate(&TransferOptions::default(), 1000, &config);
+        assert_eq!((plain.block_size, plain.window_size, plain.option_ack), (512, 1, None));
+    }
+
+    #[test]
+    fn client_slots_are_capped_and_released() {
+        let table = ClientTable::default();
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let first = ClientSlot::acquire(&table, client, 2).expect("first slot");
+        let _second = ClientSlot::acquire(&table, client, 2).expect("second slot");
+        assert!(ClientSlot::acquire(&table, client, 2).is_none());
+        assert!(ClientSlot::acquire(&table, IpAddr::from([192, 0, 2, 2]), 2).is_some());
+        drop(first);
+        assert!(ClientSlot::acquire(&table, client, 2).is_some());
+    }
+
+    #[test]
+    fn block_numbers_roll_over_to_zero() {
+        assert_eq!(wire_block(1), 1);
+        assert_eq!(wire_block(65_535), 65_535);
+        assert_eq!(wire_block(65_536), 0);
+        assert_eq!(wire_block(65_537), 1);
+    }
+}
