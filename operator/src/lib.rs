@@ -7,6 +7,7 @@ pub mod bench;
 pub mod build;
 pub mod capf;
 pub mod crdgen;
+pub mod local;
 pub mod manifest;
 pub mod phone_config;
 pub mod pki;

@@ -54,6 +54,28 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR changes.
+    ///
+    /// An invalid edit is reported with the `validate` messages and the last good build keeps being
+    /// served. SIGINT and SIGTERM stop it cleanly; the state directory keeps the CA, certificates and
+    /// trust lists for the next start.
+    Local {
+        /// Directories and files of multi-document YAML.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where keys, certificates and published trust lists are kept (private keys mode 0600).
+        #[arg(long, default_value = ".callguard")]
+        state_dir: PathBuf,
+        /// Address the services listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// TFTP port; 69 needs root.
+        #[arg(long, default_value_t = callguard::api::default_ports::TFTP)]
+        tftp_port: u16,
+        /// The namespace to serve when the manifests hold several.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
     /// Security tokens (SAST) that sign the CTL.
     Token {
         #[command(subcommand)]
@@ -141,6 +163,19 @@ fn main() -> ExitCode {
         Command::Token { token } => run_token(token),
         Command::Trust { command } => callguard::trust::cli::run(command),
         Command::Build { paths, state_dir, out } => run_build(&paths, &state_dir, out.as_deref()),
+        Command::Local { paths, state_dir, bind, tftp_port, namespace } => {
+            let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(|e| e.to_string())
+                .and_then(|runtime| runtime.block_on(callguard::local::run(options)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
             ExitCode::SUCCESS

@@ -1,0 +1,175 @@
+//! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
+//! TFTP on loopback, rebuilt whenever the directory changes (DESIGN: the local adapter).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::default_ports;
+use crate::build::{BuildOutput, PathsError, ResourceStatus, build_paths};
+use crate::tftp::{MemoryFiles, ServerConfig, TftpServer};
+
+/// Edits come in bursts (an editor writes, renames, touches): wait this long after the last event.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub paths: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    pub bind: IpAddr,
+    /// TFTP port; default 69 (P.1-16), which needs root.
+    pub tftp_port: u16,
+    /// The namespace to serve when the manifests hold several.
+    pub namespace: Option<String>,
+}
+
+impl LocalOptions {
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        LocalOptions {
+            paths,
+            state_dir: PathBuf::from(".callguard"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            tftp_port: default_ports::TFTP,
+            namespace: None,
+        }
+    }
+}
+
+/// Builds, serves and watches until SIGINT or SIGTERM. An invalid first build is an error; an
+/// invalid later edit is reported and the last good files keep being served.
+pub async fn run(options: LocalOptions) -> Result<(), String> {
+    let files = Arc::new(MemoryFiles::default());
+    let mut shown = String::new();
+    rebuild(&options, &files, &mut shown).await?;
+    let mut last_error = String::new();
+
+    let address = SocketAddr::new(options.bind, options.tftp_port);
+    let config = ServerConfig { bind: address, ..ServerConfig::default() };
+    let server = TftpServer::bind(config, files.clone()).await.map_err(|e| {
+        let hint = if options.tftp_port < 1024 { "; ports below 1024 need root: pass --tftp-port 6969" } else { "" };
+        format!("cannot serve TFTP on {address}: {e}{hint}")
+    })?;
+    let bound = server.local_addr().map_err(|e| e.to_string())?;
+    println!("serving TFTP on {bound}; watching {} for changes (Ctrl-C stops)", display_paths(&options.paths));
+    let (stop, stopped) = watch::channel(false);
+    let serving = tokio::spawn(server.run(stopped));
+
+    let (events, mut changes) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = events.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch: {e}"))?;
+    for path in &options.paths {
+        watcher.watch(path, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
+    }
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            Some(()) = changes.recv() => {
+                // Let the burst settle, then rebuild once.
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                // One edit can raise several events: say each distinct failure once.
+                match rebuild(&options, &files, &mut shown).await {
+                    Ok(()) => last_error.clear(),
+                    Err(e) if e != last_error => {
+                        eprintln!("{e}");
+                        last_error = e;
+                    }
+                    Err(_) => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    println!("stopping: letting transfers in flight finish");
+    let _ = stop.send(true);
+    let _ = serving.await;
+    Ok(())
+}
+
+/// Validates and builds; on success swaps the served files and prints the status table when it
+/// changed. On failure the served files stay as they were.
+async fn rebuild(options: &LocalOptions, files: &MemoryFiles, shown: &mut String) -> Result<(), String> {
+    let (paths, state_dir) = (options.paths.clone(), options.state_dir.clone());
+    let built = tokio::task::spawn_blocking(move || build_paths(&paths, &state_dir, time::OffsetDateTime::now_utc()))
+        .await
+        .map_err(|e| format!("the build stopped: {e}"))?;
+    let mut namespaces = match built {
+        Ok(namespaces) => namespaces,
+        Err(PathsError::Unreadable(errors)) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!("{}\ncallguard local: input cannot be read; still serving the last good build", lines.join("\n")));
+        }
+        Err(PathsError::Invalid(violations)) => {
+            let lines: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "{}\ncallguard local: {} violation(s); still serving the last good build",
+                lines.join("\n"),
+                violations.len()
+            ));
+        }
+    };
+    let namespace = match (&options.namespace, namespaces.len()) {
+        (Some(name), _) => name.clone(),
+        (None, 1) => namespaces.keys().next().cloned().unwrap_or_default(),
+        (None, 0) => return Err("callguard local: the manifests hold no Callguard objects".into()),
+        (None, _) => {
+            let names: Vec<&String> = namespaces.keys().collect();
+            return Err(format!("callguard local: the manifests hold namespaces {names:?}: pass --namespace"));
+        }
+    };
+    let output: BuildOutput = namespaces
+        .remove(&namespace)
+        .ok_or_else(|| format!("callguard local: no namespace {namespace:?} in the manifests"))?
+        .map_err(|e| format!("callguard local: namespace {namespace}: {e}; still serving the last good build"))?;
+    for change in &output.changes {
+        println!("{namespace}: {change}");
+    }
+    let served: BTreeMap<String, Arc<[u8]>> = output.files.into_iter().map(|(name, bytes)| (name, Arc::from(bytes))).collect();
+    let previous = files.snapshot();
+    let changed = served.iter().filter(|(name, bytes)| previous.get(*name) != Some(*bytes)).count()
+        + previous.keys().filter(|name| !served.contains_key(*name)).count();
+    let count = served.len();
+    files.replace(served);
+    let table = status_table(&output.statuses);
+    if changed > 0 {
+        println!("{namespace}: serving {count} files ({changed} changed)");
+    }
+    if table != *shown {
+        println!("{table}");
+        *shown = table;
+    }
+    Ok(())
+}
+
+/// One row per resource: kind, name, ready, reason.
+pub fn status_table(statuses: &[ResourceStatus]) -> String {
+    let rows: Vec<[String; 4]> = statuses
+        .iter()
+        .map(|s| [s.kind.to_string(), s.name.clone(), if s.ready { "True" } else { "False" }.to_string(), s.reason.clone()])
+        .collect();
+    let header = ["KIND", "NAME", "READY", "REASON"].map(String::from);
+    let widths: Vec<usize> = (0..4).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}

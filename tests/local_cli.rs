@@ -1,0 +1,194 @@
+//! `callguard local` on a copy of the quickstart, fetched with the real tftp-hpa and atftp clients:
+//! trust files that verify, signed configurations, the stub of an encrypted phone, negotiated
+//! options, a watched edit, an invalid edit that leaves the last good build served, a clean stop on
+//! SIGTERM, and a restart that regenerates nothing.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn require(program: &str, package: &str) {
+    let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
+    assert!(found, "{program} is missing: install the Debian package {package} (scripts/test does)");
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `callguard local`, with its output lines as they come.
+struct Local {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    port: u16,
+}
+
+impl Local {
+    fn start(manifests: &Path, state: &Path) -> Local {
+        let port = free_udp_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("callguard runs");
+        let (sender, lines) = mpsc::channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let mut local = Local { child, lines, seen: Vec::new(), port };
+        local.wait_for("serving TFTP on");
+        local
+    }
+
+    /// Waits up to 60 s for an output line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn fetch_tftp_hpa(&self, name: &str, out: &Path) -> bool {
+        let command = format!("get {name} {}", out.display());
+        let output = Command::new("tftp")
+            .args(["127.0.0.1", &self.port.to_string(), "-m", "binary", "-c"])
+            .args(command.split(' '))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        output.status.success() && !text.contains("Error code") && out.exists()
+    }
+
+    fn fetch_atftp(&self, name: &str, out: &Path, options: &[&str]) -> bool {
+        let mut command = Command::new("atftp");
+        for option in options {
+            command.args(["--option", option]);
+        }
+        command.args(["-g", "-r", name, "-l", out.to_str().unwrap(), "127.0.0.1", &self.port.to_string()]);
+        command.output().unwrap().status.success()
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "callguard local exits 0 on SIGTERM: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "callguard local did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn verify(args: &[&str]) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_callguard")).arg("trust").arg("verify").args(args).status().unwrap().success()
+}
+
+/// Fetches `name` with tftp-hpa until `accept` holds, for up to 15 s.
+fn fetch_until(local: &Local, name: &str, out: &Path, accept: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let _ = fs::remove_file(out);
+        if local.fetch_tftp_hpa(name, out) {
+            let bytes = fs::read(out).unwrap();
+            if accept(&bytes) {
+                return bytes;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} never reached the expected content");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn copy_quickstart(dir: &Path) -> PathBuf {
+    let manifests = dir.join("quickstart");
+    fs::create_dir(&manifests).unwrap();
+    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
+    }
+    manifests
+}
+
+#[test]
+fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
+    require("tftp", "tftp-hpa");
+    require("atftp", "atftp");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let out = |name: &str| dir.path().join(name);
+    let mut local = Local::start(&manifests, &state);
+    local.wait_for("CallControlCluster  quickstart       True   Ready");
+
+    // The CTL verifies; a phone's signed configuration verifies against the TFTP record in it.
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out("ctl.tlv")));
+    assert!(verify(&[out("ctl.tlv").to_str().unwrap()]));
+    assert!(local.fetch_atftp("SEP00AABBCCDD02.cnf.xml.sgn", &out("bob.sgn"), &[]));
+    assert!(verify(&[out("bob.sgn").to_str().unwrap(), "--ctl", out("ctl.tlv").to_str().unwrap()]));
+    assert!(local.fetch_atftp("ITLFile.tlv", &out("itl.tlv"), &[]));
+    assert!(verify(&[out("itl.tlv").to_str().unwrap()]));
+
+    // An encrypted phone's plain name gives the stub, never its configuration (spec/04 §5.6).
+    assert!(local.fetch_tftp_hpa("SEP001122334455.cnf.xml", &out("lobby.xml")));
+    let stub = fs::read_to_string(out("lobby.xml")).unwrap();
+    assert!(stub.contains("<fullConfig>false</fullConfig>") && !stub.contains("deviceSecurityMode"), "{stub}");
+    assert!(!local.fetch_tftp_hpa("SEP001122334455.cnf.xml.enc.sgn", &out("none")), "no certificate yet: no encrypted file");
+    // A secure phone's plain configuration is not served at all.
+    assert!(!local.fetch_tftp_hpa("SEP00AABBCCDD02.cnf.xml", &out("bob.xml")));
+
+    // blksize 1428 and windowsize 8 are honoured (the tftp tests check the OACK itself).
+    assert!(local.fetch_atftp("CTLFile.tlv", &out("ctl-big.tlv"), &["blksize 1428", "windowsize 8"]));
+    assert_eq!(fs::read(out("ctl-big.tlv")).unwrap(), fs::read(out("ctl.tlv")).unwrap());
+
+    // An edit is applied.
+    let phones = manifests.join("phones.yaml");
+    let text = fs::read_to_string(&phones).unwrap();
+    fs::write(&phones, text.replacen("directoryNumbers: [\"1002\"]", "directoryNumbers: [\"1777\"]", 1)).unwrap();
+    let edited = fetch_until(&local, "SEP00AABBCCDD02.cnf.xml.sgn", &out("bob2.sgn"), |b| String::from_utf8_lossy(b).contains("1777"));
+
+    // An invalid edit is reported and the last good build stays served.
+    let cluster = manifests.join("cluster.yaml");
+    let text = fs::read_to_string(&cluster).unwrap();
+    fs::write(&cluster, text.replacen("securityMode: Mixed", "securityMode: Bogus", 1)).unwrap();
+    local.wait_for("spec.securityMode: \"Bogus\" is not one of");
+    local.wait_for("still serving the last good build");
+    assert!(local.fetch_tftp_hpa("SEP00AABBCCDD02.cnf.xml.sgn", &out("bob3.sgn")));
+    assert_eq!(fs::read(out("bob3.sgn")).unwrap(), edited);
+    fs::write(&cluster, text).unwrap();
+    local.stop();
+
+    // A restart with the same state directory regenerates nothing: the CTL is byte-identical.
+    let mut again = Local::start(&manifests, &state);
+    assert!(!again.seen.iter().any(|l| l.contains("created the cluster CA") || l.contains("issued")), "{:?}", again.seen);
+    again.wait_for("serving TFTP on");
+    assert!(again.fetch_tftp_hpa("CTLFile.tlv", &out("ctl-again.tlv")));
+    assert_eq!(fs::read(out("ctl-again.tlv")).unwrap(), fs::read(out("ctl.tlv")).unwrap());
+    again.stop();
+}
