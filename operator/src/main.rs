@@ -153,6 +153,7 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen { dir, readme } => crdgen(&dir, readme.as_deref()),
@@ -214,6 +215,15 @@ fn crdgen(dir: &std::path::Path, readme: Option<&std::path::Path>) -> ExitCode {
             eprintln!("callguard crdgen: {}: {e}", readme.display());
             ExitCode::from(2)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `callguard trust inspect FILE | head` would panic on the closed pipe;
+/// the default disposition ends the process quietly, as every Unix filter does.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in `main`, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
