@@ -131,6 +131,22 @@ fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
         }
     }
     assert_eq!(signed, 7, "one signed configuration per quickstart phone");
+
+    // Every phone also gets ITLSEP<MAC>.tlv and CTLSEP<MAC>.tlv, which carry the generic name in their
+    // header (spec/04 §3.1), so they verify and equal the generic lists.
+    let mut per_phone = 0;
+    for entry in fs::read_dir(ws.state.join("tftp/default")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(device) = name.strip_suffix(".cnf.xml.sgn") else { continue };
+        for (prefix, generic) in [("ITL", &itl), ("CTL", &ctl)] {
+            let path = ws.tftp(&format!("{prefix}{device}.tlv"));
+            assert_eq!(fs::read(&path).unwrap(), fs::read(generic).unwrap(), "{}", path.display());
+            let header = inspect_json(&path)["header"]["filename"].as_str().map(str::to_string);
+            assert_eq!(header.as_deref(), Some(&format!("{prefix}File.tlv")[..]), "{}", path.display());
+            per_phone += 1;
+        }
+    }
+    assert_eq!(per_phone, 14, "ITLSEP and CTLSEP for each of the 7 quickstart phones");
 }
 
 #[test]

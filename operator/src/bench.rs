@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::manifest;
+
+pub mod tftp;
 use crate::validate::{self, SecretPolicy};
 
 /// The quickstart's Secrets, whose token Secrets hold example (published) token material.
@@ -130,25 +132,41 @@ pub fn openssl_rsa_speed(bits: usize, seconds: u32, processes: usize) -> Result<
         .ok_or_else(|| format!("openssl speed printed no rsa{bits} result: {}", text.trim()))
 }
 
+/// A generated namespace, validated, with a fresh state directory in a temporary directory that is
+/// removed when this is dropped.
+pub struct BenchNamespace {
+    pub snapshot: crate::validate::Snapshot,
+    pub state: crate::build::state::StateDir,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchNamespace {
+    /// Parses and validates `yaml` (one namespace, `default`) and opens an empty state directory for it.
+    pub fn generate(yaml: &str) -> Result<Self, String> {
+        let documents = manifest::parse_documents(Path::new("bench.yaml"), yaml.as_bytes()).map_err(|e| e.to_string())?;
+        let mut report = validate::validate_documents(&documents, SecretPolicy::Require);
+        if let Some(v) = report.violations.first() {
+            return Err(format!("the generated namespace is invalid: {v}"));
+        }
+        let snapshot = report.snapshots.remove("default").ok_or("the generated namespace is empty")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let state = crate::build::state::StateDir::open(dir.path()).map_err(|e| e.to_string())?;
+        Ok(Self { snapshot, state, _dir: dir })
+    }
+}
+
 /// Renders and signs the configuration files of `phones` phones (a third encrypted for their LSC),
 /// with the CTL and ITL, and prints files per second next to `openssl speed rsa2048`.
 pub fn configs(phones: usize) -> Result<(), String> {
-    use crate::build::{build_namespace, state::Sensitivity, state::StateDir};
-    let yaml = namespace_yaml_with(phones, true);
-    let documents = manifest::parse_documents(Path::new("bench.yaml"), yaml.as_bytes()).map_err(|e| e.to_string())?;
-    let mut report = validate::validate_documents(&documents, SecretPolicy::Require);
-    if let Some(v) = report.violations.first() {
-        return Err(format!("the generated namespace is invalid: {v}"));
-    }
-    let snapshot = report.snapshots.remove("default").ok_or("the generated namespace is empty")?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let state = StateDir::open(dir.path()).map_err(|e| e.to_string())?;
+    use crate::build::{build_namespace, state::Sensitivity};
+    let namespace = BenchNamespace::generate(&namespace_yaml_with(phones, true))?;
+    let (snapshot, state) = (&namespace.snapshot, &namespace.state);
     let now = time::OffsetDateTime::now_utc();
 
     // The encrypted phones need certificates. Key generation is a phone's work, not ours, so a pool
     // of 16 LSCs (issued by the cluster CA from 16 phone keys) is spread over them.
-    let warm = build_namespace(&snapshot, &state, now).map_err(|e| e.to_string())?;
-    let lscs = lsc_pool(&state, 16, now)?;
+    let warm = build_namespace(snapshot, state, now).map_err(|e| e.to_string())?;
+    let lscs = lsc_pool(state, 16, now)?;
     let mut encrypted = 0;
     for (i, phone) in snapshot.phones.values().enumerate() {
         let profile = snapshot.phone_profiles.get(&phone.spec.security_profile_ref);
@@ -161,7 +179,7 @@ pub fn configs(phones: usize) -> Result<(), String> {
     drop(warm);
 
     let started = Instant::now();
-    let output = build_namespace(&snapshot, &state, now).map_err(|e| e.to_string())?;
+    let output = build_namespace(snapshot, state, now).map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
     let encrypted_files = output.files.keys().filter(|name| name.ends_with(".enc.sgn")).count();
     let signed_files = output.files.keys().filter(|name| name.ends_with(".sgn")).count();

@@ -144,6 +144,16 @@ enum Bench {
         #[arg(long, default_value_t = 30_000)]
         phones: usize,
     },
+    /// Boot storm: N phones fetch CTLFile.tlv, ITLSEP<MAC>.tlv and SEP<MAC>.cnf.xml.sgn over TFTP, from
+    /// Callguard's server and then from tftpd-hpa (`in.tftpd`) serving the same files.
+    Tftp {
+        /// Number of phones.
+        #[arg(long, default_value_t = 1_000)]
+        phones: usize,
+        /// Phones booting at the same time.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+    },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
         /// Number of certificates.
@@ -183,6 +193,7 @@ fn main() -> ExitCode {
         }
         Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
+        Command::Bench { bench: Bench::Tftp { phones, concurrency } } => bench_result(callguard::bench::tftp::run(phones, concurrency)),
     }
 }
 

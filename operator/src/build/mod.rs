@@ -238,6 +238,16 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
     }
     output.statuses.push(cluster_status);
 
+    // Per-phone trust lists (spec/04 §3.1): a per-MAC file carries the generic name in its header, so
+    // the generic list's bytes are a valid `ITLSEP<MAC>.tlv` / `CTLSEP<MAC>.tlv`. Per-phone overrides
+    // with extra records are not modelled yet, so every phone gets the cluster's lists.
+    for (generic, prefix) in [(TrustListKind::Itl, "ITL"), (TrustListKind::Ctl, "CTL")] {
+        let Some(bytes) = output.files.get(generic.filename()).cloned() else { continue };
+        for phone in snapshot.phones.values() {
+            output.files.insert(format!("{prefix}{}.tlv", phone.spec.device_name()), bytes.clone());
+        }
+    }
+
     // Every phone's files, signed by the TFTP certificate.
     let context = PhoneContext {
         snapshot,
