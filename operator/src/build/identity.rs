@@ -159,16 +159,9 @@ fn load_function(state: &StateDir, base: &str) -> Result<Option<(Vec<u8>, RsaPri
     let (Some(certificate), Some(key)) = (state.read(&format!("{base}.crt"))?, state.read_string(&format!("{base}.key"))?) else {
         return Ok(None);
     };
-    let der = pem_certificate_der(&certificate).map_err(|e| BuildError::State(format!("{base}.crt: {e}")))?;
+    let der = crate::pki::inspect::certificate_der(&certificate).map_err(|e| BuildError::State(format!("{base}.crt: {e}")))?;
     let key = keys::from_pem(&key).map_err(|e| BuildError::State(format!("{base}.key: {e}")))?;
     Ok(Some((der, key)))
-}
-
-/// The DER of the first certificate of a PEM text.
-pub fn pem_certificate_der(pem: &[u8]) -> Result<Vec<u8>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem).map(|c| c.to_vec()).map_err(|e| format!("not a PEM certificate: {e}"))
 }
 
 fn read_serials(state: &StateDir) -> Result<BTreeSet<Serial>, BuildError> {

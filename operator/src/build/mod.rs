@@ -20,7 +20,7 @@ use crate::pki::issue::ServerRole;
 use crate::token::signing::{CtlSigningPlan, PlanCondition};
 use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
-use identity::{ClusterIdentity, pem_certificate_der};
+use identity::ClusterIdentity;
 use phone_files::{PhoneContext, phone_files};
 use state::{Sensitivity, StateDir};
 use tokens::Tokens;
@@ -388,9 +388,5 @@ fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Ve
 fn device_certificate(state: &StateDir, device: &str) -> Result<Option<Vec<u8>>, BuildError> {
     let name = format!("devices/{device}.crt");
     let Some(bytes) = state.read(&name)? else { return Ok(None) };
-    if bytes.starts_with(b"-----BEGIN") {
-        pem_certificate_der(&bytes).map(Some).map_err(|e| BuildError::State(format!("{name}: {e}")))
-    } else {
-        Ok(Some(bytes))
-    }
+    crate::pki::inspect::certificate_der(&bytes).map(Some).map_err(|e| BuildError::State(format!("{name}: {e}")))
 }

@@ -208,6 +208,18 @@ pub fn is_issued_by(leaf_der: &[u8], issuer_der: &[u8]) -> bool {
 }
 
 /// MD5 of the DER certificate as 32 lowercase hex characters: the `certHash` of phone status (P.7-3).
+/// The DER of a certificate given as PEM (its first `CERTIFICATE` block) or as raw DER.
+pub fn certificate_der(pem_or_der: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    match CertificateDer::from_pem_slice(pem_or_der) {
+        Ok(der) => Ok(der.to_vec()),
+        // A DER certificate is a SEQUENCE.
+        Err(_) if pem_or_der.first() == Some(&0x30) => Ok(pem_or_der.to_vec()),
+        Err(e) => Err(format!("neither a PEM CERTIFICATE nor DER: {e}")),
+    }
+}
+
 pub fn md5_hex(der: &[u8]) -> String {
     lower_hex(&Md5::digest(der))
 }

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::codes::FileKind;
 use super::encrypted::EncryptedFile;
@@ -113,12 +111,7 @@ fn inspect(path: &Path, json: bool) -> Result<(), Failure> {
 
 /// A certificate from a PEM file (first CERTIFICATE block) or raw DER.
 fn read_certificate(path: &Path) -> Result<Vec<u8>, Failure> {
-    let bytes = read(path)?;
-    match CertificateDer::from_pem_slice(&bytes) {
-        Ok(der) => Ok(der.as_ref().to_vec()),
-        Err(_) if bytes.first() == Some(&0x30) => Ok(bytes),
-        Err(e) => Err(Failure::Input(format!("{}: no PEM CERTIFICATE: {e}", path.display()))),
-    }
+    crate::pki::inspect::certificate_der(&read(path)?).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))
 }
 
 fn read_trust_list(path: &Path) -> Result<TrustList, Failure> {
