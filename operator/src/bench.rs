@@ -222,8 +222,7 @@ fn lsc_pool(state: &crate::build::state::StateDir, count: usize, now: time::Offs
 }
 
 fn cluster_ca(state: &crate::build::state::StateDir) -> Result<crate::pki::ca::ClusterCa, String> {
-    let read = |name: &str| state.read_string(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} is missing"));
-    crate::pki::ca::ClusterCa::from_pem(&read("ca/ca.crt")?, &read("ca/ca.key")?).map_err(|e| e.to_string())
+    crate::build::identity::load_ca(state).map_err(|e| e.to_string())?.ok_or_else(|| "the build created no cluster CA".to_string())
 }
 
 fn phone_spki(key: &rsa::RsaPrivateKey) -> Vec<u8> {

@@ -60,11 +60,9 @@ impl ClusterIdentity {
     ) -> Result<(Self, Vec<String>), BuildError> {
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let mut changes = Vec::new();
-        let ca = match (state.read_string(CA_CERTIFICATE)?, state.read_string(CA_KEY)?) {
-            (Some(certificate), Some(key)) => {
-                ClusterCa::from_pem(&certificate, &key).map_err(|e| BuildError::State(format!("{CA_CERTIFICATE}: {e}")))?
-            }
-            _ => {
+        let ca = match load_ca(state)? {
+            Some(ca) => ca,
+            None => {
                 let ca = ClusterCa::generate(&CaSettings::new(&name, namespace), now).map_err(|e| BuildError::Pki(e.to_string()))?;
                 let pem = ca.to_pem();
                 state.write(CA_KEY, pem.private_key.as_bytes(), Sensitivity::Private)?;
@@ -162,6 +160,16 @@ fn load_function(state: &StateDir, base: &str) -> Result<Option<(Vec<u8>, RsaPri
     let der = crate::pki::inspect::certificate_der(&certificate).map_err(|e| BuildError::State(format!("{base}.crt: {e}")))?;
     let key = keys::from_pem(&key).map_err(|e| BuildError::State(format!("{base}.key: {e}")))?;
     Ok(Some((der, key)))
+}
+
+/// The cluster CA kept in the state directory, if one was created.
+pub fn load_ca(state: &StateDir) -> Result<Option<ClusterCa>, BuildError> {
+    match (state.read_string(CA_CERTIFICATE)?, state.read_string(CA_KEY)?) {
+        (Some(certificate), Some(key)) => {
+            ClusterCa::from_pem(&certificate, &key).map(Some).map_err(|e| BuildError::State(format!("{CA_CERTIFICATE}: {e}")))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn read_serials(state: &StateDir) -> Result<BTreeSet<Serial>, BuildError> {
