@@ -339,3 +339,43 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
     assert_eq!(verify(&ctl, "--ctl", &first).status.code(), Some(0), "phones holding the first CTL accept it");
     assert!(!text.contains(key_pem.lines().find(|l| l.len() > 40 && !l.contains(' ')).unwrap_or("-----")), "no key material in output");
 }
+
+/// The TFTP root of the workspace's `default` namespace, built in process.
+fn served(ws: &Workspace) -> callguard::build::served::ServedFiles {
+    let mut built = callguard::build::build_paths(std::slice::from_ref(&ws.manifests), &ws.state, time::OffsetDateTime::now_utc())
+        .unwrap_or_else(|_| panic!("the workspace is valid"));
+    built.remove("default").expect("namespace default").expect("the build succeeds").served
+}
+
+#[test]
+fn phone_files_are_signed_on_demand_and_kept_while_their_content_is_unchanged() {
+    use callguard::tftp::FileSource;
+    let ws = Workspace::new();
+    ws.build();
+    let lobby = "SEP001122334455"; // encrypted: a fresh AES key would change its bytes on every render
+    let keys = tempfile::tempdir().unwrap();
+    let (_, lsc) = phone_certificate(&ws, lobby, keys.path());
+    fs::create_dir_all(ws.state.join("namespaces/default/devices")).unwrap();
+    fs::write(ws.state.join(format!("namespaces/default/devices/{lobby}.crt")), &lsc).unwrap();
+
+    let first = served(&ws);
+    assert_eq!(first.phones.cache().counters().renders, 0, "the build resolves phones but signs none of them");
+    let encrypted = first.get(&format!("{lobby}.cnf.xml.enc.sgn")).expect("the encrypted file is served");
+    let bob = first.get("SEP00AABBCCDD02.cnf.xml.sgn").expect("bob's signed file is served");
+    assert_eq!(first.phones.cache().counters().renders, 2, "one render per phone asked for");
+    assert_eq!(first.get(&format!("{lobby}.cnf.xml.enc.sgn")), Some(encrypted.clone()), "asked again: the same bytes");
+    assert!(first.get(&format!("{lobby}.cnf.xml.sgn")).is_some(), "the stub comes from the same render");
+    assert_eq!(first.phones.cache().counters().renders, 2, "and costs no signature");
+    assert!(first.get("SEP00AABBCCDD02.cnf.xml.enc.sgn").is_none() && first.get("SEP0000000000FF.cnf.xml.sgn").is_none());
+    assert!(first.get("ITLSEP00AABBCCDD02.tlv").is_some() && first.get("CTLSEP0000000000FF.tlv").is_none());
+
+    // Edit bob and rebuild: bob is signed again, the lobby phone keeps its encrypted bytes.
+    ws.edit("phones.yaml", "directoryNumbers: [\"1002\"]", "directoryNumbers: [\"1012\"]");
+    let mut second = served(&ws);
+    second.phones.adopt_cache(std::sync::Arc::clone(first.phones.cache()));
+    assert_eq!(second.get(&format!("{lobby}.cnf.xml.enc.sgn")), Some(encrypted), "unchanged content, unchanged bytes");
+    let bob_again = second.get("SEP00AABBCCDD02.cnf.xml.sgn").expect("bob's signed file is served");
+    assert_ne!(bob_again, bob, "bob's edit is in his new file");
+    assert!(String::from_utf8_lossy(&bob_again).contains("1012"), "the new directory number is rendered");
+    assert_eq!(second.phones.cache().counters().renders, 3, "only bob was signed again");
+}

@@ -277,7 +277,8 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             }
         };
         let dir = out.map(|o| o.join(&namespace)).unwrap_or_else(|| state_dir.join("tftp").join(&namespace));
-        if let Err(e) = write_tree(&dir, &output.files) {
+        let files = output.served.render_all();
+        if let Err(e) = write_tree(&dir, &files) {
             eprintln!("callguard build: {}: {e}", dir.display());
             failed = true;
             continue;
@@ -288,13 +289,13 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
         for status in &output.statuses {
             println!("{namespace}: {status}");
         }
-        println!("{namespace}: wrote {} files to {}", output.files.len(), dir.display());
+        println!("{namespace}: wrote {} files to {}", files.len(), dir.display());
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 /// Replaces the directory's files with `files`, so a file that is no longer built is no longer served.
-fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, std::sync::Arc<[u8]>>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -303,7 +304,7 @@ fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, 
         }
     }
     for (name, bytes) in files {
-        std::fs::write(dir.join(name), bytes)?;
+        std::fs::write(dir.join(name), &bytes[..])?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::tftp::packet::DEFAULT_BLOCK_SIZE;
-use crate::tftp::{ErrorCode, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
+use crate::tftp::{ErrorCode, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
 
 /// How long the client waits for the next DATA before resending its last packet.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -216,10 +216,12 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
     use crate::build::build_namespace;
     let t = Instant::now();
     let namespace = super::BenchNamespace::generate(&super::namespace_yaml(phones))?;
-    let output = build_namespace(&namespace.snapshot, &namespace.state, time::OffsetDateTime::now_utc()).map_err(|e| e.to_string())?;
+    let now = time::OffsetDateTime::now_utc();
+    let output = build_namespace(namespace.snapshot.clone(), &namespace.state, now).map_err(|e| e.to_string())?;
+    let exported = output.served.render_all();
     let plan: Vec<Vec<String>> = namespace.snapshot.phones.values().map(|p| boot_files(&p.spec.device_name())).collect();
     let export = tempfile::tempdir().map_err(|e| e.to_string())?;
-    export_files(export.path(), &output.files)?;
+    export_files(export.path(), &exported)?;
     // What both servers serve, read back from the export.
     let expected = read_export(export.path())?;
     if let Some(missing) = plan.iter().flatten().find(|name| !expected.contains_key(*name)) {
@@ -229,25 +231,31 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
     println!(
         "bench tftp: {phones} phones x 3 files (CTLFile.tlv, ITLSEP<MAC>.tlv, SEP<MAC>.cnf.xml.sgn) = {total_files} RRQs, \
          {concurrency} phones in flight, octet, blksize 512; {} files built and exported in {:.2?}",
-        output.files.len(),
+        exported.len(),
         t.elapsed()
     );
     let (plan, expected) = (Arc::new(plan), Arc::new(expected));
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
 
-    let callguard = runtime.block_on(async {
-        let files = expected.iter().map(|(name, bytes)| (name.clone(), Arc::from(bytes.as_slice()))).collect();
+    // Cold: a fresh build whose phone files are signed as the storm asks for them (signatures are
+    // deterministic, so the bytes equal the export's). Warm: the same server again, every file cached.
+    let served = Arc::new(build_namespace(namespace.snapshot.clone(), &namespace.state, now).map_err(|e| e.to_string())?.served);
+    let (cold, warm) = runtime.block_on(async {
         let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() };
-        let server = TftpServer::bind(config, Arc::new(MemoryFiles::new(files))).await.map_err(|e| e.to_string())?;
+        let server = TftpServer::bind(config, served.clone()).await.map_err(|e| e.to_string())?;
         let address = server.local_addr().map_err(|e| e.to_string())?;
         let (shutdown, receiver) = watch::channel(false);
         let task = tokio::spawn(server.run(receiver));
-        let report = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
+        let cold = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
+        let warm = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
         let _ = shutdown.send(true);
         let _ = task.await;
-        Ok::<_, String>(report)
+        Ok::<_, String>((cold, warm))
     })?;
-    print_report("Callguard TftpServer (in-process)", &callguard);
+    let cache = served.phones.cache().counters();
+    print_report("Callguard TftpServer (in-process), cold: configurations signed on demand", &cold);
+    print_report("Callguard TftpServer (in-process), warm: configurations from the cache", &warm);
+    println!("  render cache: {} phones signed, {} answers from the cache", cache.renders, cache.hits);
 
     let hpa = {
         let mut tftpd = TftpdHpa::start(export.path())?;
@@ -259,8 +267,9 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
         report?
     };
     print_report("tftpd-hpa (in.tftpd -L -s)", &hpa);
-    println!("  ratio Callguard files/s over tftpd-hpa files/s: {:.2}", callguard.files_per_second() / hpa.files_per_second());
-    let mismatches = callguard.mismatches.len() + hpa.mismatches.len();
+    println!("  ratio Callguard files/s over tftpd-hpa files/s, warm: {:.2}", warm.files_per_second() / hpa.files_per_second());
+    println!("  ratio Callguard files/s over tftpd-hpa files/s, cold: {:.2}", cold.files_per_second() / hpa.files_per_second());
+    let mismatches = cold.mismatches.len() + warm.mismatches.len() + hpa.mismatches.len();
     if mismatches > 0 {
         return Err(format!("{mismatches} fetched file(s) differ from the exported bytes"));
     }
@@ -284,12 +293,12 @@ fn print_report(server: &str, report: &StormReport) {
 
 /// Writes the TFTP root flat into `dir`, world-readable: tftpd-hpa drops to `nobody` and serves only
 /// publicly readable files.
-fn export_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+fn export_files(dir: &Path, files: &BTreeMap<String, Arc<[u8]>>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("{}: {e}", dir.display()))?;
     for (name, bytes) in files {
         let path = dir.join(name);
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, &bytes[..]).map_err(|e| format!("{}: {e}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())

@@ -4,12 +4,14 @@
 
 pub mod identity;
 pub mod phone_files;
+pub mod served;
 pub mod state;
 pub mod tokens;
 pub mod trust_files;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 use time::OffsetDateTime;
@@ -21,7 +23,7 @@ use crate::token::signing::{CtlSigningPlan, PlanCondition};
 use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
 use identity::ClusterIdentity;
-use phone_files::{PhoneContext, phone_files};
+use served::{PhoneRenderer, ServedFiles, Signing};
 use state::{Sensitivity, StateDir};
 use tokens::Tokens;
 use trust_files::{TrustListPlan, build_trust_list, tftp_signer};
@@ -121,21 +123,20 @@ pub fn build_paths(
     }
     Ok(report
         .snapshots
-        .iter()
+        .into_iter()
         .map(|(namespace, snapshot)| {
-            let built = StateDir::open(&state_root.join("namespaces").join(namespace))
+            let built = StateDir::open(&state_root.join("namespaces").join(&namespace))
                 .map_err(BuildError::Io)
-                .and_then(|state| build_namespace(snapshot, &state, now));
-            (namespace.clone(), built)
+                .and_then(|state| build_namespace(Arc::new(snapshot), &state, now));
+            (namespace, built)
         })
         .collect())
 }
 
 /// What a build produced.
-#[derive(Debug, Default)]
 pub struct BuildOutput {
-    /// The TFTP root: file name to content.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// The TFTP root; phone files are signed when first asked for.
+    pub served: ServedFiles,
     /// What changed in the state directory, one line each.
     pub changes: Vec<String>,
     pub statuses: Vec<ResourceStatus>,
@@ -144,9 +145,10 @@ pub struct BuildOutput {
 const PUBLISHED: &str = "published";
 
 /// Builds one namespace. Exactly one CallControlCluster is expected; its phones, tokens and profiles
-/// are the namespace's.
-pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTime) -> Result<BuildOutput, BuildError> {
-    let cluster = single_cluster(snapshot)?;
+/// are the namespace's. Trust lists are built and signed here; phone files only resolved, for their
+/// status, and signed on demand by [`ServedFiles`].
+pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDateTime) -> Result<BuildOutput, BuildError> {
+    let cluster = single_cluster(&snapshot)?;
     let cluster_name = cluster.name_any();
     let unix_now = u32::try_from(now.unix_timestamp())
         .map_err(|_| BuildError::Cluster("the clock is outside the u32 range of TIMESTAMP (spec/04 §3.3)".into()))?;
@@ -155,10 +157,12 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
         SignatureHash::Sha1 => HashAlgorithm::Sha1,
         SignatureHash::Sha512 => HashAlgorithm::Sha512,
     };
-    let mut output = BuildOutput::default();
+    let mut changes = Vec::new();
+    let mut statuses = Vec::new();
+    let mut trust_lists: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
 
-    let (identity, changes) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
-    output.changes.extend(changes);
+    let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
+    changes.extend(issued);
     let tftp = tftp_signer(&identity)?;
 
     // The ITL, signed by the TFTP certificate, which it also lists as SAST (spec/04 §3.1).
@@ -172,20 +176,20 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
         previous: previous_itl.as_ref(),
         now: unix_now,
     })?;
-    publish(state, TrustListKind::Itl, &itl.bytes, &mut output.changes)?;
+    publish(state, TrustListKind::Itl, &itl.bytes, &mut changes)?;
     let trust_timestamp = TrustList::parse(&itl.bytes, Mode::Strict).map(|l| l.header.timestamp).unwrap_or(unix_now);
-    output.files.insert(TrustListKind::Itl.filename().into(), itl.bytes);
+    trust_lists.insert(TrustListKind::Itl.filename().into(), Arc::from(itl.bytes));
 
     // The CTL, in mixed mode only, signed by a token (Chapter 3).
-    let tokens = Tokens::load(snapshot, state)?;
+    let tokens = Tokens::load(&snapshot, state)?;
     let mut cluster_status = ResourceStatus::ready("CallControlCluster", &cluster_name);
     if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
         let previous_ctl = published(state, TrustListKind::Ctl)?;
-        match build_ctl(snapshot, state, cluster, &tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
+        match build_ctl(&snapshot, state, cluster, &tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
             Ok((bytes, plan)) => {
-                publish(state, TrustListKind::Ctl, &bytes, &mut output.changes)?;
-                output.files.insert(TrustListKind::Ctl.filename().into(), bytes);
-                output.statuses.push(ResourceStatus::ready("SecurityToken", &plan.signer));
+                publish(state, TrustListKind::Ctl, &bytes, &mut changes)?;
+                trust_lists.insert(TrustListKind::Ctl.filename().into(), Arc::from(bytes));
+                statuses.push(ResourceStatus::ready("SecurityToken", &plan.signer));
                 cluster_status.message = plan.conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                 // The CTL is published, but the seed wants two usable tokens in it at all times (P.3-13).
                 if plan.conditions.iter().any(|c| matches!(c, PlanCondition::FewerThanTwoTokens { .. })) {
@@ -196,63 +200,23 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
             Err(e) => {
                 // The last published CTL stays served: phones keep a trust list they can verify.
                 if let Some(previous) = previous_ctl {
-                    output.files.insert(TrustListKind::Ctl.filename().into(), previous.as_bytes().to_vec());
+                    trust_lists.insert(TrustListKind::Ctl.filename().into(), Arc::from(previous.as_bytes()));
                 }
                 cluster_status = ResourceStatus::not_ready("CallControlCluster", &cluster_name, "CtlNotSigned", e.to_string());
             }
         }
     }
     for (name, (token, _)) in &tokens.tokens {
-        if output.statuses.iter().any(|s| s.kind == "SecurityToken" && s.name == *name) {
+        if statuses.iter().any(|s: &ResourceStatus| s.kind == "SecurityToken" && s.name == *name) {
             continue;
         }
-        let status = tokens::load_status(state, name)?;
-        output.statuses.push(if status.locked {
-            ResourceStatus::not_ready(
-                "SecurityToken",
-                name,
-                "Locked",
-                "locked after more than 15 consecutive wrong passwords; it can never sign again (P.16-5)".into(),
-            )
-        } else if status.consecutive_failed_logins > 0 {
-            ResourceStatus::not_ready(
-                "SecurityToken",
-                name,
-                "WrongPassword",
-                format!(
-                    "{} consecutive wrong password(s); the token locks for good after {} (P.16-5)",
-                    status.consecutive_failed_logins,
-                    crate::api::TOKEN_RETRY_COUNTER
-                ),
-            )
-        } else if token.spec.state() != crate::api::TokenState::Active {
-            ResourceStatus::not_ready(
-                "SecurityToken",
-                name,
-                "NotActive",
-                format!("state {:?}: not listed in the CTL (P.16-5)", token.spec.state()),
-            )
-        } else {
-            ResourceStatus::ready("SecurityToken", name)
-        });
+        statuses.push(token_status(name, token, &tokens::load_status(state, name)?));
     }
-    output.statuses.push(cluster_status);
+    statuses.push(cluster_status);
 
-    // Per-phone trust lists (spec/04 §3.1): a per-MAC file carries the generic name in its header, so
-    // the generic list's bytes are a valid `ITLSEP<MAC>.tlv` / `CTLSEP<MAC>.tlv`. Per-phone overrides
-    // with extra records are not modelled yet, so every phone gets the cluster's lists.
-    for (generic, prefix) in [(TrustListKind::Itl, "ITL"), (TrustListKind::Ctl, "CTL")] {
-        let Some(bytes) = output.files.get(generic.filename()).cloned() else { continue };
-        for phone in snapshot.phones.values() {
-            output.files.insert(format!("{prefix}{}.tlv", phone.spec.device_name()), bytes.clone());
-        }
-    }
-
-    // Every phone's files, signed by the TFTP certificate.
-    let context = PhoneContext {
-        snapshot,
-        cluster,
-        signer: &tftp,
+    // Phones: resolved now for their status, signed by the TFTP certificate when first fetched.
+    let signing = Signing {
+        signer: tftp,
         hash,
         timestamp: trust_timestamp,
         trust: TrustFacts {
@@ -262,64 +226,54 @@ pub fn build_namespace(snapshot: &Snapshot, state: &StateDir, now: OffsetDateTim
                 .any(|f| matches!(f.role, ServerRole::CallManager | ServerRole::CallManagerAndTftp)),
         },
     };
-    for (name, built) in build_phones(&context, state, &snapshot.phones)? {
-        match built {
-            Ok(files) => {
-                output.files.extend(files.files);
-                output.statuses.push(phone_status(name, &files.conditions));
-            }
-            Err(message) => output.statuses.push(ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+    let mut certificates = HashMap::new();
+    for phone in snapshot.phones.values() {
+        let device = phone.spec.device_name();
+        if let Some(der) = device_certificate(state, &device)? {
+            certificates.insert(device, der);
         }
     }
-    let status = serde_yaml::to_string(&output.statuses).map_err(|e| BuildError::State(e.to_string()))?;
+    let phones = PhoneRenderer::new(Arc::clone(&snapshot), cluster_name, signing, certificates);
+    statuses.extend(phones.statuses());
+    let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
     state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
-    Ok(output)
+    Ok(BuildOutput { served: ServedFiles::new(trust_lists, phones), changes, statuses })
+}
+
+fn token_status(name: &str, token: &crate::api::SecurityToken, status: &crate::api::SecurityTokenStatus) -> ResourceStatus {
+    if status.locked {
+        ResourceStatus::not_ready(
+            "SecurityToken",
+            name,
+            "Locked",
+            "locked after more than 15 consecutive wrong passwords; it can never sign again (P.16-5)".into(),
+        )
+    } else if status.consecutive_failed_logins > 0 {
+        ResourceStatus::not_ready(
+            "SecurityToken",
+            name,
+            "WrongPassword",
+            format!(
+                "{} consecutive wrong password(s); the token locks for good after {} (P.16-5)",
+                status.consecutive_failed_logins,
+                crate::api::TOKEN_RETRY_COUNTER
+            ),
+        )
+    } else if token.spec.state() != crate::api::TokenState::Active {
+        ResourceStatus::not_ready(
+            "SecurityToken",
+            name,
+            "NotActive",
+            format!("state {:?}: not listed in the CTL (P.16-5)", token.spec.state()),
+        )
+    } else {
+        ResourceStatus::ready("SecurityToken", name)
+    }
 }
 
 /// Conditions that leave a phone without the configuration its profile asks for; the others are
 /// reported but the phone is served as specified.
 const BLOCKING_PHONE_CONDITIONS: [&str; 2] = ["AwaitingDeviceCertificate", "ManualKeyEncryptionNotRendered"];
-
-fn phone_status(name: &str, conditions: &[(&'static str, String)]) -> ResourceStatus {
-    let blocking = conditions.iter().find(|(reason, _)| BLOCKING_PHONE_CONDITIONS.contains(reason));
-    let others = conditions.iter().filter(|c| Some(*c) != blocking).map(|(reason, message)| format!("{reason}: {message}"));
-    match blocking {
-        Some((reason, message)) => {
-            let message = std::iter::once(message.clone()).chain(others).collect::<Vec<_>>().join("; ");
-            ResourceStatus::not_ready("Phone", name, reason, message)
-        }
-        None => ResourceStatus { message: others.collect::<Vec<_>>().join("; "), ..ResourceStatus::ready("Phone", name) },
-    }
-}
-
-/// A phone's name and its files, or why it has none.
-type PhoneBuild<'a> = (&'a String, Result<phone_files::PhoneFiles, String>);
-
-/// Phone files are independent of each other and each costs an RSA signature: build them on every core.
-fn build_phones<'a>(
-    context: &PhoneContext<'_>,
-    state: &StateDir,
-    phones: &'a BTreeMap<String, crate::api::Phone>,
-) -> Result<Vec<PhoneBuild<'a>>, BuildError> {
-    let certificates: Vec<Option<Vec<u8>>> =
-        phones.values().map(|p| device_certificate(state, &p.spec.device_name())).collect::<Result<_, _>>()?;
-    let jobs: Vec<_> = phones.iter().zip(certificates).collect();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let chunk = jobs.len().div_ceil(workers).max(1);
-    Ok(std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|jobs| {
-                scope.spawn(move || {
-                    jobs.iter()
-                        .map(|((name, phone), certificate)| (*name, phone_files(context, phone, certificate.as_deref())))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a phone build does not panic")).collect()
-    }))
-}
 
 fn single_cluster(snapshot: &Snapshot) -> Result<&CallControlCluster, BuildError> {
     let mut clusters = snapshot.clusters.values();

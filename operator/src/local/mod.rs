@@ -1,7 +1,6 @@
 //! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
 //! TFTP on loopback, rebuilt whenever the directory changes (DESIGN: the local adapter).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,8 +10,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::default_ports;
+use crate::build::served::ServedFiles;
 use crate::build::{BuildOutput, PathsError, ResourceStatus, build_paths};
-use crate::tftp::{MemoryFiles, ServerConfig, TftpServer};
+use crate::tftp::{ServerConfig, SwappableSource, TftpServer};
 
 /// Edits come in bursts (an editor writes, renames, touches): wait this long after the last event.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -43,9 +43,8 @@ impl LocalOptions {
 /// Builds, serves and watches until SIGINT or SIGTERM. An invalid first build is an error; an
 /// invalid later edit is reported and the last good files keep being served.
 pub async fn run(options: LocalOptions) -> Result<(), String> {
-    let files = Arc::new(MemoryFiles::default());
     let mut shown = String::new();
-    rebuild(&options, &files, &mut shown).await?;
+    let files = Arc::new(SwappableSource::new(rebuild(&options, None, &mut shown).await?));
     let mut last_error = String::new();
 
     let address = SocketAddr::new(options.bind, options.tftp_port);
@@ -55,7 +54,10 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
         format!("cannot serve TFTP on {address}: {e}{hint}")
     })?;
     let bound = server.local_addr().map_err(|e| e.to_string())?;
-    println!("serving TFTP on {bound}; watching {} for changes (Ctrl-C stops)", display_paths(&options.paths));
+    // Handlers first: a SIGTERM right after the line below must stop us cleanly, not kill us.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(server.run(stopped));
 
@@ -69,8 +71,9 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
     for path in &options.paths {
         watcher.watch(path, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
     }
+    // Said once everything is in place, so whoever waits for this line can fetch, edit and signal.
+    println!("serving TFTP on {bound}; watching {} for changes (Ctrl-C stops)", display_paths(&options.paths));
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
             Some(()) = changes.recv() => {
@@ -78,8 +81,11 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
                 // One edit can raise several events: say each distinct failure once.
-                match rebuild(&options, &files, &mut shown).await {
-                    Ok(()) => last_error.clear(),
+                match rebuild(&options, Some(&files.current()), &mut shown).await {
+                    Ok(served) => {
+                        files.replace(served);
+                        last_error.clear();
+                    }
                     Err(e) if e != last_error => {
                         eprintln!("{e}");
                         last_error = e;
@@ -87,7 +93,7 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
                     Err(_) => {}
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
     }
@@ -97,9 +103,10 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates and builds; on success swaps the served files and prints the status table when it
-/// changed. On failure the served files stay as they were.
-async fn rebuild(options: &LocalOptions, files: &MemoryFiles, shown: &mut String) -> Result<(), String> {
+/// Validates and builds; on success returns the files to serve, which keep the signatures of
+/// `previous` for the phones whose content did not change, and prints the status table when it
+/// changed. On failure the caller keeps serving what it served.
+async fn rebuild(options: &LocalOptions, previous: Option<&ServedFiles>, shown: &mut String) -> Result<ServedFiles, String> {
     let (paths, state_dir) = (options.paths.clone(), options.state_dir.clone());
     let built = tokio::task::spawn_blocking(move || build_paths(&paths, &state_dir, time::OffsetDateTime::now_utc()))
         .await
@@ -135,21 +142,26 @@ async fn rebuild(options: &LocalOptions, files: &MemoryFiles, shown: &mut String
     for change in &output.changes {
         println!("{namespace}: {change}");
     }
-    let served: BTreeMap<String, Arc<[u8]>> = output.files.into_iter().map(|(name, bytes)| (name, Arc::from(bytes))).collect();
-    let previous = files.snapshot();
-    let changed = served.iter().filter(|(name, bytes)| previous.get(*name) != Some(*bytes)).count()
-        + previous.keys().filter(|name| !served.contains_key(*name)).count();
-    let count = served.len();
-    files.replace(served);
-    let table = status_table(&output.statuses);
-    if changed > 0 {
-        println!("{namespace}: serving {count} files ({changed} changed)");
+    let mut served = output.served;
+    match previous {
+        Some(previous) => {
+            served.phones.adopt_cache(Arc::clone(previous.phones.cache()));
+            if previous.trust_lists() != served.trust_lists() {
+                println!("{namespace}: serving new trust lists");
+            }
+        }
+        None => println!(
+            "{namespace}: serving {} and the files of {} phone(s), signed when first fetched",
+            served.trust_lists().keys().cloned().collect::<Vec<_>>().join(", "),
+            served.phones.device_count()
+        ),
     }
+    let table = status_table(&output.statuses);
     if table != *shown {
         println!("{table}");
         *shown = table;
     }
-    Ok(())
+    Ok(served)
 }
 
 /// One row per resource: kind, name, ready, reason.

@@ -12,4 +12,4 @@ pub use packet::{ErrorCode, Mode, Opcode, Packet, PacketError, Request, Transfer
 pub use server::{
     CounterSnapshot, Counters, FailureKind, MAX_FILENAME_LEN, NameRejection, ServerConfig, TftpServer, TftpServerError, check_filename,
 };
-pub use source::{FileSource, MemoryFiles};
+pub use source::{FileSource, MemoryFiles, SwappableSource};

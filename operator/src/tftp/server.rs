@@ -251,7 +251,8 @@ impl Drop for ClientSlot {
 
 /// A bound TFTP server; `run` serves until shutdown.
 pub struct TftpServer {
-    socket: UdpSocket,
+    /// Shared with transfer tasks, which answer a missing file from the port the request came to.
+    socket: Arc<UdpSocket>,
     config: ServerConfig,
     source: Arc<dyn FileSource>,
     counters: Arc<Counters>,
@@ -261,7 +262,7 @@ pub struct TftpServer {
 impl TftpServer {
     pub async fn bind(config: ServerConfig, source: Arc<dyn FileSource>) -> Result<Self, TftpServerError> {
         let socket = UdpSocket::bind(config.bind).await.map_err(|source| TftpServerError::Bind { address: config.bind, source })?;
-        Ok(Self { socket, config, source, counters: Arc::default(), clients: Arc::default() })
+        Ok(Self { socket: Arc::new(socket), config, source, counters: Arc::default(), clients: Arc::default() })
     }
 
     /// The bound address (with the real port when `bind` asked for port 0).
@@ -346,37 +347,44 @@ impl TftpServer {
             self.reply_error(peer, ErrorCode::NotDefined, &message).await;
             return;
         };
-        let Some(bytes) = self.source.get(&request.filename) else {
-            self.counters.fail(FailureKind::FileNotFound);
-            self.reply_error(peer, ErrorCode::FileNotFound, "file not found").await;
-            return;
-        };
-        let bytes = match request.mode {
-            Mode::Octet => bytes,
-            Mode::Netascii => Arc::from(to_netascii(&bytes)),
-        };
-        // The transfer's own socket, on the listener's address, is the server's TID (RFC 1350 §4).
-        let socket = match UdpSocket::bind(SocketAddr::new(self.config.bind.ip(), 0)).await {
-            Ok(socket) => socket,
-            Err(_) => {
-                self.counters.fail(FailureKind::Io);
-                self.reply_error(peer, ErrorCode::NotDefined, "no transfer socket available").await;
-                return;
-            }
-        };
-        let plan = TransferPlan::negotiate(&request.options, bytes.len(), &self.config);
-        let transfer = Transfer { socket, peer, bytes, plan, max_retries: self.config.max_retries, counters: Arc::clone(&self.counters) };
+        let (source, listener, counters, config) =
+            (Arc::clone(&self.source), Arc::clone(&self.socket), Arc::clone(&self.counters), self.config.clone());
         transfers.spawn(async move {
             let _slot = slot;
+            let name = request.filename.clone();
+            // A phone file may be signed on first request (milliseconds of RSA): keep that off the
+            // task that receives requests, and off the async workers.
+            let found = tokio::task::spawn_blocking(move || source.get(&name)).await.ok().flatten();
+            let Some(bytes) = found else {
+                counters.fail(FailureKind::FileNotFound);
+                send_error(&listener, &counters, peer, ErrorCode::FileNotFound, "file not found").await;
+                return;
+            };
+            let bytes = match request.mode {
+                Mode::Octet => bytes,
+                Mode::Netascii => Arc::from(to_netascii(&bytes)),
+            };
+            // The transfer's own socket, on the listener's address, is the server's TID (RFC 1350 §4).
+            let Ok(socket) = UdpSocket::bind(SocketAddr::new(config.bind.ip(), 0)).await else {
+                counters.fail(FailureKind::Io);
+                send_error(&listener, &counters, peer, ErrorCode::NotDefined, "no transfer socket available").await;
+                return;
+            };
+            let plan = TransferPlan::negotiate(&request.options, bytes.len(), &config);
+            let transfer = Transfer { socket, peer, bytes, plan, max_retries: config.max_retries, counters };
             transfer.run().await;
         });
     }
 
     async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
-        let packet = Packet::Error { code, message: message.to_owned() }.encode();
-        if self.socket.send_to(&packet, peer).await.is_err() {
-            self.counters.fail(FailureKind::Io);
-        }
+        send_error(&self.socket, &self.counters, peer, code, message).await;
+    }
+}
+
+async fn send_error(socket: &UdpSocket, counters: &Counters, peer: SocketAddr, code: ErrorCode, message: &str) {
+    let packet = Packet::Error { code, message: message.to_owned() }.encode();
+    if socket.send_to(&packet, peer).await.is_err() {
+        counters.fail(FailureKind::Io);
     }
 }
 

@@ -49,6 +49,33 @@ impl FileSource for MemoryFiles {
     }
 }
 
+/// A source replaced as a whole, such as one build's files by the next build's.
+pub struct SwappableSource<S> {
+    current: RwLock<Arc<S>>,
+}
+
+impl<S: FileSource> SwappableSource<S> {
+    pub fn new(source: S) -> Self {
+        Self { current: RwLock::new(Arc::new(source)) }
+    }
+
+    /// Requests after this go to `source`; transfers already running keep the bytes they started with.
+    pub fn replace(&self, source: S) {
+        // A poisoned lock still holds a whole source (the swap cannot half-happen), so keep using it.
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(source);
+    }
+
+    pub fn current(&self) -> Arc<S> {
+        Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+impl<S: FileSource> FileSource for SwappableSource<S> {
+    fn get(&self, name: &str) -> Option<Arc<[u8]>> {
+        self.current().get(name)
+    }
+}
+
 impl<F: Fn(&str) -> Option<Arc<[u8]>> + Send + Sync + 'static> FileSource for F {
     fn get(&self, name: &str) -> Option<Arc<[u8]>> {
         self(name)
