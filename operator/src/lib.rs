@@ -9,6 +9,7 @@ pub mod capf;
 pub mod crdgen;
 pub mod local;
 pub mod manifest;
+pub mod ops;
 pub mod phone_config;
 pub mod pki;
 pub mod srst;
