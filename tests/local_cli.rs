@@ -30,8 +30,14 @@ struct Local {
 impl Local {
     fn start(manifests: &Path, state: &Path) -> Local {
         let port = free_udp_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()]);
+        Local::spawn(command, port)
+    }
+
+    /// Runs `command` (a `callguard local`) whose TFTP server will listen on `port`.
+    fn spawn(mut command: Command, port: u16) -> Local {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -191,4 +197,34 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     assert!(again.fetch_tftp_hpa("CTLFile.tlv", &out("ctl-again.tlv")));
     assert_eq!(fs::read(out("ctl-again.tlv")).unwrap(), fs::read(out("ctl.tlv")).unwrap());
     again.stop();
+}
+
+/// The README's main command, `callguard local examples/quickstart`, gives no port: without root,
+/// 69 is refused and `local` says so and serves on 6969 instead.
+#[test]
+fn without_root_and_without_a_port_local_falls_back_to_6969() {
+    use std::os::unix::fs::PermissionsExt;
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    // The unprivileged user must reach the copy and write its state directory.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let binary = env!("CARGO_BIN_EXE_callguard");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        // CI runs as root: drop to nobody, as a user's shell would be.
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", binary]);
+        command
+    } else {
+        Command::new(binary)
+    };
+    command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    let mut local = Local::spawn(command, 6969);
+    local.wait_for("port 69 needs root; using 6969 instead");
+    let out = dir.path().join("ctl.tlv");
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out), "the CTL is served on 6969");
+    assert!(verify(&[out.to_str().unwrap()]), "and verifies");
+    local.stop();
 }

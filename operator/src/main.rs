@@ -69,9 +69,9 @@ enum Command {
         /// Address the services listen on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
-        /// TFTP port; 69 needs root.
-        #[arg(long, default_value_t = callguard::api::default_ports::TFTP)]
-        tftp_port: u16,
+        /// TFTP port. Without it: 69 (P.1-16), or 6969 when 69 needs root that we do not have.
+        #[arg(long)]
+        tftp_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
         #[arg(long)]
         namespace: Option<String>,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::default_ports;
 use crate::build::served::ServedFiles;
 use crate::build::{BuildOutput, PathsError, ResourceStatus, build_paths};
-use crate::tftp::{ServerConfig, SwappableSource, TftpServer};
+use crate::tftp::{FileSource, ServerConfig, SwappableSource, TftpServer, TftpServerError};
 
 /// Edits come in bursts (an editor writes, renames, touches): wait this long after the last event.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -22,8 +22,9 @@ pub struct LocalOptions {
     pub paths: Vec<PathBuf>,
     pub state_dir: PathBuf,
     pub bind: IpAddr,
-    /// TFTP port; default 69 (P.1-16), which needs root.
-    pub tftp_port: u16,
+    /// TFTP port. `None`: 69 (P.1-16), or [`UNPRIVILEGED_TFTP_PORT`] when binding 69 is not
+    /// permitted, so that `callguard local DIR` works without root.
+    pub tftp_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
 }
@@ -34,7 +35,7 @@ impl LocalOptions {
             paths,
             state_dir: PathBuf::from(".callguard"),
             bind: IpAddr::from([127, 0, 0, 1]),
-            tftp_port: default_ports::TFTP,
+            tftp_port: None,
             namespace: None,
         }
     }
@@ -47,12 +48,7 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
     let files = Arc::new(SwappableSource::new(rebuild(&options, None, &mut shown).await?));
     let mut last_error = String::new();
 
-    let address = SocketAddr::new(options.bind, options.tftp_port);
-    let config = ServerConfig { bind: address, ..ServerConfig::default() };
-    let server = TftpServer::bind(config, files.clone()).await.map_err(|e| {
-        let hint = if options.tftp_port < 1024 { "; ports below 1024 need root: pass --tftp-port 6969" } else { "" };
-        format!("cannot serve TFTP on {address}: {e}{hint}")
-    })?;
+    let server = bind_tftp(&options, files.clone()).await?;
     let bound = server.local_addr().map_err(|e| e.to_string())?;
     // Handlers first: a SIGTERM right after the line below must stop us cleanly, not kill us.
     use tokio::signal::unix::{SignalKind, signal};
@@ -101,6 +97,30 @@ pub async fn run(options: LocalOptions) -> Result<(), String> {
     let _ = stop.send(true);
     let _ = serving.await;
     Ok(())
+}
+
+/// TFTP's port when 69 needs privileges we lack.
+pub const UNPRIVILEGED_TFTP_PORT: u16 = 6969;
+
+/// Binds the port asked for, or 69, falling back to [`UNPRIVILEGED_TFTP_PORT`] (and saying so) when
+/// no port was asked for and 69 is refused for want of root.
+async fn bind_tftp(options: &LocalOptions, files: Arc<dyn FileSource>) -> Result<TftpServer, String> {
+    let bind = |port: u16| {
+        let config = ServerConfig { bind: SocketAddr::new(options.bind, port), ..ServerConfig::default() };
+        TftpServer::bind(config, files.clone())
+    };
+    let port = options.tftp_port.unwrap_or(default_ports::TFTP);
+    match bind(port).await {
+        Ok(server) => Ok(server),
+        Err(TftpServerError::Bind { source, .. }) if options.tftp_port.is_none() && source.kind() == std::io::ErrorKind::PermissionDenied => {
+            println!("port {port} needs root; using {UNPRIVILEGED_TFTP_PORT} instead (--tftp-port chooses)");
+            bind(UNPRIVILEGED_TFTP_PORT).await.map_err(|e| format!("cannot serve TFTP: {e}"))
+        }
+        Err(e) => {
+            let hint = if port < 1024 { "; ports below 1024 need root: pass --tftp-port 6969" } else { "" };
+            Err(format!("cannot serve TFTP: {e}{hint}"))
+        }
+    }
 }
 
 /// Validates and builds; on success returns the files to serve, which keep the signatures of
