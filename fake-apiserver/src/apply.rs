@@ -70,13 +70,8 @@ pub fn apply(live: &Value, request: &ApplyRequest) -> Result<Value, ApiError> {
     let scoped = scoped_config(request);
     let applied_set = fields::collect(&scoped, request.resource);
     let subresource = (request.scope == Scope::Status).then(|| "status".to_string());
-    let mut entries: Vec<ManagedEntry> = live
-        .pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(ManagedEntry::parse)
-        .collect();
+    let mut entries: Vec<ManagedEntry> =
+        live.pointer("/metadata/managedFields").and_then(Value::as_array).into_iter().flatten().filter_map(ManagedEntry::parse).collect();
     let is_mine = |entry: &ManagedEntry| entry.manager == request.manager && entry.operation == "Apply" && entry.subresource == subresource;
 
     let conflicts = find_conflicts(live, &scoped, &applied_set, &entries, &is_mine);
@@ -178,11 +173,17 @@ fn conflict_error(request: &ApplyRequest, live: &Value, entries: &[ManagedEntry]
             json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", manager_of(*index)), "field": fields::display(path)})
         })
         .collect();
-    let lines: Vec<String> = conflicts.iter().map(|(index, path)| format!("- conflict with \"{}\": {}", manager_of(*index), fields::display(path))).collect();
+    let lines: Vec<String> =
+        conflicts.iter().map(|(index, path)| format!("- conflict with \"{}\": {}", manager_of(*index), fields::display(path))).collect();
     let count = conflicts.len();
     let plural = if count == 1 { "" } else { "s" };
     let name = live.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-    let mut error = ApiError::about(Reason::Conflict, request.resource, name, format!("Apply failed with {count} conflict{plural}:\n{}", lines.join("\n")));
+    let mut error = ApiError::about(
+        Reason::Conflict,
+        request.resource,
+        name,
+        format!("Apply failed with {count} conflict{plural}:\n{}", lines.join("\n")),
+    );
     if let Some(details) = error.details.as_mut() {
         details["causes"] = Value::Array(causes);
     }

@@ -75,6 +75,11 @@ fn item_has_key(item: &Value, key: &str) -> bool {
     }
 }
 
+/// Whether `item` is the set member named by a `Value` element.
+fn is_member(item: &Value, value: &str) -> bool {
+    serde_json::from_str::<Value>(value).is_ok_and(|wanted| *item == wanted)
+}
+
 /// The fields an apply configuration sets. `null` values are not owned (they ask for removal).
 pub fn collect(config: &Value, resource: &ResourceType) -> FieldSet {
     let mut set = FieldSet::new();
@@ -211,7 +216,7 @@ pub fn get<'a>(object: &'a Value, path: &[PathElement]) -> Option<&'a Value> {
         current = match element {
             PathElement::Field(name) => current.get(name)?,
             PathElement::Key(key) => current.as_array()?.iter().find(|item| item_has_key(item, key))?,
-            PathElement::Value(value) => current.as_array()?.iter().find(|item| item.to_string() == *value)?,
+            PathElement::Value(value) => current.as_array()?.iter().find(|item| is_member(item, value))?,
         };
     }
     Some(current)
@@ -225,7 +230,7 @@ pub fn remove(object: &mut Value, path: &[PathElement]) {
         let next = match element {
             PathElement::Field(name) => parent.get_mut(name),
             PathElement::Key(key) => parent.as_array_mut().and_then(|items| items.iter_mut().find(|item| item_has_key(item, key))),
-            PathElement::Value(value) => parent.as_array_mut().and_then(|items| items.iter_mut().find(|item| item.to_string() == *value)),
+            PathElement::Value(value) => parent.as_array_mut().and_then(|items| items.iter_mut().find(|item| is_member(item, value))),
         };
         match next {
             Some(next) => parent = next,
@@ -245,7 +250,7 @@ pub fn remove(object: &mut Value, path: &[PathElement]) {
         }
         PathElement::Value(value) => {
             if let Some(items) = parent.as_array_mut() {
-                items.retain(|item| item.to_string() != *value);
+                items.retain(|item| !is_member(item, value));
             }
         }
     }
@@ -301,7 +306,8 @@ pub fn merge(live: &mut Value, patch: &Value, path: &mut FieldPath, resource: &R
             ListType::Map { keys } => {
                 for item in patch_items {
                     let key = item_key(item, &keys);
-                    let position = key.as_ref().and_then(|key| live_items.iter().position(|live| item_key(live, &keys).as_ref() == Some(key)));
+                    let position =
+                        key.as_ref().and_then(|key| live_items.iter().position(|live| item_key(live, &keys).as_ref() == Some(key)));
                     let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
                     match (position, key) {
                         (Some(position), _) if delete => {
@@ -383,7 +389,10 @@ mod tests {
         assert_eq!(live["spec"]["lines"], json!([{"number": "1", "label": "a"}, {"number": "2", "label": "b"}]));
         assert_eq!(live["spec"]["codecs"], json!(["g711", "g722"]));
         let key = item_key(&json!({"number": "1"}), &["number".to_string()]).unwrap();
-        assert_eq!(get(&live, &[PathElement::Field("spec".into()), PathElement::Field("lines".into()), PathElement::Key(key.clone())]).unwrap()["label"], "a");
+        assert_eq!(
+            get(&live, &[PathElement::Field("spec".into()), PathElement::Field("lines".into()), PathElement::Key(key.clone())]).unwrap()["label"],
+            "a"
+        );
         remove(&mut live, &[PathElement::Field("spec".into()), PathElement::Field("lines".into()), PathElement::Key(key)]);
         assert_eq!(live["spec"]["lines"], json!([{"number": "2", "label": "b"}]));
     }

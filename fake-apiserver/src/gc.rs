@@ -20,7 +20,8 @@ impl Store {
                 let detached = without_owner(&dependent, owner_uid);
                 self.commit(&resource, key, detached, EventType::Modified);
             } else {
-                let request = DeleteRequest { propagation: Propagation::Background, precondition_uid: None, precondition_resource_version: None };
+                let request =
+                    DeleteRequest { propagation: Propagation::Background, precondition_uid: None, precondition_resource_version: None };
                 // The dependent exists (looked up above), so deleting it cannot fail.
                 let _ = self.delete(&resource, &key, &request);
             }

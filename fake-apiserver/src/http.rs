@@ -52,7 +52,8 @@ struct Target {
 
 impl Target {
     fn key(&self) -> Result<ObjectKey, ApiError> {
-        let name = self.name.clone().ok_or_else(|| ApiError::new(Reason::MethodNotAllowed, "this method needs an object name in the URL"))?;
+        let name =
+            self.name.clone().ok_or_else(|| ApiError::new(Reason::MethodNotAllowed, "this method needs an object name in the URL"))?;
         Ok((self.namespace.clone().unwrap_or_default(), name))
     }
 }
@@ -64,7 +65,14 @@ enum Route {
 }
 
 /// Every request goes through here (one fallback handler, since Kubernetes URLs have many shapes).
-pub async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, Query(query): Query<HashMap<String, String>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let route = match route(&shared, uri.path()) {
         Ok(route) => route,
         Err(error) => return error_response(&error),
@@ -76,7 +84,10 @@ pub async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri,
         }
         Route::Resource(target) => target,
     };
-    let metadata_only = headers.get(header::ACCEPT).and_then(|accept| accept.to_str().ok()).is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
+    let metadata_only = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
     let is_true = |name: &str| query.get(name).is_some_and(|value| value == "true" || value == "1");
     let verb = match (&method, target.name.is_some()) {
         (&Method::GET, true) => Verb::Get,
@@ -102,7 +113,11 @@ pub async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri,
     };
     let (status, body, created_name) = match outcome {
         Ok((status, body, name)) => (status, body, name),
-        Err(error) => (StatusCode::from_u16(error.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), error.to_status().to_string().into_bytes(), None),
+        Err(error) => (
+            StatusCode::from_u16(error.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            error.to_status().to_string().into_bytes(),
+            None,
+        ),
     };
     if verb.is_write() {
         let identity = headers
@@ -150,7 +165,9 @@ fn route(shared: &Shared, path: &str) -> Result<Route, ApiError> {
                     entry["apiVersion"] = json!("v1");
                     Route::Discovery(entry)
                 })
-                .ok_or_else(|| ApiError::new(Reason::NotFound, format!("the server could not find the requested resource (group {group})")));
+                .ok_or_else(|| {
+                    ApiError::new(Reason::NotFound, format!("the server could not find the requested resource (group {group})"))
+                });
         }
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
@@ -167,7 +184,9 @@ fn route(shared: &Shared, path: &str) -> Result<Route, ApiError> {
             return Err(ApiError::new(Reason::NotFound, format!("the server could not find the requested resource ({path})")));
         }
         let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-        return Ok(Route::Discovery(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})));
+        return Ok(Route::Discovery(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+        ));
     }
     let lookup = |plural: &str| {
         registry
@@ -177,8 +196,13 @@ fn route(shared: &Shared, path: &str) -> Result<Route, ApiError> {
     };
     let target = |resource: ResourceType, namespace: Option<&str>, name: Option<&str>, subresource: Option<&str>| match subresource {
         None => Ok(Target { resource, namespace: namespace.map(str::to_string), name: name.map(str::to_string), scope: Scope::Main }),
-        Some("status") if resource.has_status => Ok(Target { resource, namespace: namespace.map(str::to_string), name: name.map(str::to_string), scope: Scope::Status }),
-        Some(other) => Err(ApiError::new(Reason::NotFound, format!("the server could not find the requested resource ({} subresource {other})", resource.plural))),
+        Some("status") if resource.has_status => {
+            Ok(Target { resource, namespace: namespace.map(str::to_string), name: name.map(str::to_string), scope: Scope::Status })
+        }
+        Some(other) => Err(ApiError::new(
+            Reason::NotFound,
+            format!("the server could not find the requested resource ({} subresource {other})", resource.plural),
+        )),
     };
     // `namespaces/x` is the Namespace x; `namespaces/x/plural/...` is inside namespace x.
     let addressed = match rest {
@@ -200,7 +224,10 @@ fn route(shared: &Shared, path: &str) -> Result<Route, ApiError> {
         _ => Err(ApiError::new(Reason::NotFound, format!("the server could not find the requested resource ({path})"))),
     }?;
     if addressed.name.is_some() && addressed.resource.namespaced && addressed.namespace.is_none() {
-        return Err(ApiError::new(Reason::NotFound, format!("{} is namespaced: the URL needs namespaces/<namespace> ({path})", qualified(&addressed.resource))));
+        return Err(ApiError::new(
+            Reason::NotFound,
+            format!("{} is namespaced: the URL needs namespaces/<namespace> ({path})", qualified(&addressed.resource)),
+        ));
     }
     Ok(Route::Resource(addressed))
 }
@@ -224,7 +251,8 @@ fn group_list(resources: &[ResourceType]) -> Value {
     let groups: Vec<Value> = groups
         .into_iter()
         .map(|(name, versions)| {
-            let versions: Vec<Value> = versions.iter().map(|version| json!({"groupVersion": format!("{name}/{version}"), "version": version})).collect();
+            let versions: Vec<Value> =
+                versions.iter().map(|version| json!({"groupVersion": format!("{name}/{version}"), "version": version})).collect();
             json!({"name": name, "versions": versions, "preferredVersion": versions[0]})
         })
         .collect();
@@ -249,7 +277,8 @@ fn selection(target: &Target, query: &HashMap<String, String>) -> Result<Selecti
 fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>, metadata_only: bool) -> Outcome {
     let selection = selection(target, query)?;
     let limit = match query.get("limit") {
-        Some(limit) => Some(limit.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit must be a number, not {limit:?}")))?).filter(|limit| *limit > 0),
+        Some(limit) => Some(limit.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit must be a number, not {limit:?}")))?)
+            .filter(|limit| *limit > 0),
         None => None,
     };
     let page = {
@@ -270,7 +299,9 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>, metad
         metadata["continue"] = json!(token);
     }
     let mut body = Vec::with_capacity(page.items.len() * 1024 + 256);
-    body.extend_from_slice(format!("{{\"apiVersion\":\"{api_version}\",\"kind\":\"{kind}\",\"metadata\":{metadata},\"items\":[").as_bytes());
+    body.extend_from_slice(
+        format!("{{\"apiVersion\":\"{api_version}\",\"kind\":\"{kind}\",\"metadata\":{metadata},\"items\":[").as_bytes(),
+    );
     for (index, item) in page.items.iter().enumerate() {
         if index > 0 {
             body.push(b',');
@@ -285,7 +316,8 @@ fn write(shared: &Shared, target: &Target, verb: Verb, query: &HashMap<String, S
     if query.get("dryRun").is_some() {
         return Err(ApiError::bad_request("dryRun is not supported by this test server"));
     }
-    let parse_body = || serde_json::from_slice::<Value>(body).map_err(|error| ApiError::bad_request(format!("the request body is not JSON: {error}")));
+    let parse_body =
+        || serde_json::from_slice::<Value>(body).map_err(|error| ApiError::bad_request(format!("the request body is not JSON: {error}")));
     let mut store = shared.store();
     let object = match verb {
         Verb::Create => {
@@ -302,22 +334,34 @@ fn write(shared: &Shared, target: &Target, verb: Verb, query: &HashMap<String, S
             let kind = PatchKind::from_content_type(content_type)?;
             let force = query.get("force").is_some_and(|value| value == "true");
             if force && kind != PatchKind::Apply {
-                return Err(ApiError::new(Reason::Invalid, "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch"));
+                return Err(ApiError::new(
+                    Reason::Invalid,
+                    "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+                ));
             }
             let key = target.key()?;
             let existed = store.object(&target.resource, &key).is_some();
-            let request = PatchRequest { kind, body, scope: target.scope, field_manager: query.get("fieldManager").map(String::as_str), force };
+            let request =
+                PatchRequest { kind, body, scope: target.scope, field_manager: query.get("fieldManager").map(String::as_str), force };
             let patched = store.patch(&target.resource, &key, &request)?;
             let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
             return Ok((status, serde_json::to_vec(&*patched).unwrap_or_default(), None));
         }
         Verb::Delete => {
             let options: Value = if body.is_empty() { json!({}) } else { parse_body()? };
-            let policy = query.get("propagationPolicy").map(String::as_str).or_else(|| options.get("propagationPolicy").and_then(Value::as_str));
+            let policy =
+                query.get("propagationPolicy").map(String::as_str).or_else(|| options.get("propagationPolicy").and_then(Value::as_str));
             let request = DeleteRequest {
-                propagation: if policy == Some("Orphan") || options.get("orphanDependents") == Some(&json!(true)) { Propagation::Orphan } else { Propagation::Background },
+                propagation: if policy == Some("Orphan") || options.get("orphanDependents") == Some(&json!(true)) {
+                    Propagation::Orphan
+                } else {
+                    Propagation::Background
+                },
                 precondition_uid: options.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-                precondition_resource_version: options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
+                precondition_resource_version: options
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             };
             return match store.delete(&target.resource, &target.key()?, &request)? {
                 Deleted::Pending(object) => Ok((StatusCode::OK, serde_json::to_vec(&*object).unwrap_or_default(), None)),
@@ -356,7 +400,10 @@ fn watch(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, m
     let start = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => WatchStart::CurrentState { initial_events_end: streaming_list },
         Some(_) if streaming_list => {
-            return error_response(&ApiError::new(Reason::Invalid, "sendInitialEvents is only supported with resourceVersion \"\" or \"0\" in this test server"));
+            return error_response(&ApiError::new(
+                Reason::Invalid,
+                "sendInitialEvents is only supported with resourceVersion \"\" or \"0\" in this test server",
+            ));
         }
         Some(version) => match version.parse() {
             Ok(version) => WatchStart::After(version),
@@ -387,6 +434,9 @@ fn watch(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, m
         .body(body)
         .unwrap_or_else(|_| error_response(&ApiError::bad_request("could not build the watch response")))
 }
+
+/// The most bytes of queued events sent as one chunk.
+const MAX_CHUNK: usize = 1 << 20;
 
 struct WatchStream {
     shared: Arc<Shared>,
@@ -429,9 +479,24 @@ impl WatchStream {
             };
             match wake {
                 Wake::Frame(frame) => {
-                    let frame = frame?;
-                    self.finished = matches!(frame, Frame::Error(_));
-                    return Some(Bytes::from(watch::encode(&frame, &self.resource, self.metadata_only)));
+                    let mut frame = frame?;
+                    // Frames already queued go out in one chunk (a 30 000-object initial state is one burst).
+                    let mut chunk = Vec::new();
+                    loop {
+                        chunk.extend_from_slice(&watch::encode(&frame, &self.resource, self.metadata_only));
+                        if matches!(frame, Frame::Error(_)) {
+                            self.finished = true;
+                            break;
+                        }
+                        if chunk.len() >= MAX_CHUNK {
+                            break;
+                        }
+                        match self.receiver.try_recv() {
+                            Ok(next) => frame = next,
+                            Err(_) => break,
+                        }
+                    }
+                    return Some(Bytes::from(chunk));
                 }
                 Wake::Bookmark => self.shared.store().bookmark(&self.sender),
                 Wake::End => return None,
@@ -449,5 +514,8 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 fn error_response(error: &ApiError) -> Response {
-    json_response(StatusCode::from_u16(error.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), error.to_status().to_string().into_bytes())
+    json_response(
+        StatusCode::from_u16(error.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        error.to_status().to_string().into_bytes(),
+    )
 }

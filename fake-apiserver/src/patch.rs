@@ -29,7 +29,12 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
             "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(PatchKind::Apply),
-            other => Err(ApiError::new(Reason::UnsupportedMediaType, format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"))),
+            other => Err(ApiError::new(
+                Reason::UnsupportedMediaType,
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
+                ),
+            )),
         }
     }
 }
@@ -71,7 +76,8 @@ fn parse(body: &[u8]) -> Result<Value, ApiError> {
 pub fn parse_apply_config(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
-        Err(_) => serde_yaml::from_slice(body).map_err(|error| ApiError::bad_request(format!("the apply configuration is neither JSON nor YAML: {error}")))?,
+        Err(_) => serde_yaml::from_slice(body)
+            .map_err(|error| ApiError::bad_request(format!("the apply configuration is neither JSON nor YAML: {error}")))?,
     };
     if !value.is_object() {
         return Err(ApiError::bad_request("an apply configuration must be an object"));

@@ -88,7 +88,8 @@ impl ResourceType {
     /// the list types of its schema.
     pub fn from_crd(crd: &Value) -> Result<ResourceType, String> {
         let spec = crd.get("spec").ok_or("the CRD has no spec")?;
-        let text = |value: Option<&Value>, what: &str| value.and_then(Value::as_str).map(str::to_string).ok_or(format!("the CRD has no {what}"));
+        let text =
+            |value: Option<&Value>, what: &str| value.and_then(Value::as_str).map(str::to_string).ok_or(format!("the CRD has no {what}"));
         let group = text(spec.get("group"), "spec.group")?;
         let kind = text(spec.pointer("/names/kind"), "spec.names.kind")?;
         let plural = text(spec.pointer("/names/plural"), "spec.names.plural")?;
@@ -186,11 +187,9 @@ pub(crate) fn default_resources() -> Vec<ResourceType> {
         ("coordination.k8s.io", "v1", "Lease", "leases", true, false),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, true),
     ];
-    resources.extend(
-        builtin
-            .into_iter()
-            .map(|(group, version, kind, plural, namespaced, has_status)| ResourceType::new(group, version, kind, plural, namespaced, has_status)),
-    );
+    resources.extend(builtin.into_iter().map(|(group, version, kind, plural, namespaced, has_status)| {
+        ResourceType::new(group, version, kind, plural, namespaced, has_status)
+    }));
     resources
 }
 

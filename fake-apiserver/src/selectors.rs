@@ -113,7 +113,9 @@ impl FieldSelector {
             } else if let Some((field, value)) = clause.split_once("==").or_else(|| clause.split_once('=')) {
                 (field, value, true)
             } else {
-                return Err(ApiError::bad_request(format!("invalid field selector clause {clause:?}: expected field=value or field!=value")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector clause {clause:?}: expected field=value or field!=value"
+                )));
             };
             let pointer = format!("/{}", field.trim().replace('.', "/"));
             requirements.push(FieldRequirement { pointer, value: value.trim().to_string(), equal });

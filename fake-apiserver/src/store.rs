@@ -111,7 +111,13 @@ impl Store {
     }
 
     /// One page of the objects `selection` selects, in namespace/name order.
-    pub fn list(&self, resource: &ResourceType, selection: &Selection, limit: Option<usize>, continue_token: Option<&str>) -> Result<ListPage, ApiError> {
+    pub fn list(
+        &self,
+        resource: &ResourceType,
+        selection: &Selection,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage, ApiError> {
         let (resource_version, start) = match continue_token {
             Some(token) => {
                 let (version, key) = parse_continue(token)?;
@@ -140,7 +146,13 @@ impl Store {
 
     /// POST: stores a new object. `keep_status` is for seeding through the library (a request's status is
     /// dropped when the resource has a status subresource).
-    pub fn create(&mut self, resource: &ResourceType, namespace: Option<&str>, mut object: Value, keep_status: bool) -> Result<Arc<Value>, ApiError> {
+    pub fn create(
+        &mut self,
+        resource: &ResourceType,
+        namespace: Option<&str>,
+        mut object: Value,
+        keep_status: bool,
+    ) -> Result<Arc<Value>, ApiError> {
         check_type(resource, &object)?;
         let Some(fields) = object.as_object_mut() else { return Err(ApiError::bad_request("the request body is not a JSON object")) };
         fields.insert("apiVersion".into(), json!(resource.api_version()));
@@ -196,7 +208,12 @@ impl Store {
                 return Err(ApiError::stale(resource, &key.1));
             }
             None if resource.custom => {
-                return Err(ApiError::invalid(resource, &key.1, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update"));
+                return Err(ApiError::invalid(
+                    resource,
+                    &key.1,
+                    "metadata.resourceVersion",
+                    "Invalid value: 0x0: must be specified for an update",
+                ));
             }
             _ => {}
         }
@@ -225,10 +242,15 @@ impl Store {
 
     fn apply(&mut self, resource: &ResourceType, key: &ObjectKey, request: &PatchRequest) -> Result<Arc<Value>, ApiError> {
         let manager = request.field_manager.filter(|manager| !manager.is_empty()).ok_or_else(|| {
-            ApiError::new(Reason::Invalid, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
+            ApiError::new(
+                Reason::Invalid,
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            )
         })?;
         let config = patch::parse_apply_config(request.body)?;
-        if config.get("apiVersion").and_then(Value::as_str) != Some(&resource.api_version()) || config.get("kind").and_then(Value::as_str) != Some(&resource.kind) {
+        if config.get("apiVersion").and_then(Value::as_str) != Some(&resource.api_version())
+            || config.get("kind").and_then(Value::as_str) != Some(&resource.kind)
+        {
             return Err(ApiError::bad_request(format!(
                 "the apply configuration must have apiVersion {} and kind {}",
                 resource.api_version(),
@@ -268,7 +290,14 @@ impl Store {
 
     /// The common end of PUT and PATCH: keeps what the client may not change, bumps `generation`, skips
     /// no-op writes, and removes an object whose deletion waited only for its last finalizer.
-    fn replace(&mut self, resource: &ResourceType, key: &ObjectKey, live: &Value, mut object: Value, scope: Scope) -> Result<Arc<Value>, ApiError> {
+    fn replace(
+        &mut self,
+        resource: &ResourceType,
+        key: &ObjectKey,
+        live: &Value,
+        mut object: Value,
+        scope: Scope,
+    ) -> Result<Arc<Value>, ApiError> {
         match scope {
             Scope::Status => {
                 let status = object.get("status").cloned();
@@ -327,13 +356,20 @@ impl Store {
         let live = self.get(resource, key)?;
         let uid = live.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
         if request.precondition_uid.as_ref().is_some_and(|wanted| *wanted != uid)
-            || request.precondition_resource_version.as_ref().is_some_and(|wanted| Some(wanted.as_str()) != live.pointer("/metadata/resourceVersion").and_then(Value::as_str))
+            || request
+                .precondition_resource_version
+                .as_ref()
+                .is_some_and(|wanted| Some(wanted.as_str()) != live.pointer("/metadata/resourceVersion").and_then(Value::as_str))
         {
             return Err(ApiError::about(
                 Reason::Conflict,
                 resource,
                 &key.1,
-                format!("Precondition failed for {} \"{}\": the uid or resourceVersion in the delete options does not match the object", status::qualified(resource), key.1),
+                format!(
+                    "Precondition failed for {} \"{}\": the uid or resourceVersion in the delete options does not match the object",
+                    status::qualified(resource),
+                    key.1
+                ),
             ));
         }
         if request.propagation == Propagation::Orphan {
@@ -381,7 +417,8 @@ impl Store {
         let uid = removed.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
         self.by_uid.remove(&uid);
         self.index_owners(&resource_key, key, Some(&removed), None);
-        let change = Change { resource_version: self.revision, event_type: EventType::Deleted, object: last_state.clone(), previous: Some(removed) };
+        let change =
+            Change { resource_version: self.revision, event_type: EventType::Deleted, object: last_state.clone(), previous: Some(removed) };
         self.publish(&resource_key, change);
         self.collect_dependents(&uid);
         Some(last_state)

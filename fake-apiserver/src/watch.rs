@@ -44,7 +44,10 @@ pub struct Change {
 pub enum Frame {
     Event(EventType, Arc<Value>),
     /// A BOOKMARK at this resourceVersion; `initial_events_end` marks the end of a streaming list.
-    Bookmark { resource_version: u64, initial_events_end: bool },
+    Bookmark {
+        resource_version: u64,
+        initial_events_end: bool,
+    },
     /// An ERROR event (such as 410 Expired); the stream ends after it.
     Error(Value),
 }
@@ -96,7 +99,12 @@ pub enum WatchStart {
 impl Store {
     /// Registers a watch. The replayed events and the registration happen under the store lock, so the
     /// stream has neither gaps nor duplicates. The sender is returned for bookmarks.
-    pub(crate) fn watch(&mut self, resource: &ResourceType, selection: Selection, start: WatchStart) -> (UnboundedSender<Frame>, UnboundedReceiver<Frame>) {
+    pub(crate) fn watch(
+        &mut self,
+        resource: &ResourceType,
+        selection: Selection,
+        start: WatchStart,
+    ) -> (UnboundedSender<Frame>, UnboundedReceiver<Frame>) {
         let (sender, receiver) = unbounded_channel();
         let revision = self.revision;
         let table = self.tables.entry(resource_key(resource)).or_default();
@@ -150,7 +158,8 @@ pub fn encode(frame: &Frame, resource: &ResourceType, metadata_only: bool) -> Ve
             if *initial_events_end {
                 metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            let event = json!({"type": "BOOKMARK", "object": {"apiVersion": resource.api_version(), "kind": resource.kind, "metadata": metadata}});
+            let event =
+                json!({"type": "BOOKMARK", "object": {"apiVersion": resource.api_version(), "kind": resource.kind, "metadata": metadata}});
             line.extend_from_slice(event.to_string().as_bytes());
         }
         Frame::Error(status) => line.extend_from_slice(json!({"type": "ERROR", "object": status}).to_string().as_bytes()),

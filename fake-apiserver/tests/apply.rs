@@ -57,14 +57,16 @@ async fn apply_keeps_fields_of_other_managers_and_reports_conflicts() {
     api.patch("sep1", &PatchParams::apply("labeller"), &Patch::Apply(&label)).await.unwrap();
 
     // The other manager now sets the operator's field to another value: 409 listing the conflict.
-    let takeover = json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": "sep1"}, "spec": {"description": "hall"}});
+    let takeover =
+        json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": "sep1"}, "spec": {"description": "hall"}});
     let conflict = api.patch("sep1", &PatchParams::apply("labeller"), &Patch::Apply(&takeover)).await;
     let Err(kube::Error::Api(status)) = conflict else { panic!("expected a conflict, got {conflict:?}") };
     assert_eq!(status.code, 409);
     assert!(status.message.contains("conflict with \"operator\"") && status.message.contains(".spec.description"), "{}", status.message);
 
     // The same value is shared ownership, not a conflict.
-    let same = json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": "sep1"}, "spec": {"description": "lobby"}});
+    let same =
+        json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": "sep1"}, "spec": {"description": "lobby"}});
     api.patch("sep1", &PatchParams::apply("labeller"), &Patch::Apply(&same)).await.unwrap();
 
     // Forced, the field changes hands.
@@ -116,7 +118,11 @@ async fn status_apply_changes_only_status() {
     let stored = server.get("callguard.io/v1alpha1", "Phone", Some("default"), "sep1").unwrap();
     let entry = managed_entry(&stored, "operator-status").unwrap();
     assert_eq!(entry["subresource"], "status");
-    assert_eq!(entry["fieldsV1"]["f:status"]["f:conditions"]["k:{\"type\":\"Ready\"}"]["."], json!({}), "conditions are a map keyed by type");
+    assert_eq!(
+        entry["fieldsV1"]["f:status"]["f:conditions"]["k:{\"type\":\"Ready\"}"]["."],
+        json!({}),
+        "conditions are a map keyed by type"
+    );
 
     // A main-resource apply ignores status.
     let mut main = phone_json("sep1", "8845");
@@ -125,7 +131,8 @@ async fn status_apply_changes_only_status() {
     assert_eq!(main_after.data["status"]["lscState"], "Installed");
 
     // Dropping a condition from the status apply removes it.
-    let cleared = json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": "sep1"}, "status": {"lscState": "Installed"}});
+    let cleared =
+        json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": "sep1"}, "status": {"lscState": "Installed"}});
     let cleared = api.patch_status("sep1", &PatchParams::apply("operator-status"), &Patch::Apply(&cleared)).await.unwrap();
     assert!(cleared.data["status"]["conditions"].as_array().is_none_or(|conditions| conditions.is_empty()));
 }
@@ -140,8 +147,12 @@ async fn apply_merges_containers_by_name() {
             "template": {"metadata": {"labels": {"app": "tftp"}}, "spec": {"containers": containers}},
         }})
     };
-    api.patch("tftp", &PatchParams::apply("operator"), &Patch::Apply(deployment(json!([{"name": "server", "image": "tftp:1"}])))).await.unwrap();
-    api.patch("tftp", &PatchParams::apply("sidecar-injector"), &Patch::Apply(deployment(json!([{"name": "proxy", "image": "proxy:1"}])))).await.unwrap();
+    api.patch("tftp", &PatchParams::apply("operator"), &Patch::Apply(deployment(json!([{"name": "server", "image": "tftp:1"}]))))
+        .await
+        .unwrap();
+    api.patch("tftp", &PatchParams::apply("sidecar-injector"), &Patch::Apply(deployment(json!([{"name": "proxy", "image": "proxy:1"}]))))
+        .await
+        .unwrap();
     let both = api.get("tftp").await.unwrap();
     let names: Vec<_> = both.spec.template.spec.unwrap().containers.into_iter().map(|container| container.name).collect();
     assert_eq!(names, ["server", "proxy"], "each manager owns its own container");
@@ -155,7 +166,8 @@ async fn merge_json_and_strategic_patches() {
     labelled.metadata.labels = Some([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into());
     api.create(&PostParams::default(), &labelled).await.unwrap();
 
-    let merged = api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": null, "c": "3"}}}))).await.unwrap();
+    let merged =
+        api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": null, "c": "3"}}}))).await.unwrap();
     let labels = merged.metadata.labels.unwrap();
     assert_eq!(labels.keys().collect::<Vec<_>>(), ["b", "c"]);
 

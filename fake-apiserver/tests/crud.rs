@@ -160,7 +160,8 @@ async fn label_and_field_selectors_filter_lists() {
     let other: Api<ConfigMap> = Api::namespaced(server.client(), "other");
     other.create(&PostParams::default(), &config_map("d", json!({"tier": "edge"}))).await.unwrap();
 
-    let names = |list: kube::core::ObjectList<ConfigMap>| list.items.into_iter().map(|item| item.metadata.name.unwrap()).collect::<Vec<_>>();
+    let names =
+        |list: kube::core::ObjectList<ConfigMap>| list.items.into_iter().map(|item| item.metadata.name.unwrap()).collect::<Vec<_>>();
     assert_eq!(names(api.list(&ListParams::default().labels("tier=edge")).await.unwrap()), ["a"]);
     assert_eq!(names(api.list(&ListParams::default().labels("tier in (edge,core)")).await.unwrap()), ["a", "b"]);
     assert_eq!(names(api.list(&ListParams::default().labels("site")).await.unwrap()), ["a"]);
@@ -193,7 +194,9 @@ async fn finalizers_hold_deletion_until_removed() {
     let still_there = api.get("sep1").await.unwrap();
     assert!(still_there.metadata.deletion_timestamp.is_some());
 
-    let adding = api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["callguard.io/cleanup", "other"]}}))).await;
+    let adding = api
+        .patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["callguard.io/cleanup", "other"]}})))
+        .await;
     assert_eq!(api_code(adding), 422, "no new finalizers on an object being deleted");
 
     api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
@@ -207,15 +210,16 @@ async fn owner_removal_cascades_to_dependents() {
     let owners = phones(client.clone(), "default");
     let owner = owners.create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
     let other_owner = owners.create(&PostParams::default(), &phone("sep2", "8845")).await.unwrap();
-    let reference = |object: &kube::api::DynamicObject| {
-        json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "name": object.metadata.name, "uid": object.metadata.uid})
-    };
+    let reference = |object: &kube::api::DynamicObject| json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "name": object.metadata.name, "uid": object.metadata.uid});
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let secret = |name: &str, references: serde_json::Value, finalizers: serde_json::Value| -> Secret {
         serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": references, "finalizers": finalizers}})).unwrap()
     };
     let only_owned = secrets.create(&PostParams::default(), &secret("only", json!([reference(&owner)]), json!([]))).await.unwrap();
-    secrets.create(&PostParams::default(), &secret("shared", json!([reference(&owner), reference(&other_owner)]), json!([]))).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("shared", json!([reference(&owner), reference(&other_owner)]), json!([])))
+        .await
+        .unwrap();
     secrets.create(&PostParams::default(), &secret("held", json!([reference(&owner)]), json!(["keep"]))).await.unwrap();
     // A grandchild, owned by the Secret that goes away.
     let maps: Api<ConfigMap> = Api::default_namespaced(client.clone());
@@ -236,7 +240,10 @@ async fn owner_removal_cascades_to_dependents() {
 
     let orphan = secrets.create(&PostParams::default(), &secret("orphan", json!([reference(&other_owner)]), json!([]))).await.unwrap();
     assert!(orphan.metadata.owner_references.is_some());
-    owners.delete("sep2", &DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..Default::default() }).await.unwrap();
+    owners
+        .delete("sep2", &DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..Default::default() })
+        .await
+        .unwrap();
     let orphaned = secrets.get("orphan").await.unwrap();
     assert!(orphaned.metadata.owner_references.unwrap_or_default().is_empty());
 }
@@ -259,7 +266,8 @@ async fn lease_acquire_race_has_one_winner() {
     let loser = if first.is_ok() { second } else { first };
     assert_eq!(api_code(loser), 409);
 
-    let holder = server.get("coordination.k8s.io/v1", "Lease", Some("default"), "callguard-leader").unwrap()["spec"]["holderIdentity"].clone();
+    let holder =
+        server.get("coordination.k8s.io/v1", "Lease", Some("default"), "callguard-leader").unwrap()["spec"]["holderIdentity"].clone();
     let writes = server.writes();
     let winner = writes.iter().find(|write| write.verb == Verb::Update && write.status == 200).unwrap();
     assert_eq!(Some(winner.identity.clone().unwrap()), holder.as_str().map(str::to_string));

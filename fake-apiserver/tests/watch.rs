@@ -17,7 +17,11 @@ async fn next_event<S>(stream: &mut S) -> WatchEvent<DynamicObject>
 where
     S: futures::Stream<Item = kube::Result<WatchEvent<DynamicObject>>> + Unpin,
 {
-    tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("an event within 5 s").expect("the stream is open").expect("a decodable event")
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream is open")
+        .expect("a decodable event")
 }
 
 fn describe(event: &WatchEvent<DynamicObject>) -> String {
@@ -151,8 +155,13 @@ async fn reflector_follows_changes(config: watcher::Config) {
     let converged = async {
         loop {
             let names: Vec<String> = reader.state().iter().map(|object| object.metadata.name.clone().unwrap()).collect();
-            let model = reader.find(|object| object.metadata.name.as_deref() == Some("seed-0")).map(|object| object.data["spec"]["model"].clone());
-            if names.len() == 5 && names.contains(&"new".to_string()) && !names.contains(&"seed-1".to_string()) && model == Some(json!("8865")) {
+            let model =
+                reader.find(|object| object.metadata.name.as_deref() == Some("seed-0")).map(|object| object.data["spec"]["model"].clone());
+            if names.len() == 5
+                && names.contains(&"new".to_string())
+                && !names.contains(&"seed-1".to_string())
+                && model == Some(json!("8865"))
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
