@@ -4,6 +4,21 @@
 //! status subresource, merge / JSON / strategic merge patches, server-side apply with field managers,
 //! finalizers and owner-reference garbage collection.
 //!
+//! What it approximates or leaves out (each documented where it is implemented):
+//! - no authentication or authorization: the bearer token is only recorded as the writer's identity;
+//! - no schema validation, defaulting, admission or CEL rules; no `dryRun`;
+//! - paged lists are not snapshots: later pages show the current state (the list resourceVersion is the
+//!   first page's, so a watch from it still sees every later change); `resourceVersionMatch=Exact` is
+//!   served only for the current resourceVersion (else 410);
+//! - server-side apply: only `Apply` operations take field ownership (PUT and other patches leave
+//!   `managedFields` alone); list types come from the callguard CRDs' schemas, `ownerReferences` (by uid)
+//!   and `finalizers` (set), and for built-in kinds from the usual merge keys (containers, env, volumes,
+//!   ports, conditions…); other lists are atomic;
+//! - strategic merge patch merges lists by those same keys and honours only `$patch: delete`;
+//! - garbage collection runs inside the deleting request; `Foreground` is treated as `Background`;
+//!   deleting a Namespace does not delete its contents;
+//! - the core and `events.k8s.io` Events are separate resources here.
+//!
 //! ```no_run
 //! # async fn example() {
 //! let server = fake_apiserver::FakeApiServer::start().await;

@@ -290,3 +290,25 @@ async fn discovery_lists_the_served_resources() {
     let version = server.client().apiserver_version().await.unwrap();
     assert_eq!(version.major, "1");
 }
+
+#[tokio::test]
+async fn kubeconfig_carries_url_namespace_and_identity() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let server = FakeApiServer::start().await;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig("operator-b")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.unwrap();
+    assert_eq!(config.default_namespace, "default");
+    let client = kube::Client::try_from(config).unwrap();
+    // Namespaces are cluster-scoped.
+    let namespaces: Api<Namespace> = Api::all(client);
+    let created =
+        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "voice"}})).unwrap()).await.unwrap();
+    assert!(created.metadata.namespace.is_none());
+    assert!(server.get("v1", "Namespace", None, "voice").is_some());
+    let write = server.writes().pop().unwrap();
+    assert_eq!(
+        (write.verb, write.identity.as_deref(), write.resource.as_str(), write.status),
+        (Verb::Create, Some("operator-b"), "namespaces", 201)
+    );
+    assert_eq!(write.name.as_deref(), Some("voice"));
+}
