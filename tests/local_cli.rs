@@ -37,11 +37,7 @@ impl Local {
 
     /// Runs `command` (a `callguard local`) whose TFTP server will listen on `port`.
     fn spawn(mut command: Command, port: u16) -> Local {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("callguard runs");
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("callguard runs");
         let (sender, lines) = mpsc::channel();
         for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
             let sender = sender.clone();

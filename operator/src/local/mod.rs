@@ -31,13 +31,7 @@ pub struct LocalOptions {
 
 impl LocalOptions {
     pub fn new(paths: Vec<PathBuf>) -> Self {
-        LocalOptions {
-            paths,
-            state_dir: PathBuf::from(".callguard"),
-            bind: IpAddr::from([127, 0, 0, 1]),
-            tftp_port: None,
-            namespace: None,
-        }
+        LocalOptions { paths, state_dir: PathBuf::from(".callguard"), bind: IpAddr::from([127, 0, 0, 1]), tftp_port: None, namespace: None }
     }
 }
 
@@ -112,7 +106,9 @@ async fn bind_tftp(options: &LocalOptions, files: Arc<dyn FileSource>) -> Result
     let port = options.tftp_port.unwrap_or(default_ports::TFTP);
     match bind(port).await {
         Ok(server) => Ok(server),
-        Err(TftpServerError::Bind { source, .. }) if options.tftp_port.is_none() && source.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(TftpServerError::Bind { source, .. })
+            if options.tftp_port.is_none() && source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
             println!("port {port} needs root; using {UNPRIVILEGED_TFTP_PORT} instead (--tftp-port chooses)");
             bind(UNPRIVILEGED_TFTP_PORT).await.map_err(|e| format!("cannot serve TFTP: {e}"))
         }
