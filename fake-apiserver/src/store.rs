@@ -392,6 +392,9 @@ impl Store {
 
     /// Stores `object` under a new resourceVersion, indexes it and tells the watchers.
     pub fn commit(&mut self, resource: &ResourceType, key: ObjectKey, mut object: Value, event_type: EventType) -> Arc<Value> {
+        if resource.group.is_empty() && resource.kind == "Secret" {
+            fold_string_data(&mut object);
+        }
         self.revision += 1;
         object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         let object = Arc::new(object);
@@ -572,4 +575,19 @@ pub fn now() -> String {
     let now = time::OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
     now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// A Secret's `stringData` is write-only: the API server merges it into `data`, base64-encoded,
+/// and stores no `stringData` (Secret API reference).
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(fields) = secret.as_object_mut() else { return };
+    let Some(Value::Object(string_data)) = fields.remove("stringData") else { return };
+    let data = fields.entry("data").or_insert_with(|| json!({}));
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in string_data {
+            let text = value.as_str().unwrap_or_default();
+            data.insert(key, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
 }

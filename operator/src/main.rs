@@ -76,6 +76,32 @@ enum Command {
         #[arg(long)]
         namespace: Option<String>,
     },
+    /// Run the operator: reconcile every CallControlCluster of the Kubernetes cluster (KUBECONFIG or
+    /// the pod's service account) into Secrets, trust lists, data-plane workloads and status.
+    Operator {
+        /// Where `/metrics`, `/healthz` and `/readyz` are served.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_bind: std::net::SocketAddr,
+        /// Take a Lease before writing, so that several replicas are safe.
+        #[arg(long)]
+        leader_election: bool,
+        /// Namespace of the Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// The image the data-plane pods run (the operator's own).
+        #[arg(long, default_value = concat!("ghcr.io/callguard/callguard:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// This replica's identity in the Lease and in events (default: the pod name and a random suffix).
+        #[arg(long)]
+        identity: Option<String>,
+        #[command(flatten)]
+        logging: LoggingArgs,
+    },
+    /// Run one data-plane service, as the operator's pods do.
+    Serve {
+        #[command(subcommand)]
+        service: Serve,
+    },
     /// Security tokens (SAST) that sign the CTL.
     Token {
         #[command(subcommand)]
@@ -162,6 +188,63 @@ enum Bench {
     },
 }
 
+#[derive(clap::Args)]
+struct LoggingArgs {
+    /// Log lines as JSON (for log collectors) instead of text. RUST_LOG filters them.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: callguard::ops::logging::LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Serve {
+    /// TFTP: the trust lists the operator publishes and every phone's files, signed on demand.
+    Tftp {
+        /// The CallControlCluster served.
+        #[arg(long)]
+        cluster: String,
+        /// Its namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// The TLS Secret of the TFTP certificate.
+        #[arg(long)]
+        signer_secret: String,
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// TFTP port (69, P.1-16).
+        #[arg(long, default_value_t = callguard::api::default_ports::TFTP)]
+        port: u16,
+        #[command(flatten)]
+        logging: LoggingArgs,
+    },
+}
+
+/// Runs `job` on a Tokio runtime with a Kubernetes client, logging as asked, until SIGINT or SIGTERM.
+fn with_client<F, Fut>(logging: &LoggingArgs, job: F) -> ExitCode
+where
+    F: FnOnce(kube::Client, callguard::ops::shutdown::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    if let Err(e) = callguard::ops::logging::init(tracing::level_filters::LevelFilter::INFO, logging.log_format) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let result = tokio::runtime::Runtime::new().map_err(|e| e.to_string()).and_then(|runtime| {
+        runtime.block_on(async {
+            let shutdown = callguard::ops::shutdown::Shutdown::new();
+            shutdown.trigger_on_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            let client = kube::Client::try_default().await.map_err(|e| format!("no Kubernetes API: {e}"))?;
+            job(client, shutdown).await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     restore_default_sigpipe();
     let cli = Cli::parse();
@@ -186,6 +269,14 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Operator { metrics_bind, leader_election, lease_namespace, image, identity, logging } => {
+            let options = callguard::controller::OperatorOptions { metrics_bind, leader_election, lease_namespace, image, identity };
+            with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
+        }
+        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, bind, port, logging } } => {
+            let options = callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, bind, port };
+            with_client(&logging, |client, shutdown| callguard::dataplane::tftp::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);

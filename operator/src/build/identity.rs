@@ -138,7 +138,7 @@ impl ClusterIdentity {
     }
 }
 
-fn role_file_name(role: ServerRole) -> &'static str {
+pub fn role_file_name(role: ServerRole) -> &'static str {
     match role {
         ServerRole::CallManager => "callmanager",
         ServerRole::Tftp => "tftp",

@@ -17,8 +17,6 @@ use kube::ResourceExt;
 use time::OffsetDateTime;
 
 use crate::api::{CallControlCluster, ClusterSecurityMode, SignatureHash};
-use crate::phone_config::TrustFacts;
-use crate::pki::issue::ServerRole;
 use crate::token::signing::{CtlSigningPlan, PlanCondition};
 use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
@@ -153,10 +151,7 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
     let unix_now = u32::try_from(now.unix_timestamp())
         .map_err(|_| BuildError::Cluster("the clock is outside the u32 range of TIMESTAMP (spec/04 §3.3)".into()))?;
     let rfc3339_now = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let hash = match cluster.spec.ctl.as_ref().and_then(|c| c.hash_algorithm).unwrap_or_default() {
-        SignatureHash::Sha1 => HashAlgorithm::Sha1,
-        SignatureHash::Sha512 => HashAlgorithm::Sha512,
-    };
+    let hash = signature_hash(cluster);
     let mut changes = Vec::new();
     let mut statuses = Vec::new();
     let mut trust_lists: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
@@ -177,7 +172,7 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
         now: unix_now,
     })?;
     publish(state, TrustListKind::Itl, &itl.bytes, &mut changes)?;
-    let trust_timestamp = TrustList::parse(&itl.bytes, Mode::Strict).map(|l| l.header.timestamp).unwrap_or(unix_now);
+    let itl_list = TrustList::parse(&itl.bytes, Mode::Strict).map_err(|e| BuildError::Trust(format!("the ITL just built: {e}")))?;
     trust_lists.insert(TrustListKind::Itl.filename().into(), Arc::from(itl.bytes));
 
     // The CTL, in mixed mode only, signed by a token (Chapter 3).
@@ -215,17 +210,7 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
     statuses.push(cluster_status);
 
     // Phones: resolved now for their status, signed by the TFTP certificate when first fetched.
-    let signing = Signing {
-        signer: tftp,
-        hash,
-        timestamp: trust_timestamp,
-        trust: TrustFacts {
-            has_call_manager_record: identity
-                .functions
-                .iter()
-                .any(|f| matches!(f.role, ServerRole::CallManager | ServerRole::CallManagerAndTftp)),
-        },
-    };
+    let signing = Signing::from_itl(tftp, hash, &itl_list);
     let mut certificates = HashMap::new();
     for phone in snapshot.phones.values() {
         let device = phone.spec.device_name();
@@ -238,6 +223,14 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
     let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
     state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
     Ok(BuildOutput { served: ServedFiles::new(trust_lists, phones), changes, statuses })
+}
+
+/// The hash of every signature of the cluster's files (spec/04 §3.3): SHA-1 unless the CTL settings ask for SHA-512.
+pub fn signature_hash(cluster: &CallControlCluster) -> HashAlgorithm {
+    match cluster.spec.ctl.as_ref().and_then(|c| c.hash_algorithm).unwrap_or_default() {
+        SignatureHash::Sha1 => HashAlgorithm::Sha1,
+        SignatureHash::Sha512 => HashAlgorithm::Sha512,
+    }
 }
 
 fn token_status(name: &str, token: &crate::api::SecurityToken, status: &crate::api::SecurityTokenStatus) -> ResourceStatus {

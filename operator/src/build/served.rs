@@ -29,6 +29,14 @@ pub struct Signing {
 }
 
 impl Signing {
+    /// Signing with `signer` under the cluster's `itl`: its timestamp, and whether it lists a
+    /// CallManager (spec/04 §6.1).
+    pub fn from_itl(signer: Signer, hash: HashAlgorithm, itl: &crate::trust::TrustList) -> Self {
+        use crate::trust::Role;
+        let has_call_manager_record = itl.records.iter().any(|r| matches!(r.role, Role::Ccm | Role::CcmTftp));
+        Signing { signer, hash, timestamp: itl.header.timestamp, trust: TrustFacts { has_call_manager_record } }
+    }
+
     /// A digest of the signer's certificate, the hash and the timestamp: part of every cache key.
     fn identity(&self) -> [u8; 32] {
         let mut digest = Sha256::new();

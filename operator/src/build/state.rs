@@ -3,14 +3,24 @@
 //!
 //! Writes are atomic (write to a temporary file, then rename) so that an interrupted run never
 //! leaves half a key behind. Private keys are created with mode 0600.
+//!
+//! The operator keeps the same state in Secrets and ConfigMaps: it loads them into an in-memory
+//! state, builds, and applies what the build wrote (`StateDir::in_memory`, `StateDir::files`).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// State files by name, with their sensitivity.
+pub type StateFiles = BTreeMap<String, (Vec<u8>, Sensitivity)>;
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Set for an in-memory state: every read and write goes here instead of `root`.
+    memory: Option<Arc<Mutex<StateFiles>>>,
 }
 
 /// Whether a file holds secret material.
@@ -26,7 +36,17 @@ impl StateDir {
     pub fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         set_mode(root, 0o700)?;
-        Ok(StateDir { root: root.to_path_buf() })
+        Ok(StateDir { root: root.to_path_buf(), memory: None })
+    }
+
+    /// A state held in memory, starting with `files`.
+    pub fn in_memory(files: StateFiles) -> Self {
+        StateDir { root: PathBuf::new(), memory: Some(Arc::new(Mutex::new(files))) }
+    }
+
+    /// Every file of an in-memory state (empty for a directory).
+    pub fn files(&self) -> StateFiles {
+        self.memory.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
     }
 
     pub fn root(&self) -> &Path {
@@ -39,6 +59,9 @@ impl StateDir {
 
     /// The file's bytes, or `None` when it does not exist.
     pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        if let Some(memory) = &self.memory {
+            return Ok(memory.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|(bytes, _)| bytes.clone()));
+        }
         match fs::read(self.path(name)) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -54,6 +77,10 @@ impl StateDir {
 
     /// Writes atomically; an unchanged file is left alone so its modification time tells when it last changed.
     pub fn write(&self, name: &str, bytes: &[u8], sensitivity: Sensitivity) -> io::Result<()> {
+        if let Some(memory) = &self.memory {
+            memory.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (bytes.to_vec(), sensitivity));
+            return Ok(());
+        }
         let target = self.path(name);
         if fs::read(&target).is_ok_and(|old| old == bytes) {
             return Ok(());
