@@ -1,0 +1,102 @@
+//! `cargo bench --bench reconcile [-- PHONES]`: a cluster of 30,000 phones (DESIGN: a CallManager
+//! cluster's size) reconciled by the real `callguard operator` process against the in-process API
+//! server, from cold (no CA, no trust list, no status) to every object's status written. Prints the
+//! time, the API requests, and the operator's peak resident memory (its `ru_maxrss`).
+//!
+//! There is no peer to compare with: the target is absolute, as the issue sets it.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApiServer;
+use serde_json::json;
+
+const NAMESPACE: &str = "default";
+
+fn main() {
+    let phones: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    if let Err(e) = runtime.block_on(run(phones)) {
+        eprintln!("bench reconcile: {e}");
+        std::process::exit(2);
+    }
+}
+
+async fn run(phones: usize) -> Result<(), String> {
+    let server = FakeApiServer::start().await;
+    let yaml = callguard::bench::namespace_yaml(phones);
+    let documents = callguard::manifest::parse_documents(std::path::Path::new("bench.yaml"), yaml.as_bytes()).map_err(|e| e.to_string())?;
+    let objects = documents.len();
+    let with_status = documents.iter().filter(|d| d.value["apiVersion"].as_str().is_some_and(|v| v.starts_with("callguard.io/"))).count();
+    for document in documents {
+        let mut value = document.value;
+        value["metadata"]["namespace"] = json!(NAMESPACE);
+        server.insert(value).map_err(|e| format!("{e:?}"))?;
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig("operator")).map_err(|e| e.to_string())?;
+    println!("bench reconcile: {phones} phones, {objects} objects in the in-process API server");
+
+    let started = Instant::now();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["operator", "--metrics-bind", "127.0.0.1:0", "--identity", "bench"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run callguard operator: {e}"))?;
+
+    // Done when every Callguard object has a status for its generation.
+    let kinds = ["CallControlCluster", "SecurityToken", "PhoneSecurityProfile", "Phone", "EndUser"];
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let elapsed = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status_writes = server.writes().iter().filter(|w| w.subresource.as_deref() == Some("status")).count();
+        if status_writes >= with_status {
+            let pending: usize = kinds
+                .iter()
+                .map(|kind| {
+                    server
+                        .list("callguard.io/v1alpha1", kind, Some(NAMESPACE))
+                        .iter()
+                        .filter(|o| {
+                            o["status"]["observedGeneration"] != o["metadata"]["generation"]
+                                || o["status"]["conditions"].as_array().is_none()
+                        })
+                        .count()
+                })
+                .sum();
+            if pending == 0 {
+                break started.elapsed();
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = operator.kill();
+            return Err(format!("no full status after 600 s ({status_writes} status writes)"));
+        }
+        if let Ok(Some(status)) = operator.try_wait() {
+            return Err(format!("the operator exited with {status}"));
+        }
+    };
+    let ready = server
+        .list("callguard.io/v1alpha1", "Phone", Some(NAMESPACE))
+        .iter()
+        .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .count();
+    let requests: u64 = server.request_counts().values().sum();
+    // SIGTERM, then the peak resident set of the process from the kernel.
+    // SAFETY: kill and wait4 on our own child's pid; rusage is plain data the kernel fills.
+    let peak_kib = unsafe {
+        libc::kill(operator.id() as libc::pid_t, libc::SIGTERM);
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(operator.id() as libc::pid_t, &mut status, 0, &mut usage);
+        usage.ru_maxrss
+    };
+    println!("  cold to every status written: {elapsed:>8.2?}");
+    println!("  phones Ready:                 {ready:>8} of {phones}");
+    println!("  API requests:                 {requests:>8}");
+    println!("  operator peak memory (RSS):   {:>8.1} MiB", peak_kib as f64 / 1024.0);
+    Ok(())
+}
