@@ -213,6 +213,9 @@ enum Serve {
         /// TFTP port (69, P.1-16).
         #[arg(long, default_value_t = callguard::api::default_ports::TFTP)]
         port: u16,
+        /// Where `/metrics` (requests, bytes, errors by kind), `/healthz` and `/readyz` are served.
+        #[arg(long)]
+        metrics_bind: Option<std::net::SocketAddr>,
         #[command(flatten)]
         logging: LoggingArgs,
     },
@@ -274,8 +277,8 @@ fn main() -> ExitCode {
             let options = callguard::controller::OperatorOptions { metrics_bind, leader_election, lease_namespace, image, identity };
             with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
         }
-        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, bind, port, logging } } => {
-            let options = callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, bind, port };
+        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, bind, port, metrics_bind, logging } } => {
+            let options = callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, bind, port, metrics_bind };
             with_client(&logging, |client, shutdown| callguard::dataplane::tftp::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {

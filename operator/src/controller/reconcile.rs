@@ -119,6 +119,22 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let namespace = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
     let objects = NamespaceObjects::read(client, &namespace).await?;
+    // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
+    let observed = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
+    if observed != cluster.metadata.generation {
+        let wanted = vec![
+            Wanted::new(
+                "Ready",
+                false,
+                "Reconciling",
+                format!("reconciling generation {}", cluster.metadata.generation.unwrap_or_default()),
+            ),
+            Wanted::new("Reconciling", true, "Progressing", "validating, building and applying"),
+            Wanted::new("Stalled", false, "Valid", ""),
+        ];
+        let update = StatusUpdate { kind: Kind::CallControlCluster, name: name.clone(), wanted, extra: Default::default() };
+        write_statuses(context, &objects, vec![update]).await?;
+    }
 
     // Validate exactly as `callguard validate` does.
     let documents = objects.documents();

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -51,6 +51,21 @@ impl DataPlaneService {
                 vec![("tftp".to_owned(), i32::from(port), "UDP")]
             }
         }
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz` of a data-plane pod.
+const METRICS_PORT: i32 = 8080;
+
+fn http_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
     }
 }
 
@@ -106,6 +121,8 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
                 "0.0.0.0",
                 "--port",
                 &ports[0].1.to_string(),
+                "--metrics-bind",
+                &format!("0.0.0.0:{METRICS_PORT}"),
             ]
             .map(String::from)
             .to_vec(),
@@ -130,8 +147,11 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
                     protocol: Some((*protocol).to_owned()),
                     ..ContainerPort::default()
                 })
+                .chain([ContainerPort { name: Some("metrics".into()), container_port: METRICS_PORT, ..ContainerPort::default() }])
                 .collect(),
         ),
+        liveness_probe: Some(http_probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz")),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -239,6 +259,9 @@ mod tests {
                 && args.windows(2).any(|w| w == ["--signer-secret", "lab-cm1-callmanager-tftp"])
         );
         assert_eq!(container.image.as_deref(), Some("callguard:1"));
+        assert!(args.windows(2).any(|w| w == ["--metrics-bind", "0.0.0.0:8080"]), "the TFTP counters are scraped");
+        let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|g| g.path.clone());
+        assert_eq!(probe, Some(Some("/readyz".to_owned())));
         assert_eq!(pod.metadata.unwrap().annotations.unwrap()[labels::CONTENT_HASH], "abc");
         let port = &w.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
         assert_eq!((port.port, port.protocol.as_deref()), (6969, Some("UDP")));

@@ -22,6 +22,8 @@ use crate::api::{CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SrstR
 use crate::build::served::{PhoneRenderer, ServedFiles, Signing};
 use crate::build::signature_hash;
 use crate::controller::labels;
+use crate::ops::http::Health;
+use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::tftp::{ServerConfig, SwappableSource, TftpServer};
 use crate::trust::{Mode, Signer, TrustList, TrustListKind};
@@ -38,6 +40,8 @@ pub struct ServeTftpOptions {
     pub signer_secret: String,
     pub bind: IpAddr,
     pub port: u16,
+    /// Where `/metrics` (the TFTP counters), `/healthz` and `/readyz` are served.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// What the pod watches, each as a reflector store.
@@ -170,6 +174,13 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     let server =
         TftpServer::bind(ServerConfig { bind: address, ..ServerConfig::default() }, files.clone()).await.map_err(|e| e.to_string())?;
     let bound = server.local_addr().map_err(|e| e.to_string())?;
+    let health = Health::new();
+    let http = options.metrics_bind.map(|bind| {
+        let mut metrics = Metrics::new();
+        metrics.register_tftp(server.counters());
+        tokio::spawn(crate::ops::http::serve(bind, Arc::new(metrics), health.clone(), shutdown.wait()))
+    });
+    health.set_ready(true);
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(server.run(stopped));
     println!("serving TFTP on {bound} for CallControlCluster {}/{}", options.namespace, options.cluster);
@@ -192,5 +203,9 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     }
     let _ = stop.send(true);
     let _ = serving.await;
-    Ok(())
+    shutdown.trigger();
+    match http {
+        Some(http) => http.await.map_err(|e| e.to_string())?.map_err(|e| format!("metrics endpoint: {e}")),
+        None => Ok(()),
+    }
 }
