@@ -78,26 +78,27 @@ impl NamespaceObjects {
         })
     }
 
-    /// The objects as manifests: what a user applied (apiVersion, kind, name, labels, spec), without
-    /// what the API server or the operator added.
-    pub fn documents(&self) -> Vec<Document> {
+    /// The objects as manifests: what a user applied (apiVersion, kind, name, spec), without what the
+    /// API server or the operator added. Consumes the objects, which are not needed twice.
+    pub fn into_documents(self) -> Vec<Document> {
         let mut documents = Vec::new();
-        push_all(&mut documents, &self.clusters);
-        push_all(&mut documents, &self.tokens);
-        push_all(&mut documents, &self.phone_profiles);
-        push_all(&mut documents, &self.phones);
-        push_all(&mut documents, &self.trunk_profiles);
-        push_all(&mut documents, &self.trunks);
-        push_all(&mut documents, &self.srst_references);
-        push_all(&mut documents, &self.end_users);
-        push_all(&mut documents, &self.application_users);
-        push_all(&mut documents, &self.realms);
-        for secret in &self.secrets {
-            let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(secret)});
+        push_all(&mut documents, self.clusters);
+        push_all(&mut documents, self.tokens);
+        push_all(&mut documents, self.phone_profiles);
+        push_all(&mut documents, self.phones);
+        push_all(&mut documents, self.trunk_profiles);
+        push_all(&mut documents, self.trunks);
+        push_all(&mut documents, self.srst_references);
+        push_all(&mut documents, self.end_users);
+        push_all(&mut documents, self.application_users);
+        push_all(&mut documents, self.realms);
+        for secret in self.secrets {
+            let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(&secret)});
             if let Some(data) = &secret.data {
                 value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
             }
-            documents.push(document(&value, "Secret", &secret.name_any()));
+            let name = secret.name_any();
+            documents.push(document(value, "Secret", &name));
         }
         documents
     }
@@ -108,23 +109,23 @@ fn metadata<K: Resource>(object: &K) -> Value {
     json!({"name": meta.name, "namespace": meta.namespace})
 }
 
-fn push_all<K>(documents: &mut Vec<Document>, objects: &[K])
+fn push_all<K>(documents: &mut Vec<Document>, objects: Vec<K>)
 where
     K: Resource<DynamicType = ()> + Serialize,
 {
     for object in objects {
-        let Ok(full) = serde_json::to_value(object) else { continue };
+        let Ok(mut full) = serde_json::to_value(&object) else { continue };
         let value = json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
-            "metadata": metadata(object),
-            "spec": full.get("spec").cloned().unwrap_or(Value::Null),
+            "metadata": metadata(&object),
+            "spec": full.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
         });
-        documents.push(document(&value, &K::kind(&()), object.meta().name.as_deref().unwrap_or_default()));
+        documents.push(document(value, &K::kind(&()), object.meta().name.as_deref().unwrap_or_default()));
     }
 }
 
 /// Messages name the object as `Kind/name`: there is no file or line.
-fn document(value: &Value, kind: &str, name: &str) -> Document {
-    Document { file: Arc::from(Path::new(&format!("{kind}/{name}"))), first_line: 0, text: Arc::from(""), value: value.clone() }
+fn document(value: Value, kind: &str, name: &str) -> Document {
+    Document { file: Arc::from(Path::new(&format!("{kind}/{name}"))), first_line: 0, text: Arc::from(""), value }
 }

@@ -119,9 +119,16 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let namespace = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
     let objects = NamespaceObjects::read(client, &namespace).await?;
+    // What the statuses and the build need, taken now: the objects themselves become the documents
+    // validation reads, so that a 30 000-phone namespace is not held twice.
+    let observed = Observed::of(&objects);
+    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
+    let state = StateDir::in_memory(state_from_objects(&name, &objects.secrets, trust, &objects.tokens));
+    let tokens = objects.tokens.clone();
+
     // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
-    let observed = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
-    if observed != cluster.metadata.generation {
+    let observed_generation = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
+    if observed_generation != cluster.metadata.generation {
         let wanted = vec![
             Wanted::new(
                 "Ready",
@@ -133,11 +140,11 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             Wanted::new("Stalled", false, "Valid", ""),
         ];
         let update = StatusUpdate { kind: Kind::CallControlCluster, name: name.clone(), wanted, extra: Default::default() };
-        write_statuses(context, &objects, vec![update]).await?;
+        write_statuses(context, &observed, vec![update]).await?;
     }
 
     // Validate exactly as `callguard validate` does.
-    let documents = objects.documents();
+    let documents = objects.into_documents();
     let mut report = tokio::task::spawn_blocking(move || validate_documents(&documents, SecretPolicy::Require))
         .await
         .map_err(|e| ReconcileError::Build(e.to_string()))?;
@@ -150,16 +157,15 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         });
         let message = messages.join("; ");
         publish(context, cluster, EventType::Warning, "InvalidConfiguration", &message).await;
-        let statuses = invalid_statuses(&objects, &name, &message, &by_object);
-        write_statuses(context, &objects, statuses).await?;
+        let statuses = invalid_statuses(&observed, &name, &message, &by_object);
+        write_statuses(context, &observed, statuses).await?;
         // Nothing is built or applied: the last good objects stay as they are.
         return Ok(Action::await_change());
     }
     let snapshot = report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace));
+    drop(report);
 
     // Build from the state kept in Secrets, the trust ConfigMap and the tokens' status.
-    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
-    let state = StateDir::in_memory(state_from_objects(&name, &objects.secrets, trust, &objects.tokens));
     let build_state = state.clone();
     let built = tokio::task::spawn_blocking(move || build_namespace(Arc::new(snapshot), &build_state, time::OffsetDateTime::now_utc()))
         .await
@@ -170,8 +176,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             // A configuration the build refuses (no TFTP node, say): stalled until it changes.
             let message = e.to_string();
             publish(context, cluster, EventType::Warning, "BuildFailed", &message).await;
-            let statuses = invalid_statuses(&objects, &name, &message, &BTreeMap::new());
-            write_statuses(context, &objects, statuses).await?;
+            let statuses = invalid_statuses(&observed, &name, &message, &BTreeMap::new());
+            write_statuses(context, &observed, statuses).await?;
             return Ok(Action::await_change());
         }
     };
@@ -202,9 +208,10 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         publish(context, cluster, EventType::Normal, reason, change).await;
     }
     record_expiry(context, &namespace, &name, &files);
-    let statuses = built_statuses(&objects, &name, &output, &files);
-    announce_token_changes(context, cluster, &objects.tokens, &statuses).await;
-    write_statuses(context, &objects, statuses).await?;
+    let statuses = built_statuses(&observed, &name, &output, &files);
+    drop(output);
+    announce_token_changes(context, cluster, &tokens, &statuses).await;
+    write_statuses(context, &observed, statuses).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -323,14 +330,9 @@ pub struct StatusUpdate {
 
 /// Statuses when nothing is built: the cluster and every offending object Stalled with the
 /// validation message; the others NotReady, waiting for the cluster.
-fn invalid_statuses(
-    objects: &NamespaceObjects,
-    cluster: &str,
-    message: &str,
-    by_object: &BTreeMap<String, Vec<String>>,
-) -> Vec<StatusUpdate> {
+fn invalid_statuses(observed: &Observed, cluster: &str, message: &str, by_object: &BTreeMap<String, Vec<String>>) -> Vec<StatusUpdate> {
     let mut updates = Vec::new();
-    for (kind, name) in object_names(objects) {
+    for (kind, name) in observed.names() {
         let own = by_object.get(&format!("{}/{name}", kind.as_str()));
         let is_cluster = kind == Kind::CallControlCluster && name == cluster;
         let (ready, stalled) = match (own, is_cluster) {
@@ -352,15 +354,10 @@ fn invalid_statuses(
 }
 
 /// Statuses after a build: the build's own (cluster, tokens, phones); Ready for what it validated.
-fn built_statuses(
-    objects: &NamespaceObjects,
-    cluster: &str,
-    output: &BuildOutput,
-    files: &crate::build::state::StateFiles,
-) -> Vec<StatusUpdate> {
+fn built_statuses(observed: &Observed, cluster: &str, output: &BuildOutput, files: &crate::build::state::StateFiles) -> Vec<StatusUpdate> {
     let built: HashMap<(&str, &str), &ResourceStatus> = output.statuses.iter().map(|s| ((s.kind, s.name.as_str()), s)).collect();
     let mut updates = Vec::new();
-    for (kind, name) in object_names(objects) {
+    for (kind, name) in observed.names() {
         let status = built.get(&(kind.as_str(), name.as_str()));
         let ready = match status {
             Some(s) if s.ready => Wanted::new("Ready", true, "Ready", s.message.clone()),
@@ -403,24 +400,6 @@ fn built_statuses(
     updates
 }
 
-/// Every object of the namespace by kind and name.
-fn object_names(objects: &NamespaceObjects) -> Vec<(Kind, String)> {
-    fn names<K: Resource>(kind: Kind, list: &[K]) -> impl Iterator<Item = (Kind, String)> + '_ {
-        list.iter().filter_map(move |o| Some((kind, o.meta().name.clone()?)))
-    }
-    names(Kind::CallControlCluster, &objects.clusters)
-        .chain(names(Kind::SecurityToken, &objects.tokens))
-        .chain(names(Kind::PhoneSecurityProfile, &objects.phone_profiles))
-        .chain(names(Kind::Phone, &objects.phones))
-        .chain(names(Kind::SipTrunkSecurityProfile, &objects.trunk_profiles))
-        .chain(names(Kind::SipTrunk, &objects.trunks))
-        .chain(names(Kind::SrstReference, &objects.srst_references))
-        .chain(names(Kind::EndUser, &objects.end_users))
-        .chain(names(Kind::ApplicationUser, &objects.application_users))
-        .chain(names(Kind::SipRealm, &objects.realms))
-        .collect()
-}
-
 /// A token that this reconcile locked gets a Warning event on the cluster (P.16-5).
 async fn announce_token_changes(context: &Context, cluster: &CallControlCluster, tokens: &[SecurityToken], updates: &[StatusUpdate]) {
     for update in updates.iter().filter(|u| u.kind == Kind::SecurityToken) {
@@ -436,32 +415,45 @@ async fn announce_token_changes(context: &Context, cluster: &CallControlCluster,
     }
 }
 
-/// The current status and generation of every object, to keep transition times and skip writes
-/// that would change nothing.
-fn current(objects: &NamespaceObjects) -> HashMap<(Kind, String), (Option<i64>, Value)> {
-    fn add<K: Resource + Serialize>(map: &mut HashMap<(Kind, String), (Option<i64>, Value)>, kind: Kind, list: &[K]) {
-        for object in list {
-            let status = serde_json::to_value(object).ok().and_then(|v| v.get("status").cloned()).unwrap_or(Value::Null);
-            map.insert((kind, object.meta().name.clone().unwrap_or_default()), (object.meta().generation, status));
+/// The generation and status of every Callguard object of the namespace as read, to keep
+/// transition times and skip writes that would change nothing.
+pub struct Observed {
+    namespace: String,
+    objects: BTreeMap<(Kind, String), (Option<i64>, Value)>,
+}
+
+impl Observed {
+    fn of(objects: &NamespaceObjects) -> Self {
+        fn add<K: Resource + Serialize>(map: &mut BTreeMap<(Kind, String), (Option<i64>, Value)>, kind: Kind, list: &[K]) {
+            for object in list {
+                let status =
+                    serde_json::to_value(object).ok().and_then(|mut v| v.get_mut("status").map(Value::take)).unwrap_or(Value::Null);
+                map.insert((kind, object.meta().name.clone().unwrap_or_default()), (object.meta().generation, status));
+            }
         }
+        let mut map = BTreeMap::new();
+        add(&mut map, Kind::CallControlCluster, &objects.clusters);
+        add(&mut map, Kind::SecurityToken, &objects.tokens);
+        add(&mut map, Kind::PhoneSecurityProfile, &objects.phone_profiles);
+        add(&mut map, Kind::Phone, &objects.phones);
+        add(&mut map, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
+        add(&mut map, Kind::SipTrunk, &objects.trunks);
+        add(&mut map, Kind::SrstReference, &objects.srst_references);
+        add(&mut map, Kind::EndUser, &objects.end_users);
+        add(&mut map, Kind::ApplicationUser, &objects.application_users);
+        add(&mut map, Kind::SipRealm, &objects.realms);
+        Observed { namespace: objects.namespace.clone(), objects: map }
     }
-    let mut map = HashMap::new();
-    add(&mut map, Kind::CallControlCluster, &objects.clusters);
-    add(&mut map, Kind::SecurityToken, &objects.tokens);
-    add(&mut map, Kind::PhoneSecurityProfile, &objects.phone_profiles);
-    add(&mut map, Kind::Phone, &objects.phones);
-    add(&mut map, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
-    add(&mut map, Kind::SipTrunk, &objects.trunks);
-    add(&mut map, Kind::SrstReference, &objects.srst_references);
-    add(&mut map, Kind::EndUser, &objects.end_users);
-    add(&mut map, Kind::ApplicationUser, &objects.application_users);
-    add(&mut map, Kind::SipRealm, &objects.realms);
-    map
+
+    /// Every object by kind and name, in that order.
+    fn names(&self) -> impl Iterator<Item = (Kind, String)> + '_ {
+        self.objects.keys().cloned()
+    }
 }
 
 /// Writes the statuses that changed, through the status subresource, a bounded number at a time.
-async fn write_statuses(context: &Context, objects: &NamespaceObjects, updates: Vec<StatusUpdate>) -> Result<(), kube::Error> {
-    let current = current(objects);
+async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<StatusUpdate>) -> Result<(), kube::Error> {
+    let current = &observed.objects;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut patches = Vec::new();
     for update in updates {
@@ -476,7 +468,7 @@ async fn write_statuses(context: &Context, objects: &NamespaceObjects, updates: 
         }
         patches.push((update.kind, update.name, Value::Object(status)));
     }
-    let namespace = objects.namespace.clone();
+    let namespace = observed.namespace.clone();
     let results: Vec<Result<(), kube::Error>> = futures::stream::iter(patches)
         .map(|(kind, name, status)| patch_status(&context.client, &namespace, kind, name, status))
         .buffer_unordered(context.status_concurrency.max(1))
