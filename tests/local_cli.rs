@@ -3,17 +3,16 @@
 //! options, a watched edit, an invalid edit that leaves the last good build served, a clean stop on
 //! SIGTERM, and a restart that regenerates nothing.
 
+#[path = "support/peers.rs"]
+mod peers;
+use peers::{require, tftp_hpa_get};
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn require(program: &str, package: &str) {
-    let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
-    assert!(found, "{program} is missing: install the Debian package {package} (scripts/test does)");
-}
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -68,14 +67,7 @@ impl Local {
     }
 
     fn fetch_tftp_hpa(&self, name: &str, out: &Path) -> bool {
-        let command = format!("get {name} {}", out.display());
-        let output = Command::new("tftp")
-            .args(["127.0.0.1", &self.port.to_string(), "-m", "binary", "-c"])
-            .args(command.split(' '))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-        output.status.success() && !text.contains("Error code") && out.exists()
+        tftp_hpa_get(self.port, name, out)
     }
 
     fn fetch_atftp(&self, name: &str, out: &Path, options: &[&str]) -> bool {

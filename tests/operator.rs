@@ -5,6 +5,10 @@
 //! gets nothing; a locked token shows in status and signs nothing; of two replicas only the leader
 //! writes.
 
+#[path = "support/peers.rs"]
+mod peers;
+use peers::{require, tftp_hpa_get};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -82,11 +86,6 @@ fn owned_by_cluster(object: &Value, uid: &str) -> bool {
     object["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid && r["controller"] == true))
 }
 
-fn require(program: &str, package: &str) {
-    let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
-    assert!(found, "{program} is missing: install the Debian package {package} (scripts/test does)");
-}
-
 /// `callguard serve tftp` against the fake API server, as a pod would run it.
 struct ServeTftp {
     child: std::process::Child,
@@ -117,14 +116,7 @@ impl ServeTftp {
     }
 
     fn fetch(&self, name: &str, out: &Path) -> bool {
-        let command = format!("get {name} {}", out.display());
-        let output = Command::new("tftp")
-            .args(["127.0.0.1", &self.port.to_string(), "-m", "binary", "-c"])
-            .args(command.split(' '))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-        output.status.success() && !text.contains("Error code") && out.exists()
+        tftp_hpa_get(self.port, name, out)
     }
 }
 
