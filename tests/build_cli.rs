@@ -372,7 +372,7 @@ fn phone_files_are_signed_on_demand_and_kept_while_their_content_is_unchanged() 
     // Edit bob and rebuild: bob is signed again, the lobby phone keeps its encrypted bytes.
     ws.edit("phones.yaml", "directoryNumbers: [\"1002\"]", "directoryNumbers: [\"1012\"]");
     let mut second = served(&ws);
-    second.phones.adopt_cache(std::sync::Arc::clone(first.phones.cache()));
+    second.phones.adopt_cache(&first.phones);
     assert_eq!(second.get(&format!("{lobby}.cnf.xml.enc.sgn")), Some(encrypted), "unchanged content, unchanged bytes");
     let bob_again = second.get("SEP00AABBCCDD02.cnf.xml.sgn").expect("bob's signed file is served");
     assert_ne!(bob_again, bob, "bob's edit is in his new file");

@@ -110,21 +110,26 @@ pub struct PhoneRenderer {
     devices: HashMap<String, String>,
     /// Device name to its certificate (LSC or MIC), DER.
     certificates: HashMap<String, Vec<u8>>,
+    /// Each device's content key, computed on its first request: within one renderer its inputs
+    /// never change, so a cached answer costs no resolving and no rendering.
+    keys: HashMap<String, OnceLock<Result<[u8; 32], String>>>,
     cache: Arc<RenderCache>,
 }
 
 impl PhoneRenderer {
     /// `cluster` names the snapshot's CallControlCluster; `certificates` maps device names to DER.
     pub fn new(snapshot: Arc<Snapshot>, cluster: String, signing: Signing, certificates: HashMap<String, Vec<u8>>) -> Self {
-        let devices = snapshot.phones.iter().map(|(name, phone)| (phone.spec.device_name(), name.clone())).collect();
+        let devices: HashMap<String, String> =
+            snapshot.phones.iter().map(|(name, phone)| (phone.spec.device_name(), name.clone())).collect();
+        let keys = devices.keys().map(|device| (device.clone(), OnceLock::new())).collect();
         let signing_identity = signing.identity();
-        PhoneRenderer { snapshot, cluster, signing, signing_identity, devices, certificates, cache: Arc::default() }
+        PhoneRenderer { snapshot, cluster, signing, signing_identity, devices, certificates, keys, cache: Arc::default() }
     }
 
-    /// Takes over `cache` from an earlier build, dropping the phones that are gone.
-    pub fn adopt_cache(&mut self, cache: Arc<RenderCache>) {
-        cache.retain(|device| self.devices.contains_key(device));
-        self.cache = cache;
+    /// Takes over the cache of an earlier build, dropping the phones that are gone.
+    pub fn adopt_cache(&mut self, previous: &PhoneRenderer) {
+        previous.cache.retain(|device| self.devices.contains_key(device));
+        self.cache = Arc::clone(&previous.cache);
     }
 
     pub fn cache(&self) -> &Arc<RenderCache> {
@@ -159,12 +164,13 @@ impl PhoneRenderer {
 
     /// The phone's signed files, from the cache when its content has not changed.
     pub fn files(&self, device: &str) -> Result<PhoneFiles, String> {
-        let payloads = self.payloads(device)?;
-        let cell = self.cache.cell(device, payloads.content_key(&self.signing_identity));
+        let key = self.keys.get(device).ok_or_else(|| format!("no phone has device name {device}"))?;
+        let key = key.get_or_init(|| self.payloads(device).map(|p| p.content_key(&self.signing_identity))).clone()?;
+        let cell = self.cache.cell(device, key);
         let mut signed_now = false;
         let files = cell.get_or_init(|| {
             signed_now = true;
-            payloads.sign(&self.signing.signer, self.signing.hash, self.signing.timestamp)
+            self.payloads(device)?.sign(&self.signing.signer, self.signing.hash, self.signing.timestamp)
         });
         let counter = if signed_now { &self.cache.renders } else { &self.cache.hits };
         counter.fetch_add(1, Ordering::Relaxed);

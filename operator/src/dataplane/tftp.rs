@@ -192,7 +192,7 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
                 changes.mark_unchanged();
                 match stores.served(&options) {
                     Ok(mut served) => {
-                        served.phones.adopt_cache(Arc::clone(files.current().phones.cache()));
+                        served.phones.adopt_cache(&files.current().phones);
                         files.replace(served);
                     }
                     Err(e) => tracing::warn!("keeping the last good files: {e}"),

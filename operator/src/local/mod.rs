@@ -161,7 +161,7 @@ async fn rebuild(options: &LocalOptions, previous: Option<&ServedFiles>, shown: 
     let mut served = output.served;
     match previous {
         Some(previous) => {
-            served.phones.adopt_cache(Arc::clone(previous.phones.cache()));
+            served.phones.adopt_cache(&previous.phones);
             if previous.trust_lists() != served.trust_lists() {
                 println!("{namespace}: serving new trust lists");
             }
