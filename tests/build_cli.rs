@@ -342,8 +342,9 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
 
 /// The TFTP root of the workspace's `default` namespace, built in process.
 fn served(ws: &Workspace) -> callguard::build::served::ServedFiles {
-    let mut built = callguard::build::build_paths(std::slice::from_ref(&ws.manifests), &ws.state, time::OffsetDateTime::now_utc())
-        .unwrap_or_else(|_| panic!("the workspace is valid"));
+    let mut built =
+        callguard::build::build_paths(std::slice::from_ref(&ws.manifests), &ws.state, time::OffsetDateTime::now_utc(), &Default::default())
+            .unwrap_or_else(|_| panic!("the workspace is valid"));
     built.remove("default").expect("namespace default").expect("the build succeeds").served
 }
 
@@ -367,7 +368,14 @@ fn phone_files_are_signed_on_demand_and_kept_while_their_content_is_unchanged() 
     assert!(first.get(&format!("{lobby}.cnf.xml.sgn")).is_some(), "the stub comes from the same render");
     assert_eq!(first.phones.cache().counters().renders, 2, "and costs no signature");
     assert!(first.get("SEP00AABBCCDD02.cnf.xml.enc.sgn").is_none() && first.get("SEP0000000000FF.cnf.xml.sgn").is_none());
-    assert!(first.get("ITLSEP00AABBCCDD02.tlv").is_some() && first.get("CTLSEP0000000000FF.tlv").is_none());
+    // A per-phone trust list is public: the same answer for a provisioned MAC and an unknown one, so
+    // that probing per-phone names does not list the cluster's phones.
+    let ctl = first.get("CTLFile.tlv").expect("the CTL");
+    assert_eq!(first.get("CTLSEP00AABBCCDD02.tlv"), Some(ctl.clone()));
+    assert_eq!(first.get("CTLSEP0000000000FF.tlv"), Some(ctl), "an unknown MAC gets the same bytes");
+    assert!(
+        first.get("ITLSEP0000000000FF.tlv").is_some() && first.get("ITLSEP00000000ff.tlv").is_none() && first.get("ITLSEPX.tlv").is_none()
+    );
 
     // Edit bob and rebuild: bob is signed again, the lobby phone keeps its encrypted bytes.
     ws.edit("phones.yaml", "directoryNumbers: [\"1002\"]", "directoryNumbers: [\"1012\"]");

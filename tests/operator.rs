@@ -49,6 +49,8 @@ fn options(identity: &str, leader_election: bool) -> OperatorOptions {
         lease_namespace: NAMESPACE.into(),
         image: "registry.example/callguard:test".into(),
         identity: Some(identity.into()),
+        namespaces: vec![NAMESPACE.into()],
+        api_server_ports: vec![443, 6443],
     }
 }
 
@@ -93,10 +95,15 @@ struct ServeTftp {
 }
 
 impl ServeTftp {
-    fn start(kubeconfig: &Path, signer_secret: &str) -> ServeTftp {
+    /// Runs the pod's own arguments (`args` of the Deployment's container), on loopback.
+    fn start(kubeconfig: &Path, pod_args: &[String]) -> ServeTftp {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let arg = |name: &str| {
+            pod_args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| panic!("{name} in {pod_args:?}"))
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .args(["serve", "tftp", "--cluster", CLUSTER, "--namespace", NAMESPACE, "--signer-secret", signer_secret])
+            .args(["serve", "tftp", "--cluster", CLUSTER, "--namespace", NAMESPACE])
+            .args(["--signer-secret", &arg("--signer-secret"), "--files-secret", &arg("--files-secret")])
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::piped())
@@ -201,8 +208,11 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
             assert_eq!(object["status"]["observedGeneration"], object["metadata"]["generation"], "{kind}");
         }
     }
+    let hallway = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "hallway-7911").unwrap();
+    assert_eq!(condition(&hallway, "Ready").map(|c| c.0), Some("True".into()));
+    // Bob's profile has digest on but his file is not encrypted: his credentials are withheld (P.7-1).
     let bob = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "bob-7941").unwrap();
-    assert_eq!(condition(&bob, "Ready").map(|c| c.0), Some("True".into()));
+    assert_eq!(condition(&bob, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "DigestCredentialsWithheld".into())));
     let lobby = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "lobby-7970").unwrap();
     assert_eq!(condition(&lobby, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "AwaitingDeviceCertificate".into())));
     let spec_writes = server.writes().into_iter().filter(|w| w.resource.ends_with("callguard.io") && w.subresource.is_none()).count();
@@ -211,18 +221,12 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     // `callguard serve tftp` against the same API server serves the CTL and a signed configuration.
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig("tftp-pod")).unwrap();
-    let signer = container["args"]
-        .as_array()
-        .unwrap()
-        .windows(2)
-        .find(|w| w[0] == "--signer-secret")
-        .map(|w| w[1].as_str().unwrap().to_owned())
-        .unwrap();
+    let pod_args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
     let (ctl, config) = (dir.path().join("ctl.tlv"), dir.path().join("bob.sgn"));
     let fetched = tokio::task::spawn_blocking({
         let (kubeconfig, ctl, config) = (kubeconfig.clone(), ctl.clone(), config.clone());
         move || {
-            let tftp = ServeTftp::start(&kubeconfig, &signer);
+            let tftp = ServeTftp::start(&kubeconfig, &pod_args);
             (
                 tftp.fetch("CTLFile.tlv", &ctl),
                 tftp.fetch("SEP00AABBCCDD02.cnf.xml.sgn", &config),

@@ -355,6 +355,8 @@ fn render_quickstart() -> BTreeMap<String, Rendered> {
             device_certificate: Some(certificate),
             trust: TrustFacts { has_call_manager_record: true },
             load_information: Some("LOAD_ID"),
+            // Rendering is what these tests check; the credential policy has its own.
+            clear_credentials: &ClearCredentials::Allowed,
         };
         let resolved = resolve(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
         let full = render_full(&resolved.config).expect("renders");
@@ -443,7 +445,7 @@ fn quickstart_sip_encrypted_phone_with_digest_user() {
 }
 
 #[test]
-fn quickstart_sip_authenticated_phone_sends_digest_in_cleartext() {
+fn quickstart_sip_authenticated_phone_sends_digest_in_cleartext_only_when_allowed() {
     let all = render_quickstart();
     let r = &all["bob-7941"];
     assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("2"));
@@ -510,6 +512,7 @@ struct Case {
     secrets: ResolvedSecrets,
     certificate: Option<DeviceCertificate>,
     trust: TrustFacts,
+    clear: ClearCredentials,
 }
 
 impl Case {
@@ -517,7 +520,14 @@ impl Case {
         let snapshot = quickstart();
         let secrets = secrets_for(&snapshot, &snapshot.phones[phone]);
         let certificate = Some(DeviceCertificate::from_der(&certificates().rsa_der).expect("parses"));
-        Case { snapshot, phone: phone.into(), secrets, certificate, trust: TrustFacts { has_call_manager_record: true } }
+        Case {
+            snapshot,
+            phone: phone.into(),
+            secrets,
+            certificate,
+            trust: TrustFacts { has_call_manager_record: true },
+            clear: ClearCredentials::Allowed,
+        }
     }
     fn profile_mut(&mut self) -> &mut PhoneSecurityProfileSpec {
         let name = self.snapshot.phones[&self.phone].spec.security_profile_ref.clone();
@@ -537,8 +547,37 @@ impl Case {
             device_certificate: self.certificate,
             trust: self.trust,
             load_information: None,
+            clear_credentials: &self.clear,
         })
     }
+}
+
+/// P.7-1: credentials go into an encrypted file, or into a clear one only when the caller allows it;
+/// refused, they are withheld and the phone is told why.
+#[test]
+fn digest_credentials_stay_out_of_a_clear_file_unless_allowed() {
+    let mut case = Case::new("bob-7941");
+    case.clear = ClearCredentials::Refused(WithheldReason::NotOptedIn { profile: "sip-authenticated".into() });
+    let resolved = case.resolve().expect("resolves");
+    let full = render_full(&resolved.config).expect("renders");
+    assert!(values(&full, "device/sipProfile/sipLines/line/authPassword").is_empty(), "{}", String::from_utf8_lossy(&full));
+    let withheld = resolved.conditions.iter().find(|c| c.reason() == "DigestCredentialsWithheld").expect("the phone is told");
+    assert!(withheld.is_blocking() && withheld.to_string().contains("allowDigestCredentialsInClear"), "{withheld}");
+    // Allowed: in the file, and shown as a downgrade.
+    case.clear = ClearCredentials::Allowed;
+    let resolved = case.resolve().expect("resolves");
+    let full = render_full(&resolved.config).expect("renders");
+    assert_eq!(value(&full, "device/sipProfile/sipLines/line/authPassword").as_deref(), Some("FakeBob456"));
+    let cleartext = resolved.conditions.iter().find(|c| c.reason() == "DigestCredentialsInCleartext").expect("said");
+    assert!(cleartext.is_downgrade() && !cleartext.is_blocking());
+    // An encrypted file carries them whatever the clear-file policy says.
+    let mut encrypted = Case::new("alice-7961");
+    encrypted.clear = ClearCredentials::Refused(WithheldReason::EncryptionAsked);
+    let resolved = encrypted.resolve().expect("resolves");
+    assert_eq!(
+        value(&render_full(&resolved.config).unwrap(), "device/sipProfile/sipLines/line/authPassword").as_deref(),
+        Some("FakeAlice123")
+    );
 }
 
 #[test]

@@ -165,7 +165,7 @@ pub fn configs(phones: usize) -> Result<(), String> {
 
     // The encrypted phones need certificates. Key generation is a phone's work, not ours, so a pool
     // of 16 LSCs (issued by the cluster CA from 16 phone keys) is spread over them.
-    let warm = build_namespace(snapshot.clone(), state, now).map_err(|e| e.to_string())?;
+    let warm = build_namespace(snapshot.clone(), state, now, &Default::default()).map_err(|e| e.to_string())?;
     let lscs = lsc_pool(state, 16, now)?;
     let mut encrypted = 0;
     for (i, phone) in snapshot.phones.values().enumerate() {
@@ -180,7 +180,7 @@ pub fn configs(phones: usize) -> Result<(), String> {
 
     // From the snapshot to every file signed: the build resolves, then every phone is rendered.
     let started = Instant::now();
-    let output = build_namespace(snapshot.clone(), state, now).map_err(|e| e.to_string())?;
+    let output = build_namespace(snapshot.clone(), state, now, &Default::default()).map_err(|e| e.to_string())?;
     let resolved = started.elapsed();
     let files = output.served.render_all();
     let elapsed = started.elapsed();

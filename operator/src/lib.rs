@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod ops;
 pub mod phone_config;
 pub mod pki;
+pub mod private_file;
 pub mod srst;
 pub mod tftp;
 pub mod token;

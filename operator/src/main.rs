@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use callguard::build::BuildOptions;
 use callguard::manifest;
 use callguard::token::create;
 use callguard::validate::{self, SecretPolicy};
@@ -50,9 +51,13 @@ enum Command {
         /// Where keys, certificates and published trust lists are kept (private keys mode 0600).
         #[arg(long, default_value = ".callguard")]
         state_dir: PathBuf,
-        /// Where to write the TFTP files.
+        /// Where to write the TFTP files (owner-only: they may carry credentials).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace the identity of this id, which the build names when part of it is lost. Phones that
+        /// hold its ITL refuse the new one until their ITL is deleted by hand (P.3-18).
+        #[arg(long, value_name = "ID")]
+        new_identity: Option<String>,
     },
     /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR changes.
     ///
@@ -75,6 +80,10 @@ enum Command {
         /// The namespace to serve when the manifests hold several.
         #[arg(long)]
         namespace: Option<String>,
+        /// Replace the identity of this id, which `local` names when part of it is lost. Phones that
+        /// hold its ITL refuse the new one until their ITL is deleted by hand (P.3-18).
+        #[arg(long, value_name = "ID")]
+        new_identity: Option<String>,
     },
     /// Run the operator: reconcile every CallControlCluster of the Kubernetes cluster (KUBECONFIG or
     /// the pod's service account) into Secrets, trust lists, data-plane workloads and status.
@@ -94,6 +103,14 @@ enum Command {
         /// This replica's identity in the Lease and in events (default: the pod name and a random suffix).
         #[arg(long)]
         identity: Option<String>,
+        /// Manage only this namespace (repeat for several). Without it, every namespace: the
+        /// operator then needs cluster-wide rights.
+        #[arg(long = "namespace", value_name = "NAMESPACE")]
+        namespaces: Vec<String>,
+        /// Ports of the Kubernetes API server that the data-plane pods' NetworkPolicy lets them reach
+        /// (repeat for several).
+        #[arg(long = "api-server-port", value_name = "PORT", default_values_t = [443u16, 6443])]
+        api_server_ports: Vec<u16>,
         #[command(flatten)]
         logging: LoggingArgs,
     },
@@ -208,6 +225,9 @@ enum Serve {
         /// The TLS Secret of the TFTP certificate.
         #[arg(long)]
         signer_secret: String,
+        /// The Secret the operator projects the validated files into (it names its shards).
+        #[arg(long)]
+        files_secret: String,
         #[arg(long, default_value = "0.0.0.0")]
         bind: std::net::IpAddr,
         /// TFTP port (69, P.1-16).
@@ -259,9 +279,12 @@ fn main() -> ExitCode {
         }
         Command::Token { token } => run_token(token),
         Command::Trust { command } => callguard::trust::cli::run(command),
-        Command::Build { paths, state_dir, out } => run_build(&paths, &state_dir, out.as_deref()),
-        Command::Local { paths, state_dir, bind, tftp_port, namespace } => {
-            let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace };
+        Command::Build { paths, state_dir, out, new_identity } => {
+            run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity })
+        }
+        Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity } => {
+            let build = BuildOptions { new_identity };
+            let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
                 .map_err(|e| e.to_string())
                 .and_then(|runtime| runtime.block_on(callguard::local::run(options)));
@@ -273,12 +296,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Operator { metrics_bind, leader_election, lease_namespace, image, identity, logging } => {
-            let options = callguard::controller::OperatorOptions { metrics_bind, leader_election, lease_namespace, image, identity };
+        Command::Operator { metrics_bind, leader_election, lease_namespace, image, identity, namespaces, api_server_ports, logging } => {
+            let options = callguard::controller::OperatorOptions {
+                metrics_bind,
+                leader_election,
+                lease_namespace,
+                image,
+                identity,
+                namespaces,
+                api_server_ports,
+            };
             with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
         }
-        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, bind, port, metrics_bind, logging } } => {
-            let options = callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, bind, port, metrics_bind };
+        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, files_secret, bind, port, metrics_bind, logging } } => {
+            let options =
+                callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, files_secret, bind, port, metrics_bind };
             with_client(&logging, |client, shutdown| callguard::dataplane::tftp::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
@@ -342,9 +374,9 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
     }
 }
 
-fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>, options: &BuildOptions) -> ExitCode {
     use callguard::build::{PathsError, build_paths};
-    let built = match build_paths(paths, state_dir, time::OffsetDateTime::now_utc()) {
+    let built = match build_paths(paths, state_dir, time::OffsetDateTime::now_utc(), options) {
         Ok(built) => built,
         Err(PathsError::Unreadable(errors)) => {
             for error in &errors {
@@ -389,8 +421,9 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
 }
 
 /// Replaces the directory's files with `files`, so a file that is no longer built is no longer served.
+/// Owner-only (0600 files in a 0700 directory): configuration files may carry digest credentials.
 fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, std::sync::Arc<[u8]>>) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    callguard::private_file::create_dir(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_file() && !files.contains_key(&entry.file_name().to_string_lossy().to_string()) {
@@ -398,7 +431,7 @@ fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, 
         }
     }
     for (name, bytes) in files {
-        std::fs::write(dir.join(name), &bytes[..])?;
+        callguard::private_file::write(&dir.join(name), bytes)?;
     }
     Ok(())
 }
@@ -435,7 +468,7 @@ fn run_token(token: Token) -> ExitCode {
             print!("{}", created.yaml);
             ExitCode::SUCCESS
         }
-        Some(path) => match write_private(&path, created.yaml.as_bytes()) {
+        Some(path) => match callguard::private_file::write(&path, created.yaml.as_bytes()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("callguard token create: {}: {e}", path.display());
@@ -443,16 +476,6 @@ fn run_token(token: Token) -> ExitCode {
             }
         },
     }
-}
-
-/// Writes a file only its owner can read: it holds a private key, if encrypted.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {

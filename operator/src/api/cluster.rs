@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -97,9 +97,74 @@ pub struct CallControlClusterSpec {
     /// Whether signalling crosses NAT; mixed mode does not support NAT (P.1-7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signaling_behind_nat: Option<bool>,
-    /// Where the data-plane pods run (DESIGN: placement).
+    /// Where the data-plane pods run, and what they may use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// The cluster CA's key and lifetime, used when the CA is created; changing them later does not
+    /// replace an existing CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<CertificateAuthoritySettings>,
+}
+
+/// The cluster CA that issues the function certificates and LSCs (P.6-1).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateAuthoritySettings {
+    /// RSA key size in bits: 2048, 3072 or 4096; default 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_size: Option<CaKeyBits>,
+    /// Lifetime in days, 365 to 10950; default 3650.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 365, max = 10950))]
+    pub validity_days: Option<u32>,
+}
+
+/// The RSA size of the cluster CA's key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(try_from = "u16", into = "u16")]
+pub enum CaKeyBits {
+    #[default]
+    Bits2048,
+    Bits3072,
+    Bits4096,
+}
+
+impl CaKeyBits {
+    pub fn bits(self) -> u16 {
+        match self {
+            CaKeyBits::Bits2048 => 2048,
+            CaKeyBits::Bits3072 => 3072,
+            CaKeyBits::Bits4096 => 4096,
+        }
+    }
+}
+
+impl TryFrom<u16> for CaKeyBits {
+    type Error = String;
+    fn try_from(bits: u16) -> Result<Self, String> {
+        [CaKeyBits::Bits2048, CaKeyBits::Bits3072, CaKeyBits::Bits4096]
+            .into_iter()
+            .find(|size| size.bits() == bits)
+            .ok_or_else(|| format!("CA key size {bits} is not one of 2048, 3072, 4096"))
+    }
+}
+
+impl From<CaKeyBits> for u16 {
+    fn from(bits: CaKeyBits) -> u16 {
+        bits.bits()
+    }
+}
+
+impl JsonSchema for CaKeyBits {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CaKeyBits".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "enum": [2048, 3072, 4096], "description": "RSA key size in bits: 2048, 3072 or 4096"})
+    }
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
 const FIRST_NODE_RULE: &str =
@@ -319,7 +384,7 @@ impl DigestParameters {
     }
 }
 
-/// Placement of the data-plane pods (DESIGN: placement).
+/// Placement of the data-plane pods.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
@@ -330,6 +395,9 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
+    /// CPU and memory of each data-plane container; default: requests 50m CPU and 64Mi, limit 512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 impl CallControlClusterSpec {
@@ -402,6 +470,26 @@ pub struct CallControlClusterStatus {
     /// Certificates of the cluster's functions (CallManager, TFTP, CAPF).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<FunctionCertificate>,
+    /// The identity phones trust, as last published. Once set, a missing or different CA, ITL signer
+    /// or published trust list stalls the cluster instead of being made anew (P.3-18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityRecord>,
+}
+
+/// What must exist for as long as an identity does.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRecord {
+    /// Short name of the identity: the first 16 hex digits of [`Self::ca`]. The annotation
+    /// `callguard.io/new-identity` must name it to replace the identity.
+    pub id: String,
+    /// SHA-256 of the cluster CA certificate (DER), lowercase hex.
+    pub ca: String,
+    /// SHA-256 of the certificate that signs the ITL and the configuration files.
+    pub itl_signer: String,
+    /// A CTL has been published: phones hold it, so it must not vanish.
+    #[serde(default)]
+    pub ctl_published: bool,
 }
 
 /// What status shows of the published CTL.

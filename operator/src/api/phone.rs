@@ -79,6 +79,7 @@ impl JsonSchema for MacAddress {
     printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".status.effectiveDeviceSecurityMode"),
     printcolumn(name = "LSC", type_ = "string", json_path = ".status.lscState"),
+    printcolumn(name = "Downgraded", type_ = "string", json_path = ".status.conditions[?(@.type==\"Downgraded\")].reason"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

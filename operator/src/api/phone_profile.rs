@@ -86,6 +86,12 @@ pub struct SipPhoneSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 65535))]
     pub sip_phone_port: Option<u16>,
+    /// Write the digest user's credentials into configuration files that are not encrypted, as
+    /// CallManager 5.0 does with its warning (P.7-9): anyone who can fetch the file over TFTP reads
+    /// them. Default false: credentials go only into encrypted files. Ignored for credentials that a
+    /// phone asking for an encrypted configuration also uses (P.7-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_digest_credentials_in_clear: Option<bool>,
 }
 
 impl PhoneSecurityProfileSpec {
@@ -123,6 +129,9 @@ impl SipPhoneSettings {
     }
     pub fn sip_phone_port(&self) -> u16 {
         self.sip_phone_port.unwrap_or(5060)
+    }
+    pub fn allow_digest_credentials_in_clear(&self) -> bool {
+        self.allow_digest_credentials_in_clear.unwrap_or(false)
     }
 }
 

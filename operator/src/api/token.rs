@@ -81,9 +81,6 @@ pub struct SecurityTokenStatus {
     /// When the token locked (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_at: Option<String>,
-    /// Keyed fingerprint of the last wrong password, so one wrong password counts once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failed_password_fingerprint: Option<String>,
     /// The password is still the factory default (Table 3-2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_password_in_use: Option<bool>,

@@ -217,7 +217,7 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
     let t = Instant::now();
     let namespace = super::BenchNamespace::generate(&super::namespace_yaml(phones))?;
     let now = time::OffsetDateTime::now_utc();
-    let output = build_namespace(namespace.snapshot.clone(), &namespace.state, now).map_err(|e| e.to_string())?;
+    let output = build_namespace(namespace.snapshot.clone(), &namespace.state, now, &Default::default()).map_err(|e| e.to_string())?;
     let exported = output.served.render_all();
     let plan: Vec<Vec<String>> = namespace.snapshot.phones.values().map(|p| boot_files(&p.spec.device_name())).collect();
     let export = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -239,7 +239,9 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
 
     // Cold: a fresh build whose phone files are signed as the storm asks for them (signatures are
     // deterministic, so the bytes equal the export's). Warm: the same server again, every file cached.
-    let served = Arc::new(build_namespace(namespace.snapshot.clone(), &namespace.state, now).map_err(|e| e.to_string())?.served);
+    let served = Arc::new(
+        build_namespace(namespace.snapshot.clone(), &namespace.state, now, &Default::default()).map_err(|e| e.to_string())?.served,
+    );
     let (cold, warm) = runtime.block_on(async {
         let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() };
         let server = TftpServer::bind(config, served.clone()).await.map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::BuildError;
 use super::state::{Sensitivity, StateDir};
 use crate::api::CallControlCluster;
-use crate::pki::ca::{CaSettings, ClusterCa, certificate_pem};
+use crate::pki::ca::{CaKeySize, CaSettings, ClusterCa, certificate_pem};
 use crate::pki::inspect::{CertificateFacts, SubjectAltName};
 use crate::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key, node_roles};
 use crate::pki::keys;
@@ -47,23 +47,56 @@ pub struct ClusterIdentity {
     pub ca: ClusterCa,
     /// In node order, then role order.
     pub functions: Vec<FunctionCertificate>,
+    /// Reissues that were due but not done, one line each (see [`Self::load_or_issue`]).
+    pub deferred: Vec<String>,
+}
+
+/// The state base name (`certs/<node>.<role>`) of the certificate that signs the ITL and the
+/// configuration files: the TFTP function of the first TFTP node, the CallManager+TFTP certificate
+/// when both run there (P.1-16).
+pub fn tftp_signer_base(cluster: &CallControlCluster) -> Option<String> {
+    cluster.spec.nodes.iter().find_map(|node| {
+        node_roles(&cluster.spec, node)
+            .into_iter()
+            .find(|role| matches!(role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
+            .map(|role| format!("certs/{}.{}", node.name, role_file_name(role)))
+    })
+}
+
+/// The CA settings of the cluster's spec, used when a CA is created.
+fn ca_settings(cluster: &CallControlCluster, namespace: &str) -> CaSettings {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let mut settings = CaSettings::new(&name, namespace);
+    let wanted = cluster.spec.certificate_authority.clone().unwrap_or_default();
+    if let Some(size) = wanted.key_size.and_then(|bits| CaKeySize::from_bits(usize::from(bits.bits()))) {
+        settings.key_size = size;
+    }
+    if let Some(days) = wanted.validity_days {
+        settings.validity_days = days;
+    }
+    settings
 }
 
 impl ClusterIdentity {
     /// Loads what the state directory holds, issues what is missing and reissues what is due.
     /// Returns what changed, one line each, for the caller to report.
+    ///
+    /// The ITL signer is never reissued here once it exists: phones holding the ITL accept a new
+    /// signer only through a two-step rotation (P.3-18), so a due reissue is reported in `deferred`
+    /// and the signer kept.
     pub fn load_or_issue(
         state: &StateDir,
         cluster: &CallControlCluster,
         namespace: &str,
         now: OffsetDateTime,
     ) -> Result<(Self, Vec<String>), BuildError> {
-        let name = cluster.metadata.name.clone().unwrap_or_default();
         let mut changes = Vec::new();
+        let mut deferred = Vec::new();
+        let signer_base = tftp_signer_base(cluster);
         let ca = match load_ca(state)? {
             Some(ca) => ca,
             None => {
-                let ca = ClusterCa::generate(&CaSettings::new(&name, namespace), now).map_err(|e| BuildError::Pki(e.to_string()))?;
+                let ca = ClusterCa::generate(&ca_settings(cluster, namespace), now).map_err(|e| BuildError::Pki(e.to_string()))?;
                 let pem = ca.to_pem();
                 state.write(CA_KEY, pem.private_key.as_bytes(), Sensitivity::Private)?;
                 state.write(CA_CERTIFICATE, pem.certificate.as_bytes(), Sensitivity::Public)?;
@@ -98,6 +131,13 @@ impl ClusterIdentity {
                 };
                 let (certificate_der, key) = match current {
                     Some(pair) if reasons.is_empty() => pair,
+                    Some(pair) if signer_base.as_deref() == Some(base.as_str()) => {
+                        deferred.push(format!(
+                            "the ITL signer ({base}) is due for reissue ({}), which needs a rotation the phones accept: it is kept (P.3-18)",
+                            reasons.join("; ")
+                        ));
+                        pair
+                    }
                     _ => {
                         let serial = Serial::unique(&mut rand::thread_rng(), &serials).map_err(|e| BuildError::Pki(e.to_string()))?;
                         serials.insert(serial.clone());
@@ -128,7 +168,7 @@ impl ClusterIdentity {
             }
         }
         write_serials(state, &serials)?;
-        Ok((ClusterIdentity { ca, functions }, changes))
+        Ok((ClusterIdentity { ca, functions, deferred }, changes))
     }
 
     /// The certificate that signs configuration files and the ITL: the TFTP function of the first

@@ -1,8 +1,10 @@
 //! The build: from the validated objects of one namespace to the files the cluster serves. It keeps
 //! its keys and published trust lists in a state directory so that a rebuild changes nothing without
-//! a reason (DESIGN: pure core; the state directory is its only IO).
+//! a reason. Pure but for the state, its only IO, so that both adapters run the same build.
 
+pub mod catalog;
 pub mod identity;
+pub mod identity_record;
 pub mod phone_files;
 pub mod served;
 pub mod state;
@@ -16,12 +18,15 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use time::OffsetDateTime;
 
-use crate::api::{CallControlCluster, ClusterSecurityMode, SignatureHash};
-use crate::token::signing::{CtlSigningPlan, PlanCondition};
+use crate::api::{CallControlCluster, ClusterSecurityMode, IdentityRecord, SignatureHash};
+use crate::token::signing::{CtlSigningPlan, LeaveReason, PlanCondition};
 use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
-use identity::ClusterIdentity;
-use served::{PhoneRenderer, ServedFiles, Signing};
+use catalog::{SigningParameters, TftpCatalog};
+use identity::{ClusterIdentity, tftp_signer_base};
+use identity_record::{IdentityLost, Observed, Piece, RECORD_FILE, Verdict, identity_id, sha256_hex};
+use phone_files::{PhoneContext, encryption_asked, resolve_phone};
+use served::{ServedFiles, on_every_core};
 use state::{Sensitivity, StateDir};
 use tokens::Tokens;
 use trust_files::{TrustListPlan, build_trust_list, tftp_signer};
@@ -38,6 +43,8 @@ pub enum BuildError {
     NoTftpNode,
     /// The namespace has no CallControlCluster, or more than one.
     Cluster(String),
+    /// Part of the identity phones trust is missing or replaced: nothing is issued in its place.
+    IdentityLost(IdentityLost),
 }
 
 impl fmt::Display for BuildError {
@@ -47,8 +54,9 @@ impl fmt::Display for BuildError {
             BuildError::State(m) => write!(f, "state directory: {m}"),
             BuildError::Pki(m) | BuildError::Trust(m) | BuildError::Token(m) | BuildError::Cluster(m) => f.write_str(m),
             BuildError::NoTftpNode => {
-                f.write_str("no node runs the TFTP service, so nothing can sign the ITL and configuration files (P.1-16, spec/04 §4)")
+                f.write_str("no node runs the TFTP service, so nothing can sign the ITL and configuration files (P.1-16)")
             }
+            BuildError::IdentityLost(lost) => lost.fmt(f),
         }
     }
 }
@@ -58,6 +66,46 @@ impl std::error::Error for BuildError {}
 impl From<std::io::Error> for BuildError {
     fn from(e: std::io::Error) -> Self {
         BuildError::Io(e)
+    }
+}
+
+/// What a build may do beyond the spec, by explicit request.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Replace the identity of this id when pieces of it are lost (see `identity_record`).
+    pub new_identity: Option<String>,
+}
+
+/// What a change was, for events and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    CertificateIssued,
+    TrustListPublished,
+    /// The identity phones trusted was set aside, as asked, and a new one issued.
+    NewIdentity,
+}
+
+impl ChangeKind {
+    /// The event reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ChangeKind::CertificateIssued => "CertificateIssued",
+            ChangeKind::TrustListPublished => "TrustListPublished",
+            ChangeKind::NewIdentity => "NewIdentity",
+        }
+    }
+}
+
+/// One thing the build changed in the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub message: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -71,15 +119,24 @@ pub struct ResourceStatus {
     pub reason: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Where the resource is served with less protection than it asks for (`Reason: message`):
+    /// credentials in clear, hardening not delivered, a secure SRST reference written insecure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downgrades: Vec<String>,
 }
 
 impl ResourceStatus {
     fn ready(kind: &'static str, name: &str) -> Self {
-        ResourceStatus { kind, name: name.to_string(), ready: true, reason: "Ready".into(), message: String::new() }
+        ResourceStatus { kind, name: name.to_string(), ready: true, reason: "Ready".into(), message: String::new(), downgrades: Vec::new() }
     }
 
     fn not_ready(kind: &'static str, name: &str, reason: &str, message: String) -> Self {
-        ResourceStatus { kind, name: name.to_string(), ready: false, reason: reason.into(), message }
+        ResourceStatus { kind, name: name.to_string(), ready: false, reason: reason.into(), message, downgrades: Vec::new() }
+    }
+
+    /// The reasons of the downgrades, for a column.
+    pub fn downgrade_reasons(&self) -> Vec<&str> {
+        self.downgrades.iter().map(|d| d.split_once(':').map_or(d.as_str(), |(reason, _)| reason)).collect()
     }
 }
 
@@ -110,6 +167,7 @@ pub fn build_paths(
     paths: &[std::path::PathBuf],
     state_root: &std::path::Path,
     now: OffsetDateTime,
+    options: &BuildOptions,
 ) -> Result<BTreeMap<String, Result<BuildOutput, BuildError>>, PathsError> {
     let (documents, errors) = crate::manifest::load_paths(paths);
     if !errors.is_empty() {
@@ -125,7 +183,7 @@ pub fn build_paths(
         .map(|(namespace, snapshot)| {
             let built = StateDir::open(&state_root.join("namespaces").join(&namespace))
                 .map_err(BuildError::Io)
-                .and_then(|state| build_namespace(Arc::new(snapshot), &state, now));
+                .and_then(|state| build_namespace(Arc::new(snapshot), &state, now, options));
             (namespace, built)
         })
         .collect())
@@ -133,34 +191,107 @@ pub fn build_paths(
 
 /// What a build produced.
 pub struct BuildOutput {
-    /// The TFTP root; phone files are signed when first asked for.
+    /// What the TFTP service serves, resolved and validated.
+    pub catalog: TftpCatalog,
+    /// The catalog, served with the TFTP signer; phone files are signed when first asked for.
     pub served: ServedFiles,
-    /// What changed in the state directory, one line each.
-    pub changes: Vec<String>,
+    /// What changed in the state, one entry each.
+    pub changes: Vec<Change>,
     pub statuses: Vec<ResourceStatus>,
+    /// The identity as published, for the adapter to keep apart from the state (the cluster's status).
+    pub identity: IdentityRecord,
 }
 
 const PUBLISHED: &str = "published";
 
+/// What the state holds of the identity now, for [`identity_record::verdict`].
+fn observe_identity<'a>(files: &'a BTreeMap<&str, Vec<u8>>, signer: &Option<String>) -> Observed<'a> {
+    let piece = |name: &str| Piece::of(files.get(name).map(Vec::as_slice));
+    let signer = signer.clone().unwrap_or_default();
+    let (certificate, key) = (format!("{signer}.crt"), format!("{signer}.key"));
+    Observed {
+        ca_certificate: piece(identity_record::files::CA_CERTIFICATE),
+        ca_key: piece(identity_record::files::CA_KEY),
+        signer_certificate: piece(&certificate),
+        signer_key: piece(&key),
+        signer_files: (certificate, key),
+        published_itl: piece(identity_record::files::PUBLISHED_ITL),
+        published_ctl: piece(identity_record::files::PUBLISHED_CTL),
+    }
+}
+
+/// Checks that the identity phones trust is whole before anything is issued, and sets it aside when
+/// the administrator asked for a new one (see `identity_record`).
+fn keep_identity(
+    state: &StateDir,
+    cluster: &CallControlCluster,
+    options: &BuildOptions,
+    changes: &mut Vec<Change>,
+) -> Result<(), BuildError> {
+    let record: Option<IdentityRecord> = state
+        .read(RECORD_FILE)?
+        .map(|bytes| serde_yaml::from_slice(&bytes).map_err(|e| BuildError::State(format!("{RECORD_FILE}: {e}"))))
+        .transpose()?;
+    let signer = tftp_signer_base(cluster);
+    let mut names = vec![
+        identity_record::files::CA_CERTIFICATE.to_owned(),
+        identity_record::files::CA_KEY.to_owned(),
+        identity_record::files::PUBLISHED_ITL.to_owned(),
+        identity_record::files::PUBLISHED_CTL.to_owned(),
+    ];
+    if let Some(base) = &signer {
+        names.extend([format!("{base}.crt"), format!("{base}.key")]);
+    }
+    let mut files = BTreeMap::new();
+    for name in &names {
+        if let Some(bytes) = state.read(name)? {
+            // Fingerprints are of the certificate's DER, whatever its encoding in the state.
+            let bytes = if name.ends_with(".crt") { crate::pki::inspect::certificate_der(&bytes).unwrap_or(bytes) } else { bytes };
+            files.insert(name.as_str(), bytes);
+        }
+    }
+    match identity_record::verdict(record.as_ref(), &observe_identity(&files, &signer), options.new_identity.as_deref())
+        .map_err(BuildError::IdentityLost)?
+    {
+        Verdict::Genesis | Verdict::Continue => Ok(()),
+        Verdict::Replace { previous } => {
+            state.retire(&["ca/", "certs/", "published/", RECORD_FILE], &previous)?;
+            changes.push(Change {
+                kind: ChangeKind::NewIdentity,
+                message: format!(
+                    "set aside identity {previous}, as asked, and issued a new one: every phone that holds the previous ITL refuses this cluster's files until its ITL is deleted by hand (P.3-18)"
+                ),
+            });
+            Ok(())
+        }
+    }
+}
+
 /// Builds one namespace. Exactly one CallControlCluster is expected; its phones, tokens and profiles
 /// are the namespace's. Trust lists are built and signed here; phone files only resolved, for their
-/// status, and signed on demand by [`ServedFiles`].
-pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDateTime) -> Result<BuildOutput, BuildError> {
+/// status and the catalog, and signed on demand by [`ServedFiles`].
+pub fn build_namespace(
+    snapshot: Arc<Snapshot>,
+    state: &StateDir,
+    now: OffsetDateTime,
+    options: &BuildOptions,
+) -> Result<BuildOutput, BuildError> {
     let cluster = single_cluster(&snapshot)?;
     let cluster_name = cluster.name_any();
     let unix_now = u32::try_from(now.unix_timestamp())
-        .map_err(|_| BuildError::Cluster("the clock is outside the u32 range of TIMESTAMP (spec/04 §3.3)".into()))?;
+        .map_err(|_| BuildError::Cluster("the clock is outside the u32 range of the trust lists' TIMESTAMP".into()))?;
     let rfc3339_now = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let hash = signature_hash(cluster);
     let mut changes = Vec::new();
     let mut statuses = Vec::new();
     let mut trust_lists: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
 
+    keep_identity(state, cluster, options, &mut changes)?;
     let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
-    changes.extend(issued);
+    changes.extend(issued.into_iter().map(|message| Change { kind: ChangeKind::CertificateIssued, message }));
     let tftp = tftp_signer(&identity)?;
 
-    // The ITL, signed by the TFTP certificate, which it also lists as SAST (spec/04 §3.1).
+    // The ITL, signed by the TFTP certificate, which it also lists as SAST (P.3-4).
     let previous_itl = published(state, TrustListKind::Itl)?;
     let itl = build_trust_list(&TrustListPlan {
         kind: TrustListKind::Itl,
@@ -176,21 +307,23 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
     trust_lists.insert(TrustListKind::Itl.filename().into(), Arc::from(itl.bytes));
 
     // The CTL, in mixed mode only, signed by a token (Chapter 3).
-    let tokens = Tokens::load(&snapshot, state)?;
+    let mut tokens = Tokens::load(&snapshot, state, &rfc3339_now)?;
     let mut cluster_status = ResourceStatus::ready("CallControlCluster", &cluster_name);
+    let mut left_out: Vec<(String, LeaveReason)> = Vec::new();
     if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
         let previous_ctl = published(state, TrustListKind::Ctl)?;
-        match build_ctl(&snapshot, state, cluster, &tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
+        match build_ctl(&snapshot, state, cluster, &mut tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
             Ok((bytes, plan)) => {
                 publish(state, TrustListKind::Ctl, &bytes, &mut changes)?;
                 trust_lists.insert(TrustListKind::Ctl.filename().into(), Arc::from(bytes));
                 statuses.push(ResourceStatus::ready("SecurityToken", &plan.signer));
                 cluster_status.message = plan.conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-                // The CTL is published, but the seed wants two usable tokens in it at all times (P.3-13).
+                // The CTL is published, but the guide wants two usable tokens in it at all times (P.3-13).
                 if plan.conditions.iter().any(|c| matches!(c, PlanCondition::FewerThanTwoTokens { .. })) {
                     cluster_status.ready = false;
                     cluster_status.reason = "FewerThanTwoTokens".into();
                 }
+                left_out = plan.left_out;
             }
             Err(e) => {
                 // The last published CTL stays served: phones keep a trust list they can verify.
@@ -201,16 +334,44 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
             }
         }
     }
+    tokens.save_statuses(state)?;
     for (name, (token, _)) in &tokens.tokens {
         if statuses.iter().any(|s: &ResourceStatus| s.kind == "SecurityToken" && s.name == *name) {
             continue;
         }
-        statuses.push(token_status(name, token, &tokens::load_status(state, name)?));
+        let refused = left_out.iter().find(|(n, reason)| n == name && matches!(reason, LeaveReason::CertificateRefused { .. }));
+        statuses.push(match refused {
+            Some((_, reason)) => ResourceStatus::not_ready("SecurityToken", name, "CertificateRefused", reason.to_string()),
+            None => token_status(name, token, &tokens.status(name)),
+        });
+    }
+    if !identity.deferred.is_empty() {
+        let deferred = identity.deferred.join("; ");
+        cluster_status.message =
+            [cluster_status.message.clone(), deferred].into_iter().filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
     }
     statuses.push(cluster_status);
 
-    // Phones: resolved now for their status, signed by the TFTP certificate when first fetched.
-    let signing = Signing::from_itl(tftp, hash, &itl_list);
+    // Phones: resolved now, for their status and the catalog; signed by the TFTP service when fetched.
+    let signing = SigningParameters::from_itl(hash, &itl_list);
+    let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing)?;
+    statuses.extend(phone_statuses);
+
+    let identity_record = record_identity(state, &identity, &tftp, &trust_lists)?;
+    let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
+    state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
+    let catalog = TftpCatalog { trust_lists, signing, phones: Arc::new(phones) };
+    let served = ServedFiles::new(catalog.clone(), tftp);
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record })
+}
+
+/// Resolves every phone on every core: its payloads for the catalog, and its status.
+fn resolve_phones(
+    snapshot: &Snapshot,
+    cluster: &CallControlCluster,
+    state: &StateDir,
+    signing: SigningParameters,
+) -> Result<(BTreeMap<String, phone_files::PhonePayloads>, Vec<ResourceStatus>), BuildError> {
     let mut certificates = HashMap::new();
     for phone in snapshot.phones.values() {
         let device = phone.spec.device_name();
@@ -218,14 +379,62 @@ pub fn build_namespace(snapshot: Arc<Snapshot>, state: &StateDir, now: OffsetDat
             certificates.insert(device, der);
         }
     }
-    let phones = PhoneRenderer::new(Arc::clone(&snapshot), cluster_name, signing, certificates);
-    statuses.extend(phones.statuses());
-    let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
-    state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
-    Ok(BuildOutput { served: ServedFiles::new(trust_lists, phones), changes, statuses })
+    let asked = encryption_asked(snapshot);
+    let context = PhoneContext { snapshot, cluster, trust: signing.trust(), encryption_asked: &asked };
+    let phones: Vec<(&String, &crate::api::Phone)> = snapshot.phones.iter().collect();
+    let resolved = on_every_core(&phones, |(name, phone)| {
+        let device = phone.spec.device_name();
+        match resolve_phone(&context, phone, certificates.get(&device).map(Vec::as_slice)) {
+            Ok(resolved) => (Some((device, resolved.payloads)), phone_status(name, &resolved.conditions)),
+            Err(message) => (None, ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+        }
+    });
+    let mut catalog = BTreeMap::new();
+    let mut statuses = Vec::with_capacity(resolved.len());
+    for (payloads, status) in resolved {
+        catalog.extend(payloads);
+        statuses.push(status);
+    }
+    Ok((catalog, statuses))
 }
 
-/// The hash of every signature of the cluster's files (spec/04 §3.3): SHA-1 unless the CTL settings ask for SHA-512.
+/// Ready, or why the phone's configuration is not what its spec asks; downgrades either way.
+fn phone_status(name: &str, conditions: &[crate::phone_config::ConfigCondition]) -> ResourceStatus {
+    let describe = |c: &crate::phone_config::ConfigCondition| format!("{}: {c}", c.reason());
+    let blocking: Vec<_> = conditions.iter().filter(|c| c.is_blocking()).collect();
+    let notes: Vec<String> = conditions.iter().filter(|c| !c.is_blocking()).map(describe).collect();
+    let mut status = match blocking.first() {
+        Some(first) => {
+            let message =
+                std::iter::once(first.to_string()).chain(blocking[1..].iter().map(|c| describe(c))).chain(notes).collect::<Vec<_>>();
+            ResourceStatus::not_ready("Phone", name, first.reason(), message.join("; "))
+        }
+        None => ResourceStatus { message: notes.join("; "), ..ResourceStatus::ready("Phone", name) },
+    };
+    status.downgrades = conditions.iter().filter(|c| c.is_downgrade()).map(describe).collect();
+    status
+}
+
+/// Writes the record of the identity just published (see `identity_record`).
+fn record_identity(
+    state: &StateDir,
+    identity: &ClusterIdentity,
+    signer: &crate::trust::Signer,
+    trust_lists: &BTreeMap<String, Arc<[u8]>>,
+) -> Result<IdentityRecord, BuildError> {
+    let ca = sha256_hex(identity.ca.certificate_der());
+    let record = IdentityRecord {
+        id: identity_id(&ca),
+        ca,
+        itl_signer: sha256_hex(signer.certificate_der()),
+        ctl_published: trust_lists.contains_key(TrustListKind::Ctl.filename()),
+    };
+    let text = serde_yaml::to_string(&record).map_err(|e| BuildError::State(e.to_string()))?;
+    state.write(RECORD_FILE, text.as_bytes(), Sensitivity::Public)?;
+    Ok(record)
+}
+
+/// The hash of every signature of the cluster's files: SHA-1 unless the CTL settings ask for SHA-512 (P.3-4).
 pub fn signature_hash(cluster: &CallControlCluster) -> HashAlgorithm {
     match cluster.spec.ctl.as_ref().and_then(|c| c.hash_algorithm).unwrap_or_default() {
         SignatureHash::Sha1 => HashAlgorithm::Sha1,
@@ -264,17 +473,13 @@ fn token_status(name: &str, token: &crate::api::SecurityToken, status: &crate::a
     }
 }
 
-/// Conditions that leave a phone without the configuration its profile asks for; the others are
-/// reported but the phone is served as specified.
-const BLOCKING_PHONE_CONDITIONS: [&str; 2] = ["AwaitingDeviceCertificate", "ManualKeyEncryptionNotRendered"];
-
 fn single_cluster(snapshot: &Snapshot) -> Result<&CallControlCluster, BuildError> {
     let mut clusters = snapshot.clusters.values();
     match (clusters.next(), clusters.next()) {
         (Some(cluster), None) => Ok(cluster),
         (None, _) => Err(BuildError::Cluster(format!("namespace {}: no CallControlCluster to build (Table 3-2)", snapshot.namespace))),
         (Some(_), Some(_)) => Err(BuildError::Cluster(format!(
-            "namespace {}: more than one CallControlCluster; a namespace holds one cluster (DESIGN: resources)",
+            "namespace {}: more than one CallControlCluster; a namespace holds one cluster",
             snapshot.namespace
         ))),
     }
@@ -285,7 +490,7 @@ fn build_ctl(
     snapshot: &Snapshot,
     state: &StateDir,
     cluster: &CallControlCluster,
-    tokens: &Tokens,
+    tokens: &mut Tokens,
     identity: &ClusterIdentity,
     hash: HashAlgorithm,
     previous: Option<&TrustList>,
@@ -321,11 +526,11 @@ fn published(state: &StateDir, kind: TrustListKind) -> Result<Option<TrustList>,
         .transpose()
 }
 
-fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Vec<String>) -> Result<(), BuildError> {
+fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Vec<Change>) -> Result<(), BuildError> {
     let name = published_name(kind);
     if state.read(&name)?.as_deref() != Some(bytes) {
         state.write(&name, bytes, Sensitivity::Public)?;
-        changes.push(format!("published a new {}", kind.filename()));
+        changes.push(Change { kind: ChangeKind::TrustListPublished, message: format!("published a new {}", kind.filename()) });
     }
     Ok(())
 }

@@ -1,18 +1,21 @@
 //! The files one phone fetches over TFTP: its configuration, signed (`.sgn`), encrypted for its
 //! certificate (`.enc.sgn`) with the signed stub in front, or plain where the profile allows
-//! (spec/04 §4, §5.6).
+//! (P.1-16, P.7-3).
 //!
 //! Two steps, so that the TFTP service can sign on demand: [`resolve_phone`] checks and resolves the
 //! configuration (cheap; it gives the phone's status), [`PhonePayloads::sign`] does the RSA work.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::api::{CallControlCluster, DeviceSecurityMode, Phone, SecretKeyRef};
+use crate::api::{CallControlCluster, DeviceSecurityMode, Phone, PhoneSecurityProfile, SecretKeyRef};
 use crate::phone_config::{
-    DeviceCertificate, DigestAuth, PhoneConfigInput, ResolvedSecrets, TrustFacts, render_full, render_stub, resolve,
+    ClearCredentials, ConfigCondition, DeviceCertificate, DigestAuth, PhoneConfigInput, ResolvedSecrets, TrustFacts, WithheldReason,
+    render_full, render_stub, resolve,
 };
 use crate::trust::{EncryptedConfigBuilder, HashAlgorithm, Signer, signed};
 use crate::validate::Snapshot;
@@ -21,39 +24,81 @@ use crate::validate::Snapshot;
 pub struct PhoneContext<'a> {
     pub snapshot: &'a Snapshot,
     pub cluster: &'a CallControlCluster,
-    /// The TFTP certificate and key that sign configuration files.
-    pub signer: &'a Signer,
-    pub hash: HashAlgorithm,
-    /// Header timestamp of the signed files: the trust list's, so unchanged input gives unchanged files.
-    pub timestamp: u32,
     pub trust: TrustFacts,
+    /// By EndUser: the phones using its digest credentials whose profile asks for an encrypted
+    /// configuration (see [`encryption_asked`]).
+    pub encryption_asked: &'a HashMap<String, Vec<String>>,
 }
 
-/// A phone's resolved configuration: the status it reports and the unsigned bytes its files carry.
-#[derive(Debug)]
+/// By EndUser, the phones that use its digest credentials and whose profile asks for an encrypted
+/// configuration: the strongest protection any user of those credentials asked for (P.7-1).
+pub fn encryption_asked(snapshot: &Snapshot) -> HashMap<String, Vec<String>> {
+    let mut asked: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, phone) in &snapshot.phones {
+        let asks = snapshot.phone_profiles.get(&phone.spec.security_profile_ref).is_some_and(|p| p.spec.tftp_encrypted_config());
+        if let (Some(user), true) = (&phone.spec.digest_user_ref, asks) {
+            asked.entry(user.clone()).or_default().push(name.clone());
+        }
+    }
+    asked
+}
+
+/// Whether this phone's credentials may go into a file that is not encrypted: only by the profile's
+/// explicit opt-in, and never when a phone using the same credentials asked for encryption.
+fn clear_credentials(context: &PhoneContext<'_>, name: &str, phone: &Phone, profile: &PhoneSecurityProfile) -> ClearCredentials {
+    if profile.spec.tftp_encrypted_config() {
+        return ClearCredentials::Refused(WithheldReason::EncryptionAsked);
+    }
+    if !profile.spec.sip().allow_digest_credentials_in_clear() {
+        return ClearCredentials::Refused(WithheldReason::NotOptedIn { profile: profile.name_any() });
+    }
+    let user = phone.spec.digest_user_ref.as_deref().unwrap_or_default();
+    match context.encryption_asked.get(user).and_then(|phones| phones.iter().find(|p| *p != name)) {
+        Some(other) => ClearCredentials::Refused(WithheldReason::SharedWithEncryptedPhone { user: user.to_owned(), phone: other.clone() }),
+        None => ClearCredentials::Allowed,
+    }
+}
+
+/// A phone's resolved configuration: the unsigned bytes its files carry. This is what the build
+/// hands to the TFTP service (in memory, or projected into Secrets by the operator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PhonePayloads {
     /// `SEP<MAC>.cnf.xml`.
     pub path: String,
-    /// Condition type and message, for status.
-    pub conditions: Vec<(&'static str, String)>,
-    /// The full configuration, when it is served (in the clear or encrypted).
-    full: Option<Vec<u8>>,
-    /// The §5.5 stub, for a phone whose configuration is encrypted.
-    stub: Option<Vec<u8>>,
+    /// The full configuration, when it is served (in the clear, or encrypted for `certificate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    full: Option<String>,
+    /// The §5.5 stub, for a phone whose configuration is encrypted (or cannot be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stub: Option<String>,
     /// The plain name may be served: a non-secure profile, or the stub of an encrypted phone.
     plain_allowed: bool,
     /// The device certificate the full file is encrypted for, DER.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::build::catalog::base64_option")]
     certificate: Option<Vec<u8>>,
+}
+
+/// A resolved phone and what its status should say.
+#[derive(Debug)]
+pub struct ResolvedPhone {
+    pub payloads: PhonePayloads,
+    pub conditions: Vec<ConfigCondition>,
 }
 
 /// The files of one phone: TFTP file name and content.
 pub type PhoneFiles = Vec<(String, Arc<[u8]>)>;
 
+fn text(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| format!("the rendered XML is not UTF-8: {e}"))
+}
+
 /// Resolves the phone's configuration and renders its unsigned files. `certificate_der` is its LSC
-/// (or MIC) when known: without it an encrypted phone gets only the stub, which sends it to CAPF
-/// (spec/04 §5.1).
-pub fn resolve_phone(context: &PhoneContext<'_>, phone: &Phone, certificate_der: Option<&[u8]>) -> Result<PhonePayloads, String> {
+/// (or MIC) when known: without it an encrypted phone gets only the stub, whose blank certHash sends
+/// it to CAPF (P.7-3).
+pub fn resolve_phone(context: &PhoneContext<'_>, phone: &Phone, certificate_der: Option<&[u8]>) -> Result<ResolvedPhone, String> {
     let snapshot = context.snapshot;
+    let name = phone.name_any();
     let profile = snapshot
         .phone_profiles
         .get(&phone.spec.security_profile_ref)
@@ -66,6 +111,7 @@ pub fn resolve_phone(context: &PhoneContext<'_>, phone: &Phone, certificate_der:
     };
     let secrets = ResolvedSecrets { digest: digest_auth(snapshot, phone)?, phone_password: None };
     let device_certificate = certificate_der.map(DeviceCertificate::from_der).transpose().map_err(|e| e.to_string())?;
+    let clear_credentials = clear_credentials(context, &name, phone, profile);
     let input = PhoneConfigInput {
         cluster: context.cluster,
         phone,
@@ -75,31 +121,32 @@ pub fn resolve_phone(context: &PhoneContext<'_>, phone: &Phone, certificate_der:
         device_certificate,
         trust: context.trust,
         load_information: None,
+        clear_credentials: &clear_credentials,
     };
     let resolved = resolve(&input).map_err(|e| e.to_string())?;
     let config = &resolved.config;
-    let conditions = resolved.conditions.iter().map(|c| (c.reason(), c.to_string())).collect();
     let path = format!("{}.cnf.xml", phone.spec.device_name());
-    let payloads = if config.encr_config {
-        // Encryption on: the stub in the clear, the full file only for a known certificate (spec/04 §5.6).
-        let full = certificate_der.map(|_| render_full(config)).transpose().map_err(|e| e.to_string())?;
-        let stub = render_stub(config).map_err(|e| e.to_string())?;
-        PhonePayloads {
-            path,
-            conditions,
-            certificate: full.as_ref().and(certificate_der.map(<[u8]>::to_vec)),
-            full,
-            stub: Some(stub),
-            plain_allowed: true,
-        }
-    } else {
-        // A phone whose trust list names a TFTP certificate asks for the signed file (spec/04 §4); the
-        // plain one is there only for a non-secure profile, whose file holds nothing to protect.
-        let full = render_full(config).map_err(|e| e.to_string())?;
-        let plain_allowed = profile.spec.device_security_mode() == DeviceSecurityMode::NonSecure;
-        PhonePayloads { path, conditions, full: Some(full), stub: None, plain_allowed, certificate: None }
+    let stub_only = |path: String| -> Result<PhonePayloads, String> {
+        let stub = text(render_stub(config).map_err(|e| e.to_string())?)?;
+        Ok(PhonePayloads { path, full: None, stub: Some(stub), plain_allowed: true, certificate: None })
     };
-    Ok(payloads)
+    let payloads = if config.encr_config {
+        // Encryption on: the stub in the clear, the full file only for a known certificate (§5.6).
+        let full = certificate_der.map(|_| render_full(config)).transpose().map_err(|e| e.to_string())?.map(text).transpose()?;
+        let certificate = full.as_ref().and(certificate_der.map(<[u8]>::to_vec));
+        PhonePayloads { full, certificate, ..stub_only(path)? }
+    } else if resolved.conditions.contains(&ConfigCondition::ManualKeyEncryptionNotRendered) {
+        // The profile asks for encryption that cannot be made: the minimal stub, never the full file
+        // in the clear (P.7-2: "minimal configuration").
+        stub_only(path)?
+    } else {
+        // A phone whose trust list names a TFTP certificate asks for the signed file; the plain one is
+        // there only for a non-secure profile.
+        let full = text(render_full(config).map_err(|e| e.to_string())?)?;
+        let plain_allowed = profile.spec.device_security_mode() == DeviceSecurityMode::NonSecure;
+        PhonePayloads { path, full: Some(full), stub: None, plain_allowed, certificate: None }
+    };
+    Ok(ResolvedPhone { payloads, conditions: resolved.conditions })
 }
 
 impl PhonePayloads {
@@ -109,7 +156,12 @@ impl PhonePayloads {
     pub fn content_key(&self, signing: &[u8; 32]) -> [u8; 32] {
         let mut digest = Sha256::new();
         digest.update(signing);
-        for part in [Some(self.path.as_bytes()), self.full.as_deref(), self.stub.as_deref(), self.certificate.as_deref()] {
+        for part in [
+            Some(self.path.as_bytes()),
+            self.full.as_deref().map(str::as_bytes),
+            self.stub.as_deref().map(str::as_bytes),
+            self.certificate.as_deref(),
+        ] {
             // Length-prefixed, so that no two different inputs run together into the same bytes.
             let part = part.unwrap_or_default();
             digest.update((part.len() as u64).to_be_bytes());
@@ -120,7 +172,7 @@ impl PhonePayloads {
     }
 
     /// Signs (and encrypts) the files: one RSA signature for a clear configuration, two for an
-    /// encrypted one. The full plaintext of an encrypted phone is never among them (spec/04 §5.6).
+    /// encrypted one. The full plaintext of an encrypted phone is never among them.
     pub fn sign(&self, signer: &Signer, hash: HashAlgorithm, timestamp: u32) -> Result<PhoneFiles, String> {
         let path = &self.path;
         let sign = |payload: &[u8]| -> Result<Arc<[u8]>, String> {
@@ -129,19 +181,19 @@ impl PhonePayloads {
         let mut files = PhoneFiles::new();
         match (&self.stub, &self.full) {
             (Some(stub), full) => {
-                files.push((format!("{path}.sgn"), sign(stub)?));
+                files.push((format!("{path}.sgn"), sign(stub.as_bytes())?));
                 if let (Some(full), Some(certificate)) = (full, &self.certificate) {
                     let encrypted = EncryptedConfigBuilder::new(signer, hash, timestamp)
-                        .encrypt(path, full, certificate)
+                        .encrypt(path, full.as_bytes(), certificate)
                         .map_err(|e| format!("{path}.enc.sgn: {e}"))?;
                     files.push((format!("{path}.enc.sgn"), Arc::from(encrypted)));
                 }
-                files.push((path.clone(), Arc::from(stub.as_slice())));
+                files.push((path.clone(), Arc::from(stub.as_bytes())));
             }
             (None, Some(full)) => {
-                files.push((format!("{path}.sgn"), sign(full)?));
+                files.push((format!("{path}.sgn"), sign(full.as_bytes())?));
                 if self.plain_allowed {
-                    files.push((path.clone(), Arc::from(full.as_slice())));
+                    files.push((path.clone(), Arc::from(full.as_bytes())));
                 }
             }
             (None, None) => {}
@@ -166,6 +218,6 @@ pub fn secret_text(snapshot: &Snapshot, reference: &SecretKeyRef) -> Result<Stri
         .secrets
         .get(&reference.name)
         .and_then(|secret| secret.0.get(&reference.key))
-        .ok_or_else(|| format!("Secret {}/{} not found (DESIGN: secrets)", reference.name, reference.key))?;
+        .ok_or_else(|| format!("Secret {}/{} not found", reference.name, reference.key))?;
     String::from_utf8(bytes.clone()).map_err(|_| format!("Secret {}/{} is not UTF-8 text", reference.name, reference.key))
 }

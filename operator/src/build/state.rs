@@ -97,6 +97,32 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// Sets aside every file under the `prefixes` (directories such as `ca/`, or file names): in a
+    /// directory they move under `retired/<label>/`, so that nothing private is destroyed; in memory
+    /// they are dropped, and the adapter deletes their objects.
+    pub fn retire(&self, prefixes: &[&str], label: &str) -> io::Result<()> {
+        if let Some(memory) = &self.memory {
+            memory.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, _| !prefixes.iter().any(|p| name.starts_with(p)));
+            return Ok(());
+        }
+        let retired = self.root.join("retired").join(label);
+        for prefix in prefixes {
+            let source = self.root.join(prefix.trim_end_matches('/'));
+            if !source.exists() {
+                continue;
+            }
+            let target = retired.join(prefix.trim_end_matches('/'));
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)?;
+                set_mode(&self.root.join("retired"), 0o700)?;
+            }
+            fs::rename(&source, &target)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(unix)]
 fn create(path: &Path, sensitivity: Sensitivity) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -1,5 +1,6 @@
 //! The CTL's signer: which tokens it lists, and unlocking the signing token's key with the password
-//! from its Secret, counting failures in the token's status (P.3-17, P.16-5).
+//! from its Secret, counting failures against the token's certificate in the registry (P.3-17,
+//! P.16-5).
 
 use std::collections::BTreeMap;
 
@@ -8,12 +9,20 @@ use super::phone_files::secret_text;
 use super::state::{Sensitivity, StateDir};
 use crate::api::{CtlSettings, SecurityToken, SecurityTokenStatus};
 use crate::token::material;
+use crate::token::registry::{TokenRegistry, new_mac_key};
 use crate::token::signing::{CtlSigningPlan, PublishedSast, TokenInput, plan};
 use crate::token::unlock::{UnlockAttempt, unlock};
 use crate::trust::{Signer, TrustList};
 use crate::validate::Snapshot;
 
-/// Token status survives between runs: the failure count and the lock are never reset by a restart.
+/// The registry of token certificates: failure counts, locks and revocations, by fingerprint. It
+/// survives every restart; the operator keeps it in a Secret of its own.
+pub const REGISTRY_FILE: &str = "tokens/registry.yaml";
+/// The secret key of the wrong-password MACs in the registry.
+pub const MAC_KEY_FILE: &str = "tokens/attempts.key";
+
+/// What each token's status shows, derived from the registry (and, from older versions, where a lock
+/// was recorded before the registry existed).
 fn status_file(name: &str) -> String {
     format!("status/tokens/{name}.yaml")
 }
@@ -30,28 +39,91 @@ fn save_status(state: &StateDir, name: &str, status: &SecurityTokenStatus) -> Re
     Ok(state.write(&status_file(name), text.as_bytes(), Sensitivity::Public)?)
 }
 
-/// The tokens of the snapshot with their persisted status and certificate.
+fn load_registry(state: &StateDir) -> Result<TokenRegistry, BuildError> {
+    match state.read(REGISTRY_FILE)? {
+        Some(bytes) => serde_yaml::from_slice(&bytes).map_err(|e| BuildError::State(format!("{REGISTRY_FILE}: {e}"))),
+        None => Ok(TokenRegistry::default()),
+    }
+}
+
+fn save_registry(state: &StateDir, registry: &TokenRegistry) -> Result<(), BuildError> {
+    let text = serde_yaml::to_string(registry).map_err(|e| BuildError::State(e.to_string()))?;
+    Ok(state.write(REGISTRY_FILE, text.as_bytes(), Sensitivity::Private)?)
+}
+
+/// The MAC key, made on first use. Losing it costs one extra count for a wrong password presented
+/// again, nothing more, so it is not an identity.
+fn mac_key(state: &StateDir) -> Result<Vec<u8>, BuildError> {
+    if let Some(bytes) = state.read(MAC_KEY_FILE)?
+        && bytes.len() >= 32
+    {
+        return Ok(bytes);
+    }
+    let key = new_mac_key();
+    state.write(MAC_KEY_FILE, &key, Sensitivity::Private)?;
+    Ok(key)
+}
+
+/// The tokens of the snapshot with their certificate, and the registry that speaks for their keys.
 pub struct Tokens {
     pub tokens: BTreeMap<String, (SecurityToken, Option<Vec<u8>>)>,
+    registry: TokenRegistry,
+    mac_key: Vec<u8>,
 }
 
 impl Tokens {
-    pub fn load(snapshot: &Snapshot, state: &StateDir) -> Result<Self, BuildError> {
+    /// Reads the registry, notes what each SecurityToken says of its certificate (a Lost or
+    /// Compromised state is kept for good), and gives each token the status its certificate has.
+    pub fn load(snapshot: &Snapshot, state: &StateDir, now: &str) -> Result<Self, BuildError> {
+        let mut registry = load_registry(state)?;
+        let mut changed = false;
         let mut tokens = BTreeMap::new();
         for (name, token) in &snapshot.tokens {
             let mut token = token.clone();
-            token.status = Some(load_status(state, name)?);
             let certificate =
                 secret_text(snapshot, &token.spec.certificate).ok().and_then(|pem| material::certificate_der(pem.as_bytes()).ok());
+            if let Some(der) = &certificate {
+                let legacy = load_status(state, name)?;
+                let legacy_lock = legacy.locked.then(|| legacy.locked_at.clone().unwrap_or_else(|| now.to_owned()));
+                changed |= registry.observe(name, der, token.spec.state(), legacy_lock.as_deref(), now);
+                token.status = Some(registry.record(der).status_view());
+            } else {
+                token.status = Some(SecurityTokenStatus::default());
+            }
             tokens.insert(name.clone(), (token, certificate));
         }
-        Ok(Tokens { tokens })
+        if changed {
+            save_registry(state, &registry)?;
+        }
+        Ok(Tokens { tokens, registry, mac_key: mac_key(state)? })
+    }
+
+    /// The status a token shows, from its certificate's record.
+    pub fn status(&self, name: &str) -> SecurityTokenStatus {
+        match self.tokens.get(name) {
+            Some((_, Some(der))) => self.registry.record(der).status_view(),
+            _ => SecurityTokenStatus::default(),
+        }
+    }
+
+    /// Writes each token's status view, for the adapters to show.
+    pub fn save_statuses(&self, state: &StateDir) -> Result<(), BuildError> {
+        for name in self.tokens.keys() {
+            save_status(state, name, &self.status(name))?;
+        }
+        Ok(())
     }
 
     /// Which tokens the CTL lists and which signs it, continuing from the published CTL (spec/04 §3.9).
     pub fn plan(&self, ctl: &CtlSettings, published: Option<&TrustList>) -> Result<CtlSigningPlan, BuildError> {
-        let inputs: Vec<TokenInput<'_>> =
-            self.tokens.values().map(|(token, certificate)| TokenInput { token, certificate_der: certificate.as_deref() }).collect();
+        let revocations: Vec<_> =
+            self.tokens.values().map(|(_, certificate)| certificate.as_deref().and_then(|der| self.revocation(der))).collect();
+        let inputs: Vec<TokenInput<'_>> = self
+            .tokens
+            .values()
+            .zip(&revocations)
+            .map(|((token, certificate), revoked)| TokenInput { token, certificate_der: certificate.as_deref(), revoked: revoked.as_ref() })
+            .collect();
         let published: Option<Vec<PublishedSast>> = published.map(|list| {
             list.sast_records()
                 .map(|r| PublishedSast { serial: r.serial.clone(), certificate_der: Some(r.certificate_der.clone()) })
@@ -64,9 +136,14 @@ impl Tokens {
         self.tokens.get(name).and_then(|(_, certificate)| certificate.as_deref())
     }
 
+    fn revocation(&self, certificate_der: &[u8]) -> Option<crate::token::registry::Revocation> {
+        self.registry.record(certificate_der).revoked
+    }
+
     /// Unlocks the token's key with the password in its Secret. Every attempt's outcome is saved to
-    /// the token's status before anything else happens, so a crash cannot forget a failure.
-    pub fn unlock_signer(&self, snapshot: &Snapshot, state: &StateDir, name: &str, now: &str) -> Result<Signer, BuildError> {
+    /// the registry before anything else happens, so a crash, or a failure later in the build or the
+    /// apply, cannot forget a failure.
+    pub fn unlock_signer(&mut self, snapshot: &Snapshot, state: &StateDir, name: &str, now: &str) -> Result<Signer, BuildError> {
         let (token, certificate) =
             self.tokens.get(name).ok_or_else(|| BuildError::Token(format!("SecurityToken/{name} not found (P.3-12)")))?;
         let certificate = certificate
@@ -76,17 +153,20 @@ impl Tokens {
             .map_err(|e| BuildError::Token(format!("SecurityToken/{name}: privateKey: {e}")))?;
         let password =
             secret_text(snapshot, &token.spec.password).map_err(|e| BuildError::Token(format!("SecurityToken/{name}: password: {e}")))?;
-        let status = token.status.clone().unwrap_or_default();
+        let record = self.registry.record(certificate);
         let outcome = unlock(UnlockAttempt {
-            status: &status,
+            record: &record,
             state: token.spec.state(),
             encrypted_key_pem: &key_pem,
             certificate_der: certificate,
             password: password.as_bytes(),
+            mac_key: &self.mac_key,
             now,
         });
-        if outcome.status != status {
-            save_status(state, name, &outcome.status)?;
+        if outcome.record != record {
+            let certificate = certificate.to_vec();
+            *self.registry.record_mut(&certificate) = outcome.record;
+            save_registry(state, &self.registry)?;
         }
         let key = outcome.result.map_err(|e| BuildError::Token(format!("SecurityToken/{name}: {e}")))?;
         Signer::new(certificate.to_vec(), key.into_key(), false).map_err(|e| BuildError::Token(format!("SecurityToken/{name}: {e}")))

@@ -10,7 +10,7 @@ pub const COMPONENT: &str = "app.kubernetes.io/component";
 /// The server-side-apply field manager of every write.
 pub const FIELD_MANAGER: &str = "callguard";
 /// Pod-template annotation: a digest of the certificates and trust lists the pods use, so that a
-/// change rolls them (DESIGN: certificates change without manual steps).
+/// change rolls them.
 pub const CONTENT_HASH: &str = "callguard.io/content-hash";
 
 /// The labels of an object the cluster owns.
@@ -41,3 +41,18 @@ pub fn trust_config_map(cluster: &str) -> String {
 pub fn service_name(cluster: &str, service: &str) -> String {
     format!("{cluster}-{service}")
 }
+
+/// Secret with the token registry: failure counts, locks and revocations by certificate.
+pub fn tokens_secret(cluster: &str) -> String {
+    format!("{cluster}-tokens")
+}
+
+/// Label a user puts on a Secret that Callguard objects name, so that an edit to it reconciles at
+/// once; unlabelled ones are read at each reconcile all the same.
+pub const WATCHED_SECRET: &str = "callguard.io/watch";
+
+/// Annotation on a CallControlCluster naming the identity to replace when pieces of it are lost.
+pub const NEW_IDENTITY: &str = "callguard.io/new-identity";
+
+/// The component label of the Secrets that project a service's files (`projection`).
+pub const PROJECTION_COMPONENT: &str = "tftp-files";

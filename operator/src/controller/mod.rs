@@ -1,4 +1,4 @@
-//! `callguard operator`: the kube adapter of the pipeline (DESIGN: dereference -> validate -> build
+//! `callguard operator`: the kube adapter of the pipeline (dereference -> validate -> build
 //! -> apply -> status). A CallControlCluster is reconciled from everything in its namespace, since
 //! the rules and the build span the namespace: a change to any Callguard kind or Secret there
 //! reconciles its cluster, and the reconcile writes the status of every object of the namespace.
@@ -6,6 +6,7 @@
 pub mod conditions;
 pub mod labels;
 pub mod namespace_objects;
+pub mod projection;
 pub mod reconcile;
 pub mod run;
 pub mod state_objects;

@@ -1,10 +1,13 @@
-//! Dereference: every Callguard object and Secret of a cluster's namespace, read from the API, and
-//! the same objects as the documents `callguard validate` checks, so that the operator and the
-//! offline check give the same verdict with the same message.
+//! Dereference: every Callguard object of a cluster's namespace, the Secrets the operator owns there
+//! and the Secrets those objects name, read from the API; and the same objects as the documents
+//! `callguard validate` checks, so that the operator and the offline check give the same verdict with
+//! the same message. No other Secret of the namespace is ever read.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
@@ -12,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::labels;
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
     SrstReference,
@@ -43,6 +47,44 @@ where
     Ok(Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items)
 }
 
+/// Every Secret the Callguard objects name.
+fn referenced_secrets(objects: &NamespaceObjects) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for token in &objects.tokens {
+        names.extend([&token.spec.certificate, &token.spec.private_key, &token.spec.password].map(|r| r.name.clone()));
+    }
+    for phone in &objects.phones {
+        names.extend(phone.spec.capf.as_ref().and_then(|c| c.authentication_string.as_ref()).map(|r| r.name.clone()));
+        names.extend(phone.spec.config_encryption.as_ref().map(|c| c.symmetric_key.name.clone()));
+    }
+    for user in &objects.end_users {
+        names.extend(user.spec.digest_credentials.iter().map(|r| r.name.clone()));
+        names.extend(user.spec.capf_profiles.iter().filter_map(|p| p.authentication_string.as_ref()).map(|r| r.name.clone()));
+    }
+    for user in &objects.application_users {
+        names.extend(user.spec.digest_credentials.iter().map(|r| r.name.clone()));
+        names.extend(user.spec.capf_profiles.iter().filter_map(|p| p.authentication_string.as_ref()).map(|r| r.name.clone()));
+    }
+    for realm in &objects.realms {
+        names.insert(realm.spec.password.name.clone());
+    }
+    names
+}
+
+/// The named Secrets that exist, read one by one (never a list of the namespace's Secrets).
+async fn get_secrets(client: &Client, namespace: &str, names: BTreeSet<String>) -> Result<Vec<Secret>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let found: Vec<Result<Option<Secret>, kube::Error>> = futures::stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            async move { api.get_opt(&name).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+}
+
 impl NamespaceObjects {
     pub async fn read(client: &Client, namespace: &str) -> Result<Self, kube::Error> {
         let (clusters, tokens, phone_profiles, phones, trunk_profiles, trunks) = tokio::try_join!(
@@ -53,15 +95,24 @@ impl NamespaceObjects {
             list(client, namespace),
             list(client, namespace),
         )?;
-        let (srst_references, end_users, application_users, realms, secrets, config_maps) = tokio::try_join!(
+        // The state the operator owns, but not the projections it writes for the data plane (large,
+        // and derived from the rest).
+        let owned = ListParams::default().labels(&format!(
+            "{}={},{}!={}",
+            labels::MANAGED_BY_KEY,
+            labels::MANAGED_BY,
+            labels::COMPONENT,
+            labels::PROJECTION_COMPONENT
+        ));
+        let (srst_references, end_users, application_users, realms, owned_secrets, config_maps) = tokio::try_join!(
             list(client, namespace),
             list(client, namespace),
             list(client, namespace),
             list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
+            async { Ok(Api::<Secret>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
+            async { Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
         )?;
-        Ok(NamespaceObjects {
+        let mut objects = NamespaceObjects {
             namespace: namespace.to_owned(),
             clusters,
             tokens,
@@ -73,9 +124,14 @@ impl NamespaceObjects {
             end_users,
             application_users,
             realms,
-            secrets,
+            secrets: owned_secrets,
             config_maps,
-        })
+        };
+        // A user's Secret that shares a name with one the operator owns is not read twice.
+        let owned: BTreeSet<String> = objects.secrets.iter().filter_map(|s| s.metadata.name.clone()).collect();
+        let wanted = referenced_secrets(&objects).into_iter().filter(|name| !owned.contains(name)).collect();
+        objects.secrets.extend(get_secrets(client, namespace, wanted).await?);
+        Ok(objects)
     }
 
     /// The objects as manifests: what a user applied (apiVersion, kind, name, spec), without what the

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -22,14 +23,16 @@ use sha2::{Digest, Sha256};
 use super::conditions::{Wanted, conditions, finished};
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
-use super::state_objects::{function_secret_name, objects_from_state, state_from_objects, token_counters};
+use super::projection::{index_name, project};
+use super::state_objects::{certificate_secret, objects_from_state, place, state_from_objects, token_counters};
 use super::workloads::{DataPlaneService, WorkloadInputs, workload};
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
     SrstReference,
 };
+use crate::build::identity::tftp_signer_base;
 use crate::build::state::StateDir;
-use crate::build::{BuildOutput, ResourceStatus, build_namespace};
+use crate::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
 use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
 use crate::validate::{SecretPolicy, validate_documents};
 
@@ -44,11 +47,13 @@ pub struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// At most this many status writes in flight.
     pub status_concurrency: usize,
+    /// Ports of the API server, for the data-plane NetworkPolicies.
+    pub api_server_ports: Vec<u16>,
 }
 
 impl Context {
     pub fn new(client: Client, image: String, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
-        Context { client, image, metrics, recorder, failures: Mutex::default(), status_concurrency: 32 }
+        Context { client, image, metrics, recorder, failures: Mutex::default(), status_concurrency: 32, api_server_ports: vec![443, 6443] }
     }
 }
 
@@ -123,7 +128,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     // validation reads, so that a 30 000-phone namespace is not held twice.
     let observed = Observed::of(&objects);
     let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
-    let state = StateDir::in_memory(state_from_objects(&name, &objects.secrets, trust, &objects.tokens));
+    let state = StateDir::in_memory(state_from_objects(cluster, &objects.secrets, trust, &objects.tokens));
     let tokens = objects.tokens.clone();
 
     // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
@@ -157,7 +162,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         });
         let message = messages.join("; ");
         publish(context, cluster, EventType::Warning, "InvalidConfiguration", &message).await;
-        let statuses = invalid_statuses(&observed, &name, &message, &by_object);
+        let statuses = invalid_statuses(&observed, &name, "InvalidConfiguration", &message, &by_object);
         write_statuses(context, &observed, statuses).await?;
         // Nothing is built or applied: the last good objects stay as they are.
         return Ok(Action::await_change());
@@ -165,18 +170,28 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let snapshot = report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace));
     drop(report);
 
-    // Build from the state kept in Secrets, the trust ConfigMap and the tokens' status.
+    // Build from the state kept in Secrets, the trust ConfigMap and the cluster's status.
     let build_state = state.clone();
-    let built = tokio::task::spawn_blocking(move || build_namespace(Arc::new(snapshot), &build_state, time::OffsetDateTime::now_utc()))
-        .await
-        .map_err(|e| ReconcileError::Build(e.to_string()))?;
+    let options = BuildOptions { new_identity: cluster.annotations().get(labels::NEW_IDENTITY).cloned() };
+    let built =
+        tokio::task::spawn_blocking(move || build_namespace(Arc::new(snapshot), &build_state, time::OffsetDateTime::now_utc(), &options))
+            .await
+            .map_err(|e| ReconcileError::Build(e.to_string()))?;
+    let owner = cluster.controller_owner_ref(&()).ok_or_else(|| ReconcileError::Build("the cluster has no uid yet".into()))?;
+    // What a token unlock counted is stored before anything else can fail, the build included: a
+    // failing apply or status write must never let a wrong password go uncounted (P.16-5).
+    persist_token_registry(client, &namespace, &name, &state, &owner).await?;
     let output = match built {
         Ok(output) => output,
         Err(e) => {
-            // A configuration the build refuses (no TFTP node, say): stalled until it changes.
-            let message = e.to_string();
-            publish(context, cluster, EventType::Warning, "BuildFailed", &message).await;
-            let statuses = invalid_statuses(&observed, &name, &message, &BTreeMap::new());
+            // A configuration the build refuses (no TFTP node, a lost identity): stalled until it
+            // changes, with nothing applied, so the pods keep serving the last good files.
+            let (reason, message) = match &e {
+                BuildError::IdentityLost(lost) => ("IdentityLost", lost.describe(|file| place(&name, file))),
+                other => ("BuildFailed", other.to_string()),
+            };
+            publish(context, cluster, EventType::Warning, reason, &message).await;
+            let statuses = stalled_statuses(&observed, &name, reason, &message);
             write_statuses(context, &observed, statuses).await?;
             return Ok(Action::await_change());
         }
@@ -184,48 +199,67 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let files = state.files();
 
     // Apply what the cluster owns, then delete what no longer belongs.
-    let owner = cluster.controller_owner_ref(&()).ok_or_else(|| ReconcileError::Build("the cluster has no uid yet".into()))?;
     let (secrets, trust_map) = objects_from_state(&name, &files);
     let mut desired = Desired::default();
     for secret in secrets {
         desired.secrets.push(owned(secret, &owner));
     }
     desired.config_maps.push(owned(trust_map, &owner));
-    if let Some(signer) = output_signer(cluster, &files) {
+    if let Some(signer) = tftp_signer_base(cluster).and_then(|base| certificate_secret(&name, &base)) {
+        // The TFTP pods' files: shards first, then the index that names them.
+        let projection = project(&name, &output.catalog).map_err(ReconcileError::Build)?;
+        let mut readable = vec![signer.clone()];
+        readable.extend(projection.names());
+        desired.secrets.extend(projection.shards.into_iter().map(|s| owned(s, &owner)));
+        desired.secrets.push(owned(projection.index, &owner));
         let hash = content_hash(&files);
-        let inputs = WorkloadInputs { image: &context.image, signer_secret: &signer, content_hash: &hash };
+        let files_secret = index_name(&name);
+        let inputs = WorkloadInputs {
+            image: &context.image,
+            signer_secret: &signer,
+            files_secret: &files_secret,
+            readable_secrets: &readable,
+            content_hash: &hash,
+            api_server_ports: &context.api_server_ports,
+        };
         let tftp = workload(DataPlaneService::Tftp, cluster, &inputs);
         desired.service_accounts.push(owned(tftp.service_account, &owner));
         desired.roles.push(owned(tftp.role, &owner));
         desired.role_bindings.push(owned(tftp.role_binding, &owner));
         desired.deployments.push(owned(tftp.deployment, &owner));
         desired.services.push(owned(tftp.service, &owner));
+        desired.network_policies.push(owned(tftp.network_policy, &owner));
     }
     desired.apply(client, &namespace, &name).await?;
 
     for change in &output.changes {
-        let reason = if change.contains("published") { "TrustListPublished" } else { "CertificateIssued" };
-        publish(context, cluster, EventType::Normal, reason, change).await;
+        let kind = if change.kind == ChangeKind::NewIdentity { EventType::Warning } else { EventType::Normal };
+        publish(context, cluster, kind, change.kind.reason(), &change.message).await;
     }
     record_expiry(context, &namespace, &name, &files);
     let statuses = built_statuses(&observed, &name, &output, &files);
     drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
+    announce_downgrades(context, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await?;
     Ok(Action::requeue(RESYNC))
 }
 
-/// The Secret name of the TFTP signer, when a node runs TFTP.
-fn output_signer(cluster: &CallControlCluster, files: &crate::build::state::StateFiles) -> Option<String> {
-    use crate::build::identity::role_file_name;
-    use crate::pki::issue::ServerRole;
-    let name = cluster.name_any();
-    cluster.spec.nodes.iter().find_map(|node| {
-        [ServerRole::Tftp, ServerRole::CallManagerAndTftp].into_iter().find_map(|role| {
-            let base = format!("certs/{}.{}.crt", node.name, role_file_name(role));
-            files.contains_key(&base).then(|| function_secret_name(&name, &node.name, role_file_name(role)))
-        })
-    })
+/// Applies the token registry's Secret alone (see [`reconcile_cluster`]).
+async fn persist_token_registry(
+    client: &Client,
+    namespace: &str,
+    cluster: &str,
+    state: &StateDir,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<(), kube::Error> {
+    let (secrets, _) = objects_from_state(cluster, &state.files());
+    let name = labels::tokens_secret(cluster);
+    let Some(registry) = secrets.into_iter().find(|s| s.metadata.name.as_deref() == Some(name.as_str())) else {
+        return Ok(());
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&owned(registry, owner))).await.map(|_| ())
 }
 
 /// A digest of every certificate and trust list the data plane uses (never a key: the digest sits
@@ -255,6 +289,7 @@ struct Desired {
     role_bindings: Vec<RoleBinding>,
     deployments: Vec<Deployment>,
     services: Vec<Service>,
+    network_policies: Vec<NetworkPolicy>,
 }
 
 impl Desired {
@@ -265,7 +300,8 @@ impl Desired {
         apply_kind(client, namespace, cluster, &self.roles).await?;
         apply_kind(client, namespace, cluster, &self.role_bindings).await?;
         apply_kind(client, namespace, cluster, &self.deployments).await?;
-        apply_kind(client, namespace, cluster, &self.services).await
+        apply_kind(client, namespace, cluster, &self.services).await?;
+        apply_kind(client, namespace, cluster, &self.network_policies).await
     }
 }
 
@@ -296,6 +332,16 @@ where
 }
 
 async fn publish(context: &Context, cluster: &CallControlCluster, type_: EventType, reason: &str, note: &str) {
+    publish_on(context, &cluster.object_ref(&()), type_, reason, note).await;
+}
+
+async fn publish_on(
+    context: &Context,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -303,10 +349,35 @@ async fn publish(context: &Context, cluster: &CallControlCluster, type_: EventTy
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = context.recorder.publish(&event, &cluster.object_ref(&())).await {
+    if let Err(e) = context.recorder.publish(&event, regarding).await {
         tracing::warn!("cannot publish event {reason}: {e}");
     }
 }
+
+/// A phone that became downgraded (credentials in clear, hardening not delivered, a secure SRST
+/// reference written insecure) gets a Warning event, once, when it happens.
+async fn announce_downgrades(context: &Context, observed: &Observed, updates: &[StatusUpdate]) {
+    for update in updates.iter().filter(|u| u.kind == Kind::Phone) {
+        let Some(downgraded) = update.wanted.iter().find(|w| w.type_ == DOWNGRADED && w.status) else { continue };
+        let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
+            status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == DOWNGRADED).map(|c| c["status"] == "True")
+        });
+        if was == Some(true) {
+            continue;
+        }
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(crate::api::Phone::api_version(&()).into_owned()),
+            kind: Some("Phone".into()),
+            name: Some(update.name.clone()),
+            namespace: Some(observed.namespace.clone()),
+            ..Default::default()
+        };
+        publish_on(context, &regarding, EventType::Warning, "SecurityDowngraded", &downgraded.message).await;
+    }
+}
+
+/// The condition that shows a phone served with less protection than its objects ask for.
+const DOWNGRADED: &str = "Downgraded";
 
 fn record_expiry(context: &Context, namespace: &str, cluster: &str, files: &crate::build::state::StateFiles) {
     context.metrics.remove_cluster_certificates(namespace, cluster);
@@ -328,22 +399,27 @@ pub struct StatusUpdate {
     extra: serde_json::Map<String, Value>,
 }
 
+/// Statuses when the build refused: the cluster Stalled with `reason`, the others waiting for it.
+fn stalled_statuses(observed: &Observed, cluster: &str, reason: &str, message: &str) -> Vec<StatusUpdate> {
+    invalid_statuses(observed, cluster, reason, message, &BTreeMap::new())
+}
+
 /// Statuses when nothing is built: the cluster and every offending object Stalled with the
 /// validation message; the others NotReady, waiting for the cluster.
-fn invalid_statuses(observed: &Observed, cluster: &str, message: &str, by_object: &BTreeMap<String, Vec<String>>) -> Vec<StatusUpdate> {
+fn invalid_statuses(
+    observed: &Observed,
+    cluster: &str,
+    reason: &str,
+    message: &str,
+    by_object: &BTreeMap<String, Vec<String>>,
+) -> Vec<StatusUpdate> {
     let mut updates = Vec::new();
     for (kind, name) in observed.names() {
         let own = by_object.get(&format!("{}/{name}", kind.as_str()));
         let is_cluster = kind == Kind::CallControlCluster && name == cluster;
         let (ready, stalled) = match (own, is_cluster) {
-            (Some(own), _) => (
-                Wanted::new("Ready", false, "InvalidConfiguration", own.join("; ")),
-                Some(("InvalidConfiguration".to_owned(), own.join("; "))),
-            ),
-            (None, true) => (
-                Wanted::new("Ready", false, "InvalidConfiguration", message),
-                Some(("InvalidConfiguration".to_owned(), message.to_owned())),
-            ),
+            (Some(own), _) => (Wanted::new("Ready", false, reason, own.join("; ")), Some((reason.to_owned(), own.join("; ")))),
+            (None, true) => (Wanted::new("Ready", false, reason, message), Some((reason.to_owned(), message.to_owned()))),
             (None, false) => {
                 (Wanted::new("Ready", false, "ClusterNotReconciled", format!("CallControlCluster/{cluster} is stalled: {message}")), None)
             }
@@ -366,7 +442,15 @@ fn built_statuses(observed: &Observed, cluster: &str, output: &BuildOutput, file
         };
         let mut domain = Vec::new();
         let mut extra = serde_json::Map::new();
+        if kind == Kind::Phone {
+            let downgrades = status.map(|s| s.downgrades.as_slice()).unwrap_or_default();
+            domain.push(match status.map(|s| s.downgrade_reasons()).and_then(|r| r.first().copied()) {
+                Some(first) => Wanted::new(DOWNGRADED, true, first, downgrades.join("; ")),
+                None => Wanted::new(DOWNGRADED, false, "AsSpecified", ""),
+            });
+        }
         if kind == Kind::CallControlCluster && name == cluster {
+            extra.insert("identity".into(), serde_json::to_value(&output.identity).unwrap_or(Value::Null));
             domain.push(Wanted::new(
                 "CertificatesIssued",
                 files.contains_key("ca/ca.crt"),
@@ -390,9 +474,6 @@ fn built_statuses(observed: &Observed, cluster: &str, output: &BuildOutput, file
             extra.insert("locked".into(), json!(counters.locked));
             if let Some(at) = counters.locked_at {
                 extra.insert("lockedAt".into(), json!(at));
-            }
-            if let Some(fingerprint) = counters.last_failed_password_fingerprint {
-                extra.insert("lastFailedPasswordFingerprint".into(), json!(fingerprint));
             }
         }
         updates.push(StatusUpdate { kind, name, wanted: finished(ready, None, domain), extra });

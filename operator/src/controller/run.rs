@@ -8,6 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -41,6 +42,10 @@ pub struct OperatorOptions {
     pub image: String,
     /// Who this replica is, in the Lease and in events; the pod name by default.
     pub identity: Option<String>,
+    /// The namespaces managed; empty means every namespace (cluster scope).
+    pub namespaces: Vec<String>,
+    /// Ports of the API server, which the data-plane NetworkPolicies let the pods reach.
+    pub api_server_ports: Vec<u16>,
 }
 
 /// Runs until SIGINT or SIGTERM (or `shutdown`), writing only while it leads.
@@ -70,11 +75,17 @@ pub async fn run(client: Client, options: OperatorOptions, shutdown: Shutdown) -
         tracing::info!(%identity, "leading: reconciling");
         metrics.set_leader(true);
         let reporter = Reporter { controller: "callguard".into(), instance: Some(identity.clone()) };
-        let context =
-            Arc::new(Context::new(client.clone(), options.image.clone(), Arc::clone(&metrics), Recorder::new(client.clone(), reporter)));
-        let controller = controller(client.clone(), context, shutdown.clone());
+        let mut context =
+            Context::new(client.clone(), options.image.clone(), Arc::clone(&metrics), Recorder::new(client.clone(), reporter));
+        context.api_server_ports = options.api_server_ports.clone();
+        let context = Arc::new(context);
+        // One controller per managed namespace, or one for the whole cluster.
+        let scopes: Vec<Option<String>> =
+            if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+        let controllers = scopes.into_iter().map(|namespace| controller(client.clone(), namespace, Arc::clone(&context), shutdown.clone()));
+        let controller = futures::future::join_all(controllers);
         tokio::select! {
-            () = controller => {}
+            _ = controller => {}
             _ = leadership_lost(&mut leadership) => tracing::warn!(%identity, "leadership lost: stopped writing"),
         }
         metrics.set_leader(false);
@@ -90,30 +101,47 @@ pub async fn run(client: Client, options: OperatorOptions, shutdown: Shutdown) -
     }
 }
 
-/// The CallControlCluster controller: it owns the cluster's workloads and Secrets, and any change to
-/// a Callguard object or Secret of a namespace reconciles the namespace's cluster.
-async fn controller(client: Client, context: Arc<Context>, shutdown: Shutdown) {
-    let clusters: Api<CallControlCluster> = Api::all(client.clone());
+/// `K` in `namespace`, or in every namespace.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The CallControlCluster controller of one namespace (or all): it owns the cluster's workloads and
+/// Secrets, and any change to a Callguard object of a namespace, or to a Secret labelled
+/// `callguard.io/watch`, reconciles the namespace's cluster. No other Secret is watched.
+async fn controller(client: Client, namespace: Option<String>, context: Arc<Context>, shutdown: Shutdown) {
+    let namespace = namespace.as_deref();
+    let clusters: Api<CallControlCluster> = api(&client, namespace);
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY_KEY, labels::MANAGED_BY));
     let controller = Controller::new(clusters, watcher::Config::default());
     let store = controller.store();
     let controller = controller
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<Role>::all(client.clone()), owned.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned);
-    let controller = in_namespace::<Secret>(controller, &client, &store);
-    let controller = in_namespace::<SecurityToken>(controller, &client, &store);
-    let controller = in_namespace::<PhoneSecurityProfile>(controller, &client, &store);
-    let controller = in_namespace::<Phone>(controller, &client, &store);
-    let controller = in_namespace::<SipTrunkSecurityProfile>(controller, &client, &store);
-    let controller = in_namespace::<SipTrunk>(controller, &client, &store);
-    let controller = in_namespace::<SrstReference>(controller, &client, &store);
-    let controller = in_namespace::<EndUser>(controller, &client, &store);
-    let controller = in_namespace::<ApplicationUser>(controller, &client, &store);
-    let controller = in_namespace::<SipRealm>(controller, &client, &store);
+        .owns(api::<Secret>(&client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(api::<Deployment>(&client, namespace), owned.clone())
+        .owns(api::<Service>(&client, namespace), owned.clone())
+        .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
+        .owns(api::<Role>(&client, namespace), owned.clone())
+        .owns(api::<RoleBinding>(&client, namespace), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, namespace), owned);
+    let watched_secrets = watcher::Config::default().labels(labels::WATCHED_SECRET);
+    let controller = in_namespace::<Secret>(controller, api(&client, namespace), watched_secrets, &store);
+    let all = watcher::Config::default;
+    let controller = in_namespace::<SecurityToken>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<PhoneSecurityProfile>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<Phone>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<SipTrunkSecurityProfile>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<SipTrunk>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<SrstReference>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<EndUser>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<ApplicationUser>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<SipRealm>(controller, api(&client, namespace), all(), &store);
     controller
         .graceful_shutdown_on(shutdown.wait())
         .run(reconcile, error_policy, context)
@@ -125,17 +153,18 @@ async fn controller(client: Client, context: Arc<Context>, shutdown: Shutdown) {
         .await;
 }
 
-/// A change to any `K` reconciles the clusters of its namespace.
+/// A change to a `K` that `config` selects reconciles the clusters of its namespace.
 fn in_namespace<K>(
     controller: Controller<CallControlCluster>,
-    client: &Client,
+    api: Api<K>,
+    config: watcher::Config,
     clusters: &Store<CallControlCluster>,
 ) -> Controller<CallControlCluster>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let clusters = clusters.clone();
-    controller.watches(Api::<K>::all(client.clone()), watcher::Config::default(), move |object: K| {
+    controller.watches(api, config, move |object: K| {
         let namespace = object.namespace();
         clusters
             .state()

@@ -1,18 +1,25 @@
 //! The data-plane workloads of a cluster, as Kubernetes objects: for each service a ServiceAccount,
-//! a Role that lets its pods read what they serve, a RoleBinding, a Deployment running
-//! `callguard serve <service>` from the operator's own image, and a Service. Pure functions.
+//! a Role that lets its pods read exactly the Secrets they serve (by name), a RoleBinding, a
+//! Deployment running `callguard serve <service>` from the operator's own image, a Service and a
+//! NetworkPolicy. Pure functions.
 //!
-//! Only TFTP exists today. Signaling (a StatefulSet, one replica per node), CAPF and media join
-//! [`DataPlaneService`] as they are built; no workload is created for a service that does not exist.
+//! The model every service follows: the operator projects what a service needs into Secrets it owns
+//! (`projection`), and the service's Role lists those Secrets and the service's own key by name, with
+//! no rule on any other Secret, ConfigMap or Callguard object. Only TFTP exists today; signaling,
+//! CAPF and media join [`DataPlaneService`] as they are built.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
@@ -23,7 +30,7 @@ use crate::api::{CallControlCluster, default_ports};
 /// The data-plane services the operator runs. Closed set: one variant per service that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPlaneService {
-    /// TFTP: trust lists and phone configuration files (P.1-16, spec/04 §4).
+    /// TFTP: trust lists and phone configuration files (P.1-16).
     Tftp,
 }
 
@@ -34,14 +41,17 @@ impl DataPlaneService {
         }
     }
 
-    /// What its pods read, namespaced: it renders phone files from these (DESIGN: data plane reads).
-    fn rules(self) -> Vec<PolicyRule> {
-        match self {
-            DataPlaneService::Tftp => vec![
-                rule("callguard.io", &["callcontrolclusters", "phones", "phonesecurityprofiles", "srstreferences", "endusers"]),
-                rule("", &["secrets", "configmaps"]),
-            ],
-        }
+    /// What its pods may read: the named Secrets, nothing else. `list` and `watch` under
+    /// `resourceNames` are allowed only for a request that selects one of those names
+    /// (`metadata.name=`), which is how the pods watch them.
+    fn rules(self, secrets: &[String]) -> Vec<PolicyRule> {
+        vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(secrets.to_vec()),
+            verbs: ["get", "list", "watch"].map(String::from).to_vec(),
+            ..PolicyRule::default()
+        }]
     }
 
     fn ports(self, cluster: &CallControlCluster) -> Vec<(String, i32, &'static str)> {
@@ -69,23 +79,57 @@ fn http_probe(path: &str) -> Probe {
     }
 }
 
-fn rule(group: &str, resources: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(vec![group.to_owned()]),
-        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-        verbs: ["get", "list", "watch"].map(String::from).to_vec(),
-        ..PolicyRule::default()
-    }
-}
-
 /// What a service's pods need besides the cluster.
 pub struct WorkloadInputs<'a> {
     /// The operator's own image.
     pub image: &'a str,
     /// The TLS Secret of the certificate that signs what the service serves.
     pub signer_secret: &'a str,
+    /// The index Secret of the service's projection.
+    pub files_secret: &'a str,
+    /// Every Secret the pods may read: the signer's and the projection's.
+    pub readable_secrets: &'a [String],
     /// Digest of the certificates and trust lists the pods use; a change rolls them.
     pub content_hash: &'a str,
+    /// Ports of the Kubernetes API server, the one place the pods connect to.
+    pub api_server_ports: &'a [u16],
+}
+
+/// Requests and limits of a data-plane container unless the cluster's placement sets them: enough for
+/// a TFTP server signing on demand, and a memory ceiling so one pod cannot starve its node.
+fn default_resources() -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".to_owned(), quantity("50m")), ("memory".to_owned(), quantity("64Mi"))])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), quantity("512Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Ingress only to the service's ports and the metrics port; egress only to DNS and the API server.
+fn network_policy(
+    metadata: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    ports: &[(String, i32, &'static str)],
+    api_server_ports: &[u16],
+) -> NetworkPolicy {
+    let port = |number: i32, protocol: &str| NetworkPolicyPort {
+        port: Some(IntOrString::Int(number)),
+        protocol: Some(protocol.to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    let ingress = ports.iter().map(|(_, number, protocol)| port(*number, protocol)).chain([port(METRICS_PORT, "TCP")]).collect();
+    let egress =
+        [port(53, "UDP"), port(53, "TCP")].into_iter().chain(api_server_ports.iter().map(|p| port(i32::from(*p), "TCP"))).collect();
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(selector), ..LabelSelector::default() }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule { ports: Some(ingress), ..NetworkPolicyIngressRule::default() }]),
+            egress: Some(vec![NetworkPolicyEgressRule { ports: Some(egress), ..NetworkPolicyEgressRule::default() }]),
+        }),
+    }
 }
 
 /// Every object of one data-plane service, owner references left to the caller.
@@ -95,6 +139,7 @@ pub struct Workload {
     pub role_binding: RoleBinding,
     pub deployment: Deployment,
     pub service: Service,
+    pub network_policy: NetworkPolicy,
 }
 
 pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs: &WorkloadInputs<'_>) -> Workload {
@@ -117,6 +162,8 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
                 &cluster_name,
                 "--signer-secret",
                 inputs.signer_secret,
+                "--files-secret",
+                inputs.files_secret,
                 "--bind",
                 "0.0.0.0",
                 "--port",
@@ -150,6 +197,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
                 .chain([ContainerPort { name: Some("metrics".into()), container_port: METRICS_PORT, ..ContainerPort::default() }])
                 .collect(),
         ),
+        resources: Some(cluster.spec.placement.as_ref().and_then(|p| p.resources.clone()).unwrap_or_else(default_resources)),
         liveness_probe: Some(http_probe("/healthz")),
         readiness_probe: Some(http_probe("/readyz")),
         security_context: Some(SecurityContext {
@@ -201,7 +249,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
     let service_object = Service {
         metadata: metadata(),
         spec: Some(ServiceSpec {
-            selector: Some(selector),
+            selector: Some(selector.clone()),
             ports: Some(
                 ports
                     .iter()
@@ -220,7 +268,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
     };
     Workload {
         service_account: ServiceAccount { metadata: metadata(), ..ServiceAccount::default() },
-        role: Role { metadata: metadata(), rules: Some(service.rules()) },
+        role: Role { metadata: metadata(), rules: Some(service.rules(inputs.readable_secrets)) },
         role_binding: RoleBinding {
             metadata: metadata(),
             role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name: name.clone() },
@@ -228,6 +276,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         },
         deployment,
         service: service_object,
+        network_policy: network_policy(metadata(), selector, &ports, inputs.api_server_ports),
     }
 }
 
@@ -248,7 +297,15 @@ mod tests {
 
     #[test]
     fn tftp_runs_serve_tftp_on_the_clusters_udp_port_with_its_content_hash() {
-        let inputs = WorkloadInputs { image: "callguard:1", signer_secret: "lab-cm1-callmanager-tftp", content_hash: "abc" };
+        let secrets = ["lab-cm1-callmanager-tftp".to_owned(), "lab-tftp-files".to_owned()];
+        let inputs = WorkloadInputs {
+            image: "callguard:1",
+            signer_secret: "lab-cm1-callmanager-tftp",
+            files_secret: "lab-tftp-files",
+            readable_secrets: &secrets,
+            content_hash: "abc",
+            api_server_ports: &[443, 6443],
+        };
         let w = workload(DataPlaneService::Tftp, &cluster(Some(6969)), &inputs);
         let pod = w.deployment.spec.template.clone();
         let container = &pod.spec.as_ref().unwrap().containers[0];
@@ -271,12 +328,29 @@ mod tests {
     }
 
     #[test]
-    fn its_role_only_reads() {
-        let inputs = WorkloadInputs { image: "i", signer_secret: "s", content_hash: "h" };
+    fn its_role_reads_only_the_named_secrets_and_its_network_is_fenced() {
+        let secrets = ["s".to_owned(), "lab-tftp-files".to_owned(), "lab-tftp-files-0".to_owned()];
+        let inputs = WorkloadInputs {
+            image: "i",
+            signer_secret: "s",
+            files_secret: "lab-tftp-files",
+            readable_secrets: &secrets,
+            content_hash: "h",
+            api_server_ports: &[6443],
+        };
         let w = workload(DataPlaneService::Tftp, &cluster(None), &inputs);
-        for rule in w.role.rules.unwrap() {
-            assert_eq!(rule.verbs, ["get", "list", "watch"]);
-        }
+        let rules = w.role.rules.unwrap();
+        assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+        assert_eq!(rules[0].resources.as_deref(), Some(&["secrets".to_owned()][..]));
+        assert_eq!(rules[0].resource_names.as_deref(), Some(&secrets[..]));
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
         assert_eq!(w.role_binding.subjects.unwrap()[0].name, "lab-tftp");
+        let policy = w.network_policy.spec.unwrap();
+        let ingress: Vec<_> = policy.ingress.unwrap()[0].ports.clone().unwrap().into_iter().map(|p| (p.port, p.protocol)).collect();
+        assert_eq!(ingress, [(Some(IntOrString::Int(69)), Some("UDP".into())), (Some(IntOrString::Int(8080)), Some("TCP".into()))]);
+        let egress: Vec<_> = policy.egress.unwrap()[0].ports.clone().unwrap().into_iter().map(|p| p.port).collect();
+        assert_eq!(egress, [Some(IntOrString::Int(53)), Some(IntOrString::Int(53)), Some(IntOrString::Int(6443))]);
+        let resources = w.deployment.spec.template.spec.unwrap().containers[0].resources.clone().unwrap();
+        assert!(resources.limits.unwrap().contains_key("memory"), "a memory limit by default");
     }
 }

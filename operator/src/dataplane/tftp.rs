@@ -1,35 +1,32 @@
-//! `callguard serve tftp`: the cluster's TFTP pods. They watch, read-only, the cluster, its phones,
-//! profiles, SRST references, end users and Secrets, and the trust ConfigMap the operator publishes,
-//! and render every phone's files on demand with the TFTP certificate from its Secret (DESIGN: data
-//! plane reads, it does not copy; no per-phone ConfigMaps).
+//! `callguard serve tftp`: the cluster's TFTP pods. They read exactly two kinds of Secret, by name:
+//! the TFTP certificate's, whose key signs the files, and the projection the operator writes of what
+//! it validated (`controller::projection`): the trust lists and every phone's resolved files. They
+//! read no Callguard object and no Secret a user wrote, and they sign each phone's files the first
+//! time they are asked for, caching them by content.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Debug;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::api::{CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SrstReference};
-use crate::build::served::{PhoneRenderer, ServedFiles, Signing};
-use crate::build::signature_hash;
-use crate::controller::labels;
+use crate::build::catalog::TftpCatalog;
+use crate::build::phone_files::PhonePayloads;
+use crate::build::served::ServedFiles;
+use crate::controller::projection::{ShardRef, assemble, read_index, read_shard};
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::tftp::{ServerConfig, SwappableSource, TftpServer};
-use crate::trust::{Mode, Signer, TrustList, TrustListKind};
-use crate::validate::{SecretData, Snapshot};
+use crate::trust::{Signer, TrustListKind};
 
-/// Changes come in bursts (the operator writes a namespace's statuses at once): wait this long.
+/// Changes come in bursts (the operator writes the shards, then the index): wait this long.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
@@ -38,106 +35,91 @@ pub struct ServeTftpOptions {
     pub cluster: String,
     /// The TLS Secret of the TFTP certificate that signs the files.
     pub signer_secret: String,
+    /// The index Secret of the operator's projection.
+    pub files_secret: String,
     pub bind: IpAddr,
     pub port: u16,
     /// Where `/metrics` (the TFTP counters), `/healthz` and `/readyz` are served.
     pub metrics_bind: Option<SocketAddr>,
 }
 
-/// What the pod watches, each as a reflector store.
-struct Stores {
-    clusters: Store<CallControlCluster>,
-    phones: Store<Phone>,
-    profiles: Store<PhoneSecurityProfile>,
-    srst_references: Store<SrstReference>,
-    end_users: Store<EndUser>,
-    secrets: Store<Secret>,
-    config_maps: Store<ConfigMap>,
-}
-
-/// Starts a reflector for `K` in `namespace` that bumps `changed` on every event.
-fn reflect<K>(client: &Client, namespace: &str, changed: &watch::Sender<u64>) -> Store<K>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+/// Watches one Secret by name (the Role allows a watch only on a single named object) and bumps
+/// `changed` on every event.
+fn watch_secret(api: &Api<Secret>, name: &str, changed: &watch::Sender<u64>) -> Store<Secret> {
     let (reader, writer) = reflector::store();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let changed = changed.clone();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().touched_objects();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = reflector::reflector(writer, watcher(api.clone(), config)).default_backoff().touched_objects();
+    let (changed, name) = (changed.clone(), name.to_owned());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => changed.send_modify(|n| *n += 1),
-                Err(e) => tracing::warn!(kind = %K::kind(&()), "watch: {e}"),
+                Err(e) => tracing::warn!(secret = %name, "watch: {e}"),
             }
         }
     });
     reader
 }
 
-impl Stores {
-    fn start(client: &Client, namespace: &str, changed: &watch::Sender<u64>) -> Self {
-        Stores {
-            clusters: reflect(client, namespace, changed),
-            phones: reflect(client, namespace, changed),
-            profiles: reflect(client, namespace, changed),
-            srst_references: reflect(client, namespace, changed),
-            end_users: reflect(client, namespace, changed),
-            secrets: reflect(client, namespace, changed),
-            config_maps: reflect(client, namespace, changed),
+/// What the pod reads: the signer and index Secrets, watched, and the shards, fetched when the index
+/// names a shard not yet held.
+struct Sources {
+    api: Api<Secret>,
+    signer: Store<Secret>,
+    index: Store<Secret>,
+    /// Parsed shards by name, with the SHA-256 they were read at.
+    shards: HashMap<String, (String, Arc<std::collections::BTreeMap<String, PhonePayloads>>)>,
+}
+
+impl Sources {
+    fn start(client: &Client, options: &ServeTftpOptions, changed: &watch::Sender<u64>) -> Self {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &options.namespace);
+        Sources {
+            signer: watch_secret(&api, &options.signer_secret, changed),
+            index: watch_secret(&api, &options.files_secret, changed),
+            api,
+            shards: HashMap::new(),
         }
     }
 
     async fn ready(&self) -> Result<(), String> {
-        let waits = [
-            self.clusters.wait_until_ready().await,
-            self.phones.wait_until_ready().await,
-            self.profiles.wait_until_ready().await,
-            self.srst_references.wait_until_ready().await,
-            self.end_users.wait_until_ready().await,
-            self.secrets.wait_until_ready().await,
-            self.config_maps.wait_until_ready().await,
-        ];
-        waits.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ()).map_err(|e| format!("watch stopped before its first list: {e}"))
+        self.signer.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
+        self.index.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))
     }
 
-    /// The files to serve now, from what the stores hold.
-    fn served(&self, options: &ServeTftpOptions) -> Result<ServedFiles, String> {
-        fn by_name<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> BTreeMap<String, K> {
-            store.state().iter().map(|o| (o.name_any(), K::clone(o))).collect()
+    async fn shard(&mut self, reference: &ShardRef) -> Result<Arc<std::collections::BTreeMap<String, PhonePayloads>>, String> {
+        if let Some((sha256, phones)) = self.shards.get(&reference.name)
+            && *sha256 == reference.sha256
+        {
+            return Ok(Arc::clone(phones));
         }
-        let secrets: BTreeMap<String, Secret> = by_name(&self.secrets);
-        let snapshot = Snapshot {
-            namespace: options.namespace.clone(),
-            clusters: by_name(&self.clusters),
-            phones: by_name(&self.phones),
-            phone_profiles: by_name(&self.profiles),
-            srst_references: by_name(&self.srst_references),
-            end_users: by_name(&self.end_users),
-            secrets: secrets
-                .iter()
-                .map(|(name, s)| (name.clone(), SecretData(s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect())))
-                .collect(),
-            ..Snapshot::new(&options.namespace)
-        };
-        let cluster = snapshot.clusters.get(&options.cluster).ok_or_else(|| format!("CallControlCluster/{} not found", options.cluster))?;
-        let trust_name = labels::trust_config_map(&options.cluster);
-        let trust = self
-            .config_maps
+        let secret = self.api.get(&reference.name).await.map_err(|e| format!("Secret/{}: {e}", reference.name))?;
+        let phones = Arc::new(read_shard(&secret, reference)?);
+        self.shards.insert(reference.name.clone(), (reference.sha256.clone(), Arc::clone(&phones)));
+        Ok(phones)
+    }
+
+    /// The files to serve now: the catalog the index names, signed with the signer.
+    async fn served(&mut self, options: &ServeTftpOptions) -> Result<ServedFiles, String> {
+        let index = self
+            .index
             .state()
             .into_iter()
-            .find(|c| c.name_any() == trust_name)
-            .ok_or_else(|| format!("ConfigMap/{trust_name} not found: the operator has not published the trust lists yet"))?;
-        let trust_lists: BTreeMap<String, Arc<[u8]>> =
-            trust.binary_data.iter().flatten().map(|(name, bytes)| (name.clone(), Arc::from(bytes.0.as_slice()))).collect();
-        let itl_bytes = trust_lists.get(TrustListKind::Itl.filename()).ok_or_else(|| format!("ConfigMap/{trust_name} has no ITL"))?;
-        let itl = TrustList::parse(itl_bytes, Mode::Strict).map_err(|e| format!("ConfigMap/{trust_name}: ITLFile.tlv: {e}"))?;
-        let signer = signer(secrets.get(&options.signer_secret), &options.signer_secret)?;
-        let signing = Signing::from_itl(signer, signature_hash(cluster), &itl);
-        // Device certificates come with CAPF in the cluster; until then encrypted phones get their stub.
-        let phones = PhoneRenderer::new(Arc::new(snapshot), options.cluster.clone(), signing, HashMap::new());
-        Ok(ServedFiles::new(trust_lists, phones))
+            .next()
+            .ok_or_else(|| format!("Secret/{} not found: the operator has not projected the files yet", options.files_secret))?;
+        let view = read_index(&index)?;
+        if !view.trust_lists.contains_key(TrustListKind::Itl.filename()) {
+            return Err(format!("Secret/{} has no ITL", options.files_secret));
+        }
+        let mut shards = Vec::with_capacity(view.shards.len());
+        for reference in view.shards.clone() {
+            shards.push((*self.shard(&reference).await?).clone());
+        }
+        self.shards.retain(|name, _| view.shards.iter().any(|s| s.name == *name));
+        let catalog: TftpCatalog = assemble(view, shards)?;
+        let signer = signer(self.signer.state().into_iter().next().as_deref(), &options.signer_secret)?;
+        Ok(ServedFiles::new(catalog, signer))
     }
 }
 
@@ -151,19 +133,20 @@ fn signer(secret: Option<&Secret>, name: &str) -> Result<Signer, String> {
     Signer::new(certificate, key, false).map_err(|e| format!("Secret/{name}: {e}"))
 }
 
-/// Serves until `shutdown`; a change to anything watched is served within [`DEBOUNCE`], and an
-/// inconsistent moment (the trust ConfigMap not yet written, say) keeps the last good files.
+/// Serves until `shutdown`; a change is served within [`DEBOUNCE`], and an inconsistent moment (the
+/// index naming a shard that is still being written, say) keeps the last good files.
 pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown) -> Result<(), String> {
     let (changed, mut changes) = watch::channel(0u64);
-    let stores = Stores::start(&client, &options.namespace, &changed);
-    stores.ready().await?;
+    let mut sources = Sources::start(&client, &options, &changed);
+    sources.ready().await?;
     let first = loop {
-        match stores.served(&options) {
+        match sources.served(&options).await {
             Ok(served) => break served,
             Err(e) => {
                 tracing::warn!("not serving yet: {e}");
                 tokio::select! {
                     result = changes.changed() => if result.is_err() { return Err("the watches stopped".into()) },
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
                     () = shutdown.wait() => return Ok(()),
                 }
             }
@@ -184,21 +167,26 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(server.run(stopped));
     println!("serving TFTP on {bound} for CallControlCluster {}/{}", options.namespace, options.cluster);
+    let mut retry = false;
     loop {
         tokio::select! {
-            result = changes.changed() => {
-                if result.is_err() { break }
-                tokio::time::sleep(DEBOUNCE).await;
-                changes.mark_unchanged();
-                match stores.served(&options) {
-                    Ok(mut served) => {
-                        served.phones.adopt_cache(&files.current().phones);
-                        files.replace(served);
-                    }
-                    Err(e) => tracing::warn!("keeping the last good files: {e}"),
-                }
-            }
+            result = changes.changed() => if result.is_err() { break },
+            // A shard read mid-update is retried without waiting for another change.
+            () = tokio::time::sleep(Duration::from_secs(2)), if retry => {}
             () = shutdown.wait() => break,
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        changes.mark_unchanged();
+        match sources.served(&options).await {
+            Ok(mut served) => {
+                served.phones.adopt_cache(&files.current().phones);
+                files.replace(served);
+                retry = false;
+            }
+            Err(e) => {
+                tracing::warn!("keeping the last good files: {e}");
+                retry = true;
+            }
         }
     }
     let _ = stop.send(true);

@@ -1,5 +1,5 @@
 //! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
-//! TFTP on loopback, rebuilt whenever the directory changes (DESIGN: the local adapter).
+//! TFTP on loopback, rebuilt whenever the directory changes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::default_ports;
 use crate::build::served::ServedFiles;
-use crate::build::{BuildOutput, PathsError, ResourceStatus, build_paths};
+use crate::build::{BuildOptions, BuildOutput, PathsError, ResourceStatus, build_paths};
 use crate::tftp::{FileSource, ServerConfig, SwappableSource, TftpServer, TftpServerError};
 
 /// Edits come in bursts (an editor writes, renames, touches): wait this long after the last event.
@@ -27,11 +27,20 @@ pub struct LocalOptions {
     pub tftp_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
+    /// What the build may do by explicit request (a new identity).
+    pub build: BuildOptions,
 }
 
 impl LocalOptions {
     pub fn new(paths: Vec<PathBuf>) -> Self {
-        LocalOptions { paths, state_dir: PathBuf::from(".callguard"), bind: IpAddr::from([127, 0, 0, 1]), tftp_port: None, namespace: None }
+        LocalOptions {
+            paths,
+            state_dir: PathBuf::from(".callguard"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            tftp_port: None,
+            namespace: None,
+            build: BuildOptions::default(),
+        }
     }
 }
 
@@ -123,8 +132,8 @@ async fn bind_tftp(options: &LocalOptions, files: Arc<dyn FileSource>) -> Result
 /// `previous` for the phones whose content did not change, and prints the status table when it
 /// changed. On failure the caller keeps serving what it served.
 async fn rebuild(options: &LocalOptions, previous: Option<&ServedFiles>, shown: &mut String) -> Result<ServedFiles, String> {
-    let (paths, state_dir) = (options.paths.clone(), options.state_dir.clone());
-    let built = tokio::task::spawn_blocking(move || build_paths(&paths, &state_dir, time::OffsetDateTime::now_utc()))
+    let (paths, state_dir, build) = (options.paths.clone(), options.state_dir.clone(), options.build.clone());
+    let built = tokio::task::spawn_blocking(move || build_paths(&paths, &state_dir, time::OffsetDateTime::now_utc(), &build))
         .await
         .map_err(|e| format!("the build stopped: {e}"))?;
     let mut namespaces = match built {
@@ -156,7 +165,8 @@ async fn rebuild(options: &LocalOptions, previous: Option<&ServedFiles>, shown: 
         .ok_or_else(|| format!("callguard local: no namespace {namespace:?} in the manifests"))?
         .map_err(|e| format!("callguard local: namespace {namespace}: {e}; still serving the last good build"))?;
     for change in &output.changes {
-        println!("{namespace}: {change}");
+        let warning = if change.kind == crate::build::ChangeKind::NewIdentity { "WARNING: " } else { "" };
+        println!("{namespace}: {warning}{change}");
     }
     let mut served = output.served;
     match previous {
@@ -180,20 +190,25 @@ async fn rebuild(options: &LocalOptions, previous: Option<&ServedFiles>, shown: 
     Ok(served)
 }
 
-/// One row per resource: kind, name, ready, reason.
+/// One row per resource: kind, name, ready, reason, and what is served with less protection than
+/// asked; then one line per downgrade, so that none goes unseen.
 pub fn status_table(statuses: &[ResourceStatus]) -> String {
-    let rows: Vec<[String; 4]> = statuses
+    let rows: Vec<[String; 5]> = statuses
         .iter()
-        .map(|s| [s.kind.to_string(), s.name.clone(), if s.ready { "True" } else { "False" }.to_string(), s.reason.clone()])
+        .map(|s| {
+            let downgraded = if s.downgrades.is_empty() { "-".to_owned() } else { s.downgrade_reasons().join(",") };
+            [s.kind.to_string(), s.name.clone(), if s.ready { "True" } else { "False" }.to_string(), s.reason.clone(), downgraded]
+        })
         .collect();
-    let header = ["KIND", "NAME", "READY", "REASON"].map(String::from);
-    let widths: Vec<usize> = (0..4).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let header = ["KIND", "NAME", "READY", "REASON", "DOWNGRADED"].map(String::from);
+    let widths: Vec<usize> = (0..5).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
     std::iter::once(&header)
         .chain(&rows)
         .map(|row| {
             let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
             cells.join("  ").trim_end().to_string()
         })
+        .chain(statuses.iter().flat_map(|s| s.downgrades.iter().map(move |d| format!("warning: {}/{} is downgraded: {d}", s.kind, s.name))))
         .collect::<Vec<_>>()
         .join("\n")
 }

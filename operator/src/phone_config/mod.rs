@@ -13,7 +13,9 @@ mod resolve;
 pub use error::{DeviceKeyKind, MemberList, RenderError};
 pub use model::*;
 pub use render::{render_full, render_stub};
-pub use resolve::{ConfigCondition, DeviceCertificate, PhoneConfigInput, Resolved, ResolvedSecrets, TrustFacts, resolve};
+pub use resolve::{
+    ClearCredentials, ConfigCondition, DeviceCertificate, PhoneConfigInput, Resolved, ResolvedSecrets, TrustFacts, WithheldReason, resolve,
+};
 
 #[cfg(test)]
 mod tests;

@@ -50,6 +50,46 @@ impl DeviceCertificate {
     }
 }
 
+/// Whether digest credentials may go into a configuration file that is not encrypted. The caller
+/// decides, since it sees the other phones that use the same credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClearCredentials {
+    /// The profile opted in, and no phone using the credentials asked for an encrypted file.
+    Allowed,
+    /// Only an encrypted file may carry them (P.7-1).
+    Refused(WithheldReason),
+}
+
+/// Why digest credentials were kept out of a file that is not encrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WithheldReason {
+    /// The profile has not opted in to credentials in clear (`sip.allowDigestCredentialsInClear`).
+    NotOptedIn { profile: String },
+    /// This phone's own profile asks for an encrypted configuration, which this file is not.
+    EncryptionAsked,
+    /// Another phone using the same end user asked for an encrypted configuration: its credentials
+    /// never go where they would be less protected than that phone's.
+    SharedWithEncryptedPhone { user: String, phone: String },
+}
+
+impl fmt::Display for WithheldReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WithheldReason::NotOptedIn { profile } => write!(
+                f,
+                "the file is not encrypted, and PhoneSecurityProfile/{profile} does not set sip.allowDigestCredentialsInClear (P.7-1, P.7-9)"
+            ),
+            WithheldReason::EncryptionAsked => {
+                f.write_str("the profile asks for an encrypted configuration, and this file is not encrypted (P.7-1)")
+            }
+            WithheldReason::SharedWithEncryptedPhone { user, phone } => write!(
+                f,
+                "Phone/{phone} also uses EndUser/{user} and asks for an encrypted configuration: the credentials go into no file less protected than that (P.7-1)"
+            ),
+        }
+    }
+}
+
 /// Everything one phone's configuration is built from.
 #[derive(Clone, Copy, Debug)]
 pub struct PhoneConfigInput<'a> {
@@ -62,9 +102,11 @@ pub struct PhoneConfigInput<'a> {
     pub secrets: &'a ResolvedSecrets,
     pub device_certificate: Option<DeviceCertificate>,
     pub trust: TrustFacts,
-    /// The firmware load identifier. The model catalogue has none (spec/04 gives only the placeholder
-    /// `LOAD_ID`), so the caller supplies it; `None` writes an empty `loadInformation`.
+    /// The firmware load identifier. The model catalogue has none (the guide gives no load names),
+    /// so the caller supplies it; `None` writes an empty `loadInformation`.
     pub load_information: Option<&'a str>,
+    /// Whether the digest credentials may be written into a file that is not encrypted.
+    pub clear_credentials: &'a ClearCredentials,
 }
 
 /// Something the caller should surface as a Phone condition; the configuration is still rendered.
@@ -76,8 +118,10 @@ pub enum ConfigCondition {
     ClusterNonSecure { profile_mode: DeviceSecurityMode },
     /// The profile enables digest authentication but no credentials were supplied: the phone cannot register (PR5).
     DigestCredentialsMissing,
-    /// Digest credentials are in a file that is not encrypted (PR10).
+    /// Digest credentials are in a file that is not encrypted, as the profile opted in to (PR10).
     DigestCredentialsInCleartext,
+    /// The credentials are not in the file, so the phone cannot register with digest (PR5).
+    DigestCredentialsWithheld { reason: WithheldReason },
     /// The model takes digest credentials only by hand on the phone, so they are not in the file (T8-1 step 6).
     DigestCredentialsEnteredOnPhone,
     /// The profile asks for encryption, but the model uses manual key distribution, whose format is unknown (spec/04 §5).
@@ -90,6 +134,27 @@ pub enum ConfigCondition {
 }
 
 impl ConfigCondition {
+    /// The phone does not get the configuration its spec asks for: it is not Ready.
+    pub fn is_blocking(&self) -> bool {
+        matches!(
+            self,
+            ConfigCondition::AwaitingDeviceCertificate
+                | ConfigCondition::ManualKeyEncryptionNotRendered
+                | ConfigCondition::DigestCredentialsWithheld { .. }
+        )
+    }
+
+    /// The phone works, but with less protection than its objects say: shown as `Downgraded`.
+    pub fn is_downgrade(&self) -> bool {
+        matches!(
+            self,
+            ConfigCondition::DigestCredentialsInCleartext
+                | ConfigCondition::HardeningNotRendered { .. }
+                | ConfigCondition::SecureSrstUnavailable { .. }
+                | ConfigCondition::ClusterNonSecure { .. }
+        )
+    }
+
     /// The condition type, as written in status.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -97,6 +162,7 @@ impl ConfigCondition {
             ConfigCondition::ClusterNonSecure { .. } => "ClusterNonSecure",
             ConfigCondition::DigestCredentialsMissing => "DigestCredentialsMissing",
             ConfigCondition::DigestCredentialsInCleartext => "DigestCredentialsInCleartext",
+            ConfigCondition::DigestCredentialsWithheld { .. } => "DigestCredentialsWithheld",
             ConfigCondition::DigestCredentialsEnteredOnPhone => "DigestCredentialsEnteredOnPhone",
             ConfigCondition::ManualKeyEncryptionNotRendered => "ManualKeyEncryptionNotRendered",
             ConfigCondition::HardeningNotRendered { .. } => "HardeningNotRendered",
@@ -120,14 +186,18 @@ impl fmt::Display for ConfigCondition {
             ConfigCondition::DigestCredentialsMissing => {
                 f.write_str("the profile enables digest authentication but the phone has no digest credentials: it cannot register (PR5, P.1-17)")
             }
-            ConfigCondition::DigestCredentialsInCleartext => {
-                f.write_str("digest credentials are in a configuration file that is not encrypted (PR10, P.7-9)")
-            }
+            ConfigCondition::DigestCredentialsInCleartext => f.write_str(
+                "digest credentials are in a configuration file that is not encrypted: anyone who can fetch it over TFTP reads them, as the profile's sip.allowDigestCredentialsInClear accepts (P.7-9)",
+            ),
+            ConfigCondition::DigestCredentialsWithheld { reason } => write!(
+                f,
+                "the digest credentials are not written into the file, so the phone cannot register with digest authentication (P.1-17): {reason}"
+            ),
             ConfigCondition::DigestCredentialsEnteredOnPhone => {
                 f.write_str("this model takes digest credentials only when entered on the phone; they are not in the file (T8-1 step 6)")
             }
             ConfigCondition::ManualKeyEncryptionNotRendered => f.write_str(
-                "the profile asks for an encrypted configuration, but this model uses manual key distribution, which is not implemented: the file is not encrypted (spec/04 §5)",
+                "the profile asks for an encrypted configuration, but this model uses manual key distribution, which Callguard does not implement: only the minimal stub is served, never the full file in clear (P.7-2)",
             ),
             ConfigCondition::AwaitingDeviceCertificate => f.write_str(
                 "the configuration is to be encrypted but the phone has no certificate yet: only the stub is served, with a blank certHash, until CAPF issues an LSC (spec/04 §5.1)",
@@ -151,7 +221,17 @@ pub struct Resolved {
 
 /// Builds and checks a phone's configuration, refusing what spec/04 §6.3 refuses.
 pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
-    let PhoneConfigInput { cluster, phone, profile, srst_reference, secrets, device_certificate, trust, load_information } = *input;
+    let PhoneConfigInput {
+        cluster,
+        phone,
+        profile,
+        srst_reference,
+        secrets,
+        device_certificate,
+        trust,
+        load_information,
+        clear_credentials,
+    } = *input;
     let device = phone.spec.device_name();
     let cluster_spec = &cluster.spec;
     let profile_spec = &profile.spec;
@@ -273,19 +353,30 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
         DeviceProtocol::Sccp => None,
         DeviceProtocol::Sip => {
             let auth = if phone.spec.model.digest_credentials_in_config() {
-                if secrets.digest.is_none() && profile_spec.digest_enabled() {
-                    conditions.push(ConfigCondition::DigestCredentialsMissing);
+                match (&secrets.digest, encr_config, clear_credentials) {
+                    (None, _, _) => {
+                        if profile_spec.digest_enabled() {
+                            conditions.push(ConfigCondition::DigestCredentialsMissing);
+                        }
+                        None
+                    }
+                    // Only the encrypted full file carries them (the stub never does).
+                    (Some(digest), true, _) => Some(digest.clone()),
+                    (Some(digest), false, ClearCredentials::Allowed) => {
+                        conditions.push(ConfigCondition::DigestCredentialsInCleartext);
+                        Some(digest.clone())
+                    }
+                    (Some(_), false, ClearCredentials::Refused(reason)) => {
+                        conditions.push(ConfigCondition::DigestCredentialsWithheld { reason: reason.clone() });
+                        None
+                    }
                 }
-                secrets.digest.clone()
             } else {
                 if profile_spec.digest_enabled() {
                     conditions.push(ConfigCondition::DigestCredentialsEnteredOnPhone);
                 }
                 None
             };
-            if auth.is_some() && !encr_config {
-                conditions.push(ConfigCondition::DigestCredentialsInCleartext);
-            }
             Some(sip_profile(phone, ports.sip_port(), auth.as_ref()))
         }
     };

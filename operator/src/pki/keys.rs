@@ -9,7 +9,11 @@ use rsa::RsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 
 /// PBKDF2 rounds for encrypted token keys: OWASP's 2023 figure for PBKDF2-HMAC-SHA256.
-const PBKDF2_ROUNDS: u32 = 600_000;
+pub const PBKDF2_ROUNDS: u32 = 600_000;
+/// The rounds an encrypted key may ask for. Below, the password is cheap to guess from a copy of the
+/// Secret; above, one decryption costs seconds of the operator's CPU (every count up to `u32::MAX`
+/// parses, and would be attempted). Keys Callguard writes use [`PBKDF2_ROUNDS`].
+pub const PBKDF2_ROUNDS_ACCEPTED: std::ops::RangeInclusive<u32> = 100_000..=2_000_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyError {
@@ -83,9 +87,46 @@ pub fn decrypt_pem(pem: &str, password: &[u8]) -> Result<RsaPrivateKey, KeyError
         return Err(KeyError::Malformed(format!("expected an ENCRYPTED PRIVATE KEY PEM, found {label}")));
     }
     let info = EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| KeyError::Malformed(e.to_string()))?;
+    check_encryption_parameters(&info)?;
     // PBES2 with CBC reports a wrong password as a padding or DER failure of the decrypted bytes.
     let plain = info.decrypt(password).map_err(|_| KeyError::WrongPassword)?;
     RsaPrivateKey::from_pkcs8_der(plain.as_bytes()).map_err(|_| KeyError::WrongPassword)
+}
+
+/// Accepts only what [`encrypt_pem`] writes: PBES2 with PBKDF2-HMAC-SHA256 and a round count in
+/// [`PBKDF2_ROUNDS_ACCEPTED`], and AES-CBC. The parameters come from a Secret anyone with write access
+/// to it controls, so they are checked before any work is done: scrypt with N = 2^40 would allocate a
+/// pebibyte, and PBKDF2 with 2^32 - 1 rounds would take hours.
+pub fn check_encryption_parameters(info: &EncryptedPrivateKeyInfo<'_>) -> Result<(), KeyError> {
+    use pkcs8::pkcs5::EncryptionScheme;
+    const HOW: &str = "re-encrypt the key with `callguard token create`, or `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -iter 600000` (P.3-17)";
+    let EncryptionScheme::Pbes2(parameters) = &info.encryption_algorithm else {
+        return Err(KeyError::Unsupported(format!("the key is encrypted with PBES1; only PBES2 is accepted: {HOW}")));
+    };
+    let pbes2::Kdf::Pbkdf2(kdf) = &parameters.kdf else {
+        return Err(KeyError::Unsupported(format!("the key derivation is not PBKDF2 (scrypt is refused): {HOW}")));
+    };
+    if kdf.prf != pbes2::Pbkdf2Prf::HmacWithSha256 {
+        return Err(KeyError::Unsupported(format!("PBKDF2 uses {:?}; only HMAC-SHA256 is accepted: {HOW}", kdf.prf)));
+    }
+    if !PBKDF2_ROUNDS_ACCEPTED.contains(&kdf.iteration_count) {
+        return Err(KeyError::Unsupported(format!(
+            "PBKDF2 asks for {} rounds; between {} and {} are accepted: {HOW}",
+            kdf.iteration_count,
+            PBKDF2_ROUNDS_ACCEPTED.start(),
+            PBKDF2_ROUNDS_ACCEPTED.end()
+        )));
+    }
+    let key_size = match parameters.encryption {
+        pbes2::EncryptionScheme::Aes128Cbc { .. } => 16,
+        pbes2::EncryptionScheme::Aes192Cbc { .. } => 24,
+        pbes2::EncryptionScheme::Aes256Cbc { .. } => 32,
+        _ => return Err(KeyError::Unsupported(format!("the cipher is not AES-CBC: {HOW}"))),
+    };
+    if kdf.key_length.is_some_and(|length| usize::from(length) != key_size) {
+        return Err(KeyError::Unsupported(format!("PBKDF2's key length does not match the AES key size: {HOW}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -100,6 +141,66 @@ mod tests {
         assert_eq!(decrypt_pem(&pem, b"correct horse").unwrap(), key);
         assert_eq!(decrypt_pem(&pem, b"correct horsf"), Err(KeyError::WrongPassword));
         assert!(matches!(decrypt_pem(&pkcs8_pem(&key), b"x"), Err(KeyError::Malformed(_))));
+    }
+
+    /// An `ENCRYPTED PRIVATE KEY` PEM with `parameters` and random bytes as the ciphertext.
+    fn encrypted_with(parameters: pbes2::Parameters<'_>) -> String {
+        let info = EncryptedPrivateKeyInfo { encryption_algorithm: parameters.into(), encrypted_data: &[7u8; 48] };
+        pkcs8::der::EncodePem::to_pem(&info, LineEnding::LF).unwrap()
+    }
+
+    /// Runs `decrypt_pem` on another thread and gives up after 10 s: before the bounds, these inputs
+    /// aborted the process (scrypt, a pebibyte allocation) or ran for hours (2^32 - 1 rounds).
+    fn decrypt_within_seconds(pem: String) -> Result<RsaPrivateKey, KeyError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(decrypt_pem(&pem, b"password"));
+        });
+        receiver.recv_timeout(std::time::Duration::from_secs(10)).expect("a hostile key is refused at once, not attempted")
+    }
+
+    #[test]
+    fn hostile_key_derivation_parameters_are_refused_before_any_work() {
+        let (salt, iv) = ([1u8; 16], [2u8; 16]);
+        let scrypt = pbes2::Parameters {
+            kdf: pbes2::Kdf::Scrypt(pbes2::ScryptParams {
+                salt: &salt,
+                cost_parameter: 1 << 40,
+                block_size: 8,
+                parallelization: 1,
+                key_length: None,
+            }),
+            encryption: pbes2::EncryptionScheme::Aes256Cbc { iv: &iv },
+        };
+        let refused = decrypt_within_seconds(encrypted_with(scrypt));
+        assert!(matches!(&refused, Err(KeyError::Unsupported(why)) if why.contains("scrypt")), "{refused:?}");
+
+        for rounds in [u32::MAX, 2_000_001, 99_999, 1] {
+            let pbkdf2 = pbes2::Parameters {
+                kdf: pbes2::Kdf::Pbkdf2(pbes2::Pbkdf2Params {
+                    salt: &salt,
+                    iteration_count: rounds,
+                    key_length: None,
+                    prf: pbes2::Pbkdf2Prf::HmacWithSha256,
+                }),
+                encryption: pbes2::EncryptionScheme::Aes256Cbc { iv: &iv },
+            };
+            let refused = decrypt_within_seconds(encrypted_with(pbkdf2));
+            assert!(matches!(&refused, Err(KeyError::Unsupported(why)) if why.contains(&format!("{rounds} rounds"))), "{refused:?}");
+        }
+        let sha1 = pbes2::Parameters {
+            kdf: pbes2::Kdf::Pbkdf2(pbes2::Pbkdf2Params {
+                salt: &salt,
+                iteration_count: PBKDF2_ROUNDS,
+                key_length: None,
+                prf: pbes2::Pbkdf2Prf::HmacWithSha1,
+            }),
+            encryption: pbes2::EncryptionScheme::Aes256Cbc { iv: &iv },
+        };
+        assert!(matches!(decrypt_within_seconds(encrypted_with(sha1)), Err(KeyError::Unsupported(_))));
+        // What Callguard writes is accepted, and a wrong password is still just that.
+        let key = generate_rsa(1024);
+        assert_eq!(decrypt_within_seconds(encrypt_pem(&key, b"password")), Ok(key));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum MaterialError {
     KeyNotEncryptedPem(String),
     /// The `ENCRYPTED PRIVATE KEY` does not parse as EncryptedPrivateKeyInfo.
     KeyMalformed(String),
+    /// The key's encryption parameters are not ones Callguard accepts (scrypt, a PBKDF2 round count
+    /// out of bounds, another cipher): refused before any decryption is tried.
+    KeyParameters(String),
 }
 
 impl std::fmt::Display for MaterialError {
@@ -49,6 +52,7 @@ impl std::fmt::Display for MaterialError {
                 write!(f, "is not a password-encrypted PKCS#8 key (PEM {ENCRYPTED_KEY_LABEL}): {why} (P.3-17)")
             }
             MaterialError::KeyMalformed(why) => write!(f, "is a malformed {ENCRYPTED_KEY_LABEL}: {why} (P.3-17)"),
+            MaterialError::KeyParameters(why) => write!(f, "has encryption parameters Callguard refuses: {why}"),
         }
     }
 }
@@ -85,8 +89,8 @@ pub fn check_encrypted_key(pem: &[u8]) -> Result<(), MaterialError> {
     if label != ENCRYPTED_KEY_LABEL {
         return Err(MaterialError::KeyNotEncryptedPem(format!("found PEM {label}")));
     }
-    EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| MaterialError::KeyMalformed(e.to_string()))?;
-    Ok(())
+    let info = EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| MaterialError::KeyMalformed(e.to_string()))?;
+    crate::pki::keys::check_encryption_parameters(&info).map_err(|e| MaterialError::KeyParameters(e.to_string()))
 }
 
 /// DER INTEGER content bytes: positive when the sign bit is clear and some byte is non-zero.

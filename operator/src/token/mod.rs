@@ -3,5 +3,6 @@
 
 pub mod create;
 pub mod material;
+pub mod registry;
 pub mod signing;
 pub mod unlock;

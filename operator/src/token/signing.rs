@@ -5,6 +5,7 @@
 //!
 //! Pure: the caller reads the SecurityTokens, their certificates and the published CTL.
 
+use super::registry::Revocation;
 use crate::api::{CtlSettings, SecurityToken, TokenState};
 
 /// Phones accept at most two SAST records in a trust file (spec/04 §3.1, §1.7).
@@ -17,6 +18,8 @@ pub const MIN_USABLE_TOKENS: usize = 2;
 pub struct TokenInput<'a> {
     pub token: &'a SecurityToken,
     pub certificate_der: Option<&'a [u8]>,
+    /// The certificate was once declared Lost or Compromised, by this or another object (the registry).
+    pub revoked: Option<&'a Revocation>,
 }
 
 impl TokenInput<'_> {
@@ -48,6 +51,9 @@ pub enum LeaveReason {
     Duplicate { of: String },
     /// Two SAST records are already chosen (spec/04 §3.1).
     SastLimit,
+    /// Its certificate is held, or was once declared, as a token that is not Active: a lock or a
+    /// revocation follows the certificate, not the object's name (P.16-5).
+    CertificateRefused { state: TokenState, by: String },
 }
 
 impl std::fmt::Display for LeaveReason {
@@ -59,6 +65,10 @@ impl std::fmt::Display for LeaveReason {
             LeaveReason::CertificateUnavailable => write!(f, "the token's certificate Secret holds no readable certificate (P.3-9)"),
             LeaveReason::Duplicate { of } => write!(f, "the same certificate as token {of:?}; records are distinct (spec/04 §3.7)"),
             LeaveReason::SastLimit => write!(f, "a CTL holds at most {MAX_SAST} SAST records (spec/04 §3.1)"),
+            LeaveReason::CertificateRefused { state, by } => write!(
+                f,
+                "its certificate is that of SecurityToken/{by}, which is {state:?}: a certificate is refused whatever object names it (P.16-5)"
+            ),
         }
     }
 }
@@ -226,6 +236,16 @@ fn admit<'a>(name: &str, tokens: &[TokenInput<'a>], admitted: &[TokenInput<'a>])
         state => return Err(LeaveReason::State(state)),
     }
     let der = token.certificate_der.ok_or(LeaveReason::CertificateUnavailable)?;
+    if let Some(revocation) = token.revoked {
+        return Err(LeaveReason::CertificateRefused { state: revocation.state, by: revocation.by.clone() });
+    }
+    // Another object holding the same certificate in another state speaks for the key (P.16-5).
+    if let Some(other) = tokens.iter().find(|t| t.certificate_der == Some(der) && t.token.spec.state() != TokenState::Active) {
+        return Err(LeaveReason::CertificateRefused { state: other.token.spec.state(), by: other.name().to_owned() });
+    }
+    if let Some(other) = tokens.iter().find(|t| t.certificate_der == Some(der) && t.token.status.as_ref().is_some_and(|s| s.locked)) {
+        return Err(LeaveReason::CertificateRefused { state: TokenState::Active, by: format!("{} (locked)", other.name()) });
+    }
     if let Some(other) = admitted.iter().find(|t| t.name() == name || t.certificate_der == Some(der)) {
         return Err(LeaveReason::Duplicate { of: other.name().to_string() });
     }
@@ -250,7 +270,10 @@ fn no_signer(tokens: &[TokenInput<'_>], published: Option<&[PublishedSast]>) -> 
         .iter()
         .filter(|t| {
             let status = t.token.status.as_ref();
-            t.token.spec.state() == TokenState::Active && !status.is_some_and(|s| s.locked) && in_published(t, records)
+            t.token.spec.state() == TokenState::Active
+                && !status.is_some_and(|s| s.locked)
+                && t.revoked.is_none()
+                && in_published(t, records)
         })
         .map(|t| t.name().to_string())
         .collect();
@@ -312,7 +335,7 @@ mod tests {
         }
 
         fn inputs(&self) -> Vec<TokenInput<'_>> {
-            self.tokens.iter().zip(&self.ders).map(|(token, der)| TokenInput { token, certificate_der: Some(der) }).collect()
+            self.tokens.iter().zip(&self.ders).map(|(token, der)| TokenInput { token, certificate_der: Some(der), revoked: None }).collect()
         }
     }
 
@@ -441,6 +464,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_certificate_stays_refused_under_another_name() {
+        // "b2" names the same certificate as the compromised "b": it neither signs nor is listed.
+        let world = World::new(vec![active("a"), token("b", TokenState::Compromised, false), active("b2")]);
+        let mut inputs = world.inputs();
+        inputs[2].certificate_der = inputs[1].certificate_der;
+        let outcome = plan(&ctl(&["a", "b2"], "b2"), &inputs, Some(&published(&["a", "b"]))).unwrap();
+        assert_eq!(outcome.signer, "a");
+        assert_eq!(outcome.sast, ["a"]);
+        assert_eq!(outcome.left_out, [("b2".into(), LeaveReason::CertificateRefused { state: TokenState::Compromised, by: "b".into() })]);
+        // The same with a locked token copied under a new name.
+        let world = World::new(vec![active("a"), token("b", TokenState::Active, true), active("b2")]);
+        let mut inputs = world.inputs();
+        inputs[2].certificate_der = inputs[1].certificate_der;
+        let outcome = plan(&ctl(&["a", "b2"], "b2"), &inputs, Some(&published(&["a", "b"]))).unwrap();
+        assert!(matches!(&outcome.left_out[..], [(name, LeaveReason::CertificateRefused { .. })] if name == "b2"), "{outcome:?}");
+        // And a certificate the registry remembers as Lost, with no object left saying so.
+        let revocation = Revocation { state: TokenState::Lost, at: "2026-01-01T00:00:00Z".into(), by: "gone".into() };
+        let world = World::new(vec![active("a"), active("c")]);
+        let mut inputs = world.inputs();
+        inputs[1].revoked = Some(&revocation);
+        let outcome = plan(&ctl(&["a", "c"], "c"), &inputs, Some(&published(&["a", "c"]))).unwrap();
+        assert_eq!(outcome.signer, "a");
+        assert_eq!(outcome.left_out, [("c".into(), LeaveReason::CertificateRefused { state: TokenState::Lost, by: "gone".into() })]);
+    }
+
+    #[test]
     fn duplicates_and_missing_certificates_leave() {
         let world = World::new(vec![active("a"), active("b")]);
         let mut inputs = world.inputs();
@@ -465,7 +514,10 @@ mod tests {
         let serial = certificate_serial(&der_a).unwrap();
         let (a, b) = (active("a"), active("b"));
         let der_b = der("b");
-        let inputs = [TokenInput { token: &a, certificate_der: Some(&der_a) }, TokenInput { token: &b, certificate_der: Some(&der_b) }];
+        let inputs = [
+            TokenInput { token: &a, certificate_der: Some(&der_a), revoked: None },
+            TokenInput { token: &b, certificate_der: Some(&der_b), revoked: None },
+        ];
         // The published serial with a sign octet still matches (spec/04 §1.5).
         let mut with_zero = vec![0u8];
         with_zero.extend(&serial);

@@ -1,17 +1,15 @@
 //! Unlocking a token's key: the retry counter and the lock (P.16-5, spec/01 §16.4 T-1, T-2, T-4).
 //!
-//! Pure: the caller passes the status, gets the new status back, and writes it. Counting follows
+//! Pure: the caller passes the certificate's record (see `registry`), gets the new record back, and
+//! stores it before doing anything else. Counting follows
 //! DESIGN ("Tokens"): one failure per DISTINCT wrong password, so a reconcile loop that presents the
 //! same wrong Secret again and again cannot lock a token.
 
 use rsa::RsaPrivateKey;
-use sha2::{Digest, Sha256};
 
-use crate::api::{SecurityTokenStatus, TOKEN_FACTORY_PASSWORD, TOKEN_RETRY_COUNTER, TokenState};
+use super::registry::{TokenRecord, wrong_password_mac};
+use crate::api::{TOKEN_FACTORY_PASSWORD, TOKEN_RETRY_COUNTER, TokenState};
 use crate::pki::keys::{self, KeyError};
-
-/// Domain separation of the wrong-password fingerprint, so the hash means nothing elsewhere.
-pub const FINGERPRINT_LABEL: &[u8] = b"callguard/token/wrong-password-fingerprint/v1\0";
 
 /// A decrypted token key. Debug never prints it.
 pub struct UnlockedKey(RsaPrivateKey);
@@ -78,15 +76,18 @@ impl std::error::Error for UnlockError {}
 /// What the caller knows of one attempt.
 #[derive(Clone, Copy)]
 pub struct UnlockAttempt<'a> {
-    pub status: &'a SecurityTokenStatus,
+    /// What the registry knows of this certificate.
+    pub record: &'a TokenRecord,
     /// `spec.state` of the token.
     pub state: TokenState,
     /// The `ENCRYPTED PRIVATE KEY` PEM from the key Secret.
     pub encrypted_key_pem: &'a str,
-    /// The token certificate, DER: it keys the fingerprint to this token.
+    /// The token certificate, DER: it keys the wrong-password MAC to this token.
     pub certificate_der: &'a [u8],
     /// The content of the password Secret.
     pub password: &'a [u8],
+    /// The registry's secret MAC key.
+    pub mac_key: &'a [u8],
     /// RFC 3339 time of the attempt, for `lockedAt`.
     pub now: &'a str,
 }
@@ -97,11 +98,11 @@ impl std::fmt::Debug for UnlockAttempt<'_> {
     }
 }
 
-/// The result and the status to write back, whatever the result.
+/// The result and the record to store, whatever the result.
 #[derive(Debug)]
 pub struct UnlockOutcome {
     pub result: Result<UnlockedKey, UnlockError>,
-    pub status: SecurityTokenStatus,
+    pub record: TokenRecord,
 }
 
 /// Applies the retry-counter policy to one attempt, decrypting with [`keys::decrypt_pem`].
@@ -112,31 +113,34 @@ pub fn unlock(attempt: UnlockAttempt<'_>) -> UnlockOutcome {
 /// [`unlock`] with another decryption (a PKCS#11 token, or a test double). `decrypt` is called at
 /// most once, and never for a locked or unusable token.
 pub fn unlock_with(attempt: UnlockAttempt<'_>, decrypt: impl FnOnce(&str, &[u8]) -> Result<RsaPrivateKey, KeyError>) -> UnlockOutcome {
-    let mut status = attempt.status.clone();
-    // A status that counted past the limit without the flag is locked all the same (T-1).
-    if status.locked || status.consecutive_failed_logins > TOKEN_RETRY_COUNTER {
+    let mut status = attempt.record.clone();
+    // A record that counted past the limit without the flag is locked all the same (T-1).
+    if status.is_locked() {
         if !status.locked {
             status.locked = true;
             status.locked_at.get_or_insert_with(|| attempt.now.to_string());
         }
-        return UnlockOutcome { result: Err(UnlockError::Locked), status };
+        return UnlockOutcome { result: Err(UnlockError::Locked), record: status };
     }
     if attempt.state != TokenState::Active {
-        return UnlockOutcome { result: Err(UnlockError::NotUsable(attempt.state)), status };
+        return UnlockOutcome { result: Err(UnlockError::NotUsable(attempt.state)), record: status };
+    }
+    if let Some(revoked) = &status.revoked {
+        return UnlockOutcome { result: Err(UnlockError::NotUsable(revoked.state)), record: status };
     }
     let is_default = attempt.password == TOKEN_FACTORY_PASSWORD.as_bytes();
     status.default_password_in_use = Some(is_default);
     let result = match decrypt(attempt.encrypted_key_pem, attempt.password) {
         Ok(key) => {
             status.consecutive_failed_logins = 0;
-            status.last_failed_password_fingerprint = None;
+            status.last_failed_password_mac = None;
             if is_default { Err(UnlockError::DefaultPassword) } else { Ok(UnlockedKey(key)) }
         }
         Err(KeyError::WrongPassword) => {
-            let fingerprint = wrong_password_fingerprint(attempt.certificate_der, attempt.password);
-            if status.last_failed_password_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            let mac = wrong_password_mac(attempt.mac_key, attempt.certificate_der, attempt.password);
+            if status.last_failed_password_mac.as_deref() != Some(mac.as_str()) {
                 status.consecutive_failed_logins += 1;
-                status.last_failed_password_fingerprint = Some(fingerprint);
+                status.last_failed_password_mac = Some(mac);
             }
             let failures = status.consecutive_failed_logins;
             if failures > TOKEN_RETRY_COUNTER {
@@ -147,19 +151,7 @@ pub fn unlock_with(attempt: UnlockAttempt<'_>, decrypt: impl FnOnce(&str, &[u8])
         }
         Err(KeyError::Malformed(why) | KeyError::Unsupported(why)) => Err(UnlockError::Malformed(why)),
     };
-    UnlockOutcome { result, status }
-}
-
-/// SHA-256 over the label, the certificate DER (length-prefixed) and the password, lowercase hex.
-/// The certificate keys it, so the same password on two tokens gives two fingerprints.
-pub fn wrong_password_fingerprint(certificate_der: &[u8], password: &[u8]) -> String {
-    let mut hash = Sha256::new();
-    hash.update(FINGERPRINT_LABEL);
-    hash.update((certificate_der.len() as u64).to_be_bytes());
-    hash.update(certificate_der);
-    hash.update(password);
-    // Hex by hand: no hex crate among the dependencies.
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    UnlockOutcome { result, record: status }
 }
 
 #[cfg(test)]
@@ -172,6 +164,7 @@ mod tests {
     const RIGHT: &[u8] = b"right-password";
     const CERT: &[u8] = b"certificate DER stand-in";
     const NOW: &str = "2030-01-02T03:04:05Z";
+    const MAC_KEY: &[u8] = b"registry secret";
 
     /// One key for the whole module, and its PEM encrypted with RIGHT.
     fn material() -> &'static (RsaPrivateKey, String) {
@@ -183,8 +176,16 @@ mod tests {
         })
     }
 
-    fn attempt<'a>(status: &'a SecurityTokenStatus, password: &'a [u8]) -> UnlockAttempt<'a> {
-        UnlockAttempt { status, state: TokenState::Active, encrypted_key_pem: "ENCRYPTED", certificate_der: CERT, password, now: NOW }
+    fn attempt<'a>(record: &'a TokenRecord, password: &'a [u8]) -> UnlockAttempt<'a> {
+        UnlockAttempt {
+            record,
+            state: TokenState::Active,
+            encrypted_key_pem: "ENCRYPTED",
+            certificate_der: CERT,
+            password,
+            mac_key: MAC_KEY,
+            now: NOW,
+        }
     }
 
     /// A stand-in for PBKDF2 with 600 000 rounds: RIGHT and the factory password open the key.
@@ -201,10 +202,10 @@ mod tests {
         unlock_with(attempt, fake_decrypt)
     }
 
-    fn failed_n_times(n: u32) -> SecurityTokenStatus {
-        let mut status = SecurityTokenStatus::default();
+    fn failed_n_times(n: u32) -> TokenRecord {
+        let mut status = TokenRecord::default();
         for i in 0..n {
-            status = try_unlock(attempt(&status, format!("wrong-{i}").as_bytes())).status;
+            status = try_unlock(attempt(&status, format!("wrong-{i}").as_bytes())).record;
         }
         status
     }
@@ -212,12 +213,12 @@ mod tests {
     #[test]
     fn the_real_decryption_opens_with_the_right_password_only() {
         let pem = &material().1;
-        let status = SecurityTokenStatus::default();
+        let status = TokenRecord::default();
         let wrong = unlock(UnlockAttempt { encrypted_key_pem: pem, ..attempt(&status, b"wrong") });
         assert_eq!(wrong.result.unwrap_err(), UnlockError::WrongPassword { failures: 1, remaining: 14 });
-        let right = unlock(UnlockAttempt { encrypted_key_pem: pem, ..attempt(&wrong.status, RIGHT) });
+        let right = unlock(UnlockAttempt { encrypted_key_pem: pem, ..attempt(&wrong.record, RIGHT) });
         assert_eq!(right.result.unwrap().key(), &material().0);
-        assert_eq!(right.status.consecutive_failed_logins, 0);
+        assert_eq!(right.record.consecutive_failed_logins, 0);
     }
 
     #[test]
@@ -226,23 +227,23 @@ mod tests {
         assert_eq!(status.consecutive_failed_logins, 3);
         let outcome = try_unlock(attempt(&status, RIGHT));
         assert_eq!(outcome.result.unwrap().key(), &material().0);
-        assert_eq!(outcome.status.consecutive_failed_logins, 0);
-        assert_eq!(outcome.status.last_failed_password_fingerprint, None);
-        assert_eq!(outcome.status.default_password_in_use, Some(false));
+        assert_eq!(outcome.record.consecutive_failed_logins, 0);
+        assert_eq!(outcome.record.last_failed_password_mac, None);
+        assert_eq!(outcome.record.default_password_in_use, Some(false));
     }
 
     #[test]
     fn each_distinct_wrong_password_counts_once() {
-        let outcome = try_unlock(attempt(&SecurityTokenStatus::default(), b"wrong-a"));
+        let outcome = try_unlock(attempt(&TokenRecord::default(), b"wrong-a"));
         assert_eq!(outcome.result.unwrap_err(), UnlockError::WrongPassword { failures: 1, remaining: 14 });
         // A retry loop presenting the same Secret again.
-        let again = try_unlock(attempt(&outcome.status, b"wrong-a"));
+        let again = try_unlock(attempt(&outcome.record, b"wrong-a"));
         assert_eq!(again.result.unwrap_err(), UnlockError::WrongPassword { failures: 1, remaining: 14 });
-        assert_eq!(again.status, outcome.status);
-        let other = try_unlock(attempt(&again.status, b"wrong-b"));
-        assert_eq!(other.status.consecutive_failed_logins, 2);
+        assert_eq!(again.record, outcome.record);
+        let other = try_unlock(attempt(&again.record, b"wrong-b"));
+        assert_eq!(other.record.consecutive_failed_logins, 2);
         // Back to the first wrong one: it differs from the last, so it counts.
-        assert_eq!(try_unlock(attempt(&other.status, b"wrong-a")).status.consecutive_failed_logins, 3);
+        assert_eq!(try_unlock(attempt(&other.record, b"wrong-a")).record.consecutive_failed_logins, 3);
     }
 
     #[test]
@@ -252,18 +253,18 @@ mod tests {
         assert!(!status.locked, "15 failures are tolerated (P.16-5)");
         let outcome = try_unlock(attempt(&status, b"the sixteenth"));
         assert_eq!(outcome.result.unwrap_err(), UnlockError::WrongPassword { failures: 16, remaining: 0 });
-        assert!(outcome.status.locked);
-        assert_eq!(outcome.status.locked_at.as_deref(), Some(NOW));
+        assert!(outcome.record.locked);
+        assert_eq!(outcome.record.locked_at.as_deref(), Some(NOW));
     }
 
     #[test]
     fn a_correct_password_after_fifteen_failures_resets() {
         let outcome = try_unlock(attempt(&failed_n_times(15), RIGHT));
         assert!(outcome.result.is_ok());
-        assert_eq!(outcome.status.consecutive_failed_logins, 0);
-        assert!(!outcome.status.locked);
+        assert_eq!(outcome.record.consecutive_failed_logins, 0);
+        assert!(!outcome.record.locked);
         // And the count starts again from zero.
-        let status = (0..15).fold(outcome.status, |s, i| try_unlock(attempt(&s, format!("again-{i}").as_bytes())).status);
+        let status = (0..15).fold(outcome.record, |s, i| try_unlock(attempt(&s, format!("again-{i}").as_bytes())).record);
         assert!(!status.locked);
     }
 
@@ -273,7 +274,7 @@ mod tests {
         assert!(locked.locked);
         let outcome = try_unlock(attempt(&locked, RIGHT));
         assert_eq!(outcome.result.unwrap_err(), UnlockError::Locked);
-        assert_eq!(outcome.status, locked, "the right password changes nothing");
+        assert_eq!(outcome.record, locked, "the right password changes nothing");
         let tried = Cell::new(false);
         let outcome = unlock_with(attempt(&locked, RIGHT), |pem, password| {
             tried.set(true);
@@ -285,20 +286,20 @@ mod tests {
 
     #[test]
     fn a_counter_past_the_limit_is_locked_even_without_the_flag() {
-        let status = SecurityTokenStatus { consecutive_failed_logins: 16, ..Default::default() };
+        let status = TokenRecord { consecutive_failed_logins: 16, ..Default::default() };
         let outcome = try_unlock(attempt(&status, RIGHT));
         assert_eq!(outcome.result.unwrap_err(), UnlockError::Locked);
-        assert!(outcome.status.locked);
-        assert_eq!(outcome.status.locked_at.as_deref(), Some(NOW));
+        assert!(outcome.record.locked);
+        assert_eq!(outcome.record.locked_at.as_deref(), Some(NOW));
     }
 
     #[test]
     fn lost_compromised_and_retired_tokens_cannot_sign() {
         for state in [TokenState::Lost, TokenState::Compromised, TokenState::Retired] {
-            let status = SecurityTokenStatus::default();
+            let status = TokenRecord::default();
             let outcome = try_unlock(UnlockAttempt { state, ..attempt(&status, RIGHT) });
             assert_eq!(outcome.result.unwrap_err(), UnlockError::NotUsable(state));
-            assert_eq!(outcome.status, status);
+            assert_eq!(outcome.record, status);
         }
     }
 
@@ -308,44 +309,41 @@ mod tests {
         let outcome =
             try_unlock(UnlockAttempt { encrypted_key_pem: "ENCRYPTED-DEFAULT", ..attempt(&status, TOKEN_FACTORY_PASSWORD.as_bytes()) });
         assert_eq!(outcome.result.unwrap_err(), UnlockError::DefaultPassword);
-        assert_eq!(outcome.status.default_password_in_use, Some(true));
-        assert_eq!(outcome.status.consecutive_failed_logins, 0, "it is a correct login");
+        assert_eq!(outcome.record.default_password_in_use, Some(true));
+        assert_eq!(outcome.record.consecutive_failed_logins, 0, "it is a correct login");
     }
 
     #[test]
     fn a_malformed_key_counts_nothing() {
-        let status = SecurityTokenStatus::default();
+        let status = TokenRecord::default();
         let outcome = try_unlock(UnlockAttempt { encrypted_key_pem: "FAKE-ENCRYPTED-KEY", ..attempt(&status, RIGHT) });
         assert!(matches!(outcome.result, Err(UnlockError::Malformed(_))));
-        assert_eq!(outcome.status.consecutive_failed_logins, 0);
+        assert_eq!(outcome.record.consecutive_failed_logins, 0);
     }
 
     #[test]
     fn nothing_said_contains_the_password_or_the_key() {
         let secret = b"Hunter2-very-secret";
-        let outcome = try_unlock(attempt(&SecurityTokenStatus::default(), secret));
+        let outcome = try_unlock(attempt(&TokenRecord::default(), secret));
         let error = outcome.result.unwrap_err();
-        let status = serde_json::to_string(&outcome.status).unwrap();
-        for text in [error.to_string(), format!("{error:?}"), status.clone(), format!("{:?}", attempt(&outcome.status, secret))] {
+        let status = serde_json::to_string(&outcome.record).unwrap();
+        for text in [error.to_string(), format!("{error:?}"), status.clone(), format!("{:?}", attempt(&outcome.record, secret))] {
             assert!(!text.contains("Hunter2"), "{text}");
         }
         let locked = try_unlock(attempt(&failed_n_times(15), secret));
         assert!(!locked.result.unwrap_err().to_string().contains("Hunter2"));
-        let opened = try_unlock(attempt(&SecurityTokenStatus::default(), RIGHT));
+        let opened = try_unlock(attempt(&TokenRecord::default(), RIGHT));
         assert_eq!(format!("{:?}", opened.result), "Ok(UnlockedKey(..))");
-        assert!(!format!("{:?}", opened.status).contains("right-password"));
+        assert!(!format!("{:?}", opened.record).contains("right-password"));
     }
 
     #[test]
-    fn the_fingerprint_is_keyed_by_the_certificate() {
-        let a = wrong_password_fingerprint(b"cert A", b"pw");
-        assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-        assert_ne!(a, wrong_password_fingerprint(b"cert B", b"pw"));
-        assert_ne!(a, wrong_password_fingerprint(b"cert A", b"pX"));
-        // The length prefix keeps (certificate, password) pairs apart that concatenate alike.
-        assert_ne!(wrong_password_fingerprint(b"ab", b"c"), wrong_password_fingerprint(b"a", b"bc"));
-        let plain: String = Sha256::digest(b"pw").iter().map(|b| format!("{b:02x}")).collect();
-        assert_ne!(a, plain);
+    fn a_revoked_certificate_never_opens() {
+        let record = TokenRecord {
+            revoked: Some(crate::token::registry::Revocation { state: TokenState::Compromised, at: NOW.into(), by: "old".into() }),
+            ..Default::default()
+        };
+        let outcome = try_unlock(attempt(&record, RIGHT));
+        assert_eq!(outcome.result.unwrap_err(), UnlockError::NotUsable(TokenState::Compromised));
     }
 }

@@ -183,7 +183,8 @@ fn decrypt(path: &Path, key: &Path, ctl: Option<&Path>, cert: Option<&Path>, out
     }
     let plaintext = file.decrypt(&device_key, trusted.as_ref().map(Trusted::check)).map_err(|e| file_failure(path, e))?;
     match out {
-        Some(out) => std::fs::write(out, &plaintext).map_err(|e| Failure::Input(format!("{}: {e}", out.display()))),
+        // The plaintext may carry digest credentials: owner-only.
+        Some(out) => crate::private_file::write(out, &plaintext).map_err(|e| Failure::Input(format!("{}: {e}", out.display()))),
         None => std::io::stdout().write_all(&plaintext).map_err(|e| Failure::Input(format!("stdout: {e}"))),
     }
 }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha512};
 use super::error::TrustError;
 
 /// Header hash (tag 0x08) and plaintext hash (tag 0x1A) codes (spec/04 §1.6). SHA-256 (2) is never accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
 pub enum HashAlgorithm {
     #[default]
     Sha1 = 1,
