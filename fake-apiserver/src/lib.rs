@@ -32,6 +32,7 @@ mod fields;
 mod gc;
 mod http;
 mod patch;
+mod rbac;
 mod recorder;
 mod resources;
 mod selectors;
@@ -97,6 +98,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(options.history_limit)),
             recorder: Mutex::default(),
+            service_accounts: Mutex::default(),
             bookmark_interval: options.bookmark_interval,
             shutdown: shutdown_signal.clone(),
         });
@@ -154,6 +156,32 @@ impl FakeApiServer {
             "current-context": "fake-apiserver",
         });
         serde_yaml::to_string(&config).unwrap_or_default()
+    }
+
+    /// From now on, requests with `Authorization: Bearer <identity>` (`client_as(identity)`,
+    /// `kubeconfig(identity)`) are made by the ServiceAccount `name` in `namespace` (the user
+    /// `system:serviceaccount:<namespace>:<name>` in the groups `system:serviceaccounts`,
+    /// `system:serviceaccounts:<namespace>` and `system:authenticated`), and each is authorized against
+    /// the Roles, ClusterRoles, RoleBindings and ClusterRoleBindings this server holds at that moment (see
+    /// the crate docs for what the authorizer models). A refused request gets a 403 `Forbidden` and
+    /// changes nothing. Identities never bound here stay unrestricted; binding one again replaces its
+    /// ServiceAccount.
+    pub fn authenticate_as_service_account(&self, identity: &str, namespace: &str, name: &str) {
+        let service_account = rbac::ServiceAccount { namespace: namespace.to_string(), name: name.to_string() };
+        self.shared.service_accounts().insert(identity.to_string(), service_account);
+    }
+
+    /// Whether a request by `identity` would be authorized, decided as for an HTTP request (without
+    /// sending one): `verb` is an RBAC verb (`get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete`, `deletecollection`), `api_group` is `""` for the core group, `resource` is `plural` or
+    /// `plural/subresource`, `namespace` is `None` for a cluster-scoped request (or a list across all
+    /// namespaces), and `name` is the object's (for `list` and `watch`: the `metadata.name` of the field
+    /// selector; for the Namespace `x`, `namespace` defaults to `x` as the API server reads
+    /// `namespaces/x`). An identity not bound with `authenticate_as_service_account` can do anything.
+    pub fn can(&self, identity: &str, verb: &str, api_group: &str, resource: &str, namespace: Option<&str>, name: Option<&str>) -> bool {
+        let Some(subject) = self.shared.service_accounts().get(identity).cloned() else { return true };
+        let attributes = rbac::Attributes::new(verb, api_group, resource, namespace, name);
+        rbac::allows(&self.shared.store(), &subject, &attributes)
     }
 
     /// Serves another resource (or replaces the one with the same group and plural).
