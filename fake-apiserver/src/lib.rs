@@ -5,7 +5,19 @@
 //! finalizers and owner-reference garbage collection.
 //!
 //! What it approximates or leaves out (each documented where it is implemented):
-//! - no authentication or authorization: the bearer token is only recorded as the writer's identity;
+//! - no real authentication: the bearer token is the identity, recorded with each write. Requests are
+//!   unrestricted unless their identity is bound to a ServiceAccount
+//!   (`FakeApiServer::authenticate_as_service_account`); those are authorized by RBAC against the
+//!   Roles, ClusterRoles, RoleBindings and ClusterRoleBindings the server holds at that moment: verbs,
+//!   API groups, resources and `plural/subresource`, `*` (and `*/subresource`), `resourceNames` (a list or
+//!   watch is named by a `metadata.name` term of its field selector; a create or deletecollection never
+//!   is, except the create check of an apply that creates, which carries the name), RoleBindings
+//!   granting only in their namespace, and User / Group / ServiceAccount subjects (the groups
+//!   `system:serviceaccounts`, `system:serviceaccounts:<namespace>`, `system:authenticated`). A refusal
+//!   is a 403 `Forbidden` with the API server's message, and a refused write is recorded but not
+//!   applied. Not modelled: aggregated ClusterRoles (`aggregationRule`), the escalate and bind checks on
+//!   writes of RBAC objects, impersonation, non-resource URLs (discovery and `/version` are open to
+//!   all), the default ClusterRoles and bindings of a real cluster, other authorizers (Node, webhook);
 //! - no schema validation, defaulting, admission or CEL rules; no `dryRun`;
 //! - paged lists are not snapshots: later pages show the current state (the list resourceVersion is the
 //!   first page's, so a watch from it still sees every later change); `resourceVersionMatch=Exact` is
