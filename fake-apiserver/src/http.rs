@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::apply::Scope;
 use crate::patch::PatchKind;
+use crate::rbac::{self, Attributes, ServiceAccount};
 use crate::recorder::{Recorder, Verb, WriteRecord};
 use crate::resources::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector, Selection};
@@ -26,6 +27,8 @@ use crate::watch::{self, Frame, WatchStart};
 pub struct Shared {
     pub store: Mutex<Store>,
     pub recorder: Mutex<Recorder>,
+    /// Bearer identities that authenticate as a ServiceAccount, and so are authorized by RBAC.
+    pub service_accounts: Mutex<HashMap<String, ServiceAccount>>,
     pub bookmark_interval: Duration,
     /// Flips to true on shutdown, ending open watches.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -39,6 +42,10 @@ impl Shared {
 
     pub fn recorder(&self) -> MutexGuard<'_, Recorder> {
         self.recorder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn service_accounts(&self) -> MutexGuard<'_, HashMap<String, ServiceAccount>> {
+        self.service_accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -73,9 +80,21 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let identity = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_string);
+    // As in the API server, authorization comes before routing: a refused request to a resource this
+    // server does not serve is a 403, not a 404.
+    let service_account = identity.as_ref().and_then(|identity| shared.service_accounts().get(identity).cloned());
+    let denial = service_account.as_ref().and_then(|subject| {
+        let attributes = Attributes::of_request(&method, uri.path(), &query)?;
+        (!rbac::allows(&shared.store(), subject, &attributes)).then(|| rbac::forbidden(subject, &attributes))
+    });
     let route = match route(&shared, uri.path()) {
         Ok(route) => route,
-        Err(error) => return error_response(&error),
+        Err(error) => return error_response(denial.as_ref().unwrap_or(&error)),
     };
     let target = match route {
         Route::Discovery(document) => {
@@ -88,28 +107,35 @@ pub async fn handle(
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("as=PartialObjectMetadata"));
-    let is_true = |name: &str| query.get(name).is_some_and(|value| value == "true" || value == "1");
     let verb = match (&method, target.name.is_some()) {
         (&Method::GET, true) => Verb::Get,
-        (&Method::GET, false) if is_true("watch") => Verb::Watch,
+        (&Method::GET, false) if query_flag(&query, "watch") => Verb::Watch,
         (&Method::GET, false) => Verb::List,
         (&Method::POST, false) => Verb::Create,
         (&Method::PUT, true) => Verb::Update,
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) => Verb::Delete,
         (&Method::DELETE, false) => Verb::DeleteCollection,
-        _ => return error_response(&ApiError::new(Reason::MethodNotAllowed, format!("{method} is not supported on {}", uri.path()))),
+        _ => {
+            let unsupported = ApiError::new(Reason::MethodNotAllowed, format!("{method} is not supported on {}", uri.path()));
+            return error_response(denial.as_ref().unwrap_or(&unsupported));
+        }
     };
     count(&shared, verb);
     if verb == Verb::Watch {
-        return watch(shared, target, &query, metadata_only);
+        return match denial {
+            Some(denial) => error_response(&denial),
+            None => watch(shared, target, &query, metadata_only),
+        };
     }
     let field_manager = query.get("fieldManager").cloned();
-    let outcome = match verb {
-        Verb::Get => get(&shared, &target, metadata_only),
-        Verb::List => list(&shared, &target, &query, metadata_only),
-        Verb::DeleteCollection => delete_collection(&shared, &target, &query),
-        _ => write(&shared, &target, verb, &query, &headers, &body),
+    let outcome = match (denial, verb) {
+        // A refused write is recorded (with its 403) but not applied.
+        (Some(denial), _) => Err(denial),
+        (None, Verb::Get) => get(&shared, &target, metadata_only),
+        (None, Verb::List) => list(&shared, &target, &query, metadata_only),
+        (None, Verb::DeleteCollection) => delete_collection(&shared, &target, &query),
+        (None, _) => write(&shared, &target, verb, &query, &headers, &body, service_account.as_ref()),
     };
     let (status, body, created_name) = match outcome {
         Ok((status, body, name)) => (status, body, name),
@@ -120,11 +146,6 @@ pub async fn handle(
         ),
     };
     if verb.is_write() {
-        let identity = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::to_string);
         let record = WriteRecord {
             verb,
             method: method.to_string(),
@@ -140,6 +161,11 @@ pub async fn handle(
         shared.recorder().writes.push(record);
     }
     json_response(status, body)
+}
+
+/// Whether a boolean query parameter is set (`true` or `1`).
+pub(crate) fn query_flag(query: &HashMap<String, String>, name: &str) -> bool {
+    query.get(name).is_some_and(|value| value == "true" || value == "1")
 }
 
 fn count(shared: &Shared, verb: Verb) {
@@ -312,7 +338,16 @@ fn list(shared: &Shared, target: &Target, query: &HashMap<String, String>, metad
     Ok((StatusCode::OK, body, None))
 }
 
-fn write(shared: &Shared, target: &Target, verb: Verb, query: &HashMap<String, String>, headers: &HeaderMap, body: &[u8]) -> Outcome {
+/// A create, update, patch or delete; `service_account` is the requester when RBAC authorizes it.
+fn write(
+    shared: &Shared,
+    target: &Target,
+    verb: Verb,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+    service_account: Option<&ServiceAccount>,
+) -> Outcome {
     if query.get("dryRun").is_some() {
         return Err(ApiError::bad_request("dryRun is not supported by this test server"));
     }
@@ -341,6 +376,19 @@ fn write(shared: &Shared, target: &Target, verb: Verb, query: &HashMap<String, S
             }
             let key = target.key()?;
             let existed = store.object(&target.resource, &key).is_some();
+            // An apply that creates the object needs `create` as well as `patch` (the API server authorizes
+            // the create with the object's name).
+            if !existed
+                && kind == PatchKind::Apply
+                && target.scope == Scope::Main
+                && let Some(subject) = service_account
+            {
+                let resource = &target.resource;
+                let attributes = Attributes::new("create", &resource.group, &resource.plural, target.namespace.as_deref(), Some(&key.1));
+                if !rbac::allows(&store, subject, &attributes) {
+                    return Err(rbac::forbidden(subject, &attributes));
+                }
+            }
             let request =
                 PatchRequest { kind, body, scope: target.scope, field_manager: query.get("fieldManager").map(String::as_str), force };
             let patched = store.patch(&target.resource, &key, &request)?;

@@ -5,7 +5,19 @@
 //! finalizers and owner-reference garbage collection.
 //!
 //! What it approximates or leaves out (each documented where it is implemented):
-//! - no authentication or authorization: the bearer token is only recorded as the writer's identity;
+//! - no real authentication: the bearer token is the identity, recorded with each write. Requests are
+//!   unrestricted unless their identity is bound to a ServiceAccount
+//!   (`FakeApiServer::authenticate_as_service_account`); those are authorized by RBAC against the
+//!   Roles, ClusterRoles, RoleBindings and ClusterRoleBindings the server holds at that moment: verbs,
+//!   API groups, resources and `plural/subresource`, `*` (and `*/subresource`), `resourceNames` (a list or
+//!   watch is named by a `metadata.name` term of its field selector; a create or deletecollection never
+//!   is, except the create check of an apply that creates, which carries the name), RoleBindings
+//!   granting only in their namespace, and User / Group / ServiceAccount subjects (the groups
+//!   `system:serviceaccounts`, `system:serviceaccounts:<namespace>`, `system:authenticated`). A refusal
+//!   is a 403 `Forbidden` with the API server's message, and a refused write is recorded but not
+//!   applied. Not modelled: aggregated ClusterRoles (`aggregationRule`), the escalate and bind checks on
+//!   writes of RBAC objects, impersonation, non-resource URLs (discovery and `/version` are open to
+//!   all), the default ClusterRoles and bindings of a real cluster, other authorizers (Node, webhook);
 //! - no schema validation, defaulting, admission or CEL rules; no `dryRun`;
 //! - paged lists are not snapshots: later pages show the current state (the list resourceVersion is the
 //!   first page's, so a watch from it still sees every later change); `resourceVersionMatch=Exact` is
@@ -32,6 +44,7 @@ mod fields;
 mod gc;
 mod http;
 mod patch;
+mod rbac;
 mod recorder;
 mod resources;
 mod selectors;
@@ -97,6 +110,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(options.history_limit)),
             recorder: Mutex::default(),
+            service_accounts: Mutex::default(),
             bookmark_interval: options.bookmark_interval,
             shutdown: shutdown_signal.clone(),
         });
@@ -154,6 +168,32 @@ impl FakeApiServer {
             "current-context": "fake-apiserver",
         });
         serde_yaml::to_string(&config).unwrap_or_default()
+    }
+
+    /// From now on, requests with `Authorization: Bearer <identity>` (`client_as(identity)`,
+    /// `kubeconfig(identity)`) are made by the ServiceAccount `name` in `namespace` (the user
+    /// `system:serviceaccount:<namespace>:<name>` in the groups `system:serviceaccounts`,
+    /// `system:serviceaccounts:<namespace>` and `system:authenticated`), and each is authorized against
+    /// the Roles, ClusterRoles, RoleBindings and ClusterRoleBindings this server holds at that moment (see
+    /// the crate docs for what the authorizer models). A refused request gets a 403 `Forbidden` and
+    /// changes nothing. Identities never bound here stay unrestricted; binding one again replaces its
+    /// ServiceAccount.
+    pub fn authenticate_as_service_account(&self, identity: &str, namespace: &str, name: &str) {
+        let service_account = rbac::ServiceAccount { namespace: namespace.to_string(), name: name.to_string() };
+        self.shared.service_accounts().insert(identity.to_string(), service_account);
+    }
+
+    /// Whether a request by `identity` would be authorized, decided as for an HTTP request (without
+    /// sending one): `verb` is an RBAC verb (`get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete`, `deletecollection`), `api_group` is `""` for the core group, `resource` is `plural` or
+    /// `plural/subresource`, `namespace` is `None` for a cluster-scoped request (or a list across all
+    /// namespaces), and `name` is the object's (for `list` and `watch`: the `metadata.name` of the field
+    /// selector; for the Namespace `x`, `namespace` defaults to `x` as the API server reads
+    /// `namespaces/x`). An identity not bound with `authenticate_as_service_account` can do anything.
+    pub fn can(&self, identity: &str, verb: &str, api_group: &str, resource: &str, namespace: Option<&str>, name: Option<&str>) -> bool {
+        let Some(subject) = self.shared.service_accounts().get(identity).cloned() else { return true };
+        let attributes = rbac::Attributes::new(verb, api_group, resource, namespace, name);
+        rbac::allows(&self.shared.store(), &subject, &attributes)
     }
 
     /// Serves another resource (or replaces the one with the same group and plural).

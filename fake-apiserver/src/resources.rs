@@ -184,6 +184,8 @@ pub(crate) fn default_resources() -> Vec<ResourceType> {
         ("apps", "v1", "StatefulSet", "statefulsets", true, true),
         ("rbac.authorization.k8s.io", "v1", "Role", "roles", true, false),
         ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, false),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, false),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, false),
         ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, false),
         ("coordination.k8s.io", "v1", "Lease", "leases", true, false),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, true),

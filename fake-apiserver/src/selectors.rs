@@ -123,6 +123,14 @@ impl FieldSelector {
         Ok(FieldSelector(requirements))
     }
 
+    /// The value a `field=value` (or `field==value`) term requires, if the selector has one: the first such
+    /// term, as `fields.Selector.RequiresExactMatch` finds it (the authorizer reads a list's object name
+    /// from `metadata.name` this way).
+    pub fn requires_exact_match(&self, field: &str) -> Option<&str> {
+        let pointer = format!("/{}", field.replace('.', "/"));
+        self.0.iter().find(|requirement| requirement.equal && requirement.pointer == pointer).map(|requirement| requirement.value.as_str())
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|requirement| {
             let actual = match object.pointer(&requirement.pointer) {
@@ -183,5 +191,15 @@ mod tests {
         assert!(!FieldSelector::parse("metadata.name=sep2").unwrap().matches(&object));
         assert!(FieldSelector::parse("metadata.namespace!=default").unwrap().matches(&object));
         assert!(FieldSelector::parse("metadata.name").is_err());
+    }
+
+    #[test]
+    fn exact_match_of_a_field() {
+        let name = |text: &str| FieldSelector::parse(text).unwrap().requires_exact_match("metadata.name").map(str::to_string);
+        assert_eq!(name("metadata.name=a").as_deref(), Some("a"));
+        assert_eq!(name("metadata.namespace=voice, metadata.name==b").as_deref(), Some("b"));
+        assert_eq!(name("metadata.name!=a"), None);
+        assert_eq!(name("metadata.namespace=voice"), None);
+        assert_eq!(name(""), None);
     }
 }

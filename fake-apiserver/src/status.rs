@@ -14,6 +14,8 @@ pub enum Reason {
     Conflict,
     Invalid,
     BadRequest,
+    /// The authorizer refused the request (code 403).
+    Forbidden,
     /// A watch or list asked for a resourceVersion older than the kept history (code 410).
     Expired,
     MethodNotAllowed,
@@ -27,6 +29,7 @@ impl Reason {
             Reason::AlreadyExists | Reason::Conflict => 409,
             Reason::Invalid => 422,
             Reason::BadRequest => 400,
+            Reason::Forbidden => 403,
             Reason::Expired => 410,
             Reason::MethodNotAllowed => 405,
             Reason::UnsupportedMediaType => 415,
@@ -40,6 +43,7 @@ impl Reason {
             Reason::Conflict => "Conflict",
             Reason::Invalid => "Invalid",
             Reason::BadRequest => "BadRequest",
+            Reason::Forbidden => "Forbidden",
             Reason::Expired => "Expired",
             Reason::MethodNotAllowed => "MethodNotAllowed",
             Reason::UnsupportedMediaType => "UnsupportedMediaType",
