@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Renders charts/callguard in each supported configuration and checks what the operator relies on.
 
-- The RBAC is exactly the operator's contract: every (API group, resource, verb, names) the
-  ClusterRole and the leader-election Role grant, no more and no less, and no wildcard.
+- The RBAC is exactly the operator's contract: every (API group, resource, verb, names) that the
+  operator's Role in each managed namespace (namespaced scope) or its ClusterRole (cluster scope)
+  and the leader-election Role grant, no more and no less, no wildcard, no other Role or
+  ClusterRole, and every binding names the operator's ServiceAccount.
+- The operator runs with exactly one `--namespace NS` per managed namespace in namespaced scope
+  (the release namespace when rbac.namespaces is empty) and none in cluster scope; a list of
+  namespaces with cluster scope, a namespace listed twice and an unknown scope are refused.
 - `--leader-election` is passed exactly when leader election is on (auto: more than one replica),
   the leader-election Role exists exactly then, and leaderElection=false with two replicas is refused.
 - The CRDs in the chart are the repository's crds/: the copy in crds-source/ is byte for byte the
@@ -53,8 +58,8 @@ def crd_plurals(crds_dir):
     return sorted(yaml.safe_load(path.read_text())["spec"]["names"]["plural"] for path in sorted(crds_dir.glob("*.yaml")))
 
 
-def cluster_role_contract(plurals):
-    """The operator's cluster-wide API use: (group, resource, verb, resourceNames) tuples."""
+def operator_contract(plurals):
+    """The operator's API use in each namespace it manages: (group, resource, verb, resourceNames) tuples."""
     grants = set()
     for plural in plurals:
         grants |= {("callguard.io", plural, verb, ()) for verb in ("get", "list", "watch")}
@@ -63,6 +68,7 @@ def cluster_role_contract(plurals):
         ("", ("secrets", "configmaps", "services", "serviceaccounts")),
         ("apps", ("deployments",)),
         ("rbac.authorization.k8s.io", ("roles", "rolebindings")),
+        ("networking.k8s.io", ("networkpolicies",)),
     ):
         grants |= {(group, resource, verb, ()) for resource in resources for verb in OWNED_VERBS}
     grants |= {("events.k8s.io", "events", verb, ()) for verb in ("create", "patch")}
@@ -135,17 +141,25 @@ def check_no_wildcards(documents, checks):
             checks.expect("nonResourceURLs" not in rule, f"{role['kind']} {role['metadata']['name']}: no nonResourceURLs")
 
 
+def identity(document):
+    """(kind, namespace, name): how the checks below name an object."""
+    return (document["kind"], document["metadata"].get("namespace"), document["metadata"]["name"])
+
+
 def check_bindings(documents, service_account, checks):
     for binding in by_kind(documents, "ClusterRoleBinding") + by_kind(documents, "RoleBinding"):
-        what = f"{binding['kind']} {binding['metadata']['name']}"
+        kind, namespace, name = identity(binding)
+        what = f"{kind} {namespace + '/' if namespace else ''}{name}"
         checks.equal(binding["subjects"], [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}],
-                     f"{what}: bound to the operator's ServiceAccount")
-        role_kind = "ClusterRole" if binding["kind"] == "ClusterRoleBinding" else "Role"
-        roles = [role["metadata"]["name"] for role in by_kind(documents, role_kind)]
-        checks.expect(binding["roleRef"]["kind"] == role_kind and binding["roleRef"]["name"] in roles, f"{what}: refers to a rendered {role_kind}")
+                     f"{what}: bound to the operator's ServiceAccount in {NAMESPACE}")
+        # A RoleBinding can only grant a Role of its own namespace; a ClusterRoleBinding a ClusterRole.
+        role_kind = "ClusterRole" if kind == "ClusterRoleBinding" else "Role"
+        roles = {identity(role) for role in by_kind(documents, role_kind)}
+        checks.expect(binding["roleRef"].get("apiGroup") == "rbac.authorization.k8s.io" and binding["roleRef"]["kind"] == role_kind
+                      and (role_kind, namespace, binding["roleRef"]["name"]) in roles, f"{what}: refers to a rendered {role_kind} of its namespace")
 
 
-def check_deployment(documents, replicas, leader_election, checks):
+def check_deployment(name, documents, replicas, leader_election, operator_flags, checks):
     deployment = only(documents, "Deployment", checks)
     if not deployment:
         return
@@ -159,7 +173,9 @@ def check_deployment(documents, replicas, leader_election, checks):
     (container,) = pod["containers"]
     image = container["image"]
     expected_args = ["operator", "--metrics-bind", "0.0.0.0:8080", "--image", image] + (["--leader-election"] if leader_election else [])
-    checks.equal(container["args"], expected_args, f"operator args with leader election {'on' if leader_election else 'off'}")
+    expected_args += operator_flags
+    checks.equal(container["args"], expected_args,
+                 f"{name}: operator args with leader election {'on' if leader_election else 'off'} and {' '.join(operator_flags) or 'no scope flags'}")
     env = {variable["name"]: variable for variable in container.get("env", [])}
     for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
         checks.equal(env.get(name, {}).get("valueFrom"), {"fieldRef": {"fieldPath": field}}, f"{name} from the downward API")
@@ -189,15 +205,52 @@ def check_metrics_service(documents, deployment_labels, checks):
                       "metrics Service selects the operator pods")
 
 
-def check_namespaces(documents, checks):
+def check_namespaces(documents, operator_rbac, checks):
+    """Cluster-scoped kinds have no namespace, the operator's Roles and RoleBindings are in the
+    namespaces it manages (checked with the RBAC), and everything else is in the release namespace."""
     cluster_scoped = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
     for document in documents:
+        if identity(document) in operator_rbac:
+            continue
         namespace = document["metadata"].get("namespace")
         expected = None if document["kind"] in cluster_scoped else NAMESPACE
         checks.equal(namespace, expected, f"{document['kind']} {document['metadata']['name']}: namespace")
 
 
-def check_configuration(name, settings, replicas, leader_election, crds_installed, keep, args, checks):
+def check_rbac(name, documents, contract, scope, managed, leader_election, checks):
+    """Every Role and ClusterRole of the release, and what each grants. Returns the identities of
+    the operator's own Roles and RoleBindings (or ClusterRole and ClusterRoleBinding)."""
+    operator_name = RELEASE  # the chart's full name for the release "callguard"
+    if scope == "cluster":
+        operator_roles = {("ClusterRole", None, operator_name)}
+        operator_bindings = {("ClusterRoleBinding", None, operator_name)}
+    else:
+        operator_roles = {("Role", namespace, operator_name) for namespace in managed}
+        operator_bindings = {("RoleBinding", namespace, operator_name) for namespace in managed}
+    leader_roles = {("Role", NAMESPACE, f"{operator_name}-leader-election")} if leader_election else set()
+    leader_bindings = {("RoleBinding", NAMESPACE, f"{operator_name}-leader-election")} if leader_election else set()
+
+    roles = by_kind(documents, "ClusterRole") + by_kind(documents, "Role")
+    bindings = by_kind(documents, "ClusterRoleBinding") + by_kind(documents, "RoleBinding")
+    role_ids = [identity(role) for role in roles]
+    binding_ids = [identity(binding) for binding in bindings]
+    checks.equal(len(role_ids), len(set(role_ids)), f"{name}: no Role or ClusterRole rendered twice")
+    checks.equal(len(binding_ids), len(set(binding_ids)), f"{name}: no binding rendered twice")
+    checks.equal(set(role_ids), operator_roles | leader_roles,
+                 f"{name}: the Roles and ClusterRoles are the operator's ({scope} scope) and the leader-election Role when on")
+    checks.equal(set(binding_ids), operator_bindings | leader_bindings, f"{name}: one binding per Role or ClusterRole")
+    for role in roles:
+        kind, namespace, role_name = identity(role)
+        where = f"{kind} {namespace + '/' if namespace else ''}{role_name}"
+        if (kind, namespace, role_name) in operator_roles:
+            checks.equal(grants_of(role), contract, f"{name}: {where} grants exactly the operator's contract")
+        elif (kind, namespace, role_name) in leader_roles:
+            checks.equal(grants_of(role), LEADER_ELECTION_CONTRACT, f"{name}: {where} grants exactly the Lease contract")
+    check_no_wildcards(documents, checks)
+    return operator_roles | operator_bindings
+
+
+def check_configuration(name, settings, replicas, leader_election, crds_installed, keep, scope, managed, args, checks):
     result = render(args.helm, args.chart, settings)
     if result.returncode != 0:
         checks.expect(False, f"{name}: helm template failed: {result.stderr.strip()}")
@@ -206,29 +259,21 @@ def check_configuration(name, settings, replicas, leader_election, crds_installe
     documents = [document for document in yaml.safe_load_all(result.stdout) if document]
     plurals = crd_plurals(args.crds)
 
-    cluster_role = only(documents, "ClusterRole", checks)
-    checks.equal(grants_of(cluster_role), cluster_role_contract(plurals), f"{name}: ClusterRole grants exactly the operator's contract")
-    roles = by_kind(documents, "Role")
-    if leader_election:
-        checks.equal(len(roles), 1, f"{name}: one Role, for leader election")
-        if roles:
-            checks.equal(grants_of(roles[0]), LEADER_ELECTION_CONTRACT, f"{name}: leader-election Role grants exactly the Lease contract")
-    else:
-        checks.equal(roles, [], f"{name}: no Role without leader election")
-    check_no_wildcards(documents, checks)
+    operator_rbac = check_rbac(name, documents, operator_contract(plurals), scope, managed, leader_election, checks)
 
     if crds_installed:
         check_crds(documents, args.crds, keep, checks)
     else:
         checks.equal(by_kind(documents, "CustomResourceDefinition"), [], f"{name}: no CRDs with crds.install=false")
 
-    service_account = check_deployment(documents, replicas, leader_election, checks)
+    operator_flags = [flag for namespace in managed for flag in ("--namespace", namespace)]
+    service_account = check_deployment(name, documents, replicas, leader_election, operator_flags, checks)
     if service_account:
         check_bindings(documents, service_account, checks)
     deployments = by_kind(documents, "Deployment")
     if deployments:
         check_metrics_service(documents, deployments[0]["spec"]["template"]["metadata"]["labels"], checks)
-    check_namespaces(documents, checks)
+    check_namespaces(documents, operator_rbac, checks)
     print(f"   {name}: {len(documents)} objects checked", flush=True)
 
 
@@ -253,22 +298,40 @@ def main():
         checks.expect(copied[file_name] == generated[file_name],
                       f"{source_dir}/{file_name} differs from {args.crds}/{file_name}: run 'cp {args.crds}/*.yaml {source_dir}/'")
 
-    # name, --set values, replicas, leader election, CRDs installed, CRDs kept
+    # name, --set values, replicas, leader election, CRDs installed, CRDs kept, RBAC scope, managed namespaces
     configurations = [
-        ("default", [], 1, False, True, True),
-        ("two-replicas", ["replicaCount=2"], 2, True, True, True),
-        ("no-crds", ["crds.install=false"], 1, False, False, True),
-        ("leader-election-single", ["leaderElection=true"], 1, True, True, True),
-        ("three-replicas-crds-not-kept", ["replicaCount=3", "crds.keep=false"], 3, True, True, False),
+        ("default", [], 1, False, True, True, "namespaced", [NAMESPACE]),
+        ("namespaced-two", ["rbac.namespaces={voice-a,voice-b}"], 1, False, True, True, "namespaced", ["voice-a", "voice-b"]),
+        ("cluster", ["rbac.scope=cluster"], 1, False, True, True, "cluster", []),
+        ("two-replicas", ["replicaCount=2"], 2, True, True, True, "namespaced", [NAMESPACE]),
+        ("two-replicas-release-and-voice-a", ["replicaCount=2", f"rbac.namespaces={{{NAMESPACE},voice-a}}"], 2, True, True, True,
+         "namespaced", [NAMESPACE, "voice-a"]),
+        ("cluster-two-replicas", ["replicaCount=2", "rbac.scope=cluster"], 2, True, True, True, "cluster", []),
+        ("no-crds", ["crds.install=false"], 1, False, False, True, "namespaced", [NAMESPACE]),
+        ("leader-election-single", ["leaderElection=true"], 1, True, True, True, "namespaced", [NAMESPACE]),
+        ("three-replicas-crds-not-kept", ["replicaCount=3", "crds.keep=false"], 3, True, True, False, "namespaced", [NAMESPACE]),
     ]
     for configuration in configurations:
         check_configuration(*configuration, args, checks)
 
-    refused = render(args.helm, args.chart, ["replicaCount=2", "leaderElection=false"])
-    checks.expect(refused.returncode != 0 and "leaderElection=false with replicaCount=2" in refused.stderr,
-                  "two replicas without leader election are refused with a message")
-    misspelt = render(args.helm, args.chart, ["replicas=2"])
-    checks.expect(misspelt.returncode != 0, "an unknown value (replicas) is refused by values.schema.json")
+    # Settings the chart refuses, each with the words its message must contain.
+    refusals = [
+        (["replicaCount=2", "leaderElection=false"], ["leaderElection=false with replicaCount=2"],
+         "two replicas without leader election"),
+        (["replicas=2"], ["replicas"], "an unknown value (replicas), by values.schema.json"),
+        (["rbac.scope=cluster", "rbac.namespaces={voice-a}"], ["rbac.namespaces=voice-a with rbac.scope=cluster"],
+         "a namespace list with cluster scope"),
+        (["rbac.namespaces={voice-a,voice-b,voice-a}"], ['rbac.namespaces lists "voice-a" twice'], "a namespace listed twice"),
+        ([f"rbac.namespaces={{{NAMESPACE},{NAMESPACE}}}"], [f'rbac.namespaces lists "{NAMESPACE}" twice'],
+         "the release namespace listed twice"),
+        (["rbac.scope=everywhere"], ["/rbac/scope", "namespaced", "cluster"], "an unknown scope, by the schema's enum"),
+        (["rbac.namespaces={Voice_A}"], ["/rbac/namespaces/0"], "a namespace that is not a DNS label, by the schema"),
+    ]
+    for settings, words, what in refusals:
+        refused = render(args.helm, args.chart, settings)
+        message = refused.stderr.strip()
+        checks.expect(refused.returncode != 0 and all(word in message for word in words),
+                      f"{what} is refused by helm template with a message naming {words}: exit {refused.returncode}, {message!r}")
 
     if checks.failures:
         print(f"chart contract: {checks.passed} passed, {len(checks.failures)} failed", file=sys.stderr)
