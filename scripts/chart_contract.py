@@ -10,6 +10,10 @@
   namespaces with cluster scope, a namespace listed twice and an unknown scope are refused.
 - `--leader-election` is passed exactly when leader election is on (auto: more than one replica),
   the leader-election Role exists exactly then, and leaderElection=false with two replicas is refused.
+- With networkPolicy.enabled, one NetworkPolicy selects the operator pods and allows exactly
+  ingress to the metrics port and egress to DNS (UDP and TCP 53) and TCP to the API server ports;
+  without it there is none. The operator gets one `--api-server-port P` per configured port either
+  way, and a duplicate, missing or out-of-range port is refused.
 - The CRDs in the chart are the repository's crds/: the copy in crds-source/ is byte for byte the
   same, and each rendered CRD equals its source apart from the labels and annotations the chart adds.
 
@@ -17,6 +21,8 @@ Each rendered configuration is written to --out for kubernetes-validate. Exits 1
 """
 
 import argparse
+import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -27,6 +33,24 @@ RELEASE = "callguard"
 NAMESPACE = "callguard-system"
 LEASE_NAME = "callguard-operator"
 OWNED_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
+METRICS_PORT = 8080
+DEFAULT_API_SERVER_PORTS = [443, 6443]
+
+
+@dataclasses.dataclass
+class Configuration:
+    """One rendering of the chart and what it must contain."""
+
+    name: str
+    settings: list
+    replicas: int = 1
+    leader_election: bool = False
+    crds_installed: bool = True
+    crds_kept: bool = True
+    scope: str = "namespaced"
+    managed: list = dataclasses.field(default_factory=lambda: [NAMESPACE])  # namespaces given --namespace
+    network_policy: bool = True
+    api_server_ports: list = dataclasses.field(default_factory=lambda: list(DEFAULT_API_SERVER_PORTS))
 
 
 class Checks:
@@ -250,8 +274,44 @@ def check_rbac(name, documents, contract, scope, managed, leader_election, check
     return operator_roles | operator_bindings
 
 
-def check_configuration(name, settings, replicas, leader_election, crds_installed, keep, scope, managed, args, checks):
-    result = render(args.helm, args.chart, settings)
+def check_network_policy(name, documents, configuration, checks):
+    """The operator pods' NetworkPolicy, reduced to (direction, peers, protocol, port, endPort)
+    tuples: a rule without ports or with peers would show as an extra tuple."""
+    policies = by_kind(documents, "NetworkPolicy")
+    if not configuration.network_policy:
+        checks.equal(policies, [], f"{name}: no NetworkPolicy with networkPolicy.enabled=false")
+        return
+    checks.equal(len(policies), 1, f"{name}: one NetworkPolicy")
+    if not policies:
+        return
+    (policy,) = policies[:1]
+    spec = policy["spec"]
+    deployments = by_kind(documents, "Deployment")
+    if deployments:
+        checks.equal(spec.get("podSelector"), {"matchLabels": deployments[0]["spec"]["selector"]["matchLabels"]},
+                     f"{name}: the NetworkPolicy selects the operator pods (the Deployment's selector)")
+    checks.equal(sorted(spec.get("policyTypes", [])), ["Egress", "Ingress"], f"{name}: the NetworkPolicy restricts ingress and egress")
+
+    def reduce(direction, rules, peers_field):
+        allowed = set()
+        for rule in rules:
+            peers = json.dumps(rule.get(peers_field), sort_keys=True) if peers_field in rule else None
+            for port in rule.get("ports") or [{"port": "every port"}]:
+                allowed.add((direction, peers, port.get("protocol", "TCP"), port.get("port"), port.get("endPort")))
+        return allowed
+
+    allowed = reduce("ingress", spec.get("ingress", []), "from") | reduce("egress", spec.get("egress", []), "to")
+    expected = {("ingress", None, "TCP", METRICS_PORT, None), ("egress", None, "UDP", 53, None), ("egress", None, "TCP", 53, None)}
+    expected |= {("egress", None, "TCP", port, None) for port in configuration.api_server_ports}
+    checks.equal(allowed, expected, f"{name}: the NetworkPolicy allows exactly the metrics port in, and DNS and the API server ports "
+                                    f"{configuration.api_server_ports} out")
+
+
+def check_configuration(configuration, args, checks):
+    name = configuration.name
+    replicas, leader_election = configuration.replicas, configuration.leader_election
+    scope, managed = configuration.scope, configuration.managed
+    result = render(args.helm, args.chart, configuration.settings)
     if result.returncode != 0:
         checks.expect(False, f"{name}: helm template failed: {result.stderr.strip()}")
         return
@@ -261,18 +321,20 @@ def check_configuration(name, settings, replicas, leader_election, crds_installe
 
     operator_rbac = check_rbac(name, documents, operator_contract(plurals), scope, managed, leader_election, checks)
 
-    if crds_installed:
-        check_crds(documents, args.crds, keep, checks)
+    if configuration.crds_installed:
+        check_crds(documents, args.crds, configuration.crds_kept, checks)
     else:
         checks.equal(by_kind(documents, "CustomResourceDefinition"), [], f"{name}: no CRDs with crds.install=false")
 
     operator_flags = [flag for namespace in managed for flag in ("--namespace", namespace)]
+    operator_flags += [flag for port in configuration.api_server_ports for flag in ("--api-server-port", str(port))]
     service_account = check_deployment(name, documents, replicas, leader_election, operator_flags, checks)
     if service_account:
         check_bindings(documents, service_account, checks)
     deployments = by_kind(documents, "Deployment")
     if deployments:
         check_metrics_service(documents, deployments[0]["spec"]["template"]["metadata"]["labels"], checks)
+    check_network_policy(name, documents, configuration, checks)
     check_namespaces(documents, operator_rbac, checks)
     print(f"   {name}: {len(documents)} objects checked", flush=True)
 
@@ -298,21 +360,29 @@ def main():
         checks.expect(copied[file_name] == generated[file_name],
                       f"{source_dir}/{file_name} differs from {args.crds}/{file_name}: run 'cp {args.crds}/*.yaml {source_dir}/'")
 
-    # name, --set values, replicas, leader election, CRDs installed, CRDs kept, RBAC scope, managed namespaces
     configurations = [
-        ("default", [], 1, False, True, True, "namespaced", [NAMESPACE]),
-        ("namespaced-two", ["rbac.namespaces={voice-a,voice-b}"], 1, False, True, True, "namespaced", ["voice-a", "voice-b"]),
-        ("cluster", ["rbac.scope=cluster"], 1, False, True, True, "cluster", []),
-        ("two-replicas", ["replicaCount=2"], 2, True, True, True, "namespaced", [NAMESPACE]),
-        ("two-replicas-release-and-voice-a", ["replicaCount=2", f"rbac.namespaces={{{NAMESPACE},voice-a}}"], 2, True, True, True,
-         "namespaced", [NAMESPACE, "voice-a"]),
-        ("cluster-two-replicas", ["replicaCount=2", "rbac.scope=cluster"], 2, True, True, True, "cluster", []),
-        ("no-crds", ["crds.install=false"], 1, False, False, True, "namespaced", [NAMESPACE]),
-        ("leader-election-single", ["leaderElection=true"], 1, True, True, True, "namespaced", [NAMESPACE]),
-        ("three-replicas-crds-not-kept", ["replicaCount=3", "crds.keep=false"], 3, True, True, False, "namespaced", [NAMESPACE]),
+        # Namespaced scope, the release namespace only.
+        Configuration("default", []),
+        Configuration("namespaced-two", ["rbac.namespaces={voice-a,voice-b}"], managed=["voice-a", "voice-b"]),
+        Configuration("cluster", ["rbac.scope=cluster"], scope="cluster", managed=[]),
+        Configuration("two-replicas", ["replicaCount=2"], replicas=2, leader_election=True),
+        Configuration("two-replicas-release-and-voice-a", ["replicaCount=2", f"rbac.namespaces={{{NAMESPACE},voice-a}}"],
+                      replicas=2, leader_election=True, managed=[NAMESPACE, "voice-a"]),
+        Configuration("cluster-two-replicas", ["replicaCount=2", "rbac.scope=cluster"], replicas=2, leader_election=True,
+                      scope="cluster", managed=[]),
+        Configuration("no-crds", ["crds.install=false"], crds_installed=False),
+        Configuration("leader-election-single", ["leaderElection=true"], leader_election=True),
+        Configuration("three-replicas-crds-not-kept", ["replicaCount=3", "crds.keep=false"], replicas=3, leader_election=True,
+                      crds_kept=False),
+        # The ports reach the operator whether or not the chart renders the policy.
+        Configuration("network-policy-off", ["networkPolicy.enabled=false"], network_policy=False),
+        Configuration("network-policy-off-port-8443", ["networkPolicy.enabled=false", "networkPolicy.apiServerPorts={8443}"],
+                      network_policy=False, api_server_ports=[8443]),
+        Configuration("cluster-api-server-port-6443", ["rbac.scope=cluster", "networkPolicy.apiServerPorts={6443}"],
+                      scope="cluster", managed=[], api_server_ports=[6443]),
     ]
     for configuration in configurations:
-        check_configuration(*configuration, args, checks)
+        check_configuration(configuration, args, checks)
 
     # Settings the chart refuses, each with the words its message must contain.
     refusals = [
@@ -326,6 +396,9 @@ def main():
          "the release namespace listed twice"),
         (["rbac.scope=everywhere"], ["/rbac/scope", "namespaced", "cluster"], "an unknown scope, by the schema's enum"),
         (["rbac.namespaces={Voice_A}"], ["/rbac/namespaces/0"], "a namespace that is not a DNS label, by the schema"),
+        (["networkPolicy.apiServerPorts={443,443}"], ["/networkPolicy/apiServerPorts"], "an API server port listed twice, by the schema"),
+        (["networkPolicy.apiServerPorts=null"], ["/networkPolicy", "apiServerPorts"], "no API server port, by the schema"),
+        (["networkPolicy.apiServerPorts={70000}"], ["/networkPolicy/apiServerPorts/0"], "an API server port out of range, by the schema"),
     ]
     for settings, words, what in refusals:
         refused = render(args.helm, args.chart, settings)
