@@ -89,3 +89,87 @@ callguard-operator
 - siptrunksecurityprofiles
 - srstreferences
 {{- end }}
+
+{{/*
+The scope of the operator's RBAC and watches: "namespaced" (a Role per managed namespace) or
+"cluster" (a ClusterRole). values.schema.json already limits rbac.scope to these two.
+*/}}
+{{- define "callguard.rbacScope" -}}
+{{- $scope := toString .Values.rbac.scope }}
+{{- if not (has $scope (list "namespaced" "cluster")) }}
+{{- fail (printf "rbac.scope must be namespaced or cluster, not %q" $scope) }}
+{{- end }}
+{{- $scope }}
+{{- end }}
+
+{{/*
+The namespaces the operator manages, as a JSON list: in namespaced scope rbac.namespaces, or the
+release namespace when it is empty; in cluster scope none (every namespace, no --namespace flag).
+Each gets one Role and one RoleBinding, so a namespace listed twice is refused, and so is a list
+with cluster scope, which would silently manage every namespace instead.
+*/}}
+{{- define "callguard.managedNamespaces" -}}
+{{- $scope := include "callguard.rbacScope" . }}
+{{- $namespaces := .Values.rbac.namespaces | default list }}
+{{- if eq $scope "cluster" }}
+{{- if $namespaces }}
+{{- fail (printf "rbac.namespaces=%s with rbac.scope=cluster: cluster scope manages every namespace; set rbac.scope=namespaced to manage only these namespaces, or leave rbac.namespaces empty" (join "," $namespaces)) }}
+{{- end }}
+{{- list | toJson }}
+{{- else }}
+{{- if not $namespaces }}
+{{- $namespaces = list .Release.Namespace }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $namespaces }}
+{{- if hasKey $seen (toString .) }}
+{{- fail (printf "rbac.namespaces lists %q twice: list each managed namespace once" (toString .)) }}
+{{- end }}
+{{- $_ := set $seen (toString .) true }}
+{{- end }}
+{{- $namespaces | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+Exactly what the operator calls in a namespace it manages: the rules of its Role in each managed
+namespace (namespaced scope) or of its ClusterRole (cluster scope). The test command
+(scripts/chart_contract.py) compares them with the operator's contract, so that a rule added here
+or there shows.
+*/}}
+{{- define "callguard.operatorRules" -}}
+{{- $ownedVerbs := list "get" "list" "watch" "create" "patch" "delete" -}}
+# The Callguard resources: read the spec, write only the status.
+- apiGroups: ["callguard.io"]
+  resources:
+    {{- include "callguard.plurals" . | nindent 4 }}
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["callguard.io"]
+  resources:
+    {{- range (include "callguard.plurals" . | fromYamlArray) }}
+    - {{ . }}/status
+    {{- end }}
+  verbs: ["get", "patch", "update"]
+# What a CallControlCluster owns: certificates and keys (Secrets), the trust lists (ConfigMap),
+# and the TFTP workload with its Service and ServiceAccount.
+- apiGroups: [""]
+  resources: ["configmaps", "secrets", "serviceaccounts", "services"]
+  verbs: {{ toJson $ownedVerbs }}
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: {{ toJson $ownedVerbs }}
+# Each cluster's TFTP pods get a namespaced Role to read the phones, profiles, clusters, SRST
+# references, end users and Secrets of their namespace. Kubernetes lets the operator grant only
+# what it holds itself, which the read rules above cover.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings", "roles"]
+  verbs: {{ toJson $ownedVerbs }}
+# One NetworkPolicy per data-plane service, limiting its pods' traffic.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: {{ toJson $ownedVerbs }}
+# Events for issuance, rotation, token lock and failures (events.k8s.io/v1).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
