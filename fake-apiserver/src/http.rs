@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::apply::Scope;
 use crate::patch::PatchKind;
 use crate::rbac::{self, Attributes, ServiceAccount};
-use crate::recorder::{Recorder, Verb, WriteRecord};
+use crate::recorder::{ReadRecord, Recorder, Verb, WriteRecord};
 use crate::resources::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector, Selection};
 use crate::status::{ApiError, Reason, qualified};
@@ -122,6 +122,18 @@ pub async fn handle(
         }
     };
     count(&shared, verb);
+    if !verb.is_write() {
+        shared.recorder().reads.push(ReadRecord {
+            verb,
+            path: uri.to_string(),
+            identity: identity.clone(),
+            resource: qualified(&target.resource),
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            label_selector: query.get("labelSelector").cloned(),
+            field_selector: query.get("fieldSelector").cloned(),
+        });
+    }
     if verb == Verb::Watch {
         return match denial {
             Some(denial) => error_response(&denial),

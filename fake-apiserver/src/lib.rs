@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-pub use crate::recorder::{Verb, WriteRecord};
+pub use crate::recorder::{ReadRecord, Verb, WriteRecord};
 pub use crate::resources::{ListType, ResourceType};
 pub use crate::status::{ApiError, Reason};
 
@@ -242,6 +242,11 @@ impl FakeApiServer {
     /// Every write request so far, in arrival order.
     pub fn writes(&self) -> Vec<WriteRecord> {
         self.shared.recorder().writes.clone()
+    }
+
+    /// Every read request (get, list, watch) so far, in arrival order.
+    pub fn reads(&self) -> Vec<ReadRecord> {
+        self.shared.recorder().reads.clone()
     }
 
     /// How many requests of each verb arrived.

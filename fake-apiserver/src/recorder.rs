@@ -46,8 +46,24 @@ pub struct WriteRecord {
     pub field_manager: Option<String>,
 }
 
+/// One read request (get, list or watch): who read what, and with which selectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRecord {
+    pub verb: Verb,
+    /// The request path and query.
+    pub path: String,
+    pub identity: Option<String>,
+    /// `plural` or `plural.group`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+}
+
 #[derive(Default)]
 pub(crate) struct Recorder {
     pub writes: Vec<WriteRecord>,
+    pub reads: Vec<ReadRecord>,
     pub requests: BTreeMap<Verb, u64>,
 }

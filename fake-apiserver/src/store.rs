@@ -288,8 +288,9 @@ impl Store {
         }
     }
 
-    /// The common end of PUT and PATCH: keeps what the client may not change, bumps `generation`, skips
-    /// no-op writes, and removes an object whose deletion waited only for its last finalizer.
+    /// The common end of PUT and PATCH: keeps what the client may not change, refuses a change to an
+    /// immutable field (a workload's selector), bumps `generation`, skips no-op writes, and removes an
+    /// object whose deletion waited only for its last finalizer.
     fn replace(
         &mut self,
         resource: &ResourceType,
@@ -334,6 +335,14 @@ impl Store {
                     &format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{added}]"),
                 ));
             }
+        }
+        // apps/v1 workloads: the selector cannot change once the object exists.
+        if resource.group == "apps"
+            && matches!(resource.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+            && live.pointer("/spec/selector") != object.pointer("/spec/selector")
+        {
+            let selector = object.pointer("/spec/selector").map(Value::to_string).unwrap_or_default();
+            return Err(ApiError::invalid(resource, &key.1, "spec.selector", &format!("Invalid value: {selector}: field is immutable")));
         }
         if spec_of(live) != spec_of(&object) {
             let generation = live.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);

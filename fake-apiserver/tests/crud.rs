@@ -312,3 +312,26 @@ async fn kubeconfig_carries_url_namespace_and_identity() {
     );
     assert_eq!(write.name.as_deref(), Some("voice"));
 }
+
+#[tokio::test]
+async fn a_workloads_selector_is_immutable_and_reads_are_recorded() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let server = FakeApiServer::start().await;
+    let api: Api<Deployment> = Api::default_namespaced(server.client_as("reader"));
+    let deployment = |app: &str| -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "template": {"metadata": {"labels": {"app": app}}, "spec": {"containers": []}}}
+        }))
+        .unwrap()
+    };
+    api.create(&PostParams::default(), &deployment("a")).await.unwrap();
+    let refused = api.patch("web", &PatchParams::apply("test").force(), &Patch::Apply(&deployment("b"))).await;
+    assert_eq!(api_code(refused), 422, "spec.selector is immutable (apps/v1)");
+    assert_eq!(api.get("web").await.unwrap().spec.selector.match_labels.unwrap()["app"], "a");
+    api.list(&ListParams::default().labels("app=a")).await.unwrap();
+    let reads = server.reads();
+    let list = reads.iter().find(|r| r.verb == Verb::List).expect("the list is recorded");
+    assert_eq!((list.identity.as_deref(), list.label_selector.as_deref()), (Some("reader"), Some("app=a")));
+    assert!(reads.iter().any(|r| r.verb == Verb::Get && r.name.as_deref() == Some("web")));
+}
