@@ -1,4 +1,4 @@
-//! The operator's controller against the in-process API server (DESIGN: testing): the quickstart
+//! The operator's controller against the in-process API server: the quickstart
 //! becomes Secrets, trust lists, the TFTP workload and Ready statuses; `callguard serve tftp`
 //! started against the same API serves the CTL and a phone's signed configuration to the real
 //! `tftp` client; deleting the cluster removes what it owned; an invalid namespace is Stalled and
@@ -7,136 +7,15 @@
 
 #[path = "support/peers.rs"]
 mod peers;
-use peers::{require, tftp_hpa_get};
+#[path = "support/cluster.rs"]
+mod support;
+use peers::require;
+use support::*;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use callguard::controller::OperatorOptions;
-use callguard::ops::shutdown::Shutdown;
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
-
-const NAMESPACE: &str = "default";
-const CLUSTER: &str = "quickstart";
-
-fn quickstart() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-    let (documents, errors) = callguard::manifest::load_paths(&[dir]);
-    assert!(errors.is_empty(), "{errors:?}");
-    documents
-        .into_iter()
-        .map(|d| {
-            let mut value = d.value;
-            value["metadata"]["namespace"] = json!(NAMESPACE);
-            value
-        })
-        .collect()
-}
-
-fn load(server: &FakeApiServer, objects: Vec<Value>) {
-    for object in objects {
-        server.insert(object.clone()).unwrap_or_else(|e| panic!("insert {}: {e:?}", object["metadata"]["name"]));
-    }
-}
-
-fn options(identity: &str, leader_election: bool) -> OperatorOptions {
-    OperatorOptions {
-        metrics_bind: "127.0.0.1:0".parse().unwrap(),
-        leader_election,
-        lease_namespace: NAMESPACE.into(),
-        image: "registry.example/callguard:test".into(),
-        identity: Some(identity.into()),
-        namespaces: vec![NAMESPACE.into()],
-        api_server_ports: vec![443, 6443],
-    }
-}
-
-/// Runs the operator in this process until the returned handle is triggered.
-fn start_operator(
-    server: &FakeApiServer,
-    identity: &str,
-    leader_election: bool,
-) -> (Shutdown, tokio::task::JoinHandle<Result<(), String>>) {
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(callguard::controller::run(server.client_as(identity), options(identity, leader_election), shutdown.clone()));
-    (shutdown, task)
-}
-
-fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
-    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-        (c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into(), c["message"].as_str().unwrap_or("").into())
-    })
-}
-
-fn cluster(server: &FakeApiServer) -> Value {
-    server.get("callguard.io/v1alpha1", "CallControlCluster", Some(NAMESPACE), CLUSTER).expect("the cluster exists")
-}
-
-/// Polls until `ready` holds, for up to 90 s.
-async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn owned_by_cluster(object: &Value, uid: &str) -> bool {
-    object["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid && r["controller"] == true))
-}
-
-/// `callguard serve tftp` against the fake API server, as a pod would run it.
-struct ServeTftp {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl ServeTftp {
-    /// Runs the pod's own arguments (`args` of the Deployment's container), on loopback.
-    fn start(kubeconfig: &Path, pod_args: &[String]) -> ServeTftp {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let arg = |name: &str| {
-            pod_args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap_or_else(|| panic!("{name} in {pod_args:?}"))
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .args(["serve", "tftp", "--cluster", CLUSTER, "--namespace", NAMESPACE])
-            .args(["--signer-secret", &arg("--signer-secret"), "--files-secret", &arg("--files-secret")])
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("callguard runs");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        let line = lines.recv_timeout(Duration::from_secs(60)).expect("serve tftp says it serves");
-        assert!(line.starts_with("serving TFTP on"), "{line}");
-        ServeTftp { child, port }
-    }
-
-    fn fetch(&self, name: &str, out: &Path) -> bool {
-        tftp_hpa_get(self.port, name, out)
-    }
-}
-
-impl Drop for ServeTftp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn trust(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_callguard")).arg("trust").args(args).output().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_statuses() {

@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use time::OffsetDateTime;
 
 use crate::api::{CallControlCluster, ClusterSecurityMode, IdentityRecord, SignatureHash};
-use crate::token::signing::{CtlSigningPlan, LeaveReason, PlanCondition};
+use crate::token::signing::{CtlSigningPlan, PlanCondition};
 use crate::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
 use catalog::{SigningParameters, TftpCatalog};
@@ -309,7 +309,6 @@ pub fn build_namespace(
     // The CTL, in mixed mode only, signed by a token (Chapter 3).
     let mut tokens = Tokens::load(&snapshot, state, &rfc3339_now)?;
     let mut cluster_status = ResourceStatus::ready("CallControlCluster", &cluster_name);
-    let mut left_out: Vec<(String, LeaveReason)> = Vec::new();
     if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
         let previous_ctl = published(state, TrustListKind::Ctl)?;
         match build_ctl(&snapshot, state, cluster, &mut tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
@@ -323,7 +322,6 @@ pub fn build_namespace(
                     cluster_status.ready = false;
                     cluster_status.reason = "FewerThanTwoTokens".into();
                 }
-                left_out = plan.left_out;
             }
             Err(e) => {
                 // The last published CTL stays served: phones keep a trust list they can verify.
@@ -339,9 +337,8 @@ pub fn build_namespace(
         if statuses.iter().any(|s: &ResourceStatus| s.kind == "SecurityToken" && s.name == *name) {
             continue;
         }
-        let refused = left_out.iter().find(|(n, reason)| n == name && matches!(reason, LeaveReason::CertificateRefused { .. }));
-        statuses.push(match refused {
-            Some((_, reason)) => ResourceStatus::not_ready("SecurityToken", name, "CertificateRefused", reason.to_string()),
+        statuses.push(match tokens.refusal(name) {
+            Some(reason) => ResourceStatus::not_ready("SecurityToken", name, "CertificateRefused", reason.to_string()),
             None => token_status(name, token, &tokens.status(name)),
         });
     }

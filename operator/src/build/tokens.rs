@@ -10,7 +10,7 @@ use super::state::{Sensitivity, StateDir};
 use crate::api::{CtlSettings, SecurityToken, SecurityTokenStatus};
 use crate::token::material;
 use crate::token::registry::{TokenRegistry, new_mac_key};
-use crate::token::signing::{CtlSigningPlan, PublishedSast, TokenInput, plan};
+use crate::token::signing::{CtlSigningPlan, LeaveReason, PublishedSast, TokenInput, plan};
 use crate::token::unlock::{UnlockAttempt, unlock};
 use crate::trust::{Signer, TrustList};
 use crate::validate::Snapshot;
@@ -134,6 +134,20 @@ impl Tokens {
 
     pub fn certificate(&self, name: &str) -> Option<&[u8]> {
         self.tokens.get(name).and_then(|(_, certificate)| certificate.as_deref())
+    }
+
+    /// Why `name` may not sign whatever its own spec says: its certificate was declared Lost or
+    /// Compromised by another object, or another object holds it in a state other than Active.
+    pub fn refusal(&self, name: &str) -> Option<LeaveReason> {
+        let der = self.tokens.get(name)?.1.as_deref()?;
+        if let Some(revocation) = self.revocation(der).filter(|r| r.by != name) {
+            return Some(LeaveReason::CertificateRefused { state: revocation.state, by: revocation.by });
+        }
+        self.tokens.iter().find_map(|(other, (token, certificate))| {
+            let state = token.spec.state();
+            (other != name && certificate.as_deref() == Some(der) && state != crate::api::TokenState::Active)
+                .then(|| LeaveReason::CertificateRefused { state, by: other.clone() })
+        })
     }
 
     fn revocation(&self, certificate_der: &[u8]) -> Option<crate::token::registry::Revocation> {

@@ -424,7 +424,14 @@ fn invalid_statuses(
                 (Wanted::new("Ready", false, "ClusterNotReconciled", format!("CallControlCluster/{cluster} is stalled: {message}")), None)
             }
         };
-        updates.push(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra: Default::default() });
+        let mut extra = serde_json::Map::new();
+        if is_cluster {
+            // The identity record outlives a stall: a status applied without it would drop it, and
+            // with it the memory that an identity exists (see `identity_record`).
+            let previous = observed.objects.get(&(kind, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
+            extra.extend(previous.map(|identity| ("identity".to_owned(), identity)));
+        }
+        updates.push(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
     }
     updates
 }
