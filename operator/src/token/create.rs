@@ -177,8 +177,12 @@ fn metadata(request: &TokenRequest, name: &str) -> Value {
     }
 }
 
+/// A Secret the token names, labelled so that the operator is told when it changes (its watch on
+/// Secrets selects this label and nothing else it does not own).
 fn secret(request: &TokenRequest, name: &str, string_data: Value) -> Value {
-    json!({ "apiVersion": "v1", "kind": "Secret", "metadata": metadata(request, name), "type": "Opaque", "stringData": string_data })
+    let mut metadata = metadata(request, name);
+    metadata["labels"] = json!({ crate::controller::labels::WATCHED_SECRET: "true" });
+    json!({ "apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque", "stringData": string_data })
 }
 
 fn token(request: &TokenRequest) -> Value {
