@@ -32,6 +32,10 @@ pub struct ServerConfig {
     pub max_transfers_per_client: usize,
     /// Wait for an ACK before resending, unless the client negotiated `timeout` (RFC 2349).
     pub retransmit_timeout: Duration,
+    /// The longest `timeout` option granted (RFC 2349). A larger value is declined: left out of the
+    /// OACK, the transfer keeps `retransmit_timeout`. RFC 2349 allows only accepting the client's value
+    /// or omitting it, so there is no "answer with the maximum" as for blksize.
+    pub max_client_timeout: Duration,
     /// Resends of the same window (or OACK) before the transfer is abandoned.
     pub max_retries: u32,
     /// The largest blksize granted (RFC 2348); larger requests are answered with this value.
@@ -48,6 +52,10 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 69)),
             max_transfers_per_client: 8,
             retransmit_timeout: Duration::from_secs(1),
+            // 5 s is far beyond any round trip a phone network has, and as much as clients that send the
+            // option ask for (U-Boot asks for 5); the 255 s the option allows would let one silent client
+            // hold a transfer for 255 s × (retries + 1), about 25 minutes.
+            max_client_timeout: Duration::from_secs(5),
             max_retries: 5,
             max_block_size: MAX_BLOCK_SIZE,
             max_window_size: 64,
@@ -402,7 +410,7 @@ impl TransferPlan {
     fn negotiate(requested: &TransferOptions, file_len: usize, config: &ServerConfig) -> Self {
         let granted = TransferOptions {
             block_size: requested.block_size.map(|size| size.min(config.max_block_size.max(super::packet::MIN_BLOCK_SIZE))),
-            timeout_secs: requested.timeout_secs,
+            timeout_secs: requested.timeout_secs.filter(|secs| Duration::from_secs(u64::from(*secs)) <= config.max_client_timeout),
             // RFC 2349: on a read request the server answers with the size it will send.
             transfer_size: requested.transfer_size.map(|_| file_len as u64),
             window_size: requested.window_size.map(|size| size.min(config.max_window_size.max(1))),
@@ -581,6 +589,25 @@ mod tests {
         );
         let plain = TransferPlan::negotiate(&TransferOptions::default(), 1000, &config);
         assert_eq!((plain.block_size, plain.window_size, plain.option_ack), (512, 1, None));
+    }
+
+    #[test]
+    fn a_timeout_above_the_maximum_is_declined_not_lowered() {
+        let config = ServerConfig::default();
+        assert_eq!(config.max_client_timeout, Duration::from_secs(5));
+        let asking = |secs| TransferOptions { timeout_secs: Some(secs), window_size: Some(4), ..TransferOptions::default() };
+        let granted = TransferPlan::negotiate(&asking(5), 1000, &config);
+        assert_eq!(granted.timeout, Duration::from_secs(5));
+        assert_eq!(granted.option_ack.and_then(|oack| oack.timeout_secs), Some(5));
+        for secs in [6, 30, 255] {
+            let declined = TransferPlan::negotiate(&asking(secs), 1000, &config);
+            // RFC 2349: accept the value or leave the option out of the OACK; the default timeout applies.
+            assert_eq!(declined.timeout, config.retransmit_timeout, "timeout {secs}");
+            assert_eq!(declined.option_ack, Some(TransferOptions { window_size: Some(4), ..TransferOptions::default() }), "timeout {secs}");
+        }
+        // Declined and alone, nothing is left to acknowledge: no OACK, DATA 1 first (RFC 2347).
+        let alone = TransferOptions { timeout_secs: Some(255), ..TransferOptions::default() };
+        assert_eq!(TransferPlan::negotiate(&alone, 1000, &config).option_ack, None);
     }
 
     #[test]
