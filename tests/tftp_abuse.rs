@@ -16,6 +16,8 @@ use tokio::sync::watch;
 /// A file of many 512-byte blocks, so that every DATA the server sends before an ACK is a full one.
 const FILE: &str = "SEP001122334455.cnf.xml.sgn";
 const FILE_LEN: usize = 100_000;
+/// The largest DATA datagram with the default block size: opcode, block number, 512 bytes.
+const FULL_DATA_LEN: usize = 4 + 512;
 
 fn content(len: usize) -> Vec<u8> {
     let mut state: u32 = 12_345;
@@ -122,4 +124,48 @@ fn a_timeout_of_255_seconds_is_declined_and_a_silent_client_is_dropped_within_se
     alone.send_to(&read_request(TransferOptions { timeout_secs: Some(255), ..TransferOptions::default() }), harness.address).expect("RRQ");
     let (len, _) = alone.recv_from(&mut buffer).expect("an answer to the RRQ");
     assert!(matches!(Packet::parse(&buffer[..len]), Ok(Packet::Data { block: 1, .. })), "{:?}", Packet::parse(&buffer[..len]));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (c) Reflection
+
+/// At most this many datagrams answer a request whose client never acknowledges
+/// (`callguard::tftp::server::MAX_UNCONFIRMED_SENDS`).
+const UNCONFIRMED_SENDS: usize = 3;
+
+/// A read request from an address that never acknowledges (a spoofed victim's) draws at most
+/// three datagrams of at most 516 bytes: the first DATA, never a window and never six copies.
+#[test]
+fn an_unacknowledged_request_without_options_draws_at_most_three_datagrams() {
+    let _serial = serial();
+    // A short timeout with the default retries: the bound is on packets, not on time.
+    let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    let victim = socket_on(Ipv4Addr::LOCALHOST);
+    let request = read_request(TransferOptions::default());
+    victim.send_to(&request, harness.address).expect("RRQ");
+    let received = read_until_silent(&victim, Duration::from_secs(3));
+    let bytes: usize = received.iter().map(|(_, len)| len).sum();
+    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
+    assert!((1..=UNCONFIRMED_SENDS).contains(&received.len()), "{} datagrams for one {}-byte request", received.len(), request.len());
+    assert!(bytes <= UNCONFIRMED_SENDS * FULL_DATA_LEN, "{bytes} bytes for one {}-byte request", request.len());
+    let counters = harness.counters.snapshot();
+    assert!(counters.bytes_sent <= (UNCONFIRMED_SENDS * 512) as u64, "{counters:?}");
+    assert_eq!(counters.failures_of(FailureKind::TimedOut), 1, "{counters:?}");
+}
+
+/// With options (a window of 8 included), the unacknowledged answer is the OACK alone, at most three
+/// times: no DATA goes out before ACK 0.
+#[test]
+fn an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_times() {
+    let _serial = serial();
+    let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    let victim = socket_on(Ipv4Addr::LOCALHOST);
+    let options = TransferOptions { block_size: Some(1428), window_size: Some(8), transfer_size: Some(0), ..TransferOptions::default() };
+    victim.send_to(&read_request(options), harness.address).expect("RRQ");
+    let received = read_until_silent(&victim, Duration::from_secs(3));
+    let bytes: usize = received.iter().map(|(_, len)| len).sum();
+    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::OptionAck(_))), "only OACKs before ACK 0: {received:?}");
+    assert!((1..=UNCONFIRMED_SENDS).contains(&received.len()), "{} OACKs", received.len());
+    assert!(bytes <= UNCONFIRMED_SENDS * FULL_DATA_LEN, "{bytes} bytes");
+    assert_eq!(harness.counters.snapshot().bytes_sent, 0, "no DATA payload before ACK 0");
 }

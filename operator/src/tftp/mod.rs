@@ -10,6 +10,7 @@ pub mod source;
 
 pub use packet::{ErrorCode, Mode, Opcode, Packet, PacketError, Request, TransferOptions};
 pub use server::{
-    CounterSnapshot, Counters, FailureKind, MAX_FILENAME_LEN, NameRejection, ServerConfig, TftpServer, TftpServerError, check_filename,
+    CounterSnapshot, Counters, FailureKind, MAX_FILENAME_LEN, MAX_UNCONFIRMED_SENDS, NameRejection, ServerConfig, TftpServer,
+    TftpServerError, check_filename,
 };
 pub use source::{FileSource, MemoryFiles, SwappableSource};

@@ -23,6 +23,14 @@ use super::source::FileSource;
 /// The longest file name the server accepts, in bytes.
 pub const MAX_FILENAME_LEN: usize = 255;
 
+/// How many times, at most, a transfer sends its first packet (the OACK, or DATA 1 when no option is
+/// granted) before the client acknowledges it. The request's source address may be forged, and until
+/// the acknowledgement every packet goes to whoever it names: 3 sends of at most 516 bytes (the
+/// first 512-byte block) answer a 20-byte request, where 6 went before. Not fewer: the first exchange
+/// is where a booting phone meets a server busy with the rest of the storm, and 3 sends ride out two
+/// lost packets (either way) before the phone has to send its request again.
+pub const MAX_UNCONFIRMED_SENDS: u32 = 3;
+
 /// Tunables of a `TftpServer`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -36,7 +44,8 @@ pub struct ServerConfig {
     /// OACK, the transfer keeps `retransmit_timeout`. RFC 2349 allows only accepting the client's value
     /// or omitting it, so there is no "answer with the maximum" as for blksize.
     pub max_client_timeout: Duration,
-    /// Resends of the same window (or OACK) before the transfer is abandoned.
+    /// Resends of the same window before the transfer is abandoned, once the client has acknowledged
+    /// the first packet; before that, the first packet goes out at most `MAX_UNCONFIRMED_SENDS` times.
     pub max_retries: u32,
     /// The largest blksize granted (RFC 2348); larger requests are answered with this value.
     pub max_block_size: u16,
@@ -466,27 +475,38 @@ impl Transfer {
     async fn send_all(&self) -> Result<(), FailureKind> {
         // Replies are ACKs and ERRORs; a longer datagram is truncated, which loses only an ERROR's message tail.
         let mut buffer = [0u8; 1024];
-        if let Some(options) = &self.plan.option_ack {
-            // The client acknowledges the OACK with ACK 0 (RFC 2347).
-            let oack = Packet::OptionAck(*options).encode();
-            let mut retries = 0;
-            loop {
-                self.send(&oack).await?;
-                match self.await_ack(&mut buffer, 0, 0).await? {
-                    Awaited::Progress(_) => break,
-                    Awaited::TimedOut if retries < self.max_retries => {
-                        retries += 1;
-                        self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Awaited::TimedOut => return Err(FailureKind::TimedOut),
-                    Awaited::Aborted => return Err(FailureKind::ClientAborted),
-                }
+        // Until the client acknowledges the first packet it has not shown that it receives at the address
+        // the request came from, which anyone can forge: send that one packet (the OACK, acknowledged
+        // with ACK 0 (RFC 2347), or else DATA 1 alone), at most `MAX_UNCONFIRMED_SENDS` times, and
+        // never a window.
+        let (first, first_index, first_payload) = match &self.plan.option_ack {
+            Some(options) => (Packet::OptionAck(*options).encode(), 0, 0),
+            None => (encode_data(wire_block(1), self.block(1)), 1, self.block(1).len()),
+        };
+        let allowed = MAX_UNCONFIRMED_SENDS.min(self.max_retries.saturating_add(1));
+        let mut sent = 0;
+        loop {
+            self.send(&first).await?;
+            self.counters.bytes_sent.fetch_add(first_payload as u64, Ordering::Relaxed);
+            if sent > 0 {
+                self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
+            }
+            sent += 1;
+            match self.await_ack(&mut buffer, first_index, first_index).await? {
+                Awaited::Progress(_) => break,
+                Awaited::TimedOut if sent < allowed => {}
+                Awaited::TimedOut => return Err(FailureKind::TimedOut),
+                Awaited::Aborted => return Err(FailureKind::ClientAborted),
             }
         }
+        // The client receives where it says it is: windows and retries as negotiated from here.
         let total = self.block_count();
         // Index of the highest block the client acknowledged (0: none yet).
-        let mut acked: u64 = 0;
-        let mut highest_sent: u64 = 0;
+        let mut acked: u64 = first_index;
+        if acked == total {
+            return Ok(());
+        }
+        let mut highest_sent: u64 = acked;
         let mut retries = 0;
         loop {
             // RFC 7440: send a window from the first unacknowledged block; a timeout resends it whole.
