@@ -169,3 +169,45 @@ fn an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_time
     assert!(bytes <= UNCONFIRMED_SENDS * FULL_DATA_LEN, "{bytes} bytes");
     assert_eq!(harness.counters.snapshot().bytes_sent, 0, "no DATA payload before ACK 0");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// (e) A client that acknowledges just often enough
+
+/// A client that acknowledges each block just before the timeout makes progress, so retries never
+/// run out; at one 512-byte block per 300 ms this 100 KB file would take a minute. The transfer's
+/// deadline (here 1 s plus the size at 100 KB/s: 2 s) cuts it, and the client is told so.
+#[test]
+fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline() {
+    let _serial = serial();
+    let config = ServerConfig {
+        retransmit_timeout: Duration::from_millis(400),
+        transfer_deadline_base: Duration::from_secs(1),
+        min_transfer_rate: 100_000,
+        ..ServerConfig::default()
+    };
+    let harness = Harness::start(config);
+    let socket = socket_on(Ipv4Addr::LOCALHOST);
+    socket.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+    let started = Instant::now();
+    socket.send_to(&read_request(TransferOptions::default()), harness.address).expect("RRQ");
+    let mut buffer = vec![0u8; 70_000];
+    let mut blocks = 0;
+    let ending = loop {
+        let Ok((len, transfer)) = socket.recv_from(&mut buffer) else { panic!("the transfer ended without a word after {blocks} blocks") };
+        match Packet::parse(&buffer[..len]).expect("well-formed") {
+            Packet::Data { block, .. } => {
+                blocks += 1;
+                assert!(started.elapsed() < Duration::from_secs(5), "still sending after {:?} ({blocks} blocks)", started.elapsed());
+                std::thread::sleep(Duration::from_millis(300));
+                socket.send_to(&Packet::Ack { block }.encode(), transfer).expect("ACK");
+            }
+            other => break other,
+        }
+    };
+    let elapsed = started.elapsed();
+    assert!(matches!(&ending, Packet::Error { message, .. } if message.contains("deadline")), "{ending:?}");
+    assert!(elapsed < Duration::from_millis(2600), "cut after {elapsed:?}");
+    assert!((5..20).contains(&blocks), "{blocks} of 196 blocks before the deadline");
+    let counters = harness.counters.snapshot();
+    assert_eq!((counters.failures_of(FailureKind::Deadline), counters.files_served), (1, 0), "{counters:?}");
+}

@@ -172,6 +172,7 @@ fn tftp_failure_label(kind: FailureKind) -> &'static str {
         FailureKind::FileNotFound => "file_not_found",
         FailureKind::ClientLimit => "client_limit",
         FailureKind::TimedOut => "timed_out",
+        FailureKind::Deadline => "deadline",
         FailureKind::ClientAborted => "client_aborted",
         FailureKind::UnknownTransferId => "unknown_transfer_id",
         FailureKind::Io => "io",

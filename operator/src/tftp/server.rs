@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// Resends of the same window before the transfer is abandoned, once the client has acknowledged
     /// the first packet; before that, the first packet goes out at most `MAX_UNCONFIRMED_SENDS` times.
     pub max_retries: u32,
+    /// A transfer's overall deadline is this plus its size at `min_transfer_rate`. Past it the transfer
+    /// is cut (with ERROR 0 to a client that has acknowledged), however steadily the client acknowledges.
+    pub transfer_deadline_base: Duration,
+    /// In bytes per second: see `transfer_deadline_base`. Zero is read as one.
+    pub min_transfer_rate: u64,
     /// The largest blksize granted (RFC 2348); larger requests are answered with this value.
     pub max_block_size: u16,
     /// The largest windowsize granted (RFC 7440); larger requests are answered with this value.
@@ -66,6 +71,14 @@ impl Default for ServerConfig {
             // hold a transfer for 255 s × (retries + 1), about 25 minutes.
             max_client_timeout: Duration::from_secs(5),
             max_retries: 5,
+            // The whole retry budget at the longest granted timeout, (5 + 1) × 5 s: a transfer whose
+            // first packets were lost is not cut before its retries could have been used.
+            transfer_deadline_base: Duration::from_secs(30),
+            // Lock-step 512-byte blocks over a 250 ms round trip (a congested link to a branch office):
+            // a 4 KB trust list gets 32 s, a 1 MB file 8.5 minutes. A client that acknowledges each
+            // block just before the timeout (one block per second or per 5 s) is cut well before the
+            // hours it could otherwise hold the transfer.
+            min_transfer_rate: 2048,
             max_block_size: MAX_BLOCK_SIZE,
             max_window_size: 64,
             drain_timeout: Duration::from_secs(5),
@@ -139,6 +152,8 @@ pub enum FailureKind {
     ClientLimit,
     /// The client stopped acknowledging and the retries ran out.
     TimedOut,
+    /// The transfer ran past its deadline (`transfer_deadline_base` plus its size at `min_transfer_rate`).
+    Deadline,
     /// The client ended the transfer with an ERROR packet.
     ClientAborted,
     /// A datagram on a transfer socket from someone other than its client (ERROR 5, RFC 1350 §4).
@@ -148,13 +163,14 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         Self::Malformed,
         Self::AccessViolation,
         Self::WriteRefused,
         Self::FileNotFound,
         Self::ClientLimit,
         Self::TimedOut,
+        Self::Deadline,
         Self::ClientAborted,
         Self::UnknownTransferId,
         Self::Io,
@@ -388,7 +404,8 @@ impl TftpServer {
                 return;
             };
             let plan = TransferPlan::negotiate(&request.options, bytes.len(), &config);
-            let transfer = Transfer { socket, peer, bytes, plan, max_retries: config.max_retries, counters };
+            let deadline = Instant::now() + plan.deadline;
+            let transfer = Transfer { socket, peer, bytes, plan, deadline, max_retries: config.max_retries, counters };
             transfer.run().await;
         });
     }
@@ -413,6 +430,8 @@ struct TransferPlan {
     timeout: Duration,
     /// The OACK to send first, when the client asked for any option the server grants.
     option_ack: Option<TransferOptions>,
+    /// How long the whole transfer may take, from its first packet.
+    deadline: Duration,
 }
 
 impl TransferPlan {
@@ -429,6 +448,9 @@ impl TransferPlan {
             window_size: u64::from(granted.window_size.unwrap_or(1)),
             timeout: granted.timeout_secs.map_or(config.retransmit_timeout, |secs| Duration::from_secs(u64::from(secs))),
             option_ack: (!granted.is_empty()).then_some(granted),
+            deadline: config
+                .transfer_deadline_base
+                .saturating_add(Duration::from_millis((file_len as u64).saturating_mul(1000) / config.min_transfer_rate.max(1))),
         }
     }
 }
@@ -439,6 +461,8 @@ struct Transfer {
     peer: SocketAddr,
     bytes: Arc<[u8]>,
     plan: TransferPlan,
+    /// When the transfer is cut, however it is going.
+    deadline: Instant,
     max_retries: u32,
     counters: Arc<Counters>,
 }
@@ -520,7 +544,16 @@ impl Transfer {
                 }
             }
             highest_sent = highest_sent.max(last);
-            match self.await_ack(&mut buffer, acked + 1, last).await? {
+            let awaited = match self.await_ack(&mut buffer, acked + 1, last).await {
+                Err(FailureKind::Deadline) => {
+                    // The client has shown it receives at its address: tell it why the transfer ends.
+                    let error = Packet::Error { code: ErrorCode::NotDefined, message: "transfer deadline exceeded".into() };
+                    let _ = self.send(&error.encode()).await;
+                    return Err(FailureKind::Deadline);
+                }
+                other => other?,
+            };
+            match awaited {
                 Awaited::Progress(index) => {
                     acked = index;
                     retries = 0;
@@ -541,11 +574,13 @@ impl Transfer {
 
     /// Waits up to the timeout for an ACK of a block indexed `first..=last`. Duplicate and old ACKs are
     /// ignored without resending (which would start the Sorcerer's Apprentice syndrome, RFC 1123
-    /// §4.2.3.1); datagrams from other ports get ERROR 5 (RFC 1350 §4).
+    /// §4.2.3.1) and do not extend the wait; datagrams from other ports get ERROR 5 (RFC 1350 §4).
+    /// Fails with `Deadline` when the transfer's deadline comes first.
     async fn await_ack(&self, buffer: &mut [u8], first: u64, last: u64) -> Result<Awaited, FailureKind> {
-        let deadline = Instant::now() + self.plan.timeout;
+        let until = (Instant::now() + self.plan.timeout).min(self.deadline);
         loop {
-            let (len, from) = match tokio::time::timeout_at(deadline, self.socket.recv_from(buffer)).await {
+            let (len, from) = match tokio::time::timeout_at(until, self.socket.recv_from(buffer)).await {
+                Err(_) if until == self.deadline => return Err(FailureKind::Deadline),
                 Err(_) => return Ok(Awaited::TimedOut),
                 Ok(Err(_)) => return Err(FailureKind::Io),
                 Ok(Ok(received)) => received,
@@ -628,6 +663,19 @@ mod tests {
         // Declined and alone, nothing is left to acknowledge: no OACK, DATA 1 first (RFC 2347).
         let alone = TransferOptions { timeout_secs: Some(255), ..TransferOptions::default() };
         assert_eq!(TransferPlan::negotiate(&alone, 1000, &config).option_ack, None);
+    }
+
+    #[test]
+    fn the_deadline_grows_with_the_size_at_the_minimum_rate() {
+        let config = ServerConfig::default();
+        assert_eq!(TransferPlan::negotiate(&TransferOptions::default(), 0, &config).deadline, Duration::from_secs(30));
+        assert_eq!(TransferPlan::negotiate(&TransferOptions::default(), 4096, &config).deadline, Duration::from_secs(32));
+        assert_eq!(TransferPlan::negotiate(&TransferOptions::default(), 1 << 20, &config).deadline, Duration::from_secs(30 + 512));
+        // Whatever the client asks: the options change neither the base nor the rate.
+        let asking = TransferOptions { block_size: Some(8), timeout_secs: Some(5), window_size: Some(1), transfer_size: Some(0) };
+        assert_eq!(TransferPlan::negotiate(&asking, 4096, &config).deadline, Duration::from_secs(32));
+        let stalled = ServerConfig { min_transfer_rate: 0, ..ServerConfig::default() };
+        assert_eq!(TransferPlan::negotiate(&TransferOptions::default(), 1, &stalled).deadline, Duration::from_secs(31));
     }
 
     #[test]
