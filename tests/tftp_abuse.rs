@@ -3,13 +3,16 @@
 //! acknowledges. Each test reproduces the attack against the in-process server on loopback and checks
 //! the bound the server keeps (see the module docs of `callguard::tftp::server`).
 //!
-//! The tests run one at a time (`serial`), so that their timings do not depend on one another.
+//! The tests run one at a time (`serial`): one of them changes the process's open-file limit, and the
+//! others would otherwise count against it; and their timings do not depend on one another.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use callguard::tftp::{Counters, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
+use callguard::tftp::{Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -39,6 +42,8 @@ struct Harness {
     _runtime: Runtime,
     address: SocketAddr,
     counters: Arc<Counters>,
+    /// The cap the server runs with (`ServerConfig::max_transfers`, lowered to the open-file limit).
+    max_transfers: usize,
     shutdown: watch::Sender<bool>,
 }
 
@@ -50,9 +55,10 @@ impl Harness {
         let server = runtime.block_on(TftpServer::bind(config, files)).expect("bind 127.0.0.1:0");
         let address = server.local_addr().expect("bound address");
         let counters = server.counters();
+        let max_transfers = server.max_transfers();
         let (shutdown, receiver) = watch::channel(false);
         runtime.spawn(server.run(receiver));
-        Self { _runtime: runtime, address, counters, shutdown }
+        Self { _runtime: runtime, address, counters, max_transfers, shutdown }
     }
 }
 
@@ -79,6 +85,178 @@ fn read_until_silent(socket: &UdpSocket, silence: Duration) -> Vec<(Packet, usiz
         received.push((Packet::parse(&buffer[..len]).expect("the server sends well-formed packets"), len));
     }
     received
+}
+
+/// What is waiting on `socket` now, without waiting for more.
+fn drain(socket: &UdpSocket) -> Vec<Packet> {
+    socket.set_nonblocking(true).expect("non-blocking");
+    let mut buffer = vec![0u8; 70_000];
+    let mut received = Vec::new();
+    while let Ok((len, _)) = socket.recv_from(&mut buffer) {
+        received.push(Packet::parse(&buffer[..len]).expect("the server sends well-formed packets"));
+    }
+    received
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn require(program: &str, package: &str) {
+    let found = std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())).unwrap_or(false);
+    assert!(found, "`{program}` is missing: install the Debian package {package} (apt-get install {package}); scripts/test does this");
+}
+
+/// The process's RLIMIT_NOFILE soft limit, lowered for one test and put back when dropped.
+struct LoweredOpenFileLimit {
+    original: libc::rlimit,
+}
+
+impl LoweredOpenFileLimit {
+    fn get() -> libc::rlimit {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit through a valid pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0, "getrlimit");
+        limit
+    }
+
+    fn lower_soft_to(soft: libc::rlim_t) -> Self {
+        let original = Self::get();
+        let lowered = libc::rlimit { rlim_cur: soft.min(original.rlim_cur), rlim_max: original.rlim_max };
+        // SAFETY: setrlimit reads one rlimit through a valid pointer; lowering the soft limit is always allowed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0, "setrlimit");
+        Self { original }
+    }
+}
+
+impl Drop for LoweredOpenFileLimit {
+    fn drop(&mut self) {
+        let current = Self::get();
+        let restored = libc::rlimit { rlim_cur: self.original.rlim_cur.max(current.rlim_cur), rlim_max: current.rlim_max };
+        // SAFETY: as above; the soft limit goes back up to at most the unchanged hard limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &restored) };
+    }
+}
+
+/// A phone fetching `FILE` with tftp-hpa, retried (as phones retry) until it has the file or `within`
+/// has passed. Returns each attempt's output and the time it took.
+fn phone_fetch(harness: &Harness, out: &Path, within: Duration) -> (Vec<String>, Duration) {
+    require("tftp", "tftp-hpa");
+    let started = Instant::now();
+    let mut attempts: Vec<String> = Vec::new();
+    loop {
+        let output = Command::new("tftp")
+            .args(["-m", "binary", "127.0.0.1", &harness.address.port().to_string(), "-c", "get", FILE])
+            .arg(out)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run tftp ({error}): the server's transfers hold the process's descriptors"));
+        attempts.push(text(&output));
+        if std::fs::read(out).is_ok_and(|bytes| bytes == content(FILE_LEN)) {
+            return (attempts, started.elapsed());
+        }
+        assert!(started.elapsed() < within, "the phone never got its file: {attempts:#?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (a) Half-open transfers from many addresses
+
+/// The review's flood: 40 loopback addresses (127.0.0.2 to 127.0.0.41) send 8 read requests each and
+/// never acknowledge; half of them ask for `timeout=255`. A phone (tftp-hpa on 127.0.0.1) must then
+/// still get its file, and no one may be told "no transfer socket available".
+///
+/// The 320 flood sockets live in this process and count against its open-file limit, as the server's
+/// transfer sockets do; the test starts from a soft limit of 512, where the unhardened server ran out of
+/// descriptors half-way through the flood (as the review's run did at its own limit). The server must
+/// raise the soft limit at start and keep its transfer cap below it.
+#[test]
+fn a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone() {
+    let _serial = serial();
+    require("tftp", "tftp-hpa");
+    let limit = LoweredOpenFileLimit::lower_soft_to(512);
+    let harness = Harness::start(ServerConfig::default());
+    let soft = LoweredOpenFileLimit::get().rlim_cur;
+    assert!(harness.max_transfers > 320, "the cap ({}) holds the 320 flood transfers and the phone's", harness.max_transfers);
+    assert!(soft >= harness.max_transfers as libc::rlim_t + 128, "soft open-file limit {soft} for a cap of {}", harness.max_transfers);
+
+    let flood: Vec<UdpSocket> = (2..=41u8).flat_map(|host| (0..8).map(move |_| socket_on(Ipv4Addr::new(127, 0, 0, host)))).collect();
+    for (i, socket) in flood.iter().enumerate() {
+        let options =
+            if i % 2 == 0 { TransferOptions::default() } else { TransferOptions { timeout_secs: Some(255), ..TransferOptions::default() } };
+        socket.send_to(&read_request(options), harness.address).expect("flood RRQ");
+        // Paced so that the request socket's receive buffer does not drop the flood on a loaded machine.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut replies: Vec<Vec<Packet>> = flood.iter().map(drain).collect();
+    let out_of_sockets = |replies: &[Vec<Packet>]| {
+        replies
+            .iter()
+            .flatten()
+            .filter(|packet| matches!(packet, Packet::Error { message, .. } if message.contains("no transfer socket")))
+            .count()
+    };
+    assert_eq!(out_of_sockets(&replies), 0, "flood requests answered \"no transfer socket available\"");
+
+    // The phone: tftp-hpa, retried as a phone retries, within a bounded time.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (attempts, elapsed) = phone_fetch(&harness, &dir.path().join(FILE), Duration::from_secs(20));
+    assert!(attempts.iter().all(|attempt| !attempt.contains("no transfer socket")), "{attempts:#?}");
+    assert!(attempts.len() <= 3 && elapsed < Duration::from_secs(20), "the phone needed {elapsed:?}: {attempts:#?}");
+
+    for (socket, earlier) in flood.iter().zip(replies.iter_mut()) {
+        earlier.extend(drain(socket));
+    }
+    assert_eq!(out_of_sockets(&replies), 0, "flood requests answered \"no transfer socket available\"");
+    let answered = replies.iter().filter(|packets| !packets.is_empty()).count();
+    assert_eq!(answered, flood.len(), "every flood request got a transfer (or a refusal)");
+    let counters = harness.counters.snapshot();
+    assert_eq!((counters.failures_of(FailureKind::Io), counters.failures_of(FailureKind::ServerLimit)), (0, 0), "{counters:?}");
+    drop(harness);
+    drop(limit);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// (d) The global cap
+
+/// With a cap of 4, four half-open transfers from four addresses (each under its per-client limit)
+/// fill the server: the next request, from a fifth address, is refused at once with ERROR 0 from the
+/// request port and counted. The slots come back when the half-open transfers end (three sends), and a
+/// phone then gets its file.
+#[test]
+fn past_the_global_cap_a_request_gets_an_error_and_is_counted() {
+    let _serial = serial();
+    let harness =
+        Harness::start(ServerConfig { max_transfers: 4, retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    assert_eq!(harness.max_transfers, 4);
+    let holders: Vec<UdpSocket> = (2..=5u8).map(|host| socket_on(Ipv4Addr::new(127, 0, 0, host))).collect();
+    let mut buffer = vec![0u8; 70_000];
+    for holder in &holders {
+        holder.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+        holder.send_to(&read_request(TransferOptions::default()), harness.address).expect("RRQ");
+        let (len, _) = holder.recv_from(&mut buffer).expect("DATA 1");
+        assert!(matches!(Packet::parse(&buffer[..len]), Ok(Packet::Data { block: 1, .. })), "{:?}", Packet::parse(&buffer[..len]));
+    }
+    let next = socket_on(Ipv4Addr::new(127, 0, 0, 6));
+    next.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+    next.send_to(&read_request(TransferOptions::default()), harness.address).expect("RRQ");
+    let (len, from) = next.recv_from(&mut buffer).expect("an answer to the fifth request");
+    let refusal = Packet::parse(&buffer[..len]).expect("well-formed");
+    assert!(matches!(&refusal, Packet::Error { code: ErrorCode::NotDefined, message } if message.contains("busy")), "{refusal:?}");
+    assert_eq!(from, harness.address, "refused from the request port, before any transfer socket");
+    let counters = harness.counters.snapshot();
+    assert_eq!((counters.failures_of(FailureKind::ServerLimit), counters.failures_of(FailureKind::ClientLimit)), (1, 0), "{counters:?}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (attempts, elapsed) = phone_fetch(&harness, &dir.path().join(FILE), Duration::from_secs(10));
+    assert!(elapsed < Duration::from_secs(10), "{attempts:#?}");
+    // The four half-open transfers end after their three sends (0.9 s), whichever slot the phone got.
+    let ended = Instant::now() + Duration::from_secs(3);
+    while harness.counters.snapshot().failures_of(FailureKind::TimedOut) < 4 {
+        assert!(Instant::now() < ended, "{:?}", harness.counters.snapshot());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------

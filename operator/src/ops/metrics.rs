@@ -171,6 +171,7 @@ fn tftp_failure_label(kind: FailureKind) -> &'static str {
         FailureKind::WriteRefused => "write_refused",
         FailureKind::FileNotFound => "file_not_found",
         FailureKind::ClientLimit => "client_limit",
+        FailureKind::ServerLimit => "server_limit",
         FailureKind::TimedOut => "timed_out",
         FailureKind::Deadline => "deadline",
         FailureKind::ClientAborted => "client_aborted",

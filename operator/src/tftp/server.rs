@@ -36,6 +36,10 @@ pub const MAX_UNCONFIRMED_SENDS: u32 = 3;
 pub struct ServerConfig {
     /// Where requests arrive (port 69 in production; tests use port 0 and read `local_addr`).
     pub bind: SocketAddr,
+    /// Transfers the server runs at once, all clients together; one more is refused with ERROR 0.
+    /// Each holds a UDP socket, so `bind` raises the soft open-file limit to fit them and lowers this
+    /// cap to what the limit allows (see `TftpServer::max_transfers`).
+    pub max_transfers: usize,
     /// Transfers one client IP may run at once; one more is refused with ERROR 0.
     pub max_transfers_per_client: usize,
     /// Wait for an ACK before resending, unless the client negotiated `timeout` (RFC 2349).
@@ -64,6 +68,14 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 69)),
+            // The normal load is a boot storm of 30,000 phones, 3 files each. In flight = arrivals ×
+            // duration: phones coming up over a minute make 1,500 transfers/s, about 40 in flight at
+            // the 28 ms p99 `bench tftp` measured, and 8,192 still holds them if each took 5 s (lost
+            // packets, a server busy signing): 7,500. Above the cap, a flood of half-open requests
+            // (spoofed ones included) meets an ERROR instead of taking every descriptor and port:
+            // 8,192 sockets are under a third of Linux's default ephemeral port range (32768-60999)
+            // and fit the hard open-file limit of containers (1,048,576) and systemd services (524,288).
+            max_transfers: 8192,
             max_transfers_per_client: 8,
             retransmit_timeout: Duration::from_secs(1),
             // 5 s is far beyond any round trip a phone network has, and as much as clients that send the
@@ -150,6 +162,8 @@ pub enum FailureKind {
     FileNotFound,
     /// The client already ran `max_transfers_per_client` transfers (ERROR 0).
     ClientLimit,
+    /// The server already ran `max_transfers` transfers (ERROR 0).
+    ServerLimit,
     /// The client stopped acknowledging and the retries ran out.
     TimedOut,
     /// The transfer ran past its deadline (`transfer_deadline_base` plus its size at `min_transfer_rate`).
@@ -163,12 +177,13 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 11] = [
         Self::Malformed,
         Self::AccessViolation,
         Self::WriteRefused,
         Self::FileNotFound,
         Self::ClientLimit,
+        Self::ServerLimit,
         Self::TimedOut,
         Self::Deadline,
         Self::ClientAborted,
@@ -250,36 +265,97 @@ impl std::error::Error for TftpServerError {
     }
 }
 
-/// Transfers in flight per client IP, released by `ClientSlot::drop`.
-type ClientTable = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// Transfers in flight, in all and per client IP, released by `Slot::drop`.
+#[derive(Debug, Default)]
+struct Running {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
 
-struct ClientSlot {
-    table: ClientTable,
+type SlotTable = Arc<Mutex<Running>>;
+
+/// Why a transfer is not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The client runs `max_transfers_per_client` already.
+    Client,
+    /// The server runs `max_transfers` already.
+    Server,
+}
+
+/// One running transfer's place in the `SlotTable`.
+struct Slot {
+    table: SlotTable,
     client: IpAddr,
 }
 
-impl ClientSlot {
-    fn acquire(table: &ClientTable, client: IpAddr, limit: usize) -> Option<Self> {
+impl Slot {
+    fn acquire(table: &SlotTable, client: IpAddr, per_client: usize, total: usize) -> Result<Self, Refusal> {
         let mut running = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = running.entry(client).or_insert(0);
-        if *count >= limit {
-            return None;
+        if running.per_client.get(&client).copied().unwrap_or(0) >= per_client {
+            return Err(Refusal::Client);
         }
-        *count += 1;
-        Some(Self { table: Arc::clone(table), client })
+        if running.total >= total {
+            return Err(Refusal::Server);
+        }
+        running.total += 1;
+        *running.per_client.entry(client).or_insert(0) += 1;
+        Ok(Self { table: Arc::clone(table), client })
     }
 }
 
-impl Drop for ClientSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut running = self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = running.get_mut(&self.client) {
+        running.total = running.total.saturating_sub(1);
+        if let Some(count) = running.per_client.get_mut(&self.client) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                running.remove(&self.client);
+                running.per_client.remove(&self.client);
             }
         }
     }
+}
+
+/// A count of open files, as `getrlimit` reports them.
+#[cfg(unix)]
+type FileCount = libc::rlim_t;
+#[cfg(not(unix))]
+type FileCount = u64;
+
+/// Descriptors the transfer cap leaves to the rest of the process (the request socket, the runtime,
+/// the metrics and API-server connections, files being signed), or half the limit when it is lower.
+const FD_HEADROOM: FileCount = 256;
+
+/// Raises the soft RLIMIT_NOFILE, up to the hard limit, to `wanted` if it is lower, and returns the
+/// soft limit then in effect (`None` when it cannot be read; `RLIM_INFINITY` is the type's maximum).
+#[cfg(unix)]
+fn raise_open_file_limit(wanted: FileCount) -> Option<FileCount> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur >= wanted {
+        return Some(limit.rlim_cur);
+    }
+    let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads one `rlimit` through a pointer to a live local; a soft limit up to the
+    // hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 { Some(raised.rlim_cur) } else { Some(limit.rlim_cur) }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_wanted: FileCount) -> Option<FileCount> {
+    None
+}
+
+/// The transfers a server may run: `configured`, or fewer when the soft open-file limit `soft`
+/// cannot hold one socket each after `FD_HEADROOM`.
+fn transfer_cap(configured: usize, soft: Option<FileCount>) -> usize {
+    let Some(soft) = soft else { return configured };
+    let headroom = FD_HEADROOM.min(soft / 2);
+    configured.min(usize::try_from(soft - headroom).unwrap_or(usize::MAX))
 }
 
 /// A bound TFTP server; `run` serves until shutdown.
@@ -289,13 +365,33 @@ pub struct TftpServer {
     config: ServerConfig,
     source: Arc<dyn FileSource>,
     counters: Arc<Counters>,
-    clients: ClientTable,
+    slots: SlotTable,
+    /// `config.max_transfers`, lowered to what the open-file limit allows.
+    max_transfers: usize,
 }
 
 impl TftpServer {
     pub async fn bind(config: ServerConfig, source: Arc<dyn FileSource>) -> Result<Self, TftpServerError> {
         let socket = UdpSocket::bind(config.bind).await.map_err(|source| TftpServerError::Bind { address: config.bind, source })?;
-        Ok(Self { socket: Arc::new(socket), config, source, counters: Arc::default(), clients: Arc::default() })
+        // One descriptor per transfer: without this, a flood of transfers ran the process out of them
+        // and every request met "no transfer socket available".
+        let wanted = FileCount::try_from(config.max_transfers).unwrap_or(FileCount::MAX).saturating_add(FD_HEADROOM);
+        let soft_limit = raise_open_file_limit(wanted);
+        let max_transfers = transfer_cap(config.max_transfers, soft_limit);
+        if max_transfers < config.max_transfers {
+            tracing::warn!(
+                configured = config.max_transfers,
+                open_file_limit = soft_limit,
+                "TFTP transfers capped at {max_transfers}: the open-file limit holds no more (raise the hard limit)"
+            );
+        }
+        Ok(Self { socket: Arc::new(socket), config, source, counters: Arc::default(), slots: Arc::default(), max_transfers })
+    }
+
+    /// The transfers this server runs at once: `ServerConfig::max_transfers`, or fewer when the
+    /// process's open-file limit (raised toward its hard limit by `bind`) cannot hold them.
+    pub fn max_transfers(&self) -> usize {
+        self.max_transfers
     }
 
     /// The bound address (with the real port when `bind` asked for port 0).
@@ -374,11 +470,20 @@ impl TftpServer {
             self.reply_error(peer, ErrorCode::AccessViolation, &rejection.to_string()).await;
             return;
         }
-        let Some(slot) = ClientSlot::acquire(&self.clients, peer.ip(), self.config.max_transfers_per_client) else {
-            self.counters.fail(FailureKind::ClientLimit);
-            let message = format!("too many transfers from {}: at most {} at once", peer.ip(), self.config.max_transfers_per_client);
-            self.reply_error(peer, ErrorCode::NotDefined, &message).await;
-            return;
+        let slot = match Slot::acquire(&self.slots, peer.ip(), self.config.max_transfers_per_client, self.max_transfers) {
+            Ok(slot) => slot,
+            Err(Refusal::Client) => {
+                self.counters.fail(FailureKind::ClientLimit);
+                let message = format!("too many transfers from {}: at most {} at once", peer.ip(), self.config.max_transfers_per_client);
+                self.reply_error(peer, ErrorCode::NotDefined, &message).await;
+                return;
+            }
+            Err(Refusal::Server) => {
+                self.counters.fail(FailureKind::ServerLimit);
+                let message = format!("server busy: {} transfers at once, try again", self.max_transfers);
+                self.reply_error(peer, ErrorCode::NotDefined, &message).await;
+                return;
+            }
         };
         let (source, listener, counters, config) =
             (Arc::clone(&self.source), Arc::clone(&self.socket), Arc::clone(&self.counters), self.config.clone());
@@ -680,14 +785,35 @@ mod tests {
 
     #[test]
     fn client_slots_are_capped_and_released() {
-        let table = ClientTable::default();
+        let table = SlotTable::default();
         let client = IpAddr::from([192, 0, 2, 1]);
-        let first = ClientSlot::acquire(&table, client, 2).expect("first slot");
-        let _second = ClientSlot::acquire(&table, client, 2).expect("second slot");
-        assert!(ClientSlot::acquire(&table, client, 2).is_none());
-        assert!(ClientSlot::acquire(&table, IpAddr::from([192, 0, 2, 2]), 2).is_some());
+        let first = Slot::acquire(&table, client, 2, 100).expect("first slot");
+        let _second = Slot::acquire(&table, client, 2, 100).expect("second slot");
+        assert_eq!(Slot::acquire(&table, client, 2, 100).err(), Some(Refusal::Client));
+        assert!(Slot::acquire(&table, IpAddr::from([192, 0, 2, 2]), 2, 100).is_ok());
         drop(first);
-        assert!(ClientSlot::acquire(&table, client, 2).is_some());
+        assert!(Slot::acquire(&table, client, 2, 100).is_ok());
+    }
+
+    #[test]
+    fn the_server_cap_counts_every_client_and_is_released() {
+        let table = SlotTable::default();
+        let held: Vec<Slot> = (1..=3).map(|host| Slot::acquire(&table, IpAddr::from([192, 0, 2, host]), 8, 3).expect("slot")).collect();
+        assert_eq!(Slot::acquire(&table, IpAddr::from([192, 0, 2, 9]), 8, 3).err(), Some(Refusal::Server));
+        drop(held);
+        let running = table.lock().expect("lock");
+        assert_eq!((running.total, running.per_client.len()), (0, 0));
+    }
+
+    #[test]
+    fn the_transfer_cap_stays_under_the_open_file_limit() {
+        assert_eq!(transfer_cap(8192, None), 8192);
+        assert_eq!(transfer_cap(8192, Some(1_048_576)), 8192);
+        assert_eq!(transfer_cap(8192, Some(8192 + 256)), 8192);
+        // systemd's default soft limit, when the hard limit does not let it be raised.
+        assert_eq!(transfer_cap(8192, Some(1024)), 768);
+        assert_eq!(transfer_cap(8192, Some(300)), 150);
+        assert_eq!(transfer_cap(8192, Some(FileCount::MAX)), 8192);
     }
 
     #[test]
