@@ -2,7 +2,8 @@
 //! the Cisco TFTP service that serves phone configuration files"; spec/04 §3.1 and §6.2: UDP 69), read-only.
 //!
 //! `packet` is the wire format (RFC 1350, 2347, 2348, 2349, 7440), `source` where files come from and
-//! `server` the UDP server with one socket per transfer.
+//! `server` the UDP server with one socket per transfer, and the bounds it keeps against hostile and
+//! forged requests (its module docs).
 
 pub mod packet;
 pub mod server;

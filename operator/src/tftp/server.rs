@@ -1,6 +1,36 @@
 //! The TFTP server: one UDP socket receives requests; each transfer runs on its own ephemeral socket
 //! (the server's transfer identifier, RFC 1350 §4) with RFC 7440 windows and bounded retransmission.
 //! The server is read-only: write requests are refused.
+//!
+//! # Bounds
+//!
+//! Phones fetch over an untrusted network, where anyone can send requests and forge their source
+//! address. What a request can make the server hold, and send, is bounded (defaults in parentheses):
+//!
+//! - **Transfers at once**: `max_transfers_per_client` per client IP (8) and `max_transfers` in all
+//!   (8,192, sized for a 30,000-phone boot storm); one more is refused with ERROR 0 from the request
+//!   port, counted as `ClientLimit` or `ServerLimit`. Each transfer holds a UDP socket, so `bind` raises
+//!   the soft RLIMIT_NOFILE toward the hard limit to fit the cap and `FD_HEADROOM`, and lowers the cap
+//!   when the limit cannot: a flood meets "server busy", not a server out of descriptors.
+//! - **Until the client proves its address** by acknowledging the first packet (ACK 0 of the OACK, or
+//!   ACK 1 of DATA 1), only that packet goes out, at most `MAX_UNCONFIRMED_SENDS` (3) times, never a
+//!   window. A forged request reflects at most 3 datagrams of at most 516 bytes toward its victim (6
+//!   went before) and holds its slot for 3 timeouts.
+//! - **A client that stops acknowledging**: a window is resent `max_retries` (5) times, then the
+//!   transfer ends. The `timeout` option is granted up to `max_client_timeout` (5 s) and declined
+//!   above (left out of the OACK, RFC 2349), so a silent client is dropped within (5 + 1) × 5 s = 30 s
+//!   at worst, 6 s at the default timeout, instead of 255 s × 6 (25 minutes).
+//! - **A client that acknowledges just often enough**: every transfer ends at its deadline,
+//!   `transfer_deadline_base` (30 s) plus its size at `min_transfer_rate` (2 KiB/s), counted as
+//!   `Deadline`. Without it, an ACK just before each timeout would hold a transfer for hours.
+//! - Duplicate ACKs are ignored without a resend (RFC 1123 §4.2.3.1) and do not extend a wait;
+//!   datagrams to a transfer from any other address or port get one ERROR 5 each; an ERROR is never
+//!   answered.
+//!
+//! What is left: a steady flood of forged requests can keep the cap full (it takes `max_transfers` /
+//! (3 × timeout), some 2,700 requests/s, with the defaults), and then phones are refused until it
+//! stops; `callguard_tftp_errors_total{kind="server_limit"}` shows it. A refused or malformed request
+//! still gets one ERROR datagram, short and never resent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
