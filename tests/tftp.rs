@@ -476,11 +476,15 @@ fn a_silent_client_is_abandoned_after_the_retries() {
     let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(50), max_retries: 3, ..ServerConfig::default() });
     let socket = client_socket();
     socket.send_to(&read_request(&sized_name(513), TransferOptions::default()), harness.address).expect("RRQ");
-    // One DATA 1 plus three retransmissions, then nothing.
+    // The client acknowledges DATA 1, proving it receives, then goes silent: DATA 2 plus three
+    // retransmissions, then nothing. (Before that ACK, tests/tftp_abuse.rs: at most three sends.)
+    let (packet, transfer) = receive(&socket).expect("DATA 1");
+    assert!(matches!(packet, Packet::Data { block: 1, .. }), "{packet:?}");
+    socket.send_to(&Packet::Ack { block: 1 }.encode(), transfer).expect("ACK 1");
     let mut copies = 0;
     socket.set_read_timeout(Some(Duration::from_millis(600))).expect("read timeout");
     while let Some((packet, _)) = receive(&socket) {
-        assert!(matches!(packet, Packet::Data { block: 1, .. }), "{packet:?}");
+        assert!(matches!(packet, Packet::Data { block: 2, .. }), "{packet:?}");
         copies += 1;
     }
     assert_eq!(copies, 4);
