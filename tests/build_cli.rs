@@ -387,3 +387,151 @@ fn phone_files_are_signed_on_demand_and_kept_while_their_content_is_unchanged() 
     assert!(String::from_utf8_lossy(&bob_again).contains("1012"), "the new directory number is rendered");
     assert_eq!(second.phones.cache().counters().renders, 3, "only bob was signed again");
 }
+
+/// A phone's files as built, by file name.
+fn built_files(ws: &Workspace) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(ws.state.join("tftp/default"))
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (entry.file_name().to_string_lossy().into_owned(), fs::read(entry.path()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn credentials_never_reach_a_file_less_protected_than_one_of_their_users_asked_for() {
+    let ws = Workspace::new();
+    // The attack: a Non Secure phone with digest on names alice, whose own phone is encrypted; its
+    // profile even opts in to credentials in clear.
+    let profiles = fs::read_to_string(ws.manifests.join("profiles.yaml")).unwrap();
+    let thief_profile = "---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata:\n  name: sip-open-digest\nspec:\n  protocol: SIP\n  deviceSecurityMode: NonSecure\n  sip:\n    transportType: TCP\n    enableDigestAuthentication: true\n    allowDigestCredentialsInClear: true\n";
+    fs::write(ws.manifests.join("profiles.yaml"), profiles + thief_profile).unwrap();
+    let phones = fs::read_to_string(ws.manifests.join("phones.yaml")).unwrap();
+    let thief = "---\napiVersion: callguard.io/v1alpha1\nkind: Phone\nmetadata:\n  name: thief-7941\nspec:\n  macAddress: \"00AABBCCDD0F\"\n  model: \"7941\"\n  protocol: SIP\n  securityProfileRef: sip-open-digest\n  directoryNumbers: [\"1900\"]\n  digestUserRef: alice\n";
+    fs::write(ws.manifests.join("phones.yaml"), phones + thief).unwrap();
+    let output = ws.build();
+    let text = stdout(&output);
+    let files = built_files(&ws);
+    for (name, bytes) in files.iter().filter(|(name, _)| !name.ends_with(".enc.sgn")) {
+        let content = String::from_utf8_lossy(bytes);
+        for secret in ["FakeAlice123", "FakeBob456", "FakeSbcApp789"] {
+            assert!(!content.contains(secret), "{name} carries {secret} in a file that is not encrypted");
+        }
+    }
+    let plain = String::from_utf8_lossy(&files["SEP00AABBCCDD0F.cnf.xml"]);
+    assert!(plain.contains("<fullConfig>true</fullConfig>") && !plain.contains("authPassword>F"), "{plain}");
+    assert!(text.contains("Phone/thief-7941: NotReady DigestCredentialsWithheld"), "{text}");
+    assert!(text.contains("Phone/alice-7961 also uses EndUser/alice and asks for an encrypted configuration"), "{text}");
+    // Bob's profile is Authenticated, his file signed but readable: withheld by default...
+    assert!(text.contains("Phone/bob-7941: NotReady DigestCredentialsWithheld"), "{text}");
+    assert!(text.contains("allowDigestCredentialsInClear"), "the message says how to opt in: {text}");
+    // ...and in the file once his profile opts in, shown as a downgrade.
+    ws.edit(
+        "profiles.yaml",
+        "    enableDigestAuthentication: true\n    nonceValiditySeconds: 600\n",
+        "    enableDigestAuthentication: true\n    nonceValiditySeconds: 600\n    allowDigestCredentialsInClear: true\n",
+    );
+    let text = stdout(&ws.build());
+    assert!(String::from_utf8_lossy(&built_files(&ws)["SEP00AABBCCDD02.cnf.xml.sgn"]).contains("FakeBob456"));
+    assert!(text.contains("Phone/bob-7941: Ready; DigestCredentialsInCleartext"), "{text}");
+}
+
+#[test]
+fn a_phone_whose_encrypted_file_cannot_be_made_gets_only_the_stub() {
+    let ws = Workspace::new();
+    let text = stdout(&ws.build());
+    // lab-7960 asks for an encrypted configuration with manual keys, which Callguard cannot make.
+    assert!(text.contains("Phone/lab-7960: NotReady ManualKeyEncryptionNotRendered"), "{text}");
+    let files = built_files(&ws);
+    let signed = String::from_utf8_lossy(&files["SEP00AABBCCDD03.cnf.xml.sgn"]);
+    assert!(signed.contains("<fullConfig>false</fullConfig>") && !signed.contains("<fullConfig>true"), "{signed}");
+    assert!(!signed.contains("sipProfile") && !signed.contains("devicePool"), "no configuration in the clear: {signed}");
+}
+
+/// The id a stalled build names for `--new-identity`.
+fn named_identity(message: &str) -> String {
+    let start = message.find("--new-identity ").expect("the message names the action") + "--new-identity ".len();
+    message[start..].split(|c: char| !c.is_ascii_hexdigit()).next().unwrap().to_owned()
+}
+
+#[test]
+fn a_lost_identity_stops_the_build_and_only_naming_it_replaces_it() {
+    let ws = Workspace::new();
+    ws.build();
+    let namespace = ws.state.join("namespaces/default");
+    let (ca_crt, ca_key) = (fs::read(namespace.join("ca/ca.crt")).unwrap(), fs::read(namespace.join("ca/ca.key")).unwrap());
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", ws.manifests.to_str().unwrap(), "--state-dir", ws.state.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        callguard(&args)
+    };
+
+    // ca.crt gone, the key kept: before, a new CA was generated over the key.
+    fs::remove_file(namespace.join("ca/ca.crt")).unwrap();
+    let stopped = build(&[]);
+    let message = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert_eq!(stopped.status.code(), Some(1), "{message}");
+    assert!(message.contains("the cluster CA certificate (ca/ca.crt) is missing") && message.contains("P.3-18"), "{message}");
+    assert_eq!(fs::read(namespace.join("ca/ca.key")).unwrap(), ca_key, "the key is untouched");
+    assert!(!namespace.join("ca/ca.crt").exists(), "no new certificate");
+    fs::write(namespace.join("ca/ca.crt"), &ca_crt).unwrap();
+    ws.build();
+
+    // The published CTL gone: the next one would skip the continuity check.
+    fs::remove_file(namespace.join("published/CTLFile.tlv")).unwrap();
+    let stopped = build(&[]);
+    let message = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert!(message.contains("the published CTL (published/CTLFile.tlv) is missing"), "{message}");
+    let id = named_identity(&message);
+
+    // Another id changes nothing; this one sets the identity aside (kept under retired/) and issues a new one.
+    assert_eq!(build(&["--new-identity", "0000000000000000"]).status.code(), Some(1));
+    let replaced = build(&["--new-identity", &id]);
+    assert_eq!(replaced.status.code(), Some(0), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert!(stdout(&replaced).contains(&format!("set aside identity {id}")), "{}", stdout(&replaced));
+    assert_ne!(fs::read(namespace.join("ca/ca.crt")).unwrap(), ca_crt, "a new CA");
+    assert_eq!(fs::read(namespace.join(format!("retired/{id}/ca/ca.key"))).unwrap(), ca_key, "the old key is kept aside, not destroyed");
+}
+
+#[test]
+fn what_the_build_writes_is_owner_only_and_the_ca_follows_the_clusters_settings() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    ws.edit("cluster.yaml", "spec:\n", "spec:\n  certificateAuthority: {keySize: 3072, validityDays: 730}\n");
+    ws.build();
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let out = ws.state.join("tftp/default");
+    assert_eq!(mode(&out), 0o700);
+    for entry in fs::read_dir(&out).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600, "configuration files may carry credentials");
+    }
+    let ca = ws.state.join("namespaces/default/ca/ca.crt");
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in", ca.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Public-Key: (3072 bit)"), "{text}");
+    let dates = Command::new("openssl").args(["x509", "-noout", "-startdate", "-enddate", "-in", ca.to_str().unwrap()]).output().unwrap();
+    let dates = String::from_utf8_lossy(&dates.stdout);
+    let year = |prefix: &str| -> i32 {
+        let line = dates.lines().find(|l| l.starts_with(prefix)).unwrap();
+        line.split_whitespace().rev().nth(1).unwrap().parse().unwrap()
+    };
+    assert!((year("notAfter") - year("notBefore")) <= 2, "730 days: {dates}");
+
+    // The plaintext `trust decrypt --out` writes is owner-only too, even over a file that was not.
+    let device = "SEP001122334455";
+    let keys = tempfile::tempdir().unwrap();
+    let (key, lsc) = phone_certificate(&ws, device, keys.path());
+    fs::create_dir_all(ws.state.join("namespaces/default/devices")).unwrap();
+    fs::write(ws.state.join(format!("namespaces/default/devices/{device}.crt")), &lsc).unwrap();
+    ws.build();
+    let plain = keys.path().join("plain.xml");
+    fs::write(&plain, "old").unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+    let encrypted = ws.tftp(&format!("{device}.cnf.xml.enc.sgn"));
+    let decrypted =
+        callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out", plain.to_str().unwrap()]);
+    assert_eq!(decrypted.status.code(), Some(0), "{}", String::from_utf8_lossy(&decrypted.stderr));
+    assert_eq!(mode(&plain), 0o600);
+    assert!(fs::read_to_string(&plain).unwrap().contains("<fullConfig>true</fullConfig>"));
+}

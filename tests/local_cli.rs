@@ -216,3 +216,56 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     assert!(verify(&[out.to_str().unwrap()]), "and verifies");
     local.stop();
 }
+
+/// The quickstart as a phone sees it over TFTP, with the default settings: no digest password in any
+/// file that is not encrypted, no full configuration of a phone that asked for encryption in a file
+/// that is not, the same per-phone trust list for a provisioned MAC as for an unknown one, and the
+/// downgrades said in the table.
+#[test]
+fn the_quickstart_over_tftp_gives_nothing_away_in_clear() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let mut local = Local::start(&manifests, &dir.path().join("state"));
+    local.wait_for("warning: Phone/lobby-7970 is downgraded: SecureSrstUnavailable");
+    let secrets = ["FakeAlice123", "FakeBob456", "FakeSbcApp789", "example-only"];
+    // MAC and whether its profile asks for an encrypted configuration.
+    let phones = [
+        ("001122334455", true),
+        ("00AABBCCDD01", true),
+        ("00AABBCCDD02", false),
+        ("00AABBCCDD03", true),
+        ("00AABBCCDD04", false),
+        ("00AABBCCDD05", false),
+        ("00AABBCCDD06", true),
+    ];
+    let out = dir.path().join("file");
+    let mut fetched = 0;
+    for (mac, asks_encryption) in phones {
+        for suffix in [".cnf.xml", ".cnf.xml.sgn", ".cnf.xml.enc.sgn"] {
+            let name = format!("SEP{mac}{suffix}");
+            let _ = fs::remove_file(&out);
+            if !local.fetch_tftp_hpa(&name, &out) {
+                continue;
+            }
+            fetched += 1;
+            let text = String::from_utf8_lossy(&fs::read(&out).unwrap()).into_owned();
+            assert!(!suffix.ends_with("enc.sgn"), "no phone of the quickstart has a certificate yet: {name}");
+            for secret in secrets {
+                assert!(!text.contains(secret), "{name} carries {secret} in clear");
+            }
+            if asks_encryption {
+                assert!(text.contains("<fullConfig>false</fullConfig>") && !text.contains("<fullConfig>true"), "{name}: {text}");
+            }
+        }
+    }
+    assert!(fetched >= 10, "the phones' files were fetched ({fetched})");
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out));
+    let ctl = fs::read(&out).unwrap();
+    for name in ["CTLSEP00AABBCCDD02.tlv", "CTLSEP0000000000FF.tlv"] {
+        let _ = fs::remove_file(&out);
+        assert!(local.fetch_tftp_hpa(name, &out), "{name}");
+        assert_eq!(fs::read(&out).unwrap(), ctl, "{name}: the same public bytes, provisioned or not");
+    }
+    local.stop();
+}

@@ -145,7 +145,7 @@ impl ClusterIdentity {
                             role,
                             hostname: node.hostname.clone(),
                             ip_address: node.ip_address,
-                            validity_days: SERVER_VALIDITY_DAYS,
+                            validity_days: validity_within(&ca, now)?,
                             serial,
                             now,
                             legacy_signer_keys: false,
@@ -176,6 +176,17 @@ impl ClusterIdentity {
     pub fn tftp(&self) -> Option<&FunctionCertificate> {
         self.functions.iter().find(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
     }
+}
+
+/// Server certificates live [`SERVER_VALIDITY_DAYS`], but never past their CA, whose lifetime is a
+/// cluster setting: a leaf that outlived its CA would be refused anyway.
+fn validity_within(ca: &ClusterCa, now: OffsetDateTime) -> Result<u32, BuildError> {
+    let ca_end = ca.facts().map_err(|e| BuildError::Pki(format!("the cluster CA: {e}")))?.not_after;
+    let days_left = (ca_end - now).whole_days() - 1;
+    if days_left < 1 {
+        return Err(BuildError::Pki(format!("the cluster CA expires on {ca_end}: nothing can be issued under it")));
+    }
+    Ok(u32::try_from(days_left).unwrap_or(u32::MAX).min(SERVER_VALIDITY_DAYS))
 }
 
 pub fn role_file_name(role: ServerRole) -> &'static str {
