@@ -328,7 +328,7 @@ fn secrets_for(snapshot: &Snapshot, phone: &Phone) -> ResolvedSecrets {
         let user = &snapshot.end_users[user];
         let reference = user.spec.digest_credentials.as_ref().expect("digest credentials");
         let password = &snapshot.secrets[&reference.name].0[&reference.key];
-        DigestAuth { name: user.spec.user_id.clone().expect("user id"), password: String::from_utf8(password.clone()).expect("text") }
+        DigestAuth { name: user.spec.user_id.clone().expect("user id"), password: String::from_utf8(password.to_vec()).expect("text") }
     });
     ResolvedSecrets { digest, phone_password: None }
 }

@@ -209,15 +209,17 @@ fn digest_auth(snapshot: &Snapshot, phone: &Phone) -> Result<Option<DigestAuth>,
     let Some(reference) = &user.spec.digest_credentials else { return Ok(None) };
     let password = secret_text(snapshot, reference).map_err(|e| format!("EndUser/{user_ref}: digestCredentials: {e}"))?;
     let name = user.spec.user_id.clone().unwrap_or_else(|| user.name_any());
-    Ok(Some(DigestAuth { name, password }))
+    Ok(Some(DigestAuth { name, password: password.to_string() }))
 }
 
-/// The UTF-8 value of a Secret key.
-pub fn secret_text(snapshot: &Snapshot, reference: &SecretKeyRef) -> Result<String, String> {
+/// The UTF-8 value of a Secret key, wiped from memory when dropped.
+pub fn secret_text(snapshot: &Snapshot, reference: &SecretKeyRef) -> Result<zeroize::Zeroizing<String>, String> {
     let bytes = snapshot
         .secrets
         .get(&reference.name)
         .and_then(|secret| secret.0.get(&reference.key))
         .ok_or_else(|| format!("Secret {}/{} not found", reference.name, reference.key))?;
-    String::from_utf8(bytes.clone()).map_err(|_| format!("Secret {}/{} is not UTF-8 text", reference.name, reference.key))
+    String::from_utf8(bytes.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| format!("Secret {}/{} is not UTF-8 text", reference.name, reference.key))
 }

@@ -233,6 +233,13 @@ pub struct DigestAuth {
     pub password: String,
 }
 
+impl Drop for DigestAuth {
+    // The password leaves no copy in freed memory.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
 impl std::fmt::Debug for DigestAuth {
     // Keeps the password out of logs and test failure output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -400,6 +407,12 @@ impl SecretText {
 impl From<&str> for SecretText {
     fn from(text: &str) -> Self {
         SecretText(text.to_string())
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -57,12 +57,26 @@ pub fn pkcs8_pem(key: &RsaPrivateKey) -> String {
     key.to_pkcs8_pem(LineEnding::LF).expect("an RSA key always encodes").to_string()
 }
 
+/// The largest RSA key read from a Secret or the state: every key Callguard makes is at most this
+/// size, and a larger one only costs time in every signature.
+pub const MAX_KEY_BITS: usize = 4096;
+
 /// Reads an unencrypted PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM.
 pub fn from_pem(pem: &str) -> Result<RsaPrivateKey, KeyError> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
-    RsaPrivateKey::from_pkcs8_pem(pem)
+    let key = RsaPrivateKey::from_pkcs8_pem(pem)
         .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
-        .map_err(|e| KeyError::Malformed(format!("expected an RSA PRIVATE KEY or PRIVATE KEY PEM: {e}")))
+        .map_err(|e| KeyError::Malformed(format!("expected an RSA PRIVATE KEY or PRIVATE KEY PEM: {e}")))?;
+    bounded(key)
+}
+
+fn bounded(key: RsaPrivateKey) -> Result<RsaPrivateKey, KeyError> {
+    match modulus_bits(&key) {
+        bits if bits > MAX_KEY_BITS => {
+            Err(KeyError::Unsupported(format!("an RSA key of {bits} bits; at most {MAX_KEY_BITS} are accepted")))
+        }
+        _ => Ok(key),
+    }
 }
 
 /// PKCS#8 `ENCRYPTED PRIVATE KEY` PEM: PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC, which
@@ -90,7 +104,7 @@ pub fn decrypt_pem(pem: &str, password: &[u8]) -> Result<RsaPrivateKey, KeyError
     check_encryption_parameters(&info)?;
     // PBES2 with CBC reports a wrong password as a padding or DER failure of the decrypted bytes.
     let plain = info.decrypt(password).map_err(|_| KeyError::WrongPassword)?;
-    RsaPrivateKey::from_pkcs8_der(plain.as_bytes()).map_err(|_| KeyError::WrongPassword)
+    bounded(RsaPrivateKey::from_pkcs8_der(plain.as_bytes()).map_err(|_| KeyError::WrongPassword)?)
 }
 
 /// Accepts only what [`encrypt_pem`] writes: PBES2 with PBKDF2-HMAC-SHA256 and a round count in

@@ -7,13 +7,20 @@ use base64::Engine;
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use super::{ObjectRef, Violation};
 use crate::api::*;
 
-/// The decoded data of a Secret: key to bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecretData(pub BTreeMap<String, Vec<u8>>);
+/// The decoded data of a Secret: key to bytes, wiped from memory when dropped and never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(pub BTreeMap<String, Zeroizing<Vec<u8>>>);
+
+impl std::fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl SecretData {
     /// Decodes a core/v1 Secret manifest: `data` is base64, `stringData` is plain and wins.
@@ -25,12 +32,12 @@ impl SecretData {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(text)
                     .map_err(|e| Violation::new(format!("data.{key}"), format!("not base64: {e} (DESIGN: secrets)")))?;
-                data.insert(key.clone(), bytes);
+                data.insert(key.clone(), Zeroizing::new(bytes));
             }
         }
         if let Some(map) = value.get("stringData").and_then(Value::as_object) {
             for (key, text) in map {
-                data.insert(key.clone(), text.as_str().unwrap_or_default().as_bytes().to_vec());
+                data.insert(key.clone(), Zeroizing::new(text.as_str().unwrap_or_default().as_bytes().to_vec()));
             }
         }
         Ok(SecretData(data))
