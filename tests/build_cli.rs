@@ -311,8 +311,41 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
         assert!(!text.contains("PRIVATE KEY") && !text.contains("wrong-1"), "neither the key nor the password is shown: {text}");
         assert_eq!(fs::read(ws.tftp("CTLFile.tlv")).unwrap(), published, "the published CTL stays served");
     }
-    // A retry of the same wrong password is one attempt (DESIGN: tokens).
+    // A retry of the same wrong password is one attempt.
     assert_eq!(ws.token_status("token-primary")["consecutiveFailedLogins"].as_u64(), Some(1));
+    // The offline attack on what was stored: the unkeyed SHA-256 of a label, the certificate and a
+    // guess, checked against status at hundreds of thousands of guesses a second. Nothing in the
+    // state is that value, nor any hash of the password alone: the stored MAC needs the registry's key.
+    let unindented: String = key_pem.lines().map(|line| format!("{}\n", line.trim_start())).collect();
+    let certificate = callguard::token::material::certificate_der(unindented.as_bytes()).unwrap();
+    let old_fingerprint = {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"callguard/token/wrong-password-fingerprint/v1\0");
+        hash.update((certificate.len() as u64).to_be_bytes());
+        hash.update(&certificate);
+        hash.update(b"wrong-1");
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let plain_hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"wrong-1").iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let namespace = ws.state.join("namespaces/default");
+    for path in walk(&namespace) {
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+        assert!(!text.contains(&old_fingerprint) && !text.contains(&plain_hash), "{} holds a guessable hash", path.display());
+    }
+    let registry = fs::read_to_string(namespace.join("tokens/registry.yaml")).unwrap();
+    assert!(registry.contains("lastFailedPasswordMac"), "the registry remembers the attempt: {registry}");
+    let status = ws.token_status("token-primary");
+    let hashes = status
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_str())
+        .filter(|v| v.len() >= 32 && v.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(hashes.count(), 0, "the status shows no value derived from the password: {status:?}");
 
     for attempt in 2..=16 {
         set_password(&ws, &format!("wrong-{attempt}"));
@@ -338,6 +371,16 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
     fs::write(&first, &published).unwrap();
     assert_eq!(verify(&ctl, "--ctl", &first).status.code(), Some(0), "phones holding the first CTL accept it");
     assert!(!text.contains(key_pem.lines().find(|l| l.len() > 40 && !l.contains(' ')).unwrap_or("-----")), "no key material in output");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
 }
 
 /// The TFTP root of the workspace's `default` namespace, built in process.

@@ -47,9 +47,12 @@ pub fn namespace_yaml_with(phones: usize, encrypt: bool) -> String {
         let transport = if mode == "NonSecure" { "TCP" } else { "TLS" };
         let lower = mode.to_lowercase();
         let encrypted = encrypt && mode == "Encrypted";
+        // The files the benchmarks sign carry every phone's credentials, as CallManager's would: the
+        // profiles whose files are not encrypted opt in to that explicitly.
+        let in_clear = !encrypted;
         let _ = write!(
             y,
-            "---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sccp-{lower}}}\nspec: {{protocol: SCCP, deviceSecurityMode: {mode}, tftpEncryptedConfig: {encrypted}}}\n---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sip-{lower}}}\nspec:\n  protocol: SIP\n  deviceSecurityMode: {mode}\n  tftpEncryptedConfig: {encrypted}\n  sip: {{transportType: {transport}, enableDigestAuthentication: true}}\n"
+            "---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sccp-{lower}}}\nspec: {{protocol: SCCP, deviceSecurityMode: {mode}, tftpEncryptedConfig: {encrypted}}}\n---\napiVersion: callguard.io/v1alpha1\nkind: PhoneSecurityProfile\nmetadata: {{name: sip-{lower}}}\nspec:\n  protocol: SIP\n  deviceSecurityMode: {mode}\n  tftpEncryptedConfig: {encrypted}\n  sip: {{transportType: {transport}, enableDigestAuthentication: true, allowDigestCredentialsInClear: {in_clear}}}\n"
         );
     }
     const MODELS: [&str; 5] = ["7911", "7941", "7961", "7970", "7971"];

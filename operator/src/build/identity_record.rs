@@ -225,14 +225,9 @@ mod tests {
         }
     }
 
-    fn record() -> IdentityRecord {
-        let ca = sha256_hex(CA);
-        IdentityRecord { id: identity_id(&ca), ca, itl_signer: sha256_hex(SIGNER), ctl_published: true }
-    }
-
-    #[test]
-    fn nothing_at_all_is_genesis_and_a_whole_identity_continues() {
-        let empty = Observed {
+    /// Nothing of an identity.
+    fn nothing() -> Observed<'static> {
+        Observed {
             ca_certificate: Piece::Missing,
             ca_key: Piece::Missing,
             signer_certificate: Piece::Missing,
@@ -240,8 +235,17 @@ mod tests {
             published_itl: Piece::Missing,
             published_ctl: Piece::Missing,
             ..whole()
-        };
-        assert_eq!(verdict(None, &empty, None), Ok(Verdict::Genesis));
+        }
+    }
+
+    fn record() -> IdentityRecord {
+        let ca = sha256_hex(CA);
+        IdentityRecord { id: identity_id(&ca), ca, itl_signer: sha256_hex(SIGNER), ctl_published: true }
+    }
+
+    #[test]
+    fn nothing_at_all_is_genesis_and_a_whole_identity_continues() {
+        assert_eq!(verdict(None, &nothing(), None), Ok(Verdict::Genesis));
         assert_eq!(verdict(Some(&record()), &whole(), None), Ok(Verdict::Continue));
         assert_eq!(verdict(None, &whole(), None), Ok(Verdict::Continue), "state from before the record: adopted");
     }
@@ -258,16 +262,7 @@ mod tests {
 
     #[test]
     fn once_recorded_every_piece_must_stay() {
-        let everything_gone = Observed {
-            ca_certificate: Piece::Missing,
-            ca_key: Piece::Missing,
-            signer_certificate: Piece::Missing,
-            signer_key: Piece::Missing,
-            published_itl: Piece::Missing,
-            published_ctl: Piece::Missing,
-            ..whole()
-        };
-        let lost = verdict(Some(&record()), &everything_gone, None).unwrap_err();
+        let lost = verdict(Some(&record()), &nothing(), None).unwrap_err();
         assert_eq!(lost.losses.len(), 6, "{lost}");
         let lost = verdict(Some(&record()), &Observed { published_ctl: Piece::Missing, ..whole() }, None).unwrap_err();
         assert_eq!(lost.losses[0].what, "the published CTL");
