@@ -401,6 +401,9 @@ async fn the_operator_reads_only_the_secrets_it_owns_or_is_pointed_at_in_its_nam
     objects.push(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "payroll", "namespace": NAMESPACE}, "stringData": {"k": "v"}}),
     );
+    // A Secret the objects name but that is not labelled callguard.io/watch is read by name.
+    let password = objects.iter_mut().find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "token-primary-password").unwrap();
+    password["metadata"].as_object_mut().unwrap().remove("labels");
     let elsewhere: Vec<Value> = quickstart()
         .into_iter()
         .map(|mut o| {

@@ -70,7 +70,7 @@ pub fn namespace_yaml_with(phones: usize, encrypt: bool) -> String {
         if sip {
             let _ = write!(
                 y,
-                "  digestUserRef: user-{i}\n---\napiVersion: callguard.io/v1alpha1\nkind: EndUser\nmetadata: {{name: user-{i}}}\nspec:\n  digestCredentials: {{name: digest-{i}, key: password}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: digest-{i}}}\nstringData: {{password: Secret{i}}}\n"
+                "  digestUserRef: user-{i}\n---\napiVersion: callguard.io/v1alpha1\nkind: EndUser\nmetadata: {{name: user-{i}}}\nspec:\n  digestCredentials: {{name: digest-{i}, key: password}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: digest-{i}, labels: {{callguard.io/watch: \"true\"}}}}\nstringData: {{password: Secret{i}}}\n"
             );
         }
     }

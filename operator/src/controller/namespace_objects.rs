@@ -104,12 +104,13 @@ impl NamespaceObjects {
             labels::COMPONENT,
             labels::PROJECTION_COMPONENT
         ));
+        let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
         let (srst_references, end_users, application_users, realms, owned_secrets, config_maps) = tokio::try_join!(
             list(client, namespace),
             list(client, namespace),
             list(client, namespace),
             list(client, namespace),
-            async { Ok(Api::<Secret>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
+            async { Ok(secrets.list(&owned).await?.items) },
             async { Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
         )?;
         let mut objects = NamespaceObjects {
@@ -127,9 +128,19 @@ impl NamespaceObjects {
             secrets: owned_secrets,
             config_maps,
         };
-        // A user's Secret that shares a name with one the operator owns is not read twice.
-        let owned: BTreeSet<String> = objects.secrets.iter().filter_map(|s| s.metadata.name.clone()).collect();
-        let wanted = referenced_secrets(&objects).into_iter().filter(|name| !owned.contains(name)).collect();
+        // The Secrets the objects name: those labelled `callguard.io/watch` in one list (a user's
+        // explicit word that Callguard may read them), the others one by one. A labelled Secret no
+        // object names is dropped at once.
+        let mut wanted = referenced_secrets(&objects);
+        for secret in &objects.secrets {
+            wanted.remove(secret.metadata.name.as_deref().unwrap_or_default());
+        }
+        let labelled = secrets.list(&ListParams::default().labels(labels::WATCHED_SECRET)).await?.items;
+        for secret in labelled {
+            if wanted.remove(secret.metadata.name.as_deref().unwrap_or_default()) {
+                objects.secrets.push(secret);
+            }
+        }
         objects.secrets.extend(get_secrets(client, namespace, wanted).await?);
         Ok(objects)
     }
