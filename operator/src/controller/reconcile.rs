@@ -240,7 +240,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let statuses = built_statuses(&observed, &name, &output, &files);
     drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
-    announce_downgrades(context, &observed, &statuses).await;
+    announce_downgrades(context, cluster, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await?;
     Ok(Action::requeue(RESYNC))
 }
@@ -354,21 +354,44 @@ async fn publish_on(
     }
 }
 
+/// Per-phone events in one reconcile up to this many; beyond, one summary on the cluster, so that
+/// a cold start of 30 000 phones does not write thousands of events.
+const DOWNGRADE_EVENTS_PER_PHONE: usize = 50;
+
 /// A phone that became downgraded (credentials in clear, hardening not delivered, a secure SRST
-/// reference written insecure) gets a Warning event, once, when it happens.
-async fn announce_downgrades(context: &Context, observed: &Observed, updates: &[StatusUpdate]) {
-    for update in updates.iter().filter(|u| u.kind == Kind::Phone) {
-        let Some(downgraded) = update.wanted.iter().find(|w| w.type_ == DOWNGRADED && w.status) else { continue };
-        let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
-            status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == DOWNGRADED).map(|c| c["status"] == "True")
-        });
-        if was == Some(true) {
-            continue;
+/// reference written insecure) gets a Warning event, once, when it happens; many at once are
+/// summed up in one event on the cluster, by reason.
+async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, observed: &Observed, updates: &[StatusUpdate]) {
+    let newly: Vec<(&String, &Wanted)> = updates
+        .iter()
+        .filter(|u| u.kind == Kind::Phone)
+        .filter_map(|update| {
+            let downgraded = update.wanted.iter().find(|w| w.type_ == DOWNGRADED && w.status)?;
+            let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
+                status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == DOWNGRADED).map(|c| c["status"] == "True")
+            });
+            (was != Some(true)).then_some((&update.name, downgraded))
+        })
+        .collect();
+    if newly.len() > DOWNGRADE_EVENTS_PER_PHONE {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, downgraded) in &newly {
+            *by_reason.entry(downgraded.reason.as_str()).or_default() += 1;
         }
+        let counts: Vec<String> = by_reason.iter().map(|(reason, count)| format!("{count} {reason}")).collect();
+        let note = format!(
+            "{} phones are served with less protection than their objects ask for ({}); see each phone's Downgraded condition",
+            newly.len(),
+            counts.join(", ")
+        );
+        publish(context, cluster, EventType::Warning, "SecurityDowngraded", &note).await;
+        return;
+    }
+    for (name, downgraded) in newly {
         let regarding = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some(crate::api::Phone::api_version(&()).into_owned()),
             kind: Some("Phone".into()),
-            name: Some(update.name.clone()),
+            name: Some(name.clone()),
             namespace: Some(observed.namespace.clone()),
             ..Default::default()
         };
