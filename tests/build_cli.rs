@@ -101,6 +101,13 @@ fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
     assert_eq!(roles, ["SAST", "SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"], "{records:?}");
     assert_eq!(records[0].1, "CN=token-primary,O=Example,OU=Quickstart", "the signing token's SAST comes first (spec/04 §3.6)");
     assert_eq!(records[1].1, "CN=token-backup,O=Example,OU=Quickstart");
+    // Each token's status says whether the served CTL lists it and whether it signed it.
+    let listed = |name: &str| {
+        let status = ws.token_status(name);
+        (status["inCurrentCtl"].as_bool(), status["signedCurrentCtl"].as_bool())
+    };
+    assert_eq!(listed("token-primary"), (Some(true), Some(true)));
+    assert_eq!(listed("token-backup"), (Some(true), Some(false)));
     assert!(records[2..].iter().all(|(_, subject, _)| subject.starts_with("CN=cm")), "{records:?}");
     for (_, _, serial) in &records {
         assert!(serial.len() >= 2 && serial.chars().all(|c| c.is_ascii_hexdigit()), "{serial}");

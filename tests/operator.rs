@@ -87,8 +87,20 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
             assert_eq!(object["status"]["observedGeneration"], object["metadata"]["generation"], "{kind}");
         }
     }
+    let conference = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "conference-7912").unwrap();
+    assert_eq!(condition(&conference, "Ready").map(|c| c.0), Some("True".into()));
+    // A certificate operation waits for a CAPF service, and says so (Table 6-2).
     let hallway = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "hallway-7911").unwrap();
-    assert_eq!(condition(&hallway, "Ready").map(|c| c.0), Some("True".into()));
+    assert_eq!(condition(&hallway, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "CertificateOperationPending".into())));
+    assert_eq!(
+        (hallway["status"]["lscState"].as_str(), hallway["status"]["operationStatus"].as_str()),
+        (Some("Pending"), Some("Install/Upgrade pending"))
+    );
+    // The tokens say which CTL lists them and which signed it.
+    let primary = server.get("callguard.io/v1alpha1", "SecurityToken", Some(NAMESPACE), "token-primary").unwrap();
+    let backup = server.get("callguard.io/v1alpha1", "SecurityToken", Some(NAMESPACE), "token-backup").unwrap();
+    assert_eq!((primary["status"]["inCurrentCtl"].as_bool(), primary["status"]["signedCurrentCtl"].as_bool()), (Some(true), Some(true)));
+    assert_eq!((backup["status"]["inCurrentCtl"].as_bool(), backup["status"]["signedCurrentCtl"].as_bool()), (Some(true), Some(false)));
     // Bob's profile has digest on but his file is not encrypted: his credentials are withheld (P.7-1).
     let bob = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "bob-7941").unwrap();
     assert_eq!(condition(&bob, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "DigestCredentialsWithheld".into())));

@@ -147,6 +147,18 @@ pub enum CertificateOperation {
     Troubleshoot,
 }
 
+impl CertificateOperation {
+    /// As the guide writes it (Table 6-2).
+    pub fn label(self) -> &'static str {
+        match self {
+            CertificateOperation::NoPendingOperation => "No Pending Operation",
+            CertificateOperation::InstallUpgrade => "Install/Upgrade",
+            CertificateOperation::Delete => "Delete",
+            CertificateOperation::Troubleshoot => "Troubleshoot",
+        }
+    }
+}
+
 /// A phone setting that is "Enabled" or "Disabled" (Chapter 9).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Toggle {

@@ -119,6 +119,12 @@ pub struct ResourceStatus {
     pub reason: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// A phone's LSC state (Table 6-2), when something is known of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsc_state: Option<crate::api::LscState>,
+    /// A phone's pending certificate operation, as the guide's "Operation Status" says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation_status: Option<String>,
     /// Where the resource is served with less protection than it asks for (`Reason: message`):
     /// credentials in clear, hardening not delivered, a secure SRST reference written insecure.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -127,11 +133,20 @@ pub struct ResourceStatus {
 
 impl ResourceStatus {
     fn ready(kind: &'static str, name: &str) -> Self {
-        ResourceStatus { kind, name: name.to_string(), ready: true, reason: "Ready".into(), message: String::new(), downgrades: Vec::new() }
+        ResourceStatus {
+            kind,
+            name: name.to_string(),
+            ready: true,
+            reason: "Ready".into(),
+            message: String::new(),
+            lsc_state: None,
+            operation_status: None,
+            downgrades: Vec::new(),
+        }
     }
 
     fn not_ready(kind: &'static str, name: &str, reason: &str, message: String) -> Self {
-        ResourceStatus { kind, name: name.to_string(), ready: false, reason: reason.into(), message, downgrades: Vec::new() }
+        ResourceStatus { ready: false, reason: reason.into(), message, ..ResourceStatus::ready(kind, name) }
     }
 
     /// The reasons of the downgrades, for a column.
@@ -332,7 +347,8 @@ pub fn build_namespace(
             }
         }
     }
-    tokens.save_statuses(state)?;
+    let served_ctl = trust_lists.get(TrustListKind::Ctl.filename()).and_then(|bytes| TrustList::parse(bytes, Mode::Strict).ok());
+    tokens.save_statuses(state, served_ctl.as_ref())?;
     for (name, (token, _)) in &tokens.tokens {
         if statuses.iter().any(|s: &ResourceStatus| s.kind == "SecurityToken" && s.name == *name) {
             continue;
@@ -398,7 +414,9 @@ fn resolve_phones(
 /// Ready, or why the phone's configuration is not what its spec asks; downgrades either way.
 fn phone_status(name: &str, conditions: &[crate::phone_config::ConfigCondition]) -> ResourceStatus {
     let describe = |c: &crate::phone_config::ConfigCondition| format!("{}: {c}", c.reason());
-    let blocking: Vec<_> = conditions.iter().filter(|c| c.is_blocking()).collect();
+    let mut blocking: Vec<_> = conditions.iter().filter(|c| c.is_blocking()).collect();
+    // What the phone gets now comes first; a pending operation is why it will change.
+    blocking.sort_by_key(|c| matches!(c, crate::phone_config::ConfigCondition::CertificateOperationPending { .. }));
     let notes: Vec<String> = conditions.iter().filter(|c| !c.is_blocking()).map(describe).collect();
     let mut status = match blocking.first() {
         Some(first) => {
@@ -409,6 +427,13 @@ fn phone_status(name: &str, conditions: &[crate::phone_config::ConfigCondition])
         None => ResourceStatus { message: notes.join("; "), ..ResourceStatus::ready("Phone", name) },
     };
     status.downgrades = conditions.iter().filter(|c| c.is_downgrade()).map(describe).collect();
+    if let Some(operation) = conditions.iter().find_map(|c| match c {
+        crate::phone_config::ConfigCondition::CertificateOperationPending { operation } => Some(*operation),
+        _ => None,
+    }) {
+        status.lsc_state = Some(crate::api::LscState::Pending);
+        status.operation_status = Some(format!("{} pending", operation.label()));
+    }
     status
 }
 

@@ -106,10 +106,17 @@ impl Tokens {
         }
     }
 
-    /// Writes each token's status view, for the adapters to show.
-    pub fn save_statuses(&self, state: &StateDir) -> Result<(), BuildError> {
-        for name in self.tokens.keys() {
-            save_status(state, name, &self.status(name))?;
+    /// Writes each token's status view, for the adapters to show: its counters, and whether the CTL
+    /// served lists it and was signed by it.
+    pub fn save_statuses(&self, state: &StateDir, served_ctl: Option<&TrustList>) -> Result<(), BuildError> {
+        let signer = served_ctl.and_then(|ctl| ctl.verify().ok()).map(|record| record.certificate_der.as_slice());
+        for (name, (_, certificate)) in &self.tokens {
+            let mut status = self.status(name);
+            if let (Some(ctl), Some(der)) = (served_ctl, certificate.as_deref()) {
+                status.in_current_ctl = ctl.sast_records().any(|record| record.certificate_der == der);
+                status.signed_current_ctl = signer == Some(der);
+            }
+            save_status(state, name, &status)?;
         }
         Ok(())
     }

@@ -473,6 +473,12 @@ fn built_statuses(observed: &Observed, cluster: &str, output: &BuildOutput, file
         let mut domain = Vec::new();
         let mut extra = serde_json::Map::new();
         if kind == Kind::Phone {
+            if let Some(state) = status.and_then(|s| s.lsc_state) {
+                extra.insert("lscState".into(), json!(state));
+            }
+            if let Some(operation) = status.and_then(|s| s.operation_status.clone()) {
+                extra.insert("operationStatus".into(), json!(operation));
+            }
             let downgrades = status.map(|s| s.downgrades.as_slice()).unwrap_or_default();
             domain.push(match status.map(|s| s.downgrade_reasons()).and_then(|r| r.first().copied()) {
                 Some(first) => Wanted::new(DOWNGRADED, true, first, downgrades.join("; ")),
@@ -501,6 +507,8 @@ fn built_statuses(observed: &Observed, cluster: &str, output: &BuildOutput, file
             && let Some(counters) = token_counters(files, &name)
         {
             extra.insert("consecutiveFailedLogins".into(), json!(counters.consecutive_failed_logins));
+            extra.insert("inCurrentCtl".into(), json!(counters.in_current_ctl));
+            extra.insert("signedCurrentCtl".into(), json!(counters.signed_current_ctl));
             extra.insert("locked".into(), json!(counters.locked));
             if let Some(at) = counters.locked_at {
                 extra.insert("lockedAt".into(), json!(at));

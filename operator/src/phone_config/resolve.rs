@@ -128,6 +128,9 @@ pub enum ConfigCondition {
     ManualKeyEncryptionNotRendered,
     /// Hardening settings that differ from the default but have no known element (spec/02 §6).
     HardeningNotRendered { settings: Vec<&'static str> },
+    /// A certificate operation is asked for, and no CAPF service of this version carries it out yet:
+    /// the file names the authentication mode, and the phone waits (Table 6-2, P.6-6).
+    CertificateOperationPending { operation: CertificateOperation },
     /// Encryption is on but the phone has no certificate yet: only the stub is served, with a blank
     /// certHash, until CAPF issues an LSC (spec/04 §5.1).
     AwaitingDeviceCertificate,
@@ -141,6 +144,7 @@ impl ConfigCondition {
             ConfigCondition::AwaitingDeviceCertificate
                 | ConfigCondition::ManualKeyEncryptionNotRendered
                 | ConfigCondition::DigestCredentialsWithheld { .. }
+                | ConfigCondition::CertificateOperationPending { .. }
         )
     }
 
@@ -167,6 +171,7 @@ impl ConfigCondition {
             ConfigCondition::ManualKeyEncryptionNotRendered => "ManualKeyEncryptionNotRendered",
             ConfigCondition::HardeningNotRendered { .. } => "HardeningNotRendered",
             ConfigCondition::AwaitingDeviceCertificate => "AwaitingDeviceCertificate",
+            ConfigCondition::CertificateOperationPending { .. } => "CertificateOperationPending",
         }
     }
 }
@@ -198,6 +203,11 @@ impl fmt::Display for ConfigCondition {
             }
             ConfigCondition::ManualKeyEncryptionNotRendered => f.write_str(
                 "the profile asks for an encrypted configuration, but this model uses manual key distribution, which Callguard does not implement: only the minimal stub is served, never the full file in clear (P.7-2)",
+            ),
+            ConfigCondition::CertificateOperationPending { operation } => write!(
+                f,
+                "the certificate operation {} is pending: the configuration tells the phone to contact CAPF, and no CAPF service of this version answers yet (Table 6-2, P.6-6)",
+                operation.label()
             ),
             ConfigCondition::AwaitingDeviceCertificate => f.write_str(
                 "the configuration is to be encrypted but the phone has no certificate yet: only the stub is served, with a blank certHash, until CAPF issues an LSC (spec/04 §5.1)",
@@ -315,7 +325,8 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
 
     let capf_auth_mode = match phone.spec.capf().certificate_operation() {
         CertificateOperation::NoPendingOperation => CapfAuthMode::NoPendingOperation,
-        CertificateOperation::InstallUpgrade | CertificateOperation::Delete | CertificateOperation::Troubleshoot => {
+        operation @ (CertificateOperation::InstallUpgrade | CertificateOperation::Delete | CertificateOperation::Troubleshoot) => {
+            conditions.push(ConfigCondition::CertificateOperationPending { operation });
             capf_auth_mode(profile_spec.authentication_mode())
         }
     };
