@@ -51,6 +51,7 @@ class Configuration:
     managed: list = dataclasses.field(default_factory=lambda: [NAMESPACE])  # namespaces given --namespace
     network_policy: bool = True
     api_server_ports: list = dataclasses.field(default_factory=lambda: list(DEFAULT_API_SERVER_PORTS))
+    image_pull_secrets: list = dataclasses.field(default_factory=list)
 
 
 class Checks:
@@ -93,6 +94,7 @@ def operator_contract(plurals):
         ("apps", ("deployments",)),
         ("rbac.authorization.k8s.io", ("roles", "rolebindings")),
         ("networking.k8s.io", ("networkpolicies",)),
+        ("policy", ("poddisruptionbudgets",)),
     ):
         grants |= {(group, resource, verb, ()) for resource in resources for verb in OWNED_VERBS}
     grants |= {("events.k8s.io", "events", verb, ()) for verb in ("create", "patch")}
@@ -327,6 +329,7 @@ def check_configuration(configuration, args, checks):
         checks.equal(by_kind(documents, "CustomResourceDefinition"), [], f"{name}: no CRDs with crds.install=false")
 
     operator_flags = [flag for namespace in managed for flag in ("--namespace", namespace)]
+    operator_flags += [flag for secret in configuration.image_pull_secrets for flag in ("--image-pull-secret", secret)]
     operator_flags += [flag for port in configuration.api_server_ports for flag in ("--api-server-port", str(port))]
     service_account = check_deployment(name, documents, replicas, leader_election, operator_flags, checks)
     if service_account:
@@ -380,6 +383,9 @@ def main():
                       network_policy=False, api_server_ports=[8443]),
         Configuration("cluster-api-server-port-6443", ["rbac.scope=cluster", "networkPolicy.apiServerPorts={6443}"],
                       scope="cluster", managed=[], api_server_ports=[6443]),
+        # The data-plane pods pull with the chart's pull Secrets too.
+        Configuration("image-pull-secrets", ["imagePullSecrets[0].name=regcred", "imagePullSecrets[1].name=mirror"],
+                      image_pull_secrets=["regcred", "mirror"]),
     ]
     for configuration in configurations:
         check_configuration(configuration, args, checks)

@@ -67,6 +67,13 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     for kind in [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding")] {
         assert!(server.get(kind.0, kind.1, Some(NAMESPACE), "quickstart-tftp").is_some_and(|o| owned_by_cluster(&o, &uid)), "{kind:?}");
     }
+    // Two replicas kept apart, a disruption budget, the pull Secret, a metrics Service.
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    let budget = server.get("policy/v1", "PodDisruptionBudget", Some(NAMESPACE), "quickstart-tftp").expect("a PodDisruptionBudget");
+    assert!(owned_by_cluster(&budget, &uid) && budget["spec"]["minAvailable"] == 1);
+    let metrics = server.get("v1", "Service", Some(NAMESPACE), "quickstart-tftp-metrics").expect("the metrics Service");
+    assert_eq!(metrics["spec"]["ports"][0]["port"], 8080);
     let no_configmap_per_phone = server.list("v1", "ConfigMap", Some(NAMESPACE)).len();
     assert_eq!(no_configmap_per_phone, 1, "phones are never copied into ConfigMaps");
 

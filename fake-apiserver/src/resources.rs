@@ -187,6 +187,7 @@ pub(crate) fn default_resources() -> Vec<ResourceType> {
         ("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, false),
         ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, false),
         ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, false),
+        ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, true),
         ("coordination.k8s.io", "v1", "Lease", "leases", true, false),
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, true),
     ];

@@ -111,6 +111,10 @@ enum Command {
         /// (repeat for several).
         #[arg(long = "api-server-port", value_name = "PORT", default_values_t = [443u16, 6443])]
         api_server_ports: Vec<u16>,
+        /// A pull Secret of the image for the data-plane pods (repeat for several); it must exist in
+        /// each managed namespace.
+        #[arg(long = "image-pull-secret", value_name = "SECRET")]
+        image_pull_secrets: Vec<String>,
         #[command(flatten)]
         logging: LoggingArgs,
     },
@@ -296,7 +300,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Operator { metrics_bind, leader_election, lease_namespace, image, identity, namespaces, api_server_ports, logging } => {
+        Command::Operator {
+            metrics_bind,
+            leader_election,
+            lease_namespace,
+            image,
+            identity,
+            namespaces,
+            api_server_ports,
+            image_pull_secrets,
+            logging,
+        } => {
             let options = callguard::controller::OperatorOptions {
                 metrics_bind,
                 leader_election,
@@ -305,6 +319,7 @@ fn main() -> ExitCode {
                 identity,
                 namespaces,
                 api_server_ports,
+                image_pull_secrets,
             };
             with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
         }

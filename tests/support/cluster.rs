@@ -49,6 +49,7 @@ pub fn options(identity: &str, leader_election: bool) -> OperatorOptions {
         identity: Some(identity.into()),
         namespaces: vec![NAMESPACE.into()],
         api_server_ports: vec![443, 6443],
+        image_pull_secrets: vec!["regcred".into()],
     }
 }
 

@@ -158,11 +158,14 @@ or there shows.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: {{ toJson $ownedVerbs }}
-# Each cluster's TFTP pods get a namespaced Role to read the phones, profiles, clusters, SRST
-# references, end users and Secrets of their namespace. Kubernetes lets the operator grant only
-# what it holds itself, which the read rules above cover.
+# Each data-plane service gets a Role that reads exactly its own Secrets, by name. Kubernetes lets
+# the operator grant only what it holds itself, which the Secret rules above cover.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings", "roles"]
+  verbs: {{ toJson $ownedVerbs }}
+# A PodDisruptionBudget per data-plane service that runs more than one replica.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
   verbs: {{ toJson $ownedVerbs }}
 # One NetworkPolicy per data-plane service, limiting its pods' traffic.
 - apiGroups: ["networking.k8s.io"]

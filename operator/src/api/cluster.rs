@@ -398,6 +398,43 @@ pub struct Placement {
     /// CPU and memory of each data-plane container; default: requests 50m CPU and 64Mi, limit 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How phones reach the data-plane services; default ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Exposure>,
+    /// Annotations on the data-plane Services (a load balancer's settings, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
+    /// Replicas of each data-plane service that can run several; default 2, with a
+    /// PodDisruptionBudget keeping one up through voluntary disruptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub replicas: Option<u8>,
+}
+
+/// How phones reach a data-plane service. Phones answer to the address they sent to, and the
+/// services tell clients apart by source address, so every choice here keeps the client's address:
+/// NodePort and LoadBalancer Services get `externalTrafficPolicy: Local`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Exposure {
+    /// A ClusterIP Service: reachable inside the Kubernetes cluster, or through routing you provide.
+    #[default]
+    ClusterIP,
+    /// A NodePort Service on every node.
+    NodePort,
+    /// A LoadBalancer Service: the usual way for phones outside the Kubernetes cluster.
+    LoadBalancer,
+    /// The pods use their node's network (ports bound on the node itself), and a headless ClusterIP
+    /// Service names them; one pod per node.
+    HostNetwork,
+}
+
+impl Placement {
+    pub fn exposure(&self) -> Exposure {
+        self.exposure.unwrap_or_default()
+    }
+    pub fn replicas(&self) -> u8 {
+        self.replicas.unwrap_or(2)
+    }
 }
 
 impl CallControlClusterSpec {

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -49,11 +50,22 @@ pub struct Context {
     pub status_concurrency: usize,
     /// Ports of the API server, for the data-plane NetworkPolicies.
     pub api_server_ports: Vec<u16>,
+    /// Pull Secrets the data-plane pods use for the image.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Context {
     pub fn new(client: Client, image: String, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
-        Context { client, image, metrics, recorder, failures: Mutex::default(), status_concurrency: 32, api_server_ports: vec![443, 6443] }
+        Context {
+            client,
+            image,
+            metrics,
+            recorder,
+            failures: Mutex::default(),
+            status_concurrency: 32,
+            api_server_ports: vec![443, 6443],
+            image_pull_secrets: Vec::new(),
+        }
     }
 }
 
@@ -221,6 +233,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             readable_secrets: &readable,
             content_hash: &hash,
             api_server_ports: &context.api_server_ports,
+            image_pull_secrets: &context.image_pull_secrets,
         };
         let tftp = workload(DataPlaneService::Tftp, cluster, &inputs);
         desired.service_accounts.push(owned(tftp.service_account, &owner));
@@ -228,6 +241,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         desired.role_bindings.push(owned(tftp.role_binding, &owner));
         desired.deployments.push(owned(tftp.deployment, &owner));
         desired.services.push(owned(tftp.service, &owner));
+        desired.services.push(owned(tftp.metrics_service, &owner));
+        desired.disruption_budgets.extend(tftp.disruption_budget.map(|budget| owned(budget, &owner)));
         desired.network_policies.push(owned(tftp.network_policy, &owner));
     }
     desired.apply(client, &namespace, &name).await?;
@@ -290,6 +305,7 @@ struct Desired {
     deployments: Vec<Deployment>,
     services: Vec<Service>,
     network_policies: Vec<NetworkPolicy>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
 impl Desired {
@@ -301,7 +317,8 @@ impl Desired {
         apply_kind(client, namespace, cluster, &self.role_bindings).await?;
         apply_kind(client, namespace, cluster, &self.deployments).await?;
         apply_kind(client, namespace, cluster, &self.services).await?;
-        apply_kind(client, namespace, cluster, &self.network_policies).await
+        apply_kind(client, namespace, cluster, &self.network_policies).await?;
+        apply_kind(client, namespace, cluster, &self.disruption_budgets).await
     }
 }
 

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -46,6 +47,8 @@ pub struct OperatorOptions {
     pub namespaces: Vec<String>,
     /// Ports of the API server, which the data-plane NetworkPolicies let the pods reach.
     pub api_server_ports: Vec<u16>,
+    /// Pull Secrets of the image, given to the data-plane pods.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// Runs until SIGINT or SIGTERM (or `shutdown`), writing only while it leads.
@@ -78,6 +81,7 @@ pub async fn run(client: Client, options: OperatorOptions, shutdown: Shutdown) -
         let mut context =
             Context::new(client.clone(), options.image.clone(), Arc::clone(&metrics), Recorder::new(client.clone(), reporter));
         context.api_server_ports = options.api_server_ports.clone();
+        context.image_pull_secrets = options.image_pull_secrets.clone();
         let context = Arc::new(context);
         // One controller per managed namespace, or one for the whole cluster.
         let scopes: Vec<Option<String>> =
@@ -129,7 +133,8 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
         .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
         .owns(api::<Role>(&client, namespace), owned.clone())
         .owns(api::<RoleBinding>(&client, namespace), owned.clone())
-        .owns(api::<NetworkPolicy>(&client, namespace), owned);
+        .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned);
     let watched_secrets = watcher::Config::default().labels(labels::WATCHED_SECRET);
     let controller = in_namespace::<Secret>(controller, api(&client, namespace), watched_secrets, &store);
     let all = watcher::Config::default;

@@ -12,12 +12,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, LocalObjectReference, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Toleration, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -25,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::labels;
-use crate::api::{CallControlCluster, default_ports};
+use crate::api::{CallControlCluster, Exposure, default_ports};
 
 /// The data-plane services the operator runs. Closed set: one variant per service that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,8 @@ pub struct WorkloadInputs<'a> {
     pub content_hash: &'a str,
     /// Ports of the Kubernetes API server, the one place the pods connect to.
     pub api_server_ports: &'a [u16],
+    /// Pull Secrets of the image, by name, in the cluster's namespace.
+    pub image_pull_secrets: &'a [String],
 }
 
 /// Requests and limits of a data-plane container unless the cluster's placement sets them: enough for
@@ -104,6 +108,28 @@ fn default_resources() -> ResourceRequirements {
         limits: Some(BTreeMap::from([("memory".to_owned(), quantity("512Mi"))])),
         ..ResourceRequirements::default()
     }
+}
+
+/// Replicas on different nodes: required on the node's network (they would share its ports),
+/// preferred otherwise, so that one node going down leaves a replica serving.
+fn spread(selector: &BTreeMap<String, String>, required: bool) -> Affinity {
+    let term = PodAffinityTerm {
+        label_selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() }),
+        topology_key: "kubernetes.io/hostname".into(),
+        ..PodAffinityTerm::default()
+    };
+    let anti = if required {
+        PodAntiAffinity { required_during_scheduling_ignored_during_execution: Some(vec![term]), ..PodAntiAffinity::default() }
+    } else {
+        PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: term,
+            }]),
+            ..PodAntiAffinity::default()
+        }
+    };
+    Affinity { pod_anti_affinity: Some(anti), ..Affinity::default() }
 }
 
 /// Ingress only to the service's ports and the metrics port; egress only to DNS and the API server.
@@ -138,7 +164,12 @@ pub struct Workload {
     pub role: Role,
     pub role_binding: RoleBinding,
     pub deployment: Deployment,
+    /// How phones reach the service: its ports, exposed as the cluster's placement says.
     pub service: Service,
+    /// The `/metrics` port, inside the Kubernetes cluster only, for Prometheus.
+    pub metrics_service: Service,
+    /// With more than one replica, one stays up through voluntary disruptions.
+    pub disruption_budget: Option<PodDisruptionBudget>,
     pub network_policy: NetworkPolicy,
 }
 
@@ -211,13 +242,16 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         ..Container::default()
     };
     let placement = cluster.spec.placement.clone().unwrap_or_default();
+    let exposure = placement.exposure();
+    let host_network = exposure == Exposure::HostNetwork;
+    let replicas = i32::from(placement.replicas());
     let tolerations: Vec<Toleration> =
         placement.tolerations.iter().filter_map(|t| serde_json::to_value(t).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
     let pod_labels = object_labels.clone();
     let deployment = Deployment {
         metadata: metadata(),
         spec: DeploymentSpec {
-            replicas: Some(1),
+            replicas: Some(replicas),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
             strategy: Some(DeploymentStrategy { type_: Some("RollingUpdate".into()), ..DeploymentStrategy::default() }),
             template: PodTemplateSpec {
@@ -230,6 +264,12 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
                     service_account_name: Some(name.clone()),
                     automount_service_account_token: Some(true),
                     containers: vec![container],
+                    image_pull_secrets: (!inputs.image_pull_secrets.is_empty())
+                        .then(|| inputs.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect()),
+                    // On the node's network, the service's ports are the node's: one pod per node.
+                    host_network: host_network.then_some(true),
+                    dns_policy: host_network.then(|| "ClusterFirstWithHostNet".to_owned()),
+                    affinity: Some(spread(&selector, host_network)),
                     node_selector: (!placement.node_selector.is_empty()).then(|| placement.node_selector.clone()),
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     security_context: Some(PodSecurityContext {
@@ -246,9 +286,20 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         },
         ..Deployment::default()
     };
+    let (service_type, cluster_ip, traffic_policy) = match exposure {
+        Exposure::ClusterIP => ("ClusterIP", None, None),
+        // Phones are told apart by address: keep the client's, not the node's.
+        Exposure::NodePort => ("NodePort", None, Some("Local")),
+        Exposure::LoadBalancer => ("LoadBalancer", None, Some("Local")),
+        Exposure::HostNetwork => ("ClusterIP", Some("None"), None),
+    };
+    let annotations = (!placement.service_annotations.is_empty()).then(|| placement.service_annotations.clone());
     let service_object = Service {
-        metadata: metadata(),
+        metadata: ObjectMeta { annotations, ..metadata() },
         spec: Some(ServiceSpec {
+            type_: Some(service_type.to_owned()),
+            cluster_ip: cluster_ip.map(str::to_owned),
+            external_traffic_policy: traffic_policy.map(str::to_owned),
             selector: Some(selector.clone()),
             ports: Some(
                 ports
@@ -266,6 +317,38 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         }),
         ..Service::default()
     };
+    let metrics_service = Service {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-metrics")),
+            labels: Some(object_labels.clone()),
+            annotations: Some(BTreeMap::from([
+                ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let disruption_budget = (replicas > 1).then(|| PodDisruptionBudget {
+        metadata: metadata(),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    });
     Workload {
         service_account: ServiceAccount { metadata: metadata(), ..ServiceAccount::default() },
         role: Role { metadata: metadata(), rules: Some(service.rules(inputs.readable_secrets)) },
@@ -276,6 +359,8 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         },
         deployment,
         service: service_object,
+        metrics_service,
+        disruption_budget,
         network_policy: network_policy(metadata(), selector, &ports, inputs.api_server_ports),
     }
 }
@@ -305,6 +390,7 @@ mod tests {
             readable_secrets: &secrets,
             content_hash: "abc",
             api_server_ports: &[443, 6443],
+            image_pull_secrets: &[],
         };
         let w = workload(DataPlaneService::Tftp, &cluster(Some(6969)), &inputs);
         let pod = w.deployment.spec.template.clone();
@@ -327,6 +413,51 @@ mod tests {
         assert_eq!(default.service.spec.unwrap().ports.unwrap()[0].port, 69, "P.1-16");
     }
 
+    fn exposed(exposure: &str, replicas: Option<u8>) -> Workload {
+        let mut cluster = cluster(None);
+        cluster.spec.placement = Some(
+            serde_json::from_value(serde_json::json!({"exposure": exposure, "replicas": replicas, "serviceAnnotations": {"lb": "x"}}))
+                .unwrap(),
+        );
+        let secrets = ["s".to_owned()];
+        let pull = ["regcred".to_owned()];
+        let inputs = WorkloadInputs {
+            image: "i",
+            signer_secret: "s",
+            files_secret: "f",
+            readable_secrets: &secrets,
+            content_hash: "h",
+            api_server_ports: &[443],
+            image_pull_secrets: &pull,
+        };
+        workload(DataPlaneService::Tftp, &cluster, &inputs)
+    }
+
+    #[test]
+    fn phones_reach_the_service_as_the_placement_says_keeping_their_address() {
+        let balanced = exposed("LoadBalancer", None);
+        let spec = balanced.service.spec.clone().unwrap();
+        assert_eq!((spec.type_.as_deref(), spec.external_traffic_policy.as_deref()), (Some("LoadBalancer"), Some("Local")));
+        assert_eq!(balanced.service.metadata.annotations.unwrap()["lb"], "x");
+        let pod = balanced.deployment.spec.template.spec.clone().unwrap();
+        assert_eq!(balanced.deployment.spec.replicas, Some(2), "two replicas by default");
+        assert_eq!(balanced.disruption_budget.unwrap().spec.unwrap().min_available, Some(IntOrString::Int(1)));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert!(pod.host_network.is_none());
+        let node_port = exposed("NodePort", Some(1));
+        assert_eq!(node_port.service.spec.unwrap().external_traffic_policy.as_deref(), Some("Local"));
+        assert!(node_port.disruption_budget.is_none(), "one replica, no budget that would block every drain");
+        let host = exposed("HostNetwork", None);
+        let pod = host.deployment.spec.template.spec.clone().unwrap();
+        assert_eq!((pod.host_network, pod.dns_policy.as_deref()), (Some(true), Some("ClusterFirstWithHostNet")));
+        let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+        assert!(anti.required_during_scheduling_ignored_during_execution.is_some(), "one pod per node on the node's network");
+        assert_eq!(host.service.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+        let metrics = exposed("ClusterIP", None).metrics_service;
+        assert_eq!(metrics.metadata.name.as_deref(), Some("lab-tftp-metrics"));
+        assert_eq!(metrics.spec.unwrap().ports.unwrap()[0].port, 8080);
+    }
+
     #[test]
     fn its_role_reads_only_the_named_secrets_and_its_network_is_fenced() {
         let secrets = ["s".to_owned(), "lab-tftp-files".to_owned(), "lab-tftp-files-0".to_owned()];
@@ -337,6 +468,7 @@ mod tests {
             readable_secrets: &secrets,
             content_hash: "h",
             api_server_ports: &[6443],
+            image_pull_secrets: &[],
         };
         let w = workload(DataPlaneService::Tftp, &cluster(None), &inputs);
         let rules = w.role.rules.unwrap();
