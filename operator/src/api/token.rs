@@ -9,6 +9,8 @@ use super::{CertificateSummary, CommonStatus, SecretKeyRef};
 
 /// Consecutive wrong passwords a token tolerates; the 16th locks it for good (P.16-5).
 pub const TOKEN_RETRY_COUNTER: u32 = 15;
+/// The lockout rule in the words every message uses.
+pub const TOKEN_LOCK_RULE: &str = "15 consecutive wrong passwords are tolerated, the 16th locks the token for good (P.16-5)";
 /// The factory password of a token, case-sensitive (Table 3-2).
 pub const TOKEN_FACTORY_PASSWORD: &str = "Cisco123";
 
@@ -75,7 +77,7 @@ pub struct SecurityTokenStatus {
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
     pub consecutive_failed_logins: u32,
-    /// Locked for good after more than 15 consecutive failures (P.16-5).
+    /// Locked for good by the 16th consecutive wrong password (P.16-5).
     #[serde(default)]
     pub locked: bool,
     /// When the token locked (RFC 3339).

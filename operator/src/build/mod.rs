@@ -470,7 +470,7 @@ fn token_status(name: &str, token: &crate::api::SecurityToken, status: &crate::a
             "SecurityToken",
             name,
             "Locked",
-            "locked after more than 15 consecutive wrong passwords; it can never sign again (P.16-5)".into(),
+            format!("locked, and it can never sign again: {}", crate::api::TOKEN_LOCK_RULE),
         )
     } else if status.consecutive_failed_logins > 0 {
         ResourceStatus::not_ready(

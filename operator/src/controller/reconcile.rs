@@ -542,10 +542,7 @@ async fn announce_token_changes(context: &Context, cluster: &CallControlCluster,
         let locked_now = update.extra.get("locked") == Some(&json!(true));
         let was_locked = tokens.iter().any(|t| t.name_any() == update.name && t.status.as_ref().is_some_and(|s| s.locked));
         if locked_now && !was_locked {
-            let note = format!(
-                "SecurityToken/{} locked after more than 15 consecutive wrong passwords; it can never sign again (P.16-5)",
-                update.name
-            );
+            let note = format!("SecurityToken/{} is locked, and it can never sign again: {}", update.name, crate::api::TOKEN_LOCK_RULE);
             publish(context, cluster, EventType::Warning, "TokenLocked", &note).await;
         }
     }

@@ -43,7 +43,7 @@ pub enum LeaveReason {
     NotFound,
     /// Lost, Compromised or Retired (P.16-5, spec/01 §16.4 T-2).
     State(TokenState),
-    /// Locked after 16 consecutive wrong passwords (P.16-5).
+    /// Locked for good by the 16th consecutive wrong password (P.16-5).
     Locked,
     /// Its certificate Secret is missing or not a certificate, so it cannot be a record.
     CertificateUnavailable,

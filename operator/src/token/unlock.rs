@@ -8,7 +8,7 @@
 use rsa::RsaPrivateKey;
 
 use super::registry::{TokenRecord, wrong_password_mac};
-use crate::api::{TOKEN_FACTORY_PASSWORD, TOKEN_RETRY_COUNTER, TokenState};
+use crate::api::{TOKEN_FACTORY_PASSWORD, TOKEN_LOCK_RULE, TOKEN_RETRY_COUNTER, TokenState};
 use crate::pki::keys::{self, KeyError};
 
 /// A decrypted token key. Debug never prints it.
@@ -49,18 +49,16 @@ pub enum UnlockError {
 impl std::fmt::Display for UnlockError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UnlockError::Locked => write!(
-                f,
-                "the token is locked after {} consecutive wrong passwords and can never be used again: sign with another token (P.16-5)",
-                TOKEN_RETRY_COUNTER + 1
-            ),
+            UnlockError::Locked => {
+                write!(f, "the token is locked, and can never be used again: sign with another token; {TOKEN_LOCK_RULE}")
+            }
             UnlockError::NotUsable(state) => write!(f, "the token is {state:?} and may not sign (P.16-5, spec/01 §16.4 T-2)"),
             UnlockError::WrongPassword { failures, .. } if *failures > TOKEN_RETRY_COUNTER => {
-                write!(f, "wrong token password: {failures} consecutive failures; the token is now locked for good (P.16-5)")
+                write!(f, "wrong token password: {failures} consecutive failures, and the token is now locked: {TOKEN_LOCK_RULE}")
             }
             UnlockError::WrongPassword { failures, remaining } => write!(
                 f,
-                "wrong token password: {failures} consecutive failure(s); {remaining} more tolerated, the next one after that locks the token for good (P.16-5)"
+                "wrong token password: {failures} consecutive failure(s), {remaining} more tolerated before the lock: {TOKEN_LOCK_RULE}"
             ),
             UnlockError::DefaultPassword => write!(
                 f,

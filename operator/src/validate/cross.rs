@@ -109,7 +109,7 @@ fn cluster_name(cluster: &CallControlCluster) -> String {
 /// Whether a token may sign or be listed: Active and not locked (P.16-5). The reason has no section.
 fn token_usable(token: &SecurityToken) -> Result<(), String> {
     if token.status.as_ref().is_some_and(|s| s.locked) {
-        return Err("is locked after 16 consecutive wrong passwords and can never be used again".into());
+        return Err(format!("is locked, and can never be used again: {}", TOKEN_LOCK_RULE));
     }
     match token.spec.state() {
         TokenState::Active => Ok(()),
