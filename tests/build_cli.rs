@@ -585,3 +585,20 @@ fn what_the_build_writes_is_owner_only_and_the_ca_follows_the_clusters_settings(
     assert_eq!(mode(&plain), 0o600);
     assert!(fs::read_to_string(&plain).unwrap().contains("<fullConfig>true</fullConfig>"));
 }
+
+#[test]
+fn trust_says_a_file_is_not_signed_instead_of_truncated() {
+    let ws = Workspace::new();
+    ws.build();
+    let plain = ws.tftp("SEP00AABBCCDD05.cnf.xml");
+    for command in ["inspect", "verify"] {
+        let output = callguard(&["trust", command, plain.to_str().unwrap()]);
+        let message = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{message}");
+        assert!(message.contains("not a signed file: it is plain XML") && !message.contains("truncated"), "{message}");
+    }
+    let other = ws.state.join("other.bin");
+    fs::write(&other, b"hello").unwrap();
+    let message = String::from_utf8_lossy(&callguard(&["trust", "inspect", other.to_str().unwrap()]).stderr).into_owned();
+    assert!(message.contains("starts with its VERSION element (0x01), this one with 0x68"), "{message}");
+}

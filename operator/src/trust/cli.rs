@@ -93,12 +93,30 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))
 }
 
+/// A file that does not start as every signed file does (its VERSION element) is said to be what
+/// it is, rather than reported as a truncated signed file.
+fn signed_file(path: &Path) -> Result<Vec<u8>, Failure> {
+    let bytes = read(path)?;
+    match bytes.first() {
+        Some(&crate::trust::codes::header_tag::VERSION) => Ok(bytes),
+        Some(b'<') => Err(Failure::Input(format!(
+            "{}: not a signed file: it is plain XML, an unsigned configuration file (`trust` reads .tlv, .sgn and .enc.sgn files)",
+            path.display()
+        ))),
+        Some(first) => Err(Failure::Input(format!(
+            "{}: not a signed file: a .tlv, .sgn or .enc.sgn starts with its VERSION element (0x01), this one with 0x{first:02x}",
+            path.display()
+        ))),
+        None => Err(Failure::Input(format!("{}: the file is empty", path.display()))),
+    }
+}
+
 fn file_failure(path: &Path, error: TrustError) -> Failure {
     Failure::File(format!("{}: {error}", path.display()))
 }
 
 fn inspect(path: &Path, json: bool) -> Result<(), Failure> {
-    let bytes = read(path)?;
+    let bytes = signed_file(path)?;
     let description = describe(&bytes).map_err(|e| Failure::Input(format!("{}: cannot parse: {e}", path.display())))?;
     if json {
         let text = serde_json::to_string_pretty(&description).map_err(|e| Failure::Input(e.to_string()))?;
@@ -143,7 +161,7 @@ impl Trusted {
 }
 
 fn verify(path: &Path, ctl: Option<&Path>, cert: Option<&Path>) -> Result<(), Failure> {
-    let bytes = read(path)?;
+    let bytes = signed_file(path)?;
     let trusted = Trusted::load(ctl, cert)?;
     let header = parse_header(&bytes, Mode::Strict).map_err(|e| file_failure(path, e))?;
     let signer = match header.kind {
@@ -173,7 +191,7 @@ fn verify(path: &Path, ctl: Option<&Path>, cert: Option<&Path>) -> Result<(), Fa
 }
 
 fn decrypt(path: &Path, key: &Path, ctl: Option<&Path>, cert: Option<&Path>, out: Option<&Path>) -> Result<(), Failure> {
-    let bytes = read(path)?;
+    let bytes = signed_file(path)?;
     let key_pem = String::from_utf8(read(key)?).map_err(|_| Failure::Input(format!("{}: not a PEM text file", key.display())))?;
     let device_key = keys::from_pem(&key_pem).map_err(|e| Failure::Input(format!("{}: {e}", key.display())))?;
     let trusted = Trusted::load(ctl, cert)?;
