@@ -210,7 +210,7 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     };
     command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
     let mut local = Local::spawn(command, 6969);
-    local.wait_for("port 69 needs root; using 6969 instead");
+    local.wait_for("port 69 needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
     let out = dir.path().join("ctl.tlv");
     assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out), "the CTL is served on 6969");
     assert!(verify(&[out.to_str().unwrap()]), "and verifies");
@@ -268,4 +268,90 @@ fn the_quickstart_over_tftp_gives_nothing_away_in_clear() {
         assert_eq!(fs::read(&out).unwrap(), ctl, "{name}: the same public bytes, provisioned or not");
     }
     local.stop();
+}
+
+/// Runs `command` to its end, or kills it after `seconds`: `None` when it was still running.
+fn run_until_exit(mut command: Command, seconds: u64) -> Option<std::process::Output> {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("callguard runs");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+fn callguard_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+    command.args(args);
+    command
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A command run as nobody when the tests run as root, as a user's shell would be.
+fn unprivileged(args: &[&str]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_callguard");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", binary]);
+        command
+    } else {
+        Command::new(binary)
+    };
+    command.args(args);
+    command
+}
+
+/// Issue 11, point 8: with the TFTP port taken, `local` says which process holds it, and has
+/// written nothing: no CA was issued for a cluster that cannot be served. As root the port is one
+/// below 1024, which root may bind: the failure is the address in use, not privileges.
+#[test]
+fn with_its_port_taken_local_names_the_holder_and_writes_nothing() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let taken = if root {
+        (900..1024).rev().find_map(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).ok()).expect("a free port below 1024")
+    } else {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+    };
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let args = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()];
+    let output = run_until_exit(callguard_command(&args), 60).expect("local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port} is in use by PID {}", std::process::id())), "{text}");
+    assert!(!text.contains("need root"), "not a matter of privileges: {text}");
+    assert!(!state.exists(), "nothing written before the port is bound");
+    drop(taken);
+}
+
+/// Issue 11, point 8: an explicit port below 1024 without the privilege says what is missing (root
+/// or CAP_NET_BIND_SERVICE) and the fallback, and writes nothing.
+#[test]
+fn without_privileges_an_explicit_low_port_is_refused_before_anything_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let output = run_until_exit(
+        unprivileged(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", "69"]),
+        60,
+    )
+    .expect("local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("CAP_NET_BIND_SERVICE") && text.contains("6969"), "{text}");
+    assert!(!state.exists(), "nothing written before the port is bound");
 }

@@ -74,7 +74,8 @@ enum Command {
         /// Address the services listen on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
-        /// TFTP port. Without it: 69 (P.1-16), or 6969 when 69 needs root that we do not have.
+        /// TFTP port. Without it: 69 (P.1-16), or 6969 when binding 69 needs root or
+        /// CAP_NET_BIND_SERVICE, which we lack.
         #[arg(long)]
         tftp_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
@@ -286,13 +287,13 @@ fn main() -> ExitCode {
             let build = BuildOptions { new_identity };
             let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
-                .map_err(|e| e.to_string())
+                .map_err(|e| callguard::local::LocalError::Failed(e.to_string()))
                 .and_then(|runtime| runtime.block_on(callguard::local::run(options)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

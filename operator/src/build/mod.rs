@@ -169,6 +169,11 @@ pub fn build_paths(
     now: OffsetDateTime,
     options: &BuildOptions,
 ) -> Result<BTreeMap<String, Result<BuildOutput, BuildError>>, PathsError> {
+    Ok(validate_paths(paths)?.into_iter().map(|(namespace, snapshot)| (namespace, build_in(state_root, snapshot, now, options))).collect())
+}
+
+/// Reads and validates the manifests under `paths`, writing nothing: every namespace's objects.
+pub fn validate_paths(paths: &[std::path::PathBuf]) -> Result<BTreeMap<String, Snapshot>, PathsError> {
     let (documents, errors) = crate::manifest::load_paths(paths);
     if !errors.is_empty() {
         return Err(PathsError::Unreadable(errors));
@@ -177,16 +182,24 @@ pub fn build_paths(
     if !report.violations.is_empty() {
         return Err(PathsError::Invalid(report.violations));
     }
-    Ok(report
-        .snapshots
-        .into_iter()
-        .map(|(namespace, snapshot)| {
-            let built = StateDir::open(&state_root.join("namespaces").join(&namespace))
-                .map_err(BuildError::Io)
-                .and_then(|state| build_namespace(Arc::new(snapshot), &state, now, options));
-            (namespace, built)
-        })
-        .collect())
+    Ok(report.snapshots)
+}
+
+/// Where a namespace's state is kept under the state directory `state_root`.
+pub fn namespace_state(state_root: &std::path::Path, namespace: &str) -> std::path::PathBuf {
+    state_root.join("namespaces").join(namespace)
+}
+
+/// Builds one validated namespace with its state in [`namespace_state`].
+pub fn build_in(
+    state_root: &std::path::Path,
+    snapshot: Snapshot,
+    now: OffsetDateTime,
+    options: &BuildOptions,
+) -> Result<BuildOutput, BuildError> {
+    StateDir::open(&namespace_state(state_root, &snapshot.namespace))
+        .map_err(BuildError::Io)
+        .and_then(|state| build_namespace(Arc::new(snapshot), &state, now, options))
 }
 
 /// What a build produced.
