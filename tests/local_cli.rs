@@ -187,8 +187,8 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     again.stop();
 }
 
-/// The README's main command, `callguard local examples/quickstart`, gives no port: without root,
-/// 69 is refused and `local` says so and serves on 6969 instead.
+/// The README's main command, `callguard local examples/quickstart`, gives no port and the
+/// quickstart's is 69: without root, 69 is refused and `local` says so and serves on 6969 instead.
 #[test]
 fn without_root_and_without_a_port_local_falls_back_to_6969() {
     use std::os::unix::fs::PermissionsExt;
@@ -210,7 +210,7 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     };
     command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
     let mut local = Local::spawn(command, 6969);
-    local.wait_for("port 69 needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
+    local.wait_for("port 69 (the cluster's spec.ports.tftpPort) needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
     let out = dir.path().join("ctl.tlv");
     assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out), "the CTL is served on 6969");
     assert!(verify(&[out.to_str().unwrap()]), "and verifies");
@@ -333,6 +333,15 @@ fn with_its_port_taken_local_names_the_holder_and_writes_nothing() {
     assert!(text.contains(&format!("127.0.0.1:{port} is in use by PID {}", std::process::id())), "{text}");
     assert!(!text.contains("need root"), "not a matter of privileges: {text}");
     assert!(!state.exists(), "nothing written before the port is bound");
+
+    // The same when the port comes from the cluster's spec.
+    set_spec_tftp_port(&manifests, port);
+    let args = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&args), 60).expect("local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("is in use by PID {}", std::process::id())) && text.contains("spec.ports.tftpPort"), "{text}");
+    assert!(!state.exists(), "nothing written before the port is bound");
     drop(taken);
 }
 
@@ -354,4 +363,43 @@ fn without_privileges_an_explicit_low_port_is_refused_before_anything_is_written
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("CAP_NET_BIND_SERVICE") && text.contains("6969"), "{text}");
     assert!(!state.exists(), "nothing written before the port is bound");
+}
+
+/// The cluster's `spec.ports.tftpPort` in a copy of the quickstart, set to `port`.
+fn set_spec_tftp_port(manifests: &Path, port: u16) {
+    let path = manifests.join("cluster.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with("tftpPort:")).expect("the quickstart sets tftpPort").to_owned();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    fs::write(&path, text.replacen(&line, &format!("{indent}tftpPort: {port}"), 1)).unwrap();
+}
+
+/// Issue 11, point 10: the quickstart puts TFTP where phones look, 69 (P.1-16).
+#[test]
+fn the_quickstart_serves_tftp_on_69() {
+    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/cluster.yaml")).unwrap();
+    let cluster: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let port = cluster["spec"]["ports"]["tftpPort"].as_u64();
+    assert!(port.is_none() || port == Some(69), "spec.ports.tftpPort: {port:?}");
+}
+
+/// Issue 11, point 10: without --tftp-port, `local` listens on the cluster's spec.ports.tftpPort.
+/// (A spec that asks for 69 without the privilege falls back to 6969: see above.)
+#[test]
+fn local_listens_on_the_clusters_tftp_port() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let port = free_udp_port();
+    set_spec_tftp_port(&manifests, port);
+    let state = dir.path().join("state");
+    let mut local = Local::spawn(callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]), port);
+    local.wait_for(&format!("serving TFTP on 127.0.0.1:{port}"));
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")));
+    // A new port in the spec applies at the next start, which `local` points out.
+    let other = free_udp_port();
+    set_spec_tftp_port(&manifests, other);
+    local.wait_for(&format!("spec.ports.tftpPort is now {other}; still serving on {port} until callguard local restarts"));
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl2.tlv")));
+    local.stop();
 }

@@ -74,8 +74,8 @@ enum Command {
         /// Address the services listen on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
-        /// TFTP port. Without it: 69 (P.1-16), or 6969 when binding 69 needs root or
-        /// CAP_NET_BIND_SERVICE, which we lack.
+        /// TFTP port. Without it: the cluster's spec.ports.tftpPort, else 69 (P.1-16); either falls back
+        /// to 6969 when binding it needs root or CAP_NET_BIND_SERVICE, which we lack.
         #[arg(long)]
         tftp_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.

@@ -1,8 +1,8 @@
 //! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
 //! TFTP on loopback, rebuilt whenever the directory changes.
 //!
-//! In this order, so that a failure leaves nothing behind: read and validate the manifests, bind the
-//! TFTP socket, and only then build, which may issue a CA.
+//! In this order, so that a failure leaves nothing behind: read and validate the manifests (which
+//! name the port), bind the TFTP socket, and only then build, which may issue a CA.
 
 pub mod port;
 
@@ -29,8 +29,9 @@ pub struct LocalOptions {
     pub paths: Vec<PathBuf>,
     pub state_dir: PathBuf,
     pub bind: IpAddr,
-    /// TFTP port. `None`: 69 (P.1-16), or [`UNPRIVILEGED_TFTP_PORT`] when binding 69 is not
-    /// permitted, so that `callguard local DIR` works without root.
+    /// TFTP port. `None`: the cluster's `spec.ports.tftpPort`, else 69 (P.1-16); either falls back to
+    /// [`UNPRIVILEGED_TFTP_PORT`] when binding it is not permitted, so that `callguard local DIR`
+    /// works without root.
     pub tftp_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
@@ -99,8 +100,9 @@ impl FileSource for Latest {
 pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     // Nothing is written until the port is ours: a cluster that cannot be served gets no CA.
     let first = validate(&options, false).await.map_err(LocalError::Failed)?;
+    let spec_port = first.tftp_port();
     let files = Arc::new(Latest::default());
-    let server = bind_tftp(&options, files.clone()).await?;
+    let server = bind_tftp(&options, spec_port, files.clone()).await?;
     let bound = server.local_addr().map_err(|e| LocalError::Failed(e.to_string()))?;
     let mut report = Report::default();
     files.replace(build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?);
@@ -133,7 +135,12 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                 while changes.try_recv().is_ok() {}
                 let previous = files.current();
                 let rebuilt = match validate(&options, true).await {
-                    Ok(validated) => build(&options, validated, previous.as_deref(), &mut report).await,
+                    Ok(validated) => {
+                        if options.tftp_port.is_none() && validated.tftp_port() != report.spec_port_noted.unwrap_or(spec_port) {
+                            report.note_port(validated.tftp_port(), bound.port());
+                        }
+                        build(&options, validated, previous.as_deref(), &mut report).await
+                    }
                     Err(e) => Err(e),
                 };
                 match rebuilt {
@@ -154,9 +161,9 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
 /// TFTP's port when 69 needs privileges we lack.
 pub const UNPRIVILEGED_TFTP_PORT: u16 = 6969;
 
-/// Binds the port asked for, or 69, falling back to [`UNPRIVILEGED_TFTP_PORT`] (and saying so) when
-/// no port was asked for and 69 needs privileges we lack.
-async fn bind_tftp(options: &LocalOptions, files: Arc<dyn FileSource>) -> Result<TftpServer, LocalError> {
+/// Binds `--tftp-port`, else the cluster's port, else 69; when the port was not given on the command
+/// line and binding it needs privileges we lack, [`UNPRIVILEGED_TFTP_PORT`] instead, saying so.
+async fn bind_tftp(options: &LocalOptions, spec_port: Option<u16>, files: Arc<dyn FileSource>) -> Result<TftpServer, LocalError> {
     let bind = |port: u16, origin: PortOrigin| {
         let config = ServerConfig { bind: SocketAddr::new(options.bind, port), ..ServerConfig::default() };
         let files = files.clone();
@@ -166,16 +173,18 @@ async fn bind_tftp(options: &LocalOptions, files: Arc<dyn FileSource>) -> Result
             })
         }
     };
-    let (port, origin) = match options.tftp_port {
-        Some(port) => (port, PortOrigin::Flag),
-        None => (default_ports::TFTP, PortOrigin::Default),
+    let (port, origin) = match (options.tftp_port, spec_port) {
+        (Some(port), _) => (port, PortOrigin::Flag),
+        (None, Some(port)) => (port, PortOrigin::Spec),
+        (None, None) => (default_ports::TFTP, PortOrigin::Default),
     };
     match bind(port, origin).await {
         Ok(server) => Ok(server),
         Err((std::io::ErrorKind::PermissionDenied, _)) if origin != PortOrigin::Flag => {
+            let whose = if origin == PortOrigin::Spec { " (the cluster's spec.ports.tftpPort)" } else { "" };
             println!(
-                "port {port} needs root or CAP_NET_BIND_SERVICE; serving on {UNPRIVILEGED_TFTP_PORT} instead, where phones do not look \
-                 (--tftp-port chooses)"
+                "port {port}{whose} needs root or CAP_NET_BIND_SERVICE; serving on {UNPRIVILEGED_TFTP_PORT} instead, where phones do \
+                 not look (--tftp-port chooses)"
             );
             bind(UNPRIVILEGED_TFTP_PORT, PortOrigin::Fallback)
                 .await
@@ -189,6 +198,13 @@ async fn bind_tftp(options: &LocalOptions, files: Arc<dyn FileSource>) -> Result
 struct Validated {
     namespace: String,
     snapshot: Snapshot,
+}
+
+impl Validated {
+    /// The cluster's `spec.ports.tftpPort`, when it sets one.
+    fn tftp_port(&self) -> Option<u16> {
+        self.snapshot.clusters.values().next().and_then(|c| c.spec.ports.as_ref()).and_then(|p| p.tftp_port)
+    }
 }
 
 /// Reads and validates the manifests and picks the namespace to serve; writes nothing. `serving`:
@@ -229,6 +245,8 @@ struct Report {
     shown: String,
     /// The last failure printed; empty while builds succeed.
     last_error: String,
+    /// The spec's TFTP port last noted as differing from the bound one.
+    spec_port_noted: Option<Option<u16>>,
 }
 
 impl Report {
@@ -242,6 +260,14 @@ impl Report {
 
     fn succeeded(&mut self) {
         self.last_error.clear();
+    }
+
+    fn note_port(&mut self, spec_port: Option<u16>, bound: u16) {
+        self.spec_port_noted = Some(spec_port);
+        let now = spec_port.unwrap_or(default_ports::TFTP);
+        if now != bound {
+            println!("spec.ports.tftpPort is now {now}; still serving on {bound} until callguard local restarts");
+        }
     }
 }
 

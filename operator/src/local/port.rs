@@ -12,9 +12,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub enum PortOrigin {
     /// `--tftp-port`.
     Flag,
-    /// None given: the default, 69 (P.1-16).
+    /// The cluster's `spec.ports.tftpPort`.
+    Spec,
+    /// Neither: the default, 69 (P.1-16).
     Default,
-    /// The fallback when the default port needs privileges.
+    /// The fallback when the spec's or the default port needs privileges.
     Fallback,
 }
 
@@ -23,6 +25,7 @@ pub fn explain(address: SocketAddr, error: &io::Error, origin: PortOrigin) -> St
     let port = address.port();
     let elsewhere = match origin {
         PortOrigin::Flag | PortOrigin::Fallback => "pass another --tftp-port".to_owned(),
+        PortOrigin::Spec => "it is the cluster's spec.ports.tftpPort: pass --tftp-port to serve elsewhere".to_owned(),
         PortOrigin::Default => "pass --tftp-port to serve elsewhere".to_owned(),
     };
     match error.kind() {
@@ -38,7 +41,7 @@ pub fn explain(address: SocketAddr, error: &io::Error, origin: PortOrigin) -> St
         io::ErrorKind::PermissionDenied => format!(
             "cannot serve TFTP on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \
              or CAP_NET_BIND_SERVICE (`sudo setcap cap_net_bind_service=+ep {}`); or pass --tftp-port 1024 or above. Without \
-             --tftp-port, callguard local serves on {} when 69 needs privileges it lacks",
+             --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
             unprivileged_port_start(),
             std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "callguard".into()),
             super::UNPRIVILEGED_TFTP_PORT
@@ -163,9 +166,9 @@ mod tests {
         let found = holders(address);
         assert!(found.iter().any(|h| h.pid == std::process::id()), "{found:?}");
         let error = io::Error::from(io::ErrorKind::AddrInUse);
-        let line = explain(address, &error, PortOrigin::Default);
+        let line = explain(address, &error, PortOrigin::Spec);
         assert!(line.contains(&format!("{address} is in use by PID {}", std::process::id())), "{line}");
-        assert!(line.contains("--tftp-port") && !line.contains("need root"), "{line}");
+        assert!(line.contains("spec.ports.tftpPort") && !line.contains("need root"), "{line}");
         let line = explain(SocketAddr::from(([127, 0, 0, 1], 69)), &io::Error::from(io::ErrorKind::PermissionDenied), PortOrigin::Flag);
         assert!(line.contains("CAP_NET_BIND_SERVICE") && line.contains("6969"), "{line}");
     }
