@@ -403,3 +403,30 @@ fn local_listens_on_the_clusters_tftp_port() {
     assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl2.tlv")));
     local.stop();
 }
+
+/// Issue 11, point 6: one state directory, one writer. A `build` or a second `local` on the state
+/// directory a `local` holds exits 2 and names the holder; once it stops, the build runs.
+#[test]
+fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holder() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let local = Local::start(&manifests, &state);
+    let holder = format!("PID {}", local.child.id());
+    let build = ["build", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
+    let port = free_udp_port().to_string();
+    let second = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port];
+    let output = run_until_exit(callguard_command(&second), 60).expect("the second local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}{}", String::from_utf8_lossy(&output.stdout));
+    assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")), "the holder keeps serving");
+    local.stop();
+    let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
+    assert_eq!(output.status.code(), Some(0), "free again: {}", stderr_of(&output));
+}

@@ -43,7 +43,8 @@ enum Command {
     ///
     /// Keys, issued certificates, published trust lists and token status are kept in the state
     /// directory, so a rebuild changes nothing without a reason. The files phones fetch are written to
-    /// `--out` (default: STATE_DIR/tftp/NAMESPACE).
+    /// `--out` (default: STATE_DIR/tftp/NAMESPACE). Exits 2 when another `build` or a `local` holds
+    /// the state directory (its lock, STATE_DIR/lock, names the holder).
     Build {
         /// Files and directories of multi-document YAML.
         #[arg(required = true)]
@@ -63,7 +64,8 @@ enum Command {
     ///
     /// An invalid edit is reported with the `validate` messages and the last good build keeps being
     /// served. SIGINT and SIGTERM stop it cleanly; the state directory keeps the CA, certificates and
-    /// trust lists for the next start.
+    /// trust lists for the next start. Exits 2 when another `local` or `build` holds the state
+    /// directory.
     Local {
         /// Directories and files of multi-document YAML.
         #[arg(required = true)]
@@ -377,6 +379,14 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
 
 fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>, options: &BuildOptions) -> ExitCode {
     use callguard::build::{PathsError, build_paths};
+    // One writer per state directory: a `local` or another `build` on it would interleave their writes.
+    let _lock = match callguard::build::lock::StateLock::acquire(state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("callguard build: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let built = match build_paths(paths, state_dir, time::OffsetDateTime::now_utc(), options) {
         Ok(built) => built,
         Err(PathsError::Unreadable(errors)) => {

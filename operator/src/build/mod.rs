@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod identity;
 pub mod identity_record;
+pub mod lock;
 pub mod phone_files;
 pub mod served;
 pub mod state;

@@ -2,7 +2,8 @@
 //! TFTP on loopback, rebuilt whenever the directory changes.
 //!
 //! In this order, so that a failure leaves nothing behind: read and validate the manifests (which
-//! name the port), bind the TFTP socket, and only then build, which may issue a CA.
+//! name the port), bind the TFTP socket, lock the state directory, and only then build, which may
+//! issue a CA.
 
 pub mod port;
 
@@ -15,6 +16,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::default_ports;
+use crate::build::lock::StateLock;
 use crate::build::served::ServedFiles;
 use crate::build::{BuildOptions, BuildOutput, PathsError, ResourceStatus, build_in, validate_paths};
 use crate::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
@@ -57,12 +59,15 @@ impl LocalOptions {
 pub enum LocalError {
     /// The manifests, the build or the TFTP socket failed (exit 1).
     Failed(String),
+    /// Another process holds the state directory (exit 2).
+    StateLocked(String),
 }
 
 impl LocalError {
     pub fn exit_code(&self) -> u8 {
         match self {
             LocalError::Failed(_) => 1,
+            LocalError::StateLocked(_) => 2,
         }
     }
 }
@@ -70,7 +75,7 @@ impl LocalError {
 impl std::fmt::Display for LocalError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LocalError::Failed(message) => f.write_str(message),
+            LocalError::Failed(message) | LocalError::StateLocked(message) => f.write_str(message),
         }
     }
 }
@@ -98,12 +103,14 @@ impl FileSource for Latest {
 /// Builds, serves and watches until SIGINT or SIGTERM. An invalid first build is an error; an
 /// invalid later edit is reported and the last good files keep being served.
 pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
-    // Nothing is written until the port is ours: a cluster that cannot be served gets no CA.
+    // Nothing is written until the port is ours and the state directory is locked: a cluster that
+    // cannot be served gets no CA.
     let first = validate(&options, false).await.map_err(LocalError::Failed)?;
     let spec_port = first.tftp_port();
     let files = Arc::new(Latest::default());
     let server = bind_tftp(&options, spec_port, files.clone()).await?;
     let bound = server.local_addr().map_err(|e| LocalError::Failed(e.to_string()))?;
+    let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
     files.replace(build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?);
 
