@@ -430,3 +430,63 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
     let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
     assert_eq!(output.status.code(), Some(0), "free again: {}", stderr_of(&output));
 }
+
+/// A phone's LSC issued by the state's cluster CA, and its key in `dir`.
+fn lsc_for(state: &Path, device: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
+    use rsa::pkcs8::EncodePublicKey;
+    let ca = callguard::pki::ca::ClusterCa::from_pem(
+        &fs::read_to_string(state.join("namespaces/default/ca/ca.crt")).unwrap(),
+        &fs::read_to_string(state.join("namespaces/default/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let key = callguard::pki::keys::generate_rsa(2048);
+    let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
+    let request = callguard::pki::issue::LscRequest {
+        device_name: device,
+        key: callguard::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
+        validity_days: 365,
+        serial: callguard::pki::serial::Serial::random(&mut rand::thread_rng()),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let lsc = callguard::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der;
+    let key_path = dir.join(format!("{device}.key"));
+    fs::write(&key_path, callguard::pki::keys::pkcs8_pem(&key)).unwrap();
+    (key_path, lsc)
+}
+
+/// Issue 11, point 7: a certificate added with `callguard device add-cert`, or written into the
+/// state's `devices/` by hand, is served within seconds: the phone's `.enc.sgn` appears, encrypted
+/// for that certificate, without an edit of the manifests.
+#[test]
+fn a_device_certificate_added_while_local_runs_is_served_within_seconds() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let out = |name: &str| dir.path().join(name);
+    let mut local = Local::start(&manifests, &state);
+    local.wait_for("CallControlCluster  quickstart       True   Ready");
+    let lobby = "SEP001122334455.cnf.xml.enc.sgn";
+    assert!(!local.fetch_tftp_hpa(lobby, &out("none")), "no certificate yet");
+
+    let (key, lsc) = lsc_for(&state, "SEP001122334455", dir.path());
+    let (lsc_file, encrypted, ctl) = (out("lsc.der"), out("lobby.enc.sgn"), out("ctl.tlv"));
+    fs::write(&lsc_file, &lsc).unwrap();
+    let add = ["device", "add-cert", "--state-dir", state.to_str().unwrap(), "--device", "SEP001122334455", lsc_file.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&add), 60).expect("add-cert ends");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let started = Instant::now();
+    fetch_until(&local, lobby, &encrypted, |_| true);
+    assert!(started.elapsed() < Duration::from_secs(10), "served after {:?}", started.elapsed());
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &ctl));
+    let decrypt = ["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&decrypt), 60).expect("decrypt ends");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("<fullConfig>true</fullConfig>"));
+
+    // By hand, PEM or DER: the same.
+    let (_, lsc) = lsc_for(&state, "SEP00AABBCCDD06", dir.path());
+    fs::write(state.join("namespaces/default/devices/SEP00AABBCCDD06.crt"), &lsc).unwrap();
+    fetch_until(&local, "SEP00AABBCCDD06.cnf.xml.enc.sgn", &out("backoffice.enc.sgn"), |_| true);
+    local.stop();
+}

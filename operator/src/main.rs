@@ -60,7 +60,8 @@ enum Command {
         #[arg(long, value_name = "ID")]
         new_identity: Option<String>,
     },
-    /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR changes.
+    /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR, or a phone certificate
+    /// in the state's devices/, changes.
     ///
     /// An invalid edit is reported with the `validate` messages and the last good build keeps being
     /// served. SIGINT and SIGTERM stop it cleanly; the state directory keeps the CA, certificates and
@@ -87,6 +88,11 @@ enum Command {
         /// hold its ITL refuse the new one until their ITL is deleted by hand (P.3-18).
         #[arg(long, value_name = "ID")]
         new_identity: Option<String>,
+    },
+    /// Phones' certificates in the state directory.
+    Device {
+        #[command(subcommand)]
+        command: Device,
     },
     /// Run the operator: reconcile every CallControlCluster of the Kubernetes cluster (KUBECONFIG or
     /// the pod's service account) into Secrets, trust lists, data-plane workloads and status.
@@ -173,6 +179,31 @@ enum Token {
         /// Write the manifests to this file (mode 0600) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Device {
+    /// Check a phone's certificate (LSC or MIC, PEM or DER) and write it where the build reads it,
+    /// STATE_DIR/namespaces/NAMESPACE/devices/SEP<MAC>.crt; `callguard local` serves the phone's
+    /// encrypted configuration within seconds, `callguard build` on its next run.
+    ///
+    /// Checked: one certificate, not a CA's, with an RSA or EC key, naming the device: an LSC of the
+    /// state's cluster CA must verify with it and have the device name as CN; any other certificate
+    /// (a MIC) must carry the MAC in its CN or subjectAltName. Exits 0 when written, 1 when the
+    /// certificate is refused, 2 on unusable arguments or state.
+    AddCert {
+        /// The state directory of `callguard build` or `local`.
+        #[arg(long, default_value = ".callguard")]
+        state_dir: PathBuf,
+        /// Without it: the state's only namespace, or `default` when it has none yet.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// SEP and the phone's MAC.
+        #[arg(long, value_name = "SEP<MAC>")]
+        device: String,
+        /// The certificate, PEM or DER.
+        certificate: PathBuf,
     },
 }
 
@@ -299,6 +330,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Device { command: Device::AddCert { state_dir, namespace, device, certificate } } => {
+            run_add_cert(&state_dir, namespace.as_deref(), &device, &certificate)
+        }
         Command::Operator { metrics_bind, leader_election, lease_namespace, image, identity, namespaces, api_server_ports, logging } => {
             let options = callguard::controller::OperatorOptions {
                 metrics_bind,
@@ -373,6 +407,41 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
         Err(e) => {
             eprintln!("callguard bench: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_add_cert(state_dir: &std::path::Path, namespace: Option<&str>, device: &str, certificate: &std::path::Path) -> ExitCode {
+    use callguard::build::devices::{AddError, Origin, add};
+    let bytes = match std::fs::read(certificate) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("callguard device add-cert: {}: {e}", certificate.display());
+            return ExitCode::from(1);
+        }
+    };
+    match add(state_dir, namespace, device, &bytes, time::OffsetDateTime::now_utc()) {
+        Ok(added) => {
+            let what = match &added.checked.origin {
+                Origin::Lsc => "LSC, issued by the cluster CA".to_owned(),
+                Origin::Other { issuer } => format!("MIC (or another CA's LSC), issued by {issuer}"),
+            };
+            for warning in &added.checked.warnings {
+                eprintln!("callguard device add-cert: warning: {}: {warning}", added.device);
+            }
+            println!(
+                "{}: wrote its {what}, to {}; callguard local serves the files made for it within seconds, callguard build on its next run",
+                added.device,
+                added.path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callguard device add-cert: {e}");
+            ExitCode::from(match e {
+                AddError::Refused(_) => 1,
+                AddError::Unusable(_) => 2,
+            })
         }
     }
 }

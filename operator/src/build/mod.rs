@@ -3,6 +3,7 @@
 //! a reason. Pure but for the state, its only IO, so that both adapters run the same build.
 
 pub mod catalog;
+pub mod devices;
 pub mod identity;
 pub mod identity_record;
 pub mod lock;
@@ -549,7 +550,7 @@ fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Ve
 /// The phone's certificate (LSC, or MIC), PEM or DER, when CAPF or the administrator has put one in
 /// `devices/SEP<MAC>.crt`.
 fn device_certificate(state: &StateDir, device: &str) -> Result<Option<Vec<u8>>, BuildError> {
-    let name = format!("devices/{device}.crt");
+    let name = devices::certificate_file(device);
     let Some(bytes) = state.read(&name)? else { return Ok(None) };
     crate::pki::inspect::certificate_der(&bytes).map(Some).map_err(|e| BuildError::State(format!("{name}: {e}")))
 }

@@ -1,5 +1,6 @@
 //! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
-//! TFTP on loopback, rebuilt whenever the directory changes.
+//! TFTP on loopback, rebuilt whenever the directory, or a phone certificate in the state's
+//! `devices/`, changes.
 //!
 //! In this order, so that a failure leaves nothing behind: read and validate the manifests (which
 //! name the port), bind the TFTP socket, lock the state directory, and only then build, which may
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::default_ports;
 use crate::build::lock::StateLock;
 use crate::build::served::ServedFiles;
-use crate::build::{BuildOptions, BuildOutput, PathsError, ResourceStatus, build_in, validate_paths};
+use crate::build::{BuildOptions, BuildOutput, PathsError, ResourceStatus, build_in, namespace_state, validate_paths};
 use crate::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -112,6 +113,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let bound = server.local_addr().map_err(|e| LocalError::Failed(e.to_string()))?;
     let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
+    let namespace = first.namespace.clone();
     files.replace(build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?);
 
     // Handlers first: a SIGTERM right after the line below must stop us cleanly, not kill us.
@@ -131,8 +133,15 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     for path in &options.paths {
         watcher.watch(path, RecursiveMode::Recursive).map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", path.display())))?;
     }
+    // Phone certificates (`callguard device add-cert`, or by hand) are read by the build: a new one
+    // is served without waiting for an edit of the manifests. Only `devices/`: the build writes the
+    // rest of the state, and watching it would rebuild after every build.
+    let devices = namespace_state(&options.state_dir, &namespace).join("devices");
+    crate::private_file::create_dir(&devices)
+        .and_then(|()| watcher.watch(&devices, RecursiveMode::NonRecursive).map_err(std::io::Error::other))
+        .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", devices.display())))?;
     // Said once everything is in place, so whoever waits for this line can fetch, edit and signal.
-    println!("serving TFTP on {bound}; watching {} for changes (Ctrl-C stops)", display_paths(&options.paths));
+    println!("serving TFTP on {bound}; watching {} and {} for changes (Ctrl-C stops)", display_paths(&options.paths), devices.display());
 
     loop {
         tokio::select! {
