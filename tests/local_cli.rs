@@ -490,3 +490,41 @@ fn a_device_certificate_added_while_local_runs_is_served_within_seconds() {
     fetch_until(&local, "SEP00AABBCCDD06.cnf.xml.enc.sgn", &out("backoffice.enc.sgn"), |_| true);
     local.stop();
 }
+
+/// Issue 11, point 9: a fix after an invalid edit says so, with the time; removing a file says what
+/// went; each TFTP request is logged at debug level with its client, file, result and bytes.
+#[test]
+fn local_says_valid_again_what_a_removed_file_dropped_and_logs_requests_at_debug() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let port = free_udp_port();
+    let mut command = callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    command.args(["--tftp-port", &port.to_string(), "--log-level", "callguard::tftp=debug"]);
+    let mut local = Local::spawn(command, port);
+    local.wait_for("CallControlCluster  quickstart       True   Ready");
+
+    let out = dir.path().join("ctl.tlv");
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out));
+    let size = fs::metadata(&out).unwrap().len();
+    let line = local.wait_for("file=CTLFile.tlv");
+    assert!(line.contains("client=127.0.0.1:") && line.contains("result=sent") && line.contains(&format!("bytes={size}")), "{line}");
+    assert!(!local.fetch_tftp_hpa("SEP0000000000AA.cnf.xml.sgn", &dir.path().join("none")));
+    let line = local.wait_for("file=SEP0000000000AA.cnf.xml.sgn");
+    assert!(line.contains("client=127.0.0.1:") && line.contains("result=FileNotFound"), "{line}");
+
+    let cluster = manifests.join("cluster.yaml");
+    let text = fs::read_to_string(&cluster).unwrap();
+    fs::write(&cluster, text.replacen("securityMode: Mixed", "securityMode: Bogus", 1)).unwrap();
+    local.wait_for("still serving the last good build");
+    fs::write(&cluster, text).unwrap();
+    let line = local.wait_for("valid again");
+    let clock = regex::Regex::new(r"\b\d\d:\d\d:\d\d\b").unwrap();
+    assert!(clock.is_match(&line), "with the time: {line}");
+
+    fs::remove_file(manifests.join("trunk.yaml")).unwrap();
+    let line = local.wait_for("object(s) went");
+    assert!(line.contains("2 object(s) went") && line.contains("1 SipTrunk") && line.contains("1 SipTrunkSecurityProfile"), "{line}");
+    local.stop();
+}

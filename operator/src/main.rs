@@ -88,6 +88,10 @@ enum Command {
         /// hold its ITL refuse the new one until their ITL is deleted by hand (P.3-18).
         #[arg(long, value_name = "ID")]
         new_identity: Option<String>,
+        /// What to log to stderr: a level, or directives as for RUST_LOG (which it overrides).
+        /// `debug` logs each TFTP request: client, file, result and bytes.
+        #[arg(long, env = "RUST_LOG", default_value = "warn", value_name = "FILTER")]
+        log_level: String,
     },
     /// Phones' certificates in the state directory.
     Device {
@@ -316,7 +320,21 @@ fn main() -> ExitCode {
         Command::Build { paths, state_dir, out, new_identity } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity })
         }
-        Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity } => {
+        Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity, log_level } => {
+            use callguard::ops::logging::{LogFormat, LoggingError, init_with};
+            match init_with(tracing::level_filters::LevelFilter::WARN, Some(&log_level), LogFormat::Text) {
+                Ok(()) => {}
+                Err(LoggingError::InvalidFilter { directives, reason }) => {
+                    eprintln!(
+                        "callguard local: --log-level (or RUST_LOG) {directives:?} is not a valid log filter ({reason}); e.g. debug, or callguard::tftp=debug"
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("callguard local: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let build = BuildOptions { new_identity };
             let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
             let result = tokio::runtime::Runtime::new()

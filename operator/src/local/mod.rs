@@ -8,6 +8,7 @@
 
 pub mod port;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -261,6 +262,8 @@ struct Report {
     shown: String,
     /// The last failure printed; empty while builds succeed.
     last_error: String,
+    /// The objects of the last good build, by kind and name.
+    objects: BTreeSet<(&'static str, String)>,
     /// The spec's TFTP port last noted as differing from the bound one.
     spec_port_noted: Option<Option<u16>>,
 }
@@ -274,8 +277,22 @@ impl Report {
         }
     }
 
-    fn succeeded(&mut self) {
-        self.last_error.clear();
+    /// A build succeeded: say so when it follows a failure, and what went since the last good build.
+    fn succeeded(&mut self, namespace: &str, objects: BTreeSet<(&'static str, String)>) {
+        if !self.last_error.is_empty() {
+            println!("{} {namespace}: valid again; serving the new build", clock());
+            self.last_error.clear();
+        }
+        let went: Vec<&(&str, String)> = self.objects.difference(&objects).collect();
+        if !self.objects.is_empty() && !went.is_empty() {
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for (kind, _) in &went {
+                *kinds.entry(kind).or_default() += 1;
+            }
+            let counts: Vec<String> = kinds.iter().map(|(kind, count)| format!("{count} {kind}")).collect();
+            println!("{} {namespace}: {} object(s) went from the manifests: {}", clock(), went.len(), counts.join(", "));
+        }
+        self.objects = objects;
     }
 
     fn note_port(&mut self, spec_port: Option<u16>, bound: u16) {
@@ -285,6 +302,30 @@ impl Report {
             println!("spec.ports.tftpPort is now {now}; still serving on {bound} until callguard local restarts");
         }
     }
+}
+
+/// The time of day, UTC, as the log lines' timestamps are.
+fn clock() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:02}:{:02}:{:02} UTC", now.hour(), now.minute(), now.second())
+}
+
+/// Every object of the snapshot, by kind and name.
+fn objects(snapshot: &Snapshot) -> BTreeSet<(&'static str, String)> {
+    let names: [(&'static str, Vec<&String>); 11] = [
+        ("CallControlCluster", snapshot.clusters.keys().collect()),
+        ("SecurityToken", snapshot.tokens.keys().collect()),
+        ("PhoneSecurityProfile", snapshot.phone_profiles.keys().collect()),
+        ("Phone", snapshot.phones.keys().collect()),
+        ("SipTrunkSecurityProfile", snapshot.trunk_profiles.keys().collect()),
+        ("SipTrunk", snapshot.trunks.keys().collect()),
+        ("SrstReference", snapshot.srst_references.keys().collect()),
+        ("EndUser", snapshot.end_users.keys().collect()),
+        ("ApplicationUser", snapshot.application_users.keys().collect()),
+        ("SipRealm", snapshot.realms.keys().collect()),
+        ("Secret", snapshot.secrets.keys().collect()),
+    ];
+    names.into_iter().flat_map(|(kind, names)| names.into_iter().map(move |name| (kind, name.clone()))).collect()
 }
 
 /// Builds the validated namespace; on success returns the files to serve, which keep the signatures
@@ -297,13 +338,14 @@ async fn build(
     report: &mut Report,
 ) -> Result<ServedFiles, String> {
     let Validated { namespace, snapshot } = validated;
+    let objects = objects(&snapshot);
     let (state_dir, build) = (options.state_dir.clone(), options.build.clone());
     let built = tokio::task::spawn_blocking(move || build_in(&state_dir, snapshot, time::OffsetDateTime::now_utc(), &build))
         .await
         .map_err(|e| format!("the build stopped: {e}"))?;
     let still = if previous.is_some() { "; still serving the last good build" } else { "" };
     let output: BuildOutput = built.map_err(|e| format!("callguard local: namespace {namespace}: {e}{still}"))?;
-    report.succeeded();
+    report.succeeded(&namespace, objects);
     for change in &output.changes {
         let warning = if change.kind == crate::build::ChangeKind::NewIdentity { "WARNING: " } else { "" };
         println!("{namespace}: {warning}{change}");
