@@ -602,3 +602,75 @@ fn trust_says_a_file_is_not_signed_instead_of_truncated() {
     let message = String::from_utf8_lossy(&callguard(&["trust", "inspect", other.to_str().unwrap()]).stderr).into_owned();
     assert!(message.contains("starts with its VERSION element (0x01), this one with 0x68"), "{message}");
 }
+
+/// Issue 11, point 7: `callguard device add-cert` writes a phone's certificate where the build finds
+/// it, after checking that it parses, has an RSA or EC key and names the device (an LSC of the
+/// cluster CA by its CN, as CAPF issues it; any other certificate, a MIC, in its CN or
+/// subjectAltName); the next build encrypts the phone's configuration for it.
+#[test]
+fn device_add_cert_checks_the_certificate_and_the_build_encrypts_for_it() {
+    let ws = Workspace::new();
+    ws.build();
+    let keys = tempfile::tempdir().unwrap();
+    let device = "SEP001122334455"; // lobby-7970, sccp-encrypted
+    let target = ws.state.join(format!("namespaces/default/devices/{device}.crt"));
+    let add = |device: &str, file: &Path| {
+        callguard(&["device", "add-cert", "--state-dir", ws.state.to_str().unwrap(), "--device", device, file.to_str().unwrap()])
+    };
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    let junk = keys.path().join("junk.pem");
+    fs::write(&junk, "not a certificate").unwrap();
+    let output = add(device, &junk);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+
+    let (_, other) = phone_certificate(&ws, "SEP00AABBCCDD06", keys.path());
+    let other_file = keys.path().join("other.der");
+    fs::write(&other_file, &other).unwrap();
+    let output = add(device, &other_file);
+    assert_eq!(output.status.code(), Some(1), "another phone's LSC is refused: {}", stderr(&output));
+    assert!(stderr(&output).contains("SEP00AABBCCDD06") && stderr(&output).contains(device), "{}", stderr(&output));
+
+    let ed25519 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, device);
+    let ed_file = keys.path().join("ed25519.pem");
+    fs::write(&ed_file, params.self_signed(&ed25519).unwrap().pem()).unwrap();
+    let output = add(device, &ed_file);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("RSA or EC"), "{}", stderr(&output));
+
+    let (key, lsc) = phone_certificate(&ws, device, keys.path());
+    let lsc_file = keys.path().join("lsc.pem");
+    fs::write(&lsc_file, callguard::pki::ca::certificate_pem(&lsc)).unwrap();
+    let output = add("SEP0011223344", &lsc_file);
+    assert_eq!(output.status.code(), Some(2), "not a device name: {}", stderr(&output));
+    assert!(!target.exists(), "nothing refused was written");
+
+    let output = add(device, &lsc_file);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("LSC"), "{}", stdout(&output));
+    assert_eq!(callguard::pki::inspect::certificate_der(&fs::read(&target).unwrap()).unwrap(), lsc);
+    ws.build();
+    let encrypted = ws.tftp(&format!("{device}.cnf.xml.enc.sgn"));
+    let output = callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    // A MIC: issued by the manufacturer, its CN names the device (an EC key, accepted for a phone
+    // whose configuration is not encrypted).
+    let maker_key = rcgen::KeyPair::generate().unwrap();
+    let mut maker = rcgen::CertificateParams::new(vec![]).unwrap();
+    maker.distinguished_name.push(rcgen::DnType::CommonName, "Manufacturing CA");
+    maker.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let maker = rcgen::Issuer::new(maker, maker_key);
+    let mic_key = rcgen::KeyPair::generate().unwrap();
+    let mut mic = rcgen::CertificateParams::new(vec![]).unwrap();
+    mic.distinguished_name.push(rcgen::DnType::CommonName, "CP-7911G-SEP00AABBCCDD04");
+    let mic_file = keys.path().join("mic.pem");
+    fs::write(&mic_file, mic.signed_by(&mic_key, &maker).unwrap().pem()).unwrap();
+    let output = add("SEP00AABBCCDD04", &mic_file);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("MIC"), "{}", stdout(&output));
+    let output = add("SEP00AABBCCDD05", &mic_file);
+    assert_eq!(output.status.code(), Some(1), "a MIC that names another phone: {}", stderr(&output));
+}

@@ -187,8 +187,8 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     again.stop();
 }
 
-/// The README's main command, `callguard local examples/quickstart`, gives no port: without root,
-/// 69 is refused and `local` says so and serves on 6969 instead.
+/// The README's main command, `callguard local examples/quickstart`, gives no port and the
+/// quickstart's is 69: without root, 69 is refused and `local` says so and serves on 6969 instead.
 #[test]
 fn without_root_and_without_a_port_local_falls_back_to_6969() {
     use std::os::unix::fs::PermissionsExt;
@@ -210,7 +210,7 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     };
     command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
     let mut local = Local::spawn(command, 6969);
-    local.wait_for("port 69 needs root; using 6969 instead");
+    local.wait_for("port 69 (the cluster's spec.ports.tftpPort) needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
     let out = dir.path().join("ctl.tlv");
     assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out), "the CTL is served on 6969");
     assert!(verify(&[out.to_str().unwrap()]), "and verifies");
@@ -267,5 +267,264 @@ fn the_quickstart_over_tftp_gives_nothing_away_in_clear() {
         assert!(local.fetch_tftp_hpa(name, &out), "{name}");
         assert_eq!(fs::read(&out).unwrap(), ctl, "{name}: the same public bytes, provisioned or not");
     }
+    local.stop();
+}
+
+/// Runs `command` to its end, or kills it after `seconds`: `None` when it was still running.
+fn run_until_exit(mut command: Command, seconds: u64) -> Option<std::process::Output> {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("callguard runs");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+fn callguard_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+    command.args(args);
+    command
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A command run as nobody when the tests run as root, as a user's shell would be.
+fn unprivileged(args: &[&str]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_callguard");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", binary]);
+        command
+    } else {
+        Command::new(binary)
+    };
+    command.args(args);
+    command
+}
+
+/// Issue 11, point 8: with the TFTP port taken, `local` says which process holds it, and has
+/// written nothing: no CA was issued for a cluster that cannot be served. As root the port is one
+/// below 1024, which root may bind: the failure is the address in use, not privileges.
+#[test]
+fn with_its_port_taken_local_names_the_holder_and_writes_nothing() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let taken = if root {
+        (900..1024).rev().find_map(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).ok()).expect("a free port below 1024")
+    } else {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+    };
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let args = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()];
+    let output = run_until_exit(callguard_command(&args), 60).expect("local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port} is in use by PID {}", std::process::id())), "{text}");
+    assert!(!text.contains("need root"), "not a matter of privileges: {text}");
+    assert!(!state.exists(), "nothing written before the port is bound");
+
+    // The same when the port comes from the cluster's spec.
+    set_spec_tftp_port(&manifests, port);
+    let args = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&args), 60).expect("local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("is in use by PID {}", std::process::id())) && text.contains("spec.ports.tftpPort"), "{text}");
+    assert!(!state.exists(), "nothing written before the port is bound");
+    drop(taken);
+}
+
+/// Issue 11, point 8: an explicit port below 1024 without the privilege says what is missing (root
+/// or CAP_NET_BIND_SERVICE) and the fallback, and writes nothing.
+#[test]
+fn without_privileges_an_explicit_low_port_is_refused_before_anything_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let output = run_until_exit(
+        unprivileged(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", "69"]),
+        60,
+    )
+    .expect("local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("CAP_NET_BIND_SERVICE") && text.contains("6969"), "{text}");
+    assert!(!state.exists(), "nothing written before the port is bound");
+}
+
+/// The cluster's `spec.ports.tftpPort` in a copy of the quickstart, set to `port`.
+fn set_spec_tftp_port(manifests: &Path, port: u16) {
+    let path = manifests.join("cluster.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with("tftpPort:")).expect("the quickstart sets tftpPort").to_owned();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    fs::write(&path, text.replacen(&line, &format!("{indent}tftpPort: {port}"), 1)).unwrap();
+}
+
+/// Issue 11, point 10: the quickstart puts TFTP where phones look, 69 (P.1-16).
+#[test]
+fn the_quickstart_serves_tftp_on_69() {
+    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/cluster.yaml")).unwrap();
+    let cluster: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let port = cluster["spec"]["ports"]["tftpPort"].as_u64();
+    assert!(port.is_none() || port == Some(69), "spec.ports.tftpPort: {port:?}");
+}
+
+/// Issue 11, point 10: without --tftp-port, `local` listens on the cluster's spec.ports.tftpPort.
+/// (A spec that asks for 69 without the privilege falls back to 6969: see above.)
+#[test]
+fn local_listens_on_the_clusters_tftp_port() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let port = free_udp_port();
+    set_spec_tftp_port(&manifests, port);
+    let state = dir.path().join("state");
+    let mut local = Local::spawn(callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]), port);
+    local.wait_for(&format!("serving TFTP on 127.0.0.1:{port}"));
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")));
+    // A new port in the spec applies at the next start, which `local` points out.
+    let other = free_udp_port();
+    set_spec_tftp_port(&manifests, other);
+    local.wait_for(&format!("spec.ports.tftpPort is now {other}; still serving on {port} until callguard local restarts"));
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl2.tlv")));
+    local.stop();
+}
+
+/// Issue 11, point 6: one state directory, one writer. A `build` or a second `local` on the state
+/// directory a `local` holds exits 2 and names the holder; once it stops, the build runs.
+#[test]
+fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holder() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let local = Local::start(&manifests, &state);
+    let holder = format!("PID {}", local.child.id());
+    let build = ["build", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
+    let port = free_udp_port().to_string();
+    let second = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port];
+    let output = run_until_exit(callguard_command(&second), 60).expect("the second local exits");
+    let text = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}{}", String::from_utf8_lossy(&output.stdout));
+    assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")), "the holder keeps serving");
+    local.stop();
+    let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
+    assert_eq!(output.status.code(), Some(0), "free again: {}", stderr_of(&output));
+}
+
+/// A phone's LSC issued by the state's cluster CA, and its key in `dir`.
+fn lsc_for(state: &Path, device: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
+    use rsa::pkcs8::EncodePublicKey;
+    let ca = callguard::pki::ca::ClusterCa::from_pem(
+        &fs::read_to_string(state.join("namespaces/default/ca/ca.crt")).unwrap(),
+        &fs::read_to_string(state.join("namespaces/default/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let key = callguard::pki::keys::generate_rsa(2048);
+    let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
+    let request = callguard::pki::issue::LscRequest {
+        device_name: device,
+        key: callguard::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
+        validity_days: 365,
+        serial: callguard::pki::serial::Serial::random(&mut rand::thread_rng()),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let lsc = callguard::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der;
+    let key_path = dir.join(format!("{device}.key"));
+    fs::write(&key_path, callguard::pki::keys::pkcs8_pem(&key)).unwrap();
+    (key_path, lsc)
+}
+
+/// Issue 11, point 7: a certificate added with `callguard device add-cert`, or written into the
+/// state's `devices/` by hand, is served within seconds: the phone's `.enc.sgn` appears, encrypted
+/// for that certificate, without an edit of the manifests.
+#[test]
+fn a_device_certificate_added_while_local_runs_is_served_within_seconds() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let out = |name: &str| dir.path().join(name);
+    let mut local = Local::start(&manifests, &state);
+    local.wait_for("CallControlCluster  quickstart       True   Ready");
+    let lobby = "SEP001122334455.cnf.xml.enc.sgn";
+    assert!(!local.fetch_tftp_hpa(lobby, &out("none")), "no certificate yet");
+
+    let (key, lsc) = lsc_for(&state, "SEP001122334455", dir.path());
+    let (lsc_file, encrypted, ctl) = (out("lsc.der"), out("lobby.enc.sgn"), out("ctl.tlv"));
+    fs::write(&lsc_file, &lsc).unwrap();
+    let add = ["device", "add-cert", "--state-dir", state.to_str().unwrap(), "--device", "SEP001122334455", lsc_file.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&add), 60).expect("add-cert ends");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let started = Instant::now();
+    fetch_until(&local, lobby, &encrypted, |_| true);
+    assert!(started.elapsed() < Duration::from_secs(10), "served after {:?}", started.elapsed());
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &ctl));
+    let decrypt = ["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()];
+    let output = run_until_exit(callguard_command(&decrypt), 60).expect("decrypt ends");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("<fullConfig>true</fullConfig>"));
+
+    // By hand, PEM or DER: the same.
+    let (_, lsc) = lsc_for(&state, "SEP00AABBCCDD06", dir.path());
+    fs::write(state.join("namespaces/default/devices/SEP00AABBCCDD06.crt"), &lsc).unwrap();
+    fetch_until(&local, "SEP00AABBCCDD06.cnf.xml.enc.sgn", &out("backoffice.enc.sgn"), |_| true);
+    local.stop();
+}
+
+/// Issue 11, point 9: a fix after an invalid edit says so, with the time; removing a file says what
+/// went; each TFTP request is logged at debug level with its client, file, result and bytes.
+#[test]
+fn local_says_valid_again_what_a_removed_file_dropped_and_logs_requests_at_debug() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let port = free_udp_port();
+    let mut command = callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    command.args(["--tftp-port", &port.to_string(), "--log-level", "callguard::tftp=debug"]);
+    let mut local = Local::spawn(command, port);
+    local.wait_for("CallControlCluster  quickstart       True   Ready");
+
+    let out = dir.path().join("ctl.tlv");
+    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out));
+    let size = fs::metadata(&out).unwrap().len();
+    let line = local.wait_for("file=CTLFile.tlv");
+    assert!(line.contains("client=127.0.0.1:") && line.contains("result=sent") && line.contains(&format!("bytes={size}")), "{line}");
+    assert!(!local.fetch_tftp_hpa("SEP0000000000AA.cnf.xml.sgn", &dir.path().join("none")));
+    let line = local.wait_for("file=SEP0000000000AA.cnf.xml.sgn");
+    assert!(line.contains("client=127.0.0.1:") && line.contains("result=FileNotFound"), "{line}");
+
+    let cluster = manifests.join("cluster.yaml");
+    let text = fs::read_to_string(&cluster).unwrap();
+    fs::write(&cluster, text.replacen("securityMode: Mixed", "securityMode: Bogus", 1)).unwrap();
+    local.wait_for("still serving the last good build");
+    fs::write(&cluster, text).unwrap();
+    let line = local.wait_for("valid again");
+    let clock = regex::Regex::new(r"\b\d\d:\d\d:\d\d\b").unwrap();
+    assert!(clock.is_match(&line), "with the time: {line}");
+
+    fs::remove_file(manifests.join("trunk.yaml")).unwrap();
+    let line = local.wait_for("object(s) went");
+    assert!(line.contains("2 object(s) went") && line.contains("1 SipTrunk") && line.contains("1 SipTrunkSecurityProfile"), "{line}");
     local.stop();
 }

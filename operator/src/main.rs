@@ -43,7 +43,8 @@ enum Command {
     ///
     /// Keys, issued certificates, published trust lists and token status are kept in the state
     /// directory, so a rebuild changes nothing without a reason. The files phones fetch are written to
-    /// `--out` (default: STATE_DIR/tftp/NAMESPACE).
+    /// `--out` (default: STATE_DIR/tftp/NAMESPACE). Exits 2 when another `build` or a `local` holds
+    /// the state directory (its lock, STATE_DIR/lock, names the holder).
     Build {
         /// Files and directories of multi-document YAML.
         #[arg(required = true)]
@@ -59,11 +60,13 @@ enum Command {
         #[arg(long, value_name = "ID")]
         new_identity: Option<String>,
     },
-    /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR changes.
+    /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR, or a phone certificate
+    /// in the state's devices/, changes.
     ///
     /// An invalid edit is reported with the `validate` messages and the last good build keeps being
     /// served. SIGINT and SIGTERM stop it cleanly; the state directory keeps the CA, certificates and
-    /// trust lists for the next start.
+    /// trust lists for the next start. Exits 2 when another `local` or `build` holds the state
+    /// directory.
     Local {
         /// Directories and files of multi-document YAML.
         #[arg(required = true)]
@@ -74,7 +77,8 @@ enum Command {
         /// Address the services listen on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: std::net::IpAddr,
-        /// TFTP port. Without it: 69 (P.1-16), or 6969 when 69 needs root that we do not have.
+        /// TFTP port. Without it: the cluster's spec.ports.tftpPort, else 69 (P.1-16); either falls back
+        /// to 6969 when binding it needs root or CAP_NET_BIND_SERVICE, which we lack.
         #[arg(long)]
         tftp_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
@@ -84,6 +88,15 @@ enum Command {
         /// hold its ITL refuse the new one until their ITL is deleted by hand (P.3-18).
         #[arg(long, value_name = "ID")]
         new_identity: Option<String>,
+        /// What to log to stderr: a level, or directives as for RUST_LOG (which it overrides).
+        /// `debug` logs each TFTP request: client, file, result and bytes.
+        #[arg(long, env = "RUST_LOG", default_value = "warn", value_name = "FILTER")]
+        log_level: String,
+    },
+    /// Phones' certificates in the state directory.
+    Device {
+        #[command(subcommand)]
+        command: Device,
     },
     /// Run the operator: reconcile every CallControlCluster of the Kubernetes cluster (KUBECONFIG or
     /// the pod's service account) into Secrets, trust lists, data-plane workloads and status.
@@ -174,6 +187,31 @@ enum Token {
         /// Write the manifests to this file (mode 0600) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Device {
+    /// Check a phone's certificate (LSC or MIC, PEM or DER) and write it where the build reads it,
+    /// STATE_DIR/namespaces/NAMESPACE/devices/SEP<MAC>.crt; `callguard local` serves the phone's
+    /// encrypted configuration within seconds, `callguard build` on its next run.
+    ///
+    /// Checked: one certificate, not a CA's, with an RSA or EC key, naming the device: an LSC of the
+    /// state's cluster CA must verify with it and have the device name as CN; any other certificate
+    /// (a MIC) must carry the MAC in its CN or subjectAltName. Exits 0 when written, 1 when the
+    /// certificate is refused, 2 on unusable arguments or state.
+    AddCert {
+        /// The state directory of `callguard build` or `local`.
+        #[arg(long, default_value = ".callguard")]
+        state_dir: PathBuf,
+        /// Without it: the state's only namespace, or `default` when it has none yet.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// SEP and the phone's MAC.
+        #[arg(long, value_name = "SEP<MAC>")]
+        device: String,
+        /// The certificate, PEM or DER.
+        certificate: PathBuf,
     },
 }
 
@@ -286,19 +324,36 @@ fn main() -> ExitCode {
         Command::Build { paths, state_dir, out, new_identity } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity })
         }
-        Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity } => {
+        Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity, log_level } => {
+            use callguard::ops::logging::{LogFormat, LoggingError, init_with};
+            match init_with(tracing::level_filters::LevelFilter::WARN, Some(&log_level), LogFormat::Text) {
+                Ok(()) => {}
+                Err(LoggingError::InvalidFilter { directives, reason }) => {
+                    eprintln!(
+                        "callguard local: --log-level (or RUST_LOG) {directives:?} is not a valid log filter ({reason}); e.g. debug, or callguard::tftp=debug"
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("callguard local: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let build = BuildOptions { new_identity };
             let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
-                .map_err(|e| e.to_string())
+                .map_err(|e| callguard::local::LocalError::Failed(e.to_string()))
                 .and_then(|runtime| runtime.block_on(callguard::local::run(options)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.exit_code())
                 }
             }
+        }
+        Command::Device { command: Device::AddCert { state_dir, namespace, device, certificate } } => {
+            run_add_cert(&state_dir, namespace.as_deref(), &device, &certificate)
         }
         Command::Operator {
             metrics_bind,
@@ -389,8 +444,51 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
     }
 }
 
+fn run_add_cert(state_dir: &std::path::Path, namespace: Option<&str>, device: &str, certificate: &std::path::Path) -> ExitCode {
+    use callguard::build::devices::{AddError, Origin, add};
+    let bytes = match std::fs::read(certificate) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("callguard device add-cert: {}: {e}", certificate.display());
+            return ExitCode::from(1);
+        }
+    };
+    match add(state_dir, namespace, device, &bytes, time::OffsetDateTime::now_utc()) {
+        Ok(added) => {
+            let what = match &added.checked.origin {
+                Origin::Lsc => "LSC, issued by the cluster CA".to_owned(),
+                Origin::Other { issuer } => format!("MIC (or another CA's LSC), issued by {issuer}"),
+            };
+            for warning in &added.checked.warnings {
+                eprintln!("callguard device add-cert: warning: {}: {warning}", added.device);
+            }
+            println!(
+                "{}: wrote its {what}, to {}; callguard local serves the files made for it within seconds, callguard build on its next run",
+                added.device,
+                added.path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callguard device add-cert: {e}");
+            ExitCode::from(match e {
+                AddError::Refused(_) => 1,
+                AddError::Unusable(_) => 2,
+            })
+        }
+    }
+}
+
 fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>, options: &BuildOptions) -> ExitCode {
     use callguard::build::{PathsError, build_paths};
+    // One writer per state directory: a `local` or another `build` on it would interleave their writes.
+    let _lock = match callguard::build::lock::StateLock::acquire(state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("callguard build: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let built = match build_paths(paths, state_dir, time::OffsetDateTime::now_utc(), options) {
         Ok(built) => built,
         Err(PathsError::Unreadable(errors)) => {

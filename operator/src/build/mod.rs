@@ -3,8 +3,10 @@
 //! a reason. Pure but for the state, its only IO, so that both adapters run the same build.
 
 pub mod catalog;
+pub mod devices;
 pub mod identity;
 pub mod identity_record;
+pub mod lock;
 pub mod phone_files;
 pub mod served;
 pub mod state;
@@ -184,6 +186,11 @@ pub fn build_paths(
     now: OffsetDateTime,
     options: &BuildOptions,
 ) -> Result<BTreeMap<String, Result<BuildOutput, BuildError>>, PathsError> {
+    Ok(validate_paths(paths)?.into_iter().map(|(namespace, snapshot)| (namespace, build_in(state_root, snapshot, now, options))).collect())
+}
+
+/// Reads and validates the manifests under `paths`, writing nothing: every namespace's objects.
+pub fn validate_paths(paths: &[std::path::PathBuf]) -> Result<BTreeMap<String, Snapshot>, PathsError> {
     let (documents, errors) = crate::manifest::load_paths(paths);
     if !errors.is_empty() {
         return Err(PathsError::Unreadable(errors));
@@ -192,16 +199,24 @@ pub fn build_paths(
     if !report.violations.is_empty() {
         return Err(PathsError::Invalid(report.violations));
     }
-    Ok(report
-        .snapshots
-        .into_iter()
-        .map(|(namespace, snapshot)| {
-            let built = StateDir::open(&state_root.join("namespaces").join(&namespace))
-                .map_err(BuildError::Io)
-                .and_then(|state| build_namespace(Arc::new(snapshot), &state, now, options));
-            (namespace, built)
-        })
-        .collect())
+    Ok(report.snapshots)
+}
+
+/// Where a namespace's state is kept under the state directory `state_root`.
+pub fn namespace_state(state_root: &std::path::Path, namespace: &str) -> std::path::PathBuf {
+    state_root.join("namespaces").join(namespace)
+}
+
+/// Builds one validated namespace with its state in [`namespace_state`].
+pub fn build_in(
+    state_root: &std::path::Path,
+    snapshot: Snapshot,
+    now: OffsetDateTime,
+    options: &BuildOptions,
+) -> Result<BuildOutput, BuildError> {
+    StateDir::open(&namespace_state(state_root, &snapshot.namespace))
+        .map_err(BuildError::Io)
+        .and_then(|state| build_namespace(Arc::new(snapshot), &state, now, options))
 }
 
 /// What a build produced.
@@ -560,7 +575,7 @@ fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Ve
 /// The phone's certificate (LSC, or MIC), PEM or DER, when CAPF or the administrator has put one in
 /// `devices/SEP<MAC>.crt`.
 fn device_certificate(state: &StateDir, device: &str) -> Result<Option<Vec<u8>>, BuildError> {
-    let name = format!("devices/{device}.crt");
+    let name = devices::certificate_file(device);
     let Some(bytes) = state.read(&name)? else { return Ok(None) };
     crate::pki::inspect::certificate_der(&bytes).map(Some).map_err(|e| BuildError::State(format!("{name}: {e}")))
 }

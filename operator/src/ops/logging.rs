@@ -53,8 +53,15 @@ pub fn env_filter(default_level: LevelFilter, directives: Option<&str>) -> Resul
 /// a command's own output on stdout stays clean.
 pub fn init(default_level: LevelFilter, format: LogFormat) -> Result<(), LoggingError> {
     let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = env_filter(default_level, rust_log.as_deref())?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    init_with(default_level, rust_log.as_deref(), format)
+}
+
+/// Installs the process-wide subscriber with `directives` (`RUST_LOG` syntax) instead of reading
+/// `RUST_LOG`: for a command that takes them as an option. Colours only on a terminal.
+pub fn init_with(default_level: LevelFilter, directives: Option<&str>, format: LogFormat) -> Result<(), LoggingError> {
+    use std::io::IsTerminal;
+    let filter = env_filter(default_level, directives)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -470,6 +470,7 @@ impl TftpServer {
             Err(error) => {
                 // Never answer an ERROR, even a malformed one, so two servers cannot ping-pong.
                 if datagram.get(..2) != Some(&(Opcode::Error as u16).to_be_bytes()[..]) {
+                    tracing::debug!(client = %peer, result = ?FailureKind::Malformed, %error, "TFTP request refused");
                     self.counters.fail(FailureKind::Malformed);
                     self.reply_error(peer, ErrorCode::IllegalOperation, &format!("malformed packet: {error}")).await;
                 }
@@ -481,13 +482,15 @@ impl TftpServer {
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
                 self.start_read(request, peer, transfers).await;
             }
-            Packet::WriteRequest(_) => {
+            Packet::WriteRequest(request) => {
+                tracing::debug!(client = %peer, file = %request.filename, result = ?FailureKind::WriteRefused, "TFTP request refused");
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
                 self.counters.fail(FailureKind::WriteRefused);
                 self.reply_error(peer, ErrorCode::AccessViolation, "write requests are refused: this server is read-only").await;
             }
             Packet::Error { .. } => {}
             Packet::Data { .. } | Packet::Ack { .. } | Packet::OptionAck(_) => {
+                tracing::debug!(client = %peer, result = ?FailureKind::Malformed, "TFTP request refused: not a request");
                 self.counters.fail(FailureKind::Malformed);
                 self.reply_error(peer, ErrorCode::IllegalOperation, "this port takes only read requests").await;
             }
@@ -496,6 +499,7 @@ impl TftpServer {
 
     async fn start_read(&self, request: Request, peer: SocketAddr, transfers: &mut JoinSet<()>) {
         if let Err(rejection) = check_filename(&request.filename) {
+            tracing::debug!(client = %peer, file = ?request.filename, result = ?FailureKind::AccessViolation, %rejection, "TFTP request refused");
             self.counters.fail(FailureKind::AccessViolation);
             self.reply_error(peer, ErrorCode::AccessViolation, &rejection.to_string()).await;
             return;
@@ -503,12 +507,14 @@ impl TftpServer {
         let slot = match Slot::acquire(&self.slots, peer.ip(), self.config.max_transfers_per_client, self.max_transfers) {
             Ok(slot) => slot,
             Err(Refusal::Client) => {
+                tracing::debug!(client = %peer, file = %request.filename, result = ?FailureKind::ClientLimit, "TFTP request refused");
                 self.counters.fail(FailureKind::ClientLimit);
                 let message = format!("too many transfers from {}: at most {} at once", peer.ip(), self.config.max_transfers_per_client);
                 self.reply_error(peer, ErrorCode::NotDefined, &message).await;
                 return;
             }
             Err(Refusal::Server) => {
+                tracing::debug!(client = %peer, file = %request.filename, result = ?FailureKind::ServerLimit, "TFTP request refused");
                 self.counters.fail(FailureKind::ServerLimit);
                 let message = format!("server busy: {} transfers at once, try again", self.max_transfers);
                 self.reply_error(peer, ErrorCode::NotDefined, &message).await;
@@ -524,6 +530,7 @@ impl TftpServer {
             // task that receives requests, and off the async workers.
             let found = tokio::task::spawn_blocking(move || source.get(&name)).await.ok().flatten();
             let Some(bytes) = found else {
+                tracing::debug!(client = %peer, file = %request.filename, result = ?FailureKind::FileNotFound, "TFTP request refused");
                 counters.fail(FailureKind::FileNotFound);
                 send_error(&listener, &counters, peer, ErrorCode::FileNotFound, "file not found").await;
                 return;
@@ -534,14 +541,20 @@ impl TftpServer {
             };
             // The transfer's own socket, on the listener's address, is the server's TID (RFC 1350 §4).
             let Ok(socket) = UdpSocket::bind(SocketAddr::new(config.bind.ip(), 0)).await else {
+                tracing::debug!(client = %peer, file = %request.filename, result = ?FailureKind::Io, "TFTP request refused: no transfer socket");
                 counters.fail(FailureKind::Io);
                 send_error(&listener, &counters, peer, ErrorCode::NotDefined, "no transfer socket available").await;
                 return;
             };
             let plan = TransferPlan::negotiate(&request.options, bytes.len(), &config);
             let deadline = Instant::now() + plan.deadline;
+            let size = bytes.len();
             let transfer = Transfer { socket, peer, bytes, plan, deadline, max_retries: config.max_retries, counters };
-            transfer.run().await;
+            let result = match transfer.run().await {
+                Ok(()) => "sent".to_owned(),
+                Err(kind) => format!("{kind:?}"),
+            };
+            tracing::debug!(client = %peer, file = %request.filename, %result, bytes = size, "TFTP transfer ended");
         });
     }
 
@@ -611,13 +624,15 @@ enum Awaited {
 }
 
 impl Transfer {
-    async fn run(self) {
-        match self.send_all().await {
+    async fn run(self) -> Result<(), FailureKind> {
+        let result = self.send_all().await;
+        match result {
             Ok(()) => {
                 self.counters.files_served.fetch_add(1, Ordering::Relaxed);
             }
             Err(kind) => self.counters.fail(kind),
         }
+        result
     }
 
     /// Blocks are indexed from 1; the last one is shorter than the block size, possibly empty (RFC 1350 §6).

@@ -1,0 +1,175 @@
+//! Why the TFTP socket could not be bound, in words that say what to do: the address is in use (and
+//! by which process, as `ss -ulpn` would tell: the socket's inode from `/proc/net/udp` and `udp6`,
+//! then the process holding it among `/proc/*/fd`), the port needs privileges, or the address is
+//! not this host's.
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Where the port came from, to say how to choose another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortOrigin {
+    /// `--tftp-port`.
+    Flag,
+    /// The cluster's `spec.ports.tftpPort`.
+    Spec,
+    /// Neither: the default, 69 (P.1-16).
+    Default,
+    /// The fallback when the spec's or the default port needs privileges.
+    Fallback,
+}
+
+/// One line: what failed when binding `address`, and the way out.
+pub fn explain(address: SocketAddr, error: &io::Error, origin: PortOrigin) -> String {
+    let port = address.port();
+    let elsewhere = match origin {
+        PortOrigin::Flag | PortOrigin::Fallback => "pass another --tftp-port".to_owned(),
+        PortOrigin::Spec => "it is the cluster's spec.ports.tftpPort: pass --tftp-port to serve elsewhere".to_owned(),
+        PortOrigin::Default => "pass --tftp-port to serve elsewhere".to_owned(),
+    };
+    match error.kind() {
+        io::ErrorKind::AddrInUse => {
+            let holders = holders(address);
+            let who = if holders.is_empty() {
+                format!("another process, which this user cannot see (`ss -ulpn 'sport = :{port}'` as root names it)")
+            } else {
+                holders.iter().map(|h| format!("PID {} ({})", h.pid, h.command)).collect::<Vec<_>>().join(", ")
+            };
+            format!("cannot serve TFTP: {address} is in use by {who}; stop it, or {elsewhere}")
+        }
+        io::ErrorKind::PermissionDenied => format!(
+            "cannot serve TFTP on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \
+             or CAP_NET_BIND_SERVICE (`sudo setcap cap_net_bind_service=+ep {}`); or pass --tftp-port 1024 or above. Without \
+             --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
+            unprivileged_port_start(),
+            std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "callguard".into()),
+            super::UNPRIVILEGED_TFTP_PORT
+        ),
+        io::ErrorKind::AddrNotAvailable => {
+            format!("cannot serve TFTP on {address}: {} is not an address of this host (--bind chooses)", address.ip())
+        }
+        _ => format!("cannot serve TFTP on {address}: {error}"),
+    }
+}
+
+/// The first port that needs no privilege (1024 unless the sysctl lowers it).
+fn unprivileged_port_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(1024)
+}
+
+/// A process that holds a UDP socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub command: String,
+}
+
+/// The processes holding a UDP socket that keeps `address` from being bound: same port, and the same
+/// address or a wildcard on either side. Only processes this user may inspect are found.
+pub fn holders(address: SocketAddr) -> Vec<Holder> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            inodes.extend(conflicting_inodes(&text, address));
+        }
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let sockets: Vec<String> = inodes.iter().map(|inode| format!("socket:[{inode}]")).collect();
+    let mut found = Vec::new();
+    let Ok(processes) = fs::read_dir("/proc") else { return found };
+    for process in processes.flatten() {
+        let Some(pid) = process.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(descriptors) = fs::read_dir(process.path().join("fd")) else { continue };
+        let holds = descriptors
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str())));
+        if holds {
+            found.push(Holder { pid, command: command_of(pid) });
+        }
+    }
+    found
+}
+
+/// The command line of `pid`, or its name in brackets when it has none (a kernel thread).
+fn command_of(pid: u32) -> String {
+    let arguments = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let command = arguments.split(|b| *b == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" ");
+    if command.is_empty() { format!("[{}]", fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim()) } else { command }
+}
+
+/// The inodes of the sockets of a `/proc/net/udp{,6}` table that conflict with `address`.
+fn conflicting_inodes(table: &str, address: SocketAddr) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (ip, port) = fields.get(1)?.split_once(':')?;
+            let (ip, port) = (proc_ip(ip)?, u16::from_str_radix(port, 16).ok()?);
+            let overlaps = ip == address.ip() || ip.is_unspecified() || address.ip().is_unspecified();
+            (port == address.port() && overlaps).then(|| fields.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// An address as `/proc/net/udp{,6}` prints it: 32-bit words in hex, each in the host's byte order.
+fn proc_ip(hex: &str) -> Option<IpAddr> {
+    let word = |i: usize| hex.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()).map(u32::to_ne_bytes);
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_addresses_are_host_order_words() {
+        let loopback = format!("{:08X}", u32::from_ne_bytes([127, 0, 0, 1]));
+        assert_eq!(proc_ip(&loopback), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(proc_ip("00000000000000000000000000000000"), Some(IpAddr::from(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(proc_ip("0100007F0"), None);
+    }
+
+    #[test]
+    fn a_socket_on_the_port_conflicts_on_the_same_or_a_wildcard_address() {
+        let word = |ip: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(ip));
+        let line = |ip: [u8; 4], port: u16, inode: u64| {
+            format!("  1: {}:{port:04X} 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 {inode} 2 0 0", word(ip))
+        };
+        let table = ["  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode".to_owned()]
+            .into_iter()
+            .chain([line([127, 0, 0, 1], 69, 11), line([0, 0, 0, 0], 69, 12), line([127, 0, 0, 2], 69, 13), line([127, 0, 0, 1], 70, 14)])
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69))), [11, 12]);
+        assert_eq!(conflicting_inodes(&table, SocketAddr::from(([0, 0, 0, 0], 69))), [11, 12, 13]);
+    }
+
+    #[test]
+    fn the_holder_of_a_taken_port_is_named() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = socket.local_addr().unwrap();
+        let found = holders(address);
+        assert!(found.iter().any(|h| h.pid == std::process::id()), "{found:?}");
+        let error = io::Error::from(io::ErrorKind::AddrInUse);
+        let line = explain(address, &error, PortOrigin::Spec);
+        assert!(line.contains(&format!("{address} is in use by PID {}", std::process::id())), "{line}");
+        assert!(line.contains("spec.ports.tftpPort") && !line.contains("need root"), "{line}");
+        let line = explain(SocketAddr::from(([127, 0, 0, 1], 69)), &io::Error::from(io::ErrorKind::PermissionDenied), PortOrigin::Flag);
+        assert!(line.contains("CAP_NET_BIND_SERVICE") && line.contains("6969"), "{line}");
+    }
+}
