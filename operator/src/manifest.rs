@@ -1,13 +1,35 @@
 //! Reading multi-document YAML manifests with their positions, for messages that name
 //! `file:line`. serde_yaml parses the values; saphyr's marked nodes find the line of a field
 //! only when a message needs one, so valid input is parsed once.
+//!
+//! Input is bounded before it is parsed, since `validate` runs on pull requests: a file is read up
+//! to [`MAX_FILE_BYTES`], a document up to [`MAX_DOCUMENT_BYTES`] and [`MAX_DEPTH`] levels of
+//! nesting (see [`nesting`]), and directories are walked without following links to directories.
 
+mod nesting;
+
+use std::collections::HashSet;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::Value;
+
+/// The deepest nesting a document may have. The deepest Callguard field is 6 levels down, and
+/// Kubernetes manifests of other kinds (a Deployment's probes, say) stay under 20: 64 is far from
+/// any manifest, and close enough to the root that no parser spends time on what is refused.
+pub const MAX_DEPTH: usize = 64;
+
+/// The largest document: the API server refuses a request body over 3 MiB (and etcd stores no
+/// object over 1.5 MiB), so no larger object can be applied. A List is one document.
+pub const MAX_DOCUMENT_BYTES: usize = 3 << 20;
+
+/// The largest file: three times a 30,000-phone namespace written as one file (about 21 MiB, the
+/// largest `callguard bench validate` measures), and a bound on what is read into memory from
+/// anything that is not a regular file (`/dev/zero`, a pipe).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// One YAML document of a manifest file.
 #[derive(Debug, Clone)]
@@ -63,34 +85,87 @@ pub fn parse_field_path(path: &str) -> Vec<PathSegment> {
     segments
 }
 
-/// Every `.yaml`, `.yml` and `.json` file under the given paths, in a stable order. A path that is a
-/// file is taken whatever its name.
+/// Every `.yaml`, `.yml` and `.json` file under the given paths, in a stable order, each once. A path
+/// that is a file is taken whatever its name, and a path that is a link is followed.
+///
+/// Below the given paths, a link to a directory is not followed, as `kubectl apply -R`, Argo CD and
+/// Flux do not follow one: what is checked is what they apply, and no link can make a loop. A link
+/// to a file is read as the file. A directory reached twice (a bind mount of an ancestor) is
+/// walked once.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
+    let mut seen = Seen::default();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
         if meta.is_dir() {
-            walk(path, &mut files)?;
-        } else {
+            walk(path, &meta, &mut files, &mut seen)?;
+        } else if seen.first(&meta) {
             files.push(path.clone());
         }
     }
     Ok(files)
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
+/// Files and directories already taken, by device and inode.
+#[derive(Default)]
+struct Seen(HashSet<(u64, u64)>);
+
+impl Seen {
+    /// Whether this is the first time `meta`'s file is met.
+    #[cfg(unix)]
+    fn first(&mut self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.0.insert((meta.dev(), meta.ino()))
+    }
+
+    #[cfg(not(unix))]
+    fn first(&mut self, _meta: &std::fs::Metadata) -> bool {
+        true
+    }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
+fn walk(dir: &Path, meta: &std::fs::Metadata, files: &mut Vec<PathBuf>, seen: &mut Seen) -> Result<(), LoadError> {
+    if !seen.first(meta) {
+        return Ok(());
+    }
+    let mut entries: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))?.collect::<Result<_, _>>().map_err(|e| io_error(dir, &e))?;
+    entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let hidden = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if hidden {
+        let path = entry.path();
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with('.')) {
             continue;
         }
-        if entry.is_dir() {
-            walk(&entry, files)?;
-        } else if entry.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
-            files.push(entry);
+        let kind = entry.file_type().map_err(|e| io_error(&path, &e))?;
+        if kind.is_dir() {
+            let meta = entry.metadata().map_err(|e| io_error(&path, &e))?;
+            walk(&path, &meta, files, seen)?;
+            continue;
+        }
+        if !is_manifest(&path) {
+            continue;
+        }
+        // A link is followed to what it names; one that names nothing fails when it is read.
+        match std::fs::metadata(&path) {
+            Ok(target) if target.is_dir() => {}
+            Ok(target) if target.is_file() => {
+                if seen.first(&target) {
+                    files.push(path);
+                }
+            }
+            Ok(_) => {
+                return Err(LoadError {
+                    file: path,
+                    line: 0,
+                    column: 0,
+                    message: "not a regular file; name a pipe or device on the command line to read it".into(),
+                });
+            }
+            Err(_) => files.push(path),
         }
     }
     Ok(())
@@ -119,7 +194,16 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<Document>, Vec<LoadError>) {
 }
 
 pub fn load_file(path: &Path) -> Result<Vec<Document>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(|e| io_error(path, &e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(LoadError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("larger than {} MiB: split it into several files", MAX_FILE_BYTES >> 20),
+        });
+    }
     parse_documents(path, &bytes)
 }
 
@@ -134,17 +218,36 @@ pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadE
     // Documents parse independently: spread a large file over the cores.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let per_worker = chunks.len().div_ceil(workers).max(64);
-    let parsed: Vec<Result<Option<Document>, LoadError>> = std::thread::scope(|scope| {
+    let parsed: Vec<Result<Vec<Document>, LoadError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .chunks(per_worker)
             .map(|part| scope.spawn(|| part.iter().map(|&(offset, chunk)| parse_document(path, &file, offset, chunk)).collect::<Vec<_>>()))
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("a parser thread panicked")).collect()
     });
-    parsed.into_iter().filter_map(Result::transpose).collect()
+    let mut documents = Vec::new();
+    for result in parsed {
+        documents.extend(result?);
+    }
+    Ok(documents)
 }
 
-fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> Result<Option<Document>, LoadError> {
+/// Parses one document: its object, or none when it is empty.
+fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> Result<Vec<Document>, LoadError> {
+    let refuse = |at: usize, message: String| {
+        let (line, column) = line_column(chunk.as_bytes(), at);
+        LoadError { file: path.to_path_buf(), line: offset + line, column, message }
+    };
+    if chunk.len() > MAX_DOCUMENT_BYTES {
+        let message = format!(
+            "document larger than {} MiB ({} bytes): the API server accepts no object that large; split it",
+            MAX_DOCUMENT_BYTES >> 20,
+            chunk.len()
+        );
+        return Err(refuse(0, message));
+    }
+    nesting::check_depth(chunk, MAX_DEPTH)
+        .map_err(|deep| refuse(deep.offset, format!("nested deeper than {MAX_DEPTH} levels; no manifest nests that deep")))?;
     let value = serde_yaml::from_str::<StrictValue>(chunk).map(|v| v.0).map_err(|e| {
         let (mut line, mut column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         // serde places a duplicate key at its mapping; saphyr's loader knows the key itself.
@@ -155,7 +258,10 @@ fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> 
         }
         LoadError { file: path.to_path_buf(), line: offset + line, column, message: yaml_message(&e) }
     })?;
-    Ok((!value.is_null()).then(|| Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value }))
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value }])
 }
 
 /// A JSON value read from YAML that refuses duplicate mapping keys, which YAML forbids and the
@@ -223,13 +329,13 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// serde_yaml appends " at line L column C" to its messages; the caller prints the position itself.
+/// serde_yaml's message without the positions it writes into it (" at line L column C" of the
+/// problem, and of its context), which count from the document's first line: the caller prints
+/// the one position that counts, from the file's.
 fn yaml_message(e: &serde_yaml::Error) -> String {
-    let message = e.to_string();
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message,
-    }
+    static POSITION: OnceLock<regex::Regex> = OnceLock::new();
+    let position = POSITION.get_or_init(|| regex::Regex::new(r" at (?:line \d+ column \d+|position \d+)").expect("valid regex"));
+    position.replace_all(&e.to_string(), "").into_owned()
 }
 
 fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
