@@ -239,6 +239,54 @@ fn callguard_within(args: &[&str], limit: Duration) -> (Option<Output>, Duration
     }
 }
 
+#[test]
+fn an_invalid_object_inside_a_list_is_reported_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // kubectl applies every item of a v1 List and of any `*List` kind with items, nested or not.
+    let yaml = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: callguard.io/v1alpha1
+  kind: CallControlCluster
+  metadata: {name: lab}
+  spec:
+    nodes: [{name: cm1, hostname: cm1.lab.example}]
+- apiVersion: callguard.io/v1alpha1
+  kind: SrstReferenceList
+  items:
+  - apiVersion: callguard.io/v1alpha1
+    kind: SrstReference
+    metadata:
+      name: branch
+    spec:
+      gatewayAddress: srst.branch.example
+      srstCertificateProviderPort: 80
+";
+    let path = dir.path().join("list.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = callguard(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}:18: SrstReference/branch: spec.srstCertificateProviderPort: 80 is less than the minimum 1024 (Table 12-2, P.12-7)\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn the_quickstart_as_one_list_is_the_same_valid_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": quickstart_documents()});
+    let path = dir.path().join("quickstart-list.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&list).unwrap()).unwrap();
+    let out = callguard(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("valid: 24 objects and 11 secrets in 1 namespace(s), 1 file(s)"), "{}", text(&out.stdout));
+}
+
 #[cfg(unix)]
 #[test]
 fn a_directory_symlink_loop_ends_quickly() {

@@ -31,7 +31,7 @@ pub const MAX_DOCUMENT_BYTES: usize = 3 << 20;
 /// anything that is not a regular file (`/dev/zero`, a pipe).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
-/// One YAML document of a manifest file.
+/// One YAML document of a manifest file, or one item of a List in it.
 #[derive(Debug, Clone)]
 pub struct Document {
     pub file: Arc<Path>,
@@ -39,7 +39,12 @@ pub struct Document {
     pub first_line: usize,
     /// The document's own text.
     pub text: Arc<str>,
+    /// Where the object stands in `text`: nowhere for a document of its own, `items[i]` (and so on
+    /// down nested Lists) for an item of a List.
+    pub within: Vec<PathSegment>,
     pub value: Value,
+    /// The lines of `text`'s nodes, read on first need and shared by the items of a List.
+    lines: Arc<OnceLock<Option<(usize, Lines)>>>,
 }
 
 /// Input that cannot be read or parsed: `validate` exits 2 on it.
@@ -232,7 +237,7 @@ pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadE
     Ok(documents)
 }
 
-/// Parses one document: its object, or none when it is empty.
+/// Parses one document: its objects, one, or each item of a List, or none when it is empty.
 fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> Result<Vec<Document>, LoadError> {
     let refuse = |at: usize, message: String| {
         let (line, column) = line_column(chunk.as_bytes(), at);
@@ -261,7 +266,31 @@ fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> 
     if value.is_null() {
         return Ok(Vec::new());
     }
-    Ok(vec![Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value }])
+    let document =
+        Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), within: Vec::new(), value, lines: Arc::default() };
+    let mut documents = Vec::new();
+    expand_lists(document, &mut documents);
+    Ok(documents)
+}
+
+/// Whether `value` is a List, which kubectl applies item by item: a `kind` ending in `List` (`v1`
+/// `List`, `PhoneList`, ...) with `items`.
+fn is_list(value: &Value) -> bool {
+    value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) && value.get("items").is_some_and(Value::is_array)
+}
+
+/// The objects of a document: the document itself, or the items of a List, down nested Lists.
+fn expand_lists(mut document: Document, out: &mut Vec<Document>) {
+    if !is_list(&document.value) {
+        out.push(document);
+        return;
+    }
+    let Some(Value::Array(items)) = document.value.get_mut("items").map(Value::take) else { return };
+    for (i, item) in items.into_iter().enumerate() {
+        let mut within = document.within.clone();
+        within.extend([PathSegment::Key("items".into()), PathSegment::Index(i)]);
+        expand_lists(Document { within, value: item, ..document.clone() }, out);
+    }
 }
 
 /// A JSON value read from YAML that refuses duplicate mapping keys, which YAML forbids and the
@@ -386,23 +415,52 @@ fn is_blank(chunk: &str) -> bool {
     })
 }
 
+/// The line of each node of a document's text: of a mapping's keys and a sequence's items, and
+/// what is below them.
+#[derive(Debug)]
+enum Lines {
+    Mapping(Vec<(String, usize, Lines)>),
+    Sequence(Vec<(usize, Lines)>),
+    Scalar,
+}
+
+impl Lines {
+    fn of(node: &MarkedYaml<'_>) -> Lines {
+        match &node.data {
+            YamlData::Mapping(map) => Lines::Mapping(
+                map.iter()
+                    .filter_map(|(k, v)| match &k.data {
+                        YamlData::Value(Scalar::String(key)) => Some((key.to_string(), k.span.start.line(), Lines::of(v))),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            YamlData::Sequence(items) => Lines::Sequence(items.iter().map(|v| (v.span.start.line(), Lines::of(v))).collect()),
+            _ => Lines::Scalar,
+        }
+    }
+}
+
 impl Document {
-    /// The 1-based file line of the field at `path`, or of its nearest ancestor that exists.
+    /// A document of its own, for objects read from elsewhere than a file (the API).
+    pub fn new(file: Arc<Path>, first_line: usize, text: Arc<str>, value: Value) -> Self {
+        Document { file, first_line, text, within: Vec::new(), value, lines: Arc::default() }
+    }
+
+    /// The 1-based file line of the field at `path` of the object, or of its nearest ancestor that
+    /// exists.
     pub fn line_of(&self, path: &[PathSegment]) -> usize {
-        let Ok(docs) = MarkedYaml::load_from_str(&self.text) else {
+        let root = self.lines.get_or_init(|| {
+            let docs = MarkedYaml::load_from_str(&self.text).ok()?;
+            docs.first().map(|node| (node.span.start.line(), Lines::of(node)))
+        });
+        let Some((mut line, mut node)) = root.as_ref().map(|(line, node)| (*line, node)) else {
             return self.first_line;
         };
-        let Some(mut node) = docs.first() else {
-            return self.first_line;
-        };
-        let mut line = node.span.start.line();
-        for segment in path {
-            let child = match (&node.data, segment) {
-                (YamlData::Mapping(map), PathSegment::Key(key)) => map
-                    .iter()
-                    .find(|(k, _)| matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == key))
-                    .map(|(k, v)| (k.span.start.line(), v)),
-                (YamlData::Sequence(items), PathSegment::Index(i)) => items.get(*i).map(|v| (v.span.start.line(), v)),
+        for segment in self.within.iter().chain(path) {
+            let child = match (node, segment) {
+                (Lines::Mapping(entries), PathSegment::Key(key)) => entries.iter().find(|(k, _, _)| k == key).map(|(_, l, n)| (*l, n)),
+                (Lines::Sequence(items), PathSegment::Index(i)) => items.get(*i).map(|(l, n)| (*l, n)),
                 _ => None,
             };
             match child {
