@@ -114,6 +114,8 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
         }
         if !violations.is_empty() {
             report.violations.extend(violations.into_iter().map(|v| locate(doc, &object, v)));
+            // Kept out of the snapshot, but known to be there: what refers to it says it is invalid.
+            snapshots.entry(object.namespace.clone()).or_insert_with(|| Snapshot::new(&object.namespace)).mark_invalid(&object);
             continue;
         }
         if let Some(first) = origins.get(&object) {
@@ -133,7 +135,10 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
             Ok(()) => {
                 origins.insert(object, doc);
             }
-            Err(v) => report.violations.push(locate(doc, &object, v)),
+            Err(v) => {
+                snapshot.mark_invalid(&object);
+                report.violations.push(locate(doc, &object, v));
+            }
         }
     }
     report.namespaces = snapshots.len();
@@ -294,9 +299,12 @@ fn locate(doc: &Document, object: &ObjectRef, violation: Violation) -> Located {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use serde_json::json;
 
     use super::*;
+    use crate::manifest::parse_documents;
 
     fn messages(value: Value) -> Vec<String> {
         check_document(&value, kind_schemas()).into_iter().map(|v| format!("{}: {}", v.field, v.message)).collect()
@@ -383,5 +391,91 @@ mod tests {
             found.iter().any(|m| m.starts_with("metadata.name: required field is missing; is \"nmae\" a typo of \"name\"?")),
             "{found:?}"
         );
+    }
+
+    fn report(yaml: &str) -> Vec<String> {
+        let documents = parse_documents(Path::new("ns.yaml"), yaml.as_bytes()).unwrap();
+        validate_documents(&documents, SecretPolicy::Require).violations.iter().map(ToString::to_string).collect()
+    }
+
+    const CLUSTER: &str = "apiVersion: callguard.io/v1alpha1\nkind: CallControlCluster\nmetadata: {name: lab}\nspec:\n  nodes: [{name: cm1, hostname: cm1.lab.example}]\n";
+
+    #[test]
+    fn an_invalid_object_carries_the_cause_and_its_dependents_say_it_is_invalid() {
+        // Every kind a reference can name: profile, digest user, SRST reference, and the Secret of a token.
+        let yaml = format!(
+            "{CLUSTER}---
+apiVersion: callguard.io/v1alpha1
+kind: PhoneSecurityProfile
+metadata: {{name: sip}}
+spec: {{protocol: SIP, deviceSecurityMode: Secure}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: EndUser
+metadata: {{name: alice}}
+spec: {{digestCredentials: {{name: alice-digest}}}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: SrstReference
+metadata: {{name: branch}}
+spec: {{gatewayAddress: 'not a host'}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: PhoneSecurityProfile
+metadata: {{name: sip-ok}}
+spec: {{protocol: SIP, deviceSecurityMode: NonSecure}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: Phone
+metadata: {{name: bob-7961}}
+spec: {{macAddress: '00AABBCCDD02', model: '7961', protocol: SIP, securityProfileRef: sip}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: Phone
+metadata: {{name: alice-7961}}
+spec: {{macAddress: '00AABBCCDD01', model: '7961', protocol: SIP, securityProfileRef: sip-ok, digestUserRef: alice, srstReferenceRef: branch}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: realm-password}}
+data: {{password: '***not base64***'}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: SipRealm
+metadata: {{name: peer}}
+spec: {{realm: peer.example, user: cm, password: {{name: realm-password, key: password}}}}
+"
+        );
+        let found = report(&yaml);
+        for line in &found {
+            assert!(
+                !line.contains("not found") && !line.contains("has no CallControlCluster"),
+                "a follow-on error: {line}\nall: {found:#?}"
+            );
+        }
+        for (object, field, reference) in [
+            ("Phone/bob-7961", "spec.securityProfileRef", "PhoneSecurityProfile/sip"),
+            ("Phone/alice-7961", "spec.digestUserRef", "EndUser/alice"),
+            ("Phone/alice-7961", "spec.srstReferenceRef", "SrstReference/branch"),
+            ("SipRealm/peer", "spec.password", "Secret/realm-password"),
+        ] {
+            let expected = format!("{object}: {field}: {reference} is invalid (see its own error)");
+            assert!(found.iter().any(|l| l.contains(&expected)), "{expected}\nall: {found:#?}");
+        }
+        // Each invalid object carries its own cause, once.
+        for object in ["PhoneSecurityProfile/sip:", "EndUser/alice:", "SrstReference/branch:", "Secret/realm-password:"] {
+            assert_eq!(found.iter().filter(|l| l.contains(object)).count(), 1, "{object}\nall: {found:#?}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_cluster_is_the_only_error_of_its_namespace() {
+        let yaml = format!(
+            "{}---\napiVersion: callguard.io/v1alpha1\nkind: SrstReference\nmetadata: {{name: branch}}\nspec: {{gatewayAddress: srst.example}}\n",
+            CLUSTER.replace("spec:\n", "spec:\n  securityMode: Mixd\n")
+        );
+        let found = report(&yaml);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].starts_with("ns.yaml:5: CallControlCluster/lab: spec.securityMode: \"Mixd\" is not one of"), "{found:#?}");
     }
 }
