@@ -291,6 +291,25 @@ fn the_quickstart_as_one_list_is_the_same_valid_namespace() {
     assert!(text(&out.stdout).starts_with("valid: 24 objects and 11 secrets in 1 namespace(s), 1 file(s)"), "{}", text(&out.stdout));
 }
 
+#[test]
+fn input_without_any_callguard_object_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let others = dir.path().join("others");
+    std::fs::create_dir(&others).unwrap();
+    std::fs::write(others.join("cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n").unwrap();
+    std::fs::write(others.join("notes.txt"), "not a manifest\n").unwrap();
+    for path in [&empty, &others] {
+        let out = callguard(&["validate", path.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: stdout {} stderr {stderr}", path.display(), text(&out.stdout));
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("no Callguard object") && stderr.contains(&path.display().to_string()), "{stderr}");
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn a_directory_symlink_loop_ends_quickly() {

@@ -30,7 +30,11 @@ enum Command {
     /// Check manifests offline: CRD schema, CEL rules and rules across objects.
     ///
     /// Exits 0 when everything is valid, 1 when a rule is broken (one line per violation:
-    /// `file:line: Kind/name: field: message (seed section)`), 2 when input cannot be read or parsed.
+    /// `file:line: Kind/name: field: message (seed section)`), 2 when input cannot be read or parsed
+    /// or holds no Callguard object at all. Lists (`kind: List`, or any `*List` with `items`) are
+    /// checked item by item, as kubectl applies them. Directories are searched for `.yaml`, `.yml`
+    /// and `.json` files without following links to directories, as `kubectl apply -R` does; a
+    /// document over 3 MiB or nested deeper than 64 levels, or a file over 64 MiB, is refused (exit 2).
     Validate {
         /// Files and directories of multi-document YAML.
         #[arg(required = true)]
@@ -392,6 +396,14 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             return ExitCode::from(1);
         }
     };
+    if built.is_empty() {
+        eprintln!(
+            "callguard build: nothing to build: no Callguard object (apiVersion {}) in {}",
+            callguard::api::API_VERSION,
+            joined(paths)
+        );
+        return ExitCode::from(2);
+    }
     let mut failed = false;
     for (namespace, output) in built {
         let output = match output {
@@ -418,6 +430,11 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
         println!("{namespace}: wrote {} files to {}", files.len(), dir.display());
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// The paths given, for a message.
+fn joined(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Replaces the directory's files with `files`, so a file that is no longer built is no longer served.
@@ -490,6 +507,16 @@ fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {
     let report = validate::validate_documents(&documents, policy);
     for violation in &report.violations {
         println!("{violation}");
+    }
+    // Nothing to check is no success: a pipeline pointed at the wrong directory must not pass.
+    if report.objects == 0 {
+        eprintln!(
+            "callguard validate: nothing to validate: no Callguard object (apiVersion {}) among the {} object(s) in {}",
+            callguard::api::API_VERSION,
+            documents.len(),
+            joined(paths)
+        );
+        return ExitCode::from(2);
     }
     if report.violations.is_empty() {
         println!(
