@@ -48,6 +48,14 @@ enum Command {
     /// Keys, issued certificates, published trust lists and token status are kept in the state
     /// directory, so a rebuild changes nothing without a reason. The files phones fetch are written to
     /// `--out` (default: STATE_DIR/tftp/NAMESPACE).
+    ///
+    /// Exits 0 when every namespace's CallControlCluster is Ready; 1 when a manifest is invalid, a
+    /// namespace cannot be built, or a cluster is NotReady: its trust lists are not what its spec
+    /// asks (`CtlNotSigned`: the CTL could not be signed, a wrong token password say, and phones keep
+    /// the last published one; `FewerThanTwoTokens`), though the files are written; 2 when input
+    /// cannot be read or holds no Callguard object. A phone or token that is NotReady does not change
+    /// the exit code: a phone awaiting its certificate from CAPF is NotReady by design, and a token
+    /// that keeps the CTL from being signed makes its cluster NotReady.
     Build {
         /// Files and directories of multi-document YAML.
         #[arg(required = true)]
@@ -428,6 +436,15 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             println!("{namespace}: {status}");
         }
         println!("{namespace}: wrote {} files to {}", files.len(), dir.display());
+        // The cluster's trust lists are what every phone of the namespace relies on: when they are
+        // not what the spec asks, the build did not do its job, whatever else it wrote.
+        for status in output.statuses.iter().filter(|s| s.kind == "CallControlCluster" && !s.ready) {
+            eprintln!(
+                "callguard build: namespace {namespace}: CallControlCluster/{} is NotReady ({}): its trust lists are not what its spec asks",
+                status.name, status.reason
+            );
+            failed = true;
+        }
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
