@@ -93,10 +93,10 @@ pub fn parse_field_path(path: &str) -> Vec<PathSegment> {
 /// Every `.yaml`, `.yml` and `.json` file under the given paths, in a stable order, each once. A path
 /// that is a file is taken whatever its name, and a path that is a link is followed.
 ///
-/// Below the given paths, a link to a directory is not followed, as `kubectl apply -R`, Argo CD and
-/// Flux do not follow one: what is checked is what they apply, and no link can make a loop. A link
-/// to a file is read as the file. A directory reached twice (a bind mount of an ancestor) is
-/// walked once.
+/// Below the given paths, a link to a directory is not followed, as `kubectl apply -R` does not
+/// follow one (kubernetes/kubectl#1603): what is checked is what it applies, and no link can make a
+/// loop. A link to a file is read as the file. A directory reached twice (a bind mount of an
+/// ancestor) is walked once.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     let mut seen = Seen::default();
