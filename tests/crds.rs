@@ -108,5 +108,5 @@ fn schema_rejects_unknown_nested_fields() {
     let violations = kind_schemas()["Phone"].check(&object);
     assert_eq!(violations.len(), 1);
     assert_eq!(violations[0].field, "spec.hardening.webAcess");
-    assert_eq!(violations[0].message, "unknown field \"webAcess\" (Chapter 9)");
+    assert_eq!(violations[0].message, "unknown field \"webAcess\"; did you mean \"webAccess\"? (Chapter 9)");
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use callguard::manifest::parse_documents;
 use callguard::validate::{SecretPolicy, validate_documents};
@@ -46,13 +47,17 @@ fn each_invalid_example_gives_exactly_its_message() {
     for file in files {
         let relative = file.strip_prefix(repo()).unwrap().to_str().unwrap().to_string();
         let content = std::fs::read_to_string(&file).unwrap();
-        let expected =
-            content.lines().find_map(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| panic!("{relative} has no `# expect:` line"));
-        assert!(expected.starts_with(&format!("{relative}:")), "{relative}: the expected line names another file");
-        assert!(expected.ends_with(')'), "{relative}: the expected message names no seed section");
+        // One `# expect:` line per line of output, in order: a rule whose breach also touches the
+        // objects that depend on the broken one says so on them.
+        let expected: Vec<&str> = content.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+        assert!(!expected.is_empty(), "{relative} has no `# expect:` line");
+        for line in &expected {
+            assert!(line.starts_with(&format!("{relative}:")), "{relative}: the expected line names another file");
+            assert!(line.ends_with(')'), "{relative}: the expected message names no seed section");
+        }
         let out = callguard(&["validate", &relative]);
         assert_eq!(out.status.code(), Some(1), "{relative}: stderr {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), format!("{expected}\n"), "{relative}");
+        assert_eq!(text(&out.stdout), expected.iter().map(|l| format!("{l}\n")).collect::<String>(), "{relative}");
     }
 }
 
@@ -86,6 +91,20 @@ fn unparsable_input_exits_2_naming_file_line_and_column() {
     let out = callguard(&["validate", "examples/does-not-exist"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("examples/does-not-exist:0:0: cannot read"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_yaml_error_names_one_position_counted_from_the_top_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phones.yaml");
+    // The second document starts at line 4: its fifth line, badly indented, is the file's eighth.
+    std::fs::write(&path, "a: 1\nb: 2\nc: 3\n---\nkey: value\nother:\n  x: 1\n y: 2\n").unwrap();
+    let out = callguard(&["validate", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with(&format!("{}:8:2: ", path.display())), "{first}");
+    assert!(!first.contains(" line ") && !first.contains(" column ") && !first.contains(" position "), "a second position: {first}");
 }
 
 /// Runs the whole pipeline in process: a panic anywhere fails the property.
@@ -190,4 +209,305 @@ fn the_binary_survives_garbage() {
         assert!(matches!(code, Some(0..=2)), "exit {code:?} on {bytes:?}");
         assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     }
+}
+
+/// Generous on purpose: each of these ends well under 2 s on an idle machine, the target; 10 s only
+/// tells "it ends" from "it hangs" on a shared, loaded one. No test here measures speed.
+const ENDS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Runs `callguard` with its output in files (a full pipe cannot stall it) and kills it after
+/// `limit`: no output when it had not ended by then.
+fn callguard_within(args: &[&str], limit: Duration) -> (Option<Output>, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(args)
+        .current_dir(repo())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("callguard runs");
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let elapsed = started.elapsed();
+            let output = Output { status, stdout: std::fs::read(&out_path).unwrap(), stderr: std::fs::read(&err_path).unwrap() };
+            return (Some(output), elapsed);
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return (None, started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_invalid_object_inside_a_list_is_reported_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // kubectl applies every item of a v1 List and of any `*List` kind with items, nested or not.
+    let yaml = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: callguard.io/v1alpha1
+  kind: CallControlCluster
+  metadata: {name: lab}
+  spec:
+    nodes: [{name: cm1, hostname: cm1.lab.example}]
+- apiVersion: callguard.io/v1alpha1
+  kind: SrstReferenceList
+  items:
+  - apiVersion: callguard.io/v1alpha1
+    kind: SrstReference
+    metadata:
+      name: branch
+    spec:
+      gatewayAddress: srst.branch.example
+      srstCertificateProviderPort: 80
+";
+    let path = dir.path().join("list.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = callguard(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}:18: SrstReference/branch: spec.srstCertificateProviderPort: 80 is less than the minimum 1024 (Table 12-2, P.12-7)\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn the_quickstart_as_one_list_is_the_same_valid_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": quickstart_documents()});
+    let path = dir.path().join("quickstart-list.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&list).unwrap()).unwrap();
+    let out = callguard(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("valid: 24 objects and 11 secrets in 1 namespace(s), 1 file(s)"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn input_without_any_callguard_object_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let others = dir.path().join("others");
+    std::fs::create_dir(&others).unwrap();
+    std::fs::write(others.join("cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n").unwrap();
+    std::fs::write(others.join("notes.txt"), "not a manifest\n").unwrap();
+    for path in [&empty, &others] {
+        let out = callguard(&["validate", path.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: stdout {} stderr {stderr}", path.display(), text(&out.stdout));
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("no Callguard object") && stderr.contains(&path.display().to_string()), "{stderr}");
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_directory_symlink_loop_ends_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("manifests");
+    let deep = root.join("a/b");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::copy(repo().join("examples/invalid/02-enum-value.yaml"), deep.join("cluster.yaml")).unwrap();
+    // Several ways back up at each level: followed, each level of the walk multiplies the paths.
+    std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+    std::os::unix::fs::symlink("../..", deep.join("top")).unwrap();
+    std::os::unix::fs::symlink(&root, deep.join("absolute")).unwrap();
+    std::os::unix::fs::symlink(".", root.join("self")).unwrap();
+    let (out, elapsed) = callguard_within(&["validate", root.to_str().unwrap()], ENDS_WITHIN);
+    let out = out.unwrap_or_else(|| panic!("still walking after {elapsed:?}"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // The file is read once, however many ways lead to it.
+    assert_eq!(text(&out.stdout).lines().count(), 1, "{}", text(&out.stdout));
+}
+
+#[test]
+fn deeply_nested_input_is_refused_quickly_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, String); 6] = [
+        ("closed.yaml", format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000))),
+        ("flow-mapping.yaml", "{a: ".repeat(100_000)),
+        ("flow.yaml", "[".repeat(100_000)),
+        ("block-sequence.yaml", format!("{}x\n", "- ".repeat(100_000))),
+        ("indented.yaml", (0..1_500).map(|i| format!("{}a:\n", " ".repeat(i))).collect()),
+        ("second-document.yaml", format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\na: {}\n", "[".repeat(100_000))),
+    ];
+    for (name, yaml) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        let (out, elapsed) = callguard_within(&["validate", path.to_str().unwrap()], ENDS_WITHIN);
+        let out = out.unwrap_or_else(|| panic!("{name}: still parsing after {elapsed:?}"));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("{}:", path.display())), "{name}: {stderr}");
+        assert!(stderr.contains("nested deeper than 64 levels"), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn an_oversized_document_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    let yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata:\n  x: \"{}\"\n", "a".repeat(4 << 20));
+    std::fs::write(&path, yaml).unwrap();
+    let out = callguard(&["validate", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}:1:1: ", path.display())) && stderr.contains("larger than 3 MiB"), "{stderr}");
+}
+
+/// One step of making a directory tree: a directory, a manifest, or a symbolic link in a directory
+/// already made to another (an ancestor or itself makes a loop), relative or absolute, or to nothing.
+#[derive(Debug, Clone)]
+enum TreeStep {
+    Dir { parent: usize },
+    File { parent: usize, content: usize },
+    Link { parent: usize, target: usize, absolute: bool },
+    Up { parent: usize, levels: usize },
+    Dangling { parent: usize },
+}
+
+fn tree_step() -> impl Strategy<Value = TreeStep> {
+    prop_oneof![
+        any::<usize>().prop_map(|parent| TreeStep::Dir { parent }),
+        (any::<usize>(), 0..3usize).prop_map(|(parent, content)| TreeStep::File { parent, content }),
+        (any::<usize>(), any::<usize>(), any::<bool>()).prop_map(|(parent, target, absolute)| TreeStep::Link { parent, target, absolute }),
+        (any::<usize>(), 0..4usize).prop_map(|(parent, levels)| TreeStep::Up { parent, levels }),
+        any::<usize>().prop_map(|parent| TreeStep::Dangling { parent }),
+    ]
+}
+
+/// Runs `job` on a thread and fails when it has not ended within [`ENDS_WITHIN`] (the thread is
+/// left behind: the property has failed anyway).
+fn ends_quickly<T: Send + 'static>(what: &str, job: impl FnOnce() -> T + Send + 'static) -> Result<T, TestCaseError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(job());
+    });
+    rx.recv_timeout(ENDS_WITHIN).map_err(|_| TestCaseError::fail(format!("{what}: still running after {ENDS_WITHIN:?}")))
+}
+
+/// YAML nested one level per form, as many levels as forms: block mappings by indentation (0),
+/// block sequences, compact on one line when they follow each other (1), then flow sequences (2)
+/// and flow mappings (3); the flow collections closed or left open.
+fn nested_yaml(forms: &[usize], closed: bool) -> String {
+    let mut yaml = String::new();
+    let mut indent = 0;
+    let mut line_open = false;
+    let mut in_flow = false;
+    let mut closers = String::new();
+    for (i, &form) in forms.iter().enumerate() {
+        if !line_open && !in_flow {
+            yaml.push_str(&" ".repeat(indent));
+        }
+        match if in_flow { form.max(2) } else { form } {
+            0 => {
+                yaml.push_str(&format!("k{i}:\n"));
+                indent += 2;
+                line_open = false;
+            }
+            1 => {
+                yaml.push_str("- ");
+                indent += 2;
+                line_open = true;
+            }
+            2 => {
+                in_flow = true;
+                yaml.push('[');
+                closers.insert(0, ']');
+            }
+            _ => {
+                in_flow = true;
+                yaml.push_str(&format!("{{k{i}: "));
+                closers.insert(0, '}');
+            }
+        }
+    }
+    if closed {
+        yaml.push_str(&closers);
+    }
+    yaml.push('\n');
+    yaml
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 64, ..ProptestConfig::default() })]
+
+    /// Any tree of directories, manifests and symbolic links (loops included) is walked and read
+    /// to an end, quickly, without a panic; a link that leads nowhere is an error naming it.
+    #[cfg(unix)]
+    #[test]
+    fn any_directory_tree_with_symlinks_is_read_quickly(steps in prop::collection::vec(tree_step(), 1..24)) {
+        let root = tempfile::tempdir().unwrap();
+        let mut dirs = vec![root.path().to_path_buf()];
+        let contents = [
+            "apiVersion: callguard.io/v1alpha1\nkind: SrstReference\nmetadata: {name: s}\nspec: {gatewayAddress: srst.example}\n",
+            "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: ConfigMap, metadata: {name: c}}]\n",
+            "a: [unclosed\n",
+        ];
+        for (n, step) in steps.into_iter().enumerate() {
+            let pick = |i: usize| dirs[i % dirs.len()].clone();
+            match step {
+                TreeStep::Dir { parent } => {
+                    let dir = pick(parent).join(format!("d{n}"));
+                    std::fs::create_dir(&dir).unwrap();
+                    dirs.push(dir);
+                }
+                TreeStep::File { parent, content } => std::fs::write(pick(parent).join(format!("f{n}.yaml")), contents[content]).unwrap(),
+                TreeStep::Link { parent, target, absolute } => {
+                    let (link, target) = (pick(parent).join(format!("l{n}")), pick(target));
+                    let target = if absolute { target } else { relative_to(&target, link.parent().unwrap()) };
+                    std::os::unix::fs::symlink(target, link).unwrap();
+                }
+                TreeStep::Up { parent, levels } => {
+                    std::os::unix::fs::symlink(if levels == 0 { ".".to_string() } else { "../".repeat(levels) }, pick(parent).join(format!("u{n}"))).unwrap();
+                }
+                TreeStep::Dangling { parent } => std::os::unix::fs::symlink("nowhere", pick(parent).join(format!("x{n}.yaml"))).unwrap(),
+            }
+        }
+        let path = root.path().to_path_buf();
+        let (documents, errors) = ends_quickly("load_paths", move || callguard::manifest::load_paths(&[path]))?;
+        for error in &errors {
+            prop_assert!(error.file.starts_with(root.path()), "{error}");
+        }
+        prop_assert!(documents.len() <= 48, "a file was read more than once: {} documents", documents.len());
+    }
+
+    /// Nesting of any form past 64 levels, closed or not, is refused quickly with an error that
+    /// says so; never a panic, never a parse that takes seconds.
+    #[test]
+    fn deep_nesting_of_any_form_is_refused_quickly(forms in prop::collection::vec(0..4usize, 65..600), extra in 0..20_000usize, closed in any::<bool>()) {
+        let mut forms = forms;
+        forms.extend(std::iter::repeat_n(2, extra));
+        let yaml = nested_yaml(&forms, closed);
+        let result = ends_quickly("parse_documents", move || parse_documents(Path::new("deep.yaml"), yaml.as_bytes()).map(|d| d.len()))?;
+        let error = result.expect_err("nesting past 64 levels is refused");
+        prop_assert!(error.message.contains("nested deeper than 64 levels"), "{error}");
+    }
+
+    /// Up to 64 levels, the same forms parse.
+    #[test]
+    fn nesting_up_to_64_levels_parses(forms in prop::collection::vec(0..4usize, 1..=64)) {
+        let yaml = nested_yaml(&forms, true);
+        prop_assert!(parse_documents(Path::new("nested.yaml"), yaml.as_bytes()).is_ok(), "{}", yaml);
+    }
+}
+
+/// `target` as a path relative to `from`.
+fn relative_to(target: &Path, from: &Path) -> PathBuf {
+    let (target, from): (Vec<_>, Vec<_>) = (target.components().collect(), from.components().collect());
+    let common = target.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut path: PathBuf = std::iter::repeat_n("..", from.len() - common).collect();
+    path.extend(&target[common..]);
+    if path.as_os_str().is_empty() { PathBuf::from(".") } else { path }
 }

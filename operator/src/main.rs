@@ -30,7 +30,11 @@ enum Command {
     /// Check manifests offline: CRD schema, CEL rules and rules across objects.
     ///
     /// Exits 0 when everything is valid, 1 when a rule is broken (one line per violation:
-    /// `file:line: Kind/name: field: message (seed section)`), 2 when input cannot be read or parsed.
+    /// `file:line: Kind/name: field: message (seed section)`), 2 when input cannot be read or parsed
+    /// or holds no Callguard object at all. Lists (`kind: List`, or any `*List` with `items`) are
+    /// checked item by item, as kubectl applies them. Directories are searched for `.yaml`, `.yml`
+    /// and `.json` files without following links to directories, as `kubectl apply -R` does; a
+    /// document over 3 MiB or nested deeper than 64 levels, or a file over 64 MiB, is refused (exit 2).
     Validate {
         /// Files and directories of multi-document YAML.
         #[arg(required = true)]
@@ -43,8 +47,16 @@ enum Command {
     ///
     /// Keys, issued certificates, published trust lists and token status are kept in the state
     /// directory, so a rebuild changes nothing without a reason. The files phones fetch are written to
-    /// `--out` (default: STATE_DIR/tftp/NAMESPACE). Exits 2 when another `build` or a `local` holds
-    /// the state directory (its lock, STATE_DIR/lock, names the holder).
+    /// `--out` (default: STATE_DIR/tftp/NAMESPACE).
+    ///
+    /// Exits 0 when every namespace's CallControlCluster is Ready; 1 when a manifest is invalid, a
+    /// namespace cannot be built, or a cluster is NotReady: its trust lists are not what its spec
+    /// asks (`CtlNotSigned`: the CTL could not be signed, a wrong token password say, and phones keep
+    /// the last published one; `FewerThanTwoTokens`), though the files are written; 2 when input
+    /// cannot be read or holds no Callguard object, or when another `build` or a `local` holds the
+    /// state directory (its lock, STATE_DIR/lock, names the holder). A phone or token that is
+    /// NotReady does not change the exit code: a phone awaiting its certificate from CAPF is NotReady
+    /// by design, and a token that keeps the CTL from being signed makes its cluster NotReady.
     Build {
         /// Files and directories of multi-document YAML.
         #[arg(required = true)]
@@ -505,6 +517,14 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             return ExitCode::from(1);
         }
     };
+    if built.is_empty() {
+        eprintln!(
+            "callguard build: nothing to build: no Callguard object (apiVersion {}) in {}",
+            callguard::api::API_VERSION,
+            joined(paths)
+        );
+        return ExitCode::from(2);
+    }
     let mut failed = false;
     for (namespace, output) in built {
         let output = match output {
@@ -529,8 +549,22 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             println!("{namespace}: {status}");
         }
         println!("{namespace}: wrote {} files to {}", files.len(), dir.display());
+        // The cluster's trust lists are what every phone of the namespace relies on: when they are
+        // not what the spec asks, the build did not do its job, whatever else it wrote.
+        for status in output.statuses.iter().filter(|s| s.kind == "CallControlCluster" && !s.ready) {
+            eprintln!(
+                "callguard build: namespace {namespace}: CallControlCluster/{} is NotReady ({}): its trust lists are not what its spec asks",
+                status.name, status.reason
+            );
+            failed = true;
+        }
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// The paths given, for a message.
+fn joined(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Replaces the directory's files with `files`, so a file that is no longer built is no longer served.
@@ -603,6 +637,16 @@ fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {
     let report = validate::validate_documents(&documents, policy);
     for violation in &report.violations {
         println!("{violation}");
+    }
+    // Nothing to check is no success: a pipeline pointed at the wrong directory must not pass.
+    if report.objects == 0 {
+        eprintln!(
+            "callguard validate: nothing to validate: no Callguard object (apiVersion {}) among the {} object(s) in {}",
+            callguard::api::API_VERSION,
+            documents.len(),
+            joined(paths)
+        );
+        return ExitCode::from(2);
     }
     if report.violations.is_empty() {
         println!(

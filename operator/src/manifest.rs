@@ -1,15 +1,37 @@
 //! Reading multi-document YAML manifests with their positions, for messages that name
 //! `file:line`. serde_yaml parses the values; saphyr's marked nodes find the line of a field
 //! only when a message needs one, so valid input is parsed once.
+//!
+//! Input is bounded before it is parsed, since `validate` runs on pull requests: a file is read up
+//! to [`MAX_FILE_BYTES`], a document up to [`MAX_DOCUMENT_BYTES`] and [`MAX_DEPTH`] levels of
+//! nesting (see [`nesting`]), and directories are walked without following links to directories.
 
+mod nesting;
+
+use std::collections::HashSet;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::Value;
 
-/// One YAML document of a manifest file.
+/// The deepest nesting a document may have. The deepest Callguard field is 6 levels down, and
+/// Kubernetes manifests of other kinds (a Deployment's probes, say) stay under 20: 64 is far from
+/// any manifest, and close enough to the root that no parser spends time on what is refused.
+pub const MAX_DEPTH: usize = 64;
+
+/// The largest document: the API server refuses a request body over 3 MiB (and etcd stores no
+/// object over 1.5 MiB), so no larger object can be applied. A List is one document.
+pub const MAX_DOCUMENT_BYTES: usize = 3 << 20;
+
+/// The largest file: three times a 30,000-phone namespace written as one file (about 21 MiB, the
+/// largest `callguard bench validate` measures), and a bound on what is read into memory from
+/// anything that is not a regular file (`/dev/zero`, a pipe).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// One YAML document of a manifest file, or one item of a List in it.
 #[derive(Debug, Clone)]
 pub struct Document {
     pub file: Arc<Path>,
@@ -17,7 +39,12 @@ pub struct Document {
     pub first_line: usize,
     /// The document's own text.
     pub text: Arc<str>,
+    /// Where the object stands in `text`: nowhere for a document of its own, `items[i]` (and so on
+    /// down nested Lists) for an item of a List.
+    pub within: Vec<PathSegment>,
     pub value: Value,
+    /// The lines of `text`'s nodes, read on first need and shared by the items of a List.
+    lines: Arc<OnceLock<Option<(usize, Lines)>>>,
 }
 
 /// Input that cannot be read or parsed: `validate` exits 2 on it.
@@ -63,34 +90,87 @@ pub fn parse_field_path(path: &str) -> Vec<PathSegment> {
     segments
 }
 
-/// Every `.yaml`, `.yml` and `.json` file under the given paths, in a stable order. A path that is a
-/// file is taken whatever its name.
+/// Every `.yaml`, `.yml` and `.json` file under the given paths, in a stable order, each once. A path
+/// that is a file is taken whatever its name, and a path that is a link is followed.
+///
+/// Below the given paths, a link to a directory is not followed, as `kubectl apply -R` does not
+/// follow one (kubernetes/kubectl#1603): what is checked is what it applies, and no link can make a
+/// loop. A link to a file is read as the file. A directory reached twice (a bind mount of an
+/// ancestor) is walked once.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
+    let mut seen = Seen::default();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
         if meta.is_dir() {
-            walk(path, &mut files)?;
-        } else {
+            walk(path, &meta, &mut files, &mut seen)?;
+        } else if seen.first(&meta) {
             files.push(path.clone());
         }
     }
     Ok(files)
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
+/// Files and directories already taken, by device and inode.
+#[derive(Default)]
+struct Seen(HashSet<(u64, u64)>);
+
+impl Seen {
+    /// Whether this is the first time `meta`'s file is met.
+    #[cfg(unix)]
+    fn first(&mut self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.0.insert((meta.dev(), meta.ino()))
+    }
+
+    #[cfg(not(unix))]
+    fn first(&mut self, _meta: &std::fs::Metadata) -> bool {
+        true
+    }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
+fn walk(dir: &Path, meta: &std::fs::Metadata, files: &mut Vec<PathBuf>, seen: &mut Seen) -> Result<(), LoadError> {
+    if !seen.first(meta) {
+        return Ok(());
+    }
+    let mut entries: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))?.collect::<Result<_, _>>().map_err(|e| io_error(dir, &e))?;
+    entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let hidden = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if hidden {
+        let path = entry.path();
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with('.')) {
             continue;
         }
-        if entry.is_dir() {
-            walk(&entry, files)?;
-        } else if entry.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
-            files.push(entry);
+        let kind = entry.file_type().map_err(|e| io_error(&path, &e))?;
+        if kind.is_dir() {
+            let meta = entry.metadata().map_err(|e| io_error(&path, &e))?;
+            walk(&path, &meta, files, seen)?;
+            continue;
+        }
+        if !is_manifest(&path) {
+            continue;
+        }
+        // A link is followed to what it names; one that names nothing fails when it is read.
+        match std::fs::metadata(&path) {
+            Ok(target) if target.is_dir() => {}
+            Ok(target) if target.is_file() => {
+                if seen.first(&target) {
+                    files.push(path);
+                }
+            }
+            Ok(_) => {
+                return Err(LoadError {
+                    file: path,
+                    line: 0,
+                    column: 0,
+                    message: "not a regular file; name a pipe or device on the command line to read it".into(),
+                });
+            }
+            Err(_) => files.push(path),
         }
     }
     Ok(())
@@ -119,7 +199,16 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<Document>, Vec<LoadError>) {
 }
 
 pub fn load_file(path: &Path) -> Result<Vec<Document>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(|e| io_error(path, &e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(LoadError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("larger than {} MiB: split it into several files", MAX_FILE_BYTES >> 20),
+        });
+    }
     parse_documents(path, &bytes)
 }
 
@@ -134,17 +223,36 @@ pub fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, LoadE
     // Documents parse independently: spread a large file over the cores.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let per_worker = chunks.len().div_ceil(workers).max(64);
-    let parsed: Vec<Result<Option<Document>, LoadError>> = std::thread::scope(|scope| {
+    let parsed: Vec<Result<Vec<Document>, LoadError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .chunks(per_worker)
             .map(|part| scope.spawn(|| part.iter().map(|&(offset, chunk)| parse_document(path, &file, offset, chunk)).collect::<Vec<_>>()))
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("a parser thread panicked")).collect()
     });
-    parsed.into_iter().filter_map(Result::transpose).collect()
+    let mut documents = Vec::new();
+    for result in parsed {
+        documents.extend(result?);
+    }
+    Ok(documents)
 }
 
-fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> Result<Option<Document>, LoadError> {
+/// Parses one document: its objects, one, or each item of a List, or none when it is empty.
+fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> Result<Vec<Document>, LoadError> {
+    let refuse = |at: usize, message: String| {
+        let (line, column) = line_column(chunk.as_bytes(), at);
+        LoadError { file: path.to_path_buf(), line: offset + line, column, message }
+    };
+    if chunk.len() > MAX_DOCUMENT_BYTES {
+        let message = format!(
+            "document larger than {} MiB ({} bytes): the API server accepts no object that large; split it",
+            MAX_DOCUMENT_BYTES >> 20,
+            chunk.len()
+        );
+        return Err(refuse(0, message));
+    }
+    nesting::check_depth(chunk, MAX_DEPTH)
+        .map_err(|deep| refuse(deep.offset, format!("nested deeper than {MAX_DEPTH} levels; no manifest nests that deep")))?;
     let value = serde_yaml::from_str::<StrictValue>(chunk).map(|v| v.0).map_err(|e| {
         let (mut line, mut column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         // serde places a duplicate key at its mapping; saphyr's loader knows the key itself.
@@ -155,7 +263,34 @@ fn parse_document(path: &Path, file: &Arc<Path>, offset: usize, chunk: &str) -> 
         }
         LoadError { file: path.to_path_buf(), line: offset + line, column, message: yaml_message(&e) }
     })?;
-    Ok((!value.is_null()).then(|| Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), value }))
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    let document =
+        Document { file: file.clone(), first_line: offset + 1, text: Arc::from(chunk), within: Vec::new(), value, lines: Arc::default() };
+    let mut documents = Vec::new();
+    expand_lists(document, &mut documents);
+    Ok(documents)
+}
+
+/// Whether `value` is a List, which kubectl applies item by item: a `kind` ending in `List` (`v1`
+/// `List`, `PhoneList`, ...) with `items`.
+fn is_list(value: &Value) -> bool {
+    value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) && value.get("items").is_some_and(Value::is_array)
+}
+
+/// The objects of a document: the document itself, or the items of a List, down nested Lists.
+fn expand_lists(mut document: Document, out: &mut Vec<Document>) {
+    if !is_list(&document.value) {
+        out.push(document);
+        return;
+    }
+    let Some(Value::Array(items)) = document.value.get_mut("items").map(Value::take) else { return };
+    for (i, item) in items.into_iter().enumerate() {
+        let mut within = document.within.clone();
+        within.extend([PathSegment::Key("items".into()), PathSegment::Index(i)]);
+        expand_lists(Document { within, value: item, ..document.clone() }, out);
+    }
 }
 
 /// A JSON value read from YAML that refuses duplicate mapping keys, which YAML forbids and the
@@ -223,13 +358,13 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// serde_yaml appends " at line L column C" to its messages; the caller prints the position itself.
+/// serde_yaml's message without the positions it writes into it (" at line L column C" of the
+/// problem, and of its context), which count from the document's first line: the caller prints
+/// the one position that counts, from the file's.
 fn yaml_message(e: &serde_yaml::Error) -> String {
-    let message = e.to_string();
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message,
-    }
+    static POSITION: OnceLock<regex::Regex> = OnceLock::new();
+    let position = POSITION.get_or_init(|| regex::Regex::new(r" at (?:line \d+ column \d+|position \d+)").expect("valid regex"));
+    position.replace_all(&e.to_string(), "").into_owned()
 }
 
 fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
@@ -280,23 +415,52 @@ fn is_blank(chunk: &str) -> bool {
     })
 }
 
+/// The line of each node of a document's text: of a mapping's keys and a sequence's items, and
+/// what is below them.
+#[derive(Debug)]
+enum Lines {
+    Mapping(Vec<(String, usize, Lines)>),
+    Sequence(Vec<(usize, Lines)>),
+    Scalar,
+}
+
+impl Lines {
+    fn of(node: &MarkedYaml<'_>) -> Lines {
+        match &node.data {
+            YamlData::Mapping(map) => Lines::Mapping(
+                map.iter()
+                    .filter_map(|(k, v)| match &k.data {
+                        YamlData::Value(Scalar::String(key)) => Some((key.to_string(), k.span.start.line(), Lines::of(v))),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            YamlData::Sequence(items) => Lines::Sequence(items.iter().map(|v| (v.span.start.line(), Lines::of(v))).collect()),
+            _ => Lines::Scalar,
+        }
+    }
+}
+
 impl Document {
-    /// The 1-based file line of the field at `path`, or of its nearest ancestor that exists.
+    /// A document of its own, for objects read from elsewhere than a file (the API).
+    pub fn new(file: Arc<Path>, first_line: usize, text: Arc<str>, value: Value) -> Self {
+        Document { file, first_line, text, within: Vec::new(), value, lines: Arc::default() }
+    }
+
+    /// The 1-based file line of the field at `path` of the object, or of its nearest ancestor that
+    /// exists.
     pub fn line_of(&self, path: &[PathSegment]) -> usize {
-        let Ok(docs) = MarkedYaml::load_from_str(&self.text) else {
+        let root = self.lines.get_or_init(|| {
+            let docs = MarkedYaml::load_from_str(&self.text).ok()?;
+            docs.first().map(|node| (node.span.start.line(), Lines::of(node)))
+        });
+        let Some((mut line, mut node)) = root.as_ref().map(|(line, node)| (*line, node)) else {
             return self.first_line;
         };
-        let Some(mut node) = docs.first() else {
-            return self.first_line;
-        };
-        let mut line = node.span.start.line();
-        for segment in path {
-            let child = match (&node.data, segment) {
-                (YamlData::Mapping(map), PathSegment::Key(key)) => map
-                    .iter()
-                    .find(|(k, _)| matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == key))
-                    .map(|(k, v)| (k.span.start.line(), v)),
-                (YamlData::Sequence(items), PathSegment::Index(i)) => items.get(*i).map(|v| (v.span.start.line(), v)),
+        for segment in self.within.iter().chain(path) {
+            let child = match (node, segment) {
+                (Lines::Mapping(entries), PathSegment::Key(key)) => entries.iter().find(|(k, _, _)| k == key).map(|(_, l, n)| (*l, n)),
+                (Lines::Sequence(items), PathSegment::Index(i)) => items.get(*i).map(|(l, n)| (*l, n)),
                 _ => None,
             };
             match child {

@@ -194,5 +194,5 @@ where
 
 /// Messages name the object as `Kind/name`: there is no file or line.
 fn document(value: Value, kind: &str, name: &str) -> Document {
-    Document { file: Arc::from(Path::new(&format!("{kind}/{name}"))), first_line: 0, text: Arc::from(""), value }
+    Document::new(Arc::from(Path::new(&format!("{kind}/{name}"))), 0, Arc::from(""), value)
 }

@@ -33,8 +33,23 @@ impl<'a> Findings<'a> {
         self.findings.push(Finding { object, violation: Violation::new(field, message) });
     }
 
+    /// A reference to `target_kind/target` that is not in the snapshot: the object is there but
+    /// invalid, and its own error says why, or it is missing (`not_found`).
+    fn unresolved(&mut self, kind: &str, name: &str, field: impl Into<String>, target_kind: &str, target: &str, not_found: String) {
+        let message = if self.snapshot.is_invalid(target_kind, target) {
+            format!("{target_kind}/{target} is invalid (see its own error)")
+        } else {
+            not_found
+        };
+        self.push(kind, name, field, message);
+    }
+
     /// A Secret key reference resolves (DESIGN: secrets). Returns the value when it is present.
     fn secret(&mut self, kind: &str, name: &str, field: &str, reference: &SecretKeyRef) -> Option<&'a [u8]> {
+        if self.snapshot.is_invalid("Secret", &reference.name) {
+            self.push(kind, name, field, format!("Secret/{} is invalid (see its own error)", reference.name));
+            return None;
+        }
         match self.snapshot.secrets.get(&reference.name) {
             Some(secret) => match secret.0.get(&reference.key) {
                 Some(value) => Some(value.as_slice()),
@@ -76,7 +91,9 @@ fn single_cluster<'a>(out: &mut Findings<'a>) -> Option<&'a CallControlCluster> 
             ),
         );
     }
-    if first.is_none() && !snapshot.is_empty() {
+    // An invalid cluster is there: its own error is the one to fix.
+    let invalid_cluster = snapshot.invalid.iter().any(|(kind, _)| kind == "CallControlCluster");
+    if first.is_none() && !snapshot.is_empty() && !invalid_cluster {
         let (kind, name) = any_object(snapshot);
         out.push(
             kind,
@@ -132,10 +149,12 @@ fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
     let mixed = cluster.spec.security_mode() == ClusterSecurityMode::Mixed;
     for (i, token_name) in ctl.tokens.iter().enumerate() {
         match snapshot.tokens.get(token_name) {
-            None => out.push(
+            None => out.unresolved(
                 "CallControlCluster",
                 &cname,
                 format!("spec.ctl.tokens[{i}]"),
+                "SecurityToken",
+                token_name,
                 format!("SecurityToken {token_name:?} not found (P.3-9)"),
             ),
             // Mixed mode lists exactly two tokens (CEL), so each must be usable (P.1-12, P.3-13).
@@ -189,10 +208,12 @@ fn phones(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
         let spec = &phone.spec;
         // Every phone has a profile of its own protocol (P.5-1, P.5-9).
         let Some(profile) = snapshot.phone_profiles.get(&spec.security_profile_ref) else {
-            out.push(
+            out.unresolved(
                 "Phone",
                 name,
                 "spec.securityProfileRef",
+                "PhoneSecurityProfile",
+                &spec.security_profile_ref,
                 format!("PhoneSecurityProfile {:?} not found; every phone needs a security profile (P.5-1)", spec.security_profile_ref),
             );
             continue;
@@ -229,7 +250,14 @@ fn phones(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
         if let Some(srst) = &spec.srst_reference_ref
             && !snapshot.srst_references.contains_key(srst)
         {
-            out.push("Phone", name, "spec.srstReferenceRef", format!("SrstReference {srst:?} not found (T12-1)"));
+            out.unresolved(
+                "Phone",
+                name,
+                "spec.srstReferenceRef",
+                "SrstReference",
+                srst,
+                format!("SrstReference {srst:?} not found (T12-1)"),
+            );
         }
         capf_operation(out, name, spec, profile_spec, cluster);
         config_encryption(out, name, spec, profile_spec, cluster);
@@ -242,7 +270,7 @@ fn digest_user(out: &mut Findings<'_>, name: &str, spec: &PhoneSpec, profile: &P
     let snapshot = out.snapshot;
     match &spec.digest_user_ref {
         Some(user_ref) => match snapshot.end_users.get(user_ref) {
-            None => out.push("Phone", name, "spec.digestUserRef", format!("EndUser {user_ref:?} not found (P.8-5)")),
+            None => out.unresolved("Phone", name, "spec.digestUserRef", "EndUser", user_ref, format!("EndUser {user_ref:?} not found (P.8-5)")),
             Some(user) if profile.digest_enabled() && user.spec.digest_credentials.is_none() => out.push("Phone", name, "spec.digestUserRef", format!(
                 "EndUser {user_ref:?} has no digest credentials; with digest authentication enabled the phone cannot register (P.1-17, T8-2)"
             )),
@@ -437,10 +465,12 @@ fn trunks(out: &mut Findings<'_>) {
     for (name, trunk) in &snapshot.trunks {
         let spec = &trunk.spec;
         match snapshot.trunk_profiles.get(&spec.security_profile_ref) {
-            None => out.push(
+            None => out.unresolved(
                 "SipTrunk",
                 name,
                 "spec.securityProfileRef",
+                "SipTrunkSecurityProfile",
+                &spec.security_profile_ref,
                 format!("SipTrunkSecurityProfile {:?} not found; every SIP trunk needs one (P.14-1)", spec.security_profile_ref),
             ),
             Some(profile) => {
@@ -457,7 +487,9 @@ fn trunks(out: &mut Findings<'_>) {
                         .application_user_refs
                         .iter()
                         .any(|u| snapshot.application_users.get(u).is_some_and(|u| u.spec.digest_credentials.is_some()));
-                    if !with_credentials {
+                    // An invalid user may be the one with credentials: its own error comes first.
+                    let unknown = spec.application_user_refs.iter().any(|u| snapshot.is_invalid("ApplicationUser", u));
+                    if !with_credentials && !unknown {
                         out.push("SipTrunk", name, "spec.applicationUserRefs", format!(
                             "SipTrunkSecurityProfile {:?} enables digest authentication: reference an application user with digest credentials (P.15-3)",
                             spec.security_profile_ref
@@ -468,10 +500,12 @@ fn trunks(out: &mut Findings<'_>) {
         }
         for (i, user) in spec.application_user_refs.iter().enumerate() {
             if !snapshot.application_users.contains_key(user) {
-                out.push(
+                out.unresolved(
                     "SipTrunk",
                     name,
                     format!("spec.applicationUserRefs[{i}]"),
+                    "ApplicationUser",
+                    user,
                     format!("ApplicationUser {user:?} not found (P.15-3)"),
                 );
             }
@@ -479,7 +513,7 @@ fn trunks(out: &mut Findings<'_>) {
         if let Some(realm) = &spec.sip_realm_ref
             && !snapshot.realms.contains_key(realm)
         {
-            out.push("SipTrunk", name, "spec.sipRealmRef", format!("SipRealm {realm:?} not found (P.15-5)"));
+            out.unresolved("SipTrunk", name, "spec.sipRealmRef", "SipRealm", realm, format!("SipRealm {realm:?} not found (P.15-5)"));
         }
     }
 }

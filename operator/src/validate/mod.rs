@@ -82,7 +82,8 @@ pub struct Report {
 }
 
 /// Runs every layer on parsed manifest documents. Objects of other API groups are ignored, except
-/// core/v1 Secrets, which resolve references.
+/// core/v1 Secrets, which resolve references, and objects meant for Callguard under a mistyped
+/// apiVersion (see [`meant_for_callguard`]), which are errors.
 pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Report {
     let schemas = kind_schemas();
     let mut report = Report::default();
@@ -98,8 +99,9 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
             namespace: namespace.unwrap_or("default").to_string(),
             name: name.unwrap_or("<no name>").to_string(),
         };
-        let is_secret = doc.value.get("apiVersion").and_then(Value::as_str) == Some("v1") && kind == Some("Secret");
-        let ours = doc.value.get("apiVersion").and_then(Value::as_str).map(api_group) == Some("callguard.io");
+        let api_version = doc.value.get("apiVersion").and_then(Value::as_str);
+        let is_secret = api_version == Some("v1") && kind == Some("Secret");
+        let ours = api_version.is_some_and(|v| meant_for_callguard(v, kind));
         if !is_secret && !ours {
             // Other objects pass through untouched; a document that is no object at all is reported.
             report.violations.extend(violations.into_iter().map(|v| locate(doc, &object, v)));
@@ -112,6 +114,8 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
         }
         if !violations.is_empty() {
             report.violations.extend(violations.into_iter().map(|v| locate(doc, &object, v)));
+            // Kept out of the snapshot, but known to be there: what refers to it says it is invalid.
+            snapshots.entry(object.namespace.clone()).or_insert_with(|| Snapshot::new(&object.namespace)).mark_invalid(&object);
             continue;
         }
         if let Some(first) = origins.get(&object) {
@@ -131,7 +135,10 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
             Ok(()) => {
                 origins.insert(object, doc);
             }
-            Err(v) => report.violations.push(locate(doc, &object, v)),
+            Err(v) => {
+                snapshot.mark_invalid(&object);
+                report.violations.push(locate(doc, &object, v));
+            }
         }
     }
     report.namespaces = snapshots.len();
@@ -175,29 +182,110 @@ fn check_in_parallel(documents: &[Document], schemas: &BTreeMap<String, KindSche
 pub fn check_document(value: &Value, schemas: &BTreeMap<String, KindSchema>) -> Vec<Violation> {
     let api_version = value.get("apiVersion").and_then(Value::as_str);
     let kind = value.get("kind").and_then(Value::as_str);
+    if let Some(problem) = api_version.and_then(|v| api_version_problem(v, kind, schemas)) {
+        return vec![Violation::new("apiVersion", problem)];
+    }
     match (api_version, kind) {
         (Some("v1"), Some("Secret")) => snapshot::check_secret_shape(value),
-        (Some(v), _) if api_group(v) == "callguard.io" && v != API_VERSION => {
-            vec![Violation::new("apiVersion", format!("{v:?} is not served; use {API_VERSION} (DESIGN: resources)"))]
-        }
         (Some(API_VERSION), Some(kind)) => match schemas.get(kind) {
             Some(schema) => schema.check(value),
             None => {
                 let kinds: Vec<&str> = schemas.keys().map(String::as_str).collect();
-                vec![Violation::new(
-                    "kind",
-                    format!("{kind:?} is not a Callguard kind; kinds are {} (DESIGN: resources)", kinds.join(", ")),
-                )]
+                let hint = match closest(kind, kinds.iter().copied()) {
+                    Some(close) => format!("did you mean {close:?}?"),
+                    None => format!("kinds are {}", kinds.join(", ")),
+                };
+                vec![Violation::new("kind", format!("{kind:?} is not a Callguard kind; {hint} ({RESOURCES})"))]
             }
         },
-        (Some(API_VERSION), None) => vec![Violation::new("kind", "required field is missing (DESIGN: resources)")],
+        (Some(API_VERSION), None) => vec![Violation::new("kind", format!("required field is missing ({RESOURCES})"))],
         _ if value.is_object() => Vec::new(),
-        _ => vec![Violation::new("", "a manifest must be a mapping with apiVersion and kind (DESIGN: resources)")],
+        _ => vec![Violation::new("", format!("a manifest must be a mapping with apiVersion and kind ({RESOURCES})"))],
     }
 }
 
+/// Where the README describes the resources, their group and version.
+const RESOURCES: &str = "README: The resources";
+
+const GROUP: &str = "callguard.io";
+
+/// The group of an apiVersion: before the `/`; a dotted name without one is a group whose version
+/// was left out, a name without either the core group's version (`v1`).
 fn api_group(api_version: &str) -> &str {
-    api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
+    match api_version.rsplit_once('/') {
+        Some((group, _)) => group,
+        None if api_version.contains('.') => api_version,
+        None => "",
+    }
+}
+
+/// Whether an object is meant for Callguard, whatever is wrong with its apiVersion: in the group
+/// `callguard.io`, in a group one or two edits from it (a typo, not another API to pass over), or
+/// of a Callguard kind in the core group (the group left out). The core group has no such kind,
+/// and no served group is that close to `callguard.io`.
+pub fn meant_for_callguard(api_version: &str, kind: Option<&str>) -> bool {
+    let group = api_group(api_version);
+    group == GROUP
+        || edit_distance(&group.to_ascii_lowercase(), GROUP) <= 2
+        || group.is_empty() && kind.is_some_and(|k| kind_schemas().contains_key(k))
+}
+
+/// What is wrong with the apiVersion of an object meant for Callguard; `None` when it is right or
+/// the object is not Callguard's.
+fn api_version_problem(api_version: &str, kind: Option<&str>, schemas: &BTreeMap<String, KindSchema>) -> Option<String> {
+    if api_version == API_VERSION || !meant_for_callguard(api_version, kind) {
+        return None;
+    }
+    let group = api_group(api_version);
+    let problem = if group == GROUP && api_version == GROUP {
+        format!("{api_version:?} names no version; did you mean {API_VERSION:?}?")
+    } else if group == GROUP {
+        format!("{api_version:?} is not a version Callguard serves; did you mean {API_VERSION:?}?")
+    } else if group.is_empty() {
+        let kind = kind.filter(|k| schemas.contains_key(*k)).unwrap_or_default();
+        format!("{api_version:?} is the core API group, which has no kind {kind:?}; did you mean {API_VERSION:?}?")
+    } else {
+        format!("{api_version:?} is not an API group Callguard serves; did you mean {API_VERSION:?}?")
+    };
+    Some(format!("{problem} ({RESOURCES})"))
+}
+
+/// The candidate closest to `word`, if it is close enough to be what was meant: at most one edit
+/// per three characters of the shorter (and always one), ignoring case.
+pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = word.to_lowercase();
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (word.chars().count().min(c.chars().count()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// The optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// adjacent characters, one edit each (Damerau-Levenshtein without edits of edited text).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Names longer than any Callguard name by far are not typos of one; do not spend time on them.
+    if a.len().abs_diff(b.len()) > 8 {
+        return a.len().abs_diff(b.len());
+    }
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn locate(doc: &Document, object: &ObjectRef, violation: Violation) -> Located {
@@ -206,5 +294,188 @@ fn locate(doc: &Document, object: &ObjectRef, violation: Violation) -> Located {
         line: doc.line_of(&parse_field_path(&violation.field)),
         object: object.to_string(),
         violation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::manifest::parse_documents;
+
+    fn messages(value: Value) -> Vec<String> {
+        check_document(&value, kind_schemas()).into_iter().map(|v| format!("{}: {}", v.field, v.message)).collect()
+    }
+
+    fn srst(api_version: &str, kind: &str) -> Value {
+        json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "s"}, "spec": {"gatewayAddress": "srst.example"}})
+    }
+
+    #[test]
+    fn a_group_one_or_two_edits_from_callguard_io_is_a_typo_not_another_api() {
+        let typos = [
+            "calguard.io/v1alpha1",
+            "Callguard.io/v1alpha1",
+            "callgaurd.io/v1alpha1",
+            "callguard.oi/v1alpha1",
+            "callguard.com/v1alpha1",
+            "CALLGUARD.IO/v1alpha1",
+            "calguard.io/v1",
+            // No version: read as the core group's version "callguard.io".
+            "callguard.io",
+        ];
+        for api_version in typos {
+            let found = messages(srst(api_version, "SrstReference"));
+            assert_eq!(found.len(), 1, "{api_version}: {found:?}");
+            assert!(found[0].starts_with("apiVersion: "), "{api_version}: {found:?}");
+            assert!(found[0].contains("did you mean \"callguard.io/v1alpha1\"?"), "{api_version}: {found:?}");
+        }
+        // A Callguard kind in the core group: the group was left out.
+        for api_version in ["v1alpha1", "v1"] {
+            let found = messages(srst(api_version, "SrstReference"));
+            assert!(found.len() == 1 && found[0].contains("did you mean \"callguard.io/v1alpha1\"?"), "{api_version}: {found:?}");
+        }
+        // Other API groups, and the core group's own kinds, pass through.
+        for (api_version, kind) in [
+            ("apps/v1", "Deployment"),
+            ("example.com/v1", "Phone"),
+            ("guard.io/v1", "Phone"),
+            ("callguard.example.com/v1", "Phone"),
+            ("v1", "ConfigMap"),
+        ] {
+            assert_eq!(messages(srst(api_version, kind)), Vec::<String>::new(), "{api_version} {kind}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_version_or_kind_of_callguard_io_names_the_closest() {
+        let found = messages(srst("callguard.io/v1alpha2", "SrstReference"));
+        assert!(
+            found.len() == 1 && found[0].contains("is not a version Callguard serves; did you mean \"callguard.io/v1alpha1\"?"),
+            "{found:?}"
+        );
+        for (kind, closest) in [("Phnoe", "Phone"), ("srstreference", "SrstReference"), ("SipTrunks", "SipTrunk"), ("EndUsr", "EndUser")] {
+            let found = messages(srst(API_VERSION, kind));
+            assert!(found.len() == 1 && found[0].contains(&format!("did you mean {closest:?}?")), "{kind}: {found:?}");
+        }
+        let found = messages(srst(API_VERSION, "Gateway"));
+        assert!(found.len() == 1 && !found[0].contains("did you mean") && found[0].contains("kinds are ApplicationUser"), "{found:?}");
+    }
+
+    #[test]
+    fn an_unknown_field_names_the_closest_allowed_field() {
+        let mut value = srst(API_VERSION, "SrstReference");
+        value["spec"]["isSrstSecre"] = json!(true);
+        value["spec"]["hsrpPeer"] = json!("srst2.example");
+        let found = messages(value);
+        assert!(
+            found.iter().any(|m| m.starts_with("spec.isSrstSecre: unknown field \"isSrstSecre\"; did you mean \"isSrstSecure\"?")),
+            "{found:?}"
+        );
+        // Nothing close: no guess.
+        assert!(found.iter().any(|m| m.starts_with("spec.hsrpPeer: unknown field \"hsrpPeer\" (")), "{found:?}");
+        let cluster = json!({
+            "apiVersion": API_VERSION, "kind": "CallControlCluster", "metadata": {"nmae": "lab"},
+            "spec": {"nodes": [{"name": "cm1", "hostnme": "cm1.example"}]}
+        });
+        let found = messages(cluster);
+        assert!(
+            found.iter().any(|m| m.starts_with("spec.nodes[0].hostnme: unknown field \"hostnme\"; did you mean \"hostname\"?")),
+            "{found:?}"
+        );
+        // A required field whose name was mistyped: the typo is named where the field is missing.
+        assert!(
+            found.iter().any(|m| m.starts_with("metadata.name: required field is missing; is \"nmae\" a typo of \"name\"?")),
+            "{found:?}"
+        );
+    }
+
+    fn report(yaml: &str) -> Vec<String> {
+        let documents = parse_documents(Path::new("ns.yaml"), yaml.as_bytes()).unwrap();
+        validate_documents(&documents, SecretPolicy::Require).violations.iter().map(ToString::to_string).collect()
+    }
+
+    const CLUSTER: &str = "apiVersion: callguard.io/v1alpha1\nkind: CallControlCluster\nmetadata: {name: lab}\nspec:\n  nodes: [{name: cm1, hostname: cm1.lab.example}]\n";
+
+    #[test]
+    fn an_invalid_object_carries_the_cause_and_its_dependents_say_it_is_invalid() {
+        // Every kind a reference can name: profile, digest user, SRST reference, and the Secret of a token.
+        let yaml = format!(
+            "{CLUSTER}---
+apiVersion: callguard.io/v1alpha1
+kind: PhoneSecurityProfile
+metadata: {{name: sip}}
+spec: {{protocol: SIP, deviceSecurityMode: Secure}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: EndUser
+metadata: {{name: alice}}
+spec: {{digestCredentials: {{name: alice-digest}}}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: SrstReference
+metadata: {{name: branch}}
+spec: {{gatewayAddress: 'not a host'}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: PhoneSecurityProfile
+metadata: {{name: sip-ok}}
+spec: {{protocol: SIP, deviceSecurityMode: NonSecure}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: Phone
+metadata: {{name: bob-7961}}
+spec: {{macAddress: '00AABBCCDD02', model: '7961', protocol: SIP, securityProfileRef: sip}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: Phone
+metadata: {{name: alice-7961}}
+spec: {{macAddress: '00AABBCCDD01', model: '7961', protocol: SIP, securityProfileRef: sip-ok, digestUserRef: alice, srstReferenceRef: branch}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: realm-password}}
+data: {{password: '***not base64***'}}
+---
+apiVersion: callguard.io/v1alpha1
+kind: SipRealm
+metadata: {{name: peer}}
+spec: {{realm: peer.example, user: cm, password: {{name: realm-password, key: password}}}}
+"
+        );
+        let found = report(&yaml);
+        for line in &found {
+            assert!(
+                !line.contains("not found") && !line.contains("has no CallControlCluster"),
+                "a follow-on error: {line}\nall: {found:#?}"
+            );
+        }
+        for (object, field, reference) in [
+            ("Phone/bob-7961", "spec.securityProfileRef", "PhoneSecurityProfile/sip"),
+            ("Phone/alice-7961", "spec.digestUserRef", "EndUser/alice"),
+            ("Phone/alice-7961", "spec.srstReferenceRef", "SrstReference/branch"),
+            ("SipRealm/peer", "spec.password", "Secret/realm-password"),
+        ] {
+            let expected = format!("{object}: {field}: {reference} is invalid (see its own error)");
+            assert!(found.iter().any(|l| l.contains(&expected)), "{expected}\nall: {found:#?}");
+        }
+        // Each invalid object carries its own cause, once.
+        for object in ["PhoneSecurityProfile/sip:", "EndUser/alice:", "SrstReference/branch:", "Secret/realm-password:"] {
+            assert_eq!(found.iter().filter(|l| l.contains(object)).count(), 1, "{object}\nall: {found:#?}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_cluster_is_the_only_error_of_its_namespace() {
+        let yaml = format!(
+            "{}---\napiVersion: callguard.io/v1alpha1\nkind: SrstReference\nmetadata: {{name: branch}}\nspec: {{gatewayAddress: srst.example}}\n",
+            CLUSTER.replace("spec:\n", "spec:\n  securityMode: Mixd\n")
+        );
+        let found = report(&yaml);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].starts_with("ns.yaml:5: CallControlCluster/lab: spec.securityMode: \"Mixd\" is not one of"), "{found:#?}");
     }
 }

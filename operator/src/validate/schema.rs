@@ -11,7 +11,7 @@ use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use regex::Regex;
 use serde_json::{Value, json};
 
-use super::Violation;
+use super::{Violation, closest};
 use crate::api;
 
 /// The compiled validators of one kind.
@@ -139,19 +139,32 @@ impl KindSchema {
         let mut field = dotted(error.instance_path().segments());
         let message = match error.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let allowed = self.allowed_fields(&field);
                 return unexpected
                     .iter()
                     .map(|name| {
+                        let hint =
+                            closest(name, allowed.iter().map(String::as_str)).map(|c| format!("; did you mean {c:?}?")).unwrap_or_default();
                         let field = join(&field, name);
                         let section = self.section_at(&field);
-                        Violation::new(field, format!("unknown field {name:?} ({section})"))
+                        Violation::new(field, format!("unknown field {name:?}{hint} ({section})"))
                     })
                     .collect();
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default().to_string();
+                // A field missing because its name was mistyped: where unknown fields are refused,
+                // the typo's own violation names this field; elsewhere (metadata) say it here.
+                let allowed = self.allowed_fields(&field);
+                let strangers = error.instance().as_object().into_iter().flat_map(|o| o.keys()).filter(|k| !allowed.contains(k));
+                let typo = closest(&name, strangers.map(String::as_str)).map(str::to_string);
+                let refused = field != "metadata" && self.schema_at(&field).is_some_and(refuses_unknown_fields);
                 field = join(&field, &name);
-                "required field is missing".to_string()
+                match typo {
+                    Some(_) if refused => return Vec::new(),
+                    Some(typo) => format!("required field is missing; is {typo:?} a typo of {name:?}?"),
+                    None => "required field is missing".to_string(),
+                }
             }
             ValidationErrorKind::Enum { options } => {
                 let options: Vec<String> =
@@ -169,6 +182,36 @@ impl KindSchema {
         };
         let section = self.section_at(&field);
         vec![Violation::new(field, format!("{message} ({section})"))]
+    }
+
+    /// The CRD schema of the object at `field`, when the CRD describes it.
+    fn schema_at(&self, field: &str) -> Option<&Value> {
+        let mut node = &self.openapi;
+        for segment in crate::manifest::parse_field_path(field) {
+            node = match segment {
+                crate::manifest::PathSegment::Key(k) => node.get("properties")?.get(&k)?,
+                crate::manifest::PathSegment::Index(_) => node.get("items")?,
+            };
+        }
+        Some(node)
+    }
+
+    /// The fields an object at `field` may have: its schema's, the object's own at the root, and
+    /// the standard ones of `metadata`.
+    fn allowed_fields(&self, field: &str) -> Vec<String> {
+        let mut fields: Vec<String> = self
+            .schema_at(field)
+            .and_then(|s| s.get("properties"))
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        let standard: &[&str] = match field {
+            "" => &["apiVersion", "kind", "metadata"],
+            "metadata" => &OBJECT_META,
+            _ => &[],
+        };
+        fields.extend(standard.iter().map(|f| f.to_string()));
+        fields
     }
 
     /// The seed section named in the description of the field at `field`, or of its nearest
@@ -189,6 +232,32 @@ impl KindSchema {
         }
         section
     }
+}
+
+/// The fields of Kubernetes' ObjectMeta that a manifest may carry.
+const OBJECT_META: [&str; 15] = [
+    "name",
+    "namespace",
+    "generateName",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "selfLink",
+];
+
+/// Whether a structural schema refuses fields it does not list, as [`to_json_schema`] makes it.
+fn refuses_unknown_fields(schema: &Value) -> bool {
+    schema.get("properties").is_some()
+        && schema.get("additionalProperties").is_none()
+        && schema.get("x-kubernetes-preserve-unknown-fields") != Some(&Value::Bool(true))
 }
 
 fn cel_validator() -> &'static Validator {

@@ -1,7 +1,7 @@
 //! A resolved snapshot of one namespace: the typed Callguard objects and the Secrets they refer
 //! to. Built from manifests by `validate`, and from the API by the operator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use kube::Resource;
@@ -70,6 +70,9 @@ pub struct Snapshot {
     pub application_users: BTreeMap<String, ApplicationUser>,
     pub realms: BTreeMap<String, SipRealm>,
     pub secrets: BTreeMap<String, SecretData>,
+    /// Objects that are there but invalid, by kind and name: kept out of the maps above, so that
+    /// no rule reads them, and known, so that what refers to them says they are invalid, not missing.
+    pub invalid: BTreeSet<(String, String)>,
 }
 
 impl Snapshot {
@@ -98,6 +101,16 @@ impl Snapshot {
             other => return Err(Violation::new("kind", format!("{other:?} is not a Callguard kind (DESIGN: resources)"))),
         }
         Ok(())
+    }
+
+    /// Records an object that failed its own checks.
+    pub fn mark_invalid(&mut self, object: &ObjectRef) {
+        self.invalid.insert((object.kind.clone(), object.name.clone()));
+    }
+
+    /// Whether the object of this kind and name is there but invalid.
+    pub fn is_invalid(&self, kind: &str, name: &str) -> bool {
+        self.invalid.contains(&(kind.to_string(), name.to_string()))
     }
 
     /// Number of Callguard objects (Secrets not counted).
