@@ -171,8 +171,10 @@ async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_no
     assert_eq!(reason, "InvalidConfiguration");
     assert!(message.contains("Phone/bob-7941") && message.contains("no-such-profile"), "{message}");
     assert_eq!(condition(&cluster(&server), "Ready").map(|c| c.0), Some("False".into()));
-    let bob = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "bob-7941").unwrap();
-    assert_eq!(condition(&bob, "Stalled").map(|c| c.0), Some("True".into()), "the offending object says so too");
+    // The statuses are written concurrently: the phone's may follow the cluster's.
+    let bob = || server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "bob-7941").unwrap();
+    until("the phone's own Stalled", || condition(&bob(), "Stalled").is_some()).await;
+    assert_eq!(condition(&bob(), "Stalled").map(|c| c.0), Some("True".into()), "the offending object says so too");
     assert!(server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").is_none(), "nothing is issued");
     assert!(server.list("apps/v1", "Deployment", Some(NAMESPACE)).is_empty() && server.list("v1", "ConfigMap", Some(NAMESPACE)).is_empty());
     shutdown.trigger();

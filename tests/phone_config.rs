@@ -418,7 +418,8 @@ fn quickstart_sccp_encrypted_phone_with_pending_capf() {
     assert_eq!(value(&r.full, "device/devicePool/srstInfo/port1").as_deref(), Some("2000"));
     assert_eq!(value(&r.full, "device/devicePool/callManagerGroup/members/member/callManager/ports/sipPort"), None);
     assert_eq!(value(&r.full, "device/sipProfile"), None);
-    assert_eq!(reasons(r), ["SecureSrstUnavailable", "HardeningNotRendered"]);
+    // Install/Upgrade waits for a CAPF service (Table 6-2).
+    assert_eq!(reasons(r), ["SecureSrstUnavailable", "CertificateOperationPending", "HardeningNotRendered"]);
     assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess"] }));
     // Settings Access has a known encoding and is written (spec/02 §6, P.9-2).
     assert_eq!(value(&r.full, "device/vendorConfig/settingsAccess").as_deref(), Some("0"));
@@ -474,7 +475,7 @@ fn quickstart_sccp_authenticated_phone_with_null_string_capf() {
     assert_eq!(value(&r.full, "device/deviceSecurityMode").as_deref(), Some("2"));
     assert_eq!(value(&r.full, "device/capfAuthMode").as_deref(), Some("2"));
     assert_eq!(value(&r.full, "device/encrConfig").as_deref(), Some("false"));
-    assert!(reasons(r).is_empty());
+    assert_eq!(reasons(r), ["CertificateOperationPending"], "the operation waits for a CAPF service");
 }
 
 #[test]
