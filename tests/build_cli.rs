@@ -687,3 +687,18 @@ fn device_add_cert_checks_the_certificate_and_the_build_encrypts_for_it() {
     let output = add("SEP00AABBCCDD05", &mic_file);
     assert_eq!(output.status.code(), Some(1), "a MIC that names another phone: {}", stderr(&output));
 }
+
+#[test]
+fn build_speaks_json_to_tools() {
+    let ws = Workspace::new();
+    let output = callguard(&["build", ws.manifests.to_str().unwrap(), "--state-dir", ws.state.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let document: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(document["result"], "ready");
+    let namespace = &document["namespaces"]["default"];
+    assert!(namespace["files"].as_u64().unwrap() > 10);
+    let statuses = namespace["statuses"].as_array().unwrap();
+    let bob = statuses.iter().find(|s| s["name"] == "bob-7941").expect("bob's status");
+    assert_eq!((bob["ready"].as_bool(), bob["reason"].as_str()), (Some(false), Some("DigestCredentialsWithheld")));
+    assert!(namespace["changes"].as_array().unwrap().iter().any(|c| c["reason"] == "CertificateIssued"));
+}

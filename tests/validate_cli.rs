@@ -511,3 +511,38 @@ fn relative_to(target: &Path, from: &Path) -> PathBuf {
     path.extend(&target[common..]);
     if path.as_os_str().is_empty() { PathBuf::from(".") } else { path }
 }
+
+/// `-o json`: one document with the verdict, the counts and each violation as fields, and the exit
+/// code of the text form; `completion` prints a script that knows the subcommands.
+#[test]
+fn validate_speaks_json_to_tools_and_completion_knows_the_commands() {
+    let quickstart = repo().join("examples/quickstart");
+    let valid = callguard(&["validate", "-o", "json", quickstart.to_str().unwrap()]);
+    assert_eq!(valid.status.code(), Some(0));
+    let document: Value = serde_json::from_slice(&valid.stdout).expect("one JSON document");
+    assert_eq!(document["result"], "valid");
+    assert!(document["objects"].as_u64().unwrap() > 20 && document["violations"].as_array().unwrap().is_empty());
+    let invalid = repo().join("examples/invalid/41-ctl-token-locked.yaml");
+    let refused = callguard(&["validate", "--output", "json", invalid.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let document: Value = serde_json::from_slice(&refused.stdout).expect("one JSON document");
+    assert_eq!(document["result"], "invalid");
+    let violation = &document["violations"][0];
+    assert_eq!((violation["object"].as_str(), violation["field"].as_str()), (Some("CallControlCluster/lab"), Some("spec.ctl.tokens[1]")));
+    assert!(violation["line"].as_u64().is_some() && violation["message"].as_str().unwrap().contains("P.16-5"));
+    let empty = tempfile::tempdir().unwrap();
+    let nothing = callguard(&["validate", "-o", "json", empty.path().to_str().unwrap()]);
+    assert_eq!(nothing.status.code(), Some(2));
+    assert_eq!(serde_json::from_slice::<Value>(&nothing.stdout).unwrap()["result"], "nothing-to-validate");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let script = callguard(&["completion", shell]);
+        assert_eq!(script.status.code(), Some(0), "{shell}");
+        let text = text(&script.stdout);
+        for word in ["validate", "local", "operator", "state-dir"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let help = text(&callguard(&["--help"]).stdout);
+    assert!(!help.contains("crdgen"), "crdgen is the project's own tool, out of the user's way:\n{help}");
+}

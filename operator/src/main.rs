@@ -18,7 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the CustomResourceDefinitions generated from the Rust types.
+    /// Write the CustomResourceDefinitions generated from the Rust types (for the project's own
+    /// development; the chart and `crds/` carry them).
+    #[command(hide = true)]
     Crdgen {
         /// Directory to write into.
         #[arg(long, default_value = "crds")]
@@ -42,6 +44,15 @@ enum Command {
         /// Accept references to Secrets that are not among the manifests (sealed or external secrets).
         #[arg(long)]
         allow_missing_secrets: bool,
+        /// Text lines, or one JSON document for tools.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print a shell completion script: `callguard completion bash > /etc/bash_completion.d/callguard`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Validate, then build every namespace's certificates, trust lists and phone configuration files.
     ///
@@ -71,6 +82,9 @@ enum Command {
         /// hold its ITL refuse the new one until their ITL is deleted by hand (P.3-18).
         #[arg(long, value_name = "ID")]
         new_identity: Option<String>,
+        /// Text lines, or one JSON document for tools.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR, or a phone certificate
     /// in the state's devices/, changes.
@@ -282,6 +296,7 @@ enum Serve {
         /// The Secret the operator projects the validated files into (it names its shards).
         #[arg(long)]
         files_secret: String,
+        /// Address the TFTP socket listens on.
         #[arg(long, default_value = "0.0.0.0")]
         bind: std::net::IpAddr,
         /// TFTP port (69, P.1-16).
@@ -327,14 +342,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen { dir, readme } => crdgen(&dir, readme.as_deref()),
-        Command::Validate { paths, allow_missing_secrets } => {
+        Command::Validate { paths, allow_missing_secrets, output } => {
             let policy = if allow_missing_secrets { SecretPolicy::AllowMissing } else { SecretPolicy::Require };
-            run_validate(&paths, policy)
+            run_validate(&paths, policy, output)
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "callguard", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
         Command::Token { token } => run_token(token),
         Command::Trust { command } => callguard::trust::cli::run(command),
-        Command::Build { paths, state_dir, out, new_identity } => {
-            run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity })
+        Command::Build { paths, state_dir, out, new_identity, output } => {
+            run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity }, output)
         }
         Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity, log_level } => {
             use callguard::ops::logging::{LogFormat, LoggingError, init_with};
@@ -491,14 +511,29 @@ fn run_add_cert(state_dir: &std::path::Path, namespace: Option<&str>, device: &s
     }
 }
 
-fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::path::Path>, options: &BuildOptions) -> ExitCode {
+fn run_build(
+    paths: &[PathBuf],
+    state_dir: &std::path::Path,
+    out: Option<&std::path::Path>,
+    options: &BuildOptions,
+    output: Output,
+) -> ExitCode {
     use callguard::build::{PathsError, build_paths};
+    use serde_json::json;
+    let json = output == Output::Json;
+    // Says one thing: a line of text, or the JSON document for tools, then the exit code.
+    let finish = |code: u8, document: serde_json::Value| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&document).unwrap_or_default());
+        }
+        ExitCode::from(code)
+    };
     // One writer per state directory: a `local` or another `build` on it would interleave their writes.
     let _lock = match callguard::build::lock::StateLock::acquire(state_dir) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("callguard build: {e}");
-            return ExitCode::from(2);
+            return finish(2, json!({"result": "locked", "error": e.to_string()}));
         }
     };
     let built = match build_paths(paths, state_dir, time::OffsetDateTime::now_utc(), options) {
@@ -507,14 +542,18 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             for error in &errors {
                 eprintln!("{error}");
             }
-            return ExitCode::from(2);
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return finish(2, json!({"result": "unreadable", "inputErrors": errors}));
         }
         Err(PathsError::Invalid(violations)) => {
-            for violation in &violations {
-                println!("{violation}");
+            if !json {
+                for violation in &violations {
+                    println!("{violation}");
+                }
             }
             eprintln!("callguard build: {} violation(s); nothing was built", violations.len());
-            return ExitCode::from(1);
+            let violations: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return finish(1, json!({"result": "invalid", "violations": violations}));
         }
     };
     if built.is_empty() {
@@ -523,14 +562,16 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             callguard::api::API_VERSION,
             joined(paths)
         );
-        return ExitCode::from(2);
+        return finish(2, json!({"result": "nothing-to-build"}));
     }
     let mut failed = false;
+    let mut namespaces = serde_json::Map::new();
     for (namespace, output) in built {
         let output = match output {
             Ok(output) => output,
             Err(e) => {
                 eprintln!("callguard build: namespace {namespace}: {e}");
+                namespaces.insert(namespace, json!({"error": e.to_string()}));
                 failed = true;
                 continue;
             }
@@ -539,16 +580,19 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
         let files = output.served.render_all();
         if let Err(e) = write_tree(&dir, &files) {
             eprintln!("callguard build: {}: {e}", dir.display());
+            namespaces.insert(namespace, json!({"error": format!("{}: {e}", dir.display())}));
             failed = true;
             continue;
         }
-        for change in &output.changes {
-            println!("{namespace}: {change}");
+        if !json {
+            for change in &output.changes {
+                println!("{namespace}: {change}");
+            }
+            for status in &output.statuses {
+                println!("{namespace}: {status}");
+            }
+            println!("{namespace}: wrote {} files to {}", files.len(), dir.display());
         }
-        for status in &output.statuses {
-            println!("{namespace}: {status}");
-        }
-        println!("{namespace}: wrote {} files to {}", files.len(), dir.display());
         // The cluster's trust lists are what every phone of the namespace relies on: when they are
         // not what the spec asks, the build did not do its job, whatever else it wrote.
         for status in output.statuses.iter().filter(|s| s.kind == "CallControlCluster" && !s.ready) {
@@ -558,8 +602,50 @@ fn run_build(paths: &[PathBuf], state_dir: &std::path::Path, out: Option<&std::p
             );
             failed = true;
         }
+        let changes: Vec<_> = output.changes.iter().map(|c| json!({"reason": c.kind.reason(), "message": c.message})).collect();
+        namespaces.insert(
+            namespace,
+            json!({"changes": changes, "statuses": output.statuses, "files": files.len(), "directory": dir.display().to_string()}),
+        );
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    let result = if failed { "not-ready" } else { "ready" };
+    finish(u8::from(failed), json!({"result": result, "namespaces": namespaces}))
+}
+
+/// `validate -o json`: the verdict, the counts, each violation and each input error as fields; the
+/// exit code is the text form's.
+fn validate_json(paths: &[PathBuf], documents: &[manifest::Document], errors: &[manifest::LoadError], policy: SecretPolicy) -> ExitCode {
+    use serde_json::json;
+    let input_errors: Vec<_> = errors
+        .iter()
+        .map(|e| json!({"file": e.file.display().to_string(), "line": e.line, "column": e.column, "message": e.message}))
+        .collect();
+    let (verdict, code, report) = if !errors.is_empty() {
+        ("unreadable", 2, None)
+    } else {
+        let report = validate::validate_documents(documents, policy);
+        match (report.objects, report.violations.is_empty()) {
+            (0, _) => ("nothing-to-validate", 2, Some(report)),
+            (_, true) => ("valid", 0, Some(report)),
+            (_, false) => ("invalid", 1, Some(report)),
+        }
+    };
+    let violations: Vec<_> = report
+        .iter()
+        .flat_map(|r| &r.violations)
+        .map(|v| json!({"file": v.file, "line": v.line, "object": v.object, "field": v.violation.field, "message": v.violation.message}))
+        .collect();
+    let document = json!({
+        "result": verdict,
+        "paths": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "objects": report.as_ref().map(|r| r.objects),
+        "secrets": report.as_ref().map(|r| r.secrets),
+        "namespaces": report.as_ref().map(|r| r.namespaces),
+        "violations": violations,
+        "inputErrors": input_errors,
+    });
+    println!("{}", serde_json::to_string_pretty(&document).unwrap_or_default());
+    ExitCode::from(code)
 }
 
 /// The paths given, for a message.
@@ -625,8 +711,18 @@ fn run_token(token: Token) -> ExitCode {
     }
 }
 
-fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {
+/// How a command reports: lines for people, or one JSON document for tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn run_validate(paths: &[PathBuf], policy: SecretPolicy, output: Output) -> ExitCode {
     let (documents, errors) = manifest::load_paths(paths);
+    if output == Output::Json {
+        return validate_json(paths, &documents, &errors, policy);
+    }
     if !errors.is_empty() {
         for error in &errors {
             eprintln!("{error}");
@@ -660,5 +756,34 @@ fn run_validate(paths: &[PathBuf], policy: SecretPolicy) -> ExitCode {
     } else {
         eprintln!("callguard validate: {} violation(s) in {} objects", report.violations.len(), report.objects);
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for argument in command.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+                if argument.get_help().is_none() && argument.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", argument.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                check(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "callguard", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+        Cli::command().debug_assert();
     }
 }

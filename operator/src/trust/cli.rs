@@ -25,6 +25,7 @@ pub enum TrustCommand {
     ///
     /// Exits 0, or 2 when the file cannot be read or parsed.
     Inspect {
+        /// The file to describe.
         file: PathBuf,
         /// JSON instead of text.
         #[arg(long)]
@@ -36,6 +37,7 @@ pub enum TrustCommand {
     /// .sgn/.enc.sgn: against a TFTP or CCM+TFTP record of --ctl, or the --cert certificate.
     /// Exits 0 when the signature verifies, 1 with the reason when it does not, 2 on unusable inputs.
     Verify {
+        /// The signed file to check.
         file: PathBuf,
         /// Trust list (.tlv) holding the trusted signer.
         #[arg(long, conflicts_with = "cert")]
@@ -49,12 +51,15 @@ pub enum TrustCommand {
     /// With --ctl or --cert the signature is verified first and nothing is decrypted when it fails.
     /// Exits 0, 1 when the file fails, 2 on unusable inputs.
     Decrypt {
+        /// The `.enc.sgn` file.
         file: PathBuf,
         /// The phone's RSA private key (PKCS#8 or PKCS#1 PEM).
         #[arg(long)]
         key: PathBuf,
+        /// Trust list (.tlv) whose TFTP record must have signed the file.
         #[arg(long, conflicts_with = "cert")]
         ctl: Option<PathBuf>,
+        /// Signer certificate (PEM or DER) that must have signed the file.
         #[arg(long)]
         cert: Option<PathBuf>,
         /// Write the plaintext here instead of stdout.
