@@ -9,7 +9,7 @@ pub mod packet;
 pub mod server;
 pub mod source;
 
-pub use packet::{ErrorCode, Mode, Opcode, Packet, PacketError, Request, TransferOptions};
+pub use packet::{ErrorCode, Mode, Opcode, Packet, PacketError, Reply, Request, TransferOptions};
 pub use server::{
     CounterSnapshot, Counters, FailureKind, MAX_FILENAME_LEN, MAX_UNCONFIRMED_SENDS, NameRejection, ServerConfig, TftpServer,
     TftpServerError, check_filename,
