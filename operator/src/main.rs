@@ -233,6 +233,10 @@ enum Serve {
         /// TFTP port (69, P.1-16).
         #[arg(long, default_value_t = callguard::api::default_ports::TFTP)]
         port: u16,
+        /// Where transfers send from: `listening` (single-port mode: every packet from --port, which
+        /// a Service, load balancer or NAT carries) or `ephemeral` (a new port per transfer, RFC 1350).
+        #[arg(long, value_enum, default_value = "listening")]
+        transfer_port: callguard::tftp::TransferPort,
         /// Where `/metrics` (requests, bytes, errors by kind), `/healthz` and `/readyz` are served.
         #[arg(long)]
         metrics_bind: Option<std::net::SocketAddr>,
@@ -308,9 +312,19 @@ fn main() -> ExitCode {
             };
             with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
         }
-        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, files_secret, bind, port, metrics_bind, logging } } => {
-            let options =
-                callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, files_secret, bind, port, metrics_bind };
+        Command::Serve {
+            service: Serve::Tftp { cluster, namespace, signer_secret, files_secret, bind, port, transfer_port, metrics_bind, logging },
+        } => {
+            let options = callguard::dataplane::tftp::ServeTftpOptions {
+                namespace,
+                cluster,
+                signer_secret,
+                files_secret,
+                bind,
+                port,
+                transfer_port,
+                metrics_bind,
+            };
             with_client(&logging, |client, shutdown| callguard::dataplane::tftp::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
