@@ -196,6 +196,10 @@ enum Bench {
         /// Phones booting at the same time.
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
+        /// Also boot them from Callguard's server in single-port mode (every transfer from the
+        /// listening port, as the TFTP pods serve), after the run with a port per transfer.
+        #[arg(long)]
+        single_port: bool,
     },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
@@ -333,7 +337,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
-        Command::Bench { bench: Bench::Tftp { phones, concurrency } } => bench_result(callguard::bench::tftp::run(phones, concurrency)),
+        Command::Bench { bench: Bench::Tftp { phones, concurrency, single_port } } => {
+            bench_result(callguard::bench::tftp::run(phones, concurrency, single_port))
+        }
     }
 }
 
