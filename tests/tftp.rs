@@ -1,16 +1,23 @@
 //! The TFTP service against the real clients tftp-hpa (`tftp`) and atftp, plus a hand-written UDP client
-//! for what the clients do not show (the OACK's values, hostile datagrams, dropped packets). The server
-//! runs in-process on 127.0.0.1, port 0. Tests fail (do not skip) when a client is missing.
+//! for what the clients do not show (the OACK's values, the port each packet comes from, hostile
+//! datagrams, dropped packets). The server runs in-process on 127.0.0.1, port 0. Tests fail (do not
+//! skip) when a client is missing.
+//!
+//! Most tests run in both transfer-port modes (`mod ephemeral` and `mod single_port` at the end): a
+//! port per transfer (RFC 1350 §4) and single-port mode, where every packet comes from the listening
+//! port and replies are told apart by the client's address and port.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use callguard::tftp::packet::to_netascii;
-use callguard::tftp::{Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
+use callguard::tftp::{
+    Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort,
+};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -44,6 +51,7 @@ fn standard_files() -> BTreeMap<String, Arc<[u8]>> {
 struct Harness {
     runtime: Runtime,
     address: SocketAddr,
+    mode: TransferPort,
     counters: Arc<Counters>,
     files: Arc<MemoryFiles>,
     shutdown: watch::Sender<bool>,
@@ -55,17 +63,18 @@ impl Harness {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
         let files = Arc::new(MemoryFiles::new(standard_files()));
         let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..config };
+        let mode = config.transfer_port;
         let server = runtime.block_on(TftpServer::bind(config, files.clone())).expect("bind 127.0.0.1:0");
         let address = server.local_addr().expect("bound address");
         assert_ne!(address.port(), 0, "the bound port is read back");
         let counters = server.counters();
         let (shutdown, receiver) = watch::channel(false);
         let task = Some(runtime.spawn(server.run(receiver)));
-        Self { runtime, address, counters, files, shutdown, task }
+        Self { runtime, address, mode, counters, files, shutdown, task }
     }
 
-    fn default() -> Self {
-        Self::start(ServerConfig::default())
+    fn in_mode(mode: TransferPort) -> Self {
+        Self::start(ServerConfig { transfer_port: mode, ..ServerConfig::default() })
     }
 
     fn port(&self) -> String {
@@ -146,17 +155,23 @@ struct Fetched {
     option_ack: Option<TransferOptions>,
     bytes: Vec<u8>,
     data_sizes: Vec<usize>,
+    /// The DATA and OACK packets received, duplicates and dropped ones included.
+    packets: usize,
+    /// The ports they came from.
+    sources: BTreeSet<SocketAddr>,
 }
 
 /// A windowed RFC 7440 receiver: ACKs each full window and the last block. `drop_first_data` ignores the
-/// first DATA packet, as if the network lost it.
+/// first DATA packet, as if the network lost it. Every DATA and OACK must come from the transfer's one
+/// port: a port of its own (not the request port) or, in single-port mode, the request port.
 fn fetch(
-    server: SocketAddr,
+    harness: &Harness,
     request: &[u8],
     window: usize,
     block_size: usize,
     drop_first_data: bool,
 ) -> Result<Fetched, (ErrorCode, String)> {
+    let server = harness.address;
     let socket = client_socket();
     socket.send_to(request, server).expect("send RRQ");
     let mut fetched = Fetched::default();
@@ -170,9 +185,14 @@ fn fetch(
             // Refusals come from the request port; errors during a transfer from its socket.
             return Err((code, message));
         }
-        assert_ne!(from, server, "transfers run on their own socket, not the request port (RFC 1350 §4)");
+        match harness.mode {
+            TransferPort::Ephemeral => assert_ne!(from, server, "transfers run on their own socket, not the request port (RFC 1350 §4)"),
+            TransferPort::Listening => assert_eq!(from, server, "in single-port mode every packet comes from the listening port"),
+        }
         assert!(transfer_id.is_none_or(|tid| tid == from), "one transfer, one server TID");
         transfer_id = Some(from);
+        fetched.packets += 1;
+        fetched.sources.insert(from);
         match packet {
             Packet::OptionAck(options) => {
                 fetched.option_ack = Some(options);
@@ -208,7 +228,7 @@ fn fetch(
 }
 
 fn fetch_plain(harness: &Harness, name: &str) -> Result<Fetched, (ErrorCode, String)> {
-    fetch(harness.address, &read_request(name, TransferOptions::default()), 1, 512, false)
+    fetch(harness, &read_request(name, TransferOptions::default()), 1, 512, false)
 }
 
 /// The reply to one datagram from a fresh socket, if any arrives within `wait`.
@@ -227,9 +247,8 @@ fn assert_still_serves(harness: &Harness, after: &str) {
 // ---------------------------------------------------------------------------------------------------------
 // Real clients
 
-#[test]
-fn tftp_hpa_fetches_every_size_byte_for_byte() {
-    let harness = Harness::default();
+fn tftp_hpa_fetches_every_size_byte_for_byte(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let dir = tempfile::tempdir().expect("tempdir");
     for len in SIZES {
         let out = dir.path().join(format!("hpa-{len}"));
@@ -243,9 +262,8 @@ fn tftp_hpa_fetches_every_size_byte_for_byte() {
     assert!(served.bytes_sent >= expected_bytes as u64);
 }
 
-#[test]
-fn atftp_fetches_every_size_byte_for_byte() {
-    let harness = Harness::default();
+fn atftp_fetches_every_size_byte_for_byte(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let dir = tempfile::tempdir().expect("tempdir");
     for len in SIZES {
         let out = dir.path().join(format!("atftp-{len}"));
@@ -256,14 +274,13 @@ fn atftp_fetches_every_size_byte_for_byte() {
     }
 }
 
-#[test]
-fn netascii_is_sent_with_cr_lf_and_cr_nul_and_decoded_back_by_tftp_hpa() {
-    let harness = Harness::default();
+fn netascii_is_sent_with_cr_lf_and_cr_nul_and_decoded_back_by_tftp_hpa(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let original = b"line one\nbare\rcr\r\nend\n".to_vec();
     harness.files.insert("text.txt", original.clone());
     // On the wire (RFC 1350 §1): LF -> CR LF, CR -> CR NUL.
     let request = Packet::ReadRequest(Request { filename: "text.txt".into(), mode: Mode::Netascii, options: TransferOptions::default() });
-    let wire = fetch(harness.address, &request.encode(), 1, 512, false).expect("netascii fetch");
+    let wire = fetch(&harness, &request.encode(), 1, 512, false).expect("netascii fetch");
     assert_eq!(wire.bytes, b"line one\r\nbare\r\0cr\r\0\r\nend\r\n".to_vec());
     assert_eq!(wire.bytes, to_netascii(&original));
     // tftp-hpa decodes netascii back to the local convention (LF), restoring the original.
@@ -273,12 +290,11 @@ fn netascii_is_sent_with_cr_lf_and_cr_nul_and_decoded_back_by_tftp_hpa() {
     assert_eq!(std::fs::read(&out).expect("output file"), original, "{}", text(&output));
 }
 
-#[test]
-fn blksize_1428_and_windowsize_8_are_granted_in_the_oack_and_honoured() {
-    let harness = Harness::default();
+fn blksize_1428_and_windowsize_8_are_granted_in_the_oack_and_honoured(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let name = sized_name(100_000);
     let requested = TransferOptions { block_size: Some(1428), timeout_secs: Some(2), transfer_size: Some(0), window_size: Some(8) };
-    let fetched = fetch(harness.address, &read_request(&name, requested), 8, 1428, false).expect("fetch with options");
+    let fetched = fetch(&harness, &read_request(&name, requested), 8, 1428, false).expect("fetch with options");
     // RFC 2348/2349/7440: the server grants what it accepts and reports the real size for tsize 0.
     assert_eq!(
         fetched.option_ack,
@@ -311,9 +327,8 @@ fn blksize_1428_and_windowsize_8_are_granted_in_the_oack_and_honoured() {
     }
 }
 
-#[test]
-fn an_exact_multiple_of_the_block_size_ends_with_an_empty_block() {
-    let harness = Harness::default();
+fn an_exact_multiple_of_the_block_size_ends_with_an_empty_block(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let fetched = fetch_plain(&harness, &sized_name(512)).expect("fetch");
     assert_eq!(fetched.data_sizes, vec![512, 0]);
     let fetched = fetch_plain(&harness, &sized_name(0)).expect("fetch");
@@ -323,9 +338,8 @@ fn an_exact_multiple_of_the_block_size_ends_with_an_empty_block() {
 // ---------------------------------------------------------------------------------------------------------
 // Errors
 
-#[test]
-fn unknown_file_is_error_1_for_every_client() {
-    let harness = Harness::default();
+fn unknown_file_is_error_1_for_every_client(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let Err((code, _)) = fetch_plain(&harness, "SEPFFFFFFFFFFFF.cnf.xml.enc.sgn") else { panic!("unknown file must fail") };
     assert_eq!(code, ErrorCode::FileNotFound);
 
@@ -339,9 +353,8 @@ fn unknown_file_is_error_1_for_every_client() {
     assert_eq!(harness.counters.snapshot().failures_of(FailureKind::FileNotFound), 3);
 }
 
-#[test]
-fn write_requests_are_error_2() {
-    let harness = Harness::default();
+fn write_requests_are_error_2(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let wrq = Packet::WriteRequest(Request { filename: "upload.bin".into(), mode: Mode::Octet, options: TransferOptions::default() });
     let Some(Packet::Error { code, .. }) = reply_to(harness.address, &wrq.encode(), REPLY_WAIT) else { panic!("WRQ must be refused") };
     assert_eq!(code, ErrorCode::AccessViolation);
@@ -356,9 +369,8 @@ fn write_requests_are_error_2() {
     assert_eq!(harness.counters.snapshot().failures_of(FailureKind::WriteRefused), 2);
 }
 
-#[test]
-fn hostile_datagrams_are_refused_and_the_server_keeps_serving() {
-    let harness = Harness::default();
+fn hostile_datagrams_are_refused_and_the_server_keeps_serving(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     // Traversal and odd names: ERROR 2 (access violation), never a file.
     for name in ["../etc/passwd", "/etc/passwd", "a/../../b", "..", "dir\\..\\x", &"n".repeat(256)] {
         let reply = reply_to(harness.address, &read_request(name, TransferOptions::default()), REPLY_WAIT);
@@ -392,7 +404,7 @@ fn hostile_datagrams_are_refused_and_the_server_keeps_serving() {
     // A peer's ERROR is never answered, so two servers cannot ping-pong.
     assert_eq!(reply_to(harness.address, b"\x00\x05\x00\x00oops\x00", Duration::from_millis(300)), None);
     // Unknown options are ignored (RFC 2347), however many: the file is served without an OACK.
-    let fetched = fetch(harness.address, &enormous_options, 1, 512, false).expect("enormous option list");
+    let fetched = fetch(&harness, &enormous_options, 1, 512, false).expect("enormous option list");
     assert_eq!((fetched.option_ack, fetched.bytes), (None, content(1, 1)));
     assert_still_serves(&harness, "the enormous option list");
 
@@ -401,43 +413,75 @@ fn hostile_datagrams_are_refused_and_the_server_keeps_serving() {
     assert!(counters.failures_of(FailureKind::Malformed) >= 10, "{counters:?}");
 }
 
-#[test]
-fn datagrams_from_a_stranger_to_a_transfer_socket_get_error_5() {
-    let harness = Harness::default();
+/// A stranger's ACK to the port a transfer comes from: in ephemeral mode that is the transfer's own
+/// socket, which answers ERROR 5 (RFC 1350 §4); in single-port mode the listening port, where an ACK
+/// from an address that runs no transfer gets no answer at all. Either way the transfer goes on.
+fn datagrams_from_a_stranger_do_not_disturb_a_transfer(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let client = client_socket();
     client.send_to(&read_request(&sized_name(513), TransferOptions::default()), harness.address).expect("RRQ");
     let (Packet::Data { block: 1, .. }, transfer) = receive(&client).expect("DATA 1") else { panic!("DATA 1 expected") };
     let stranger = client_socket();
+    stranger.set_read_timeout(Some(Duration::from_millis(500))).expect("read timeout");
     stranger.send_to(&Packet::Ack { block: 1 }.encode(), transfer).expect("stray ACK");
-    let (reply, _) = receive(&stranger).expect("an answer to the stranger");
-    assert!(matches!(reply, Packet::Error { code: ErrorCode::UnknownTransferId, .. }), "{reply:?}");
-    // The real client's transfer is unaffected: it still gets block 2 after its ACK.
+    stranger.send_to(&Packet::Error { code: ErrorCode::NotDefined, message: "stray".into() }.encode(), transfer).expect("stray ERROR");
+    let reply = receive(&stranger).map(|(packet, _)| packet);
+    let answers = match mode {
+        // One ERROR 5, to the ACK: an ERROR is never answered, so two servers cannot ping-pong.
+        TransferPort::Ephemeral => {
+            assert!(matches!(reply, Some(Packet::Error { code: ErrorCode::UnknownTransferId, .. })), "{reply:?}");
+            1
+        }
+        TransferPort::Listening => {
+            assert_eq!(reply, None, "an ACK or ERROR for no transfer is never answered");
+            0
+        }
+    };
+    assert_eq!(receive(&stranger).map(|(packet, _)| packet), None, "{answers} answer(s) only");
+    // The real client's transfer is unaffected: it still gets block 2 after its ACK (DATA 1 may have
+    // been resent meanwhile).
     client.send_to(&Packet::Ack { block: 1 }.encode(), transfer).expect("ACK 1");
-    let (packet, _) = receive(&client).expect("DATA 2");
-    assert!(matches!(packet, Packet::Data { block: 2, .. }), "{packet:?}");
+    let packet =
+        std::iter::from_fn(|| receive(&client)).map(|(packet, _)| packet).find(|packet| !matches!(packet, Packet::Data { block: 1, .. }));
+    assert!(matches!(packet, Some(Packet::Data { block: 2, .. })), "{packet:?}");
+    client.send_to(&Packet::Ack { block: 2 }.encode(), transfer).expect("ACK 2");
+    let counters = harness.counters.snapshot();
+    // Counted: in ephemeral mode both datagrams to the transfer socket, in single-port mode the ACK
+    // (an ERROR for no transfer on the request port is ignored, as in either mode).
+    let strays = if mode == TransferPort::Ephemeral { 2 } else { 1 };
+    assert_eq!((counters.failures_of(FailureKind::UnknownTransferId), counters.failures_of(FailureKind::ClientAborted)), (strays, 0));
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Limits, retransmission, file replacement and shutdown
+// Limits, NAT, superseded transfers, retransmission, file replacement and shutdown
 
-#[test]
-fn each_client_ip_runs_at_most_the_configured_number_of_transfers() {
-    let harness = Harness::start(ServerConfig { max_transfers_per_client: 2, ..ServerConfig::default() });
+/// A transfer that never acknowledges, from `socket`: returns the port its DATA 1 came from.
+fn stall(harness: &Harness, socket: &UdpSocket, name: &str) -> SocketAddr {
+    socket.send_to(&read_request(name, TransferOptions::default()), harness.address).expect("RRQ");
+    let (packet, transfer) = receive(socket).expect("DATA 1");
+    assert!(matches!(packet, Packet::Data { block: 1, .. }), "{packet:?}");
+    transfer
+}
+
+/// The per-IP cap counts every port of an IP: with a cap of 2, two transfers from two ports of
+/// 127.0.0.1 leave none for a third port, while 127.0.0.2 is served; an ERROR frees a slot.
+fn each_client_ip_runs_at_most_the_configured_number_of_transfers(mode: TransferPort) {
+    let harness = Harness::start(ServerConfig { transfer_port: mode, max_transfers_per_ip: 2, ..ServerConfig::default() });
     let name = sized_name(100_000);
-    // Two transfers that never acknowledge occupy both slots.
     let stalled: Vec<(UdpSocket, SocketAddr)> = (0..2)
         .map(|_| {
             let socket = client_socket();
-            socket.send_to(&read_request(&name, TransferOptions::default()), harness.address).expect("RRQ");
-            let (packet, transfer) = receive(&socket).expect("DATA 1");
-            assert!(matches!(packet, Packet::Data { block: 1, .. }), "{packet:?}");
+            let transfer = stall(&harness, &socket, &name);
             (socket, transfer)
         })
         .collect();
     let Err((code, message)) = fetch_plain(&harness, &name) else { panic!("the third transfer must be refused") };
     assert_eq!(code, ErrorCode::NotDefined);
-    assert!(message.contains("at most 2"), "{message}");
+    assert!(message.contains("too many transfers from 127.0.0.1: at most 2"), "{message}");
     assert_eq!(harness.counters.snapshot().failures_of(FailureKind::ClientLimit), 1);
+    let elsewhere = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    elsewhere.set_read_timeout(Some(REPLY_WAIT)).expect("read timeout");
+    stall(&harness, &elsewhere, &name);
 
     // A client that aborts with ERROR frees its slot.
     let (socket, transfer) = &stalled[0];
@@ -456,24 +500,222 @@ fn each_client_ip_runs_at_most_the_configured_number_of_transfers() {
     assert_eq!(harness.counters.snapshot().failures_of(FailureKind::ClientAborted), 1);
 }
 
-#[test]
-fn a_lost_data_packet_is_retransmitted_after_the_timeout() {
-    let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(200), ..ServerConfig::default() });
+/// Behind source NAT a branch office is one IP, each phone on a port of its own: 300 phones on
+/// 127.0.0.1 each hold a transfer at the same moment (every one has its DATA 1 or OACK before any
+/// acknowledges), then all complete, byte for byte.
+fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort) {
+    const PHONES: usize = 300;
+    // Long enough that no transfer gives up on its first packet (3 sends) while 300 threads start.
+    let harness =
+        Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout: Duration::from_secs(3), ..ServerConfig::default() });
+    let name = sized_name(100_000);
+    let all_started = Barrier::new(PHONES);
+    let fetched: Vec<Fetched> = std::thread::scope(|scope| {
+        let phones: Vec<_> = (0..PHONES)
+            .map(|phone| {
+                let (harness, name, all_started) = (&harness, &name, &all_started);
+                scope.spawn(move || {
+                    // Half of them windowed, to mix the two paths through a transfer.
+                    let options = if phone % 2 == 0 {
+                        TransferOptions::default()
+                    } else {
+                        TransferOptions { block_size: Some(1428), window_size: Some(4), ..TransferOptions::default() }
+                    };
+                    let socket = client_socket();
+                    socket.send_to(&read_request(name, options), harness.address).expect("RRQ");
+                    let (first, transfer) = receive(&socket).expect("the first packet");
+                    all_started.wait();
+                    let mut fetched = Fetched::default();
+                    fetched.sources.insert(transfer);
+                    let (block_size, window) = match first {
+                        Packet::Data { block: 1, payload } => {
+                            fetched.bytes.extend_from_slice(&payload);
+                            socket.send_to(&Packet::Ack { block: 1 }.encode(), transfer).expect("ACK 1");
+                            (512, 1)
+                        }
+                        Packet::OptionAck(_) => {
+                            socket.send_to(&Packet::Ack { block: 0 }.encode(), transfer).expect("ACK 0");
+                            (1428, 4)
+                        }
+                        other => panic!("phone {phone}: {other:?}"),
+                    };
+                    let mut in_window = 0;
+                    let mut expected = if fetched.bytes.is_empty() { 1u16 } else { 2 };
+                    loop {
+                        let (packet, from) = receive(&socket).unwrap_or_else(|| panic!("phone {phone}: no DATA {expected}"));
+                        fetched.sources.insert(from);
+                        let (block, payload) = match packet {
+                            Packet::Data { block, payload } if block == expected => (block, payload),
+                            // A packet resent after a timeout: acknowledge again what was received in
+                            // order, in case that ACK was lost (RFC 7440).
+                            Packet::Data { .. } | Packet::OptionAck(_) => {
+                                socket.send_to(&Packet::Ack { block: expected.wrapping_sub(1) }.encode(), transfer).expect("ACK");
+                                in_window = 0;
+                                continue;
+                            }
+                            other => panic!("phone {phone}: {other:?}"),
+                        };
+                        fetched.bytes.extend_from_slice(&payload);
+                        in_window += 1;
+                        let last = payload.len() < block_size;
+                        if last || in_window == window {
+                            socket.send_to(&Packet::Ack { block }.encode(), transfer).expect("ACK");
+                            in_window = 0;
+                        }
+                        if last {
+                            return fetched;
+                        }
+                        expected = expected.wrapping_add(1);
+                    }
+                })
+            })
+            .collect();
+        phones.into_iter().map(|phone| phone.join().expect("phone thread")).collect()
+    });
+    for (phone, fetched) in fetched.iter().enumerate() {
+        assert!(fetched.bytes == content(100_000, 1), "phone {phone}: {} bytes", fetched.bytes.len());
+        assert_eq!(fetched.sources.len(), 1, "phone {phone}: one transfer ID");
+        if mode == TransferPort::Listening {
+            assert!(fetched.sources.contains(&harness.address), "phone {phone}: {:?}", fetched.sources);
+        }
+    }
+    let counters = harness.counters.snapshot();
+    assert_eq!(counters.files_served, PHONES as u64);
+    assert_eq!((counters.failures_of(FailureKind::ClientLimit), counters.failures_of(FailureKind::ServerLimit)), (0, 0), "{counters:?}");
+}
+
+/// Ephemeral mode: one client socket may run `max_transfers_per_address` transfers, each on a port
+/// of the server's; one more is refused.
+fn one_client_address_runs_at_most_the_configured_number_of_transfers(mode: TransferPort) {
+    let harness = Harness::start(ServerConfig { transfer_port: mode, max_transfers_per_address: 2, ..ServerConfig::default() });
+    let socket = client_socket();
+    let name = sized_name(100_000);
+    let first = stall(&harness, &socket, &name);
+    let second = stall(&harness, &socket, &name);
+    assert_ne!(first, second, "two transfers, two server ports");
+    socket.send_to(&read_request(&name, TransferOptions::default()), harness.address).expect("RRQ");
+    // DATA 1 of the first two may be resent meanwhile: the refusal is the ERROR among them.
+    let refusal = std::iter::from_fn(|| receive(&socket)).find(|(packet, _)| matches!(packet, Packet::Error { .. }));
+    let Some((Packet::Error { code: ErrorCode::NotDefined, message }, from)) = refusal else { panic!("{refusal:?}") };
+    assert_eq!(from, harness.address);
+    let address = socket.local_addr().expect("client address");
+    assert!(message.contains(&format!("too many transfers from {address}: at most 2")), "{message}");
+    assert_eq!(harness.counters.snapshot().failures_of(FailureKind::ClientLimit), 1);
+}
+
+/// Single-port mode: a transfer is known by its client's address and port, so a new request from it
+/// ends the transfer it runs and starts the new one in its place (RFC 1350 §4: a new request is a
+/// new transfer; dnsmasq does the same): a client that gave up on one file and asks for another from
+/// the same port gets the new file, never blocks of the old one.
+fn a_new_request_from_the_same_address_supersedes_its_transfer(mode: TransferPort) {
+    let harness = Harness::start(ServerConfig { transfer_port: mode, max_transfers_per_ip: 1, ..ServerConfig::default() });
+    let socket = client_socket();
+    // File one: DATA 1 arrives and is never acknowledged.
+    stall(&harness, &socket, &sized_name(100_000));
+    // File two from the same port: served whole, though the client's IP may run only one transfer.
+    socket.send_to(&read_request(&sized_name(1_000_000), TransferOptions::default()), harness.address).expect("RRQ");
+    let mut received = Vec::new();
+    let mut expected = 1u16;
+    loop {
+        let (packet, from) = receive(&socket).expect("DATA of the new file");
+        assert_eq!(from, harness.address);
+        let Packet::Data { block, payload } = packet else { panic!("{packet:?}") };
+        if block != expected {
+            // Only a resend of the old file's DATA 1 already on its way may come in between.
+            assert!(block == 1 && expected == 2 && payload == content(100_000, 1)[..512], "block {block}, expected {expected}");
+            continue;
+        }
+        received.extend_from_slice(&payload);
+        socket.send_to(&Packet::Ack { block }.encode(), harness.address).expect("ACK");
+        if payload.len() < 512 {
+            break;
+        }
+        expected = expected.wrapping_add(1);
+    }
+    assert!(received == content(1_000_000, 1), "the new file, byte for byte");
+    // A repeated request (a client that saw no answer in time) restarts the transfer from DATA 1.
+    stall(&harness, &socket, &sized_name(513));
+    socket.send_to(&read_request(&sized_name(513), TransferOptions::default()), harness.address).expect("the same RRQ again");
+    let (packet, _) = receive(&socket).expect("DATA 1 again");
+    assert!(matches!(packet, Packet::Data { block: 1, .. }), "{packet:?}");
+    socket.send_to(&Packet::Ack { block: 1 }.encode(), harness.address).expect("ACK 1");
+    let (packet, _) = receive(&socket).expect("DATA 2");
+    assert!(matches!(&packet, Packet::Data { block: 2, payload } if payload.len() == 1), "{packet:?}");
+    socket.send_to(&Packet::Ack { block: 2 }.encode(), harness.address).expect("ACK 2");
+    let served = Instant::now() + REPLY_WAIT;
+    while harness.counters.snapshot().files_served < 2 {
+        assert!(Instant::now() < served, "{:?}", harness.counters.snapshot());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let counters = harness.counters.snapshot();
+    assert_eq!((counters.failures_of(FailureKind::Superseded), counters.failures_of(FailureKind::ClientLimit)), (2, 0), "{counters:?}");
+}
+
+/// The test the issue names: through single-port mode, every DATA and OACK of every transfer, of
+/// every size, with and without options, comes from the listening port.
+fn fetches_through_single_port_mode_and_sees_every_data_packet_come_from_the_listening_port(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
+    let with_options =
+        TransferOptions { block_size: Some(1428), window_size: Some(8), transfer_size: Some(0), ..TransferOptions::default() };
+    let mut packets = 0;
+    for len in SIZES {
+        for (options, window, block_size) in [(TransferOptions::default(), 1, 512), (with_options, 8, 1428)] {
+            let fetched = fetch(&harness, &read_request(&sized_name(len), options), window, block_size, false).expect("fetch");
+            assert!(fetched.bytes == content(len, 1), "size {len}, {options:?}");
+            assert_eq!(fetched.sources, BTreeSet::from([harness.address]), "size {len}, {options:?}");
+            assert_eq!(fetched.packets, len / block_size + 1 + usize::from(!options.is_empty()), "size {len}, {options:?}");
+            packets += fetched.packets;
+        }
+    }
+    assert!(packets > 1_500, "{packets} packets checked");
+}
+
+/// Shutdown lets a running transfer finish within the drain timeout: in single-port mode the
+/// server keeps handing it its client's ACKs, while new requests get no answer.
+fn a_running_transfer_finishes_after_shutdown(mode: TransferPort) {
+    let mut harness = Harness::in_mode(mode);
+    let socket = client_socket();
+    let transfer = stall(&harness, &socket, &sized_name(100_000));
+    let _ = harness.shutdown.send(true);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(reply_to(harness.address, &read_request(&sized_name(1), TransferOptions::default()), Duration::from_millis(300)), None);
+    let mut received = content(100_000, 1)[..512].to_vec();
+    socket.send_to(&Packet::Ack { block: 1 }.encode(), transfer).expect("ACK 1");
+    loop {
+        let (Packet::Data { block, payload }, _) = receive(&socket).expect("DATA while draining") else { panic!("DATA expected") };
+        received.extend_from_slice(&payload);
+        socket.send_to(&Packet::Ack { block }.encode(), transfer).expect("ACK");
+        if payload.len() < 512 {
+            break;
+        }
+    }
+    assert!(received == content(100_000, 1));
+    harness.stop();
+    assert_eq!(harness.counters.snapshot().files_served, 1);
+}
+
+fn a_lost_data_packet_is_retransmitted_after_the_timeout(mode: TransferPort) {
+    let harness =
+        Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout: Duration::from_millis(200), ..ServerConfig::default() });
     let name = sized_name(1_000_000);
-    let fetched = fetch(harness.address, &read_request(&name, TransferOptions::default()), 1, 512, true).expect("fetch after a loss");
+    let fetched = fetch(&harness, &read_request(&name, TransferOptions::default()), 1, 512, true).expect("fetch after a loss");
     assert_eq!(fetched.bytes, content(1_000_000, 1));
     // Windowed, the whole window is resent from the lost block.
     let windowed = TransferOptions { window_size: Some(4), ..TransferOptions::default() };
-    let fetched = fetch(harness.address, &read_request(&name, windowed), 4, 512, true).expect("windowed fetch after a loss");
+    let fetched = fetch(&harness, &read_request(&name, windowed), 4, 512, true).expect("windowed fetch after a loss");
     assert_eq!(fetched.bytes, content(1_000_000, 1));
     let counters = harness.counters.snapshot();
     assert!(counters.retransmissions >= 2, "{counters:?}");
     assert_eq!(counters.files_served, 2);
 }
 
-#[test]
-fn a_silent_client_is_abandoned_after_the_retries() {
-    let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(50), max_retries: 3, ..ServerConfig::default() });
+fn a_silent_client_is_abandoned_after_the_retries(mode: TransferPort) {
+    let harness = Harness::start(ServerConfig {
+        transfer_port: mode,
+        retransmit_timeout: Duration::from_millis(50),
+        max_retries: 3,
+        ..ServerConfig::default()
+    });
     let socket = client_socket();
     socket.send_to(&read_request(&sized_name(513), TransferOptions::default()), harness.address).expect("RRQ");
     // The client acknowledges DATA 1, proving it receives, then goes silent: DATA 2 plus three
@@ -492,9 +734,8 @@ fn a_silent_client_is_abandoned_after_the_retries() {
     assert_eq!((counters.retransmissions, counters.failures_of(FailureKind::TimedOut)), (3, 1));
 }
 
-#[test]
-fn replacing_the_files_does_not_disturb_a_running_transfer() {
-    let harness = Harness::default();
+fn replacing_the_files_does_not_disturb_a_running_transfer(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     let name = sized_name(100_000);
     let socket = client_socket();
     socket.send_to(&read_request(&name, TransferOptions::default()), harness.address).expect("RRQ");
@@ -519,23 +760,71 @@ fn replacing_the_files_does_not_disturb_a_running_transfer() {
     assert!(matches!(fetch_plain(&harness, &sized_name(1)), Err((ErrorCode::FileNotFound, _))));
 }
 
-#[test]
-fn shutdown_stops_taking_requests() {
-    let mut harness = Harness::default();
+fn shutdown_stops_taking_requests(mode: TransferPort) {
+    let mut harness = Harness::in_mode(mode);
     assert_still_serves(&harness, "start");
     harness.stop();
     assert_eq!(reply_to(harness.address, &read_request(&sized_name(1), TransferOptions::default()), Duration::from_millis(300)), None);
     assert_eq!(harness.counters.snapshot().requests, 1);
 }
 
-#[test]
-fn block_numbers_roll_over_past_65535() {
-    let harness = Harness::default();
+fn block_numbers_roll_over_past_65535(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
     // 70 000 blocks of 8 bytes: past the 16-bit block counter, which wraps to 0.
     let bytes = content(8 * 70_000 + 3, 4);
     harness.files.insert("many-blocks.bin", bytes.clone());
     let options = TransferOptions { block_size: Some(8), window_size: Some(32), ..TransferOptions::default() };
-    let fetched = fetch(harness.address, &read_request("many-blocks.bin", options), 32, 8, false).expect("long transfer");
+    let fetched = fetch(&harness, &read_request("many-blocks.bin", options), 32, 8, false).expect("long transfer");
     assert_eq!(fetched.data_sizes.len(), 70_001);
     assert!(fetched.bytes == bytes, "content differs after the block counter wrapped");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Each test above, in the modes it applies to
+
+macro_rules! in_mode {
+    ($mode:ident: $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                super::$test(callguard::tftp::TransferPort::$mode);
+            }
+        )*
+    };
+}
+
+/// Both modes.
+macro_rules! tests {
+    ($($test:ident),* $(,)?) => {
+        mod ephemeral {
+            in_mode!(Ephemeral: $($test),*, one_client_address_runs_at_most_the_configured_number_of_transfers);
+        }
+        mod single_port {
+            in_mode!(
+                Listening: $($test),*,
+                a_new_request_from_the_same_address_supersedes_its_transfer,
+                fetches_through_single_port_mode_and_sees_every_data_packet_come_from_the_listening_port,
+            );
+        }
+    };
+}
+
+tests!(
+    tftp_hpa_fetches_every_size_byte_for_byte,
+    atftp_fetches_every_size_byte_for_byte,
+    netascii_is_sent_with_cr_lf_and_cr_nul_and_decoded_back_by_tftp_hpa,
+    blksize_1428_and_windowsize_8_are_granted_in_the_oack_and_honoured,
+    an_exact_multiple_of_the_block_size_ends_with_an_empty_block,
+    unknown_file_is_error_1_for_every_client,
+    write_requests_are_error_2,
+    hostile_datagrams_are_refused_and_the_server_keeps_serving,
+    datagrams_from_a_stranger_do_not_disturb_a_transfer,
+    each_client_ip_runs_at_most_the_configured_number_of_transfers,
+    many_transfers_from_one_ip_on_different_ports_all_complete,
+    a_running_transfer_finishes_after_shutdown,
+    a_lost_data_packet_is_retransmitted_after_the_timeout,
+    a_silent_client_is_abandoned_after_the_retries,
+    replacing_the_files_does_not_disturb_a_running_transfer,
+    shutdown_stops_taking_requests,
+    block_numbers_roll_over_past_65535,
+);

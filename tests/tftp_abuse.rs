@@ -4,7 +4,9 @@
 //! the bound the server keeps (see the module docs of `callguard::tftp::server`).
 //!
 //! The tests run one at a time (`serial`): one of them changes the process's open-file limit, and the
-//! others would otherwise count against it; and their timings do not depend on one another.
+//! others would otherwise count against it; and their timings do not depend on one another. Each runs
+//! in both transfer-port modes (`mod ephemeral` and `mod single_port` at the end): the bounds hold
+//! whether transfers run on ports of their own or all on the listening port.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -12,7 +14,9 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use callguard::tftp::{Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
+use callguard::tftp::{
+    Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort,
+};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -170,15 +174,24 @@ fn phone_fetch(harness: &Harness, out: &Path, within: Duration) -> (Vec<String>,
 /// transfer sockets do; the test starts from a soft limit of 512, where the unhardened server ran out of
 /// descriptors half-way through the flood (as the review's run did at its own limit). The server must
 /// raise the soft limit at start and keep its transfer cap below it.
-#[test]
-fn a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone() {
+fn a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone(mode: TransferPort) {
     let _serial = serial();
     require("tftp", "tftp-hpa");
     let limit = LoweredOpenFileLimit::lower_soft_to(512);
-    let harness = Harness::start(ServerConfig::default());
+    let harness = Harness::start(ServerConfig { transfer_port: mode, ..ServerConfig::default() });
     let soft = LoweredOpenFileLimit::get().rlim_cur;
     assert!(harness.max_transfers > 320, "the cap ({}) holds the 320 flood transfers and the phone's", harness.max_transfers);
-    assert!(soft >= harness.max_transfers as libc::rlim_t + 128, "soft open-file limit {soft} for a cap of {}", harness.max_transfers);
+    match mode {
+        TransferPort::Ephemeral => {
+            assert!(
+                soft >= harness.max_transfers as libc::rlim_t + 128,
+                "soft open-file limit {soft} for a cap of {}",
+                harness.max_transfers
+            )
+        }
+        // Transfers hold no descriptor: the cap stays whole, whatever the limit.
+        TransferPort::Listening => assert_eq!(harness.max_transfers, ServerConfig::default().max_transfers),
+    }
 
     let flood: Vec<UdpSocket> = (2..=41u8).flat_map(|host| (0..8).map(move |_| socket_on(Ipv4Addr::new(127, 0, 0, host)))).collect();
     for (i, socket) in flood.iter().enumerate() {
@@ -224,11 +237,14 @@ fn a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone() {
 /// fill the server: the next request, from a fifth address, is refused at once with ERROR 0 from the
 /// request port and counted. The slots come back when the half-open transfers end (three sends), and a
 /// phone then gets its file.
-#[test]
-fn past_the_global_cap_a_request_gets_an_error_and_is_counted() {
+fn past_the_global_cap_a_request_gets_an_error_and_is_counted(mode: TransferPort) {
     let _serial = serial();
-    let harness =
-        Harness::start(ServerConfig { max_transfers: 4, retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    let harness = Harness::start(ServerConfig {
+        transfer_port: mode,
+        max_transfers: 4,
+        retransmit_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    });
     assert_eq!(harness.max_transfers, 4);
     let holders: Vec<UdpSocket> = (2..=5u8).map(|host| socket_on(Ipv4Addr::new(127, 0, 0, host))).collect();
     let mut buffer = vec![0u8; 70_000];
@@ -265,10 +281,9 @@ fn past_the_global_cap_a_request_gets_an_error_and_is_counted() {
 /// RFC 2349: the server accepts the client's timeout or leaves it out of the OACK. 255 s is declined;
 /// the transfer keeps the default timeout, so a client that goes silent after ACK 0 is dropped after
 /// the retries, within seconds (not the 25 minutes 255 s × 6 would hold it).
-#[test]
-fn a_timeout_of_255_seconds_is_declined_and_a_silent_client_is_dropped_within_seconds() {
+fn a_timeout_of_255_seconds_is_declined_and_a_silent_client_is_dropped_within_seconds(mode: TransferPort) {
     let _serial = serial();
-    let harness = Harness::start(ServerConfig::default());
+    let harness = Harness::start(ServerConfig { transfer_port: mode, ..ServerConfig::default() });
     let socket = socket_on(Ipv4Addr::LOCALHOST);
     socket.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
     let asked = TransferOptions { block_size: Some(1428), timeout_secs: Some(255), ..TransferOptions::default() };
@@ -313,11 +328,11 @@ const UNCONFIRMED_SENDS: usize = 3;
 
 /// A read request from an address that never acknowledges (a spoofed victim's) draws at most
 /// three datagrams of at most 516 bytes: the first DATA, never a window and never six copies.
-#[test]
-fn an_unacknowledged_request_without_options_draws_at_most_three_datagrams() {
+fn an_unacknowledged_request_without_options_draws_at_most_three_datagrams(mode: TransferPort) {
     let _serial = serial();
     // A short timeout with the default retries: the bound is on packets, not on time.
-    let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    let harness =
+        Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
     let victim = socket_on(Ipv4Addr::LOCALHOST);
     let request = read_request(TransferOptions::default());
     victim.send_to(&request, harness.address).expect("RRQ");
@@ -333,10 +348,10 @@ fn an_unacknowledged_request_without_options_draws_at_most_three_datagrams() {
 
 /// With options (a window of 8 included), the unacknowledged answer is the OACK alone, at most three
 /// times: no DATA goes out before ACK 0.
-#[test]
-fn an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_times() {
+fn an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_times(mode: TransferPort) {
     let _serial = serial();
-    let harness = Harness::start(ServerConfig { retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    let harness =
+        Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
     let victim = socket_on(Ipv4Addr::LOCALHOST);
     let options = TransferOptions { block_size: Some(1428), window_size: Some(8), transfer_size: Some(0), ..TransferOptions::default() };
     victim.send_to(&read_request(options), harness.address).expect("RRQ");
@@ -348,16 +363,44 @@ fn an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_time
     assert_eq!(harness.counters.snapshot().bytes_sent, 0, "no DATA payload before ACK 0");
 }
 
+/// The same forged request, five times from one address (a victim's port, which in single-port mode
+/// names one transfer: each request supersedes the last and starts its count again): still at most
+/// three datagrams per request, and none of them more than a first packet.
+fn a_request_repeated_from_one_address_draws_at_most_three_datagrams_each(mode: TransferPort) {
+    const REQUESTS: usize = 5;
+    let _serial = serial();
+    let harness =
+        Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout: Duration::from_millis(300), ..ServerConfig::default() });
+    let victim = socket_on(Ipv4Addr::LOCALHOST);
+    for _ in 0..REQUESTS {
+        victim.send_to(&read_request(TransferOptions::default()), harness.address).expect("RRQ");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let received = read_until_silent(&victim, Duration::from_secs(3));
+    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
+    assert!((REQUESTS..=UNCONFIRMED_SENDS * REQUESTS).contains(&received.len()), "{} datagrams for {REQUESTS} requests", received.len());
+    let counters = harness.counters.snapshot();
+    assert!(counters.bytes_sent <= (UNCONFIRMED_SENDS * REQUESTS * 512) as u64, "{counters:?}");
+    match mode {
+        TransferPort::Ephemeral => assert_eq!(counters.failures_of(FailureKind::TimedOut), REQUESTS as u64, "{counters:?}"),
+        TransferPort::Listening => {
+            // One transfer at a time: each request ended the one before, and the last timed out.
+            let ended = (counters.failures_of(FailureKind::Superseded), counters.failures_of(FailureKind::TimedOut));
+            assert_eq!(ended, (REQUESTS as u64 - 1, 1), "{counters:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // (e) A client that acknowledges just often enough
 
 /// A client that acknowledges each block just before the timeout makes progress, so retries never
 /// run out; at one 512-byte block per 300 ms this 100 KB file would take a minute. The transfer's
 /// deadline (here 1 s plus the size at 100 KB/s: 2 s) cuts it, and the client is told so.
-#[test]
-fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline() {
+fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline(mode: TransferPort) {
     let _serial = serial();
     let config = ServerConfig {
+        transfer_port: mode,
         retransmit_timeout: Duration::from_millis(400),
         transfer_deadline_base: Duration::from_secs(1),
         min_transfer_rate: 100_000,
@@ -389,3 +432,38 @@ fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline() 
     let counters = harness.counters.snapshot();
     assert_eq!((counters.failures_of(FailureKind::Deadline), counters.files_served), (1, 0), "{counters:?}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Each test above, in both transfer-port modes
+
+macro_rules! in_mode {
+    ($mode:ident: $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                super::$test(callguard::tftp::TransferPort::$mode);
+            }
+        )*
+    };
+}
+
+macro_rules! tests {
+    ($($test:ident),* $(,)?) => {
+        mod ephemeral {
+            in_mode!(Ephemeral: $($test),*);
+        }
+        mod single_port {
+            in_mode!(Listening: $($test),*);
+        }
+    };
+}
+
+tests!(
+    a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone,
+    past_the_global_cap_a_request_gets_an_error_and_is_counted,
+    a_timeout_of_255_seconds_is_declined_and_a_silent_client_is_dropped_within_seconds,
+    an_unacknowledged_request_without_options_draws_at_most_three_datagrams,
+    an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_times,
+    a_request_repeated_from_one_address_draws_at_most_three_datagrams_each,
+    a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline,
+);

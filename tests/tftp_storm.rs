@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use callguard::bench::tftp::{boot_files, phone_source, storm};
-use callguard::tftp::{MemoryFiles, ServerConfig, TftpServer};
+use callguard::tftp::{MemoryFiles, ServerConfig, TftpServer, TransferPort};
 use tokio::sync::watch;
 
 const PHONES: usize = 20;
@@ -41,10 +41,18 @@ fn served_files() -> BTreeMap<String, Vec<u8>> {
 
 /// Serves `served` and runs the storm with `expected` as the bytes to compare against.
 fn run_storm(served: &BTreeMap<String, Vec<u8>>, expected: BTreeMap<String, Vec<u8>>) -> callguard::bench::tftp::StormReport {
+    run_storm_in(TransferPort::Ephemeral, served, expected)
+}
+
+fn run_storm_in(
+    transfer_port: TransferPort,
+    served: &BTreeMap<String, Vec<u8>>,
+    expected: BTreeMap<String, Vec<u8>>,
+) -> callguard::bench::tftp::StormReport {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
         let files = served.iter().map(|(name, bytes)| (name.clone(), Arc::from(bytes.as_slice()))).collect();
-        let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() };
+        let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), transfer_port, ..ServerConfig::default() };
         let server = TftpServer::bind(config, Arc::new(MemoryFiles::new(files))).await.expect("bind 127.0.0.1:0");
         let address = server.local_addr().expect("bound address");
         let (shutdown, receiver) = watch::channel(false);
@@ -59,8 +67,17 @@ fn run_storm(served: &BTreeMap<String, Vec<u8>>, expected: BTreeMap<String, Vec<
 
 #[test]
 fn twenty_phones_fetch_every_byte_of_their_three_files() {
+    twenty_phones_fetch_every_byte_in(TransferPort::Ephemeral);
+}
+
+#[test]
+fn twenty_phones_fetch_every_byte_of_their_three_files_in_single_port_mode() {
+    twenty_phones_fetch_every_byte_in(TransferPort::Listening);
+}
+
+fn twenty_phones_fetch_every_byte_in(transfer_port: TransferPort) {
     let files = served_files();
-    let report = run_storm(&files, files.clone());
+    let report = run_storm_in(transfer_port, &files, files.clone());
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
     assert_eq!(report.files, PHONES * 3);

@@ -264,6 +264,10 @@ enum Bench {
         /// Phones booting at the same time.
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
+        /// Also boot them from Callguard's server in single-port mode (every transfer from the
+        /// listening port, as the TFTP pods serve), after the run with a port per transfer.
+        #[arg(long)]
+        single_port: bool,
     },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
@@ -302,6 +306,10 @@ enum Serve {
         /// TFTP port (69, P.1-16).
         #[arg(long, default_value_t = callguard::api::default_ports::TFTP)]
         port: u16,
+        /// Where transfers send from: `listening` (single-port mode: every packet from --port, which
+        /// a Service, load balancer or NAT carries) or `ephemeral` (a new port per transfer, RFC 1350).
+        #[arg(long, value_enum, default_value = "listening")]
+        transfer_port: callguard::tftp::TransferPort,
         /// Where `/metrics` (requests, bytes, errors by kind), `/healthz` and `/readyz` are served.
         #[arg(long)]
         metrics_bind: Option<std::net::SocketAddr>,
@@ -410,9 +418,19 @@ fn main() -> ExitCode {
             };
             with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
         }
-        Command::Serve { service: Serve::Tftp { cluster, namespace, signer_secret, files_secret, bind, port, metrics_bind, logging } } => {
-            let options =
-                callguard::dataplane::tftp::ServeTftpOptions { namespace, cluster, signer_secret, files_secret, bind, port, metrics_bind };
+        Command::Serve {
+            service: Serve::Tftp { cluster, namespace, signer_secret, files_secret, bind, port, transfer_port, metrics_bind, logging },
+        } => {
+            let options = callguard::dataplane::tftp::ServeTftpOptions {
+                namespace,
+                cluster,
+                signer_secret,
+                files_secret,
+                bind,
+                port,
+                transfer_port,
+                metrics_bind,
+            };
             with_client(&logging, |client, shutdown| callguard::dataplane::tftp::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
@@ -421,7 +439,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
-        Command::Bench { bench: Bench::Tftp { phones, concurrency } } => bench_result(callguard::bench::tftp::run(phones, concurrency)),
+        Command::Bench { bench: Bench::Tftp { phones, concurrency, single_port } } => {
+            bench_result(callguard::bench::tftp::run(phones, concurrency, single_port))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `callguard bench tftp`: a boot storm. N phones each fetch `CTLFile.tlv`, their `ITLSEP<MAC>.tlv` and
-//! their `SEP<MAC>.cnf.xml.sgn`, at most C at a time, first from Callguard's TFTP server, then from
-//! tftpd-hpa serving the same exported files. Every fetched byte is compared with the exported file.
+//! their `SEP<MAC>.cnf.xml.sgn`, at most C at a time, first from Callguard's TFTP server (with
+//! `--single-port`, in both of its transfer-port modes, one after the other), then from tftpd-hpa
+//! serving the same exported files. Every fetched byte is compared with the exported file.
 //!
 //! The load generator is a plain RFC 1350 client (octet mode, no options, so blksize 512), written here
 //! by hand because no crate in the tree is a TFTP client. Each phone sends from its own loopback
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::tftp::packet::DEFAULT_BLOCK_SIZE;
-use crate::tftp::{ErrorCode, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions};
+use crate::tftp::{ErrorCode, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort};
 
 /// How long the client waits for the next DATA before resending its last packet.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -81,7 +82,8 @@ pub async fn fetch(source: IpAddr, server: SocketAddr, name: &str) -> Result<Vec
     let request = Request { filename: name.to_string(), mode: Mode::Octet, options: TransferOptions::default() };
     let mut last_sent = Packet::ReadRequest(request).encode();
     socket.send_to(&last_sent, server).await?;
-    // The server answers from a new port, its transfer ID; later datagrams from elsewhere are ignored.
+    // The server answers from its transfer ID (a new port, or in single-port mode the one asked);
+    // later datagrams from elsewhere are ignored.
     let mut peer: Option<SocketAddr> = None;
     let mut expected: u16 = 1;
     let mut retries = 0;
@@ -211,8 +213,8 @@ pub async fn storm(
     report
 }
 
-/// `callguard bench tftp --phones N --concurrency C`.
-pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
+/// `callguard bench tftp --phones N --concurrency C [--single-port]`.
+pub fn run(phones: usize, concurrency: usize, single_port: bool) -> Result<(), String> {
     use crate::build::build_namespace;
     let t = Instant::now();
     let namespace = super::BenchNamespace::generate(&super::namespace_yaml(phones))?;
@@ -239,25 +241,41 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
 
     // Cold: a fresh build whose phone files are signed as the storm asks for them (signatures are
     // deterministic, so the bytes equal the export's). Warm: the same server again, every file cached.
-    let served = Arc::new(
-        build_namespace(namespace.snapshot.clone(), &namespace.state, now, &Default::default()).map_err(|e| e.to_string())?.served,
-    );
-    let (cold, warm) = runtime.block_on(async {
-        let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() };
-        let server = TftpServer::bind(config, served.clone()).await.map_err(|e| e.to_string())?;
-        let address = server.local_addr().map_err(|e| e.to_string())?;
-        let (shutdown, receiver) = watch::channel(false);
-        let task = tokio::spawn(server.run(receiver));
-        let cold = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
-        let warm = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
-        let _ = shutdown.send(true);
-        let _ = task.await;
-        Ok::<_, String>((cold, warm))
-    })?;
-    let cache = served.phones.cache().counters();
-    print_report("Callguard TftpServer (in-process), cold: configurations signed on demand", &cold);
-    print_report("Callguard TftpServer (in-process), warm: configurations from the cache", &warm);
-    println!("  render cache: {} phones signed, {} answers from the cache", cache.renders, cache.hits);
+    let callguard = |transfer_port: TransferPort| -> Result<(StormReport, StormReport), String> {
+        let served = Arc::new(
+            build_namespace(namespace.snapshot.clone(), &namespace.state, now, &Default::default()).map_err(|e| e.to_string())?.served,
+        );
+        let (cold, warm) = runtime.block_on(async {
+            let config = ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], 0)), transfer_port, ..ServerConfig::default() };
+            let server = TftpServer::bind(config, served.clone()).await.map_err(|e| e.to_string())?;
+            let address = server.local_addr().map_err(|e| e.to_string())?;
+            let counters = server.counters();
+            let (shutdown, receiver) = watch::channel(false);
+            let task = tokio::spawn(server.run(receiver));
+            let cold = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
+            let after_cold = counters.snapshot().retransmissions;
+            let warm = storm(address, Arc::clone(&plan), Arc::clone(&expected), concurrency).await;
+            let _ = shutdown.send(true);
+            let _ = task.await;
+            Ok::<_, String>(((cold, after_cold), (warm, counters.snapshot().retransmissions - after_cold)))
+        })?;
+        let ((cold, cold_resent), (warm, warm_resent)) = (cold, warm);
+        let mode = match transfer_port {
+            TransferPort::Ephemeral => "a port per transfer",
+            TransferPort::Listening => "single-port",
+        };
+        let cache = served.phones.cache().counters();
+        print_report(&format!("Callguard TftpServer (in-process, {mode}), cold: configurations signed on demand"), &cold);
+        println!("    resent:     {cold_resent:>10}  packets the server sent again after a timeout");
+        print_report(&format!("Callguard TftpServer (in-process, {mode}), warm: configurations from the cache"), &warm);
+        println!("    resent:     {warm_resent:>10}");
+        println!("  render cache: {} phones signed, {} answers from the cache", cache.renders, cache.hits);
+        Ok((cold, warm))
+    };
+    let mut runs = vec![("a port per transfer", callguard(TransferPort::Ephemeral)?)];
+    if single_port {
+        runs.push(("single-port", callguard(TransferPort::Listening)?));
+    }
 
     let hpa = {
         let mut tftpd = TftpdHpa::start(export.path())?;
@@ -269,9 +287,18 @@ pub fn run(phones: usize, concurrency: usize) -> Result<(), String> {
         report?
     };
     print_report("tftpd-hpa (in.tftpd -L -s)", &hpa);
-    println!("  ratio Callguard files/s over tftpd-hpa files/s, warm: {:.2}", warm.files_per_second() / hpa.files_per_second());
-    println!("  ratio Callguard files/s over tftpd-hpa files/s, cold: {:.2}", cold.files_per_second() / hpa.files_per_second());
-    let mismatches = cold.mismatches.len() + warm.mismatches.len() + hpa.mismatches.len();
+    for (mode, (cold, warm)) in &runs {
+        let ratio = |report: &StormReport| report.files_per_second() / hpa.files_per_second();
+        println!("  ratio Callguard ({mode}) files/s over tftpd-hpa files/s, warm: {:.2}", ratio(warm));
+        println!("  ratio Callguard ({mode}) files/s over tftpd-hpa files/s, cold: {:.2}", ratio(cold));
+    }
+    if let [(_, (ephemeral_cold, ephemeral_warm)), (_, (single_cold, single_warm))] = runs.as_slice() {
+        let ratio = |single: &StormReport, ephemeral: &StormReport| single.files_per_second() / ephemeral.files_per_second();
+        println!("  ratio single-port files/s over a port per transfer, warm: {:.2}", ratio(single_warm, ephemeral_warm));
+        println!("  ratio single-port files/s over a port per transfer, cold: {:.2}", ratio(single_cold, ephemeral_cold));
+    }
+    let mismatches =
+        hpa.mismatches.len() + runs.iter().map(|(_, (cold, warm))| cold.mismatches.len() + warm.mismatches.len()).sum::<usize>();
     if mismatches > 0 {
         return Err(format!("{mismatches} fetched file(s) differ from the exported bytes"));
     }

@@ -197,6 +197,10 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
                 inputs.files_secret,
                 "--bind",
                 "0.0.0.0",
+                // Every packet from the listening port, the one a Service, a load balancer or NAT
+                // carries back to the phone.
+                "--transfer-port",
+                "listening",
                 "--port",
                 &ports[0].1.to_string(),
                 "--metrics-bind",
@@ -403,6 +407,7 @@ mod tests {
         );
         assert_eq!(container.image.as_deref(), Some("callguard:1"));
         assert!(args.windows(2).any(|w| w == ["--metrics-bind", "0.0.0.0:8080"]), "the TFTP counters are scraped");
+        assert!(args.windows(2).any(|w| w == ["--transfer-port", "listening"]), "single-port mode behind a Service");
         let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|g| g.path.clone());
         assert_eq!(probe, Some(Some("/readyz".to_owned())));
         assert_eq!(pod.metadata.unwrap().annotations.unwrap()[labels::CONTENT_HASH], "abc");

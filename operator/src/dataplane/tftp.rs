@@ -23,7 +23,7 @@ use crate::controller::projection::{ShardRef, assemble, read_index, read_shard};
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
-use crate::tftp::{ServerConfig, SwappableSource, TftpServer};
+use crate::tftp::{ServerConfig, SwappableSource, TftpServer, TransferPort};
 use crate::trust::{Signer, TrustListKind};
 
 /// Changes come in bursts (the operator writes the shards, then the index): wait this long.
@@ -39,6 +39,9 @@ pub struct ServeTftpOptions {
     pub files_secret: String,
     pub bind: IpAddr,
     pub port: u16,
+    /// Where transfers send from: `Listening` (single-port mode) unless asked otherwise, because the
+    /// pods sit behind a Service, a load balancer or NAT, which carries only the listening port's flow.
+    pub transfer_port: TransferPort,
     /// Where `/metrics` (the TFTP counters), `/healthz` and `/readyz` are served.
     pub metrics_bind: Option<SocketAddr>,
 }
@@ -154,8 +157,8 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     };
     let files = Arc::new(SwappableSource::new(first));
     let address = SocketAddr::new(options.bind, options.port);
-    let server =
-        TftpServer::bind(ServerConfig { bind: address, ..ServerConfig::default() }, files.clone()).await.map_err(|e| e.to_string())?;
+    let config = ServerConfig { bind: address, transfer_port: options.transfer_port, ..ServerConfig::default() };
+    let server = TftpServer::bind(config, files.clone()).await.map_err(|e| e.to_string())?;
     let bound = server.local_addr().map_err(|e| e.to_string())?;
     let health = Health::new();
     let http = options.metrics_bind.map(|bind| {
@@ -166,7 +169,11 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     health.set_ready(true);
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(server.run(stopped));
-    println!("serving TFTP on {bound} for CallControlCluster {}/{}", options.namespace, options.cluster);
+    let transfers = match options.transfer_port {
+        TransferPort::Listening => "single-port: every transfer from this port",
+        TransferPort::Ephemeral => "a port per transfer",
+    };
+    println!("serving TFTP on {bound} ({transfers}) for CallControlCluster {}/{}", options.namespace, options.cluster);
     let mut retry = false;
     loop {
         tokio::select! {

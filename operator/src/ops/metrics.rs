@@ -176,6 +176,8 @@ fn tftp_failure_label(kind: FailureKind) -> &'static str {
         FailureKind::Deadline => "deadline",
         FailureKind::ClientAborted => "client_aborted",
         FailureKind::UnknownTransferId => "unknown_transfer_id",
+        FailureKind::Superseded => "superseded",
+        FailureKind::ReplyDropped => "reply_dropped",
         FailureKind::Io => "io",
     }
 }

@@ -260,6 +260,30 @@ impl Packet {
     }
 }
 
+/// What a client sends back during a read transfer: an ACK of a block, or an ERROR ending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Ack(u16),
+    Error,
+}
+
+impl Reply {
+    /// Reads an ACK or an ERROR without allocating (the single-port receive loop's hot path), with
+    /// exactly the acceptance of `Packet::parse`; `None` for anything else.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > MAX_PACKET_LEN {
+            return None;
+        }
+        let (opcode, body) = split_u16(bytes)?;
+        let (value, _) = split_u16(body)?;
+        match Opcode::from_u16(opcode)? {
+            Opcode::Ack => Some(Self::Ack(value)),
+            Opcode::Error => Some(Self::Error),
+            _ => None,
+        }
+    }
+}
+
 /// Encodes a DATA packet without copying the payload into a `Packet` first (the server's hot path).
 pub fn encode_data(block: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + payload.len());
@@ -468,6 +492,17 @@ mod tests {
         #[test]
         fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = Packet::parse(&bytes);
+        }
+
+        #[test]
+        fn a_reply_is_read_as_the_full_parser_reads_it(opcode in 0u16..8, body in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let bytes = [opcode.to_be_bytes().as_slice(), &body].concat();
+            let full = match Packet::parse(&bytes) {
+                Ok(Packet::Ack { block }) => Some(Reply::Ack(block)),
+                Ok(Packet::Error { .. }) => Some(Reply::Error),
+                _ => None,
+            };
+            prop_assert_eq!(Reply::parse(&bytes), full);
         }
 
         #[test]
