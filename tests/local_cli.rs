@@ -51,11 +51,14 @@ impl Local {
         local
     }
 
-    /// Waits up to 60 s for an output line containing `needle`.
+    /// Waits up to 60 s for an output line containing `needle`; runs of spaces match any run, so that
+    /// a table row is found whatever its column widths.
     fn wait_for(&mut self, needle: &str) -> String {
+        let squash = |text: &str| text.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+        let needle = squash(needle);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            if let Some(line) = self.seen.iter().find(|l| squash(l).contains(&needle)) {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -384,6 +384,20 @@ pub fn build_namespace(
     let signing = SigningParameters::from_itl(hash, &itl_list);
     let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing)?;
     statuses.extend(phone_statuses);
+    // Every other object was validated and is used as it is: it says so, so that the table lists
+    // every resource of the namespace, not only those with something to report.
+    let others: [(&'static str, Vec<&String>); 7] = [
+        ("PhoneSecurityProfile", snapshot.phone_profiles.keys().collect()),
+        ("SipTrunkSecurityProfile", snapshot.trunk_profiles.keys().collect()),
+        ("SipTrunk", snapshot.trunks.keys().collect()),
+        ("SrstReference", snapshot.srst_references.keys().collect()),
+        ("EndUser", snapshot.end_users.keys().collect()),
+        ("ApplicationUser", snapshot.application_users.keys().collect()),
+        ("SipRealm", snapshot.realms.keys().collect()),
+    ];
+    for (kind, names) in others {
+        statuses.extend(names.into_iter().map(|name| ResourceStatus::ready(kind, name)));
+    }
 
     let identity_record = record_identity(state, &identity, &tftp, &trust_lists)?;
     let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
