@@ -348,9 +348,10 @@ async fn a_wrong_token_password_is_counted_even_when_every_apply_fails() {
             .map(|c| c.values().filter_map(|r| r["consecutiveFailedLogins"].as_u64()).sum())
             .unwrap_or(0)
     };
-    until("the wrong password to be counted", || failures() == 1).await;
-    let refused = server.writes().into_iter().filter(|w| w.resource == "deployments.apps" && w.status == 422).count();
-    assert!(refused >= 1, "the workload apply kept failing");
+    // The registry is written before the workload is applied, so wait for both: the count and the
+    // refused apply that follows it.
+    let refused = || server.writes().into_iter().any(|w| w.resource == "deployments.apps" && w.status == 422);
+    until("the wrong password to be counted and the workload apply refused", || failures() == 1 && refused()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(failures(), 1, "the same wrong password, retried, counts once");
     let mac = registry(&server).unwrap().to_string();

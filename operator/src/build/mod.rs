@@ -386,16 +386,10 @@ pub fn build_namespace(
     statuses.extend(phone_statuses);
     // Every other object was validated and is used as it is: it says so, so that the table lists
     // every resource of the namespace, not only those with something to report.
-    let others: [(&'static str, Vec<&String>); 7] = [
-        ("PhoneSecurityProfile", snapshot.phone_profiles.keys().collect()),
-        ("SipTrunkSecurityProfile", snapshot.trunk_profiles.keys().collect()),
-        ("SipTrunk", snapshot.trunks.keys().collect()),
-        ("SrstReference", snapshot.srst_references.keys().collect()),
-        ("EndUser", snapshot.end_users.keys().collect()),
-        ("ApplicationUser", snapshot.application_users.keys().collect()),
-        ("SipRealm", snapshot.realms.keys().collect()),
-    ];
-    for (kind, names) in others {
+    // Kinds that report for themselves (the cluster, its tokens and phones) and Secrets, which are
+    // inputs, not resources with a status, are left out.
+    let reported = ["CallControlCluster", "SecurityToken", "Phone", "Secret"];
+    for (kind, names) in snapshot.names_by_kind().into_iter().filter(|(kind, _)| !reported.contains(kind)) {
         statuses.extend(names.into_iter().map(|name| ResourceStatus::ready(kind, name)));
     }
 

@@ -312,19 +312,7 @@ fn clock() -> String {
 
 /// Every object of the snapshot, by kind and name.
 fn objects(snapshot: &Snapshot) -> BTreeSet<(&'static str, String)> {
-    let names: [(&'static str, Vec<&String>); 11] = [
-        ("CallControlCluster", snapshot.clusters.keys().collect()),
-        ("SecurityToken", snapshot.tokens.keys().collect()),
-        ("PhoneSecurityProfile", snapshot.phone_profiles.keys().collect()),
-        ("Phone", snapshot.phones.keys().collect()),
-        ("SipTrunkSecurityProfile", snapshot.trunk_profiles.keys().collect()),
-        ("SipTrunk", snapshot.trunks.keys().collect()),
-        ("SrstReference", snapshot.srst_references.keys().collect()),
-        ("EndUser", snapshot.end_users.keys().collect()),
-        ("ApplicationUser", snapshot.application_users.keys().collect()),
-        ("SipRealm", snapshot.realms.keys().collect()),
-        ("Secret", snapshot.secrets.keys().collect()),
-    ];
+    let names = snapshot.names_by_kind();
     names.into_iter().flat_map(|(kind, names)| names.into_iter().map(move |name| (kind, name.clone()))).collect()
 }
 

@@ -80,6 +80,23 @@ impl Snapshot {
         Snapshot { namespace: namespace.to_string(), ..Default::default() }
     }
 
+    /// The names of the valid objects, kind by kind, in the order the guide introduces them.
+    pub fn names_by_kind(&self) -> [(&'static str, Vec<&String>); 11] {
+        [
+            ("CallControlCluster", self.clusters.keys().collect()),
+            ("SecurityToken", self.tokens.keys().collect()),
+            ("PhoneSecurityProfile", self.phone_profiles.keys().collect()),
+            ("Phone", self.phones.keys().collect()),
+            ("SipTrunkSecurityProfile", self.trunk_profiles.keys().collect()),
+            ("SipTrunk", self.trunks.keys().collect()),
+            ("SrstReference", self.srst_references.keys().collect()),
+            ("EndUser", self.end_users.keys().collect()),
+            ("ApplicationUser", self.application_users.keys().collect()),
+            ("SipRealm", self.realms.keys().collect()),
+            ("Secret", self.secrets.keys().collect()),
+        ]
+    }
+
     /// Adds one manifest, typed by its kind. A value the schema accepted but the types refuse
     /// (an IP address that does not parse, say) is a violation, never a panic.
     pub fn insert(&mut self, object: &ObjectRef, value: &Value) -> Result<(), Violation> {
