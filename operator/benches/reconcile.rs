@@ -29,7 +29,8 @@ fn main() {
 async fn run(phones: usize) -> Result<(), String> {
     let server = FakeApiServer::start().await;
     let yaml = callguard::bench::namespace_yaml(phones);
-    let documents = callguard::manifest::parse_documents(std::path::Path::new("bench.yaml"), yaml.as_bytes()).map_err(|e| e.to_string())?;
+    let documents =
+        callguard::validate::manifest::parse_documents(std::path::Path::new("bench.yaml"), yaml.as_bytes()).map_err(|e| e.to_string())?;
     let objects = documents.len();
     let with_status = documents.iter().filter(|d| d.value["apiVersion"].as_str().is_some_and(|v| v.starts_with("callguard.io/"))).count();
     for document in documents {

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::manifest;
+use crate::validate::manifest;
 
 pub mod tftp;
 use crate::validate::{self, SecretPolicy};
@@ -139,7 +139,7 @@ pub fn openssl_rsa_speed(bits: usize, seconds: u32, processes: usize) -> Result<
 /// removed when this is dropped.
 pub struct BenchNamespace {
     pub snapshot: std::sync::Arc<crate::validate::Snapshot>,
-    pub state: crate::build::state::StateDir,
+    pub state: crate::core::build::state::StateDir,
     _dir: tempfile::TempDir,
 }
 
@@ -153,7 +153,7 @@ impl BenchNamespace {
         }
         let snapshot = report.snapshots.remove("default").ok_or("the generated namespace is empty")?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let state = crate::build::state::StateDir::open(dir.path()).map_err(|e| e.to_string())?;
+        let state = crate::core::build::state::StateDir::open(dir.path()).map_err(|e| e.to_string())?;
         Ok(Self { snapshot: std::sync::Arc::new(snapshot), state, _dir: dir })
     }
 }
@@ -161,7 +161,7 @@ impl BenchNamespace {
 /// Renders and signs the configuration files of `phones` phones (a third encrypted for their LSC),
 /// with the CTL and ITL, and prints files per second next to `openssl speed rsa2048`.
 pub fn configs(phones: usize) -> Result<(), String> {
-    use crate::build::{build_namespace, state::Sensitivity};
+    use crate::core::build::{build_namespace, state::Sensitivity};
     let namespace = BenchNamespace::generate(&namespace_yaml_with(phones, true))?;
     let (snapshot, state) = (&namespace.snapshot, &namespace.state);
     let now = time::OffsetDateTime::now_utc();
@@ -218,18 +218,18 @@ pub fn configs(phones: usize) -> Result<(), String> {
 }
 
 /// `count` LSCs, DER, from as many fresh RSA-2048 phone keys, issued by the state's cluster CA.
-fn lsc_pool(state: &crate::build::state::StateDir, count: usize, now: time::OffsetDateTime) -> Result<Vec<Vec<u8>>, String> {
+fn lsc_pool(state: &crate::core::build::state::StateDir, count: usize, now: time::OffsetDateTime) -> Result<Vec<Vec<u8>>, String> {
     let ca = cluster_ca(state)?;
     (0..count)
         .map(|i| {
-            let spki = phone_spki(&crate::pki::keys::generate_rsa(2048));
+            let spki = phone_spki(&crate::core::pki::keys::generate_rsa(2048));
             issue_one_lsc(&ca, &format!("SEP{i:012X}"), &spki, now)
         })
         .collect()
 }
 
-fn cluster_ca(state: &crate::build::state::StateDir) -> Result<crate::pki::ca::ClusterCa, String> {
-    crate::build::identity::load_ca(state).map_err(|e| e.to_string())?.ok_or_else(|| "the build created no cluster CA".to_string())
+fn cluster_ca(state: &crate::core::build::state::StateDir) -> Result<crate::core::pki::ca::ClusterCa, String> {
+    crate::core::build::identity::load_ca(state).map_err(|e| e.to_string())?.ok_or_else(|| "the build created no cluster CA".to_string())
 }
 
 fn phone_spki(key: &rsa::RsaPrivateKey) -> Vec<u8> {
@@ -237,9 +237,9 @@ fn phone_spki(key: &rsa::RsaPrivateKey) -> Vec<u8> {
     rsa::RsaPublicKey::from(key).to_public_key_der().expect("an RSA public key always encodes").as_bytes().to_vec()
 }
 
-fn issue_one_lsc(ca: &crate::pki::ca::ClusterCa, device: &str, spki: &[u8], now: time::OffsetDateTime) -> Result<Vec<u8>, String> {
-    use crate::pki::issue::{LscKeySource, LscRequest, issue_lsc};
-    let serial = crate::pki::serial::Serial::random(&mut rand::thread_rng());
+fn issue_one_lsc(ca: &crate::core::pki::ca::ClusterCa, device: &str, spki: &[u8], now: time::OffsetDateTime) -> Result<Vec<u8>, String> {
+    use crate::core::pki::issue::{LscKeySource, LscRequest, issue_lsc};
+    let serial = crate::core::pki::serial::Serial::random(&mut rand::thread_rng());
     let request = LscRequest { device_name: device, key: LscKeySource::PublicKey(spki), validity_days: 365, serial, now };
     issue_lsc(ca, &request).map(|issued| issued.certificate_der).map_err(|e| e.to_string())
 }
@@ -248,8 +248,9 @@ fn issue_one_lsc(ca: &crate::pki::ca::ClusterCa, device: &str, spki: &[u8], now:
 /// certificates per second next to `openssl speed rsa2048` (the CA's signing rate bounds issuance).
 pub fn lsc(count: usize) -> Result<(), String> {
     let now = time::OffsetDateTime::now_utc();
-    let ca = crate::pki::ca::ClusterCa::generate(&crate::pki::ca::CaSettings::new("bench", "default"), now).map_err(|e| e.to_string())?;
-    let keys: Vec<Vec<u8>> = (0..8).map(|_| phone_spki(&crate::pki::keys::generate_rsa(2048))).collect();
+    let ca = crate::core::pki::ca::ClusterCa::generate(&crate::core::pki::ca::CaSettings::new("bench", "default"), now)
+        .map_err(|e| e.to_string())?;
+    let keys: Vec<Vec<u8>> = (0..8).map(|_| phone_spki(&crate::core::pki::keys::generate_rsa(2048))).collect();
     let started = Instant::now();
     let mut bytes = 0;
     for i in 0..count {

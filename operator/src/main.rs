@@ -3,9 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use callguard::build::BuildOptions;
-use callguard::manifest;
-use callguard::token::create;
+use callguard::core::build::BuildOptions;
+use callguard::core::token::create;
+use callguard::validate::manifest;
 use callguard::validate::{self, SecretPolicy};
 
 /// Callguard: the security plane for IP telephony on Kubernetes.
@@ -170,7 +170,7 @@ enum Command {
     /// Cisco trust files: inspect, verify and decrypt CTL/ITL, .sgn and .enc.sgn files.
     Trust {
         #[command(subcommand)]
-        command: callguard::trust::cli::TrustCommand,
+        command: callguard::core::trust::cli::TrustCommand,
     },
     /// Benchmarks that print their figures.
     Bench {
@@ -309,7 +309,7 @@ enum Serve {
         /// Where transfers send from: `listening` (single-port mode: every packet from --port, which
         /// a Service, load balancer or NAT carries) or `ephemeral` (a new port per transfer, RFC 1350).
         #[arg(long, value_enum, default_value = "listening")]
-        transfer_port: callguard::tftp::TransferPort,
+        transfer_port: callguard::services::tftp::TransferPort,
         /// Where `/metrics` (requests, bytes, errors by kind), `/healthz` and `/readyz` are served.
         #[arg(long)]
         metrics_bind: Option<std::net::SocketAddr>,
@@ -360,7 +360,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { token } => run_token(token),
-        Command::Trust { command } => callguard::trust::cli::run(command),
+        Command::Trust { command } => callguard::core::trust::cli::run(command),
         Command::Build { paths, state_dir, out, new_identity, output } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity }, output)
         }
@@ -370,7 +370,7 @@ fn main() -> ExitCode {
                 Ok(()) => {}
                 Err(LoggingError::InvalidFilter { directives, reason }) => {
                     eprintln!(
-                        "callguard local: --log-level (or RUST_LOG) {directives:?} is not a valid log filter ({reason}); e.g. debug, or callguard::tftp=debug"
+                        "callguard local: --log-level (or RUST_LOG) {directives:?} is not a valid log filter ({reason}); e.g. debug, or callguard::services::tftp=debug"
                     );
                     return ExitCode::from(2);
                 }
@@ -380,10 +380,10 @@ fn main() -> ExitCode {
                 }
             }
             let build = BuildOptions { new_identity };
-            let options = callguard::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
+            let options = callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
-                .map_err(|e| callguard::local::LocalError::Failed(e.to_string()))
-                .and_then(|runtime| runtime.block_on(callguard::local::run(options)));
+                .map_err(|e| callguard::adapters::local::LocalError::Failed(e.to_string()))
+                .and_then(|runtime| runtime.block_on(callguard::adapters::local::run(options)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -406,7 +406,7 @@ fn main() -> ExitCode {
             image_pull_secrets,
             logging,
         } => {
-            let options = callguard::controller::OperatorOptions {
+            let options = callguard::adapters::controller::OperatorOptions {
                 metrics_bind,
                 leader_election,
                 lease_namespace,
@@ -416,12 +416,12 @@ fn main() -> ExitCode {
                 api_server_ports,
                 image_pull_secrets,
             };
-            with_client(&logging, |client, shutdown| callguard::controller::run(client, options, shutdown))
+            with_client(&logging, |client, shutdown| callguard::adapters::controller::run(client, options, shutdown))
         }
         Command::Serve {
             service: Serve::Tftp { cluster, namespace, signer_secret, files_secret, bind, port, transfer_port, metrics_bind, logging },
         } => {
-            let options = callguard::dataplane::tftp::ServeTftpOptions {
+            let options = callguard::adapters::serve::tftp::ServeTftpOptions {
                 namespace,
                 cluster,
                 signer_secret,
@@ -431,7 +431,7 @@ fn main() -> ExitCode {
                 transfer_port,
                 metrics_bind,
             };
-            with_client(&logging, |client, shutdown| callguard::dataplane::tftp::serve(client, options, shutdown))
+            with_client(&logging, |client, shutdown| callguard::adapters::serve::tftp::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);
@@ -446,7 +446,7 @@ fn main() -> ExitCode {
 }
 
 fn crdgen(dir: &std::path::Path, readme: Option<&std::path::Path>) -> ExitCode {
-    match callguard::crdgen::write_all(dir) {
+    match callguard::api::crdgen::write_all(dir) {
         Ok(files) => println!("wrote {} CRDs to {}", files.len(), dir.display()),
         Err(e) => {
             eprintln!("callguard crdgen: {}: {e}", dir.display());
@@ -454,7 +454,7 @@ fn crdgen(dir: &std::path::Path, readme: Option<&std::path::Path>) -> ExitCode {
         }
     }
     let Some(readme) = readme else { return ExitCode::SUCCESS };
-    let updated = std::fs::read_to_string(readme).map(|text| callguard::crdgen::with_reference(&text));
+    let updated = std::fs::read_to_string(readme).map(|text| callguard::api::crdgen::with_reference(&text));
     match updated {
         Ok(Some(text)) => match std::fs::write(readme, text) {
             Ok(()) => {
@@ -497,7 +497,7 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
 }
 
 fn run_add_cert(state_dir: &std::path::Path, namespace: Option<&str>, device: &str, certificate: &std::path::Path) -> ExitCode {
-    use callguard::build::devices::{AddError, Origin, add};
+    use callguard::core::build::devices::{AddError, Origin, add};
     let bytes = match std::fs::read(certificate) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -538,7 +538,7 @@ fn run_build(
     options: &BuildOptions,
     output: Output,
 ) -> ExitCode {
-    use callguard::build::{PathsError, build_paths};
+    use callguard::core::build::{PathsError, build_paths};
     use serde_json::json;
     let json = output == Output::Json;
     // Says one thing: a line of text, or the JSON document for tools, then the exit code.
@@ -549,7 +549,7 @@ fn run_build(
         ExitCode::from(code)
     };
     // One writer per state directory: a `local` or another `build` on it would interleave their writes.
-    let _lock = match callguard::build::lock::StateLock::acquire(state_dir) {
+    let _lock = match callguard::core::build::lock::StateLock::acquire(state_dir) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("callguard build: {e}");
@@ -676,7 +676,7 @@ fn joined(paths: &[PathBuf]) -> String {
 /// Replaces the directory's files with `files`, so a file that is no longer built is no longer served.
 /// Owner-only (0600 files in a 0700 directory): configuration files may carry digest credentials.
 fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, std::sync::Arc<[u8]>>) -> std::io::Result<()> {
-    callguard::private_file::create_dir(dir)?;
+    callguard::core::private_file::create_dir(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_file() && !files.contains_key(&entry.file_name().to_string_lossy().to_string()) {
@@ -684,7 +684,7 @@ fn write_tree(dir: &std::path::Path, files: &std::collections::BTreeMap<String, 
         }
     }
     for (name, bytes) in files {
-        callguard::private_file::write(&dir.join(name), bytes)?;
+        callguard::core::private_file::write(&dir.join(name), bytes)?;
     }
     Ok(())
 }
@@ -721,7 +721,7 @@ fn run_token(token: Token) -> ExitCode {
             print!("{}", created.yaml);
             ExitCode::SUCCESS
         }
-        Some(path) => match callguard::private_file::write(&path, created.yaml.as_bytes()) {
+        Some(path) => match callguard::core::private_file::write(&path, created.yaml.as_bytes()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("callguard token create: {}: {e}", path.display());

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod common;
+pub mod crdgen;
 mod model;
 mod phone;
 mod phone_profile;

@@ -20,8 +20,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::tftp::packet::DEFAULT_BLOCK_SIZE;
-use crate::tftp::{ErrorCode, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort};
+use crate::services::tftp::packet::DEFAULT_BLOCK_SIZE;
+use crate::services::tftp::{ErrorCode, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort};
 
 /// How long the client waits for the next DATA before resending its last packet.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -215,7 +215,7 @@ pub async fn storm(
 
 /// `callguard bench tftp --phones N --concurrency C [--single-port]`.
 pub fn run(phones: usize, concurrency: usize, single_port: bool) -> Result<(), String> {
-    use crate::build::build_namespace;
+    use crate::core::build::build_namespace;
     let t = Instant::now();
     let namespace = super::BenchNamespace::generate(&super::namespace_yaml(phones))?;
     let now = time::OffsetDateTime::now_utc();

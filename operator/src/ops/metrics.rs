@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use time::OffsetDateTime;
 
-use crate::tftp::server::{Counters, FailureKind};
+use crate::services::tftp::server::{Counters, FailureKind};
 
 /// The content type of `Metrics::encode`'s output, for the `/metrics` response.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -470,8 +470,8 @@ mod tests {
 
     #[tokio::test]
     async fn tftp_collector_reads_the_servers_counters_at_scrape_time() {
-        use crate::tftp::server::{ServerConfig, TftpServer};
-        use crate::tftp::source::MemoryFiles;
+        use crate::services::tftp::server::{ServerConfig, TftpServer};
+        use crate::services::tftp::source::MemoryFiles;
 
         let config = ServerConfig { bind: "127.0.0.1:0".parse().expect("address"), ..ServerConfig::default() };
         let server = TftpServer::bind(config, Arc::new(MemoryFiles::new(BTreeMap::new()))).await.expect("bind");

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Finding, ObjectRef, SecretPolicy, Snapshot, Violation};
 use crate::api::*;
-use crate::token::material;
+use crate::core::token::material;
 
 /// Every violation of the cross-object rules in one namespace, in a stable order.
 pub fn check(snapshot: &Snapshot, policy: SecretPolicy) -> Vec<Finding> {

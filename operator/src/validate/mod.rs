@@ -3,6 +3,7 @@
 //! runs all three offline on manifests; the operator runs `cross` on what it reads from the API.
 
 mod cross;
+pub mod manifest;
 mod schema;
 mod snapshot;
 
@@ -16,7 +17,7 @@ pub use schema::{KindSchema, kind_schemas, to_json_schema};
 pub use snapshot::{SecretData, SecretPolicy, Snapshot};
 
 use crate::api::API_VERSION;
-use crate::manifest::{Document, parse_field_path};
+use crate::validate::manifest::{Document, parse_field_path};
 
 /// One broken rule: the field it concerns and a message that ends with the seed section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,7 +305,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::manifest::parse_documents;
+    use crate::validate::manifest::parse_documents;
 
     fn messages(value: Value) -> Vec<String> {
         check_document(&value, kind_schemas()).into_iter().map(|v| format!("{}: {}", v.field, v.message)).collect()

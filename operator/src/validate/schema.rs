@@ -187,10 +187,10 @@ impl KindSchema {
     /// The CRD schema of the object at `field`, when the CRD describes it.
     fn schema_at(&self, field: &str) -> Option<&Value> {
         let mut node = &self.openapi;
-        for segment in crate::manifest::parse_field_path(field) {
+        for segment in crate::validate::manifest::parse_field_path(field) {
             node = match segment {
-                crate::manifest::PathSegment::Key(k) => node.get("properties")?.get(&k)?,
-                crate::manifest::PathSegment::Index(_) => node.get("items")?,
+                crate::validate::manifest::PathSegment::Key(k) => node.get("properties")?.get(&k)?,
+                crate::validate::manifest::PathSegment::Index(_) => node.get("items")?,
             };
         }
         Some(node)
@@ -219,10 +219,10 @@ impl KindSchema {
     pub fn section_at(&self, field: &str) -> String {
         let mut node = &self.openapi;
         let mut section = self.section.clone();
-        for segment in crate::manifest::parse_field_path(field) {
+        for segment in crate::validate::manifest::parse_field_path(field) {
             let next = match segment {
-                crate::manifest::PathSegment::Key(k) => node.get("properties").and_then(|p| p.get(&k)),
-                crate::manifest::PathSegment::Index(_) => node.get("items"),
+                crate::validate::manifest::PathSegment::Key(k) => node.get("properties").and_then(|p| p.get(&k)),
+                crate::validate::manifest::PathSegment::Index(_) => node.get("items"),
             };
             let Some(next) = next else { break };
             node = next;

@@ -1,0 +1,198 @@
+//! Dereference: every Callguard object of a cluster's namespace, the Secrets the operator owns there
+//! and the Secrets those objects name, read from the API; and the same objects as the documents
+//! `callguard validate` checks, so that the operator and the offline check give the same verdict with
+//! the same message. No other Secret of the namespace is ever read.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::labels;
+use crate::api::{
+    ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
+    SrstReference,
+};
+use crate::validate::manifest::Document;
+
+/// The namespace as the API server holds it.
+#[derive(Default)]
+pub struct NamespaceObjects {
+    pub namespace: String,
+    pub clusters: Vec<CallControlCluster>,
+    pub tokens: Vec<SecurityToken>,
+    pub phone_profiles: Vec<PhoneSecurityProfile>,
+    pub phones: Vec<Phone>,
+    pub trunk_profiles: Vec<SipTrunkSecurityProfile>,
+    pub trunks: Vec<SipTrunk>,
+    pub srst_references: Vec<SrstReference>,
+    pub end_users: Vec<EndUser>,
+    pub application_users: Vec<ApplicationUser>,
+    pub realms: Vec<SipRealm>,
+    pub secrets: Vec<Secret>,
+    pub config_maps: Vec<ConfigMap>,
+}
+
+async fn list<K>(client: &Client, namespace: &str) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items)
+}
+
+/// Every Secret the Callguard objects name.
+fn referenced_secrets(objects: &NamespaceObjects) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for token in &objects.tokens {
+        names.extend([&token.spec.certificate, &token.spec.private_key, &token.spec.password].map(|r| r.name.clone()));
+    }
+    for phone in &objects.phones {
+        names.extend(phone.spec.capf.as_ref().and_then(|c| c.authentication_string.as_ref()).map(|r| r.name.clone()));
+        names.extend(phone.spec.config_encryption.as_ref().map(|c| c.symmetric_key.name.clone()));
+    }
+    for user in &objects.end_users {
+        names.extend(user.spec.digest_credentials.iter().map(|r| r.name.clone()));
+        names.extend(user.spec.capf_profiles.iter().filter_map(|p| p.authentication_string.as_ref()).map(|r| r.name.clone()));
+    }
+    for user in &objects.application_users {
+        names.extend(user.spec.digest_credentials.iter().map(|r| r.name.clone()));
+        names.extend(user.spec.capf_profiles.iter().filter_map(|p| p.authentication_string.as_ref()).map(|r| r.name.clone()));
+    }
+    for realm in &objects.realms {
+        names.insert(realm.spec.password.name.clone());
+    }
+    names
+}
+
+/// The named Secrets that exist, read one by one (never a list of the namespace's Secrets).
+async fn get_secrets(client: &Client, namespace: &str, names: BTreeSet<String>) -> Result<Vec<Secret>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let found: Vec<Result<Option<Secret>, kube::Error>> = futures::stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            async move { api.get_opt(&name).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+}
+
+impl NamespaceObjects {
+    pub async fn read(client: &Client, namespace: &str) -> Result<Self, kube::Error> {
+        let (clusters, tokens, phone_profiles, phones, trunk_profiles, trunks) = tokio::try_join!(
+            list(client, namespace),
+            list(client, namespace),
+            list(client, namespace),
+            list(client, namespace),
+            list(client, namespace),
+            list(client, namespace),
+        )?;
+        // The state the operator owns, but not the projections it writes for the data plane (large,
+        // and derived from the rest).
+        let owned = ListParams::default().labels(&format!(
+            "{}={},{}!={}",
+            labels::MANAGED_BY_KEY,
+            labels::MANAGED_BY,
+            labels::COMPONENT,
+            labels::PROJECTION_COMPONENT
+        ));
+        let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+        let (srst_references, end_users, application_users, realms, owned_secrets, config_maps) = tokio::try_join!(
+            list(client, namespace),
+            list(client, namespace),
+            list(client, namespace),
+            list(client, namespace),
+            async { Ok(secrets.list(&owned).await?.items) },
+            async { Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
+        )?;
+        let mut objects = NamespaceObjects {
+            namespace: namespace.to_owned(),
+            clusters,
+            tokens,
+            phone_profiles,
+            phones,
+            trunk_profiles,
+            trunks,
+            srst_references,
+            end_users,
+            application_users,
+            realms,
+            secrets: owned_secrets,
+            config_maps,
+        };
+        // The Secrets the objects name: those labelled `callguard.io/watch` in one list (a user's
+        // explicit word that Callguard may read them), the others one by one. A labelled Secret no
+        // object names is dropped at once.
+        let mut wanted = referenced_secrets(&objects);
+        for secret in &objects.secrets {
+            wanted.remove(secret.metadata.name.as_deref().unwrap_or_default());
+        }
+        let labelled = secrets.list(&ListParams::default().labels(labels::WATCHED_SECRET)).await?.items;
+        for secret in labelled {
+            if wanted.remove(secret.metadata.name.as_deref().unwrap_or_default()) {
+                objects.secrets.push(secret);
+            }
+        }
+        objects.secrets.extend(get_secrets(client, namespace, wanted).await?);
+        Ok(objects)
+    }
+
+    /// The objects as manifests: what a user applied (apiVersion, kind, name, spec), without what the
+    /// API server or the operator added. Consumes the objects, which are not needed twice.
+    pub fn into_documents(self) -> Vec<Document> {
+        let mut documents = Vec::new();
+        push_all(&mut documents, self.clusters);
+        push_all(&mut documents, self.tokens);
+        push_all(&mut documents, self.phone_profiles);
+        push_all(&mut documents, self.phones);
+        push_all(&mut documents, self.trunk_profiles);
+        push_all(&mut documents, self.trunks);
+        push_all(&mut documents, self.srst_references);
+        push_all(&mut documents, self.end_users);
+        push_all(&mut documents, self.application_users);
+        push_all(&mut documents, self.realms);
+        for secret in self.secrets {
+            let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(&secret)});
+            if let Some(data) = &secret.data {
+                value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
+            }
+            let name = secret.name_any();
+            documents.push(document(value, "Secret", &name));
+        }
+        documents
+    }
+}
+
+fn metadata<K: Resource>(object: &K) -> Value {
+    let meta = object.meta();
+    json!({"name": meta.name, "namespace": meta.namespace})
+}
+
+fn push_all<K>(documents: &mut Vec<Document>, objects: Vec<K>)
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    for object in objects {
+        let Ok(mut full) = serde_json::to_value(&object) else { continue };
+        let value = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": metadata(&object),
+            "spec": full.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
+        });
+        documents.push(document(value, &K::kind(&()), object.meta().name.as_deref().unwrap_or_default()));
+    }
+}
+
+/// Messages name the object as `Kind/name`: there is no file or line.
+fn document(value: Value, kind: &str, name: &str) -> Document {
+    Document::new(Arc::from(Path::new(&format!("{kind}/{name}"))), 0, Arc::from(""), value)
+}

@@ -1,0 +1,292 @@
+//! What the operator hands a data-plane service: exactly what it serves, as Secrets the operator
+//! owns, which the service's Role names one by one.
+//!
+//! The TFTP service gets the namespace's [`TftpCatalog`]: the trust lists, the signing parameters and
+//! every phone's resolved payloads. It is written only after validation and the build succeeded, so a
+//! pod serves only what the operator validated; an invalid edit leaves the last good projection in
+//! place. The pod reads no Callguard object and no Secret a user wrote, so taking it yields the TFTP
+//! signing key and the configurations it serves, never the CA key, a token's key or password, or the
+//! CAPF key (see the README's security model).
+//!
+//! Layout, sized for a CallManager cluster of 30 000 phones: an index Secret `<cluster>-tftp-files`
+//! holds the trust lists and `catalog.json` (the signing parameters and each shard's name and
+//! SHA-256); the phones are spread over shard Secrets `<cluster>-tftp-files-<n>` by a hash of their
+//! device name, each a gzip-compressed JSON map kept well under the API's 1 MiB object limit. The
+//! shard count doubles until every shard fits, and an edit rewrites only the shard of the phones it
+//! touched. The operator writes the shards before the index, and a pod takes a shard only when its
+//! SHA-256 is the index's, so it never serves half of an update.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::labels;
+use crate::core::build::catalog::{SigningParameters, TftpCatalog, trust_lists_only};
+use crate::core::build::phone_files::PhonePayloads;
+
+/// The index's key for the catalog description.
+const CATALOG_KEY: &str = "catalog.json";
+/// A shard's only key.
+const SHARD_KEY: &str = "phones.json.gz";
+/// The most compressed bytes a shard holds: the API refuses objects over 1 MiB, and base64 in etcd
+/// plus metadata must fit beside it.
+pub const MAX_SHARD_BYTES: usize = 512 * 1024;
+/// The most a shard may inflate to when read: a Secret is written by whoever may write Secrets, and a
+/// small one must not make a pod allocate without bound.
+pub const MAX_SHARD_INFLATED_BYTES: u64 = 64 * 1024 * 1024;
+/// Uncompressed bytes per shard to start from (configuration XML compresses about tenfold).
+const START_SHARD_INFLATED_BYTES: usize = 2 * 1024 * 1024;
+/// More shards than this means something is wrong with the input, not the cluster's size.
+const MAX_SHARDS: usize = 4096;
+
+/// The index's description of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CatalogIndex {
+    signing: SigningParameters,
+    phones: usize,
+    shards: Vec<ShardRef>,
+}
+
+/// A shard by name and the SHA-256 of its compressed bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRef {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// The Secrets that carry a catalog: the index, and the shards in order.
+pub struct Projection {
+    pub index: Secret,
+    pub shards: Vec<Secret>,
+}
+
+impl Projection {
+    /// Every Secret name, for the Role that lets the pod read them and nothing else.
+    pub fn names(&self) -> Vec<String> {
+        std::iter::once(&self.index).chain(&self.shards).filter_map(|s| s.metadata.name.clone()).collect()
+    }
+}
+
+/// The index Secret of `cluster`'s TFTP projection.
+pub fn index_name(cluster: &str) -> String {
+    format!("{cluster}-tftp-files")
+}
+
+fn shard_name(cluster: &str, index: usize) -> String {
+    format!("{cluster}-tftp-files-{index}")
+}
+
+/// Which shard of `count` a device's payloads go to: a stable hash, so a device stays put.
+fn shard_of(device: &str, count: usize) -> usize {
+    let digest = Sha256::digest(device.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % count as u64) as usize
+}
+
+fn secret(name: String, cluster: &str, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels: Some(labels::owned(cluster, labels::PROJECTION_COMPONENT)),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+fn compress(json: &[u8]) -> Result<Vec<u8>, String> {
+    // The gzip header carries no time, so equal input gives equal bytes and an unchanged shard is an
+    // unchanged object.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(json).map_err(|e| e.to_string())?;
+    encoder.finish().map_err(|e| e.to_string())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The catalog as Secrets, with as many shards as it takes for each to fit [`MAX_SHARD_BYTES`].
+pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, String> {
+    let inflated: usize = catalog.phones.values().map(|p| p.path.len() * 4 + 2048).sum();
+    let mut count = inflated.div_ceil(START_SHARD_INFLATED_BYTES).max(1).next_power_of_two();
+    loop {
+        let mut groups: Vec<BTreeMap<&str, &PhonePayloads>> = vec![BTreeMap::new(); count];
+        for (device, payloads) in catalog.phones.iter() {
+            groups[shard_of(device, count)].insert(device, payloads);
+        }
+        let mut compressed = Vec::with_capacity(count);
+        for group in &groups {
+            let json = serde_json::to_vec(group).map_err(|e| e.to_string())?;
+            compressed.push(compress(&json)?);
+        }
+        if compressed.iter().any(|bytes| bytes.len() > MAX_SHARD_BYTES) {
+            count *= 2;
+            if count > MAX_SHARDS {
+                return Err(format!("the TFTP catalog does not fit in {MAX_SHARDS} Secrets of {MAX_SHARD_BYTES} bytes"));
+            }
+            continue;
+        }
+        let shards: Vec<(ShardRef, Secret)> = compressed
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let reference = ShardRef { name: shard_name(cluster, i), sha256: sha256_hex(&bytes) };
+                let secret = secret(reference.name.clone(), cluster, BTreeMap::from([(SHARD_KEY.to_owned(), ByteString(bytes))]));
+                (reference, secret)
+            })
+            .collect();
+        let description = CatalogIndex {
+            signing: catalog.signing,
+            phones: catalog.phones.len(),
+            shards: shards.iter().map(|(reference, _)| reference.clone()).collect(),
+        };
+        let mut data: BTreeMap<String, ByteString> =
+            catalog.trust_lists.iter().map(|(name, bytes)| (name.clone(), ByteString(bytes.to_vec()))).collect();
+        data.insert(CATALOG_KEY.to_owned(), ByteString(serde_json::to_vec(&description).map_err(|e| e.to_string())?));
+        return Ok(Projection { index: secret(index_name(cluster), cluster, data), shards: shards.into_iter().map(|(_, s)| s).collect() });
+    }
+}
+
+/// What an index Secret says: the trust lists, the signing parameters and the shards to fetch.
+pub struct IndexView {
+    pub trust_lists: BTreeMap<String, Arc<[u8]>>,
+    pub signing: SigningParameters,
+    pub phones: usize,
+    pub shards: Vec<ShardRef>,
+}
+
+/// Reads an index Secret. Only the ITL and the CTL are taken of its keys.
+pub fn read_index(index: &Secret) -> Result<IndexView, String> {
+    let name = index.metadata.name.clone().unwrap_or_default();
+    let data = index.data.as_ref().ok_or_else(|| format!("Secret/{name} has no data"))?;
+    let description = data.get(CATALOG_KEY).ok_or_else(|| format!("Secret/{name} has no {CATALOG_KEY}"))?;
+    let description: CatalogIndex = serde_json::from_slice(&description.0).map_err(|e| format!("Secret/{name}: {CATALOG_KEY}: {e}"))?;
+    let trust_lists =
+        trust_lists_only(data.iter().map(|(key, value)| (key.as_str(), value.0.as_slice()))).map_err(|e| format!("Secret/{name}: {e}"))?;
+    Ok(IndexView { trust_lists, signing: description.signing, phones: description.phones, shards: description.shards })
+}
+
+/// Reads a shard Secret, checking it is the one the index names (by SHA-256) and inflating at most
+/// [`MAX_SHARD_INFLATED_BYTES`].
+pub fn read_shard(shard: &Secret, expected: &ShardRef) -> Result<BTreeMap<String, PhonePayloads>, String> {
+    let name = &expected.name;
+    let bytes = shard.data.as_ref().and_then(|d| d.get(SHARD_KEY)).ok_or_else(|| format!("Secret/{name} has no {SHARD_KEY}"))?;
+    if sha256_hex(&bytes.0) != expected.sha256 {
+        return Err(format!("Secret/{name} is not the shard the index names (being updated?)"));
+    }
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(bytes.0.as_slice())
+        .take(MAX_SHARD_INFLATED_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("Secret/{name}: {e}"))?;
+    if json.len() as u64 > MAX_SHARD_INFLATED_BYTES {
+        return Err(format!("Secret/{name} inflates to more than {MAX_SHARD_INFLATED_BYTES} bytes: refused"));
+    }
+    serde_json::from_slice(&json).map_err(|e| format!("Secret/{name}: {e}"))
+}
+
+/// The catalog from its index and shards (in the index's order).
+pub fn assemble(index: IndexView, shards: Vec<BTreeMap<String, PhonePayloads>>) -> Result<TftpCatalog, String> {
+    let phones: BTreeMap<String, PhonePayloads> = shards.into_iter().flatten().collect();
+    if phones.len() != index.phones {
+        return Err(format!("the shards hold {} phones, the index {}", phones.len(), index.phones));
+    }
+    Ok(TftpCatalog { trust_lists: index.trust_lists, signing: index.signing, phones: Arc::new(phones) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::trust::HashAlgorithm;
+
+    fn payloads(device: &str, filler: usize) -> PhonePayloads {
+        // Random-looking text does not compress: it forces shards to split.
+        let mut state = device.len() as u64 + filler as u64;
+        let noise: String = (0..filler)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                char::from(b'a' + (state >> 59) as u8)
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({"path": format!("{device}.cnf.xml"), "full": noise, "plainAllowed": false})).unwrap()
+    }
+
+    fn catalog(phones: usize, filler: usize) -> TftpCatalog {
+        TftpCatalog {
+            trust_lists: BTreeMap::new(),
+            signing: SigningParameters { hash: HashAlgorithm::Sha1, timestamp: 7, has_call_manager_record: true },
+            phones: Arc::new((0..phones).map(|i| format!("SEP{i:012X}")).map(|d| (d.clone(), payloads(&d, filler))).collect()),
+        }
+    }
+
+    fn round_trip(projection: &Projection) -> TftpCatalog {
+        let index = read_index(&projection.index).unwrap();
+        let shards = index.shards.iter().zip(&projection.shards).map(|(reference, shard)| read_shard(shard, reference).unwrap()).collect();
+        assemble(index, shards).unwrap()
+    }
+
+    #[test]
+    fn a_catalog_survives_projection_and_every_shard_fits() {
+        let small = catalog(10, 100);
+        let projection = project("lab", &small).unwrap();
+        assert_eq!(projection.shards.len(), 1);
+        assert_eq!(round_trip(&projection), small);
+        // 3000 phones of 2 KiB of incompressible text: several shards, each under the limit.
+        let large = catalog(3000, 2048);
+        let projection = project("lab", &large).unwrap();
+        assert!(projection.shards.len() >= 2, "{}", projection.shards.len());
+        for shard in &projection.shards {
+            assert!(shard.data.as_ref().unwrap()[SHARD_KEY].0.len() <= MAX_SHARD_BYTES);
+        }
+        assert_eq!(round_trip(&projection), large);
+        assert_eq!(projection.names()[0], "lab-tftp-files");
+    }
+
+    #[test]
+    fn the_same_catalog_gives_the_same_secrets_and_an_edit_touches_one_shard() {
+        let before = catalog(3000, 2048);
+        let (a, b) = (project("lab", &before).unwrap(), project("lab", &before).unwrap());
+        assert_eq!(a.shards, b.shards);
+        assert_eq!(a.index, b.index);
+        let mut phones = (*before.phones).clone();
+        phones.insert("SEP000000000005".into(), payloads("edited", 2048));
+        let after = project("lab", &TftpCatalog { phones: Arc::new(phones), ..before }).unwrap();
+        let changed = a.shards.iter().zip(&after.shards).filter(|(x, y)| x != y).count();
+        assert_eq!(changed, 1);
+    }
+
+    #[test]
+    fn a_shard_that_is_not_the_indexed_one_or_inflates_too_far_is_refused() {
+        let projection = project("lab", &catalog(10, 100)).unwrap();
+        let index = read_index(&projection.index).unwrap();
+        let mut other = projection.shards[0].clone();
+        other.data.as_mut().unwrap().insert(SHARD_KEY.into(), ByteString(compress(b"{}").unwrap()));
+        assert!(read_shard(&other, &index.shards[0]).unwrap_err().contains("not the shard the index names"));
+        // A gzip bomb: 100 MiB of zeros in a few hundred KiB.
+        let bomb = compress(&vec![b'0'; 100 * 1024 * 1024]).unwrap();
+        let reference = ShardRef { name: "lab-tftp-files-0".into(), sha256: sha256_hex(&bomb) };
+        let mut shard = projection.shards[0].clone();
+        shard.data.as_mut().unwrap().insert(SHARD_KEY.into(), ByteString(bomb));
+        assert!(read_shard(&shard, &reference).unwrap_err().contains("inflates to more than"));
+    }
+
+    #[test]
+    fn only_the_trust_lists_are_taken_from_the_index() {
+        let projection = project("lab", &catalog(1, 10)).unwrap();
+        let mut index = projection.index.clone();
+        index.data.as_mut().unwrap().insert("SEP000000000000.cnf.xml".into(), ByteString(b"<device/>".to_vec()));
+        let view = read_index(&index).unwrap();
+        assert!(view.trust_lists.is_empty(), "{:?}", view.trust_lists.keys());
+    }
+}

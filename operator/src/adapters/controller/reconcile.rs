@@ -1,0 +1,646 @@
+//! One reconcile of one CallControlCluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::conditions::{Wanted, conditions, finished};
+use super::labels::{self, FIELD_MANAGER};
+use super::namespace_objects::NamespaceObjects;
+use super::projection::{index_name, project};
+use super::state_objects::{certificate_secret, objects_from_state, place, state_from_objects, token_counters};
+use super::workloads::{DataPlaneService, WorkloadInputs, workload};
+use crate::api::{
+    ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
+    SrstReference,
+};
+use crate::core::build::identity::tftp_signer_base;
+use crate::core::build::state::StateDir;
+use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
+use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
+use crate::validate::{SecretPolicy, validate_documents};
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The operator's image, which the data-plane pods run.
+    pub image: String,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Consecutive failures per cluster, for exponential backoff.
+    failures: Mutex<HashMap<(String, String), u32>>,
+    /// At most this many status writes in flight.
+    pub status_concurrency: usize,
+    /// Ports of the API server, for the data-plane NetworkPolicies.
+    pub api_server_ports: Vec<u16>,
+    /// Pull Secrets the data-plane pods use for the image.
+    pub image_pull_secrets: Vec<String>,
+}
+
+impl Context {
+    pub fn new(client: Client, image: String, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
+        Context {
+            client,
+            image,
+            metrics,
+            recorder,
+            failures: Mutex::default(),
+            status_concurrency: 32,
+            api_server_ports: vec![443, 6443],
+            image_pull_secrets: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ReconcileError {
+    Kube(kube::Error),
+    /// The build could not run to the end (state unreadable, a panic).
+    Build(String),
+}
+
+impl fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconcileError::Kube(e) => write!(f, "Kubernetes API: {e}"),
+            ReconcileError::Build(m) => write!(f, "build: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ReconcileError {}
+
+impl From<kube::Error> for ReconcileError {
+    fn from(e: kube::Error) -> Self {
+        ReconcileError::Kube(e)
+    }
+}
+
+impl ReconcileError {
+    /// A metrics label: the category, never the message.
+    fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "api",
+            ReconcileError::Build(_) => "build",
+        }
+    }
+}
+
+/// Requeue after success: certificates are checked for renewal at least this often.
+const RESYNC: Duration = Duration::from_secs(15 * 60);
+
+pub async fn reconcile(cluster: Arc<CallControlCluster>, context: Arc<Context>) -> Result<Action, ReconcileError> {
+    let timer = context.metrics.start_reconcile(Kind::CallControlCluster);
+    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let result = reconcile_cluster(&cluster, &context).await;
+    match &result {
+        Ok(_) => {
+            timer.finish(Outcome::Success);
+            context.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        }
+        Err(e) => timer.finish(Outcome::Failure { reason: e.category() }),
+    }
+    result
+}
+
+/// Exponential backoff on transient errors: 1 s, 2 s, 4 s ... up to 5 minutes.
+pub fn error_policy(cluster: Arc<CallControlCluster>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let mut failures = context.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let count = failures.entry(key).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(cluster = %cluster.name_any(), "reconcile failed ({} in a row), retrying in {delay:?}: {error}", *count);
+    Action::requeue(delay)
+}
+
+async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> Result<Action, ReconcileError> {
+    let client = &context.client;
+    let namespace = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let objects = NamespaceObjects::read(client, &namespace).await?;
+    // What the statuses and the build need, taken now: the objects themselves become the documents
+    // validation reads, so that a 30 000-phone namespace is not held twice.
+    let observed = Observed::of(&objects);
+    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
+    let state = StateDir::in_memory(state_from_objects(cluster, &objects.secrets, trust, &objects.tokens));
+    let tokens = objects.tokens.clone();
+
+    // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
+    let observed_generation = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
+    if observed_generation != cluster.metadata.generation {
+        let wanted = vec![
+            Wanted::new(
+                "Ready",
+                false,
+                "Reconciling",
+                format!("reconciling generation {}", cluster.metadata.generation.unwrap_or_default()),
+            ),
+            Wanted::new("Reconciling", true, "Progressing", "validating, building and applying"),
+            Wanted::new("Stalled", false, "Valid", ""),
+        ];
+        let update = StatusUpdate { kind: Kind::CallControlCluster, name: name.clone(), wanted, extra: Default::default() };
+        write_statuses(context, &observed, vec![update]).await?;
+    }
+
+    // Validate exactly as `callguard validate` does.
+    let documents = objects.into_documents();
+    let mut report = tokio::task::spawn_blocking(move || validate_documents(&documents, SecretPolicy::Require))
+        .await
+        .map_err(|e| ReconcileError::Build(e.to_string()))?;
+    if !report.violations.is_empty() {
+        let messages: Vec<String> =
+            report.violations.iter().map(|v| format!("{}: {}: {}", v.object, v.violation.field, v.violation.message)).collect();
+        let by_object: BTreeMap<String, Vec<String>> = report.violations.iter().fold(BTreeMap::new(), |mut map, v| {
+            map.entry(v.object.clone()).or_default().push(format!("{}: {}", v.violation.field, v.violation.message));
+            map
+        });
+        let message = messages.join("; ");
+        publish(context, cluster, EventType::Warning, "InvalidConfiguration", &message).await;
+        let statuses = invalid_statuses(&observed, &name, "InvalidConfiguration", &message, &by_object);
+        write_statuses(context, &observed, statuses).await?;
+        // Nothing is built or applied: the last good objects stay as they are.
+        return Ok(Action::await_change());
+    }
+    let snapshot = report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace));
+    drop(report);
+
+    // Build from the state kept in Secrets, the trust ConfigMap and the cluster's status.
+    let build_state = state.clone();
+    let options = BuildOptions { new_identity: cluster.annotations().get(labels::NEW_IDENTITY).cloned() };
+    let built =
+        tokio::task::spawn_blocking(move || build_namespace(Arc::new(snapshot), &build_state, time::OffsetDateTime::now_utc(), &options))
+            .await
+            .map_err(|e| ReconcileError::Build(e.to_string()))?;
+    let owner = cluster.controller_owner_ref(&()).ok_or_else(|| ReconcileError::Build("the cluster has no uid yet".into()))?;
+    // What a token unlock counted is stored before anything else can fail, the build included: a
+    // failing apply or status write must never let a wrong password go uncounted (P.16-5).
+    persist_token_registry(client, &namespace, &name, &state, &owner).await?;
+    let output = match built {
+        Ok(output) => output,
+        Err(e) => {
+            // A configuration the build refuses (no TFTP node, a lost identity): stalled until it
+            // changes, with nothing applied, so the pods keep serving the last good files.
+            let (reason, message) = match &e {
+                BuildError::IdentityLost(lost) => ("IdentityLost", lost.describe(|file| place(&name, file))),
+                other => ("BuildFailed", other.to_string()),
+            };
+            publish(context, cluster, EventType::Warning, reason, &message).await;
+            let statuses = stalled_statuses(&observed, &name, reason, &message);
+            write_statuses(context, &observed, statuses).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let files = state.files();
+
+    // Apply what the cluster owns, then delete what no longer belongs.
+    let (secrets, trust_map) = objects_from_state(&name, &files);
+    let mut desired = Desired::default();
+    for secret in secrets {
+        desired.secrets.push(owned(secret, &owner));
+    }
+    desired.config_maps.push(owned(trust_map, &owner));
+    if let Some(signer) = tftp_signer_base(cluster).and_then(|base| certificate_secret(&name, &base)) {
+        // The TFTP pods' files: shards first, then the index that names them.
+        let projection = project(&name, &output.catalog).map_err(ReconcileError::Build)?;
+        let mut readable = vec![signer.clone()];
+        readable.extend(projection.names());
+        desired.secrets.extend(projection.shards.into_iter().map(|s| owned(s, &owner)));
+        desired.secrets.push(owned(projection.index, &owner));
+        let hash = content_hash(&files);
+        let files_secret = index_name(&name);
+        let inputs = WorkloadInputs {
+            image: &context.image,
+            signer_secret: &signer,
+            files_secret: &files_secret,
+            readable_secrets: &readable,
+            content_hash: &hash,
+            api_server_ports: &context.api_server_ports,
+            image_pull_secrets: &context.image_pull_secrets,
+        };
+        let tftp = workload(DataPlaneService::Tftp, cluster, &inputs);
+        desired.service_accounts.push(owned(tftp.service_account, &owner));
+        desired.roles.push(owned(tftp.role, &owner));
+        desired.role_bindings.push(owned(tftp.role_binding, &owner));
+        desired.deployments.push(owned(tftp.deployment, &owner));
+        desired.services.push(owned(tftp.service, &owner));
+        desired.services.push(owned(tftp.metrics_service, &owner));
+        desired.disruption_budgets.extend(tftp.disruption_budget.map(|budget| owned(budget, &owner)));
+        desired.network_policies.push(owned(tftp.network_policy, &owner));
+    }
+    desired.apply(client, &namespace, &name).await?;
+
+    for change in &output.changes {
+        let kind = if change.kind == ChangeKind::NewIdentity { EventType::Warning } else { EventType::Normal };
+        publish(context, cluster, kind, change.kind.reason(), &change.message).await;
+    }
+    record_expiry(context, &namespace, &name, &files);
+    let statuses = built_statuses(&observed, &name, &output, &files);
+    drop(output);
+    announce_token_changes(context, cluster, &tokens, &statuses).await;
+    announce_downgrades(context, cluster, &observed, &statuses).await;
+    write_statuses(context, &observed, statuses).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the token registry's Secret alone (see [`reconcile_cluster`]).
+async fn persist_token_registry(
+    client: &Client,
+    namespace: &str,
+    cluster: &str,
+    state: &StateDir,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<(), kube::Error> {
+    let (secrets, _) = objects_from_state(cluster, &state.files());
+    let name = labels::tokens_secret(cluster);
+    let Some(registry) = secrets.into_iter().find(|s| s.metadata.name.as_deref() == Some(name.as_str())) else {
+        return Ok(());
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&owned(registry, owner))).await.map(|_| ())
+}
+
+/// A digest of every certificate and trust list the data plane uses (never a key: the digest sits
+/// in a pod template).
+fn content_hash(files: &crate::core::build::state::StateFiles) -> String {
+    let mut digest = Sha256::new();
+    for (name, (bytes, _)) in files.iter().filter(|(name, _)| name.ends_with(".crt") || name.starts_with("published/")) {
+        digest.update(name.as_bytes());
+        digest.update((bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    }
+    digest.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn owned<K: Resource>(mut object: K, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference) -> K {
+    object.meta_mut().owner_references = Some(vec![owner.clone()]);
+    object
+}
+
+/// Everything the cluster owns, by kind.
+#[derive(Default)]
+struct Desired {
+    secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
+    service_accounts: Vec<ServiceAccount>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    network_policies: Vec<NetworkPolicy>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+impl Desired {
+    async fn apply(&self, client: &Client, namespace: &str, cluster: &str) -> Result<(), kube::Error> {
+        apply_kind(client, namespace, cluster, &self.secrets).await?;
+        apply_kind(client, namespace, cluster, &self.config_maps).await?;
+        apply_kind(client, namespace, cluster, &self.service_accounts).await?;
+        apply_kind(client, namespace, cluster, &self.roles).await?;
+        apply_kind(client, namespace, cluster, &self.role_bindings).await?;
+        apply_kind(client, namespace, cluster, &self.deployments).await?;
+        apply_kind(client, namespace, cluster, &self.services).await?;
+        apply_kind(client, namespace, cluster, &self.network_policies).await?;
+        apply_kind(client, namespace, cluster, &self.disruption_budgets).await
+    }
+}
+
+/// Server-side apply of `objects` under one field manager, then deletion of the objects of the same
+/// kind labelled as this cluster's that are not among them.
+async fn apply_kind<K>(client: &Client, namespace: &str, cluster: &str, objects: &[K]) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut names = BTreeSet::new();
+    for object in objects {
+        let name = object.meta().name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(object)).await?;
+        names.insert(name);
+    }
+    let existing = api.list(&ListParams::default().labels(&labels::owned_selector(cluster))).await?;
+    for stale in existing.items.iter().filter(|o| !names.contains(&o.name_any())) {
+        tracing::info!(kind = %K::kind(&()), name = %stale.name_any(), "deleting what no longer belongs to cluster {cluster}");
+        match api.delete(&stale.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn publish(context: &Context, cluster: &CallControlCluster, type_: EventType, reason: &str, note: &str) {
+    publish_on(context, &cluster.object_ref(&()), type_, reason, note).await;
+}
+
+async fn publish_on(
+    context: &Context,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = context.recorder.publish(&event, regarding).await {
+        tracing::warn!("cannot publish event {reason}: {e}");
+    }
+}
+
+/// Per-phone events in one reconcile up to this many; beyond, one summary on the cluster, so that
+/// a cold start of 30 000 phones does not write thousands of events.
+const DOWNGRADE_EVENTS_PER_PHONE: usize = 50;
+
+/// A phone that became downgraded (credentials in clear, hardening not delivered, a secure SRST
+/// reference written insecure) gets a Warning event, once, when it happens; many at once are
+/// summed up in one event on the cluster, by reason.
+async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, observed: &Observed, updates: &[StatusUpdate]) {
+    let newly: Vec<(&String, &Wanted)> = updates
+        .iter()
+        .filter(|u| u.kind == Kind::Phone)
+        .filter_map(|update| {
+            let downgraded = update.wanted.iter().find(|w| w.type_ == DOWNGRADED && w.status)?;
+            let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
+                status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == DOWNGRADED).map(|c| c["status"] == "True")
+            });
+            (was != Some(true)).then_some((&update.name, downgraded))
+        })
+        .collect();
+    if newly.len() > DOWNGRADE_EVENTS_PER_PHONE {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, downgraded) in &newly {
+            *by_reason.entry(downgraded.reason.as_str()).or_default() += 1;
+        }
+        let counts: Vec<String> = by_reason.iter().map(|(reason, count)| format!("{count} {reason}")).collect();
+        let note = format!(
+            "{} phones are served with less protection than their objects ask for ({}); see each phone's Downgraded condition",
+            newly.len(),
+            counts.join(", ")
+        );
+        publish(context, cluster, EventType::Warning, "SecurityDowngraded", &note).await;
+        return;
+    }
+    for (name, downgraded) in newly {
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(crate::api::Phone::api_version(&()).into_owned()),
+            kind: Some("Phone".into()),
+            name: Some(name.clone()),
+            namespace: Some(observed.namespace.clone()),
+            ..Default::default()
+        };
+        publish_on(context, &regarding, EventType::Warning, "SecurityDowngraded", &downgraded.message).await;
+    }
+}
+
+/// The condition that shows a phone served with less protection than its objects ask for.
+const DOWNGRADED: &str = "Downgraded";
+
+fn record_expiry(context: &Context, namespace: &str, cluster: &str, files: &crate::core::build::state::StateFiles) {
+    context.metrics.remove_cluster_certificates(namespace, cluster);
+    for (name, (bytes, _)) in files.iter().filter(|(name, _)| name.ends_with(".crt")) {
+        let Ok(der) = crate::core::pki::inspect::certificate_der(bytes) else { continue };
+        let Ok((_, certificate)) = x509_parser::parse_x509_certificate(&der) else { continue };
+        let Ok(not_after) = time::OffsetDateTime::from_unix_timestamp(certificate.validity().not_after.timestamp()) else { continue };
+        let label = name.trim_end_matches(".crt").rsplit('/').next().unwrap_or(name);
+        context.metrics.set_certificate_expiry(CertificateLabels::new(namespace, cluster, label), not_after);
+    }
+}
+
+/// A status to write: the kind, the object, and the fields of `status` the operator owns.
+pub struct StatusUpdate {
+    kind: Kind,
+    name: String,
+    wanted: Vec<Wanted>,
+    /// Fields besides `conditions` and `observedGeneration`.
+    extra: serde_json::Map<String, Value>,
+}
+
+/// Statuses when the build refused: the cluster Stalled with `reason`, the others waiting for it.
+fn stalled_statuses(observed: &Observed, cluster: &str, reason: &str, message: &str) -> Vec<StatusUpdate> {
+    invalid_statuses(observed, cluster, reason, message, &BTreeMap::new())
+}
+
+/// Statuses when nothing is built: the cluster and every offending object Stalled with the
+/// validation message; the others NotReady, waiting for the cluster.
+fn invalid_statuses(
+    observed: &Observed,
+    cluster: &str,
+    reason: &str,
+    message: &str,
+    by_object: &BTreeMap<String, Vec<String>>,
+) -> Vec<StatusUpdate> {
+    let mut updates = Vec::new();
+    for (kind, name) in observed.names() {
+        let own = by_object.get(&format!("{}/{name}", kind.as_str()));
+        let is_cluster = kind == Kind::CallControlCluster && name == cluster;
+        let (ready, stalled) = match (own, is_cluster) {
+            (Some(own), _) => (Wanted::new("Ready", false, reason, own.join("; ")), Some((reason.to_owned(), own.join("; ")))),
+            (None, true) => (Wanted::new("Ready", false, reason, message), Some((reason.to_owned(), message.to_owned()))),
+            (None, false) => {
+                (Wanted::new("Ready", false, "ClusterNotReconciled", format!("CallControlCluster/{cluster} is stalled: {message}")), None)
+            }
+        };
+        let mut extra = serde_json::Map::new();
+        if is_cluster {
+            // The identity record outlives a stall: a status applied without it would drop it, and
+            // with it the memory that an identity exists (see `identity_record`).
+            let previous = observed.objects.get(&(kind, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
+            extra.extend(previous.map(|identity| ("identity".to_owned(), identity)));
+        }
+        updates.push(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
+    }
+    updates
+}
+
+/// Statuses after a build: the build's own (cluster, tokens, phones); Ready for what it validated.
+fn built_statuses(
+    observed: &Observed,
+    cluster: &str,
+    output: &BuildOutput,
+    files: &crate::core::build::state::StateFiles,
+) -> Vec<StatusUpdate> {
+    let built: HashMap<(&str, &str), &ResourceStatus> = output.statuses.iter().map(|s| ((s.kind, s.name.as_str()), s)).collect();
+    let mut updates = Vec::new();
+    for (kind, name) in observed.names() {
+        let status = built.get(&(kind.as_str(), name.as_str()));
+        let ready = match status {
+            Some(s) if s.ready => Wanted::new("Ready", true, "Ready", s.message.clone()),
+            Some(s) => Wanted::new("Ready", false, s.reason.clone(), s.message.clone()),
+            None => Wanted::new("Ready", true, "Valid", ""),
+        };
+        let mut domain = Vec::new();
+        let mut extra = serde_json::Map::new();
+        if kind == Kind::Phone {
+            if let Some(state) = status.and_then(|s| s.lsc_state) {
+                extra.insert("lscState".into(), json!(state));
+            }
+            if let Some(operation) = status.and_then(|s| s.operation_status.clone()) {
+                extra.insert("operationStatus".into(), json!(operation));
+            }
+            let downgrades = status.map(|s| s.downgrades.as_slice()).unwrap_or_default();
+            domain.push(match status.map(|s| s.downgrade_reasons()).and_then(|r| r.first().copied()) {
+                Some(first) => Wanted::new(DOWNGRADED, true, first, downgrades.join("; ")),
+                None => Wanted::new(DOWNGRADED, false, "AsSpecified", ""),
+            });
+        }
+        if kind == Kind::CallControlCluster && name == cluster {
+            extra.insert("identity".into(), serde_json::to_value(&output.identity).unwrap_or(Value::Null));
+            domain.push(Wanted::new(
+                "CertificatesIssued",
+                files.contains_key("ca/ca.crt"),
+                "Issued",
+                "the cluster CA and every node's function certificates",
+            ));
+            let ctl_signed = status.is_some_and(|s| s.reason != "CtlNotSigned");
+            let published = files.contains_key("published/ITLFile.tlv") && ctl_signed;
+            let reason = if published { "Published" } else { "NotSigned" };
+            domain.push(Wanted::new(
+                "TrustListPublished",
+                published,
+                reason,
+                if published { "" } else { "the last published CTL is still served" },
+            ));
+        }
+        if kind == Kind::SecurityToken
+            && let Some(counters) = token_counters(files, &name)
+        {
+            extra.insert("consecutiveFailedLogins".into(), json!(counters.consecutive_failed_logins));
+            extra.insert("inCurrentCtl".into(), json!(counters.in_current_ctl));
+            extra.insert("signedCurrentCtl".into(), json!(counters.signed_current_ctl));
+            extra.insert("locked".into(), json!(counters.locked));
+            if let Some(at) = counters.locked_at {
+                extra.insert("lockedAt".into(), json!(at));
+            }
+        }
+        updates.push(StatusUpdate { kind, name, wanted: finished(ready, None, domain), extra });
+    }
+    updates
+}
+
+/// A token that this reconcile locked gets a Warning event on the cluster (P.16-5).
+async fn announce_token_changes(context: &Context, cluster: &CallControlCluster, tokens: &[SecurityToken], updates: &[StatusUpdate]) {
+    for update in updates.iter().filter(|u| u.kind == Kind::SecurityToken) {
+        let locked_now = update.extra.get("locked") == Some(&json!(true));
+        let was_locked = tokens.iter().any(|t| t.name_any() == update.name && t.status.as_ref().is_some_and(|s| s.locked));
+        if locked_now && !was_locked {
+            let note = format!("SecurityToken/{} is locked, and it can never sign again: {}", update.name, crate::api::TOKEN_LOCK_RULE);
+            publish(context, cluster, EventType::Warning, "TokenLocked", &note).await;
+        }
+    }
+}
+
+/// The generation and status of every Callguard object of the namespace as read, to keep
+/// transition times and skip writes that would change nothing.
+pub struct Observed {
+    namespace: String,
+    objects: BTreeMap<(Kind, String), (Option<i64>, Value)>,
+}
+
+impl Observed {
+    fn of(objects: &NamespaceObjects) -> Self {
+        fn add<K: Resource + Serialize>(map: &mut BTreeMap<(Kind, String), (Option<i64>, Value)>, kind: Kind, list: &[K]) {
+            for object in list {
+                let status =
+                    serde_json::to_value(object).ok().and_then(|mut v| v.get_mut("status").map(Value::take)).unwrap_or(Value::Null);
+                map.insert((kind, object.meta().name.clone().unwrap_or_default()), (object.meta().generation, status));
+            }
+        }
+        let mut map = BTreeMap::new();
+        add(&mut map, Kind::CallControlCluster, &objects.clusters);
+        add(&mut map, Kind::SecurityToken, &objects.tokens);
+        add(&mut map, Kind::PhoneSecurityProfile, &objects.phone_profiles);
+        add(&mut map, Kind::Phone, &objects.phones);
+        add(&mut map, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
+        add(&mut map, Kind::SipTrunk, &objects.trunks);
+        add(&mut map, Kind::SrstReference, &objects.srst_references);
+        add(&mut map, Kind::EndUser, &objects.end_users);
+        add(&mut map, Kind::ApplicationUser, &objects.application_users);
+        add(&mut map, Kind::SipRealm, &objects.realms);
+        Observed { namespace: objects.namespace.clone(), objects: map }
+    }
+
+    /// Every object by kind and name, in that order.
+    fn names(&self) -> impl Iterator<Item = (Kind, String)> + '_ {
+        self.objects.keys().cloned()
+    }
+}
+
+/// Writes the statuses that changed, through the status subresource, a bounded number at a time.
+async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<StatusUpdate>) -> Result<(), kube::Error> {
+    let current = &observed.objects;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut patches = Vec::new();
+    for update in updates {
+        let Some((generation, previous)) = current.get(&(update.kind, update.name.clone())) else { continue };
+        let previous_conditions: Vec<Condition> =
+            previous.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+        let mut status = update.extra.clone();
+        status.insert("observedGeneration".into(), json!(generation));
+        status.insert("conditions".into(), json!(conditions(&update.wanted, &previous_conditions, *generation, &now)));
+        if status.iter().all(|(field, value)| previous.get(field) == Some(value)) {
+            continue;
+        }
+        patches.push((update.kind, update.name, Value::Object(status)));
+    }
+    let namespace = observed.namespace.clone();
+    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(patches)
+        .map(|(kind, name, status)| patch_status(&context.client, &namespace, kind, name, status))
+        .buffer_unordered(context.status_concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn patch_status(client: &Client, namespace: &str, kind: Kind, name: String, status: Value) -> Result<(), kube::Error> {
+    match kind {
+        Kind::CallControlCluster => patch_status_of::<CallControlCluster>(client, namespace, &name, status).await,
+        Kind::SecurityToken => patch_status_of::<SecurityToken>(client, namespace, &name, status).await,
+        Kind::PhoneSecurityProfile => patch_status_of::<PhoneSecurityProfile>(client, namespace, &name, status).await,
+        Kind::Phone => patch_status_of::<Phone>(client, namespace, &name, status).await,
+        Kind::SipTrunkSecurityProfile => patch_status_of::<SipTrunkSecurityProfile>(client, namespace, &name, status).await,
+        Kind::SipTrunk => patch_status_of::<SipTrunk>(client, namespace, &name, status).await,
+        Kind::SrstReference => patch_status_of::<SrstReference>(client, namespace, &name, status).await,
+        Kind::EndUser => patch_status_of::<EndUser>(client, namespace, &name, status).await,
+        Kind::ApplicationUser => patch_status_of::<ApplicationUser>(client, namespace, &name, status).await,
+        Kind::SipRealm => patch_status_of::<SipRealm>(client, namespace, &name, status).await,
+    }
+}
+
+/// Server-side apply on the status subresource: `spec` is never written.
+async fn patch_status_of<K>(client: &Client, namespace: &str, name: &str, status: Value) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        // Deleted since it was read: nothing to report on.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,388 @@
+//! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
+//! TFTP on loopback, rebuilt whenever the directory, or a phone certificate in the state's
+//! `devices/`, changes.
+//!
+//! In this order, so that a failure leaves nothing behind: read and validate the manifests (which
+//! name the port), bind the TFTP socket, lock the state directory, and only then build, which may
+//! issue a CA.
+
+pub mod port;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::default_ports;
+use crate::core::build::lock::StateLock;
+use crate::core::build::served::ServedFiles;
+use crate::core::build::{BuildOptions, BuildOutput, PathsError, ResourceStatus, build_in, namespace_state, validate_paths};
+use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
+use crate::validate::Snapshot;
+use port::PortOrigin;
+
+/// Edits come in bursts (an editor writes, renames, touches): wait this long after the last event.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub paths: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    pub bind: IpAddr,
+    /// TFTP port. `None`: the cluster's `spec.ports.tftpPort`, else 69 (P.1-16); either falls back to
+    /// [`UNPRIVILEGED_TFTP_PORT`] when binding it is not permitted, so that `callguard local DIR`
+    /// works without root.
+    pub tftp_port: Option<u16>,
+    /// The namespace to serve when the manifests hold several.
+    pub namespace: Option<String>,
+    /// What the build may do by explicit request (a new identity).
+    pub build: BuildOptions,
+}
+
+impl LocalOptions {
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        LocalOptions {
+            paths,
+            state_dir: PathBuf::from(".callguard"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            tftp_port: None,
+            namespace: None,
+            build: BuildOptions::default(),
+        }
+    }
+}
+
+/// Why `local` stopped.
+#[derive(Debug)]
+pub enum LocalError {
+    /// The manifests, the build or the TFTP socket failed (exit 1).
+    Failed(String),
+    /// Another process holds the state directory (exit 2).
+    StateLocked(String),
+}
+
+impl LocalError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LocalError::Failed(_) => 1,
+            LocalError::StateLocked(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for LocalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalError::Failed(message) | LocalError::StateLocked(message) => f.write_str(message),
+        }
+    }
+}
+
+/// The files of the last good build; nothing until the first build is done.
+#[derive(Default)]
+struct Latest(RwLock<Option<Arc<ServedFiles>>>);
+
+impl Latest {
+    fn current(&self) -> Option<Arc<ServedFiles>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, served: ServedFiles) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(served));
+    }
+}
+
+impl FileSource for Latest {
+    fn get(&self, name: &str) -> Option<Arc<[u8]>> {
+        self.current()?.get(name)
+    }
+}
+
+/// Builds, serves and watches until SIGINT or SIGTERM. An invalid first build is an error; an
+/// invalid later edit is reported and the last good files keep being served.
+pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
+    // Nothing is written until the port is ours and the state directory is locked: a cluster that
+    // cannot be served gets no CA.
+    let first = validate(&options, false).await.map_err(LocalError::Failed)?;
+    let spec_port = first.tftp_port();
+    let files = Arc::new(Latest::default());
+    let server = bind_tftp(&options, spec_port, files.clone()).await?;
+    let bound = server.local_addr().map_err(|e| LocalError::Failed(e.to_string()))?;
+    let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
+    let mut report = Report::default();
+    let namespace = first.namespace.clone();
+    files.replace(build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?);
+
+    // Handlers first: a SIGTERM right after the line below must stop us cleanly, not kill us.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| LocalError::Failed(e.to_string()))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| LocalError::Failed(e.to_string()))?;
+    let (stop, stopped) = watch::channel(false);
+    let serving = tokio::spawn(server.run(stopped));
+
+    let (events, mut changes) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = events.send(());
+        }
+    })
+    .map_err(|e| LocalError::Failed(format!("cannot watch: {e}")))?;
+    for path in &options.paths {
+        watcher.watch(path, RecursiveMode::Recursive).map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", path.display())))?;
+    }
+    // Phone certificates (`callguard device add-cert`, or by hand) are read by the build: a new one
+    // is served without waiting for an edit of the manifests. Only `devices/`: the build writes the
+    // rest of the state, and watching it would rebuild after every build.
+    let devices = namespace_state(&options.state_dir, &namespace).join("devices");
+    crate::core::private_file::create_dir(&devices)
+        .and_then(|()| watcher.watch(&devices, RecursiveMode::NonRecursive).map_err(std::io::Error::other))
+        .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", devices.display())))?;
+    // Said once everything is in place, so whoever waits for this line can fetch, edit and signal.
+    println!("serving TFTP on {bound}; watching {} and {} for changes (Ctrl-C stops)", display_paths(&options.paths), devices.display());
+
+    loop {
+        tokio::select! {
+            Some(()) = changes.recv() => {
+                // Let the burst settle, then rebuild once.
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                let previous = files.current();
+                let rebuilt = match validate(&options, true).await {
+                    Ok(validated) => {
+                        if options.tftp_port.is_none() && validated.tftp_port() != report.spec_port_noted.unwrap_or(spec_port) {
+                            report.note_port(validated.tftp_port(), bound.port());
+                        }
+                        build(&options, validated, previous.as_deref(), &mut report).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match rebuilt {
+                    Ok(served) => files.replace(served),
+                    Err(e) => report.failed(e),
+                }
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    println!("stopping: letting transfers in flight finish");
+    let _ = stop.send(true);
+    let _ = serving.await;
+    Ok(())
+}
+
+/// TFTP's port when 69 needs privileges we lack.
+pub const UNPRIVILEGED_TFTP_PORT: u16 = 6969;
+
+/// Binds `--tftp-port`, else the cluster's port, else 69; when the port was not given on the command
+/// line and binding it needs privileges we lack, [`UNPRIVILEGED_TFTP_PORT`] instead, saying so.
+async fn bind_tftp(options: &LocalOptions, spec_port: Option<u16>, files: Arc<dyn FileSource>) -> Result<TftpServer, LocalError> {
+    let bind = |port: u16, origin: PortOrigin| {
+        let config = ServerConfig { bind: SocketAddr::new(options.bind, port), ..ServerConfig::default() };
+        let files = files.clone();
+        async move {
+            TftpServer::bind(config, files).await.map_err(|e| match e {
+                TftpServerError::Bind { address, source } => (source.kind(), port::explain(address, &source, origin)),
+            })
+        }
+    };
+    let (port, origin) = match (options.tftp_port, spec_port) {
+        (Some(port), _) => (port, PortOrigin::Flag),
+        (None, Some(port)) => (port, PortOrigin::Spec),
+        (None, None) => (default_ports::TFTP, PortOrigin::Default),
+    };
+    match bind(port, origin).await {
+        Ok(server) => Ok(server),
+        Err((std::io::ErrorKind::PermissionDenied, _)) if origin != PortOrigin::Flag => {
+            let whose = if origin == PortOrigin::Spec { " (the cluster's spec.ports.tftpPort)" } else { "" };
+            println!(
+                "port {port}{whose} needs root or CAP_NET_BIND_SERVICE; serving on {UNPRIVILEGED_TFTP_PORT} instead, where phones do \
+                 not look (--tftp-port chooses)"
+            );
+            bind(UNPRIVILEGED_TFTP_PORT, PortOrigin::Fallback)
+                .await
+                .map_err(|(_, message)| LocalError::Failed(format!("callguard local: {message}")))
+        }
+        Err((_, message)) => Err(LocalError::Failed(format!("callguard local: {message}"))),
+    }
+}
+
+/// The served namespace's objects, validated.
+struct Validated {
+    namespace: String,
+    snapshot: Snapshot,
+}
+
+impl Validated {
+    /// The cluster's `spec.ports.tftpPort`, when it sets one.
+    fn tftp_port(&self) -> Option<u16> {
+        self.snapshot.clusters.values().next().and_then(|c| c.spec.ports.as_ref()).and_then(|p| p.tftp_port)
+    }
+}
+
+/// Reads and validates the manifests and picks the namespace to serve; writes nothing. `serving`:
+/// a build is being served, and stays served when this fails.
+async fn validate(options: &LocalOptions, serving: bool) -> Result<Validated, String> {
+    let still = if serving { "; still serving the last good build" } else { "" };
+    let paths = options.paths.clone();
+    let validated = tokio::task::spawn_blocking(move || validate_paths(&paths)).await.map_err(|e| format!("validation stopped: {e}"))?;
+    let mut namespaces = match validated {
+        Ok(namespaces) => namespaces,
+        Err(PathsError::Unreadable(errors)) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!("{}\ncallguard local: input cannot be read{still}", lines.join("\n")));
+        }
+        Err(PathsError::Invalid(violations)) => {
+            let lines: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(format!("{}\ncallguard local: {} violation(s){still}", lines.join("\n"), violations.len()));
+        }
+    };
+    let namespace = match (&options.namespace, namespaces.len()) {
+        (Some(name), _) => name.clone(),
+        (None, 1) => namespaces.keys().next().cloned().unwrap_or_default(),
+        (None, 0) => return Err(format!("callguard local: the manifests hold no Callguard objects{still}")),
+        (None, _) => {
+            let names: Vec<&String> = namespaces.keys().collect();
+            return Err(format!("callguard local: the manifests hold namespaces {names:?}: pass --namespace{still}"));
+        }
+    };
+    let snapshot =
+        namespaces.remove(&namespace).ok_or_else(|| format!("callguard local: no namespace {namespace:?} in the manifests{still}"))?;
+    Ok(Validated { namespace, snapshot })
+}
+
+/// What `local` has said, so that it says each thing once.
+#[derive(Default)]
+struct Report {
+    /// The status table last printed.
+    shown: String,
+    /// The last failure printed; empty while builds succeed.
+    last_error: String,
+    /// The objects of the last good build, by kind and name.
+    objects: BTreeSet<(&'static str, String)>,
+    /// The spec's TFTP port last noted as differing from the bound one.
+    spec_port_noted: Option<Option<u16>>,
+}
+
+impl Report {
+    /// One edit can raise several events: each distinct failure is said once.
+    fn failed(&mut self, error: String) {
+        if error != self.last_error {
+            eprintln!("{error}");
+            self.last_error = error;
+        }
+    }
+
+    /// A build succeeded: say so when it follows a failure, and what went since the last good build.
+    fn succeeded(&mut self, namespace: &str, objects: BTreeSet<(&'static str, String)>) {
+        if !self.last_error.is_empty() {
+            println!("{} {namespace}: valid again; serving the new build", clock());
+            self.last_error.clear();
+        }
+        let went: Vec<&(&str, String)> = self.objects.difference(&objects).collect();
+        if !self.objects.is_empty() && !went.is_empty() {
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for (kind, _) in &went {
+                *kinds.entry(kind).or_default() += 1;
+            }
+            let counts: Vec<String> = kinds.iter().map(|(kind, count)| format!("{count} {kind}")).collect();
+            println!("{} {namespace}: {} object(s) went from the manifests: {}", clock(), went.len(), counts.join(", "));
+        }
+        self.objects = objects;
+    }
+
+    fn note_port(&mut self, spec_port: Option<u16>, bound: u16) {
+        self.spec_port_noted = Some(spec_port);
+        let now = spec_port.unwrap_or(default_ports::TFTP);
+        if now != bound {
+            println!("spec.ports.tftpPort is now {now}; still serving on {bound} until callguard local restarts");
+        }
+    }
+}
+
+/// The time of day, UTC, as the log lines' timestamps are.
+fn clock() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:02}:{:02}:{:02} UTC", now.hour(), now.minute(), now.second())
+}
+
+/// Every object of the snapshot, by kind and name.
+fn objects(snapshot: &Snapshot) -> BTreeSet<(&'static str, String)> {
+    let names = snapshot.names_by_kind();
+    names.into_iter().flat_map(|(kind, names)| names.into_iter().map(move |name| (kind, name.clone()))).collect()
+}
+
+/// Builds the validated namespace; on success returns the files to serve, which keep the signatures
+/// of `previous` for the phones whose content did not change, and prints the status table when it
+/// changed. On failure the caller keeps serving what it served.
+async fn build(
+    options: &LocalOptions,
+    validated: Validated,
+    previous: Option<&ServedFiles>,
+    report: &mut Report,
+) -> Result<ServedFiles, String> {
+    let Validated { namespace, snapshot } = validated;
+    let objects = objects(&snapshot);
+    let (state_dir, build) = (options.state_dir.clone(), options.build.clone());
+    let built = tokio::task::spawn_blocking(move || build_in(&state_dir, snapshot, time::OffsetDateTime::now_utc(), &build))
+        .await
+        .map_err(|e| format!("the build stopped: {e}"))?;
+    let still = if previous.is_some() { "; still serving the last good build" } else { "" };
+    let output: BuildOutput = built.map_err(|e| format!("callguard local: namespace {namespace}: {e}{still}"))?;
+    report.succeeded(&namespace, objects);
+    for change in &output.changes {
+        let warning = if change.kind == crate::core::build::ChangeKind::NewIdentity { "WARNING: " } else { "" };
+        println!("{namespace}: {warning}{change}");
+    }
+    let mut served = output.served;
+    match previous {
+        Some(previous) => {
+            served.phones.adopt_cache(&previous.phones);
+            if previous.trust_lists() != served.trust_lists() {
+                println!("{namespace}: serving new trust lists");
+            }
+        }
+        None => println!(
+            "{namespace}: serving {} and the files of {} phone(s), signed when first fetched",
+            served.trust_lists().keys().cloned().collect::<Vec<_>>().join(", "),
+            served.phones.device_count()
+        ),
+    }
+    let table = status_table(&output.statuses);
+    if table != report.shown {
+        println!("{table}");
+        report.shown = table;
+    }
+    Ok(served)
+}
+
+/// One row per resource: kind, name, ready, reason, and what is served with less protection than
+/// asked; then one line per downgrade, so that none goes unseen.
+pub fn status_table(statuses: &[ResourceStatus]) -> String {
+    let rows: Vec<[String; 5]> = statuses
+        .iter()
+        .map(|s| {
+            let downgraded = if s.downgrades.is_empty() { "-".to_owned() } else { s.downgrade_reasons().join(",") };
+            [s.kind.to_string(), s.name.clone(), if s.ready { "True" } else { "False" }.to_string(), s.reason.clone(), downgraded]
+        })
+        .collect();
+    let header = ["KIND", "NAME", "READY", "REASON", "DOWNGRADED"].map(String::from);
+    let widths: Vec<usize> = (0..5).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .chain(statuses.iter().flat_map(|s| s.downgrades.iter().map(move |d| format!("warning: {}/{} is downgraded: {d}", s.kind, s.name))))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}

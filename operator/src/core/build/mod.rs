@@ -1,0 +1,589 @@
+//! The build: from the validated objects of one namespace to the files the cluster serves. It keeps
+//! its keys and published trust lists in a state directory so that a rebuild changes nothing without
+//! a reason. Pure but for the state, its only IO, so that both adapters run the same build.
+
+pub mod catalog;
+pub mod devices;
+pub mod identity;
+pub mod identity_record;
+pub mod lock;
+pub mod phone_files;
+pub mod served;
+pub mod state;
+pub mod tokens;
+pub mod trust_files;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use time::OffsetDateTime;
+
+use crate::api::{CallControlCluster, ClusterSecurityMode, IdentityRecord, SignatureHash};
+use crate::core::token::signing::{CtlSigningPlan, PlanCondition};
+use crate::core::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
+use crate::validate::Snapshot;
+use catalog::{SigningParameters, TftpCatalog};
+use identity::{ClusterIdentity, tftp_signer_base};
+use identity_record::{IdentityLost, Observed, Piece, RECORD_FILE, Verdict, identity_id, sha256_hex};
+use phone_files::{PhoneContext, encryption_asked, resolve_phone};
+use served::{ServedFiles, on_every_core};
+use state::{Sensitivity, StateDir};
+use tokens::Tokens;
+use trust_files::{TrustListPlan, build_trust_list, tftp_signer};
+
+#[derive(Debug)]
+pub enum BuildError {
+    Io(std::io::Error),
+    /// The state directory holds something unreadable.
+    State(String),
+    Pki(String),
+    Trust(String),
+    Token(String),
+    /// No node runs TFTP, so nothing can sign configuration files (P.1-16).
+    NoTftpNode,
+    /// The namespace has no CallControlCluster, or more than one.
+    Cluster(String),
+    /// Part of the identity phones trust is missing or replaced: nothing is issued in its place.
+    IdentityLost(IdentityLost),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Io(e) => write!(f, "state directory: {e}"),
+            BuildError::State(m) => write!(f, "state directory: {m}"),
+            BuildError::Pki(m) | BuildError::Trust(m) | BuildError::Token(m) | BuildError::Cluster(m) => f.write_str(m),
+            BuildError::NoTftpNode => {
+                f.write_str("no node runs the TFTP service, so nothing can sign the ITL and configuration files (P.1-16)")
+            }
+            BuildError::IdentityLost(lost) => lost.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl From<std::io::Error> for BuildError {
+    fn from(e: std::io::Error) -> Self {
+        BuildError::Io(e)
+    }
+}
+
+/// What a build may do beyond the spec, by explicit request.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Replace the identity of this id when pieces of it are lost (see `identity_record`).
+    pub new_identity: Option<String>,
+}
+
+/// What a change was, for events and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    CertificateIssued,
+    TrustListPublished,
+    /// The identity phones trusted was set aside, as asked, and a new one issued.
+    NewIdentity,
+}
+
+impl ChangeKind {
+    /// The event reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ChangeKind::CertificateIssued => "CertificateIssued",
+            ChangeKind::TrustListPublished => "TrustListPublished",
+            ChangeKind::NewIdentity => "NewIdentity",
+        }
+    }
+}
+
+/// One thing the build changed in the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub message: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether one resource came out as its spec asks, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResourceStatus {
+    pub kind: &'static str,
+    pub name: String,
+    pub ready: bool,
+    /// A condition type: `Ready`, or the reason it is not.
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// A phone's LSC state (Table 6-2), when something is known of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsc_state: Option<crate::api::LscState>,
+    /// A phone's pending certificate operation, as the guide's "Operation Status" says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation_status: Option<String>,
+    /// Where the resource is served with less protection than it asks for (`Reason: message`):
+    /// credentials in clear, hardening not delivered, a secure SRST reference written insecure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downgrades: Vec<String>,
+}
+
+impl ResourceStatus {
+    fn ready(kind: &'static str, name: &str) -> Self {
+        ResourceStatus {
+            kind,
+            name: name.to_string(),
+            ready: true,
+            reason: "Ready".into(),
+            message: String::new(),
+            lsc_state: None,
+            operation_status: None,
+            downgrades: Vec::new(),
+        }
+    }
+
+    fn not_ready(kind: &'static str, name: &str, reason: &str, message: String) -> Self {
+        ResourceStatus { ready: false, reason: reason.into(), message, ..ResourceStatus::ready(kind, name) }
+    }
+
+    /// The reasons of the downgrades, for a column.
+    pub fn downgrade_reasons(&self) -> Vec<&str> {
+        self.downgrades.iter().map(|d| d.split_once(':').map_or(d.as_str(), |(reason, _)| reason)).collect()
+    }
+}
+
+/// `Kind/name: Ready`, `Kind/name: Ready; warnings` or `Kind/name: NotReady Reason: message`.
+impl fmt::Display for ResourceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}: ", self.kind, self.name)?;
+        match (self.ready, self.message.is_empty()) {
+            (true, true) => f.write_str("Ready"),
+            (true, false) => write!(f, "Ready; {}", self.message),
+            (false, _) => write!(f, "NotReady {}: {}", self.reason, self.message),
+        }
+    }
+}
+
+/// Why nothing was built from a set of manifest paths.
+#[derive(Debug)]
+pub enum PathsError {
+    /// Files that cannot be read or parsed.
+    Unreadable(Vec<crate::validate::manifest::LoadError>),
+    /// Violations of the schema, CEL or cross-object rules, as `callguard validate` prints them.
+    Invalid(Vec<crate::validate::Located>),
+}
+
+/// Validates the manifests under `paths` and, when they are valid, builds every namespace with its
+/// state in `state_root/namespaces/NAMESPACE` (the layout `callguard build` and `callguard local` share).
+pub fn build_paths(
+    paths: &[std::path::PathBuf],
+    state_root: &std::path::Path,
+    now: OffsetDateTime,
+    options: &BuildOptions,
+) -> Result<BTreeMap<String, Result<BuildOutput, BuildError>>, PathsError> {
+    Ok(validate_paths(paths)?.into_iter().map(|(namespace, snapshot)| (namespace, build_in(state_root, snapshot, now, options))).collect())
+}
+
+/// Reads and validates the manifests under `paths`, writing nothing: every namespace's objects.
+pub fn validate_paths(paths: &[std::path::PathBuf]) -> Result<BTreeMap<String, Snapshot>, PathsError> {
+    let (documents, errors) = crate::validate::manifest::load_paths(paths);
+    if !errors.is_empty() {
+        return Err(PathsError::Unreadable(errors));
+    }
+    let report = crate::validate::validate_documents(&documents, crate::validate::SecretPolicy::Require);
+    if !report.violations.is_empty() {
+        return Err(PathsError::Invalid(report.violations));
+    }
+    Ok(report.snapshots)
+}
+
+/// Where a namespace's state is kept under the state directory `state_root`.
+pub fn namespace_state(state_root: &std::path::Path, namespace: &str) -> std::path::PathBuf {
+    state_root.join("namespaces").join(namespace)
+}
+
+/// Builds one validated namespace with its state in [`namespace_state`].
+pub fn build_in(
+    state_root: &std::path::Path,
+    snapshot: Snapshot,
+    now: OffsetDateTime,
+    options: &BuildOptions,
+) -> Result<BuildOutput, BuildError> {
+    StateDir::open(&namespace_state(state_root, &snapshot.namespace))
+        .map_err(BuildError::Io)
+        .and_then(|state| build_namespace(Arc::new(snapshot), &state, now, options))
+}
+
+/// What a build produced.
+pub struct BuildOutput {
+    /// What the TFTP service serves, resolved and validated.
+    pub catalog: TftpCatalog,
+    /// The catalog, served with the TFTP signer; phone files are signed when first asked for.
+    pub served: ServedFiles,
+    /// What changed in the state, one entry each.
+    pub changes: Vec<Change>,
+    pub statuses: Vec<ResourceStatus>,
+    /// The identity as published, for the adapter to keep apart from the state (the cluster's status).
+    pub identity: IdentityRecord,
+}
+
+const PUBLISHED: &str = "published";
+
+/// What the state holds of the identity now, for [`identity_record::verdict`].
+fn observe_identity<'a>(files: &'a BTreeMap<&str, Vec<u8>>, signer: &Option<String>) -> Observed<'a> {
+    let piece = |name: &str| Piece::of(files.get(name).map(Vec::as_slice));
+    let signer = signer.clone().unwrap_or_default();
+    let (certificate, key) = (format!("{signer}.crt"), format!("{signer}.key"));
+    Observed {
+        ca_certificate: piece(identity_record::files::CA_CERTIFICATE),
+        ca_key: piece(identity_record::files::CA_KEY),
+        signer_certificate: piece(&certificate),
+        signer_key: piece(&key),
+        signer_files: (certificate, key),
+        published_itl: piece(identity_record::files::PUBLISHED_ITL),
+        published_ctl: piece(identity_record::files::PUBLISHED_CTL),
+    }
+}
+
+/// Checks that the identity phones trust is whole before anything is issued, and sets it aside when
+/// the administrator asked for a new one (see `identity_record`).
+fn keep_identity(
+    state: &StateDir,
+    cluster: &CallControlCluster,
+    options: &BuildOptions,
+    changes: &mut Vec<Change>,
+) -> Result<(), BuildError> {
+    let record: Option<IdentityRecord> = state
+        .read(RECORD_FILE)?
+        .map(|bytes| serde_yaml::from_slice(&bytes).map_err(|e| BuildError::State(format!("{RECORD_FILE}: {e}"))))
+        .transpose()?;
+    let signer = tftp_signer_base(cluster);
+    let mut names = vec![
+        identity_record::files::CA_CERTIFICATE.to_owned(),
+        identity_record::files::CA_KEY.to_owned(),
+        identity_record::files::PUBLISHED_ITL.to_owned(),
+        identity_record::files::PUBLISHED_CTL.to_owned(),
+    ];
+    if let Some(base) = &signer {
+        names.extend([format!("{base}.crt"), format!("{base}.key")]);
+    }
+    let mut files = BTreeMap::new();
+    for name in &names {
+        if let Some(bytes) = state.read(name)? {
+            // Fingerprints are of the certificate's DER, whatever its encoding in the state.
+            let bytes = if name.ends_with(".crt") { crate::core::pki::inspect::certificate_der(&bytes).unwrap_or(bytes) } else { bytes };
+            files.insert(name.as_str(), bytes);
+        }
+    }
+    match identity_record::verdict(record.as_ref(), &observe_identity(&files, &signer), options.new_identity.as_deref())
+        .map_err(BuildError::IdentityLost)?
+    {
+        Verdict::Genesis | Verdict::Continue => Ok(()),
+        Verdict::Replace { previous } => {
+            state.retire(&["ca/", "certs/", "published/", RECORD_FILE], &previous)?;
+            changes.push(Change {
+                kind: ChangeKind::NewIdentity,
+                message: format!(
+                    "set aside identity {previous}, as asked, and issued a new one: every phone that holds the previous ITL refuses this cluster's files until its ITL is deleted by hand (P.3-18)"
+                ),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Builds one namespace. Exactly one CallControlCluster is expected; its phones, tokens and profiles
+/// are the namespace's. Trust lists are built and signed here; phone files only resolved, for their
+/// status and the catalog, and signed on demand by [`ServedFiles`].
+pub fn build_namespace(
+    snapshot: Arc<Snapshot>,
+    state: &StateDir,
+    now: OffsetDateTime,
+    options: &BuildOptions,
+) -> Result<BuildOutput, BuildError> {
+    let cluster = single_cluster(&snapshot)?;
+    let cluster_name = cluster.name_any();
+    let unix_now = u32::try_from(now.unix_timestamp())
+        .map_err(|_| BuildError::Cluster("the clock is outside the u32 range of the trust lists' TIMESTAMP".into()))?;
+    let rfc3339_now = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let hash = signature_hash(cluster);
+    let mut changes = Vec::new();
+    let mut statuses = Vec::new();
+    let mut trust_lists: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
+
+    keep_identity(state, cluster, options, &mut changes)?;
+    let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
+    changes.extend(issued.into_iter().map(|message| Change { kind: ChangeKind::CertificateIssued, message }));
+    let tftp = tftp_signer(&identity)?;
+
+    // The ITL, signed by the TFTP certificate, which it also lists as SAST (P.3-4).
+    let previous_itl = published(state, TrustListKind::Itl)?;
+    let itl = build_trust_list(&TrustListPlan {
+        kind: TrustListKind::Itl,
+        signer: &tftp,
+        sast: vec![tftp.certificate_der().to_vec()],
+        functions: &identity.functions,
+        hash,
+        previous: previous_itl.as_ref(),
+        now: unix_now,
+    })?;
+    publish(state, TrustListKind::Itl, &itl.bytes, &mut changes)?;
+    let itl_list = TrustList::parse(&itl.bytes, Mode::Strict).map_err(|e| BuildError::Trust(format!("the ITL just built: {e}")))?;
+    trust_lists.insert(TrustListKind::Itl.filename().into(), Arc::from(itl.bytes));
+
+    // The CTL, in mixed mode only, signed by a token (Chapter 3).
+    let mut tokens = Tokens::load(&snapshot, state, &rfc3339_now)?;
+    let mut cluster_status = ResourceStatus::ready("CallControlCluster", &cluster_name);
+    if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
+        let previous_ctl = published(state, TrustListKind::Ctl)?;
+        match build_ctl(&snapshot, state, cluster, &mut tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
+            Ok((bytes, plan)) => {
+                publish(state, TrustListKind::Ctl, &bytes, &mut changes)?;
+                trust_lists.insert(TrustListKind::Ctl.filename().into(), Arc::from(bytes));
+                statuses.push(ResourceStatus::ready("SecurityToken", &plan.signer));
+                cluster_status.message = plan.conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                // The CTL is published, but the guide wants two usable tokens in it at all times (P.3-13).
+                if plan.conditions.iter().any(|c| matches!(c, PlanCondition::FewerThanTwoTokens { .. })) {
+                    cluster_status.ready = false;
+                    cluster_status.reason = "FewerThanTwoTokens".into();
+                }
+            }
+            Err(e) => {
+                // The last published CTL stays served: phones keep a trust list they can verify.
+                if let Some(previous) = previous_ctl {
+                    trust_lists.insert(TrustListKind::Ctl.filename().into(), Arc::from(previous.as_bytes()));
+                }
+                cluster_status = ResourceStatus::not_ready("CallControlCluster", &cluster_name, "CtlNotSigned", e.to_string());
+            }
+        }
+    }
+    let served_ctl = trust_lists.get(TrustListKind::Ctl.filename()).and_then(|bytes| TrustList::parse(bytes, Mode::Strict).ok());
+    tokens.save_statuses(state, served_ctl.as_ref())?;
+    for (name, (token, _)) in &tokens.tokens {
+        if statuses.iter().any(|s: &ResourceStatus| s.kind == "SecurityToken" && s.name == *name) {
+            continue;
+        }
+        statuses.push(match tokens.refusal(name) {
+            Some(reason) => ResourceStatus::not_ready("SecurityToken", name, "CertificateRefused", reason.to_string()),
+            None => token_status(name, token, &tokens.status(name)),
+        });
+    }
+    if !identity.deferred.is_empty() {
+        let deferred = identity.deferred.join("; ");
+        cluster_status.message =
+            [cluster_status.message.clone(), deferred].into_iter().filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
+    }
+    statuses.push(cluster_status);
+
+    // Phones: resolved now, for their status and the catalog; signed by the TFTP service when fetched.
+    let signing = SigningParameters::from_itl(hash, &itl_list);
+    let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing)?;
+    statuses.extend(phone_statuses);
+    // Every other object was validated and is used as it is: it says so, so that the table lists
+    // every resource of the namespace, not only those with something to report.
+    // Kinds that report for themselves (the cluster, its tokens and phones) and Secrets, which are
+    // inputs, not resources with a status, are left out.
+    let reported = ["CallControlCluster", "SecurityToken", "Phone", "Secret"];
+    for (kind, names) in snapshot.names_by_kind().into_iter().filter(|(kind, _)| !reported.contains(kind)) {
+        statuses.extend(names.into_iter().map(|name| ResourceStatus::ready(kind, name)));
+    }
+
+    let identity_record = record_identity(state, &identity, &tftp, &trust_lists)?;
+    let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
+    state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
+    let catalog = TftpCatalog { trust_lists, signing, phones: Arc::new(phones) };
+    let served = ServedFiles::new(catalog.clone(), tftp);
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record })
+}
+
+/// Resolves every phone on every core: its payloads for the catalog, and its status.
+fn resolve_phones(
+    snapshot: &Snapshot,
+    cluster: &CallControlCluster,
+    state: &StateDir,
+    signing: SigningParameters,
+) -> Result<(BTreeMap<String, phone_files::PhonePayloads>, Vec<ResourceStatus>), BuildError> {
+    let mut certificates = HashMap::new();
+    for phone in snapshot.phones.values() {
+        let device = phone.spec.device_name();
+        if let Some(der) = device_certificate(state, &device)? {
+            certificates.insert(device, der);
+        }
+    }
+    let asked = encryption_asked(snapshot);
+    let context = PhoneContext { snapshot, cluster, trust: signing.trust(), encryption_asked: &asked };
+    let phones: Vec<(&String, &crate::api::Phone)> = snapshot.phones.iter().collect();
+    let resolved = on_every_core(&phones, |(name, phone)| {
+        let device = phone.spec.device_name();
+        match resolve_phone(&context, phone, certificates.get(&device).map(Vec::as_slice)) {
+            Ok(resolved) => (Some((device, resolved.payloads)), phone_status(name, &resolved.conditions)),
+            Err(message) => (None, ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+        }
+    });
+    let mut catalog = BTreeMap::new();
+    let mut statuses = Vec::with_capacity(resolved.len());
+    for (payloads, status) in resolved {
+        catalog.extend(payloads);
+        statuses.push(status);
+    }
+    Ok((catalog, statuses))
+}
+
+/// Ready, or why the phone's configuration is not what its spec asks; downgrades either way.
+fn phone_status(name: &str, conditions: &[crate::core::phone_config::ConfigCondition]) -> ResourceStatus {
+    let describe = |c: &crate::core::phone_config::ConfigCondition| format!("{}: {c}", c.reason());
+    let mut blocking: Vec<_> = conditions.iter().filter(|c| c.is_blocking()).collect();
+    // What the phone gets now comes first; a pending operation is why it will change.
+    blocking.sort_by_key(|c| matches!(c, crate::core::phone_config::ConfigCondition::CertificateOperationPending { .. }));
+    let notes: Vec<String> = conditions.iter().filter(|c| !c.is_blocking()).map(describe).collect();
+    let mut status = match blocking.first() {
+        Some(first) => {
+            let message =
+                std::iter::once(first.to_string()).chain(blocking[1..].iter().map(|c| describe(c))).chain(notes).collect::<Vec<_>>();
+            ResourceStatus::not_ready("Phone", name, first.reason(), message.join("; "))
+        }
+        None => ResourceStatus { message: notes.join("; "), ..ResourceStatus::ready("Phone", name) },
+    };
+    status.downgrades = conditions.iter().filter(|c| c.is_downgrade()).map(describe).collect();
+    if let Some(operation) = conditions.iter().find_map(|c| match c {
+        crate::core::phone_config::ConfigCondition::CertificateOperationPending { operation } => Some(*operation),
+        _ => None,
+    }) {
+        status.lsc_state = Some(crate::api::LscState::Pending);
+        status.operation_status = Some(format!("{} pending", operation.label()));
+    }
+    status
+}
+
+/// Writes the record of the identity just published (see `identity_record`).
+fn record_identity(
+    state: &StateDir,
+    identity: &ClusterIdentity,
+    signer: &crate::core::trust::Signer,
+    trust_lists: &BTreeMap<String, Arc<[u8]>>,
+) -> Result<IdentityRecord, BuildError> {
+    let ca = sha256_hex(identity.ca.certificate_der());
+    let record = IdentityRecord {
+        id: identity_id(&ca),
+        ca,
+        itl_signer: sha256_hex(signer.certificate_der()),
+        ctl_published: trust_lists.contains_key(TrustListKind::Ctl.filename()),
+    };
+    let text = serde_yaml::to_string(&record).map_err(|e| BuildError::State(e.to_string()))?;
+    state.write(RECORD_FILE, text.as_bytes(), Sensitivity::Public)?;
+    Ok(record)
+}
+
+/// The hash of every signature of the cluster's files: SHA-1 unless the CTL settings ask for SHA-512 (P.3-4).
+pub fn signature_hash(cluster: &CallControlCluster) -> HashAlgorithm {
+    match cluster.spec.ctl.as_ref().and_then(|c| c.hash_algorithm).unwrap_or_default() {
+        SignatureHash::Sha1 => HashAlgorithm::Sha1,
+        SignatureHash::Sha512 => HashAlgorithm::Sha512,
+    }
+}
+
+fn token_status(name: &str, token: &crate::api::SecurityToken, status: &crate::api::SecurityTokenStatus) -> ResourceStatus {
+    if status.locked {
+        ResourceStatus::not_ready(
+            "SecurityToken",
+            name,
+            "Locked",
+            format!("locked, and it can never sign again: {}", crate::api::TOKEN_LOCK_RULE),
+        )
+    } else if status.consecutive_failed_logins > 0 {
+        ResourceStatus::not_ready(
+            "SecurityToken",
+            name,
+            "WrongPassword",
+            format!(
+                "{} consecutive wrong password(s); the token locks for good after {} (P.16-5)",
+                status.consecutive_failed_logins,
+                crate::api::TOKEN_RETRY_COUNTER
+            ),
+        )
+    } else if token.spec.state() != crate::api::TokenState::Active {
+        ResourceStatus::not_ready(
+            "SecurityToken",
+            name,
+            "NotActive",
+            format!("state {:?}: not listed in the CTL (P.16-5)", token.spec.state()),
+        )
+    } else {
+        ResourceStatus::ready("SecurityToken", name)
+    }
+}
+
+fn single_cluster(snapshot: &Snapshot) -> Result<&CallControlCluster, BuildError> {
+    let mut clusters = snapshot.clusters.values();
+    match (clusters.next(), clusters.next()) {
+        (Some(cluster), None) => Ok(cluster),
+        (None, _) => Err(BuildError::Cluster(format!("namespace {}: no CallControlCluster to build (Table 3-2)", snapshot.namespace))),
+        (Some(_), Some(_)) => Err(BuildError::Cluster(format!(
+            "namespace {}: more than one CallControlCluster; a namespace holds one cluster",
+            snapshot.namespace
+        ))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_ctl(
+    snapshot: &Snapshot,
+    state: &StateDir,
+    cluster: &CallControlCluster,
+    tokens: &mut Tokens,
+    identity: &ClusterIdentity,
+    hash: HashAlgorithm,
+    previous: Option<&TrustList>,
+    now: u32,
+    rfc3339_now: &str,
+) -> Result<(Vec<u8>, CtlSigningPlan), BuildError> {
+    let settings =
+        cluster.spec.ctl.as_ref().ok_or_else(|| BuildError::Token("spec.ctl: a mixed-mode cluster names its tokens (Table 3-2)".into()))?;
+    let plan = tokens.plan(settings, previous)?;
+    let signer = tokens.unlock_signer(snapshot, state, &plan.signer, rfc3339_now)?;
+    let sast = plan.sast.iter().filter_map(|name| tokens.certificate(name).map(<[u8]>::to_vec)).collect();
+    let built = build_trust_list(&TrustListPlan {
+        kind: TrustListKind::Ctl,
+        signer: &signer,
+        sast,
+        functions: &identity.functions,
+        hash,
+        previous,
+        now,
+    })?;
+    Ok((built.bytes, plan))
+}
+
+fn published_name(kind: TrustListKind) -> String {
+    format!("{PUBLISHED}/{}", kind.filename())
+}
+
+fn published(state: &StateDir, kind: TrustListKind) -> Result<Option<TrustList>, BuildError> {
+    let name = published_name(kind);
+    state
+        .read(&name)?
+        .map(|bytes| TrustList::parse(&bytes, Mode::Strict).map_err(|e| BuildError::State(format!("{name}: {e}"))))
+        .transpose()
+}
+
+fn publish(state: &StateDir, kind: TrustListKind, bytes: &[u8], changes: &mut Vec<Change>) -> Result<(), BuildError> {
+    let name = published_name(kind);
+    if state.read(&name)?.as_deref() != Some(bytes) {
+        state.write(&name, bytes, Sensitivity::Public)?;
+        changes.push(Change { kind: ChangeKind::TrustListPublished, message: format!("published a new {}", kind.filename()) });
+    }
+    Ok(())
+}
+
+/// The phone's certificate (LSC, or MIC), PEM or DER, when CAPF or the administrator has put one in
+/// `devices/SEP<MAC>.crt`.
+fn device_certificate(state: &StateDir, device: &str) -> Result<Option<Vec<u8>>, BuildError> {
+    let name = devices::certificate_file(device);
+    let Some(bytes) = state.read(&name)? else { return Ok(None) };
+    crate::core::pki::inspect::certificate_der(&bytes).map(Some).map_err(|e| BuildError::State(format!("{name}: {e}")))
+}

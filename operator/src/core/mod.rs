@@ -1,0 +1,9 @@
+//! The pure core: what the cluster's objects become (certificates, trust lists, signed and
+//! encrypted phone files), with no Kubernetes client and no network listener.
+
+pub mod build;
+pub mod phone_config;
+pub mod pki;
+pub mod private_file;
+pub mod token;
+pub mod trust;

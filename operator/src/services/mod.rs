@@ -1,0 +1,6 @@
+//! The data plane: one folder per service, its protocol and its server together.
+
+pub mod capf;
+pub mod srst;
+pub mod tftp;
+pub mod tvs;
