@@ -1,15 +1,15 @@
 //! `callguard build` on the quickstart, checked with `callguard trust` and with openssl: the CTL's
 //! records, signatures against the published trust lists, determinism across rebuilds, encrypted
 //! configuration for a phone with a certificate, the lost-token procedure and the token lock
-//! (spec/04 §3-5, P.3-12, P.16-5).
+//! (docs/wire-formats.md §3-5, P.3-12, P.16-5).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use callguard::pki::ca::ClusterCa;
-use callguard::pki::issue::{LscKeySource, LscRequest, issue_lsc};
-use callguard::pki::serial::Serial;
+use callguard::core::pki::ca::ClusterCa;
+use callguard::core::pki::issue::{LscKeySource, LscRequest, issue_lsc};
+use callguard::core::pki::serial::Serial;
 use rsa::pkcs8::EncodePublicKey;
 use serde_json::Value;
 
@@ -105,7 +105,10 @@ fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
     let records = records(&description);
     let roles: Vec<&str> = records.iter().map(|(role, _, _)| role.as_str()).collect();
     assert_eq!(roles, ["SAST", "SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"], "{records:?}");
-    assert_eq!(records[0].1, "CN=token-primary,O=Example,OU=Quickstart", "the signing token's SAST comes first (spec/04 §3.6)");
+    assert_eq!(
+        records[0].1, "CN=token-primary,O=Example,OU=Quickstart",
+        "the signing token's SAST comes first (docs/wire-formats.md §3.6)"
+    );
     assert_eq!(records[1].1, "CN=token-backup,O=Example,OU=Quickstart");
     // Each token's status says whether the served CTL lists it and whether it signed it.
     let listed = |name: &str| {
@@ -131,7 +134,11 @@ fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
     let itl = ws.tftp("ITLFile.tlv");
     assert_eq!(callguard(&["trust", "verify", itl.to_str().unwrap()]).status.code(), Some(0));
     let itl_roles: Vec<String> = self::records(&inspect_json(&itl)).into_iter().map(|(role, _, _)| role).collect();
-    assert_eq!(itl_roles, ["SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"], "the ITL is signed by the TFTP certificate (spec/04 §3.1)");
+    assert_eq!(
+        itl_roles,
+        ["SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"],
+        "the ITL is signed by the TFTP certificate (docs/wire-formats.md §3.1)"
+    );
     let mut signed = 0;
     for entry in fs::read_dir(ws.state.join("tftp/default")).unwrap() {
         let path = entry.unwrap().path();
@@ -146,7 +153,7 @@ fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
     assert_eq!(signed, 7, "one signed configuration per quickstart phone");
 
     // Every phone also gets ITLSEP<MAC>.tlv and CTLSEP<MAC>.tlv, which carry the generic name in their
-    // header (spec/04 §3.1), so they verify and equal the generic lists.
+    // header (docs/wire-formats.md §3.1), so they verify and equal the generic lists.
     let mut per_phone = 0;
     for entry in fs::read_dir(ws.state.join("tftp/default")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -180,7 +187,7 @@ fn a_rebuild_changes_nothing_and_keeps_the_ca() {
     let ca = fs::read(ws.state.join("namespaces/default/ca/ca.crt")).unwrap();
     let second = stdout(&ws.build());
     assert!(!second.contains("created") && !second.contains("issued") && !second.contains("published"), "{second}");
-    assert_eq!(snapshot(&ws), files, "same input and state give the same bytes (spec/04 §3.7 step 5)");
+    assert_eq!(snapshot(&ws), files, "same input and state give the same bytes (docs/wire-formats.md §3.7 step 5)");
     assert_eq!(fs::read(ws.state.join("namespaces/default/ca/ca.crt")).unwrap(), ca);
     // Private keys are owner-only.
     use std::os::unix::fs::PermissionsExt;
@@ -203,7 +210,7 @@ fn phone_certificate(ws: &Workspace, device: &str, dir: &Path) -> (PathBuf, Vec<
         &fs::read_to_string(ws.state.join("namespaces/default/ca/ca.key")).unwrap(),
     )
     .unwrap();
-    let key = callguard::pki::keys::generate_rsa(2048);
+    let key = callguard::core::pki::keys::generate_rsa(2048);
     let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
     let request = LscRequest {
         device_name: device,
@@ -214,7 +221,7 @@ fn phone_certificate(ws: &Workspace, device: &str, dir: &Path) -> (PathBuf, Vec<
     };
     let lsc = issue_lsc(&ca, &request).unwrap().certificate_der;
     let key_path = dir.join(format!("{device}.key"));
-    fs::write(&key_path, callguard::pki::keys::pkcs8_pem(&key)).unwrap();
+    fs::write(&key_path, callguard::core::pki::keys::pkcs8_pem(&key)).unwrap();
     (key_path, lsc)
 }
 
@@ -223,7 +230,7 @@ fn an_encrypted_phone_with_a_certificate_gets_a_file_only_its_key_opens() {
     let ws = Workspace::new();
     ws.build();
     let device = "SEP001122334455"; // lobby-7970, sccp-encrypted
-    assert!(!ws.tftp(&format!("{device}.cnf.xml.enc.sgn")).exists(), "no certificate, no encrypted file (spec/04 §5.1)");
+    assert!(!ws.tftp(&format!("{device}.cnf.xml.enc.sgn")).exists(), "no certificate, no encrypted file (docs/wire-formats.md §5.1)");
     let keys = tempfile::tempdir().unwrap();
     let (key, lsc) = phone_certificate(&ws, device, keys.path());
     fs::create_dir_all(ws.state.join("namespaces/default/devices")).unwrap();
@@ -236,12 +243,12 @@ fn an_encrypted_phone_with_a_certificate_gets_a_file_only_its_key_opens() {
         callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     let plain = stdout(&output);
-    let md5 = callguard::pki::inspect::md5_hex(&lsc);
+    let md5 = callguard::core::pki::inspect::md5_hex(&lsc);
     assert!(plain.contains("<fullConfig>true</fullConfig>") && plain.contains("<deviceSecurityMode>3</deviceSecurityMode>"), "{plain}");
     assert!(plain.contains(&format!("<certHash>{md5}</certHash>")) && plain.contains("<encrConfig>true</encrConfig>"), "{plain}");
 
     // The signed stub carries the same certHash; the plain name serves the unsigned stub, never the
-    // full configuration (spec/04 §5.5, §5.6).
+    // full configuration (docs/wire-formats.md §5.5, §5.6).
     let stub = fs::read_to_string(ws.tftp(&format!("{device}.cnf.xml"))).unwrap();
     assert!(stub.contains("<fullConfig>false</fullConfig>") && stub.contains(&md5), "{stub}");
     let signed = fs::read(ws.tftp(&format!("{device}.cnf.xml.sgn"))).unwrap();
@@ -296,7 +303,7 @@ fn a_lost_token_leaves_the_ctl_which_a_remaining_token_re_signs() {
     let subjects: Vec<String> = records(&description).into_iter().filter(|(role, _, _)| role == "SAST").map(|(_, s, _)| s).collect();
     assert_eq!(subjects, ["CN=token-backup,O=Example,OU=Quickstart", "CN=token-new,O=Example"]);
     assert_eq!(description["header"]["signer_name"], "CN=token-backup,O=Example,OU=Quickstart");
-    // Phones holding the first CTL accept the new one: it is signed by a SAST they trust (spec/04 §3.9).
+    // Phones holding the first CTL accept the new one: it is signed by a SAST they trust (docs/wire-formats.md §3.9).
     let output = verify(&ctl, "--ctl", &first_path);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
@@ -336,7 +343,7 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
     // guess, checked against status at hundreds of thousands of guesses a second. Nothing in the
     // state is that value, nor any hash of the password alone: the stored MAC needs the registry's key.
     let unindented: String = key_pem.lines().map(|line| format!("{}\n", line.trim_start())).collect();
-    let certificate = callguard::token::material::certificate_der(unindented.as_bytes()).unwrap();
+    let certificate = callguard::core::token::material::certificate_der(unindented.as_bytes()).unwrap();
     let old_fingerprint = {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
@@ -375,7 +382,7 @@ fn wrong_token_passwords_count_once_each_and_the_sixteenth_locks_for_good() {
     assert_eq!(status["locked"].as_bool(), Some(true), "the 16th consecutive failure locks the token (P.16-5)");
 
     // The right password no longer opens it: the remaining token of the published CTL signs, and the
-    // locked one leaves the file (P.16-5, spec/04 §3.9).
+    // locked one leaves the file (P.16-5, docs/wire-formats.md §3.9).
     // A CTL with one usable token is published, but it is not the two the spec asks for (P.3-13).
     set_password(&ws, right);
     let text = stdout(&ws.build_exits(1));
@@ -404,16 +411,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The TFTP root of the workspace's `default` namespace, built in process.
-fn served(ws: &Workspace) -> callguard::build::served::ServedFiles {
-    let mut built =
-        callguard::build::build_paths(std::slice::from_ref(&ws.manifests), &ws.state, time::OffsetDateTime::now_utc(), &Default::default())
-            .unwrap_or_else(|_| panic!("the workspace is valid"));
+fn served(ws: &Workspace) -> callguard::core::build::served::ServedFiles {
+    let mut built = callguard::core::build::build_paths(
+        std::slice::from_ref(&ws.manifests),
+        &ws.state,
+        time::OffsetDateTime::now_utc(),
+        &Default::default(),
+    )
+    .unwrap_or_else(|_| panic!("the workspace is valid"));
     built.remove("default").expect("namespace default").expect("the build succeeds").served
 }
 
 #[test]
 fn phone_files_are_signed_on_demand_and_kept_while_their_content_is_unchanged() {
-    use callguard::tftp::FileSource;
+    use callguard::services::tftp::FileSource;
     let ws = Workspace::new();
     ws.build();
     let lobby = "SEP001122334455"; // encrypted: a fresh AES key would change its bytes on every render
@@ -655,7 +666,7 @@ fn device_add_cert_checks_the_certificate_and_the_build_encrypts_for_it() {
 
     let (key, lsc) = phone_certificate(&ws, device, keys.path());
     let lsc_file = keys.path().join("lsc.pem");
-    fs::write(&lsc_file, callguard::pki::ca::certificate_pem(&lsc)).unwrap();
+    fs::write(&lsc_file, callguard::core::pki::ca::certificate_pem(&lsc)).unwrap();
     let output = add("SEP0011223344", &lsc_file);
     assert_eq!(output.status.code(), Some(2), "not a device name: {}", stderr(&output));
     assert!(!target.exists(), "nothing refused was written");
@@ -663,7 +674,7 @@ fn device_add_cert_checks_the_certificate_and_the_build_encrypts_for_it() {
     let output = add(device, &lsc_file);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains("LSC"), "{}", stdout(&output));
-    assert_eq!(callguard::pki::inspect::certificate_der(&fs::read(&target).unwrap()).unwrap(), lsc);
+    assert_eq!(callguard::core::pki::inspect::certificate_der(&fs::read(&target).unwrap()).unwrap(), lsc);
     ws.build();
     let encrypted = ws.tftp(&format!("{device}.cnf.xml.enc.sgn"));
     let output = callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap()]);

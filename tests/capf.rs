@@ -1,4 +1,4 @@
-//! CAPF conformance (spec/04 §7, §10): the worked frames (W-14), sessions over real TLS against a scripted phone
+//! CAPF conformance (docs/wire-formats.md §7, §10): the worked frames (W-14), sessions over real TLS against a scripted phone
 //! (W-15), one write per message (W-16) and the negative cases (N-11).
 //! The LSC check runs `openssl verify`; it fails, does not skip, when `openssl` is missing.
 
@@ -11,24 +11,24 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use callguard::api::{CapfAuthenticationMode, KeySize};
-use callguard::capf::AuthError;
-use callguard::capf::auth::TrustAnchors;
-use callguard::capf::frame::{
-    AuthType, Body, CertificateElement, CertificateType, Command, Curve, Frame, FrameHeader, HEADER_LEN, KeyType, Password, Reason,
-    Sha2SignedData, SudiData,
-};
-use callguard::capf::server::{CapfServer, ConnectionReport, Timeouts, run_session, serve_connection, tls_acceptor};
-use callguard::capf::session::{
-    CapfContext, DeviceRecord, FailureReason, Outcome, RequestedKey, ScheduledOperation, Session, SessionConfig,
-};
-use callguard::pki::ca::{CaSettings, ClusterCa, certificate_pem};
-use callguard::pki::inspect::EcCurve;
-use callguard::pki::issue::{
+use callguard::core::pki::ca::{CaSettings, ClusterCa, certificate_pem};
+use callguard::core::pki::inspect::EcCurve;
+use callguard::core::pki::issue::{
     IssuedServerCertificate, LscKeySource, LscRequest, PhoneKey, ServerCertificateRequest, ServerRole, issue_lsc,
     issue_server_certificate_with_new_key,
 };
-use callguard::pki::keys;
-use callguard::pki::serial::Serial;
+use callguard::core::pki::keys;
+use callguard::core::pki::serial::Serial;
+use callguard::services::capf::AuthError;
+use callguard::services::capf::auth::TrustAnchors;
+use callguard::services::capf::frame::{
+    AuthType, Body, CertificateElement, CertificateType, Command, Curve, Frame, FrameHeader, HEADER_LEN, KeyType, Password, Reason,
+    Sha2SignedData, SudiData,
+};
+use callguard::services::capf::server::{CapfServer, ConnectionReport, Timeouts, run_session, serve_connection, tls_acceptor};
+use callguard::services::capf::session::{
+    CapfContext, DeviceRecord, FailureReason, Outcome, RequestedKey, ScheduledOperation, Session, SessionConfig,
+};
 use md5::Md5;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
@@ -119,7 +119,7 @@ fn issue_test_lsc(device_name: &str, spki: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The phone's key and signatures (spec/04 §7.7), made independently of the server's verifier.
+// The phone's key and signatures (docs/wire-formats.md §7.7), made independently of the server's verifier.
 
 #[derive(Clone)]
 enum PhoneKeyPair {
@@ -182,7 +182,7 @@ impl PhoneKeyPair {
     }
 }
 
-/// `device name ‖ 00 ‖ certificate DER` (spec/04 §7.7).
+/// `device name ‖ 00 ‖ certificate DER` (docs/wire-formats.md §7.7).
 fn auth_data(device_name: &str, der: &[u8]) -> Vec<u8> {
     let mut data = device_name.as_bytes().to_vec();
     data.push(0);
@@ -300,7 +300,7 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, frame: &Frame) {
 
 async fn play<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, phone: &Phone) -> Transcript {
     let mut transcript = Transcript::default();
-    let request = read_frame(stream).await.expect("the server speaks first (spec/04 §7.1)");
+    let request = read_frame(stream).await.expect("the server speaks first (docs/wire-formats.md §7.1)");
     transcript.session_id = request.session_id;
     transcript.received.push(request);
     if phone.silent {
@@ -429,7 +429,7 @@ fn certificate_credentials(der: Vec<u8>, kind: CertificateType) -> Credentials {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// W-14: worked frames of spec/04 §7.6, session id 0x0000002A.
+// W-14: worked frames of docs/wire-formats.md §7.6, session id 0x0000002A.
 
 fn hex(text: &str) -> Vec<u8> {
     text.split_whitespace().map(|pair| u8::from_str_radix(pair, 16).unwrap()).collect()
@@ -484,7 +484,7 @@ fn w14_worked_frames_encode_and_decode_exactly() {
         assert_round_trip(frame, &hex(bytes));
     }
 
-    // KEY_GENERATE_RESPONSE with a 294-byte RSA-2048 SPKI (spec/04 §7.4, §7.6).
+    // KEY_GENERATE_RESPONSE with a 294-byte RSA-2048 SPKI (docs/wire-formats.md §7.4, §7.6).
     let spki = PhoneKeyPair::rsa(2048).spki();
     assert_eq!(spki.len(), 294);
     let mut expected = hex("55 04 00 00 00 2A 01 29  09 01 26");
@@ -505,7 +505,7 @@ fn w14_store_lengths_for_979_bytes_equal_the_j4l_capture() {
         },
     );
     let bytes = frame.encode().unwrap();
-    // Header, then CERTIFICATE_TYPE, then CERTIFICATE with its 5-byte prefix (spec/04 §7.6).
+    // Header, then CERTIFICATE_TYPE, then CERTIFICATE with its 5-byte prefix (docs/wire-formats.md §7.6).
     let mut expected = hex("55 09 00 00 00 2A 03 DF  03 00 01 01  04 03 D8 01 03 D5 00 01");
     expected.extend_from_slice(&der);
     assert_eq!(bytes, expected);
@@ -518,7 +518,7 @@ fn w14_store_lengths_for_979_bytes_equal_the_j4l_capture() {
 // ---------------------------------------------------------------------------------------------------------------
 // W-15: sessions over real TLS.
 
-/// The LSC profile of spec/04 §7.8, checked with x509-parser and `openssl verify`.
+/// The LSC profile of docs/wire-formats.md §7.8, checked with x509-parser and `openssl verify`.
 fn assert_lsc_profile(der: &[u8], spki: &[u8]) {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).unwrap();
@@ -563,7 +563,7 @@ async fn install(mode: CapfAuthenticationMode, key: PhoneKeyPair, requested: Req
     phone.requests_in_progress = 3;
     let (transcript, session_id, outcome) = run_over_tls(&setup, &phone).await;
 
-    assert_ne!(session_id, 0, "random non-zero session id (spec/04 §7.2)");
+    assert_ne!(session_id, 0, "random non-zero session id (docs/wire-formats.md §7.2)");
     assert!(transcript.received.iter().all(|f| f.session_id == session_id), "every frame carries the session id");
     let expected_commands = [Command::AuthRequest, Command::KeyGenerateRequest, Command::StoreCertificateRequest, Command::EndSession];
     assert_eq!(transcript.commands(), expected_commands);
@@ -595,7 +595,7 @@ async fn install(mode: CapfAuthenticationMode, key: PhoneKeyPair, requested: Req
         RequestedKey::Ec(curve) => PhoneKey::Ec(curve),
     };
     assert_eq!(issued.phone_key, expected_key);
-    let facts = callguard::pki::inspect::CertificateFacts::from_der(&stored.der).unwrap();
+    let facts = callguard::core::pki::inspect::CertificateFacts::from_der(&stored.der).unwrap();
     assert_eq!((issued.serial, issued.not_after), (facts.serial, facts.not_after));
 }
 
@@ -626,7 +626,7 @@ async fn w15_install_mode3_existing_lsc_rsa2048_and_p384() {
         )
         .await;
     }
-    // Mode 3 accepts a MIC too, and the DigestInfo form of the RSA signatures (spec/04 §7.7).
+    // Mode 3 accepts a MIC too, and the DigestInfo form of the RSA signatures (docs/wire-formats.md §7.7).
     let key = PhoneKeyPair::rsa(2048);
     let mic = issue_mic(mic_ca(), &format!("CP-8865-{DEVICE}"), &key.spki());
     let credentials = Credentials::Certificate {
@@ -713,8 +713,8 @@ async fn w15_lowercase_mac_is_normalised_and_compatibility_flags_omit_elements()
     assert_eq!(transcript.received[0].body, Body { version: Some(3), ..Body::default() }, "VERSION alone");
     assert_eq!(transcript.received[1].body, Body { key_size: Some(2048), ..Body::default() }, "KEY_SIZE alone");
     let Outcome::Issued(issued) = outcome else { panic!("{outcome:?}") };
-    assert_eq!(issued.device_name, "SEP00AABBCCDDEE", "spec/04 §1.3: lowercase hex is normalised");
-    let facts = callguard::pki::inspect::CertificateFacts::from_der(&issued.certificate_der).unwrap();
+    assert_eq!(issued.device_name, "SEP00AABBCCDDEE", "docs/wire-formats.md §1.3: lowercase hex is normalised");
+    let facts = callguard::core::pki::inspect::CertificateFacts::from_der(&issued.certificate_der).unwrap();
     assert_eq!(facts.subject_common_name.as_deref(), Some("SEP00AABBCCDDEE"));
 }
 
@@ -861,7 +861,7 @@ async fn n11_certificate_from_an_unknown_issuer() {
     let phone = Phone::new(key.clone(), certificate_credentials(mic, CertificateType::Mic));
     assert_refused(&setup, &phone, |r| *r == FailureReason::Authentication(AuthError::UnknownIssuer)).await;
 
-    // Mode 4 accepts only MIC chains: our own LSC is an unknown issuer there (spec/04 §7.5).
+    // Mode 4 accepts only MIC chains: our own LSC is an unknown issuer there (docs/wire-formats.md §7.5).
     let lsc = issue_test_lsc(DEVICE, &key.spki());
     let phone = Phone::new(key, certificate_credentials(lsc, CertificateType::Lsc));
     assert_refused(&setup, &phone, |r| *r == FailureReason::Authentication(AuthError::UnknownIssuer)).await;
@@ -902,7 +902,7 @@ async fn n11_session_id_mismatch_then_close() {
     let mut phone = Phone::new(PhoneKeyPair::rsa(2048), Credentials::Nothing);
     phone.session_id_offset = 1;
     let transcript = assert_refused(&setup, &phone, |r| {
-        matches!(r, FailureReason::Frame(callguard::capf::FrameError::SessionMismatch { expected, found }) if found.wrapping_sub(*expected) == 1)
+        matches!(r, FailureReason::Frame(callguard::services::capf::FrameError::SessionMismatch { expected, found }) if found.wrapping_sub(*expected) == 1)
     })
     .await;
     assert_eq!(transcript.received.last().unwrap().session_id, transcript.session_id, "END_SESSION carries the server's id");
@@ -913,7 +913,7 @@ async fn n11_protocol_id_mismatch_then_close() {
     let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
     let mut phone = Phone::new(PhoneKeyPair::rsa(2048), Credentials::Nothing);
     phone.protocol_id = 0x56;
-    assert_refused(&setup, &phone, |r| *r == FailureReason::Frame(callguard::capf::FrameError::BadProtocolId(0x56))).await;
+    assert_refused(&setup, &phone, |r| *r == FailureReason::Frame(callguard::services::capf::FrameError::BadProtocolId(0x56))).await;
 }
 
 #[tokio::test]
@@ -937,7 +937,7 @@ async fn n11_version_4() {
     let mut phone = Phone::new(PhoneKeyPair::rsa(2048), Credentials::Nothing);
     phone.version = 4;
     assert_refused(&setup, &phone, |r| *r == FailureReason::UnsupportedVersion(4)).await;
-    // Jabber's VERSION 2 is accepted (spec/04 §7.4).
+    // Jabber's VERSION 2 is accepted (docs/wire-formats.md §7.4).
     phone.version = 2;
     let (transcript, _, _) = run_over_tls(&setup, &phone).await;
     assert_eq!(transcript.end_reason, Some(Reason::Success));
@@ -953,7 +953,7 @@ async fn n11_silent_phone_times_out_with_reason_7() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// SUDI (spec/04 §7.7): checked on the pure session with the asymmetric id 0x0000002A.
+// SUDI (docs/wire-formats.md §7.7): checked on the pure session with the asymmetric id 0x0000002A.
 
 struct Sudi {
     ca_der: Vec<u8>,
@@ -1005,14 +1005,14 @@ fn n11_sudi_signed_over_the_big_endian_session_id() {
     assert_eq!(sent.last().unwrap().body.reason, Some(Reason::Failure));
     assert!(matches!(outcome, Some(Outcome::Failed { reason: FailureReason::Authentication(AuthError::Sudi(_)), .. })), "{outcome:?}");
 
-    // Without a SUDI bundle the block is not verified (spec/04 §7.7).
+    // Without a SUDI bundle the block is not verified (docs/wire-formats.md §7.7).
     setup.trust.sudi_bundle.clear();
     let (sent, _) = run_session_directly(&setup, &phone, session_id);
     assert_eq!(sent.last().unwrap().command, Command::KeyGenerateRequest);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Timeouts (spec/04 §7.5), shortened.
+// Timeouts (docs/wire-formats.md §7.5), shortened.
 
 #[tokio::test]
 async fn key_generation_timeout_counts_from_the_request_whatever_requests_in_progress_arrive() {

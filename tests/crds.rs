@@ -15,7 +15,7 @@ fn repo() -> &'static Path {
 fn committed_crds_match_the_types() {
     let dir = repo().join("crds");
     let mut expected = Vec::new();
-    for (name, text) in callguard::crdgen::rendered() {
+    for (name, text) in callguard::api::crdgen::rendered() {
         let committed =
             std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|_| panic!("crds/{name} is missing: run `callguard crdgen`"));
         assert!(committed == text, "crds/{name} differs from the types: run `callguard crdgen` and commit");
@@ -84,8 +84,8 @@ fn cel_rules_fit_the_api_server_cost_budget() {
 #[test]
 fn quickstart_objects_pass_schema_and_cel() {
     let mut checked = 0;
-    for file in callguard::manifest::collect_files(&[repo().join("examples/quickstart")]).unwrap() {
-        for doc in callguard::manifest::load_file(&file).unwrap() {
+    for file in callguard::validate::manifest::collect_files(&[repo().join("examples/quickstart")]).unwrap() {
+        for doc in callguard::validate::manifest::load_file(&file).unwrap() {
             let Some(kind) = doc.value["kind"].as_str().filter(|_| doc.value["apiVersion"] == "callguard.io/v1alpha1") else { continue };
             let schema = &kind_schemas()[kind];
             let plain = jsonschema::validator_for(&to_json_schema(&schema.openapi, true)).unwrap();

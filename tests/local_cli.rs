@@ -152,7 +152,7 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     assert!(local.fetch_atftp("ITLFile.tlv", &out("itl.tlv"), &[]));
     assert!(verify(&[out("itl.tlv").to_str().unwrap()]));
 
-    // An encrypted phone's plain name gives the stub, never its configuration (spec/04 §5.6).
+    // An encrypted phone's plain name gives the stub, never its configuration (docs/wire-formats.md §5.6).
     assert!(local.fetch_tftp_hpa("SEP001122334455.cnf.xml", &out("lobby.xml")));
     let stub = fs::read_to_string(out("lobby.xml")).unwrap();
     assert!(stub.contains("<fullConfig>false</fullConfig>") && !stub.contains("deviceSecurityMode"), "{stub}");
@@ -437,23 +437,23 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
 /// A phone's LSC issued by the state's cluster CA, and its key in `dir`.
 fn lsc_for(state: &Path, device: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
     use rsa::pkcs8::EncodePublicKey;
-    let ca = callguard::pki::ca::ClusterCa::from_pem(
+    let ca = callguard::core::pki::ca::ClusterCa::from_pem(
         &fs::read_to_string(state.join("namespaces/default/ca/ca.crt")).unwrap(),
         &fs::read_to_string(state.join("namespaces/default/ca/ca.key")).unwrap(),
     )
     .unwrap();
-    let key = callguard::pki::keys::generate_rsa(2048);
+    let key = callguard::core::pki::keys::generate_rsa(2048);
     let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
-    let request = callguard::pki::issue::LscRequest {
+    let request = callguard::core::pki::issue::LscRequest {
         device_name: device,
-        key: callguard::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
+        key: callguard::core::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
         validity_days: 365,
-        serial: callguard::pki::serial::Serial::random(&mut rand::thread_rng()),
+        serial: callguard::core::pki::serial::Serial::random(&mut rand::thread_rng()),
         now: time::OffsetDateTime::now_utc(),
     };
-    let lsc = callguard::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der;
+    let lsc = callguard::core::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der;
     let key_path = dir.join(format!("{device}.key"));
-    fs::write(&key_path, callguard::pki::keys::pkcs8_pem(&key)).unwrap();
+    fs::write(&key_path, callguard::core::pki::keys::pkcs8_pem(&key)).unwrap();
     (key_path, lsc)
 }
 
@@ -504,7 +504,7 @@ fn local_says_valid_again_what_a_removed_file_dropped_and_logs_requests_at_debug
     let state = dir.path().join("state");
     let port = free_udp_port();
     let mut command = callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
-    command.args(["--tftp-port", &port.to_string(), "--log-level", "callguard::tftp=debug"]);
+    command.args(["--tftp-port", &port.to_string(), "--log-level", "callguard::services::tftp=debug"]);
     let mut local = Local::spawn(command, port);
     local.wait_for("CallControlCluster  quickstart       True   Ready");
 

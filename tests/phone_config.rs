@@ -1,4 +1,4 @@
-//! `SEP<MAC>.cnf.xml`: the typed model renders the spec/04 §6.4 and §6.5 examples and the §5.5 stub
+//! `SEP<MAC>.cnf.xml`: the typed model renders the docs/wire-formats.md §6.4 and §6.5 examples and the §5.5 stub
 //! (W-13, compared after canonicalisation), the §6.3 refusals hold (N-10), every quickstart phone
 //! resolves and renders, and rendering is deterministic.
 
@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use callguard::api::*;
-use callguard::manifest::{collect_files, load_file};
-use callguard::phone_config::*;
+use callguard::core::phone_config::*;
+use callguard::validate::manifest::{collect_files, load_file};
 use callguard::validate::{ObjectRef, Snapshot};
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -117,7 +117,7 @@ fn value(xml: &[u8], path: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // W-13: the spec's examples as typed models.
 
-/// spec/04 §6.4: SIP phone, Encrypted mode.
+/// docs/wire-formats.md §6.4: SIP phone, Encrypted mode.
 fn sip_encrypted_example() -> PhoneConfig {
     PhoneConfig {
         device_name: "SEP001122334455".into(),
@@ -162,7 +162,7 @@ fn sip_encrypted_example() -> PhoneConfig {
     }
 }
 
-/// spec/04 §6.5: SCCP phone, Authenticated mode.
+/// docs/wire-formats.md §6.5: SCCP phone, Authenticated mode.
 fn sccp_authenticated_example() -> PhoneConfig {
     let member = |priority: u8, host: &str| CallManagerMember {
         priority,
@@ -250,8 +250,8 @@ struct TestCertificates {
 fn certificates() -> &'static TestCertificates {
     static CERTS: OnceLock<TestCertificates> = OnceLock::new();
     CERTS.get_or_init(|| {
-        let rsa = callguard::pki::keys::generate_rsa(2048);
-        let rsa_pair = rcgen::KeyPair::try_from(callguard::pki::keys::pkcs8_der(&rsa).as_slice()).expect("rcgen loads the RSA key");
+        let rsa = callguard::core::pki::keys::generate_rsa(2048);
+        let rsa_pair = rcgen::KeyPair::try_from(callguard::core::pki::keys::pkcs8_der(&rsa).as_slice()).expect("rcgen loads the RSA key");
         let params = rcgen::CertificateParams::new(vec!["SEP001122334455".to_string()]).expect("params");
         let rsa_der = params.self_signed(&rsa_pair).expect("RSA certificate").der().to_vec();
         let ec_pair = rcgen::KeyPair::generate().expect("EC key");
@@ -421,7 +421,7 @@ fn quickstart_sccp_encrypted_phone_with_pending_capf() {
     // Install/Upgrade waits for a CAPF service (Table 6-2).
     assert_eq!(reasons(r), ["SecureSrstUnavailable", "CertificateOperationPending", "HardeningNotRendered"]);
     assert!(r.conditions.contains(&ConfigCondition::HardeningNotRendered { settings: vec!["webAccess"] }));
-    // Settings Access has a known encoding and is written (spec/02 §6, P.9-2).
+    // Settings Access has a known encoding and is written (P.9-2).
     assert_eq!(value(&r.full, "device/vendorConfig/settingsAccess").as_deref(), Some("0"));
     assert_eq!(value(&r.full, "device/vendorConfig/pcPort").as_deref(), Some("0"));
 }
@@ -505,7 +505,7 @@ fn quickstart_sccp_phone_with_shared_line() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// N-10: the refusals of spec/04 §6.3, through `resolve` where the resources can express them.
+// N-10: the refusals of docs/wire-formats.md §6.3, through `resolve` where the resources can express them.
 
 struct Case {
     snapshot: Snapshot,

@@ -1,5 +1,5 @@
 //! The cluster CA and what it issues, checked by an independent implementation: `openssl verify` must accept
-//! every chain, and `openssl x509 -text` must show the extensions spec/04 §7.8 (LSCs) and the server profile ask for.
+//! every chain, and `openssl x509 -text` must show the extensions docs/wire-formats.md §7.8 (LSCs) and the server profile ask for.
 //! Fails, does not skip, when `openssl` is missing.
 
 use std::collections::BTreeSet;
@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use callguard::pki::ca::{CaSettings, ClusterCa, certificate_pem};
-use callguard::pki::inspect::{CertificateFacts, EcCurve, md5_hex};
-use callguard::pki::issue::{
+use callguard::core::pki::ca::{CaSettings, ClusterCa, certificate_pem};
+use callguard::core::pki::inspect::{CertificateFacts, EcCurve, md5_hex};
+use callguard::core::pki::issue::{
     IssueError, LscKeySource, LscRequest, PhoneKey, ServerCertificateRequest, ServerRole, check_phone_key, issue_lsc,
     issue_server_certificate,
 };
-use callguard::pki::keys;
-use callguard::pki::serial::Serial;
+use callguard::core::pki::keys;
+use callguard::core::pki::serial::Serial;
 use time::{Duration, OffsetDateTime};
 
 /// The issuing instant of every test, and the `-attime` openssl verifies at.
@@ -152,7 +152,7 @@ fn server_certificates_chain_to_the_ca_with_their_role_usages() {
     assert_verifies(dir.path(), &ccm, "sslclient");
 }
 
-/// Checks an LSC against the table of spec/04 §7.8 as openssl shows it.
+/// Checks an LSC against the table of docs/wire-formats.md §7.8 as openssl shows it.
 fn assert_lsc_profile(text: &str) {
     assert!(text.contains("Subject: CN = SEP001122334455, O = Callguard, OU = voice"), "{text}");
     assert!(text.contains("Issuer: CN = cucm-lab CA, O = Callguard, OU = voice"), "{text}");
@@ -165,8 +165,8 @@ fn assert_lsc_profile(text: &str) {
         "TLS Web Server Authentication, TLS Web Client Authentication, IPSec End System"
     );
     assert_eq!(value_after(text, "X509v3 Subject Alternative Name"), "URI:SEP001122334455");
-    assert!(!text.contains("Subject Key Identifier"), "LSCs carry no SKI (spec/04 §7.8):\n{text}");
-    assert!(!text.contains("Authority Key Identifier"), "LSCs carry no AKI (spec/04 §7.8):\n{text}");
+    assert!(!text.contains("Subject Key Identifier"), "LSCs carry no SKI (docs/wire-formats.md §7.8):\n{text}");
+    assert!(!text.contains("Authority Key Identifier"), "LSCs carry no AKI (docs/wire-formats.md §7.8):\n{text}");
     assert!(text.contains("Signature Algorithm: sha256WithRSAEncryption"), "{text}");
     // Exactly the four extensions of the profile.
     let extensions = text.lines().filter(|line| line.trim_start().starts_with("X509v3 ") && !line.contains("X509v3 extensions")).count();
@@ -315,7 +315,7 @@ fn serials_are_16_bytes_and_distinct_across_100_issues() {
         let path = write_pem(dir.path(), &format!("lsc{i}.pem"), &lsc.certificate_der);
         let out = openssl_ok(&["x509", "-in", path_str(&path), "-noout", "-serial"]);
         let hex = out.trim().strip_prefix("serial=").unwrap().to_owned();
-        assert_eq!(hex.len(), 32, "16 bytes (spec/04 §7.8): {hex}");
+        assert_eq!(hex.len(), 32, "16 bytes (docs/wire-formats.md §7.8): {hex}");
         assert!(u8::from_str_radix(&hex[..2], 16).unwrap() < 0x80, "top bit clear: {hex}");
         shown.insert(hex);
     }

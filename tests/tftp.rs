@@ -14,8 +14,8 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use callguard::tftp::packet::to_netascii;
-use callguard::tftp::{
+use callguard::services::tftp::packet::to_netascii;
+use callguard::services::tftp::{
     Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort,
 };
 use tokio::runtime::Runtime;
@@ -787,7 +787,7 @@ macro_rules! in_mode {
         $(
             #[test]
             fn $test() {
-                super::$test(callguard::tftp::TransferPort::$mode);
+                super::$test(callguard::services::tftp::TransferPort::$mode);
             }
         )*
     };

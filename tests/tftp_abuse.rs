@@ -1,7 +1,7 @@
 //! The TFTP server under the attacks of the security review: half-open transfers from many addresses,
 //! a client asking for `timeout=255`, and read requests from a (spoofed) address that never
 //! acknowledges. Each test reproduces the attack against the in-process server on loopback and checks
-//! the bound the server keeps (see the module docs of `callguard::tftp::server`).
+//! the bound the server keeps (see the module docs of `callguard::services::tftp::server`).
 //!
 //! The tests run one at a time (`serial`): one of them changes the process's open-file limit, and the
 //! others would otherwise count against it; and their timings do not depend on one another. Each runs
@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use callguard::tftp::{
+use callguard::services::tftp::{
     Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort,
 };
 use tokio::runtime::Runtime;
@@ -323,7 +323,7 @@ fn a_timeout_of_255_seconds_is_declined_and_a_silent_client_is_dropped_within_se
 // (c) Reflection
 
 /// At most this many datagrams answer a request whose client never acknowledges
-/// (`callguard::tftp::server::MAX_UNCONFIRMED_SENDS`).
+/// (`callguard::services::tftp::server::MAX_UNCONFIRMED_SENDS`).
 const UNCONFIRMED_SENDS: usize = 3;
 
 /// A read request from an address that never acknowledges (a spoofed victim's) draws at most
@@ -441,7 +441,7 @@ macro_rules! in_mode {
         $(
             #[test]
             fn $test() {
-                super::$test(callguard::tftp::TransferPort::$mode);
+                super::$test(callguard::services::tftp::TransferPort::$mode);
             }
         )*
     };

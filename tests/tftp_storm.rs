@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use callguard::bench::tftp::{boot_files, phone_source, storm};
-use callguard::tftp::{MemoryFiles, ServerConfig, TftpServer, TransferPort};
+use callguard::services::tftp::{MemoryFiles, ServerConfig, TftpServer, TransferPort};
 use tokio::sync::watch;
 
 const PHONES: usize = 20;

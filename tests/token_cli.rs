@@ -90,7 +90,7 @@ fn create_writes_a_secret_and_a_token_that_openssl_and_validate_accept() {
     let out = openssl(&["x509", "-in", &cert_file, "-noout", "-subject", "-serial", "-nameopt", "RFC2253"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
-    // RFC 2253 prints the last RDN first: the encoded order is CN, O, OU (spec/04 §1.4).
+    // RFC 2253 prints the last RDN first: the encoded order is CN, O, OU (docs/wire-formats.md §1.4).
     assert!(shown.contains("subject=OU=Voice,O=Example,CN=token-lab\n"), "{shown}");
     let serial = shown.lines().find_map(|l| l.strip_prefix("serial=")).expect("a serial line");
     assert_eq!(serial.len(), 32, "16 bytes: {serial}");

@@ -1,4 +1,4 @@
-//! Conformance tests of spec/04 §10.1 (W-1..W-12) and §10.2 (N-1..N-9) for the trust files, plus the
+//! Conformance tests of docs/wire-formats.md §10.1 (W-1..W-12) and §10.2 (N-1..N-9) for the trust files, plus the
 //! `callguard trust` CLI and a parser fuzz property. Expected bytes come from the spec; the `openssl` CLI is the
 //! independent verifier where the spec asks for one.
 
@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 use aes::Aes128;
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
-use callguard::pki::keys;
-use callguard::trust::codes::header_tag;
-use callguard::trust::header::check_filename;
-use callguard::trust::tlv::{self, Mode};
-use callguard::trust::{
+use callguard::core::pki::keys;
+use callguard::core::trust::codes::header_tag;
+use callguard::core::trust::header::check_filename;
+use callguard::core::trust::tlv::{self, Mode};
+use callguard::core::trust::{
     BuildWarning, EncryptedConfigBuilder, EncryptedFile, EncryptionElements, FileKind, HashAlgorithm, HeaderFields, Role, SignatureCheck,
     SignedFile, Signer, SignerVersion, TrustError, TrustFileBuilder, TrustList, TrustListKind, TrustRecord, assemble_signed, parse_header,
     signed,
@@ -1004,7 +1004,7 @@ fn parse_everything(bytes: &[u8]) {
             let _ = file.decrypt(phone_key(), None);
         }
     }
-    if let Ok(description) = callguard::trust::describe(bytes) {
+    if let Ok(description) = callguard::core::trust::describe(bytes) {
         let _ = description.to_string();
         let _ = serde_json::to_string(&description);
     }
@@ -1070,7 +1070,7 @@ proptest! {
         let header_length = u16_at(&file, 8);
         prop_assert_eq!(header_length % 4, 0);
         let body = file.len() - header_length;
-        prop_assert_eq!(body, plaintext_length + usize::from(callguard::trust::encrypted::pad_count(plaintext_length)));
+        prop_assert_eq!(body, plaintext_length + usize::from(callguard::core::trust::encrypted::pad_count(plaintext_length)));
         prop_assert!(parse_header(&file, Mode::Strict).unwrap().pad_count <= 3);
     }
 }

@@ -1,5 +1,5 @@
-//! TVS (spec/04 §8) and secure-SRST certificate capture (spec/04 §9.2): conformance tests W-16 (TVS part),
-//! W-17, W-18, N-12 and N-13 (spec/04 §10), over real TLS on 127.0.0.1 where the spec's wording asks for it.
+//! TVS (docs/wire-formats.md §8) and secure-SRST certificate capture (docs/wire-formats.md §9.2): conformance tests W-16 (TVS part),
+//! W-17, W-18, N-12 and N-13 (docs/wire-formats.md §10), over real TLS on 127.0.0.1 where the spec's wording asks for it.
 //! The expected bytes are the spec's worked frames; fingerprints are checked against the `openssl` CLI,
 //! and the tests fail (do not skip) when it is missing.
 
@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use callguard::srst::{
+use callguard::core::trust::codes::Role;
+use callguard::services::srst::{
     ApprovalState, GatewayCertificate, InvalidSrstCertificate, Observation, SrstError, capture_certificate, certificate_from_pem,
     certificate_from_secret,
 };
-use callguard::trust::codes::Role;
-use callguard::tvs::{
+use callguard::services::tvs::{
     CertificateDirectory, CloseReason, Command as TvsCommand, ConnectionEnd, ConnectionReport, DirectoryError, Element, Frame,
     InvalidReason, ServerLimits, SessionNote, TvsServer, TvsSession, Verdict, VerifyStatus, serve_connection, tls_server_config,
 };
@@ -35,12 +35,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
 
-/// The spec's worked VERIFY_RESPONSE: session 7, STATUS 0, ROLES 01 07, TTL 86 400 (spec/04 §8).
+/// The spec's worked VERIFY_RESPONSE: session 7, STATUS 0, ROLES 01 07, TTL 86 400 (docs/wire-formats.md §8).
 const SPEC_VERIFY_RESPONSE: [u8; 26] = [
     0x57, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x10, 0x07, 0x00, 0x01, 0x00, 0x08, 0x00, 0x02, 0x01, 0x07, 0x09, 0x00, 0x04,
     0x00, 0x01, 0x51, 0x80,
 ];
-/// The spec's worked invalid VERIFY_RESPONSE: session 7, STATUS 1 only (spec/04 §8).
+/// The spec's worked invalid VERIFY_RESPONSE: session 7, STATUS 1 only (docs/wire-formats.md §8).
 const SPEC_INVALID_RESPONSE: [u8; 14] = [0x57, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x04, 0x07, 0x00, 0x01, 0x01];
 const SPEC_DEVICE_NAME: &str = "CP-8841-SEP001122334455";
 
@@ -86,7 +86,7 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_750_000_000).expect("valid timestamp")
 }
 
-/// A VERIFY_REQUEST laid out by hand from spec/04 §8, independently of the encoder:
+/// A VERIFY_REQUEST laid out by hand from docs/wire-formats.md §8, independently of the encoder:
 /// `57 01 01 00 <session id> <LL LL> 01 <len> 01 "name" 02 <DD DD> <DER>`.
 fn verify_request_bytes(session_id: u32, device_name: &str, certificate: &[u8]) -> Vec<u8> {
     let name_len = 1 + device_name.len();
@@ -741,5 +741,5 @@ fn n13_wrong_fingerprint_approval_leaves_the_certificate_pending() {
     assert_eq!(certificate.approve(&sha1), Err(SrstError::MalformedFingerprint(sha1.clone())));
     assert_eq!(certificate.state(), ApprovalState::Pending);
     let message = result.expect_err("mismatch").to_string();
-    assert!(message.contains("spec/04 §9.2"), "{message}");
+    assert!(message.contains("docs/wire-formats.md §9.2"), "{message}");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use callguard::manifest::parse_documents;
+use callguard::validate::manifest::parse_documents;
 use callguard::validate::{SecretPolicy, validate_documents};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -115,8 +115,8 @@ fn validate_bytes(bytes: &[u8]) -> Option<usize> {
 
 fn quickstart_documents() -> Vec<Value> {
     let mut values = Vec::new();
-    for file in callguard::manifest::collect_files(&[repo().join("examples/quickstart")]).unwrap() {
-        values.extend(callguard::manifest::load_file(&file).unwrap().into_iter().map(|d| d.value));
+    for file in callguard::validate::manifest::collect_files(&[repo().join("examples/quickstart")]).unwrap() {
+        values.extend(callguard::validate::manifest::load_file(&file).unwrap().into_iter().map(|d| d.value));
     }
     values
 }
@@ -476,7 +476,7 @@ proptest! {
             }
         }
         let path = root.path().to_path_buf();
-        let (documents, errors) = ends_quickly("load_paths", move || callguard::manifest::load_paths(&[path]))?;
+        let (documents, errors) = ends_quickly("load_paths", move || callguard::validate::manifest::load_paths(&[path]))?;
         for error in &errors {
             prop_assert!(error.file.starts_with(root.path()), "{error}");
         }

@@ -1,4 +1,4 @@
-//! An in-process Kubernetes API server for tests (DESIGN: "Testing and real peers"): plain HTTP on
+//! An in-process Kubernetes API server for tests (docs/architecture.md §7): plain HTTP on
 //! 127.0.0.1, the objects in memory, and the documented semantics the operator's controllers rely on —
 //! resourceVersion and generation, list and watch with selectors and bookmarks, 409 conflicts, the
 //! status subresource, merge / JSON / strategic merge patches, server-side apply with field managers,

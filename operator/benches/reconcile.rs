@@ -1,5 +1,5 @@
-//! `cargo bench --bench reconcile [-- PHONES]`: a cluster of 30,000 phones (DESIGN: a CallManager
-//! cluster's size) reconciled by the real `callguard operator` process against the in-process API
+//! `cargo bench --bench reconcile [-- PHONES]`: a cluster of 30,000 phones (the size of a large
+//! CallManager cluster) reconciled by the real `callguard operator` process against the in-process API
 //! server, from cold (no CA, no trust list, no status) to every object's status written. Prints the
 //! time, the API requests, and the operator's peak resident memory (its `ru_maxrss`).
 //!

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use callguard::controller::OperatorOptions;
+use callguard::adapters::controller::OperatorOptions;
 use callguard::ops::shutdown::Shutdown;
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ pub const CLUSTER: &str = "quickstart";
 /// The quickstart's objects, in namespace [`NAMESPACE`].
 pub fn quickstart() -> Vec<Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-    let (documents, errors) = callguard::manifest::load_paths(&[dir]);
+    let (documents, errors) = callguard::validate::manifest::load_paths(&[dir]);
     assert!(errors.is_empty(), "{errors:?}");
     documents
         .into_iter()
@@ -65,7 +65,7 @@ pub fn start_operator(
 pub fn start_operator_with(server: &FakeApiServer, options: OperatorOptions) -> (Shutdown, tokio::task::JoinHandle<Result<(), String>>) {
     let shutdown = Shutdown::new();
     let identity = options.identity.clone().unwrap_or_default();
-    let task = tokio::spawn(callguard::controller::run(server.client_as(&identity), options, shutdown.clone()));
+    let task = tokio::spawn(callguard::adapters::controller::run(server.client_as(&identity), options, shutdown.clone()));
     (shutdown, task)
 }
 

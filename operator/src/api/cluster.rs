@@ -33,7 +33,7 @@ impl ClusterSecurityMode {
     }
 }
 
-/// Digest used to sign the CTL and ITL files (spec 04 §3).
+/// Digest used to sign the CTL and ITL files (docs/wire-formats.md §3).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SignatureHash {
     #[default]
@@ -307,19 +307,19 @@ impl ClusterPorts {
     }
 }
 
-/// The CTL's security tokens (Chapter 3). Phones accept at most two SAST records (spec 04 §3.6).
+/// The CTL's security tokens (Chapter 3). Phones accept at most two SAST records (docs/wire-formats.md §3.6).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.signingToken in self.tokens").message("signingToken must be one of ctl.tokens (P.3-12)").field_path(".signingToken"))]
 pub struct CtlSettings {
-    /// Names of the SecurityTokens listed as SAST records; at most two (P.3-13, spec 04 §3.6).
+    /// Names of the SecurityTokens listed as SAST records; at most two (P.3-13, docs/wire-formats.md §3.6).
     #[schemars(length(min = 1, max = 2))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub tokens: Vec<String>,
     /// The SecurityToken that signs the CTL; a token of the published CTL (P.3-12).
     #[schemars(length(min = 1, max = 253))]
     pub signing_token: String,
-    /// Signature digest of the CTL and ITL; default SHA1 (spec 04 §3).
+    /// Signature digest of the CTL and ITL; default SHA1 (docs/wire-formats.md §3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_algorithm: Option<SignatureHash>,
 }

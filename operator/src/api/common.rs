@@ -5,7 +5,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A key of a Secret in the same namespace. Secrets never live in a spec (DESIGN: secrets).
+/// A key of a Secret in the same namespace. Secrets never live in a spec (docs/architecture.md §3.2).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

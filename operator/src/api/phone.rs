@@ -16,7 +16,7 @@ use super::{CertificateOperation, CertificateSummary, CommonStatus, DeviceSecuri
 pub struct MacAddress(String);
 
 impl MacAddress {
-    /// The device name, `SEP` and the MAC, as in the TFTP file names (spec 04 §3.1).
+    /// The device name, `SEP` and the MAC, as in the TFTP file names (docs/wire-formats.md §3.1).
     pub fn device_name(&self) -> String {
         format!("SEP{}", self.0)
     }

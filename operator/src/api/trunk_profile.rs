@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CommonStatus, DeviceSecurityMode, SipMethodAcceptance};
 
-/// Incoming Transport Type of a SIP trunk (Table 14-1; value set of later releases, spec 03 §6.3.1).
+/// Incoming Transport Type of a SIP trunk (Table 14-1, and the value set of later releases).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum IncomingTransport {
     /// "TCP+UDP".
@@ -16,7 +16,7 @@ pub enum IncomingTransport {
     Tls,
 }
 
-/// Outgoing Transport Type of a SIP trunk (Table 14-1, spec 03 §6.3.1).
+/// Outgoing Transport Type of a SIP trunk (Table 14-1, and the value set of later releases).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum OutgoingTransport {
     #[serde(rename = "TCP")]

@@ -1,7 +1,7 @@
 //! Logging for long-running commands: `tracing` events to stderr, filtered by `RUST_LOG`.
 //!
 //! Never log secret material: no private key, password, token PIN, digest credential or Secret data
-//! goes into a field or message (DESIGN: nothing private in logs). Log names and references instead.
+//! goes into a field or message (docs/architecture.md §8). Log names and references instead.
 
 use std::fmt;
 

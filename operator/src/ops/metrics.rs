@@ -3,7 +3,7 @@
 //! Reconciles are counted and timed by kind; failures carry the error's category as `reason`, never a
 //! message (messages can name objects and would make the series unbounded). Certificate expiry and the
 //! TFTP server's counters are read at scrape time, so nothing is copied or counted twice. No label ever
-//! carries secret material (DESIGN: nothing private in metrics).
+//! carries secret material (docs/architecture.md §8).
 
 use std::collections::BTreeMap;
 use std::fmt;

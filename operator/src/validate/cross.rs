@@ -44,7 +44,7 @@ impl<'a> Findings<'a> {
         self.push(kind, name, field, message);
     }
 
-    /// A Secret key reference resolves (DESIGN: secrets). Returns the value when it is present.
+    /// A Secret key reference resolves (docs/architecture.md §3.2). Returns the value when it is present.
     fn secret(&mut self, kind: &str, name: &str, field: &str, reference: &SecretKeyRef) -> Option<&'a [u8]> {
         if self.snapshot.is_invalid("Secret", &reference.name) {
             self.push(kind, name, field, format!("Secret/{} is invalid (see its own error)", reference.name));
@@ -54,7 +54,12 @@ impl<'a> Findings<'a> {
             Some(secret) => match secret.0.get(&reference.key) {
                 Some(value) => Some(value.as_slice()),
                 None => {
-                    self.push(kind, name, field, format!("Secret {:?} has no key {:?} (DESIGN: secrets)", reference.name, reference.key));
+                    self.push(
+                        kind,
+                        name,
+                        field,
+                        format!("Secret {:?} has no key {:?} (docs/architecture.md §3.2)", reference.name, reference.key),
+                    );
                     None
                 }
             },
@@ -64,7 +69,10 @@ impl<'a> Findings<'a> {
                         kind,
                         name,
                         field,
-                        format!("Secret {:?} not found in namespace {:?} (DESIGN: secrets)", reference.name, self.snapshot.namespace),
+                        format!(
+                            "Secret {:?} not found in namespace {:?} (docs/architecture.md §3.2)",
+                            reference.name, self.snapshot.namespace
+                        ),
                     );
                 }
                 None
@@ -73,7 +81,7 @@ impl<'a> Findings<'a> {
     }
 }
 
-/// One CallControlCluster per namespace; every other Callguard object belongs to it (spec 01 §16.3).
+/// One CallControlCluster per namespace; every other Callguard object belongs to it (docs/architecture.md §3.1).
 fn single_cluster<'a>(out: &mut Findings<'a>) -> Option<&'a CallControlCluster> {
     let snapshot = out.snapshot;
     let mut clusters = snapshot.clusters.values();
@@ -86,7 +94,7 @@ fn single_cluster<'a>(out: &mut Findings<'a>) -> Option<&'a CallControlCluster> 
             &name,
             "metadata.name",
             format!(
-                "namespace {:?} already holds CallControlCluster/{first_name}; one cluster per namespace (spec 01 §16.3)",
+                "namespace {:?} already holds CallControlCluster/{first_name}; one cluster per namespace (docs/architecture.md §3.1)",
                 snapshot.namespace
             ),
         );
@@ -99,7 +107,10 @@ fn single_cluster<'a>(out: &mut Findings<'a>) -> Option<&'a CallControlCluster> 
             kind,
             &name,
             "metadata.namespace",
-            format!("namespace {:?} has no CallControlCluster for this object to belong to (spec 01 §16.3)", snapshot.namespace),
+            format!(
+                "namespace {:?} has no CallControlCluster for this object to belong to (docs/architecture.md §3.1)",
+                snapshot.namespace
+            ),
         );
     }
     first
@@ -185,7 +196,7 @@ fn tokens(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
     }
 }
 
-/// A token's certificate is a PEM X.509 certificate with an RSA 2048 key (P.3-9, spec/04 §3.3) and
+/// A token's certificate is a PEM X.509 certificate with an RSA 2048 key (P.3-9, docs/wire-formats.md §3.3) and
 /// its key an `ENCRYPTED PRIVATE KEY` (P.3-17): a placeholder would only fail when the CTL is signed.
 fn token_material<T>(
     out: &mut Findings<'_>,

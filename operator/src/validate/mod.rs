@@ -1,4 +1,4 @@
-//! Validation in three layers (DESIGN: validation): the CRD schema and the CEL rules of each
+//! Validation in three layers (docs/architecture.md §4): the CRD schema and the CEL rules of each
 //! object (`schema`), then the rules across the objects of one namespace (`cross`). `validate`
 //! runs all three offline on manifests; the operator runs `cross` on what it reads from the API.
 
@@ -124,7 +124,7 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
             let v = Violation::new(
                 "metadata.name",
                 format!(
-                    "defined twice; first at {}:{first_at}: names are unique per kind and namespace (DESIGN: resources)",
+                    "defined twice; first at {}:{first_at}: names are unique per kind and namespace (docs/architecture.md §3.1)",
                     first.file.display()
                 ),
             );

@@ -268,7 +268,7 @@ fn cel_validator() -> &'static Validator {
 /// The parenthesised seed reference that ends a description: `(Table 5-2)`, `(P.3-5)`, `(Chapter 9)`.
 fn section_of(description: Option<&Value>) -> Option<String> {
     static SECTION: OnceLock<Regex> = OnceLock::new();
-    let re = SECTION.get_or_init(|| Regex::new(r"\(((?:Table|T\d|P\.|Chapter|spec|DESIGN)[^()]*)\)").expect("valid regex"));
+    let re = SECTION.get_or_init(|| Regex::new(r"\(((?:Table|T\d|P\.|Chapter|docs/)[^()]*)\)").expect("valid regex"));
     re.captures_iter(description?.as_str()?).last().map(|c| c[1].to_string())
 }
 

@@ -31,7 +31,7 @@ impl SecretData {
                 let text = encoded.as_str().unwrap_or_default();
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(|e| Violation::new(format!("data.{key}"), format!("not base64: {e} (DESIGN: secrets)")))?;
+                    .map_err(|e| Violation::new(format!("data.{key}"), format!("not base64: {e} (docs/architecture.md §3.2)")))?;
                 data.insert(key.clone(), Zeroizing::new(bytes));
             }
         }
@@ -115,7 +115,7 @@ impl Snapshot {
             "EndUser" => insert(&mut self.end_users, name, value)?,
             "ApplicationUser" => insert(&mut self.application_users, name, value)?,
             "SipRealm" => insert(&mut self.realms, name, value)?,
-            other => return Err(Violation::new("kind", format!("{other:?} is not a Callguard kind (DESIGN: resources)"))),
+            other => return Err(Violation::new("kind", format!("{other:?} is not a Callguard kind (docs/architecture.md §3.1)"))),
         }
         Ok(())
     }
@@ -150,7 +150,7 @@ impl Snapshot {
 }
 
 fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, K>, name: String, value: &Value) -> Result<(), Violation> {
-    let typed = K::deserialize(value).map_err(|e| Violation::new("spec", format!("{e} (DESIGN: resources)")))?;
+    let typed = K::deserialize(value).map_err(|e| Violation::new("spec", format!("{e} (docs/architecture.md §3.1)")))?;
     map.insert(name, typed);
     Ok(())
 }
@@ -159,7 +159,7 @@ fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, K>, name: S
 pub fn check_secret_shape(value: &Value) -> Vec<Violation> {
     let mut violations = Vec::new();
     if value.pointer("/metadata/name").and_then(Value::as_str).is_none() {
-        violations.push(Violation::new("metadata.name", "required field is missing (DESIGN: secrets)"));
+        violations.push(Violation::new("metadata.name", "required field is missing (docs/architecture.md §3.2)"));
     }
     for field in ["data", "stringData"] {
         match value.get(field) {
@@ -167,11 +167,11 @@ pub fn check_secret_shape(value: &Value) -> Vec<Violation> {
             Some(Value::Object(map)) => {
                 for (key, v) in map {
                     if !v.is_string() {
-                        violations.push(Violation::new(format!("{field}.{key}"), "must be a string (DESIGN: secrets)"));
+                        violations.push(Violation::new(format!("{field}.{key}"), "must be a string (docs/architecture.md §3.2)"));
                     }
                 }
             }
-            Some(_) => violations.push(Violation::new(field, "must be a mapping of key to string (DESIGN: secrets)")),
+            Some(_) => violations.push(Violation::new(field, "must be a mapping of key to string (docs/architecture.md §3.2)")),
         }
     }
     if violations.is_empty()

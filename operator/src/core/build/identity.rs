@@ -172,7 +172,7 @@ impl ClusterIdentity {
     }
 
     /// The certificate that signs configuration files and the ITL: the TFTP function of the first
-    /// TFTP node (the CallManager+TFTP certificate when both run there), as CallManager does (spec/04 §4).
+    /// TFTP node (the CallManager+TFTP certificate when both run there), as CallManager does (docs/wire-formats.md §4).
     pub fn tftp(&self) -> Option<&FunctionCertificate> {
         self.functions.iter().find(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
     }

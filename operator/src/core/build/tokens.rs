@@ -121,7 +121,7 @@ impl Tokens {
         Ok(())
     }
 
-    /// Which tokens the CTL lists and which signs it, continuing from the published CTL (spec/04 §3.9).
+    /// Which tokens the CTL lists and which signs it, continuing from the published CTL (docs/wire-formats.md §3.9).
     pub fn plan(&self, ctl: &CtlSettings, published: Option<&TrustList>) -> Result<CtlSigningPlan, BuildError> {
         let revocations: Vec<_> =
             self.tokens.values().map(|(_, certificate)| certificate.as_deref().and_then(|der| self.revocation(der))).collect();

@@ -1,12 +1,12 @@
 //! The cluster's trust lists: the ITL, always, signed by the TFTP certificate; and in mixed mode the
-//! CTL, signed by a security token (Chapter 3, spec/04 §3).
+//! CTL, signed by a security token (Chapter 3, docs/wire-formats.md §3).
 
 use super::BuildError;
 use super::identity::{ClusterIdentity, FunctionCertificate};
 use crate::core::pki::issue::ServerRole;
 use crate::core::trust::{BuiltTrustList, HashAlgorithm, Role, Signer, TrustFileBuilder, TrustList, TrustListKind};
 
-/// The record role of a function certificate (spec/04 §1.7).
+/// The record role of a function certificate (docs/wire-formats.md §1.7).
 pub fn record_role(role: ServerRole) -> Role {
     match role {
         ServerRole::CallManager => Role::Ccm,
@@ -30,12 +30,12 @@ pub struct TrustListPlan<'a> {
     pub sast: Vec<Vec<u8>>,
     pub functions: &'a [FunctionCertificate],
     pub hash: HashAlgorithm,
-    /// The published file of the same name: the new one must be signed by one of its SAST (spec/04 §3.9).
+    /// The published file of the same name: the new one must be signed by one of its SAST (docs/wire-formats.md §3.9).
     pub previous: Option<&'a TrustList>,
     pub now: u32,
 }
 
-/// Builds the file. The timestamp is the time the record set last changed (spec/04 §3.7 step 5): when
+/// Builds the file. The timestamp is the time the record set last changed (docs/wire-formats.md §3.7 step 5): when
 /// the records and signer equal the previous file's, its timestamp is kept, so that an unchanged trust
 /// list gives an unchanged file (PKCS#1 v1.5 signatures are deterministic).
 pub fn build_trust_list(plan: &TrustListPlan<'_>) -> Result<BuiltTrustList, BuildError> {

@@ -1,11 +1,11 @@
-//! Why a phone configuration is refused (spec/04 §6.3). Each message names the device or resource,
+//! Why a phone configuration is refused (docs/wire-formats.md §6.3). Each message names the device or resource,
 //! the field, the rule and the spec section, so that a Phone's condition explains itself.
 
 use std::fmt;
 
 use super::model::SecurityMode;
 
-/// A list of the configuration whose size or priorities are limited (spec/04 §6.1).
+/// A list of the configuration whose size or priorities are limited (docs/wire-formats.md §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberList {
     /// `devicePool/callManagerGroup/members`.
@@ -30,7 +30,7 @@ impl MemberList {
     }
 }
 
-/// The key of a device certificate, as far as configuration encryption cares (spec/04 §5.3).
+/// The key of a device certificate, as far as configuration encryption cares (docs/wire-formats.md §5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceKeyKind {
     Rsa,
@@ -54,19 +54,19 @@ pub enum RenderError {
     DuplicatePriority { device: String, list: MemberList, priority: u8 },
     /// A priority outside 0–4.
     PriorityOutOfRange { device: String, list: MemberList, priority: u8 },
-    /// `isSecure` true although no `secureSrstElement` is known (spec/04 §9.3).
+    /// `isSecure` true although no `secureSrstElement` is known (docs/wire-formats.md §9.3).
     SecureSrstWithoutElement { device: String },
     /// `encrConfig` true without an RSA device certificate; `found` is the key kind of the certificate there is.
     EncryptionNeedsRsaCertificate { device: String, found: Option<DeviceKeyKind> },
-    /// A `certHash` while `encrConfig` is false: with encryption off the hash is empty (spec/04 §5.6).
+    /// A `certHash` while `encrConfig` is false: with encryption off the hash is empty (docs/wire-formats.md §5.6).
     CertHashWithoutEncryption { device: String },
     /// No node of the cluster runs the CallManager service, so the group would be empty.
     NoCallManagerNode { cluster: String },
     /// The phone's protocol differs from its security profile's (P.5-9).
     ProfileProtocolMismatch { phone: String, profile: String },
-    /// `processNodeName` longer than 50 characters (spec/04 §6.1).
+    /// `processNodeName` longer than 50 characters (docs/wire-formats.md §6.1).
     ProcessNodeNameTooLong { device: String, name: String },
-    /// A secure URL that is not HTTPS or is longer than 255 characters (spec/04 §6.1).
+    /// A secure URL that is not HTTPS or is longer than 255 characters (docs/wire-formats.md §6.1).
     InvalidSecureUrl { device: String, element: &'static str, reason: &'static str },
     /// A device certificate that does not parse as X.509 DER.
     InvalidDeviceCertificate { reason: String },
@@ -81,35 +81,39 @@ impl fmt::Display for RenderError {
                 let source = profile.as_ref().map(|p| format!(" (PhoneSecurityProfile/{p}: sip.transportType TLS)")).unwrap_or_default();
                 write!(
                     f,
-                    "{device}: transportLayerProtocol 3 (TLS) with deviceSecurityMode 1 (Non Secure){source}: TLS needs mode 2 or 3 (spec/04 §6.3, spec/02 PR2)"
+                    "{device}: transportLayerProtocol 3 (TLS) with deviceSecurityMode 1 (Non Secure){source}: TLS needs mode 2 or 3 (docs/wire-formats.md §6.3; Table 5-2)"
                 )
             }
             RenderError::TcpAndUdpTransport { device, profile } => write!(
                 f,
-                "{device}: PhoneSecurityProfile/{profile}: sip.transportType TCPAndUDP would be transportLayerProtocol 4, which is undefined publicly and rendered only for devices that opt into CUCM mirroring; the API has no such opt-in (spec/04 §6.1, §6.3)"
+                "{device}: PhoneSecurityProfile/{profile}: sip.transportType TCPAndUDP would be transportLayerProtocol 4, which is undefined publicly and rendered only for devices that opt into CUCM mirroring; the API has no such opt-in (docs/wire-formats.md §6.1, §6.3)"
             ),
             RenderError::SecureModeWithoutCallManagerRecord { device, mode } => write!(
                 f,
-                "{device}: deviceSecurityMode {} ({}) needs a CCM or CCM+TFTP record in the device's effective trust list, and there is none (spec/04 §6.3, §6.1)",
+                "{device}: deviceSecurityMode {} ({}) needs a CCM or CCM+TFTP record in the device's effective trust list, and there is none (docs/wire-formats.md §6.3, §6.1)",
                 mode.code(),
                 mode.label()
             ),
             RenderError::TooManyMembers { device, list, count, max } => {
-                write!(f, "{device}: {} has {count} entries; at most {max} are allowed (spec/04 §6.3, §6.1)", list.element())
+                write!(f, "{device}: {} has {count} entries; at most {max} are allowed (docs/wire-formats.md §6.3, §6.1)", list.element())
             }
             RenderError::DuplicatePriority { device, list, priority } => {
                 write!(
                     f,
-                    "{device}: two members of {} have priority {priority}; priorities must be distinct (spec/04 §6.3)",
+                    "{device}: two members of {} have priority {priority}; priorities must be distinct (docs/wire-formats.md §6.3)",
                     list.element()
                 )
             }
             RenderError::PriorityOutOfRange { device, list, priority } => {
-                write!(f, "{device}: a member of {} has priority {priority}; priorities are 0 to 4 (spec/04 §6.1)", list.element())
+                write!(
+                    f,
+                    "{device}: a member of {} has priority {priority}; priorities are 0 to 4 (docs/wire-formats.md §6.1)",
+                    list.element()
+                )
             }
             RenderError::SecureSrstWithoutElement { device } => write!(
                 f,
-                "{device}: srstInfo/isSecure true needs the secureSrstElement, whose name and encoding are unknown; isSecure stays false (spec/04 §6.3, §9.3)"
+                "{device}: srstInfo/isSecure true needs the secureSrstElement, whose name and encoding are unknown; isSecure stays false (docs/wire-formats.md §6.3, §9.3)"
             ),
             RenderError::EncryptionNeedsRsaCertificate { device, found } => {
                 let what = match found {
@@ -118,26 +122,33 @@ impl fmt::Display for RenderError {
                 };
                 write!(
                     f,
-                    "{device}: encrConfig true needs an RSA device certificate (LSC, or MIC without LSC), but {what} (spec/04 §6.3, §5.3)"
+                    "{device}: encrConfig true needs an RSA device certificate (LSC, or MIC without LSC), but {what} (docs/wire-formats.md §6.3, §5.3)"
                 )
             }
             RenderError::CertHashWithoutEncryption { device } => {
-                write!(f, "{device}: certHash is set while encrConfig is false; with encryption off certHash is empty (spec/04 §5.6)")
+                write!(
+                    f,
+                    "{device}: certHash is set while encrConfig is false; with encryption off certHash is empty (docs/wire-formats.md §5.6)"
+                )
             }
             RenderError::NoCallManagerNode { cluster } => write!(
                 f,
-                "CallControlCluster/{cluster}: nodes: no node runs the CallManager service, so devicePool/callManagerGroup would be empty (spec/04 §6.1)"
+                "CallControlCluster/{cluster}: nodes: no node runs the CallManager service, so devicePool/callManagerGroup would be empty (docs/wire-formats.md §6.1)"
             ),
             RenderError::ProfileProtocolMismatch { phone, profile } => {
                 write!(f, "Phone/{phone}: protocol differs from PhoneSecurityProfile/{profile}'s protocol (P.5-9)")
             }
             RenderError::ProcessNodeNameTooLong { device, name } => write!(
                 f,
-                "{device}: processNodeName {name:?} has {} characters; at most 50 are allowed (spec/04 §6.1)",
+                "{device}: processNodeName {name:?} has {} characters; at most 50 are allowed (docs/wire-formats.md §6.1)",
                 name.chars().count()
             ),
-            RenderError::InvalidSecureUrl { device, element, reason } => write!(f, "{device}: {element} {reason} (spec/04 §6.1)"),
-            RenderError::InvalidDeviceCertificate { reason } => write!(f, "device certificate: not X.509 DER: {reason} (spec/04 §5.5)"),
+            RenderError::InvalidSecureUrl { device, element, reason } => {
+                write!(f, "{device}: {element} {reason} (docs/wire-formats.md §6.1)")
+            }
+            RenderError::InvalidDeviceCertificate { reason } => {
+                write!(f, "device certificate: not X.509 DER: {reason} (docs/wire-formats.md §5.5)")
+            }
             RenderError::Xml(reason) => write!(f, "writing the configuration XML failed: {reason}"),
         }
     }

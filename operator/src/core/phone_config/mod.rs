@@ -1,7 +1,7 @@
-//! A phone's configuration file, `SEP<MAC>.cnf.xml` (spec/04 §5.5, §5.6, §6, §9.3): a typed model
+//! A phone's configuration file, `SEP<MAC>.cnf.xml` (docs/wire-formats.md §5.5, §5.6, §6, §9.3): a typed model
 //! (`model`), its XML rendering (`render`) and its construction from the resources (`resolve`).
 //!
-//! Serving (spec/04 §5.6): with encryption on, `render_full` is the plaintext of `.enc.sgn` and
+//! Serving (docs/wire-formats.md §5.6): with encryption on, `render_full` is the plaintext of `.enc.sgn` and
 //! `render_stub` the payload of `.sgn` (and, unsigned, of the plain name); with it off, `render_full`
 //! is the `.sgn` payload, `certHash` is empty and `encrConfig` false.
 

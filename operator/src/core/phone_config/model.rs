@@ -1,14 +1,14 @@
-//! The typed model of `SEP<MAC>.cnf.xml` (spec/04 §6.1): every security element as a field, every
+//! The typed model of `SEP<MAC>.cnf.xml` (docs/wire-formats.md §6.1): every security element as a field, every
 //! closed value set as an enum. `render` writes it; `resolve` builds it from the resources.
 //!
-//! Hardening (spec/02 §6, the guide's Chapter 9) goes in the product-specific `vendorConfig` element,
+//! Hardening (the guide's Chapter 9, P.9-2) goes in the product-specific `vendorConfig` element,
 //! which neither spec describes. The element names are those of the configuration files phones are
 //! provisioned with in public templates; their encodings agree there only for `settingsAccess`
 //! (1 on), `pcPort` (0 on) and the speakerphone switches (`true`/`false`), so only those are
 //! rendered. `garp`, `webAccess` and `voiceVlanAccess` appear with either value as the default, so
 //! writing them could turn a setting the wrong way: `resolve` reports them as `HardeningNotRendered`
 //! instead (a lab check on a phone settles them).
-//! Likewise `mgcpPorts` (Callguard runs no MGCP) and `capf6` (spec/04 §6.1: not emitted) are left out.
+//! Likewise `mgcpPorts` (Callguard runs no MGCP) and `capf6` (docs/wire-formats.md §6.1: not emitted) are left out.
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -16,26 +16,26 @@ use sha1::Sha1;
 
 use super::error::{MemberList, RenderError};
 
-/// At most this many members in the callManager group, TVS and capfList (spec/04 §6.1).
+/// At most this many members in the callManager group, TVS and capfList (docs/wire-formats.md §6.1).
 pub const MAX_GROUP_MEMBERS: usize = 5;
-/// Member priorities run 0–4, lowest tried first (spec/04 §6.1).
+/// Member priorities run 0–4, lowest tried first (docs/wire-formats.md §6.1).
 pub const MAX_PRIORITY: u8 = 4;
-/// `processNodeName` is at most 50 characters (spec/04 §6.1).
+/// `processNodeName` is at most 50 characters (docs/wire-formats.md §6.1).
 pub const MAX_PROCESS_NODE_NAME: usize = 50;
-/// Secure URLs are at most 255 characters (spec/04 §6.1).
+/// Secure URLs are at most 255 characters (docs/wire-formats.md §6.1).
 pub const MAX_SECURE_URL: usize = 255;
-/// `vpnGroup/credentials` holds `certHash1` to `certHash10` (spec/04 §6.1).
+/// `vpnGroup/credentials` holds `certHash1` to `certHash10` (docs/wire-formats.md §6.1).
 pub const MAX_VPN_CERT_HASHES: usize = 10;
-/// `TLSResumptionTimer` default in seconds (spec/04 §6.1).
+/// `TLSResumptionTimer` default in seconds (docs/wire-formats.md §6.1).
 pub const DEFAULT_TLS_RESUMPTION_SECONDS: u32 = 3600;
-/// Port of `TVS/members/member/port` (spec/04 §6.1).
+/// Port of `TVS/members/member/port` (docs/wire-formats.md §6.1).
 pub const TVS_PORT: u16 = 2445;
-/// SCCP port of an SRST gateway, `srstInfo/portN` (spec/04 §6.1).
+/// SCCP port of an SRST gateway, `srstInfo/portN` (docs/wire-formats.md §6.1).
 pub const SRST_SCCP_PORT: u16 = 2000;
-/// SIP port of an SRST gateway, `srstInfo/sipPortN` (spec/04 §6.1).
+/// SIP port of an SRST gateway, `srstInfo/sipPortN` (docs/wire-formats.md §6.1).
 pub const SRST_SIP_PORT: u16 = 5060;
 
-/// `deviceProtocol` (spec/04 §6.1).
+/// `deviceProtocol` (docs/wire-formats.md §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceProtocol {
     Sccp,
@@ -51,7 +51,7 @@ impl DeviceProtocol {
     }
 }
 
-/// `deviceSecurityMode`: 1, 2 or 3. Some third-party templates use 0; it is never emitted (spec/04 §6.1).
+/// `deviceSecurityMode`: 1, 2 or 3. Some third-party templates use 0; it is never emitted (docs/wire-formats.md §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SecurityMode {
     NonSecure,
@@ -81,7 +81,7 @@ impl SecurityMode {
     }
 }
 
-/// `transportLayerProtocol` of a SIP phone (spec/04 §6.1). CUCM's undocumented `4` is not modelled:
+/// `transportLayerProtocol` of a SIP phone (docs/wire-formats.md §6.1). CUCM's undocumented `4` is not modelled:
 /// §6.3 allows it only for devices opting into CUCM mirroring, which the API cannot express.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportLayerProtocol {
@@ -100,7 +100,7 @@ impl TransportLayerProtocol {
     }
 }
 
-/// `ipAddressMode`. Only `0` appears in the spec's examples (spec/04 §5.5, §6.4); no other value is specified.
+/// `ipAddressMode`. Only `0` appears in the spec's examples (docs/wire-formats.md §5.5, §6.4); no other value is specified.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum IpAddressMode {
     #[default]
@@ -115,7 +115,7 @@ impl IpAddressMode {
     }
 }
 
-/// `capfAuthMode` (spec/04 §6.1); the same numbering as the CAPF AUTH_TYPE element (§7.4).
+/// `capfAuthMode` (docs/wire-formats.md §6.1); the same numbering as the CAPF AUTH_TYPE element (§7.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CapfAuthMode {
     /// `0`: no CAPF operation pending [D]; its meaning in CUCM output is undocumented.
@@ -143,11 +143,11 @@ impl CapfAuthMode {
     }
 }
 
-/// `…/callManager/ports`. SCCP-TLS is `ethernetPhonePort` + 443; no element carries it (spec/04 §6.1).
+/// `…/callManager/ports`. SCCP-TLS is `ethernetPhonePort` + 443; no element carries it (docs/wire-formats.md §6.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallManagerPorts {
     pub ethernet_phone_port: u16,
-    /// `sipPort` and `securedSipPort`, written for SIP phones (spec/04 §6.4).
+    /// `sipPort` and `securedSipPort`, written for SIP phones (docs/wire-formats.md §6.4).
     pub sip: Option<SipPorts>,
 }
 
@@ -167,7 +167,7 @@ pub struct CallManagerMember {
     pub process_node_name: String,
 }
 
-/// `srstInfo/srstOption`: the values observed in CUCM output (spec/04 §6.1).
+/// `srstInfo/srstOption`: the values observed in CUCM output (docs/wire-formats.md §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SrstOption {
     Disable,
@@ -183,14 +183,14 @@ impl SrstOption {
     }
 }
 
-/// One SRST gateway address and port; an empty address leaves the slot unused (spec/04 §6.5).
+/// One SRST gateway address and port; an empty address leaves the slot unused (docs/wire-formats.md §6.5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SrstEndpoint {
     pub address: String,
     pub port: u16,
 }
 
-/// `devicePool/srstInfo` (spec/04 §6.1).
+/// `devicePool/srstInfo` (docs/wire-formats.md §6.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SrstInfo {
     pub name: String,
@@ -200,18 +200,18 @@ pub struct SrstInfo {
     pub sccp: Option<[SrstEndpoint; 3]>,
     /// `sipIpAddr1..3` + `sipPort1..3`.
     pub sip: Option<[SrstEndpoint; 3]>,
-    /// True only with a known `secureSrstElement`, which nothing defines yet (spec/04 §9.3).
+    /// True only with a known `secureSrstElement`, which nothing defines yet (docs/wire-formats.md §9.3).
     pub is_secure: bool,
 }
 
 impl SrstInfo {
-    /// No SRST: the form of the spec/04 §6.4 example.
+    /// No SRST: the form of the docs/wire-formats.md §6.4 example.
     pub fn disabled() -> Self {
         SrstInfo { name: "Disable".into(), option: SrstOption::Disable, user_modifiable: false, sccp: None, sip: None, is_secure: false }
     }
 }
 
-/// `TVS/members/member` (spec/04 §6.1).
+/// `TVS/members/member` (docs/wire-formats.md §6.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TvsMember {
     pub priority: u8,
@@ -219,14 +219,14 @@ pub struct TvsMember {
     pub address: String,
 }
 
-/// `capfList/capf` (spec/04 §6.1).
+/// `capfList/capf` (docs/wire-formats.md §6.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapfEntry {
     pub phone_port: u16,
     pub process_node_name: String,
 }
 
-/// `authName` and `authPassword` of a SIP line: the digest user's credentials (spec/02 §5.1).
+/// `authName` and `authPassword` of a SIP line: the digest user's credentials (P.8-1, Table 8-2).
 #[derive(Clone, PartialEq, Eq)]
 pub struct DigestAuth {
     pub name: String,
@@ -247,7 +247,7 @@ impl std::fmt::Debug for DigestAuth {
     }
 }
 
-/// `sipLines/line/proxy`: the only value the spec shows (spec/04 §6.4).
+/// `sipLines/line/proxy`: the only value the spec shows (docs/wire-formats.md §6.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LineProxy {
     #[default]
@@ -262,7 +262,7 @@ impl LineProxy {
     }
 }
 
-/// `sipProfile/sipLines/line` (spec/04 §6.4).
+/// `sipProfile/sipLines/line` (docs/wire-formats.md §6.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SipLine {
     /// `@button` and `@lineIndex`, from 1.
@@ -272,7 +272,7 @@ pub struct SipLine {
     pub feature_id: u16,
     pub feature_label: String,
     pub proxy: LineProxy,
-    /// The line `<port>`; stays the SIP port under TLS, as in CUCM output (spec/04 §6.4).
+    /// The line `<port>`; stays the SIP port under TLS, as in CUCM output (docs/wire-formats.md §6.4).
     pub port: u16,
     pub name: String,
     pub display_name: String,
@@ -281,17 +281,17 @@ pub struct SipLine {
     pub contact: String,
 }
 
-/// The `featureID` of a line in the spec's example (spec/04 §6.4).
+/// The `featureID` of a line in the spec's example (docs/wire-formats.md §6.4).
 pub const LINE_FEATURE_ID: u16 = 9;
 
-/// `sipProfile` (spec/04 §6.4).
+/// `sipProfile` (docs/wire-formats.md §6.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SipProfile {
     pub register_with_proxy: bool,
     pub lines: Vec<SipLine>,
 }
 
-/// The secure URLs, HTTPS and at most 255 characters each (spec/04 §6.1).
+/// The secure URLs, HTTPS and at most 255 characters each (docs/wire-formats.md §6.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecureUrls {
     pub authentication: Option<String>,
@@ -304,7 +304,7 @@ pub struct SecureUrls {
 }
 
 impl SecureUrls {
-    /// The set URLs with their element names, in the order spec/04 §6.1 lists them.
+    /// The set URLs with their element names, in the order docs/wire-formats.md §6.1 lists them.
     pub fn elements(&self) -> Vec<(&'static str, &str)> {
         [
             ("secureAuthenticationURL", &self.authentication),
@@ -321,7 +321,7 @@ impl SecureUrls {
     }
 }
 
-/// `phoneServices` (spec/04 §6.4).
+/// `phoneServices` (docs/wire-formats.md §6.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PhoneServices {
     /// `@useHTTPS`.
@@ -330,12 +330,12 @@ pub struct PhoneServices {
     pub provisioning: u8,
 }
 
-/// `certHash`: MD5 of the device certificate DER, 32 lowercase hex characters (spec/04 §5.5).
+/// `certHash`: MD5 of the device certificate DER, 32 lowercase hex characters (docs/wire-formats.md §5.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CertHash(pub [u8; 16]);
 
 impl CertHash {
-    /// Hashes the DER, never the PEM (spec/04 §5.5).
+    /// Hashes the DER, never the PEM (docs/wire-formats.md §5.5).
     pub fn of_der(der: &[u8]) -> Self {
         CertHash(Md5::digest(der).into())
     }
@@ -352,13 +352,13 @@ impl CertHash {
         }
         Some(CertHash(out))
     }
-    /// Lowercase hex, as phones compare it (spec/04 §5.5).
+    /// Lowercase hex, as phones compare it (docs/wire-formats.md §5.5).
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
-/// `vpnGroup/credentials/hashAlg`: `0` = SHA-1, the only value specified (spec/04 §6.1).
+/// `vpnGroup/credentials/hashAlg`: `0` = SHA-1, the only value specified (docs/wire-formats.md §6.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum VpnHashAlgorithm {
     #[default]
@@ -373,7 +373,7 @@ impl VpnHashAlgorithm {
     }
 }
 
-/// `certHashN` of a VPN server: base64(SHA-1(certificate DER)), 28 characters (spec/04 §6.1).
+/// `certHashN` of a VPN server: base64(SHA-1(certificate DER)), 28 characters (docs/wire-formats.md §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VpnCertHash(pub [u8; 20]);
 
@@ -386,7 +386,7 @@ impl VpnCertHash {
     }
 }
 
-/// `vpnGroup/credentials` (spec/04 §6.1).
+/// `vpnGroup/credentials` (docs/wire-formats.md §6.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VpnGroup {
     pub hash_algorithm: VpnHashAlgorithm,
@@ -422,7 +422,7 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
-/// `sshUserId` and `sshPassword` (spec/04 §6.1).
+/// `sshUserId` and `sshPassword` (docs/wire-formats.md §6.1).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SshCredentials {
     pub user_id: String,
@@ -456,14 +456,14 @@ pub struct PhoneConfig {
     pub security_mode: SecurityMode,
     pub secure_urls: SecureUrls,
     pub phone_services: Option<PhoneServices>,
-    /// SIP only; SCCP has no `transportLayerProtocol` (spec/04 §6.5).
+    /// SIP only; SCCP has no `transportLayerProtocol` (docs/wire-formats.md §6.5).
     pub transport: Option<TransportLayerProtocol>,
     /// `TLSResumptionTimer` in seconds.
     pub tls_resumption_timer: Option<u32>,
     pub capf_auth_mode: CapfAuthMode,
     /// Empty: no `capfList` element.
     pub capf_list: Vec<CapfEntry>,
-    /// `None` writes an empty `certHash` (encryption off, spec/04 §5.6).
+    /// `None` writes an empty `certHash` (encryption off, docs/wire-formats.md §5.6).
     pub cert_hash: Option<CertHash>,
     pub encr_config: bool,
     pub vpn_group: Option<VpnGroup>,
@@ -486,7 +486,7 @@ pub struct VendorConfig {
 }
 
 impl PhoneConfig {
-    /// The refusals of spec/04 §6.3 that the model alone decides; `resolve` adds those that need
+    /// The refusals of docs/wire-formats.md §6.3 that the model alone decides; `resolve` adds those that need
     /// the trust list and the device certificate.
     pub fn check(&self) -> Result<(), RenderError> {
         let device = || self.device_name.clone();

@@ -1,5 +1,5 @@
 //! Writes a `PhoneConfig` as XML with quick-xml, which does the escaping. Element order follows the
-//! examples of spec/04 §6.4 and §6.5 (full file) and §5.5 (stub). Where an element appears in no
+//! examples of docs/wire-formats.md §6.4 and §6.5 (full file) and §5.5 (stub). Where an element appears in no
 //! example (`vpnGroup`, the secure URLs other than `secureServicesURL`), its place is our choice [D].
 //! Same model, same bytes: nothing here depends on time, randomness or hash-map order.
 
@@ -14,10 +14,10 @@ use super::model::*;
 type Xml = Writer<Vec<u8>>;
 
 /// The full configuration: `fullConfig` true. With encryption on, this is the plaintext inside
-/// `SEP<MAC>.cnf.xml.enc.sgn`; with it off, the payload of `SEP<MAC>.cnf.xml.sgn` (spec/04 §5.6).
+/// `SEP<MAC>.cnf.xml.enc.sgn`; with it off, the payload of `SEP<MAC>.cnf.xml.sgn` (docs/wire-formats.md §5.6).
 pub fn render_full(config: &PhoneConfig) -> Result<Vec<u8>, RenderError> {
     config.check()?;
-    // The full file of an encrypted phone is only ever encrypted for its certificate (spec/04 §5.3);
+    // The full file of an encrypted phone is only ever encrypted for its certificate (docs/wire-formats.md §5.3);
     // without one there is nothing to encrypt for. The stub needs no certificate.
     if config.encr_config && config.cert_hash.is_none() {
         return Err(RenderError::EncryptionNeedsRsaCertificate { device: config.device_name.clone(), found: None });
@@ -25,9 +25,9 @@ pub fn render_full(config: &PhoneConfig) -> Result<Vec<u8>, RenderError> {
     document(|w| write_full(w, config))
 }
 
-/// The companion stub of spec/04 §5.5: `fullConfig` false and the elements a phone needs to decide
+/// The companion stub of docs/wire-formats.md §5.5: `fullConfig` false and the elements a phone needs to decide
 /// whether to fetch the encrypted file or start CAPF. Served as `.sgn` while encryption is on, and
-/// unsigned as plain `SEP<MAC>.cnf.xml` (spec/04 §5.6).
+/// unsigned as plain `SEP<MAC>.cnf.xml` (docs/wire-formats.md §5.6).
 pub fn render_stub(config: &PhoneConfig) -> Result<Vec<u8>, RenderError> {
     config.check()?;
     document(|w| {
@@ -217,7 +217,7 @@ fn write_capf(w: &mut Xml, c: &PhoneConfig) -> io::Result<()> {
     Ok(())
 }
 
-/// `certHash` and `encrConfig`, shared by the full file and the stub (spec/04 §5.6).
+/// `certHash` and `encrConfig`, shared by the full file and the stub (docs/wire-formats.md §5.6).
 fn write_encryption(w: &mut Xml, c: &PhoneConfig) -> io::Result<()> {
     let hash = c.cert_hash.map(|h| h.to_hex()).unwrap_or_default();
     text(w, "certHash", &hash)?;
@@ -244,7 +244,7 @@ fn text(w: &mut Xml, name: &str, value: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Lowercase booleans, where CUCM writes `False` (spec/04 §5.5) [D].
+/// Lowercase booleans, where CUCM writes `False` (docs/wire-formats.md §5.5) [D].
 fn bool_text(value: bool) -> &'static str {
     if value { "true" } else { "false" }
 }

@@ -24,11 +24,11 @@ pub struct ResolvedSecrets {
 /// What the configuration needs to know of the device's effective trust list (ITL/CTL).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrustFacts {
-    /// The list has a CCM or CCM+TFTP record: required for modes 2 and 3 (spec/04 §6.1, §6.3).
+    /// The list has a CCM or CCM+TFTP record: required for modes 2 and 3 (docs/wire-formats.md §6.1, §6.3).
     pub has_call_manager_record: bool,
 }
 
-/// The device certificate configuration encryption uses: the LSC, or the MIC without an LSC (spec/04 §5.3).
+/// The device certificate configuration encryption uses: the LSC, or the MIC without an LSC (docs/wire-formats.md §5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceCertificate {
     pub cert_hash: CertHash,
@@ -112,7 +112,7 @@ pub struct PhoneConfigInput<'a> {
 /// Something the caller should surface as a Phone condition; the configuration is still rendered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigCondition {
-    /// The SRST reference is secure, but `isSecure` stays false until `secureSrstElement` is known (spec/04 §9.3).
+    /// The SRST reference is secure, but `isSecure` stays false until `secureSrstElement` is known (docs/wire-formats.md §9.3).
     SecureSrstUnavailable { srst_reference: String },
     /// The cluster is non-secure, so the file carries mode 1 and no TLS whatever the profile says (P.1-9).
     ClusterNonSecure { profile_mode: DeviceSecurityMode },
@@ -124,15 +124,15 @@ pub enum ConfigCondition {
     DigestCredentialsWithheld { reason: WithheldReason },
     /// The model takes digest credentials only by hand on the phone, so they are not in the file (T8-1 step 6).
     DigestCredentialsEnteredOnPhone,
-    /// The profile asks for encryption, but the model uses manual key distribution, whose format is unknown (spec/04 §5).
+    /// The profile asks for encryption, but the model uses manual key distribution, whose format is unknown (docs/wire-formats.md §5).
     ManualKeyEncryptionNotRendered,
-    /// Hardening settings that differ from the default but have no known element (spec/02 §6).
+    /// Hardening settings that differ from the default but have no known element (Chapter 9).
     HardeningNotRendered { settings: Vec<&'static str> },
     /// A certificate operation is asked for, and no CAPF service of this version carries it out yet:
     /// the file names the authentication mode, and the phone waits (Table 6-2, P.6-6).
     CertificateOperationPending { operation: CertificateOperation },
     /// Encryption is on but the phone has no certificate yet: only the stub is served, with a blank
-    /// certHash, until CAPF issues an LSC (spec/04 §5.1).
+    /// certHash, until CAPF issues an LSC (docs/wire-formats.md §5.1).
     AwaitingDeviceCertificate,
 }
 
@@ -181,7 +181,7 @@ impl fmt::Display for ConfigCondition {
         match self {
             ConfigCondition::SecureSrstUnavailable { srst_reference } => write!(
                 f,
-                "SrstReference/{srst_reference} is secure, but the cnf.xml element that carries the gateway certificate is unknown: isSecure is written false (spec/04 §9.3)"
+                "SrstReference/{srst_reference} is secure, but the cnf.xml element that carries the gateway certificate is unknown: isSecure is written false (docs/wire-formats.md §9.3)"
             ),
             ConfigCondition::ClusterNonSecure { profile_mode } => write!(
                 f,
@@ -210,11 +210,11 @@ impl fmt::Display for ConfigCondition {
                 operation.label()
             ),
             ConfigCondition::AwaitingDeviceCertificate => f.write_str(
-                "the configuration is to be encrypted but the phone has no certificate yet: only the stub is served, with a blank certHash, until CAPF issues an LSC (spec/04 §5.1)",
+                "the configuration is to be encrypted but the phone has no certificate yet: only the stub is served, with a blank certHash, until CAPF issues an LSC (docs/wire-formats.md §5.1)",
             ),
             ConfigCondition::HardeningNotRendered { settings } => write!(
                 f,
-                "hardening settings {} have no known cnf.xml encoding and are not delivered (spec/02 §6)",
+                "hardening settings {} have no known cnf.xml encoding and are not delivered (Chapter 9)",
                 settings.join(", ")
             ),
         }
@@ -229,7 +229,7 @@ pub struct Resolved {
     pub conditions: Vec<ConfigCondition>,
 }
 
-/// Builds and checks a phone's configuration, refusing what spec/04 §6.3 refuses.
+/// Builds and checks a phone's configuration, refusing what docs/wire-formats.md §6.3 refuses.
 pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
     let PhoneConfigInput {
         cluster,
@@ -332,7 +332,7 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
     };
 
     // Encryption: the profile asks, the cluster parameter allows it in mixed mode (P.7-2), and the
-    // model uses the public-key method, the only one implemented (spec/04 §5).
+    // model uses the public-key method, the only one implemented (docs/wire-formats.md §5).
     let wants_encryption = profile_spec.tftp_encrypted_config() && cluster_spec.tftp_encrypted_configuration() && mixed;
     let public_key_method = match phone.spec.model.config_encryption(phone.spec.protocol) {
         Some(ConfigEncryptionMethod::PhonePublicKey) => true,
@@ -349,7 +349,7 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
         match device_certificate {
             Some(DeviceCertificate { cert_hash, key_kind: DeviceKeyKind::Rsa }) => Some(cert_hash),
             // No certificate yet: the stub goes out with a blank certHash, which makes the phone start
-            // CAPF (spec/04 §5.1 step 2); the full file waits for the LSC.
+            // CAPF (docs/wire-formats.md §5.1 step 2); the full file waits for the LSC.
             None => {
                 conditions.push(ConfigCondition::AwaitingDeviceCertificate);
                 None
@@ -412,7 +412,7 @@ pub fn resolve(input: &PhoneConfigInput<'_>) -> Result<Resolved, RenderError> {
         secure_urls: SecureUrls::default(),
         phone_services: None,
         transport,
-        // Written with transportLayerProtocol, as in the SIP example (spec/04 §6.4).
+        // Written with transportLayerProtocol, as in the SIP example (docs/wire-formats.md §6.4).
         tls_resumption_timer: match protocol {
             DeviceProtocol::Sip => Some(DEFAULT_TLS_RESUMPTION_SECONDS),
             DeviceProtocol::Sccp => None,
@@ -444,7 +444,7 @@ fn security_mode(mode: DeviceSecurityMode) -> SecurityMode {
     }
 }
 
-/// `None` for TCP + UDP, whose code 4 spec/04 §6.3 refuses.
+/// `None` for TCP + UDP, whose code 4 docs/wire-formats.md §6.3 refuses.
 pub(super) fn transport(transport: SipTransport) -> Option<TransportLayerProtocol> {
     match transport {
         SipTransport::Tcp => Some(TransportLayerProtocol::Tcp),
@@ -454,7 +454,7 @@ pub(super) fn transport(transport: SipTransport) -> Option<TransportLayerProtoco
     }
 }
 
-/// The profile's Authentication Mode as `capfAuthMode` 1–4 (spec/04 §6.1, spec/02 §2.4).
+/// The profile's Authentication Mode as `capfAuthMode` 1–4 (docs/wire-formats.md §6.1; Table 5-1, Table 5-2).
 pub(super) fn capf_auth_mode(mode: CapfAuthenticationMode) -> CapfAuthMode {
     match mode {
         CapfAuthenticationMode::ByAuthenticationString => CapfAuthMode::AuthenticationString,
@@ -464,7 +464,7 @@ pub(super) fn capf_auth_mode(mode: CapfAuthenticationMode) -> CapfAuthMode {
     }
 }
 
-/// The gateway in the first slot of the phone's protocol, the other two slots empty (spec/04 §6.5).
+/// The gateway in the first slot of the phone's protocol, the other two slots empty (docs/wire-formats.md §6.5).
 fn srst_info(reference: &SrstReference, protocol: DeviceProtocol) -> SrstInfo {
     let slots = |port: u16| {
         let endpoint = |address: &str| SrstEndpoint { address: address.to_string(), port };
@@ -504,7 +504,7 @@ fn sip_profile(phone: &Phone, sip_port: u16, auth: Option<&DigestAuth>) -> SipPr
     SipProfile { register_with_proxy: true, lines }
 }
 
-/// The hardening settings with a known `vendorConfig` encoding (spec/02 §6, P.9-2, P.9-3).
+/// The hardening settings with a known `vendorConfig` encoding (P.9-2, P.9-3).
 fn vendor_config(phone: &Phone) -> VendorConfig {
     let h = phone.spec.hardening();
     VendorConfig {

@@ -5,7 +5,7 @@ use super::resolve::{capf_auth_mode, transport};
 use super::*;
 use crate::api::{CapfAuthenticationMode, SipTransport};
 
-/// A small valid SCCP configuration, the shape of spec/04 §6.5.
+/// A small valid SCCP configuration, the shape of docs/wire-formats.md §6.5.
 fn sample() -> PhoneConfig {
     PhoneConfig {
         device_name: "SEP0011223344AA".into(),
@@ -42,7 +42,7 @@ fn text(bytes: &[u8]) -> &str {
 
 #[test]
 fn codes_follow_the_value_tables() {
-    // spec/04 §6.1.
+    // docs/wire-formats.md §6.1.
     assert_eq!([SecurityMode::NonSecure, SecurityMode::Authenticated, SecurityMode::Encrypted].map(SecurityMode::code), [1, 2, 3]);
     assert_eq!(
         [TransportLayerProtocol::Tcp, TransportLayerProtocol::Udp, TransportLayerProtocol::Tls].map(TransportLayerProtocol::code),
@@ -60,7 +60,7 @@ fn codes_follow_the_value_tables() {
 
 #[test]
 fn profile_authentication_modes_map_to_capf_auth_modes_1_to_4() {
-    // spec/04 §6.1: 1 string, 2 null string, 3 LSC then MIC, 4 MIC.
+    // docs/wire-formats.md §6.1: 1 string, 2 null string, 3 LSC then MIC, 4 MIC.
     assert_eq!(capf_auth_mode(CapfAuthenticationMode::ByAuthenticationString).code(), 1);
     assert_eq!(capf_auth_mode(CapfAuthenticationMode::ByNullString).code(), 2);
     assert_eq!(capf_auth_mode(CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc).code(), 3);
@@ -103,7 +103,7 @@ fn text_is_escaped_by_quick_xml() {
 
 #[test]
 fn stub_has_exactly_the_spec_elements_in_order() {
-    // spec/04 §5.5: fullConfig, loadInformation, ipAddressMode, capfAuthMode, capfList, certHash, encrConfig.
+    // docs/wire-formats.md §5.5: fullConfig, loadInformation, ipAddressMode, capfAuthMode, capfList, certHash, encrConfig.
     let mut config = sample();
     config.cert_hash = Some(CertHash::of_der(b"device"));
     config.encr_config = true;

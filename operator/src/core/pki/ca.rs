@@ -1,5 +1,5 @@
 //! The cluster CA: a self-signed RSA root that issues the CallManager, TFTP and CAPF server certificates and
-//! the phones' LSCs (spec/01 §7: the CAPF certificate is the trust anchor for LSCs).
+//! the phones' LSCs (P.1-13: the CAPF certificate is the trust anchor for LSCs).
 //!
 //! The CA key leaves this type only as PEM, for a Secret or the state directory: no `Debug` prints it.
 
@@ -20,20 +20,20 @@ use super::keys::{self, KeyError};
 use super::serial::Serial;
 use super::signing::RsaSigningKey;
 
-/// Organisation of the CA subject; leaves copy it (spec/04 §7.8).
+/// Organisation of the CA subject; leaves copy it (docs/wire-formats.md §7.8).
 pub const CA_ORGANIZATION: &str = "Callguard";
-/// Default CA lifetime: ten years, twice the default LSC lifetime of five years (spec/02 `certificateValidityYears`),
+/// Default CA lifetime: ten years, twice the default LSC lifetime of five years (the CAPF service parameter, P.6-7),
 /// so a rotation can overlap a full LSC lifetime.
 pub const DEFAULT_CA_VALIDITY_DAYS: u32 = 3650;
 /// Longest CA lifetime accepted: thirty years.
 pub const MAX_CA_VALIDITY_DAYS: u32 = 10_950;
 /// Backdating of notBefore, so a peer whose clock runs a little slow accepts a fresh certificate. The LSC profile
-/// fixes it at five minutes (spec/04 §7.8); the CA and server certificates use the same for the same reason.
+/// fixes it at five minutes (docs/wire-formats.md §7.8); the CA and server certificates use the same for the same reason.
 pub const NOT_BEFORE_BACKDATE: Duration = Duration::minutes(5);
 /// RFC 5280 ub-common-name and ub-organizational-unit-name.
 pub(crate) const MAX_NAME_CHARS: usize = 64;
 
-/// RSA size of the CA key. 2048 matches the signer-key rule of spec/04 §3.3; the CA key never signs a trust file,
+/// RSA size of the CA key. 2048 matches the signer-key rule of docs/wire-formats.md §3.3; the CA key never signs a trust file,
 /// so larger sizes are allowed for sites that want them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CaKeySize {

@@ -1,5 +1,5 @@
 //! Facts about a certificate, read from its DER: what the renewal policy and the status need, plus the
-//! fingerprints the wire formats use (spec/04 §1.8: MD5 certHash, SHA-1 VPN pins, SHA-256 TVS lookup).
+//! fingerprints the wire formats use (docs/wire-formats.md §1.8: MD5 certHash, SHA-1 VPN pins, SHA-256 TVS lookup).
 
 use std::net::IpAddr;
 
@@ -15,7 +15,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use super::serial::{Serial, SerialError};
 
-/// The named curves a certificate key may use here (spec/04 §7.8).
+/// The named curves a certificate key may use here (docs/wire-formats.md §7.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EcCurve {
     P256,
@@ -88,7 +88,7 @@ pub struct CertificateFacts {
 pub enum InspectError {
     /// The bytes are not one DER X.509 certificate.
     NotACertificate(String),
-    /// The serial is zero or negative (spec/04 §1.5).
+    /// The serial is zero or negative (docs/wire-formats.md §1.5).
     BadSerial(SerialError),
     /// An extension the facts need is malformed or repeated.
     BadExtension(String),
@@ -199,7 +199,7 @@ fn subject_alt_name(name: &GeneralName<'_>) -> SubjectAltName {
 
 /// Whether `issuer_der`'s key signed `leaf_der` (and the leaf names it as issuer). Tells the CA rotation
 /// which leaves the old CA issued, since CAs of one cluster may share a subject DN and LSCs carry no
-/// authority key identifier (spec/04 §7.8).
+/// authority key identifier (docs/wire-formats.md §7.8).
 pub fn is_issued_by(leaf_der: &[u8], issuer_der: &[u8]) -> bool {
     let (Ok(leaf), Ok(issuer)) = (parse_certificate(leaf_der), parse_certificate(issuer_der)) else {
         return false;
@@ -224,12 +224,12 @@ pub fn md5_hex(der: &[u8]) -> String {
     lower_hex(&Md5::digest(der))
 }
 
-/// SHA-1 fingerprint of the DER certificate, lowercase hex (VPN pins, spec/04 §1.8).
+/// SHA-1 fingerprint of the DER certificate, lowercase hex (VPN pins, docs/wire-formats.md §1.8).
 pub fn sha1_hex(der: &[u8]) -> String {
     lower_hex(&Sha1::digest(der))
 }
 
-/// SHA-256 fingerprint of the DER certificate, lowercase hex (TVS lookup, spec/04 §1.8; status `sha256`).
+/// SHA-256 fingerprint of the DER certificate, lowercase hex (TVS lookup, docs/wire-formats.md §1.8; status `sha256`).
 pub fn sha256_hex(der: &[u8]) -> String {
     lower_hex(&Sha256::digest(der))
 }

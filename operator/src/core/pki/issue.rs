@@ -1,5 +1,5 @@
 //! Certificates the cluster CA issues: the server certificates of the cluster's functions (CallManager, TFTP,
-//! CAPF; spec/01 §7) and the phones' LSCs (spec/04 §7.8).
+//! CAPF; P.1-13) and the phones' LSCs (docs/wire-formats.md §7.8).
 //!
 //! Every function takes `now` from the caller and a serial the caller made unique ([`Serial::unique`]), so the
 //! output depends only on the inputs, the keys and the serial.
@@ -29,38 +29,38 @@ use super::inspect::{self, EcCurve, PublicKeyKind};
 use super::keys;
 use super::serial::Serial;
 
-/// LSC validity bounds in days (spec/04 §7.8).
+/// LSC validity bounds in days (docs/wire-formats.md §7.8).
 pub const LSC_VALIDITY_DAYS: std::ops::RangeInclusive<u32> = 1..=3650;
-/// Default LSC validity (spec/04 §7.8). CAPF passes `certificateValidityYears` instead (spec/02, default 5 years).
+/// Default LSC validity (docs/wire-formats.md §7.8). CAPF passes `certificateValidityYears` instead (P.6-7, default 5 years).
 pub const DEFAULT_LSC_VALIDITY_DAYS: u32 = 365;
 /// Server certificate validity bounds in days: the same ten-year ceiling as LSCs.
 pub const SERVER_VALIDITY_DAYS: std::ops::RangeInclusive<u32> = 1..=3650;
-/// RSA size of server keys: every CTL signer key is 2048 bits (spec/04 §3.3).
+/// RSA size of server keys: every CTL signer key is 2048 bits (docs/wire-formats.md §3.3).
 pub const SERVER_KEY_BITS: usize = 2048;
-/// RSA size allowed only with the trust-domain flag `legacySignerKeys` (spec/04 §3.3).
+/// RSA size allowed only with the trust-domain flag `legacySignerKeys` (docs/wire-formats.md §3.3).
 pub const LEGACY_SERVER_KEY_BITS: usize = 1024;
-/// id-kp-ipsecEndSystem, the third EKU of the LSC profile (spec/04 §7.8).
+/// id-kp-ipsecEndSystem, the third EKU of the LSC profile (docs/wire-formats.md §7.8).
 pub const EKU_IPSEC_END_SYSTEM: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 5];
 /// id-ce-basicConstraints.
 const OID_BASIC_CONSTRAINTS: [u64; 4] = [2, 5, 29, 19];
 /// DER of `BasicConstraints ::= SEQUENCE {}`: cA defaults to FALSE.
 const BASIC_CONSTRAINTS_NOT_CA: [u8; 2] = [0x30, 0x00];
 
-/// The function a server certificate serves, as the CTL names it (spec/04 §1.7).
+/// The function a server certificate serves, as the CTL names it (docs/wire-formats.md §1.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ServerRole {
     /// Verifies SIP-TLS / SCCP-TLS to the call agent (role 1).
     CallManager,
     /// Signs `.sgn` / `.enc.sgn` files (role 3).
     Tftp,
-    /// One certificate for a node running both CallManager and TFTP (role 2, spec/04 §3.7 step 1).
+    /// One certificate for a node running both CallManager and TFTP (role 2, docs/wire-formats.md §3.7 step 1).
     CallManagerAndTftp,
     /// Verifies the TLS connection to CAPF (role 4).
     Capf,
 }
 
 impl ServerRole {
-    /// The CTL record role code (spec/04 §1.7).
+    /// The CTL record role code (docs/wire-formats.md §1.7).
     pub fn ctl_role_code(self) -> u16 {
         match self {
             ServerRole::CallManager => 1,
@@ -82,8 +82,8 @@ impl ServerRole {
 
     /// Extended key usages. Every role accepts TLS connections (serverAuth). CallManager also opens TLS to SIP
     /// trunks and is the client side of SIP-TLS mutual authentication (clientAuth). TFTP needs no EKU for file
-    /// signing: phones check the signer against the CTL, not its EKU (spec/04 §3.8 step 4); serverAuth covers
-    /// HTTPS provisioning on 6971 (spec/04 §1.7).
+    /// signing: phones check the signer against the CTL, not its EKU (docs/wire-formats.md §3.8 step 4); serverAuth covers
+    /// HTTPS provisioning on 6971 (docs/wire-formats.md §1.7).
     fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
         match self {
             ServerRole::CallManager | ServerRole::CallManagerAndTftp => {
@@ -94,7 +94,7 @@ impl ServerRole {
     }
 }
 
-/// The server certificates a node of the cluster needs (spec/01 §7): CallManager and/or TFTP (combined when
+/// The server certificates a node of the cluster needs (P.1-13, P.1-14): CallManager and/or TFTP (combined when
 /// both run), and CAPF where the CAPF service runs.
 pub fn node_roles(cluster: &crate::api::CallControlClusterSpec, node: &crate::api::ClusterNode) -> Vec<ServerRole> {
     let services = node.services.clone().unwrap_or_default();
@@ -116,7 +116,7 @@ pub struct ServerCertificateRequest {
     pub validity_days: u32,
     pub serial: Serial,
     pub now: OffsetDateTime,
-    /// The trust domain's `legacySignerKeys` flag: allows 1024-bit keys (spec/04 §3.3).
+    /// The trust domain's `legacySignerKeys` flag: allows 1024-bit keys (docs/wire-formats.md §3.3).
     pub legacy_signer_keys: bool,
 }
 
@@ -136,7 +136,7 @@ impl std::fmt::Debug for IssuedServerCertificate {
     }
 }
 
-/// A phone key the LSC profile accepts (spec/04 §7.8).
+/// A phone key the LSC profile accepts (docs/wire-formats.md §7.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PhoneKey {
     Rsa1024,
@@ -147,7 +147,7 @@ pub enum PhoneKey {
 /// Where the LSC's public key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LscKeySource<'a> {
-    /// DER SubjectPublicKeyInfo, as the CAPF PUBLIC_KEY element carries it (spec/04 §7.8).
+    /// DER SubjectPublicKeyInfo, as the CAPF PUBLIC_KEY element carries it (docs/wire-formats.md §7.8).
     PublicKey(&'a [u8]),
     /// DER PKCS#10 request. Only its public key is used, after its self-signature verifies: the CA decides
     /// subject, extensions and validity.
@@ -157,10 +157,10 @@ pub enum LscKeySource<'a> {
 /// An LSC to issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LscRequest<'a> {
-    /// Device name, e.g. `SEP001122334455` (spec/04 §1.3): subject CN and SAN URI.
+    /// Device name, e.g. `SEP001122334455` (docs/wire-formats.md §1.3): subject CN and SAN URI.
     pub device_name: &'a str,
     pub key: LscKeySource<'a>,
-    /// 1..=3650 (spec/04 §7.8).
+    /// 1..=3650 (docs/wire-formats.md §7.8).
     pub validity_days: u32,
     pub serial: Serial,
     pub now: OffsetDateTime,
@@ -214,7 +214,7 @@ impl From<CaError> for IssueError {
 /// keyEncipherment, both critical; EKU per [`ServerRole`].
 ///
 /// KeyUsage: digitalSignature because TFTP signs `.sgn` files and (EC)DHE handshakes sign; keyEncipherment because
-/// the cluster's cipher suites include RSA key transport (`TLS_RSA_WITH_AES128_SHA`, spec/01 §6).
+/// the cluster's cipher suites include RSA key transport (`TLS_RSA_WITH_AES128_SHA`, P.1-12).
 /// Subject and authority key identifiers are kept on server certificates: they help chain building and no phone
 /// profile forbids them (unlike LSCs).
 pub fn issue_server_certificate(ca: &ClusterCa, request: &ServerCertificateRequest, key: &RsaPrivateKey) -> Result<Vec<u8>, IssueError> {
@@ -222,7 +222,7 @@ pub fn issue_server_certificate(ca: &ClusterCa, request: &ServerCertificateReque
     let allowed = bits == SERVER_KEY_BITS || (request.legacy_signer_keys && bits == LEGACY_SERVER_KEY_BITS);
     if !allowed {
         return Err(IssueError::KeyRefused(format!(
-            "server keys are RSA 2048 (1024 only with legacySignerKeys); this key has {bits} bits (spec/04 §3.3)"
+            "server keys are RSA 2048 (1024 only with legacySignerKeys); this key has {bits} bits (docs/wire-formats.md §3.3)"
         )));
     }
     check_hostname(&request.hostname)?;
@@ -258,7 +258,7 @@ pub fn issue_server_certificate_with_new_key(
     Ok(IssuedServerCertificate { certificate_der, key })
 }
 
-/// Issues an LSC exactly to the profile of spec/04 §7.8: subject CN = device name plus O, OU, L, ST, C of the CA
+/// Issues an LSC exactly to the profile of docs/wire-formats.md §7.8: subject CN = device name plus O, OU, L, ST, C of the CA
 /// subject; issuer = the CA subject; the caller's 16-byte serial; notBefore = now − 5 min, notAfter = now +
 /// validity; BasicConstraints CA:false (critical), KeyUsage digitalSignature + keyEncipherment (critical), EKU
 /// serverAuth, clientAuth, ipsecEndSystem, SAN URI = device name, and no other extension; SHA-256 with RSA.
@@ -273,12 +273,13 @@ pub fn issue_lsc(ca: &ClusterCa, request: &LscRequest<'_>) -> Result<IssuedLsc, 
     if phone_key == PhoneKey::Ec(EcCurve::P521) {
         return Err(p521_unsupported());
     }
-    let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&spki).map_err(|e| IssueError::KeyRefused(format!("{e} (spec/04 §7.8)")))?;
+    let subject_key =
+        rcgen::SubjectPublicKeyInfo::from_der(&spki).map_err(|e| IssueError::KeyRefused(format!("{e} (docs/wire-formats.md §7.8)")))?;
 
     let mut params = CertificateParams::default();
     params.distinguished_name = leaf_subject(ca, request.device_name)?;
     let uri = Ia5String::try_from(request.device_name)
-        .map_err(|e| IssueError::InvalidRequest(format!("device name is not IA5: {e} (spec/04 §1.3)")))?;
+        .map_err(|e| IssueError::InvalidRequest(format!("device name is not IA5: {e} (docs/wire-formats.md §1.3)")))?;
     params.subject_alt_names = vec![SanType::URI(uri)];
     // rcgen adds a SubjectKeyIdentifier whenever it writes BasicConstraints itself (IsCa::ExplicitNoCa), and has no
     // switch for that; the profile allows no SKI, so BasicConstraints goes in as a custom extension instead.
@@ -300,13 +301,13 @@ pub fn issue_lsc(ca: &ClusterCa, request: &LscRequest<'_>) -> Result<IssuedLsc, 
     Ok(IssuedLsc { certificate_der: certificate.der().to_vec(), phone_key })
 }
 
-/// Checks a phone's DER SubjectPublicKeyInfo against spec/04 §7.8: RSA of exactly 1024 or 2048 bits with an odd
+/// Checks a phone's DER SubjectPublicKeyInfo against docs/wire-formats.md §7.8: RSA of exactly 1024 or 2048 bits with an odd
 /// exponent ≥ 3 (512 is refused), or an uncompressed EC point on P-256, P-384 or P-521.
 pub fn check_phone_key(spki_der: &[u8]) -> Result<PhoneKey, IssueError> {
     let spki = match SubjectPublicKeyInfo::from_der(spki_der) {
         Ok(([], spki)) => spki,
-        Ok(_) => return Err(IssueError::KeyRefused("trailing bytes after the SubjectPublicKeyInfo (spec/04 §7.8)".into())),
-        Err(e) => return Err(IssueError::KeyRefused(format!("not a DER SubjectPublicKeyInfo: {e} (spec/04 §7.8)"))),
+        Ok(_) => return Err(IssueError::KeyRefused("trailing bytes after the SubjectPublicKeyInfo (docs/wire-formats.md §7.8)".into())),
+        Err(e) => return Err(IssueError::KeyRefused(format!("not a DER SubjectPublicKeyInfo: {e} (docs/wire-formats.md §7.8)"))),
     };
     match inspect::public_key_kind(&spki) {
         PublicKeyKind::Rsa { bits } => {
@@ -314,15 +315,17 @@ pub fn check_phone_key(spki_der: &[u8]) -> Result<PhoneKey, IssueError> {
                 1024 => PhoneKey::Rsa1024,
                 2048 => PhoneKey::Rsa2048,
                 other => {
-                    return Err(IssueError::KeyRefused(format!("RSA keys must have 1024 or 2048 bits, not {other} (spec/04 §7.8)")));
+                    return Err(IssueError::KeyRefused(format!(
+                        "RSA keys must have 1024 or 2048 bits, not {other} (docs/wire-formats.md §7.8)"
+                    )));
                 }
             };
-            let public =
-                RsaPublicKey::from_public_key_der(spki_der).map_err(|e| IssueError::KeyRefused(format!("RSA key: {e} (spec/04 §7.8)")))?;
+            let public = RsaPublicKey::from_public_key_der(spki_der)
+                .map_err(|e| IssueError::KeyRefused(format!("RSA key: {e} (docs/wire-formats.md §7.8)")))?;
             let e = public.e();
             let odd = e.to_bytes_be().last().is_some_and(|low| low & 1 == 1);
             if !odd || e < &rsa::BigUint::from(3u8) {
-                return Err(IssueError::KeyRefused("the RSA exponent must be odd and at least 3 (spec/04 §7.8)".into()));
+                return Err(IssueError::KeyRefused("the RSA exponent must be odd and at least 3 (docs/wire-formats.md §7.8)".into()));
             }
             Ok(key)
         }
@@ -330,11 +333,15 @@ pub fn check_phone_key(spki_der: &[u8]) -> Result<PhoneKey, IssueError> {
             let point: &[u8] = &spki.subject_public_key.data;
             let coordinate_bytes = (curve.bits() as usize).div_ceil(8);
             if point.len() != 1 + 2 * coordinate_bytes || point.first() != Some(&0x04) {
-                return Err(IssueError::KeyRefused(format!("EC key is not an uncompressed {curve:?} point (spec/04 §3.6, §7.8)")));
+                return Err(IssueError::KeyRefused(format!(
+                    "EC key is not an uncompressed {curve:?} point (docs/wire-formats.md §3.6, §7.8)"
+                )));
             }
             Ok(PhoneKey::Ec(curve))
         }
-        PublicKeyKind::Other => Err(IssueError::KeyRefused("only RSA and EC P-256/384/521 keys are accepted (spec/04 §7.8)".into())),
+        PublicKeyKind::Other => {
+            Err(IssueError::KeyRefused("only RSA and EC P-256/384/521 keys are accepted (docs/wire-formats.md §7.8)".into()))
+        }
     }
 }
 
@@ -352,7 +359,7 @@ pub fn public_key_from_csr(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
         PublicKeyKind::Rsa { .. } => verify_rsa_csr(&csr)?,
         PublicKeyKind::Ec(EcCurve::P521) => return Err(p521_unsupported()),
         PublicKeyKind::Ec(_) => csr.verify_signature().map_err(|e| IssueError::CsrRefused(format!("signature does not verify: {e}")))?,
-        PublicKeyKind::Other => return Err(IssueError::KeyRefused("only RSA and EC keys are accepted (spec/04 §7.8)".into())),
+        PublicKeyKind::Other => return Err(IssueError::KeyRefused("only RSA and EC keys are accepted (docs/wire-formats.md §7.8)".into())),
     }
     Ok(spki.raw.to_vec())
 }
@@ -360,12 +367,13 @@ pub fn public_key_from_csr(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
 /// The spec allows P-521, but rcgen and x509-parser built on ring can neither encode a P-521 SubjectPublicKeyInfo
 /// nor verify a P-521 signature.
 fn p521_unsupported() -> IssueError {
-    IssueError::KeyRefused("EC P-521 keys are not supported by this build's certificate encoder (spec/04 §7.8)".into())
+    IssueError::KeyRefused("EC P-521 keys are not supported by this build's certificate encoder (docs/wire-formats.md §7.8)".into())
 }
 
 fn verify_rsa_csr(csr: &X509CertificationRequest<'_>) -> Result<(), IssueError> {
     let spki = csr.certification_request_info.subject_pki.raw;
-    let public = RsaPublicKey::from_public_key_der(spki).map_err(|e| IssueError::KeyRefused(format!("RSA key: {e} (spec/04 §7.8)")))?;
+    let public =
+        RsaPublicKey::from_public_key_der(spki).map_err(|e| IssueError::KeyRefused(format!("RSA key: {e} (docs/wire-formats.md §7.8)")))?;
     let message = csr.certification_request_info.raw;
     let algorithm = &csr.signature_algorithm.algorithm;
     let (scheme, digest) = if *algorithm == OID_PKCS1_SHA256WITHRSA {
@@ -383,7 +391,7 @@ fn verify_rsa_csr(csr: &X509CertificationRequest<'_>) -> Result<(), IssueError> 
 }
 
 /// The leaf subject: `CN=<common_name>` followed by the CA subject's O, OU, L, ST and C in the CA's order
-/// (spec/04 §7.8).
+/// (docs/wire-formats.md §7.8).
 fn leaf_subject(ca: &ClusterCa, common_name: &str) -> Result<DistinguishedName, IssueError> {
     let cert = inspect::parse_certificate(ca.certificate_der()).map_err(CaError::from)?;
     let mut subject = DistinguishedName::new();
@@ -438,17 +446,21 @@ fn check_validity(field: &str, days: u32, range: &std::ops::RangeInclusive<u32>)
     if range.contains(&days) {
         Ok(())
     } else {
-        Err(IssueError::InvalidRequest(format!("{field} of {days} days is outside {}..={} (spec/04 §7.8)", range.start(), range.end())))
+        Err(IssueError::InvalidRequest(format!(
+            "{field} of {days} days is outside {}..={} (docs/wire-formats.md §7.8)",
+            range.start(),
+            range.end()
+        )))
     }
 }
 
-/// Device names: `SEP` + MAC for phones (spec/04 §1.3), other CAPF clients (CTI applications, softphones) use
+/// Device names: `SEP` + MAC for phones (docs/wire-formats.md §1.3), other CAPF clients (CTI applications, softphones) use
 /// other names; what every name must satisfy is a CN of at most 64 characters that is also a valid IA5 SAN URI.
 fn check_device_name(name: &str) -> Result<(), IssueError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > MAX_NAME_CHARS || !name.chars().all(allowed) {
         return Err(IssueError::InvalidRequest(format!(
-            "device name \"{name}\" must be 1..={MAX_NAME_CHARS} characters of A-Z, a-z, 0-9, '-', '_', '.' (spec/04 §1.3)"
+            "device name \"{name}\" must be 1..={MAX_NAME_CHARS} characters of A-Z, a-z, 0-9, '-', '_', '.' (docs/wire-formats.md §1.3)"
         )));
     }
     Ok(())

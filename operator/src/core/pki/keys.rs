@@ -1,6 +1,6 @@
 //! RSA private keys: generation, PEM, and password-encrypted PKCS#8 for token keys (P.3-17).
 //!
-//! Every signer of a Cisco trust file is RSA (spec/04 §3.3), so one key type serves them all.
+//! Every signer of a Cisco trust file is RSA (docs/wire-formats.md §3.3), so one key type serves them all.
 
 use pkcs8::pkcs5::pbes2;
 use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncryptedPrivateKeyInfo, LineEnding, PrivateKeyInfo};

@@ -16,7 +16,7 @@ pub struct RenewalPolicy {
 }
 
 impl RenewalPolicy {
-    /// LSCs: CUCM renews after 2/3 of the lifetime, i.e. with 1/3 left (spec/04 §7.8).
+    /// LSCs: CUCM renews after 2/3 of the lifetime, i.e. with 1/3 left (docs/wire-formats.md §7.8).
     pub const LSC: RenewalPolicy = RenewalPolicy { remaining_numerator: 1, remaining_denominator: 3 };
 
     /// Renew when less than `numerator / denominator` of the lifetime remains. `None` unless 0 < n/d < 1.
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn lsc_renews_after_two_thirds_of_the_lifetime() {
-        // 300-day LSC: due from day 200 (spec/04 §7.8).
+        // 300-day LSC: due from day 200 (docs/wire-formats.md §7.8).
         let lsc = facts("SEP001122334455", t(0), t(300), 1);
         assert_eq!(RenewalPolicy::LSC.renewal_time(lsc.not_before, lsc.not_after), t(200));
         assert!(!RenewalPolicy::LSC.is_due(&lsc, t(199)));

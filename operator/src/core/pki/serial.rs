@@ -1,11 +1,11 @@
-//! Certificate serial numbers: random 16-byte serials for issued certificates (spec/04 §7.8) and the
-//! comparison rule for serials from any source (spec/04 §1.5).
+//! Certificate serial numbers: random 16-byte serials for issued certificates (docs/wire-formats.md §7.8) and the
+//! comparison rule for serials from any source (docs/wire-formats.md §1.5).
 
 use std::collections::BTreeSet;
 
 use rand::RngCore;
 
-/// Bytes of a serial we issue (spec/04 §7.8).
+/// Bytes of a serial we issue (docs/wire-formats.md §7.8).
 pub const ISSUED_SERIAL_BYTES: usize = 16;
 
 /// Draws before [`Serial::unique`] gives up. With 2^127 possible serials a second draw is already
@@ -13,15 +13,15 @@ pub const ISSUED_SERIAL_BYTES: usize = 16;
 const MAX_UNIQUE_DRAWS: usize = 64;
 
 /// A certificate serial: its minimal unsigned big-endian magnitude, without leading `0x00` bytes, so that
-/// serials from DER, CTL records and status strings compare equal (spec/04 §1.5). Never zero.
+/// serials from DER, CTL records and status strings compare equal (docs/wire-formats.md §1.5). Never zero.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Serial(Vec<u8>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SerialError {
-    /// The serial is zero (or empty): refused (spec/04 §1.5).
+    /// The serial is zero (or empty): refused (docs/wire-formats.md §1.5).
     Zero,
-    /// The DER INTEGER is negative: refused (spec/04 §1.5).
+    /// The DER INTEGER is negative: refused (docs/wire-formats.md §1.5).
     Negative,
     /// The random source kept producing serials that are already issued.
     NoFreshSerial,
@@ -30,10 +30,10 @@ pub enum SerialError {
 impl std::fmt::Display for SerialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SerialError::Zero => write!(f, "certificate serial is zero (spec/04 §1.5)"),
-            SerialError::Negative => write!(f, "certificate serial is negative (spec/04 §1.5)"),
+            SerialError::Zero => write!(f, "certificate serial is zero (docs/wire-formats.md §1.5)"),
+            SerialError::Negative => write!(f, "certificate serial is negative (docs/wire-formats.md §1.5)"),
             SerialError::NoFreshSerial => {
-                write!(f, "no unused serial after {MAX_UNIQUE_DRAWS} random draws: the random source is broken (spec/04 §7.8)")
+                write!(f, "no unused serial after {MAX_UNIQUE_DRAWS} random draws: the random source is broken (docs/wire-formats.md §7.8)")
             }
         }
     }
@@ -43,7 +43,7 @@ impl std::error::Error for SerialError {}
 
 impl Serial {
     /// A fresh serial: 16 random bytes with the top bit cleared, so the DER INTEGER is positive without a
-    /// sign octet (spec/04 §7.8). The first byte is also non-zero, so the DER content is always exactly
+    /// sign octet (docs/wire-formats.md §7.8). The first byte is also non-zero, so the DER content is always exactly
     /// 16 bytes and the serial is never zero.
     pub fn random(rng: &mut impl RngCore) -> Serial {
         let mut bytes = [0u8; ISSUED_SERIAL_BYTES];
@@ -61,7 +61,7 @@ impl Serial {
         (0..MAX_UNIQUE_DRAWS).map(|_| Serial::random(rng)).find(|serial| !issued.contains(serial)).ok_or(SerialError::NoFreshSerial)
     }
 
-    /// A serial from an unsigned big-endian magnitude; leading `0x00` bytes are dropped (spec/04 §1.5).
+    /// A serial from an unsigned big-endian magnitude; leading `0x00` bytes are dropped (docs/wire-formats.md §1.5).
     pub fn from_magnitude(bytes: &[u8]) -> Result<Serial, SerialError> {
         let start = bytes.iter().position(|&b| b != 0).ok_or(SerialError::Zero)?;
         Ok(Serial(bytes[start..].to_vec()))
@@ -75,7 +75,7 @@ impl Serial {
         }
     }
 
-    /// The minimal magnitude, as written in CTL records (spec/04 §1.5).
+    /// The minimal magnitude, as written in CTL records (docs/wire-formats.md §1.5).
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -132,7 +132,7 @@ mod tests {
         for _ in 0..1000 {
             let serial = Serial::random(&mut rng);
             assert_eq!(serial.as_bytes().len(), ISSUED_SERIAL_BYTES);
-            assert_eq!(serial.as_bytes()[0] & 0x80, 0, "top bit must be clear (spec/04 §7.8)");
+            assert_eq!(serial.as_bytes()[0] & 0x80, 0, "top bit must be clear (docs/wire-formats.md §7.8)");
             assert_ne!(serial.as_bytes()[0], 0);
         }
     }
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn serials_compare_after_stripping_leading_zeros() {
-        // spec/04 §1.5: DER `00 C1 …` and `C1 …` are the same serial.
+        // docs/wire-formats.md §1.5: DER `00 C1 …` and `C1 …` are the same serial.
         assert_eq!(Serial::from_der_integer(&[0x00, 0xc1, 0x02]).unwrap(), Serial::from_magnitude(&[0xc1, 0x02]).unwrap());
         assert_eq!(Serial::from_magnitude(&[0, 0, 0x05]).unwrap().as_bytes(), &[0x05]);
         assert_eq!(Serial::from_magnitude(&[0xc1, 0x02]).unwrap().to_hex(), "c102");

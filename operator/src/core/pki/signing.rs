@@ -1,5 +1,5 @@
 //! RSA PKCS#1 v1.5 signing through OpenSSL. The `rsa` crate signs about a sixth as fast as OpenSSL
-//! and ring cannot sign with SHA-1, which every Cisco trust file uses by default (spec/04 §1.6); a
+//! and ring cannot sign with SHA-1, which every Cisco trust file uses by default (docs/wire-formats.md §1.6); a
 //! cluster signs tens of thousands of configuration files, so the private-key operation goes to
 //! OpenSSL while keys are still generated, stored and verified with the `rsa` crate.
 
@@ -72,7 +72,7 @@ impl rcgen::PublicKeyData for RsaSigningKey {
     }
 }
 
-/// Lets rcgen issue certificates with this key: sha256WithRSAEncryption (spec/04 §7.8).
+/// Lets rcgen issue certificates with this key: sha256WithRSAEncryption (docs/wire-formats.md §7.8).
 impl rcgen::SigningKey for RsaSigningKey {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         RsaSigningKey::sign(self, SignatureDigest::Sha256, &[message]).map_err(|_| rcgen::Error::RemoteKeyError)

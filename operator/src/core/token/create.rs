@@ -1,6 +1,6 @@
 //! `callguard token create`: a software security token (SAST) as manifests: a Secret with a
 //! self-signed certificate and the password-encrypted key, and the `SecurityToken` that refers to it
-//! (P.3-9, P.3-17, spec/04 §3.3).
+//! (P.3-9, P.3-17, docs/wire-formats.md §3.3).
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SerialNumber};
 use rsa::RsaPrivateKey;
@@ -57,7 +57,7 @@ impl std::fmt::Display for CreateWarning {
         match self {
             CreateWarning::FactoryPassword => write!(
                 f,
-                "the token password is the factory default; the CTL will not be signed with this token until it is changed (Table 3-2, P.3-17, spec/01 §16.4 T-4)"
+                "the token password is the factory default; the CTL will not be signed with this token until it is changed (Table 3-2, P.3-17)"
             ),
         }
     }
@@ -81,7 +81,7 @@ impl std::fmt::Display for CreateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CreateError::EmptyPassword => write!(f, "the password file is empty: a token needs a password (P.3-17)"),
-            CreateError::PasswordNotText => write!(f, "the password file is not UTF-8 text (spec/04 §1.2)"),
+            CreateError::PasswordNotText => write!(f, "the password file is not UTF-8 text (docs/wire-formats.md §1.2)"),
             CreateError::InvalidName(name) => write!(
                 f,
                 "--name {name:?} must be a DNS-1123 subdomain of at most {MAX_NAME_LEN} characters: it names the Secret and is the certificate's CN (RFC 5280 ub-common-name)"
@@ -109,7 +109,7 @@ pub fn password_from_file(bytes: &[u8]) -> Result<String, CreateError> {
 }
 
 /// The self-signed SAST certificate of `key`, PEM: subject CN=name[,O][,OU] in that order
-/// (spec/04 §1.4), valid [`VALIDITY_YEARS`] from `now`, CA:false, digitalSignature only.
+/// (docs/wire-formats.md §1.4), valid [`VALIDITY_YEARS`] from `now`, CA:false, digitalSignature only.
 pub fn sast_certificate(request: &TokenRequest, key: &RsaPrivateKey, now: OffsetDateTime) -> Result<String, CreateError> {
     let key_pair = KeyPair::try_from(keys::pkcs8_der(key).as_slice()).map_err(|e| CreateError::Certificate(e.to_string()))?;
     let mut params = CertificateParams::default();
@@ -248,7 +248,7 @@ mod tests {
         let der = crate::core::token::material::check_certificate(pem.as_bytes()).unwrap();
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         let subject: Vec<String> = cert.subject().iter_attributes().map(|a| a.as_str().unwrap().to_string()).collect();
-        assert_eq!(subject, ["sast-one", "Example", "Voice"], "CN, O, OU in encoded order (spec/04 §1.4)");
+        assert_eq!(subject, ["sast-one", "Example", "Voice"], "CN, O, OU in encoded order (docs/wire-formats.md §1.4)");
         assert_eq!(cert.subject(), cert.issuer(), "self-signed");
         assert_eq!(cert.raw_serial().len(), 16);
         assert_eq!(cert.validity().not_before.timestamp(), now.replace_nanosecond(0).unwrap().unix_timestamp());

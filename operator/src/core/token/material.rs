@@ -1,5 +1,5 @@
 //! What a token's Secret must hold: a PEM X.509 certificate whose key is RSA 2048 with a positive
-//! serial (spec/04 §3.3, §1.5), and the key as password-encrypted PKCS#8 (P.3-17).
+//! serial (docs/wire-formats.md §3.3, §1.5), and the key as password-encrypted PKCS#8 (P.3-17).
 
 use pkcs8::EncryptedPrivateKeyInfo;
 use rustls_pki_types::CertificateDer;
@@ -8,7 +8,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
 /// The only key size a SAST signer may have: phones take RSA keys of at most 2048 bits, and 1024
-/// needs a legacy flag the API does not have (spec/04 §3.3).
+/// needs a legacy flag the API does not have (docs/wire-formats.md §3.3).
 pub const SAST_KEY_BITS: usize = 2048;
 
 /// PEM label of a password-encrypted PKCS#8 key (RFC 5958).
@@ -43,11 +43,18 @@ impl std::fmt::Display for MaterialError {
         match self {
             MaterialError::CertificateNotPem(why) => write!(f, "is not a PEM X.509 certificate: {why} (P.3-9)"),
             MaterialError::CertificateNotX509(why) => write!(f, "does not parse as an X.509 certificate: {why} (P.3-9)"),
-            MaterialError::KeyNotRsa => write!(f, "holds a certificate whose key is not RSA; a SAST signs with RSA 2048 (spec/04 §3.3)"),
-            MaterialError::KeySize { bits } => {
-                write!(f, "holds a certificate with an RSA key of {bits} bits; a SAST signs with RSA {SAST_KEY_BITS} (spec/04 §3.3)")
+            MaterialError::KeyNotRsa => {
+                write!(f, "holds a certificate whose key is not RSA; a SAST signs with RSA 2048 (docs/wire-formats.md §3.3)")
             }
-            MaterialError::SerialNotPositive => write!(f, "holds a certificate whose serial is zero or negative (spec/04 §1.5)"),
+            MaterialError::KeySize { bits } => {
+                write!(
+                    f,
+                    "holds a certificate with an RSA key of {bits} bits; a SAST signs with RSA {SAST_KEY_BITS} (docs/wire-formats.md §3.3)"
+                )
+            }
+            MaterialError::SerialNotPositive => {
+                write!(f, "holds a certificate whose serial is zero or negative (docs/wire-formats.md §1.5)")
+            }
             MaterialError::KeyNotEncryptedPem(why) => {
                 write!(f, "is not a password-encrypted PKCS#8 key (PEM {ENCRYPTED_KEY_LABEL}): {why} (P.3-17)")
             }

@@ -1,16 +1,16 @@
 //! Which tokens a CTL lists as SAST records and which one signs it, including the lost-token
-//! procedure (P.16-5, spec/01 §14.14, spec/03 §8.7): add the new token, leave the lost one out, and
+//! procedure (P.16-5): add the new token, leave the lost one out, and
 //! sign with a remaining token of the published CTL, since phones accept a new CTL only from a SAST
-//! they already know (spec/04 §3.9, §3.7 step 2).
+//! they already know (docs/wire-formats.md §3.9, §3.7 step 2).
 //!
 //! Pure: the caller reads the SecurityTokens, their certificates and the published CTL.
 
 use super::registry::Revocation;
 use crate::api::{CtlSettings, SecurityToken, TokenState};
 
-/// Phones accept at most two SAST records in a trust file (spec/04 §3.1, §1.7).
+/// Phones accept at most two SAST records in a trust file (docs/wire-formats.md §3.1, §1.7).
 pub const MAX_SAST: usize = 2;
-/// The CTL must always list at least two tokens (P.1-12, P.3-9, P.3-13; spec/01 §16.6 V-7).
+/// The CTL must always list at least two tokens (P.1-12, P.3-9, P.3-13).
 pub const MIN_USABLE_TOKENS: usize = 2;
 
 /// One SecurityToken and its certificate as read from its Secret (DER; `None` when unreadable).
@@ -29,7 +29,7 @@ impl TokenInput<'_> {
 }
 
 /// A SAST record of the published CTL. The certificate is compared by DER when present, else by
-/// serial with leading zero bytes stripped (spec/04 §1.5).
+/// serial with leading zero bytes stripped (docs/wire-formats.md §1.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedSast {
     pub serial: Vec<u8>,
@@ -41,15 +41,15 @@ pub struct PublishedSast {
 pub enum LeaveReason {
     /// No SecurityToken of that name (P.3-9).
     NotFound,
-    /// Lost, Compromised or Retired (P.16-5, spec/01 §16.4 T-2).
+    /// Lost, Compromised or Retired (P.16-5).
     State(TokenState),
     /// Locked for good by the 16th consecutive wrong password (P.16-5).
     Locked,
     /// Its certificate Secret is missing or not a certificate, so it cannot be a record.
     CertificateUnavailable,
-    /// Listed twice, or its certificate is the one of another listed token (spec/04 §3.7 step 1).
+    /// Listed twice, or its certificate is the one of another listed token (docs/wire-formats.md §3.7 step 1).
     Duplicate { of: String },
-    /// Two SAST records are already chosen (spec/04 §3.1).
+    /// Two SAST records are already chosen (docs/wire-formats.md §3.1).
     SastLimit,
     /// Its certificate is held, or was once declared, as a token that is not Active: a lock or a
     /// revocation follows the certificate, not the object's name (P.16-5).
@@ -63,8 +63,10 @@ impl std::fmt::Display for LeaveReason {
             LeaveReason::State(state) => write!(f, "the token is {state:?} and leaves the CTL (P.16-5)"),
             LeaveReason::Locked => write!(f, "the token is locked for good and leaves the CTL (P.16-5)"),
             LeaveReason::CertificateUnavailable => write!(f, "the token's certificate Secret holds no readable certificate (P.3-9)"),
-            LeaveReason::Duplicate { of } => write!(f, "the same certificate as token {of:?}; records are distinct (spec/04 §3.7)"),
-            LeaveReason::SastLimit => write!(f, "a CTL holds at most {MAX_SAST} SAST records (spec/04 §3.1)"),
+            LeaveReason::Duplicate { of } => {
+                write!(f, "the same certificate as token {of:?}; records are distinct (docs/wire-formats.md §3.7)")
+            }
+            LeaveReason::SastLimit => write!(f, "a CTL holds at most {MAX_SAST} SAST records (docs/wire-formats.md §3.1)"),
             LeaveReason::CertificateRefused { state, by } => write!(
                 f,
                 "its certificate is that of SecurityToken/{by}, which is {state:?}: a certificate is refused whatever object names it (P.16-5)"
@@ -76,7 +78,7 @@ impl std::fmt::Display for LeaveReason {
 /// Something the cluster's status should say about the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanCondition {
-    /// Fewer than two usable tokens remain: add a token (P.3-13, spec/01 §16.6 V-7).
+    /// Fewer than two usable tokens remain: add a token (P.3-13).
     FewerThanTwoTokens { usable: usize },
     /// `signingToken` cannot sign this publication; another token of the published CTL does.
     SignerSubstituted { requested: String, signer: String, why: SignerRefusal },
@@ -87,7 +89,7 @@ impl std::fmt::Display for PlanCondition {
         match self {
             PlanCondition::FewerThanTwoTokens { usable } => write!(
                 f,
-                "only {usable} usable security token(s) remain; the CTL must always list {MIN_USABLE_TOKENS}: add a token (P.3-13, spec/01 §16.6 V-7)"
+                "only {usable} usable security token(s) remain; the CTL must always list {MIN_USABLE_TOKENS}: add a token (P.3-13)"
             ),
             PlanCondition::SignerSubstituted { requested, signer, why } => {
                 write!(f, "signingToken {requested:?} {why}; the CTL is signed by {signer:?} instead")
@@ -101,9 +103,9 @@ impl std::fmt::Display for PlanCondition {
 pub enum SignerRefusal {
     /// It leaves the CTL (see the reason).
     Leaves(LeaveReason),
-    /// It is not a SAST of the published CTL, so phones would refuse the file (spec/04 §3.9, P.3-12).
+    /// It is not a SAST of the published CTL, so phones would refuse the file (docs/wire-formats.md §3.9, P.3-12).
     NotInPublishedCtl,
-    /// Its password is still the factory default (Table 3-2, spec/01 §16.4 T-4).
+    /// Its password is still the factory default (Table 3-2).
     DefaultPassword,
 }
 
@@ -113,16 +115,16 @@ impl std::fmt::Display for SignerRefusal {
             SignerRefusal::Leaves(reason) => write!(f, "cannot sign: {reason}"),
             SignerRefusal::NotInPublishedCtl => write!(
                 f,
-                "is not a SAST of the published CTL and cannot sign the update that adds it: phones accept a CTL only from a SAST they know (P.3-12, spec/04 §3.9)"
+                "is not a SAST of the published CTL and cannot sign the update that adds it: phones accept a CTL only from a SAST they know (P.3-12, docs/wire-formats.md §3.9)"
             ),
             SignerRefusal::DefaultPassword => {
-                write!(f, "still has the factory default password and may not sign (Table 3-2, spec/01 §16.4 T-4)")
+                write!(f, "still has the factory default password and may not sign (Table 3-2)")
             }
         }
     }
 }
 
-/// The tokens of the next CTL: the signer first, then the other SAST (spec/04 §3.6 record order).
+/// The tokens of the next CTL: the signer first, then the other SAST (docs/wire-formats.md §3.6 record order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CtlSigningPlan {
     pub signer: String,
@@ -135,12 +137,12 @@ pub struct CtlSigningPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanError {
-    /// Every SAST of the published CTL is locked, lost, compromised or retired (spec/01 §16.8 step 9).
+    /// Every SAST of the published CTL is locked, lost, compromised or retired: only a manual erase of the CTL on each phone recovers (P.16-5).
     Unrecoverable,
     /// No listed token is usable, and there is no published CTL to continue (P.3-9).
     NoUsableToken,
     /// Usable tokens of the published CTL exist but none is in `ctl.tokens`, and the signer must be
-    /// a record of the file it signs (spec/04 §3.7 step 1).
+    /// a record of the file it signs (docs/wire-formats.md §3.7 step 1).
     SignerNotListed { candidates: Vec<String> },
     /// The only tokens that could sign still have the factory password (Table 3-2, T-4).
     DefaultPassword { tokens: Vec<String> },
@@ -149,19 +151,17 @@ pub enum PlanError {
 impl std::fmt::Display for PlanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PlanError::Unrecoverable => write!(
-                f,
-                "all CTL signing tokens unavailable: vendor support + manual CTL erase on phones required (spec/01 §16.8 step 9, P.16-5)"
-            ),
+            PlanError::Unrecoverable => {
+                write!(f, "all CTL signing tokens unavailable: vendor support + manual CTL erase on phones required (P.16-5)")
+            }
             PlanError::NoUsableToken => write!(f, "no token of spec.ctl.tokens is usable: the CTL cannot be signed (P.3-9, P.16-5)"),
             PlanError::SignerNotListed { candidates } => write!(
                 f,
-                "only {candidates:?} of the published CTL can sign, and none is in spec.ctl.tokens: list one of them, since the signer is a record of the CTL it signs (P.3-12, spec/04 §3.7)"
+                "only {candidates:?} of the published CTL can sign, and none is in spec.ctl.tokens: list one of them, since the signer is a record of the CTL it signs (P.3-12, docs/wire-formats.md §3.7)"
             ),
-            PlanError::DefaultPassword { tokens } => write!(
-                f,
-                "the tokens that could sign, {tokens:?}, still have the factory default password: change it first (Table 3-2, spec/01 §16.4 T-4)"
-            ),
+            PlanError::DefaultPassword { tokens } => {
+                write!(f, "the tokens that could sign, {tokens:?}, still have the factory default password: change it first (Table 3-2)")
+            }
         }
     }
 }
@@ -169,7 +169,7 @@ impl std::fmt::Display for PlanError {
 impl std::error::Error for PlanError {}
 
 /// Chooses the SAST records and the signer of the next CTL. `published` is the SAST records of the
-/// CTL the phones hold, or `None` before the first CTL (genesis, spec/04 §3.7 step 2).
+/// CTL the phones hold, or `None` before the first CTL (genesis, docs/wire-formats.md §3.7 step 2).
 pub fn plan(ctl: &CtlSettings, tokens: &[TokenInput<'_>], published: Option<&[PublishedSast]>) -> Result<CtlSigningPlan, PlanError> {
     let mut usable: Vec<TokenInput<'_>> = Vec::new();
     let mut left_out: Vec<(String, LeaveReason)> = Vec::new();
@@ -263,7 +263,7 @@ fn in_published(token: &TokenInput<'_>, records: &[PublishedSast]) -> bool {
 }
 
 /// No listed token can sign with continuity: either a usable token of the published CTL exists but
-/// is not listed, or none is left at all (spec/01 §16.8 step 9).
+/// is not listed, or none is left at all (P.16-5).
 fn no_signer(tokens: &[TokenInput<'_>], published: Option<&[PublishedSast]>) -> PlanError {
     let Some(records) = published else { return PlanError::NoUsableToken };
     let candidates: Vec<String> = tokens
@@ -285,7 +285,7 @@ fn certificate_serial(der: &[u8]) -> Option<Vec<u8>> {
     X509Certificate::from_der(der).ok().map(|(_, c)| c.raw_serial().to_vec())
 }
 
-/// Serials compare without leading zero bytes (spec/04 §1.5).
+/// Serials compare without leading zero bytes (docs/wire-formats.md §1.5).
 fn strip_zeros(serial: &[u8]) -> &[u8] {
     let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
     &serial[start..]
@@ -348,7 +348,7 @@ mod tests {
         let world = World::new(vec![active("a"), active("b")]);
         let outcome = plan(&ctl(&["a", "b"], "b"), &world.inputs(), Some(&published(&["a", "b"]))).unwrap();
         assert_eq!(outcome.signer, "b");
-        assert_eq!(outcome.sast, ["b", "a"], "the signing SAST first (spec/04 §3.6)");
+        assert_eq!(outcome.sast, ["b", "a"], "the signing SAST first (docs/wire-formats.md §3.6)");
         assert!(outcome.left_out.is_empty() && outcome.conditions.is_empty(), "{outcome:?}");
     }
 
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_signer_not_in_the_published_ctl_is_refused() {
-        // c is new: it cannot sign the update that adds it (P.3-12, spec/04 §3.9); b signs instead.
+        // c is new: it cannot sign the update that adds it (P.3-12, docs/wire-formats.md §3.9); b signs instead.
         let world = World::new(vec![token("a", TokenState::Lost, false), active("b"), active("c")]);
         let outcome = plan_for(&world, &["b", "c"], "c", &["a", "b"]).unwrap();
         assert_eq!(outcome.signer, "b");
@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(error, PlanError::Unrecoverable);
         assert!(
             error.to_string().starts_with("all CTL signing tokens unavailable: vendor support + manual CTL erase on phones required"),
-            "spec/01 §16.8 step 9: {error}"
+            "no token left to sign: {error}"
         );
     }
 
@@ -518,7 +518,7 @@ mod tests {
             TokenInput { token: &a, certificate_der: Some(&der_a), revoked: None },
             TokenInput { token: &b, certificate_der: Some(&der_b), revoked: None },
         ];
-        // The published serial with a sign octet still matches (spec/04 §1.5).
+        // The published serial with a sign octet still matches (docs/wire-formats.md §1.5).
         let mut with_zero = vec![0u8];
         with_zero.extend(&serial);
         let records = [PublishedSast { serial: with_zero, certificate_der: None }];

@@ -1,8 +1,8 @@
-//! Unlocking a token's key: the retry counter and the lock (P.16-5, spec/01 §16.4 T-1, T-2, T-4).
+//! Unlocking a token's key: the retry counter and the lock (P.16-5, Table 3-2).
 //!
 //! Pure: the caller passes the certificate's record (see `registry`), gets the new record back, and
 //! stores it before doing anything else. Counting follows
-//! DESIGN ("Tokens"): one failure per DISTINCT wrong password, so a reconcile loop that presents the
+//! docs/security-model.md: one failure per DISTINCT wrong password, so a reconcile loop that presents the
 //! same wrong Secret again and again cannot lock a token.
 
 use rsa::RsaPrivateKey;
@@ -35,7 +35,7 @@ impl std::fmt::Debug for UnlockedKey {
 pub enum UnlockError {
     /// Locked after more than [`TOKEN_RETRY_COUNTER`] consecutive failures; for good (P.16-5).
     Locked,
-    /// Lost, Compromised or Retired: it may not sign (spec/01 §16.4 T-2).
+    /// Lost, Compromised or Retired: it may not sign (P.16-5).
     NotUsable(TokenState),
     /// The password does not decrypt the key. `failures` consecutive distinct wrong passwords so
     /// far; `remaining` more are tolerated, the one after them locks the token (P.16-5).
@@ -52,7 +52,7 @@ impl std::fmt::Display for UnlockError {
             UnlockError::Locked => {
                 write!(f, "the token is locked, and can never be used again: sign with another token; {TOKEN_LOCK_RULE}")
             }
-            UnlockError::NotUsable(state) => write!(f, "the token is {state:?} and may not sign (P.16-5, spec/01 §16.4 T-2)"),
+            UnlockError::NotUsable(state) => write!(f, "the token is {state:?} and may not sign (P.16-5)"),
             UnlockError::WrongPassword { failures, .. } if *failures > TOKEN_RETRY_COUNTER => {
                 write!(f, "wrong token password: {failures} consecutive failures, and the token is now locked: {TOKEN_LOCK_RULE}")
             }
@@ -60,10 +60,9 @@ impl std::fmt::Display for UnlockError {
                 f,
                 "wrong token password: {failures} consecutive failure(s), {remaining} more tolerated before the lock: {TOKEN_LOCK_RULE}"
             ),
-            UnlockError::DefaultPassword => write!(
-                f,
-                "the token password is still the factory default: change it before the token signs (Table 3-2, P.3-17, spec/01 §16.4 T-4)"
-            ),
+            UnlockError::DefaultPassword => {
+                write!(f, "the token password is still the factory default: change it before the token signs (Table 3-2, P.3-17)")
+            }
             UnlockError::Malformed(why) => write!(f, "the token key is unreadable: {why} (P.3-17)"),
         }
     }

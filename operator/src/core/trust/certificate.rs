@@ -1,4 +1,4 @@
-//! What the trust files take from an X.509 certificate: DN strings, serial, public key and signature (spec/04 §3.6).
+//! What the trust files take from an X.509 certificate: DN strings, serial, public key and signature (docs/wire-formats.md §3.6).
 
 use rsa::RsaPublicKey;
 use rsa::pkcs1::DecodeRsaPublicKey;

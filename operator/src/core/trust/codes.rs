@@ -1,5 +1,5 @@
 //! The closed code sets of the trust files: hash algorithms, roles, signer versions, modulus codes, file kinds,
-//! and the tag numbers (spec/04 §1.6, §1.7, §3.3, §3.6, §5.2).
+//! and the tag numbers (docs/wire-formats.md §1.6, §1.7, §3.3, §3.6, §5.2).
 
 use rsa::Pkcs1v15Sign;
 use serde::Serialize;
@@ -8,7 +8,7 @@ use sha2::{Digest, Sha512};
 
 use super::error::TrustError;
 
-/// Header hash (tag 0x08) and plaintext hash (tag 0x1A) codes (spec/04 §1.6). SHA-256 (2) is never accepted.
+/// Header hash (tag 0x08) and plaintext hash (tag 0x1A) codes (docs/wire-formats.md §1.6). SHA-256 (2) is never accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
 pub enum HashAlgorithm {
     #[default]
@@ -62,7 +62,7 @@ impl HashAlgorithm {
         }
     }
 
-    /// The digest a signer puts in the DigestInfo (spec/04 §1.8).
+    /// The digest a signer puts in the DigestInfo (docs/wire-formats.md §1.8).
     pub fn signature_digest(self) -> crate::core::pki::signing::SignatureDigest {
         match self {
             Self::Sha1 => crate::core::pki::signing::SignatureDigest::Sha1,
@@ -70,7 +70,7 @@ impl HashAlgorithm {
         }
     }
 
-    /// RSASSA-PKCS1-v1_5 with the standard DigestInfo prefix for this hash (spec/04 §1.8).
+    /// RSASSA-PKCS1-v1_5 with the standard DigestInfo prefix for this hash (docs/wire-formats.md §1.8).
     pub fn pkcs1v15(self) -> Pkcs1v15Sign {
         match self {
             Self::Sha1 => Pkcs1v15Sign::new::<Sha1>(),
@@ -79,7 +79,7 @@ impl HashAlgorithm {
     }
 }
 
-/// Record role ("function") codes (spec/04 §1.7). Other codes decode as `Unknown(n)`.
+/// Record role ("function") codes (docs/wire-formats.md §1.7). Other codes decode as `Unknown(n)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     Sast,
@@ -132,7 +132,7 @@ impl Role {
         }
     }
 
-    /// Whether a certificate with this role may sign `.sgn` and `.enc.sgn` files (spec/04 §3.8 step 4).
+    /// Whether a certificate with this role may sign `.sgn` and `.enc.sgn` files (docs/wire-formats.md §3.8 step 4).
     pub fn signs_configuration(self) -> bool {
         matches!(self, Self::Tftp | Self::CcmTftp)
     }
@@ -144,7 +144,7 @@ impl Serialize for Role {
     }
 }
 
-/// SIGNER_VERSION (tag 0x1C), `.tlv` only. 1.1 enables EC record certificates (spec/04 §3.3).
+/// SIGNER_VERSION (tag 0x1C), `.tlv` only. 1.1 enables EC record certificates (docs/wire-formats.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum SignerVersion {
     #[default]
@@ -169,7 +169,7 @@ impl SignerVersion {
     }
 }
 
-/// SIGNATURE_MODULUS (tag 0x0B): the signer key size. 3072 bits has no code (spec/04 §3.3).
+/// SIGNATURE_MODULUS (tag 0x0B): the signer key size. 3072 bits has no code (docs/wire-formats.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ModulusCode {
     Bits512 = 0,
@@ -214,7 +214,7 @@ impl ModulusCode {
     }
 }
 
-/// The three file kinds, told apart by VERSION (spec/04 §3.3).
+/// The three file kinds, told apart by VERSION (docs/wire-formats.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum FileKind {
     /// `.tlv` (CTL or ITL), VERSION 1.2.
@@ -252,7 +252,7 @@ impl FileKind {
     }
 }
 
-/// Header tags of `.tlv`, `.sgn` and `.enc.sgn` (spec/04 §3.3, §5.2).
+/// Header tags of `.tlv`, `.sgn` and `.enc.sgn` (docs/wire-formats.md §3.3, §5.2).
 pub mod header_tag {
     pub const VERSION: u8 = 0x01;
     pub const HEADER_LENGTH: u8 = 0x02;
@@ -284,7 +284,7 @@ pub mod header_tag {
     pub const SIGNER_VERSION: u8 = 0x1C;
 }
 
-/// Record tags of `.tlv` files (spec/04 §3.6).
+/// Record tags of `.tlv` files (docs/wire-formats.md §3.6).
 pub mod record_tag {
     pub const RECORD_LENGTH: u8 = 0x01;
     pub const DNS_NAME: u8 = 0x02;

@@ -1,5 +1,5 @@
 //! Encrypted configuration (`SEP<MAC>.cnf.xml.enc.sgn`), public-key method: AES-128-CBC under a fresh key that
-//! is wrapped with the phone's RSA key, behind a VERSION 2.0 signed header (spec/04 §5.2-5.4).
+//! is wrapped with the phone's RSA key, behind a VERSION 2.0 signed header (docs/wire-formats.md §5.2-5.4).
 //!
 //! The companion stub XML is rendered elsewhere; this module only takes plaintext bytes.
 
@@ -17,9 +17,9 @@ use super::header::{EncryptionElements, HeaderFields, SignedHeader, Signer, asse
 use super::signed::{SignatureCheck, check_relative_path, verify_configuration};
 use super::tlv::Mode;
 
-/// KEY_ALGORITHM code of AES-128 (spec/04 §5.2).
+/// KEY_ALGORITHM code of AES-128 (docs/wire-formats.md §5.2).
 pub const KEY_ALGORITHM_AES128: u8 = 1;
-/// The byte appended before encryption. Not PKCS#7 (spec/04 §5.3 step 3).
+/// The byte appended before encryption. Not PKCS#7 (docs/wire-formats.md §5.3 step 3).
 pub const PAD_BYTE: u8 = 0x0D;
 const BLOCK: usize = 16;
 
@@ -29,13 +29,13 @@ pub fn encrypted_filename(config_path: &str) -> Result<String, TrustError> {
     Ok(format!("{config_path}.enc.sgn"))
 }
 
-/// p = 16 − (len mod 16), so 1..=16: an aligned text gains a whole block (spec/04 §5.3 step 3).
+/// p = 16 − (len mod 16), so 1..=16: an aligned text gains a whole block (docs/wire-formats.md §5.3 step 3).
 pub fn pad_count(plaintext_len: usize) -> u16 {
     // Both operands are below 17, so the cast cannot truncate.
     (BLOCK - plaintext_len % BLOCK) as u16
 }
 
-/// Builds `.enc.sgn` files (spec/04 §5.3).
+/// Builds `.enc.sgn` files (docs/wire-formats.md §5.3).
 #[derive(Debug, Clone, Copy)]
 pub struct EncryptedConfigBuilder<'a> {
     /// The TFTP (or CCM+TFTP) signer.
@@ -130,12 +130,12 @@ impl EncryptedFile {
         self.header.body(&self.bytes)
     }
 
-    /// Verifies the signature (spec/04 §3.8 steps 4-5).
+    /// Verifies the signature (docs/wire-formats.md §3.8 steps 4-5).
     pub fn verify(&self, check: SignatureCheck<'_>) -> Result<(), TrustError> {
         verify_configuration(&self.header, &self.bytes, check).map(|_| ())
     }
 
-    /// Recovers the plaintext (spec/04 §5.4). With `check`, the signature is verified first and nothing is
+    /// Recovers the plaintext (docs/wire-formats.md §5.4). With `check`, the signature is verified first and nothing is
     /// decrypted when it fails; without it the signature is not checked, but PLAINTEXT_HASH still is.
     ///
     /// Tests and diagnostics only: the `rsa` crate's PKCS#1 v1.5 decryption is not constant-time.

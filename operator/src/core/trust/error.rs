@@ -1,4 +1,4 @@
-//! The one error type of the trust-file module. Every message names the rule and its spec/04 section.
+//! The one error type of the trust-file module. Every message names the rule and its section of docs/wire-formats.md.
 
 use std::fmt;
 
@@ -97,77 +97,90 @@ impl fmt::Display for TrustError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use TrustError::*;
         match self {
-            Truncated { offset, needed } => write!(f, "truncated: {needed} more byte(s) needed at offset {offset} (spec/04 §2.4)"),
-            ContainerOverrun { tag, offset } => {
-                write!(f, "element 0x{tag:02X} at offset {offset} overruns its container (spec/04 §2.3, §2.4)")
+            Truncated { offset, needed } => {
+                write!(f, "truncated: {needed} more byte(s) needed at offset {offset} (docs/wire-formats.md §2.4)")
             }
-            DuplicateTag { tag, offset } => write!(f, "tag 0x{tag:02X} repeated at offset {offset} (spec/04 §2.4)"),
-            UnknownTag { tag, offset } => write!(f, "unknown tag 0x{tag:02X} at offset {offset} in Strict mode (spec/04 §2.4)"),
+            ContainerOverrun { tag, offset } => {
+                write!(f, "element 0x{tag:02X} at offset {offset} overruns its container (docs/wire-formats.md §2.3, §2.4)")
+            }
+            DuplicateTag { tag, offset } => write!(f, "tag 0x{tag:02X} repeated at offset {offset} (docs/wire-formats.md §2.4)"),
+            UnknownTag { tag, offset } => {
+                write!(f, "unknown tag 0x{tag:02X} at offset {offset} in Strict mode (docs/wire-formats.md §2.4)")
+            }
             ValueTooLong { tag, length } => {
-                write!(f, "value of tag 0x{tag:02X} is {length} bytes, more than the 65 535 a TLV length holds (spec/04 §2.1)")
+                write!(f, "value of tag 0x{tag:02X} is {length} bytes, more than the 65 535 a TLV length holds (docs/wire-formats.md §2.1)")
             }
             BadElementLength { tag, expected, found } => {
-                write!(f, "element 0x{tag:02X} has length {found}, expected {expected} (spec/04 §3.3, §5.2)")
+                write!(f, "element 0x{tag:02X} has length {found}, expected {expected} (docs/wire-formats.md §3.3, §5.2)")
             }
-            MissingElement { tag, name } => write!(f, "required element 0x{tag:02X} {name} is missing (spec/04 §3.6, §3.8)"),
+            MissingElement { tag, name } => write!(f, "required element 0x{tag:02X} {name} is missing (docs/wire-formats.md §3.6, §3.8)"),
             BadPreamble => {
-                write!(f, "the file must start with VERSION (tag 1, length 2) then HEADER_LENGTH (tag 2, length 2) (spec/04 §3.8)")
+                write!(
+                    f,
+                    "the file must start with VERSION (tag 1, length 2) then HEADER_LENGTH (tag 2, length 2) (docs/wire-formats.md §3.8)"
+                )
             }
             UnsupportedVersion { major, minor } => {
-                write!(f, "VERSION {major}.{minor} is none of 1.2 (.tlv), 1.0 (.sgn), 2.0 (.enc.sgn) (spec/04 §3.3)")
+                write!(f, "VERSION {major}.{minor} is none of 1.2 (.tlv), 1.0 (.sgn), 2.0 (.enc.sgn) (docs/wire-formats.md §3.3)")
             }
-            WrongFileKind { expected, found } => write!(f, "expected a {expected} file, found a {found} file (spec/04 §3.3)"),
+            WrongFileKind { expected, found } => write!(f, "expected a {expected} file, found a {found} file (docs/wire-formats.md §3.3)"),
             BadHeaderLength { header_length, file_length } => write!(
                 f,
-                "HEADER_LENGTH {header_length} is invalid for a {file_length}-byte file (at least 10, within the file, multiple of 4) (spec/04 §3.8)"
+                "HEADER_LENGTH {header_length} is invalid for a {file_length}-byte file (at least 10, within the file, multiple of 4) (docs/wire-formats.md §3.8)"
             ),
-            PadNotAtEnd { offset } => write!(f, "element after a pad byte at offset {offset}: pad bytes end the header (spec/04 §2.2)"),
+            PadNotAtEnd { offset } => {
+                write!(f, "element after a pad byte at offset {offset}: pad bytes end the header (docs/wire-formats.md §2.2)")
+            }
             UnsupportedHashAlgorithm(code) => {
-                write!(f, "hash algorithm code {code} is not accepted: only 1 (SHA-1) and 3 (SHA-512) (spec/04 §1.6)")
+                write!(f, "hash algorithm code {code} is not accepted: only 1 (SHA-1) and 3 (SHA-512) (docs/wire-formats.md §1.6)")
             }
             UnsupportedSignerVersion { major, minor } => {
-                write!(f, "SIGNER_VERSION {major}.{minor} is neither 1.0 nor 1.1 (spec/04 §3.3)")
+                write!(f, "SIGNER_VERSION {major}.{minor} is neither 1.0 nor 1.1 (docs/wire-formats.md §3.3)")
             }
-            BadModulusCode(code) => write!(f, "SIGNATURE_MODULUS code {code} is not 0..=3 (spec/04 §3.3)"),
+            BadModulusCode(code) => write!(f, "SIGNATURE_MODULUS code {code} is not 0..=3 (docs/wire-formats.md §3.3)"),
             SignatureLengthMismatch { modulus_bytes, signature_bytes } => {
-                write!(f, "SIGNATURE is {signature_bytes} bytes but SIGNATURE_MODULUS says {modulus_bytes} (spec/04 §3.8)")
+                write!(f, "SIGNATURE is {signature_bytes} bytes but SIGNATURE_MODULUS says {modulus_bytes} (docs/wire-formats.md §3.8)")
             }
-            BadString { tag } => write!(f, "element 0x{tag:02X} is not NUL-terminated text (spec/04 §1.2)"),
-            BadFilename(why) => write!(f, "file name refused: {why} (spec/04 §3.1, §4)"),
+            BadString { tag } => write!(f, "element 0x{tag:02X} is not NUL-terminated text (docs/wire-formats.md §1.2)"),
+            BadFilename(why) => write!(f, "file name refused: {why} (docs/wire-formats.md §3.1, §4)"),
             BadRecordLength { offset, length } => {
-                write!(f, "record at offset {offset}: RECORD_LENGTH {length} is below 5 or overruns the file (spec/04 §3.8)")
+                write!(f, "record at offset {offset}: RECORD_LENGTH {length} is below 5 or overruns the file (docs/wire-formats.md §3.8)")
             }
             RecordInconsistent { offset, field } => {
-                write!(f, "record at offset {offset}: {field} disagrees with the record's CERTIFICATE (spec/04 §3.6)")
+                write!(f, "record at offset {offset}: {field} disagrees with the record's CERTIFICATE (docs/wire-formats.md §3.6)")
             }
-            TooManySast(n) => write!(f, "{n} SAST records; at most 2 are allowed (spec/04 §3.7, §3.9)"),
-            DuplicateRecord { role } => write!(f, "the same certificate appears twice with role {role} (spec/04 §3.7)"),
-            RoleNotEmitted(code) => write!(f, "role code {code} is never emitted (spec/04 §1.7)"),
-            SignerNotInRecords => write!(f, "the signer certificate must be present as a SAST record (spec/04 §3.7)"),
+            TooManySast(n) => write!(f, "{n} SAST records; at most 2 are allowed (docs/wire-formats.md §3.7, §3.9)"),
+            DuplicateRecord { role } => write!(f, "the same certificate appears twice with role {role} (docs/wire-formats.md §3.7)"),
+            RoleNotEmitted(code) => write!(f, "role code {code} is never emitted (docs/wire-formats.md §1.7)"),
+            SignerNotInRecords => write!(f, "the signer certificate must be present as a SAST record (docs/wire-formats.md §3.7)"),
             BrokenTrustChain => {
-                write!(f, "the signer is not a SAST record of the previously published file (spec/04 §3.7 step 2, §3.9)")
+                write!(f, "the signer is not a SAST record of the previously published file (docs/wire-formats.md §3.7 step 2, §3.9)")
             }
-            SignerNotFound => write!(f, "no record with the required role matches SIGNER_SERIAL (spec/04 §3.8 step 4)"),
-            EcRecordNeedsSignerVersion11 => write!(f, "EC record certificates need signer version 1.1 (spec/04 §3.7)"),
-            UnsupportedRecordKey(why) => write!(f, "record certificate key refused: {why} (spec/04 §3.6)"),
-            FileTooLarge { size, limit } => write!(f, "file is {size} bytes, above the {limit}-byte limit (spec/04 §3.7 step 4)"),
-            HeaderTooLarge(n) => write!(f, "header would be {n} bytes, above 65 535 (spec/04 §3.4)"),
-            SignerKeyRefused(why) => write!(f, "signer key refused: {why} (spec/04 §3.3)"),
-            Sha512NeedsRsa2048 => write!(f, "SHA-512 with a 1024-bit signer is refused: the DigestInfo does not fit (spec/04 §3.7)"),
-            BadCertificate(why) => write!(f, "certificate refused: {why} (spec/04 §1.4, §1.5)"),
-            BadSerial => write!(f, "certificate serial is zero or negative (spec/04 §1.5)"),
-            BadSignature => write!(f, "the file signature does not verify (spec/04 §3.8 step 5)"),
-            KeyUnwrapFailed => write!(f, "the wrapped key does not decrypt with the device key (spec/04 §5.4)"),
+            SignerNotFound => write!(f, "no record with the required role matches SIGNER_SERIAL (docs/wire-formats.md §3.8 step 4)"),
+            EcRecordNeedsSignerVersion11 => write!(f, "EC record certificates need signer version 1.1 (docs/wire-formats.md §3.7)"),
+            UnsupportedRecordKey(why) => write!(f, "record certificate key refused: {why} (docs/wire-formats.md §3.6)"),
+            FileTooLarge { size, limit } => {
+                write!(f, "file is {size} bytes, above the {limit}-byte limit (docs/wire-formats.md §3.7 step 4)")
+            }
+            HeaderTooLarge(n) => write!(f, "header would be {n} bytes, above 65 535 (docs/wire-formats.md §3.4)"),
+            SignerKeyRefused(why) => write!(f, "signer key refused: {why} (docs/wire-formats.md §3.3)"),
+            Sha512NeedsRsa2048 => {
+                write!(f, "SHA-512 with a 1024-bit signer is refused: the DigestInfo does not fit (docs/wire-formats.md §3.7)")
+            }
+            BadCertificate(why) => write!(f, "certificate refused: {why} (docs/wire-formats.md §1.4, §1.5)"),
+            BadSerial => write!(f, "certificate serial is zero or negative (docs/wire-formats.md §1.5)"),
+            BadSignature => write!(f, "the file signature does not verify (docs/wire-formats.md §3.8 step 5)"),
+            KeyUnwrapFailed => write!(f, "the wrapped key does not decrypt with the device key (docs/wire-formats.md §5.4)"),
             EncryptUnsupportedKeyType(kind) => {
-                write!(f, "device certificate key is {kind}; only RSA keys can wrap the AES key (spec/04 §5.3)")
+                write!(f, "device certificate key is {kind}; only RSA keys can wrap the AES key (docs/wire-formats.md §5.3)")
             }
-            UnsupportedKeyAlgorithm(code) => write!(f, "KEY_ALGORITHM {code} is not 1 (AES-128) (spec/04 §5.2)"),
-            BadCiphertextLength(n) => write!(f, "ciphertext of {n} bytes is empty or not a multiple of 16 (spec/04 §5.4)"),
-            BadPadCount(p) => write!(f, "PAD_COUNT {p} is outside 1..=16 or longer than the text (spec/04 §5.4)"),
-            BadPadding => write!(f, "a pad byte of the decrypted text is not 0x0D (spec/04 §5.4)"),
-            PlaintextHashMismatch => write!(f, "the decrypted text does not match PLAINTEXT_HASH (spec/04 §5.4)"),
+            UnsupportedKeyAlgorithm(code) => write!(f, "KEY_ALGORITHM {code} is not 1 (AES-128) (docs/wire-formats.md §5.2)"),
+            BadCiphertextLength(n) => write!(f, "ciphertext of {n} bytes is empty or not a multiple of 16 (docs/wire-formats.md §5.4)"),
+            BadPadCount(p) => write!(f, "PAD_COUNT {p} is outside 1..=16 or longer than the text (docs/wire-formats.md §5.4)"),
+            BadPadding => write!(f, "a pad byte of the decrypted text is not 0x0D (docs/wire-formats.md §5.4)"),
+            PlaintextHashMismatch => write!(f, "the decrypted text does not match PLAINTEXT_HASH (docs/wire-formats.md §5.4)"),
             PlaintextHashAlgorithmMismatch => {
-                write!(f, "PLAINTEXT_HASH_ALGORITHM differs from the header hash (spec/04 §5.2)")
+                write!(f, "PLAINTEXT_HASH_ALGORITHM differs from the header hash (docs/wire-formats.md §5.2)")
             }
         }
     }

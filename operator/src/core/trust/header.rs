@@ -1,5 +1,5 @@
-//! The signed header shared by `.tlv`, `.sgn` and `.enc.sgn`: assembly with its length arithmetic (spec/04 §3.3,
-//! §3.4), and the parse-and-verify procedure (spec/04 §3.8 steps 1, 2 and 5).
+//! The signed header shared by `.tlv`, `.sgn` and `.enc.sgn`: assembly with its length arithmetic (docs/wire-formats.md §3.3,
+//! §3.4), and the parse-and-verify procedure (docs/wire-formats.md §3.8 steps 1, 2 and 5).
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ const PREAMBLE_LENGTH: usize = 10;
 
 /// The RSA key that signs a file and its certificate (SAST for `.tlv`, TFTP or CCM+TFTP for `.sgn`/`.enc.sgn`).
 ///
-/// Built with [`Signer::new`], which applies the signer key rules of spec/04 §3.3.
+/// Built with [`Signer::new`], which applies the signer key rules of docs/wire-formats.md §3.3.
 #[derive(Clone)]
 pub struct Signer {
     key: RsaPrivateKey,
@@ -62,7 +62,7 @@ impl Signer {
         &self.fields
     }
 
-    /// SHA-512 needs a 2048-bit signer (spec/04 §3.7 step 1).
+    /// SHA-512 needs a 2048-bit signer (docs/wire-formats.md §3.7 step 1).
     pub fn check_hash(&self, hash: HashAlgorithm) -> Result<(), TrustError> {
         if hash == HashAlgorithm::Sha512 && self.key.n().bits() < 2048 { Err(TrustError::Sha512NeedsRsa2048) } else { Ok(()) }
     }
@@ -98,7 +98,7 @@ pub struct HeaderFields<'a> {
     pub extra_elements: &'a [u8],
 }
 
-/// Refuses file names that are empty, not ASCII, or hold a NUL (spec/04 §1.2).
+/// Refuses file names that are empty, not ASCII, or hold a NUL (docs/wire-formats.md §1.2).
 pub fn check_filename(filename: &str) -> Result<(), TrustError> {
     if filename.is_empty() {
         Err(TrustError::BadFilename("empty".into()))
@@ -111,7 +111,7 @@ pub fn check_filename(filename: &str) -> Result<(), TrustError> {
     }
 }
 
-/// Assembles, signs and returns a whole file: header then `body` (spec/04 §3.4 steps 1-7).
+/// Assembles, signs and returns a whole file: header then `body` (docs/wire-formats.md §3.4 steps 1-7).
 pub fn assemble_signed(fields: &HeaderFields<'_>, signer: &Signer, body: &[u8]) -> Result<Vec<u8>, TrustError> {
     let facts = signer.fields();
     signer.check_hash(fields.hash)?;
@@ -169,7 +169,7 @@ pub fn assemble_signed(fields: &HeaderFields<'_>, signer: &Signer, body: &[u8]) 
     Ok(file)
 }
 
-/// The encryption elements of an `.enc.sgn` header (spec/04 §5.2).
+/// The encryption elements of an `.enc.sgn` header (docs/wire-formats.md §5.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EncryptionElements {
     /// Tag 0x12, always 0 when we write it.
@@ -211,7 +211,7 @@ impl EncryptionElements {
     }
 }
 
-/// A parsed file header (spec/04 §3.8 steps 1-2).
+/// A parsed file header (docs/wire-formats.md §3.8 steps 1-2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHeader {
     pub kind: FileKind,
@@ -337,7 +337,7 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Parses the header of any of the three file kinds (spec/04 §3.8 steps 1-2).
+/// Parses the header of any of the three file kinds (docs/wire-formats.md §3.8 steps 1-2).
 pub fn parse_header(file: &[u8], mode: Mode) -> Result<SignedHeader, TrustError> {
     // Step 1: VERSION then HEADER_LENGTH.
     let version_element = tlv::read_element(file, 0, file.len())?;
@@ -473,7 +473,7 @@ fn encryption_elements(
 }
 
 impl SignedHeader {
-    /// The signed message: the file without the SIGNATURE element (spec/04 §3.8 step 5), as two slices.
+    /// The signed message: the file without the SIGNATURE element (docs/wire-formats.md §3.8 step 5), as two slices.
     pub fn signed_parts<'f>(&self, file: &'f [u8]) -> Result<[&'f [u8]; 2], TrustError> {
         let start = self.signature_offset;
         let end = start + ELEMENT_OVERHEAD + self.signature.len();
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!((header.signer_name.as_str(), header.filename.as_str(), header.timestamp), ("CN=TFTP", "a.sgn", 7));
         header.verify(&file, &RsaPublicKey::from(signer.key())).unwrap();
 
-        // SIGNER_INFO children in another order are accepted (spec/04 §3.3): subject = issuer, so swapping the
+        // SIGNER_INFO children in another order are accepted (docs/wire-formats.md §3.3): subject = issuer, so swapping the
         // tags of 0x04 and 0x06 gives the order 06, 04, 05.
         let mut reordered = file.clone();
         assert_eq!((reordered[13], reordered[24]), (tag::SIGNER_NAME, tag::SIGNER_ISSUER));

@@ -1,4 +1,4 @@
-//! Cisco trust files, byte for byte (spec/04 §1-5): CTL/ITL (`.tlv`), signed files (`.sgn`) and encrypted
+//! Cisco trust files, byte for byte (docs/wire-formats.md §1-5): CTL/ITL (`.tlv`), signed files (`.sgn`) and encrypted
 //! configuration (`.enc.sgn`), with a parser, a verifier and a readable description for each.
 
 pub mod certificate;

@@ -1,4 +1,4 @@
-//! Distinguished-name strings (spec/04 §1.4) and serial numbers (spec/04 §1.5) as the trust files write them.
+//! Distinguished-name strings (docs/wire-formats.md §1.4) and serial numbers (docs/wire-formats.md §1.5) as the trust files write them.
 
 use x509_parser::asn1_rs::{Tag, ToDer};
 use x509_parser::x509::{AttributeTypeAndValue, X509Name};
@@ -99,7 +99,7 @@ pub fn serial_magnitude(der_integer: &[u8]) -> Result<Vec<u8>, TrustError> {
     }
 }
 
-/// Serials compare after stripping leading `0x00` bytes on both sides (spec/04 §1.5).
+/// Serials compare after stripping leading `0x00` bytes on both sides (docs/wire-formats.md §1.5).
 pub fn serials_equal(a: &[u8], b: &[u8]) -> bool {
     strip_leading_zeros(a) == strip_leading_zeros(b)
 }

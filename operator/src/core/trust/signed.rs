@@ -1,5 +1,5 @@
 //! Signed files (`.sgn`): any file a phone downloads, behind a VERSION 1.0 header signed by the TFTP key
-//! (spec/04 §4).
+//! (docs/wire-formats.md §4).
 
 use super::codes::{FileKind, HashAlgorithm, SignerVersion};
 use super::error::TrustError;
@@ -10,13 +10,13 @@ use super::trust_list::{TrustList, TrustRecord, verify_by_records};
 /// Who is trusted to have signed a `.sgn` or `.enc.sgn` file.
 #[derive(Debug, Clone, Copy)]
 pub enum SignatureCheck<'a> {
-    /// A TFTP or CCM+TFTP record of this trust list, matched by serial (spec/04 §3.8 step 4).
+    /// A TFTP or CCM+TFTP record of this trust list, matched by serial (docs/wire-formats.md §3.8 step 4).
     TrustList(&'a TrustList),
     /// This DER certificate, whose serial must equal SIGNER_SERIAL.
     Certificate(&'a [u8]),
 }
 
-/// Checks a relative TFTP path: `/` separators, no leading `/`, no empty, `.` or `..` segments (spec/04 §4).
+/// Checks a relative TFTP path: `/` separators, no leading `/`, no empty, `.` or `..` segments (docs/wire-formats.md §4).
 pub fn check_relative_path(path: &str) -> Result<(), TrustError> {
     check_filename(path)?;
     if path.contains('\\') {
@@ -35,7 +35,7 @@ pub fn signed_filename(path: &str) -> Result<String, TrustError> {
 }
 
 /// Signs `payload`, the file served unsigned at `path` (relative to the TFTP root), as `path.sgn`
-/// (spec/04 §4). The payload may be empty.
+/// (docs/wire-formats.md §4). The payload may be empty.
 pub fn sign(payload: &[u8], path: &str, signer: &Signer, hash: HashAlgorithm, timestamp: u32) -> Result<Vec<u8>, TrustError> {
     let filename = signed_filename(path)?;
     let fields = HeaderFields {
@@ -84,7 +84,7 @@ impl SignedFile {
         self.header.body(&self.bytes)
     }
 
-    /// Verifies the signature (spec/04 §3.8 steps 4-5).
+    /// Verifies the signature (docs/wire-formats.md §3.8 steps 4-5).
     pub fn verify(&self, check: SignatureCheck<'_>) -> Result<(), TrustError> {
         verify_configuration(&self.header, &self.bytes, check).map(|_| ())
     }

@@ -1,16 +1,16 @@
-//! The TLV primitive: `tag: u8 | length: u16 | value` (spec/04 §2).
+//! The TLV primitive: `tag: u8 | length: u16 | value` (docs/wire-formats.md §2).
 //!
 //! Written by hand: the format is Cisco's own and no crate implements it.
 
 use super::error::TrustError;
 
-/// The largest value a u16 length describes (spec/04 §2.1).
+/// The largest value a u16 length describes (docs/wire-formats.md §2.1).
 pub const MAX_VALUE_LEN: usize = 65_535;
 
 /// Size of the tag and length fields in front of every value.
 pub const ELEMENT_OVERHEAD: usize = 3;
 
-/// How decoders treat tags they do not know (spec/04 §2.4).
+/// How decoders treat tags they do not know (docs/wire-formats.md §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Our own files: unknown tags, repeated tags and loose lengths are errors.
@@ -20,7 +20,7 @@ pub enum Mode {
     Lenient,
 }
 
-/// Appends one element; fails rather than truncating a value longer than 65 535 bytes (spec/04 §2.1).
+/// Appends one element; fails rather than truncating a value longer than 65 535 bytes (docs/wire-formats.md §2.1).
 pub fn encode_into(out: &mut Vec<u8>, tag: u8, value: &[u8]) -> Result<(), TrustError> {
     let length = u16::try_from(value.len()).map_err(|_| TrustError::ValueTooLong { tag, length: value.len() })?;
     out.push(tag);
@@ -124,7 +124,7 @@ impl<'a> Iterator for Elements<'a> {
     }
 }
 
-/// A value that ends in one NUL, as text (spec/04 §1.2). UTF-8 is accepted.
+/// A value that ends in one NUL, as text (docs/wire-formats.md §1.2). UTF-8 is accepted.
 pub fn nul_terminated(tag: u8, value: &[u8]) -> Result<String, TrustError> {
     match value.split_last() {
         Some((0, text)) => String::from_utf8(text.to_vec()).map_err(|_| TrustError::BadString { tag }),

@@ -1,4 +1,4 @@
-//! CTL and ITL files (`.tlv`): records (spec/04 §3.6), the build procedure (§3.7), parse and verify (§3.8).
+//! CTL and ITL files (`.tlv`): records (docs/wire-formats.md §3.6), the build procedure (§3.7), parse and verify (§3.8).
 
 use std::collections::BTreeSet;
 
@@ -12,16 +12,16 @@ use super::header::{HeaderFields, SignedHeader, Signer, assemble_signed, parse_h
 use super::names::serials_equal;
 use super::tlv::{self, Elements, Mode};
 
-/// Files above this size are refused: phones fail to load ITLs over 64 KB (spec/04 §3.7 step 4).
+/// Files above this size are refused: phones fail to load ITLs over 64 KB (docs/wire-formats.md §3.7 step 4).
 pub const MAX_FILE_SIZE: usize = 65_536;
-/// More records than this give a `ManyRecords` warning (spec/04 §3.7 step 4).
+/// More records than this give a `ManyRecords` warning (docs/wire-formats.md §3.7 step 4).
 pub const MANY_RECORDS: usize = 39;
-/// At most two SAST records per file (spec/04 §1.7).
+/// At most two SAST records per file (docs/wire-formats.md §1.7).
 pub const MAX_SAST: usize = 2;
 /// RECORD_LENGTH is itself a 5-byte element.
 const RECORD_LENGTH_ELEMENT: usize = 5;
 
-/// The two trust lists; they share one format (spec/04 §3).
+/// The two trust lists; they share one format (docs/wire-formats.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum TrustListKind {
     Ctl,
@@ -29,7 +29,7 @@ pub enum TrustListKind {
 }
 
 impl TrustListKind {
-    /// The generic header FILENAME, which per-MAC files carry too (spec/04 §3.1).
+    /// The generic header FILENAME, which per-MAC files carry too (docs/wire-formats.md §3.1).
     pub fn filename(self) -> &'static str {
         match self {
             TrustListKind::Ctl => "CTLFile.tlv",
@@ -95,7 +95,7 @@ impl TrustRecord {
         })
     }
 
-    /// Tags 1, 3, 5, 6, 4, 7, 8, 9 in that order; RECORD_LENGTH counts the whole record (spec/04 §3.6).
+    /// Tags 1, 3, 5, 6, 4, 7, 8, 9 in that order; RECORD_LENGTH counts the whole record (docs/wire-formats.md §3.6).
     pub fn encode(&self) -> Result<Vec<u8>, TrustError> {
         let mut elements = Vec::with_capacity(self.certificate_der.len() + self.public_key.len() + self.signature.len() + 128);
         tlv::encode_into(&mut elements, tag::SUBJECT_NAME, &tlv::with_nul(&self.subject))?;
@@ -139,7 +139,7 @@ impl TrustRecord {
 /// Non-fatal findings of a build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildWarning {
-    /// More than 39 records: near the size at which phones fail to load the file (spec/04 §3.7 step 4).
+    /// More than 39 records: near the size at which phones fail to load the file (docs/wire-formats.md §3.7 step 4).
     ManyRecords { count: usize },
 }
 
@@ -147,7 +147,7 @@ impl std::fmt::Display for BuildWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BuildWarning::ManyRecords { count } => {
-                write!(f, "{count} records, more than {MANY_RECORDS}: phones may fail to load the file (spec/04 §3.7 step 4)")
+                write!(f, "{count} records, more than {MANY_RECORDS}: phones may fail to load the file (docs/wire-formats.md §3.7 step 4)")
             }
         }
     }
@@ -162,7 +162,7 @@ pub struct BuiltTrustList {
     pub records: Vec<TrustRecord>,
 }
 
-/// Builds a CTL or ITL (spec/04 §3.7).
+/// Builds a CTL or ITL (docs/wire-formats.md §3.7).
 #[derive(Debug, Clone)]
 pub struct TrustFileBuilder<'a> {
     pub kind: TrustListKind,
@@ -171,7 +171,7 @@ pub struct TrustFileBuilder<'a> {
     pub signer: &'a Signer,
     pub hash: HashAlgorithm,
     pub signer_version: SignerVersion,
-    /// Unix seconds: when the record set last changed, not the wall clock (spec/04 §3.7 step 5).
+    /// Unix seconds: when the record set last changed, not the wall clock (docs/wire-formats.md §3.7 step 5).
     pub timestamp: u32,
     /// The previously published file with the same served name; `None` only for a new trust domain.
     pub previous: Option<&'a TrustList>,
@@ -262,7 +262,7 @@ impl<'a> TrustFileBuilder<'a> {
             }
             pairs.push((der.as_slice(), *role));
         }
-        // One certificate that holds CCM and TFTP gets one CCM+TFTP record (spec/04 §1.7, §3.7).
+        // One certificate that holds CCM and TFTP gets one CCM+TFTP record (docs/wire-formats.md §1.7, §3.7).
         let holds = |der: &[u8], role: Role| seen.contains(&(der, role));
         let mut merged: Vec<(&[u8], Role)> = Vec::with_capacity(pairs.len());
         for (der, role) in pairs {
@@ -288,7 +288,7 @@ impl<'a> TrustFileBuilder<'a> {
         if !records.iter().any(|r| r.role == Role::Sast && r.certificate_der == signer_der) {
             return Err(TrustError::SignerNotInRecords);
         }
-        // Role ascending, the signing SAST first among SASTs, then DER ascending (spec/04 §3.6).
+        // Role ascending, the signing SAST first among SASTs, then DER ascending (docs/wire-formats.md §3.6).
         records.sort_by(|a, b| {
             let key = |r: &TrustRecord| (r.role.code(), r.certificate_der != signer_der);
             key(a).cmp(&key(b)).then_with(|| a.certificate_der.cmp(&b.certificate_der))
@@ -306,7 +306,7 @@ pub struct TrustList {
 }
 
 impl TrustList {
-    /// Parses a `.tlv` file (spec/04 §3.8 steps 1-3). Does not verify the signature.
+    /// Parses a `.tlv` file (docs/wire-formats.md §3.8 steps 1-3). Does not verify the signature.
     pub fn parse(bytes: &[u8], mode: Mode) -> Result<Self, TrustError> {
         let header = parse_header(bytes, mode)?;
         if header.kind != FileKind::TrustList {
@@ -336,13 +336,13 @@ impl TrustList {
     }
 
     /// Self-consistency: the file verifies with its own SAST record whose serial is SIGNER_SERIAL
-    /// (spec/04 §3.8 steps 4-5). Returns that record.
+    /// (docs/wire-formats.md §3.8 steps 4-5). Returns that record.
     pub fn verify(&self) -> Result<&TrustRecord, TrustError> {
         verify_by_records(&self.header, &self.bytes, self.sast_records())
     }
 
     /// Trust continuity: the file verifies with a SAST record of `trusted`, the list the phone already holds
-    /// (spec/04 §3.9). Returns the record of `trusted` that verified it.
+    /// (docs/wire-formats.md §3.9). Returns the record of `trusted` that verified it.
     pub fn verify_against<'t>(&self, trusted: &'t TrustList) -> Result<&'t TrustRecord, TrustError> {
         verify_by_records(&self.header, &self.bytes, trusted.sast_records())
     }
@@ -449,7 +449,7 @@ fn parse_record(file: &[u8], start: usize, end: usize, mode: Mode) -> Result<Tru
                 record.certificate_hash = Some(element.value.to_vec());
                 record.decode_only_tags.push(element.tag);
             }
-            // IP_ADDRESS and HASH_ALGORITHM: encodings unknown, skipped (spec/04 §3.6).
+            // IP_ADDRESS and HASH_ALGORITHM: encodings unknown, skipped (docs/wire-formats.md §3.6).
             _ => record.decode_only_tags.push(element.tag),
         }
     }
@@ -460,7 +460,7 @@ fn parse_record(file: &[u8], start: usize, end: usize, mode: Mode) -> Result<Tru
     Ok(record)
 }
 
-/// Strict records carry SERIAL_NUMBER and CERTIFICATE, and agree with the certificate (spec/04 §3.6).
+/// Strict records carry SERIAL_NUMBER and CERTIFICATE, and agree with the certificate (docs/wire-formats.md §3.6).
 fn check_strict_record(record: &TrustRecord, offset: usize) -> Result<(), TrustError> {
     if record.serial.is_empty() {
         return Err(TrustError::MissingElement { tag: tag::SERIAL_NUMBER, name: "SERIAL_NUMBER" });

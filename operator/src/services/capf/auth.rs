@@ -1,5 +1,5 @@
 //! Authentication of a CAPF AUTH_RESPONSE: the password of mode 1 and the certificate signatures of modes 3 and 4
-//! (spec/04 §7.5 table, §7.7), and the optional SUDI block.
+//! (docs/wire-formats.md §7.5 table, §7.7), and the optional SUDI block.
 //!
 //! RSA signatures are checked with the `rsa` crate in both forms §7.7 allows (raw hash, DigestInfo). ECDSA with
 //! SHA-1 and SHA-512 goes through OpenSSL: ring, under rustls and x509-parser, verifies neither digest for ECDSA.
@@ -17,10 +17,10 @@ use subtle::ConstantTimeEq;
 use super::frame::{Body, HASH_CODE_SHA512, SudiData};
 use crate::api::CapfAuthenticationMode;
 
-/// Lengths of the authentication string (spec/02: 4–10 digits).
+/// Lengths of the authentication string (Table 6-2: 4–10 digits).
 pub const AUTHENTICATION_STRING_DIGITS: std::ops::RangeInclusive<usize> = 4..=10;
 
-/// Why a device failed authentication. Every variant ends the session with END_SESSION{7} (spec/04 §7.5).
+/// Why a device failed authentication. Every variant ends the session with END_SESSION{7} (docs/wire-formats.md §7.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// PASSWORD is missing or differs from the authentication string.
@@ -48,35 +48,42 @@ pub enum AuthError {
 impl std::fmt::Display for AuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AuthError::WrongPassword => write!(f, "PASSWORD does not match the authentication string (spec/04 §7.5)"),
+            AuthError::WrongPassword => write!(f, "PASSWORD does not match the authentication string (docs/wire-formats.md §7.5)"),
             AuthError::NoAuthenticationString => {
-                write!(f, "capfAuthMode 1 needs a 4-10 digit authentication string for the device, and none is set (spec/04 §7.5)")
+                write!(
+                    f,
+                    "capfAuthMode 1 needs a 4-10 digit authentication string for the device, and none is set (docs/wire-formats.md §7.5)"
+                )
             }
-            AuthError::MissingElement(name) => write!(f, "AUTH_RESPONSE lacks {name}, needed by capfAuthMode 3/4 (spec/04 §7.5)"),
-            AuthError::BadCertificate(why) => write!(f, "CERTIFICATE does not parse: {why} (spec/04 §7.4)"),
-            AuthError::UnknownIssuer => write!(f, "CERTIFICATE does not chain to an allowed issuer (spec/04 §7.5)"),
+            AuthError::MissingElement(name) => {
+                write!(f, "AUTH_RESPONSE lacks {name}, needed by capfAuthMode 3/4 (docs/wire-formats.md §7.5)")
+            }
+            AuthError::BadCertificate(why) => write!(f, "CERTIFICATE does not parse: {why} (docs/wire-formats.md §7.4)"),
+            AuthError::UnknownIssuer => write!(f, "CERTIFICATE does not chain to an allowed issuer (docs/wire-formats.md §7.5)"),
             AuthError::CommonNameMismatch { device_name, common_name } => {
-                write!(f, "certificate CN \"{common_name}\" does not belong to device {device_name} (spec/04 §7.5)")
+                write!(f, "certificate CN \"{common_name}\" does not belong to device {device_name} (docs/wire-formats.md §7.5)")
             }
             AuthError::UnsupportedHashCode(code) => {
-                write!(f, "SHA2_SIGNED_DATA hash code {code}; only 3 (SHA-512) is accepted (spec/04 §7.7)")
+                write!(f, "SHA2_SIGNED_DATA hash code {code}; only 3 (SHA-512) is accepted (docs/wire-formats.md §7.7)")
             }
-            AuthError::UnsupportedKey => write!(f, "the certificate key is neither RSA nor EC (spec/04 §7.7)"),
-            AuthError::BadSignature(element) => write!(f, "{element} does not verify over the device name and certificate (spec/04 §7.7)"),
-            AuthError::Sudi(why) => write!(f, "SUDI_DATA refused: {why} (spec/04 §7.7)"),
+            AuthError::UnsupportedKey => write!(f, "the certificate key is neither RSA nor EC (docs/wire-formats.md §7.7)"),
+            AuthError::BadSignature(element) => {
+                write!(f, "{element} does not verify over the device name and certificate (docs/wire-formats.md §7.7)")
+            }
+            AuthError::Sudi(why) => write!(f, "SUDI_DATA refused: {why} (docs/wire-formats.md §7.7)"),
         }
     }
 }
 
 impl std::error::Error for AuthError {}
 
-/// Certificates a client certificate may chain to, besides the cluster CA (spec/04 §7.5, §7.7).
+/// Certificates a client certificate may chain to, besides the cluster CA (docs/wire-formats.md §7.5, §7.7).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustAnchors {
     /// DER certificates of the manufacturing chain (Cisco Manufacturing CA, Cisco Root CA 2048). A MIC must be
     /// issued directly by one of them. May be empty: then no MIC authenticates.
     pub mic_bundle: Vec<Vec<u8>>,
-    /// DER certificates that issue SUDI certificates. Empty: SUDI_DATA is not verified (spec/04 §7.7).
+    /// DER certificates that issue SUDI certificates. Empty: SUDI_DATA is not verified (docs/wire-formats.md §7.7).
     pub sudi_bundle: Vec<Vec<u8>>,
 }
 
@@ -91,7 +98,7 @@ pub enum ClientCertificateKind {
 pub(crate) struct CertificateCheck<'a> {
     /// The device name exactly as received (without NUL): what the phone signed.
     pub raw_device_name: &'a str,
-    /// The normalised device name (spec/04 §1.3): what CNs are compared with.
+    /// The normalised device name (docs/wire-formats.md §1.3): what CNs are compared with.
     pub device_name: &'a str,
     pub mode: CapfAuthenticationMode,
     pub lsc_ca_der: &'a [u8],
@@ -108,12 +115,12 @@ pub(crate) fn check_password(body: &Body, configured: Option<&str>) -> Result<()
     if bool::from(equal) { Ok(()) } else { Err(AuthError::WrongPassword) }
 }
 
-/// 4–10 ASCII digits (spec/02).
+/// 4–10 ASCII digits (Table 6-2).
 pub fn is_authentication_string(text: &str) -> bool {
     AUTHENTICATION_STRING_DIGITS.contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Modes 3 and 4 (spec/04 §7.5 table, §7.7): the certificate chains to an allowed issuer and names the device, and
+/// Modes 3 and 4 (docs/wire-formats.md §7.5 table, §7.7): the certificate chains to an allowed issuer and names the device, and
 /// both SIGNED_DATA and SHA2_SIGNED_DATA verify over `device name ‖ 00 ‖ certificate DER`.
 pub(crate) fn check_certificate(body: &Body, check: &CertificateCheck<'_>) -> Result<ClientCertificateKind, AuthError> {
     let certificate = body.certificate.as_ref().ok_or(AuthError::MissingElement("CERTIFICATE"))?;
@@ -149,8 +156,8 @@ pub(crate) fn check_certificate(body: &Body, check: &CertificateCheck<'_>) -> Re
     Ok(kind)
 }
 
-/// SUDI_DATA (spec/04 §7.7): verified only when a SUDI bundle is configured and the SUDI key is RSA. The signed
-/// input starts with the session id in LITTLE-endian order (spec/04 §1.1).
+/// SUDI_DATA (docs/wire-formats.md §7.7): verified only when a SUDI bundle is configured and the SUDI key is RSA. The signed
+/// input starts with the session id in LITTLE-endian order (docs/wire-formats.md §1.1).
 pub(crate) fn check_sudi(body: &Body, session_id: u32, trust: &TrustAnchors) -> Result<(), AuthError> {
     let (Some(raw), false) = (&body.sudi_data, trust.sudi_bundle.is_empty()) else {
         return Ok(());
@@ -177,7 +184,7 @@ enum SignedDigest {
     Sha512,
 }
 
-/// RSA: `s^e mod n` must be PKCS#1 v1.5 padding around the raw hash or around DigestInfo(hash) (spec/04 §7.7).
+/// RSA: `s^e mod n` must be PKCS#1 v1.5 padding around the raw hash or around DigestInfo(hash) (docs/wire-formats.md §7.7).
 /// EC: a DER ECDSA-Sig-Value over the message with the digest.
 fn verify(key: &PKey<Public>, digest: SignedDigest, message: &[u8], signature: &[u8], element: &'static str) -> Result<(), AuthError> {
     let bad = AuthError::BadSignature(element);
@@ -256,6 +263,6 @@ mod tests {
             check_mic_common_name: true,
         };
         assert_eq!(check_certificate(&Body::default(), &check), Err(AuthError::MissingElement("CERTIFICATE")));
-        assert!(AuthError::UnknownIssuer.to_string().contains("spec/04 §7.5"));
+        assert!(AuthError::UnknownIssuer.to_string().contains("docs/wire-formats.md §7.5"));
     }
 }

@@ -1,28 +1,28 @@
-//! CAPF frames: the 8-byte header of spec/04 §7.2, the commands of §7.3 and the TLV elements of §7.4.
+//! CAPF frames: the 8-byte header of docs/wire-formats.md §7.2, the commands of §7.3 and the TLV elements of §7.4.
 //!
 //! Written by hand: the protocol is Cisco's own and no crate implements it. The element layer reuses the file TLV
-//! codec of `trust::tlv` (same `u8 tag | u16 length | value`, spec/04 §2.1); that codec gives `0x0D` no special
+//! codec of `trust::tlv` (same `u8 tag | u16 length | value`, docs/wire-formats.md §2.1); that codec gives `0x0D` no special
 //! meaning outside file headers, which is what CAPF bodies need (§2.2).
 
 use crate::core::trust::error::TrustError;
 use crate::core::trust::tlv;
 
-/// Protocol id, the first byte of every frame (spec/04 §7.2).
+/// Protocol id, the first byte of every frame (docs/wire-formats.md §7.2).
 pub const PROTOCOL_ID: u8 = 0x55;
-/// Protocol id, command, session id and body length (spec/04 §7.2).
+/// Protocol id, command, session id and body length (docs/wire-formats.md §7.2).
 pub const HEADER_LEN: usize = 8;
 /// The largest body a u16 length describes.
 pub const MAX_BODY_LEN: usize = 65_535;
-/// The VERSION the server sends (spec/04 §7.4).
+/// The VERSION the server sends (docs/wire-formats.md §7.4).
 pub const SERVER_VERSION: u8 = 3;
-/// Hash code of SHA-512 in SHA2_SIGNED_DATA and SUDI_DATA, the only one accepted there (spec/04 §1.6, §7.7).
+/// Hash code of SHA-512 in SHA2_SIGNED_DATA and SUDI_DATA, the only one accepted there (docs/wire-formats.md §1.6, §7.7).
 pub const HASH_CODE_SHA512: u8 = 3;
-/// Hash code of SHA-1 (spec/04 §1.6), used inside SUDI_DATA (§7.7).
+/// Hash code of SHA-1 (docs/wire-formats.md §1.6), used inside SUDI_DATA (§7.7).
 pub const HASH_CODE_SHA1: u8 = 1;
-/// Length of the prefix in front of the DER in a CERTIFICATE element (spec/04 §7.4).
+/// Length of the prefix in front of the DER in a CERTIFICATE element (docs/wire-formats.md §7.4).
 pub const CERTIFICATE_PREFIX_LEN: usize = 5;
 
-/// Element tags (spec/04 §7.4).
+/// Element tags (docs/wire-formats.md §7.4).
 pub mod tag {
     pub const REASON: u8 = 1;
     pub const REASON_INFO: u8 = 2;
@@ -75,37 +75,42 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::Truncated { needed, found } => {
-                write!(f, "truncated CAPF frame: {needed} bytes needed, {found} present (spec/04 §7.2)")
+                write!(f, "truncated CAPF frame: {needed} bytes needed, {found} present (docs/wire-formats.md §7.2)")
             }
             FrameError::TrailingBytes { declared, found } => {
-                write!(f, "CAPF frame has {found} body bytes but its header declares {declared} (spec/04 §7.2)")
+                write!(f, "CAPF frame has {found} body bytes but its header declares {declared} (docs/wire-formats.md §7.2)")
             }
-            FrameError::BadProtocolId(id) => write!(f, "CAPF protocol id is 0x{id:02X}, expected 0x55 (spec/04 §7.2)"),
+            FrameError::BadProtocolId(id) => write!(f, "CAPF protocol id is 0x{id:02X}, expected 0x55 (docs/wire-formats.md §7.2)"),
             FrameError::SessionMismatch { expected, found } => {
-                write!(f, "CAPF session id 0x{found:08X} differs from this session's 0x{expected:08X} (spec/04 §7.2)")
+                write!(f, "CAPF session id 0x{found:08X} differs from this session's 0x{expected:08X} (docs/wire-formats.md §7.2)")
             }
             FrameError::ElementTruncated { offset } => {
-                write!(f, "CAPF element at body offset {offset} runs past the end of the body (spec/04 §2.1, §7.4)")
+                write!(f, "CAPF element at body offset {offset} runs past the end of the body (docs/wire-formats.md §2.1, §7.4)")
             }
-            FrameError::DuplicateElement(tag) => write!(f, "CAPF element tag {tag} occurs twice in one frame (spec/04 §7.4)"),
+            FrameError::DuplicateElement(tag) => write!(f, "CAPF element tag {tag} occurs twice in one frame (docs/wire-formats.md §7.4)"),
             FrameError::BadElementLength { tag, expected, found } => {
-                write!(f, "CAPF element tag {tag} has {found} bytes, expected {expected} (spec/04 §7.4)")
+                write!(f, "CAPF element tag {tag} has {found} bytes, expected {expected} (docs/wire-formats.md §7.4)")
             }
-            FrameError::BadString(tag) => write!(f, "CAPF element tag {tag} is not NUL-terminated UTF-8 text (spec/04 §1.2, §7.4)"),
+            FrameError::BadString(tag) => {
+                write!(f, "CAPF element tag {tag} is not NUL-terminated UTF-8 text (docs/wire-formats.md §1.2, §7.4)")
+            }
             FrameError::ShortCertificate(length) => {
-                write!(f, "CAPF CERTIFICATE has {length} bytes, fewer than its 5-byte prefix (spec/04 §7.4)")
+                write!(f, "CAPF CERTIFICATE has {length} bytes, fewer than its 5-byte prefix (docs/wire-formats.md §7.4)")
             }
             FrameError::BadSignatureBlock { tag } => {
-                write!(f, "CAPF element tag {tag} is not a sequence of `code ‖ u16 length ‖ bytes` blocks (spec/04 §7.4, §7.7)")
+                write!(
+                    f,
+                    "CAPF element tag {tag} is not a sequence of `code ‖ u16 length ‖ bytes` blocks (docs/wire-formats.md §7.4, §7.7)"
+                )
             }
-            FrameError::TooLong { what, length } => write!(f, "CAPF {what} of {length} bytes exceeds 65535 (spec/04 §2.1)"),
+            FrameError::TooLong { what, length } => write!(f, "CAPF {what} of {length} bytes exceeds 65535 (docs/wire-formats.md §2.1)"),
         }
     }
 }
 
 impl std::error::Error for FrameError {}
 
-/// A command code (spec/04 §7.3). Codes whose semantics are unknown (5–8, 16, 18–23) and any others are kept.
+/// A command code (docs/wire-formats.md §7.3). Codes whose semantics are unknown (5–8, 16, 18–23) and any others are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
     AuthRequest,
@@ -161,7 +166,7 @@ impl Command {
     }
 }
 
-/// REASON values (spec/04 §7.9).
+/// REASON values (docs/wire-formats.md §7.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// 0: nothing scheduled; after a fetch.
@@ -197,7 +202,7 @@ impl Reason {
     }
 }
 
-/// AUTH_TYPE values, numbered like capfAuthMode (spec/04 §7.4).
+/// AUTH_TYPE values, numbered like capfAuthMode (docs/wire-formats.md §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthType {
     None,
@@ -232,7 +237,7 @@ impl AuthType {
     }
 }
 
-/// CERTIFICATE_TYPE values and the type byte inside CERTIFICATE (spec/04 §7.4).
+/// CERTIFICATE_TYPE values and the type byte inside CERTIFICATE (docs/wire-formats.md §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertificateType {
     Lsc,
@@ -258,7 +263,7 @@ impl CertificateType {
     }
 }
 
-/// KEY_TYPE values (spec/04 §7.4).
+/// KEY_TYPE values (docs/wire-formats.md §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyType {
     Rsa,
@@ -284,7 +289,7 @@ impl KeyType {
     }
 }
 
-/// CURVE values (spec/04 §7.4).
+/// CURVE values (docs/wire-formats.md §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Curve {
     P256,
@@ -313,12 +318,12 @@ impl Curve {
     }
 }
 
-/// The value of a CERTIFICATE element: `0x01 ‖ u16(2+D) ‖ 0x00 ‖ type ‖ DER` (spec/04 §7.4).
+/// The value of a CERTIFICATE element: `0x01 ‖ u16(2+D) ‖ 0x00 ‖ type ‖ DER` (docs/wire-formats.md §7.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateElement {
     pub certificate_type: CertificateType,
     pub der: Vec<u8>,
-    /// The inner length as received, when it differs from 2 + DER length: logged, never fatal (spec/04 §7.4).
+    /// The inner length as received, when it differs from 2 + DER length: logged, never fatal (docs/wire-formats.md §7.4).
     pub inner_length_mismatch: Option<u16>,
 }
 
@@ -350,15 +355,15 @@ impl CertificateElement {
     }
 }
 
-/// SHA2_SIGNED_DATA: `hash code ‖ u16 len ‖ signature` (spec/04 §7.4, §7.7).
+/// SHA2_SIGNED_DATA: `hash code ‖ u16 len ‖ signature` (docs/wire-formats.md §7.4, §7.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sha2SignedData {
-    /// Hash-algorithm code (spec/04 §1.6); only 3 (SHA-512) passes authentication.
+    /// Hash-algorithm code (docs/wire-formats.md §1.6); only 3 (SHA-512) passes authentication.
     pub hash_code: u8,
     pub signature: Vec<u8>,
 }
 
-/// SUDI_DATA: `00 ‖ u16 ‖ SUDI certificate ‖ 01 ‖ u16 ‖ SHA-1 signature ‖ 03 ‖ u16 ‖ SHA-512 signature` (spec/04 §7.7).
+/// SUDI_DATA: `00 ‖ u16 ‖ SUDI certificate ‖ 01 ‖ u16 ‖ SHA-1 signature ‖ 03 ‖ u16 ‖ SHA-512 signature` (docs/wire-formats.md §7.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SudiData {
     pub certificate_der: Vec<u8>,
@@ -379,7 +384,7 @@ impl SudiData {
     }
 
     /// Kept apart from frame decoding: a SUDI_DATA layout we do not understand must not fail a session that does
-    /// not verify SUDI (spec/04 §7.7: verified only when configured).
+    /// not verify SUDI (docs/wire-formats.md §7.7: verified only when configured).
     pub fn decode(value: &[u8]) -> Result<SudiData, FrameError> {
         let mut rest = value;
         let mut parts: Vec<Vec<u8>> = Vec::with_capacity(3);
@@ -400,7 +405,7 @@ impl SudiData {
     }
 }
 
-/// A password: NUL-terminated on the wire (spec/04 §7.4). `Debug` hides it.
+/// A password: NUL-terminated on the wire (docs/wire-formats.md §7.4). `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);
 
@@ -421,14 +426,14 @@ impl std::fmt::Debug for Password {
 }
 
 /// An element the decoder did not interpret: an unknown tag, or one whose meaning is unknown (REASON_INFO,
-/// CERTIFICATE_ID, RETRY_DELAY, DIGEST_TYPE). Kept for logging (spec/04 §7.4).
+/// CERTIFICATE_ID, RETRY_DELAY, DIGEST_TYPE). Kept for logging (docs/wire-formats.md §7.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedElement {
     pub tag: u8,
     pub value: Vec<u8>,
 }
 
-/// The elements of one frame body (spec/04 §7.4). Encoding writes them in ascending tag order; decoding accepts
+/// The elements of one frame body (docs/wire-formats.md §7.4). Encoding writes them in ascending tag order; decoding accepts
 /// any order, refuses a repeated tag, and keeps tags it does not interpret in `skipped`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Body {
@@ -443,7 +448,7 @@ pub struct Body {
     /// RSA bits.
     pub key_size: Option<u16>,
     pub password: Option<Password>,
-    /// As received, without its NUL; the session normalises `SEP` MACs (spec/04 §1.3).
+    /// As received, without its NUL; the session normalises `SEP` MACs (docs/wire-formats.md §1.3).
     pub device_name: Option<String>,
     /// Raw value; see [`SudiData::decode`].
     pub sudi_data: Option<Vec<u8>>,
@@ -564,7 +569,7 @@ impl Body {
     }
 }
 
-/// One CAPF message (spec/04 §7.2).
+/// One CAPF message (docs/wire-formats.md §7.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub command: Command,
@@ -581,7 +586,7 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    /// Decodes the first 8 bytes; refuses a protocol id other than 0x55 (spec/04 §7.2).
+    /// Decodes the first 8 bytes; refuses a protocol id other than 0x55 (docs/wire-formats.md §7.2).
     pub fn decode(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         let header: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
@@ -603,7 +608,7 @@ impl Frame {
         Frame { command, session_id, body }
     }
 
-    /// Header and body in one buffer, so the transport can send them in one write (spec/04 §7.1).
+    /// Header and body in one buffer, so the transport can send them in one write (docs/wire-formats.md §7.1).
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let body = self.body.encode()?;
         let body_len = u16::try_from(body.len()).map_err(|_| FrameError::TooLong { what: "frame body", length: body.len() })?;
@@ -743,7 +748,7 @@ mod tests {
         // Every message names the spec section.
         for error in [FrameError::BadProtocolId(1), FrameError::DuplicateElement(7), FrameError::SessionMismatch { expected: 1, found: 2 }]
         {
-            assert!(error.to_string().contains("spec/04 §"), "{error}");
+            assert!(error.to_string().contains("docs/wire-formats.md §"), "{error}");
         }
     }
 

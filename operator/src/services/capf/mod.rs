@@ -1,4 +1,4 @@
-//! CAPF, the Certificate Authority Proxy Function (spec/04 §7): the TCP 3804 TLS service through which phones
+//! CAPF, the Certificate Authority Proxy Function (docs/wire-formats.md §7): the TCP 3804 TLS service through which phones
 //! get, replace, return and delete their LSCs.
 //!
 //! `frame` is the wire format, `auth` the authentication checks, `session` the pure protocol state machine, and

@@ -1,7 +1,7 @@
-//! The CAPF TLS listener (spec/04 §7.1): tokio + tokio-rustls, no client certificate, one session per connection,
-//! the server speaks first, each frame in one write, timeouts per spec/04 §7.5.
+//! The CAPF TLS listener (docs/wire-formats.md §7.1): tokio + tokio-rustls, no client certificate, one session per connection,
+//! the server speaks first, each frame in one write, timeouts per docs/wire-formats.md §7.5.
 //!
-//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones speak only TLS 1.0 (spec/04 §7.1, `legacyTls`
+//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones speak only TLS 1.0 (docs/wire-formats.md §7.1, `legacyTls`
 //! listeners): they need an OpenSSL-backed listener, left for later.
 
 use std::net::SocketAddr;
@@ -19,10 +19,10 @@ use tokio_rustls::TlsAcceptor;
 use super::frame::{FrameHeader, HEADER_LEN, PROTOCOL_ID};
 use super::session::{CapfContext, Outcome, Session, Step, Wait};
 
-/// The well-known CAPF port (spec/04 §7.1).
+/// The well-known CAPF port (docs/wire-formats.md §7.1).
 pub const CAPF_PORT: u16 = 3804;
 
-/// Timeouts of spec/04 §7.5; configurable so tests can shorten them.
+/// Timeouts of docs/wire-formats.md §7.5; configurable so tests can shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TLS handshake: 10 s.
@@ -50,7 +50,7 @@ pub enum ServerError {
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ServerError::Tls(why) => write!(f, "CAPF TLS configuration refused: {why} (spec/04 §7.1)"),
+            ServerError::Tls(why) => write!(f, "CAPF TLS configuration refused: {why} (docs/wire-formats.md §7.1)"),
             ServerError::Io(e) => write!(f, "CAPF listener: {e}"),
         }
     }
@@ -74,7 +74,7 @@ pub enum ConnectionReport {
 }
 
 /// A TLS acceptor presenting the CAPF-role certificate (`chain_der[0]`, then intermediates) with its PKCS#8 key.
-/// No client certificate is requested: authentication happens inside the protocol (spec/04 §7.1).
+/// No client certificate is requested: authentication happens inside the protocol (docs/wire-formats.md §7.1).
 pub fn tls_acceptor(chain_der: &[Vec<u8>], key_pkcs8_der: &[u8]) -> Result<TlsAcceptor, ServerError> {
     let chain: Vec<CertificateDer<'static>> = chain_der.iter().map(|der| CertificateDer::from(der.clone())).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8_der.to_vec()));
@@ -87,7 +87,7 @@ pub fn tls_acceptor(chain_der: &[Vec<u8>], key_pkcs8_der: &[u8]) -> Result<TlsAc
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A random non-zero session id (spec/04 §7.2).
+/// A random non-zero session id (docs/wire-formats.md §7.2).
 pub fn random_session_id() -> u32 {
     loop {
         let id: u32 = rand::random();
@@ -138,7 +138,7 @@ impl CapfServer {
 }
 
 /// One connection: the TLS handshake, then one session over it. Generic over the transport so tests can watch
-/// the bytes (spec/04 §10 W-16).
+/// the bytes (docs/wire-formats.md §10 W-16).
 pub async fn serve_connection<IO>(
     io: IO,
     peer: Option<SocketAddr>,
@@ -162,7 +162,7 @@ where
 }
 
 /// Drives `session` over an established stream until it finishes. Each frame goes out in one `write_all` of header
-/// and body together, then a flush, so TLS puts it in one record (spec/04 §7.1).
+/// and body together, then a flush, so TLS puts it in one record (docs/wire-formats.md §7.1).
 pub async fn run_session<S>(stream: &mut S, mut session: Session, timeouts: &Timeouts) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -191,7 +191,7 @@ where
         step = match tokio::time::timeout(wait, read_frame(stream)).await {
             Err(_) => session.time_out(),
             Ok(Ok(Received::Frame(bytes))) => session.receive_bytes(&bytes),
-            // What arrived before the end of the stream: decodes as truncated, END_SESSION{7} (spec/04 §7.2).
+            // What arrived before the end of the stream: decodes as truncated, END_SESSION{7} (docs/wire-formats.md §7.2).
             Ok(Ok(Received::Partial(bytes))) => session.receive_bytes(&bytes),
             Ok(Ok(Received::Closed)) | Ok(Err(_)) => {
                 session.connection_closed();

@@ -1,4 +1,4 @@
-//! The server side of one CAPF session as a pure state machine (spec/04 §7.5): frames in, frames out, and a final
+//! The server side of one CAPF session as a pure state machine (docs/wire-formats.md §7.5): frames in, frames out, and a final
 //! [`Outcome`]. No IO and no clock: the caller supplies `now`, the device directory, and reports timeouts and
 //! closed connections.
 
@@ -16,10 +16,10 @@ use crate::core::pki::inspect::{CertificateFacts, EcCurve, md5_hex, sha256_hex};
 use crate::core::pki::issue::{self, DEFAULT_LSC_VALIDITY_DAYS, LscKeySource, LscRequest, PhoneKey};
 use crate::core::pki::serial::Serial;
 
-/// VERSION values accepted in AUTH_RESPONSE: phones answer 3, Jabber 2 (spec/04 §7.4).
+/// VERSION values accepted in AUTH_RESPONSE: phones answer 3, Jabber 2 (docs/wire-formats.md §7.4).
 pub const ACCEPTED_VERSIONS: [u8; 2] = [2, 3];
 
-/// The operation scheduled for a device (spec/04 §7.5; CUCM's "troubleshoot" is a fetch).
+/// The operation scheduled for a device (docs/wire-formats.md §7.5; CUCM's "troubleshoot" is a fetch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScheduledOperation {
     None,
@@ -40,7 +40,7 @@ impl From<CertificateOperation> for ScheduledOperation {
     }
 }
 
-/// The key a device is asked to generate (spec/04 §7.3 KEY_GENERATE_REQUEST, §7.8 allowed sizes).
+/// The key a device is asked to generate (docs/wire-formats.md §7.3 KEY_GENERATE_REQUEST, §7.8 allowed sizes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestedKey {
     Rsa(KeySize),
@@ -74,7 +74,7 @@ impl std::fmt::Debug for DeviceRecord {
 
 /// Where sessions look devices up. Closures `Fn(&str) -> Option<DeviceRecord>` implement it.
 pub trait DeviceDirectory: Send + Sync {
-    /// The record of a device by its normalised name (`SEP` + uppercase MAC, spec/04 §1.3), or `None` if unknown.
+    /// The record of a device by its normalised name (`SEP` + uppercase MAC, docs/wire-formats.md §1.3), or `None` if unknown.
     fn lookup(&self, device_name: &str) -> Option<DeviceRecord>;
 
     /// The serial of a new LSC. Override to keep serials unique against those the CA already issued.
@@ -95,13 +95,13 @@ where
 /// Listener settings that shape sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
-    /// Send AUTH_REQUEST with VERSION alone, as CUCM was observed doing (spec/04 §7.5 `omitAuthType`).
+    /// Send AUTH_REQUEST with VERSION alone, as CUCM was observed doing (docs/wire-formats.md §7.5 `omitAuthType`).
     pub omit_auth_type: bool,
-    /// Send RSA KEY_GENERATE_REQUEST with KEY_SIZE alone (spec/04 §7.5 `omitRsaKeyType`).
+    /// Send RSA KEY_GENERATE_REQUEST with KEY_SIZE alone (docs/wire-formats.md §7.5 `omitRsaKeyType`).
     pub omit_rsa_key_type: bool,
-    /// Require a MIC's CN to end in `-<device name>` (spec/04 §7.5; can be switched off).
+    /// Require a MIC's CN to end in `-<device name>` (docs/wire-formats.md §7.5; can be switched off).
     pub check_mic_common_name: bool,
-    /// LSC lifetime, 1..=3650 days (spec/04 §7.8).
+    /// LSC lifetime, 1..=3650 days (docs/wire-formats.md §7.8).
     pub lsc_validity_days: u32,
 }
 
@@ -130,7 +130,7 @@ impl std::fmt::Debug for CapfContext {
     }
 }
 
-/// An LSC a session issued and the phone stored, with what the status records (spec/04 §7.5 "After success").
+/// An LSC a session issued and the phone stored, with what the status records (docs/wire-formats.md §7.5 "After success").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedCertificate {
     pub device_name: String,
@@ -164,9 +164,9 @@ pub enum Outcome {
 /// Why a session failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureReason {
-    /// A frame did not decode, or carried another protocol or session id (spec/04 §7.2).
+    /// A frame did not decode, or carried another protocol or session id (docs/wire-formats.md §7.2).
     Frame(FrameError),
-    /// A command that is not valid in this state, or whose semantics are unknown (spec/04 §7.3).
+    /// A command that is not valid in this state, or whose semantics are unknown (docs/wire-formats.md §7.3).
     UnexpectedCommand {
         command: Command,
         expected: &'static str,
@@ -176,14 +176,14 @@ pub enum FailureReason {
         command: Command,
         element: &'static str,
     },
-    /// VERSION is neither 2 nor 3 (spec/04 §7.4).
+    /// VERSION is neither 2 nor 3 (docs/wire-formats.md §7.4).
     UnsupportedVersion(u8),
-    /// END_SESSION{9} (spec/04 §7.5).
+    /// END_SESSION{9} (docs/wire-formats.md §7.5).
     UnknownDevice,
     Authentication(AuthError),
-    /// The configured key cannot be requested: RSA 512 is refused (spec/04 §7.8) and P-521 cannot be issued.
+    /// The configured key cannot be requested: RSA 512 is refused (docs/wire-formats.md §7.8) and P-521 cannot be issued.
     UnsupportedConfiguredKey(RequestedKey),
-    /// PUBLIC_KEY fails the key checks of spec/04 §7.8; nothing was issued.
+    /// PUBLIC_KEY fails the key checks of docs/wire-formats.md §7.8; nothing was issued.
     KeyRefused(String),
     /// The phone answered with a REASON other than success.
     PhoneReported {
@@ -210,33 +210,35 @@ impl std::fmt::Display for FailureReason {
         match self {
             FailureReason::Frame(e) => write!(f, "{e}"),
             FailureReason::UnexpectedCommand { command, expected } => {
-                write!(f, "unexpected CAPF command {} while waiting for {expected} (spec/04 §7.3, §7.5)", command.code())
+                write!(f, "unexpected CAPF command {} while waiting for {expected} (docs/wire-formats.md §7.3, §7.5)", command.code())
             }
             FailureReason::MissingElement { command, element } => {
-                write!(f, "CAPF command {} lacks {element} (spec/04 §7.5)", command.code())
+                write!(f, "CAPF command {} lacks {element} (docs/wire-formats.md §7.5)", command.code())
             }
-            FailureReason::UnsupportedVersion(v) => write!(f, "CAPF VERSION {v} is not 2 or 3 (spec/04 §7.4)"),
-            FailureReason::UnknownDevice => write!(f, "unknown device (spec/04 §7.5)"),
+            FailureReason::UnsupportedVersion(v) => write!(f, "CAPF VERSION {v} is not 2 or 3 (docs/wire-formats.md §7.4)"),
+            FailureReason::UnknownDevice => write!(f, "unknown device (docs/wire-formats.md §7.5)"),
             FailureReason::Authentication(e) => write!(f, "authentication failed: {e}"),
             FailureReason::UnsupportedConfiguredKey(key) => {
-                write!(f, "the configured key {key:?} cannot be requested: RSA 1024/2048, EC P-256/P-384 only (spec/04 §7.8)")
+                write!(f, "the configured key {key:?} cannot be requested: RSA 1024/2048, EC P-256/P-384 only (docs/wire-formats.md §7.8)")
             }
-            FailureReason::KeyRefused(why) => write!(f, "PUBLIC_KEY refused: {why} (spec/04 §7.8)"),
+            FailureReason::KeyRefused(why) => write!(f, "PUBLIC_KEY refused: {why} (docs/wire-formats.md §7.8)"),
             FailureReason::PhoneReported { command, reason } => {
-                write!(f, "the phone answered command {} with REASON {} (spec/04 §7.9)", command.code(), reason.code())
+                write!(f, "the phone answered command {} with REASON {} (docs/wire-formats.md §7.9)", command.code(), reason.code())
             }
             FailureReason::Issue(why) => write!(f, "issuing the LSC failed: {why}"),
             FailureReason::StoreRefused { reason, serial } => {
-                write!(f, "the phone refused to store LSC {serial}: REASON {} (spec/04 §7.5)", reason.code())
+                write!(f, "the phone refused to store LSC {serial}: REASON {} (docs/wire-formats.md §7.5)", reason.code())
             }
-            FailureReason::Timeout { key_generation: true } => write!(f, "no KEY_GENERATE_RESPONSE in time (spec/04 §7.5 timeouts)"),
-            FailureReason::Timeout { key_generation: false } => write!(f, "no CAPF message in time (spec/04 §7.5 timeouts)"),
+            FailureReason::Timeout { key_generation: true } => {
+                write!(f, "no KEY_GENERATE_RESPONSE in time (docs/wire-formats.md §7.5 timeouts)")
+            }
+            FailureReason::Timeout { key_generation: false } => write!(f, "no CAPF message in time (docs/wire-formats.md §7.5 timeouts)"),
             FailureReason::ConnectionClosed => write!(f, "the phone closed the connection mid-session"),
         }
     }
 }
 
-/// What the session waits for, so the transport picks the timeout (spec/04 §7.5).
+/// What the session waits for, so the transport picks the timeout (docs/wire-formats.md §7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
     /// Any message: the 30 s message timeout.
@@ -283,7 +285,7 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A session with the id the server picked (random, non-zero: spec/04 §7.2); `now` dates the LSC.
+    /// A session with the id the server picked (random, non-zero: docs/wire-formats.md §7.2); `now` dates the LSC.
     pub fn new(context: Arc<CapfContext>, session_id: u32, now: OffsetDateTime) -> Session {
         Session { context, session_id, now, state: State::Start, outcome: None, requests_in_progress: 0, skipped_elements: 0 }
     }
@@ -292,7 +294,7 @@ impl Session {
         self.session_id
     }
 
-    /// The server speaks first: AUTH_REQUEST {VERSION=3, AUTH_TYPE=0} (spec/04 §7.5).
+    /// The server speaks first: AUTH_REQUEST {VERSION=3, AUTH_TYPE=0} (docs/wire-formats.md §7.5).
     pub fn start(&mut self) -> Step {
         if !matches!(self.state, State::Start) {
             return Step::default();
@@ -377,7 +379,7 @@ impl Session {
                 self.finish(Reason::NoAction, Outcome::Fetched { device_name, reason, certificate })
             }
             (State::AwaitDelete { device_name }, Command::DeleteCertificateResponse) => {
-                // END_SESSION{1} whatever the phone answered (spec/04 §7.5 delete flow).
+                // END_SESSION{1} whatever the phone answered (docs/wire-formats.md §7.5 delete flow).
                 let outcome = match frame.body.reason {
                     Some(Reason::Success) => Outcome::Deleted { device_name },
                     reason => Outcome::Failed {
@@ -540,7 +542,7 @@ impl Session {
         Step { send: vec![frame], close: false }
     }
 
-    /// A frame that did not decode or belongs to another session: END_SESSION{7} and close (spec/04 §7.2).
+    /// A frame that did not decode or belongs to another session: END_SESSION{7} and close (docs/wire-formats.md §7.2).
     fn fail_protocol(&mut self, error: FrameError) -> Step {
         if matches!(self.state, State::Done) {
             return Step { send: Vec::new(), close: true };
@@ -565,7 +567,7 @@ impl Session {
     }
 }
 
-/// `SEP` + lowercase hex becomes `SEP` + uppercase (spec/04 §1.3); other names (`CSF<user>`, ...) are kept.
+/// `SEP` + lowercase hex becomes `SEP` + uppercase (docs/wire-formats.md §1.3); other names (`CSF<user>`, ...) are kept.
 pub fn normalise_device_name(raw: &str) -> String {
     match raw.strip_prefix("SEP") {
         Some(mac) if mac.len() == 12 && mac.bytes().all(|b| b.is_ascii_hexdigit()) => format!("SEP{}", mac.to_ascii_uppercase()),

@@ -1,6 +1,6 @@
-//! Approval of a gateway certificate (spec/04 §9.2 step 3): pending with its SHA-256 and SHA-1 fingerprints
+//! Approval of a gateway certificate (docs/wire-formats.md §9.2 step 3): pending with its SHA-256 and SHA-1 fingerprints
 //! shown; active only after an approval repeating the SHA-256; a changed certificate returns to pending.
-//! Mirrors Cisco's "Update Certificate → accept" (spec/03 §4). Pure: no I/O, no clock.
+//! Mirrors Cisco's "Update Certificate → accept" (P.12-4). Pure: no I/O, no clock.
 
 use time::format_description::well_known::Rfc3339;
 
@@ -12,7 +12,7 @@ use crate::core::pki::inspect::{CertificateFacts, parse_certificate, sha1_hex, s
 pub enum ApprovalState {
     /// Shown to the administrator; not given to phones.
     Pending,
-    /// Approved: may go into phone configurations (spec/04 §9.3).
+    /// Approved: may go into phone configurations (docs/wire-formats.md §9.3).
     Active,
 }
 

@@ -1,5 +1,5 @@
 //! Handshake capture: connect to the gateway's Certificate Provider, complete a TLS handshake without
-//! verifying the certificate, record the leaf it presents, send close_notify (spec/04 §9.2 step 1).
+//! verifying the certificate, record the leaf it presents, send close_notify (docs/wire-formats.md §9.2 step 1).
 //!
 //! The spec asks for TLS 1.0–1.2; rustls offers only TLS 1.2 of those (with ECDHE key exchange), so
 //! gateways that speak only TLS 1.0/1.1 or RSA key exchange need an OpenSSL-backed client, left for later.
@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::error::SrstError;
 
-/// The Certificate Provider's default port (spec/04 §9.1).
+/// The Certificate Provider's default port (docs/wire-formats.md §9.1).
 pub const DEFAULT_PROVIDER_PORT: u16 = 2445;
 
 /// What the handshake showed: the leaf, and whether the gateway signed with its key.

@@ -1,9 +1,9 @@
-//! The errors of the secure-SRST module; each message names the rule and its spec/04 §9 section.
+//! The errors of the secure-SRST module; each message names the rule and its docs/wire-formats.md §9 section.
 
 use std::fmt;
 use std::time::Duration;
 
-/// Why a declared SRST certificate is refused (spec/04 §9.2 step 2).
+/// Why a declared SRST certificate is refused (docs/wire-formats.md §9.2 step 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidSrstCertificate {
     /// The Secret has no `tls.crt`, or its PEM text has no CERTIFICATE section.
@@ -56,7 +56,7 @@ pub enum SrstError {
     NoCertificate {
         endpoint: String,
     },
-    /// The certificate from the Secret is refused (spec/04 §9.2 step 2).
+    /// The certificate from the Secret is refused (docs/wire-formats.md §9.2 step 2).
     InvalidSrstCertificate(InvalidSrstCertificate),
     /// Captured or stored bytes that are not a DER X.509 certificate.
     NotACertificate(String),
@@ -72,23 +72,33 @@ pub enum SrstError {
 impl fmt::Display for SrstError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SrstError::InvalidHost(host) => write!(f, "SRST gateway address {host:?} is not a host name or IP address (spec/04 §9.2)"),
-            SrstError::Connect { endpoint, reason } => write!(f, "cannot connect to the SRST gateway {endpoint}: {reason} (spec/04 §9.2)"),
+            SrstError::InvalidHost(host) => {
+                write!(f, "SRST gateway address {host:?} is not a host name or IP address (docs/wire-formats.md §9.2)")
+            }
+            SrstError::Connect { endpoint, reason } => {
+                write!(f, "cannot connect to the SRST gateway {endpoint}: {reason} (docs/wire-formats.md §9.2)")
+            }
             SrstError::Timeout { endpoint, after } => {
-                write!(f, "SRST gateway {endpoint} did not complete the TLS handshake within {} s (spec/04 §9.2)", after.as_secs_f64())
+                write!(
+                    f,
+                    "SRST gateway {endpoint} did not complete the TLS handshake within {} s (docs/wire-formats.md §9.2)",
+                    after.as_secs_f64()
+                )
             }
             SrstError::Handshake { endpoint, reason } => {
-                write!(f, "TLS handshake with the SRST gateway {endpoint} failed: {reason} (spec/04 §9.2)")
+                write!(f, "TLS handshake with the SRST gateway {endpoint} failed: {reason} (docs/wire-formats.md §9.2)")
             }
-            SrstError::NoCertificate { endpoint } => write!(f, "the SRST gateway {endpoint} presented no certificate (spec/04 §9.2)"),
-            SrstError::InvalidSrstCertificate(why) => write!(f, "InvalidSrstCertificate: {why} (spec/04 §9.2 step 2)"),
-            SrstError::NotACertificate(why) => write!(f, "SRST gateway certificate is not DER X.509: {why} (spec/04 §9.2)"),
+            SrstError::NoCertificate { endpoint } => {
+                write!(f, "the SRST gateway {endpoint} presented no certificate (docs/wire-formats.md §9.2)")
+            }
+            SrstError::InvalidSrstCertificate(why) => write!(f, "InvalidSrstCertificate: {why} (docs/wire-formats.md §9.2 step 2)"),
+            SrstError::NotACertificate(why) => write!(f, "SRST gateway certificate is not DER X.509: {why} (docs/wire-formats.md §9.2)"),
             SrstError::MalformedFingerprint(given) => {
-                write!(f, "approval fingerprint {given:?} is not a SHA-256 fingerprint of 64 hex digits (spec/04 §9.2 step 3)")
+                write!(f, "approval fingerprint {given:?} is not a SHA-256 fingerprint of 64 hex digits (docs/wire-formats.md §9.2 step 3)")
             }
             SrstError::FingerprintMismatch { expected, given } => write!(
                 f,
-                "approval fingerprint {given} does not match the pending certificate's SHA-256 {expected}; it stays pending (spec/04 §9.2 step 3)"
+                "approval fingerprint {given} does not match the pending certificate's SHA-256 {expected}; it stays pending (docs/wire-formats.md §9.2 step 3)"
             ),
         }
     }

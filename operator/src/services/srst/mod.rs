@@ -1,4 +1,4 @@
-//! Secure SRST: obtaining the gateway certificate and approving it (spec/04 §9.2).
+//! Secure SRST: obtaining the gateway certificate and approving it (docs/wire-formats.md §9.2).
 //!
 //! Two ways in: a TLS handshake with the gateway's Certificate Provider that records the certificate it
 //! presents (`capture`), or a Secret holding exactly one PEM certificate (`secret`). Either way the

@@ -1,5 +1,5 @@
 //! The declarative alternative: the gateway certificate from a Secret holding exactly one PEM certificate
-//! in `tls.crt`; several certificates or a private key give `InvalidSrstCertificate` (spec/04 §9.2 step 2).
+//! in `tls.crt`; several certificates or a private key give `InvalidSrstCertificate` (docs/wire-formats.md §9.2 step 2).
 
 use k8s_openapi::api::core::v1::Secret;
 use rustls_pki_types::CertificateDer;
@@ -8,7 +8,7 @@ use rustls_pki_types::pem::PemObject;
 use super::error::{InvalidSrstCertificate, SrstError};
 use crate::core::pki::inspect::parse_certificate;
 
-/// The Secret key holding the certificate (spec/04 §9.2).
+/// The Secret key holding the certificate (docs/wire-formats.md §9.2).
 pub const SECRET_CERTIFICATE_KEY: &str = "tls.crt";
 
 /// The DER of the one certificate in `pem`.

@@ -1,5 +1,5 @@
-//! The TFTP service that serves phones their configuration, trust lists and firmware (spec/01: "TFTP =
-//! the Cisco TFTP service that serves phone configuration files"; spec/04 §3.1 and §6.2: UDP 69), read-only.
+//! The TFTP service that serves phones their configuration, trust lists and firmware (the Cisco TFTP
+//! service, P.1-5; docs/wire-formats.md §3.1 and §6.2: UDP 69), read-only.
 //!
 //! `packet` is the wire format (RFC 1350, 2347, 2348, 2349, 7440), `source` where files come from and
 //! `server` the UDP server, with one socket per transfer or, in single-port mode, every transfer on

@@ -1,4 +1,4 @@
-//! The certificates TVS vouches for, keyed by the SHA-256 of their DER (spec/04 §8 "Verify").
+//! The certificates TVS vouches for, keyed by the SHA-256 of their DER (docs/wire-formats.md §8 "Verify").
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,11 +9,11 @@ use time::OffsetDateTime;
 use crate::core::pki::inspect::{CertificateFacts, InspectError, lower_hex};
 use crate::core::trust::codes::Role;
 
-/// TTL when a certificate names none (spec/04 §8).
+/// TTL when a certificate names none (docs/wire-formats.md §8).
 pub const DEFAULT_TTL_SECONDS: u32 = 86_400;
-/// Smallest configurable TTL (spec/04 §8).
+/// Smallest configurable TTL (docs/wire-formats.md §8).
 pub const MIN_TTL_SECONDS: u32 = 1;
-/// Largest configurable TTL, 30 days (spec/04 §8).
+/// Largest configurable TTL, 30 days (docs/wire-formats.md §8).
 pub const MAX_TTL_SECONDS: u32 = 2_592_000;
 
 /// What TVS knows about one certificate.
@@ -134,13 +134,13 @@ impl fmt::Display for DirectoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DirectoryError::TtlOutOfRange(ttl) => {
-                write!(f, "TVS TTL {ttl} s is outside {MIN_TTL_SECONDS}..={MAX_TTL_SECONDS} (spec/04 §8)")
+                write!(f, "TVS TTL {ttl} s is outside {MIN_TTL_SECONDS}..={MAX_TTL_SECONDS} (docs/wire-formats.md §8)")
             }
-            DirectoryError::NoRoles => write!(f, "a TVS directory entry needs at least one role (spec/04 §8 ROLES)"),
+            DirectoryError::NoRoles => write!(f, "a TVS directory entry needs at least one role (docs/wire-formats.md §8 ROLES)"),
             DirectoryError::RoleNotEncodable(code) => {
-                write!(f, "role code {code} does not fit the one-byte TVS ROLES element (spec/04 §1.7, §8)")
+                write!(f, "role code {code} does not fit the one-byte TVS ROLES element (docs/wire-formats.md §1.7, §8)")
             }
-            DirectoryError::NotACertificate(why) => write!(f, "TVS directory entry refused: {why} (spec/04 §8)"),
+            DirectoryError::NotACertificate(why) => write!(f, "TVS directory entry refused: {why} (docs/wire-formats.md §8)"),
         }
     }
 }

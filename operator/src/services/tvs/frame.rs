@@ -1,4 +1,4 @@
-//! The TVS frame (spec/04 §8): a 10-byte header, then a body of TLV elements (§2.1).
+//! The TVS frame (docs/wire-formats.md §8): a 10-byte header, then a body of TLV elements (§2.1).
 //!
 //! ```text
 //! | 0x57 | version u8 = 1 | cmd u8 | reserved u8 = 0 | session id u32 BE | len u16 BE | TLV body |
@@ -10,22 +10,22 @@ use std::fmt;
 
 use crate::core::trust::codes::Role;
 
-/// First byte of every TVS frame (spec/04 §8).
+/// First byte of every TVS frame (docs/wire-formats.md §8).
 pub const PROTOCOL_ID: u8 = 0x57;
-/// The only header version this implementation speaks; any other closes the connection (spec/04 §8).
+/// The only header version this implementation speaks; any other closes the connection (docs/wire-formats.md §8).
 pub const PROTOCOL_VERSION: u8 = 0x01;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 10;
 /// The largest body a u16 length describes.
 pub const MAX_BODY_LEN: usize = u16::MAX as usize;
-/// Tag and length in front of every element value (spec/04 §2.1).
+/// Tag and length in front of every element value (docs/wire-formats.md §2.1).
 pub const ELEMENT_OVERHEAD: usize = 3;
-/// The byte in front of the name in DEVICE_NAME; its meaning is unknown (spec/04 §8).
+/// The byte in front of the name in DEVICE_NAME; its meaning is unknown (docs/wire-formats.md §8).
 pub const DEVICE_NAME_LEAD_BYTE: u8 = 0x01;
-/// TVS listens on TCP 2445 (spec/04 §8).
+/// TVS listens on TCP 2445 (docs/wire-formats.md §8).
 pub const DEFAULT_PORT: u16 = 2445;
 
-/// Element tags of TVS bodies (spec/04 §8).
+/// Element tags of TVS bodies (docs/wire-formats.md §8).
 pub mod tag {
     pub const DEVICE_NAME: u8 = 1;
     pub const CERTIFICATE: u8 = 2;
@@ -34,7 +34,7 @@ pub mod tag {
     pub const TTL: u8 = 9;
 }
 
-/// The header command byte (spec/04 §8).
+/// The header command byte (docs/wire-formats.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
     VerifyRequest,
@@ -68,7 +68,7 @@ impl Command {
     }
 }
 
-/// The STATUS element's value (spec/04 §8).
+/// The STATUS element's value (docs/wire-formats.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VerifyStatus {
     Valid,
@@ -94,7 +94,7 @@ impl VerifyStatus {
     }
 }
 
-/// One element of a TVS body (spec/04 §8).
+/// One element of a TVS body (docs/wire-formats.md §8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Element {
     /// `lead ‖ ASCII name`, no NUL. `lead` is [`DEVICE_NAME_LEAD_BYTE`] in every known frame. A name that is not
@@ -106,7 +106,7 @@ pub enum Element {
     /// The DER certificate the phone asks about.
     Certificate(Vec<u8>),
     Status(VerifyStatus),
-    /// One u8 per role code (spec/04 §1.7).
+    /// One u8 per role code (docs/wire-formats.md §1.7).
     Roles(Vec<Role>),
     /// Seconds the phone may cache the verdict.
     Ttl(u32),
@@ -223,8 +223,8 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Header and body as one buffer, so a server can send it in a single write (spec/04 §10 W-16).
-    /// Fails rather than truncating an element or a body longer than 65 535 bytes (spec/04 §2.1).
+    /// Header and body as one buffer, so a server can send it in a single write (docs/wire-formats.md §10 W-16).
+    /// Fails rather than truncating an element or a body longer than 65 535 bytes (docs/wire-formats.md §2.1).
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let mut body = Vec::new();
         for element in &self.elements {
@@ -290,9 +290,9 @@ impl Frame {
     }
 }
 
-/// Splits a body into elements; an element running past the end of the body is an error (spec/04 §2.4).
+/// Splits a body into elements; an element running past the end of the body is an error (docs/wire-formats.md §2.4).
 pub fn decode_body(body: &[u8]) -> Result<Vec<Element>, FrameError> {
-    // The element layout is the trust files' (spec/04 §2.1), so their reader serves here too.
+    // The element layout is the trust files' (docs/wire-formats.md §2.1), so their reader serves here too.
     let mut elements = Vec::new();
     let mut offset = 0;
     while let Some(&tag) = body.get(offset) {
@@ -333,25 +333,27 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::Truncated { needed, available } => {
-                write!(f, "TVS frame truncated: {needed} bytes announced, {available} present (spec/04 §8)")
+                write!(f, "TVS frame truncated: {needed} bytes announced, {available} present (docs/wire-formats.md §8)")
             }
-            FrameError::BadProtocolId(id) => write!(f, "TVS frame protocol id is 0x{id:02X}, not 0x57 (spec/04 §8)"),
-            FrameError::UnsupportedVersion(version) => write!(f, "TVS header version is {version}, only 1 is spoken (spec/04 §8)"),
+            FrameError::BadProtocolId(id) => write!(f, "TVS frame protocol id is 0x{id:02X}, not 0x57 (docs/wire-formats.md §8)"),
+            FrameError::UnsupportedVersion(version) => {
+                write!(f, "TVS header version is {version}, only 1 is spoken (docs/wire-formats.md §8)")
+            }
             FrameError::ElementOverrun { tag, offset } => {
-                write!(f, "TVS element tag {tag} at body offset {offset} runs past the end of the body (spec/04 §2.1, §8)")
+                write!(f, "TVS element tag {tag} at body offset {offset} runs past the end of the body (docs/wire-formats.md §2.1, §8)")
             }
             FrameError::BadElementLength { tag, expected, found } => {
-                write!(f, "TVS element tag {tag} has a {found}-byte value, expected {expected} (spec/04 §8)")
+                write!(f, "TVS element tag {tag} has a {found}-byte value, expected {expected} (docs/wire-formats.md §8)")
             }
-            FrameError::EmptyDeviceName => write!(f, "TVS DEVICE_NAME is empty, without its lead byte (spec/04 §8)"),
+            FrameError::EmptyDeviceName => write!(f, "TVS DEVICE_NAME is empty, without its lead byte (docs/wire-formats.md §8)"),
             FrameError::ValueTooLong { tag, length } => {
-                write!(f, "TVS element tag {tag} value of {length} bytes exceeds 65 535 (spec/04 §2.1)")
+                write!(f, "TVS element tag {tag} value of {length} bytes exceeds 65 535 (docs/wire-formats.md §2.1)")
             }
-            FrameError::BodyTooLong(length) => write!(f, "TVS body of {length} bytes exceeds 65 535 (spec/04 §8)"),
+            FrameError::BodyTooLong(length) => write!(f, "TVS body of {length} bytes exceeds 65 535 (docs/wire-formats.md §8)"),
             FrameError::RoleNotEncodable(code) => {
-                write!(f, "role code {code} does not fit the one-byte TVS ROLES element (spec/04 §1.7, §8)")
+                write!(f, "role code {code} does not fit the one-byte TVS ROLES element (docs/wire-formats.md §1.7, §8)")
             }
-            FrameError::TrailingBytes(extra) => write!(f, "{extra} bytes follow the TVS frame (spec/04 §8)"),
+            FrameError::TrailingBytes(extra) => write!(f, "{extra} bytes follow the TVS frame (docs/wire-formats.md §8)"),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Trust Verification Service (spec/04 §8): phones ask whether a certificate that is not in their ITL is
+//! Trust Verification Service (docs/wire-formats.md §8): phones ask whether a certificate that is not in their ITL is
 //! trusted, and for which roles, so those certificates can rotate without a new ITL.
 //!
 //! `frame` is the wire format, `directory` what TVS vouches for, `session` the pure protocol logic and

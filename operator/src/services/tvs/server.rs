@@ -1,6 +1,6 @@
-//! The TVS listener: TLS with the TVS-role certificate, no client certificate (spec/04 §8).
+//! The TVS listener: TLS with the TVS-role certificate, no client certificate (docs/wire-formats.md §8).
 //!
-//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones need TLS 1.0 (spec/04 §8), which takes an
+//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones need TLS 1.0 (docs/wire-formats.md §8), which takes an
 //! OpenSSL-backed listener; that is left for later.
 
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ pub type SharedDirectory = watch::Receiver<Arc<CertificateDirectory>>;
 /// Timeouts of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// TLS handshake; 10 s, as for CAPF (spec/04 §7.5) [D].
+    /// TLS handshake; 10 s, as for CAPF (docs/wire-formats.md §7.5) [D].
     pub handshake_timeout: Duration,
     /// Longest wait for the phone's next bytes before closing; 30 s, as CAPF's per-message limit [D].
     pub idle_timeout: Duration,
@@ -40,7 +40,7 @@ impl Default for ServerLimits {
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionEnd {
-    /// The session decided to close (end of input, or a protocol violation: spec/04 §8).
+    /// The session decided to close (end of input, or a protocol violation: docs/wire-formats.md §8).
     Session(CloseReason),
     HandshakeTimeout,
     HandshakeFailed(String),
@@ -57,7 +57,7 @@ pub struct ConnectionReport {
     pub end: ConnectionEnd,
 }
 
-/// A TLS server config for TVS: the ring provider, TLS 1.2 and 1.3, no client authentication (spec/04 §8).
+/// A TLS server config for TVS: the ring provider, TLS 1.2 and 1.3, no client authentication (docs/wire-formats.md §8).
 pub fn tls_server_config(
     certificate_chain: Vec<CertificateDer<'static>>,
     private_key: PrivateKeyDer<'static>,
@@ -72,7 +72,7 @@ pub fn tls_server_config(
 }
 
 /// Serves one connection that has finished its TLS handshake (or any stream, in tests) until the session
-/// closes. Each response frame goes out in ONE write call, then a flush (spec/04 §10 W-16); on close the
+/// closes. Each response frame goes out in ONE write call, then a flush (docs/wire-formats.md §10 W-16); on close the
 /// stream is shut down, which sends close_notify over TLS.
 pub async fn serve_connection<S>(mut stream: S, directory: &SharedDirectory, limits: &ServerLimits) -> ConnectionReport
 where
@@ -102,7 +102,7 @@ where
         };
         report.notes.extend(output.notes);
         for response in &output.responses {
-            // One write_all over the whole frame: header and body must not be split (spec/04 §7.1, W-16).
+            // One write_all over the whole frame: header and body must not be split (docs/wire-formats.md §7.1, W-16).
             if let Err(e) = write_frame(&mut stream, response).await {
                 report.end = ConnectionEnd::Io(e.to_string());
                 return report;
@@ -206,9 +206,11 @@ pub enum TvsServerError {
 impl fmt::Display for TvsServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TvsServerError::TlsConfig(why) => write!(f, "TVS TLS configuration refused: {why} (spec/04 §8 transport)"),
-            TvsServerError::Bind { address, reason } => write!(f, "TVS cannot listen on {address}: {reason} (spec/04 §8, TCP 2445)"),
-            TvsServerError::Io(why) => write!(f, "TVS listener: {why} (spec/04 §8)"),
+            TvsServerError::TlsConfig(why) => write!(f, "TVS TLS configuration refused: {why} (docs/wire-formats.md §8 transport)"),
+            TvsServerError::Bind { address, reason } => {
+                write!(f, "TVS cannot listen on {address}: {reason} (docs/wire-formats.md §8, TCP 2445)")
+            }
+            TvsServerError::Io(why) => write!(f, "TVS listener: {why} (docs/wire-formats.md §8)"),
         }
     }
 }

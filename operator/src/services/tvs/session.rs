@@ -1,10 +1,10 @@
 //! One TVS connection as a pure state machine: bytes in, response frames, notes and a close decision out
-//! (spec/04 §8). No I/O and no clock: the server feeds it what it reads and the current time.
+//! (docs/wire-formats.md §8). No I/O and no clock: the server feeds it what it reads and the current time.
 //!
-//! Rules [D, spec/04 §8]: the phone speaks first and picks the session id, which each response echoes;
+//! Rules [D, docs/wire-formats.md §8]: the phone speaks first and picks the session id, which each response echoes;
 //! requests are answered in order until EOF; a header version other than 1, a protocol id other than 0x57,
 //! a body that is truncated or whose elements overrun it, and QUERY or unknown commands close the connection
-//! without a response (spec/04 §10 N-12).
+//! without a response (docs/wire-formats.md §10 N-12).
 
 use std::fmt;
 
@@ -39,13 +39,15 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::EndOfInput => write!(f, "the phone closed the connection"),
             CloseReason::Truncated { needed, received } => {
-                write!(f, "the phone closed inside a frame: {needed} bytes announced, {received} received (spec/04 §8, N-12)")
+                write!(f, "the phone closed inside a frame: {needed} bytes announced, {received} received (docs/wire-formats.md §8, N-12)")
             }
-            CloseReason::BadProtocolId(id) => write!(f, "protocol id 0x{id:02X} is not 0x57; closed (spec/04 §8)"),
-            CloseReason::UnsupportedVersion(version) => write!(f, "header version {version} is not 1; closed (spec/04 §8, N-12)"),
+            CloseReason::BadProtocolId(id) => write!(f, "protocol id 0x{id:02X} is not 0x57; closed (docs/wire-formats.md §8)"),
+            CloseReason::UnsupportedVersion(version) => {
+                write!(f, "header version {version} is not 1; closed (docs/wire-formats.md §8, N-12)")
+            }
             CloseReason::MalformedBody(why) => write!(f, "malformed body, closed: {why}"),
             CloseReason::UnsupportedCommand(command) => {
-                write!(f, "command {} is not answered; closed (spec/04 §8: QUERY semantics unknown)", command.code())
+                write!(f, "command {} is not answered; closed (docs/wire-formats.md §8: QUERY semantics unknown)", command.code())
             }
             CloseReason::ResponseNotEncodable(why) => write!(f, "response not encodable, closed: {why}"),
         }
@@ -57,9 +59,9 @@ impl fmt::Display for CloseReason {
 pub enum SessionNote {
     /// A VERIFY_REQUEST was answered.
     Answered { session_id: u32, device_name: Option<String>, certificate_sha256: Option<String>, verdict: Verdict },
-    /// DEVICE_NAME does not look like `CP-<4-digit model>-SEP<MAC>`; logged, not rejected (spec/04 §8).
+    /// DEVICE_NAME does not look like `CP-<4-digit model>-SEP<MAC>`; logged, not rejected (docs/wire-formats.md §8).
     UnexpectedDeviceName { session_id: u32, name: String },
-    /// DEVICE_NAME with a lead byte other than 0x01, whose meaning is unknown (spec/04 §8).
+    /// DEVICE_NAME with a lead byte other than 0x01, whose meaning is unknown (docs/wire-formats.md §8).
     UnexpectedDeviceNameLead { session_id: u32, lead: u8 },
     /// A non-zero reserved header byte.
     ReservedByteSet { session_id: u32, value: u8 },
@@ -72,7 +74,7 @@ pub enum SessionNote {
 /// The result of feeding bytes to a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionOutput {
-    /// Encoded response frames, in request order; each must go out in a single write (spec/04 §10 W-16).
+    /// Encoded response frames, in request order; each must go out in a single write (docs/wire-formats.md §10 W-16).
     pub responses: Vec<Vec<u8>>,
     pub notes: Vec<SessionNote>,
     /// Set once: the server closes after sending `responses`.
@@ -182,7 +184,7 @@ enum Step {
 }
 
 /// The VERIFY_RESPONSE to one VERIFY_REQUEST, with what to log. Known certificate: STATUS 0, ROLES, TTL;
-/// anything else: STATUS 1 only (spec/04 §8). The session id is echoed.
+/// anything else: STATUS 1 only (docs/wire-formats.md §8). The session id is echoed.
 pub fn answer(request: &Frame, directory: &CertificateDirectory, now: OffsetDateTime) -> (Frame, Vec<SessionNote>) {
     let session_id = request.session_id;
     let mut notes = Vec::new();
@@ -218,7 +220,7 @@ pub fn answer(request: &Frame, directory: &CertificateDirectory, now: OffsetDate
     (Frame { command: Command::VerifyResponse, session_id, elements }, notes)
 }
 
-/// `CP-<4 digits>-SEP<12 hex digits>`, hex in either case (spec/04 §1.3, §8). Checked by hand: four fixed parts.
+/// `CP-<4 digits>-SEP<12 hex digits>`, hex in either case (docs/wire-formats.md §1.3, §8). Checked by hand: four fixed parts.
 pub fn looks_like_phone_device_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.len() == 3 + 4 + 4 + 12
