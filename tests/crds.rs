@@ -29,6 +29,23 @@ fn committed_crds_match_the_types() {
 }
 
 #[test]
+fn the_readme_reference_and_the_chart_copy_match_the_types() {
+    // The committed files, read as they are: the test command never regenerates them first, so
+    // this compares the types with what was committed, not the generator with itself.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let expected = callguard::api::crdgen::with_reference(&readme).expect("README.md has the reference markers");
+    assert!(
+        expected == readme,
+        "the README's field reference differs from the types: run `cargo run -- crdgen --readme README.md` and commit"
+    );
+    let chart = repo().join("charts/callguard/crds-source");
+    for (name, text) in callguard::api::crdgen::rendered() {
+        let copy = std::fs::read_to_string(chart.join(&name)).unwrap_or_else(|_| panic!("charts/callguard/crds-source/{name} is missing"));
+        assert!(copy == text, "charts/callguard/crds-source/{name} differs from the types: copy crds/ into it and commit");
+    }
+}
+
+#[test]
 fn every_kind_has_status_short_name_and_columns() {
     let crds = callguard::api::crds();
     assert_eq!(crds.len(), 10);

@@ -14,8 +14,8 @@ use serde_json::json;
 const NAMESPACE: &str = "default";
 
 fn main() {
-    // `cargo test --all-targets` runs this too, without `--bench`: then a small namespace checks
-    // that the benchmark works, and the figures mean nothing.
+    // Without `--bench` (as `cargo test --benches` runs it) a small namespace checks that the
+    // benchmark works, and the figures mean nothing; tests/bench_smoke.rs runs the same check.
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let default = if benchmarking { 30_000 } else { 300 };
     let phones: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(default);
@@ -26,7 +26,7 @@ fn main() {
     }
 }
 
-async fn run(phones: usize) -> Result<(), String> {
+pub async fn run(phones: usize) -> Result<(), String> {
     let server = FakeApiServer::start().await;
     let yaml = callguard::bench::namespace_yaml(phones);
     let documents =
