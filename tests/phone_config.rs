@@ -115,7 +115,7 @@ fn value(xml: &[u8], path: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// W-13: the spec's examples as typed models.
+// W-13: the examples of docs/wire-formats.md §6.4, §6.5 and §5.5 as typed models.
 
 /// docs/wire-formats.md §6.4: SIP phone, Encrypted mode.
 fn sip_encrypted_example() -> PhoneConfig {

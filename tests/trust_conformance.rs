@@ -1,6 +1,6 @@
 //! Conformance tests of docs/wire-formats.md §10.1 (W-1..W-12) and §10.2 (N-1..N-9) for the trust files, plus the
-//! `callguard trust` CLI and a parser fuzz property. Expected bytes come from the spec; the `openssl` CLI is the
-//! independent verifier where the spec asks for one.
+//! `callguard trust` CLI and a parser fuzz property. Each test's W-/N- entry there names where its expected bytes come from;
+//! the `openssl` CLI is the independent verifier.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -1189,7 +1189,7 @@ fn cli_verify() {
     let flipped = files.flipped("ITLFile.tlv", 40);
     let bad = files.run(&["trust", "verify", &flipped]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("§"), "the reason cites the spec: {}", stderr(&bad));
+    assert!(stderr(&bad).contains("§"), "the reason cites its section: {}", stderr(&bad));
     let flipped = files.flipped("SEP001122334455.cnf.xml.sgn", 5);
     let bad = files.run(&["trust", "verify", &flipped, "--cert", "tftp.pem"]);
     assert_eq!(bad.status.code(), Some(1));

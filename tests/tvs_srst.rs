@@ -1,6 +1,6 @@
 //! TVS (docs/wire-formats.md §8) and secure-SRST certificate capture (docs/wire-formats.md §9.2): conformance tests W-16 (TVS part),
-//! W-17, W-18, N-12 and N-13 (docs/wire-formats.md §10), over real TLS on 127.0.0.1 where the spec's wording asks for it.
-//! The expected bytes are the spec's worked frames; fingerprints are checked against the `openssl` CLI,
+//! W-17, W-18, N-12 and N-13 (docs/wire-formats.md §10), over real TLS on 127.0.0.1 as docs/wire-formats.md §8 and §9 describe them.
+//! The expected bytes are the worked frames of docs/wire-formats.md §8; fingerprints are checked against the `openssl` CLI,
 //! and the tests fail (do not skip) when it is missing.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -35,12 +35,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
 
-/// The spec's worked VERIFY_RESPONSE: session 7, STATUS 0, ROLES 01 07, TTL 86 400 (docs/wire-formats.md §8).
+/// The worked VERIFY_RESPONSE: session 7, STATUS 0, ROLES 01 07, TTL 86 400 (docs/wire-formats.md §8).
 const SPEC_VERIFY_RESPONSE: [u8; 26] = [
     0x57, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x10, 0x07, 0x00, 0x01, 0x00, 0x08, 0x00, 0x02, 0x01, 0x07, 0x09, 0x00, 0x04,
     0x00, 0x01, 0x51, 0x80,
 ];
-/// The spec's worked invalid VERIFY_RESPONSE: session 7, STATUS 1 only (docs/wire-formats.md §8).
+/// The worked invalid VERIFY_RESPONSE: session 7, STATUS 1 only (docs/wire-formats.md §8).
 const SPEC_INVALID_RESPONSE: [u8; 14] = [0x57, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x04, 0x07, 0x00, 0x01, 0x01];
 const SPEC_DEVICE_NAME: &str = "CP-8841-SEP001122334455";
 
@@ -141,7 +141,7 @@ fn w17_worked_verify_response_frames_encode_and_decode_byte_exact() {
 fn w17_worked_verify_request_frame_encodes_and_decodes_byte_exact() {
     let certificate = der(known_certificate());
     let spec_bytes = verify_request_bytes(7, SPEC_DEVICE_NAME, &certificate);
-    // The spec's fixed prefix: header up to the length, then DEVICE_NAME `01 00 18 01`.
+    // The fixed prefix of docs/wire-formats.md §8: header up to the length, then DEVICE_NAME `01 00 18 01`.
     assert_eq!(&spec_bytes[..8], &[0x57, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x07]);
     assert_eq!(&spec_bytes[10..14], &[0x01, 0x00, 0x18, 0x01]);
 

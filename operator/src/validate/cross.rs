@@ -1,5 +1,5 @@
 //! Layer three: rules across the objects of one namespace. Each rule is a small function whose
-//! comment names the seed section it enforces; the README lists them all.
+//! comment names the page of the guide it enforces; the README lists them all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

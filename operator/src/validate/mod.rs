@@ -205,8 +205,8 @@ pub fn check_document(value: &Value, schemas: &BTreeMap<String, KindSchema>) -> 
     }
 }
 
-/// Where the README describes the resources, their group and version.
-const RESOURCES: &str = "README: The resources";
+/// Where the docs describe the resources, their group and version.
+const RESOURCES: &str = "docs/architecture.md §3.1";
 
 const GROUP: &str = "callguard.io";
 

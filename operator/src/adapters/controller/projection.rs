@@ -6,7 +6,7 @@
 //! pod serves only what the operator validated; an invalid edit leaves the last good projection in
 //! place. The pod reads no Callguard object and no Secret a user wrote, so taking it yields the TFTP
 //! signing key and the configurations it serves, never the CA key, a token's key or password, or the
-//! CAPF key (see the README's security model).
+//! CAPF key (docs/security-model.md §2.3).
 //!
 //! Layout, sized for a CallManager cluster of 30 000 phones: an index Secret `<cluster>-tftp-files`
 //! holds the trust lists and `catalog.json` (the signing parameters and each shard's name and

@@ -1,5 +1,5 @@
 //! Why a phone configuration is refused (docs/wire-formats.md §6.3). Each message names the device or resource,
-//! the field, the rule and the spec section, so that a Phone's condition explains itself.
+//! the field, the rule and its section of docs/wire-formats.md, so that a Phone's condition explains itself.
 
 use std::fmt;
 

@@ -100,7 +100,7 @@ impl TransportLayerProtocol {
     }
 }
 
-/// `ipAddressMode`. Only `0` appears in the spec's examples (docs/wire-formats.md §5.5, §6.4); no other value is specified.
+/// `ipAddressMode`. Only `0` appears in the examples (docs/wire-formats.md §5.5, §6.4); no other value is specified.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum IpAddressMode {
     #[default]
@@ -247,7 +247,7 @@ impl std::fmt::Debug for DigestAuth {
     }
 }
 
-/// `sipLines/line/proxy`: the only value the spec shows (docs/wire-formats.md §6.4).
+/// `sipLines/line/proxy`: the only value the examples show (docs/wire-formats.md §6.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LineProxy {
     #[default]
@@ -268,7 +268,7 @@ pub struct SipLine {
     /// `@button` and `@lineIndex`, from 1.
     pub button: u8,
     pub line_index: u8,
-    /// `featureID`; the spec's example line uses 9.
+    /// `featureID`; the example line of docs/wire-formats.md §6.4 uses 9.
     pub feature_id: u16,
     pub feature_label: String,
     pub proxy: LineProxy,
@@ -281,7 +281,7 @@ pub struct SipLine {
     pub contact: String,
 }
 
-/// The `featureID` of a line in the spec's example (docs/wire-formats.md §6.4).
+/// The `featureID` of a line in the example (docs/wire-formats.md §6.4).
 pub const LINE_FEATURE_ID: u16 = 9;
 
 /// `sipProfile` (docs/wire-formats.md §6.4).
@@ -326,7 +326,7 @@ impl SecureUrls {
 pub struct PhoneServices {
     /// `@useHTTPS`.
     pub use_https: bool,
-    /// `provisioning`; the spec's example writes 0 and gives no other value.
+    /// `provisioning`; the example of docs/wire-formats.md §6.4 writes 0 and gives no other value.
     pub provisioning: u8,
 }
 

@@ -1,5 +1,5 @@
 //! Unit tests of the model's checks, the renderer's escaping and order, and the resolver's mappings.
-//! The spec's golden files, the quickstart and the openssl cross-checks are in tests/phone_config.rs.
+//! The golden files of docs/wire-formats.md §10.1 (W-13), the quickstart and the openssl cross-checks are in tests/phone_config.rs.
 
 use super::resolve::{capf_auth_mode, transport};
 use super::*;

@@ -745,7 +745,7 @@ mod tests {
             Err(FrameError::BadSignatureBlock { tag: tag::SHA2_SIGNED_DATA })
         );
         assert!(matches!(Body::decode(&[tag::VERSION, 0, 2, 3]), Err(FrameError::ElementTruncated { .. })));
-        // Every message names the spec section.
+        // Every message names its section of docs/wire-formats.md.
         for error in [FrameError::BadProtocolId(1), FrameError::DuplicateElement(7), FrameError::SessionMismatch { expected: 1, found: 2 }]
         {
             assert!(error.to_string().contains("docs/wire-formats.md §"), "{error}");

@@ -116,7 +116,7 @@ pub async fn capture_certificate(host: &str, port: u16, timeout: Duration) -> Re
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(RecordingVerifier::new(&provider));
     let config = ClientConfig::builder_with_provider(provider)
-        // TLS 1.2 only: the spec's 1.0–1.2 range, as far as rustls goes (module comment).
+        // TLS 1.2 only: the 1.0–1.2 range of docs/wire-formats.md §9, as far as rustls goes (module comment).
         .with_protocol_versions(&[&rustls::version::TLS12])
         .map_err(|e| SrstError::Handshake { endpoint: shown.clone(), reason: e.to_string() })?
         .dangerous()
