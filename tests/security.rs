@@ -311,6 +311,14 @@ async fn losing_the_identity_stalls_and_only_the_named_identity_is_replaced() {
     until("a new identity", || is_ready(&cluster(&server)) && identity_id(&server) != id).await;
     let new_ca = object(&server, "Secret", "quickstart-ca");
     assert_ne!(new_ca["data"]["ca.crt"], ca["data"]["ca.crt"]);
+    // What was left of the old identity is set aside in a Secret of its own, not destroyed, and a
+    // later reconcile keeps it.
+    let retired_name = format!("quickstart-retired-{id}");
+    let retired = object(&server, "Secret", &retired_name);
+    let keys: Vec<&String> = retired["data"].as_object().map(|d| d.keys().collect()).unwrap_or_default();
+    assert!(keys.iter().any(|k| k.starts_with("certs_") && k.ends_with(".key")), "the old function keys are kept: {keys:?}");
+    settle(&server).await;
+    assert!(server.get("v1", "Secret", Some(NAMESPACE), &retired_name).is_some(), "a later reconcile keeps the retired identity");
     let events = server.list("events.k8s.io/v1", "Event", Some(NAMESPACE));
     let announced = events.iter().find(|e| e["reason"] == "NewIdentity").expect("a NewIdentity event");
     assert_eq!(announced["type"], "Warning");

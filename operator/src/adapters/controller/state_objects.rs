@@ -14,7 +14,7 @@ use super::labels;
 use crate::api::{CallControlCluster, SecurityToken, SecurityTokenStatus};
 use crate::core::build::catalog::TRUST_LIST_FILES;
 use crate::core::build::identity_record::RECORD_FILE;
-use crate::core::build::state::{Sensitivity, StateFiles};
+use crate::core::build::state::{RETIRED, Sensitivity, StateFiles};
 use crate::core::build::tokens::{MAC_KEY_FILE, REGISTRY_FILE};
 
 const CA_FILES: [(&str, &str); 3] = [("ca/ca.crt", "ca.crt"), ("ca/ca.key", "ca.key"), ("ca/serials", "serials")];
@@ -36,6 +36,9 @@ enum Home {
 
 /// `certs/<node>.<role>.crt|key` is the TLS Secret `<cluster>-<node>-<role>` (node names are DNS labels).
 fn home(cluster: &str, name: &str) -> Option<Home> {
+    if let Some((label, file)) = name.strip_prefix(RETIRED).and_then(|rest| rest.split_once('/')) {
+        return Some(Home::Secret { name: retired_secret(cluster, label), key: retired_key(file) });
+    }
     if let Some((_, key)) = CA_FILES.iter().find(|(file, _)| *file == name) {
         return Some(Home::Secret { name: labels::ca_secret(cluster), key: (*key).to_owned() });
     }
@@ -56,6 +59,18 @@ fn home(cluster: &str, name: &str) -> Option<Home> {
     }
     let token = name.strip_prefix(TOKEN_STATUS)?.strip_suffix(".yaml")?;
     Some(Home::TokenStatus { token: token.to_owned() })
+}
+
+/// The Secret that keeps an identity set aside by `callguard.io/new-identity`, so that the explicit
+/// action replaces the identity without destroying the old keys.
+fn retired_secret(cluster: &str, label: &str) -> String {
+    format!("{cluster}-retired-{label}")
+}
+
+/// A retired file's key in its Secret: `ca/ca.key` is `ca_ca.key`. Reversible, since no state file
+/// name holds `_` (node names are DNS labels).
+fn retired_key(file: &str) -> String {
+    file.replace('/', "_")
 }
 
 /// The TLS Secret of a function certificate, from its state base name `<node>.<role>`.
@@ -123,6 +138,19 @@ pub fn state_from_objects(
             }
         }
     }
+    for secret in
+        secrets.iter().filter(|s| s.metadata.labels.as_ref().and_then(|l| l.get(labels::COMPONENT)).is_some_and(|c| c == RETIRED_COMPONENT))
+    {
+        let Some(label) = secret.metadata.annotations.as_ref().and_then(|a| a.get(RETIRED_LABEL)) else { continue };
+        if secret.metadata.name.as_deref() != Some(retired_secret(cluster, label).as_str()) {
+            continue;
+        }
+        for (key, bytes) in secret.data.iter().flatten() {
+            let file = format!("{RETIRED}{label}/{}", key.replace('_', "/"));
+            let sensitivity = sensitivity(&file);
+            files.insert(file, (bytes.0.clone(), sensitivity));
+        }
+    }
     // Only the trust lists are read back: whoever may write ConfigMaps must not be able to slip a
     // file into the state, or into what is served, by adding a key.
     if let Some(binary) = trust.and_then(|c| c.binary_data.as_ref()) {
@@ -145,6 +173,9 @@ pub fn state_from_objects(
 /// Annotation on a function certificate's Secret: its state base name `<node>.<role>`, since the
 /// Secret's name loses the dot.
 const STATE_BASE: &str = "callguard.io/state-name";
+/// Component label and annotation of a retired identity's Secret: the identity it kept.
+const RETIRED_COMPONENT: &str = "retired-identity";
+const RETIRED_LABEL: &str = "callguard.io/retired-identity";
 
 fn sensitivity(file: &str) -> Sensitivity {
     if file.ends_with(".key") { Sensitivity::Private } else { Sensitivity::Public }
@@ -159,7 +190,10 @@ pub fn objects_from_state(cluster: &str, files: &StateFiles) -> (Vec<Secret>, Co
         match home(cluster, file) {
             Some(Home::Secret { name, key }) => {
                 let secret = secrets.entry(name.clone()).or_insert_with(|| {
-                    let component = if name == labels::ca_secret(cluster) {
+                    let retired = file.strip_prefix(RETIRED).and_then(|rest| rest.split_once('/')).map(|(label, _)| label.to_owned());
+                    let component = if retired.is_some() {
+                        RETIRED_COMPONENT
+                    } else if name == labels::ca_secret(cluster) {
                         "ca"
                     } else if name == labels::tokens_secret(cluster) {
                         "tokens"
@@ -169,7 +203,9 @@ pub fn objects_from_state(cluster: &str, files: &StateFiles) -> (Vec<Secret>, Co
                     let is_opaque = component != "certificate";
                     let mut metadata =
                         ObjectMeta { name: Some(name.clone()), labels: Some(labels::owned(cluster, component)), ..ObjectMeta::default() };
-                    if !is_opaque {
+                    if let Some(label) = retired {
+                        metadata.annotations = Some(BTreeMap::from([(RETIRED_LABEL.to_owned(), label)]));
+                    } else if !is_opaque {
                         let base = file.strip_prefix(CERTS).and_then(|f| f.rsplit_once('.')).map(|(base, _)| base.to_owned());
                         metadata.annotations = base.map(|base| BTreeMap::from([(STATE_BASE.to_owned(), base)]));
                     }
@@ -217,6 +253,9 @@ mod tests {
             ("tokens/registry.yaml".into(), (b"certificates: {}\n".to_vec(), Sensitivity::Private)),
             ("tokens/attempts.key".into(), (vec![9; 32], Sensitivity::Private)),
             ("status.yaml".into(), (b"- ignored".to_vec(), Sensitivity::Public)),
+            ("retired/00aa11bb22cc33dd/ca/ca.key".into(), (b"OLD CA KEY".to_vec(), Sensitivity::Private)),
+            ("retired/00aa11bb22cc33dd/certs/cm1.callmanager-tftp.crt".into(), (b"OLD CM1".to_vec(), Sensitivity::Public)),
+            ("retired/00aa11bb22cc33dd/identity.yaml".into(), (b"id: 00aa11bb22cc33dd\n".to_vec(), Sensitivity::Public)),
         ])
     }
 
@@ -224,7 +263,8 @@ mod tests {
     fn state_written_as_objects_reads_back_the_same() {
         let (secrets, trust) = objects_from_state("lab", &files());
         let names: Vec<_> = secrets.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["lab-ca", "lab-cm1-callmanager-tftp", "lab-tokens"]);
+        assert_eq!(names, ["lab-ca", "lab-cm1-callmanager-tftp", "lab-retired-00aa11bb22cc33dd", "lab-tokens"]);
+        assert_eq!(secrets[2].data.as_ref().unwrap()["ca_ca.key"].0, b"OLD CA KEY", "a retired identity keeps its keys");
         assert_eq!(secrets[1].type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(secrets[1].data.as_ref().unwrap()["tls.key"].0, b"CM1 KEY");
         assert_eq!(trust.binary_data.as_ref().unwrap()["ITLFile.tlv"].0, vec![1, 2, 3]);

@@ -13,6 +13,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Where retired identities go: `retired/<label>/<file>`.
+pub const RETIRED: &str = "retired/";
+
 /// State files by name, with their sensitivity.
 pub type StateFiles = BTreeMap<String, (Vec<u8>, Sensitivity)>;
 
@@ -98,15 +101,22 @@ impl StateDir {
 }
 
 impl StateDir {
-    /// Sets aside every file under the `prefixes` (directories such as `ca/`, or file names): in a
-    /// directory they move under `retired/<label>/`, so that nothing private is destroyed; in memory
-    /// they are dropped, and the adapter deletes their objects.
+    /// Sets aside every file under the `prefixes` (directories such as `ca/`, or file names): they
+    /// move under `retired/<label>/`, on disk and in memory alike, so that nothing private is
+    /// destroyed (the operator keeps them in a Secret of their own).
     pub fn retire(&self, prefixes: &[&str], label: &str) -> io::Result<()> {
         if let Some(memory) = &self.memory {
-            memory.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, _| !prefixes.iter().any(|p| name.starts_with(p)));
+            let mut files = memory.lock().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<String> =
+                files.keys().filter(|name| !name.starts_with(RETIRED) && prefixes.iter().any(|p| name.starts_with(p))).cloned().collect();
+            for name in names {
+                if let Some(file) = files.remove(&name) {
+                    files.insert(format!("{RETIRED}{label}/{name}"), file);
+                }
+            }
             return Ok(());
         }
-        let retired = self.root.join("retired").join(label);
+        let retired = self.root.join(RETIRED.trim_end_matches('/')).join(label);
         for prefix in prefixes {
             let source = self.root.join(prefix.trim_end_matches('/'));
             if !source.exists() {
@@ -115,7 +125,7 @@ impl StateDir {
             let target = retired.join(prefix.trim_end_matches('/'));
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent)?;
-                set_mode(&self.root.join("retired"), 0o700)?;
+                set_mode(&self.root.join(RETIRED.trim_end_matches('/')), 0o700)?;
             }
             fs::rename(&source, &target)?;
         }
@@ -166,5 +176,21 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn retiring_keeps_the_old_files_on_disk_and_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk = StateDir::open(&dir.path().join("state")).unwrap();
+        let in_memory = StateDir::in_memory(StateFiles::new());
+        for state in [&on_disk, &in_memory] {
+            state.write("ca/ca.key", b"old key", Sensitivity::Private).unwrap();
+            state.write("tokens/registry.yaml", b"kept", Sensitivity::Private).unwrap();
+            state.retire(&["ca/"], "0123456789abcdef").unwrap();
+            assert_eq!(state.read("ca/ca.key").unwrap(), None, "the identity is set aside");
+            assert_eq!(state.read("retired/0123456789abcdef/ca/ca.key").unwrap().as_deref(), Some(&b"old key"[..]), "not destroyed");
+            assert_eq!(state.read("tokens/registry.yaml").unwrap().as_deref(), Some(&b"kept"[..]));
+        }
+        assert_eq!(in_memory.files()["retired/0123456789abcdef/ca/ca.key"].1, Sensitivity::Private);
     }
 }
