@@ -1,0 +1,848 @@
+//! Oracles that are not the code under test.
+//!
+//! Files the real `callguard build` writes are taken apart here by a reader written from the documented
+//! layout (docs/wire-formats.md §2, §3.2-§3.4, §3.6, §5.2), never by the crate's parser, and checked with the
+//! `openssl` command-line tool: signatures with `openssl dgst -verify` over exactly the signed bytes, the
+//! encrypted configuration with `openssl pkeyutl -decrypt` and `openssl enc -d`. In the other direction the
+//! crate reads inputs made elsewhere: trust files assembled byte by byte in this file and signed with
+//! `openssl dgst -sign`, and certificates, keys and requests made by `openssl req`, `openssl x509`,
+//! `openssl genpkey` and `openssl pkcs8`. Fails, never skips, when `openssl` is missing.
+
+#[path = "support/peers.rs"]
+#[allow(dead_code)]
+mod peers;
+use peers::require;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use callguard::core::build::{BuildOptions, build_paths};
+use callguard::core::pki::keys;
+use callguard::core::trust::{
+    EncryptedConfigBuilder, EncryptedFile, HashAlgorithm, Mode, Role, SignatureCheck, SignedFile, Signer, TrustList,
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Peers
+
+fn callguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_callguard")).args(args).output().expect("the callguard binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `openssl ARGS` run in `dir`; the test fails when openssl is not installed.
+fn openssl(dir: &Path, args: &[&str]) -> Output {
+    require("openssl", "openssl");
+    Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("cannot run openssl {args:?}: {e}"))
+}
+
+/// `openssl ARGS` that must succeed; its standard output.
+fn openssl_ok(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let output = openssl(dir, args);
+    assert!(output.status.success(), "openssl {args:?} failed:\n{}", text(&output));
+    output.stdout
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The serial openssl prints for a PEM certificate, upper-case hex as `serial=` shows it.
+fn openssl_serial(dir: &Path, certificate_pem: &Path) -> String {
+    let out = openssl_ok(dir, &["x509", "-in", certificate_pem.to_str().unwrap(), "-noout", "-serial"]);
+    String::from_utf8(out).unwrap().trim().strip_prefix("serial=").expect("serial=HEX").to_owned()
+}
+
+fn openssl_der(dir: &Path, certificate_pem: &Path) -> Vec<u8> {
+    openssl_ok(dir, &["x509", "-in", certificate_pem.to_str().unwrap(), "-outform", "DER"])
+}
+
+/// Whether `openssl dgst -DIGEST -verify` accepts `signature` over `data` with the key of `certificate_pem`.
+/// openssl must answer one of its two verdicts; anything else fails the test.
+fn openssl_verifies(dir: &Path, certificate_pem: &Path, digest: &str, data: &[u8], signature: &[u8]) -> bool {
+    let public_key = openssl_ok(dir, &["x509", "-in", certificate_pem.to_str().unwrap(), "-noout", "-pubkey"]);
+    fs::write(dir.join("verify-pubkey.pem"), public_key).unwrap();
+    fs::write(dir.join("verify-data.bin"), data).unwrap();
+    fs::write(dir.join("verify-sig.bin"), signature).unwrap();
+    let output = openssl(dir, &["dgst", digest, "-verify", "verify-pubkey.pem", "-signature", "verify-sig.bin", "verify-data.bin"]);
+    match (output.status.success(), String::from_utf8_lossy(&output.stdout).trim()) {
+        (true, "Verified OK") => true,
+        (false, "Verification failure") => false,
+        _ => panic!("openssl dgst {digest} -verify gave no verdict:\n{}", text(&output)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The documented layout, read by hand
+
+/// One element of docs/wire-formats.md §2.1: `tag: u8 | length: u16 big-endian | value`.
+#[derive(Debug, Clone)]
+struct Element {
+    tag: u8,
+    at: usize,
+    value: Range<usize>,
+}
+
+fn element_at(bytes: &[u8], at: usize) -> Element {
+    assert!(at + 3 <= bytes.len(), "an element at {at} runs past the end ({} bytes)", bytes.len());
+    let length = usize::from(u16::from_be_bytes([bytes[at + 1], bytes[at + 2]]));
+    let value = at + 3..at + 3 + length;
+    assert!(value.end <= bytes.len(), "the element of tag {:#04x} at {at} runs past the end", bytes[at]);
+    Element { tag: bytes[at], at, value }
+}
+
+/// The container tags of a header (docs/wire-formats.md §2.3): SIGNER_INFO, SIGNATURE_INFO,
+/// SIGNATURE_ALGORITHM_INFO, and in `.enc.sgn` ENCRYPTION_INFO, its IV_INFO and KEY_INFO.
+const CONTAINERS: [u8; 6] = [0x03, 0x07, 0x09, 0x10, 0x11, 0x15];
+
+/// A header read by docs/wire-formats.md §3.2-§3.4 and §5.2: every element from offset 0 to HEADER_LENGTH,
+/// containers opened, then 0 to 3 bare 0x0D pad bytes (§2.2).
+#[derive(Debug)]
+struct Header {
+    version: [u8; 2],
+    length: usize,
+    /// Each non-container element's value, by tag; every header tag occurs once (§3.3).
+    values: BTreeMap<u8, Range<usize>>,
+    /// Top-level tags in file order.
+    top: Vec<u8>,
+    /// The SIGNATURE element (tag 0x0C), tag and length included.
+    signature: Element,
+}
+
+fn collect(bytes: &[u8], element: &Element, values: &mut BTreeMap<u8, Range<usize>>) {
+    if CONTAINERS.contains(&element.tag) {
+        let mut at = element.value.start;
+        while at < element.value.end {
+            let child = element_at(bytes, at);
+            assert!(child.value.end <= element.value.end, "a child of {:#04x} overruns it", element.tag);
+            collect(bytes, &child, values);
+            at = child.value.end;
+        }
+    } else {
+        assert!(values.insert(element.tag, element.value.clone()).is_none(), "tag {:#04x} twice in the header", element.tag);
+    }
+}
+
+fn read_header(bytes: &[u8]) -> Header {
+    let version = element_at(bytes, 0);
+    assert_eq!((version.tag, version.value.len()), (0x01, 2), "VERSION first (§3.3)");
+    let length_element = element_at(bytes, 5);
+    assert_eq!((length_element.tag, length_element.value.len()), (0x02, 2), "HEADER_LENGTH second (§3.3)");
+    let length = usize::from(u16::from_be_bytes([bytes[8], bytes[9]]));
+    assert!(length <= bytes.len(), "HEADER_LENGTH {length} beyond the file");
+    assert_eq!(length % 4, 0, "HEADER_LENGTH is a multiple of 4 (§3.4)");
+    let (mut values, mut top, mut pad, mut signature) = (BTreeMap::new(), Vec::new(), 0, None);
+    let mut at = 0;
+    while at < length {
+        if bytes[at] == 0x0D {
+            pad += 1;
+            at += 1;
+            continue;
+        }
+        assert_eq!(pad, 0, "pad bytes come only at the end of the header (§2.2)");
+        let element = element_at(bytes, at);
+        assert!(element.value.end <= length, "an element overruns HEADER_LENGTH");
+        top.push(element.tag);
+        if element.tag == 0x0C {
+            signature = Some(element.clone());
+        }
+        collect(bytes, &element, &mut values);
+        at = element.value.end;
+    }
+    assert!(pad <= 3, "{pad} pad bytes (§3.4 step 3)");
+    Header { version: [bytes[3], bytes[4]], length, values, top, signature: signature.expect("a SIGNATURE element (§3.3)") }
+}
+
+impl Header {
+    fn value<'b>(&self, bytes: &'b [u8], tag: u8) -> &'b [u8] {
+        let range = self.values.get(&tag).unwrap_or_else(|| panic!("no element {tag:#04x} in the header"));
+        &bytes[range.clone()]
+    }
+
+    /// What was signed: the whole file without the SIGNATURE element (§3.4 steps 6-7).
+    fn signed_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        [&bytes[..self.signature.at], &bytes[self.signature.value.end..]].concat()
+    }
+
+    fn signature_value<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
+        &bytes[self.signature.value.clone()]
+    }
+}
+
+/// The records of a `.tlv` after its header (docs/wire-formats.md §3.6): RECORD_LENGTH (tag 0x01, u16, counting
+/// the whole record) and then the record's elements, each by tag.
+fn read_records(bytes: &[u8], header_length: usize) -> Vec<BTreeMap<u8, Vec<u8>>> {
+    let mut records = Vec::new();
+    let mut at = header_length;
+    while at < bytes.len() {
+        let length = element_at(bytes, at);
+        assert_eq!((length.tag, length.value.len()), (0x01, 2), "a record starts with RECORD_LENGTH");
+        let end = at + usize::from(u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]));
+        assert!(end <= bytes.len(), "RECORD_LENGTH runs past the end");
+        let mut fields = BTreeMap::new();
+        let mut inner = length.value.end;
+        while inner < end {
+            let element = element_at(bytes, inner);
+            assert!(element.value.end <= end, "an element overruns its record");
+            fields.insert(element.tag, bytes[element.value.clone()].to_vec());
+            inner = element.value.end;
+        }
+        records.push(fields);
+        at = end;
+    }
+    records
+}
+
+fn u16_value(bytes: &[u8]) -> u16 {
+    u16::from_be_bytes(bytes.try_into().expect("a u16 value"))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The quickstart, built by the real binary
+
+/// A copy of examples/quickstart with its own state directory.
+struct Quickstart {
+    dir: tempfile::TempDir,
+    manifests: PathBuf,
+    state: PathBuf,
+}
+
+impl Quickstart {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        fs::create_dir(&manifests).unwrap();
+        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        for entry in fs::read_dir(quickstart).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
+        }
+        let state = dir.path().join("state");
+        Quickstart { dir, manifests, state }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let path = self.manifests.join(file);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        fs::write(path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    fn build(&self) {
+        let output = callguard(&["build", self.manifests.to_str().unwrap(), "--state-dir", self.state.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "callguard build:\n{}", text(&output));
+    }
+
+    fn served(&self, name: &str) -> Vec<u8> {
+        fs::read(self.state.join("tftp/default").join(name)).unwrap_or_else(|e| panic!("{name} is not served: {e}"))
+    }
+
+    fn served_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.state.join("tftp/default"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The TFTP certificate of the first node, which signs the ITL and every phone file (§3.1), as the build
+    /// stored it: PEM.
+    fn tftp_certificate(&self) -> PathBuf {
+        self.state.join("namespaces/default/certs/cm1.callmanager-tftp.crt")
+    }
+
+    /// The certificate of a SecurityToken, as the quickstart's Secret holds it (not as the build read it).
+    fn token_certificate(&self, token: &str) -> PathBuf {
+        let secrets = fs::read_to_string(self.manifests.join("secrets.yaml")).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&secrets) {
+            let secret: serde_yaml::Value = serde::Deserialize::deserialize(document).unwrap();
+            if secret["metadata"]["name"].as_str() == Some(token) {
+                let pem = secret["stringData"]["certificate.pem"].as_str().expect("a certificate.pem");
+                let path = self.path(&format!("{token}.pem"));
+                fs::write(&path, pem).unwrap();
+                return path;
+            }
+        }
+        panic!("no Secret {token} in the quickstart");
+    }
+}
+
+/// Checks one signed file of the build against `signer_pem` with openssl, from the bytes alone: the
+/// version, the header's hash and modulus codes, SIGNER_SERIAL against openssl's reading of the
+/// certificate, FILENAME, and the signature over exactly the signed range. A flipped byte, and another
+/// signer's key, must not verify: the control that shows the check can fail.
+fn assert_signed_by(
+    dir: &Path,
+    bytes: &[u8],
+    version: [u8; 2],
+    filename: &str,
+    signer_pem: &Path,
+    other_pem: &Path,
+    (hash_code, digest): (u8, &str),
+) -> Header {
+    let header = read_header(bytes);
+    assert_eq!(header.version, version, "{filename}: VERSION");
+    assert_eq!(header.value(bytes, 0x08), [hash_code], "{filename}: HASH_ALGORITHM (§1.6)");
+    assert_eq!(header.value(bytes, 0x0A), [0], "{filename}: SIGNATURE_ALGORITHM");
+    assert_eq!(header.value(bytes, 0x0B), [2], "{filename}: SIGNATURE_MODULUS, 2048 bits");
+    assert_eq!(header.signature_value(bytes).len(), 256, "{filename}: a 2048-bit signature");
+    assert_eq!(header.value(bytes, 0x0E), format!("{filename}\0").as_bytes(), "FILENAME + NUL (§3.3)");
+    assert_eq!(
+        hex(header.value(bytes, 0x05)).to_uppercase(),
+        openssl_serial(dir, signer_pem),
+        "{filename}: SIGNER_SERIAL is the signer's serial, no sign octet (§1.5)"
+    );
+    // SIGNATURE sits after SIGNATURE_INFO and before FILENAME (§3.3, row 6).
+    let at = header.top.iter().position(|&t| t == 0x0C).unwrap();
+    assert_eq!((header.top[at - 1], header.top[at + 1]), (0x07, 0x0E), "{filename}: {:02x?}", header.top);
+
+    let signed = header.signed_bytes(bytes);
+    let signature = header.signature_value(bytes);
+    assert!(openssl_verifies(dir, signer_pem, digest, &signed, signature), "{filename}: openssl does not verify its signature");
+    let mut flipped = signed.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    assert!(!openssl_verifies(dir, signer_pem, digest, &flipped, signature), "{filename}: a flipped byte still verifies");
+    assert!(!openssl_verifies(dir, other_pem, digest, &signed, signature), "{filename}: another key verifies");
+    header
+}
+
+/// docs/wire-formats.md §3.3-§3.6 and §4 on what `callguard build` writes for the quickstart, in SHA-1 (its
+/// setting) and SHA-512: the ITL signed by the TFTP certificate, the CTL by the signing token, every
+/// `SEP<MAC>.cnf.xml.sgn` by the TFTP certificate, each verified by `openssl dgst -verify`.
+#[test]
+fn quickstart_trust_lists_and_signed_files_verify_with_openssl() {
+    for (hash_code, digest, setting) in [(1u8, "-sha1", "SHA1"), (3, "-sha512", "SHA512")] {
+        let quickstart = Quickstart::new();
+        if setting != "SHA1" {
+            quickstart.edit("cluster.yaml", "hashAlgorithm: SHA1", &format!("hashAlgorithm: {setting}"));
+        }
+        quickstart.build();
+        let dir = quickstart.dir.path();
+        let tftp = quickstart.tftp_certificate();
+        let token = quickstart.token_certificate("token-primary");
+        let hash = (hash_code, digest);
+
+        for (name, signer, other) in [("ITLFile.tlv", &tftp, &token), ("CTLFile.tlv", &token, &tftp)] {
+            let bytes = quickstart.served(name);
+            let header = assert_signed_by(dir, &bytes, [1, 2], name, signer, other, hash);
+            assert_eq!(header.value(&bytes, 0x1C), [1, 0], "{name}: SIGNER_VERSION 1.0");
+            // The signer is listed as a SAST record (role 0), the same certificate byte for byte (§3.6, §3.7).
+            let records = read_records(&bytes, header.length);
+            let signer_der = openssl_der(dir, signer);
+            let sast: Vec<_> = records.iter().filter(|r| r.get(&0x04).map(|v| u16_value(v)) == Some(0)).collect();
+            assert_eq!(sast[0][&0x09], signer_der, "{name}: the first SAST record is the signer (§3.6)");
+            assert_eq!(sast[0][&0x06], header.value(&bytes, 0x05), "{name}: its SERIAL_NUMBER is SIGNER_SERIAL");
+            let roles: Vec<u16> = records.iter().map(|r| u16_value(&r[&0x04])).collect();
+            let expected: &[u16] = if name == "ITLFile.tlv" { &[0, 2, 2, 4] } else { &[0, 0, 2, 2, 4] };
+            assert_eq!(roles, expected, "{name}: SAST, CCM+TFTP, CCM+TFTP, CAPF (§3.1)");
+        }
+
+        let (mut signed, mut with_plain) = (0, 0);
+        for name in quickstart.served_names().iter().filter(|n| n.ends_with(".cnf.xml.sgn")) {
+            let bytes = quickstart.served(name);
+            let header = assert_signed_by(dir, &bytes, [1, 0], name, &tftp, &token, hash);
+            assert!(!header.values.contains_key(&0x1C), "{name}: no SIGNER_VERSION outside .tlv (§3.3)");
+            // The payload is a phone configuration; where the plain name is served too (a non-secure profile, or
+            // the stub of an encrypted phone), the same bytes (§4, §5.6).
+            let payload = &bytes[header.length..];
+            let document = roxmltree::Document::parse(std::str::from_utf8(payload).unwrap()).unwrap();
+            assert_eq!(document.root_element().tag_name().name(), "device", "{name}");
+            if quickstart.served_names().contains(&name.strip_suffix(".sgn").unwrap().to_owned()) {
+                assert_eq!(payload, quickstart.served(name.strip_suffix(".sgn").unwrap()).as_slice(), "{name}: payload");
+                with_plain += 1;
+            }
+            signed += 1;
+        }
+        assert_eq!(signed, 7, "one .sgn per quickstart phone");
+        assert_eq!(with_plain, 5, "five quickstart phones are also served under the plain name");
+    }
+}
+
+/// Opens an `.enc.sgn` by docs/wire-formats.md §5.2-§5.4 with openssl alone: the RSAES-PKCS1-v1_5 wrapped key
+/// with `openssl pkeyutl -decrypt`, the body with `openssl enc -d -aes-128-cbc -nopad`; checks the 0x0D padding
+/// and PAD_COUNT (§5.3 step 3), PLAINTEXT_HASH with `openssl dgst -binary`, and the header signature with
+/// `openssl dgst -verify`. Returns the plaintext.
+fn open_with_openssl(dir: &Path, bytes: &[u8], phone_key: &Path, signer_pem: &Path, digest: &str) -> Vec<u8> {
+    let header = read_header(bytes);
+    assert_eq!(header.version, [2, 0], "VERSION 2.0 (§3.3)");
+    assert_eq!(header.value(bytes, 0x12), [0], "IV_INFO marker");
+    assert_eq!(header.value(bytes, 0x16), [0], "KEY_INFO marker");
+    assert_eq!(header.value(bytes, 0x18), [1], "KEY_ALGORITHM 1, AES-128");
+    let wrapped = header.value(bytes, 0x19);
+    assert_eq!(usize::from(u16_value(header.value(bytes, 0x17))), wrapped.len() * 8, "KEY_SIZE in bits is the wrapped key's");
+    let iv = header.value(bytes, 0x13);
+    assert_eq!(iv.len(), 16, "IV");
+    let pad = usize::from(u16_value(header.value(bytes, 0x14)));
+    let hash_code = header.value(bytes, 0x1A);
+    assert_eq!(hash_code, header.value(bytes, 0x08), "PLAINTEXT_HASH_ALGORITHM is the header's");
+
+    fs::write(dir.join("wrapped.bin"), wrapped).unwrap();
+    let key = openssl_ok(
+        dir,
+        &["pkeyutl", "-decrypt", "-inkey", phone_key.to_str().unwrap(), "-pkeyopt", "rsa_padding_mode:pkcs1", "-in", "wrapped.bin"],
+    );
+    assert_eq!(key.len(), 16, "an AES-128 key is wrapped");
+    let body = &bytes[header.length..];
+    assert!(!body.is_empty() && body.len() % 16 == 0, "the body is whole AES blocks: {} bytes", body.len());
+    fs::write(dir.join("body.bin"), body).unwrap();
+    let padded = openssl_ok(dir, &["enc", "-d", "-aes-128-cbc", "-nopad", "-K", &hex(&key), "-iv", &hex(iv), "-in", "body.bin"]);
+    assert_eq!(padded.len(), body.len());
+    assert!((1..=16).contains(&pad), "PAD_COUNT {pad} is 1..=16 (§5.3 step 3)");
+    let (plaintext, padding) = padded.split_at(padded.len() - pad);
+    assert!(padding.iter().all(|&b| b == 0x0D), "the last {pad} bytes are 0x0D, not PKCS#7: {padding:02x?}");
+    assert_eq!(pad, 16 - plaintext.len() % 16, "PAD_COUNT = 16 - (length mod 16)");
+
+    fs::write(dir.join("plain.bin"), plaintext).unwrap();
+    let (digest_flag, digest_len) = match hash_code {
+        [1] => ("-sha1", 20),
+        [3] => ("-sha512", 64),
+        other => panic!("hash code {other:?}"),
+    };
+    assert_eq!(digest_flag, digest);
+    let hash = openssl_ok(dir, &["dgst", digest_flag, "-binary", "plain.bin"]);
+    assert_eq!(hash.len(), digest_len);
+    assert_eq!(header.value(bytes, 0x1B), hash.as_slice(), "PLAINTEXT_HASH is the hash of the plaintext without padding");
+
+    assert!(
+        openssl_verifies(dir, signer_pem, digest, &header.signed_bytes(bytes), header.signature_value(bytes)),
+        "openssl does not verify the .enc.sgn signature"
+    );
+    plaintext.to_vec()
+}
+
+/// A phone key made by openssl and its certificate issued by the state's cluster CA with `openssl x509 -req`:
+/// an LSC that `callguard device add-cert` takes.
+fn openssl_lsc(quickstart: &Quickstart, device: &str, bits: u32) -> (PathBuf, PathBuf) {
+    let dir = quickstart.dir.path();
+    let key = dir.join(format!("{device}.key"));
+    let certificate = dir.join(format!("{device}.pem"));
+    let ca = quickstart.state.join("namespaces/default/ca");
+    openssl_ok(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}"), "-out", key.to_str().unwrap()]);
+    openssl_ok(dir, &["req", "-new", "-key", key.to_str().unwrap(), "-subj", &format!("/CN={device}"), "-out", "phone.csr"]);
+    fs::write(dir.join("lsc.ext"), "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n").unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "phone.csr",
+            "-CA",
+            ca.join("ca.crt").to_str().unwrap(),
+            "-CAkey",
+            ca.join("ca.key").to_str().unwrap(),
+            "-set_serial",
+            "0x5A17",
+            "-days",
+            "30",
+            "-extfile",
+            "lsc.ext",
+            "-out",
+            certificate.to_str().unwrap(),
+        ],
+    );
+    (key, certificate)
+}
+
+/// Item: `callguard build` encrypts the quickstart lobby phone's configuration for an LSC made by openssl, and
+/// openssl alone opens it to exactly the configuration the build resolved for the phone.
+#[test]
+fn quickstart_encrypted_configuration_opens_with_openssl() {
+    let quickstart = Quickstart::new();
+    quickstart.build();
+    let dir = quickstart.dir.path();
+    let device = "SEP001122334455"; // lobby-7970, sccp-encrypted
+    // The quickstart's CAPF issues 1024-bit keys; 2048 is the other size phones have.
+    let (phone_key, phone_pem) = openssl_lsc(&quickstart, device, 1024);
+    let added = callguard(&[
+        "device",
+        "add-cert",
+        "--state-dir",
+        quickstart.state.to_str().unwrap(),
+        "--device",
+        device,
+        phone_pem.to_str().unwrap(),
+    ]);
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added));
+    quickstart.build();
+    let encrypted = quickstart.served(&format!("{device}.cnf.xml.enc.sgn"));
+
+    // What the build meant to encrypt: the full configuration in the catalog of the same build, run again
+    // through the library on a copy of the state (a rebuild with unchanged input changes nothing).
+    let state_copy = quickstart.path("state-copy");
+    let copied = Command::new("cp").arg("-a").arg(&quickstart.state).arg(&state_copy).status().unwrap();
+    assert!(copied.success());
+    let outputs =
+        build_paths(std::slice::from_ref(&quickstart.manifests), &state_copy, time::OffsetDateTime::now_utc(), &BuildOptions::default())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    let output = outputs["default"].as_ref().unwrap_or_else(|e| panic!("{e:?}"));
+    let payloads = serde_json::to_value(&output.catalog.phones[device]).unwrap();
+    let expected = payloads["full"].as_str().expect("the catalog holds the full configuration of a phone with a certificate");
+
+    let header = read_header(&encrypted);
+    assert_eq!(header.value(&encrypted, 0x0E), format!("{device}.cnf.xml.enc.sgn\0").as_bytes());
+    assert_eq!(header.value(&encrypted, 0x17), [0x04, 0x00], "KEY_SIZE 1024: the phone's modulus");
+    let plaintext = open_with_openssl(dir, &encrypted, &phone_key, &quickstart.tftp_certificate(), "-sha1");
+    assert_eq!(String::from_utf8(plaintext.clone()).unwrap(), expected, "the decrypted configuration");
+    // And from the plaintext itself: a full file whose certHash is the MD5 of the LSC's DER as openssl computes it
+    // (docs/wire-formats.md §5.5).
+    let fingerprint = openssl_ok(dir, &["x509", "-in", phone_pem.to_str().unwrap(), "-noout", "-fingerprint", "-md5"]);
+    let md5 = String::from_utf8(fingerprint).unwrap().trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+    let text = String::from_utf8(plaintext).unwrap();
+    assert!(text.contains("<fullConfig>true</fullConfig>") && text.contains(&format!("<certHash>{md5}</certHash>")), "{text}");
+
+    // The control: another key does not unwrap it.
+    let other = dir.join("other.key");
+    openssl_ok(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", other.to_str().unwrap()]);
+    let right = openssl_ok(dir, &["pkeyutl", "-decrypt", "-inkey", phone_key.to_str().unwrap(), "-in", "wrapped.bin"]);
+    let wrong = openssl(dir, &["pkeyutl", "-decrypt", "-inkey", other.to_str().unwrap(), "-in", "wrapped.bin"]);
+    assert!(!wrong.status.success() || wrong.stdout != right, "another phone's key unwrapped the AES key");
+}
+
+/// A key made by `openssl genpkey`, PKCS#8 PEM.
+fn openssl_rsa_key(dir: &Path, name: &str, bits: u32) -> PathBuf {
+    let key = dir.join(name);
+    openssl_ok(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}"), "-out", key.to_str().unwrap()]);
+    key
+}
+
+/// A self-signed certificate of `key` made by `openssl req -x509`, PEM.
+fn openssl_self_signed(dir: &Path, key: &Path, subject: &str, serial: &str, name: &str) -> PathBuf {
+    let certificate = dir.join(name);
+    openssl_ok(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-subj",
+            subject,
+            "-set_serial",
+            serial,
+            "-days",
+            "30",
+            "-out",
+            certificate.to_str().unwrap(),
+        ],
+    );
+    certificate
+}
+
+/// The library's encryption (docs/wire-formats.md §5.3) for every padding case, both hashes and both phone key
+/// sizes, opened by openssl alone: signer and phone keys and certificates are made by openssl too.
+#[test]
+fn library_encrypted_configuration_of_every_pad_length_opens_with_openssl() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let tftp_key = openssl_rsa_key(dir, "tftp.key", 2048);
+    let tftp_pem = openssl_self_signed(dir, &tftp_key, "/CN=TFTP/O=Example/OU=Voice", "0x0101", "tftp.pem");
+    let signer = Signer::new(openssl_der(dir, &tftp_pem), keys::from_pem(&fs::read_to_string(&tftp_key).unwrap()).unwrap(), false)
+        .expect("an openssl RSA-2048 certificate signs");
+    for (bits, hash, digest) in [(2048, HashAlgorithm::Sha1, "-sha1"), (1024, HashAlgorithm::Sha512, "-sha512")] {
+        let phone_key = openssl_rsa_key(dir, &format!("phone-{bits}.key"), bits);
+        let phone_pem = openssl_self_signed(dir, &phone_key, "/CN=SEP001122334455", "0x51", &format!("phone-{bits}.pem"));
+        let builder = EncryptedConfigBuilder::new(&signer, hash, 1_767_225_600);
+        // Every residue class that matters, and a text that itself ends in 0x0D bytes: only PAD_COUNT says
+        // where the padding starts.
+        for length in [0usize, 1, 15, 16, 17, 31, 32, 100] {
+            let mut plaintext: Vec<u8> = (0..length).map(|i| b"<device>x</device>\n"[i % 19]).collect();
+            if length >= 2 {
+                plaintext[length - 2..].copy_from_slice(b"\r\r");
+            }
+            let file = builder.encrypt("SEP001122334455.cnf.xml", &plaintext, &openssl_der(dir, &phone_pem)).unwrap();
+            let header = read_header(&file);
+            assert_eq!(usize::from(u16_value(header.value(&file, 0x17))), bits as usize, "KEY_SIZE");
+            let opened = open_with_openssl(dir, &file, &phone_key, &tftp_pem, digest);
+            assert_eq!(opened, plaintext, "RSA-{bits}, {hash:?}, {length} bytes");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Trust files assembled here, signed by openssl, read by the crate
+
+/// One element, docs/wire-formats.md §2.1.
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(value.len()).expect("a value of at most 65 535 bytes");
+    [&[tag][..], &length.to_be_bytes(), value].concat()
+}
+
+fn with_nul(text: &str) -> Vec<u8> {
+    [text.as_bytes(), &[0]].concat()
+}
+
+/// What a hand-assembled file's header says.
+struct Assembly<'a> {
+    version: [u8; 2],
+    /// Tag 0x1C, `.tlv` only.
+    signer_version: Option<[u8; 2]>,
+    /// §1.4 strings, written here by hand.
+    signer_name: &'a str,
+    signer_issuer: &'a str,
+    /// §1.5 magnitude.
+    signer_serial: &'a [u8],
+    /// §1.6 code and the matching openssl digest flag.
+    hash: (u8, &'a str),
+    filename: &'a str,
+    timestamp: u32,
+    /// Elements between TIMESTAMP and the pad: the §5.2 encryption elements of a `.enc.sgn`.
+    extra: Vec<u8>,
+}
+
+/// A whole file by the seven steps of docs/wire-formats.md §3.4, with the signature made by
+/// `openssl dgst -sign` with `signing_key` (2048 bits, so SIGNATURE_MODULUS 2 and 256 signature bytes).
+fn assemble(dir: &Path, header: &Assembly<'_>, body: &[u8], signing_key: &Path) -> Vec<u8> {
+    const SIGNATURE_LENGTH: usize = 256;
+    // Step 1: elements 1-5 with HEADER_LENGTH 00 00.
+    let mut p = [tlv(0x01, &header.version), tlv(0x02, &[0, 0])].concat();
+    if let Some(version) = header.signer_version {
+        p.extend(tlv(0x1C, &version));
+    }
+    let signer_info =
+        [tlv(0x04, &with_nul(header.signer_name)), tlv(0x06, &with_nul(header.signer_issuer)), tlv(0x05, header.signer_serial)].concat();
+    p.extend(tlv(0x03, &signer_info));
+    let algorithm_info = [tlv(0x0A, &[0]), tlv(0x0B, &[2])].concat();
+    p.extend(tlv(0x07, &[tlv(0x08, &[header.hash.0]), tlv(0x09, &algorithm_info)].concat()));
+    let insertion_point = p.len();
+    // Step 2: FILENAME, TIMESTAMP, the encryption elements.
+    p.extend(tlv(0x0E, &with_nul(header.filename)));
+    p.extend(tlv(0x0F, &header.timestamp.to_be_bytes()));
+    p.extend(&header.extra);
+    // Step 3: pad; step 4: HEADER_LENGTH.
+    while (p.len() + 3 + SIGNATURE_LENGTH) % 4 != 0 {
+        p.push(0x0D);
+    }
+    let header_length = u16::try_from(p.len() + 3 + SIGNATURE_LENGTH).unwrap();
+    p[8..10].copy_from_slice(&header_length.to_be_bytes());
+    // Steps 5-6: sign P ‖ body with openssl.
+    fs::write(dir.join("to-sign.bin"), [p.as_slice(), body].concat()).unwrap();
+    openssl_ok(dir, &["dgst", header.hash.1, "-sign", signing_key.to_str().unwrap(), "-out", "signature.bin", "to-sign.bin"]);
+    let signature = fs::read(dir.join("signature.bin")).unwrap();
+    assert_eq!(signature.len(), SIGNATURE_LENGTH);
+    // Step 7.
+    [&p[..insertion_point], &tlv(0x0C, &signature), &p[insertion_point..], body].concat()
+}
+
+/// A certificate made by openssl, with what a trust list record needs of it.
+struct OpensslCertificate {
+    pem: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+    /// DER RSAPublicKey, `openssl rsa -RSAPublicKey_out`.
+    public_key: Vec<u8>,
+}
+
+fn openssl_certificate(dir: &Path, name: &str, subject: &str, serial: &str) -> OpensslCertificate {
+    let key = openssl_rsa_key(dir, &format!("{name}.key"), 2048);
+    let pem = openssl_self_signed(dir, &key, subject, serial, &format!("{name}.pem"));
+    let der = openssl_der(dir, &pem);
+    let public_key = openssl_ok(dir, &["rsa", "-in", key.to_str().unwrap(), "-RSAPublicKey_out", "-outform", "DER"]);
+    OpensslCertificate { pem, key, der, public_key }
+}
+
+/// A record by docs/wire-formats.md §3.6: tags 1, 3, 5, 6, 4, 7, 8, 9, RECORD_LENGTH counting the whole record.
+/// SIGNATURE is the certificate's signatureValue: the last field of the DER (RFC 5280 §4.1), whose last 256 bytes
+/// are the signature of a 2048-bit key.
+fn record(certificate: &OpensslCertificate, subject: &str, serial: &[u8], role: u16) -> Vec<u8> {
+    let der = &certificate.der;
+    let elements = [
+        tlv(0x03, &with_nul(subject)),
+        tlv(0x05, &with_nul(subject)),
+        tlv(0x06, serial),
+        tlv(0x04, &role.to_be_bytes()),
+        tlv(0x07, &certificate.public_key),
+        tlv(0x08, &der[der.len() - 256..]),
+        tlv(0x09, der),
+    ]
+    .concat();
+    let length = u16::try_from(5 + elements.len()).unwrap();
+    [tlv(0x01, &length.to_be_bytes()), elements].concat()
+}
+
+/// A CTL, a `.sgn` and an `.enc.sgn` assembled byte by byte in this test from docs/wire-formats.md §3.3-§3.6 and
+/// §5.2-§5.3, with certificates, keys, signatures, the AES encryption and the key wrap all made by openssl; the
+/// crate's parser and `callguard trust` read, verify and decrypt them. SHA-1 and SHA-512.
+#[test]
+fn trust_files_assembled_here_and_signed_by_openssl_are_read_verified_and_decrypted() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    // Made by openssl in this test. The §1.4 strings are written by hand below: encoded order, RFC 4514 escaping.
+    let sast = openssl_certificate(dir, "sast", "/CN=SAST/O=Example, Inc./OU=Voice", "0x3A7F");
+    let sast_dn = r"CN=SAST,O=Example\, Inc.,OU=Voice";
+    // Serial 0xC102: DER content 00 C1 02, written C1 02 (§1.5).
+    let tftp = openssl_certificate(dir, "tftp", "/CN=cucm1.voice.example/O=Example/OU=Voice", "0xC102");
+    let tftp_dn = "CN=cucm1.voice.example,O=Example,OU=Voice";
+    let capf = openssl_certificate(dir, "capf", "/CN=CAPF/O=Example/OU=Voice", "0x10");
+    let capf_dn = "CN=CAPF,O=Example,OU=Voice";
+    let phone_key = openssl_rsa_key(dir, "phone.key", 2048);
+    openssl_ok(dir, &["pkey", "-in", phone_key.to_str().unwrap(), "-pubout", "-out", "phone-pub.pem"]);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+
+    for (hash_code, digest) in [(1u8, "-sha1"), (3, "-sha512")] {
+        let records =
+            [record(&sast, sast_dn, &[0x3A, 0x7F], 0), record(&tftp, tftp_dn, &[0xC1, 0x02], 2), record(&capf, capf_dn, &[0x10], 4)]
+                .concat();
+        let ctl = assemble(
+            dir,
+            &Assembly {
+                version: [1, 2],
+                signer_version: Some([1, 0]),
+                signer_name: sast_dn,
+                signer_issuer: sast_dn,
+                signer_serial: &[0x3A, 0x7F],
+                hash: (hash_code, digest),
+                filename: "CTLFile.tlv",
+                timestamp: 1_767_225_600,
+                extra: Vec::new(),
+            },
+            &records,
+            &sast.key,
+        );
+        fs::write(dir.join("CTLFile.tlv"), &ctl).unwrap();
+
+        // The crate reads what was written.
+        let list = TrustList::parse(&ctl, Mode::Strict).unwrap_or_else(|e| panic!("{digest}: {e}"));
+        assert_eq!(list.header.signer_name, sast_dn);
+        assert_eq!(list.header.signer_serial, [0x3A, 0x7F]);
+        assert_eq!(list.header.hash, if hash_code == 1 { HashAlgorithm::Sha1 } else { HashAlgorithm::Sha512 });
+        assert_eq!((list.header.filename.as_str(), list.header.timestamp), ("CTLFile.tlv", 1_767_225_600));
+        let read: Vec<(Role, &str, &[u8], &[u8])> =
+            list.records.iter().map(|r| (r.role, r.subject.as_str(), r.serial.as_slice(), r.certificate_der.as_slice())).collect();
+        assert_eq!(
+            read,
+            [
+                (Role::Sast, sast_dn, &[0x3A, 0x7F][..], sast.der.as_slice()),
+                (Role::CcmTftp, tftp_dn, &[0xC1, 0x02][..], tftp.der.as_slice()),
+                (Role::Capf, capf_dn, &[0x10][..], capf.der.as_slice()),
+            ]
+        );
+        assert_eq!(list.verify().expect("openssl's signature verifies").certificate_der, sast.der);
+        let verified = callguard(&["trust", "verify", &path("CTLFile.tlv")]);
+        assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+        let inspected = callguard(&["trust", "inspect", &path("CTLFile.tlv"), "--json"]);
+        assert_eq!(inspected.status.code(), Some(0), "{}", text(&inspected));
+        let json: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+        assert_eq!(json["header"]["signer_serial_hex"], "3A7F");
+        assert_eq!(json["header"]["hash_algorithm_code"], hash_code);
+        let roles: Vec<&str> = json["records"].as_array().unwrap().iter().map(|r| r["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["SAST", "CCM+TFTP", "CAPF"]);
+        assert_eq!(json["records"][1]["serial_hex"], "C102");
+
+        // The controls: a flipped record byte, and the same bytes signed by a key the SAST record does not hold.
+        let mut flipped = ctl.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        fs::write(dir.join("flipped.tlv"), &flipped).unwrap();
+        assert_eq!(callguard(&["trust", "verify", &path("flipped.tlv")]).status.code(), Some(1));
+        let forged = assemble(
+            dir,
+            &Assembly {
+                version: [1, 2],
+                signer_version: Some([1, 0]),
+                signer_name: sast_dn,
+                signer_issuer: sast_dn,
+                signer_serial: &[0x3A, 0x7F],
+                hash: (hash_code, digest),
+                filename: "CTLFile.tlv",
+                timestamp: 1_767_225_600,
+                extra: Vec::new(),
+            },
+            &records,
+            &capf.key,
+        );
+        assert!(TrustList::parse(&forged, Mode::Strict).unwrap().verify().is_err(), "signed by another key");
+
+        // A .sgn signed by the CCM+TFTP record's key (§4).
+        let payload = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<device>\n  <fullConfig>true</fullConfig>\n</device>\n";
+        let sgn = assemble(
+            dir,
+            &Assembly {
+                version: [1, 0],
+                signer_version: None,
+                signer_name: tftp_dn,
+                signer_issuer: tftp_dn,
+                signer_serial: &[0xC1, 0x02],
+                hash: (hash_code, digest),
+                filename: "SEP001122334455.cnf.xml.sgn",
+                timestamp: 1_767_225_600,
+                extra: Vec::new(),
+            },
+            payload,
+            &tftp.key,
+        );
+        fs::write(dir.join("SEP001122334455.cnf.xml.sgn"), &sgn).unwrap();
+        let parsed = SignedFile::parse(&sgn, Mode::Strict).unwrap();
+        assert_eq!(parsed.payload(), payload);
+        parsed.verify(SignatureCheck::TrustList(&list)).expect("the CTL's CCM+TFTP record verifies it");
+        let verified = callguard(&["trust", "verify", &path("SEP001122334455.cnf.xml.sgn"), "--ctl", &path("CTLFile.tlv")]);
+        assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+
+        // An .enc.sgn: AES-128-CBC by `openssl enc` over the text padded with 0x0D to whole blocks (§5.3), the key
+        // wrapped by `openssl pkeyutl -encrypt` (RSAES-PKCS1-v1_5, §1.8), PLAINTEXT_HASH by `openssl dgst`.
+        let plaintext = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<device><authPassword>s3cret</authPassword></device>\n";
+        let pad = 16 - plaintext.len() % 16;
+        let mut padded = plaintext.to_vec();
+        padded.resize(plaintext.len() + pad, 0x0D);
+        fs::write(dir.join("padded.bin"), &padded).unwrap();
+        fs::write(dir.join("plain.bin"), plaintext).unwrap();
+        let (aes_key, iv) = ([0x3Cu8; 16], [0xA5u8; 16]);
+        fs::write(dir.join("aes.key"), aes_key).unwrap();
+        let ciphertext = openssl_ok(dir, &["enc", "-aes-128-cbc", "-nopad", "-K", &hex(&aes_key), "-iv", &hex(&iv), "-in", "padded.bin"]);
+        assert_eq!(ciphertext.len(), padded.len());
+        let wrapped = openssl_ok(
+            dir,
+            &["pkeyutl", "-encrypt", "-pubin", "-inkey", "phone-pub.pem", "-pkeyopt", "rsa_padding_mode:pkcs1", "-in", "aes.key"],
+        );
+        let plaintext_hash = openssl_ok(dir, &["dgst", digest, "-binary", "plain.bin"]);
+        let iv_info = [tlv(0x12, &[0]), tlv(0x13, &iv), tlv(0x14, &u16::try_from(pad).unwrap().to_be_bytes())].concat();
+        let key_info = [tlv(0x16, &[0]), tlv(0x17, &2048u16.to_be_bytes()), tlv(0x18, &[1]), tlv(0x19, &wrapped)].concat();
+        let extra = [tlv(0x10, &[tlv(0x11, &iv_info), tlv(0x15, &key_info)].concat()), tlv(0x1A, &[hash_code]), tlv(0x1B, &plaintext_hash)]
+            .concat();
+        let encrypted = assemble(
+            dir,
+            &Assembly {
+                version: [2, 0],
+                signer_version: None,
+                signer_name: tftp_dn,
+                signer_issuer: tftp_dn,
+                signer_serial: &[0xC1, 0x02],
+                hash: (hash_code, digest),
+                filename: "SEP001122334455.cnf.xml.enc.sgn",
+                timestamp: 1_767_225_600,
+                extra,
+            },
+            &ciphertext,
+            &tftp.key,
+        );
+        fs::write(dir.join("SEP001122334455.cnf.xml.enc.sgn"), &encrypted).unwrap();
+        let parsed = EncryptedFile::parse(&encrypted, Mode::Strict).unwrap();
+        assert_eq!((parsed.encryption.iv, usize::from(parsed.encryption.pad_count)), (iv, pad));
+        let phone = keys::from_pem(&fs::read_to_string(&phone_key).unwrap()).unwrap();
+        assert_eq!(parsed.decrypt(&phone, Some(SignatureCheck::TrustList(&list))).unwrap(), plaintext);
+        let decrypted = callguard(&[
+            "trust",
+            "decrypt",
+            &path("SEP001122334455.cnf.xml.enc.sgn"),
+            "--key",
+            phone_key.to_str().unwrap(),
+            "--cert",
+            tftp.pem.to_str().unwrap(),
+        ]);
+        assert_eq!(decrypted.status.code(), Some(0), "{}", text(&decrypted));
+        assert_eq!(decrypted.stdout, plaintext);
+    }
+}
