@@ -846,3 +846,268 @@ fn trust_files_assembled_here_and_signed_by_openssl_are_read_verified_and_decryp
         assert_eq!(decrypted.stdout, plaintext);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// PEM, certificate, key and request checks on inputs openssl made
+
+fn openssl_key(dir: &Path, name: &str, genpkey: &[&str]) -> PathBuf {
+    let key = dir.join(name);
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(genpkey);
+    args.extend_from_slice(&["-out", key.to_str().unwrap()]);
+    openssl_ok(dir, &args);
+    key
+}
+
+/// A token's certificate must be a PEM X.509 certificate with an RSA-2048 key and a positive serial
+/// (docs/wire-formats.md §3.3, §1.5): openssl's well-formed ones are taken, whatever their line endings; those
+/// with another key, a serial of zero or below, or broken armour are refused.
+#[test]
+fn token_certificate_checks_on_openssl_certificates() {
+    use callguard::core::token::material::{MaterialError, check_certificate};
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let rsa = openssl_rsa_key(dir, "token.key", 2048);
+    let good = openssl_self_signed(dir, &rsa, "/CN=token-a/O=Example/OU=Voice", "0x2A", "good.pem");
+    let pem = fs::read_to_string(&good).unwrap();
+    let der = openssl_der(dir, &good);
+    assert_eq!(check_certificate(pem.as_bytes()), Ok(der.clone()));
+    assert_eq!(check_certificate(pem.replace('\n', "\r\n").as_bytes()), Ok(der.clone()), "CRLF line endings");
+    assert_eq!(check_certificate(format!("a comment line\n{pem}").as_bytes()), Ok(der.clone()), "text before the armour");
+
+    for bits in [1024u32, 3072, 4096] {
+        let key = openssl_rsa_key(dir, &format!("rsa{bits}.key"), bits);
+        let certificate = openssl_self_signed(dir, &key, "/CN=token-b", "0x2B", &format!("rsa{bits}.pem"));
+        assert_eq!(check_certificate(&fs::read(certificate).unwrap()), Err(MaterialError::KeySize { bits: bits as usize }), "RSA-{bits}");
+    }
+    for (name, genpkey) in [
+        ("p256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
+        ("p384", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"][..]),
+        ("ed25519", &["-algorithm", "ED25519"][..]),
+    ] {
+        let key = openssl_key(dir, &format!("{name}.key"), genpkey);
+        let certificate = openssl_self_signed(dir, &key, "/CN=token-c", "0x2C", &format!("{name}.pem"));
+        assert_eq!(check_certificate(&fs::read(certificate).unwrap()), Err(MaterialError::KeyNotRsa), "{name}");
+    }
+    for serial in ["0", "-5", "-0x80"] {
+        let certificate = openssl_self_signed(dir, &rsa, "/CN=token-d", serial, "serial.pem");
+        assert_eq!(check_certificate(&fs::read(certificate).unwrap()), Err(MaterialError::SerialNotPositive), "serial {serial}");
+    }
+
+    // Broken armour, and PEM of other things.
+    let body_start = pem.find('\n').unwrap() + 1;
+    let end = pem.find("-----END").unwrap();
+    let not_pem = |bytes: &[u8], what: &str| {
+        assert!(matches!(check_certificate(bytes), Err(MaterialError::CertificateNotPem(_))), "{what}: {:?}", check_certificate(bytes));
+    };
+    not_pem(&pem.as_bytes()[..end], "no END line");
+    not_pem(pem.replace("-----END CERTIFICATE-----", "-----END X509 CRL-----").as_bytes(), "END names another label");
+    not_pem(pem.replacen("-----BEGIN CERTIFICATE-----", "-----BEGIN CERTIFICATE----", 1).as_bytes(), "BEGIN short of a dash");
+    not_pem(format!("{}*{}", &pem[..body_start + 10], &pem[body_start + 10..]).as_bytes(), "a byte outside base64");
+    not_pem(&der, "DER, not PEM");
+    let trusted = openssl_ok(dir, &["x509", "-in", good.to_str().unwrap(), "-trustout"]);
+    not_pem(&trusted, "TRUSTED CERTIFICATE");
+    let request = openssl_ok(dir, &["req", "-new", "-key", rsa.to_str().unwrap(), "-subj", "/CN=token-a"]);
+    not_pem(&request, "CERTIFICATE REQUEST");
+    // The base64 of a CERTIFICATE armour that is not a certificate: the armour is right, the DER is not.
+    let junk = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+    assert!(
+        matches!(check_certificate(junk.as_bytes()), Err(MaterialError::CertificateNotX509(_))),
+        "{:?}",
+        check_certificate(junk.as_bytes())
+    );
+}
+
+/// A token's key must be PKCS#8 encrypted with PBES2, PBKDF2-HMAC-SHA256 in bounds and AES-CBC (P.3-17): the key
+/// `openssl pkcs8` writes that way decrypts to openssl's key, with the right password only; openssl's other
+/// encodings are refused before any decryption.
+#[test]
+fn token_key_checks_on_openssl_pkcs8() {
+    use callguard::core::pki::keys::{KeyError, decrypt_pem};
+    use callguard::core::token::material::{MaterialError, check_encrypted_key};
+    use rsa::traits::PublicKeyParts;
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let key = openssl_rsa_key(dir, "token.key", 2048);
+    let key_arg = key.to_str().unwrap();
+    let modulus = String::from_utf8(openssl_ok(dir, &["rsa", "-in", key_arg, "-noout", "-modulus"])).unwrap();
+    let modulus = modulus.trim().strip_prefix("Modulus=").unwrap().to_owned();
+    let pkcs8 = |name: &str, options: &[&str]| -> String {
+        let mut args = vec!["pkcs8", "-topk8", "-in", key_arg, "-passout", "pass:correct horse", "-out", name];
+        args.extend_from_slice(options);
+        openssl_ok(dir, &args);
+        fs::read_to_string(dir.join(name)).unwrap()
+    };
+
+    let good = pkcs8("good.p8", &["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA256", "-iter", "600000"]);
+    assert_eq!(check_encrypted_key(good.as_bytes()), Ok(()));
+    let decrypted = decrypt_pem(&good, b"correct horse").expect("decrypts");
+    assert_eq!(decrypted.n().to_bytes_be().iter().map(|b| format!("{b:02X}")).collect::<String>(), modulus, "openssl's key");
+    assert_eq!(decrypt_pem(&good, b"wrong horse").unwrap_err(), KeyError::WrongPassword);
+    let aes128 = pkcs8("aes128.p8", &["-v2", "aes-128-cbc", "-v2prf", "hmacWithSHA256", "-iter", "100000"]);
+    assert_eq!(check_encrypted_key(aes128.as_bytes()), Ok(()), "AES-128-CBC at the lowest round count");
+    assert!(decrypt_pem(&aes128, b"correct horse").is_ok());
+
+    // PKCS#12's PBE-SHA1-3DES is an algorithm the PKCS#8 decoder does not know: refused as malformed, the
+    // others by their parameters. None of them is decrypted.
+    for (name, options) in [
+        ("scrypt.p8", &["-scrypt"][..]),
+        ("pbes1.p8", &["-v1", "PBE-SHA1-3DES"][..]),
+        ("sha1-prf.p8", &["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA1", "-iter", "600000"][..]),
+        ("few-rounds.p8", &["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA256", "-iter", "1000"][..]),
+    ] {
+        let pem = pkcs8(name, options);
+        let checked = check_encrypted_key(pem.as_bytes());
+        let pkcs12 = name == "pbes1.p8";
+        assert!(
+            matches!(&checked, Err(MaterialError::KeyParameters(_))) || pkcs12 && matches!(&checked, Err(MaterialError::KeyMalformed(_))),
+            "{name}: {checked:?}"
+        );
+        let decrypted = decrypt_pem(&pem, b"correct horse").map(|_| ());
+        assert!(
+            matches!(&decrypted, Err(KeyError::Unsupported(_))) || pkcs12 && matches!(&decrypted, Err(KeyError::Malformed(_))),
+            "{name} is not decrypted: {decrypted:?}"
+        );
+    }
+    let plain = fs::read_to_string(&key).unwrap();
+    assert_eq!(check_encrypted_key(plain.as_bytes()), Err(MaterialError::KeyNotEncryptedPem("found PEM PRIVATE KEY".into())));
+    let traditional = openssl_ok(dir, &["rsa", "-in", key_arg, "-traditional", "-aes256", "-passout", "pass:correct horse"]);
+    assert!(matches!(check_encrypted_key(&traditional), Err(MaterialError::KeyNotEncryptedPem(_))), "a traditional encrypted key");
+    let truncated = &good[..good.len() / 2];
+    assert!(check_encrypted_key(truncated.as_bytes()).is_err(), "half a key");
+}
+
+/// docs/wire-formats.md §7.8 on requests openssl makes: RSA 1024 and 2048 with each signature hash, EC P-256
+/// and P-384 are read to the key openssl put in; other sizes, P-521, Ed25519 and PEM where DER is expected
+/// are refused.
+#[test]
+fn phone_requests_made_by_openssl_are_read_or_refused() {
+    use callguard::core::pki::ca::{CaSettings, ClusterCa};
+    use callguard::core::pki::inspect::EcCurve;
+    use callguard::core::pki::issue::{IssueError, LscKeySource, LscRequest, PhoneKey, check_phone_key, issue_lsc, public_key_from_csr};
+    use callguard::core::pki::serial::Serial;
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let now = time::OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+    let ca = ClusterCa::generate(&CaSettings::new("lab", "voice"), now).unwrap();
+    let request = |csr: &[u8]| {
+        let request = LscRequest {
+            device_name: "SEP001122334455",
+            key: LscKeySource::Csr(csr),
+            validity_days: 365,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now,
+        };
+        issue_lsc(&ca, &request)
+    };
+    let csr = |name: &str, genpkey: &[&str], digest: &str| -> (Vec<u8>, Vec<u8>) {
+        let key = openssl_key(dir, &format!("{name}.key"), genpkey);
+        let mut args = vec!["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=SEP001122334455", "-outform", "DER"];
+        if !digest.is_empty() {
+            args.push(digest);
+        }
+        let der = openssl_ok(dir, &args);
+        let spki = openssl_ok(dir, &["pkey", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"]);
+        (der, spki)
+    };
+    let rsa = |bits: u32| vec!["-algorithm".to_owned(), "RSA".to_owned(), "-pkeyopt".to_owned(), format!("rsa_keygen_bits:{bits}")];
+    let ec = |curve: &str| vec!["-algorithm".to_owned(), "EC".to_owned(), "-pkeyopt".to_owned(), format!("ec_paramgen_curve:{curve}")];
+    let accepted: [(&str, Vec<String>, &str, PhoneKey); 7] = [
+        ("rsa1024-sha1", rsa(1024), "-sha1", PhoneKey::Rsa1024),
+        ("rsa1024-sha256", rsa(1024), "-sha256", PhoneKey::Rsa1024),
+        ("rsa2048-sha256", rsa(2048), "-sha256", PhoneKey::Rsa2048),
+        ("rsa2048-sha384", rsa(2048), "-sha384", PhoneKey::Rsa2048),
+        ("rsa2048-sha512", rsa(2048), "-sha512", PhoneKey::Rsa2048),
+        ("p256", ec("P-256"), "-sha256", PhoneKey::Ec(EcCurve::P256)),
+        ("p384", ec("P-384"), "-sha384", PhoneKey::Ec(EcCurve::P384)),
+    ];
+    for (name, genpkey, digest, kind) in accepted {
+        let genpkey: Vec<&str> = genpkey.iter().map(String::as_str).collect();
+        let (der, spki) = csr(name, &genpkey, digest);
+        assert_eq!(public_key_from_csr(&der).unwrap_or_else(|e| panic!("{name}: {e:?}")), spki, "{name}: openssl's key");
+        assert_eq!(check_phone_key(&spki), Ok(kind), "{name}");
+        assert_eq!(request(&der).unwrap_or_else(|e| panic!("{name}: {e:?}")).phone_key, kind, "{name}");
+    }
+    for (name, genpkey) in [("rsa512", rsa(512)), ("rsa3072", rsa(3072)), ("rsa4096", rsa(4096)), ("p521", ec("P-521"))] {
+        let genpkey: Vec<&str> = genpkey.iter().map(String::as_str).collect();
+        let (der, _) = csr(name, &genpkey, "-sha256");
+        assert!(matches!(request(&der), Err(IssueError::KeyRefused(_))), "{name}: {:?}", request(&der).map(|_| ()));
+    }
+    let (ed25519, _) = csr("ed25519", &["-algorithm", "ED25519"], "");
+    assert!(matches!(request(&ed25519), Err(IssueError::KeyRefused(_))), "{:?}", request(&ed25519).map(|_| ()));
+    let key = openssl_rsa_key(dir, "pem.key", 2048);
+    let pem = openssl_ok(dir, &["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=SEP001122334455"]);
+    assert!(matches!(public_key_from_csr(&pem), Err(IssueError::CsrRefused(_))), "PEM where DER is expected");
+}
+
+/// `callguard device add-cert`'s check (P.7-3) on certificates openssl made: an LSC of the state's CA and a MIC
+/// naming the phone are taken, an EC one with a warning; a CA certificate, an Ed25519 key, an LSC of this CA for
+/// another phone, one whose CA signature does not verify, and broken armour are refused.
+#[test]
+fn phone_certificate_checks_on_openssl_certificates() {
+    use callguard::core::build::devices::{Origin, check};
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = openssl_rsa_key(dir, "ca.key", 2048);
+    let ca = openssl_self_signed(dir, &ca_key, "/CN=lab CA/O=Callguard/OU=voice", "0x01", "ca.pem");
+    let ca_der = openssl_der(dir, &ca);
+    fs::write(dir.join("leaf.ext"), "basicConstraints=critical,CA:FALSE\n").unwrap();
+    let issue = |name: &str, key: &Path, subject: &str, ca_pem: &Path, ca_key: &Path| -> Vec<u8> {
+        openssl_ok(dir, &["req", "-new", "-key", key.to_str().unwrap(), "-subj", subject, "-out", "leaf.csr"]);
+        let out = dir.join(name);
+        let args = [
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            ca_pem.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-set_serial",
+            "0x77",
+            "-days",
+            "30",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            out.to_str().unwrap(),
+        ];
+        openssl_ok(dir, &args);
+        fs::read(out).unwrap()
+    };
+    let device = "SEP001122334455";
+    let phone_key = openssl_rsa_key(dir, "phone.key", 1024);
+    let lsc = issue("lsc.pem", &phone_key, "/CN=SEP001122334455/O=Callguard/OU=voice", &ca, &ca_key);
+    let checked = check(device, &lsc, Some(&ca_der), now).expect("an LSC of the CA");
+    assert_eq!((checked.origin, checked.der), (Origin::Lsc, openssl_der(dir, &dir.join("lsc.pem"))));
+    assert!(check("SEP00AABBCCDD06", &lsc, Some(&ca_der), now).is_err(), "an LSC for another phone");
+
+    // Same issuer name, another key: the CA's signature does not verify.
+    let impostor_key = openssl_rsa_key(dir, "impostor.key", 2048);
+    let impostor = openssl_self_signed(dir, &impostor_key, "/CN=lab CA/O=Callguard/OU=voice", "0x02", "impostor.pem");
+    let forged = issue("forged.pem", &phone_key, "/CN=SEP001122334455", &impostor, &impostor_key);
+    let refused = check(device, &forged, Some(&ca_der), now).expect_err("not signed by the CA");
+    assert!(refused.contains("does not verify"), "{refused}");
+
+    // A MIC: another CA, its CN names the phone as CP-<model>-SEP<MAC>; an EC key is taken with a warning.
+    let maker_key = openssl_key(dir, "maker.key", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let maker = openssl_self_signed(dir, &maker_key, "/CN=Manufacturing CA", "0x03", "maker.pem");
+    let mic_key = openssl_key(dir, "mic.key", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let mic = issue("mic.pem", &mic_key, "/CN=CP-7975G-SEP001122334455", &maker, &maker_key);
+    let checked = check(device, &mic, Some(&ca_der), now).expect("a MIC naming the phone");
+    assert!(matches!(checked.origin, Origin::Other { .. }) && checked.warnings.iter().any(|w| w.contains("EC")), "{checked:?}");
+    assert!(check("SEP00AABBCCDD06", &mic, Some(&ca_der), now).is_err(), "a MIC naming another phone");
+
+    let refused = check(device, &fs::read(&ca).unwrap(), Some(&ca_der), now).expect_err("a CA certificate");
+    assert!(refused.contains("CA certificate"), "{refused}");
+    let ed_key = openssl_key(dir, "ed.key", &["-algorithm", "ED25519"]);
+    let ed = issue("ed.pem", &ed_key, "/CN=CP-7975G-SEP001122334455", &maker, &maker_key);
+    assert!(check(device, &ed, Some(&ca_der), now).is_err(), "an Ed25519 key");
+    let lsc_text = String::from_utf8(lsc.clone()).unwrap();
+    let no_end = &lsc_text[..lsc_text.find("-----END").unwrap()];
+    assert!(check(device, no_end.as_bytes(), Some(&ca_der), now).is_err(), "no END line");
+    let relabelled = lsc_text.replace("CERTIFICATE-----", "CERTIFICATE REQUEST-----");
+    assert!(check(device, relabelled.as_bytes(), Some(&ca_der), now).is_err(), "another label");
+}
