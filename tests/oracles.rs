@@ -1111,3 +1111,221 @@ fn phone_certificate_checks_on_openssl_certificates() {
     let relabelled = lsc_text.replace("CERTIFICATE-----", "CERTIFICATE REQUEST-----");
     assert!(check(device, relabelled.as_bytes(), Some(&ca_der), now).is_err(), "another label");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Properties
+
+/// An RFC 4514 / RFC 2253 string split into its attributes, each unescaped: `,` separates RDNs (this test's
+/// names have one attribute each), `\` escapes the next character or, before two hex digits, gives that byte
+/// (RFC 4514 §2.4, §3); the value's bytes are UTF-8.
+fn parse_rfc4514(text: &str) -> Vec<(String, String)> {
+    let mut attributes = Vec::new();
+    let (mut key, mut value, mut in_value) = (String::new(), Vec::<u8>::new(), false);
+    let mut chars = text.chars().peekable();
+    let finish = |key: &mut String, value: &mut Vec<u8>, attributes: &mut Vec<(String, String)>| {
+        let text = String::from_utf8(std::mem::take(value)).unwrap_or_else(|e| panic!("not UTF-8 in {text:?}: {e}"));
+        attributes.push((std::mem::take(key), text));
+    };
+    while let Some(c) = chars.next() {
+        match (c, in_value) {
+            ('=', false) => in_value = true,
+            (c, false) => key.push(c),
+            (',', true) => {
+                finish(&mut key, &mut value, &mut attributes);
+                in_value = false;
+            }
+            ('\\', true) => {
+                let next = chars.next().expect("an escape at the end");
+                match chars.peek().copied() {
+                    Some(low) if next.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                        chars.next();
+                        value.push(u8::from_str_radix(&format!("{next}{low}"), 16).unwrap());
+                    }
+                    _ => value.extend(next.to_string().as_bytes()),
+                }
+            }
+            (c, true) => value.extend(c.to_string().as_bytes()),
+        }
+    }
+    if in_value {
+        finish(&mut key, &mut value, &mut attributes);
+    }
+    attributes
+}
+
+#[test]
+fn the_rfc4514_reader_of_these_tests_reads_escapes() {
+    let read = parse_rfc4514(r"CN=a\,b\+c\2C\C3\A9\ ,O=\#x=y\\,OU=");
+    assert_eq!(read, [("CN".into(), "a,b+c,é ".into()), ("O".into(), "#x=y\\".into()), ("OU".into(), String::new())]);
+}
+
+/// A name value as a user may give one: any text, or mostly the characters RFC 4514 escapes (`,+"\<>;`, `#` and
+/// spaces at either end), with `=`, NUL and non-ASCII.
+fn dn_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "\\PC{1,24}",
+        proptest::collection::vec(
+            prop_oneof![
+                Just(","),
+                Just("+"),
+                Just("\""),
+                Just("\\"),
+                Just("<"),
+                Just(">"),
+                Just(";"),
+                Just("#"),
+                Just(" "),
+                Just("="),
+                Just("\0"),
+                Just("é"),
+                Just("☎"),
+                Just("a"),
+                Just("Z"),
+            ],
+            1..16
+        )
+        .prop_map(|parts| parts.concat()),
+    ]
+}
+
+fn shared_token_key() -> &'static rsa::RsaPrivateKey {
+    static KEY: std::sync::OnceLock<rsa::RsaPrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| keys::generate_rsa(2048))
+}
+
+/// An RSA-2048 certificate request made by openssl, DER, and the key it holds.
+fn openssl_csr() -> &'static (Vec<u8>, Vec<u8>) {
+    static CSR: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    CSR.get_or_init(|| {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let key = openssl_rsa_key(dir, "csr.key", 2048);
+        let der =
+            openssl_ok(dir, &["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=SEP001122334455/O=Example", "-outform", "DER"]);
+        let spki = openssl_ok(dir, &["pkey", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"]);
+        (der, spki)
+    })
+}
+
+/// A certificate made by openssl, PEM.
+fn openssl_certificate_pem() -> &'static String {
+    static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PEM.get_or_init(|| {
+        let temp = tempfile::tempdir().unwrap();
+        let key = openssl_rsa_key(temp.path(), "cert.key", 2048);
+        let pem = openssl_self_signed(temp.path(), &key, "/CN=token-a/O=Example", "0x2A", "cert.pem");
+        fs::read_to_string(pem).unwrap()
+    })
+}
+
+/// The content range of the DER element (tag, length, content) at `at`: X.690 §8.1 definite lengths.
+fn der_content(der: &[u8], at: usize) -> Range<usize> {
+    let first = der[at + 1];
+    if first < 0x80 {
+        return at + 2..at + 2 + usize::from(first);
+    }
+    let count = usize::from(first & 0x7F);
+    let length = der[at + 2..at + 2 + count].iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
+    at + 2 + count..at + 2 + count + length
+}
+
+/// Every check that takes PEM, DER or request bytes from outside, on `bytes`; none may panic.
+fn check_everything(bytes: &[u8]) {
+    use callguard::core::pki::{inspect, issue};
+    use callguard::core::token::material;
+    let now = time::OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap();
+    let _ = material::check_certificate(bytes);
+    let _ = material::check_encrypted_key(bytes);
+    let _ = inspect::certificate_der(bytes);
+    let _ = inspect::CertificateFacts::from_der(bytes);
+    let _ = callguard::core::build::devices::check("SEP001122334455", bytes, None, now);
+    let _ = issue::public_key_from_csr(bytes);
+    let _ = issue::check_phone_key(bytes);
+    let text = String::from_utf8_lossy(bytes);
+    let _ = keys::from_pem(&text);
+    let _ = keys::decrypt_pem(&text, b"password");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Names with any text in CN, O and OU, made into a token certificate by `callguard token create`'s code
+    /// (core::token::create), read back two ways that share nothing: openssl's RFC 2253 rendering
+    /// (`openssl x509 -subject -nameopt RFC2253`, last RDN first) and the §1.4 string the trust files carry
+    /// (docs/wire-formats.md §1.4, first RDN first); each, unescaped, gives exactly the names put in.
+    #[test]
+    fn names_round_trip_through_openssl_and_the_trust_file_string(cn in dn_value(), o in dn_value(), ou in dn_value()) {
+        use callguard::core::token::create::{TokenRequest, sast_certificate};
+        let request = TokenRequest { name: cn.clone(), organization: Some(o.clone()), organizational_unit: Some(ou.clone()), ..Default::default() };
+        let pem = sast_certificate(&request, shared_token_key(), time::OffsetDateTime::now_utc()).expect("the certificate is made");
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("name.pem");
+        fs::write(&path, &pem).unwrap();
+        let shown = openssl_ok(temp.path(), &["x509", "-in", path.to_str().unwrap(), "-noout", "-subject", "-nameopt", "RFC2253"]);
+        let shown = String::from_utf8(shown).unwrap();
+        let shown = shown.trim_end_matches('\n').strip_prefix("subject=").expect("subject=");
+        let mut from_openssl = parse_rfc4514(shown);
+        from_openssl.reverse();
+        let expected = vec![("CN".to_owned(), cn), ("O".to_owned(), o), ("OU".to_owned(), ou)];
+        proptest::prop_assert_eq!(&from_openssl, &expected, "openssl shows {}", shown);
+        let der = openssl_der(temp.path(), &path);
+        let record = callguard::core::trust::TrustRecord::new(&der, Role::Sast).expect("a record of the certificate");
+        proptest::prop_assert_eq!(parse_rfc4514(&record.subject), expected, "the §1.4 string {}", record.subject);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// Arbitrary bytes, bare or inside a PEM armour, make every check return, never panic.
+    #[test]
+    fn pem_and_request_checks_never_panic(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1500),
+        label in proptest::sample::select(vec!["CERTIFICATE", "ENCRYPTED PRIVATE KEY", "PRIVATE KEY", "RSA PRIVATE KEY", "CERTIFICATE REQUEST"]),
+    ) {
+        use base64::Engine;
+        check_everything(&bytes);
+        let body = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        check_everything(format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n").as_bytes());
+    }
+
+    /// openssl's request with one to three bytes changed in what it signs (CertificationRequestInfo, RFC 2986
+    /// §4.2) or in its signature is refused, never read to a key.
+    #[test]
+    fn mutated_openssl_requests_are_refused(edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255), 1..4)) {
+        let (der, spki) = openssl_csr();
+        proptest::prop_assert_eq!(&callguard::core::pki::issue::public_key_from_csr(der).expect("the unchanged request"), spki);
+        // CertificationRequest ::= SEQUENCE { certificationRequestInfo, signatureAlgorithm, signature BIT STRING }.
+        let outer = der_content(der, 0);
+        let info = der_content(der, outer.start);
+        let signature = der.len() - 256..der.len();
+        let mut changed = der.clone();
+        for (index, xor) in &edits {
+            let i = index.index(info.end - outer.start + 256);
+            let at = if i < info.end - outer.start { outer.start + i } else { signature.start + i - (info.end - outer.start) };
+            changed[at] ^= xor;
+        }
+        check_everything(&changed);
+        proptest::prop_assert!(callguard::core::pki::issue::public_key_from_csr(&changed).is_err(), "a changed request was read");
+    }
+
+    /// openssl's certificate PEM with a letter of its armour's label changed, or cut anywhere before the end of
+    /// its END line, is refused by the token certificate check.
+    #[test]
+    fn mutated_pem_armour_is_refused(which in 0usize..2, letter in proptest::prelude::any::<proptest::sample::Index>(), replacement in b'A'..=b'Z', cut in proptest::prelude::any::<proptest::sample::Index>()) {
+        use callguard::core::token::material::check_certificate;
+        let pem = openssl_certificate_pem();
+        proptest::prop_assert!(check_certificate(pem.as_bytes()).is_ok());
+        let marker = if which == 0 { "-----BEGIN CERTIFICATE-----" } else { "-----END CERTIFICATE-----" };
+        let label = pem.find(marker).unwrap() + marker.find("CERTIFICATE").unwrap();
+        let at = label + letter.index("CERTIFICATE".len());
+        let mut relabelled = pem.clone().into_bytes();
+        proptest::prop_assume!(relabelled[at] != replacement);
+        relabelled[at] = replacement;
+        proptest::prop_assert!(check_certificate(&relabelled).is_err(), "{}", String::from_utf8_lossy(&relabelled));
+        let end = pem.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+        let cut = cut.index(end);
+        proptest::prop_assert!(check_certificate(&pem.as_bytes()[..cut]).is_err(), "cut at {}", cut);
+    }
+}
