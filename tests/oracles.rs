@@ -1124,7 +1124,8 @@ fn parse_rfc4514(text: &str) -> Vec<(String, String)> {
     let mut chars = text.chars().peekable();
     let finish = |key: &mut String, value: &mut Vec<u8>, attributes: &mut Vec<(String, String)>| {
         let text = String::from_utf8(std::mem::take(value)).unwrap_or_else(|e| panic!("not UTF-8 in {text:?}: {e}"));
-        attributes.push((std::mem::take(key), text));
+        // A separator may be followed by a space before the next type (`, `).
+        attributes.push((std::mem::take(key).trim_start().to_owned(), text));
     };
     while let Some(c) = chars.next() {
         match (c, in_value) {
@@ -1155,7 +1156,8 @@ fn parse_rfc4514(text: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_rfc4514_reader_of_these_tests_reads_escapes() {
-    let read = parse_rfc4514(r"CN=a\,b\+c\2C\C3\A9\ ,O=\#x=y\\,OU=");
+    // RFC 4514 §2.4 escapes, written here.
+    let read = parse_rfc4514(r"CN=a\,b\+c\2C\C3\A9\ ,O=\#x=y\\, OU=");
     assert_eq!(read, [("CN".into(), "a,b+c,é ".into()), ("O".into(), "#x=y\\".into()), ("OU".into(), String::new())]);
 }
 
@@ -1251,11 +1253,12 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
 
     /// Names with any text in CN, O and OU, made into a token certificate by `callguard token create`'s code
-    /// (core::token::create), read back two ways that share nothing: openssl's RFC 2253 rendering
-    /// (`openssl x509 -subject -nameopt RFC2253`, last RDN first) and the §1.4 string the trust files carry
-    /// (docs/wire-formats.md §1.4, first RDN first); each, unescaped, gives exactly the names put in.
+    /// (core::token::create), read back through openssl's RFC 2253 rendering (`openssl x509 -subject -nameopt
+    /// RFC2253`, last RDN first) and through the crate's two renderings: the §1.4 string the trust files carry
+    /// (docs/wire-formats.md §1.4) and core::pki's subject and issuer text, first RDN first. Each, unescaped,
+    /// gives exactly the names put in.
     #[test]
-    fn names_round_trip_through_openssl_and_the_trust_file_string(cn in dn_value(), o in dn_value(), ou in dn_value()) {
+    fn certificate_names_round_trip_through_openssl_and_both_renderings(cn in dn_value(), o in dn_value(), ou in dn_value()) {
         use callguard::core::token::create::{TokenRequest, sast_certificate};
         let request = TokenRequest { name: cn.clone(), organization: Some(o.clone()), organizational_unit: Some(ou.clone()), ..Default::default() };
         let pem = sast_certificate(&request, shared_token_key(), time::OffsetDateTime::now_utc()).expect("the certificate is made");
@@ -1271,7 +1274,11 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&from_openssl, &expected, "openssl shows {}", shown);
         let der = openssl_der(temp.path(), &path);
         let record = callguard::core::trust::TrustRecord::new(&der, Role::Sast).expect("a record of the certificate");
-        proptest::prop_assert_eq!(parse_rfc4514(&record.subject), expected, "the §1.4 string {}", record.subject);
+        proptest::prop_assert_eq!(&parse_rfc4514(&record.subject), &expected, "the §1.4 string {}", record.subject);
+        // And the text core::pki shows of a subject and issuer (status, messages, SRST approval): encoded order.
+        let facts = callguard::core::pki::inspect::CertificateFacts::from_der(&der).expect("facts");
+        proptest::prop_assert_eq!(&parse_rfc4514(&facts.subject), &expected, "core::pki's subject {}", facts.subject);
+        proptest::prop_assert_eq!(&parse_rfc4514(&facts.issuer), &expected, "core::pki's issuer {}", facts.issuer);
     }
 }
 
