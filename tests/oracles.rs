@@ -395,7 +395,7 @@ fn open_with_openssl(dir: &Path, bytes: &[u8], phone_key: &Path, signer_pem: &Pa
     );
     assert_eq!(key.len(), 16, "an AES-128 key is wrapped");
     let body = &bytes[header.length..];
-    assert!(!body.is_empty() && body.len() % 16 == 0, "the body is whole AES blocks: {} bytes", body.len());
+    assert!(!body.is_empty() && body.len().is_multiple_of(16), "the body is whole AES blocks: {} bytes", body.len());
     fs::write(dir.join("body.bin"), body).unwrap();
     let padded = openssl_ok(dir, &["enc", "-d", "-aes-128-cbc", "-nopad", "-K", &hex(&key), "-iv", &hex(iv), "-in", "body.bin"]);
     assert_eq!(padded.len(), body.len());
@@ -623,7 +623,7 @@ fn assemble(dir: &Path, header: &Assembly<'_>, body: &[u8], signing_key: &Path) 
     p.extend(tlv(0x0F, &header.timestamp.to_be_bytes()));
     p.extend(&header.extra);
     // Step 3: pad; step 4: HEADER_LENGTH.
-    while (p.len() + 3 + SIGNATURE_LENGTH) % 4 != 0 {
+    while !(p.len() + 3 + SIGNATURE_LENGTH).is_multiple_of(4) {
         p.push(0x0D);
     }
     let header_length = u16::try_from(p.len() + 3 + SIGNATURE_LENGTH).unwrap();
