@@ -745,3 +745,247 @@ fn rendering_is_deterministic_and_sensitive_to_every_change() {
     changed.call_managers[0].ports.ethernet_phone_port = 2001;
     assert_ne!(base, render_full(&changed).expect("renders"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Free text, read back by an independent parser.
+
+/// Text as a phone's resources may carry it, of the characters XML 1.0 can carry: any of them, or mostly those
+/// XML gives a meaning (markup, entity and quote characters, the whitespace parsers normalise, `]]>`), with
+/// non-ASCII. The others are the second property's.
+fn free_text(max: usize) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::collection::vec(any::<char>().prop_filter("an XML 1.0 Char", |c| xml_char(*c)), 0..=max)
+            .prop_map(|chars| chars.into_iter().collect()),
+        proptest::collection::vec(
+            prop_oneof![
+                Just("<"),
+                Just(">"),
+                Just("&"),
+                Just("&amp;"),
+                Just("'"),
+                Just("\""),
+                Just("]]>"),
+                Just(" "),
+                Just("\t"),
+                Just("\r"),
+                Just("\n"),
+                Just("\r\n"),
+                Just("é"),
+                Just("☎"),
+                Just("a"),
+                Just("1"),
+            ],
+            0..=max
+        )
+        .prop_map(move |parts| parts.concat().chars().take(max).collect()),
+    ]
+}
+
+/// Whether XML 1.0 can carry `c` at all (its `Char` production).
+fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+/// The text content of every element at `path` (slash-separated element names from the root), read by
+/// roxmltree, an XML parser that shares no code with the quick-xml the renderer uses.
+fn read_back(document: &roxmltree::Document<'_>, path: &str) -> Vec<String> {
+    let mut names = path.split('/');
+    assert_eq!(document.root_element().tag_name().name(), names.next().unwrap());
+    let mut nodes = vec![document.root_element()];
+    for name in names {
+        nodes = nodes.iter().flat_map(|n| n.children().filter(|c| c.is_element() && c.tag_name().name() == name)).collect();
+    }
+    nodes.iter().map(|n| n.children().filter(|c| c.is_text()).filter_map(|c| c.text()).collect()).collect()
+}
+
+/// The free-text fields of a configuration, by the element paths that carry them (docs/wire-formats.md §6.1,
+/// §6.4, §6.5).
+#[derive(Debug, Clone)]
+struct FreeText {
+    call_manager: String,
+    srst_name: String,
+    srst_address: String,
+    tvs_address: String,
+    feature_label: String,
+    line_name: String,
+    display_name: String,
+    auth_name: String,
+    auth_password: String,
+    contact: String,
+    phone_password: String,
+    load_information: String,
+    url: String,
+    capf: String,
+    ssh_user: String,
+    ssh_password: String,
+}
+
+impl FreeText {
+    /// Every field, in declaration order; the stub carries only `load_information` (11) and `capf` (13).
+    fn fields_mut(&mut self) -> [&mut String; 16] {
+        [
+            &mut self.call_manager,
+            &mut self.srst_name,
+            &mut self.srst_address,
+            &mut self.tvs_address,
+            &mut self.feature_label,
+            &mut self.line_name,
+            &mut self.display_name,
+            &mut self.auth_name,
+            &mut self.auth_password,
+            &mut self.contact,
+            &mut self.phone_password,
+            &mut self.load_information,
+            &mut self.url,
+            &mut self.capf,
+            &mut self.ssh_user,
+            &mut self.ssh_password,
+        ]
+    }
+}
+
+fn free_text_fields() -> impl proptest::strategy::Strategy<Value = FreeText> {
+    use proptest::prelude::*;
+    (
+        (free_text(49), free_text(40), free_text(40), free_text(40), free_text(40), free_text(40), free_text(40), free_text(40)),
+        (free_text(40), free_text(40), free_text(40), free_text(40), free_text(200), free_text(49), free_text(40), free_text(40)),
+    )
+        .prop_map(|((a, b, c, d, e, f, g, h), (i, j, k, l, m, n, o, p))| FreeText {
+            call_manager: a,
+            srst_name: b,
+            srst_address: c,
+            tvs_address: d,
+            feature_label: e,
+            line_name: f,
+            display_name: g,
+            auth_name: h,
+            auth_password: i,
+            contact: j,
+            phone_password: k,
+            load_information: l,
+            url: format!("https://{m}"),
+            capf: n,
+            ssh_user: o,
+            ssh_password: p,
+        })
+}
+
+/// The §6.4 example with every free-text field replaced, an SCCP SRST block added and every secure URL set.
+fn with_free_text(text: &FreeText) -> PhoneConfig {
+    let mut config = sip_encrypted_example();
+    config.call_managers[0].process_node_name = text.call_manager.clone();
+    let endpoint = |address: &str| SrstEndpoint { address: address.into(), port: 2000 };
+    config.srst = SrstInfo {
+        name: text.srst_name.clone(),
+        option: SrstOption::Enable,
+        user_modifiable: false,
+        sccp: Some([endpoint(&text.srst_address), endpoint(""), endpoint("")]),
+        sip: None,
+        is_secure: false,
+    };
+    config.tvs[0].address = text.tvs_address.clone();
+    let line = &mut config.sip_profile.as_mut().unwrap().lines[0];
+    line.feature_label = text.feature_label.clone();
+    line.name = text.line_name.clone();
+    line.display_name = text.display_name.clone();
+    line.auth = Some(DigestAuth { name: text.auth_name.clone(), password: text.auth_password.clone() });
+    line.contact = text.contact.clone();
+    config.phone_password = Some(text.phone_password.as_str().into());
+    config.load_information = text.load_information.clone();
+    let url = Some(text.url.clone());
+    config.secure_urls = SecureUrls {
+        authentication: url.clone(),
+        directory: url.clone(),
+        services: url.clone(),
+        idle: url.clone(),
+        information: url.clone(),
+        messages: url.clone(),
+        uds_users_access: url,
+    };
+    config.capf_list[0].process_node_name = text.capf.clone();
+    config.ssh = Some(SshCredentials { user_id: text.ssh_user.clone(), password: text.ssh_password.clone() });
+    config
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    /// Any text XML 1.0 can carry, in every free-text field at once, comes back from an independent XML parser
+    /// exactly as given, in the full file and in the stub: never a file a phone's parser would reject or read
+    /// differently (a carriage return in a password read as a line feed, say).
+    #[test]
+    fn free_text_reads_back_equal_with_an_independent_parser(text in free_text_fields()) {
+        let config = with_free_text(&text);
+        let (full, stub) = (render_full(&config), render_stub(&config));
+        let full = full.expect("renders");
+        let full = std::str::from_utf8(&full).expect("UTF-8");
+        let document = roxmltree::Document::parse(full).unwrap_or_else(|e| panic!("not XML ({e}):\n{full}"));
+        let one = |path: &str| {
+            let found = read_back(&document, path);
+            assert_eq!(found.len(), 1, "{path}: {found:?}\n{full}");
+            found.into_iter().next().unwrap()
+        };
+        let line = "device/sipProfile/sipLines/line";
+        let expected = [
+            ("device/devicePool/callManagerGroup/members/member/callManager/processNodeName", &text.call_manager),
+            ("device/devicePool/srstInfo/name", &text.srst_name),
+            ("device/devicePool/srstInfo/ipAddr1", &text.srst_address),
+            ("device/TVS/members/member/address", &text.tvs_address),
+            (&format!("{line}/featureLabel"), &text.feature_label),
+            (&format!("{line}/name"), &text.line_name),
+            (&format!("{line}/displayName"), &text.display_name),
+            (&format!("{line}/authName"), &text.auth_name),
+            (&format!("{line}/authPassword"), &text.auth_password),
+            (&format!("{line}/contact"), &text.contact),
+            ("device/commonProfile/phonePassword", &text.phone_password),
+            ("device/loadInformation", &text.load_information),
+            ("device/capfList/capf/processNodeName", &text.capf),
+            ("device/sshUserId", &text.ssh_user),
+            ("device/sshPassword", &text.ssh_password),
+        ];
+        for (path, value) in expected {
+            proptest::prop_assert_eq!(&one(path), value, "{}", path);
+        }
+        for element in ["secureAuthenticationURL", "secureDirectoryURL", "secureServicesURL", "secureIdleURL",
+            "secureInformationURL", "secureMessagesURL", "secureUDSUsersAccessURL"] {
+            proptest::prop_assert_eq!(&one(&format!("device/{element}")), &text.url, "{}", element);
+        }
+
+        let stub = stub.expect("the stub renders");
+        let stub = std::str::from_utf8(&stub).expect("UTF-8");
+        let document = roxmltree::Document::parse(stub).unwrap_or_else(|e| panic!("the stub is not XML ({e}):\n{stub}"));
+        proptest::prop_assert_eq!(read_back(&document, "device/loadInformation"), vec![text.load_information.clone()]);
+        proptest::prop_assert_eq!(read_back(&document, "device/capfList/capf/processNodeName"), vec![text.capf.clone()]);
+    }
+
+    /// A character XML 1.0 cannot carry, in any one free-text field, is refused, naming the
+    /// element and not quoting the value; the stub only when it is one of the stub's two fields.
+    #[test]
+    fn text_xml_cannot_carry_is_refused(
+        mut text in free_text_fields(),
+        field in 0usize..16,
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+        bad in proptest::prelude::prop_oneof![
+            proptest::prelude::Just('\u{0}'),
+            proptest::char::range('\u{1}', '\u{8}'),
+            proptest::prelude::Just('\u{B}'),
+            proptest::prelude::Just('\u{C}'),
+            proptest::char::range('\u{E}', '\u{1F}'),
+            proptest::prelude::Just('\u{FFFE}'),
+            proptest::prelude::Just('\u{FFFF}'),
+        ],
+    ) {
+        proptest::prop_assert!(!xml_char(bad));
+        let value = &mut text.fields_mut()[field];
+        let chars: Vec<char> = value.chars().collect();
+        // Secure URLs keep their https:// prefix, which the model checks first.
+        let position = if field == 12 { 8 + at.index(chars.len() - 7) } else { at.index(chars.len() + 1) };
+        **value = chars[..position].iter().chain(std::iter::once(&bad)).chain(&chars[position..]).collect();
+        let config = with_free_text(&text);
+        let refused = render_full(&config).map(|_| ()).expect_err("rendered a character XML cannot carry");
+        let message = refused.to_string();
+        proptest::prop_assert!(message.contains("XML 1.0 cannot carry") && message.contains(&format!("U+{:04X}", u32::from(bad))), "{}", message);
+        proptest::prop_assert_eq!(render_stub(&config).is_err(), field == 11 || field == 13);
+    }
+}

@@ -779,6 +779,35 @@ fn block_numbers_roll_over_past_65535(mode: TransferPort) {
     assert!(fetched.bytes == bytes, "content differs after the block counter wrapped");
 }
 
+/// The same rollover with the real clients and the default 512-byte blocks (RFC 1350: no options): a file of more
+/// than 65 535 blocks, over 32 MiB, whose block numbers run 65 535, 0, 1, …, the rollover to 0 that tftp-hpa
+/// and atftp expect. Each client must receive exactly the bytes served.
+fn tftp_hpa_and_atftp_fetch_past_65535_blocks_of_512_bytes(mode: TransferPort) {
+    let harness = Harness::in_mode(mode);
+    // 70 000 full blocks and a partial one: 4 465 blocks past the wrap.
+    let bytes = content(512 * 70_000 + 123, 5);
+    assert!(bytes.len() / 512 > 65_535);
+    harness.files.insert("rollover.bin", bytes.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tftp-hpa.bin");
+    let output = tftp_hpa_get(&harness, "binary", "rollover.bin", &out);
+    let received = std::fs::read(&out).unwrap_or_else(|error| panic!("tftp-hpa wrote nothing ({error}): {}", text(&output)));
+    assert_eq!(received.len(), bytes.len(), "tftp-hpa: {}", text(&output));
+    assert!(received == bytes, "tftp-hpa received other bytes than served");
+    let out = dir.path().join("atftp.bin");
+    let output = atftp_get(&harness, &[], "rollover.bin", &out);
+    let received = std::fs::read(&out).unwrap_or_else(|error| panic!("atftp wrote nothing ({error}): {}", text(&output)));
+    // atftp's trace: a request without options, so 512-byte blocks, and the blocks after 65 535 counted on
+    // (it shows the wire's 0 as 65 536) to the last, partial one.
+    let trace = text(&output);
+    assert!(trace.contains("sent RRQ <file: rollover.bin, mode: octet <>>") && !trace.contains("OACK"), "atftp asked for options");
+    for block in ["DATA <block: 65536, size 512>", "DATA <block: 70001, size 123>"] {
+        assert!(trace.contains(block), "atftp's trace shows no {block}");
+    }
+    assert_eq!(received.len(), bytes.len(), "atftp");
+    assert!(received == bytes, "atftp received other bytes than served");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Each test above, in the modes it applies to
 
@@ -827,4 +856,5 @@ tests!(
     replacing_the_files_does_not_disturb_a_running_transfer,
     shutdown_stops_taking_requests,
     block_numbers_roll_over_past_65535,
+    tftp_hpa_and_atftp_fetch_past_65535_blocks_of_512_bytes,
 );

@@ -238,10 +238,27 @@ fn write_vpn_group(w: &mut Xml, vpn: &VpnGroup) -> io::Result<()> {
     Ok(())
 }
 
-/// `<name>value</name>`, the value escaped by quick-xml; an empty value gives `<name></name>`.
+/// `<name>value</name>`; an empty value gives `<name></name>`. quick-xml escapes the markup characters. A
+/// carriage return is written `&#13;`: a parser reads a raw one as a line feed (end-of-line handling), so a password
+/// holding one would reach the phone changed. A character XML 1.0 cannot carry at all (the C0 controls
+/// other than tab, line feed and carriage return, U+FFFE, U+FFFF) is refused rather than written into a file
+/// no phone parses; the message names the element and the code point, never the value (a password, say).
 fn text(w: &mut Xml, name: &str, value: &str) -> io::Result<()> {
-    w.create_element(name).write_text_content(BytesText::new(value))?;
+    if let Some(c) = value.chars().find(|&c| !is_xml_char(c)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("<{name}> holds U+{:04X}, a character XML 1.0 cannot carry", u32::from(c)),
+        ));
+    }
+    let escaped = quick_xml::escape::escape(value);
+    let escaped = if escaped.contains('\r') { escaped.replace('\r', "&#13;").into() } else { escaped };
+    w.create_element(name).write_text_content(BytesText::from_escaped(escaped))?;
     Ok(())
+}
+
+/// The characters XML 1.0 allows in a document (its `Char` production).
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
 /// Lowercase booleans, where CUCM writes `False` (docs/wire-formats.md §5.5) [D].

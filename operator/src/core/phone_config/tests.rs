@@ -102,6 +102,24 @@ fn text_is_escaped_by_quick_xml() {
 }
 
 #[test]
+fn carriage_returns_are_character_references_and_controls_are_refused() {
+    let mut config = sample();
+    config.phone_password = Some("a\r\nb\tc".into());
+    let rendered = render_full(&config).expect("renders");
+    assert!(text(&rendered).contains("<phonePassword>a&#13;\nb\tc</phonePassword>"), "{}", text(&rendered));
+    for control in ['\0', '\u{1}', '\u{1B}', '\u{FFFE}'] {
+        config.phone_password = Some(format!("secret{control}").as_str().into());
+        let refused = render_full(&config).expect_err("a character XML 1.0 cannot carry");
+        let message = refused.to_string();
+        assert!(message.contains("<phonePassword>") && message.contains(&format!("U+{:04X}", u32::from(control))), "{message}");
+        assert!(!message.contains("secret"), "the value is not quoted: {message}");
+    }
+    config.phone_password = None;
+    config.load_information = "\u{7}".into();
+    assert!(render_stub(&config).is_err(), "the stub too");
+}
+
+#[test]
 fn stub_has_exactly_the_spec_elements_in_order() {
     // docs/wire-formats.md §5.5: fullConfig, loadInformation, ipAddressMode, capfAuthMode, capfList, certHash, encrConfig.
     let mut config = sample();

@@ -9,9 +9,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
+use x509_parser::objects::{oid_registry, oid2abbrev};
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521, OID_PKCS1_RSAENCRYPTION};
 use x509_parser::prelude::FromDer;
-use x509_parser::x509::SubjectPublicKeyInfo;
+use x509_parser::x509::{AttributeTypeAndValue, SubjectPublicKeyInfo, X509Name};
 
 use super::serial::{Serial, SerialError};
 
@@ -71,7 +72,7 @@ pub enum SubjectAltName {
 pub struct CertificateFacts {
     /// The first CN of the subject, if any.
     pub subject_common_name: Option<String>,
-    /// The subject DN as RFC 4514-style text (x509-parser's rendering), for display and comparison.
+    /// The subject DN as RFC 4514-style text (see [`name_string`]), for display and comparison.
     pub subject: String,
     /// The issuer DN, rendered like `subject`.
     pub issuer: String,
@@ -125,8 +126,8 @@ impl CertificateFacts {
         };
         Ok(CertificateFacts {
             subject_common_name,
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: name_string(cert.subject()),
+            issuer: name_string(cert.issuer()),
             subject_alt_names,
             public_key: public_key_kind(cert.public_key()),
             not_before: cert.validity().not_before.to_datetime(),
@@ -197,6 +198,42 @@ fn subject_alt_name(name: &GeneralName<'_>) -> SubjectAltName {
     }
 }
 
+/// A name as RFC 4514-style text: attributes in encoded order, `, ` between RDNs and ` + ` inside one, each
+/// `TYPE=value` with the value escaped as RFC 4514 §2.4 says (`trust::names::escape_value`), so that a value
+/// holding `,`, `+`, `=` or `\` cannot pass for other attributes in a status or an approval; a value
+/// without a string form is `#` and the hex of its DER. x509-parser's own rendering escapes nothing.
+pub fn name_string(name: &X509Name<'_>) -> String {
+    use x509_parser::der_parser::asn1_rs::{Tag, ToDer};
+    let attribute = |attribute: &AttributeTypeAndValue<'_>| {
+        let oid = attribute.attr_type();
+        let kind = oid2abbrev(oid, oid_registry()).map(str::to_owned).unwrap_or_else(|_| oid.to_id_string());
+        let value = attribute.attr_value();
+        let text = match value.tag() {
+            Tag::NumericString
+            | Tag::VisibleString
+            | Tag::PrintableString
+            | Tag::GeneralString
+            | Tag::GraphicString
+            | Tag::T61String
+            | Tag::VideotexString
+            | Tag::Utf8String
+            | Tag::Ia5String => std::str::from_utf8(value.data).ok().map(str::to_owned),
+            Tag::BmpString if value.data.len() % 2 == 0 => {
+                String::from_utf16(&value.data.chunks_exact(2).map(|pair| u16::from_be_bytes([pair[0], pair[1]])).collect::<Vec<_>>()).ok()
+            }
+            _ => None,
+        };
+        match text {
+            Some(text) => format!("{kind}={}", crate::core::trust::names::escape_value(&text)),
+            None => {
+                let der = value.to_der_vec().unwrap_or_else(|_| value.data.to_vec());
+                format!("{kind}=#{}", der.iter().map(|b| format!("{b:02X}")).collect::<String>())
+            }
+        }
+    };
+    name.iter().map(|rdn| rdn.iter().map(attribute).collect::<Vec<_>>().join(" + ")).collect::<Vec<_>>().join(", ")
+}
+
 /// Whether `issuer_der`'s key signed `leaf_der` (and the leaf names it as issuer). Tells the CA rotation
 /// which leaves the old CA issued, since CAs of one cluster may share a subject DN and LSCs carry no
 /// authority key identifier (docs/wire-formats.md §7.8).
@@ -261,6 +298,20 @@ mod tests {
         assert_eq!(magnitude_bits(&[0x00, 0x80, 0x00]), 16);
         assert_eq!(magnitude_bits(&[0x01, 0x00]), 9);
         assert_eq!(magnitude_bits(&[0, 0]), 0);
+    }
+
+    #[test]
+    fn name_values_are_escaped_so_that_none_passes_for_other_attributes() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[1]));
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "gw.example, O=Cisco Systems");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "#1 \\ branch ");
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let facts = CertificateFacts::from_der(&der).unwrap();
+        assert_eq!(facts.subject, r"CN=gw.example\, O=Cisco Systems, O=\#1 \\ branch\ ");
+        assert_eq!(facts.issuer, facts.subject);
     }
 
     #[test]
