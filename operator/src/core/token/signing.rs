@@ -144,7 +144,7 @@ pub enum PlanError {
     /// Usable tokens of the published CTL exist but none is in `ctl.tokens`, and the signer must be
     /// a record of the file it signs (docs/wire-formats.md §3.7 step 1).
     SignerNotListed { candidates: Vec<String> },
-    /// The only tokens that could sign still have the factory password (Table 3-2, T-4).
+    /// The only tokens that could sign still have the factory password (Table 3-2).
     DefaultPassword { tokens: Vec<String> },
 }
 

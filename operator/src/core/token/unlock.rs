@@ -40,7 +40,7 @@ pub enum UnlockError {
     /// The password does not decrypt the key. `failures` consecutive distinct wrong passwords so
     /// far; `remaining` more are tolerated, the one after them locks the token (P.16-5).
     WrongPassword { failures: u32, remaining: u32 },
-    /// The password is right but is the factory default: no signing until it changes (Table 3-2, T-4).
+    /// The password is right but is the factory default: no signing until it changes (Table 3-2).
     DefaultPassword,
     /// The key Secret does not hold an encrypted PKCS#8 key; no attempt was counted.
     Malformed(String),
