@@ -2,7 +2,7 @@
 //! becomes Secrets, trust lists, the TFTP workload and Ready statuses; `callguard serve tftp`
 //! started against the same API serves the CTL and a phone's signed configuration to the real
 //! `tftp` client; deleting the cluster removes what it owned; an invalid namespace is Stalled and
-//! gets nothing; a locked token shows in status and signs nothing; of two replicas only the leader
+//! gets nothing; sixteen wrong passwords lock a token, which shows in status and signs nothing; of two replicas only the leader
 //! writes.
 
 #[path = "support/peers.rs"]
@@ -181,21 +181,55 @@ async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_no
     operator.await.unwrap().unwrap();
 }
 
+/// Puts `password` into the primary token's password Secret, as a client's PUT would.
+async fn set_primary_password(server: &FakeApiServer, password: &str) {
+    use k8s_openapi::ByteString;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(server.client(), NAMESPACE);
+    let mut secret = secrets.get("token-primary-password").await.unwrap();
+    secret.string_data = None;
+    secret.data = Some([("password".to_owned(), ByteString(password.as_bytes().to_vec()))].into());
+    secrets.replace("token-primary-password", &Default::default(), &secret).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_locked_token_shows_in_status_and_signs_no_ctl() {
+async fn sixteen_wrong_passwords_lock_a_token_which_then_shows_in_status_and_signs_no_ctl() {
     let server = FakeApiServer::start().await;
     let mut objects = quickstart();
-    let primary = objects.iter_mut().find(|o| o["kind"] == "SecurityToken" && o["metadata"]["name"] == "token-primary").unwrap();
-    // As sixteen wrong passwords would have left it (P.16-5).
-    primary["status"] = json!({"consecutiveFailedLogins": 16, "locked": true, "lockedAt": "2026-11-01T00:00:00Z"});
+    let password = objects.iter_mut().find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "token-primary-password").unwrap();
+    password["stringData"] = json!({"password": "wrong-1"});
+    // lockedAt is written in whole seconds.
+    let started = k8s_openapi::jiff::Timestamp::now() - std::time::Duration::from_secs(1);
     load(&server, objects);
     let (shutdown, operator) = start_operator(&server, "operator-a", false);
     let token = || server.get("callguard.io/v1alpha1", "SecurityToken", Some(NAMESPACE), "token-primary").unwrap();
-    until("the token's status", || condition(&token(), "Ready").is_some()).await;
+    let failures = || token()["status"]["consecutiveFailedLogins"].as_u64();
+    // Fifteen distinct wrong passwords are tolerated, each counted once; the sixteenth locks (P.16-5).
+    for attempt in 1..=16u64 {
+        if attempt > 1 {
+            set_primary_password(&server, &format!("wrong-{attempt}")).await;
+        }
+        until(&format!("wrong password {attempt} to be counted"), || failures() == Some(attempt)).await;
+        let locked = token()["status"]["locked"].as_bool();
+        assert_eq!(locked, Some(attempt == 16), "after {attempt} wrong passwords: {}", token()["status"]);
+    }
+    let status = token()["status"].clone();
+    let locked_at = status["lockedAt"].as_str().unwrap_or_else(|| panic!("lockedAt is set: {status}"));
+    let locked_at: k8s_openapi::jiff::Timestamp = locked_at.parse().expect("RFC 3339");
+    assert!(locked_at >= started && locked_at <= k8s_openapi::jiff::Timestamp::now(), "locked during this run: {locked_at}");
+    until("the token's Locked condition", || condition(&token(), "Ready").is_some_and(|c| c.1 == "Locked")).await;
     let ready = condition(&token(), "Ready").unwrap();
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", "Locked"), "{}", ready.2);
-    assert_eq!(token()["status"]["locked"], true);
-    until("the trust ConfigMap", || server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").is_some()).await;
+    assert_eq!(ready.0, "False", "{}", ready.2);
+    until("the TokenLocked event", || {
+        server.list("events.k8s.io/v1", "Event", Some(NAMESPACE)).iter().any(|e| e["reason"] == "TokenLocked" && e["type"] == "Warning")
+    })
+    .await;
+
+    // Locked for good: the right password no longer opens it.
+    set_primary_password(&server, "example-only-primary-4fJq9").await;
+    until("the CTL signed without the locked token", || {
+        server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").is_some_and(|t| t["binaryData"]["CTLFile.tlv"].is_string())
+    })
+    .await;
     let trust_map = server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").unwrap();
     use base64::Engine;
     let ctl = base64::engine::general_purpose::STANDARD.decode(trust_map["binaryData"]["CTLFile.tlv"].as_str().unwrap()).unwrap();
@@ -204,8 +238,9 @@ async fn a_locked_token_shows_in_status_and_signs_no_ctl() {
     let inspected = trust(&["inspect", dir.path().join("ctl.tlv").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&inspected.stdout);
     assert!(text.contains("token-backup") && !text.contains("token-primary"), "the locked token neither signs nor is listed:\n{text}");
-    let cluster_ready = condition(&cluster(&server), "Ready").unwrap();
-    assert_eq!((cluster_ready.0.as_str(), cluster_ready.1.as_str()), ("False", "FewerThanTwoTokens"), "{cluster_ready:?}");
+    until("the cluster's verdict", || condition(&cluster(&server), "Ready").is_some_and(|c| c.1 == "FewerThanTwoTokens")).await;
+    assert_eq!(token()["status"]["locked"], true, "the right password does not unlock it");
+    assert_eq!(condition(&token(), "Ready").map(|c| c.1), Some("Locked".into()));
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }
