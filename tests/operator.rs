@@ -57,7 +57,7 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], "registry.example/callguard:test");
     assert_eq!(container["args"][0], "serve");
-    assert!(pod["metadata"]["annotations"]["callguard.io/content-hash"].as_str().is_some_and(|h| h.len() == 32));
+    assert_eq!(content_hash(&deployment), expected_content_hash(&server), "the pod template digests what the operator published");
     let service = server.get("v1", "Service", Some(NAMESPACE), "quickstart-tftp").expect("the TFTP Service");
     let tftp_port = cluster_object["spec"]["ports"]["tftpPort"].as_u64().unwrap_or(69);
     assert_eq!(
@@ -150,6 +150,95 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     })
     .await;
     assert!(server.get("v1", "Secret", Some(NAMESPACE), "token-primary").is_some(), "the user's own Secrets stay");
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
+/// The pod template's `callguard.io/content-hash`.
+fn content_hash(deployment: &Value) -> String {
+    deployment["spec"]["template"]["metadata"]["annotations"]["callguard.io/content-hash"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the pod template has a content hash: {}", deployment["spec"]["template"]["metadata"]))
+        .to_owned()
+}
+
+/// The digest the pod template should carry, computed apart from the operator (by the openssl CLI)
+/// from what the operator published: every certificate (the CA's, and each function certificate's
+/// under its state name `certs/<node>.<role>.crt`) and every trust list (`published/<file>`), in the
+/// order of those names, each as its name, its length (64-bit big-endian) and its bytes; SHA-256,
+/// the first 16 bytes in hex (README, "Status" and workloads).
+fn expected_content_hash(server: &FakeApiServer) -> String {
+    let mut files: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
+    let ca = server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").expect("the CA Secret");
+    files.insert("ca/ca.crt".into(), decoded(&ca, "data", "ca.crt"));
+    for secret in server.list("v1", "Secret", Some(NAMESPACE)) {
+        if let Some(base) = secret["metadata"]["annotations"]["callguard.io/state-name"].as_str() {
+            files.insert(format!("certs/{base}.crt"), decoded(&secret, "data", "tls.crt"));
+        }
+    }
+    let trust = server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").expect("the trust ConfigMap");
+    for key in trust["binaryData"].as_object().expect("binaryData").keys() {
+        files.insert(format!("published/{key}"), decoded(&trust, "binaryData", key));
+    }
+    assert!(files.keys().filter(|name| name.starts_with("certs/")).count() >= 3, "{:?}", files.keys());
+    assert!(files.contains_key("published/CTLFile.tlv") && files.contains_key("published/ITLFile.tlv"), "{:?}", files.keys());
+    let mut stream = Vec::new();
+    for (name, bytes) in &files {
+        stream.extend_from_slice(name.as_bytes());
+        stream.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        stream.extend_from_slice(bytes);
+    }
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the openssl CLI is installed");
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), &stream).unwrap();
+    let output = openssl.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let digest = String::from_utf8(output.stdout).unwrap();
+    let hex = digest.split_whitespace().next().expect("a digest");
+    assert_eq!(hex.len(), 64, "{digest}");
+    hex[..32].to_owned()
+}
+
+/// The TFTP projection's Secrets by name, with their data: what the pods serve.
+fn projection(server: &FakeApiServer) -> std::collections::BTreeMap<String, Value> {
+    server
+        .list("v1", "Secret", Some(NAMESPACE))
+        .into_iter()
+        .filter(|s| s["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("quickstart-tftp-files")))
+        .map(|s| (s["metadata"]["name"].as_str().unwrap().to_owned(), s["data"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_content_hash_follows_the_certificates_and_trust_lists_and_only_them() {
+    let server = FakeApiServer::start().await;
+    load(&server, quickstart());
+    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let deployment = || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").expect("the TFTP Deployment");
+    until("the TFTP Deployment", || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").is_some()).await;
+    let first = content_hash(&deployment());
+    assert_eq!(first, expected_content_hash(&server));
+
+    // A SIP phone's new line changes what the pods serve (the projection), not a certificate or a
+    // trust list: the pod template stays, and no pod restarts.
+    let served = projection(&server);
+    let ctl = object(&server, "ConfigMap", "quickstart-trust")["binaryData"]["CTLFile.tlv"].clone();
+    edit(&server, "Phone", "phones", "bob-7941", |phone| phone["spec"]["directoryNumbers"] = json!(["1999"])).await;
+    until("the projection to carry the edit", || projection(&server) != served).await;
+    assert_eq!(object(&server, "ConfigMap", "quickstart-trust")["binaryData"]["CTLFile.tlv"], ctl, "the CTL is unchanged");
+    assert_eq!(content_hash(&deployment()), first, "served configurations are not in the digest");
+    assert_eq!(expected_content_hash(&server), first);
+
+    // Signing with the other token makes a new CTL: the digest changes, to that of the new CTL.
+    edit(&server, "CallControlCluster", "callcontrolclusters", CLUSTER, |c| c["spec"]["ctl"]["signingToken"] = json!("token-backup")).await;
+    until("a new CTL", || object(&server, "ConfigMap", "quickstart-trust")["binaryData"]["CTLFile.tlv"] != ctl).await;
+    until("a new content hash", || content_hash(&deployment()) != first).await;
+    assert_eq!(content_hash(&deployment()), expected_content_hash(&server), "the digest of the new trust lists");
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }

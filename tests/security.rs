@@ -187,22 +187,6 @@ async fn fetch(tftp: &ServeTftp, name: &str) -> Option<Vec<u8>> {
     .unwrap()
 }
 
-/// The API of `plural` in the quickstart's namespace, for any kind.
-fn dynamic(server: &FakeApiServer, api_version: &str, kind: &str, plural: &str) -> kube::Api<kube::api::DynamicObject> {
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    kube::Api::namespaced_with(server.client(), NAMESPACE, &kube::discovery::ApiResource::from_gvk_with_plural(&gvk, plural))
-}
-
-/// Edits an object's spec (or data) as a client's PUT would.
-async fn edit(server: &FakeApiServer, kind: &str, plural: &str, name: &str, change: impl FnOnce(&mut Value)) {
-    let mut value = object(server, kind, name);
-    change(&mut value);
-    let api = dynamic(server, value["apiVersion"].as_str().unwrap(), kind, plural);
-    let typed: kube::api::DynamicObject = serde_json::from_value(value).unwrap();
-    api.replace(name, &Default::default(), &typed).await.unwrap_or_else(|e| panic!("replace {kind}/{name}: {e}"));
-}
-
 async fn delete(server: &FakeApiServer, api_version: &str, kind: &str, plural: &str, name: &str) {
     dynamic(server, api_version, kind, plural)
         .delete(name, &Default::default())

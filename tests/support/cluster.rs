@@ -171,3 +171,19 @@ pub fn decoded(object: &Value, field: &str, key: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(object[field][key].as_str().unwrap_or_else(|| panic!("{field}.{key}"))).unwrap()
 }
+
+/// The API of `plural` in the quickstart's namespace, for any kind.
+pub fn dynamic(server: &FakeApiServer, api_version: &str, kind: &str, plural: &str) -> kube::Api<kube::api::DynamicObject> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    kube::Api::namespaced_with(server.client(), NAMESPACE, &kube::discovery::ApiResource::from_gvk_with_plural(&gvk, plural))
+}
+
+/// Edits an object's spec (or data) as a client's PUT would.
+pub async fn edit(server: &FakeApiServer, kind: &str, plural: &str, name: &str, change: impl FnOnce(&mut Value)) {
+    let mut value = object(server, kind, name);
+    change(&mut value);
+    let api = dynamic(server, value["apiVersion"].as_str().unwrap(), kind, plural);
+    let typed: kube::api::DynamicObject = serde_json::from_value(value).unwrap();
+    api.replace(name, &Default::default(), &typed).await.unwrap_or_else(|e| panic!("replace {kind}/{name}: {e}"));
+}
