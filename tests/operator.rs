@@ -166,7 +166,7 @@ fn content_hash(deployment: &Value) -> String {
 /// from what the operator published: every certificate (the CA's, and each function certificate's
 /// under its state name `certs/<node>.<role>.crt`) and every trust list (`published/<file>`), in the
 /// order of those names, each as its name, its length (64-bit big-endian) and its bytes; SHA-256,
-/// the first 16 bytes in hex (README, "Status" and workloads).
+/// the first 16 bytes in hex.
 fn expected_content_hash(server: &FakeApiServer) -> String {
     let mut files: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
     let ca = server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").expect("the CA Secret");
