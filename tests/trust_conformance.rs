@@ -686,7 +686,7 @@ fn n02_tamper_detection() {
         assert!(!tlv_verifies(&flip(offset)), "a flipped {what} byte must fail");
     }
     // Every single-byte flip of the whole file fails (parse or verify).
-    for offset in (0..file.len()).step_by(7) {
+    for offset in 0..file.len() {
         assert!(!tlv_verifies(&flip(offset)), "flipped byte {offset}");
     }
     // A pad byte changed to 0x00 fails to parse or to verify, in both modes.
