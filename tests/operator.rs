@@ -9,7 +9,7 @@
 mod peers;
 #[path = "support/cluster.rs"]
 mod support;
-use peers::require;
+use peers::{TftpGet, file_not_found, require};
 use support::*;
 
 use std::path::{Path, PathBuf};
@@ -134,8 +134,8 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     })
     .await
     .unwrap();
-    assert!(fetched.0 && fetched.1, "CTL and bob's signed configuration fetched: {fetched:?}");
-    assert!(!fetched.2, "no encrypted file without the phone's certificate");
+    assert_eq!((&fetched.0, &fetched.1), (&TftpGet::Fetched, &TftpGet::Fetched), "CTL and bob's signed configuration fetched");
+    assert_eq!(fetched.2, file_not_found(), "no encrypted file without the phone's certificate");
     assert_eq!(std::fs::read(&ctl).unwrap(), decode("CTLFile.tlv"), "the pod serves the CTL the operator published");
     let verified = trust(&["verify", config.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));

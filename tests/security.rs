@@ -181,7 +181,11 @@ async fn fetch(tftp: &ServeTftp, name: &str) -> Option<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("file");
-        peers::tftp_hpa_get(port, &name, &out).then(|| std::fs::read(&out).unwrap())
+        match peers::tftp_hpa_get(port, &name, &out) {
+            peers::TftpGet::Fetched => Some(std::fs::read(&out).unwrap()),
+            answer if answer == peers::file_not_found() => None,
+            other => panic!("{name}: {other:?}"),
+        }
     })
     .await
     .unwrap()

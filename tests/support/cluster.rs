@@ -14,7 +14,7 @@ use callguard::ops::shutdown::Shutdown;
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
 
-use super::peers::tftp_hpa_get;
+use super::peers::{TftpGet, file_not_found, tftp_hpa_get};
 
 pub const NAMESPACE: &str = "default";
 pub const CLUSTER: &str = "quickstart";
@@ -143,15 +143,20 @@ impl ServeTftp {
         ServeTftp { child, port }
     }
 
-    pub fn fetch(&self, name: &str, out: &Path) -> bool {
+    pub fn fetch(&self, name: &str, out: &Path) -> TftpGet {
         tftp_hpa_get(self.port, name, out)
     }
 
-    /// The file's bytes, or `None` when the server has no such file.
+    /// The file's bytes, or `None` when the server answers ERROR 1 (File not found); any other
+    /// failure fails the test.
     pub fn bytes(&self, name: &str) -> Option<Vec<u8>> {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("file");
-        self.fetch(name, &out).then(|| std::fs::read(&out).unwrap())
+        match self.fetch(name, &out) {
+            TftpGet::Fetched => Some(std::fs::read(&out).unwrap()),
+            answer if answer == file_not_found() => None,
+            other => panic!("{name}: {other:?}"),
+        }
     }
 }
 
