@@ -338,9 +338,11 @@ async fn a_wrong_token_password_is_counted_even_when_every_apply_fails() {
     };
     // The registry is written before the workload is applied, so wait for both: the count and the
     // refused apply that follows it.
-    let refused = || server.writes().into_iter().any(|w| w.resource == "deployments.apps" && w.status == 422);
-    until("the wrong password to be counted and the workload apply refused", || failures() == 1 && refused()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = || server.writes().into_iter().filter(|w| w.resource == "deployments.apps" && w.status == 422).count();
+    until("the wrong password to be counted and the workload apply refused", || failures() == 1 && refused() > 0).await;
+    // Two more reconciles, each presenting the same wrong password again before its apply is refused.
+    let seen = refused();
+    until("two more reconciles", || refused() >= seen + 2).await;
     assert_eq!(failures(), 1, "the same wrong password, retried, counts once");
     let mac = registry(&server).unwrap().to_string();
     assert!(!mac.contains("not-the-password"));
