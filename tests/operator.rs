@@ -2,8 +2,10 @@
 //! becomes Secrets, trust lists, the TFTP workload and Ready statuses; `callguard serve tftp`
 //! started against the same API serves the CTL and a phone's signed configuration to the real
 //! `tftp` client; deleting the cluster removes what it owned; an invalid namespace is Stalled and
-//! gets nothing; sixteen wrong passwords lock a token, which shows in status and signs nothing; of two replicas only the leader
-//! writes.
+//! gets nothing; sixteen wrong passwords lock a token, which shows in status and signs nothing; the
+//! pods' content hash follows the certificates and trust lists; Argo CD's health check (argocd/health.lua)
+//! says of the status the operator writes what argocd/health_test.yaml says of the committed copies;
+//! of two replicas only the leader writes.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -282,6 +284,7 @@ async fn set_primary_password(server: &FakeApiServer, password: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_wrong_passwords_lock_a_token_which_then_shows_in_status_and_signs_no_ctl() {
+    require("lua5.1", "lua5.1");
     let server = FakeApiServer::start().await;
     let mut objects = quickstart();
     let password = objects.iter_mut().find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "token-primary-password").unwrap();
@@ -330,6 +333,11 @@ async fn sixteen_wrong_passwords_lock_a_token_which_then_shows_in_status_and_sig
     until("the cluster's verdict", || condition(&cluster(&server), "Ready").is_some_and(|c| c.1 == "FewerThanTwoTokens")).await;
     assert_eq!(token()["status"]["locked"], true, "the right password does not unlock it");
     assert_eq!(condition(&token(), "Ready").map(|c| c.1), Some("Locked".into()));
+    // What Argo CD shows of the locked token (argocd/health.lua), kept for argocd/run_tests.py.
+    let locked = token();
+    let health = argocd_health(&locked);
+    assert_eq!(health, ("Degraded".into(), condition(&locked, "Ready").unwrap().2), "a locked token is Degraded");
+    check_fixture("token_locked", &locked, &health);
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }
@@ -364,4 +372,180 @@ async fn of_two_replicas_only_the_leader_writes() {
     shutdown_b.trigger();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The Argo CD health check (argocd/health.lua) on the status the operator writes
+
+/// Where the objects the operator wrote are kept for argocd/run_tests.py, which `scripts/chart-check`
+/// runs: this test writes them when CALLGUARD_WRITE_FIXTURES is set, and otherwise fails when they
+/// differ from what the operator writes now.
+const ARGOCD_FIXTURES: &str = "argocd/testdata/operator";
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the operator crate sits in the repository").to_owned()
+}
+
+/// A Lua 5.1 string literal: printable ASCII as is, every other byte as a decimal escape.
+fn lua_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for byte in text.bytes() {
+        match byte {
+            b'\\' | b'"' => {
+                out.push('\\');
+                out.push(char::from(byte));
+            }
+            0x20..=0x7E => out.push(char::from(byte)),
+            _ => out.push_str(&format!("\\{byte:03}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The object as a Lua table constructor, as Argo CD hands the live object to the script (null is nil).
+fn lua_value(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!("{{{}}}", items.iter().map(lua_value).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => {
+            format!("{{{}}}", map.iter().map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_value(v))).collect::<Vec<_>>().join(", "))
+        }
+    }
+}
+
+/// `(status, message)` of argocd/health.lua for `object`, run by lua5.1 as argocd/run_tests.py runs it.
+fn argocd_health(object: &Value) -> (String, String) {
+    let script = repository().join("argocd/health.lua");
+    let driver = format!(
+        "obj = {}\nlocal check = assert(loadfile({}))\nlocal hs = check()\nio.write(tostring(hs.status), \"\\n\", tostring(hs.message))\n",
+        lua_value(object),
+        lua_string(script.to_str().unwrap())
+    );
+    let mut lua = std::process::Command::new("lua5.1")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lua5.1 runs");
+    std::io::Write::write_all(&mut lua.stdin.take().unwrap(), driver.as_bytes()).unwrap();
+    let output = lua.wait_with_output().unwrap();
+    assert!(output.status.success(), "health.lua: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = text.split_once('\n').expect("status and message");
+    (status.to_owned(), message.to_owned())
+}
+
+/// What the health check reads of an object the operator wrote, and all of its status but what
+/// differs from run to run: the conditions' transition times and a token's lockedAt (set to one
+/// instant), and the cluster's identity record (digests of keys made for the run).
+fn as_fixture(object: &Value) -> Value {
+    let mut status = object["status"].clone();
+    if let Some(status) = status.as_object_mut() {
+        status.remove("identity");
+        if status.contains_key("lockedAt") {
+            status.insert("lockedAt".into(), json!("2026-01-01T00:00:00Z"));
+        }
+        if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+            for condition in conditions.iter_mut() {
+                condition["lastTransitionTime"] = json!("2026-01-01T00:00:00Z");
+            }
+            conditions.sort_by(|a, b| a["type"].as_str().cmp(&b["type"].as_str()));
+        }
+    }
+    json!({
+        "apiVersion": object["apiVersion"],
+        "kind": object["kind"],
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "generation": object["metadata"]["generation"],
+        },
+        "status": status,
+    })
+}
+
+/// Checks the committed fixture `name` against `object` (or writes it), and the case argocd/health_test.yaml
+/// gives it against `health`.
+fn check_fixture(name: &str, object: &Value, health: &(String, String)) {
+    let header = "# Written by the operator against the in-process API server (tests/operator.rs,\n\
+                  # argocd_health_of_the_status_the_operator_writes and sixteen_wrong_passwords_lock_a_token...);\n\
+                  # times are set to one instant and the cluster's identity record is left out. Regenerate with\n\
+                  #   CALLGUARD_WRITE_FIXTURES=1 cargo test --test operator -- argocd_health sixteen_wrong_passwords\n";
+    let text = format!("{header}{}", serde_yaml::to_string(&as_fixture(object)).unwrap());
+    let path = repository().join(ARGOCD_FIXTURES).join(format!("{name}.yaml"));
+    if std::env::var_os("CALLGUARD_WRITE_FIXTURES").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "{} differs from what the operator writes now: run `CALLGUARD_WRITE_FIXTURES=1 cargo test --test operator -- argocd_health \
+         sixteen_wrong_passwords` \
+         and commit it\n--- committed\n{committed}\n--- written now\n{text}",
+        path.display()
+    );
+    let cases: Value = serde_yaml::from_str(&std::fs::read_to_string(repository().join("argocd/health_test.yaml")).unwrap()).unwrap();
+    let input = format!("testdata/operator/{name}.yaml");
+    let case = cases["tests"].as_array().unwrap().iter().find(|c| c["inputPath"] == input.as_str());
+    let expected = case.map(|c| (c["healthStatus"]["status"].as_str().unwrap_or(""), c["healthStatus"]["message"].as_str().unwrap_or("")));
+    assert_eq!(
+        expected,
+        Some((health.0.as_str(), health.1.as_str())),
+        "argocd/health_test.yaml must check {input} for what health.lua says of it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argocd_health_of_the_status_the_operator_writes() {
+    require("lua5.1", "lua5.1");
+    // A Ready cluster, and a phone whose security is downgraded: the quickstart's lobby phone.
+    let server = FakeApiServer::start().await;
+    load(&server, quickstart());
+    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let lobby = || object(&server, "Phone", "lobby-7970");
+    until("the lobby phone's Downgraded condition", || condition(&lobby(), "Downgraded").is_some()).await;
+    let (ready_cluster, downgraded_phone) = (cluster(&server), lobby());
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+    assert_eq!(condition(&downgraded_phone, "Downgraded").map(|c| (c.0, c.1)), Some(("True".into(), "SecureSrstUnavailable".into())));
+
+    // A Stalled cluster: a phone on a profile that does not exist.
+    let server = FakeApiServer::start().await;
+    let mut objects = quickstart();
+    let bob = objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == "bob-7941").unwrap();
+    bob["spec"]["securityProfileRef"] = json!("no-such-profile");
+    load(&server, objects);
+    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    until("the cluster to be Stalled", || condition(&cluster(&server), "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
+    let stalled_cluster = cluster(&server);
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+
+    // What Argo CD shows for each, from the live objects.
+    let healthy = argocd_health(&ready_cluster);
+    assert_eq!(healthy, ("Healthy".into(), "Ready".into()), "a Ready cluster");
+    let stalled = argocd_health(&stalled_cluster);
+    let (_, _, validation) = condition(&stalled_cluster, "Stalled").unwrap();
+    assert_eq!(stalled, ("Degraded".into(), validation.clone()), "a Stalled cluster shows the validation message");
+    assert!(validation.contains("Phone/bob-7941") && validation.contains("no-such-profile"), "{validation}");
+    let downgraded = argocd_health(&downgraded_phone);
+    let (_, _, not_ready) = condition(&downgraded_phone, "Ready").unwrap();
+    assert_eq!(downgraded, ("Degraded".into(), not_ready), "the lobby phone is not Ready: it awaits its certificate");
+
+    // The same objects, committed for argocd/run_tests.py, which must say the same of them.
+    for (name, object, health) in [
+        ("cluster_ready", &ready_cluster, &healthy),
+        ("cluster_stalled", &stalled_cluster, &stalled),
+        ("phone_downgraded", &downgraded_phone, &downgraded),
+    ] {
+        assert_eq!(&argocd_health(&as_fixture(object)), health, "{name}: the fixture keeps what the health check reads");
+        check_fixture(name, object, health);
+    }
 }
