@@ -143,7 +143,7 @@ fn out_file_is_private_and_bad_passwords_are_handled() {
     assert!(out.stdout.is_empty(), "--out writes nothing to stdout");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("warning: the token password is the factory default"), "{stderr}");
-    assert!(stderr.contains("T-4"), "{stderr}");
+    assert!(stderr.contains("(Table 3-2, P.3-17)"), "{stderr}");
     assert!(!stderr.contains("Cisco123"));
     #[cfg(unix)]
     {
