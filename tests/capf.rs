@@ -221,8 +221,6 @@ struct Phone {
     /// Added to the session id in AUTH_RESPONSE.
     session_id_offset: u32,
     protocol_id: u8,
-    /// Send nothing after AUTH_REQUEST.
-    silent: bool,
     sudi: Option<SudiData>,
 }
 
@@ -238,7 +236,6 @@ impl Phone {
             held_certificate: None,
             session_id_offset: 0,
             protocol_id: 0x55,
-            silent: false,
             sudi: None,
         }
     }
@@ -303,14 +300,10 @@ async fn play<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, phone: &Phone) 
     let request = read_frame(stream).await.expect("the server speaks first (docs/wire-formats.md §7.1)");
     transcript.session_id = request.session_id;
     transcript.received.push(request);
-    if phone.silent {
-        // Wait for whatever the server does on its timeout.
-    } else {
-        let mut bytes = phone.auth_response(transcript.session_id).encode().unwrap();
-        bytes[0] = phone.protocol_id;
-        stream.write_all(&bytes).await.unwrap();
-        stream.flush().await.unwrap();
-    }
+    let mut bytes = phone.auth_response(transcript.session_id).encode().unwrap();
+    bytes[0] = phone.protocol_id;
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
     while let Some(frame) = read_frame(stream).await {
         transcript.received.push(frame.clone());
         let reply = |command: Command, body: Body| Frame::new(command, transcript.session_id, body);
@@ -943,13 +936,32 @@ async fn n11_version_4() {
     assert_eq!(transcript.end_reason, Some(Reason::Success));
 }
 
-#[tokio::test]
-async fn n11_silent_phone_times_out_with_reason_7() {
-    let mut setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
-    setup.timeouts.message = Duration::from_millis(200);
-    let mut phone = Phone::new(PhoneKeyPair::rsa(2048), Credentials::Nothing);
-    phone.silent = true;
-    assert_refused(&setup, &phone, |r| *r == FailureReason::Timeout { key_generation: false }).await;
+/// A phone that completes the TLS handshake, reads AUTH_REQUEST and then says nothing: END_SESSION{7} when
+/// the 30 s message timeout (docs/wire-formats.md §7.5) runs out, to the instant, on tokio's paused clock
+/// over an in-memory stream.
+#[tokio::test(start_paused = true)]
+async fn n11_silent_phone_times_out_with_reason_7_at_the_message_timeout() {
+    let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
+    let timeouts = Timeouts::default();
+    let (server_end, phone_end) = tokio::io::duplex(64 * 1024);
+    let context = setup.context();
+    let server = tokio::spawn(async move { serve_connection(server_end, None, &acceptor(), context, &timeouts).await });
+    let name = rustls_pki_types::ServerName::try_from(CAPF_HOST).unwrap();
+    let mut stream = tls_client(rustls::DEFAULT_VERSIONS).connect(name, phone_end).await.unwrap();
+    let request = read_frame(&mut stream).await.expect("the server speaks first (docs/wire-formats.md §7.1)");
+    assert_eq!(request.command, Command::AuthRequest);
+    let asked = tokio::time::Instant::now();
+    let end = tokio::time::timeout(timeouts.message * 2, read_frame(&mut stream)).await.expect("the session ends").expect("END_SESSION");
+    assert_eq!(asked.elapsed(), timeouts.message, "ended by the message timeout, not before or after");
+    assert_eq!((end.command, end.body.reason, end.session_id), (Command::EndSession, Some(Reason::Failure), request.session_id));
+    let mut rest = Vec::new();
+    assert!(matches!(stream.read_to_end(&mut rest).await, Ok(0)) || rest.is_empty(), "the server closes after END_SESSION");
+    match server.await.unwrap() {
+        ConnectionReport::Session { outcome: Outcome::Failed { reason, .. }, .. } => {
+            assert_eq!(reason, FailureReason::Timeout { key_generation: false })
+        }
+        other => panic!("expected a failed session, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1012,12 +1024,13 @@ fn n11_sudi_signed_over_the_big_endian_session_id() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Timeouts (docs/wire-formats.md §7.5), shortened.
+// Timeouts (docs/wire-formats.md §7.5), on tokio's paused clock.
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn key_generation_timeout_counts_from_the_request_whatever_requests_in_progress_arrive() {
     let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
-    let timeouts = Timeouts { message: Duration::from_millis(150), key_generation: Duration::from_millis(600), ..Timeouts::default() };
+    // The timeouts of docs/wire-formats.md §7.5 as they are (30 s per message, 60 min for the key), on tokio's paused clock.
+    let timeouts = Timeouts::default();
     let (server_end, phone_end) = tokio::io::duplex(64 * 1024);
     let mut server_end = server_end;
     let session = Session::new(setup.context(), 0x2A, OffsetDateTime::now_utc());
@@ -1029,29 +1042,35 @@ async fn key_generation_timeout_counts_from_the_request_whatever_requests_in_pro
     send(&mut writer, &phone.auth_response(0x2A)).await;
     assert_eq!(read_frame(&mut reader).await.unwrap().command, Command::KeyGenerateRequest);
     let started = tokio::time::Instant::now();
-    // REQUEST_IN_PROGRESS every 50 ms, faster than the message timeout, for ever.
+    // REQUEST_IN_PROGRESS every half message timeout, so no message timeout ever runs out, for ever.
     let spam = tokio::spawn(async move {
         loop {
             send(&mut writer, &Frame::new(Command::RequestInProgress, 0x2A, Body::default())).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(timeouts.message / 2).await;
         }
     });
-    let end = read_frame(&mut reader).await.expect("END_SESSION");
+    let end =
+        tokio::time::timeout(timeouts.key_generation * 2, read_frame(&mut reader)).await.expect("the session ends").expect("END_SESSION");
     let waited = started.elapsed();
     spam.abort();
     assert_eq!((end.command, end.body.reason), (Command::EndSession, Some(Reason::Failure)));
-    assert!(waited >= Duration::from_millis(550) && waited < Duration::from_secs(5), "ended after {waited:?}");
+    assert_eq!(waited, timeouts.key_generation, "60 minutes from KEY_GENERATE_REQUEST, whatever arrived meanwhile");
     let outcome = server.await.unwrap();
     assert!(matches!(outcome, Outcome::Failed { reason: FailureReason::Timeout { key_generation: true }, .. }), "{outcome:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_never_completes_the_handshake_is_dropped() {
     let setup = Setup::new(ScheduledOperation::InstallUpgrade, CapfAuthenticationMode::ByNullString, RSA2048);
-    let timeouts = Timeouts { handshake: Duration::from_millis(200), ..Timeouts::default() };
+    let timeouts = Timeouts::default();
     let (server_end, _idle_client) = tokio::io::duplex(1024);
-    let report = tokio::time::timeout(Duration::from_secs(5), serve_connection(server_end, None, &acceptor(), setup.context(), &timeouts))
+    let started = tokio::time::Instant::now();
+    let report = tokio::time::timeout(timeouts.handshake * 2, serve_connection(server_end, None, &acceptor(), setup.context(), &timeouts))
         .await
         .expect("the handshake timeout fires");
-    assert!(matches!(report, ConnectionReport::HandshakeFailed { .. }), "{report:?}");
+    assert_eq!(started.elapsed(), timeouts.handshake, "dropped after the 10 s handshake timeout (docs/wire-formats.md §7.5)");
+    assert!(
+        matches!(report, ConnectionReport::HandshakeFailed { ref error, .. } if error.contains("no TLS handshake within")),
+        "{report:?}"
+    );
 }

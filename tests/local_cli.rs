@@ -5,7 +5,7 @@
 
 #[path = "support/peers.rs"]
 mod peers;
-use peers::{require, tftp_hpa_get};
+use peers::{TftpGet, file_not_found, require, tftp_hpa_get};
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -69,7 +69,7 @@ impl Local {
         }
     }
 
-    fn fetch_tftp_hpa(&self, name: &str, out: &Path) -> bool {
+    fn fetch_tftp_hpa(&self, name: &str, out: &Path) -> TftpGet {
         tftp_hpa_get(self.port, name, out)
     }
 
@@ -112,7 +112,7 @@ fn fetch_until(local: &Local, name: &str, out: &Path, accept: impl Fn(&[u8]) -> 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let _ = fs::remove_file(out);
-        if local.fetch_tftp_hpa(name, out) {
+        if local.fetch_tftp_hpa(name, out) == TftpGet::Fetched {
             let bytes = fs::read(out).unwrap();
             if accept(&bytes) {
                 return bytes;
@@ -145,7 +145,7 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     local.wait_for("CallControlCluster  quickstart       True   Ready");
 
     // The CTL verifies; a phone's signed configuration verifies against the TFTP record in it.
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out("ctl.tlv")));
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &out("ctl.tlv")), TftpGet::Fetched);
     assert!(verify(&[out("ctl.tlv").to_str().unwrap()]));
     assert!(local.fetch_atftp("SEP00AABBCCDD02.cnf.xml.sgn", &out("bob.sgn"), &[]));
     assert!(verify(&[out("bob.sgn").to_str().unwrap(), "--ctl", out("ctl.tlv").to_str().unwrap()]));
@@ -153,12 +153,16 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     assert!(verify(&[out("itl.tlv").to_str().unwrap()]));
 
     // An encrypted phone's plain name gives the stub, never its configuration (docs/wire-formats.md §5.6).
-    assert!(local.fetch_tftp_hpa("SEP001122334455.cnf.xml", &out("lobby.xml")));
+    assert_eq!(local.fetch_tftp_hpa("SEP001122334455.cnf.xml", &out("lobby.xml")), TftpGet::Fetched);
     let stub = fs::read_to_string(out("lobby.xml")).unwrap();
     assert!(stub.contains("<fullConfig>false</fullConfig>") && !stub.contains("deviceSecurityMode"), "{stub}");
-    assert!(!local.fetch_tftp_hpa("SEP001122334455.cnf.xml.enc.sgn", &out("none")), "no certificate yet: no encrypted file");
+    assert_eq!(
+        local.fetch_tftp_hpa("SEP001122334455.cnf.xml.enc.sgn", &out("none")),
+        file_not_found(),
+        "no certificate yet: no encrypted file"
+    );
     // A secure phone's plain configuration is not served at all.
-    assert!(!local.fetch_tftp_hpa("SEP00AABBCCDD02.cnf.xml", &out("bob.xml")));
+    assert_eq!(local.fetch_tftp_hpa("SEP00AABBCCDD02.cnf.xml", &out("bob.xml")), file_not_found());
 
     // blksize 1428 and windowsize 8 are honoured (the tftp tests check the OACK itself).
     assert!(local.fetch_atftp("CTLFile.tlv", &out("ctl-big.tlv"), &["blksize 1428", "windowsize 8"]));
@@ -176,7 +180,7 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     fs::write(&cluster, text.replacen("securityMode: Mixed", "securityMode: Bogus", 1)).unwrap();
     local.wait_for("spec.securityMode: \"Bogus\" is not one of");
     local.wait_for("still serving the last good build");
-    assert!(local.fetch_tftp_hpa("SEP00AABBCCDD02.cnf.xml.sgn", &out("bob3.sgn")));
+    assert_eq!(local.fetch_tftp_hpa("SEP00AABBCCDD02.cnf.xml.sgn", &out("bob3.sgn")), TftpGet::Fetched);
     assert_eq!(fs::read(out("bob3.sgn")).unwrap(), edited);
     fs::write(&cluster, text).unwrap();
     local.stop();
@@ -185,7 +189,7 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     let mut again = Local::start(&manifests, &state);
     assert!(!again.seen.iter().any(|l| l.contains("created the cluster CA") || l.contains("issued")), "{:?}", again.seen);
     again.wait_for("serving TFTP on");
-    assert!(again.fetch_tftp_hpa("CTLFile.tlv", &out("ctl-again.tlv")));
+    assert_eq!(again.fetch_tftp_hpa("CTLFile.tlv", &out("ctl-again.tlv")), TftpGet::Fetched);
     assert_eq!(fs::read(out("ctl-again.tlv")).unwrap(), fs::read(out("ctl.tlv")).unwrap());
     again.stop();
 }
@@ -215,7 +219,7 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     let mut local = Local::spawn(command, 6969);
     local.wait_for("port 69 (the cluster's spec.ports.tftpPort) needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
     let out = dir.path().join("ctl.tlv");
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out), "the CTL is served on 6969");
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &out), TftpGet::Fetched, "the CTL is served on 6969");
     assert!(verify(&[out.to_str().unwrap()]), "and verifies");
     local.stop();
 }
@@ -248,8 +252,10 @@ fn the_quickstart_over_tftp_gives_nothing_away_in_clear() {
         for suffix in [".cnf.xml", ".cnf.xml.sgn", ".cnf.xml.enc.sgn"] {
             let name = format!("SEP{mac}{suffix}");
             let _ = fs::remove_file(&out);
-            if !local.fetch_tftp_hpa(&name, &out) {
-                continue;
+            match local.fetch_tftp_hpa(&name, &out) {
+                TftpGet::Fetched => {}
+                answer if answer == file_not_found() => continue,
+                other => panic!("{name}: {other:?}"),
             }
             fetched += 1;
             let text = String::from_utf8_lossy(&fs::read(&out).unwrap()).into_owned();
@@ -263,11 +269,11 @@ fn the_quickstart_over_tftp_gives_nothing_away_in_clear() {
         }
     }
     assert!(fetched >= 10, "the phones' files were fetched ({fetched})");
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out));
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &out), TftpGet::Fetched);
     let ctl = fs::read(&out).unwrap();
     for name in ["CTLSEP00AABBCCDD02.tlv", "CTLSEP0000000000FF.tlv"] {
         let _ = fs::remove_file(&out);
-        assert!(local.fetch_tftp_hpa(name, &out), "{name}");
+        assert_eq!(local.fetch_tftp_hpa(name, &out), TftpGet::Fetched, "{name}");
         assert_eq!(fs::read(&out).unwrap(), ctl, "{name}: the same public bytes, provisioned or not");
     }
     local.stop();
@@ -398,12 +404,12 @@ fn local_listens_on_the_clusters_tftp_port() {
     let state = dir.path().join("state");
     let mut local = Local::spawn(callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]), port);
     local.wait_for(&format!("serving TFTP on 127.0.0.1:{port}"));
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")));
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")), TftpGet::Fetched);
     // A new port in the spec applies at the next start, which `local` points out.
     let other = free_udp_port();
     set_spec_tftp_port(&manifests, other);
     local.wait_for(&format!("spec.ports.tftpPort is now {other}; still serving on {port} until callguard local restarts"));
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl2.tlv")));
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl2.tlv")), TftpGet::Fetched);
     local.stop();
 }
 
@@ -428,7 +434,7 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
     let text = stderr_of(&output);
     assert_eq!(output.status.code(), Some(2), "{text}{}", String::from_utf8_lossy(&output.stdout));
     assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")), "the holder keeps serving");
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")), TftpGet::Fetched, "the holder keeps serving");
     local.stop();
     let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
     assert_eq!(output.status.code(), Some(0), "free again: {}", stderr_of(&output));
@@ -470,7 +476,7 @@ fn a_device_certificate_added_while_local_runs_is_served_within_seconds() {
     let mut local = Local::start(&manifests, &state);
     local.wait_for("CallControlCluster  quickstart       True   Ready");
     let lobby = "SEP001122334455.cnf.xml.enc.sgn";
-    assert!(!local.fetch_tftp_hpa(lobby, &out("none")), "no certificate yet");
+    assert_eq!(local.fetch_tftp_hpa(lobby, &out("none")), file_not_found(), "no certificate yet");
 
     let (key, lsc) = lsc_for(&state, "SEP001122334455", dir.path());
     let (lsc_file, encrypted, ctl) = (out("lsc.der"), out("lobby.enc.sgn"), out("ctl.tlv"));
@@ -481,7 +487,7 @@ fn a_device_certificate_added_while_local_runs_is_served_within_seconds() {
     let started = Instant::now();
     fetch_until(&local, lobby, &encrypted, |_| true);
     assert!(started.elapsed() < Duration::from_secs(10), "served after {:?}", started.elapsed());
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &ctl));
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &ctl), TftpGet::Fetched);
     let decrypt = ["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()];
     let output = run_until_exit(callguard_command(&decrypt), 60).expect("decrypt ends");
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
@@ -509,11 +515,11 @@ fn local_says_valid_again_what_a_removed_file_dropped_and_logs_requests_at_debug
     local.wait_for("CallControlCluster  quickstart       True   Ready");
 
     let out = dir.path().join("ctl.tlv");
-    assert!(local.fetch_tftp_hpa("CTLFile.tlv", &out));
+    assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &out), TftpGet::Fetched);
     let size = fs::metadata(&out).unwrap().len();
     let line = local.wait_for("file=CTLFile.tlv");
     assert!(line.contains("client=127.0.0.1:") && line.contains("result=sent") && line.contains(&format!("bytes={size}")), "{line}");
-    assert!(!local.fetch_tftp_hpa("SEP0000000000AA.cnf.xml.sgn", &dir.path().join("none")));
+    assert_eq!(local.fetch_tftp_hpa("SEP0000000000AA.cnf.xml.sgn", &dir.path().join("none")), file_not_found());
     let line = local.wait_for("file=SEP0000000000AA.cnf.xml.sgn");
     assert!(line.contains("client=127.0.0.1:") && line.contains("result=FileNotFound"), "{line}");
 

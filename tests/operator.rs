@@ -2,14 +2,16 @@
 //! becomes Secrets, trust lists, the TFTP workload and Ready statuses; `callguard serve tftp`
 //! started against the same API serves the CTL and a phone's signed configuration to the real
 //! `tftp` client; deleting the cluster removes what it owned; an invalid namespace is Stalled and
-//! gets nothing; a locked token shows in status and signs nothing; of two replicas only the leader
-//! writes.
+//! gets nothing; sixteen wrong passwords lock a token, which shows in status and signs nothing; the
+//! pods' content hash follows the certificates and trust lists; Argo CD's health check (argocd/health.lua)
+//! says of the status the operator writes what argocd/health_test.yaml says of the committed copies;
+//! of two replicas only the leader writes.
 
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/cluster.rs"]
 mod support;
-use peers::require;
+use peers::{TftpGet, file_not_found, require};
 use support::*;
 
 use std::path::{Path, PathBuf};
@@ -57,7 +59,7 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], "registry.example/callguard:test");
     assert_eq!(container["args"][0], "serve");
-    assert!(pod["metadata"]["annotations"]["callguard.io/content-hash"].as_str().is_some_and(|h| h.len() == 32));
+    assert_eq!(content_hash(&deployment), expected_content_hash(&server), "the pod template digests what the operator published");
     let service = server.get("v1", "Service", Some(NAMESPACE), "quickstart-tftp").expect("the TFTP Service");
     let tftp_port = cluster_object["spec"]["ports"]["tftpPort"].as_u64().unwrap_or(69);
     assert_eq!(
@@ -134,8 +136,8 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     })
     .await
     .unwrap();
-    assert!(fetched.0 && fetched.1, "CTL and bob's signed configuration fetched: {fetched:?}");
-    assert!(!fetched.2, "no encrypted file without the phone's certificate");
+    assert_eq!((&fetched.0, &fetched.1), (&TftpGet::Fetched, &TftpGet::Fetched), "CTL and bob's signed configuration fetched");
+    assert_eq!(fetched.2, file_not_found(), "no encrypted file without the phone's certificate");
     assert_eq!(std::fs::read(&ctl).unwrap(), decode("CTLFile.tlv"), "the pod serves the CTL the operator published");
     let verified = trust(&["verify", config.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
@@ -150,6 +152,95 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     })
     .await;
     assert!(server.get("v1", "Secret", Some(NAMESPACE), "token-primary").is_some(), "the user's own Secrets stay");
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
+/// The pod template's `callguard.io/content-hash`.
+fn content_hash(deployment: &Value) -> String {
+    deployment["spec"]["template"]["metadata"]["annotations"]["callguard.io/content-hash"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the pod template has a content hash: {}", deployment["spec"]["template"]["metadata"]))
+        .to_owned()
+}
+
+/// The digest the pod template should carry, computed apart from the operator (by the openssl CLI)
+/// from what the operator published: every certificate (the CA's, and each function certificate's
+/// under its state name `certs/<node>.<role>.crt`) and every trust list (`published/<file>`), in the
+/// order of those names, each as its name, its length (64-bit big-endian) and its bytes; SHA-256,
+/// the first 16 bytes in hex.
+fn expected_content_hash(server: &FakeApiServer) -> String {
+    let mut files: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
+    let ca = server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").expect("the CA Secret");
+    files.insert("ca/ca.crt".into(), decoded(&ca, "data", "ca.crt"));
+    for secret in server.list("v1", "Secret", Some(NAMESPACE)) {
+        if let Some(base) = secret["metadata"]["annotations"]["callguard.io/state-name"].as_str() {
+            files.insert(format!("certs/{base}.crt"), decoded(&secret, "data", "tls.crt"));
+        }
+    }
+    let trust = server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").expect("the trust ConfigMap");
+    for key in trust["binaryData"].as_object().expect("binaryData").keys() {
+        files.insert(format!("published/{key}"), decoded(&trust, "binaryData", key));
+    }
+    assert!(files.keys().filter(|name| name.starts_with("certs/")).count() >= 3, "{:?}", files.keys());
+    assert!(files.contains_key("published/CTLFile.tlv") && files.contains_key("published/ITLFile.tlv"), "{:?}", files.keys());
+    let mut stream = Vec::new();
+    for (name, bytes) in &files {
+        stream.extend_from_slice(name.as_bytes());
+        stream.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        stream.extend_from_slice(bytes);
+    }
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the openssl CLI is installed");
+    std::io::Write::write_all(&mut openssl.stdin.take().unwrap(), &stream).unwrap();
+    let output = openssl.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let digest = String::from_utf8(output.stdout).unwrap();
+    let hex = digest.split_whitespace().next().expect("a digest");
+    assert_eq!(hex.len(), 64, "{digest}");
+    hex[..32].to_owned()
+}
+
+/// The TFTP projection's Secrets by name, with their data: what the pods serve.
+fn projection(server: &FakeApiServer) -> std::collections::BTreeMap<String, Value> {
+    server
+        .list("v1", "Secret", Some(NAMESPACE))
+        .into_iter()
+        .filter(|s| s["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("quickstart-tftp-files")))
+        .map(|s| (s["metadata"]["name"].as_str().unwrap().to_owned(), s["data"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_content_hash_follows_the_certificates_and_trust_lists_and_only_them() {
+    let server = FakeApiServer::start().await;
+    load(&server, quickstart());
+    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let deployment = || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").expect("the TFTP Deployment");
+    until("the TFTP Deployment", || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").is_some()).await;
+    let first = content_hash(&deployment());
+    assert_eq!(first, expected_content_hash(&server));
+
+    // A SIP phone's new line changes what the pods serve (the projection), not a certificate or a
+    // trust list: the pod template stays, and no pod restarts.
+    let served = projection(&server);
+    let ctl = object(&server, "ConfigMap", "quickstart-trust")["binaryData"]["CTLFile.tlv"].clone();
+    edit(&server, "Phone", "phones", "bob-7941", |phone| phone["spec"]["directoryNumbers"] = json!(["1999"])).await;
+    until("the projection to carry the edit", || projection(&server) != served).await;
+    assert_eq!(object(&server, "ConfigMap", "quickstart-trust")["binaryData"]["CTLFile.tlv"], ctl, "the CTL is unchanged");
+    assert_eq!(content_hash(&deployment()), first, "served configurations are not in the digest");
+    assert_eq!(expected_content_hash(&server), first);
+
+    // Signing with the other token makes a new CTL: the digest changes, to that of the new CTL.
+    edit(&server, "CallControlCluster", "callcontrolclusters", CLUSTER, |c| c["spec"]["ctl"]["signingToken"] = json!("token-backup")).await;
+    until("a new CTL", || object(&server, "ConfigMap", "quickstart-trust")["binaryData"]["CTLFile.tlv"] != ctl).await;
+    until("a new content hash", || content_hash(&deployment()) != first).await;
+    assert_eq!(content_hash(&deployment()), expected_content_hash(&server), "the digest of the new trust lists");
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }
@@ -181,21 +272,56 @@ async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_no
     operator.await.unwrap().unwrap();
 }
 
+/// Puts `password` into the primary token's password Secret, as a client's PUT would.
+async fn set_primary_password(server: &FakeApiServer, password: &str) {
+    use k8s_openapi::ByteString;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(server.client(), NAMESPACE);
+    let mut secret = secrets.get("token-primary-password").await.unwrap();
+    secret.string_data = None;
+    secret.data = Some([("password".to_owned(), ByteString(password.as_bytes().to_vec()))].into());
+    secrets.replace("token-primary-password", &Default::default(), &secret).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_locked_token_shows_in_status_and_signs_no_ctl() {
+async fn sixteen_wrong_passwords_lock_a_token_which_then_shows_in_status_and_signs_no_ctl() {
+    require("lua5.1", "lua5.1");
     let server = FakeApiServer::start().await;
     let mut objects = quickstart();
-    let primary = objects.iter_mut().find(|o| o["kind"] == "SecurityToken" && o["metadata"]["name"] == "token-primary").unwrap();
-    // As sixteen wrong passwords would have left it (P.16-5).
-    primary["status"] = json!({"consecutiveFailedLogins": 16, "locked": true, "lockedAt": "2026-11-01T00:00:00Z"});
+    let password = objects.iter_mut().find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "token-primary-password").unwrap();
+    password["stringData"] = json!({"password": "wrong-1"});
+    // lockedAt is written in whole seconds.
+    let started = k8s_openapi::jiff::Timestamp::now() - std::time::Duration::from_secs(1);
     load(&server, objects);
     let (shutdown, operator) = start_operator(&server, "operator-a", false);
     let token = || server.get("callguard.io/v1alpha1", "SecurityToken", Some(NAMESPACE), "token-primary").unwrap();
-    until("the token's status", || condition(&token(), "Ready").is_some()).await;
+    let failures = || token()["status"]["consecutiveFailedLogins"].as_u64();
+    // Fifteen distinct wrong passwords are tolerated, each counted once; the sixteenth locks (P.16-5).
+    for attempt in 1..=16u64 {
+        if attempt > 1 {
+            set_primary_password(&server, &format!("wrong-{attempt}")).await;
+        }
+        until(&format!("wrong password {attempt} to be counted"), || failures() == Some(attempt)).await;
+        let locked = token()["status"]["locked"].as_bool();
+        assert_eq!(locked, Some(attempt == 16), "after {attempt} wrong passwords: {}", token()["status"]);
+    }
+    let status = token()["status"].clone();
+    let locked_at = status["lockedAt"].as_str().unwrap_or_else(|| panic!("lockedAt is set: {status}"));
+    let locked_at: k8s_openapi::jiff::Timestamp = locked_at.parse().expect("RFC 3339");
+    assert!(locked_at >= started && locked_at <= k8s_openapi::jiff::Timestamp::now(), "locked during this run: {locked_at}");
+    until("the token's Locked condition", || condition(&token(), "Ready").is_some_and(|c| c.1 == "Locked")).await;
     let ready = condition(&token(), "Ready").unwrap();
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", "Locked"), "{}", ready.2);
-    assert_eq!(token()["status"]["locked"], true);
-    until("the trust ConfigMap", || server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").is_some()).await;
+    assert_eq!(ready.0, "False", "{}", ready.2);
+    until("the TokenLocked event", || {
+        server.list("events.k8s.io/v1", "Event", Some(NAMESPACE)).iter().any(|e| e["reason"] == "TokenLocked" && e["type"] == "Warning")
+    })
+    .await;
+
+    // Locked for good: the right password no longer opens it.
+    set_primary_password(&server, "example-only-primary-4fJq9").await;
+    until("the CTL signed without the locked token", || {
+        server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").is_some_and(|t| t["binaryData"]["CTLFile.tlv"].is_string())
+    })
+    .await;
     let trust_map = server.get("v1", "ConfigMap", Some(NAMESPACE), "quickstart-trust").unwrap();
     use base64::Engine;
     let ctl = base64::engine::general_purpose::STANDARD.decode(trust_map["binaryData"]["CTLFile.tlv"].as_str().unwrap()).unwrap();
@@ -204,8 +330,14 @@ async fn a_locked_token_shows_in_status_and_signs_no_ctl() {
     let inspected = trust(&["inspect", dir.path().join("ctl.tlv").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&inspected.stdout);
     assert!(text.contains("token-backup") && !text.contains("token-primary"), "the locked token neither signs nor is listed:\n{text}");
-    let cluster_ready = condition(&cluster(&server), "Ready").unwrap();
-    assert_eq!((cluster_ready.0.as_str(), cluster_ready.1.as_str()), ("False", "FewerThanTwoTokens"), "{cluster_ready:?}");
+    until("the cluster's verdict", || condition(&cluster(&server), "Ready").is_some_and(|c| c.1 == "FewerThanTwoTokens")).await;
+    assert_eq!(token()["status"]["locked"], true, "the right password does not unlock it");
+    assert_eq!(condition(&token(), "Ready").map(|c| c.1), Some("Locked".into()));
+    // What Argo CD shows of the locked token (argocd/health.lua), kept for argocd/run_tests.py.
+    let locked = token();
+    let health = argocd_health(&locked);
+    assert_eq!(health, ("Degraded".into(), condition(&locked, "Ready").unwrap().2), "a locked token is Degraded");
+    check_fixture("token_locked", &locked, &health);
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }
@@ -240,4 +372,180 @@ async fn of_two_replicas_only_the_leader_writes() {
     shutdown_b.trigger();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The Argo CD health check (argocd/health.lua) on the status the operator writes
+
+/// Where the objects the operator wrote are kept for argocd/run_tests.py, which `scripts/chart-check`
+/// runs: this test writes them when CALLGUARD_WRITE_FIXTURES is set, and otherwise fails when they
+/// differ from what the operator writes now.
+const ARGOCD_FIXTURES: &str = "argocd/testdata/operator";
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the operator crate sits in the repository").to_owned()
+}
+
+/// A Lua 5.1 string literal: printable ASCII as is, every other byte as a decimal escape.
+fn lua_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for byte in text.bytes() {
+        match byte {
+            b'\\' | b'"' => {
+                out.push('\\');
+                out.push(char::from(byte));
+            }
+            0x20..=0x7E => out.push(char::from(byte)),
+            _ => out.push_str(&format!("\\{byte:03}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The object as a Lua table constructor, as Argo CD hands the live object to the script (null is nil).
+fn lua_value(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!("{{{}}}", items.iter().map(lua_value).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => {
+            format!("{{{}}}", map.iter().map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_value(v))).collect::<Vec<_>>().join(", "))
+        }
+    }
+}
+
+/// `(status, message)` of argocd/health.lua for `object`, run by lua5.1 as argocd/run_tests.py runs it.
+fn argocd_health(object: &Value) -> (String, String) {
+    let script = repository().join("argocd/health.lua");
+    let driver = format!(
+        "obj = {}\nlocal check = assert(loadfile({}))\nlocal hs = check()\nio.write(tostring(hs.status), \"\\n\", tostring(hs.message))\n",
+        lua_value(object),
+        lua_string(script.to_str().unwrap())
+    );
+    let mut lua = std::process::Command::new("lua5.1")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lua5.1 runs");
+    std::io::Write::write_all(&mut lua.stdin.take().unwrap(), driver.as_bytes()).unwrap();
+    let output = lua.wait_with_output().unwrap();
+    assert!(output.status.success(), "health.lua: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = text.split_once('\n').expect("status and message");
+    (status.to_owned(), message.to_owned())
+}
+
+/// What the health check reads of an object the operator wrote, and all of its status but what
+/// differs from run to run: the conditions' transition times and a token's lockedAt (set to one
+/// instant), and the cluster's identity record (digests of keys made for the run).
+fn as_fixture(object: &Value) -> Value {
+    let mut status = object["status"].clone();
+    if let Some(status) = status.as_object_mut() {
+        status.remove("identity");
+        if status.contains_key("lockedAt") {
+            status.insert("lockedAt".into(), json!("2026-01-01T00:00:00Z"));
+        }
+        if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+            for condition in conditions.iter_mut() {
+                condition["lastTransitionTime"] = json!("2026-01-01T00:00:00Z");
+            }
+            conditions.sort_by(|a, b| a["type"].as_str().cmp(&b["type"].as_str()));
+        }
+    }
+    json!({
+        "apiVersion": object["apiVersion"],
+        "kind": object["kind"],
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "generation": object["metadata"]["generation"],
+        },
+        "status": status,
+    })
+}
+
+/// Checks the committed fixture `name` against `object` (or writes it), and the case argocd/health_test.yaml
+/// gives it against `health`.
+fn check_fixture(name: &str, object: &Value, health: &(String, String)) {
+    let header = "# Written by the operator against the in-process API server (tests/operator.rs,\n\
+                  # argocd_health_of_the_status_the_operator_writes and sixteen_wrong_passwords_lock_a_token...);\n\
+                  # times are set to one instant and the cluster's identity record is left out. Regenerate with\n\
+                  #   CALLGUARD_WRITE_FIXTURES=1 cargo test --test operator -- argocd_health sixteen_wrong_passwords\n";
+    let text = format!("{header}{}", serde_yaml::to_string(&as_fixture(object)).unwrap());
+    let path = repository().join(ARGOCD_FIXTURES).join(format!("{name}.yaml"));
+    if std::env::var_os("CALLGUARD_WRITE_FIXTURES").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "{} differs from what the operator writes now: run `CALLGUARD_WRITE_FIXTURES=1 cargo test --test operator -- argocd_health \
+         sixteen_wrong_passwords` \
+         and commit it\n--- committed\n{committed}\n--- written now\n{text}",
+        path.display()
+    );
+    let cases: Value = serde_yaml::from_str(&std::fs::read_to_string(repository().join("argocd/health_test.yaml")).unwrap()).unwrap();
+    let input = format!("testdata/operator/{name}.yaml");
+    let case = cases["tests"].as_array().unwrap().iter().find(|c| c["inputPath"] == input.as_str());
+    let expected = case.map(|c| (c["healthStatus"]["status"].as_str().unwrap_or(""), c["healthStatus"]["message"].as_str().unwrap_or("")));
+    assert_eq!(
+        expected,
+        Some((health.0.as_str(), health.1.as_str())),
+        "argocd/health_test.yaml must check {input} for what health.lua says of it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argocd_health_of_the_status_the_operator_writes() {
+    require("lua5.1", "lua5.1");
+    // A Ready cluster, and a phone whose security is downgraded: the quickstart's lobby phone.
+    let server = FakeApiServer::start().await;
+    load(&server, quickstart());
+    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let lobby = || object(&server, "Phone", "lobby-7970");
+    until("the lobby phone's Downgraded condition", || condition(&lobby(), "Downgraded").is_some()).await;
+    let (ready_cluster, downgraded_phone) = (cluster(&server), lobby());
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+    assert_eq!(condition(&downgraded_phone, "Downgraded").map(|c| (c.0, c.1)), Some(("True".into(), "SecureSrstUnavailable".into())));
+
+    // A Stalled cluster: a phone on a profile that does not exist.
+    let server = FakeApiServer::start().await;
+    let mut objects = quickstart();
+    let bob = objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == "bob-7941").unwrap();
+    bob["spec"]["securityProfileRef"] = json!("no-such-profile");
+    load(&server, objects);
+    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    until("the cluster to be Stalled", || condition(&cluster(&server), "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
+    let stalled_cluster = cluster(&server);
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+
+    // What Argo CD shows for each, from the live objects.
+    let healthy = argocd_health(&ready_cluster);
+    assert_eq!(healthy, ("Healthy".into(), "Ready".into()), "a Ready cluster");
+    let stalled = argocd_health(&stalled_cluster);
+    let (_, _, validation) = condition(&stalled_cluster, "Stalled").unwrap();
+    assert_eq!(stalled, ("Degraded".into(), validation.clone()), "a Stalled cluster shows the validation message");
+    assert!(validation.contains("Phone/bob-7941") && validation.contains("no-such-profile"), "{validation}");
+    let downgraded = argocd_health(&downgraded_phone);
+    let (_, _, not_ready) = condition(&downgraded_phone, "Ready").unwrap();
+    assert_eq!(downgraded, ("Degraded".into(), not_ready), "the lobby phone is not Ready: it awaits its certificate");
+
+    // The same objects, committed for argocd/run_tests.py, which must say the same of them.
+    for (name, object, health) in [
+        ("cluster_ready", &ready_cluster, &healthy),
+        ("cluster_stalled", &stalled_cluster, &stalled),
+        ("phone_downgraded", &downgraded_phone, &downgraded),
+    ] {
+        assert_eq!(&argocd_health(&as_fixture(object)), health, "{name}: the fixture keeps what the health check reads");
+        check_fixture(name, object, health);
+    }
 }

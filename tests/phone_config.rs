@@ -266,6 +266,15 @@ fn openssl(args: &[&str], input: &Path) -> Vec<u8> {
     output.stdout
 }
 
+/// MD5 of `der` in lowercase hex, by the openssl CLI.
+fn openssl_md5_hex(der: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("certificate.der");
+    std::fs::write(&file, der).expect("write DER");
+    let output = String::from_utf8(openssl(&["dgst", "-md5", "-r"], &file)).expect("hex");
+    output.split_whitespace().next().expect("digest").to_string()
+}
+
 #[test]
 fn cert_hash_is_the_md5_of_the_der_as_openssl_computes_it() {
     let der = &certificates().rsa_der;
@@ -277,10 +286,10 @@ fn cert_hash_is_the_md5_of_the_der_as_openssl_computes_it() {
 
     let certificate = DeviceCertificate::from_der(der).expect("parses");
     assert_eq!(certificate.key_kind, DeviceKeyKind::Rsa);
-    assert_eq!(certificate.cert_hash.to_hex(), expected);
-    assert_eq!(expected.len(), 32);
-    assert!(expected.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-    assert_eq!(DeviceCertificate::from_der(&certificates().ec_der).expect("parses").key_kind, DeviceKeyKind::Ec);
+    assert_eq!(certificate.cert_hash.to_hex(), expected, "32 lowercase hex digits, as openssl prints them");
+    let ec = DeviceCertificate::from_der(&certificates().ec_der).expect("parses");
+    assert_eq!(ec.cert_hash.to_hex(), openssl_md5_hex(&certificates().ec_der), "the MD5 of the EC certificate's own DER");
+    assert_eq!(ec.key_kind, DeviceKeyKind::Ec);
     assert!(DeviceCertificate::from_der(b"not a certificate").is_err());
 }
 
@@ -295,8 +304,7 @@ fn vpn_cert_hash_is_base64_sha1_of_the_der() {
     let expected = String::from_utf8(openssl(&["base64", "-A", "-in"], &binary)).expect("base64").trim().to_string();
 
     let hash = VpnCertHash::of_der(der);
-    assert_eq!(hash.to_base64(), expected);
-    assert_eq!(hash.to_base64().len(), 28);
+    assert_eq!(hash.to_base64(), expected, "base64 of the 20-byte SHA-1, as openssl computes it");
 
     let mut config = sip_encrypted_example();
     config.vpn_group = Some(VpnGroup { hash_algorithm: VpnHashAlgorithm::Sha1, cert_hashes: vec![hash] });
@@ -374,7 +382,8 @@ fn reasons(rendered: &Rendered) -> Vec<&'static str> {
 fn every_quickstart_phone_resolves_and_renders() {
     let all = render_quickstart();
     assert_eq!(all.len(), 7);
-    let certificate = DeviceCertificate::from_der(&certificates().rsa_der).expect("parses");
+    // The certHash every encrypted phone carries: the MD5 of its certificate's DER (§5.6), by openssl.
+    let expected_hash = openssl_md5_hex(&certificates().rsa_der);
     for (name, r) in &all {
         // Both nodes run CallManager, in order; only the first runs CAPF.
         assert_eq!(
@@ -390,7 +399,7 @@ fn every_quickstart_phone_resolves_and_renders() {
         let encrypted = value(&r.full, "device/encrConfig");
         let hash = value(&r.full, "device/certHash");
         match encrypted.as_deref() {
-            Some("true") => assert_eq!(hash, Some(certificate.cert_hash.to_hex()), "{name}"),
+            Some("true") => assert_eq!(hash.as_ref(), Some(&expected_hash), "{name}"),
             Some("false") => assert_eq!(hash.as_deref(), Some(""), "{name}"),
             other => panic!("{name}: encrConfig {other:?}"),
         }

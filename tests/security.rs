@@ -181,26 +181,14 @@ async fn fetch(tftp: &ServeTftp, name: &str) -> Option<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("file");
-        peers::tftp_hpa_get(port, &name, &out).then(|| std::fs::read(&out).unwrap())
+        match peers::tftp_hpa_get(port, &name, &out) {
+            peers::TftpGet::Fetched => Some(std::fs::read(&out).unwrap()),
+            answer if answer == peers::file_not_found() => None,
+            other => panic!("{name}: {other:?}"),
+        }
     })
     .await
     .unwrap()
-}
-
-/// The API of `plural` in the quickstart's namespace, for any kind.
-fn dynamic(server: &FakeApiServer, api_version: &str, kind: &str, plural: &str) -> kube::Api<kube::api::DynamicObject> {
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    kube::Api::namespaced_with(server.client(), NAMESPACE, &kube::discovery::ApiResource::from_gvk_with_plural(&gvk, plural))
-}
-
-/// Edits an object's spec (or data) as a client's PUT would.
-async fn edit(server: &FakeApiServer, kind: &str, plural: &str, name: &str, change: impl FnOnce(&mut Value)) {
-    let mut value = object(server, kind, name);
-    change(&mut value);
-    let api = dynamic(server, value["apiVersion"].as_str().unwrap(), kind, plural);
-    let typed: kube::api::DynamicObject = serde_json::from_value(value).unwrap();
-    api.replace(name, &Default::default(), &typed).await.unwrap_or_else(|e| panic!("replace {kind}/{name}: {e}"));
 }
 
 async fn delete(server: &FakeApiServer, api_version: &str, kind: &str, plural: &str, name: &str) {
@@ -358,9 +346,11 @@ async fn a_wrong_token_password_is_counted_even_when_every_apply_fails() {
     };
     // The registry is written before the workload is applied, so wait for both: the count and the
     // refused apply that follows it.
-    let refused = || server.writes().into_iter().any(|w| w.resource == "deployments.apps" && w.status == 422);
-    until("the wrong password to be counted and the workload apply refused", || failures() == 1 && refused()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = || server.writes().into_iter().filter(|w| w.resource == "deployments.apps" && w.status == 422).count();
+    until("the wrong password to be counted and the workload apply refused", || failures() == 1 && refused() > 0).await;
+    // Two more reconciles, each presenting the same wrong password again before its apply is refused.
+    let seen = refused();
+    until("two more reconciles", || refused() >= seen + 2).await;
     assert_eq!(failures(), 1, "the same wrong password, retried, counts once");
     let mac = registry(&server).unwrap().to_string();
     assert!(!mac.contains("not-the-password"));

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use callguard::services::tftp::{
-    Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort,
+    CounterSnapshot, Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions,
+    TransferPort,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -25,6 +26,9 @@ const FILE: &str = "SEP001122334455.cnf.xml.sgn";
 const FILE_LEN: usize = 100_000;
 /// The largest DATA datagram with the default block size: opcode, block number, 512 bytes.
 const FULL_DATA_LEN: usize = 4 + 512;
+/// How long a test waits for an event it expects (a counter, a datagram) before it fails: a guard
+/// against a hang, far above what any event takes, never a measure of speed.
+const EVENT_GUARD: Duration = Duration::from_secs(60);
 
 fn content(len: usize) -> Vec<u8> {
     let mut state: u32 = 12_345;
@@ -80,15 +84,37 @@ fn socket_on(host: Ipv4Addr) -> UdpSocket {
     UdpSocket::bind(SocketAddr::from((host, 0))).unwrap_or_else(|error| panic!("bind {host}: {error}"))
 }
 
-/// Every datagram that arrives on `socket` until `silence` passes without one: (packet, its length).
-fn read_until_silent(socket: &UdpSocket, silence: Duration) -> Vec<(Packet, usize)> {
-    socket.set_read_timeout(Some(silence)).expect("read timeout");
-    let mut buffer = vec![0u8; 70_000];
-    let mut received = Vec::new();
-    while let Ok((len, _)) = socket.recv_from(&mut buffer) {
-        received.push((Packet::parse(&buffer[..len]).expect("the server sends well-formed packets"), len));
+/// The server's counters once `done` holds of them: the event a test waits for, polled, failing after
+/// `EVENT_GUARD`.
+fn counters_when(harness: &Harness, what: &str, done: impl Fn(&CounterSnapshot) -> bool) -> CounterSnapshot {
+    let guard = Instant::now() + EVENT_GUARD;
+    loop {
+        let counters = harness.counters.snapshot();
+        if done(&counters) {
+            return counters;
+        }
+        assert!(Instant::now() < guard, "waited {EVENT_GUARD:?} for {what}: {counters:?}");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    received
+}
+
+/// Exactly `count` datagrams from `socket`, each waited for (up to `EVENT_GUARD`): (packet, its
+/// length, its source). The count is what the server says it sent, so nothing is read from silence.
+fn receive_exactly(socket: &UdpSocket, count: usize) -> Vec<(Packet, usize, SocketAddr)> {
+    socket.set_nonblocking(false).expect("blocking");
+    socket.set_read_timeout(Some(EVENT_GUARD)).expect("read timeout");
+    let mut buffer = vec![0u8; 70_000];
+    (0..count)
+        .map(|i| {
+            let (len, from) = socket.recv_from(&mut buffer).unwrap_or_else(|e| panic!("datagram {} of the {count} sent: {e}", i + 1));
+            (Packet::parse(&buffer[..len]).expect("the server sends well-formed packets"), len, from)
+        })
+        .collect()
+}
+
+/// The datagrams a transfer sent: its first packet and each one it sent again.
+fn sends(counters: &CounterSnapshot) -> usize {
+    usize::try_from(1 + counters.retransmissions).expect("a count")
 }
 
 /// What is waiting on `socket` now, without waiting for more.
@@ -143,8 +169,8 @@ impl Drop for LoweredOpenFileLimit {
 }
 
 /// A phone fetching `FILE` with tftp-hpa, retried (as phones retry) until it has the file or `within`
-/// has passed. Returns each attempt's output and the time it took.
-fn phone_fetch(harness: &Harness, out: &Path, within: Duration) -> (Vec<String>, Duration) {
+/// has passed. Returns each attempt's output.
+fn phone_fetch(harness: &Harness, out: &Path, within: Duration) -> Vec<String> {
     require("tftp", "tftp-hpa");
     let started = Instant::now();
     let mut attempts: Vec<String> = Vec::new();
@@ -156,7 +182,7 @@ fn phone_fetch(harness: &Harness, out: &Path, within: Duration) -> (Vec<String>,
             .unwrap_or_else(|error| panic!("cannot run tftp ({error}): the server's transfers hold the process's descriptors"));
         attempts.push(text(&output));
         if std::fs::read(out).is_ok_and(|bytes| bytes == content(FILE_LEN)) {
-            return (attempts, started.elapsed());
+            return attempts;
         }
         assert!(started.elapsed() < within, "the phone never got its file: {attempts:#?}");
         std::thread::sleep(Duration::from_secs(1));
@@ -201,8 +227,10 @@ fn a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone(mod
         // Paced so that the request socket's receive buffer does not drop the flood on a loaded machine.
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let mut replies: Vec<Vec<Packet>> = flood.iter().map(drain).collect();
+    counters_when(&harness, "the server to take the 320 flood requests", |c| c.requests == flood.len() as u64);
+    // Every flood request is answered: a first packet (or a refusal) reaches each socket.
+    let mut replies: Vec<Vec<Packet>> =
+        flood.iter().map(|socket| receive_exactly(socket, 1).into_iter().map(|(packet, _, _)| packet).collect()).collect();
     let out_of_sockets = |replies: &[Vec<Packet>]| {
         replies
             .iter()
@@ -214,18 +242,17 @@ fn a_flood_of_half_open_requests_from_40_addresses_does_not_lock_out_a_phone(mod
 
     // The phone: tftp-hpa, retried as a phone retries, within a bounded time.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (attempts, elapsed) = phone_fetch(&harness, &dir.path().join(FILE), Duration::from_secs(20));
-    assert!(attempts.iter().all(|attempt| !attempt.contains("no transfer socket")), "{attempts:#?}");
-    assert!(attempts.len() <= 3 && elapsed < Duration::from_secs(20), "the phone needed {elapsed:?}: {attempts:#?}");
+    let attempts = phone_fetch(&harness, &dir.path().join(FILE), EVENT_GUARD);
+    assert!(attempts.iter().all(|attempt| !attempt.contains("Error code")), "the phone is never refused: {attempts:#?}");
 
     for (socket, earlier) in flood.iter().zip(replies.iter_mut()) {
         earlier.extend(drain(socket));
     }
     assert_eq!(out_of_sockets(&replies), 0, "flood requests answered \"no transfer socket available\"");
-    let answered = replies.iter().filter(|packets| !packets.is_empty()).count();
-    assert_eq!(answered, flood.len(), "every flood request got a transfer (or a refusal)");
     let counters = harness.counters.snapshot();
-    assert_eq!((counters.failures_of(FailureKind::Io), counters.failures_of(FailureKind::ServerLimit)), (0, 0), "{counters:?}");
+    let refused = [FailureKind::Io, FailureKind::ServerLimit, FailureKind::ClientLimit].map(|kind| counters.failures_of(kind));
+    assert_eq!(refused, [0, 0, 0], "no request refused, the phone's included: {counters:?}");
+    assert_eq!(counters.files_served, 1, "the phone's file, served whole once: {counters:?}");
     drop(harness);
     drop(limit);
 }
@@ -264,15 +291,14 @@ fn past_the_global_cap_a_request_gets_an_error_and_is_counted(mode: TransferPort
     let counters = harness.counters.snapshot();
     assert_eq!((counters.failures_of(FailureKind::ServerLimit), counters.failures_of(FailureKind::ClientLimit)), (1, 0), "{counters:?}");
 
+    // The four half-open transfers end after their three sends, and give their slots back: a phone
+    // then gets its file at its first attempt.
+    counters_when(&harness, "the four half-open transfers to end", |c| c.failures_of(FailureKind::TimedOut) == 4);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (attempts, elapsed) = phone_fetch(&harness, &dir.path().join(FILE), Duration::from_secs(10));
-    assert!(elapsed < Duration::from_secs(10), "{attempts:#?}");
-    // The four half-open transfers end after their three sends (0.9 s), whichever slot the phone got.
-    let ended = Instant::now() + Duration::from_secs(3);
-    while harness.counters.snapshot().failures_of(FailureKind::TimedOut) < 4 {
-        assert!(Instant::now() < ended, "{:?}", harness.counters.snapshot());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let attempts = phone_fetch(&harness, &dir.path().join(FILE), EVENT_GUARD);
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    let counters = harness.counters.snapshot();
+    assert_eq!((counters.files_served, counters.failures_of(FailureKind::ServerLimit)), (1, 1), "{counters:?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -298,18 +324,23 @@ fn a_timeout_of_255_seconds_is_declined_and_a_silent_client_is_dropped_within_se
     socket.send_to(&Packet::Ack { block: 0 }.encode(), transfer).expect("ACK 0");
     let silent_since = Instant::now();
 
-    // The client now goes silent: DATA 1 is resent at the default 1 s, then the transfer ends.
+    // The client now goes silent: DATA 1 is resent at the default 1 s, then the transfer ends: within
+    // the guard of a minute, where a single wait of the 255 s asked would not fit.
     let defaults = ServerConfig::default();
-    let bound = defaults.retransmit_timeout * (defaults.max_retries + 1);
-    while harness.counters.snapshot().failures_of(FailureKind::TimedOut) == 0 {
-        assert!(silent_since.elapsed() < bound + Duration::from_secs(3), "the transfer still runs after {:?}", silent_since.elapsed());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let counters = counters_when(&harness, "the silent client's transfer to end", |c| c.failures_of(FailureKind::TimedOut) == 1);
     let ended = silent_since.elapsed();
-    let received = read_until_silent(&socket, Duration::from_millis(1500));
-    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
-    assert_eq!(received.len() as u32, defaults.max_retries + 1, "DATA 1 and its retries at the default timeout");
-    assert!(ended < bound + Duration::from_secs(2), "ended after {ended:?}");
+    // DATA 1 carries 1428 bytes: the payload count is the count of DATA sends, DATA 1 and its retries.
+    let data_sends = u64::from(defaults.max_retries + 1);
+    assert_eq!(counters.bytes_sent, data_sends * 1428, "DATA 1 sent max_retries + 1 times: {counters:?}");
+    // What the server sent after the OACK already read: DATA 1 and every packet sent again (an OACK
+    // resent on a slow machine included).
+    let received = receive_exactly(&socket, sends(&counters));
+    assert!(drain(&socket).is_empty(), "nothing beyond what the server counted");
+    let data = received.iter().filter(|(packet, _, _)| matches!(packet, Packet::Data { block: 1, .. })).count();
+    assert_eq!(data as u64, data_sends, "{received:?}");
+    assert!(received.iter().all(|(packet, _, _)| matches!(packet, Packet::Data { block: 1, .. } | Packet::OptionAck(_))), "{received:?}");
+    // Six waits of the default timeout, not fewer or shorter (timers do not fire early).
+    assert!(ended >= defaults.retransmit_timeout * (defaults.max_retries + 1), "ended after {ended:?}");
 
     // Asked alone, the declined timeout leaves nothing to acknowledge: no OACK, DATA 1 at once (RFC 2347).
     let alone = socket_on(Ipv4Addr::LOCALHOST);
@@ -336,14 +367,15 @@ fn an_unacknowledged_request_without_options_draws_at_most_three_datagrams(mode:
     let victim = socket_on(Ipv4Addr::LOCALHOST);
     let request = read_request(TransferOptions::default());
     victim.send_to(&request, harness.address).expect("RRQ");
-    let received = read_until_silent(&victim, Duration::from_secs(3));
-    let bytes: usize = received.iter().map(|(_, len)| len).sum();
-    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
-    assert!((1..=UNCONFIRMED_SENDS).contains(&received.len()), "{} datagrams for one {}-byte request", received.len(), request.len());
+    // The transfer's end is the server's word that nothing more goes out; what it sent is counted.
+    let counters = counters_when(&harness, "the unacknowledged transfer to end", |c| c.failures_of(FailureKind::TimedOut) == 1);
+    assert_eq!(sends(&counters), UNCONFIRMED_SENDS, "the first packet, at most three times, however many retries: {counters:?}");
+    assert_eq!(counters.bytes_sent, (UNCONFIRMED_SENDS * 512) as u64, "DATA 1 alone, never a window: {counters:?}");
+    let received = receive_exactly(&victim, sends(&counters));
+    assert!(drain(&victim).is_empty(), "nothing beyond what the server counted");
+    let bytes: usize = received.iter().map(|(_, len, _)| len).sum();
+    assert!(received.iter().all(|(packet, _, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
     assert!(bytes <= UNCONFIRMED_SENDS * FULL_DATA_LEN, "{bytes} bytes for one {}-byte request", request.len());
-    let counters = harness.counters.snapshot();
-    assert!(counters.bytes_sent <= (UNCONFIRMED_SENDS * 512) as u64, "{counters:?}");
-    assert_eq!(counters.failures_of(FailureKind::TimedOut), 1, "{counters:?}");
 }
 
 /// With options (a window of 8 included), the unacknowledged answer is the OACK alone, at most three
@@ -355,12 +387,14 @@ fn an_unacknowledged_request_with_options_draws_only_the_oack_at_most_three_time
     let victim = socket_on(Ipv4Addr::LOCALHOST);
     let options = TransferOptions { block_size: Some(1428), window_size: Some(8), transfer_size: Some(0), ..TransferOptions::default() };
     victim.send_to(&read_request(options), harness.address).expect("RRQ");
-    let received = read_until_silent(&victim, Duration::from_secs(3));
-    let bytes: usize = received.iter().map(|(_, len)| len).sum();
-    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::OptionAck(_))), "only OACKs before ACK 0: {received:?}");
-    assert!((1..=UNCONFIRMED_SENDS).contains(&received.len()), "{} OACKs", received.len());
+    let counters = counters_when(&harness, "the unacknowledged transfer to end", |c| c.failures_of(FailureKind::TimedOut) == 1);
+    assert_eq!(sends(&counters), UNCONFIRMED_SENDS, "{counters:?}");
+    assert_eq!(counters.bytes_sent, 0, "no DATA payload before ACK 0");
+    let received = receive_exactly(&victim, sends(&counters));
+    assert!(drain(&victim).is_empty(), "nothing beyond what the server counted");
+    let bytes: usize = received.iter().map(|(_, len, _)| len).sum();
+    assert!(received.iter().all(|(packet, _, _)| matches!(packet, Packet::OptionAck(_))), "only OACKs before ACK 0: {received:?}");
     assert!(bytes <= UNCONFIRMED_SENDS * FULL_DATA_LEN, "{bytes} bytes");
-    assert_eq!(harness.counters.snapshot().bytes_sent, 0, "no DATA payload before ACK 0");
 }
 
 /// The same forged request, five times from one address (a victim's port, which in single-port mode
@@ -374,13 +408,9 @@ fn a_request_repeated_from_one_address_draws_at_most_three_datagrams_each(mode: 
     let victim = socket_on(Ipv4Addr::LOCALHOST);
     for _ in 0..REQUESTS {
         victim.send_to(&read_request(TransferOptions::default()), harness.address).expect("RRQ");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    let received = read_until_silent(&victim, Duration::from_secs(3));
-    assert!(received.iter().all(|(packet, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
-    assert!((REQUESTS..=UNCONFIRMED_SENDS * REQUESTS).contains(&received.len()), "{} datagrams for {REQUESTS} requests", received.len());
-    let counters = harness.counters.snapshot();
-    assert!(counters.bytes_sent <= (UNCONFIRMED_SENDS * REQUESTS * 512) as u64, "{counters:?}");
+    let ended = |c: &CounterSnapshot| c.failures_of(FailureKind::TimedOut) + c.failures_of(FailureKind::Superseded);
+    let counters = counters_when(&harness, "every transfer to end", |c| ended(c) == REQUESTS as u64);
     match mode {
         TransferPort::Ephemeral => assert_eq!(counters.failures_of(FailureKind::TimedOut), REQUESTS as u64, "{counters:?}"),
         TransferPort::Listening => {
@@ -389,26 +419,45 @@ fn a_request_repeated_from_one_address_draws_at_most_three_datagrams_each(mode: 
             assert_eq!(ended, (REQUESTS as u64 - 1, 1), "{counters:?}");
         }
     }
+    // Every datagram is a 512-byte DATA 1: the server's payload count is its count of datagrams.
+    assert_eq!(counters.bytes_sent % 512, 0, "{counters:?}");
+    let sent = usize::try_from(counters.bytes_sent / 512).unwrap();
+    assert!((1..=UNCONFIRMED_SENDS * REQUESTS).contains(&sent), "{sent} datagrams for {REQUESTS} requests: {counters:?}");
+    let received = receive_exactly(&victim, sent);
+    assert!(drain(&victim).is_empty(), "nothing beyond what the server counted");
+    assert!(received.iter().all(|(packet, _, _)| matches!(packet, Packet::Data { block: 1, .. })), "{received:?}");
+    if mode == TransferPort::Ephemeral {
+        // Each transfer from a port of its own: at most three datagrams from each, and each request answered.
+        let mut per_transfer: std::collections::BTreeMap<SocketAddr, usize> = std::collections::BTreeMap::new();
+        for (_, _, from) in &received {
+            *per_transfer.entry(*from).or_default() += 1;
+        }
+        assert_eq!(per_transfer.len(), REQUESTS, "{per_transfer:?}");
+        assert!(per_transfer.values().all(|sent| *sent == UNCONFIRMED_SENDS), "{per_transfer:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // (e) A client that acknowledges just often enough
 
-/// A client that acknowledges each block just before the timeout makes progress, so retries never
-/// run out; at one 512-byte block per 300 ms this 100 KB file would take a minute. The transfer's
-/// deadline (here 1 s plus the size at 100 KB/s: 2 s) cuts it, and the client is told so.
+/// A client that acknowledges each block well within the timeout, but slowly, makes progress, so
+/// retries never run out; at one 512-byte block per 300 ms this 100 KB file would take a minute. The
+/// transfer's deadline (here 1 s plus the size at 100 KB/s: 2 s) cuts it, and the client is told so.
+/// The 5 s timeout leaves the client's 300 ms far from a retransmission, however loaded the machine.
 fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline(mode: TransferPort) {
     let _serial = serial();
     let config = ServerConfig {
         transfer_port: mode,
-        retransmit_timeout: Duration::from_millis(400),
+        retransmit_timeout: Duration::from_secs(5),
         transfer_deadline_base: Duration::from_secs(1),
         min_transfer_rate: 100_000,
         ..ServerConfig::default()
     };
+    let deadline = Duration::from_secs(2);
+    let total_blocks = FILE_LEN / 512 + 1;
     let harness = Harness::start(config);
     let socket = socket_on(Ipv4Addr::LOCALHOST);
-    socket.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+    socket.set_read_timeout(Some(EVENT_GUARD)).expect("read timeout");
     let started = Instant::now();
     socket.send_to(&read_request(TransferOptions::default()), harness.address).expect("RRQ");
     let mut buffer = vec![0u8; 70_000];
@@ -418,7 +467,7 @@ fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline(mo
         match Packet::parse(&buffer[..len]).expect("well-formed") {
             Packet::Data { block, .. } => {
                 blocks += 1;
-                assert!(started.elapsed() < Duration::from_secs(5), "still sending after {:?} ({blocks} blocks)", started.elapsed());
+                assert!(blocks < total_blocks, "the whole file went out: no deadline cut it");
                 std::thread::sleep(Duration::from_millis(300));
                 socket.send_to(&Packet::Ack { block }.encode(), transfer).expect("ACK");
             }
@@ -427,10 +476,10 @@ fn a_client_that_acknowledges_just_before_each_timeout_is_cut_at_the_deadline(mo
     };
     let elapsed = started.elapsed();
     assert!(matches!(&ending, Packet::Error { message, .. } if message.contains("deadline")), "{ending:?}");
-    assert!(elapsed < Duration::from_secs(3), "cut after {elapsed:?}");
-    assert!((3..20).contains(&blocks), "{blocks} of 196 blocks before the deadline");
+    assert!(elapsed >= deadline, "cut after {elapsed:?}, before the deadline");
     let counters = harness.counters.snapshot();
     assert_eq!((counters.failures_of(FailureKind::Deadline), counters.files_served), (1, 0), "{counters:?}");
+    assert_eq!((counters.retransmissions, counters.failures_of(FailureKind::TimedOut)), (0, 0), "progress, never a timeout: {counters:?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -673,13 +673,28 @@ async fn w18_capture_survives_a_gateway_that_demands_a_client_certificate() {
 async fn w18_silent_gateway_times_out_and_closed_port_fails_to_connect() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
-    // Accepts TCP, never answers the ClientHello.
-    let _silent = tokio::spawn(async move {
-        let (_tcp, _) = listener.accept().await.expect("accept");
-        tokio::time::sleep(Duration::from_secs(30)).await;
+    // Accepts TCP, reads the first bytes of the ClientHello and never answers; it holds the connection
+    // until the test has seen the outcome, however long that takes.
+    let (hello, heard) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let silent = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut record_header = [0u8; 3];
+        let read = tcp.read_exact(&mut record_header).await.map(|_| record_header);
+        let _ = hello.send(read.ok());
+        let _ = released.await;
     });
-    let result = capture_certificate("127.0.0.1", port, Duration::from_millis(300)).await;
-    assert!(matches!(result, Err(SrstError::Timeout { .. })), "{result:?}");
+    let timeout = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    let capture = tokio::time::timeout(timeout * 10, capture_certificate("127.0.0.1", port, timeout));
+    let result = capture.await.expect("the capture gives up by itself");
+    assert!(matches!(&result, Err(SrstError::Timeout { after, .. }) if *after == timeout), "{result:?}");
+    assert!(started.elapsed() >= timeout, "not before the timeout: {:?}", started.elapsed());
+    // The capture reached the gateway and sent its ClientHello: a TLS 1.x handshake record (type 22).
+    let record = heard.await.expect("the gateway ran");
+    assert!(record.is_some_and(|[kind, major, _]| kind == 0x16 && major == 0x03), "a handshake record from the capture: {record:?}");
+    let _ = release.send(());
+    silent.await.expect("the gateway task");
 
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let closed_port = closed.local_addr().expect("address").port();

@@ -14,7 +14,7 @@ use callguard::ops::shutdown::Shutdown;
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
 
-use super::peers::tftp_hpa_get;
+use super::peers::{TftpGet, file_not_found, tftp_hpa_get};
 
 pub const NAMESPACE: &str = "default";
 pub const CLUSTER: &str = "quickstart";
@@ -143,15 +143,20 @@ impl ServeTftp {
         ServeTftp { child, port }
     }
 
-    pub fn fetch(&self, name: &str, out: &Path) -> bool {
+    pub fn fetch(&self, name: &str, out: &Path) -> TftpGet {
         tftp_hpa_get(self.port, name, out)
     }
 
-    /// The file's bytes, or `None` when the server has no such file.
+    /// The file's bytes, or `None` when the server answers ERROR 1 (File not found); any other
+    /// failure fails the test.
     pub fn bytes(&self, name: &str) -> Option<Vec<u8>> {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("file");
-        self.fetch(name, &out).then(|| std::fs::read(&out).unwrap())
+        match self.fetch(name, &out) {
+            TftpGet::Fetched => Some(std::fs::read(&out).unwrap()),
+            answer if answer == file_not_found() => None,
+            other => panic!("{name}: {other:?}"),
+        }
     }
 }
 
@@ -170,4 +175,20 @@ pub fn trust(args: &[&str]) -> std::process::Output {
 pub fn decoded(object: &Value, field: &str, key: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(object[field][key].as_str().unwrap_or_else(|| panic!("{field}.{key}"))).unwrap()
+}
+
+/// The API of `plural` in the quickstart's namespace, for any kind.
+pub fn dynamic(server: &FakeApiServer, api_version: &str, kind: &str, plural: &str) -> kube::Api<kube::api::DynamicObject> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    kube::Api::namespaced_with(server.client(), NAMESPACE, &kube::discovery::ApiResource::from_gvk_with_plural(&gvk, plural))
+}
+
+/// Edits an object's spec (or data) as a client's PUT would.
+pub async fn edit(server: &FakeApiServer, kind: &str, plural: &str, name: &str, change: impl FnOnce(&mut Value)) {
+    let mut value = object(server, kind, name);
+    change(&mut value);
+    let api = dynamic(server, value["apiVersion"].as_str().unwrap(), kind, plural);
+    let typed: kube::api::DynamicObject = serde_json::from_value(value).unwrap();
+    api.replace(name, &Default::default(), &typed).await.unwrap_or_else(|e| panic!("replace {kind}/{name}: {e}"));
 }

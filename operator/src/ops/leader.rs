@@ -202,6 +202,9 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     timings: LeaseTimings,
+    /// The wall clock the Lease's times are written and judged by: `SystemTime::now`, except in tests
+    /// that run the elector on tokio's paused clock.
+    wall_clock: std::sync::Arc<dyn Fn() -> SystemTime + Send + Sync>,
 }
 
 impl fmt::Debug for LeaderElector {
@@ -213,7 +216,19 @@ impl fmt::Debug for LeaderElector {
 impl LeaderElector {
     /// An elector with the default timings (15 s lease, 10 s renew deadline, 2 s retry period).
     pub fn new(api: Api<Lease>, name: impl Into<String>, identity: impl Into<String>) -> Self {
-        Self { api, name: name.into(), identity: identity.into(), timings: LeaseTimings::default() }
+        Self {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            timings: LeaseTimings::default(),
+            wall_clock: std::sync::Arc::new(SystemTime::now),
+        }
+    }
+
+    /// Reads the wall clock from `clock` instead of `SystemTime::now`.
+    #[cfg(test)]
+    fn with_wall_clock(self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Self { wall_clock: std::sync::Arc::new(clock), ..self }
     }
 
     pub fn with_timings(self, timings: LeaseTimings) -> Result<Self, InvalidTimings> {
@@ -299,7 +314,7 @@ impl LeaderElector {
     }
 
     async fn attempt(&self) -> Result<Attempt, kube::Error> {
-        let now = SystemTime::now();
+        let now = (self.wall_clock)();
         let lease_duration = self.timings.lease_duration;
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -335,7 +350,7 @@ impl LeaderElector {
         let Some(spec) = lease.spec.as_ref().filter(|spec| spec.holder_identity.as_deref() == Some(self.identity.as_str())) else {
             return Ok(false);
         };
-        lease.spec = Some(released(spec, SystemTime::now()));
+        lease.spec = Some(released(spec, (self.wall_clock)()));
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(error) if is_conflict(&error) => Ok(false),

@@ -156,7 +156,12 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             Wanted::new("Reconciling", true, "Progressing", "validating, building and applying"),
             Wanted::new("Stalled", false, "Valid", ""),
         ];
-        let update = StatusUpdate { kind: Kind::CallControlCluster, name: name.clone(), wanted, extra: Default::default() };
+        // The identity record goes with it: a status applied without it would drop it (see
+        // `invalid_statuses`).
+        let previous =
+            observed.objects.get(&(Kind::CallControlCluster, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
+        let extra = previous.map(|identity| ("identity".to_owned(), identity)).into_iter().collect();
+        let update = StatusUpdate { kind: Kind::CallControlCluster, name: name.clone(), wanted, extra };
         write_statuses(context, &observed, vec![update]).await?;
     }
 

@@ -145,16 +145,20 @@ fn default_identity_is_unique_per_process_start() {
 #[tokio::test]
 async fn leadership_helpers_wait_for_the_right_value() {
     let (sender, mut receiver) = watch::channel(false);
+    let (woke, mut woken) = watch::channel(false);
     let waiting = tokio::spawn(async move {
         wait_for_leadership(&mut receiver).await.expect("sender alive");
+        woke.send_replace(true);
         leadership_lost(&mut receiver).await.expect("sender alive");
         receiver
     });
     sender.send_replace(true);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The first wait has ended: the task now waits for the loss, which has not come.
+    woken.wait_for(|woke| *woke).await.expect("the task runs");
+    tokio::task::yield_now().await;
     assert!(!waiting.is_finished(), "still leading: must keep waiting");
     sender.send_replace(false);
-    let mut receiver = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("in time").expect("join");
+    let mut receiver = waiting.await.expect("join");
     drop(sender);
     assert!(wait_for_leadership(&mut receiver).await.is_err(), "a gone elector is reported");
 }
@@ -239,12 +243,15 @@ fn lease_api(store: &Shared) -> Api<Lease> {
     Api::namespaced(kube::Client::new(router, "callguard-system"), "callguard-system")
 }
 
-fn fast() -> LeaseTimings {
-    LeaseTimings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_secs(1),
-        retry_period: Duration::from_millis(100),
-    }
+/// The wall clock of a test on tokio's paused clock: [`t0`] when the test starts, then moving with
+/// tokio's (virtual) time, so that Lease times and expiry follow `tokio::time::advance` and sleeps.
+fn paused_wall_clock() -> impl Fn() -> SystemTime + Clone + Send + Sync + 'static {
+    let start = Instant::now();
+    move || t0() + start.elapsed()
+}
+
+fn timings() -> LeaseTimings {
+    LeaseTimings::default()
 }
 
 fn spec_of(store: &Shared) -> LeaseSpec {
@@ -257,8 +264,13 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(store: &Shared, identity: &str) -> Running {
-    let elector = LeaderElector::new(lease_api(store), "callguard-operator", identity).with_timings(fast()).expect("valid timings");
+/// Runs an elector with the default timings (15 s lease, 10 s renew deadline, 2 s retry period) on
+/// `clock`: the tests run on tokio's paused clock, where those seconds pass at once and exactly.
+fn start(store: &Shared, identity: &str, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Running {
+    let elector = LeaderElector::new(lease_api(store), "callguard-operator", identity)
+        .with_timings(timings())
+        .expect("valid timings")
+        .with_wall_clock(clock);
     let (sender, is_leader) = watch::channel(false);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(elector.run(sender, async move {
@@ -274,24 +286,36 @@ async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>)
 impl Running {
     async fn shut_down(self) {
         self.stop.send(()).expect("elector running");
-        within(Duration::from_secs(3), "shutdown", self.task).await.expect("join");
+        within(timings().renew_deadline, "shutdown", self.task).await.expect("join");
     }
 }
 
-#[tokio::test]
+/// Waits for leadership, which must come at once: in the first round, before any time passes.
+async fn leads_at_once(is_leader: &mut watch::Receiver<bool>, what: &str) {
+    let started = Instant::now();
+    within(timings().retry_period, what, wait_for_leadership(is_leader)).await.expect("elector alive");
+    assert_eq!(started.elapsed(), Duration::ZERO, "{what}");
+}
+
+fn at_offset(offset: Duration) -> Option<MicroTime> {
+    Some(to_micro_time(t0() + offset))
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lone_candidate_creates_the_lease_leads_and_releases_it_at_shutdown() {
     let store = Shared::default();
-    let mut elector = start(&store, ME);
-    within(Duration::from_secs(2), "leadership", wait_for_leadership(&mut elector.is_leader)).await.expect("elector alive");
+    let mut elector = start(&store, ME, paused_wall_clock());
+    leads_at_once(&mut elector.is_leader, "leadership at the first attempt").await;
     let spec = spec_of(&store);
     assert_eq!(spec.holder_identity.as_deref(), Some(ME));
     assert_eq!(spec.lease_transitions, Some(0));
-    assert_eq!(spec.lease_duration_seconds, Some(2));
+    assert_eq!(spec.lease_duration_seconds, Some(15));
+    assert_eq!((spec.acquire_time, spec.renew_time), (at_offset(Duration::ZERO), at_offset(Duration::ZERO)));
 
-    // It renews while it leads.
-    let first_renewal = spec.renew_time.clone();
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_ne!(spec_of(&store).renew_time, first_renewal, "renewed every retry period");
+    // It renews every retry period while it leads: at 2 s, 4 s, 6 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(spec_of(&store).renew_time, at_offset(Duration::from_secs(6)), "renewed every retry period");
+    assert_eq!(store.lock().expect("store").writes, 4, "the create and three renewals");
     assert!(*elector.is_leader.borrow());
 
     let mut is_leader = elector.is_leader.clone();
@@ -299,72 +323,87 @@ async fn a_lone_candidate_creates_the_lease_leads_and_releases_it_at_shutdown() 
     assert!(!*is_leader.borrow_and_update());
     let spec = spec_of(&store);
     assert_eq!(spec.holder_identity, None, "released for a standby");
+    assert_eq!((spec.renew_time, spec.lease_duration_seconds), (at_offset(Duration::from_secs(7)), Some(1)), "at shutdown");
     assert_eq!(spec.lease_transitions, Some(0));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_standby_follows_without_writing_then_takes_over_on_release() {
     let store = Shared::default();
-    let mut first = start(&store, ME);
-    within(Duration::from_secs(2), "first leadership", wait_for_leadership(&mut first.is_leader)).await.expect("alive");
-    let mut second = start(&store, RIVAL);
+    let clock = paused_wall_clock();
+    let mut first = start(&store, ME, clock.clone());
+    leads_at_once(&mut first.is_leader, "first leadership").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = start(&store, RIVAL, clock);
 
-    // Over several retry periods both run, exactly one leads: the first.
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Over two lease durations both run, half a second off each other's rounds: exactly one leads,
+    // the first, which renews; the standby writes nothing.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(*first.is_leader.borrow() && !*second.is_leader.borrow(), "only the first leads");
     }
-    assert_eq!(spec_of(&store).holder_identity.as_deref(), Some(ME), "the standby never overwrote the holder");
+    let spec = spec_of(&store);
+    assert_eq!(spec.holder_identity.as_deref(), Some(ME), "the standby never overwrote the holder");
+    assert_eq!(spec.renew_time, at_offset(Duration::from_secs(30)), "the leader kept renewing");
+    assert_eq!(store.lock().expect("store").writes, 16, "the create and the leader's fifteen renewals, none of the standby's");
 
     let released_at = Instant::now();
     first.shut_down().await;
-    within(Duration::from_secs(1), "takeover after release", wait_for_leadership(&mut second.is_leader)).await.expect("alive");
-    assert!(released_at.elapsed() < fast().lease_duration, "took over before the lease would have expired");
+    wait_for_leadership(&mut second.is_leader).await.expect("alive");
+    // Its next round after the release, not the lease's expiry.
+    assert!(released_at.elapsed() <= timings().retry_period, "took over after {:?}", released_at.elapsed());
     let spec = spec_of(&store);
     assert_eq!(spec.holder_identity.as_deref(), Some(RIVAL));
     assert_eq!(spec.lease_transitions, Some(1));
     second.shut_down().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unexpired_foreign_lease_is_followed_and_taken_only_after_it_expires() {
     let store = Shared::default();
+    let clock = paused_wall_clock();
     {
         let mut store = store.lock().expect("store");
         let lease = Lease {
             metadata: ObjectMeta { name: Some("callguard-operator".to_owned()), ..ObjectMeta::default() },
-            spec: Some(acquired(None, RIVAL, SystemTime::now(), Duration::from_secs(2))),
+            spec: Some(acquired(None, RIVAL, clock(), timings().lease_duration)),
         };
         stored(&mut store, lease);
     }
-    let mut elector = start(&store, ME);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert!(!*elector.is_leader.borrow(), "the rival's lease has a second left");
+    let started = Instant::now();
+    let mut elector = start(&store, ME, clock);
+    // A whole lease duration, to the instant it expires: followed, nothing written.
+    tokio::time::sleep(timings().lease_duration).await;
+    assert!(!*elector.is_leader.borrow(), "the rival's lease runs to its expiry");
     assert_eq!(store.lock().expect("store").writes, 0, "a follower writes nothing");
 
-    within(Duration::from_secs(3), "takeover after expiry", wait_for_leadership(&mut elector.is_leader)).await.expect("alive");
+    wait_for_leadership(&mut elector.is_leader).await.expect("alive");
+    // At the first round past the expiry: the rounds fall every 2 s, the lease ends at 15 s.
+    assert_eq!(started.elapsed(), Duration::from_secs(16));
     let spec = spec_of(&store);
     assert_eq!(spec.holder_identity.as_deref(), Some(ME));
     assert_eq!(spec.lease_transitions, Some(1));
+    assert_eq!(spec.acquire_time, at_offset(Duration::from_secs(16)));
     elector.shut_down().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_write_that_lost_a_race_is_never_forced() {
     let store = Shared::default();
+    let clock = paused_wall_clock();
     {
         let mut store = store.lock().expect("store");
         let lease = Lease {
             metadata: ObjectMeta { name: Some("callguard-operator".to_owned()), ..ObjectMeta::default() },
-            spec: Some(released(&acquired(None, "callguard-old", SystemTime::now(), Duration::from_secs(2)), SystemTime::now())),
+            spec: Some(released(&acquired(None, "callguard-old", clock(), timings().lease_duration), clock())),
         };
         stored(&mut store, lease);
         // The rival claims the free lease between our read and our write.
-        store.rival_write_before_next_replace =
-            Some(acquired(None, RIVAL, SystemTime::now() + Duration::from_secs(60), Duration::from_secs(2)));
+        store.rival_write_before_next_replace = Some(acquired(None, RIVAL, clock() + Duration::from_secs(60), timings().lease_duration));
     }
-    let elector = start(&store, ME);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elector = start(&store, ME, clock);
+    // Several rounds: the rival's claim (renewed in our future) is followed in each.
+    tokio::time::sleep(timings().retry_period * 3).await;
     assert!(!*elector.is_leader.borrow(), "the conflict made us re-read and follow");
     let spec = spec_of(&store);
     assert_eq!(spec.holder_identity.as_deref(), Some(RIVAL), "our stale write was rejected, not retried over the rival");
@@ -373,26 +412,29 @@ async fn a_write_that_lost_a_race_is_never_forced() {
     assert_eq!(spec_of(&store).holder_identity.as_deref(), Some(RIVAL), "shutdown releases only our own lease");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_leader_steps_down_when_it_cannot_renew_within_the_deadline() {
     let store = Shared::default();
-    let mut elector = start(&store, ME);
-    within(Duration::from_secs(2), "leadership", wait_for_leadership(&mut elector.is_leader)).await.expect("alive");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let clock = paused_wall_clock();
+    let mut elector = start(&store, ME, clock.clone());
+    leads_at_once(&mut elector.is_leader, "leadership").await;
+    // Between two renewals (at 2 s and 4 s) the API server starts failing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     store.lock().expect("store").failing = true;
-    let failing_since = Instant::now();
+    let last_renewal = to_system_time(spec_of(&store).renew_time.as_ref().expect("renewed"));
+    assert_eq!(last_renewal, t0() + Duration::from_secs(2));
 
-    within(Duration::from_secs(2), "stepping down", leadership_lost(&mut elector.is_leader)).await.expect("alive");
-    let stepped_down_after = failing_since.elapsed();
-    // The last renewal was at most one retry period before the failures began; the deadline counts from it.
-    assert!(stepped_down_after >= fast().renew_deadline - fast().retry_period - Duration::from_millis(50), "{stepped_down_after:?}");
-    assert!(
-        stepped_down_after < fast().lease_duration - Duration::from_millis(500),
-        "before a standby could take over: {stepped_down_after:?}"
-    );
+    leadership_lost(&mut elector.is_leader).await.expect("alive");
+    // The deadline counts from the last successful renewal, and falls before the lease expires,
+    // when a standby could take over.
+    assert_eq!(clock(), last_renewal + timings().renew_deadline, "stepped down at the renew deadline");
+    assert!(clock() < last_renewal + timings().lease_duration);
 
-    // When the API server is back, it leads again (the lease is still its own).
+    // When the API server is back, it leads again (the lease is still its own), at its next round.
+    let stepped_down = clock();
     store.lock().expect("store").failing = false;
-    within(Duration::from_secs(2), "leadership again", wait_for_leadership(&mut elector.is_leader)).await.expect("alive");
+    within(timings().retry_period * 2, "leadership again", wait_for_leadership(&mut elector.is_leader)).await.expect("alive");
+    assert_eq!(clock(), stepped_down + timings().retry_period, "at the next round");
+    assert_eq!(spec_of(&store).holder_identity.as_deref(), Some(ME));
     elector.shut_down().await;
 }
