@@ -54,7 +54,14 @@ if ready == nil then
 end
 if ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = message_of(ready, "Ready")
+  -- Ready with less security than asked for (credentials withheld, a setting not delivered): still
+  -- Healthy, since nothing is broken, but the message says what was given up.
+  local downgraded = condition(status.conditions, "Downgraded")
+  if downgraded ~= nil and downgraded.status == "True" then
+    hs.message = "Downgraded: " .. message_of(downgraded, "Downgraded")
+  else
+    hs.message = message_of(ready, "Ready")
+  end
   return hs
 end
 

@@ -511,7 +511,11 @@ async fn argocd_health_of_the_status_the_operator_writes() {
     until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
     let lobby = || object(&server, "Phone", "lobby-7970");
     until("the lobby phone's Downgraded condition", || condition(&lobby(), "Downgraded").is_some()).await;
-    let (ready_cluster, downgraded_phone) = (cluster(&server), lobby());
+    // And one that is Ready all the same: the conference phone, whose web access setting has no
+    // known encoding.
+    let conference = || object(&server, "Phone", "conference-7912");
+    until("the conference phone Ready and Downgraded", || is_ready(&conference()) && condition(&conference(), "Downgraded").is_some()).await;
+    let (ready_cluster, downgraded_phone, ready_downgraded_phone) = (cluster(&server), lobby(), conference());
     shutdown.trigger();
     operator.await.unwrap().unwrap();
     assert_eq!(condition(&downgraded_phone, "Downgraded").map(|c| (c.0, c.1)), Some(("True".into(), "SecureSrstUnavailable".into())));
@@ -538,12 +542,16 @@ async fn argocd_health_of_the_status_the_operator_writes() {
     let downgraded = argocd_health(&downgraded_phone);
     let (_, _, not_ready) = condition(&downgraded_phone, "Ready").unwrap();
     assert_eq!(downgraded, ("Degraded".into(), not_ready), "the lobby phone is not Ready: it awaits its certificate");
+    let ready_downgraded = argocd_health(&ready_downgraded_phone);
+    let (_, _, what) = condition(&ready_downgraded_phone, "Downgraded").unwrap();
+    assert_eq!(ready_downgraded, ("Healthy".into(), format!("Downgraded: {what}")), "a Ready phone's downgrade shows in Argo CD too");
 
     // The same objects, committed for argocd/run_tests.py, which must say the same of them.
     for (name, object, health) in [
         ("cluster_ready", &ready_cluster, &healthy),
         ("cluster_stalled", &stalled_cluster, &stalled),
         ("phone_downgraded", &downgraded_phone, &downgraded),
+        ("phone_ready_downgraded", &ready_downgraded_phone, &ready_downgraded),
     ] {
         assert_eq!(&argocd_health(&as_fixture(object)), health, "{name}: the fixture keeps what the health check reads");
         check_fixture(name, object, health);
