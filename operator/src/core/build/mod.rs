@@ -2,6 +2,7 @@
 //! its keys and published trust lists in a state directory so that a rebuild changes nothing without
 //! a reason. Pure but for the state, its only IO, so that both adapters run the same build.
 
+pub mod capf;
 pub mod catalog;
 pub mod devices;
 pub mod identity;
