@@ -281,7 +281,7 @@ impl Capf {
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((acceptor, Arc::new(context)));
         Ok(Some(format!(
-            "serving CAPF on {}: TLS with the CAPF certificate of node {} ({}); LSCs issued by the cluster CA for {days} days",
+            "serving CAPF on {}: TLS with the CAPF certificate of node {} ({}); LSCs signed by the cluster CA, valid {days} days",
             self.address, certificate.node, certificate.hostname
         )))
     }
