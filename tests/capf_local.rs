@@ -408,6 +408,14 @@ fn ten_wrong_strings_lock_the_lobby_phone_out_and_the_eleventh_try_is_refused_ev
     assert!(operation(&hallway).starts_with("Expired: Install/Upgrade was to complete by 2026-01-01T00:00:00Z"), "{hallway:?}");
     let expired = session(local.capf_port, &state, HALLWAY, None, &key);
     assert_eq!(expired.end, Some(Reason::NoAction), "{expired:?}");
+    // A deadline that passes while `local` runs: the status follows without an edit.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(8);
+    let soon = callguard::core::build::capf::rfc3339(soon);
+    edit(&manifests, "phones.yaml", "2026-01-01T00:00:00Z", &soon, 0);
+    status_until(&state, "hallway-7911", "pending until soon", |s| operation(s).starts_with("Pending"));
+    let hallway = status_until(&state, "hallway-7911", "expired by itself", |s| operation(s).starts_with("Expired"));
+    assert!(operation(&hallway).contains(&soon), "{hallway:?}");
+    assert_eq!(session(local.capf_port, &state, HALLWAY, None, &key).end, Some(Reason::NoAction));
 
     for n in 1..=10 {
         let wrong = session(local.capf_port, &state, LOBBY, Some(&format!("1000000{n}")), &key);

@@ -286,6 +286,22 @@ impl Capf {
         )))
     }
 
+    /// When a phone's operation next changes by itself, so that its status can follow: a deadline
+    /// passing (Expired, Table 6-2) or a lockout ending (P.16-6); a second after, so that the build
+    /// that follows sees it past.
+    pub fn next_change(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let phones = self.directory.phones.read().unwrap_or_else(|p| p.into_inner()).clone();
+        phones
+            .iter()
+            .filter_map(|(device, entry)| {
+                let (_, deadline) = OperationId::of(&entry.phone)?;
+                let lockout = records::load(&self.directory.state, device).ok().and_then(|record| record.locked_until(now));
+                let margin = time::Duration::seconds(1);
+                [Some(deadline), lockout].into_iter().flatten().map(|at| at + margin).filter(|at| *at > now).min()
+            })
+            .min()
+    }
+
     /// `spec.capf.certificateValidityYears` in days, within the ten years an LSC may live
     /// (docs/wire-formats.md §7.8) and the CA's own lifetime; saying so when it is cut.
     fn validity_days(&self, cluster: &str, years: u8, identity: &CapfIdentity) -> Result<u32, String> {

@@ -159,6 +159,8 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let serving = tokio::spawn(server.run(stopped));
 
     let (events, mut changes) = mpsc::unbounded_channel();
+    // A CAPF deadline passing or a lockout ending changes a status with no edit: a rebuild then too.
+    let wake = events.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = events.send(());
@@ -192,8 +194,22 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         records.display()
     );
 
+    let next_change = |capf: &Option<Arc<capf::Capf>>| capf.as_ref().and_then(|c| c.next_change(time::OffsetDateTime::now_utc()));
+    let mut due = next_change(&capf);
     loop {
+        // At most an hour at a time: the timer is not made for dates years ahead.
+        let nap = due.map_or(Duration::from_secs(3600), |at| {
+            let left = (at - time::OffsetDateTime::now_utc()).whole_milliseconds().clamp(0, 3_600_000);
+            Duration::from_millis(u64::try_from(left).unwrap_or(0))
+        });
         tokio::select! {
+            _ = tokio::time::sleep(nap) => {
+                // Woken early, or after an hour: the same time is still due.
+                if due.is_some_and(|at| time::OffsetDateTime::now_utc() >= at) {
+                    let _ = wake.send(());
+                    due = next_change(&capf);
+                }
+            }
             Some(()) = changes.recv() => {
                 // Let the burst settle, then rebuild once.
                 tokio::time::sleep(DEBOUNCE).await;
@@ -223,6 +239,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                     }
                     Err(e) => report.failed(e),
                 }
+                due = next_change(&capf);
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
