@@ -152,10 +152,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| LocalError::Failed(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| LocalError::Failed(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
-    let capf_serving = match (&capf, capf_listener) {
-        (Some(capf), Some(listener)) => Some(tokio::spawn(capf.clone().serve(listener, stopped.clone()))),
-        _ => None,
-    };
+    let capf_stopped = stopped.clone();
     let serving = tokio::spawn(server.run(stopped));
 
     let (events, mut changes) = mpsc::unbounded_channel();
@@ -181,9 +178,14 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             .and_then(|()| watcher.watch(folder, RecursiveMode::NonRecursive).map_err(std::io::Error::other))
             .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", folder.display())))?;
     }
+    // CAPF answers once what it writes (`devices/`, `capf/`) is watched.
+    let capf_serving = match (&capf, capf_listener) {
+        (Some(capf), Some(listener)) => Some(tokio::spawn(capf.clone().serve(listener, capf_stopped))),
+        _ => None,
+    };
     match (&capf, capf_line) {
         (Some(_), Some(line)) => println!("{line}"),
-        (Some(capf), None) => println!("CAPF listens on {}, but the build gave it no certificate: it answers no phone", capf_address(capf)),
+        (Some(capf), None) => println!("CAPF listens on {}, but the build gave it no certificate: it answers no phone", capf.address()),
         (None, _) => {}
     }
     // Said once everything is in place, so whoever waits for this line can fetch, edit and signal.
@@ -232,7 +234,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                         if let (Some(capf), Some(update)) = (&capf, update) {
                             match capf.follow(update, identity.as_ref()) {
                                 Ok(Some(_)) => {}
-                                Ok(None) => report.failed(format!("CAPF listens on {}, but the cluster no longer runs it: it answers no phone until it does", capf_address(capf))),
+                                Ok(None) => report.failed(format!("CAPF listens on {}, but the cluster no longer runs it: it answers no phone until it does", capf.address())),
                                 Err(e) => report.failed(format!("callguard local: {e}; CAPF keeps its last good certificate")),
                             }
                         }
@@ -252,10 +254,6 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         let _ = capf.await;
     }
     Ok(())
-}
-
-fn capf_address(capf: &capf::Capf) -> SocketAddr {
-    capf.address()
 }
 
 /// Binds `--capf-port`, else the cluster's port (3804 unless it says otherwise, P.6-7). The spec's
