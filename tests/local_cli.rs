@@ -18,6 +18,11 @@ fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free TCP port for CAPF, so that tests running at once do not all ask for 3804.
+fn free_capf_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+}
+
 /// A running `callguard local`, with its output lines as they come.
 struct Local {
     child: Child,
@@ -31,6 +36,7 @@ impl Local {
         let port = free_udp_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
         command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()]);
+        command.args(["--capf-port", &free_capf_port()]);
         Local::spawn(command, port)
     }
 
@@ -215,7 +221,7 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     } else {
         Command::new(binary)
     };
-    command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+    command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--capf-port", &free_capf_port()]);
     let mut local = Local::spawn(command, 6969);
     local.wait_for("port 69 (the cluster's spec.ports.tftpPort) needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
     let out = dir.path().join("ctl.tlv");
@@ -402,7 +408,9 @@ fn local_listens_on_the_clusters_tftp_port() {
     let port = free_udp_port();
     set_spec_tftp_port(&manifests, port);
     let state = dir.path().join("state");
-    let mut local = Local::spawn(callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]), port);
+    let capf_port = free_capf_port();
+    let args = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--capf-port", &capf_port];
+    let mut local = Local::spawn(callguard_command(&args), port);
     local.wait_for(&format!("serving TFTP on 127.0.0.1:{port}"));
     assert_eq!(local.fetch_tftp_hpa("CTLFile.tlv", &dir.path().join("ctl.tlv")), TftpGet::Fetched);
     // A new port in the spec applies at the next start, which `local` points out.
@@ -429,7 +437,9 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
     let port = free_udp_port().to_string();
-    let second = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port];
+    let capf_port = free_capf_port();
+    let second =
+        ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port, "--capf-port", &capf_port];
     let output = run_until_exit(callguard_command(&second), 60).expect("the second local exits");
     let text = stderr_of(&output);
     assert_eq!(output.status.code(), Some(2), "{text}{}", String::from_utf8_lossy(&output.stdout));
@@ -510,7 +520,7 @@ fn local_says_valid_again_what_a_removed_file_dropped_and_logs_requests_at_debug
     let state = dir.path().join("state");
     let port = free_udp_port();
     let mut command = callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
-    command.args(["--tftp-port", &port.to_string(), "--log-level", "callguard::services::tftp=debug"]);
+    command.args(["--tftp-port", &port.to_string(), "--capf-port", &free_capf_port(), "--log-level", "callguard::services::tftp=debug"]);
     let mut local = Local::spawn(command, port);
     local.wait_for("CallControlCluster  quickstart       True   Ready");
 

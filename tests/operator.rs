@@ -103,7 +103,7 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     assert_eq!(condition(&hallway, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "CertificateOperationPending".into())));
     assert_eq!(
         (hallway["status"]["lscState"].as_str(), hallway["status"]["operationStatus"].as_str()),
-        (Some("Pending"), Some("Install/Upgrade pending"))
+        (Some("Pending"), Some("Pending: Install/Upgrade until 2027-06-30T17:00:00Z (Table 6-2)"))
     );
     // The tokens say which CTL lists them and which signed it.
     let primary = server.get("callguard.io/v1alpha1", "SecurityToken", Some(NAMESPACE), "token-primary").unwrap();

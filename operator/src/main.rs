@@ -86,8 +86,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Build DIR and serve it over TFTP on loopback, rebuilding whenever DIR, or a phone certificate
-    /// in the state's devices/, changes.
+    /// Build DIR and serve it over TFTP on loopback, and CAPF when the cluster runs it, rebuilding
+    /// whenever DIR, a phone certificate in the state's devices/, or what CAPF did, changes.
     ///
     /// An invalid edit is reported with the `validate` messages and the last good build keeps being
     /// served. SIGINT and SIGTERM stop it cleanly; the state directory keeps the CA, certificates and
@@ -107,6 +107,10 @@ enum Command {
         /// to 6969 when binding it needs root or CAP_NET_BIND_SERVICE, which we lack.
         #[arg(long)]
         tftp_port: Option<u16>,
+        /// CAPF port, when the cluster runs CAPF. Without it: the cluster's spec.ports.capfPort, else
+        /// 3804 (P.6-7).
+        #[arg(long)]
+        capf_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
         #[arg(long)]
         namespace: Option<String>,
@@ -364,7 +368,7 @@ fn main() -> ExitCode {
         Command::Build { paths, state_dir, out, new_identity, output } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity }, output)
         }
-        Command::Local { paths, state_dir, bind, tftp_port, namespace, new_identity, log_level } => {
+        Command::Local { paths, state_dir, bind, tftp_port, capf_port, namespace, new_identity, log_level } => {
             use callguard::ops::logging::{LogFormat, LoggingError, init_with};
             match init_with(tracing::level_filters::LevelFilter::WARN, Some(&log_level), LogFormat::Text) {
                 Ok(()) => {}
@@ -380,7 +384,7 @@ fn main() -> ExitCode {
                 }
             }
             let build = BuildOptions { new_identity };
-            let options = callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, namespace, build };
+            let options = callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, capf_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
                 .map_err(|e| callguard::adapters::local::LocalError::Failed(e.to_string()))
                 .and_then(|runtime| runtime.block_on(callguard::adapters::local::run(options)));

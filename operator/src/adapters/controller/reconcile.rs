@@ -506,6 +506,12 @@ fn built_statuses(
             if let Some(operation) = status.and_then(|s| s.operation_status.clone()) {
                 extra.insert("operationStatus".into(), json!(operation));
             }
+            if let Some(lsc) = status.and_then(|s| s.lsc.clone()) {
+                extra.insert("lsc".into(), json!(lsc));
+            }
+            if let Some(failures) = status.map(|s| s.consecutive_auth_failures).filter(|n| *n > 0) {
+                extra.insert("consecutiveAuthFailures".into(), json!(failures));
+            }
             let downgrades = status.map(|s| s.downgrades.as_slice()).unwrap_or_default();
             domain.push(match status.map(|s| s.downgrade_reasons()).and_then(|r| r.first().copied()) {
                 Some(first) => Wanted::new(DOWNGRADED, true, first, downgrades.join("; ")),

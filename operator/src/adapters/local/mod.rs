@@ -1,11 +1,12 @@
 //! `callguard local DIR`: the same build as the operator's, from a directory of YAML, served over
-//! TFTP on loopback, rebuilt whenever the directory, or a phone certificate in the state's
-//! `devices/`, changes.
+//! TFTP on loopback, with CAPF beside it when the cluster runs it, rebuilt whenever the directory,
+//! a phone certificate in the state's `devices/`, or a CAPF record in its `capf/`, changes.
 //!
 //! In this order, so that a failure leaves nothing behind: read and validate the manifests (which
-//! name the port), bind the TFTP socket, lock the state directory, and only then build, which may
-//! issue a CA.
+//! name the ports), bind the TFTP socket and the CAPF listener, lock the state directory, and only
+//! then build, which may issue a CA; CAPF answers once the first build gave it its certificate.
 
+pub mod capf;
 pub mod port;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 use crate::api::default_ports;
 use crate::core::build::lock::StateLock;
 use crate::core::build::served::ServedFiles;
-use crate::core::build::{BuildOptions, BuildOutput, PathsError, ResourceStatus, build_in, namespace_state, validate_paths};
+use crate::core::build::state::StateDir;
+use crate::core::build::{BuildOptions, BuildOutput, CapfIdentity, PathsError, ResourceStatus, build_in, namespace_state, validate_paths};
 use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -37,6 +39,9 @@ pub struct LocalOptions {
     /// [`UNPRIVILEGED_TFTP_PORT`] when binding it is not permitted, so that `callguard local DIR`
     /// works without root.
     pub tftp_port: Option<u16>,
+    /// CAPF port, when the cluster runs CAPF. `None`: the cluster's `spec.ports.capfPort`, else
+    /// 3804 (P.6-7).
+    pub capf_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
     /// What the build may do by explicit request (a new identity).
@@ -50,6 +55,7 @@ impl LocalOptions {
             state_dir: PathBuf::from(".callguard"),
             bind: IpAddr::from([127, 0, 0, 1]),
             tftp_port: None,
+            capf_port: None,
             namespace: None,
             build: BuildOptions::default(),
         }
@@ -112,19 +118,46 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let files = Arc::new(Latest::default());
     let server = bind_tftp(&options, spec_port, files.clone()).await?;
     let bound = server.local_addr().map_err(|e| LocalError::Failed(e.to_string()))?;
+    let capf_listener = match first.capf_port() {
+        Some(spec_port) => Some(bind_capf(&options, spec_port).await?),
+        None => {
+            if options.capf_port.is_some() {
+                println!("the cluster runs no CAPF service (spec.nodes[].services.capf, P.6-6): --capf-port is not used");
+            }
+            None
+        }
+    };
     let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
     let namespace = first.namespace.clone();
-    files.replace(build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?);
+    let namespace_dir = namespace_state(&options.state_dir, &namespace);
+    let capf = match &capf_listener {
+        Some(listener) => {
+            let address = listener.local_addr().map_err(|e| LocalError::Failed(format!("callguard local: CAPF listener: {e}")))?;
+            let state = StateDir::open(&namespace_dir).map_err(|e| LocalError::Failed(format!("{}: {e}", namespace_dir.display())))?;
+            Some(Arc::new(capf::Capf::new(address, state)))
+        }
+        None => None,
+    };
+    let update = capf.as_ref().map(|_| capf::Update::of(&first.snapshot));
+    let (served, capf_identity) = build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
+    files.replace(served);
+    let mut capf_line = None;
+    if let (Some(capf), Some(update)) = (&capf, update) {
+        capf_line = capf.follow(update, capf_identity.as_ref()).map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?;
+    }
 
     // Handlers first: a SIGTERM right after the line below must stop us cleanly, not kill us.
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| LocalError::Failed(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| LocalError::Failed(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
+    let capf_stopped = stopped.clone();
     let serving = tokio::spawn(server.run(stopped));
 
     let (events, mut changes) = mpsc::unbounded_channel();
+    // A CAPF deadline passing or a lockout ending changes a status with no edit: a rebuild then too.
+    let wake = events.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = events.send(());
@@ -137,33 +170,78 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     // Phone certificates (`callguard device add-cert`, or by hand) are read by the build: a new one
     // is served without waiting for an edit of the manifests. Only `devices/`: the build writes the
     // rest of the state, and watching it would rebuild after every build.
-    let devices = namespace_state(&options.state_dir, &namespace).join("devices");
-    crate::core::private_file::create_dir(&devices)
-        .and_then(|()| watcher.watch(&devices, RecursiveMode::NonRecursive).map_err(std::io::Error::other))
-        .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", devices.display())))?;
+    // CAPF's records (`capf/`) too, so that the status follows what CAPF did.
+    let devices = namespace_dir.join("devices");
+    let records = namespace_dir.join(crate::core::build::capf::RECORD_DIR);
+    for folder in [&devices, &records] {
+        crate::core::private_file::create_dir(folder)
+            .and_then(|()| watcher.watch(folder, RecursiveMode::NonRecursive).map_err(std::io::Error::other))
+            .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", folder.display())))?;
+    }
+    // CAPF answers once what it writes (`devices/`, `capf/`) is watched.
+    let capf_serving = match (&capf, capf_listener) {
+        (Some(capf), Some(listener)) => Some(tokio::spawn(capf.clone().serve(listener, capf_stopped))),
+        _ => None,
+    };
+    match (&capf, capf_line) {
+        (Some(_), Some(line)) => println!("{line}"),
+        (Some(capf), None) => println!("CAPF listens on {}, but the build gave it no certificate: it answers no phone", capf.address()),
+        (None, _) => {}
+    }
     // Said once everything is in place, so whoever waits for this line can fetch, edit and signal.
-    println!("serving TFTP on {bound}; watching {} and {} for changes (Ctrl-C stops)", display_paths(&options.paths), devices.display());
+    println!(
+        "serving TFTP on {bound}; watching {}, {} and {} for changes (Ctrl-C stops)",
+        display_paths(&options.paths),
+        devices.display(),
+        records.display()
+    );
 
+    let next_change = |capf: &Option<Arc<capf::Capf>>| capf.as_ref().and_then(|c| c.next_change(time::OffsetDateTime::now_utc()));
+    let mut due = next_change(&capf);
     loop {
+        // At most an hour at a time: the timer is not made for dates years ahead.
+        let nap = due.map_or(Duration::from_secs(3600), |at| {
+            let left = (at - time::OffsetDateTime::now_utc()).whole_milliseconds().clamp(0, 3_600_000);
+            Duration::from_millis(u64::try_from(left).unwrap_or(0))
+        });
         tokio::select! {
+            _ = tokio::time::sleep(nap) => {
+                // Woken early, or after an hour: the same time is still due.
+                if due.is_some_and(|at| time::OffsetDateTime::now_utc() >= at) {
+                    let _ = wake.send(());
+                    due = next_change(&capf);
+                }
+            }
             Some(()) = changes.recv() => {
                 // Let the burst settle, then rebuild once.
                 tokio::time::sleep(DEBOUNCE).await;
                 while changes.try_recv().is_ok() {}
                 let previous = files.current();
+                let mut update = None;
                 let rebuilt = match validate(&options, true).await {
                     Ok(validated) => {
                         if options.tftp_port.is_none() && validated.tftp_port() != report.spec_port_noted.unwrap_or(spec_port) {
                             report.note_port(validated.tftp_port(), bound.port());
                         }
+                        update = capf.as_ref().map(|_| capf::Update::of(&validated.snapshot));
                         build(&options, validated, previous.as_deref(), &mut report).await
                     }
                     Err(e) => Err(e),
                 };
                 match rebuilt {
-                    Ok(served) => files.replace(served),
+                    Ok((served, identity)) => {
+                        files.replace(served);
+                        if let (Some(capf), Some(update)) = (&capf, update) {
+                            match capf.follow(update, identity.as_ref()) {
+                                Ok(Some(_)) => {}
+                                Ok(None) => report.failed(format!("CAPF listens on {}, but the cluster no longer runs it: it answers no phone until it does", capf.address())),
+                                Err(e) => report.failed(format!("callguard local: {e}; CAPF keeps its last good certificate")),
+                            }
+                        }
+                    }
                     Err(e) => report.failed(e),
                 }
+                due = next_change(&capf);
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -172,7 +250,24 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     println!("stopping: letting transfers in flight finish");
     let _ = stop.send(true);
     let _ = serving.await;
+    if let Some(capf) = capf_serving {
+        let _ = capf.await;
+    }
     Ok(())
+}
+
+/// Binds `--capf-port`, else the cluster's port (3804 unless it says otherwise, P.6-7). The spec's
+/// port is 1024 or above, which needs no privilege, so there is no fallback.
+async fn bind_capf(options: &LocalOptions, spec_port: u16) -> Result<tokio::net::TcpListener, LocalError> {
+    let (port, origin) = match options.capf_port {
+        Some(port) => (port, PortOrigin::Flag),
+        None if spec_port == default_ports::CAPF => (spec_port, PortOrigin::Default),
+        None => (spec_port, PortOrigin::Spec),
+    };
+    let address = SocketAddr::new(options.bind, port);
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Capf, address, &e, origin))))
 }
 
 /// TFTP's port when 69 needs privileges we lack.
@@ -186,7 +281,7 @@ async fn bind_tftp(options: &LocalOptions, spec_port: Option<u16>, files: Arc<dy
         let files = files.clone();
         async move {
             TftpServer::bind(config, files).await.map_err(|e| match e {
-                TftpServerError::Bind { address, source } => (source.kind(), port::explain(address, &source, origin)),
+                TftpServerError::Bind { address, source } => (source.kind(), port::explain(port::Service::Tftp, address, &source, origin)),
             })
         }
     };
@@ -221,6 +316,12 @@ impl Validated {
     /// The cluster's `spec.ports.tftpPort`, when it sets one.
     fn tftp_port(&self) -> Option<u16> {
         self.snapshot.clusters.values().next().and_then(|c| c.spec.ports.as_ref()).and_then(|p| p.tftp_port)
+    }
+
+    /// The cluster's CAPF port (`spec.ports.capfPort`, else 3804), when it runs CAPF (P.6-6).
+    fn capf_port(&self) -> Option<u16> {
+        let cluster = self.snapshot.clusters.values().next()?;
+        cluster.spec.capf_enabled().then(|| cluster.spec.ports().capf_port())
     }
 }
 
@@ -317,14 +418,14 @@ fn objects(snapshot: &Snapshot) -> BTreeSet<(&'static str, String)> {
 }
 
 /// Builds the validated namespace; on success returns the files to serve, which keep the signatures
-/// of `previous` for the phones whose content did not change, and prints the status table when it
-/// changed. On failure the caller keeps serving what it served.
+/// of `previous` for the phones whose content did not change, and CAPF's identity; prints the status
+/// table when it changed. On failure the caller keeps serving what it served.
 async fn build(
     options: &LocalOptions,
     validated: Validated,
     previous: Option<&ServedFiles>,
     report: &mut Report,
-) -> Result<ServedFiles, String> {
+) -> Result<(ServedFiles, Option<CapfIdentity>), String> {
     let Validated { namespace, snapshot } = validated;
     let objects = objects(&snapshot);
     let (state_dir, build) = (options.state_dir.clone(), options.build.clone());
@@ -357,21 +458,23 @@ async fn build(
         println!("{table}");
         report.shown = table;
     }
-    Ok(served)
+    Ok((served, output.capf))
 }
 
-/// One row per resource: kind, name, ready, reason, and what is served with less protection than
-/// asked; then one line per downgrade, so that none goes unseen.
+/// One row per resource: kind, name, ready, reason, what is served with less protection than asked,
+/// and a phone's LSC state; then one line per downgrade, so that none goes unseen, and one per CAPF
+/// operation, with where it stands.
 pub fn status_table(statuses: &[ResourceStatus]) -> String {
-    let rows: Vec<[String; 5]> = statuses
+    let rows: Vec<[String; 6]> = statuses
         .iter()
         .map(|s| {
             let downgraded = if s.downgrades.is_empty() { "-".to_owned() } else { s.downgrade_reasons().join(",") };
-            [s.kind.to_string(), s.name.clone(), if s.ready { "True" } else { "False" }.to_string(), s.reason.clone(), downgraded]
+            let lsc = s.lsc_state.map_or("-".to_owned(), |state| format!("{state:?}"));
+            [s.kind.to_string(), s.name.clone(), if s.ready { "True" } else { "False" }.to_string(), s.reason.clone(), downgraded, lsc]
         })
         .collect();
-    let header = ["KIND", "NAME", "READY", "REASON", "DOWNGRADED"].map(String::from);
-    let widths: Vec<usize> = (0..5).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let header = ["KIND", "NAME", "READY", "REASON", "DOWNGRADED", "LSC"].map(String::from);
+    let widths: Vec<usize> = (0..6).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
     std::iter::once(&header)
         .chain(&rows)
         .map(|row| {
@@ -379,6 +482,10 @@ pub fn status_table(statuses: &[ResourceStatus]) -> String {
             cells.join("  ").trim_end().to_string()
         })
         .chain(statuses.iter().flat_map(|s| s.downgrades.iter().map(move |d| format!("warning: {}/{} is downgraded: {d}", s.kind, s.name))))
+        .chain(statuses.iter().filter_map(|s| {
+            let lsc = s.lsc.as_ref().map(|l| format!("; LSC serial {} from {}, valid until {}", l.serial_number, l.issuer, l.not_after));
+            s.operation_status.as_ref().map(|o| format!("capf: {}/{}: {o}{}", s.kind, s.name, lsc.unwrap_or_default()))
+        }))
         .collect::<Vec<_>>()
         .join("\n")
 }

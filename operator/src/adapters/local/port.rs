@@ -1,55 +1,109 @@
-//! Why the TFTP socket could not be bound, in words that say what to do: the address is in use (and
-//! by which process, as `ss -ulpn` would tell: the socket's inode from `/proc/net/udp` and `udp6`,
-//! then the process holding it among `/proc/*/fd`), the port needs privileges, or the address is
-//! not this host's.
+//! Why the TFTP or CAPF socket could not be bound, in words that say what to do: the address is in
+//! use (and by which process, as `ss -ulpn` or `ss -tlpn` would tell: the socket's inode from
+//! `/proc/net/udp`, `udp6`, `tcp` or `tcp6`, then the process holding it among `/proc/*/fd`), the
+//! port needs privileges, or the address is not this host's.
 
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// The service whose port it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// TFTP, UDP (P.1-16).
+    Tftp,
+    /// CAPF, TCP (P.6-7).
+    Capf,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Tftp => "TFTP",
+            Service::Capf => "CAPF",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Service::Tftp => "--tftp-port",
+            Service::Capf => "--capf-port",
+        }
+    }
+
+    fn spec_field(self) -> &'static str {
+        match self {
+            Service::Tftp => "spec.ports.tftpPort",
+            Service::Capf => "spec.ports.capfPort",
+        }
+    }
+
+    /// The kernel's socket tables, and the state a conflicting socket is in (any for UDP, LISTEN for TCP).
+    fn tables(self) -> ([&'static str; 2], Option<&'static str>) {
+        match self {
+            Service::Tftp => (["/proc/net/udp", "/proc/net/udp6"], None),
+            Service::Capf => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+        }
+    }
+
+    fn ss(self) -> &'static str {
+        match self {
+            Service::Tftp => "ss -ulpn",
+            Service::Capf => "ss -tlpn",
+        }
+    }
+}
+
 /// Where the port came from, to say how to choose another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortOrigin {
-    /// `--tftp-port`.
+    /// `--tftp-port` or `--capf-port`.
     Flag,
-    /// The cluster's `spec.ports.tftpPort`.
+    /// The cluster's `spec.ports.tftpPort` or `spec.ports.capfPort`.
     Spec,
-    /// Neither: the default, 69 (P.1-16).
+    /// Neither: the default, 69 (P.1-16) or 3804 (P.6-7).
     Default,
     /// The fallback when the spec's or the default port needs privileges.
     Fallback,
 }
 
-/// One line: what failed when binding `address`, and the way out.
-pub fn explain(address: SocketAddr, error: &io::Error, origin: PortOrigin) -> String {
-    let port = address.port();
+/// One line: what failed when binding `service` on `address`, and the way out.
+pub fn explain(service: Service, address: SocketAddr, error: &io::Error, origin: PortOrigin) -> String {
+    let (port, name, flag) = (address.port(), service.name(), service.flag());
     let elsewhere = match origin {
-        PortOrigin::Flag | PortOrigin::Fallback => "pass another --tftp-port".to_owned(),
-        PortOrigin::Spec => "it is the cluster's spec.ports.tftpPort: pass --tftp-port to serve elsewhere".to_owned(),
-        PortOrigin::Default => "pass --tftp-port to serve elsewhere".to_owned(),
+        PortOrigin::Flag | PortOrigin::Fallback => format!("pass another {flag}"),
+        PortOrigin::Spec => format!("it is the cluster's {}: pass {flag} to serve elsewhere", service.spec_field()),
+        PortOrigin::Default => format!("pass {flag} to serve elsewhere"),
     };
     match error.kind() {
         io::ErrorKind::AddrInUse => {
-            let holders = holders(address);
+            let holders = holders(service, address);
             let who = if holders.is_empty() {
-                format!("another process, which this user cannot see (`ss -ulpn 'sport = :{port}'` as root names it)")
+                format!("another process, which this user cannot see (`{} 'sport = :{port}'` as root names it)", service.ss())
             } else {
                 holders.iter().map(|h| format!("PID {} ({})", h.pid, h.command)).collect::<Vec<_>>().join(", ")
             };
-            format!("cannot serve TFTP: {address} is in use by {who}; stop it, or {elsewhere}")
+            format!("cannot serve {name}: {address} is in use by {who}; stop it, or {elsewhere}")
         }
-        io::ErrorKind::PermissionDenied => format!(
-            "cannot serve TFTP on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \
-             or CAP_NET_BIND_SERVICE (`sudo setcap cap_net_bind_service=+ep {}`); or pass --tftp-port 1024 or above. Without \
-             --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
-            unprivileged_port_start(),
-            std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "callguard".into()),
-            super::UNPRIVILEGED_TFTP_PORT
-        ),
+        io::ErrorKind::PermissionDenied => {
+            let fallback = match service {
+                Service::Tftp => format!(
+                    ". Without --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
+                    super::UNPRIVILEGED_TFTP_PORT
+                ),
+                Service::Capf => String::new(),
+            };
+            format!(
+                "cannot serve {name} on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \
+                 or CAP_NET_BIND_SERVICE (`sudo setcap cap_net_bind_service=+ep {}`); or pass {flag} 1024 or above{fallback}",
+                unprivileged_port_start(),
+                std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "callguard".into()),
+            )
+        }
         io::ErrorKind::AddrNotAvailable => {
-            format!("cannot serve TFTP on {address}: {} is not an address of this host (--bind chooses)", address.ip())
+            format!("cannot serve {name} on {address}: {} is not an address of this host (--bind chooses)", address.ip())
         }
-        _ => format!("cannot serve TFTP on {address}: {error}"),
+        _ => format!("cannot serve {name} on {address}: {error}"),
     }
 }
 
@@ -58,20 +112,22 @@ fn unprivileged_port_start() -> u16 {
     fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(1024)
 }
 
-/// A process that holds a UDP socket.
+/// A process that holds a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub pid: u32,
     pub command: String,
 }
 
-/// The processes holding a UDP socket that keeps `address` from being bound: same port, and the same
-/// address or a wildcard on either side. Only processes this user may inspect are found.
-pub fn holders(address: SocketAddr) -> Vec<Holder> {
+/// The processes holding a socket of `service` (UDP, or listening TCP) that keeps `address` from
+/// being bound: same port, and the same address or a wildcard on either side. Only processes this
+/// user may inspect are found.
+pub fn holders(service: Service, address: SocketAddr) -> Vec<Holder> {
     let mut inodes = Vec::new();
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+    let (tables, state) = service.tables();
+    for table in tables {
         if let Ok(text) = fs::read_to_string(table) {
-            inodes.extend(conflicting_inodes(&text, address));
+            inodes.extend(conflicting_inodes(&text, address, state));
         }
     }
     if inodes.is_empty() {
@@ -100,8 +156,9 @@ fn command_of(pid: u32) -> String {
     if command.is_empty() { format!("[{}]", fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim()) } else { command }
 }
 
-/// The inodes of the sockets of a `/proc/net/udp{,6}` table that conflict with `address`.
-fn conflicting_inodes(table: &str, address: SocketAddr) -> Vec<u64> {
+/// The inodes of the sockets of a `/proc/net/{udp,tcp}{,6}` table that conflict with `address`: in
+/// `state` (hex, `0A` for a listening TCP socket) when one is given.
+fn conflicting_inodes(table: &str, address: SocketAddr, state: Option<&str>) -> Vec<u64> {
     table
         .lines()
         .skip(1)
@@ -111,7 +168,8 @@ fn conflicting_inodes(table: &str, address: SocketAddr) -> Vec<u64> {
             let (ip, port) = fields.get(1)?.split_once(':')?;
             let (ip, port) = (proc_ip(ip)?, u16::from_str_radix(port, 16).ok()?);
             let overlaps = ip == address.ip() || ip.is_unspecified() || address.ip().is_unspecified();
-            (port == address.port() && overlaps).then(|| fields.get(9)?.parse().ok())?
+            let in_state = state.is_none_or(|wanted| fields.get(3).is_some_and(|st| st.eq_ignore_ascii_case(wanted)));
+            (port == address.port() && overlaps && in_state).then(|| fields.get(9)?.parse().ok())?
         })
         .collect()
 }
@@ -155,21 +213,34 @@ mod tests {
             .chain([line([127, 0, 0, 1], 69, 11), line([0, 0, 0, 0], 69, 12), line([127, 0, 0, 2], 69, 13), line([127, 0, 0, 1], 70, 14)])
             .collect::<Vec<_>>()
             .join("\n");
-        assert_eq!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69))), [11, 12]);
-        assert_eq!(conflicting_inodes(&table, SocketAddr::from(([0, 0, 0, 0], 69))), [11, 12, 13]);
+        assert_eq!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69)), None), [11, 12]);
+        assert_eq!(conflicting_inodes(&table, SocketAddr::from(([0, 0, 0, 0], 69)), None), [11, 12, 13]);
+        // TCP: only listening sockets (state 0A) keep a port from being bound; these are in state 07.
+        assert!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69)), Some("0A")).is_empty());
     }
 
     #[test]
     fn the_holder_of_a_taken_port_is_named() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let address = socket.local_addr().unwrap();
-        let found = holders(address);
+        let found = holders(Service::Tftp, address);
         assert!(found.iter().any(|h| h.pid == std::process::id()), "{found:?}");
         let error = io::Error::from(io::ErrorKind::AddrInUse);
-        let line = explain(address, &error, PortOrigin::Spec);
+        let line = explain(Service::Tftp, address, &error, PortOrigin::Spec);
         assert!(line.contains(&format!("{address} is in use by PID {}", std::process::id())), "{line}");
         assert!(line.contains("spec.ports.tftpPort") && !line.contains("need root"), "{line}");
-        let line = explain(SocketAddr::from(([127, 0, 0, 1], 69)), &io::Error::from(io::ErrorKind::PermissionDenied), PortOrigin::Flag);
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let line = explain(Service::Tftp, SocketAddr::from(([127, 0, 0, 1], 69)), &denied, PortOrigin::Flag);
         assert!(line.contains("CAP_NET_BIND_SERVICE") && line.contains("6969"), "{line}");
+
+        // CAPF: a listening TCP socket, named the same way.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        assert!(holders(Service::Capf, address).iter().any(|h| h.pid == std::process::id()));
+        let line = explain(Service::Capf, address, &error, PortOrigin::Spec);
+        assert!(line.starts_with(&format!("cannot serve CAPF: {address} is in use by PID {}", std::process::id())), "{line}");
+        assert!(line.contains("spec.ports.capfPort: pass --capf-port"), "{line}");
+        let line = explain(Service::Capf, SocketAddr::from(([127, 0, 0, 1], 804)), &denied, PortOrigin::Flag);
+        assert!(line.contains("pass --capf-port 1024 or above") && !line.contains("6969"), "{line}");
     }
 }

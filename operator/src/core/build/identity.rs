@@ -104,7 +104,7 @@ impl ClusterIdentity {
                 ca
             }
         };
-        let mut serials = read_serials(state)?;
+        let mut serials = issued_serials(state)?;
         let mut functions = Vec::new();
         for node in &cluster.spec.nodes {
             for role in node_roles(&cluster.spec, node) {
@@ -223,7 +223,8 @@ pub fn load_ca(state: &StateDir) -> Result<Option<ClusterCa>, BuildError> {
     }
 }
 
-fn read_serials(state: &StateDir) -> Result<BTreeSet<Serial>, BuildError> {
+/// The serials the cluster CA issued its function certificates with (`ca/serials`).
+pub fn issued_serials(state: &StateDir) -> Result<BTreeSet<Serial>, BuildError> {
     let text = state.read_string(ISSUED_SERIALS)?.unwrap_or_default();
     let mut serials = BTreeSet::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -2,6 +2,7 @@
 //! its keys and published trust lists in a state directory so that a rebuild changes nothing without
 //! a reason. Pure but for the state, its only IO, so that both adapters run the same build.
 
+pub mod capf;
 pub mod catalog;
 pub mod devices;
 pub mod identity;
@@ -124,9 +125,17 @@ pub struct ResourceStatus {
     /// A phone's LSC state (Table 6-2), when something is known of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lsc_state: Option<crate::api::LscState>,
-    /// A phone's pending certificate operation, as the guide's "Operation Status" says it.
+    /// A phone's certificate operation and where it stands, as the guide's "Operation Status" says
+    /// it: `Pending`, `Completed`, `Failed` with the reason, `LockedOut` until a time, or `Expired`
+    /// (see `capf`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation_status: Option<String>,
+    /// A phone's LSC, issued by the cluster CA: serial, issuer, notAfter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsc: Option<crate::api::CertificateSummary>,
+    /// A phone's consecutive wrong CAPF authentication strings; ten lock it out for ten minutes (P.16-6).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub consecutive_auth_failures: u32,
     /// Where the resource is served with less protection than it asks for (`Reason: message`):
     /// credentials in clear, hardening not delivered, a secure SRST reference written insecure.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -143,6 +152,8 @@ impl ResourceStatus {
             message: String::new(),
             lsc_state: None,
             operation_status: None,
+            lsc: None,
+            consecutive_auth_failures: 0,
             downgrades: Vec::new(),
         }
     }
@@ -155,6 +166,10 @@ impl ResourceStatus {
     pub fn downgrade_reasons(&self) -> Vec<&str> {
         self.downgrades.iter().map(|d| d.split_once(':').map_or(d.as_str(), |(reason, _)| reason)).collect()
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `Kind/name: Ready`, `Kind/name: Ready; warnings` or `Kind/name: NotReady Reason: message`.
@@ -230,6 +245,16 @@ pub struct BuildOutput {
     pub statuses: Vec<ResourceStatus>,
     /// The identity as published, for the adapter to keep apart from the state (the cluster's status).
     pub identity: IdentityRecord,
+    /// What the CAPF service presents and issues with, when the cluster runs it (P.6-6).
+    pub capf: Option<CapfIdentity>,
+}
+
+/// The CAPF service's identity: the cluster CA, which issues LSCs, and the CAPF function certificate
+/// of the node that runs it, which TLS presents (P.6-1, P.6-6).
+#[derive(Debug, Clone)]
+pub struct CapfIdentity {
+    pub ca: crate::core::pki::ca::ClusterCa,
+    pub certificate: identity::FunctionCertificate,
 }
 
 const PUBLISHED: &str = "published";
@@ -382,7 +407,7 @@ pub fn build_namespace(
 
     // Phones: resolved now, for their status and the catalog; signed by the TFTP service when fetched.
     let signing = SigningParameters::from_itl(hash, &itl_list);
-    let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing)?;
+    let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing, identity.ca.certificate_der(), now)?;
     statuses.extend(phone_statuses);
     // Every other object was validated and is used as it is: it says so, so that the table lists
     // every resource of the namespace, not only those with something to report.
@@ -398,7 +423,12 @@ pub fn build_namespace(
     state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
     let catalog = TftpCatalog { trust_lists, signing, phones: Arc::new(phones) };
     let served = ServedFiles::new(catalog.clone(), tftp);
-    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record })
+    let capf = identity
+        .functions
+        .iter()
+        .find(|f| f.role == crate::core::pki::issue::ServerRole::Capf)
+        .map(|certificate| CapfIdentity { ca: identity.ca.clone(), certificate: certificate.clone() });
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf })
 }
 
 /// Resolves every phone on every core: its payloads for the catalog, and its status.
@@ -407,11 +437,16 @@ fn resolve_phones(
     cluster: &CallControlCluster,
     state: &StateDir,
     signing: SigningParameters,
+    ca_der: &[u8],
+    now: OffsetDateTime,
 ) -> Result<(BTreeMap<String, phone_files::PhonePayloads>, Vec<ResourceStatus>), BuildError> {
     let mut certificates = HashMap::new();
-    for phone in snapshot.phones.values() {
+    let mut views = HashMap::new();
+    for (name, phone) in &snapshot.phones {
         let device = phone.spec.device_name();
-        if let Some(der) = device_certificate(state, &device)? {
+        let certificate = device_certificate(state, &device)?;
+        views.insert(name.as_str(), capf_view(snapshot, state, phone, ca_der, certificate.as_deref(), now)?);
+        if let Some(der) = certificate {
             certificates.insert(device, der);
         }
     }
@@ -420,10 +455,26 @@ fn resolve_phones(
     let phones: Vec<(&String, &crate::api::Phone)> = snapshot.phones.iter().collect();
     let resolved = on_every_core(&phones, |(name, phone)| {
         let device = phone.spec.device_name();
-        match resolve_phone(&context, phone, certificates.get(&device).map(Vec::as_slice)) {
-            Ok(resolved) => (Some((device, resolved.payloads)), phone_status(name, &resolved.conditions)),
-            Err(message) => (None, ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+        let view = views.get(name.as_str());
+        // An operation CAPF completed, or whose deadline went by, is no longer pending: the phone is
+        // no longer told to contact CAPF (docs/wire-formats.md §7.5 "After success").
+        let settled = view.is_some_and(|v| v.state.scheduled().is_none() && v.state != capf::OperationState::None);
+        let settled_phone = settled.then(|| {
+            let mut phone = (*phone).clone();
+            if let Some(capf) = phone.spec.capf.as_mut() {
+                capf.certificate_operation = Some(crate::api::CertificateOperation::NoPendingOperation);
+            }
+            phone
+        });
+        let mut status =
+            match resolve_phone(&context, settled_phone.as_ref().unwrap_or(phone), certificates.get(&device).map(Vec::as_slice)) {
+                Ok(resolved) => (Some((device, resolved.payloads)), phone_status(name, &resolved.conditions)),
+                Err(message) => (None, ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+            };
+        if let Some(view) = view {
+            view.apply(&mut status.1);
         }
+        status
     });
     let mut catalog = BTreeMap::new();
     let mut statuses = Vec::with_capacity(resolved.len());
@@ -450,14 +501,70 @@ fn phone_status(name: &str, conditions: &[crate::core::phone_config::ConfigCondi
         None => ResourceStatus { message: notes.join("; "), ..ResourceStatus::ready("Phone", name) },
     };
     status.downgrades = conditions.iter().filter(|c| c.is_downgrade()).map(describe).collect();
-    if let Some(operation) = conditions.iter().find_map(|c| match c {
-        crate::core::phone_config::ConfigCondition::CertificateOperationPending { operation } => Some(*operation),
-        _ => None,
-    }) {
-        status.lsc_state = Some(crate::api::LscState::Pending);
-        status.operation_status = Some(format!("{} pending", operation.label()));
-    }
     status
+}
+
+/// What the status says of a phone's LSC and CAPF operation.
+struct CapfView {
+    state: capf::OperationState,
+    /// Its certificate, when the cluster CA issued it, and whether it expired.
+    lsc: Option<(crate::api::CertificateSummary, bool)>,
+    wrong_strings: u32,
+}
+
+/// Reads what CAPF recorded of `phone` and what its certificate is.
+fn capf_view(
+    snapshot: &Snapshot,
+    state: &StateDir,
+    phone: &crate::api::Phone,
+    ca_der: &[u8],
+    certificate: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<CapfView, BuildError> {
+    let device = phone.spec.device_name();
+    let record = capf::load(state, &device).map_err(BuildError::State)?;
+    let by_string = snapshot
+        .phone_profiles
+        .get(&phone.spec.security_profile_ref)
+        .is_some_and(|p| p.spec.authentication_mode() == crate::api::CapfAuthenticationMode::ByAuthenticationString);
+    let string = match phone.spec.capf.as_ref().and_then(|c| c.authentication_string.as_ref()) {
+        Some(reference) if by_string => phone_files::secret_text(snapshot, reference).ok(),
+        _ => None,
+    };
+    let lsc = certificate.filter(|der| crate::core::pki::inspect::is_issued_by(der, ca_der)).and_then(|der| {
+        let facts = crate::core::pki::inspect::CertificateFacts::from_der(der).ok()?;
+        let summary = crate::api::CertificateSummary {
+            subject: facts.subject,
+            issuer: facts.issuer,
+            serial_number: facts.serial.to_hex(),
+            not_after: capf::rfc3339(facts.not_after),
+            sha256: crate::core::pki::inspect::sha256_hex(der),
+        };
+        Some((summary, facts.not_after < now))
+    });
+    Ok(CapfView {
+        state: capf::operation_state(phone, string.as_deref().map(String::as_str), &record, now),
+        lsc,
+        wrong_strings: record.wrong_strings(now),
+    })
+}
+
+impl CapfView {
+    fn apply(&self, status: &mut ResourceStatus) {
+        use crate::api::LscState;
+        use capf::OperationState;
+        status.operation_status = self.state.describe();
+        status.lsc = self.lsc.as_ref().map(|(summary, _)| summary.clone());
+        status.consecutive_auth_failures = self.wrong_strings;
+        status.lsc_state = match (&self.state, &self.lsc) {
+            (OperationState::Failed { .. } | OperationState::LockedOut { .. }, _) => Some(LscState::Failed),
+            (OperationState::Pending { .. }, _) => Some(LscState::Pending),
+            (_, Some((_, true))) => Some(LscState::Expired),
+            (_, Some((_, false))) => Some(LscState::Installed),
+            (OperationState::None, None) => None,
+            (_, None) => Some(LscState::None),
+        };
+    }
 }
 
 /// Writes the record of the identity just published (see `identity_record`).

@@ -101,6 +101,18 @@ impl StateDir {
 }
 
 impl StateDir {
+    /// Removes a file; one that does not exist is no error.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        if let Some(memory) = &self.memory {
+            memory.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+            return Ok(());
+        }
+        match fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Sets aside every file under the `prefixes` (directories such as `ca/`, or file names): they
     /// move under `retired/<label>/`, on disk and in memory alike, so that nothing private is
     /// destroyed (the operator keeps them in a Secret of their own).

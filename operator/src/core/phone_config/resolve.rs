@@ -128,8 +128,8 @@ pub enum ConfigCondition {
     ManualKeyEncryptionNotRendered,
     /// Hardening settings that differ from the default but have no known element (Chapter 9).
     HardeningNotRendered { settings: Vec<&'static str> },
-    /// A certificate operation is asked for, and no CAPF service of this version carries it out yet:
-    /// the file names the authentication mode, and the phone waits (Table 6-2, P.6-6).
+    /// A certificate operation is asked for and not carried out yet: the file names the
+    /// authentication mode, and the phone contacts CAPF (Table 6-2, P.6-6).
     CertificateOperationPending { operation: CertificateOperation },
     /// Encryption is on but the phone has no certificate yet: only the stub is served, with a blank
     /// certHash, until CAPF issues an LSC (docs/wire-formats.md §5.1).
@@ -206,7 +206,7 @@ impl fmt::Display for ConfigCondition {
             ),
             ConfigCondition::CertificateOperationPending { operation } => write!(
                 f,
-                "the certificate operation {} is pending: the configuration tells the phone to contact CAPF, and no CAPF service of this version answers yet (Table 6-2, P.6-6)",
+                "the certificate operation {} is pending: the configuration tells the phone to contact CAPF, which carries it out once (Table 6-2, P.6-6)",
                 operation.label()
             ),
             ConfigCondition::AwaitingDeviceCertificate => f.write_str(

@@ -81,6 +81,21 @@ pub trait DeviceDirectory: Send + Sync {
     fn fresh_serial(&self) -> Serial {
         Serial::random(&mut rand::thread_rng())
     }
+
+    /// Asked once a device with a scheduled operation is found, before anything it sent is checked: `Err` refuses
+    /// it with END_SESSION{7} and the reason, whatever its credentials (a lockout after wrong authentication
+    /// strings, P.16-6; a spent authentication string, Table 6-2). `now` is the session's.
+    fn admit(&self, _device_name: &str, _now: OffsetDateTime) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Told the result of authenticating a device as soon as it is known, before the session goes on: where
+    /// wrong strings are counted and a string that authenticated is spent.
+    fn authenticated(&self, _device_name: &str, _result: Result<(), &AuthError>, _now: OffsetDateTime) {}
+
+    /// Told how the session ended, before its last frame is sent: an issued LSC can be kept before the phone
+    /// hears END_SESSION{1}.
+    fn finished(&self, _outcome: &Outcome, _now: OffsetDateTime) {}
 }
 
 impl<F> DeviceDirectory for F
@@ -180,6 +195,8 @@ pub enum FailureReason {
     UnsupportedVersion(u8),
     /// END_SESSION{9} (docs/wire-formats.md §7.5).
     UnknownDevice,
+    /// The directory refused the device before its credentials were checked ([`DeviceDirectory::admit`]).
+    Refused(String),
     Authentication(AuthError),
     /// The configured key cannot be requested: RSA 512 is refused (docs/wire-formats.md §7.8) and P-521 cannot be issued.
     UnsupportedConfiguredKey(RequestedKey),
@@ -217,6 +234,7 @@ impl std::fmt::Display for FailureReason {
             }
             FailureReason::UnsupportedVersion(v) => write!(f, "CAPF VERSION {v} is not 2 or 3 (docs/wire-formats.md §7.4)"),
             FailureReason::UnknownDevice => write!(f, "unknown device (docs/wire-formats.md §7.5)"),
+            FailureReason::Refused(why) => write!(f, "refused before authentication: {why}"),
             FailureReason::Authentication(e) => write!(f, "authentication failed: {e}"),
             FailureReason::UnsupportedConfiguredKey(key) => {
                 write!(f, "the configured key {key:?} cannot be requested: RSA 1024/2048, EC P-256/P-384 only (docs/wire-formats.md §7.8)")
@@ -412,7 +430,7 @@ impl Session {
         if !matches!(self.state, State::Done) {
             let device_name = device_of(&self.state);
             self.state = State::Done;
-            self.outcome = Some(Outcome::Failed { device_name, reason: FailureReason::ConnectionClosed });
+            self.conclude(Outcome::Failed { device_name, reason: FailureReason::ConnectionClosed });
         }
     }
 
@@ -439,7 +457,12 @@ impl Session {
         if record.operation == ScheduledOperation::None {
             return self.finish(Reason::NoAction, Outcome::NothingScheduled { device_name });
         }
-        if let Err(e) = self.authenticate(body, raw_device_name, &device_name, &record) {
+        if let Err(why) = self.context.directory.admit(&device_name, self.now) {
+            return self.fail(Some(device_name), FailureReason::Refused(why));
+        }
+        let authenticated = self.authenticate(body, raw_device_name, &device_name, &record);
+        self.context.directory.authenticated(&device_name, authenticated.as_ref().map(|_| ()), self.now);
+        if let Err(e) = authenticated {
             return self.fail(Some(device_name), FailureReason::Authentication(e));
         }
         match record.operation {
@@ -557,9 +580,15 @@ impl Session {
 
     fn finish(&mut self, end_reason: Reason, outcome: Outcome) -> Step {
         self.state = State::Done;
-        self.outcome = Some(outcome);
+        self.conclude(outcome);
         let end = self.frame(Command::EndSession, Body { reason: Some(end_reason), ..Body::default() });
         Step { send: vec![end], close: true }
+    }
+
+    /// The outcome is known: the directory hears of it first.
+    fn conclude(&mut self, outcome: Outcome) {
+        self.context.directory.finished(&outcome, self.now);
+        self.outcome = Some(outcome);
     }
 
     fn frame(&self, command: Command, body: Body) -> Frame {
@@ -765,6 +794,74 @@ mod tests {
         s.receive(auth_response());
         s.connection_closed();
         assert_eq!(s.outcome(), Some(&Outcome::Failed { device_name: Some(DEVICE.into()), reason: FailureReason::ConnectionClosed }));
+    }
+
+    /// A directory of one device in mode 1 that refuses while `locked` and notes what it is told.
+    struct Watching {
+        locked: bool,
+        events: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl DeviceDirectory for Watching {
+        fn lookup(&self, device_name: &str) -> Option<DeviceRecord> {
+            (device_name == DEVICE).then(|| DeviceRecord {
+                operation: ScheduledOperation::Delete,
+                auth_mode: CapfAuthenticationMode::ByAuthenticationString,
+                authentication_string: Some("12345678".into()),
+                key: RSA1024,
+                current_lsc: None,
+            })
+        }
+        fn admit(&self, _: &str, _: OffsetDateTime) -> Result<(), String> {
+            self.events.lock().unwrap().push("admit".into());
+            if self.locked { Err("locked out (P.16-6)".into()) } else { Ok(()) }
+        }
+        fn authenticated(&self, _: &str, result: Result<(), &AuthError>, _: OffsetDateTime) {
+            self.events.lock().unwrap().push(format!("authenticated {:?}", result.err()));
+        }
+        fn finished(&self, outcome: &Outcome, _: OffsetDateTime) {
+            let word = match outcome {
+                Outcome::Deleted { .. } => "deleted",
+                Outcome::Failed { .. } => "failed",
+                _ => "other",
+            };
+            self.events.lock().unwrap().push(format!("finished {word}"));
+        }
+    }
+
+    fn watched(locked: bool, password: &str) -> (Arc<Watching>, Session, Step) {
+        let directory = Arc::new(Watching { locked, events: Default::default() });
+        let context = CapfContext {
+            ca: ca().clone(),
+            trust: TrustAnchors::default(),
+            directory: directory.clone(),
+            config: SessionConfig::default(),
+        };
+        let mut session = Session::new(Arc::new(context), ID, OffsetDateTime::now_utc());
+        session.start();
+        let mut frame = auth_response();
+        frame.body.password = Some(crate::services::capf::frame::Password::new(password));
+        let step = session.receive(frame);
+        (directory, session, step)
+    }
+
+    #[test]
+    fn the_directory_can_refuse_before_the_string_is_checked_and_hears_every_result() {
+        // Refused: the right string is never looked at.
+        let (directory, session, step) = watched(true, "12345678");
+        assert_eq!(end_reason(&step), Some(Reason::Failure));
+        assert_eq!(failure(&session), FailureReason::Refused("locked out (P.16-6)".into()));
+        assert_eq!(*directory.events.lock().unwrap(), ["admit", "finished failed"]);
+        // A wrong string is reported as such.
+        let (directory, _, step) = watched(false, "11111111");
+        assert_eq!(end_reason(&step), Some(Reason::Failure));
+        assert_eq!(*directory.events.lock().unwrap(), ["admit", "authenticated Some(WrongPassword)", "finished failed"]);
+        // A right one, then the outcome before the last frame goes out.
+        let (directory, mut session, step) = watched(false, "12345678");
+        assert_eq!(step.send[0].command, Command::DeleteCertificateRequest);
+        let deleted = Frame::new(Command::DeleteCertificateResponse, ID, Body { reason: Some(Reason::Success), ..Body::default() });
+        assert_eq!(end_reason(&session.receive(deleted)), Some(Reason::Success));
+        assert_eq!(*directory.events.lock().unwrap(), ["admit", "authenticated None", "finished deleted"]);
     }
 
     #[test]

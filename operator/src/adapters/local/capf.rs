@@ -1,0 +1,401 @@
+//! CAPF in `callguard local` (docs/wire-formats.md §7): the TLS listener on the cluster's CAPF port,
+//! presenting the CAPF function certificate of the build's identity and issuing LSCs with the cluster
+//! CA; a device directory that follows the last good build; and what CAPF does, kept in the state so
+//! that nothing is lost across restarts (`core::build::capf`).
+//!
+//! An issued LSC goes into `devices/SEP<MAC>.crt`, where `callguard device add-cert` puts one
+//! (`core::build::devices`): `local` watches that folder, so the phone's encrypted configuration is
+//! served within seconds; a completed Delete removes it. The records go into `capf/`, which `local`
+//! watches too, so that the status table and `status.yaml` follow.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use zeroize::Zeroizing;
+
+use crate::api::{CapfAuthenticationMode, CertificateOperation, KeySize, Phone};
+use crate::core::build::capf::{self as records, CapfRecord, CertificateNote, OperationId, rfc3339};
+use crate::core::build::phone_files::secret_text;
+use crate::core::build::state::{Sensitivity, StateDir};
+use crate::core::build::{CapfIdentity, devices, identity};
+use crate::core::pki::ca::certificate_pem;
+use crate::core::pki::inspect::{self, CertificateFacts};
+use crate::core::pki::issue::LSC_VALIDITY_DAYS;
+use crate::core::pki::keys;
+use crate::core::pki::serial::Serial;
+use crate::services::capf::server::{ConnectionReport, Timeouts, serve_connection, tls_acceptor};
+use crate::services::capf::session::FailureReason;
+use crate::services::capf::{
+    AuthError, CapfContext, DeviceDirectory, DeviceRecord, Outcome, RequestedKey, ScheduledOperation, SessionConfig, TrustAnchors,
+};
+use crate::validate::Snapshot;
+
+/// What CAPF needs of one phone of the last good build.
+#[derive(Clone)]
+struct Entry {
+    /// The Phone's name.
+    name: String,
+    phone: Phone,
+    auth_mode: CapfAuthenticationMode,
+    /// The authentication string, for a phone whose profile authenticates by string.
+    string: Option<Zeroizing<String>>,
+    /// The profile's key size, else the cluster's `spec.capf.keySize` (Table 5-1, P.6-7).
+    key: KeySize,
+}
+
+impl Entry {
+    fn string(&self) -> Option<&str> {
+        self.string.as_deref().map(String::as_str)
+    }
+
+    fn operation(&self) -> Option<OperationId> {
+        OperationId::of(&self.phone).map(|(id, _)| id)
+    }
+}
+
+/// What CAPF takes from a validated snapshot: its phones, by device name, and the cluster's CAPF
+/// parameters.
+pub struct Update {
+    phones: BTreeMap<String, Entry>,
+    cluster: String,
+    validity_years: u8,
+}
+
+impl Update {
+    pub fn of(snapshot: &Snapshot) -> Update {
+        let cluster = snapshot.clusters.values().next();
+        let parameters = cluster.map(|c| c.spec.capf()).unwrap_or_default();
+        let mut phones = BTreeMap::new();
+        for (name, phone) in &snapshot.phones {
+            let profile = snapshot.phone_profiles.get(&phone.spec.security_profile_ref).map(|p| &p.spec);
+            let auth_mode = profile.map(|p| p.authentication_mode()).unwrap_or_default();
+            let string = match phone.spec.capf.as_ref().and_then(|c| c.authentication_string.as_ref()) {
+                Some(reference) if auth_mode == CapfAuthenticationMode::ByAuthenticationString => secret_text(snapshot, reference).ok(),
+                _ => None,
+            };
+            let key = profile.and_then(|p| p.key_size).or(parameters.key_size).unwrap_or_default();
+            let entry = Entry { name: name.clone(), phone: phone.clone(), auth_mode, string, key };
+            phones.insert(phone.spec.device_name(), entry);
+        }
+        Update {
+            phones,
+            cluster: cluster.and_then(|c| c.metadata.name.clone()).unwrap_or_default(),
+            validity_years: parameters.certificate_validity_years(),
+        }
+    }
+}
+
+/// The device directory of the sessions: the phones of the last good build, with what the state
+/// recorded of them.
+pub struct Directory {
+    state: StateDir,
+    phones: RwLock<Arc<BTreeMap<String, Entry>>>,
+    /// One read-modify-write of a record at a time.
+    writing: Mutex<()>,
+}
+
+impl Directory {
+    fn entry(&self, device: &str) -> Option<Entry> {
+        self.phones.read().unwrap_or_else(|p| p.into_inner()).get(device).cloned()
+    }
+
+    /// `Phone/NAME (SEP<MAC>)`, or the device name alone when no phone has it.
+    fn who(&self, device: &str) -> String {
+        match self.entry(device) {
+            Some(entry) => format!("Phone/{} ({device})", entry.name),
+            None => device.to_owned(),
+        }
+    }
+
+    fn certificate(&self, device: &str) -> Option<Vec<u8>> {
+        let bytes = self.state.read(&devices::certificate_file(device)).ok().flatten()?;
+        inspect::certificate_der(&bytes).ok()
+    }
+
+    /// Applies `change` to the record of `device` and writes it.
+    fn update(&self, device: &str, change: impl FnOnce(&mut CapfRecord)) {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let written = records::load(&self.state, device).and_then(|mut record| {
+            change(&mut record);
+            records::save(&self.state, device, &record).map_err(|e| format!("{}: {e}", records::record_file(device)))
+        });
+        if let Err(e) = written {
+            eprintln!("callguard local: CAPF could not record what it did for {}: {e}", self.who(device));
+        }
+    }
+
+    /// The operation of `device` completed.
+    fn complete(&self, device: &str, now: OffsetDateTime, note: Option<CertificateNote>) {
+        if let Some(id) = self.entry(device).and_then(|e| e.operation()) {
+            self.update(device, |record| record.complete(id, now, note));
+        }
+    }
+}
+
+fn note_of(der: &[u8]) -> Option<CertificateNote> {
+    let facts = CertificateFacts::from_der(der).ok()?;
+    Some(CertificateNote { serial: facts.serial.to_hex(), not_after: rfc3339(facts.not_after), sha256: inspect::sha256_hex(der) })
+}
+
+impl DeviceDirectory for Directory {
+    fn lookup(&self, device_name: &str) -> Option<DeviceRecord> {
+        let entry = self.entry(device_name)?;
+        // An unreadable record refuses the phone in `admit`, which says why.
+        let record = records::load(&self.state, device_name).unwrap_or_default();
+        let state = records::operation_state(&entry.phone, entry.string(), &record, OffsetDateTime::now_utc());
+        let operation = state.scheduled().map_or(ScheduledOperation::None, |id| ScheduledOperation::from(id.operation));
+        Some(DeviceRecord {
+            operation,
+            auth_mode: entry.auth_mode,
+            authentication_string: entry.string().map(str::to_owned),
+            key: RequestedKey::Rsa(entry.key),
+            current_lsc: self.certificate(device_name),
+        })
+    }
+
+    fn fresh_serial(&self) -> Serial {
+        let issued = identity::issued_serials(&self.state).unwrap_or_default();
+        Serial::unique(&mut rand::thread_rng(), &issued).unwrap_or_else(|_| Serial::random(&mut rand::thread_rng()))
+    }
+
+    fn admit(&self, device_name: &str, now: OffsetDateTime) -> Result<(), String> {
+        let entry = self.entry(device_name).ok_or_else(|| format!("{device_name} is no longer in the manifests"))?;
+        let record = records::load(&self.state, device_name)?;
+        record.admit(entry.string(), now).map_err(|refusal| format!("Phone/{}: {refusal}", entry.name))
+    }
+
+    fn authenticated(&self, device_name: &str, result: Result<(), &AuthError>, now: OffsetDateTime) {
+        let Some(entry) = self.entry(device_name) else { return };
+        match result {
+            Ok(()) => self.update(device_name, |record| record.authenticated(entry.string())),
+            Err(AuthError::WrongPassword) => self.update(device_name, |record| {
+                if let Some(until) = record.wrong_string(now) {
+                    println!(
+                        "{} CAPF: Phone/{} ({device_name}) is locked out until {}: {} consecutive wrong authentication strings (P.16-6)",
+                        super::clock(),
+                        entry.name,
+                        rfc3339(until),
+                        records::LOCKOUT_AFTER
+                    );
+                }
+            }),
+            Err(_) => {}
+        }
+    }
+
+    fn finished(&self, outcome: &Outcome, now: OffsetDateTime) {
+        match outcome {
+            Outcome::Issued(issued) => {
+                let name = devices::certificate_file(&issued.device_name);
+                if let Err(e) = self.state.write(&name, certificate_pem(&issued.certificate_der).as_bytes(), Sensitivity::Public) {
+                    eprintln!(
+                        "callguard local: CAPF issued {} LSC {} but could not keep it: {}: {e}",
+                        self.who(&issued.device_name),
+                        issued.serial,
+                        self.state.path(&name).display()
+                    );
+                }
+                let note =
+                    CertificateNote { serial: issued.serial.to_hex(), not_after: rfc3339(issued.not_after), sha256: issued.sha256.clone() };
+                self.complete(&issued.device_name, now, Some(note));
+            }
+            Outcome::Deleted { device_name } => {
+                let note = self.certificate(device_name).as_deref().and_then(note_of);
+                let name = devices::certificate_file(device_name);
+                if let Err(e) = self.state.remove(&name) {
+                    eprintln!(
+                        "callguard local: CAPF: {} deleted its LSC, but {} stays: {e}",
+                        self.who(device_name),
+                        self.state.path(&name).display()
+                    );
+                }
+                self.complete(device_name, now, note);
+            }
+            Outcome::Fetched { device_name, certificate, .. } => {
+                let note = certificate.as_ref().and_then(|c| note_of(&c.der));
+                self.complete(device_name, now, note);
+            }
+            Outcome::Failed { device_name: Some(device_name), reason } => match reason {
+                // Nothing to record of a phone that is not known, or was refused before it was heard.
+                FailureReason::UnknownDevice | FailureReason::Refused(_) => {}
+                reason => {
+                    if let Some(id) = self.entry(device_name).and_then(|e| e.operation()) {
+                        self.update(device_name, |record| record.fail(id, now, reason.to_string()));
+                    }
+                }
+            },
+            Outcome::Failed { device_name: None, .. } | Outcome::NothingScheduled { .. } => {}
+        }
+    }
+}
+
+/// The CAPF service of `local`: the listener's address, the directory, and the TLS acceptor and
+/// session context of the last good build, which a rebuild replaces without touching sessions in
+/// flight.
+pub struct Capf {
+    address: SocketAddr,
+    directory: Arc<Directory>,
+    current: RwLock<Option<(TlsAcceptor, Arc<CapfContext>)>>,
+    /// What was last said about the LSC lifetime, so that it is said once.
+    noted: Mutex<String>,
+}
+
+impl Capf {
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `state` is the served namespace's.
+    pub fn new(address: SocketAddr, state: StateDir) -> Capf {
+        let directory = Directory { state, phones: RwLock::default(), writing: Mutex::new(()) };
+        Capf { address, directory: Arc::new(directory), current: RwLock::new(None), noted: Mutex::new(String::new()) }
+    }
+
+    /// Follows a good build: its phones, and its CAPF identity. Returns how it serves, for the line
+    /// `local` prints; `None` when the build has no CAPF identity (the cluster stopped running CAPF),
+    /// and then connections are closed at once.
+    pub fn follow(&self, update: Update, identity: Option<&CapfIdentity>) -> Result<Option<String>, String> {
+        let Update { phones, cluster, validity_years } = update;
+        *self.directory.phones.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(phones);
+        let Some(identity) = identity else {
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(None);
+        };
+        let days = self.validity_days(&cluster, validity_years, identity)?;
+        let certificate = &identity.certificate;
+        let acceptor = tls_acceptor(std::slice::from_ref(&certificate.certificate_der), &keys::pkcs8_der(&certificate.key))
+            .map_err(|e| format!("CAPF: {e}"))?;
+        let context = CapfContext {
+            ca: identity.ca.clone(),
+            // No MIC bundle is configured: phones authenticate by string, null string, or an LSC of this CA.
+            trust: TrustAnchors::default(),
+            directory: self.directory.clone(),
+            config: SessionConfig { lsc_validity_days: days, ..SessionConfig::default() },
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((acceptor, Arc::new(context)));
+        Ok(Some(format!(
+            "serving CAPF on {}: TLS with the CAPF certificate of node {} ({}); LSCs signed by the cluster CA, valid {days} days",
+            self.address, certificate.node, certificate.hostname
+        )))
+    }
+
+    /// When a phone's operation next changes by itself, so that its status can follow: a deadline
+    /// passing (Expired, Table 6-2) or a lockout ending (P.16-6); a second after, so that the build
+    /// that follows sees it past.
+    pub fn next_change(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let phones = self.directory.phones.read().unwrap_or_else(|p| p.into_inner()).clone();
+        phones
+            .iter()
+            .filter_map(|(device, entry)| {
+                let (_, deadline) = OperationId::of(&entry.phone)?;
+                let lockout = records::load(&self.directory.state, device).ok().and_then(|record| record.locked_until(now));
+                let margin = time::Duration::seconds(1);
+                [Some(deadline), lockout].into_iter().flatten().map(|at| at + margin).filter(|at| *at > now).min()
+            })
+            .min()
+    }
+
+    /// `spec.capf.certificateValidityYears` in days, within the ten years an LSC may live
+    /// (docs/wire-formats.md §7.8) and the CA's own lifetime; saying so when it is cut.
+    fn validity_days(&self, cluster: &str, years: u8, identity: &CapfIdentity) -> Result<u32, String> {
+        let asked = u32::from(years) * 365;
+        let ca_end = identity.ca.facts().map_err(|e| format!("the cluster CA: {e}"))?.not_after;
+        let ca_days = u32::try_from((ca_end - OffsetDateTime::now_utc()).whole_days() - 1).unwrap_or(0);
+        let days = asked.min(*LSC_VALIDITY_DAYS.end()).min(ca_days);
+        if days < *LSC_VALIDITY_DAYS.start() {
+            return Err(format!("CAPF: the cluster CA expires on {}: no LSC can be issued under it", rfc3339(ca_end)));
+        }
+        let note = if asked > *LSC_VALIDITY_DAYS.end() && days == *LSC_VALIDITY_DAYS.end() {
+            format!(
+                "CallControlCluster/{cluster}: spec.capf.certificateValidityYears: {years} years is more than the {} days an LSC may live (docs/wire-formats.md §7.8): LSCs are issued for {days} days",
+                LSC_VALIDITY_DAYS.end()
+            )
+        } else if days < asked {
+            format!(
+                "CallControlCluster/{cluster}: spec.capf.certificateValidityYears: {years} years would outlive the cluster CA ({}): LSCs are issued for {days} days",
+                rfc3339(ca_end)
+            )
+        } else {
+            String::new()
+        };
+        let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+        if !note.is_empty() && *noted != note {
+            println!("{note}");
+        }
+        *noted = note;
+        Ok(days)
+    }
+
+    /// Accepts connections until `stop`; one task per connection, each ending in one line.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.changed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "CAPF accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let Some((acceptor, context)) = current else { continue };
+            let capf = self.clone();
+            tokio::spawn(async move {
+                let report = serve_connection(tcp, Some(peer), &acceptor, context, &Timeouts::default()).await;
+                capf.say(report);
+            });
+        }
+    }
+
+    /// One line per session; never a string, a key or a certificate.
+    fn say(&self, report: ConnectionReport) {
+        let (peer, outcome) = match report {
+            ConnectionReport::HandshakeFailed { peer, error } => {
+                tracing::info!(peer = ?peer, %error, "CAPF TLS handshake failed");
+                return;
+            }
+            ConnectionReport::Session { peer, outcome, .. } => (peer, outcome),
+        };
+        let directory = &self.directory;
+        let line = match &outcome {
+            Outcome::Issued(issued) => format!(
+                "{}: {} completed: {} LSC serial {}, valid until {}",
+                directory.who(&issued.device_name),
+                CertificateOperation::InstallUpgrade.label(),
+                if issued.upgrade { "upgraded to" } else { "installed" },
+                issued.serial,
+                rfc3339(issued.not_after)
+            ),
+            Outcome::Deleted { device_name } => {
+                format!("{}: {} completed: the phone deleted its LSC", directory.who(device_name), CertificateOperation::Delete.label())
+            }
+            Outcome::Fetched { device_name, reason, certificate } => format!(
+                "{}: {} completed: the phone returned {} (REASON {})",
+                directory.who(device_name),
+                CertificateOperation::Troubleshoot.label(),
+                certificate
+                    .as_ref()
+                    .and_then(|c| note_of(&c.der))
+                    .map_or("no certificate".into(), |n| format!("certificate serial {}", n.serial)),
+                reason.code()
+            ),
+            Outcome::NothingScheduled { device_name } => format!("{}: nothing scheduled", directory.who(device_name)),
+            Outcome::Failed { device_name: Some(device_name), reason } => format!("{}: failed: {reason}", directory.who(device_name)),
+            Outcome::Failed { device_name: None, reason } => format!("failed: {reason}"),
+        };
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        println!("{} CAPF {peer}: {line}", super::clock());
+    }
+}

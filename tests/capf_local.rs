@@ -1,0 +1,475 @@
+//! CAPF inside `callguard local`, against a copy of the quickstart run as a subprocess on free ports,
+//! with a phone that speaks CAPF over real TCP and TLS (the crate's frame codec; the scripted phone of
+//! tests/capf.rs is the model): the lobby phone installs an LSC by authentication string, and what
+//! was issued flows on: `tftp` (tftp-hpa) fetches its `.enc.sgn`, `callguard trust decrypt` with the
+//! phone's key gives its configuration, `openssl verify` accepts the LSC under the cluster CA, and
+//! the status shows the LSC and the operation. The same string works once (Table 6-2, P.6-12); ten
+//! wrong strings lock the phone out and the eleventh try is refused even with the right string
+//! (P.16-6); a Delete removes the LSC; a restart in the middle loses nothing and issues nothing
+//! twice. A missing peer (tftp, openssl) fails the test, it does not skip.
+
+#[path = "support/peers.rs"]
+mod peers;
+use peers::{require, tftp_hpa_get};
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use callguard::core::pki::inspect::CertificateFacts;
+use callguard::core::pki::keys;
+use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, FrameHeader, HEADER_LEN, Password, Reason};
+use rsa::RsaPrivateKey;
+use rsa::pkcs8::EncodePublicKey;
+
+const LOBBY: &str = "SEP001122334455";
+const HALLWAY: &str = "SEP00AABBCCDD04";
+const LOBBY_STRING: &str = "12345678";
+/// The quickstart's CAPF node, whose certificate the CAPF listener presents.
+const CAPF_HOST: &str = "cm1.quickstart.example";
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn copy_quickstart(dir: &Path) -> PathBuf {
+    let manifests = dir.join("quickstart");
+    fs::create_dir(&manifests).unwrap();
+    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
+    }
+    manifests
+}
+
+/// Replaces the `nth` (from 0) occurrence of `from` in `file` of the manifests.
+fn edit(manifests: &Path, file: &str, from: &str, to: &str, nth: usize) {
+    let path = manifests.join(file);
+    let text = fs::read_to_string(&path).unwrap();
+    let at = text.match_indices(from).nth(nth).unwrap_or_else(|| panic!("{file} has no occurrence {nth} of {from:?}")).0;
+    fs::write(&path, format!("{}{to}{}", &text[..at], &text[at + from.len()..])).unwrap();
+}
+
+/// A running `callguard local` with its output lines as they come.
+struct Local {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    tftp_port: u16,
+    capf_port: u16,
+}
+
+impl Local {
+    fn start(manifests: &Path, state: &Path) -> Local {
+        let (tftp_port, capf_port) = (free_udp_port(), free_tcp_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .args(["--tftp-port", &tftp_port.to_string(), "--capf-port", &capf_port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("callguard runs");
+        let (sender, lines) = mpsc::channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let mut local = Local { child, lines, seen: Vec::new(), tftp_port, capf_port };
+        let line = local.wait_for("serving CAPF on");
+        assert!(line.contains(&format!("127.0.0.1:{capf_port}")) && line.contains("node cm1"), "{line}");
+        local.wait_for("serving TFTP on");
+        local
+    }
+
+    /// Waits up to 60 s for an output line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Every line so far.
+    fn output(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    fn fetch(&self, name: &str, out: &Path) -> bool {
+        let _ = fs::remove_file(out);
+        tftp_hpa_get(self.tftp_port, name, out)
+    }
+
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "callguard local exits 0 on SIGTERM: {status}");
+                std::thread::sleep(Duration::from_millis(200));
+                return self.output();
+            }
+            assert!(Instant::now() < deadline, "callguard local did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A phone speaking CAPF over TCP and TLS (docs/wire-formats.md §7.5).
+
+/// What the phone saw in one session.
+#[derive(Debug, Default)]
+struct Transcript {
+    commands: Vec<CapfCommand>,
+    end: Option<Reason>,
+    /// KEY_SIZE of the KEY_GENERATE_REQUEST.
+    key_size: Option<u16>,
+    /// The LSC of STORE_CERTIFICATE_REQUEST, DER.
+    stored: Option<Vec<u8>>,
+}
+
+fn read_frame(stream: &mut impl Read) -> Option<Frame> {
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).ok()?;
+    let parsed = FrameHeader::decode(&header).expect("the server sends 0x55 frames");
+    let mut bytes = header.to_vec();
+    bytes.resize(HEADER_LEN + usize::from(parsed.body_len), 0);
+    stream.read_exact(&mut bytes[HEADER_LEN..]).ok()?;
+    Some(Frame::decode(&bytes).expect("the server sends well-formed frames"))
+}
+
+fn send(stream: &mut impl Write, frame: Frame) {
+    stream.write_all(&frame.encode().unwrap()).unwrap();
+    stream.flush().unwrap();
+}
+
+/// One session of `device` against CAPF on `port`, verifying the server's certificate against the
+/// cluster CA of `state`; `password` is the authentication string it enters, `key` the key it makes.
+fn session(port: u16, state: &Path, device: &str, password: Option<&str>, key: &RsaPrivateKey) -> Transcript {
+    let ca = fs::read(state.join("namespaces/default/ca/ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from(callguard::core::pki::inspect::certificate_der(&ca).unwrap())).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(CAPF_HOST).unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+
+    let mut transcript = Transcript::default();
+    let request = read_frame(&mut stream).expect("the server speaks first");
+    assert_eq!(request.command, CapfCommand::AuthRequest);
+    let id = request.session_id;
+    transcript.commands.push(request.command);
+    let body = Body {
+        reason: Some(Reason::Success),
+        version: Some(3),
+        device_name: Some(device.into()),
+        password: password.map(Password::new),
+        ..Body::default()
+    };
+    send(&mut stream, Frame::new(CapfCommand::AuthResponse, id, body));
+    while let Some(frame) = read_frame(&mut stream) {
+        transcript.commands.push(frame.command);
+        let reply = |command, body| Frame::new(command, id, body);
+        let success = || Body { reason: Some(Reason::Success), ..Body::default() };
+        match frame.command {
+            CapfCommand::KeyGenerateRequest => {
+                transcript.key_size = frame.body.key_size;
+                let spki = rsa::RsaPublicKey::from(key).to_public_key_der().unwrap().as_bytes().to_vec();
+                send(&mut stream, reply(CapfCommand::KeyGenerateResponse, Body { public_key: Some(spki), ..Body::default() }));
+            }
+            CapfCommand::StoreCertificateRequest => {
+                transcript.stored = frame.body.certificate.as_ref().map(|c| c.der.clone());
+                send(&mut stream, reply(CapfCommand::StoreCertificateResponse, success()));
+            }
+            CapfCommand::DeleteCertificateRequest => send(&mut stream, reply(CapfCommand::DeleteCertificateResponse, success())),
+            CapfCommand::EndSession => {
+                transcript.end = frame.body.reason;
+                break;
+            }
+            other => panic!("the server sent {other:?}"),
+        }
+    }
+    transcript
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// What `local` writes.
+
+/// The entry of `phone` in the state's status.yaml.
+fn status_of(state: &Path, phone: &str) -> serde_yaml::Value {
+    let text = fs::read_to_string(state.join("namespaces/default/status.yaml")).unwrap_or_default();
+    let statuses: Vec<serde_yaml::Value> = serde_yaml::from_str(&text).unwrap_or_default();
+    statuses.into_iter().find(|s| s["kind"] == "Phone" && s["name"] == phone).unwrap_or(serde_yaml::Value::Null)
+}
+
+fn text(value: &serde_yaml::Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// Polls the phone's status until `accept` holds, for up to 20 s; returns it.
+fn status_until(state: &Path, phone: &str, what: &str, accept: impl Fn(&serde_yaml::Value) -> bool) -> serde_yaml::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = status_of(state, phone);
+        if accept(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "Phone/{phone}: never {what}: {status:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn operation(status: &serde_yaml::Value) -> String {
+    text(&status["operation_status"])
+}
+
+fn callguard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_callguard")).args(args).output().unwrap()
+}
+
+/// Fetches the lobby's `.enc.sgn` and the CTL, and decrypts the file with `key`: its configuration.
+fn decrypted_configuration(local: &Local, dir: &Path, key: &Path) -> String {
+    let (encrypted, ctl) = (dir.join("lobby.enc.sgn"), dir.join("ctl.tlv"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &encrypted) {
+        assert!(Instant::now() < deadline, "the lobby's .enc.sgn was not served within 10 s of its LSC");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(local.fetch("CTLFile.tlv", &ctl));
+    let output =
+        callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_lobby_phone_installs_an_lsc_that_flows_into_its_encrypted_configuration_once_across_a_restart_and_deletes_it() {
+    require("tftp", "tftp-hpa");
+    require("openssl", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let namespace = state.join("namespaces/default");
+    let mut local = Local::start(&manifests, &state);
+    let status = status_of(&state, "lobby-7970");
+    assert_eq!(text(&status["lsc_state"]), "Pending");
+    assert!(operation(&status).starts_with("Pending: Install/Upgrade until 2027-06-30T17:00:00Z"), "{status:?}");
+    assert!(!local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &dir.path().join("none")), "no LSC yet: no encrypted file");
+
+    // The phone's key, made as the phone would (its profile asks for RSA 2048).
+    let key = keys::generate_rsa(2048);
+    let key_file = dir.path().join("lobby.key");
+    fs::write(&key_file, keys::pkcs8_pem(&key)).unwrap();
+
+    // Install by authentication string.
+    let installed = session(local.capf_port, &state, LOBBY, Some(LOBBY_STRING), &key);
+    assert_eq!(installed.end, Some(Reason::Success), "{installed:?}\n{}", local.output());
+    assert_eq!(installed.key_size, Some(2048), "the key size of the phone's profile (Table 5-1)");
+    let lsc = installed.stored.clone().expect("an LSC to store");
+    let facts = CertificateFacts::from_der(&lsc).unwrap();
+    assert_eq!(facts.subject_common_name.as_deref(), Some(LOBBY));
+    let lifetime = (facts.not_after - facts.not_before).whole_days();
+    assert!((1824..=1826).contains(&lifetime), "spec.capf.certificateValidityYears 5: {lifetime} days");
+    let lsc_pem = dir.path().join("lsc.pem");
+    fs::write(&lsc_pem, callguard::core::pki::ca::certificate_pem(&lsc)).unwrap();
+    let verified = Command::new("openssl")
+        .args(["verify", "-CAfile", namespace.join("ca/ca.crt").to_str().unwrap(), lsc_pem.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verified.stdout));
+    let kept = fs::read(namespace.join(format!("devices/{LOBBY}.crt"))).unwrap();
+    assert_eq!(callguard::core::pki::inspect::certificate_der(&kept).unwrap(), lsc, "kept where device add-cert writes");
+    local.wait_for(&format!("Phone/lobby-7970 ({LOBBY}): Install/Upgrade completed: installed LSC serial {}", facts.serial));
+
+    // Within seconds, without a restart, the phone's configuration is encrypted for that LSC.
+    let configuration = decrypted_configuration(&local, dir.path(), &key_file);
+    assert!(configuration.contains("<fullConfig>true</fullConfig>"), "{configuration}");
+    assert!(configuration.contains("<capfAuthMode>0</capfAuthMode>"), "the operation is no longer pending: {configuration}");
+
+    // The status shows the LSC and the operation.
+    let status = status_until(&state, "lobby-7970", "Completed", |s| operation(s).starts_with("Completed"));
+    assert_eq!(text(&status["lsc_state"]), "Installed");
+    assert_eq!(text(&status["lsc"]["serialNumber"]), facts.serial.to_hex(), "{status:?}");
+    assert_eq!(text(&status["lsc"]["notAfter"]), callguard::core::build::capf::rfc3339(facts.not_after));
+    assert!(text(&status["lsc"]["issuer"]).contains("quickstart CA"), "{status:?}");
+    assert!(operation(&status).contains("Completed: Install/Upgrade at 20"), "{status:?}");
+    assert_eq!(status["reason"], "Ready", "no certificate awaited, no operation pending: {status:?}");
+    let table = local.wait_for("capf: Phone/lobby-7970: Completed: Install/Upgrade");
+    assert!(table.contains(&format!("LSC serial {}", facts.serial)), "{table}");
+
+    // What CAPF keeps of the phone is owner-only and holds no authentication string.
+    let record = namespace.join(format!("capf/{LOBBY}.yaml"));
+    assert_eq!(mode(&record), 0o600);
+    assert!(!fs::read_to_string(&record).unwrap().contains(LOBBY_STRING));
+
+    // The same spec again: nothing is scheduled, nothing issued.
+    let again = session(local.capf_port, &state, LOBBY, Some(LOBBY_STRING), &key);
+    assert_eq!(again.end, Some(Reason::NoAction), "{again:?}");
+    assert!(again.stored.is_none() && !again.commands.contains(&CapfCommand::KeyGenerateRequest));
+
+    // A restart in the middle: the LSC, the record and the encrypted file are all still there, and
+    // nothing is issued again.
+    local.stop();
+    let mut local = Local::start(&manifests, &state);
+    let started = local.output();
+    assert!(!started.contains("installed LSC") && !started.contains("issued the"), "{started}");
+    let status = status_of(&state, "lobby-7970");
+    assert_eq!(text(&status["lsc"]["serialNumber"]), facts.serial.to_hex(), "{status:?}");
+    assert!(operation(&status).starts_with("Completed: Install/Upgrade"), "{status:?}");
+    let again = session(local.capf_port, &state, LOBBY, Some(LOBBY_STRING), &key);
+    assert_eq!(again.end, Some(Reason::NoAction), "{again:?}");
+    assert!(decrypted_configuration(&local, dir.path(), &key_file).contains("<fullConfig>true</fullConfig>"));
+
+    // A new operation (a new operationCompletesBy) with the same string: the string is spent
+    // (Table 6-2), so the phone is refused and nothing is issued.
+    edit(&manifests, "phones.yaml", "operationCompletesBy: \"2027-06-30T17:00:00Z\"", "operationCompletesBy: \"2027-07-31T17:00:00Z\"", 0);
+    let status = status_until(&state, "lobby-7970", "refused for its spent string", |s| operation(s).starts_with("Failed"));
+    assert!(operation(&status).contains("already used") && operation(&status).contains("Table 6-2, P.6-12"), "{status:?}");
+    let spent = session(local.capf_port, &state, LOBBY, Some(LOBBY_STRING), &key);
+    assert_eq!(spent.end, Some(Reason::Failure), "{spent:?}");
+    assert!(!spent.commands.contains(&CapfCommand::KeyGenerateRequest));
+    local.wait_for("refused before authentication: Phone/lobby-7970: spec.capf.authenticationString was already used");
+    assert_eq!(fs::read(namespace.join(format!("devices/{LOBBY}.crt"))).unwrap(), kept, "nothing issued");
+
+    // Delete, with a new string: the LSC goes, and with it the encrypted file.
+    edit(&manifests, "phones.yaml", "certificateOperation: InstallUpgrade", "certificateOperation: Delete", 0);
+    edit(&manifests, "phones.yaml", "2027-07-31T17:00:00Z", "2027-08-31T17:00:00Z", 0);
+    edit(&manifests, "secrets.yaml", &format!("authenticationString: \"{LOBBY_STRING}\""), "authenticationString: \"24681357\"", 0);
+    status_until(&state, "lobby-7970", "pending a Delete", |s| operation(s).starts_with("Pending: Delete"));
+    let deleted = session(local.capf_port, &state, LOBBY, Some("24681357"), &key);
+    assert_eq!(deleted.end, Some(Reason::Success), "{deleted:?}");
+    assert!(deleted.commands.contains(&CapfCommand::DeleteCertificateRequest));
+    assert!(!namespace.join(format!("devices/{LOBBY}.crt")).exists(), "a completed Delete removes the LSC");
+    let status = status_until(&state, "lobby-7970", "Completed: Delete", |s| operation(s).starts_with("Completed: Delete"));
+    assert_eq!(text(&status["lsc_state"]), "None");
+    assert!(status["lsc"].is_null(), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &dir.path().join("gone")) {
+        assert!(Instant::now() < deadline, "the .enc.sgn is still served after the Delete");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = local.stop();
+    for string in [LOBBY_STRING, "24681357"] {
+        assert!(!output.contains(string), "an authentication string in the output:\n{output}");
+    }
+}
+
+#[test]
+fn ten_wrong_strings_lock_the_lobby_phone_out_and_the_eleventh_try_is_refused_even_with_the_right_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    // The hallway phone's operation is past its deadline.
+    edit(&manifests, "phones.yaml", "operationCompletesBy: \"2027-06-30T17:00:00Z\"", "operationCompletesBy: \"2026-01-01T00:00:00Z\"", 1);
+    let state = dir.path().join("state");
+    let mut local = Local::start(&manifests, &state);
+    let key = keys::generate_rsa(2048);
+
+    // Expired: not carried out, and said so.
+    let hallway = status_of(&state, "hallway-7911");
+    assert!(operation(&hallway).starts_with("Expired: Install/Upgrade was to complete by 2026-01-01T00:00:00Z"), "{hallway:?}");
+    let expired = session(local.capf_port, &state, HALLWAY, None, &key);
+    assert_eq!(expired.end, Some(Reason::NoAction), "{expired:?}");
+    // A deadline that passes while `local` runs: the status follows without an edit.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(8);
+    let soon = callguard::core::build::capf::rfc3339(soon);
+    edit(&manifests, "phones.yaml", "2026-01-01T00:00:00Z", &soon, 0);
+    status_until(&state, "hallway-7911", "pending until soon", |s| operation(s).starts_with("Pending"));
+    let hallway = status_until(&state, "hallway-7911", "expired by itself", |s| operation(s).starts_with("Expired"));
+    assert!(operation(&hallway).contains(&soon), "{hallway:?}");
+    assert_eq!(session(local.capf_port, &state, HALLWAY, None, &key).end, Some(Reason::NoAction));
+
+    for n in 1..=10 {
+        let wrong = session(local.capf_port, &state, LOBBY, Some(&format!("1000000{n}")), &key);
+        assert_eq!(wrong.end, Some(Reason::Failure), "wrong string {n}: {wrong:?}");
+        assert!(!wrong.commands.contains(&CapfCommand::KeyGenerateRequest));
+    }
+    let locked = local.wait_for("CAPF: Phone/lobby-7970 (SEP001122334455) is locked out until");
+    assert!(locked.contains("10 consecutive wrong authentication strings (P.16-6)"), "{locked}");
+
+    // The eleventh, with the right string, is refused before the string is looked at: the string is
+    // not spent.
+    let eleventh = session(local.capf_port, &state, LOBBY, Some(LOBBY_STRING), &key);
+    assert_eq!(eleventh.end, Some(Reason::Failure), "{eleventh:?}");
+    assert!(!eleventh.commands.contains(&CapfCommand::KeyGenerateRequest) && eleventh.stored.is_none());
+    local.wait_for("refused before authentication: Phone/lobby-7970: locked out until");
+    let record = fs::read_to_string(state.join(format!("namespaces/default/capf/{LOBBY}.yaml"))).unwrap();
+    assert!(!record.contains("spentStrings"), "{record}");
+    assert!(!state.join(format!("namespaces/default/devices/{LOBBY}.crt")).exists());
+
+    // The status says until when: at least ten minutes.
+    let status = status_until(&state, "lobby-7970", "LockedOut", |s| operation(s).starts_with("LockedOut"));
+    assert_eq!(text(&status["lsc_state"]), "Failed");
+    assert_eq!(status["consecutive_auth_failures"].as_u64(), Some(10));
+    let until =
+        operation(&status).split(" until ").nth(1).and_then(|rest| rest.split(':').take(3).collect::<Vec<_>>().join(":").into()).unwrap();
+    let until = time::OffsetDateTime::parse(&until, &time::format_description::well_known::Rfc3339).unwrap();
+    let left = until - time::OffsetDateTime::now_utc();
+    assert!(left > time::Duration::minutes(9), "locked for at least ten minutes: {left}");
+    local.stop();
+}
+
+/// The CAPF port in use: `local` names the holder, exits 1, and has written nothing.
+#[test]
+fn with_its_capf_port_taken_local_names_the_holder_and_writes_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let tftp = free_udp_port().to_string();
+    let output = callguard(&[
+        "local",
+        manifests.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--tftp-port",
+        &tftp,
+        "--capf-port",
+        &port,
+    ]);
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("cannot serve CAPF: 127.0.0.1:{port} is in use by PID {}", std::process::id())), "{text}");
+    assert!(text.contains("pass another --capf-port"), "{text}");
+    assert!(!state.exists(), "nothing written before the ports are bound");
+    drop(taken);
+}
