@@ -10,7 +10,7 @@
 
 #[path = "support/peers.rs"]
 mod peers;
-use peers::{require, tftp_hpa_get};
+use peers::{TftpGet, file_not_found, require, tftp_hpa_get};
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -115,7 +115,7 @@ impl Local {
         self.seen.join("\n")
     }
 
-    fn fetch(&self, name: &str, out: &Path) -> bool {
+    fn fetch(&self, name: &str, out: &Path) -> TftpGet {
         let _ = fs::remove_file(out);
         tftp_hpa_get(self.tftp_port, name, out)
     }
@@ -265,11 +265,11 @@ fn callguard(args: &[&str]) -> std::process::Output {
 fn decrypted_configuration(local: &Local, dir: &Path, key: &Path) -> String {
     let (encrypted, ctl) = (dir.join("lobby.enc.sgn"), dir.join("ctl.tlv"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &encrypted) {
+    while local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &encrypted) != TftpGet::Fetched {
         assert!(Instant::now() < deadline, "the lobby's .enc.sgn was not served within 10 s of its LSC");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(local.fetch("CTLFile.tlv", &ctl));
+    assert_eq!(local.fetch("CTLFile.tlv", &ctl), TftpGet::Fetched);
     let output =
         callguard(&["trust", "decrypt", encrypted.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ctl", ctl.to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -292,8 +292,12 @@ fn the_lobby_phone_installs_an_lsc_that_flows_into_its_encrypted_configuration_o
     let mut local = Local::start(&manifests, &state);
     let status = status_of(&state, "lobby-7970");
     assert_eq!(text(&status["lsc_state"]), "Pending");
-    assert!(operation(&status).starts_with("Pending: Install/Upgrade until 2027-06-30T17:00:00Z"), "{status:?}");
-    assert!(!local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &dir.path().join("none")), "no LSC yet: no encrypted file");
+    assert!(operation(&status).starts_with("Pending: Install/Upgrade until 2036-06-30T17:00:00Z"), "{status:?}");
+    assert_eq!(
+        local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &dir.path().join("none")),
+        file_not_found(),
+        "no LSC yet: no encrypted file"
+    );
 
     // The phone's key, made as the phone would (its profile asks for RSA 2048).
     let key = keys::generate_rsa(2048);
@@ -361,7 +365,7 @@ fn the_lobby_phone_installs_an_lsc_that_flows_into_its_encrypted_configuration_o
 
     // A new operation (a new operationCompletesBy) with the same string: the string is spent
     // (Table 6-2), so the phone is refused and nothing is issued.
-    edit(&manifests, "phones.yaml", "operationCompletesBy: \"2027-06-30T17:00:00Z\"", "operationCompletesBy: \"2027-07-31T17:00:00Z\"", 0);
+    edit(&manifests, "phones.yaml", "operationCompletesBy: \"2036-06-30T17:00:00Z\"", "operationCompletesBy: \"2036-07-31T17:00:00Z\"", 0);
     let status = status_until(&state, "lobby-7970", "refused for its spent string", |s| operation(s).starts_with("Failed"));
     assert!(operation(&status).contains("already used") && operation(&status).contains("Table 6-2, P.6-12"), "{status:?}");
     let spent = session(local.capf_port, &state, LOBBY, Some(LOBBY_STRING), &key);
@@ -372,7 +376,7 @@ fn the_lobby_phone_installs_an_lsc_that_flows_into_its_encrypted_configuration_o
 
     // Delete, with a new string: the LSC goes, and with it the encrypted file.
     edit(&manifests, "phones.yaml", "certificateOperation: InstallUpgrade", "certificateOperation: Delete", 0);
-    edit(&manifests, "phones.yaml", "2027-07-31T17:00:00Z", "2027-08-31T17:00:00Z", 0);
+    edit(&manifests, "phones.yaml", "2036-07-31T17:00:00Z", "2036-08-31T17:00:00Z", 0);
     edit(&manifests, "secrets.yaml", &format!("authenticationString: \"{LOBBY_STRING}\""), "authenticationString: \"24681357\"", 0);
     status_until(&state, "lobby-7970", "pending a Delete", |s| operation(s).starts_with("Pending: Delete"));
     let deleted = session(local.capf_port, &state, LOBBY, Some("24681357"), &key);
@@ -383,7 +387,7 @@ fn the_lobby_phone_installs_an_lsc_that_flows_into_its_encrypted_configuration_o
     assert_eq!(text(&status["lsc_state"]), "None");
     assert!(status["lsc"].is_null(), "{status:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &dir.path().join("gone")) {
+    while local.fetch(&format!("{LOBBY}.cnf.xml.enc.sgn"), &dir.path().join("gone")) != file_not_found() {
         assert!(Instant::now() < deadline, "the .enc.sgn is still served after the Delete");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -398,7 +402,7 @@ fn ten_wrong_strings_lock_the_lobby_phone_out_and_the_eleventh_try_is_refused_ev
     let dir = tempfile::tempdir().unwrap();
     let manifests = copy_quickstart(dir.path());
     // The hallway phone's operation is past its deadline.
-    edit(&manifests, "phones.yaml", "operationCompletesBy: \"2027-06-30T17:00:00Z\"", "operationCompletesBy: \"2026-01-01T00:00:00Z\"", 1);
+    edit(&manifests, "phones.yaml", "operationCompletesBy: \"2036-06-30T17:00:00Z\"", "operationCompletesBy: \"2026-01-01T00:00:00Z\"", 1);
     let state = dir.path().join("state");
     let mut local = Local::start(&manifests, &state);
     let key = keys::generate_rsa(2048);

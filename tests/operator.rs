@@ -103,7 +103,7 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     assert_eq!(condition(&hallway, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "CertificateOperationPending".into())));
     assert_eq!(
         (hallway["status"]["lscState"].as_str(), hallway["status"]["operationStatus"].as_str()),
-        (Some("Pending"), Some("Pending: Install/Upgrade until 2027-06-30T17:00:00Z (Table 6-2)"))
+        (Some("Pending"), Some("Pending: Install/Upgrade until 2036-06-30T17:00:00Z (Table 6-2)"))
     );
     // The tokens say which CTL lists them and which signed it.
     let primary = server.get("callguard.io/v1alpha1", "SecurityToken", Some(NAMESPACE), "token-primary").unwrap();
@@ -514,7 +514,8 @@ async fn argocd_health_of_the_status_the_operator_writes() {
     // And one that is Ready all the same: the conference phone, whose web access setting has no
     // known encoding.
     let conference = || object(&server, "Phone", "conference-7912");
-    until("the conference phone Ready and Downgraded", || is_ready(&conference()) && condition(&conference(), "Downgraded").is_some()).await;
+    until("the conference phone Ready and Downgraded", || is_ready(&conference()) && condition(&conference(), "Downgraded").is_some())
+        .await;
     let (ready_cluster, downgraded_phone, ready_downgraded_phone) = (cluster(&server), lobby(), conference());
     shutdown.trigger();
     operator.await.unwrap().unwrap();

@@ -9,7 +9,6 @@
 //! `openssl genpkey` and `openssl pkcs8`. Fails, never skips, when `openssl` is missing.
 
 #[path = "support/peers.rs"]
-#[allow(dead_code)]
 mod peers;
 use peers::require;
 

@@ -436,11 +436,11 @@ mod tests {
     #[test]
     fn an_operation_is_named_by_its_deadline_and_runs_once() {
         let now = at("2026-12-06T12:00:00Z");
-        let lobby = phone("InstallUpgrade", "2027-06-30T17:00:00Z");
+        let lobby = phone("InstallUpgrade", "2036-06-30T17:00:00Z");
         let mut record = CapfRecord::default();
         let state = operation_state(&lobby, Some("12345678"), &record, now);
         let OperationState::Pending { id } = state.clone() else { panic!("{state:?}") };
-        assert_eq!(id.completes_by, "2027-06-30T17:00:00Z");
+        assert_eq!(id.completes_by, "2036-06-30T17:00:00Z");
         record.fail(id.clone(), now, "no KEY_GENERATE_RESPONSE in time".into());
         assert!(operation_state(&lobby, Some("12345678"), &record, now).describe().unwrap().starts_with("Failed: Install/Upgrade: no KEY"));
         record.authenticated(Some("12345678"));
@@ -455,7 +455,7 @@ mod tests {
         assert_eq!(operation_state(&again, Some("87654321"), &record, now).word(), "Pending");
         // Past its deadline it expires; a delete is another operation.
         assert_eq!(operation_state(&again, Some("87654321"), &record, at("2027-07-02T00:00:00Z")).word(), "Expired");
-        assert_eq!(operation_state(&phone("Delete", "2027-06-30T17:00:00Z"), None, &record, now).word(), "Pending");
-        assert_eq!(operation_state(&phone("NoPendingOperation", "2027-06-30T17:00:00Z"), None, &record, now), OperationState::None);
+        assert_eq!(operation_state(&phone("Delete", "2036-06-30T17:00:00Z"), None, &record, now).word(), "Pending");
+        assert_eq!(operation_state(&phone("NoPendingOperation", "2036-06-30T17:00:00Z"), None, &record, now), OperationState::None);
     }
 }
