@@ -73,6 +73,7 @@ impl Local {
         let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
             .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
             .args(["--tftp-port", &tftp_port.to_string(), "--capf-port", &capf_port.to_string()])
+            .args(["--tvs-port", &free_tcp_port().to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -469,6 +470,8 @@ fn with_its_capf_port_taken_local_names_the_holder_and_writes_nothing() {
         &tftp,
         "--capf-port",
         &port,
+        "--tvs-port",
+        &free_tcp_port().to_string(),
     ]);
     let text = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{text}");

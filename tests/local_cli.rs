@@ -36,7 +36,7 @@ impl Local {
         let port = free_udp_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
         command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()]);
-        command.args(["--capf-port", &free_capf_port()]);
+        command.args(["--capf-port", &free_capf_port(), "--tvs-port", &free_capf_port()]);
         Local::spawn(command, port)
     }
 
@@ -303,7 +303,15 @@ fn run_until_exit(mut command: Command, seconds: u64) -> Option<std::process::Ou
 fn callguard_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
     command.args(args);
+    with_free_tvs_port(&mut command, args);
     command
+}
+
+/// A free TCP port for TVS on every `local`, so that tests running at once do not all ask for 2445.
+fn with_free_tvs_port(command: &mut Command, args: &[&str]) {
+    if args.first() == Some(&"local") && !args.contains(&"--tvs-port") {
+        command.args(["--tvs-port", &free_capf_port()]);
+    }
 }
 
 fn stderr_of(output: &std::process::Output) -> String {
@@ -322,6 +330,7 @@ fn unprivileged(args: &[&str]) -> Command {
         Command::new(binary)
     };
     command.args(args);
+    with_free_tvs_port(&mut command, args);
     command
 }
 

@@ -111,6 +111,10 @@ enum Command {
         /// 3804 (P.6-7).
         #[arg(long)]
         capf_port: Option<u16>,
+        /// TVS port, when the cluster's first node runs CallManager. The cluster has no TVS port
+        /// field: 2445 unless given (docs/wire-formats.md §8).
+        #[arg(long)]
+        tvs_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
         #[arg(long)]
         namespace: Option<String>,
@@ -320,6 +324,27 @@ enum Serve {
         #[command(flatten)]
         logging: LoggingArgs,
     },
+    /// TVS: answers phones asking whether a certificate is trusted, and for which roles, from the
+    /// projection Secret the operator writes (docs/wire-formats.md §8).
+    Tvs {
+        /// The CallControlCluster served.
+        #[arg(long)]
+        cluster: String,
+        /// Its namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// The projection Secret: tls.crt, tls.key and directory.json (usually CLUSTER-tvs).
+        #[arg(long)]
+        secret: String,
+        /// Address the TVS listener binds.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// TVS port (2445, docs/wire-formats.md §8).
+        #[arg(long, default_value_t = callguard::services::tvs::DEFAULT_PORT)]
+        port: u16,
+        #[command(flatten)]
+        logging: LoggingArgs,
+    },
 }
 
 /// Runs `job` on a Tokio runtime with a Kubernetes client, logging as asked, until SIGINT or SIGTERM.
@@ -368,7 +393,7 @@ fn main() -> ExitCode {
         Command::Build { paths, state_dir, out, new_identity, output } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity }, output)
         }
-        Command::Local { paths, state_dir, bind, tftp_port, capf_port, namespace, new_identity, log_level } => {
+        Command::Local { paths, state_dir, bind, tftp_port, capf_port, tvs_port, namespace, new_identity, log_level } => {
             use callguard::ops::logging::{LogFormat, LoggingError, init_with};
             match init_with(tracing::level_filters::LevelFilter::WARN, Some(&log_level), LogFormat::Text) {
                 Ok(()) => {}
@@ -384,7 +409,8 @@ fn main() -> ExitCode {
                 }
             }
             let build = BuildOptions { new_identity };
-            let options = callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, capf_port, namespace, build };
+            let options =
+                callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, capf_port, tvs_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
                 .map_err(|e| callguard::adapters::local::LocalError::Failed(e.to_string()))
                 .and_then(|runtime| runtime.block_on(callguard::adapters::local::run(options)));
@@ -436,6 +462,10 @@ fn main() -> ExitCode {
                 metrics_bind,
             };
             with_client(&logging, |client, shutdown| callguard::adapters::serve::tftp::serve(client, options, shutdown))
+        }
+        Command::Serve { service: Serve::Tvs { cluster, namespace, secret, bind, port, logging } } => {
+            let options = callguard::adapters::serve::tvs::ServeTvsOptions { namespace, cluster, secret, bind, port };
+            with_client(&logging, |client, shutdown| callguard::adapters::serve::tvs::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);

@@ -27,8 +27,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::labels;
+use crate::core::build::TvsIdentity;
 use crate::core::build::catalog::{SigningParameters, TftpCatalog, trust_lists_only};
 use crate::core::build::phone_files::PhonePayloads;
+use crate::core::build::vouched::Vouched;
+use crate::core::pki::ca::certificate_pem;
+use crate::core::pki::keys;
 
 /// The index's key for the catalog description.
 const CATALOG_KEY: &str = "catalog.json";
@@ -156,6 +160,61 @@ pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, Strin
         data.insert(CATALOG_KEY.to_owned(), ByteString(serde_json::to_vec(&description).map_err(|e| e.to_string())?));
         return Ok(Projection { index: secret(index_name(cluster), cluster, data), shards: shards.into_iter().map(|(_, s)| s).collect() });
     }
+}
+
+/// The key of the TVS projection that lists what TVS vouches for (`core::build::vouched`).
+const TVS_DIRECTORY_KEY: &str = "directory.json";
+/// The most `directory.json` may hold: what one Secret can (the API refuses objects over 1 MiB).
+pub const MAX_TVS_DIRECTORY_BYTES: usize = 1024 * 1024;
+
+/// The Secret of `cluster`'s TVS projection.
+pub fn tvs_name(cluster: &str) -> String {
+    format!("{cluster}-tvs")
+}
+
+/// What the TVS service needs, as one Secret: `tls.crt` and `tls.key`, the certificate it presents
+/// and its key (the first node's CallManager certificate), and `directory.json`, the certificates it
+/// vouches for with their role codes, by name. No CA key, no token key, no other function's key.
+pub fn project_tvs(cluster: &str, tvs: &TvsIdentity) -> Result<Secret, String> {
+    let certificate = &tvs.certificate;
+    let directory = serde_json::to_vec(&tvs.vouched).map_err(|e| e.to_string())?;
+    if directory.len() > MAX_TVS_DIRECTORY_BYTES {
+        return Err(format!("the TVS directory ({} certificates) does not fit in one Secret", tvs.vouched.len()));
+    }
+    let data = BTreeMap::from([
+        ("tls.crt".to_owned(), ByteString(certificate_pem(&certificate.certificate_der).into_bytes())),
+        ("tls.key".to_owned(), ByteString(keys::pkcs8_pem(&certificate.key).as_bytes().to_vec())),
+        (TVS_DIRECTORY_KEY.to_owned(), ByteString(directory)),
+    ]);
+    let mut secret = secret(tvs_name(cluster), cluster, data);
+    secret.type_ = Some("kubernetes.io/tls".into());
+    Ok(secret)
+}
+
+/// What a TVS projection says.
+pub struct TvsView {
+    pub certificate_der: Vec<u8>,
+    pub key: rsa::RsaPrivateKey,
+    pub vouched: Vec<Vouched>,
+}
+
+/// Reads a TVS projection Secret; every message names the Secret and the key.
+pub fn read_tvs(secret: &Secret) -> Result<TvsView, String> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let data = secret.data.as_ref().ok_or_else(|| format!("Secret/{name} has no data"))?;
+    let field = |key: &str| data.get(key).map(|b| b.0.as_slice()).ok_or_else(|| format!("Secret/{name} has no {key}"));
+    let certificate_der =
+        crate::core::pki::inspect::certificate_der(field("tls.crt")?).map_err(|e| format!("Secret/{name}: tls.crt: {e}"))?;
+    let key_pem = std::str::from_utf8(field("tls.key")?).map_err(|_| format!("Secret/{name}: tls.key is not PEM"))?;
+    let key = keys::from_pem(key_pem).map_err(|e| format!("Secret/{name}: tls.key: {e}"))?;
+    let directory = field(TVS_DIRECTORY_KEY)?;
+    if directory.len() > MAX_TVS_DIRECTORY_BYTES {
+        return Err(format!(
+            "Secret/{name}: {TVS_DIRECTORY_KEY} is over {MAX_TVS_DIRECTORY_BYTES} bytes: refused (docs/security-model.md §4.6)"
+        ));
+    }
+    let vouched = serde_json::from_slice(directory).map_err(|e| format!("Secret/{name}: {TVS_DIRECTORY_KEY}: {e}"))?;
+    Ok(TvsView { certificate_der, key, vouched })
 }
 
 /// What an index Secret says: the trust lists, the signing parameters and the shards to fetch.
@@ -288,5 +347,45 @@ mod tests {
         index.data.as_mut().unwrap().insert("SEP000000000000.cnf.xml".into(), ByteString(b"<device/>".to_vec()));
         let view = read_index(&index).unwrap();
         assert!(view.trust_lists.is_empty(), "{:?}", view.trust_lists.keys());
+    }
+
+    #[test]
+    fn the_tvs_projection_holds_its_pair_and_directory_and_reads_back() {
+        use crate::core::build::identity::FunctionCertificate;
+        use crate::core::pki::ca::{CaSettings, ClusterCa};
+        use crate::core::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key};
+        let now = time::OffsetDateTime::now_utc();
+        let ca = ClusterCa::generate(&CaSettings::new("quickstart", "default"), now).unwrap();
+        let request = ServerCertificateRequest {
+            role: ServerRole::CallManager,
+            hostname: "cm1.example".into(),
+            ip_address: None,
+            validity_days: 30,
+            serial: crate::core::pki::serial::Serial::random(&mut rand::thread_rng()),
+            now,
+            legacy_signer_keys: false,
+        };
+        let issued = issue_server_certificate_with_new_key(&ca, &request).unwrap();
+        let vouched = vec![Vouched { name: "cm1.callmanager".into(), roles: vec![1], certificate: issued.certificate_der.clone() }];
+        let certificate = FunctionCertificate {
+            node: "cm1".into(),
+            hostname: "cm1.example".into(),
+            role: ServerRole::CallManager,
+            certificate_der: issued.certificate_der.clone(),
+            key: issued.key.clone(),
+        };
+        let secret = project_tvs("quickstart", &TvsIdentity { certificate, vouched: vouched.clone() }).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("quickstart-tvs"));
+        let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["directory.json", "tls.crt", "tls.key"], "the pair and the directory, nothing else");
+        let ca_key = ca.to_pem().private_key;
+        assert!(secret.data.as_ref().unwrap().values().all(|v| v.0 != ca_key.as_bytes()), "no CA key");
+        let view = read_tvs(&secret).unwrap();
+        assert_eq!((view.certificate_der, view.vouched), (issued.certificate_der, vouched));
+        assert_eq!(view.key, issued.key);
+
+        let mut missing = secret.clone();
+        missing.data.as_mut().unwrap().remove("directory.json");
+        assert_eq!(read_tvs(&missing).err().unwrap(), "Secret/quickstart-tvs has no directory.json");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod capf;
 pub mod port;
+pub mod tvs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,9 @@ use crate::api::default_ports;
 use crate::core::build::lock::StateLock;
 use crate::core::build::served::ServedFiles;
 use crate::core::build::state::StateDir;
-use crate::core::build::{BuildOptions, BuildOutput, CapfIdentity, PathsError, ResourceStatus, build_in, namespace_state, validate_paths};
+use crate::core::build::{
+    BuildOptions, BuildOutput, CapfIdentity, PathsError, ResourceStatus, TvsIdentity, build_in, namespace_state, validate_paths,
+};
 use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -42,6 +45,9 @@ pub struct LocalOptions {
     /// CAPF port, when the cluster runs CAPF. `None`: the cluster's `spec.ports.capfPort`, else
     /// 3804 (P.6-7).
     pub capf_port: Option<u16>,
+    /// TVS port, when the first node runs CallManager: the cluster has no TVS port field, so
+    /// 2445 (docs/wire-formats.md §8) unless given.
+    pub tvs_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
     /// What the build may do by explicit request (a new identity).
@@ -56,6 +62,7 @@ impl LocalOptions {
             bind: IpAddr::from([127, 0, 0, 1]),
             tftp_port: None,
             capf_port: None,
+            tvs_port: None,
             namespace: None,
             build: BuildOptions::default(),
         }
@@ -127,6 +134,16 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             None
         }
     };
+    let tvs_listener = if first.runs_tvs() {
+        Some(bind_tvs(&options).await?)
+    } else {
+        if options.tvs_port.is_some() {
+            println!(
+                "the cluster's first node runs no CallManager, beside which TVS runs (spec.nodes[].services.callManager, P.3-4): --tvs-port is not used"
+            );
+        }
+        None
+    };
     let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
     let namespace = first.namespace.clone();
@@ -139,9 +156,20 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         }
         None => None,
     };
+    let tvs = match &tvs_listener {
+        Some(listener) => {
+            let address = listener.local_addr().map_err(|e| LocalError::Failed(format!("callguard local: TVS listener: {e}")))?;
+            Some(Arc::new(tvs::Tvs::new(address)))
+        }
+        None => None,
+    };
     let update = capf.as_ref().map(|_| capf::Update::of(&first.snapshot));
-    let (served, capf_identity) = build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
+    let (served, capf_identity, tvs_identity) = build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
     files.replace(served);
+    let mut tvs_line = None;
+    if let Some(tvs) = &tvs {
+        tvs_line = tvs.follow(tvs_identity.as_ref()).map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?;
+    }
     let mut capf_line = None;
     if let (Some(capf), Some(update)) = (&capf, update) {
         capf_line = capf.follow(update, capf_identity.as_ref()).map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?;
@@ -153,6 +181,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| LocalError::Failed(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
     let capf_stopped = stopped.clone();
+    let tvs_stopped = stopped.clone();
     let serving = tokio::spawn(server.run(stopped));
 
     let (events, mut changes) = mpsc::unbounded_channel();
@@ -183,6 +212,16 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         (Some(capf), Some(listener)) => Some(tokio::spawn(capf.clone().serve(listener, capf_stopped))),
         _ => None,
     };
+    // TVS answers once `devices/` is watched, so that its directory follows what CAPF issues.
+    let tvs_serving = match (&tvs, tvs_listener) {
+        (Some(tvs), Some(listener)) => Some(tokio::spawn(tvs.clone().serve(listener, tvs_stopped))),
+        _ => None,
+    };
+    match (&tvs, tvs_line) {
+        (Some(_), Some(line)) => println!("{line}"),
+        (Some(tvs), None) => println!("TVS listens on {}, but the build gave it no certificate: it answers no phone", tvs.address()),
+        (None, _) => {}
+    }
     match (&capf, capf_line) {
         (Some(_), Some(line)) => println!("{line}"),
         (Some(capf), None) => println!("CAPF listens on {}, but the build gave it no certificate: it answers no phone", capf.address()),
@@ -229,8 +268,15 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                     Err(e) => Err(e),
                 };
                 match rebuilt {
-                    Ok((served, identity)) => {
+                    Ok((served, identity, tvs_identity)) => {
                         files.replace(served);
+                        if let Some(tvs) = &tvs {
+                            match tvs.follow(tvs_identity.as_ref()) {
+                                Ok(Some(_)) => {}
+                                Ok(None) => report.failed(format!("TVS listens on {}, but the cluster's first node no longer runs CallManager: it answers no phone until it does", tvs.address())),
+                                Err(e) => report.failed(format!("callguard local: {e}; TVS keeps its last good directory")),
+                            }
+                        }
                         if let (Some(capf), Some(update)) = (&capf, update) {
                             match capf.follow(update, identity.as_ref()) {
                                 Ok(Some(_)) => {}
@@ -253,6 +299,9 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     if let Some(capf) = capf_serving {
         let _ = capf.await;
     }
+    if let Some(tvs) = tvs_serving {
+        let _ = tvs.await;
+    }
     Ok(())
 }
 
@@ -268,6 +317,18 @@ async fn bind_capf(options: &LocalOptions, spec_port: u16) -> Result<tokio::net:
     tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Capf, address, &e, origin))))
+}
+
+/// Binds `--tvs-port`, else 2445 (docs/wire-formats.md §8): the cluster has no TVS port field.
+async fn bind_tvs(options: &LocalOptions) -> Result<tokio::net::TcpListener, LocalError> {
+    let (port, origin) = match options.tvs_port {
+        Some(port) => (port, PortOrigin::Flag),
+        None => (crate::services::tvs::DEFAULT_PORT, PortOrigin::Default),
+    };
+    let address = SocketAddr::new(options.bind, port);
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Tvs, address, &e, origin))))
 }
 
 /// TFTP's port when 69 needs privileges we lack.
@@ -316,6 +377,13 @@ impl Validated {
     /// The cluster's `spec.ports.tftpPort`, when it sets one.
     fn tftp_port(&self) -> Option<u16> {
         self.snapshot.clusters.values().next().and_then(|c| c.spec.ports.as_ref()).and_then(|p| p.tftp_port)
+    }
+
+    /// Whether TVS runs: beside CallManager on the first node, where the build finds the certificate
+    /// it presents (docs/wire-formats.md §8).
+    fn runs_tvs(&self) -> bool {
+        let Some(cluster) = self.snapshot.clusters.values().next() else { return false };
+        cluster.spec.first_node().is_some_and(|node| node.services.as_ref().is_none_or(|s| s.call_manager()))
     }
 
     /// The cluster's CAPF port (`spec.ports.capfPort`, else 3804), when it runs CAPF (P.6-6).
@@ -425,7 +493,7 @@ async fn build(
     validated: Validated,
     previous: Option<&ServedFiles>,
     report: &mut Report,
-) -> Result<(ServedFiles, Option<CapfIdentity>), String> {
+) -> Result<(ServedFiles, Option<CapfIdentity>, Option<TvsIdentity>), String> {
     let Validated { namespace, snapshot } = validated;
     let objects = objects(&snapshot);
     let (state_dir, build) = (options.state_dir.clone(), options.build.clone());
@@ -458,7 +526,7 @@ async fn build(
         println!("{table}");
         report.shown = table;
     }
-    Ok((served, output.capf))
+    Ok((served, output.capf, output.tvs))
 }
 
 /// One row per resource: kind, name, ready, reason, what is served with less protection than asked,

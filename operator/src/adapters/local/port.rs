@@ -1,4 +1,4 @@
-//! Why the TFTP or CAPF socket could not be bound, in words that say what to do: the address is in
+//! Why the TFTP, CAPF or TVS socket could not be bound, in words that say what to do: the address is in
 //! use (and by which process, as `ss -ulpn` or `ss -tlpn` would tell: the socket's inode from
 //! `/proc/net/udp`, `udp6`, `tcp` or `tcp6`, then the process holding it among `/proc/*/fd`), the
 //! port needs privileges, or the address is not this host's.
@@ -14,6 +14,8 @@ pub enum Service {
     Tftp,
     /// CAPF, TCP (P.6-7).
     Capf,
+    /// TVS, TCP (docs/wire-formats.md §8).
+    Tvs,
 }
 
 impl Service {
@@ -21,6 +23,7 @@ impl Service {
         match self {
             Service::Tftp => "TFTP",
             Service::Capf => "CAPF",
+            Service::Tvs => "TVS",
         }
     }
 
@@ -28,6 +31,7 @@ impl Service {
         match self {
             Service::Tftp => "--tftp-port",
             Service::Capf => "--capf-port",
+            Service::Tvs => "--tvs-port",
         }
     }
 
@@ -35,6 +39,8 @@ impl Service {
         match self {
             Service::Tftp => "spec.ports.tftpPort",
             Service::Capf => "spec.ports.capfPort",
+            // The cluster has no TVS port field: its port is --tvs-port's, never the spec's.
+            Service::Tvs => "--tvs-port",
         }
     }
 
@@ -42,14 +48,14 @@ impl Service {
     fn tables(self) -> ([&'static str; 2], Option<&'static str>) {
         match self {
             Service::Tftp => (["/proc/net/udp", "/proc/net/udp6"], None),
-            Service::Capf => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+            Service::Capf | Service::Tvs => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
         }
     }
 
     fn ss(self) -> &'static str {
         match self {
             Service::Tftp => "ss -ulpn",
-            Service::Capf => "ss -tlpn",
+            Service::Capf | Service::Tvs => "ss -tlpn",
         }
     }
 }
@@ -91,7 +97,7 @@ pub fn explain(service: Service, address: SocketAddr, error: &io::Error, origin:
                     ". Without --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
                     super::UNPRIVILEGED_TFTP_PORT
                 ),
-                Service::Capf => String::new(),
+                Service::Capf | Service::Tvs => String::new(),
             };
             format!(
                 "cannot serve {name} on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \

@@ -2,3 +2,4 @@
 //! `callguard local`, fed from the Kubernetes API instead of a directory.
 
 pub mod tftp;
+pub mod tvs;

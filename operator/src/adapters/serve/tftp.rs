@@ -48,7 +48,7 @@ pub struct ServeTftpOptions {
 
 /// Watches one Secret by name (the Role allows a watch only on a single named object) and bumps
 /// `changed` on every event.
-fn watch_secret(api: &Api<Secret>, name: &str, changed: &watch::Sender<u64>) -> Store<Secret> {
+pub(crate) fn watch_secret(api: &Api<Secret>, name: &str, changed: &watch::Sender<u64>) -> Store<Secret> {
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = reflector::reflector(writer, watcher(api.clone(), config)).default_backoff().touched_objects();

@@ -13,6 +13,7 @@ pub mod served;
 pub mod state;
 pub mod tokens;
 pub mod trust_files;
+pub mod vouched;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -247,6 +248,16 @@ pub struct BuildOutput {
     pub identity: IdentityRecord,
     /// What the CAPF service presents and issues with, when the cluster runs it (P.6-6).
     pub capf: Option<CapfIdentity>,
+    /// What TVS presents and vouches for, when the first node runs CallManager (docs/wire-formats.md §8).
+    pub tvs: Option<TvsIdentity>,
+}
+
+/// The TVS service's identity: the certificate TLS presents (the first node's CallManager
+/// certificate, which the ITL lists) and the certificates it vouches for (`vouched`).
+#[derive(Debug, Clone)]
+pub struct TvsIdentity {
+    pub certificate: identity::FunctionCertificate,
+    pub vouched: Vec<vouched::Vouched>,
 }
 
 /// The CAPF service's identity: the cluster CA, which issues LSCs, and the CAPF function certificate
@@ -428,7 +439,26 @@ pub fn build_namespace(
         .iter()
         .find(|f| f.role == crate::core::pki::issue::ServerRole::Capf)
         .map(|certificate| CapfIdentity { ca: identity.ca.clone(), certificate: certificate.clone() });
-    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf })
+    let tvs = match vouched::tls_certificate(cluster, &identity) {
+        Some(certificate) => {
+            let tokens: BTreeMap<String, Vec<u8>> =
+                tokens.tokens.keys().filter_map(|name| Some((name.clone(), tokens.certificate(name)?.to_vec()))).collect();
+            let phones: BTreeMap<String, Vec<u8>> = snapshot
+                .phones
+                .values()
+                .filter_map(|phone| {
+                    let device = phone.spec.device_name();
+                    // An unreadable certificate is the phone's status to report, not TVS's.
+                    let der = device_certificate(state, &device).ok().flatten()?;
+                    Some((device, der))
+                })
+                .collect();
+            let vouched = vouched::vouched(&catalog.trust_lists, &identity, &tokens, &phones)?;
+            Some(TvsIdentity { certificate: certificate.clone(), vouched })
+        }
+        None => None,
+    };
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs })
 }
 
 /// Resolves every phone on every core: its payloads for the catalog, and its status.

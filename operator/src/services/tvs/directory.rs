@@ -80,6 +80,17 @@ impl CertificateDirectory {
         Ok(lower_hex(&fingerprint))
     }
 
+    /// The directory of a build's list (`core::build::vouched`), each certificate with the default
+    /// TTL; the first entry refused is named.
+    pub fn from_vouched(list: &[crate::core::build::vouched::Vouched]) -> Result<CertificateDirectory, String> {
+        let mut directory = CertificateDirectory::new();
+        for entry in list {
+            let roles: Vec<Role> = entry.roles.iter().map(|code| Role::from_code(*code)).collect();
+            directory.insert(&entry.certificate, &roles, None).map_err(|e| format!("{}: {e}", entry.name))?;
+        }
+        Ok(directory)
+    }
+
     /// Removes a certificate; returns whether it was present.
     pub fn remove(&mut self, der: &[u8]) -> bool {
         self.entries.remove(&sha256(der)).is_some()

@@ -19,6 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use super::directory::CertificateDirectory;
 use super::session::{CloseReason, SessionNote, TvsSession};
 
+/// TVS's port on a CallManager node (docs/wire-formats.md §6.2, §8).
+pub const DEFAULT_PORT: u16 = 2445;
+
 /// The directory every connection reads at each request; send a new `Arc` to update it while serving.
 pub type SharedDirectory = watch::Receiver<Arc<CertificateDirectory>>;
 
@@ -188,6 +191,56 @@ impl TvsServer {
                 }
             });
         }
+    }
+}
+
+/// The TLS configuration connections get; `None` closes them at once. Send a new one to follow a
+/// rebuild without touching connections in flight.
+pub type SharedTls = watch::Receiver<Option<Arc<ServerConfig>>>;
+
+/// Accepts on `listener` until `stop` turns true, one task per connection, with the TLS configuration
+/// and the directory current when the connection arrives; each finished connection goes to `reports`.
+/// For adapters whose certificate may change while serving (`callguard local`, `callguard serve tvs`).
+pub async fn serve_listener(
+    listener: TcpListener,
+    tls: SharedTls,
+    directory: SharedDirectory,
+    limits: ServerLimits,
+    reports: mpsc::UnboundedSender<ConnectionReport>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of descriptors, a reset before accept: transient, wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(config) = tls.borrow().clone() else { continue };
+        let acceptor = TlsAcceptor::from(config);
+        let directory = directory.clone();
+        let reports = reports.clone();
+        tokio::spawn(async move {
+            let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
+                Ok(Err(e)) => ConnectionReport {
+                    peer: None,
+                    responses_sent: 0,
+                    notes: Vec::new(),
+                    end: ConnectionEnd::HandshakeFailed(e.to_string()),
+                },
+                Ok(Ok(tls)) => serve_connection(tls, &directory, &limits).await,
+            };
+            report.peer = Some(peer);
+            // The receiver may be gone; reports are informational.
+            let _ = reports.send(report);
+        });
     }
 }
 
