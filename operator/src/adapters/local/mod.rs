@@ -7,6 +7,7 @@
 //! then build, which may issue a CA; CAPF answers once the first build gave it its certificate.
 
 pub mod capf;
+pub mod est;
 pub mod port;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,8 @@ pub struct LocalOptions {
     /// CAPF port, when the cluster runs CAPF. `None`: the cluster's `spec.ports.capfPort`, else
     /// 3804 (P.6-7).
     pub capf_port: Option<u16>,
+    /// EST port, beside CAPF. `None`: [`est::DEFAULT_PORT`], or any free port when that one is taken.
+    pub est_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
     /// What the build may do by explicit request (a new identity).
@@ -56,6 +59,7 @@ impl LocalOptions {
             bind: IpAddr::from([127, 0, 0, 1]),
             tftp_port: None,
             capf_port: None,
+            est_port: None,
             namespace: None,
             build: BuildOptions::default(),
         }
@@ -127,6 +131,16 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             None
         }
     };
+    // EST issues with CAPF's identity and records: it runs where CAPF does.
+    let est_listener = match &capf_listener {
+        Some(_) => Some(bind_est(&options).await?),
+        None => {
+            if options.est_port.is_some() {
+                println!("the cluster runs no CAPF service (spec.nodes[].services.capf, P.6-6), whose identity EST uses: --est-port is not used");
+            }
+            None
+        }
+    };
     let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
     let namespace = first.namespace.clone();
@@ -179,8 +193,22 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", folder.display())))?;
     }
     // CAPF answers once what it writes (`devices/`, `capf/`) is watched.
+    let est_stopped = capf_stopped.clone();
     let capf_serving = match (&capf, capf_listener) {
         (Some(capf), Some(listener)) => Some(tokio::spawn(capf.clone().serve(listener, capf_stopped))),
+        _ => None,
+    };
+    let est_serving = match (&capf, est_listener) {
+        (Some(capf), Some(listener)) => {
+            let address = listener.local_addr().map_err(|e| LocalError::Failed(format!("callguard local: EST listener: {e}")))?;
+            let service = Arc::new(est::Est::new(capf.clone(), address));
+            if capf.est_ready() {
+                println!(
+                    "serving EST on https://{address}/.well-known/est/: TLS with the CAPF certificate; simpleenroll by device name and authentication string, simplereenroll by the current LSC"
+                );
+            }
+            Some(tokio::spawn(service.serve(listener, est_stopped)))
+        }
         _ => None,
     };
     match (&capf, capf_line) {
@@ -253,6 +281,9 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     if let Some(capf) = capf_serving {
         let _ = capf.await;
     }
+    if let Some(est) = est_serving {
+        let _ = est.await;
+    }
     Ok(())
 }
 
@@ -268,6 +299,28 @@ async fn bind_capf(options: &LocalOptions, spec_port: u16) -> Result<tokio::net:
     tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Capf, address, &e, origin))))
+}
+
+/// Binds `--est-port`, else [`est::DEFAULT_PORT`]; when the default is taken, any free port,
+/// saying which.
+async fn bind_est(options: &LocalOptions) -> Result<tokio::net::TcpListener, LocalError> {
+    let (port, origin) = match options.est_port {
+        Some(port) => (port, PortOrigin::Flag),
+        None => (est::DEFAULT_PORT, PortOrigin::Default),
+    };
+    let address = SocketAddr::new(options.bind, port);
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if origin == PortOrigin::Default && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.bind, 0))
+                .await
+                .map_err(|e| LocalError::Failed(format!("callguard local: cannot serve EST on {}: {e}", options.bind)))?;
+            let chosen = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+            println!("{}; serving EST on port {chosen} instead", port::explain(port::Service::Est, address, &e, origin));
+            Ok(listener)
+        }
+        Err(e) => Err(LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Est, address, &e, origin)))),
+    }
 }
 
 /// TFTP's port when 69 needs privileges we lack.

@@ -1,4 +1,4 @@
-//! Why the TFTP or CAPF socket could not be bound, in words that say what to do: the address is in
+//! Why the TFTP, CAPF or EST socket could not be bound, in words that say what to do: the address is in
 //! use (and by which process, as `ss -ulpn` or `ss -tlpn` would tell: the socket's inode from
 //! `/proc/net/udp`, `udp6`, `tcp` or `tcp6`, then the process holding it among `/proc/*/fd`), the
 //! port needs privileges, or the address is not this host's.
@@ -14,6 +14,8 @@ pub enum Service {
     Tftp,
     /// CAPF, TCP (P.6-7).
     Capf,
+    /// EST, HTTPS over TCP (RFC 7030).
+    Est,
 }
 
 impl Service {
@@ -21,6 +23,7 @@ impl Service {
         match self {
             Service::Tftp => "TFTP",
             Service::Capf => "CAPF",
+            Service::Est => "EST",
         }
     }
 
@@ -28,6 +31,7 @@ impl Service {
         match self {
             Service::Tftp => "--tftp-port",
             Service::Capf => "--capf-port",
+            Service::Est => "--est-port",
         }
     }
 
@@ -35,6 +39,8 @@ impl Service {
         match self {
             Service::Tftp => "spec.ports.tftpPort",
             Service::Capf => "spec.ports.capfPort",
+            // EST has no port in the spec; its port is the flag's or the default.
+            Service::Est => "--est-port",
         }
     }
 
@@ -42,14 +48,14 @@ impl Service {
     fn tables(self) -> ([&'static str; 2], Option<&'static str>) {
         match self {
             Service::Tftp => (["/proc/net/udp", "/proc/net/udp6"], None),
-            Service::Capf => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+            Service::Capf | Service::Est => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
         }
     }
 
     fn ss(self) -> &'static str {
         match self {
             Service::Tftp => "ss -ulpn",
-            Service::Capf => "ss -tlpn",
+            Service::Capf | Service::Est => "ss -tlpn",
         }
     }
 }
@@ -91,7 +97,7 @@ pub fn explain(service: Service, address: SocketAddr, error: &io::Error, origin:
                     ". Without --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
                     super::UNPRIVILEGED_TFTP_PORT
                 ),
-                Service::Capf => String::new(),
+                Service::Capf | Service::Est => String::new(),
             };
             format!(
                 "cannot serve {name} on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \
