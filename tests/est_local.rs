@@ -7,7 +7,6 @@
 //! the same end to end. A missing peer (curl, openssl) fails the test, it does not skip.
 
 #[path = "support/peers.rs"]
-#[allow(dead_code)]
 mod peers;
 use peers::require;
 
@@ -178,7 +177,13 @@ fn curl_enrolls_the_lobby_phone_once_openssl_verifies_it_and_the_certificate_ree
 
     // cacerts: the cluster CA, a base64 certs-only PKCS#7.
     let cacerts = dir.path().join("cacerts.b64");
-    let code = ok(&run("curl", &["-sS", "--cacert", ca.to_str().unwrap(), "-o", cacerts.to_str().unwrap(), "-w", "%{http_code}", &local.url("cacerts")]), "curl cacerts");
+    let code = ok(
+        &run(
+            "curl",
+            &["-sS", "--cacert", ca.to_str().unwrap(), "-o", cacerts.to_str().unwrap(), "-w", "%{http_code}", &local.url("cacerts")],
+        ),
+        "curl cacerts",
+    );
     assert_eq!(code.trim(), "200");
     let ca_out = dir.path().join("cacerts.pem");
     print_certs(&cacerts, &ca_out);
@@ -266,7 +271,8 @@ fn callguard_enroll_enrolls_once_with_a_generated_key_reenrolls_and_fetches_cace
     let (key, cert) = (dir.path().join("device.key"), dir.path().join("device.crt"));
     let p = |path: &Path| path.to_str().unwrap().to_owned();
 
-    let first = ["--server", &server, "--ca-file", &p(&ca), "--device", LOBBY, "--secret-file", &p(&secret), "--key", &p(&key), "--out", &p(&cert)];
+    let first =
+        ["--server", &server, "--ca-file", &p(&ca), "--device", LOBBY, "--secret-file", &p(&secret), "--key", &p(&key), "--out", &p(&cert)];
     let output = enroll(&first);
     ok(&output, "callguard enroll");
     use std::os::unix::fs::PermissionsExt;
@@ -284,7 +290,8 @@ fn callguard_enroll_enrolls_once_with_a_generated_key_reenrolls_and_fetches_cace
 
     // Re-enroll with the certificate and its key.
     let renewed = dir.path().join("renewed.crt");
-    let output = enroll(&["--server", &server, "--ca-file", &p(&ca), "--reenroll", "--cert", &p(&cert), "--key", &p(&key), "--out", &p(&renewed)]);
+    let output =
+        enroll(&["--server", &server, "--ca-file", &p(&ca), "--reenroll", "--cert", &p(&cert), "--key", &p(&key), "--out", &p(&renewed)]);
     ok(&output, "callguard enroll --reenroll");
     verify(&ca, &renewed);
     assert_ne!(der_of(&renewed), der_of(&cert));
@@ -295,9 +302,53 @@ fn callguard_enroll_enrolls_once_with_a_generated_key_reenrolls_and_fetches_cace
     assert_eq!(der_of(&fetched), der_of(&ca));
     let stranger = dir.path().join("stranger.pem");
     let stranger_key = dir.path().join("stranger.key");
-    ok(&run("openssl", &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stranger", "-keyout", &p(&stranger_key), "-out", &p(&stranger)]), "openssl req -x509");
+    ok(
+        &run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=stranger",
+                "-keyout",
+                &p(&stranger_key),
+                "-out",
+                &p(&stranger),
+            ],
+        ),
+        "openssl req -x509",
+    );
     let output = enroll(&["--server", &server, "--ca-file", &p(&stranger), "--cacerts", "--out", &p(&dir.path().join("never.pem"))]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("TLS") && !dir.path().join("never.pem").exists(), "{stderr}");
+}
+
+#[test]
+fn ten_wrong_secrets_lock_the_lobby_phone_out_of_est_and_the_eleventh_try_is_refused_even_with_the_right_secret() {
+    require("curl", "curl");
+    require("openssl", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let mut local = Local::start(&manifests, &state);
+    let namespace = state.join("namespaces/default");
+    let ca = namespace.join("ca/ca.crt");
+    let request = csr(dir.path(), "lobby", &dir.path().join("phone.key"), LOBBY);
+    let body = dir.path().join("answer.txt");
+    for attempt in 1..=10 {
+        let code = curl_post(&local.url("simpleenroll"), &ca, &request, &["--user", &format!("{LOBBY}:8765432{attempt}")], &body);
+        let text = fs::read_to_string(&body).unwrap();
+        assert_eq!(code, 401, "attempt {attempt}: {text}");
+        assert!(text.contains("wrong enrollment secret") && text.contains("P.16-6"), "{text}");
+    }
+    local.wait_for("is locked out until");
+    let code = curl_post(&local.url("simpleenroll"), &ca, &request, &["--user", &format!("{LOBBY}:{LOBBY_STRING}")], &body);
+    let text = fs::read_to_string(&body).unwrap();
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("locked out until") && text.contains("P.16-6"), "{text}");
+    assert!(!namespace.join(format!("devices/{LOBBY}.crt")).exists(), "nothing issued");
 }

@@ -423,7 +423,8 @@ fn main() -> ExitCode {
                 }
             }
             let build = BuildOptions { new_identity };
-            let options = callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, capf_port, est_port, namespace, build };
+            let options =
+                callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, capf_port, est_port, namespace, build };
             let result = tokio::runtime::Runtime::new()
                 .map_err(|e| callguard::adapters::local::LocalError::Failed(e.to_string()))
                 .and_then(|runtime| runtime.block_on(callguard::adapters::local::run(options)));

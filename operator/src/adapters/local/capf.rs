@@ -262,7 +262,13 @@ impl Capf {
     /// `state` is the served namespace's.
     pub fn new(address: SocketAddr, state: StateDir) -> Capf {
         let directory = Directory { state, phones: RwLock::default(), writing: Mutex::new(()) };
-        Capf { address, directory: Arc::new(directory), current: RwLock::new(None), est: RwLock::new(None), noted: Mutex::new(String::new()) }
+        Capf {
+            address,
+            directory: Arc::new(directory),
+            current: RwLock::new(None),
+            est: RwLock::new(None),
+            noted: Mutex::new(String::new()),
+        }
     }
 
     /// Follows a good build: its phones, and its CAPF identity. Returns how it serves, for the line

@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use sha2::Digest;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::Digest;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,6 +77,16 @@ impl EstIdentity {
             .map_err(|e| format!("EST: {e}"))?;
         Ok(EstIdentity { acceptor: TlsAcceptor::from(Arc::new(config)), ca: identity.ca.clone(), validity_days })
     }
+}
+
+/// What a request asks: its method and path, its `Authorization`, the TLS client certificate
+/// (DER), and its body.
+struct Asked<'a> {
+    method: &'a Method,
+    path: &'a str,
+    authorization: Option<&'a str>,
+    client: Option<Vec<u8>>,
+    body: &'a [u8],
 }
 
 /// An answer: status, content type and body.
@@ -174,38 +184,41 @@ impl Est {
         let body = match Limited::new(body, est::MAX_REQUEST_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
-                let reply = Reply::text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body: {e} (at most {} bytes)", est::MAX_REQUEST_BYTES));
+                let reply =
+                    Reply::text(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body: {e} (at most {} bytes)", est::MAX_REQUEST_BYTES));
                 return response(reply, false);
             }
         };
-        let authorization = parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(|v| Zeroizing::new(v.to_owned()));
+        let authorization =
+            parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(|v| Zeroizing::new(v.to_owned()));
         let path = parts.uri.path().to_owned();
         let method = parts.method.clone();
         let est = self.clone();
-        let reply = tokio::task::spawn_blocking(move || est.handle(&method, &path, authorization.as_deref().map(|s| s.as_str()), client, &body, &identity, peer))
-            .await
-            .unwrap_or_else(|e| Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("EST: {e}")));
+        let reply = tokio::task::spawn_blocking(move || {
+            let asked =
+                Asked { method: &method, path: &path, authorization: authorization.as_deref().map(|s| s.as_str()), client, body: &body };
+            est.handle(asked, &identity, peer)
+        })
+        .await
+        .unwrap_or_else(|e| Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("EST: {e}")));
         let challenge = reply.status == StatusCode::UNAUTHORIZED;
         response(reply, challenge)
     }
 
-    fn handle(
-        &self,
-        method: &Method,
-        path: &str,
-        authorization: Option<&str>,
-        client: Option<Vec<u8>>,
-        body: &[u8],
-        identity: &EstIdentity,
-        peer: SocketAddr,
-    ) -> Reply {
+    fn handle(&self, asked: Asked<'_>, identity: &EstIdentity, peer: SocketAddr) -> Reply {
+        let Asked { method, path, authorization, client, body } = asked;
         let expected = match path {
             est::CACERTS => Method::GET,
             est::SIMPLE_ENROLL | est::SIMPLE_REENROLL => Method::POST,
             _ => {
                 return Reply::text(
                     StatusCode::NOT_FOUND,
-                    format!("{path}: this EST server answers {}, {} and {} (RFC 7030 §3.2.2)", est::CACERTS, est::SIMPLE_ENROLL, est::SIMPLE_REENROLL),
+                    format!(
+                        "{path}: this EST server answers {}, {} and {} (RFC 7030 §3.2.2)",
+                        est::CACERTS,
+                        est::SIMPLE_ENROLL,
+                        est::SIMPLE_REENROLL
+                    ),
                 );
             }
         };
@@ -230,7 +243,13 @@ impl Est {
                 Reply::pkcs7(est::PKCS7_CERTS_ONLY, &[der])
             }
             Err(reply) => {
-                println!("{} EST {peer}: {} refused ({}): {}", super::clock(), path.rsplit('/').next().unwrap_or_default(), reply.status.as_u16(), reply.body.trim());
+                println!(
+                    "{} EST {peer}: {} refused ({}): {}",
+                    super::clock(),
+                    path.rsplit('/').next().unwrap_or_default(),
+                    reply.status.as_u16(),
+                    reply.body.trim()
+                );
                 reply
             }
         }
@@ -251,7 +270,9 @@ impl Est {
         let (user, secret) = text.split_once(':').ok_or_else(|| unauthorized("the Basic credentials have no ':' (RFC 7617)".into()))?;
         let device = devices::device_name(user).map_err(|e| unauthorized(format!("the Basic user: {e}")))?;
         let directory = &self.capf.directory;
-        let entry = directory.entry(&device).ok_or_else(|| unauthorized(format!("{device}: no Phone of the namespace has this device name (P.5-9)")))?;
+        let entry = directory
+            .entry(&device)
+            .ok_or_else(|| unauthorized(format!("{device}: no Phone of the namespace has this device name (P.5-9)")))?;
         let who = format!("Phone/{} ({device})", entry.name);
         let Some(string) = entry.string() else {
             return Err(forbidden(format!(
@@ -261,7 +282,8 @@ impl Est {
 
         let _one_at_a_time = self.enrolling.lock().unwrap_or_else(|p| p.into_inner());
         let now = OffsetDateTime::now_utc();
-        let record = records::load(&directory.state, &device).map_err(|e| Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{who}: {e}")))?;
+        let record =
+            records::load(&directory.state, &device).map_err(|e| Reply::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{who}: {e}")))?;
         record.admit(Some(string), now).map_err(|refusal| forbidden(format!("{who}: {refusal}")))?;
         let right = bool::from(subtle::ConstantTimeEq::ct_eq(
             sha2::Sha256::digest(secret.as_bytes()).as_slice(),
@@ -278,7 +300,9 @@ impl Est {
                     records::LOCKOUT_AFTER
                 );
             }
-            return Err(unauthorized(format!("{who}: wrong enrollment secret (spec.capf.authenticationString, Table 6-2; ten in a row lock the phone out for ten minutes, P.16-6)")));
+            return Err(unauthorized(format!(
+                "{who}: wrong enrollment secret (spec.capf.authenticationString, Table 6-2; ten in a row lock the phone out for ten minutes, P.16-6)"
+            )));
         }
         let state = records::operation_state(&entry.phone, Some(string), &record, now);
         let operation = state.scheduled().filter(|id| id.operation == CertificateOperation::InstallUpgrade).cloned().ok_or_else(|| {
@@ -312,7 +336,9 @@ impl Est {
             .unwrap_or_default();
         let device = devices::device_name(&cn).map_err(|e| forbidden(format!("the client certificate's CN: {e}")))?;
         let directory = &self.capf.directory;
-        let entry = directory.entry(&device).ok_or_else(|| forbidden(format!("{device}: no Phone of the namespace has this device name (P.5-9)")))?;
+        let entry = directory
+            .entry(&device)
+            .ok_or_else(|| forbidden(format!("{device}: no Phone of the namespace has this device name (P.5-9)")))?;
         let who = format!("Phone/{} ({device})", entry.name);
         if directory.certificate(&device).as_deref() != Some(client.as_slice()) {
             return Err(forbidden(format!(

@@ -136,7 +136,9 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         Some(_) => Some(bind_est(&options).await?),
         None => {
             if options.est_port.is_some() {
-                println!("the cluster runs no CAPF service (spec.nodes[].services.capf, P.6-6), whose identity EST uses: --est-port is not used");
+                println!(
+                    "the cluster runs no CAPF service (spec.nodes[].services.capf, P.6-6), whose identity EST uses: --est-port is not used"
+                );
             }
             None
         }

@@ -48,11 +48,11 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
 /// signer, so it is assembled here and then read back by OpenSSL, which must find every certificate.
 pub fn certs_only(certificates: &[Vec<u8>]) -> Result<Vec<u8>, String> {
     let signed_data = [
-        &[0x02, 0x01, 0x01][..],   // version 1
-        &[0x31, 0x00],             // digestAlgorithms: none
-        &der(0x30, OID_DATA),      // encapContentInfo: data, absent
+        &[0x02, 0x01, 0x01][..],            // version 1
+        &[0x31, 0x00],                      // digestAlgorithms: none
+        &der(0x30, OID_DATA),               // encapContentInfo: data, absent
         &der(0xA0, &certificates.concat()), // certificates [0] IMPLICIT
-        &[0x31, 0x00],             // signerInfos: none
+        &[0x31, 0x00],                      // signerInfos: none
     ]
     .concat();
     let content_info = der(0x30, &[OID_SIGNED_DATA, &der(0xA0, &der(0x30, &signed_data))].concat());
