@@ -1,24 +1,30 @@
 //! EST (RFC 7030) inside `callguard local`, against a copy of the quickstart run as a subprocess on
 //! free ports, with real peers: `curl` enrolls the lobby phone with a CSR made by `openssl req`, the
 //! answer is read by `openssl pkcs7` and the certificate accepted by `openssl verify` under the
-//! cluster CA; the same secret is refused the second time (Table 6-2, P.6-12) and is then spent for
-//! CAPF too; a CSR whose CN is not the device name is refused and spends nothing; re-enrollment works
-//! with the issued certificate as the TLS client certificate and no secret. `callguard enroll` does
-//! the same end to end. A missing peer (curl, openssl) fails the test, it does not skip.
+//! cluster CA; the same secret is refused the second time (Table 6-2, P.6-12); a CSR whose CN is not
+//! the device name is refused and spends nothing; re-enrollment works with the issued certificate as
+//! the TLS client certificate and no secret; ten wrong secrets lock the phone out (P.16-6); a string
+//! spent by EST is spent for CAPF and the other way round. `callguard enroll` does the same end to
+//! end. A missing peer (curl, openssl) fails the test, it does not skip.
 
 #[path = "support/peers.rs"]
 mod peers;
 use peers::require;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+
+use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, FrameHeader, HEADER_LEN, Password, Reason};
+use rsa::pkcs8::EncodePublicKey;
 use std::time::{Duration, Instant};
 
 const LOBBY: &str = "SEP001122334455";
 const LOBBY_STRING: &str = "12345678";
+/// The quickstart's CAPF node, whose certificate CAPF and EST present.
+const CAPF_HOST: &str = "cm1.quickstart.example";
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -43,6 +49,7 @@ struct Local {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    capf_port: u16,
     est_port: u16,
 }
 
@@ -65,7 +72,7 @@ impl Local {
                 }
             });
         }
-        let mut local = Local { child, lines, seen: Vec::new(), est_port };
+        let mut local = Local { child, lines, seen: Vec::new(), capf_port, est_port };
         let line = local.wait_for("serving EST on");
         assert!(line.contains(&format!("https://127.0.0.1:{est_port}/.well-known/est/")), "{line}");
         local.wait_for("serving TFTP on");
@@ -351,4 +358,108 @@ fn ten_wrong_secrets_lock_the_lobby_phone_out_of_est_and_the_eleventh_try_is_ref
     assert_eq!(code, 403, "{text}");
     assert!(text.contains("locked out until") && text.contains("P.16-6"), "{text}");
     assert!(!namespace.join(format!("devices/{LOBBY}.crt")).exists(), "nothing issued");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A phone speaking CAPF (docs/wire-formats.md §7.5), as in tests/capf_local.rs: the string is shared.
+
+fn read_frame(stream: &mut impl Read) -> Option<Frame> {
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).ok()?;
+    let parsed = FrameHeader::decode(&header).expect("the server sends 0x55 frames");
+    let mut bytes = header.to_vec();
+    bytes.resize(HEADER_LEN + usize::from(parsed.body_len), 0);
+    stream.read_exact(&mut bytes[HEADER_LEN..]).ok()?;
+    Some(Frame::decode(&bytes).expect("the server sends well-formed frames"))
+}
+
+fn send(stream: &mut impl Write, frame: Frame) {
+    stream.write_all(&frame.encode().unwrap()).unwrap();
+    stream.flush().unwrap();
+}
+
+/// One CAPF session of the lobby phone with `password`; the commands it heard and how it ended.
+fn capf_session(port: u16, ca: &Path, password: &str) -> (Vec<CapfCommand>, Option<Reason>) {
+    let ca = fs::read(ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from(callguard::core::pki::inspect::certificate_der(&ca).unwrap())).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connection = rustls::ClientConnection::new(Arc::new(config), rustls_pki_types::ServerName::try_from(CAPF_HOST).unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let key = callguard::core::pki::keys::generate_rsa(2048);
+    let request = read_frame(&mut stream).expect("the server speaks first");
+    let id = request.session_id;
+    let mut commands = vec![request.command];
+    let body = Body {
+        reason: Some(Reason::Success),
+        version: Some(3),
+        device_name: Some(LOBBY.into()),
+        password: Some(Password::new(password)),
+        ..Body::default()
+    };
+    send(&mut stream, Frame::new(CapfCommand::AuthResponse, id, body));
+    while let Some(frame) = read_frame(&mut stream) {
+        commands.push(frame.command);
+        match frame.command {
+            CapfCommand::KeyGenerateRequest => {
+                let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap().as_bytes().to_vec();
+                send(&mut stream, Frame::new(CapfCommand::KeyGenerateResponse, id, Body { public_key: Some(spki), ..Body::default() }));
+            }
+            CapfCommand::StoreCertificateRequest => send(
+                &mut stream,
+                Frame::new(CapfCommand::StoreCertificateResponse, id, Body { reason: Some(Reason::Success), ..Body::default() }),
+            ),
+            CapfCommand::EndSession => return (commands, frame.body.reason),
+            other => panic!("the server sent {other:?}"),
+        }
+    }
+    (commands, None)
+}
+
+#[test]
+fn a_string_spent_by_est_is_refused_by_capf_and_one_spent_by_capf_is_refused_by_est() {
+    require("curl", "curl");
+    require("openssl", "openssl");
+    let user = format!("{LOBBY}:{LOBBY_STRING}");
+
+    // EST first: it completed the Install/Upgrade and spent the string, so CAPF has nothing to do
+    // for the phone (END_SESSION 0) and generates no key.
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let local = Local::start(&manifests, &state);
+    let ca = state.join("namespaces/default/ca/ca.crt");
+    let request = csr(dir.path(), "lobby", &dir.path().join("phone.key"), LOBBY);
+    let body = dir.path().join("answer");
+    assert_eq!(curl_post(&local.url("simpleenroll"), &ca, &request, &["--user", &user], &body), 200);
+    let issued = fs::read(state.join(format!("namespaces/default/devices/{LOBBY}.crt"))).unwrap();
+    let (commands, end) = capf_session(local.capf_port, &ca, LOBBY_STRING);
+    assert_eq!(end, Some(Reason::NoAction), "{commands:?}");
+    let record = fs::read_to_string(state.join(format!("namespaces/default/capf/{LOBBY}.yaml"))).unwrap();
+    assert!(record.contains("spentStrings") && record.contains("completed"), "{record}");
+    assert!(!commands.contains(&CapfCommand::KeyGenerateRequest), "{commands:?}");
+    assert_eq!(fs::read(state.join(format!("namespaces/default/devices/{LOBBY}.crt"))).unwrap(), issued, "CAPF issued nothing");
+    drop(local);
+
+    // CAPF first: EST then refuses the string.
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let local = Local::start(&manifests, &state);
+    let ca = state.join("namespaces/default/ca/ca.crt");
+    let (commands, end) = capf_session(local.capf_port, &ca, LOBBY_STRING);
+    assert_eq!(end, Some(Reason::Success), "{commands:?}");
+    assert!(commands.contains(&CapfCommand::StoreCertificateRequest), "{commands:?}");
+    let request = csr(dir.path(), "lobby", &dir.path().join("phone.key"), LOBBY);
+    let body = dir.path().join("answer");
+    let code = curl_post(&local.url("simpleenroll"), &ca, &request, &["--user", &user], &body);
+    let text = fs::read_to_string(&body).unwrap();
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("already used") && text.contains("P.6-12"), "{text}");
 }
