@@ -115,6 +115,10 @@ enum Command {
         /// field: 2445 unless given (docs/wire-formats.md §8).
         #[arg(long)]
         tvs_port: Option<u16>,
+        /// EST port (RFC 7030, HTTPS), served beside CAPF with its certificate. Without it: 8443, or a
+        /// free port, named, when 8443 is taken.
+        #[arg(long)]
+        est_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
         #[arg(long)]
         namespace: Option<String>,
@@ -126,6 +130,41 @@ enum Command {
         /// `debug` logs each TFTP request: client, file, result and bytes.
         #[arg(long, env = "RUST_LOG", default_value = "warn", value_name = "FILTER")]
         log_level: String,
+    },
+    /// Enroll a device over EST (RFC 7030) with `callguard local`'s EST server: a first certificate
+    /// by the device's one-time secret (its authentication string), a renewal by its current
+    /// certificate (--reenroll), or the CA certificates (--cacerts).
+    ///
+    /// The server is trusted through --ca-file alone, which must come from the cluster out of band
+    /// (the state's ca/ca.crt): nothing the server sends is trusted first.
+    Enroll {
+        /// The EST server, https://HOST:PORT.
+        #[arg(long)]
+        server: String,
+        /// The cluster CA (PEM), obtained out of band: it authenticates the server.
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// The device name, SEP and its MAC (simpleenroll).
+        #[arg(long, required_unless_present_any = ["reenroll", "cacerts"])]
+        device: Option<String>,
+        /// A file holding the device's one-time enrollment secret (simpleenroll).
+        #[arg(long, required_unless_present_any = ["reenroll", "cacerts"])]
+        secret_file: Option<PathBuf>,
+        /// The device's private key (PEM); a new RSA 2048 key is written there (0600) when it does not exist.
+        #[arg(long, required_unless_present = "cacerts")]
+        key: Option<PathBuf>,
+        /// Where the issued certificate (or, with --cacerts, the CA certificates) is written, PEM.
+        #[arg(long)]
+        out: PathBuf,
+        /// Renew: authenticate with the current certificate (--cert) and its key, no secret (simplereenroll).
+        #[arg(long, requires = "cert", conflicts_with_all = ["device", "secret_file", "cacerts"])]
+        reenroll: bool,
+        /// The device's current certificate (PEM), with --reenroll.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Fetch the CA certificates (cacerts) over TLS verified by --ca-file.
+        #[arg(long, conflicts_with_all = ["device", "secret_file", "key"])]
+        cacerts: bool,
     },
     /// Phones' certificates in the state directory.
     Device {
@@ -393,7 +432,7 @@ fn main() -> ExitCode {
         Command::Build { paths, state_dir, out, new_identity, output } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity }, output)
         }
-        Command::Local { paths, state_dir, bind, tftp_port, capf_port, tvs_port, namespace, new_identity, log_level } => {
+        Command::Local { paths, state_dir, bind, tftp_port, capf_port, tvs_port, est_port, namespace, new_identity, log_level } => {
             use callguard::ops::logging::{LogFormat, LoggingError, init_with};
             match init_with(tracing::level_filters::LevelFilter::WARN, Some(&log_level), LogFormat::Text) {
                 Ok(()) => {}
@@ -409,8 +448,17 @@ fn main() -> ExitCode {
                 }
             }
             let build = BuildOptions { new_identity };
-            let options =
-                callguard::adapters::local::LocalOptions { paths, state_dir, bind, tftp_port, capf_port, tvs_port, namespace, build };
+            let options = callguard::adapters::local::LocalOptions {
+                paths,
+                state_dir,
+                bind,
+                tftp_port,
+                capf_port,
+                tvs_port,
+                est_port,
+                namespace,
+                build,
+            };
             let result = tokio::runtime::Runtime::new()
                 .map_err(|e| callguard::adapters::local::LocalError::Failed(e.to_string()))
                 .and_then(|runtime| runtime.block_on(callguard::adapters::local::run(options)));
@@ -419,6 +467,30 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Enroll { server, ca_file, device, secret_file, key, out, reenroll, cert, cacerts } => {
+            use callguard::services::est::client::{Action, EnrollOptions, run};
+            let action = match (cacerts, reenroll, device, secret_file, key, cert) {
+                (true, ..) => Action::CaCerts,
+                (false, true, _, _, Some(key), Some(certificate)) => Action::Reenroll { certificate, key },
+                (false, false, Some(device), Some(secret_file), Some(key), _) => Action::Enroll { device, secret_file, key },
+                _ => {
+                    eprintln!("callguard enroll: --device, --secret-file and --key; or --reenroll, --cert and --key; or --cacerts");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = EnrollOptions { server, ca_file, out, action };
+            let result = tokio::runtime::Runtime::new().map_err(|e| e.to_string()).and_then(|runtime| runtime.block_on(run(&options)));
+            match result {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("callguard enroll: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The data plane: one folder per service, its protocol and its server together.
 
 pub mod capf;
+pub mod est;
 pub mod srst;
 pub mod tftp;
 pub mod tvs;

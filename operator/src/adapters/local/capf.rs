@@ -38,10 +38,10 @@ use crate::validate::Snapshot;
 
 /// What CAPF needs of one phone of the last good build.
 #[derive(Clone)]
-struct Entry {
+pub(super) struct Entry {
     /// The Phone's name.
-    name: String,
-    phone: Phone,
+    pub(super) name: String,
+    pub(super) phone: Phone,
     auth_mode: CapfAuthenticationMode,
     /// The authentication string, for a phone whose profile authenticates by string.
     string: Option<Zeroizing<String>>,
@@ -50,7 +50,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn string(&self) -> Option<&str> {
+    pub(super) fn string(&self) -> Option<&str> {
         self.string.as_deref().map(String::as_str)
     }
 
@@ -94,32 +94,32 @@ impl Update {
 /// The device directory of the sessions: the phones of the last good build, with what the state
 /// recorded of them.
 pub struct Directory {
-    state: StateDir,
+    pub(super) state: StateDir,
     phones: RwLock<Arc<BTreeMap<String, Entry>>>,
     /// One read-modify-write of a record at a time.
     writing: Mutex<()>,
 }
 
 impl Directory {
-    fn entry(&self, device: &str) -> Option<Entry> {
+    pub(super) fn entry(&self, device: &str) -> Option<Entry> {
         self.phones.read().unwrap_or_else(|p| p.into_inner()).get(device).cloned()
     }
 
     /// `Phone/NAME (SEP<MAC>)`, or the device name alone when no phone has it.
-    fn who(&self, device: &str) -> String {
+    pub(super) fn who(&self, device: &str) -> String {
         match self.entry(device) {
             Some(entry) => format!("Phone/{} ({device})", entry.name),
             None => device.to_owned(),
         }
     }
 
-    fn certificate(&self, device: &str) -> Option<Vec<u8>> {
+    pub(super) fn certificate(&self, device: &str) -> Option<Vec<u8>> {
         let bytes = self.state.read(&devices::certificate_file(device)).ok().flatten()?;
         inspect::certificate_der(&bytes).ok()
     }
 
     /// Applies `change` to the record of `device` and writes it.
-    fn update(&self, device: &str, change: impl FnOnce(&mut CapfRecord)) {
+    pub(super) fn update(&self, device: &str, change: impl FnOnce(&mut CapfRecord)) {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let written = records::load(&self.state, device).and_then(|mut record| {
             change(&mut record);
@@ -138,7 +138,7 @@ impl Directory {
     }
 }
 
-fn note_of(der: &[u8]) -> Option<CertificateNote> {
+pub(super) fn note_of(der: &[u8]) -> Option<CertificateNote> {
     let facts = CertificateFacts::from_der(der).ok()?;
     Some(CertificateNote { serial: facts.serial.to_hex(), not_after: rfc3339(facts.not_after), sha256: inspect::sha256_hex(der) })
 }
@@ -240,13 +240,20 @@ impl DeviceDirectory for Directory {
 /// flight.
 pub struct Capf {
     address: SocketAddr,
-    directory: Arc<Directory>,
+    pub(super) directory: Arc<Directory>,
     current: RwLock<Option<(TlsAcceptor, Arc<CapfContext>)>>,
+    /// What EST serves with, from the same build (`adapters::local::est`).
+    pub(super) est: RwLock<Option<Arc<super::est::EstIdentity>>>,
     /// What was last said about the LSC lifetime, so that it is said once.
     noted: Mutex<String>,
 }
 
 impl Capf {
+    /// Whether EST has an identity to serve with.
+    pub fn est_ready(&self) -> bool {
+        self.est.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Where it listens.
     pub fn address(&self) -> SocketAddr {
         self.address
@@ -255,7 +262,13 @@ impl Capf {
     /// `state` is the served namespace's.
     pub fn new(address: SocketAddr, state: StateDir) -> Capf {
         let directory = Directory { state, phones: RwLock::default(), writing: Mutex::new(()) };
-        Capf { address, directory: Arc::new(directory), current: RwLock::new(None), noted: Mutex::new(String::new()) }
+        Capf {
+            address,
+            directory: Arc::new(directory),
+            current: RwLock::new(None),
+            est: RwLock::new(None),
+            noted: Mutex::new(String::new()),
+        }
     }
 
     /// Follows a good build: its phones, and its CAPF identity. Returns how it serves, for the line
@@ -266,6 +279,7 @@ impl Capf {
         *self.directory.phones.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(phones);
         let Some(identity) = identity else {
             *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.est.write().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(None);
         };
         let days = self.validity_days(&cluster, validity_years, identity)?;
@@ -279,7 +293,9 @@ impl Capf {
             directory: self.directory.clone(),
             config: SessionConfig { lsc_validity_days: days, ..SessionConfig::default() },
         };
+        let est = super::est::EstIdentity::of(identity, days)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((acceptor, Arc::new(context)));
+        *self.est.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(est));
         Ok(Some(format!(
             "serving CAPF on {}: TLS with the CAPF certificate of node {} ({}); LSCs signed by the cluster CA, valid {days} days",
             self.address, certificate.node, certificate.hostname

@@ -7,6 +7,7 @@
 //! then build, which may issue a CA; CAPF answers once the first build gave it its certificate.
 
 pub mod capf;
+pub mod est;
 pub mod port;
 pub mod tvs;
 
@@ -48,6 +49,8 @@ pub struct LocalOptions {
     /// TVS port, when the first node runs CallManager: the cluster has no TVS port field, so
     /// 2445 (docs/wire-formats.md §8) unless given.
     pub tvs_port: Option<u16>,
+    /// EST port, beside CAPF. `None`: [`est::DEFAULT_PORT`], or any free port when that one is taken.
+    pub est_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
     /// What the build may do by explicit request (a new identity).
@@ -63,6 +66,7 @@ impl LocalOptions {
             tftp_port: None,
             capf_port: None,
             tvs_port: None,
+            est_port: None,
             namespace: None,
             build: BuildOptions::default(),
         }
@@ -144,6 +148,18 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         }
         None
     };
+    // EST issues with CAPF's identity and records: it runs where CAPF does.
+    let est_listener = match &capf_listener {
+        Some(_) => Some(bind_est(&options).await?),
+        None => {
+            if options.est_port.is_some() {
+                println!(
+                    "the cluster runs no CAPF service (spec.nodes[].services.capf, P.6-6), whose identity EST uses: --est-port is not used"
+                );
+            }
+            None
+        }
+    };
     let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
     let namespace = first.namespace.clone();
@@ -208,6 +224,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             .map_err(|e| LocalError::Failed(format!("cannot watch {}: {e}", folder.display())))?;
     }
     // CAPF answers once what it writes (`devices/`, `capf/`) is watched.
+    let est_stopped = capf_stopped.clone();
     let capf_serving = match (&capf, capf_listener) {
         (Some(capf), Some(listener)) => Some(tokio::spawn(capf.clone().serve(listener, capf_stopped))),
         _ => None,
@@ -222,6 +239,19 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         (Some(tvs), None) => println!("TVS listens on {}, but the build gave it no certificate: it answers no phone", tvs.address()),
         (None, _) => {}
     }
+    let est_serving = match (&capf, est_listener) {
+        (Some(capf), Some(listener)) => {
+            let address = listener.local_addr().map_err(|e| LocalError::Failed(format!("callguard local: EST listener: {e}")))?;
+            let service = Arc::new(est::Est::new(capf.clone(), address));
+            if capf.est_ready() {
+                println!(
+                    "serving EST on https://{address}/.well-known/est/: TLS with the CAPF certificate; simpleenroll by device name and authentication string, simplereenroll by the current LSC"
+                );
+            }
+            Some(tokio::spawn(service.serve(listener, est_stopped)))
+        }
+        _ => None,
+    };
     match (&capf, capf_line) {
         (Some(_), Some(line)) => println!("{line}"),
         (Some(capf), None) => println!("CAPF listens on {}, but the build gave it no certificate: it answers no phone", capf.address()),
@@ -302,6 +332,9 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     if let Some(tvs) = tvs_serving {
         let _ = tvs.await;
     }
+    if let Some(est) = est_serving {
+        let _ = est.await;
+    }
     Ok(())
 }
 
@@ -329,6 +362,28 @@ async fn bind_tvs(options: &LocalOptions) -> Result<tokio::net::TcpListener, Loc
     tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Tvs, address, &e, origin))))
+}
+
+/// Binds `--est-port`, else [`est::DEFAULT_PORT`]; when the default is taken, any free port,
+/// saying which.
+async fn bind_est(options: &LocalOptions) -> Result<tokio::net::TcpListener, LocalError> {
+    let (port, origin) = match options.est_port {
+        Some(port) => (port, PortOrigin::Flag),
+        None => (est::DEFAULT_PORT, PortOrigin::Default),
+    };
+    let address = SocketAddr::new(options.bind, port);
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if origin == PortOrigin::Default && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.bind, 0))
+                .await
+                .map_err(|e| LocalError::Failed(format!("callguard local: cannot serve EST on {}: {e}", options.bind)))?;
+            let chosen = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+            println!("{}; serving EST on port {chosen} instead", port::explain(port::Service::Est, address, &e, origin));
+            Ok(listener)
+        }
+        Err(e) => Err(LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Est, address, &e, origin)))),
+    }
 }
 
 /// TFTP's port when 69 needs privileges we lack.

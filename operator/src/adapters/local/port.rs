@@ -1,4 +1,4 @@
-//! Why the TFTP, CAPF or TVS socket could not be bound, in words that say what to do: the address is in
+//! Why the TFTP, CAPF, TVS or EST socket could not be bound, in words that say what to do: the address is in
 //! use (and by which process, as `ss -ulpn` or `ss -tlpn` would tell: the socket's inode from
 //! `/proc/net/udp`, `udp6`, `tcp` or `tcp6`, then the process holding it among `/proc/*/fd`), the
 //! port needs privileges, or the address is not this host's.
@@ -16,6 +16,8 @@ pub enum Service {
     Capf,
     /// TVS, TCP (docs/wire-formats.md §8).
     Tvs,
+    /// EST, HTTPS over TCP (RFC 7030).
+    Est,
 }
 
 impl Service {
@@ -24,6 +26,7 @@ impl Service {
             Service::Tftp => "TFTP",
             Service::Capf => "CAPF",
             Service::Tvs => "TVS",
+            Service::Est => "EST",
         }
     }
 
@@ -32,6 +35,7 @@ impl Service {
             Service::Tftp => "--tftp-port",
             Service::Capf => "--capf-port",
             Service::Tvs => "--tvs-port",
+            Service::Est => "--est-port",
         }
     }
 
@@ -41,6 +45,8 @@ impl Service {
             Service::Capf => "spec.ports.capfPort",
             // The cluster has no TVS port field: its port is --tvs-port's, never the spec's.
             Service::Tvs => "--tvs-port",
+            // EST has no port in the spec; its port is the flag's or the default.
+            Service::Est => "--est-port",
         }
     }
 
@@ -48,14 +54,14 @@ impl Service {
     fn tables(self) -> ([&'static str; 2], Option<&'static str>) {
         match self {
             Service::Tftp => (["/proc/net/udp", "/proc/net/udp6"], None),
-            Service::Capf | Service::Tvs => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+            Service::Capf | Service::Tvs | Service::Est => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
         }
     }
 
     fn ss(self) -> &'static str {
         match self {
             Service::Tftp => "ss -ulpn",
-            Service::Capf | Service::Tvs => "ss -tlpn",
+            Service::Capf | Service::Tvs | Service::Est => "ss -tlpn",
         }
     }
 }
@@ -97,7 +103,7 @@ pub fn explain(service: Service, address: SocketAddr, error: &io::Error, origin:
                     ". Without --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
                     super::UNPRIVILEGED_TFTP_PORT
                 ),
-                Service::Capf | Service::Tvs => String::new(),
+                Service::Capf | Service::Tvs | Service::Est => String::new(),
             };
             format!(
                 "cannot serve {name} on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \
