@@ -303,6 +303,12 @@ enum Bench {
         #[arg(long)]
         single_port: bool,
     },
+    /// Enrol N phones at once against the CAPF server over TLS on loopback, next to `openssl speed rsa2048`.
+    Capf {
+        /// Number of phones, all enrolling at once.
+        #[arg(long, default_value_t = 200)]
+        phones: usize,
+    },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
         /// Number of certificates.
@@ -475,6 +481,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
+        Command::Bench { bench: Bench::Capf { phones } } => bench_result(callguard::bench::capf::run(phones)),
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
         Command::Bench { bench: Bench::Tftp { phones, concurrency, single_port } } => {
             bench_result(callguard::bench::tftp::run(phones, concurrency, single_port))
