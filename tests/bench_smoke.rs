@@ -11,3 +11,24 @@ async fn the_reconcile_benchmark_brings_every_phone_of_a_small_namespace_to_read
         panic!("bench reconcile on 300 phones: {e}");
     }
 }
+
+/// `callguard bench capf` runs: five phones enrol over TLS, and it prints its three figures
+/// (certificates per second, openssl's signatures per second, their ratio), each a positive number.
+/// Nothing is asserted of the figures' size: the machine is shared.
+#[test]
+fn the_capf_benchmark_enrols_five_phones_and_prints_its_three_figures() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["bench", "capf", "--phones", "5"])
+        .output()
+        .expect("the callguard binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let figure = |label: &str| -> f64 {
+        let line = stdout.lines().find_map(|l| l.trim_start().strip_prefix(label)).unwrap_or_else(|| panic!("{label} in {stdout}"));
+        line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a number after {label}: {line}"))
+    };
+    assert!(stdout.contains("enrolled:                      5  (0 failed; the server reports 5 LSCs issued)"), "{stdout}");
+    for label in ["certificates per second:", "openssl speed rsa2048:", "ratio:"] {
+        assert!(figure(label) > 0.0, "{label} in {stdout}");
+    }
+}

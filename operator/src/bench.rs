@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::validate::manifest;
 
+pub mod capf;
 pub mod tftp;
 use crate::validate::{self, SecretPolicy};
 

@@ -166,6 +166,11 @@ enum Command {
         #[arg(long, conflicts_with_all = ["device", "secret_file", "key"])]
         cacerts: bool,
     },
+    /// The CAPF report (Chapter 6): every phone's certificate operation, its status and its LSC.
+    Capf {
+        #[command(subcommand)]
+        command: Capf,
+    },
     /// Phones' certificates in the state directory.
     Device {
         #[command(subcommand)]
@@ -289,6 +294,31 @@ enum Device {
 }
 
 #[derive(Subcommand)]
+enum Capf {
+    /// Write the CAPF report as CSV (RFC 4180): a header row, then one row per phone, sorted by
+    /// device name: device name, model, certificate operation, authentication mode, operation status,
+    /// LSC state, serial, issuer and notAfter.
+    ///
+    /// From a state directory of `callguard build` or `local` (--state-dir), or from the Phone objects
+    /// of a cluster (--kubeconfig, else KUBECONFIG or the pod's service account). Exits 0 when
+    /// written, 2 when the state or the cluster cannot be read.
+    Report {
+        /// Read the state directory of `callguard build` or `local` instead of a cluster.
+        #[arg(long, conflicts_with = "kubeconfig")]
+        state_dir: Option<PathBuf>,
+        /// The namespace. Without it: the state's only namespace, or the kubeconfig's.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The kubeconfig file of the cluster to read (default: KUBECONFIG, or in-cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Write the CSV to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Bench {
     /// Generate a namespace of phones with their profiles and users, and measure `validate` on it.
     Validate {
@@ -315,6 +345,12 @@ enum Bench {
         /// listening port, as the TFTP pods serve), after the run with a port per transfer.
         #[arg(long)]
         single_port: bool,
+    },
+    /// Enrol N phones at once against the CAPF server over TLS on loopback, next to `openssl speed rsa2048`.
+    Capf {
+        /// Number of phones, all enrolling at once.
+        #[arg(long, default_value_t = 200)]
+        phones: usize,
     },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
@@ -494,6 +530,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Capf { command: Capf::Report { state_dir, namespace, kubeconfig, out } } => {
+            run_capf_report(state_dir.as_deref(), namespace.as_deref(), kubeconfig.as_deref(), out.as_deref())
+        }
         Command::Device { command: Device::AddCert { state_dir, namespace, device, certificate } } => {
             run_add_cert(&state_dir, namespace.as_deref(), &device, &certificate)
         }
@@ -544,6 +583,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
+        Command::Bench { bench: Bench::Capf { phones } } => bench_result(callguard::bench::capf::run(phones)),
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
         Command::Bench { bench: Bench::Tftp { phones, concurrency, single_port } } => {
             bench_result(callguard::bench::tftp::run(phones, concurrency, single_port))
@@ -597,6 +637,46 @@ fn bench_result(result: Result<(), String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("callguard bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_capf_report(
+    state_dir: Option<&std::path::Path>,
+    namespace: Option<&str>,
+    kubeconfig: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+) -> ExitCode {
+    use callguard::adapters::capf_report;
+    let rows = match state_dir {
+        Some(dir) => capf_report::from_state_dir(dir, namespace),
+        None => tokio::runtime::Runtime::new().map_err(|e| e.to_string()).and_then(|runtime| {
+            runtime.block_on(async {
+                let (client, namespace) = capf_report::client(kubeconfig, namespace).await?;
+                capf_report::from_cluster(client, &namespace).await
+            })
+        }),
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("callguard capf report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = callguard::core::capf_report::csv(&rows);
+    let written = match out {
+        Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(text.as_bytes()).map_err(|e| e.to_string())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callguard capf report: {e}");
             ExitCode::from(2)
         }
     }

@@ -2,6 +2,7 @@
 //! encrypted phone files), with no Kubernetes client and no network listener.
 
 pub mod build;
+pub mod capf_report;
 pub mod phone_config;
 pub mod pki;
 pub mod private_file;

@@ -141,6 +141,10 @@ pub struct ResourceStatus {
     /// credentials in clear, hardening not delivered, a secure SRST reference written insecure.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub downgrades: Vec<String>,
+    /// A phone's device name, model, protocol, certificate operation and CAPF authentication mode, so
+    /// that `callguard capf report` needs no manifest (`core::capf_report`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::core::capf_report::DeviceFacts>,
 }
 
 impl ResourceStatus {
@@ -156,6 +160,7 @@ impl ResourceStatus {
             lsc: None,
             consecutive_auth_failures: 0,
             downgrades: Vec::new(),
+            device: None,
         }
     }
 
@@ -504,6 +509,8 @@ fn resolve_phones(
         if let Some(view) = view {
             view.apply(&mut status.1);
         }
+        let mode = snapshot.phone_profiles.get(&phone.spec.security_profile_ref).map(|p| p.spec.authentication_mode());
+        status.1.device = Some(crate::core::capf_report::DeviceFacts::of(phone, mode));
         status
     });
     let mut catalog = BTreeMap::new();
