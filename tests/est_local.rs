@@ -59,6 +59,8 @@ impl Local {
         let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
             .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
             .args(["--tftp-port", &tftp_port.to_string(), "--capf-port", &capf_port.to_string(), "--est-port", &est_port.to_string()])
+            // TVS runs beside CallManager too; a port of its own, so that tests running at once do not meet on 2445.
+            .args(["--tvs-port", &free_tcp_port().to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -5,20 +5,16 @@
 //! first. `--cacerts` fetches the CA set over a TLS session already verified by that file, and
 //! refuses a set that does not contain it (RFC 7030 §4.1.1).
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::{X509, X509NameBuilder, X509ReqBuilder};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use reqwest::{Method, StatusCode, Url};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
 
 use super::{CACERTS, PKCS10, SIMPLE_ENROLL, SIMPLE_REENROLL, base64_lines, from_base64, read_certs_only};
@@ -54,19 +50,17 @@ pub struct EnrollOptions {
 
 /// Runs the action; returns what to print.
 pub async fn run(options: &EnrollOptions) -> Result<String, String> {
-    let uri: Uri = options.server.parse().map_err(|e| format!("--server {:?}: not a URL: {e}", options.server))?;
-    if uri.scheme_str() != Some("https") {
+    let server = Url::parse(&options.server).map_err(|e| format!("--server {:?}: not a URL: {e}", options.server))?;
+    if server.scheme() != "https" || server.host_str().is_none() {
         return Err(format!("--server {}: EST runs over HTTPS only (RFC 7030 §3.2.1): use https://HOST:PORT", options.server));
     }
-    let host = uri.host().ok_or_else(|| format!("--server {}: no host", options.server))?.trim_matches(['[', ']']).to_owned();
-    let port = uri.port_u16().unwrap_or(443);
     let ca_pem = std::fs::read(&options.ca_file).map_err(|e| format!("--ca-file {}: {e}", options.ca_file.display()))?;
     let anchors = X509::stack_from_pem(&ca_pem)
         .ok()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| format!("--ca-file {}: no PEM certificate in it", options.ca_file.display()))?;
     let anchors_der: Vec<Vec<u8>> = anchors.iter().map(|c| c.to_der()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let connection = Connection { host, port, anchors: anchors_der.clone() };
+    let connection = Connection { server, anchors: anchors_der.clone() };
 
     match &options.action {
         Action::CaCerts => {
@@ -171,14 +165,14 @@ fn keep_issued(body: &[u8], key: &PKey<Private>, anchors: &[X509], out: &Path) -
 }
 
 struct Connection {
-    host: String,
-    port: u16,
+    /// `https://HOST:PORT`.
+    server: Url,
     anchors: Vec<Vec<u8>>,
 }
 
 impl Connection {
-    /// One request over a fresh TLS connection; the body of a 200 answer, else an error with the
-    /// server's words.
+    /// One request (reqwest over rustls, trusting `--ca-file` alone); the body of a 200 answer, else
+    /// an error with the server's words.
     async fn exchange(
         &self,
         method: Method,
@@ -187,20 +181,7 @@ impl Connection {
         authorization: Option<&str>,
         client: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Vec<u8>, String> {
-        tokio::time::timeout(TIMEOUT, self.exchange_once(method, path, body, authorization, client))
-            .await
-            .map_err(|_| format!("https://{}:{}{path}: no answer within {} s", self.host, self.port, TIMEOUT.as_secs()))?
-    }
-
-    async fn exchange_once(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        authorization: Option<&str>,
-        client: Option<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<Vec<u8>, String> {
-        let url = format!("https://{}:{}{path}", self.host, self.port);
+        let url = self.server.join(path).map_err(|e| format!("--server {}: {e}", self.server))?;
         let mut roots = rustls::RootCertStore::empty();
         for anchor in &self.anchors {
             roots.add(CertificateDer::from(anchor.clone())).map_err(|e| format!("--ca-file: {e}"))?;
@@ -209,43 +190,55 @@ impl Connection {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots);
-        let config = match client {
+        let tls = match client {
             Some((certificate, key)) => builder
                 .with_client_auth_cert(vec![CertificateDer::from(certificate)], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))
                 .map_err(|e| format!("--cert/--key: {e}"))?,
             None => builder.with_no_client_auth(),
         };
-        let name = match self.host.parse::<IpAddr>() {
-            Ok(ip) => ServerName::IpAddress(ip.into()),
-            Err(_) => ServerName::try_from(self.host.clone()).map_err(|e| format!("--server: {e}"))?,
-        };
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| format!("{url}: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("{url}: TLS: {e} (is --ca-file the cluster CA that issued the server's certificate?)"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("{url}: HTTP: {e}"))?;
-        tokio::spawn(connection);
-        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, format!("{}:{}", self.host, self.port));
-        if body.is_some() {
-            request = request.header(hyper::header::CONTENT_TYPE, PKCS10).header("content-transfer-encoding", "base64");
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("{url}: {}", causes(&e)))?;
+        let mut request = http.request(method, url.clone());
+        if let Some(body) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, PKCS10).header("content-transfer-encoding", "base64").body(body);
         }
         if let Some(authorization) = authorization {
-            request = request.header(hyper::header::AUTHORIZATION, authorization);
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
-        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| format!("{url}: HTTP: {e}"))?;
+        let mut response = request.send().await.map_err(|e| {
+            let text = causes(&e);
+            let hint =
+                if text.contains("certificate") { " (TLS: is --ca-file the cluster CA that issued the server's certificate?)" } else { "" };
+            format!("{url}: {text}{hint}")
+        })?;
         let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("{url}: reading the answer: {e}"))?
-            .to_bytes();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: reading the answer: {}", causes(&e)))? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(format!("{url}: the answer is longer than {MAX_RESPONSE_BYTES} bytes"));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if status != StatusCode::OK {
             let text = String::from_utf8_lossy(&bytes);
             return Err(format!("{url}: the server answered {status}: {}", text.trim()));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
+}
+
+/// An error with its causes, which reqwest keeps out of its own message: `a: b: c`.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
