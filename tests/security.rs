@@ -51,6 +51,34 @@ async fn settle(server: &FakeApiServer) {
     }
 }
 
+/// How many reconciles the operator has run: each lists the namespace's SipRealms, which nothing
+/// else lists once the watches run.
+fn reconciles(server: &FakeApiServer) -> usize {
+    server
+        .reads()
+        .iter()
+        .filter(|r| {
+            r.verb == fake_apiserver::Verb::List && r.resource == "siprealms.callguard.io" && r.namespace.as_deref() == Some(NAMESPACE)
+        })
+        .count()
+}
+
+/// Makes the operator reconcile the cluster, and waits until one such reconcile has ended: a label
+/// on the cluster changes twice, and the reconcile the second change starts begins only after the
+/// first one's has finished (a controller never runs two reconciles of one object at once). What
+/// was not written by then, a whole reconcile of the current state did not write. No sleep.
+async fn reconciled_again(server: &FakeApiServer) {
+    for _ in 0..2 {
+        let before = reconciles(server);
+        let nudge = format!("{before}");
+        edit(server, "CallControlCluster", "callcontrolclusters", CLUSTER, |c| {
+            c["metadata"]["labels"]["test.callguard.io/nudge"] = json!(nudge)
+        })
+        .await;
+        until("a reconcile after the nudge", || reconciles(server) > before).await;
+    }
+}
+
 async fn ready_quickstart(server: &FakeApiServer) -> (callguard::ops::shutdown::Shutdown, tokio::task::JoinHandle<Result<(), String>>) {
     load(server, quickstart());
     let running = start_operator(server, "operator", false);
@@ -215,7 +243,7 @@ async fn a_phone_the_operator_stalls_is_not_served() {
     })
     .await;
     until("the cluster to stall", || condition(&cluster(&server), "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconciled_again(&server).await;
     let after = fetch(&tftp, hallway).await.expect("still served");
     assert_eq!(after, before, "the pod serves the last validated file, not the refused edit");
     assert!(!String::from_utf8_lossy(&after).contains("1999"));
@@ -253,7 +281,7 @@ async fn losing_the_identity_stalls_and_only_the_named_identity_is_replaced() {
     let message = stalled_with(&server, "IdentityLost").unwrap();
     assert!(message.contains("the cluster CA certificate (Secret quickstart-ca, key ca.crt) is missing"), "{message}");
     assert!(message.contains(&format!("callguard.io/new-identity={id}")) && message.contains("P.3-18"), "{message}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconciled_again(&server).await;
     let kept = object(&server, "Secret", "quickstart-ca");
     assert_eq!(kept["data"]["ca.key"], ca["data"]["ca.key"], "no new key is written");
     assert!(kept["data"]["ca.crt"].is_null(), "and no new certificate");
@@ -277,7 +305,7 @@ async fn losing_the_identity_stalls_and_only_the_named_identity_is_replaced() {
     delete(&server, "v1", "Secret", "secrets", "quickstart-ca").await;
     delete(&server, "v1", "ConfigMap", "configmaps", "quickstart-trust").await;
     until("IdentityLost for both", || stalled_with(&server, "IdentityLost").is_some_and(|m| m.contains("the published ITL"))).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconciled_again(&server).await;
     assert!(server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").is_none(), "no new CA");
     assert_eq!(identity_id(&server), id, "the record outlives the stall");
     assert_eq!(fetch(&tftp, "CTLFile.tlv").await.as_ref(), Some(&ctl), "still the last good files");
@@ -293,7 +321,7 @@ async fn losing_the_identity_stalls_and_only_the_named_identity_is_replaced() {
         }
     };
     annotate("0000000000000000".into()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconciled_again(&server).await;
     assert!(stalled_with(&server, "IdentityLost").is_some(), "another id is no permission");
     annotate(id.clone()).await;
     until("a new identity", || is_ready(&cluster(&server)) && identity_id(&server) != id).await;
