@@ -10,19 +10,24 @@
 
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/process.rs"]
+mod process;
+use process::{Running, copy_quickstart, edit_manifest as edit, free_tcp_port, free_udp_port};
+#[path = "support/capf_phone.rs"]
+mod capf_phone;
+use capf_phone::{read_frame, send};
 use peers::{TftpGet, file_not_found, require, tftp_hpa_get};
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callguard::core::pki::inspect::CertificateFacts;
 use callguard::core::pki::keys;
-use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, FrameHeader, HEADER_LEN, Password, Reason};
+use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, Password, Reason};
 use rsa::RsaPrivateKey;
 use rsa::pkcs8::EncodePublicKey;
 
@@ -32,114 +37,44 @@ const LOBBY_STRING: &str = "12345678";
 /// The quickstart's CAPF node, whose certificate the CAPF listener presents.
 const CAPF_HOST: &str = "cm1.quickstart.example";
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn copy_quickstart(dir: &Path) -> PathBuf {
-    let manifests = dir.join("quickstart");
-    fs::create_dir(&manifests).unwrap();
-    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
-    }
-    manifests
-}
-
-/// Replaces the `nth` (from 0) occurrence of `from` in `file` of the manifests.
-fn edit(manifests: &Path, file: &str, from: &str, to: &str, nth: usize) {
-    let path = manifests.join(file);
-    let text = fs::read_to_string(&path).unwrap();
-    let at = text.match_indices(from).nth(nth).unwrap_or_else(|| panic!("{file} has no occurrence {nth} of {from:?}")).0;
-    fs::write(&path, format!("{}{to}{}", &text[..at], &text[at + from.len()..])).unwrap();
-}
-
-/// A running `callguard local` with its output lines as they come.
+/// A running `callguard local` on free ports.
 struct Local {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    process: Running,
     tftp_port: u16,
     capf_port: u16,
+}
+
+impl std::ops::Deref for Local {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Local {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.process
+    }
 }
 
 impl Local {
     fn start(manifests: &Path, state: &Path) -> Local {
         let (tftp_port, capf_port) = (free_udp_port(), free_tcp_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command
             .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
             .args(["--tftp-port", &tftp_port.to_string(), "--capf-port", &capf_port.to_string()])
-            .args(["--tvs-port", &free_tcp_port().to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("callguard runs");
-        let (sender, lines) = mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        let mut local = Local { child, lines, seen: Vec::new(), tftp_port, capf_port };
+            .args(["--tvs-port", &free_tcp_port().to_string()]);
+        let mut local = Local { process: Running::spawn(command), tftp_port, capf_port };
         let line = local.wait_for("serving CAPF on");
         assert!(line.contains(&format!("127.0.0.1:{capf_port}")) && line.contains("node cm1"), "{line}");
         local.wait_for("serving TFTP on");
         local
     }
 
-    /// Waits up to 60 s for an output line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Every line so far.
-    fn output(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-
     fn fetch(&self, name: &str, out: &Path) -> TftpGet {
         let _ = fs::remove_file(out);
         tftp_hpa_get(self.tftp_port, name, out)
-    }
-
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "callguard local exits 0 on SIGTERM: {status}");
-                std::thread::sleep(Duration::from_millis(200));
-                return self.output();
-            }
-            assert!(Instant::now() < deadline, "callguard local did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
     }
 }
 
@@ -155,21 +90,6 @@ struct Transcript {
     key_size: Option<u16>,
     /// The LSC of STORE_CERTIFICATE_REQUEST, DER.
     stored: Option<Vec<u8>>,
-}
-
-fn read_frame(stream: &mut impl Read) -> Option<Frame> {
-    let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header).ok()?;
-    let parsed = FrameHeader::decode(&header).expect("the server sends 0x55 frames");
-    let mut bytes = header.to_vec();
-    bytes.resize(HEADER_LEN + usize::from(parsed.body_len), 0);
-    stream.read_exact(&mut bytes[HEADER_LEN..]).ok()?;
-    Some(Frame::decode(&bytes).expect("the server sends well-formed frames"))
-}
-
-fn send(stream: &mut impl Write, frame: Frame) {
-    stream.write_all(&frame.encode().unwrap()).unwrap();
-    stream.flush().unwrap();
 }
 
 /// One session of `device` against CAPF on `port`, verifying the server's certificate against the

@@ -9,72 +9,58 @@
 
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/process.rs"]
+mod process;
+use process::{Running, copy_quickstart, free_tcp_port, free_udp_port};
+#[path = "support/capf_phone.rs"]
+mod capf_phone;
+use capf_phone::{read_frame, send};
 use peers::require;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, mpsc};
+use std::process::{Command, Output};
+use std::sync::Arc;
 
-use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, FrameHeader, HEADER_LEN, Password, Reason};
+use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, Password, Reason};
 use rsa::pkcs8::EncodePublicKey;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LOBBY: &str = "SEP001122334455";
 const LOBBY_STRING: &str = "12345678";
 /// The quickstart's CAPF node, whose certificate CAPF and EST present.
 const CAPF_HOST: &str = "cm1.quickstart.example";
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn copy_quickstart(dir: &Path) -> PathBuf {
-    let manifests = dir.join("quickstart");
-    fs::create_dir(&manifests).unwrap();
-    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
-    }
-    manifests
-}
-
-/// A running `callguard local` with its output lines as they come.
+/// A running `callguard local` on free ports.
 struct Local {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    process: Running,
     capf_port: u16,
     est_port: u16,
+}
+
+impl std::ops::Deref for Local {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Local {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.process
+    }
 }
 
 impl Local {
     fn start(manifests: &Path, state: &Path) -> Local {
         let (tftp_port, capf_port, est_port) = (free_udp_port(), free_tcp_port(), free_tcp_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command
             .args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
             .args(["--tftp-port", &tftp_port.to_string(), "--capf-port", &capf_port.to_string(), "--est-port", &est_port.to_string()])
             // TVS runs beside CallManager too; a port of its own, so that tests running at once do not meet on 2445.
-            .args(["--tvs-port", &free_tcp_port().to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("callguard runs");
-        let (sender, lines) = mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        let mut local = Local { child, lines, seen: Vec::new(), capf_port, est_port };
+            .args(["--tvs-port", &free_tcp_port().to_string()]);
+        let mut local = Local { process: Running::spawn(command), capf_port, est_port };
         let line = local.wait_for("serving EST on");
         assert!(line.contains(&format!("https://127.0.0.1:{est_port}/.well-known/est/")), "{line}");
         local.wait_for("serving TFTP on");
@@ -83,34 +69,6 @@ impl Local {
 
     fn url(&self, operation: &str) -> String {
         format!("https://127.0.0.1:{}/.well-known/est/{operation}", self.est_port)
-    }
-
-    /// Waits up to 60 s for an output line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn output(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -364,21 +322,6 @@ fn ten_wrong_secrets_lock_the_lobby_phone_out_of_est_and_the_eleventh_try_is_ref
 
 // ---------------------------------------------------------------------------------------------------------------
 // A phone speaking CAPF (docs/wire-formats.md §7.5), as in tests/capf_local.rs: the string is shared.
-
-fn read_frame(stream: &mut impl Read) -> Option<Frame> {
-    let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header).ok()?;
-    let parsed = FrameHeader::decode(&header).expect("the server sends 0x55 frames");
-    let mut bytes = header.to_vec();
-    bytes.resize(HEADER_LEN + usize::from(parsed.body_len), 0);
-    stream.read_exact(&mut bytes[HEADER_LEN..]).ok()?;
-    Some(Frame::decode(&bytes).expect("the server sends well-formed frames"))
-}
-
-fn send(stream: &mut impl Write, frame: Frame) {
-    stream.write_all(&frame.encode().unwrap()).unwrap();
-    stream.flush().unwrap();
-}
 
 /// One CAPF session of the lobby phone with `password`; the commands it heard and how it ended.
 fn capf_session(port: u16, ca: &Path, password: &str) -> (Vec<CapfCommand>, Option<Reason>) {

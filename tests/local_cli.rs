@@ -5,30 +5,33 @@
 
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/process.rs"]
+mod process;
 use peers::{TftpGet, file_not_found, require, tftp_hpa_get};
+use process::{Running, copy_quickstart, free_tcp_port, free_udp_port};
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A free TCP port for CAPF, so that tests running at once do not all ask for 3804.
-fn free_capf_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
-}
-
-/// A running `callguard local`, with its output lines as they come.
+/// A running `callguard local`, with its TFTP port.
 struct Local {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    process: Running,
     port: u16,
+}
+
+impl std::ops::Deref for Local {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Local {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.process
+    }
 }
 
 impl Local {
@@ -36,43 +39,15 @@ impl Local {
         let port = free_udp_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
         command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port.to_string()]);
-        command.args(["--capf-port", &free_capf_port(), "--tvs-port", &free_capf_port()]);
+        command.args(["--capf-port", &free_tcp_port().to_string(), "--tvs-port", &free_tcp_port().to_string()]);
         Local::spawn(command, port)
     }
 
     /// Runs `command` (a `callguard local`) whose TFTP server will listen on `port`.
-    fn spawn(mut command: Command, port: u16) -> Local {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("callguard runs");
-        let (sender, lines) = mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        let mut local = Local { child, lines, seen: Vec::new(), port };
+    fn spawn(command: Command, port: u16) -> Local {
+        let mut local = Local { process: Running::spawn(command), port };
         local.wait_for("serving TFTP on");
         local
-    }
-
-    /// Waits up to 60 s for an output line containing `needle`; runs of spaces match any run, so that
-    /// a table row is found whatever its column widths.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let squash = |text: &str| text.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
-        let needle = squash(needle);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| squash(l).contains(&needle)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
-            }
-        }
     }
 
     fn fetch_tftp_hpa(&self, name: &str, out: &Path) -> TftpGet {
@@ -86,26 +61,6 @@ impl Local {
         }
         command.args(["-g", "-r", name, "-l", out.to_str().unwrap(), "127.0.0.1", &self.port.to_string()]);
         command.output().unwrap().status.success()
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "callguard local exits 0 on SIGTERM: {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "callguard local did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
     }
 }
 
@@ -127,16 +82,6 @@ fn fetch_until(local: &Local, name: &str, out: &Path, accept: impl Fn(&[u8]) -> 
         assert!(Instant::now() < deadline, "{name} never reached the expected content");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn copy_quickstart(dir: &Path) -> PathBuf {
-    let manifests = dir.join("quickstart");
-    fs::create_dir(&manifests).unwrap();
-    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
-    }
-    manifests
 }
 
 #[test]
@@ -221,7 +166,14 @@ fn without_root_and_without_a_port_local_falls_back_to_6969() {
     } else {
         Command::new(binary)
     };
-    command.args(["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--capf-port", &free_capf_port()]);
+    command.args([
+        "local",
+        manifests.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--capf-port",
+        &free_tcp_port().to_string(),
+    ]);
     let mut local = Local::spawn(command, 6969);
     local.wait_for("port 69 (the cluster's spec.ports.tftpPort) needs root or CAP_NET_BIND_SERVICE; serving on 6969 instead");
     let out = dir.path().join("ctl.tlv");
@@ -310,7 +262,7 @@ fn callguard_command(args: &[&str]) -> Command {
 /// A free TCP port for TVS on every `local`, so that tests running at once do not all ask for 2445.
 fn with_free_tvs_port(command: &mut Command, args: &[&str]) {
     if args.first() == Some(&"local") && !args.contains(&"--tvs-port") {
-        command.args(["--tvs-port", &free_capf_port()]);
+        command.args(["--tvs-port", &free_tcp_port().to_string()]);
     }
 }
 
@@ -417,7 +369,7 @@ fn local_listens_on_the_clusters_tftp_port() {
     let port = free_udp_port();
     set_spec_tftp_port(&manifests, port);
     let state = dir.path().join("state");
-    let capf_port = free_capf_port();
+    let capf_port = free_tcp_port().to_string();
     let args = ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--capf-port", &capf_port];
     let mut local = Local::spawn(callguard_command(&args), port);
     local.wait_for(&format!("serving TFTP on 127.0.0.1:{port}"));
@@ -438,7 +390,7 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
     let dir = tempfile::tempdir().unwrap();
     let manifests = copy_quickstart(dir.path());
     let state = dir.path().join("state");
-    let local = Local::start(&manifests, &state);
+    let mut local = Local::start(&manifests, &state);
     let holder = format!("PID {}", local.child.id());
     let build = ["build", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
     let output = run_until_exit(callguard_command(&build), 120).expect("build ends");
@@ -446,7 +398,7 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains(&holder) && text.contains("callguard local"), "names the holder: {text}");
     let port = free_udp_port().to_string();
-    let capf_port = free_capf_port();
+    let capf_port = free_tcp_port().to_string();
     let second =
         ["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--tftp-port", &port, "--capf-port", &capf_port];
     let output = run_until_exit(callguard_command(&second), 60).expect("the second local exits");
@@ -529,7 +481,14 @@ fn local_says_valid_again_what_a_removed_file_dropped_and_logs_requests_at_debug
     let state = dir.path().join("state");
     let port = free_udp_port();
     let mut command = callguard_command(&["local", manifests.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
-    command.args(["--tftp-port", &port.to_string(), "--capf-port", &free_capf_port(), "--log-level", "callguard::services::tftp=debug"]);
+    command.args([
+        "--tftp-port",
+        &port.to_string(),
+        "--capf-port",
+        &free_tcp_port().to_string(),
+        "--log-level",
+        "callguard::services::tftp=debug",
+    ]);
     let mut local = Local::spawn(command, port);
     local.wait_for("CallControlCluster  quickstart       True   Ready");
 

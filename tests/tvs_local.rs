@@ -6,14 +6,16 @@
 
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/process.rs"]
+mod process;
 use peers::require;
+use process::{Running, copy_quickstart, free_tcp_port, free_udp_port};
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callguard::core::pki::inspect::certificate_der;
@@ -27,68 +29,6 @@ use tokio_rustls::TlsConnector;
 
 const CM1: &str = "cm1.quickstart.example";
 const ALICE: &str = "SEP00AABBCCDD01";
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn copy_quickstart(dir: &Path) -> PathBuf {
-    let manifests = dir.join("quickstart");
-    fs::create_dir(&manifests).unwrap();
-    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
-    }
-    manifests
-}
-
-/// A process whose output lines are collected as they come.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn spawn(mut command: Command) -> Running {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("callguard runs");
-        let (sender, lines) = mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = sender.send(line);
-                }
-            });
-        }
-        Running { child, lines, seen: Vec::new() }
-    }
-
-    /// Waits up to 60 s for an output line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What TVS answered.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,0 +1,112 @@
+//! What the tests that run `callguard local` or `callguard serve` share: free ports, a copy of the
+//! quickstart to edit, and a running process whose output lines are collected as they come.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free TCP port, so that tests running at once do not all ask for 3804, 2445 or 8443.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A copy of `examples/quickstart` under `dir`, for a test to edit.
+pub fn copy_quickstart(dir: &Path) -> PathBuf {
+    let manifests = dir.join("quickstart");
+    fs::create_dir(&manifests).unwrap();
+    for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
+    }
+    manifests
+}
+
+/// Replaces the `nth` (from 0) occurrence of `from` in `file` of the manifests.
+pub fn edit_manifest(manifests: &Path, file: &str, from: &str, to: &str, nth: usize) {
+    let path = manifests.join(file);
+    let text = fs::read_to_string(&path).unwrap();
+    let at = text.match_indices(from).nth(nth).unwrap_or_else(|| panic!("{file} has no occurrence {nth} of {from:?}")).0;
+    fs::write(&path, format!("{}{to}{}", &text[..at], &text[at + from.len()..])).unwrap();
+}
+
+/// A process whose stdout and stderr lines are collected as they come; killed when dropped.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(mut command: Command) -> Running {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("callguard runs");
+        let (sender, lines) = mpsc::channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        Running { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits up to 60 s for an output line containing `needle`; runs of spaces match any run, so that
+    /// a table row is found whatever its column widths.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let squash = |text: &str| text.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+        let needle = squash(needle);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| squash(l).contains(&needle)) {
+                return line.clone();
+            }
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Every line so far.
+    pub fn output(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    /// SIGTERM, then the exit, which must be 0 within 20 s; returns every line it printed.
+    pub fn stop(&mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the process exits 0 on SIGTERM: {status}");
+                // Its last lines may still be on their way through the reader threads.
+                std::thread::sleep(Duration::from_millis(200));
+                return self.output();
+            }
+            assert!(Instant::now() < deadline, "the process did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
