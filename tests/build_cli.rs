@@ -3,6 +3,10 @@
 //! configuration for a phone with a certificate, the lost-token procedure and the token lock
 //! (docs/wire-formats.md §3-5, P.3-12, P.16-5).
 
+#[path = "support/process.rs"]
+mod process;
+use process::copy_quickstart;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,13 +35,7 @@ struct Workspace {
 impl Workspace {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        fs::create_dir(&manifests).unwrap();
-        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-        for entry in fs::read_dir(quickstart).unwrap() {
-            let entry = entry.unwrap();
-            fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
-        }
+        let manifests = copy_quickstart(dir.path());
         let state = dir.path().join("state");
         Workspace { _dir: dir, manifests, state }
     }

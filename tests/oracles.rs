@@ -10,7 +10,10 @@
 
 #[path = "support/peers.rs"]
 mod peers;
+#[path = "support/process.rs"]
+mod process;
 use peers::require;
+use process::copy_quickstart;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -215,13 +218,7 @@ struct Quickstart {
 impl Quickstart {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let manifests = dir.path().join("manifests");
-        fs::create_dir(&manifests).unwrap();
-        let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-        for entry in fs::read_dir(quickstart).unwrap() {
-            let entry = entry.unwrap();
-            fs::copy(entry.path(), manifests.join(entry.file_name())).unwrap();
-        }
+        let manifests = copy_quickstart(dir.path());
         let state = dir.path().join("state");
         Quickstart { dir, manifests, state }
     }
@@ -695,22 +692,18 @@ fn trust_files_assembled_here_and_signed_by_openssl_are_read_verified_and_decryp
         let records =
             [record(&sast, sast_dn, &[0x3A, 0x7F], 0), record(&tftp, tftp_dn, &[0xC1, 0x02], 2), record(&capf, capf_dn, &[0x10], 4)]
                 .concat();
-        let ctl = assemble(
-            dir,
-            &Assembly {
-                version: [1, 2],
-                signer_version: Some([1, 0]),
-                signer_name: sast_dn,
-                signer_issuer: sast_dn,
-                signer_serial: &[0x3A, 0x7F],
-                hash: (hash_code, digest),
-                filename: "CTLFile.tlv",
-                timestamp: 1_767_225_600,
-                extra: Vec::new(),
-            },
-            &records,
-            &sast.key,
-        );
+        let ctl_header = Assembly {
+            version: [1, 2],
+            signer_version: Some([1, 0]),
+            signer_name: sast_dn,
+            signer_issuer: sast_dn,
+            signer_serial: &[0x3A, 0x7F],
+            hash: (hash_code, digest),
+            filename: "CTLFile.tlv",
+            timestamp: 1_767_225_600,
+            extra: Vec::new(),
+        };
+        let ctl = assemble(dir, &ctl_header, &records, &sast.key);
         fs::write(dir.join("CTLFile.tlv"), &ctl).unwrap();
 
         // The crate reads what was written.
@@ -747,22 +740,7 @@ fn trust_files_assembled_here_and_signed_by_openssl_are_read_verified_and_decryp
         flipped[last] ^= 0x01;
         fs::write(dir.join("flipped.tlv"), &flipped).unwrap();
         assert_eq!(callguard(&["trust", "verify", &path("flipped.tlv")]).status.code(), Some(1));
-        let forged = assemble(
-            dir,
-            &Assembly {
-                version: [1, 2],
-                signer_version: Some([1, 0]),
-                signer_name: sast_dn,
-                signer_issuer: sast_dn,
-                signer_serial: &[0x3A, 0x7F],
-                hash: (hash_code, digest),
-                filename: "CTLFile.tlv",
-                timestamp: 1_767_225_600,
-                extra: Vec::new(),
-            },
-            &records,
-            &capf.key,
-        );
+        let forged = assemble(dir, &ctl_header, &records, &capf.key);
         assert!(TrustList::parse(&forged, Mode::Strict).unwrap().verify().is_err(), "signed by another key");
 
         // A .sgn signed by the CCM+TFTP record's key (§4).
