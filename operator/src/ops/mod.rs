@@ -2,6 +2,7 @@
 //! leader election, shutdown on signals and logging. The controllers call these; nothing here knows a
 //! controller.
 
+pub mod accept;
 pub mod http;
 pub mod leader;
 pub mod logging;

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -351,20 +350,7 @@ impl Capf {
 
     /// Accepts connections until `stop`; one task per connection, each ending in one line.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.changed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors, say: wait rather than spin.
-                    tracing::warn!(error = %e, "CAPF accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        while let Some((tcp, peer)) = crate::ops::accept::next_connection(&listener, &mut stop, "CAPF").await {
             let current = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
             let Some((acceptor, context)) = current else { continue };
             let capf = self.clone();

@@ -128,19 +128,7 @@ impl Est {
 
     /// Accepts connections until `stop`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.changed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "EST accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        while let Some((tcp, peer)) = crate::ops::accept::next_connection(&listener, &mut stop, "EST").await {
             let identity = self.capf.est.read().unwrap_or_else(|p| p.into_inner()).clone();
             let Some(identity) = identity else { continue };
             let est = self.clone();

@@ -12,7 +12,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -160,31 +160,12 @@ impl TvsServer {
 
     /// Accepts connections forever, one task each.
     pub async fn run(self) {
-        loop {
-            let (tcp, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    // Accept errors (out of descriptors, a reset before accept) are transient: keep serving.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let acceptor = self.acceptor.clone();
-            let directory = self.directory.clone();
-            let limits = self.limits;
-            let reports = self.reports.clone();
+        // A stop that never comes: the sender lives as long as the loop.
+        let (_never, mut stop) = watch::channel(false);
+        while let Some((tcp, peer)) = crate::ops::accept::next_connection(&self.listener, &mut stop, "TVS").await {
+            let (acceptor, directory, limits, reports) = (self.acceptor.clone(), self.directory.clone(), self.limits, self.reports.clone());
             tokio::spawn(async move {
-                let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
-                    Ok(Err(e)) => ConnectionReport {
-                        peer: None,
-                        responses_sent: 0,
-                        notes: Vec::new(),
-                        end: ConnectionEnd::HandshakeFailed(e.to_string()),
-                    },
-                    Ok(Ok(tls)) => serve_connection(tls, &directory, &limits).await,
-                };
-                report.peer = Some(peer);
+                let report = connection(tcp, peer, acceptor, &directory, &limits).await;
                 if let Some(reports) = reports {
                     // The receiver may be gone; reports are informational.
                     let _ = reports.send(report);
@@ -192,6 +173,25 @@ impl TvsServer {
             });
         }
     }
+}
+
+/// One connection: the TLS handshake within its limit, then the session; how it ended.
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    directory: &SharedDirectory,
+    limits: &ServerLimits,
+) -> ConnectionReport {
+    let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
+        Ok(Err(e)) => {
+            ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeFailed(e.to_string()) }
+        }
+        Ok(Ok(tls)) => serve_connection(tls, directory, limits).await,
+    };
+    report.peer = Some(peer);
+    report
 }
 
 /// The TLS configuration connections get; `None` closes them at once. Send a new one to follow a
@@ -209,37 +209,12 @@ pub async fn serve_listener(
     reports: mpsc::UnboundedSender<ConnectionReport>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                // Out of descriptors, a reset before accept: transient, wait rather than spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((tcp, peer)) = crate::ops::accept::next_connection(&listener, &mut stop, "TVS").await {
         let Some(config) = tls.borrow().clone() else { continue };
-        let acceptor = TlsAcceptor::from(config);
-        let directory = directory.clone();
-        let reports = reports.clone();
+        let (acceptor, directory, reports) = (TlsAcceptor::from(config), directory.clone(), reports.clone());
         tokio::spawn(async move {
-            let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
-                Ok(Err(e)) => ConnectionReport {
-                    peer: None,
-                    responses_sent: 0,
-                    notes: Vec::new(),
-                    end: ConnectionEnd::HandshakeFailed(e.to_string()),
-                },
-                Ok(Ok(tls)) => serve_connection(tls, &directory, &limits).await,
-            };
-            report.peer = Some(peer);
             // The receiver may be gone; reports are informational.
-            let _ = reports.send(report);
+            let _ = reports.send(connection(tcp, peer, acceptor, &directory, &limits).await);
         });
     }
 }
