@@ -44,18 +44,7 @@ struct Local {
     capf_port: u16,
 }
 
-impl std::ops::Deref for Local {
-    type Target = Running;
-    fn deref(&self) -> &Running {
-        &self.process
-    }
-}
-
-impl std::ops::DerefMut for Local {
-    fn deref_mut(&mut self) -> &mut Running {
-        &mut self.process
-    }
-}
+crate::deref_to_running!(Local);
 
 impl Local {
     fn start(manifests: &Path, state: &Path) -> Local {

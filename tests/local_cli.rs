@@ -21,18 +21,7 @@ struct Local {
     port: u16,
 }
 
-impl std::ops::Deref for Local {
-    type Target = Running;
-    fn deref(&self) -> &Running {
-        &self.process
-    }
-}
-
-impl std::ops::DerefMut for Local {
-    fn deref_mut(&mut self) -> &mut Running {
-        &mut self.process
-    }
-}
+crate::deref_to_running!(Local);
 
 impl Local {
     fn start(manifests: &Path, state: &Path) -> Local {
@@ -413,22 +402,7 @@ fn a_second_local_or_a_build_on_a_held_state_directory_is_refused_with_its_holde
 
 /// A phone's LSC issued by the state's cluster CA, and its key in `dir`.
 fn lsc_for(state: &Path, device: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
-    use rsa::pkcs8::EncodePublicKey;
-    let ca = callguard::core::pki::ca::ClusterCa::from_pem(
-        &fs::read_to_string(state.join("namespaces/default/ca/ca.crt")).unwrap(),
-        &fs::read_to_string(state.join("namespaces/default/ca/ca.key")).unwrap(),
-    )
-    .unwrap();
-    let key = callguard::core::pki::keys::generate_rsa(2048);
-    let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
-    let request = callguard::core::pki::issue::LscRequest {
-        device_name: device,
-        key: callguard::core::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
-        validity_days: 365,
-        serial: callguard::core::pki::serial::Serial::random(&mut rand::thread_rng()),
-        now: time::OffsetDateTime::now_utc(),
-    };
-    let lsc = callguard::core::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der;
+    let (key, lsc) = process::lsc_from_state(state, device);
     let key_path = dir.join(format!("{device}.key"));
     fs::write(&key_path, callguard::core::pki::keys::pkcs8_pem(&key)).unwrap();
     (key_path, lsc)

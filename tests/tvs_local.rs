@@ -85,22 +85,7 @@ async fn ask(address: SocketAddr, anchor: &[u8], host: &str, device: &str, certi
 
 /// A phone certificate (LSC) issued by the state's cluster CA.
 fn lsc_for(state: &Path, device: &str) -> Vec<u8> {
-    use rsa::pkcs8::EncodePublicKey;
-    let ca = callguard::core::pki::ca::ClusterCa::from_pem(
-        &fs::read_to_string(state.join("namespaces/default/ca/ca.crt")).unwrap(),
-        &fs::read_to_string(state.join("namespaces/default/ca/ca.key")).unwrap(),
-    )
-    .unwrap();
-    let key = callguard::core::pki::keys::generate_rsa(2048);
-    let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
-    let request = callguard::core::pki::issue::LscRequest {
-        device_name: device,
-        key: callguard::core::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
-        validity_days: 365,
-        serial: callguard::core::pki::serial::Serial::random(&mut rand::thread_rng()),
-        now: time::OffsetDateTime::now_utc(),
-    };
-    callguard::core::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der
+    process::lsc_from_state(state, device).1
 }
 
 fn state_der(state: &Path, file: &str) -> Vec<u8> {

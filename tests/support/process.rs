@@ -38,6 +38,28 @@ pub fn edit_manifest(manifests: &Path, file: &str, from: &str, to: &str, nth: us
     fs::write(&path, format!("{}{to}{}", &text[..at], &text[at + from.len()..])).unwrap();
 }
 
+/// A phone certificate (LSC) for `device` issued by the cluster CA of a state directory that `local`
+/// or `build` wrote for namespace `default`, with its key.
+pub fn lsc_from_state(state: &Path, device: &str) -> (rsa::RsaPrivateKey, Vec<u8>) {
+    use rsa::pkcs8::EncodePublicKey;
+    let ca = callguard::core::pki::ca::ClusterCa::from_pem(
+        &fs::read_to_string(state.join("namespaces/default/ca/ca.crt")).unwrap(),
+        &fs::read_to_string(state.join("namespaces/default/ca/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let key = callguard::core::pki::keys::generate_rsa(2048);
+    let spki = rsa::RsaPublicKey::from(&key).to_public_key_der().unwrap();
+    let request = callguard::core::pki::issue::LscRequest {
+        device_name: device,
+        key: callguard::core::pki::issue::LscKeySource::PublicKey(spki.as_bytes()),
+        validity_days: 365,
+        serial: callguard::core::pki::serial::Serial::random(&mut rand::thread_rng()),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let lsc = callguard::core::pki::issue::issue_lsc(&ca, &request).unwrap().certificate_der;
+    (key, lsc)
+}
+
 /// A process whose stdout and stderr lines are collected as they come; killed when dropped.
 pub struct Running {
     pub child: Child,
@@ -109,4 +131,24 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `Deref` and `DerefMut` from a test's wrapper of a running `callguard local` (its field
+/// `process`) to the [`Running`] inside, so that `local.wait_for(...)` reads as it should.
+#[macro_export]
+macro_rules! deref_to_running {
+    ($wrapper:ty) => {
+        impl std::ops::Deref for $wrapper {
+            type Target = process::Running;
+            fn deref(&self) -> &process::Running {
+                &self.process
+            }
+        }
+
+        impl std::ops::DerefMut for $wrapper {
+            fn deref_mut(&mut self) -> &mut process::Running {
+                &mut self.process
+            }
+        }
+    };
 }
