@@ -15,21 +15,18 @@ mod process;
 use process::{Running, copy_quickstart, edit_manifest as edit, free_tcp_port, free_udp_port};
 #[path = "support/capf_phone.rs"]
 mod capf_phone;
-use capf_phone::{read_frame, send};
+use capf_phone::Transcript;
 use peers::{TftpGet, file_not_found, require, tftp_hpa_get};
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callguard::core::pki::inspect::CertificateFacts;
 use callguard::core::pki::keys;
-use callguard::services::capf::frame::{Body, Command as CapfCommand, Frame, Password, Reason};
+use callguard::services::capf::frame::{Command as CapfCommand, Reason};
 use rsa::RsaPrivateKey;
-use rsa::pkcs8::EncodePublicKey;
 
 const LOBBY: &str = "SEP001122334455";
 const HALLWAY: &str = "SEP00AABBCCDD04";
@@ -67,73 +64,11 @@ impl Local {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// A phone speaking CAPF over TCP and TLS (docs/wire-formats.md §7.5).
-
-/// What the phone saw in one session.
-#[derive(Debug, Default)]
-struct Transcript {
-    commands: Vec<CapfCommand>,
-    end: Option<Reason>,
-    /// KEY_SIZE of the KEY_GENERATE_REQUEST.
-    key_size: Option<u16>,
-    /// The LSC of STORE_CERTIFICATE_REQUEST, DER.
-    stored: Option<Vec<u8>>,
-}
-
 /// One session of `device` against CAPF on `port`, verifying the server's certificate against the
-/// cluster CA of `state`; `password` is the authentication string it enters, `key` the key it makes.
+/// cluster CA of `state`.
 fn session(port: u16, state: &Path, device: &str, password: Option<&str>, key: &RsaPrivateKey) -> Transcript {
     let ca = fs::read(state.join("namespaces/default/ca/ca.crt")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from(callguard::core::pki::inspect::certificate_der(&ca).unwrap())).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(CAPF_HOST).unwrap();
-    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut stream = rustls::StreamOwned::new(connection, tcp);
-
-    let mut transcript = Transcript::default();
-    let request = read_frame(&mut stream).expect("the server speaks first");
-    assert_eq!(request.command, CapfCommand::AuthRequest);
-    let id = request.session_id;
-    transcript.commands.push(request.command);
-    let body = Body {
-        reason: Some(Reason::Success),
-        version: Some(3),
-        device_name: Some(device.into()),
-        password: password.map(Password::new),
-        ..Body::default()
-    };
-    send(&mut stream, Frame::new(CapfCommand::AuthResponse, id, body));
-    while let Some(frame) = read_frame(&mut stream) {
-        transcript.commands.push(frame.command);
-        let reply = |command, body| Frame::new(command, id, body);
-        let success = || Body { reason: Some(Reason::Success), ..Body::default() };
-        match frame.command {
-            CapfCommand::KeyGenerateRequest => {
-                transcript.key_size = frame.body.key_size;
-                let spki = rsa::RsaPublicKey::from(key).to_public_key_der().unwrap().as_bytes().to_vec();
-                send(&mut stream, reply(CapfCommand::KeyGenerateResponse, Body { public_key: Some(spki), ..Body::default() }));
-            }
-            CapfCommand::StoreCertificateRequest => {
-                transcript.stored = frame.body.certificate.as_ref().map(|c| c.der.clone());
-                send(&mut stream, reply(CapfCommand::StoreCertificateResponse, success()));
-            }
-            CapfCommand::DeleteCertificateRequest => send(&mut stream, reply(CapfCommand::DeleteCertificateResponse, success())),
-            CapfCommand::EndSession => {
-                transcript.end = frame.body.reason;
-                break;
-            }
-            other => panic!("the server sent {other:?}"),
-        }
-    }
-    transcript
+    capf_phone::session(port, &callguard::core::pki::inspect::certificate_der(&ca).unwrap(), CAPF_HOST, device, password, key)
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! The security model, attack by attack, against the real controller and the in-process API server
 //! with Kubernetes RBAC enforced for the data-plane pod:
-//! - every Role and ClusterRole the chart and the operator write, and the Secrets each could read: no
-//!   data-plane identity reads the CA key, a token's key or password, or the CAPF key, and the TFTP
-//!   pod serves under its Role alone;
+//! - every Role and ClusterRole the chart and the operator write, and the Secrets each could read or
+//!   write: no data-plane identity reads a token's key or password; of the data plane only CAPF reads
+//!   the CA key (it issues LSCs) and writes, only the keys of its record Secrets; TFTP and TVS read
+//!   their projections alone, and the TFTP pod serves under its Role alone;
 //! - a phone the operator stalls is not served;
 //! - losing the CA, the published trust lists, or both with the CA Secret, stalls the cluster with
 //!   no new key, the pods keep serving, and only the explicit action makes a new identity;
@@ -25,17 +26,11 @@ use std::time::Duration;
 use fake_apiserver::{FakeApiServer, Verb};
 use serde_json::{Value, json};
 
-/// What no data-plane identity may read: the CA key, the tokens' keys and passwords, the CAPF key,
-/// the token registry.
-const NEVER_FOR_THE_DATA_PLANE: [&str; 7] = [
-    "quickstart-ca",
-    "token-primary",
-    "token-primary-password",
-    "token-backup",
-    "token-backup-password",
-    "quickstart-cm1-capf",
-    "quickstart-tokens",
-];
+/// What no data-plane identity may read: the tokens' keys and passwords, the token registry.
+const NEVER_FOR_THE_DATA_PLANE: [&str; 5] =
+    ["token-primary", "token-primary-password", "token-backup", "token-backup-password", "quickstart-tokens"];
+/// What only CAPF reads of the data plane: the CA key, which issues LSCs, and the CAPF certificate's key.
+const ONLY_FOR_CAPF: [&str; 2] = ["quickstart-ca", "quickstart-cm1-capf"];
 
 /// Waits until the operator has written nothing for a second and a half: a reconcile in flight
 /// would otherwise apply what it read before the test's next edit.
@@ -164,15 +159,33 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
         assert_eq!(readable.get(operator).map(BTreeSet::len), Some(secrets.len()), "the operator ({operator}) reads its namespace");
     }
     let data_plane: Vec<&String> = readable.keys().filter(|identity| !operators.contains(&identity.as_str())).collect();
-    assert_eq!(data_plane, ["default/quickstart-tftp"], "the one data-plane identity");
+    assert_eq!(data_plane, ["default/quickstart-capf", "default/quickstart-tftp", "default/quickstart-tvs"], "the data-plane identities");
     let tftp = &readable["default/quickstart-tftp"];
     let pod_args = tftp_pod_args(&server);
     let arg = |name: &str| pod_args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap();
     assert!(tftp.contains(&arg("--signer-secret")) && tftp.contains(&arg("--files-secret")), "{tftp:?}");
     assert!(tftp.iter().all(|s| *s == arg("--signer-secret") || s.starts_with("quickstart-tftp-files")), "only what it serves: {tftp:?}");
-    for secret in NEVER_FOR_THE_DATA_PLANE {
-        assert!(secrets.contains(&secret.to_owned()), "{secret} exists in the quickstart");
-        assert!(!tftp.contains(secret), "the TFTP pod must not read {secret}");
+    let records: BTreeSet<String> = secrets.iter().filter(|s| s.starts_with("quickstart-capf-records-")).cloned().collect();
+    assert_eq!(records.len(), 2, "a record Secret for each of the quickstart's two phones with a CAPF operation: {records:?}");
+    let capf_reads: BTreeSet<String> =
+        ["quickstart-ca", "quickstart-cm1-capf", "quickstart-capf"].map(String::from).into_iter().chain(records.clone()).collect();
+    assert_eq!(readable["default/quickstart-capf"], capf_reads, "CAPF reads the CA, its certificate, its projection and its records");
+    assert_eq!(readable["default/quickstart-tvs"], BTreeSet::from(["quickstart-tvs".to_owned()]), "TVS reads its projection alone");
+    for (identity, reads) in readable.iter().filter(|(identity, _)| data_plane.contains(identity)) {
+        for secret in NEVER_FOR_THE_DATA_PLANE {
+            assert!(secrets.contains(&secret.to_owned()), "{secret} exists in the quickstart");
+            assert!(!reads.contains(secret), "{identity} must not read {secret}");
+        }
+        for secret in ONLY_FOR_CAPF.iter().filter(|_| identity.as_str() != "default/quickstart-capf") {
+            assert!(!reads.contains(*secret), "{identity} must not read {secret}");
+        }
+        // Writes: CAPF's record Secrets, by CAPF, and nothing else; no data-plane identity creates a Secret.
+        let writable: BTreeSet<String> =
+            secrets.iter().filter(|s| server.can(identity, "patch", "", "secrets", Some(NAMESPACE), Some(s))).cloned().collect();
+        let expected = if identity.as_str() == "default/quickstart-capf" { records.clone() } else { BTreeSet::new() };
+        assert_eq!(writable, expected, "what {identity} may write");
+        assert!(!server.can(identity, "create", "", "secrets", Some(NAMESPACE), None), "{identity} creates no Secret");
+        assert!(!server.can(identity, "update", "", "secrets", Some(NAMESPACE), Some("quickstart-ca")), "{identity} rewrites no CA");
     }
     let namespaced_operator = "callguard-system/scoped-callguard";
     assert!(!server.can(namespaced_operator, "get", "", "secrets", Some("elsewhere"), Some("anything")), "nothing outside its namespaces");

@@ -399,6 +399,40 @@ enum Serve {
         #[command(flatten)]
         logging: LoggingArgs,
     },
+    /// CAPF: issues, upgrades, deletes and fetches phones' LSCs (P.6-1), and EST beside it, from the
+    /// Secrets the operator writes; what it issues goes into the record Secrets, read back by the
+    /// operator (docs/wire-formats.md §7).
+    Capf {
+        /// The CallControlCluster served.
+        #[arg(long)]
+        cluster: String,
+        /// Its namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// The cluster CA's Secret (ca.crt, ca.key), whose key issues LSCs (usually CLUSTER-ca).
+        #[arg(long)]
+        ca_secret: String,
+        /// The TLS Secret of the CAPF certificate, which the listener presents.
+        #[arg(long)]
+        certificate_secret: String,
+        /// The projection Secret: the phones CAPF may enroll (usually CLUSTER-capf).
+        #[arg(long)]
+        directory_secret: String,
+        /// Address the listeners bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// CAPF port (3804, P.6-6).
+        #[arg(long, default_value_t = callguard::api::default_ports::CAPF)]
+        port: u16,
+        /// EST (RFC 7030) port beside CAPF; none when unset.
+        #[arg(long)]
+        est_port: Option<u16>,
+        /// Where `/healthz` and `/readyz` are served.
+        #[arg(long)]
+        metrics_bind: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        logging: LoggingArgs,
+    },
     /// TVS: answers phones asking whether a certificate is trusted, and for which roles, from the
     /// projection Secret the operator writes (docs/wire-formats.md §8).
     Tvs {
@@ -417,6 +451,9 @@ enum Serve {
         /// TVS port (2445, docs/wire-formats.md §8).
         #[arg(long, default_value_t = callguard::services::tvs::DEFAULT_PORT)]
         port: u16,
+        /// Where `/healthz` and `/readyz` are served.
+        #[arg(long)]
+        metrics_bind: Option<std::net::SocketAddr>,
         #[command(flatten)]
         logging: LoggingArgs,
     },
@@ -574,8 +611,25 @@ fn main() -> ExitCode {
             };
             with_client(&logging, |client, shutdown| callguard::adapters::serve::tftp::serve(client, options, shutdown))
         }
-        Command::Serve { service: Serve::Tvs { cluster, namespace, secret, bind, port, logging } } => {
-            let options = callguard::adapters::serve::tvs::ServeTvsOptions { namespace, cluster, secret, bind, port };
+        Command::Serve {
+            service:
+                Serve::Capf { cluster, namespace, ca_secret, certificate_secret, directory_secret, bind, port, est_port, metrics_bind, logging },
+        } => {
+            let options = callguard::adapters::serve::capf::ServeCapfOptions {
+                namespace,
+                cluster,
+                ca_secret,
+                certificate_secret,
+                directory_secret,
+                bind,
+                port,
+                est_port,
+                metrics_bind,
+            };
+            with_client(&logging, |client, shutdown| callguard::adapters::serve::capf::serve(client, options, shutdown))
+        }
+        Command::Serve { service: Serve::Tvs { cluster, namespace, secret, bind, port, metrics_bind, logging } } => {
+            let options = callguard::adapters::serve::tvs::ServeTvsOptions { namespace, cluster, secret, bind, port, metrics_bind };
             with_client(&logging, |client, shutdown| callguard::adapters::serve::tvs::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {

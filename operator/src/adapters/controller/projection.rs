@@ -191,6 +191,19 @@ pub fn project_tvs(cluster: &str, tvs: &TvsIdentity) -> Result<Secret, String> {
     Ok(secret)
 }
 
+/// The certificate (DER) and key of a TLS Secret (`tls.crt`, `tls.key`); every message names the
+/// Secret and the key.
+pub fn tls_pair(secret: &Secret) -> Result<(Vec<u8>, rsa::RsaPrivateKey), String> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let data = secret.data.as_ref().ok_or_else(|| format!("Secret/{name} has no data"))?;
+    let field = |key: &str| data.get(key).map(|b| b.0.as_slice()).ok_or_else(|| format!("Secret/{name} has no {key}"));
+    let certificate_der =
+        crate::core::pki::inspect::certificate_der(field("tls.crt")?).map_err(|e| format!("Secret/{name}: tls.crt: {e}"))?;
+    let key_pem = std::str::from_utf8(field("tls.key")?).map_err(|_| format!("Secret/{name}: tls.key is not PEM"))?;
+    let key = keys::from_pem(key_pem).map_err(|e| format!("Secret/{name}: tls.key: {e}"))?;
+    Ok((certificate_der, key))
+}
+
 /// What a TVS projection says.
 pub struct TvsView {
     pub certificate_der: Vec<u8>,
@@ -201,13 +214,13 @@ pub struct TvsView {
 /// Reads a TVS projection Secret; every message names the Secret and the key.
 pub fn read_tvs(secret: &Secret) -> Result<TvsView, String> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    let data = secret.data.as_ref().ok_or_else(|| format!("Secret/{name} has no data"))?;
-    let field = |key: &str| data.get(key).map(|b| b.0.as_slice()).ok_or_else(|| format!("Secret/{name} has no {key}"));
-    let certificate_der =
-        crate::core::pki::inspect::certificate_der(field("tls.crt")?).map_err(|e| format!("Secret/{name}: tls.crt: {e}"))?;
-    let key_pem = std::str::from_utf8(field("tls.key")?).map_err(|_| format!("Secret/{name}: tls.key is not PEM"))?;
-    let key = keys::from_pem(key_pem).map_err(|e| format!("Secret/{name}: tls.key: {e}"))?;
-    let directory = field(TVS_DIRECTORY_KEY)?;
+    let (certificate_der, key) = tls_pair(secret)?;
+    let directory = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(TVS_DIRECTORY_KEY))
+        .map(|b| b.0.as_slice())
+        .ok_or_else(|| format!("Secret/{name} has no {TVS_DIRECTORY_KEY}"))?;
     if directory.len() > MAX_TVS_DIRECTORY_BYTES {
         return Err(format!(
             "Secret/{name}: {TVS_DIRECTORY_KEY} is over {MAX_TVS_DIRECTORY_BYTES} bytes: refused (docs/security-model.md §4.6)"
@@ -244,8 +257,13 @@ pub fn read_shard(shard: &Secret, expected: &ShardRef) -> Result<BTreeMap<String
     if sha256_hex(&bytes.0) != expected.sha256 {
         return Err(format!("Secret/{name} is not the shard the index names (being updated?)"));
     }
+    inflate_json(name, &bytes.0)
+}
+
+/// Gzip-compressed JSON, inflated no further than [`MAX_SHARD_INFLATED_BYTES`].
+fn inflate_json<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, String> {
     let mut json = Vec::new();
-    flate2::read::GzDecoder::new(bytes.0.as_slice())
+    flate2::read::GzDecoder::new(bytes)
         .take(MAX_SHARD_INFLATED_BYTES + 1)
         .read_to_end(&mut json)
         .map_err(|e| format!("Secret/{name}: {e}"))?;
@@ -253,6 +271,49 @@ pub fn read_shard(shard: &Secret, expected: &ShardRef) -> Result<BTreeMap<String
         return Err(format!("Secret/{name} inflates to more than {MAX_SHARD_INFLATED_BYTES} bytes: refused"));
     }
     serde_json::from_slice(&json).map_err(|e| format!("Secret/{name}: {e}"))
+}
+
+/// The key of the CAPF projection: its [`CapfProjection`], gzip-compressed JSON.
+const CAPF_DIRECTORY_KEY: &str = "directory.json.gz";
+
+/// The Secret of `cluster`'s CAPF projection.
+pub fn capf_name(cluster: &str) -> String {
+    format!("{cluster}-capf")
+}
+
+/// What the CAPF pods need besides the two Secrets they read by name (the cluster CA's, whose key
+/// issues LSCs, and the CAPF certificate's, which TLS presents): the phones CAPF may enroll, with
+/// their profile's mode, key size, operation and authentication string (P.6-6, Table 5-1), and the
+/// cluster's CAPF parameters.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapfProjection {
+    /// The node that runs CAPF, and its host name, as the CAPF certificate names them.
+    pub node: String,
+    pub hostname: String,
+    pub directory: crate::adapters::capf::Update,
+}
+
+/// The CAPF projection as one Secret; a directory that does not fit one Secret is refused with its size.
+pub fn project_capf(cluster: &str, projection: &CapfProjection) -> Result<Secret, String> {
+    let json = serde_json::to_vec(projection).map_err(|e| e.to_string())?;
+    let compressed = compress(&json)?;
+    if compressed.len() > MAX_SHARD_BYTES {
+        return Err(format!(
+            "the CAPF directory ({} phones) compresses to {} bytes, more than the {MAX_SHARD_BYTES} one Secret holds",
+            projection.directory.len(),
+            compressed.len()
+        ));
+    }
+    Ok(secret(capf_name(cluster), cluster, BTreeMap::from([(CAPF_DIRECTORY_KEY.to_owned(), ByteString(compressed))])))
+}
+
+/// Reads a CAPF projection Secret.
+pub fn read_capf(secret: &Secret) -> Result<CapfProjection, String> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let bytes =
+        secret.data.as_ref().and_then(|d| d.get(CAPF_DIRECTORY_KEY)).ok_or_else(|| format!("Secret/{name} has no {CAPF_DIRECTORY_KEY}"))?;
+    inflate_json(&name, &bytes.0)
 }
 
 /// The catalog from its index and shards (in the index's order).

@@ -21,19 +21,21 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::capf_records;
 use super::conditions::{Wanted, conditions, finished};
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
-use super::projection::{index_name, project};
+use super::projection::{CapfProjection, capf_name, index_name, project, project_capf, project_tvs, tvs_name};
 use super::state_objects::{certificate_secret, objects_from_state, place, state_from_objects, token_counters};
-use super::workloads::{DataPlaneService, WorkloadInputs, workload};
+use super::workloads::{DataPlaneService, Workload, WorkloadInputs, workload};
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
     SrstReference,
 };
-use crate::core::build::identity::tftp_signer_base;
+use crate::core::build::identity::{role_file_name, tftp_signer_base};
 use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
+use crate::core::pki::issue::ServerRole;
 use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
 use crate::validate::{SecretPolicy, validate_documents};
 
@@ -141,6 +143,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let observed = Observed::of(&objects);
     let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
     let state = StateDir::in_memory(state_from_objects(cluster, &objects.secrets, trust, &objects.tokens));
+    let observed_records = capf_records::existing(&name, &objects.secrets);
     let tokens = objects.tokens.clone();
 
     // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
@@ -186,6 +189,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     }
     let snapshot = report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace));
     drop(report);
+    // What the CAPF pods need of the phones, taken before the build consumes the snapshot.
+    let capf_directory = crate::adapters::capf::Update::of(&snapshot);
 
     // Build from the state kept in Secrets, the trust ConfigMap and the cluster's status.
     let build_state = state.clone();
@@ -222,6 +227,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         desired.secrets.push(owned(secret, &owner));
     }
     desired.config_maps.push(owned(trust_map, &owner));
+    let hash = content_hash(&files);
     if let Some(signer) = tftp_signer_base(cluster).and_then(|base| certificate_secret(&name, &base)) {
         // The TFTP pods' files: shards first, then the index that names them.
         let projection = project(&name, &output.catalog).map_err(ReconcileError::Build)?;
@@ -229,26 +235,35 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         readable.extend(projection.names());
         desired.secrets.extend(projection.shards.into_iter().map(|s| owned(s, &owner)));
         desired.secrets.push(owned(projection.index, &owner));
-        let hash = content_hash(&files);
-        let files_secret = index_name(&name);
-        let inputs = WorkloadInputs {
-            image: &context.image,
-            signer_secret: &signer,
-            files_secret: &files_secret,
-            readable_secrets: &readable,
-            content_hash: &hash,
-            api_server_ports: &context.api_server_ports,
-            image_pull_secrets: &context.image_pull_secrets,
-        };
-        let tftp = workload(DataPlaneService::Tftp, cluster, &inputs);
-        desired.service_accounts.push(owned(tftp.service_account, &owner));
-        desired.roles.push(owned(tftp.role, &owner));
-        desired.role_bindings.push(owned(tftp.role_binding, &owner));
-        desired.deployments.push(owned(tftp.deployment, &owner));
-        desired.services.push(owned(tftp.service, &owner));
-        desired.services.push(owned(tftp.metrics_service, &owner));
-        desired.disruption_budgets.extend(tftp.disruption_budget.map(|budget| owned(budget, &owner)));
-        desired.network_policies.push(owned(tftp.network_policy, &owner));
+        let args = vec![("--signer-secret", signer), ("--files-secret", index_name(&name))];
+        desired.add(workload(DataPlaneService::Tftp, cluster, &workload_inputs(context, &hash, args, &readable, &[])), &owner);
+    }
+    // The record Secrets CAPF writes into: created (empty) for every phone it may enroll, kept while
+    // they hold a record, whether or not CAPF still runs.
+    let records = capf_records::desired(&name, capf_directory.scheduled_devices(), &observed_records);
+    let record_names: Vec<String> = records.iter().filter_map(|s| s.metadata.name.clone()).collect();
+    desired.secrets.extend(records.into_iter().map(|s| owned(s, &owner)));
+    if let Some(capf) = &output.capf {
+        let base = format!("certs/{}.{}", capf.certificate.node, role_file_name(ServerRole::Capf));
+        let certificate = certificate_secret(&name, &base).unwrap_or_default();
+        let projection =
+            CapfProjection { node: capf.certificate.node.clone(), hostname: capf.certificate.hostname.clone(), directory: capf_directory };
+        desired.secrets.push(owned(project_capf(&name, &projection).map_err(ReconcileError::Build)?, &owner));
+        let args = vec![
+            ("--ca-secret", labels::ca_secret(&name)),
+            ("--certificate-secret", certificate),
+            ("--directory-secret", capf_name(&name)),
+        ];
+        let readable: Vec<String> = args.iter().map(|(_, secret)| secret.clone()).collect();
+        desired.add(workload(DataPlaneService::Capf, cluster, &workload_inputs(context, &hash, args, &readable, &record_names)), &owner);
+    }
+    if let Some(tvs) = &output.tvs {
+        desired.secrets.push(owned(project_tvs(&name, tvs).map_err(ReconcileError::Build)?, &owner));
+        let readable = vec![tvs_name(&name)];
+        desired.add(
+            workload(DataPlaneService::Tvs, cluster, &workload_inputs(context, &hash, vec![("--secret", tvs_name(&name))], &readable, &[])),
+            &owner,
+        );
     }
     desired.apply(client, &namespace, &name).await?;
 
@@ -263,6 +278,24 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_downgrades(context, cluster, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+fn workload_inputs<'a>(
+    context: &'a Context,
+    content_hash: &'a str,
+    secret_args: Vec<(&'static str, String)>,
+    readable_secrets: &'a [String],
+    writable_secrets: &'a [String],
+) -> WorkloadInputs<'a> {
+    WorkloadInputs {
+        image: &context.image,
+        secret_args,
+        readable_secrets,
+        writable_secrets,
+        content_hash,
+        api_server_ports: &context.api_server_ports,
+        image_pull_secrets: &context.image_pull_secrets,
+    }
 }
 
 /// Applies the token registry's Secret alone (see [`reconcile_cluster`]).
@@ -314,6 +347,18 @@ struct Desired {
 }
 
 impl Desired {
+    /// Every object of a data-plane service, owned by the cluster.
+    fn add(&mut self, workload: Workload, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference) {
+        self.service_accounts.push(owned(workload.service_account, owner));
+        self.roles.push(owned(workload.role, owner));
+        self.role_bindings.push(owned(workload.role_binding, owner));
+        self.deployments.push(owned(workload.deployment, owner));
+        self.services.push(owned(workload.service, owner));
+        self.services.push(owned(workload.metrics_service, owner));
+        self.disruption_budgets.extend(workload.disruption_budget.map(|budget| owned(budget, owner)));
+        self.network_policies.push(owned(workload.network_policy, owner));
+    }
+
     async fn apply(&self, client: &Client, namespace: &str, cluster: &str) -> Result<(), kube::Error> {
         apply_kind(client, namespace, cluster, &self.secrets).await?;
         apply_kind(client, namespace, cluster, &self.config_maps).await?;

@@ -160,6 +160,7 @@ pub fn state_from_objects(
             }
         }
     }
+    super::capf_records::read_into(cluster, secrets, &mut files);
     for token in tokens {
         let (Some(name), Some(status)) = (token.metadata.name.as_deref(), token.status.as_ref()) else { continue };
         let counters = SecurityTokenStatus { common: Default::default(), ..status.clone() };

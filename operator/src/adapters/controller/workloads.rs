@@ -5,8 +5,9 @@
 //!
 //! The model every service follows: the operator projects what a service needs into Secrets it owns
 //! (`projection`), and the service's Role lists those Secrets and the service's own key by name, with
-//! no rule on any other Secret, ConfigMap or Callguard object. Only TFTP exists today; signaling,
-//! CAPF and media join [`DataPlaneService`] as they are built.
+//! no rule on any other Secret, ConfigMap or Callguard object. CAPF alone may also write: the keys
+//! of its record Secrets (`capf_records`), and it alone reads the CA key. Signaling and media join
+//! [`DataPlaneService`] as they are built.
 
 use std::collections::BTreeMap;
 
@@ -27,41 +28,70 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::labels;
-use crate::api::{CallControlCluster, Exposure, default_ports};
+use crate::api::{CallControlCluster, Exposure};
 
 /// The data-plane services the operator runs. Closed set: one variant per service that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPlaneService {
     /// TFTP: trust lists and phone configuration files (P.1-16).
     Tftp,
+    /// CAPF: phones' LSCs (P.6-1), and EST beside it (docs/wire-formats.md §9).
+    Capf,
+    /// TVS: certificates a phone's ITL does not list (docs/wire-formats.md §8).
+    Tvs,
 }
+
+/// EST's port in the CAPF pods (RFC 7030 asks for HTTPS; 8443 needs no privilege).
+pub const EST_PORT: u16 = 8443;
 
 impl DataPlaneService {
     pub fn name(self) -> &'static str {
         match self {
             DataPlaneService::Tftp => "tftp",
+            DataPlaneService::Capf => "capf",
+            DataPlaneService::Tvs => "tvs",
         }
     }
 
-    /// What its pods may read: the named Secrets, nothing else. `list` and `watch` under
-    /// `resourceNames` are allowed only for a request that selects one of those names
-    /// (`metadata.name=`), which is how the pods watch them.
-    fn rules(self, secrets: &[String]) -> Vec<PolicyRule> {
-        vec![PolicyRule {
+    /// What its pods may read: the named Secrets, nothing else; and what they may write: the keys of
+    /// the named Secrets, never a new one. `list` and `watch` under `resourceNames` are allowed only
+    /// for a request that selects one of those names (`metadata.name=`), which is how the pods watch
+    /// them.
+    fn rules(self, readable: &[String], writable: &[String]) -> Vec<PolicyRule> {
+        let rule = |names: &[String], verbs: &[&str]| PolicyRule {
             api_groups: Some(vec![String::new()]),
             resources: Some(vec!["secrets".into()]),
-            resource_names: Some(secrets.to_vec()),
-            verbs: ["get", "list", "watch"].map(String::from).to_vec(),
+            resource_names: Some(names.to_vec()),
+            verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
             ..PolicyRule::default()
-        }]
+        };
+        let mut rules = vec![rule(readable, &["get", "list", "watch"])];
+        if !writable.is_empty() {
+            rules.push(rule(writable, &["get", "patch"]));
+        }
+        rules
     }
 
+    /// Its ports: the first is the one `--port` sets.
     fn ports(self, cluster: &CallControlCluster) -> Vec<(String, i32, &'static str)> {
+        let ports = cluster.spec.ports();
         match self {
-            DataPlaneService::Tftp => {
-                let port = cluster.spec.ports().tftp_port.unwrap_or(default_ports::TFTP);
-                vec![("tftp".to_owned(), i32::from(port), "UDP")]
+            DataPlaneService::Tftp => vec![("tftp".to_owned(), i32::from(ports.tftp_port()), "UDP")],
+            DataPlaneService::Capf => {
+                vec![("capf".to_owned(), i32::from(ports.capf_port()), "TCP"), ("est".to_owned(), i32::from(EST_PORT), "TCP")]
             }
+            DataPlaneService::Tvs => vec![("tvs".to_owned(), i32::from(crate::services::tvs::DEFAULT_PORT), "TCP")],
+        }
+    }
+
+    /// Arguments of its own, besides the Secrets it reads.
+    fn arguments(self) -> Vec<String> {
+        match self {
+            // Every packet from the listening port, the one a Service, a load balancer or NAT
+            // carries back to the phone.
+            DataPlaneService::Tftp => vec!["--transfer-port".into(), "listening".into()],
+            DataPlaneService::Capf => vec!["--est-port".into(), EST_PORT.to_string()],
+            DataPlaneService::Tvs => Vec::new(),
         }
     }
 }
@@ -85,12 +115,12 @@ fn http_probe(path: &str) -> Probe {
 pub struct WorkloadInputs<'a> {
     /// The operator's own image.
     pub image: &'a str,
-    /// The TLS Secret of the certificate that signs what the service serves.
-    pub signer_secret: &'a str,
-    /// The index Secret of the service's projection.
-    pub files_secret: &'a str,
-    /// Every Secret the pods may read: the signer's and the projection's.
+    /// The Secrets the service is told to read, as its options: `--signer-secret NAME`, ...
+    pub secret_args: Vec<(&'static str, String)>,
+    /// Every Secret the pods may read: those of `secret_args` and a projection's shards.
     pub readable_secrets: &'a [String],
+    /// Secrets whose keys the pods may write (CAPF's records); none for the other services.
+    pub writable_secrets: &'a [String],
     /// Digest of the certificates and trust lists the pods use; a change rolls them.
     pub content_hash: &'a str,
     /// Ports of the Kubernetes API server, the one place the pods connect to.
@@ -182,33 +212,19 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         BTreeMap::from([(labels::CLUSTER.to_owned(), cluster_name.clone()), (labels::COMPONENT.to_owned(), service.name().to_owned())]);
     let ports = service.ports(cluster);
 
+    let mut args: Vec<String> = ["serve", service.name(), "--cluster", &cluster_name].map(String::from).to_vec();
+    for (option, secret) in &inputs.secret_args {
+        args.extend([(*option).to_owned(), secret.clone()]);
+    }
+    args.extend(["--bind".to_owned(), "0.0.0.0".to_owned(), "--port".to_owned(), ports[0].1.to_string()]);
+    args.extend(service.arguments());
+    args.extend(["--metrics-bind".to_owned(), format!("0.0.0.0:{METRICS_PORT}")]);
+    // Ports below 1024 (TFTP's 69) need the one capability a non-root server needs for them.
+    let privileged = ports.iter().any(|(_, port, _)| *port < 1024);
     let container = Container {
         name: service.name().to_owned(),
         image: Some(inputs.image.to_owned()),
-        args: Some(
-            [
-                "serve",
-                service.name(),
-                "--cluster",
-                &cluster_name,
-                "--signer-secret",
-                inputs.signer_secret,
-                "--files-secret",
-                inputs.files_secret,
-                "--bind",
-                "0.0.0.0",
-                // Every packet from the listening port, the one a Service, a load balancer or NAT
-                // carries back to the phone.
-                "--transfer-port",
-                "listening",
-                "--port",
-                &ports[0].1.to_string(),
-                "--metrics-bind",
-                &format!("0.0.0.0:{METRICS_PORT}"),
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
+        args: Some(args),
         env: Some(vec![EnvVar {
             name: "POD_NAMESPACE".into(),
             value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
@@ -239,8 +255,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            // Port 69 is below 1024: the one capability a non-root TFTP server needs.
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: Some(vec!["NET_BIND_SERVICE".into()]) }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: privileged.then(|| vec!["NET_BIND_SERVICE".into()]) }),
             ..SecurityContext::default()
         }),
         ..Container::default()
@@ -355,7 +370,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
     });
     Workload {
         service_account: ServiceAccount { metadata: metadata(), ..ServiceAccount::default() },
-        role: Role { metadata: metadata(), rules: Some(service.rules(inputs.readable_secrets)) },
+        role: Role { metadata: metadata(), rules: Some(service.rules(inputs.readable_secrets, inputs.writable_secrets)) },
         role_binding: RoleBinding {
             metadata: metadata(),
             role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name: name.clone() },
@@ -389,9 +404,9 @@ mod tests {
         let secrets = ["lab-cm1-callmanager-tftp".to_owned(), "lab-tftp-files".to_owned()];
         let inputs = WorkloadInputs {
             image: "callguard:1",
-            signer_secret: "lab-cm1-callmanager-tftp",
-            files_secret: "lab-tftp-files",
+            secret_args: vec![("--signer-secret", "lab-cm1-callmanager-tftp".into()), ("--files-secret", "lab-tftp-files".into())],
             readable_secrets: &secrets,
+            writable_secrets: &[],
             content_hash: "abc",
             api_server_ports: &[443, 6443],
             image_pull_secrets: &[],
@@ -428,9 +443,9 @@ mod tests {
         let pull = ["regcred".to_owned()];
         let inputs = WorkloadInputs {
             image: "i",
-            signer_secret: "s",
-            files_secret: "f",
+            secret_args: vec![("--signer-secret", "s".into())],
             readable_secrets: &secrets,
+            writable_secrets: &[],
             content_hash: "h",
             api_server_ports: &[443],
             image_pull_secrets: &pull,
@@ -468,9 +483,9 @@ mod tests {
         let secrets = ["s".to_owned(), "lab-tftp-files".to_owned(), "lab-tftp-files-0".to_owned()];
         let inputs = WorkloadInputs {
             image: "i",
-            signer_secret: "s",
-            files_secret: "lab-tftp-files",
+            secret_args: vec![("--signer-secret", "s".into()), ("--files-secret", "lab-tftp-files".into())],
             readable_secrets: &secrets,
+            writable_secrets: &[],
             content_hash: "h",
             api_server_ports: &[6443],
             image_pull_secrets: &[],

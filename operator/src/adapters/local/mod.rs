@@ -6,8 +6,6 @@
 //! name the ports), bind the TFTP socket and the CAPF listener, lock the state directory, and only
 //! then build, which may issue a CA; CAPF answers once the first build gave it its certificate.
 
-pub mod capf;
-pub mod est;
 pub mod port;
 pub mod tvs;
 
@@ -20,6 +18,8 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
+use crate::adapters::capf::{self, est};
+use crate::adapters::clock;
 use crate::api::default_ports;
 use crate::core::build::lock::StateLock;
 use crate::core::build::served::ServedFiles;
@@ -526,12 +526,6 @@ impl Report {
             println!("spec.ports.tftpPort is now {now}; still serving on {bound} until callguard local restarts");
         }
     }
-}
-
-/// The time of day, UTC, as the log lines' timestamps are.
-fn clock() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!("{:02}:{:02}:{:02} UTC", now.hour(), now.minute(), now.second())
 }
 
 /// Every object of the snapshot, by kind and name.

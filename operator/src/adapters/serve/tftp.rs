@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::adapters::controller::projection::{ShardRef, assemble, read_index, read_shard};
+use crate::adapters::controller::projection::{ShardRef, assemble, read_index, read_shard, tls_pair};
 use crate::core::build::catalog::TftpCatalog;
 use crate::core::build::phone_files::PhonePayloads;
 use crate::core::build::served::ServedFiles;
@@ -128,11 +128,7 @@ impl Sources {
 
 /// The TFTP certificate and key from their TLS Secret.
 fn signer(secret: Option<&Secret>, name: &str) -> Result<Signer, String> {
-    let data = secret.and_then(|s| s.data.as_ref()).ok_or_else(|| format!("Secret/{name} not found"))?;
-    let field = |key: &str| data.get(key).map(|b| b.0.as_slice()).ok_or_else(|| format!("Secret/{name} has no {key}"));
-    let certificate = crate::core::pki::inspect::certificate_der(field("tls.crt")?).map_err(|e| format!("Secret/{name}: tls.crt: {e}"))?;
-    let key_pem = std::str::from_utf8(field("tls.key")?).map_err(|_| format!("Secret/{name}: tls.key is not PEM"))?;
-    let key = crate::core::pki::keys::from_pem(key_pem).map_err(|e| format!("Secret/{name}: tls.key: {e}"))?;
+    let (certificate, key) = tls_pair(secret.ok_or_else(|| format!("Secret/{name} not found"))?)?;
     Signer::new(certificate, key, false).map_err(|e| format!("Secret/{name}: {e}"))
 }
 

@@ -31,6 +31,8 @@ pub struct ServeTvsOptions {
     pub secret: String,
     pub bind: IpAddr,
     pub port: u16,
+    /// Where `/healthz` and `/readyz` are served.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// The TLS configuration and directory of the projection, or why it cannot be served.
@@ -73,6 +75,11 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
     let (reports, mut finished) = mpsc::unbounded_channel();
     let (stop, stopped) = watch::channel(false);
     let serving = tokio::spawn(serve_listener(listener, tls_receiver, directory_receiver, ServerLimits::default(), reports, stopped));
+    let health = crate::ops::http::Health::new();
+    let http = options.metrics_bind.map(|bind| {
+        tokio::spawn(crate::ops::http::serve(bind, Arc::new(crate::ops::metrics::Metrics::new()), health.clone(), shutdown.wait()))
+    });
+    health.set_ready(true);
     println!(
         "serving TVS on {bound} for CallControlCluster {}/{}: vouching for {count} certificate(s)",
         options.namespace, options.cluster
@@ -99,6 +106,9 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
     }
     let _ = stop.send(true);
     let _ = serving.await;
+    if let Some(http) = http {
+        http.abort();
+    }
     Ok(())
 }
 

@@ -24,6 +24,15 @@ pub struct StateDir {
     root: PathBuf,
     /// Set for an in-memory state: every read and write goes here instead of `root`.
     memory: Option<Arc<Mutex<StateFiles>>>,
+    /// Set for a state kept elsewhere (the CAPF pods' records in Secrets): every read and write goes there.
+    remote: Option<Arc<dyn StateBackend>>,
+}
+
+/// A state kept elsewhere than a directory or memory: files by name, read and written one at a time.
+pub trait StateBackend: Send + Sync + std::fmt::Debug {
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    fn write(&self, name: &str, bytes: &[u8], sensitivity: Sensitivity) -> io::Result<()>;
+    fn remove(&self, name: &str) -> io::Result<()>;
 }
 
 /// Whether a file holds secret material.
@@ -39,12 +48,17 @@ impl StateDir {
     pub fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         set_mode(root, 0o700)?;
-        Ok(StateDir { root: root.to_path_buf(), memory: None })
+        Ok(StateDir { root: root.to_path_buf(), memory: None, remote: None })
     }
 
     /// A state held in memory, starting with `files`.
     pub fn in_memory(files: StateFiles) -> Self {
-        StateDir { root: PathBuf::new(), memory: Some(Arc::new(Mutex::new(files))) }
+        StateDir { root: PathBuf::new(), memory: Some(Arc::new(Mutex::new(files))), remote: None }
+    }
+
+    /// A state kept by `backend`.
+    pub fn remote(backend: Arc<dyn StateBackend>) -> Self {
+        StateDir { root: PathBuf::new(), memory: None, remote: Some(backend) }
     }
 
     /// Every file of an in-memory state (empty for a directory).
@@ -62,6 +76,9 @@ impl StateDir {
 
     /// The file's bytes, or `None` when it does not exist.
     pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        if let Some(remote) = &self.remote {
+            return remote.read(name);
+        }
         if let Some(memory) = &self.memory {
             return Ok(memory.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|(bytes, _)| bytes.clone()));
         }
@@ -80,6 +97,9 @@ impl StateDir {
 
     /// Writes atomically; an unchanged file is left alone so its modification time tells when it last changed.
     pub fn write(&self, name: &str, bytes: &[u8], sensitivity: Sensitivity) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return remote.write(name, bytes, sensitivity);
+        }
         if let Some(memory) = &self.memory {
             memory.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (bytes.to_vec(), sensitivity));
             return Ok(());
@@ -103,6 +123,9 @@ impl StateDir {
 impl StateDir {
     /// Removes a file; one that does not exist is no error.
     pub fn remove(&self, name: &str) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return remote.remove(name);
+        }
         if let Some(memory) = &self.memory {
             memory.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
             return Ok(());
@@ -117,6 +140,9 @@ impl StateDir {
     /// move under `retired/<label>/`, on disk and in memory alike, so that nothing private is
     /// destroyed (the operator keeps them in a Secret of their own).
     pub fn retire(&self, prefixes: &[&str], label: &str) -> io::Result<()> {
+        if self.remote.is_some() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "a remote state keeps no identity to retire"));
+        }
         if let Some(memory) = &self.memory {
             let mut files = memory.lock().unwrap_or_else(|p| p.into_inner());
             let names: Vec<String> =

@@ -1,6 +1,6 @@
 //! EST, Enrollment over Secure Transport (RFC 7030), for SIP endpoints that do not speak CAPF: what
 //! goes over the wire (docs/operations.md, "EST enrollment"). The server runs in `callguard local`
-//! (`adapters::local::est`); [`client`] is `callguard enroll`.
+//! (`adapters::capf::est`); [`client`] is `callguard enroll`.
 //!
 //! - `GET /.well-known/est/cacerts`: the cluster CA, a base64 PKCS#7 certs-only (RFC 7030 §4.1.3).
 //! - `POST /.well-known/est/simpleenroll`: a base64 PKCS#10 in, HTTP Basic (RFC 7030 §3.2.3) with the

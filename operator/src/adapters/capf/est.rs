@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use super::capf::{Capf, note_of};
+use super::{Capf, note_of};
 use crate::api::CertificateOperation;
 use crate::core::build::capf::{self as records, rfc3339};
 use crate::core::build::state::Sensitivity;
@@ -223,7 +223,7 @@ impl Est {
                 let note = note_of(&der);
                 println!(
                     "{} EST {peer}: {who}: {} issued an LSC, serial {}, valid until {}",
-                    super::clock(),
+                    crate::adapters::clock(),
                     path.rsplit('/').next().unwrap_or_default(),
                     note.as_ref().map(|n| n.serial.as_str()).unwrap_or_default(),
                     note.as_ref().map(|n| n.not_after.as_str()).unwrap_or_default()
@@ -233,7 +233,7 @@ impl Est {
             Err(reply) => {
                 println!(
                     "{} EST {peer}: {} refused ({}): {}",
-                    super::clock(),
+                    crate::adapters::clock(),
                     path.rsplit('/').next().unwrap_or_default(),
                     reply.status.as_u16(),
                     reply.body.trim()
@@ -283,7 +283,7 @@ impl Est {
             if let Some(until) = locked {
                 println!(
                     "{} EST: {who} is locked out until {}: {} consecutive wrong authentication strings (P.16-6)",
-                    super::clock(),
+                    crate::adapters::clock(),
                     rfc3339(until),
                     records::LOCKOUT_AFTER
                 );

@@ -8,10 +8,13 @@
 //! served within seconds; a completed Delete removes it. The records go into `capf/`, which `local`
 //! watches too, so that the status table and `status.yaml` follow.
 
+pub mod est;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,8 +38,10 @@ use crate::services::capf::{
 };
 use crate::validate::Snapshot;
 
-/// What CAPF needs of one phone of the last good build.
-#[derive(Clone)]
+/// What CAPF needs of one phone of the last good build. In a cluster the operator projects it into the
+/// CAPF pods' Secret (`controller::projection::project_capf`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct Entry {
     /// The Phone's name.
     pub(super) name: String,
@@ -60,6 +65,8 @@ impl Entry {
 
 /// What CAPF takes from a validated snapshot: its phones, by device name, and the cluster's CAPF
 /// parameters.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Update {
     phones: BTreeMap<String, Entry>,
     cluster: String,
@@ -67,6 +74,21 @@ pub struct Update {
 }
 
 impl Update {
+    /// How many phones CAPF may enroll.
+    pub fn len(&self) -> usize {
+        self.phones.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.phones.is_empty()
+    }
+
+    /// The device names of the phones whose spec schedules an operation: those CAPF may write a
+    /// record for.
+    pub fn scheduled_devices(&self) -> impl Iterator<Item = &str> {
+        self.phones.iter().filter(|(_, entry)| entry.operation().is_some()).map(|(device, _)| device.as_str())
+    }
+
     pub fn of(snapshot: &Snapshot) -> Update {
         let cluster = snapshot.clusters.values().next();
         let parameters = cluster.map(|c| c.spec.capf()).unwrap_or_default();
@@ -79,7 +101,10 @@ impl Update {
                 _ => None,
             };
             let key = profile.and_then(|p| p.key_size).or(parameters.key_size).unwrap_or_default();
-            let entry = Entry { name: name.clone(), phone: phone.clone(), auth_mode, string, key };
+            // The spec is what CAPF reads: no status, no managed fields in a projection.
+            let mut spec_only = Phone::new(name, phone.spec.clone());
+            spec_only.metadata.namespace = Some(snapshot.namespace.clone());
+            let entry = Entry { name: name.clone(), phone: spec_only, auth_mode, string, key };
             phones.insert(phone.spec.device_name(), entry);
         }
         Update {
@@ -177,7 +202,7 @@ impl DeviceDirectory for Directory {
                 if let Some(until) = record.wrong_string(now) {
                     println!(
                         "{} CAPF: Phone/{} ({device_name}) is locked out until {}: {} consecutive wrong authentication strings (P.16-6)",
-                        super::clock(),
+                        crate::adapters::clock(),
                         entry.name,
                         rfc3339(until),
                         records::LOCKOUT_AFTER
@@ -241,8 +266,8 @@ pub struct Capf {
     address: SocketAddr,
     pub(super) directory: Arc<Directory>,
     current: RwLock<Option<(TlsAcceptor, Arc<CapfContext>)>>,
-    /// What EST serves with, from the same build (`adapters::local::est`).
-    pub(super) est: RwLock<Option<Arc<super::est::EstIdentity>>>,
+    /// What EST serves with, from the same build (`adapters::capf::est`).
+    pub(super) est: RwLock<Option<Arc<est::EstIdentity>>>,
     /// What was last said about the LSC lifetime, so that it is said once.
     noted: Mutex<String>,
 }
@@ -292,7 +317,7 @@ impl Capf {
             directory: self.directory.clone(),
             config: SessionConfig { lsc_validity_days: days, ..SessionConfig::default() },
         };
-        let est = super::est::EstIdentity::of(identity, days)?;
+        let est = est::EstIdentity::of(identity, days)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((acceptor, Arc::new(context)));
         *self.est.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(est));
         Ok(Some(format!(
@@ -398,6 +423,6 @@ impl Capf {
             Outcome::Failed { device_name: None, reason } => format!("failed: {reason}"),
         };
         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-        println!("{} CAPF {peer}: {line}", super::clock());
+        println!("{} CAPF {peer}: {line}", crate::adapters::clock());
     }
 }

@@ -1,0 +1,134 @@
+//! Where what CAPF did lives in Kubernetes: each phone's record (`capf/SEP<MAC>.yaml`) and the LSC
+//! it issued (`devices/SEP<MAC>.crt`) are two keys of one of up to 256 Secrets,
+//! `<cluster>-capf-records-<xx>`, chosen by the device name's SHA-256 (`xx`, its first byte), so that
+//! no Secret outgrows the API server's 1 MiB at CallManager scale and a device never moves.
+//!
+//! Who writes what: the CAPF pods write the keys of a device as it enrolls (a merge patch of those keys
+//! alone, so that concurrent sessions of other devices are kept); the operator creates the Secrets,
+//! with its labels and owner and no data, by server-side apply, which leaves the keys the pods wrote
+//! alone, and reads them back into the build's state, where the phone's status and its encrypted
+//! configuration come from. A Secret that holds a record stays even after its phones are gone:
+//! nothing CAPF issued is dropped by an edit of the manifests. Pure functions.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use super::labels;
+use crate::core::build::capf::RECORD_DIR;
+use crate::core::build::state::{Sensitivity, StateFiles};
+
+/// The component label of the record Secrets.
+pub const COMPONENT: &str = "capf-records";
+const DEVICES: &str = "devices/";
+
+/// The record Secret of `device`.
+pub fn secret_name(cluster: &str, device: &str) -> String {
+    let digest = Sha256::digest(device.as_bytes());
+    format!("{cluster}-capf-records-{:02x}", digest[0])
+}
+
+/// The Secret and key of a state file CAPF writes: `capf/<device>.yaml` or `devices/<device>.crt`.
+pub fn home(cluster: &str, file: &str) -> Option<(String, String)> {
+    let key = file.strip_prefix(RECORD_DIR).and_then(|f| f.strip_prefix('/')).filter(|k| k.ends_with(".yaml"));
+    let key = key.or_else(|| file.strip_prefix(DEVICES).filter(|k| k.ends_with(".crt")))?;
+    let device = key.rsplit_once('.').map(|(device, _)| device)?;
+    (!device.is_empty() && !device.contains('/')).then(|| (secret_name(cluster, device), key.to_owned()))
+}
+
+/// The state file a key of a record Secret holds, when it is one and lives in the right Secret.
+fn file_of(cluster: &str, secret: &str, key: &str) -> Option<(String, Sensitivity)> {
+    let (device, extension) = key.rsplit_once('.')?;
+    if secret_name(cluster, device) != secret {
+        return None;
+    }
+    match extension {
+        "yaml" => Some((format!("{RECORD_DIR}/{key}"), Sensitivity::Private)),
+        "crt" => Some((format!("{DEVICES}{key}"), Sensitivity::Public)),
+        _ => None,
+    }
+}
+
+fn is_record_secret(cluster: &str, secret: &Secret) -> bool {
+    let component = secret.metadata.labels.as_ref().and_then(|l| l.get(labels::COMPONENT));
+    let prefix = format!("{cluster}-capf-records-");
+    component.is_some_and(|c| c == COMPONENT) && secret.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix))
+}
+
+/// The record Secrets among `secrets`.
+pub fn existing(cluster: &str, secrets: &[Secret]) -> Vec<Secret> {
+    secrets.iter().filter(|s| is_record_secret(cluster, s)).cloned().collect()
+}
+
+/// Adds what the record Secrets hold to a build's state.
+pub fn read_into(cluster: &str, secrets: &[Secret], files: &mut StateFiles) {
+    for secret in secrets.iter().filter(|s| is_record_secret(cluster, s)) {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        for (key, bytes) in secret.data.iter().flatten() {
+            if let Some((file, sensitivity)) = file_of(cluster, name, key) {
+                files.insert(file, (bytes.0.clone(), sensitivity));
+            }
+        }
+    }
+}
+
+/// The record Secrets the cluster needs: one for each device CAPF may enroll, and every one that
+/// already holds a record. Metadata only: their data is the CAPF pods'.
+pub fn desired<'a>(cluster: &str, devices: impl IntoIterator<Item = &'a str>, existing: &[Secret]) -> Vec<Secret> {
+    let mut names: BTreeSet<String> = devices.into_iter().map(|device| secret_name(cluster, device)).collect();
+    names.extend(
+        existing
+            .iter()
+            .filter(|s| is_record_secret(cluster, s) && s.data.as_ref().is_some_and(|d| !d.is_empty()))
+            .filter_map(|s| s.metadata.name.clone()),
+    );
+    names
+        .into_iter()
+        .map(|name| Secret {
+            metadata: ObjectMeta { name: Some(name), labels: Some(labels::owned(cluster, COMPONENT)), ..ObjectMeta::default() },
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_devices_record_and_lsc_share_one_stable_secret_and_read_back_into_the_state() {
+        let (secret, key) = home("lab", "capf/SEP001122334455.yaml").unwrap();
+        assert_eq!(key, "SEP001122334455.yaml");
+        assert_eq!(home("lab", "devices/SEP001122334455.crt"), Some((secret.clone(), "SEP001122334455.crt".into())));
+        assert!(secret.starts_with("lab-capf-records-") && secret.len() == "lab-capf-records-".len() + 2);
+        assert_eq!(home("lab", "ca/ca.key"), None);
+        assert_eq!(home("lab", "capf/../ca.key"), None, "no path out of the records");
+
+        let mut shard = desired("lab", ["SEP001122334455"], &[]).remove(0);
+        assert_eq!(shard.metadata.name.as_deref(), Some(secret.as_str()));
+        assert!(shard.data.is_none(), "the operator writes no data into a record Secret");
+        shard.data = Some(BTreeMap::from([
+            ("SEP001122334455.yaml".into(), ByteString(b"spentStrings: []\n".to_vec())),
+            ("SEP001122334455.crt".into(), ByteString(b"PEM".to_vec())),
+            // A record under another device's Secret is not read: each device has exactly one home.
+            ("SEP00AABBCCDD04.crt".into(), ByteString(b"MISPLACED".to_vec())),
+            ("notes.txt".into(), ByteString(b"?".to_vec())),
+        ]));
+        let mut files = StateFiles::new();
+        read_into("lab", std::slice::from_ref(&shard), &mut files);
+        assert_ne!(secret_name("lab", "SEP00AABBCCDD04"), secret, "the misplaced device lives elsewhere");
+        let names: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(names, ["capf/SEP001122334455.yaml", "devices/SEP001122334455.crt"]);
+        assert_eq!(files["capf/SEP001122334455.yaml"].1, Sensitivity::Private);
+
+        // A Secret holding records stays when its phones are gone; an empty one goes.
+        assert_eq!(desired("lab", [], std::slice::from_ref(&shard)).len(), 1);
+        shard.data = Some(BTreeMap::new());
+        assert!(desired("lab", [], &[shard]).is_empty());
+    }
+}
