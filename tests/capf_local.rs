@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use callguard::core::pki::inspect::CertificateFacts;
 use callguard::core::pki::keys;
-use callguard::services::capf::frame::{Command as CapfCommand, Reason};
+use callguard::services::capf::frame::{CertificateType, Command as CapfCommand, Reason};
 use rsa::RsaPrivateKey;
 
 const LOBBY: &str = "SEP001122334455";
@@ -323,4 +323,72 @@ fn with_its_capf_port_taken_local_names_the_holder_and_writes_nothing() {
     assert!(text.contains("pass another --capf-port"), "{text}");
     assert!(!state.exists(), "nothing written before the ports are bound");
     drop(taken);
+}
+
+/// A manufacturing CA, self-signed, and a MIC it issues to `common_name` for `key`.
+fn manufacturer(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).unwrap().pem();
+    (rcgen::Issuer::new(params, key), pem)
+}
+
+fn mic(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, common_name: &str, key: &RsaPrivateKey) -> Vec<u8> {
+    use rsa::pkcs8::EncodePublicKey;
+    let spki = rsa::RsaPublicKey::from(key).to_public_key_der().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let public = rcgen::SubjectPublicKeyInfo::from_der(spki.as_bytes()).unwrap();
+    params.signed_by(&public, issuer).unwrap().der().to_vec()
+}
+
+#[test]
+fn a_mic_from_a_configured_manufacturer_ca_installs_an_lsc_and_one_from_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let (configured, configured_pem) = manufacturer("Test Manufacturing CA");
+    let (stranger, _) = manufacturer("Some Other Manufacturing CA");
+    // The cluster names the configured CA; alice's 7961, whose profile authenticates by MIC
+    // (Table 5-1), gets an Install/Upgrade.
+    edit(&manifests, "cluster.yaml", "  capf:\n", "  capf:\n    manufacturerCaCertificates: {name: manufacturer-cas, key: ca.pem}\n", 0);
+    let secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: manufacturer-cas\nstringData:\n  ca.pem: |\n{}",
+        configured_pem.lines().map(|line| format!("    {line}\n")).collect::<String>()
+    );
+    fs::write(manifests.join("manufacturer.yaml"), secret).unwrap();
+    edit(
+        &manifests,
+        "phones.yaml",
+        "  digestUserRef: alice\n",
+        "  digestUserRef: alice\n  capf:\n    certificateOperation: InstallUpgrade\n    operationCompletesBy: \"2036-06-30T17:00:00Z\"\n",
+        0,
+    );
+    let state = dir.path().join("state");
+    let mut local = Local::start(&manifests, &state);
+    let alice = "SEP00AABBCCDD01";
+    let key = keys::generate_rsa(2048);
+    let ca = callguard::core::pki::inspect::certificate_der(&fs::read(state.join("namespaces/default/ca/ca.crt")).unwrap()).unwrap();
+    // The key CAPF asks for is the profile's size (spec.capf.keySize 1024 in the quickstart, Table 5-1).
+    let new_key = keys::generate_rsa(1024);
+    let port = local.capf_port;
+    let run = |der: Vec<u8>| {
+        let credentials = capf_phone::Credentials::Certificate { der, kind: CertificateType::Mic, key: &key };
+        capf_phone::session_with(capf_phone::connect(port, &ca, CAPF_HOST), alice, credentials, &new_key)
+    };
+
+    let refused = run(mic(&stranger, &format!("CP-7961-{alice}"), &key));
+    assert_eq!(refused.end, Some(Reason::Failure), "{refused:?}");
+    assert!(refused.stored.is_none() && !refused.commands.contains(&CapfCommand::KeyGenerateRequest), "{refused:?}");
+    local.wait_for("CERTIFICATE does not chain to an allowed issuer");
+    assert!(!state.join(format!("namespaces/default/devices/{alice}.crt")).exists());
+
+    let installed = run(mic(&configured, &format!("CP-7961-{alice}"), &key));
+    assert_eq!(installed.end, Some(Reason::Success), "{installed:?}");
+    let lsc = installed.stored.expect("an LSC");
+    assert_eq!(CertificateFacts::from_der(&lsc).unwrap().subject_common_name.as_deref(), Some(alice));
+    let status = status_until(&state, "alice-7961", "Completed", |s| operation(s).starts_with("Completed: Install/Upgrade"));
+    assert_eq!(text(&status["lsc"]["serialNumber"]), CertificateFacts::from_der(&lsc).unwrap().serial.to_hex());
+    local.stop();
 }

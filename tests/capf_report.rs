@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use callguard::api::CertificateOperation;
-use callguard::core::build::capf::{CapfRecord, OperationId, save};
+use callguard::core::build::capf::{OperationId, update};
 use callguard::core::build::state::StateDir;
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
@@ -127,11 +127,9 @@ fn the_report_from_a_state_directory_reads_back_with_python_csv() {
     // hallway-7911 (null string): CAPF completed its Install/Upgrade, as the record says.
     let hallway = "SEP00AABBCCDD04";
     let namespace_state = StateDir::open(&state.join("namespaces/default")).unwrap();
-    let mut record = CapfRecord::default();
     let id = OperationId { operation: CertificateOperation::InstallUpgrade, completes_by: "2036-06-30T17:00:00Z".into() };
     let at = time::OffsetDateTime::parse("2026-03-01T10:00:00Z", &time::format_description::well_known::Rfc3339).unwrap();
-    record.complete(id, at, None);
-    save(&namespace_state, hallway, &record).unwrap();
+    update(&namespace_state, hallway, |record| record.complete(id.clone(), at, None)).unwrap();
     build();
 
     let out = dir.path().join("report.csv");

@@ -5,6 +5,8 @@
 //! it back: the phone goes from `AwaitingDeviceCertificate` to `Ready` with the LSC's serial, and the
 //! TFTP pod serves its `.enc.sgn`, which decrypts with the phone's key. The operator and the CAPF
 //! process are then each restarted: the LSC and the spent string survive, nothing is issued twice.
+//! Two CAPF replicas share the records: ten wrong strings sent to both at once lock the phone out,
+//! every one counted, and the eleventh try is refused even with the right string (P.16-6).
 
 #[path = "support/capf_phone.rs"]
 mod capf_phone;
@@ -107,6 +109,14 @@ async fn an_lsc_issued_by_the_capf_pod_makes_the_phone_ready_and_survives_restar
     .await
     .unwrap();
 
+    let content_hashes = || -> Vec<Value> {
+        ["quickstart-tftp", "quickstart-capf", "quickstart-tvs"]
+            .map(|name| {
+                server.get("apps/v1", "Deployment", Some(NAMESPACE), name).unwrap()["spec"]["template"]["metadata"]["annotations"].clone()
+            })
+            .to_vec()
+    };
+    let hashes_before = content_hashes();
     let key = keys::generate_rsa(2048);
     let installed = capf_session(capf.port, ca.clone(), LOBBY_STRING, key.clone()).await;
     assert_eq!(installed.end, Some(Reason::Success), "{installed:?}");
@@ -123,6 +133,7 @@ async fn an_lsc_issued_by_the_capf_pod_makes_the_phone_ready_and_survives_restar
     assert!(status["operationStatus"].as_str().unwrap_or_default().starts_with("Completed"), "{status}");
     let kept = decoded(&record_secret(&server), "data", &format!("{LOBBY_DEVICE}.crt"));
     assert_eq!(certificate_der(&kept).unwrap(), lsc, "the record Secret keeps the LSC the phone stored");
+    assert_eq!(content_hashes(), hashes_before, "an enrollment rolls no pod: the LSC reaches TFTP through its projection");
 
     // The TFTP pod serves the phone's configuration encrypted for the new LSC, which its key opens.
     server.authenticate_as_service_account("tftp-pod", NAMESPACE, "quickstart-tftp");
@@ -167,6 +178,61 @@ async fn an_lsc_issued_by_the_capf_pod_makes_the_phone_ready_and_survives_restar
     let kept = decoded(&record_secret(&server), "data", &format!("{LOBBY_DEVICE}.crt"));
     assert_eq!(certificate_der(&kept).unwrap(), lsc, "issued once");
     drop(capf);
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
+/// The operator and a CAPF pod under its own ServiceAccount, `replicas` times, against a fresh
+/// quickstart; the cluster CA's certificate (DER).
+async fn quickstart_with_capf(
+    server: &FakeApiServer,
+    dir: &Path,
+    replicas: usize,
+) -> (callguard::ops::shutdown::Shutdown, tokio::task::JoinHandle<Result<(), String>>, Vec<ServeCapf>, Vec<u8>) {
+    load(server, quickstart());
+    let (shutdown, operator) = start_operator(server, "operator", false);
+    until("the CAPF projection", || server.get("v1", "Secret", Some(NAMESPACE), "quickstart-capf").is_some()).await;
+    let ca = certificate_der(&decoded(&server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").unwrap(), "data", "ca.crt")).unwrap();
+    server.authenticate_as_service_account("capf-pod", NAMESPACE, "quickstart-capf");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig("capf-pod")).unwrap();
+    let args = capf_pod_args(server);
+    let pods = tokio::task::spawn_blocking(move || (0..replicas).map(|_| ServeCapf::start(&kubeconfig, &args)).collect()).await.unwrap();
+    (shutdown, operator, pods, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_wrong_strings_sent_to_two_capf_replicas_at_once_all_count_and_lock_the_phone_out() {
+    let server = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (shutdown, operator, pods, ca) = quickstart_with_capf(&server, dir.path(), 2).await;
+    let key = keys::generate_rsa(1024);
+    let ports: Vec<u16> = pods.iter().map(|pod| pod.port).collect();
+    let wrong: Vec<_> = (0..10)
+        .map(|n| {
+            let (ca, key, port) = (ca.clone(), key.clone(), ports[n % 2]);
+            std::thread::spawn(move || capf_phone::session(port, &ca, CAPF_HOST, LOBBY_DEVICE, Some(&format!("1000000{n}")), &key))
+        })
+        .collect();
+    for (n, session) in wrong.into_iter().enumerate() {
+        let transcript = session.join().unwrap();
+        assert_eq!(transcript.end, Some(Reason::Failure), "wrong string {n}: {transcript:?}");
+    }
+    let record = decoded(&record_secret(&server), "data", &format!("{LOBBY_DEVICE}.yaml"));
+    let record: callguard::core::build::capf::CapfRecord = serde_yaml::from_slice(&record).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let until_time = record.locked_until(now).expect("ten wrong strings across both replicas lock the phone out");
+    assert!(until_time - now > time::Duration::minutes(9), "for ten minutes (P.16-6): {until_time}");
+    for port in ports {
+        let eleventh = capf_session(port, ca.clone(), LOBBY_STRING, key.clone()).await;
+        assert_eq!(eleventh.end, Some(Reason::Failure), "the right string, refused while locked out: {eleventh:?}");
+        assert!(!eleventh.commands.contains(&CapfCommand::KeyGenerateRequest), "{eleventh:?}");
+    }
+    until("the lockout in the phone's status", || {
+        lobby(&server)["status"]["operationStatus"].as_str().is_some_and(|s| s.starts_with("LockedOut"))
+    })
+    .await;
+    drop(pods);
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }

@@ -8,9 +8,13 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callguard::services::capf::frame::{Body, Command, Frame, FrameHeader, HEADER_LEN, Password, Reason};
-use rsa::RsaPrivateKey;
+use callguard::services::capf::frame::{
+    Body, CertificateElement, CertificateType, Command, Frame, FrameHeader, HASH_CODE_SHA512, HEADER_LEN, Password, Reason, Sha2SignedData,
+};
 use rsa::pkcs8::EncodePublicKey;
+use rsa::{Pkcs1v15Sign, RsaPrivateKey};
+use sha1::Sha1;
+use sha2::{Digest, Sha512};
 
 /// The next frame, or `None` when the stream ends.
 pub fn read_frame(stream: &mut impl Read) -> Option<Frame> {
@@ -43,6 +47,25 @@ pub struct Transcript {
 /// (for `host`) against the cluster CA `ca_der`; `password` is the authentication string the phone
 /// enters, `key` the key it makes.
 pub fn session(port: u16, ca_der: &[u8], host: &str, device: &str, password: Option<&str>, key: &RsaPrivateKey) -> Transcript {
+    session_over(connect(port, ca_der, host), device, password, key)
+}
+
+/// One session of `device` over an established TLS stream (rustls, or OpenSSL for TLS 1.0).
+pub fn session_over(stream: impl Read + Write, device: &str, password: Option<&str>, key: &RsaPrivateKey) -> Transcript {
+    session_with(stream, device, Credentials::String(password), key)
+}
+
+/// How the phone authenticates (docs/wire-formats.md §7.5).
+pub enum Credentials<'a> {
+    /// An authentication string, or none (null string).
+    String(Option<&'a str>),
+    /// Its certificate (a MIC, or an LSC), DER, with SIGNED_DATA and SHA2_SIGNED_DATA made with `key`
+    /// over `device name ‖ 00 ‖ certificate` (docs/wire-formats.md §7.7).
+    Certificate { der: Vec<u8>, kind: CertificateType, key: &'a RsaPrivateKey },
+}
+
+/// A TLS connection to CAPF on 127.0.0.1:`port`, the server verified for `host` under `ca_der`.
+pub fn connect(port: u16, ca_der: &[u8], host: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from(ca_der.to_vec())).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -54,20 +77,30 @@ pub fn session(port: u16, ca_der: &[u8], host: &str, device: &str, password: Opt
     let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    rustls::StreamOwned::new(connection, tcp)
+}
 
+/// One session of `device` over an established TLS stream, authenticating with `credentials`; `key`
+/// is the key it makes when asked to.
+pub fn session_with(mut stream: impl Read + Write, device: &str, credentials: Credentials<'_>, key: &RsaPrivateKey) -> Transcript {
     let mut transcript = Transcript::default();
     let request = read_frame(&mut stream).expect("the server speaks first");
     assert_eq!(request.command, Command::AuthRequest);
     let id = request.session_id;
     transcript.commands.push(request.command);
-    let body = Body {
-        reason: Some(Reason::Success),
-        version: Some(3),
-        device_name: Some(device.into()),
-        password: password.map(Password::new),
-        ..Body::default()
-    };
+    let mut body = Body { reason: Some(Reason::Success), version: Some(3), device_name: Some(device.into()), ..Body::default() };
+    match credentials {
+        Credentials::String(password) => body.password = password.map(Password::new),
+        Credentials::Certificate { der, kind, key: signer } => {
+            let mut data = device.as_bytes().to_vec();
+            data.push(0);
+            data.extend_from_slice(&der);
+            body.signed_data = Some(signer.sign(Pkcs1v15Sign::new::<Sha1>(), &Sha1::digest(&data)).unwrap());
+            let signature = signer.sign(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(&data)).unwrap();
+            body.sha2_signed_data = Some(Sha2SignedData { hash_code: HASH_CODE_SHA512, signature });
+            body.certificate = Some(CertificateElement::new(kind, der));
+        }
+    }
     send(&mut stream, Frame::new(Command::AuthResponse, id, body));
     while let Some(frame) = read_frame(&mut stream) {
         transcript.commands.push(frame.command);

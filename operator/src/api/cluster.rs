@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CertificateSummary, CommonStatus, KeySize};
+use super::{CertificateSummary, CommonStatus, KeySize, SecretKeyRef};
 
 /// Cluster-wide security mode, NonSecure or Mixed; default NonSecure. The guide calls the secure mode
 /// both "secure mode" and "mixed mode": authenticated, encrypted and non-secure devices register side
@@ -104,6 +104,21 @@ pub struct CallControlClusterSpec {
     /// replace an existing CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_authority: Option<CertificateAuthoritySettings>,
+    /// TLS 1.0 and 1.1 on the CAPF and TVS ports, for 79x0 and 79x1 phones that speak nothing newer;
+    /// default Disabled (docs/wire-formats.md §7.1, §8). Clients offering TLS 1.2 or newer are
+    /// served as before either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_tls: Option<LegacyTls>,
+}
+
+/// Whether CAPF and TVS accept the TLS 1.0 and 1.1 of the guide's phones.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LegacyTls {
+    /// TLS 1.2 and 1.3 only.
+    #[default]
+    Disabled,
+    /// TLS 1.0 and 1.1 too, through OpenSSL, with the same certificate.
+    Enabled,
 }
 
 /// The cluster CA that issues the function certificates and LSCs (P.6-1).
@@ -344,6 +359,12 @@ pub struct CapfParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 365))]
     pub operation_expires_in_days: Option<u16>,
+    /// The certificates of the manufacturers' CAs that issue phones' MICs (for Cisco phones, the
+    /// Cisco Manufacturing CA), PEM, one or more in one key of a Secret. A phone whose profile
+    /// authenticates to CAPF by existing certificate with precedence to the MIC needs them: a MIC
+    /// from a CA not listed here is refused (Table 5-1, docs/wire-formats.md §7.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer_ca_certificates: Option<SecretKeyRef>,
 }
 
 impl CapfParameters {

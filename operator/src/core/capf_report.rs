@@ -174,7 +174,7 @@ pub fn rows_from_status(source: &str, status_yaml: &[u8], records: &BTreeMap<Str
     for entry in entries.into_iter().filter(|e| e.kind == "Phone") {
         let Some(facts) = entry.device.as_ref() else {
             return Err(format!(
-                "{source}: Phone/{}: no `device` entry (device name, model, certificate operation): the state was written by an older callguard; run callguard build or local again (docs/operations.md §6.9)",
+                "{source}: Phone/{}: no `device` entry (device name, model, certificate operation): the state was written by an older callguard; run callguard build or local again (docs/operations.md §6.11)",
                 entry.name
             ));
         };

@@ -2,6 +2,7 @@
 
 pub mod capf;
 pub mod est;
+pub mod legacy_tls;
 pub mod srst;
 pub mod tftp;
 pub mod tvs;

@@ -11,6 +11,7 @@ use crate::core::token::material;
 pub fn check(snapshot: &Snapshot, policy: SecretPolicy) -> Vec<Finding> {
     let mut out = Findings { snapshot, policy, findings: Vec::new() };
     let cluster = single_cluster(&mut out);
+    manufacturer_cas(&mut out, cluster);
     tokens(&mut out, cluster);
     phones(&mut out, cluster);
     shared_lines(&mut out);
@@ -347,6 +348,18 @@ fn capf_operation(
             ),
         );
     }
+    let mic_configured = cluster.and_then(|c| c.spec.capf.as_ref()).is_some_and(|c| c.manufacturer_ca_certificates.is_some());
+    if profile.authentication_mode() == CapfAuthenticationMode::ByExistingCertificatePrecedenceMic && !mic_configured {
+        out.push(
+            "Phone",
+            name,
+            "spec.capf.certificateOperation",
+            format!(
+                "PhoneSecurityProfile {:?} authenticates CAPF by the phone's MIC, and the cluster names no manufacturer CA that issues MICs: set CallControlCluster spec.capf.manufacturerCaCertificates (Table 5-1)",
+                spec.security_profile_ref
+            ),
+        );
+    }
     if let Some(cluster) = cluster
         && !cluster.spec.capf_enabled()
     {
@@ -355,6 +368,26 @@ fn capf_operation(
             name,
             "spec.capf.certificateOperation",
             format!("CallControlCluster {:?} runs no CAPF service on its first node (Table 6-1, P.6-6)", cluster_name(cluster)),
+        );
+    }
+}
+
+/// `spec.capf.manufacturerCaCertificates` holds one to 64 PEM CA certificates (Table 5-1).
+fn manufacturer_cas(out: &mut Findings<'_>, cluster: Option<&CallControlCluster>) {
+    let Some(cluster) = cluster else { return };
+    let Some(reference) = cluster.spec.capf.as_ref().and_then(|c| c.manufacturer_ca_certificates.as_ref()) else { return };
+    let (name, field) = (cluster_name(cluster), "spec.capf.manufacturerCaCertificates");
+    if let Some(value) = out.secret("CallControlCluster", &name, field, reference)
+        && let Err(e) = crate::core::pki::inspect::ca_bundle(value)
+    {
+        out.push(
+            "CallControlCluster",
+            &name,
+            field,
+            format!(
+                "Secret {:?} key {:?} must hold the PEM certificates of the CAs that issue MICs: {e} (Table 5-1)",
+                reference.name, reference.key
+            ),
         );
     }
 }

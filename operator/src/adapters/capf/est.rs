@@ -304,7 +304,7 @@ impl Est {
         let note = note_of(&der);
         directory.update(&device, |record| {
             record.authenticated(Some(string));
-            record.complete(operation, now, note);
+            record.complete(operation.clone(), now, note.clone());
         });
         Ok((who, der))
     }

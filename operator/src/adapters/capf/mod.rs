@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::api::{CapfAuthenticationMode, CertificateOperation, KeySize, Phone};
+use crate::api::{CapfAuthenticationMode, CertificateOperation, KeySize, LegacyTls as LegacyTlsSetting, Phone};
 use crate::core::build::capf::{self as records, CapfRecord, CertificateNote, OperationId, rfc3339};
 use crate::core::build::phone_files::secret_text;
 use crate::core::build::state::{Sensitivity, StateDir};
@@ -31,11 +31,12 @@ use crate::core::pki::inspect::{self, CertificateFacts};
 use crate::core::pki::issue::LSC_VALIDITY_DAYS;
 use crate::core::pki::keys;
 use crate::core::pki::serial::Serial;
-use crate::services::capf::server::{ConnectionReport, Timeouts, serve_connection, tls_acceptor};
+use crate::services::capf::server::{ConnectionReport, Timeouts, serve_connection, serve_legacy_connection, tls_acceptor};
 use crate::services::capf::session::FailureReason;
 use crate::services::capf::{
     AuthError, CapfContext, DeviceDirectory, DeviceRecord, Outcome, RequestedKey, ScheduledOperation, SessionConfig, TrustAnchors,
 };
+use crate::services::legacy_tls::{LegacyTls, offers_only_legacy_tls};
 use crate::validate::Snapshot;
 
 /// What CAPF needs of one phone of the last good build. In a cluster the operator projects it into the
@@ -71,6 +72,12 @@ pub struct Update {
     phones: BTreeMap<String, Entry>,
     cluster: String,
     validity_years: u8,
+    /// `spec.legacyTls: Enabled`: TLS 1.0 and 1.1 for the guide's phones too.
+    #[serde(default)]
+    legacy_tls: bool,
+    /// `spec.capf.manufacturerCaCertificates`, DER: the CAs a MIC may be issued by (Table 5-1).
+    #[serde(default)]
+    manufacturer_cas: Vec<Vec<u8>>,
 }
 
 impl Update {
@@ -111,6 +118,14 @@ impl Update {
             phones,
             cluster: cluster.and_then(|c| c.metadata.name.clone()).unwrap_or_default(),
             validity_years: parameters.certificate_validity_years(),
+            legacy_tls: cluster.is_some_and(|c| c.spec.legacy_tls == Some(LegacyTlsSetting::Enabled)),
+            // Validation refused a bundle that does not parse; none configured, no MIC authenticates.
+            manufacturer_cas: parameters
+                .manufacturer_ca_certificates
+                .as_ref()
+                .and_then(|reference| snapshot.secrets.get(&reference.name)?.0.get(&reference.key))
+                .and_then(|pem| inspect::ca_bundle(pem).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -142,14 +157,11 @@ impl Directory {
         inspect::certificate_der(&bytes).ok()
     }
 
-    /// Applies `change` to the record of `device` and writes it.
-    pub(super) fn update(&self, device: &str, change: impl FnOnce(&mut CapfRecord)) {
+    /// Applies `change` to the record of `device` and writes it: one update at a time in this
+    /// process, and against other CAPF processes sharing the records, retried on the newest record.
+    pub(super) fn update(&self, device: &str, change: impl FnMut(&mut CapfRecord)) {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let written = records::load(&self.state, device).and_then(|mut record| {
-            change(&mut record);
-            records::save(&self.state, device, &record).map_err(|e| format!("{}: {e}", records::record_file(device)))
-        });
-        if let Err(e) = written {
+        if let Err(e) = records::update(&self.state, device, change) {
             eprintln!("callguard local: CAPF could not record what it did for {}: {e}", self.who(device));
         }
     }
@@ -157,7 +169,7 @@ impl Directory {
     /// The operation of `device` completed.
     fn complete(&self, device: &str, now: OffsetDateTime, note: Option<CertificateNote>) {
         if let Some(id) = self.entry(device).and_then(|e| e.operation()) {
-            self.update(device, |record| record.complete(id, now, note));
+            self.update(device, |record| record.complete(id.clone(), now, note.clone()));
         }
     }
 }
@@ -250,7 +262,7 @@ impl DeviceDirectory for Directory {
                 FailureReason::UnknownDevice | FailureReason::Refused(_) => {}
                 reason => {
                     if let Some(id) = self.entry(device_name).and_then(|e| e.operation()) {
-                        self.update(device_name, |record| record.fail(id, now, reason.to_string()));
+                        self.update(device_name, |record| record.fail(id.clone(), now, reason.to_string()));
                     }
                 }
             },
@@ -259,13 +271,22 @@ impl DeviceDirectory for Directory {
     }
 }
 
+/// How connections are taken: TLS 1.2 and 1.3 by rustls, TLS 1.0 and 1.1 by OpenSSL when the
+/// cluster asks for it, and the session context.
+#[derive(Clone)]
+struct Listening {
+    acceptor: TlsAcceptor,
+    legacy: Option<LegacyTls>,
+    context: Arc<CapfContext>,
+}
+
 /// The CAPF service of `local`: the listener's address, the directory, and the TLS acceptor and
 /// session context of the last good build, which a rebuild replaces without touching sessions in
 /// flight.
 pub struct Capf {
     address: SocketAddr,
     pub(super) directory: Arc<Directory>,
-    current: RwLock<Option<(TlsAcceptor, Arc<CapfContext>)>>,
+    current: RwLock<Option<Listening>>,
     /// What EST serves with, from the same build (`adapters::capf::est`).
     pub(super) est: RwLock<Option<Arc<est::EstIdentity>>>,
     /// What was last said about the LSC lifetime, so that it is said once.
@@ -299,7 +320,7 @@ impl Capf {
     /// `local` prints; `None` when the build has no CAPF identity (the cluster stopped running CAPF),
     /// and then connections are closed at once.
     pub fn follow(&self, update: Update, identity: Option<&CapfIdentity>) -> Result<Option<String>, String> {
-        let Update { phones, cluster, validity_years } = update;
+        let Update { phones, cluster, validity_years, legacy_tls, manufacturer_cas } = update;
         *self.directory.phones.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(phones);
         let Some(identity) = identity else {
             *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
@@ -312,16 +333,22 @@ impl Capf {
             .map_err(|e| format!("CAPF: {e}"))?;
         let context = CapfContext {
             ca: identity.ca.clone(),
-            // No MIC bundle is configured: phones authenticate by string, null string, or an LSC of this CA.
-            trust: TrustAnchors::default(),
+            // Without `spec.capf.manufacturerCaCertificates` no MIC authenticates: phones do so by
+            // string, null string, or an LSC of this CA.
+            trust: TrustAnchors { mic_bundle: manufacturer_cas, ..TrustAnchors::default() },
             directory: self.directory.clone(),
             config: SessionConfig { lsc_validity_days: days, ..SessionConfig::default() },
         };
         let est = est::EstIdentity::of(identity, days)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((acceptor, Arc::new(context)));
+        let legacy = legacy_tls
+            .then(|| LegacyTls::new(&certificate.certificate_der, &keys::pkcs8_der(&certificate.key)))
+            .transpose()
+            .map_err(|e| format!("CAPF: {e}"))?;
+        let versions = if legacy.is_some() { "TLS 1.0 to 1.3 (spec.legacyTls: Enabled)" } else { "TLS 1.2 or 1.3" };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Listening { acceptor, legacy, context: Arc::new(context) });
         *self.est.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(est));
         Ok(Some(format!(
-            "serving CAPF on {}: TLS with the CAPF certificate of node {} ({}); LSCs signed by the cluster CA, valid {days} days",
+            "serving CAPF on {}: {versions} with the CAPF certificate of node {} ({}); LSCs signed by the cluster CA, valid {days} days",
             self.address, certificate.node, certificate.hostname
         )))
     }
@@ -377,10 +404,16 @@ impl Capf {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         while let Some((tcp, peer)) = crate::ops::accept::next_connection(&listener, &mut stop, "CAPF").await {
             let current = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let Some((acceptor, context)) = current else { continue };
+            let Some(Listening { acceptor, legacy, context }) = current else { continue };
             let capf = self.clone();
             tokio::spawn(async move {
-                let report = serve_connection(tcp, Some(peer), &acceptor, context, &Timeouts::default()).await;
+                let timeouts = Timeouts::default();
+                let report = match legacy {
+                    Some(legacy) if offers_only_legacy_tls(&tcp, timeouts.handshake).await => {
+                        serve_legacy_connection(tcp, Some(peer), &legacy, context, &timeouts).await
+                    }
+                    _ => serve_connection(tcp, Some(peer), &acceptor, context, &timeouts).await,
+                };
                 capf.say(report);
             });
         }

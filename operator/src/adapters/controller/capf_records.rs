@@ -8,7 +8,9 @@
 //! with its labels and owner and no data, by server-side apply, which leaves the keys the pods wrote
 //! alone, and reads them back into the build's state, where the phone's status and its encrypted
 //! configuration come from. A Secret that holds a record stays even after its phones are gone:
-//! nothing CAPF issued is dropped by an edit of the manifests. Pure functions.
+//! nothing CAPF issued is dropped by an edit of the manifests. Only what CAPF could have issued is
+//! read back as a phone's certificate: one the cluster CA signed, so that whoever may write a record
+//! Secret cannot have a phone's configuration encrypted for a key of their own. Pure functions.
 
 use std::collections::BTreeSet;
 
@@ -62,14 +64,22 @@ pub fn existing(cluster: &str, secrets: &[Secret]) -> Vec<Secret> {
     secrets.iter().filter(|s| is_record_secret(cluster, s)).cloned().collect()
 }
 
-/// Adds what the record Secrets hold to a build's state.
-pub fn read_into(cluster: &str, secrets: &[Secret], files: &mut StateFiles) {
+/// Adds what the record Secrets hold to a build's state: the records, and the certificates the
+/// cluster CA (`ca_der`) issued; any other certificate is left out, and said so.
+pub fn read_into(cluster: &str, secrets: &[Secret], ca_der: Option<&[u8]>, files: &mut StateFiles) {
     for secret in secrets.iter().filter(|s| is_record_secret(cluster, s)) {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
         for (key, bytes) in secret.data.iter().flatten() {
-            if let Some((file, sensitivity)) = file_of(cluster, name, key) {
-                files.insert(file, (bytes.0.clone(), sensitivity));
+            let Some((file, sensitivity)) = file_of(cluster, name, key) else { continue };
+            let issued_by_ca = |pem: &[u8]| {
+                let der = crate::core::pki::inspect::certificate_der(pem).ok();
+                der.zip(ca_der).is_some_and(|(der, ca)| crate::core::pki::inspect::is_issued_by(&der, ca))
+            };
+            if file.starts_with(DEVICES) && !issued_by_ca(&bytes.0) {
+                tracing::warn!(secret = %name, %key, "not a certificate the cluster CA issued: not taken for the phone's");
+                continue;
             }
+            files.insert(file, (bytes.0.clone(), sensitivity));
         }
     }
 }
@@ -100,8 +110,26 @@ mod tests {
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
 
+    /// The cluster CA, and an LSC it issues to `device`.
+    fn ca_and_lsc(device: &str) -> (Vec<u8>, Vec<u8>) {
+        use crate::core::pki::{ca, issue, keys, serial::Serial};
+        let now = time::OffsetDateTime::now_utc();
+        let ca = ca::ClusterCa::generate(&ca::CaSettings::new("lab", "voice"), now).unwrap();
+        let spki = rsa::pkcs8::EncodePublicKey::to_public_key_der(&rsa::RsaPublicKey::from(keys::generate_rsa(1024))).unwrap();
+        let request = issue::LscRequest {
+            device_name: device,
+            key: issue::LscKeySource::PublicKey(spki.as_bytes()),
+            validity_days: 365,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now,
+        };
+        (ca.certificate_der().to_vec(), issue::issue_lsc(&ca, &request).unwrap().certificate_der)
+    }
+
     #[test]
     fn a_devices_record_and_lsc_share_one_stable_secret_and_read_back_into_the_state() {
+        let (ca, lsc) = ca_and_lsc("SEP001122334455");
+        let (_, stranger) = ca_and_lsc("SEP001122334455");
         let (secret, key) = home("lab", "capf/SEP001122334455.yaml").unwrap();
         assert_eq!(key, "SEP001122334455.yaml");
         assert_eq!(home("lab", "devices/SEP001122334455.crt"), Some((secret.clone(), "SEP001122334455.crt".into())));
@@ -114,17 +142,26 @@ mod tests {
         assert!(shard.data.is_none(), "the operator writes no data into a record Secret");
         shard.data = Some(BTreeMap::from([
             ("SEP001122334455.yaml".into(), ByteString(b"spentStrings: []\n".to_vec())),
-            ("SEP001122334455.crt".into(), ByteString(b"PEM".to_vec())),
+            ("SEP001122334455.crt".into(), ByteString(crate::core::pki::ca::certificate_pem(&lsc).into_bytes())),
             // A record under another device's Secret is not read: each device has exactly one home.
             ("SEP00AABBCCDD04.crt".into(), ByteString(b"MISPLACED".to_vec())),
             ("notes.txt".into(), ByteString(b"?".to_vec())),
         ]));
         let mut files = StateFiles::new();
-        read_into("lab", std::slice::from_ref(&shard), &mut files);
+        read_into("lab", std::slice::from_ref(&shard), Some(&ca), &mut files);
         assert_ne!(secret_name("lab", "SEP00AABBCCDD04"), secret, "the misplaced device lives elsewhere");
         let names: Vec<&str> = files.keys().map(String::as_str).collect();
         assert_eq!(names, ["capf/SEP001122334455.yaml", "devices/SEP001122334455.crt"]);
         assert_eq!(files["capf/SEP001122334455.yaml"].1, Sensitivity::Private);
+
+        // A certificate another CA issued is not taken for the phone's, nor anything without a CA.
+        let mut forged = shard.clone();
+        forged.data.as_mut().unwrap().insert("SEP001122334455.crt".into(), ByteString(stranger));
+        for (secret, ca) in [(&forged, Some(ca.as_slice())), (&shard, None)] {
+            let mut files = StateFiles::new();
+            read_into("lab", std::slice::from_ref(secret), ca, &mut files);
+            assert!(!files.contains_key("devices/SEP001122334455.crt") && files.contains_key("capf/SEP001122334455.yaml"));
+        }
 
         // A Secret holding records stays when its phones are gone; an empty one goes.
         assert_eq!(desired("lab", [], std::slice::from_ref(&shard)).len(), 1);

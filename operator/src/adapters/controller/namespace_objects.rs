@@ -50,6 +50,9 @@ where
 /// Every Secret the Callguard objects name.
 fn referenced_secrets(objects: &NamespaceObjects) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
+    for cluster in &objects.clusters {
+        names.extend(cluster.spec.capf.as_ref().and_then(|c| c.manufacturer_ca_certificates.as_ref()).map(|r| r.name.clone()));
+    }
     for token in &objects.tokens {
         names.extend([&token.spec.certificate, &token.spec.private_key, &token.spec.password].map(|r| r.name.clone()));
     }

@@ -164,6 +164,8 @@ pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, Strin
 
 /// The key of the TVS projection that lists what TVS vouches for (`core::build::vouched`).
 const TVS_DIRECTORY_KEY: &str = "directory.json";
+/// Present, `Enabled`, when the cluster sets `spec.legacyTls: Enabled`.
+const TVS_LEGACY_TLS_KEY: &str = "legacyTls";
 /// The most `directory.json` may hold: what one Secret can (the API refuses objects over 1 MiB).
 pub const MAX_TVS_DIRECTORY_BYTES: usize = 1024 * 1024;
 
@@ -181,11 +183,14 @@ pub fn project_tvs(cluster: &str, tvs: &TvsIdentity) -> Result<Secret, String> {
     if directory.len() > MAX_TVS_DIRECTORY_BYTES {
         return Err(format!("the TVS directory ({} certificates) does not fit in one Secret", tvs.vouched.len()));
     }
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         ("tls.crt".to_owned(), ByteString(certificate_pem(&certificate.certificate_der).into_bytes())),
         ("tls.key".to_owned(), ByteString(keys::pkcs8_pem(&certificate.key).as_bytes().to_vec())),
         (TVS_DIRECTORY_KEY.to_owned(), ByteString(directory)),
     ]);
+    if tvs.legacy_tls {
+        data.insert(TVS_LEGACY_TLS_KEY.to_owned(), ByteString(b"Enabled".to_vec()));
+    }
     let mut secret = secret(tvs_name(cluster), cluster, data);
     secret.type_ = Some("kubernetes.io/tls".into());
     Ok(secret)
@@ -209,6 +214,7 @@ pub struct TvsView {
     pub certificate_der: Vec<u8>,
     pub key: rsa::RsaPrivateKey,
     pub vouched: Vec<Vouched>,
+    pub legacy_tls: bool,
 }
 
 /// Reads a TVS projection Secret; every message names the Secret and the key.
@@ -227,7 +233,8 @@ pub fn read_tvs(secret: &Secret) -> Result<TvsView, String> {
         ));
     }
     let vouched = serde_json::from_slice(directory).map_err(|e| format!("Secret/{name}: {TVS_DIRECTORY_KEY}: {e}"))?;
-    Ok(TvsView { certificate_der, key, vouched })
+    let legacy_tls = secret.data.as_ref().and_then(|d| d.get(TVS_LEGACY_TLS_KEY)).is_some_and(|v| v.0 == b"Enabled");
+    Ok(TvsView { certificate_der, key, vouched, legacy_tls })
 }
 
 /// What an index Secret says: the trust lists, the signing parameters and the shards to fetch.
@@ -435,7 +442,7 @@ mod tests {
             certificate_der: issued.certificate_der.clone(),
             key: issued.key.clone(),
         };
-        let secret = project_tvs("quickstart", &TvsIdentity { certificate, vouched: vouched.clone() }).unwrap();
+        let secret = project_tvs("quickstart", &TvsIdentity { certificate, vouched: vouched.clone(), legacy_tls: false }).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("quickstart-tvs"));
         let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
         assert_eq!(keys, ["directory.json", "tls.crt", "tls.key"], "the pair and the directory, nothing else");

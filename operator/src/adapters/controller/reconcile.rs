@@ -315,11 +315,14 @@ async fn persist_token_registry(
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&owned(registry, owner))).await.map(|_| ())
 }
 
-/// A digest of every certificate and trust list the data plane uses (never a key: the digest sits
-/// in a pod template).
+/// A digest of the CA's and the functions' certificates and the trust lists the data plane uses
+/// (never a key: the digest sits in a pod template). Not the phones' certificates: an LSC that CAPF
+/// issues reaches the pods through their projections, and must not roll every pod.
 fn content_hash(files: &crate::core::build::state::StateFiles) -> String {
     let mut digest = Sha256::new();
-    for (name, (bytes, _)) in files.iter().filter(|(name, _)| name.ends_with(".crt") || name.starts_with("published/")) {
+    let rolls =
+        |name: &str| (name.starts_with("ca/") || name.starts_with("certs/")) && name.ends_with(".crt") || name.starts_with("published/");
+    for (name, (bytes, _)) in files.iter().filter(|(name, _)| rolls(name)) {
         digest.update(name.as_bytes());
         digest.update((bytes.len() as u64).to_be_bytes());
         digest.update(bytes);

@@ -160,7 +160,8 @@ pub fn state_from_objects(
             }
         }
     }
-    super::capf_records::read_into(cluster, secrets, &mut files);
+    let ca = files.get("ca/ca.crt").and_then(|(pem, _)| crate::core::pki::inspect::certificate_der(pem).ok());
+    super::capf_records::read_into(cluster, secrets, ca.as_deref(), &mut files);
     for token in tokens {
         let (Some(name), Some(status)) = (token.metadata.name.as_deref(), token.status.as_ref()) else { continue };
         let counters = SecurityTokenStatus { common: Default::default(), ..status.clone() };

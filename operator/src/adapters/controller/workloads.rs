@@ -35,7 +35,7 @@ use crate::api::{CallControlCluster, Exposure};
 pub enum DataPlaneService {
     /// TFTP: trust lists and phone configuration files (P.1-16).
     Tftp,
-    /// CAPF: phones' LSCs (P.6-1), and EST beside it (docs/wire-formats.md §9).
+    /// CAPF: phones' LSCs (P.6-1), and EST beside it (docs/operations.md §6.10).
     Capf,
     /// TVS: certificates a phone's ITL does not list (docs/wire-formats.md §8).
     Tvs,
@@ -431,6 +431,46 @@ mod tests {
         assert_eq!(w.service.metadata.name.as_deref(), Some("lab-tftp"));
         let default = workload(DataPlaneService::Tftp, &cluster(None), &inputs);
         assert_eq!(default.service.spec.unwrap().ports.unwrap()[0].port, 69, "P.1-16");
+    }
+
+    #[test]
+    fn capf_reads_the_ca_and_its_projection_writes_only_its_records_and_listens_on_capf_and_est() {
+        let readable = ["lab-ca".to_owned(), "lab-cm1-capf".to_owned(), "lab-capf".to_owned()];
+        let records = ["lab-capf-records-0a".to_owned()];
+        let inputs = WorkloadInputs {
+            image: "callguard:1",
+            secret_args: vec![
+                ("--ca-secret", "lab-ca".into()),
+                ("--certificate-secret", "lab-cm1-capf".into()),
+                ("--directory-secret", "lab-capf".into()),
+            ],
+            readable_secrets: &readable,
+            writable_secrets: &records,
+            content_hash: "h",
+            api_server_ports: &[6443],
+            image_pull_secrets: &[],
+        };
+        let w = workload(DataPlaneService::Capf, &cluster(None), &inputs);
+        let container = w.deployment.spec.template.spec.clone().unwrap().containers[0].clone();
+        let args = container.args.unwrap();
+        assert_eq!(&args[..2], ["serve", "capf"]);
+        for (option, value) in [("--ca-secret", "lab-ca"), ("--directory-secret", "lab-capf"), ("--port", "3804"), ("--est-port", "8443")] {
+            assert!(args.windows(2).any(|w| w == [option, value]), "{option} {value} in {args:?}");
+        }
+        let capabilities = container.security_context.unwrap().capabilities.unwrap();
+        assert_eq!(capabilities.add, None, "no port below 1024: no capability");
+        let ports: Vec<_> = w.service.spec.unwrap().ports.unwrap().into_iter().map(|p| (p.port, p.protocol.unwrap())).collect();
+        assert_eq!(ports, [(3804, "TCP".to_owned()), (8443, "TCP".to_owned())], "P.6-6, and EST beside it");
+        let rules = w.role.rules.unwrap();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(
+            (rules[0].resource_names.as_deref(), rules[0].verbs.as_slice()),
+            (Some(&readable[..]), &["get", "list", "watch"].map(String::from)[..])
+        );
+        assert_eq!(
+            (rules[1].resource_names.as_deref(), rules[1].verbs.as_slice()),
+            (Some(&records[..]), &["get", "patch"].map(String::from)[..])
+        );
     }
 
     fn exposed(exposure: &str, replicas: Option<u8>) -> Workload {

@@ -12,12 +12,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::core::build::TvsIdentity;
 use crate::core::pki::keys;
-use crate::services::tvs::{CertificateDirectory, ServerLimits, serve_listener, tls_server_config};
+use crate::services::tvs::{CertificateDirectory, ServerLimits, TvsTls, serve_listener};
 
 /// The TVS service of `local`: what connections get, swapped after each good build.
 pub struct Tvs {
     address: SocketAddr,
-    tls: watch::Sender<Option<Arc<rustls::ServerConfig>>>,
+    tls: watch::Sender<Option<TvsTls>>,
     directory: watch::Sender<Arc<CertificateDirectory>>,
 }
 
@@ -40,13 +40,13 @@ impl Tvs {
         };
         let certificate = &identity.certificate;
         let directory = CertificateDirectory::from_vouched(&identity.vouched).map_err(|e| format!("TVS: {e}"))?;
-        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(keys::pkcs8_der(&certificate.key).into());
-        let tls = tls_server_config(vec![certificate.certificate_der.clone().into()], key).map_err(|e| e.to_string())?;
-        let count = directory.len();
+        let tls = TvsTls::new(certificate.certificate_der.clone(), keys::pkcs8_der(&certificate.key), identity.legacy_tls)
+            .map_err(|e| e.to_string())?;
+        let (count, versions) = (directory.len(), tls.versions());
         self.tls.send_replace(Some(tls));
         self.directory.send_replace(Arc::new(directory));
         Ok(Some(format!(
-            "serving TVS on {}: TLS with the CallManager certificate of node {} ({}); vouching for {count} certificate(s)",
+            "serving TVS on {}: {versions} with the CallManager certificate of node {} ({}); vouching for {count} certificate(s)",
             self.address, certificate.node, certificate.hostname
         )))
     }

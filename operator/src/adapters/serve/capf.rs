@@ -88,7 +88,33 @@ impl SecretRecords {
     }
 }
 
+/// How often an update is retried when another writer got in between.
+const UPDATE_ATTEMPTS: usize = 8;
+
 impl StateBackend for SecretRecords {
+    /// Read, change and write with the Secret's resourceVersion as a precondition, again on a conflict:
+    /// two replicas counting wrong strings for the same phone both count.
+    fn update(
+        &self,
+        name: &str,
+        _sensitivity: Sensitivity,
+        change: &mut dyn FnMut(Option<Vec<u8>>) -> io::Result<Vec<u8>>,
+    ) -> io::Result<()> {
+        let (secret, key) = self.home(name)?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let live = block(self.api.get(&secret)).map_err(|e| io::Error::other(format!("Secret/{secret}: {e}")))?;
+            let version = live.metadata.resource_version.clone();
+            let bytes = change(live.data.and_then(|mut d| d.remove(&key)).map(|b| b.0))?;
+            let body = json!({ "metadata": { "resourceVersion": version }, "data": { key.clone(): ByteString(bytes) } });
+            match block(self.api.patch(&secret, &PatchParams::default(), &Patch::Merge(&body))) {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(io::Error::other(format!("Secret/{secret}: {e}"))),
+            }
+        }
+        Err(io::Error::other(format!("Secret/{secret}: {UPDATE_ATTEMPTS} conflicting writes in a row")))
+    }
+
     fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         let Ok((secret, key)) = self.home(name) else { return Ok(None) };
         let found = block(self.api.get_opt(&secret)).map_err(|e| io::Error::other(format!("Secret/{secret}: {e}")))?;

@@ -17,7 +17,7 @@ use crate::adapters::controller::projection::read_tvs;
 use crate::core::pki::keys;
 use crate::ops::shutdown::Shutdown;
 use crate::services::tvs::{
-    CertificateDirectory, ConnectionEnd, ConnectionReport, ServerLimits, SessionNote, Verdict, serve_listener, tls_server_config,
+    CertificateDirectory, ConnectionEnd, ConnectionReport, ServerLimits, SessionNote, TvsTls, Verdict, serve_listener,
 };
 
 /// Changes come in bursts: wait this long after one.
@@ -36,12 +36,11 @@ pub struct ServeTvsOptions {
 }
 
 /// The TLS configuration and directory of the projection, or why it cannot be served.
-fn current(secret: Option<&Secret>, name: &str) -> Result<(Arc<rustls::ServerConfig>, CertificateDirectory), String> {
+fn current(secret: Option<&Secret>, name: &str) -> Result<(TvsTls, CertificateDirectory), String> {
     let secret = secret.ok_or_else(|| format!("Secret/{name} not found: the operator has not projected TVS yet"))?;
     let view = read_tvs(secret)?;
     let directory = CertificateDirectory::from_vouched(&view.vouched).map_err(|e| format!("Secret/{name}: directory.json: {e}"))?;
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(keys::pkcs8_der(&view.key).into());
-    let tls = tls_server_config(vec![view.certificate_der.into()], key).map_err(|e| format!("Secret/{name}: {e}"))?;
+    let tls = TvsTls::new(view.certificate_der, keys::pkcs8_der(&view.key), view.legacy_tls).map_err(|e| format!("Secret/{name}: {e}"))?;
     Ok((tls, directory))
 }
 
@@ -69,7 +68,7 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
         .await
         .map_err(|e| format!("TVS cannot listen on {address}: {e} (docs/wire-formats.md §8, TCP 2445)"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let count = directory.len();
+    let (count, versions) = (directory.len(), tls.versions());
     let (tls_sender, tls_receiver) = watch::channel(Some(tls));
     let (directory_sender, directory_receiver) = watch::channel(Arc::new(directory));
     let (reports, mut finished) = mpsc::unbounded_channel();
@@ -81,7 +80,7 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
     });
     health.set_ready(true);
     println!(
-        "serving TVS on {bound} for CallControlCluster {}/{}: vouching for {count} certificate(s)",
+        "serving TVS on {bound} for CallControlCluster {}/{}: {versions}; vouching for {count} certificate(s)",
         options.namespace, options.cluster
     );
     loop {

@@ -12,8 +12,8 @@
 //!   `operationCompletesBy` (and, by authentication string, a new string). Past its
 //!   `operationCompletesBy` an operation expires and is not carried out (Table 6-2).
 //!
-//! Pure but for [`load`] and [`save`]: the adapter that runs CAPF applies the functions of
-//! [`CapfRecord`] and writes the result; the build reads it through [`operation_state`].
+//! Pure but for [`load`] and [`update`]: the adapter that runs CAPF applies the functions of
+//! [`CapfRecord`] through [`update`]; the build reads the record through [`operation_state`].
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -353,10 +353,20 @@ pub fn load(state: &StateDir, device: &str) -> Result<CapfRecord, String> {
     }
 }
 
-/// Writes the record of `device`, owner-only.
-pub fn save(state: &StateDir, device: &str, record: &CapfRecord) -> std::io::Result<()> {
-    let text = serde_yaml::to_string(record).map_err(std::io::Error::other)?;
-    state.write(&record_file(device), text.as_bytes(), Sensitivity::Private)
+/// Applies `change` to the record of `device` and writes it, owner-only, as one step against other
+/// writers of a shared state (`change` may then run more than once, each time on the newest record).
+pub fn update(state: &StateDir, device: &str, mut change: impl FnMut(&mut CapfRecord)) -> Result<(), String> {
+    let name = record_file(device);
+    state
+        .update(&name, Sensitivity::Private, |bytes| {
+            let mut record: CapfRecord = match bytes {
+                None => CapfRecord::default(),
+                Some(bytes) => serde_yaml::from_slice(&bytes).map_err(std::io::Error::other)?,
+            };
+            change(&mut record);
+            serde_yaml::to_string(&record).map(String::into_bytes).map_err(std::io::Error::other)
+        })
+        .map_err(|e| format!("{name}: {e}"))
 }
 
 /// RFC 3339 in UTC, to the second.

@@ -263,6 +263,8 @@ pub struct BuildOutput {
 pub struct TvsIdentity {
     pub certificate: identity::FunctionCertificate,
     pub vouched: Vec<vouched::Vouched>,
+    /// `spec.legacyTls: Enabled`: TLS 1.0 and 1.1 for the guide's phones too.
+    pub legacy_tls: bool,
 }
 
 /// The CAPF service's identity: the cluster CA, which issues LSCs, and the CAPF function certificate
@@ -459,7 +461,8 @@ pub fn build_namespace(
                 })
                 .collect();
             let vouched = vouched::vouched(&catalog.trust_lists, &identity, &tokens, &phones)?;
-            Some(TvsIdentity { certificate: certificate.clone(), vouched })
+            let legacy_tls = cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled);
+            Some(TvsIdentity { certificate: certificate.clone(), vouched, legacy_tls })
         }
         None => None,
     };

@@ -33,6 +33,17 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
     fn write(&self, name: &str, bytes: &[u8], sensitivity: Sensitivity) -> io::Result<()>;
     fn remove(&self, name: &str) -> io::Result<()>;
+    /// Replaces a file with what `change` makes of it, as one step against other writers of the
+    /// same file: a backend shared by several processes retries `change` on the newer content.
+    fn update(
+        &self,
+        name: &str,
+        sensitivity: Sensitivity,
+        change: &mut dyn FnMut(Option<Vec<u8>>) -> io::Result<Vec<u8>>,
+    ) -> io::Result<()> {
+        let bytes = change(self.read(name)?)?;
+        self.write(name, &bytes, sensitivity)
+    }
 }
 
 /// Whether a file holds secret material.
@@ -121,6 +132,22 @@ impl StateDir {
 }
 
 impl StateDir {
+    /// Replaces a file with what `change` makes of its content (`None`: no file yet). Against other
+    /// processes on a remote state, `change` may run again on newer content; in a directory or in
+    /// memory the caller serialises its own updates.
+    pub fn update(
+        &self,
+        name: &str,
+        sensitivity: Sensitivity,
+        mut change: impl FnMut(Option<Vec<u8>>) -> io::Result<Vec<u8>>,
+    ) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return remote.update(name, sensitivity, &mut change);
+        }
+        let bytes = change(self.read(name)?)?;
+        self.write(name, &bytes, sensitivity)
+    }
+
     /// Removes a file; one that does not exist is no error.
     pub fn remove(&self, name: &str) -> io::Result<()> {
         if let Some(remote) = &self.remote {

@@ -244,6 +244,32 @@ pub fn is_issued_by(leaf_der: &[u8], issuer_der: &[u8]) -> bool {
     leaf.issuer().as_raw() == issuer.subject().as_raw() && leaf.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
+/// The most certificates a CA bundle may hold: a manufacturer has a handful of CAs.
+pub const MAX_BUNDLE_CERTIFICATES: usize = 64;
+
+/// The DER certificates of a PEM bundle of CA certificates: at least one, at most
+/// [`MAX_BUNDLE_CERTIFICATES`], each one a CA's (basicConstraints CA:true).
+pub fn ca_bundle(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut bundle = Vec::new();
+    for (index, item) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let der = item.map_err(|e| format!("PEM block {}: {e}", index + 1))?.to_vec();
+        let facts = CertificateFacts::from_der(&der).map_err(|e| format!("certificate {}: {e}", index + 1))?;
+        if !facts.is_ca {
+            return Err(format!("certificate {} ({}) is not a CA certificate (basicConstraints CA:true)", index + 1, facts.subject));
+        }
+        bundle.push(der);
+        if bundle.len() > MAX_BUNDLE_CERTIFICATES {
+            return Err(format!("more than {MAX_BUNDLE_CERTIFICATES} certificates"));
+        }
+    }
+    if bundle.is_empty() {
+        return Err("no PEM CERTIFICATE block".into());
+    }
+    Ok(bundle)
+}
+
 /// MD5 of the DER certificate as 32 lowercase hex characters: the `certHash` of phone status (P.7-3).
 /// The DER of a certificate given as PEM (its first `CERTIFICATE` block) or as raw DER.
 pub fn certificate_der(pem_or_der: &[u8]) -> Result<Vec<u8>, String> {

@@ -149,11 +149,34 @@ pub async fn serve_connection<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(io)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return ConnectionReport::HandshakeFailed { peer, error: e.to_string() },
-        Err(_) => return ConnectionReport::HandshakeFailed { peer, error: format!("no TLS handshake within {:?}", timeouts.handshake) },
-    };
+    match tokio::time::timeout(timeouts.handshake, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => serve_established(tls, peer, context, timeouts).await,
+        Ok(Err(e)) => ConnectionReport::HandshakeFailed { peer, error: e.to_string() },
+        Err(_) => ConnectionReport::HandshakeFailed { peer, error: format!("no TLS handshake within {:?}", timeouts.handshake) },
+    }
+}
+
+/// One connection of a phone that offers only TLS 1.0 or 1.1, through OpenSSL
+/// (`services::legacy_tls`), then one session over it.
+pub async fn serve_legacy_connection(
+    tcp: tokio::net::TcpStream,
+    peer: Option<SocketAddr>,
+    legacy: &crate::services::legacy_tls::LegacyTls,
+    context: Arc<CapfContext>,
+    timeouts: &Timeouts,
+) -> ConnectionReport {
+    match tokio::time::timeout(timeouts.handshake, legacy.accept(tcp)).await {
+        Ok(Ok(tls)) => serve_established(tls, peer, context, timeouts).await,
+        Ok(Err(error)) => ConnectionReport::HandshakeFailed { peer, error },
+        Err(_) => ConnectionReport::HandshakeFailed { peer, error: format!("no TLS handshake within {:?}", timeouts.handshake) },
+    }
+}
+
+/// One session over an established TLS stream, which it then closes.
+async fn serve_established<S>(mut tls: S, peer: Option<SocketAddr>, context: Arc<CapfContext>, timeouts: &Timeouts) -> ConnectionReport
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let session = Session::new(context, random_session_id(), OffsetDateTime::now_utc());
     let session_id = session.session_id();
     let outcome = run_session(&mut tls, session, timeouts).await;

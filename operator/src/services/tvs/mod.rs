@@ -12,7 +12,7 @@ pub mod session;
 pub use directory::{CertificateDirectory, DirectoryEntry, DirectoryError, InvalidReason, Verdict};
 pub use frame::{Command, Element, Frame, FrameError, FrameHeader, VerifyStatus};
 pub use server::{
-    ConnectionEnd, ConnectionReport, DEFAULT_PORT, ServerLimits, SharedDirectory, SharedTls, TvsServer, TvsServerError, serve_connection,
-    serve_listener, tls_server_config,
+    ConnectionEnd, ConnectionReport, DEFAULT_PORT, ServerLimits, SharedDirectory, SharedTls, TvsServer, TvsServerError, TvsTls,
+    serve_connection, serve_listener, tls_server_config,
 };
 pub use session::{CloseReason, SessionNote, SessionOutput, TvsSession, answer, looks_like_phone_device_name};

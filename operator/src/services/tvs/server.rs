@@ -1,7 +1,7 @@
 //! The TVS listener: TLS with the TVS-role certificate, no client certificate (docs/wire-formats.md §8).
 //!
-//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones need TLS 1.0 (docs/wire-formats.md §8), which takes an
-//! OpenSSL-backed listener; that is left for later.
+//! rustls speaks TLS 1.2 and 1.3 only. 7900-series phones need TLS 1.0 (docs/wire-formats.md §8): when the cluster
+//! turns it on, [`serve_listener`] hands their connections to OpenSSL (`services::legacy_tls`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,31 @@ pub const DEFAULT_PORT: u16 = 2445;
 
 /// The directory every connection reads at each request; send a new `Arc` to update it while serving.
 pub type SharedDirectory = watch::Receiver<Arc<CertificateDirectory>>;
+
+/// How a listener takes connections: rustls, and OpenSSL for clients that offer only TLS 1.0 or 1.1
+/// when the cluster enables it.
+#[derive(Clone, Debug)]
+pub struct TvsTls {
+    pub rustls: Arc<ServerConfig>,
+    pub legacy: Option<crate::services::legacy_tls::LegacyTls>,
+}
+
+impl TvsTls {
+    /// From the certificate TVS presents (DER) and its PKCS#8 key (DER).
+    pub fn new(certificate_der: Vec<u8>, key_pkcs8_der: Vec<u8>, legacy_tls: bool) -> Result<TvsTls, TvsServerError> {
+        let legacy = legacy_tls
+            .then(|| crate::services::legacy_tls::LegacyTls::new(&certificate_der, &key_pkcs8_der))
+            .transpose()
+            .map_err(TvsServerError::TlsConfig)?;
+        let rustls = tls_server_config(vec![certificate_der.into()], PrivateKeyDer::Pkcs8(key_pkcs8_der.into()))?;
+        Ok(TvsTls { rustls, legacy })
+    }
+
+    /// The versions it takes, for the line a service prints.
+    pub fn versions(&self) -> &'static str {
+        if self.legacy.is_some() { "TLS 1.0 to 1.3 (spec.legacyTls: Enabled)" } else { "TLS 1.2 or 1.3" }
+    }
+}
 
 /// Timeouts of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +155,7 @@ async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) -> io:
 /// The TVS TCP listener.
 pub struct TvsServer {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: TvsTls,
     directory: SharedDirectory,
     limits: ServerLimits,
     reports: Option<mpsc::UnboundedSender<ConnectionReport>>,
@@ -140,7 +165,8 @@ impl TvsServer {
     /// Binds `address` (port 0 picks a free port; production uses 2445).
     pub async fn bind(address: SocketAddr, tls: Arc<ServerConfig>, directory: SharedDirectory) -> Result<TvsServer, TvsServerError> {
         let listener = TcpListener::bind(address).await.map_err(|e| TvsServerError::Bind { address, reason: e.to_string() })?;
-        Ok(TvsServer { listener, acceptor: TlsAcceptor::from(tls), directory, limits: ServerLimits::default(), reports: None })
+        let tls = TvsTls { rustls: tls, legacy: None };
+        Ok(TvsServer { listener, tls, directory, limits: ServerLimits::default(), reports: None })
     }
 
     pub fn with_limits(mut self, limits: ServerLimits) -> TvsServer {
@@ -163,9 +189,9 @@ impl TvsServer {
         // A stop that never comes: the sender lives as long as the loop.
         let (_never, mut stop) = watch::channel(false);
         while let Some((tcp, peer)) = crate::ops::accept::next_connection(&self.listener, &mut stop, "TVS").await {
-            let (acceptor, directory, limits, reports) = (self.acceptor.clone(), self.directory.clone(), self.limits, self.reports.clone());
+            let (tls, directory, limits, reports) = (self.tls.clone(), self.directory.clone(), self.limits, self.reports.clone());
             tokio::spawn(async move {
-                let report = connection(tcp, peer, acceptor, &directory, &limits).await;
+                let report = connection(tcp, peer, tls, &directory, &limits).await;
                 if let Some(reports) = reports {
                     // The receiver may be gone; reports are informational.
                     let _ = reports.send(report);
@@ -176,19 +202,21 @@ impl TvsServer {
 }
 
 /// One connection: the TLS handshake within its limit, then the session; how it ended.
-async fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    directory: &SharedDirectory,
-    limits: &ServerLimits,
-) -> ConnectionReport {
-    let mut report = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Err(_) => ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeTimeout },
-        Ok(Err(e)) => {
-            ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end: ConnectionEnd::HandshakeFailed(e.to_string()) }
+async fn connection(tcp: TcpStream, peer: SocketAddr, tls: TvsTls, directory: &SharedDirectory, limits: &ServerLimits) -> ConnectionReport {
+    let failed = |end| ConnectionReport { peer: None, responses_sent: 0, notes: Vec::new(), end };
+    let mut report = match tls.legacy {
+        Some(legacy) if crate::services::legacy_tls::offers_only_legacy_tls(&tcp, limits.handshake_timeout).await => {
+            match tokio::time::timeout(limits.handshake_timeout, legacy.accept(tcp)).await {
+                Err(_) => failed(ConnectionEnd::HandshakeTimeout),
+                Ok(Err(e)) => failed(ConnectionEnd::HandshakeFailed(e)),
+                Ok(Ok(stream)) => serve_connection(stream, directory, limits).await,
+            }
         }
-        Ok(Ok(tls)) => serve_connection(tls, directory, limits).await,
+        _ => match tokio::time::timeout(limits.handshake_timeout, TlsAcceptor::from(tls.rustls).accept(tcp)).await {
+            Err(_) => failed(ConnectionEnd::HandshakeTimeout),
+            Ok(Err(e)) => failed(ConnectionEnd::HandshakeFailed(e.to_string())),
+            Ok(Ok(stream)) => serve_connection(stream, directory, limits).await,
+        },
     };
     report.peer = Some(peer);
     report
@@ -196,7 +224,7 @@ async fn connection(
 
 /// The TLS configuration connections get; `None` closes them at once. Send a new one to follow a
 /// rebuild without touching connections in flight.
-pub type SharedTls = watch::Receiver<Option<Arc<ServerConfig>>>;
+pub type SharedTls = watch::Receiver<Option<TvsTls>>;
 
 /// Accepts on `listener` until `stop` turns true, one task per connection, with the TLS configuration
 /// and the directory current when the connection arrives; each finished connection goes to `reports`.
@@ -210,11 +238,11 @@ pub async fn serve_listener(
     mut stop: watch::Receiver<bool>,
 ) {
     while let Some((tcp, peer)) = crate::ops::accept::next_connection(&listener, &mut stop, "TVS").await {
-        let Some(config) = tls.borrow().clone() else { continue };
-        let (acceptor, directory, reports) = (TlsAcceptor::from(config), directory.clone(), reports.clone());
+        let Some(tls) = tls.borrow().clone() else { continue };
+        let (directory, reports) = (directory.clone(), reports.clone());
         tokio::spawn(async move {
             // The receiver may be gone; reports are informational.
-            let _ = reports.send(connection(tcp, peer, acceptor, &directory, &limits).await);
+            let _ = reports.send(connection(tcp, peer, tls, &directory, &limits).await);
         });
     }
 }
