@@ -392,3 +392,47 @@ fn a_mic_from_a_configured_manufacturer_ca_installs_an_lsc_and_one_from_another_
     assert_eq!(text(&status["lsc"]["serialNumber"]), CertificateFacts::from_der(&lsc).unwrap().serial.to_hex());
     local.stop();
 }
+
+#[test]
+fn a_cti_application_instance_enrolls_by_instance_id_and_its_user_carries_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let state = dir.path().join("state");
+    let mut local = Local::start(&manifests, &state);
+    // ApplicationUser sbc-presence has the CAPF profile of instance presence-1, string 4711 (Table 11-2).
+    let user_status = || {
+        let text = fs::read_to_string(state.join("namespaces/default/status.yaml")).unwrap_or_default();
+        let statuses: Vec<serde_yaml::Value> = serde_yaml::from_str(&text).unwrap_or_default();
+        statuses.into_iter().find(|s| s["kind"] == "ApplicationUser" && s["name"] == "sbc-presence").unwrap_or_default()
+    };
+    let pending = user_status();
+    assert!(text(&pending["capf_profiles"][0]["operationStatus"]).starts_with("Pending: Install/Upgrade"), "{pending:?}");
+    assert_eq!(text(&pending["capf_profiles"][0]["instanceId"]), "presence-1");
+
+    let key = keys::generate_rsa(1024);
+    let wrong = session(local.capf_port, &state, "presence-1", Some("4712"), &key);
+    assert_eq!(wrong.end, Some(Reason::Failure), "{wrong:?}");
+    let installed = session(local.capf_port, &state, "presence-1", Some("4711"), &key);
+    assert_eq!(installed.end, Some(Reason::Success), "{installed:?}");
+    let facts = CertificateFacts::from_der(&installed.stored.expect("an LSC for the instance")).unwrap();
+    assert_eq!(facts.subject_common_name.as_deref(), Some("presence-1"), "the instance ID is the certificate's CN");
+    local.wait_for("capf: ApplicationUser/sbc-presence instance presence-1: Completed: Install/Upgrade");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = user_status();
+        if text(&status["capf_profiles"][0]["operationStatus"]).starts_with("Completed") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the user's status never showed the enrollment: {status:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let profile = &status["capf_profiles"][0];
+    assert_eq!(text(&profile["lsc"]["serialNumber"]), facts.serial.to_hex(), "{profile:?}");
+    assert_eq!(text(&profile["lscState"]), "Installed");
+    // Phones are untouched: the lobby phone still waits for its own certificate.
+    assert_eq!(status_of(&state, "lobby-7970")["reason"], "AwaitingDeviceCertificate");
+    // The string works once (Table 11-2).
+    let again = session(local.capf_port, &state, "presence-1", Some("4711"), &key);
+    assert_eq!(again.end, Some(Reason::NoAction), "completed: nothing scheduled: {again:?}");
+    local.stop();
+}

@@ -95,6 +95,12 @@ async fn an_lsc_issued_by_the_capf_pod_makes_the_phone_ready_and_survives_restar
     until("the lobby phone's status", || !ready_reason(&lobby(&server)).0.is_empty()).await;
     assert_eq!(ready_reason(&lobby(&server)), ("False".into(), "AwaitingDeviceCertificate".into()), "encrypted, no LSC yet");
     let ca = certificate_der(&decoded(&server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").unwrap(), "data", "ca.crt")).unwrap();
+    // A CTI instance's CAPF profile carries its own status on its user (Table 11-2).
+    until("the CTI instance's status", || {
+        let user = object(&server, "ApplicationUser", "sbc-presence");
+        user["status"]["capfProfiles"][0]["operationStatus"].as_str().is_some_and(|s| s.starts_with("Pending: Install/Upgrade"))
+    })
+    .await;
 
     // The CAPF pod, under its own ServiceAccount: RBAC as the operator wrote it.
     server.authenticate_as_service_account("capf-pod", NAMESPACE, "quickstart-capf");

@@ -166,7 +166,11 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
     assert!(tftp.contains(&arg("--signer-secret")) && tftp.contains(&arg("--files-secret")), "{tftp:?}");
     assert!(tftp.iter().all(|s| *s == arg("--signer-secret") || s.starts_with("quickstart-tftp-files")), "only what it serves: {tftp:?}");
     let records: BTreeSet<String> = secrets.iter().filter(|s| s.starts_with("quickstart-capf-records-")).cloned().collect();
-    assert_eq!(records.len(), 2, "a record Secret for each of the quickstart's two phones with a CAPF operation: {records:?}");
+    assert_eq!(
+        records.len(),
+        3,
+        "a record Secret for each of the quickstart's two phones and one CTI instance with a CAPF operation: {records:?}"
+    );
     let capf_reads: BTreeSet<String> =
         ["quickstart-ca", "quickstart-cm1-capf", "quickstart-capf"].map(String::from).into_iter().chain(records.clone()).collect();
     assert_eq!(readable["default/quickstart-capf"], capf_reads, "CAPF reads the CA, its certificate, its projection and its records");

@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CommonStatus, KeySize, SecretKeyRef, SipMethodAcceptance};
+use super::{CertificateSummary, CommonStatus, KeySize, LscState, SecretKeyRef, SipMethodAcceptance};
 
 /// The CTI security user groups (P.11-9).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
@@ -150,4 +150,27 @@ pub struct UserStatus {
     /// The realm the stored digest checksum was computed for (P.1-17); never the credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest_realm: Option<String>,
+    /// Where each CAPF profile's operation and certificate stand, by instance ID (Table 11-2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capf_profiles: Vec<CapfProfileStatus>,
+}
+
+/// One application instance's certificate, as CAPF issued it (Table 11-2).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapfProfileStatus {
+    pub instance_id: String,
+    /// Pending, Installed, Failed, Expired or None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsc_state: Option<LscState>,
+    /// The operation and where it stands: `Pending`, `Completed`, `Failed` with the reason,
+    /// `LockedOut` until a time, `Expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_status: Option<String>,
+    /// The certificate the cluster CA issued to the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsc: Option<CertificateSummary>,
+    /// Consecutive wrong authentication strings; ten lock the instance out for ten minutes (P.16-6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_auth_failures: Option<u32>,
 }

@@ -567,6 +567,9 @@ fn trunks(out: &mut Findings<'_>) {
 fn users(out: &mut Findings<'_>) {
     let snapshot = out.snapshot;
     let mut ids: HashMap<String, (&str, &str)> = HashMap::new();
+    // CAPF knows a CTI client by its instance ID as it knows a phone by its device name (Table 11-2).
+    let mut instances: HashMap<String, String> =
+        snapshot.phones.iter().map(|(name, phone)| (phone.spec.device_name(), format!("the device name of Phone/{name}"))).collect();
     let end_users = snapshot
         .end_users
         .iter()
@@ -599,6 +602,25 @@ fn users(out: &mut Findings<'_>) {
             );
         }
         for (i, profile) in capf_profiles.iter().enumerate() {
+            if profile.instance_id.chars().count() > 64 {
+                out.push(
+                    kind,
+                    name,
+                    format!("spec.capfProfiles[{i}].instanceId"),
+                    "an instance ID is the CN of the certificate CAPF issues: at most 64 characters (RFC 5280 upper bounds, Table 11-2)",
+                );
+            }
+            if let Some(other) = instances.insert(profile.instance_id.clone(), format!("an instance ID of {kind}/{name}")) {
+                out.push(
+                    kind,
+                    name,
+                    format!("spec.capfProfiles[{i}].instanceId"),
+                    format!(
+                        "instance ID {:?} is also {other}; CAPF tells application instances and phones apart by it (Table 11-2)",
+                        profile.instance_id
+                    ),
+                );
+            }
             if let Some(reference) = &profile.authentication_string {
                 let field = format!("spec.capfProfiles[{i}].authenticationString");
                 if let Some(value) = out.secret(kind, name, &field, reference)

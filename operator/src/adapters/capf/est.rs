@@ -261,7 +261,7 @@ impl Est {
         let entry = directory
             .entry(&device)
             .ok_or_else(|| unauthorized(format!("{device}: no Phone of the namespace has this device name (P.5-9)")))?;
-        let who = format!("Phone/{} ({device})", entry.name);
+        let who = format!("{} ({device})", entry.subject);
         let Some(string) = entry.string() else {
             return Err(forbidden(format!(
                 "{who}: has no enrollment secret: its profile must authenticate by string and spec.capf.authenticationString must be set (Table 6-2, P.6-12)"
@@ -292,7 +292,7 @@ impl Est {
                 "{who}: wrong enrollment secret (spec.capf.authenticationString, Table 6-2; ten in a row lock the phone out for ten minutes, P.16-6)"
             )));
         }
-        let state = records::operation_state(&entry.phone, Some(string), &record, now);
+        let state = records::operation_state_of(entry.scheduled(), Some(string), &record, now);
         let operation = state.scheduled().filter(|id| id.operation == CertificateOperation::InstallUpgrade).cloned().ok_or_else(|| {
             forbidden(format!(
                 "{who}: spec.capf.certificateOperation: enrollment needs a pending {}; the operation is {} (Table 6-2)",
@@ -327,7 +327,7 @@ impl Est {
         let entry = directory
             .entry(&device)
             .ok_or_else(|| forbidden(format!("{device}: no Phone of the namespace has this device name (P.5-9)")))?;
-        let who = format!("Phone/{} ({device})", entry.name);
+        let who = format!("{} ({device})", entry.subject);
         if directory.certificate(&device).as_deref() != Some(client.as_slice()) {
             return Err(forbidden(format!(
                 "{who}: the client certificate is not the device's current certificate ({}): re-enroll with the certificate last issued",

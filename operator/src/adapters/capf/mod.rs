@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::api::{CapfAuthenticationMode, CertificateOperation, KeySize, LegacyTls as LegacyTlsSetting, Phone};
+use crate::api::{CapfAuthenticationMode, CertificateOperation, KeySize, LegacyTls as LegacyTlsSetting};
 use crate::core::build::capf::{self as records, CapfRecord, CertificateNote, OperationId, rfc3339};
 use crate::core::build::phone_files::secret_text;
 use crate::core::build::state::{Sensitivity, StateDir};
@@ -39,14 +39,16 @@ use crate::services::capf::{
 use crate::services::legacy_tls::{LegacyTls, offers_only_legacy_tls};
 use crate::validate::Snapshot;
 
-/// What CAPF needs of one phone of the last good build. In a cluster the operator projects it into the
-/// CAPF pods' Secret (`controller::projection::project_capf`).
+/// What CAPF needs of one phone, or one application or end user CAPF profile (Chapter 11), of the last
+/// good build. In a cluster the operator projects it into the CAPF pods' Secret
+/// (`controller::projection::project_capf`).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Entry {
-    /// The Phone's name.
-    pub(super) name: String,
-    pub(super) phone: Phone,
+    /// Whose it is, for messages: `Phone/lobby-7970`, `ApplicationUser/sbc-presence instance presence-1`.
+    pub(super) subject: String,
+    /// The operation its spec schedules; `None`: No Pending Operation.
+    operation: Option<OperationId>,
     auth_mode: CapfAuthenticationMode,
     /// The authentication string, for a phone whose profile authenticates by string.
     string: Option<Zeroizing<String>>,
@@ -60,12 +62,24 @@ impl Entry {
     }
 
     fn operation(&self) -> Option<OperationId> {
-        OperationId::of(&self.phone).map(|(id, _)| id)
+        self.operation.clone()
+    }
+
+    /// The operation with its deadline.
+    fn scheduled(&self) -> Option<(OperationId, OffsetDateTime)> {
+        let id = self.operation.clone()?;
+        let deadline = id.deadline()?;
+        Some((id, deadline))
+    }
+
+    /// Where its operation stands at `now`, given its record.
+    pub(super) fn state(&self, record: &CapfRecord, now: OffsetDateTime) -> records::OperationState {
+        records::operation_state_of(self.scheduled(), self.string(), record, now)
     }
 }
 
-/// What CAPF takes from a validated snapshot: its phones, by device name, and the cluster's CAPF
-/// parameters.
+/// What CAPF takes from a validated snapshot: its phones, by device name, the CAPF profiles of
+/// application and end users, by instance ID (Table 11-2), and the cluster's CAPF parameters.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Update {
@@ -108,11 +122,25 @@ impl Update {
                 _ => None,
             };
             let key = profile.and_then(|p| p.key_size).or(parameters.key_size).unwrap_or_default();
-            // The spec is what CAPF reads: no status, no managed fields in a projection.
-            let mut spec_only = Phone::new(name, phone.spec.clone());
-            spec_only.metadata.namespace = Some(snapshot.namespace.clone());
-            let entry = Entry { name: name.clone(), phone: spec_only, auth_mode, string, key };
+            let operation = OperationId::of(phone).map(|(id, _)| id);
+            let entry = Entry { subject: format!("Phone/{name}"), operation, auth_mode, string, key };
             phones.insert(phone.spec.device_name(), entry);
+        }
+        // CTI, JTAPI and TAPI clients enroll by instance ID, by authentication string only (Table 11-2);
+        // validation keeps instance IDs apart from each other and from device names.
+        let end_users = snapshot.end_users.iter().map(|(name, user)| ("EndUser", name, &user.spec.capf_profiles));
+        let application_users = snapshot.application_users.iter().map(|(name, user)| ("ApplicationUser", name, &user.spec.capf_profiles));
+        for (kind, name, profiles) in end_users.chain(application_users) {
+            for profile in profiles {
+                let entry = Entry {
+                    subject: format!("{kind}/{name} instance {}", profile.instance_id),
+                    operation: OperationId::of_profile(profile).map(|(id, _)| id),
+                    auth_mode: CapfAuthenticationMode::ByAuthenticationString,
+                    string: profile.authentication_string.as_ref().and_then(|reference| secret_text(snapshot, reference).ok()),
+                    key: profile.key_size.or(parameters.key_size).unwrap_or_default(),
+                };
+                phones.insert(profile.instance_id.clone(), entry);
+            }
         }
         Update {
             phones,
@@ -147,7 +175,7 @@ impl Directory {
     /// `Phone/NAME (SEP<MAC>)`, or the device name alone when no phone has it.
     pub(super) fn who(&self, device: &str) -> String {
         match self.entry(device) {
-            Some(entry) => format!("Phone/{} ({device})", entry.name),
+            Some(entry) => format!("{} ({device})", entry.subject),
             None => device.to_owned(),
         }
     }
@@ -184,7 +212,7 @@ impl DeviceDirectory for Directory {
         let entry = self.entry(device_name)?;
         // An unreadable record refuses the phone in `admit`, which says why.
         let record = records::load(&self.state, device_name).unwrap_or_default();
-        let state = records::operation_state(&entry.phone, entry.string(), &record, OffsetDateTime::now_utc());
+        let state = entry.state(&record, OffsetDateTime::now_utc());
         let operation = state.scheduled().map_or(ScheduledOperation::None, |id| ScheduledOperation::from(id.operation));
         Some(DeviceRecord {
             operation,
@@ -203,7 +231,7 @@ impl DeviceDirectory for Directory {
     fn admit(&self, device_name: &str, now: OffsetDateTime) -> Result<(), String> {
         let entry = self.entry(device_name).ok_or_else(|| format!("{device_name} is no longer in the manifests"))?;
         let record = records::load(&self.state, device_name)?;
-        record.admit(entry.string(), now).map_err(|refusal| format!("Phone/{}: {refusal}", entry.name))
+        record.admit(entry.string(), now).map_err(|refusal| format!("{}: {refusal}", entry.subject))
     }
 
     fn authenticated(&self, device_name: &str, result: Result<(), &AuthError>, now: OffsetDateTime) {
@@ -213,9 +241,9 @@ impl DeviceDirectory for Directory {
             Err(AuthError::WrongPassword) => self.update(device_name, |record| {
                 if let Some(until) = record.wrong_string(now) {
                     println!(
-                        "{} CAPF: Phone/{} ({device_name}) is locked out until {}: {} consecutive wrong authentication strings (P.16-6)",
+                        "{} CAPF: {} ({device_name}) is locked out until {}: {} consecutive wrong authentication strings (P.16-6)",
                         crate::adapters::clock(),
-                        entry.name,
+                        entry.subject,
                         rfc3339(until),
                         records::LOCKOUT_AFTER
                     );
@@ -361,7 +389,7 @@ impl Capf {
         phones
             .iter()
             .filter_map(|(device, entry)| {
-                let (_, deadline) = OperationId::of(&entry.phone)?;
+                let (_, deadline) = entry.scheduled()?;
                 let lockout = records::load(&self.directory.state, device).ok().and_then(|record| record.locked_until(now));
                 let margin = time::Duration::seconds(1);
                 [Some(deadline), lockout].into_iter().flatten().map(|at| at + margin).filter(|at| *at > now).min()

@@ -64,19 +64,25 @@ pub fn existing(cluster: &str, secrets: &[Secret]) -> Vec<Secret> {
     secrets.iter().filter(|s| is_record_secret(cluster, s)).cloned().collect()
 }
 
+/// Whether `pem` is a certificate the cluster CA (`ca_der`) issued to `device`, as CAPF issues them:
+/// its CN is the device name (or instance ID).
+fn issued_to(pem: &[u8], device: &str, ca_der: Option<&[u8]>) -> bool {
+    use crate::core::pki::inspect::{CertificateFacts, certificate_der, is_issued_by};
+    let Some((der, ca)) = certificate_der(pem).ok().zip(ca_der) else { return false };
+    is_issued_by(&der, ca) && CertificateFacts::from_der(&der).is_ok_and(|f| f.subject_common_name.as_deref() == Some(device))
+}
+
 /// Adds what the record Secrets hold to a build's state: the records, and the certificates the
-/// cluster CA (`ca_der`) issued; any other certificate is left out, and said so.
+/// cluster CA (`ca_der`) issued to the device whose key they are under; any other certificate is
+/// left out, and said so.
 pub fn read_into(cluster: &str, secrets: &[Secret], ca_der: Option<&[u8]>, files: &mut StateFiles) {
     for secret in secrets.iter().filter(|s| is_record_secret(cluster, s)) {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
         for (key, bytes) in secret.data.iter().flatten() {
             let Some((file, sensitivity)) = file_of(cluster, name, key) else { continue };
-            let issued_by_ca = |pem: &[u8]| {
-                let der = crate::core::pki::inspect::certificate_der(pem).ok();
-                der.zip(ca_der).is_some_and(|(der, ca)| crate::core::pki::inspect::is_issued_by(&der, ca))
-            };
-            if file.starts_with(DEVICES) && !issued_by_ca(&bytes.0) {
-                tracing::warn!(secret = %name, %key, "not a certificate the cluster CA issued: not taken for the phone's");
+            let device = key.rsplit_once('.').map(|(device, _)| device).unwrap_or_default();
+            if file.starts_with(DEVICES) && !issued_to(&bytes.0, device, ca_der) {
+                tracing::warn!(secret = %name, %key, "not a certificate the cluster CA issued to {device}: not taken for its own");
                 continue;
             }
             files.insert(file, (bytes.0.clone(), sensitivity));
@@ -110,11 +116,15 @@ mod tests {
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
 
-    /// The cluster CA, and an LSC it issues to `device`.
-    fn ca_and_lsc(device: &str) -> (Vec<u8>, Vec<u8>) {
-        use crate::core::pki::{ca, issue, keys, serial::Serial};
+    fn cluster_ca() -> crate::core::pki::ca::ClusterCa {
+        use crate::core::pki::ca;
+        ca::ClusterCa::generate(&ca::CaSettings::new("lab", "voice"), time::OffsetDateTime::now_utc()).unwrap()
+    }
+
+    /// An LSC `ca` issues to `device`, PEM.
+    fn lsc(ca: &crate::core::pki::ca::ClusterCa, device: &str) -> Vec<u8> {
+        use crate::core::pki::{issue, keys, serial::Serial};
         let now = time::OffsetDateTime::now_utc();
-        let ca = ca::ClusterCa::generate(&ca::CaSettings::new("lab", "voice"), now).unwrap();
         let spki = rsa::pkcs8::EncodePublicKey::to_public_key_der(&rsa::RsaPublicKey::from(keys::generate_rsa(1024))).unwrap();
         let request = issue::LscRequest {
             device_name: device,
@@ -123,13 +133,15 @@ mod tests {
             serial: Serial::random(&mut rand::thread_rng()),
             now,
         };
-        (ca.certificate_der().to_vec(), issue::issue_lsc(&ca, &request).unwrap().certificate_der)
+        crate::core::pki::ca::certificate_pem(&issue::issue_lsc(ca, &request).unwrap().certificate_der).into_bytes()
     }
 
     #[test]
     fn a_devices_record_and_lsc_share_one_stable_secret_and_read_back_into_the_state() {
-        let (ca, lsc) = ca_and_lsc("SEP001122334455");
-        let (_, stranger) = ca_and_lsc("SEP001122334455");
+        let (cluster, elsewhere) = (cluster_ca(), cluster_ca());
+        let ca = cluster.certificate_der().to_vec();
+        let (own, stranger, anothers) =
+            (lsc(&cluster, "SEP001122334455"), lsc(&elsewhere, "SEP001122334455"), lsc(&cluster, "SEP00AABBCCDD04"));
         let (secret, key) = home("lab", "capf/SEP001122334455.yaml").unwrap();
         assert_eq!(key, "SEP001122334455.yaml");
         assert_eq!(home("lab", "devices/SEP001122334455.crt"), Some((secret.clone(), "SEP001122334455.crt".into())));
@@ -142,7 +154,7 @@ mod tests {
         assert!(shard.data.is_none(), "the operator writes no data into a record Secret");
         shard.data = Some(BTreeMap::from([
             ("SEP001122334455.yaml".into(), ByteString(b"spentStrings: []\n".to_vec())),
-            ("SEP001122334455.crt".into(), ByteString(crate::core::pki::ca::certificate_pem(&lsc).into_bytes())),
+            ("SEP001122334455.crt".into(), ByteString(own)),
             // A record under another device's Secret is not read: each device has exactly one home.
             ("SEP00AABBCCDD04.crt".into(), ByteString(b"MISPLACED".to_vec())),
             ("notes.txt".into(), ByteString(b"?".to_vec())),
@@ -154,10 +166,13 @@ mod tests {
         assert_eq!(names, ["capf/SEP001122334455.yaml", "devices/SEP001122334455.crt"]);
         assert_eq!(files["capf/SEP001122334455.yaml"].1, Sensitivity::Private);
 
-        // A certificate another CA issued is not taken for the phone's, nor anything without a CA.
+        // A certificate another CA issued, or the cluster CA issued to another device, is not taken for
+        // the phone's, nor anything when the CA is not known.
         let mut forged = shard.clone();
         forged.data.as_mut().unwrap().insert("SEP001122334455.crt".into(), ByteString(stranger));
-        for (secret, ca) in [(&forged, Some(ca.as_slice())), (&shard, None)] {
+        let mut borrowed = shard.clone();
+        borrowed.data.as_mut().unwrap().insert("SEP001122334455.crt".into(), ByteString(anothers));
+        for (secret, ca) in [(&forged, Some(ca.as_slice())), (&borrowed, Some(ca.as_slice())), (&shard, None)] {
             let mut files = StateFiles::new();
             read_into("lab", std::slice::from_ref(secret), ca, &mut files);
             assert!(!files.contains_key("devices/SEP001122334455.crt") && files.contains_key("capf/SEP001122334455.yaml"));

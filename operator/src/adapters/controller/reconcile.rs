@@ -547,6 +547,9 @@ fn built_statuses(
         };
         let mut domain = Vec::new();
         let mut extra = serde_json::Map::new();
+        if let Some(profiles) = status.map(|s| &s.capf_profiles).filter(|p| !p.is_empty()) {
+            extra.insert("capfProfiles".into(), json!(profiles));
+        }
         if kind == Kind::Phone {
             if let Some(state) = status.and_then(|s| s.lsc_state) {
                 extra.insert("lscState".into(), json!(state));

@@ -603,6 +603,14 @@ pub fn status_table(statuses: &[ResourceStatus]) -> String {
             let lsc = s.lsc.as_ref().map(|l| format!("; LSC serial {} from {}, valid until {}", l.serial_number, l.issuer, l.not_after));
             s.operation_status.as_ref().map(|o| format!("capf: {}/{}: {o}{}", s.kind, s.name, lsc.unwrap_or_default()))
         }))
+        .chain(statuses.iter().flat_map(|s| {
+            s.capf_profiles.iter().filter_map(move |p| {
+                let lsc =
+                    p.lsc.as_ref().map(|l| format!("; LSC serial {} from {}, valid until {}", l.serial_number, l.issuer, l.not_after));
+                let operation = p.operation_status.as_ref()?;
+                Some(format!("capf: {}/{} instance {}: {operation}{}", s.kind, s.name, p.instance_id, lsc.unwrap_or_default()))
+            })
+        }))
         .collect::<Vec<_>>()
         .join("\n")
 }

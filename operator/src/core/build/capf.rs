@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use super::state::{Sensitivity, StateDir};
-use crate::api::{CertificateOperation, Phone};
+use crate::api::{CapfProfile, CertificateOperation, CtiCertificateOperation, Phone};
 
 /// The state folder of the records.
 pub const RECORD_DIR: &str = "capf";
@@ -65,6 +65,26 @@ impl OperationId {
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok())
             .unwrap_or(OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap_or(OffsetDateTime::UNIX_EPOCH));
         Some((OperationId { operation, completes_by: rfc3339(deadline) }, deadline))
+    }
+
+    /// The operation an application or end user CAPF profile asks for, with its deadline; `None` for
+    /// No Pending Operation (Table 11-2: Install/Upgrade is the one operation of a CTI profile).
+    pub fn of_profile(profile: &CapfProfile) -> Option<(OperationId, OffsetDateTime)> {
+        if profile.certificate_operation.unwrap_or_default() == CtiCertificateOperation::NoPendingOperation {
+            return None;
+        }
+        // CEL requires operationCompletesBy with Install/Upgrade (Table 11-2).
+        let deadline = profile
+            .operation_completes_by
+            .as_ref()
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok())
+            .unwrap_or(OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap_or(OffsetDateTime::UNIX_EPOCH));
+        Some((OperationId { operation: CertificateOperation::InstallUpgrade, completes_by: rfc3339(deadline) }, deadline))
+    }
+
+    /// Its `completes_by` as a time.
+    pub fn deadline(&self) -> Option<OffsetDateTime> {
+        parse_rfc3339(&self.completes_by)
     }
 }
 
@@ -327,7 +347,18 @@ impl OperationState {
 /// Where `phone`'s operation stands at `now`, given its record. `string` is its configured
 /// authentication string when its profile authenticates by string.
 pub fn operation_state(phone: &Phone, string: Option<&str>, record: &CapfRecord, now: OffsetDateTime) -> OperationState {
-    let Some((id, deadline)) = OperationId::of(phone) else { return OperationState::None };
+    operation_state_of(OperationId::of(phone), string, record, now)
+}
+
+/// Where an operation (with its deadline; `None`: No Pending Operation) stands at `now`, given the
+/// record of whoever it is scheduled for.
+pub fn operation_state_of(
+    scheduled: Option<(OperationId, OffsetDateTime)>,
+    string: Option<&str>,
+    record: &CapfRecord,
+    now: OffsetDateTime,
+) -> OperationState {
+    let Some((id, deadline)) = scheduled else { return OperationState::None };
     if let Some(completed) = record.completion(&id) {
         return OperationState::Completed { completed: completed.clone() };
     }

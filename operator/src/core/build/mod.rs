@@ -145,6 +145,9 @@ pub struct ResourceStatus {
     /// that `callguard capf report` needs no manifest (`core::capf_report`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<crate::core::capf_report::DeviceFacts>,
+    /// A user's CAPF profiles: each instance's operation and certificate (Table 11-2).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capf_profiles: Vec<crate::api::CapfProfileStatus>,
 }
 
 impl ResourceStatus {
@@ -161,6 +164,7 @@ impl ResourceStatus {
             consecutive_auth_failures: 0,
             downgrades: Vec::new(),
             device: None,
+            capf_profiles: Vec::new(),
         }
     }
 
@@ -433,7 +437,11 @@ pub fn build_namespace(
     // inputs, not resources with a status, are left out.
     let reported = ["CallControlCluster", "SecurityToken", "Phone", "Secret"];
     for (kind, names) in snapshot.names_by_kind().into_iter().filter(|(kind, _)| !reported.contains(kind)) {
-        statuses.extend(names.into_iter().map(|name| ResourceStatus::ready(kind, name)));
+        for name in names {
+            let mut status = ResourceStatus::ready(kind, name);
+            status.capf_profiles = user_capf_profiles(&snapshot, state, kind, name, identity.ca.certificate_der(), now)?;
+            statuses.push(status);
+        }
     }
 
     let identity_record = record_identity(state, &identity, &tftp, &trust_lists)?;
@@ -544,6 +552,57 @@ fn phone_status(name: &str, conditions: &[crate::core::phone_config::ConfigCondi
     status
 }
 
+/// What the status says of each CAPF profile of the user `kind`/`name` (none for other kinds).
+fn user_capf_profiles(
+    snapshot: &Snapshot,
+    state: &StateDir,
+    kind: &str,
+    name: &str,
+    ca_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<Vec<crate::api::CapfProfileStatus>, BuildError> {
+    let profiles = match kind {
+        "EndUser" => snapshot.end_users.get(name).map(|u| &u.spec.capf_profiles),
+        "ApplicationUser" => snapshot.application_users.get(name).map(|u| &u.spec.capf_profiles),
+        _ => None,
+    };
+    let mut statuses = Vec::new();
+    for profile in profiles.into_iter().flatten() {
+        let record = capf::load(state, &profile.instance_id).map_err(BuildError::State)?;
+        let string = profile.authentication_string.as_ref().and_then(|reference| phone_files::secret_text(snapshot, reference).ok());
+        let certificate = state.read(&devices::certificate_file(&profile.instance_id))?;
+        let certificate = certificate.and_then(|bytes| crate::core::pki::inspect::certificate_der(&bytes).ok());
+        let view = CapfView {
+            state: capf::operation_state_of(capf::OperationId::of_profile(profile), string.as_deref().map(String::as_str), &record, now),
+            lsc: lsc_summary(certificate.as_deref(), ca_der, now),
+            wrong_strings: record.wrong_strings(now),
+        };
+        statuses.push(crate::api::CapfProfileStatus {
+            instance_id: profile.instance_id.clone(),
+            lsc_state: view.lsc_state(),
+            operation_status: view.state.describe(),
+            lsc: view.lsc.map(|(summary, _)| summary),
+            consecutive_auth_failures: (view.wrong_strings > 0).then_some(view.wrong_strings),
+        });
+    }
+    Ok(statuses)
+}
+
+/// The summary of `certificate` when the cluster CA issued it, and whether it expired.
+fn lsc_summary(certificate: Option<&[u8]>, ca_der: &[u8], now: OffsetDateTime) -> Option<(crate::api::CertificateSummary, bool)> {
+    certificate.filter(|der| crate::core::pki::inspect::is_issued_by(der, ca_der)).and_then(|der| {
+        let facts = crate::core::pki::inspect::CertificateFacts::from_der(der).ok()?;
+        let summary = crate::api::CertificateSummary {
+            subject: facts.subject,
+            issuer: facts.issuer,
+            serial_number: facts.serial.to_hex(),
+            not_after: capf::rfc3339(facts.not_after),
+            sha256: crate::core::pki::inspect::sha256_hex(der),
+        };
+        Some((summary, facts.not_after < now))
+    })
+}
+
 /// What the status says of a phone's LSC and CAPF operation.
 struct CapfView {
     state: capf::OperationState,
@@ -571,17 +630,7 @@ fn capf_view(
         Some(reference) if by_string => phone_files::secret_text(snapshot, reference).ok(),
         _ => None,
     };
-    let lsc = certificate.filter(|der| crate::core::pki::inspect::is_issued_by(der, ca_der)).and_then(|der| {
-        let facts = crate::core::pki::inspect::CertificateFacts::from_der(der).ok()?;
-        let summary = crate::api::CertificateSummary {
-            subject: facts.subject,
-            issuer: facts.issuer,
-            serial_number: facts.serial.to_hex(),
-            not_after: capf::rfc3339(facts.not_after),
-            sha256: crate::core::pki::inspect::sha256_hex(der),
-        };
-        Some((summary, facts.not_after < now))
-    });
+    let lsc = lsc_summary(certificate, ca_der, now);
     Ok(CapfView {
         state: capf::operation_state(phone, string.as_deref().map(String::as_str), &record, now),
         lsc,
@@ -591,19 +640,24 @@ fn capf_view(
 
 impl CapfView {
     fn apply(&self, status: &mut ResourceStatus) {
-        use crate::api::LscState;
-        use capf::OperationState;
         status.operation_status = self.state.describe();
         status.lsc = self.lsc.as_ref().map(|(summary, _)| summary.clone());
         status.consecutive_auth_failures = self.wrong_strings;
-        status.lsc_state = match (&self.state, &self.lsc) {
+        status.lsc_state = self.lsc_state();
+    }
+
+    /// Table 6-2's Operation Status, from the operation and the certificate.
+    fn lsc_state(&self) -> Option<crate::api::LscState> {
+        use crate::api::LscState;
+        use capf::OperationState;
+        match (&self.state, &self.lsc) {
             (OperationState::Failed { .. } | OperationState::LockedOut { .. }, _) => Some(LscState::Failed),
             (OperationState::Pending { .. }, _) => Some(LscState::Pending),
             (_, Some((_, true))) => Some(LscState::Expired),
             (_, Some((_, false))) => Some(LscState::Installed),
             (OperationState::None, None) => None,
             (_, None) => Some(LscState::None),
-        };
+        }
     }
 }
 
