@@ -134,8 +134,8 @@ fn quickstart_ctl_lists_both_tokens_ccm_tftp_and_capf_and_verifies() {
     let itl_roles: Vec<String> = self::records(&inspect_json(&itl)).into_iter().map(|(role, _, _)| role).collect();
     assert_eq!(
         itl_roles,
-        ["SAST", "CCM+TFTP", "CCM+TFTP", "CAPF"],
-        "the ITL is signed by the TFTP certificate (docs/wire-formats.md §3.1)"
+        ["SAST", "CCM+TFTP", "CCM+TFTP", "CAPF", "TVS"],
+        "the ITL is signed by the TFTP certificate and lists TVS's, which the CTL does not (docs/wire-formats.md §3.1, §8)"
     );
     let mut signed = 0;
     for entry in fs::read_dir(ws.state.join("tftp/default")).unwrap() {

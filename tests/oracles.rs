@@ -341,8 +341,8 @@ fn quickstart_trust_lists_and_signed_files_verify_with_openssl() {
             assert_eq!(sast[0][&0x09], signer_der, "{name}: the first SAST record is the signer (§3.6)");
             assert_eq!(sast[0][&0x06], header.value(&bytes, 0x05), "{name}: its SERIAL_NUMBER is SIGNER_SERIAL");
             let roles: Vec<u16> = records.iter().map(|r| u16_value(&r[&0x04])).collect();
-            let expected: &[u16] = if name == "ITLFile.tlv" { &[0, 2, 2, 4] } else { &[0, 0, 2, 2, 4] };
-            assert_eq!(roles, expected, "{name}: SAST, CCM+TFTP, CCM+TFTP, CAPF (§3.1)");
+            let expected: &[u16] = if name == "ITLFile.tlv" { &[0, 2, 2, 4, 21] } else { &[0, 0, 2, 2, 4] };
+            assert_eq!(roles, expected, "{name}: SAST, CCM+TFTP, CCM+TFTP, CAPF, and TVS in the ITL only (§3.1, §8)");
         }
 
         let (mut signed, mut with_plain) = (0, 0);

@@ -175,6 +175,10 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
         ["quickstart-ca", "quickstart-cm1-capf", "quickstart-capf"].map(String::from).into_iter().chain(records.clone()).collect();
     assert_eq!(readable["default/quickstart-capf"], capf_reads, "CAPF reads the CA, its certificate, its projection and its records");
     assert_eq!(readable["default/quickstart-tvs"], BTreeSet::from(["quickstart-tvs".to_owned()]), "TVS reads its projection alone");
+    // And the key in it is TVS's own (ITL role 21), not the TFTP signer's, which signs the ITL.
+    let certificate = |secret: &str| decoded(&object(&server, "Secret", secret), "data", "tls.crt");
+    assert_eq!(certificate("quickstart-tvs"), certificate("quickstart-cm1-tvs"));
+    assert_ne!(certificate("quickstart-tvs"), certificate(&arg("--signer-secret")), "the TVS pod holds no signing key");
     for (identity, reads) in readable.iter().filter(|(identity, _)| data_plane.contains(identity)) {
         for secret in NEVER_FOR_THE_DATA_PLANE {
             assert!(secrets.contains(&secret.to_owned()), "{secret} exists in the quickstart");

@@ -118,10 +118,11 @@ async fn local_vouches_for_the_cluster_trust_state_and_follows_device_add_cert()
     command.args(["--tvs-port", &tvs_port.to_string()]);
     let mut local = Running::spawn(command);
     let line = local.wait_for("serving TVS on");
-    assert!(line.contains(&format!("127.0.0.1:{tvs_port}")) && line.contains("CallManager certificate of node cm1"), "{line}");
+    assert!(line.contains(&format!("127.0.0.1:{tvs_port}")) && line.contains("TVS certificate of node cm1"), "{line}");
     local.wait_for("serving TFTP on");
 
-    // TLS with cm1's CallManager certificate, which the ITL lists, issued by the cluster CA.
+    // TLS with cm1's TVS certificate, which the ITL lists (role 21), issued by the cluster CA: TVS holds
+    // no key of CallManager's or TFTP's.
     let ca_file = state.join("namespaces/default/ca/ca.crt");
     let shown = openssl_verifies(tvs_port, &ca_file, CM1);
     assert!(shown.contains(&format!("CN = {CM1}")) || shown.contains(&format!("CN={CM1}")), "{shown}");
@@ -129,6 +130,8 @@ async fn local_vouches_for_the_cluster_trust_state_and_follows_device_add_cert()
     let address: SocketAddr = format!("127.0.0.1:{tvs_port}").parse().unwrap();
 
     // The cluster's function certificates, with the roles their ITL records give.
+    let tvs = state_der(&state, "certs/cm1.tvs.crt");
+    assert_eq!(ask(address, &ca, CM1, ALICE, &tvs).await, Answer::Valid { roles: vec![Role::Tvs.code()], ttl: 86_400 });
     let capf = state_der(&state, "certs/cm1.capf.crt");
     let answer = ask(address, &ca, CM1, ALICE, &capf).await;
     assert!(matches!(&answer, Answer::Valid { roles, ttl } if *roles == [Role::Capf.code()] && *ttl > 0 && *ttl <= 86_400), "{answer:?}");

@@ -175,7 +175,7 @@ pub fn tvs_name(cluster: &str) -> String {
 }
 
 /// What the TVS service needs, as one Secret: `tls.crt` and `tls.key`, the certificate it presents
-/// and its key (the first node's CallManager certificate), and `directory.json`, the certificates it
+/// and its key (the first node's TVS certificate, which the ITL lists), and `directory.json`, the certificates it
 /// vouches for with their role codes, by name. No CA key, no token key, no other function's key.
 pub fn project_tvs(cluster: &str, tvs: &TvsIdentity) -> Result<Secret, String> {
     let certificate = &tvs.certificate;

@@ -1,5 +1,5 @@
 //! TVS in `callguard local` (docs/wire-formats.md §8): the listener on `--tvs-port` (2445), beside
-//! TFTP and CAPF, presenting the first node's CallManager certificate, and a directory rebuilt from
+//! TFTP and CAPF, presenting the first node's TVS certificate (ITL role 21), and a directory rebuilt from
 //! every good build (`core::build::vouched`): the trust lists' records, and the phones'
 //! certificates in `devices/`, which `local` watches, so that `callguard device add-cert` changes
 //! the answer within seconds.
@@ -46,7 +46,7 @@ impl Tvs {
         self.tls.send_replace(Some(tls));
         self.directory.send_replace(Arc::new(directory));
         Ok(Some(format!(
-            "serving TVS on {}: {versions} with the CallManager certificate of node {} ({}); vouching for {count} certificate(s)",
+            "serving TVS on {}: {versions} with the TVS certificate of node {} ({}); vouching for {count} certificate(s)",
             self.address, certificate.node, certificate.hostname
         )))
     }

@@ -195,6 +195,7 @@ pub fn role_file_name(role: ServerRole) -> &'static str {
         ServerRole::Tftp => "tftp",
         ServerRole::CallManagerAndTftp => "callmanager-tftp",
         ServerRole::Capf => "capf",
+        ServerRole::Tvs => "tvs",
     }
 }
 

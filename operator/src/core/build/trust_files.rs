@@ -13,6 +13,7 @@ pub fn record_role(role: ServerRole) -> Role {
         ServerRole::Tftp => Role::Tftp,
         ServerRole::CallManagerAndTftp => Role::CcmTftp,
         ServerRole::Capf => Role::Capf,
+        ServerRole::Tvs => Role::Tvs,
     }
 }
 
@@ -47,7 +48,9 @@ pub fn build_trust_list(plan: &TrustListPlan<'_>) -> Result<BuiltTrustList, Buil
         for certificate in &plan.sast {
             builder = builder.record(certificate, Role::Sast);
         }
-        for function in plan.functions {
+        // TVS is the ITL's: a phone asks TVS about what its ITL does not list; the CTL names no TVS.
+        let listed = plan.functions.iter().filter(|f| plan.kind == TrustListKind::Itl || f.role != ServerRole::Tvs);
+        for function in listed {
             builder = builder.record(&function.certificate_der, record_role(function.role));
         }
         builder.build().map_err(|e| BuildError::Trust(format!("{}: {e}", plan.kind.filename())))

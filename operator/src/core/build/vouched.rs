@@ -55,14 +55,12 @@ mod der_base64 {
     }
 }
 
-/// The certificate TVS presents: the CallManager certificate (CCM, or CCM+TFTP) of the first node,
-/// which the ITL lists; `None` when the first node runs no CallManager, and then no TVS runs.
+/// The certificate TVS presents: the first node's TVS certificate, which the ITL lists with role 21;
+/// `None` when the first node runs no CallManager, and then no TVS runs.
 pub fn tls_certificate<'a>(cluster: &CallControlCluster, identity: &'a ClusterIdentity) -> Option<&'a FunctionCertificate> {
     let first = cluster.spec.first_node()?;
-    let role = node_roles(&cluster.spec, first)
-        .into_iter()
-        .find(|role| matches!(role, ServerRole::CallManager | ServerRole::CallManagerAndTftp))?;
-    identity.functions.iter().find(|f| f.node == first.name && f.role == role)
+    node_roles(&cluster.spec, first).into_iter().find(|role| *role == ServerRole::Tvs)?;
+    identity.functions.iter().find(|f| f.node == first.name && f.role == ServerRole::Tvs)
 }
 
 /// What TVS vouches for: the records of `trust_lists` (`ITLFile.tlv`, `CTLFile.tlv`), named after the

@@ -57,6 +57,9 @@ pub enum ServerRole {
     CallManagerAndTftp,
     /// Verifies the TLS connection to CAPF (role 4).
     Capf,
+    /// Verifies the TLS connection to TVS (role 21): listed in the ITL, not in the CTL
+    /// (docs/wire-formats.md §1.7, §8), so that TVS holds a key of its own and not the CallManager's.
+    Tvs,
 }
 
 impl ServerRole {
@@ -67,6 +70,7 @@ impl ServerRole {
             ServerRole::CallManagerAndTftp => 2,
             ServerRole::Tftp => 3,
             ServerRole::Capf => 4,
+            ServerRole::Tvs => 21,
         }
     }
 
@@ -89,18 +93,22 @@ impl ServerRole {
             ServerRole::CallManager | ServerRole::CallManagerAndTftp => {
                 vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
             }
-            ServerRole::Tftp | ServerRole::Capf => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            ServerRole::Tftp | ServerRole::Capf | ServerRole::Tvs => vec![ExtendedKeyUsagePurpose::ServerAuth],
         }
     }
 }
 
 /// The server certificates a node of the cluster needs (P.1-13, P.1-14): CallManager and/or TFTP (combined when
-/// both run), and CAPF where the CAPF service runs.
+/// both run), CAPF where the CAPF service runs, and TVS on the first node when it runs CallManager (where TVS
+/// runs, docs/wire-formats.md §8).
 pub fn node_roles(cluster: &crate::api::CallControlClusterSpec, node: &crate::api::ClusterNode) -> Vec<ServerRole> {
     let services = node.services.clone().unwrap_or_default();
     let mut roles: Vec<ServerRole> = ServerRole::for_services(services.call_manager(), services.tftp()).into_iter().collect();
     if cluster.runs_capf(node) {
         roles.push(ServerRole::Capf);
+    }
+    if services.call_manager() && cluster.first_node().is_some_and(|first| first.name == node.name) {
+        roles.push(ServerRole::Tvs);
     }
     roles
 }
@@ -540,7 +548,7 @@ mod tests {
             ]
         }))
         .unwrap();
-        assert_eq!(node_roles(&spec, &spec.nodes[0]), vec![ServerRole::CallManagerAndTftp, ServerRole::Capf]);
+        assert_eq!(node_roles(&spec, &spec.nodes[0]), vec![ServerRole::CallManagerAndTftp, ServerRole::Capf, ServerRole::Tvs]);
         assert_eq!(node_roles(&spec, &spec.nodes[1]), vec![ServerRole::CallManager]);
     }
 
