@@ -242,3 +242,22 @@ async fn ten_wrong_strings_sent_to_two_capf_replicas_at_once_all_count_and_lock_
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_expires_the_operation_in_the_status_without_an_edit() {
+    let server = FakeApiServer::start().await;
+    let mut objects = quickstart();
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let soon = callguard::core::build::capf::rfc3339(soon);
+    let lobby_object = objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == LOBBY).unwrap();
+    lobby_object["spec"]["capf"]["operationCompletesBy"] = Value::from(soon.clone());
+    load(&server, objects);
+    let (shutdown, operator) = start_operator(&server, "operator", false);
+    let operation = |server: &FakeApiServer| lobby(server)["status"]["operationStatus"].as_str().unwrap_or_default().to_owned();
+    until("the operation pending", || operation(&server).starts_with("Pending")).await;
+    // No edit: the operator reconciles when the deadline passes (Table 6-2), not at its 15-minute resync.
+    until("the operation expired", || operation(&server).starts_with("Expired")).await;
+    assert!(operation(&server).contains(&soon), "{}", operation(&server));
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}

@@ -95,6 +95,12 @@ pub struct Update {
 }
 
 impl Update {
+    /// When an operation of the directory next changes by itself (see [`Capf::next_change`]), given
+    /// the records in `state`: the operator requeues for it.
+    pub fn next_change(&self, state: &StateDir, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        next_change(&self.phones, state, now)
+    }
+
     /// How many phones CAPF may enroll.
     pub fn len(&self) -> usize {
         self.phones.len()
@@ -156,6 +162,18 @@ impl Update {
                 .unwrap_or_default(),
         }
     }
+}
+
+fn next_change(entries: &BTreeMap<String, Entry>, state: &StateDir, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    entries
+        .iter()
+        .filter_map(|(device, entry)| {
+            let (_, deadline) = entry.scheduled()?;
+            let lockout = records::load(state, device).ok().and_then(|record| record.locked_until(now));
+            let margin = time::Duration::seconds(1);
+            [Some(deadline), lockout].into_iter().flatten().map(|at| at + margin).filter(|at| *at > now).min()
+        })
+        .min()
 }
 
 /// The device directory of the sessions: the phones of the last good build, with what the state
@@ -386,15 +404,7 @@ impl Capf {
     /// that follows sees it past.
     pub fn next_change(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let phones = self.directory.phones.read().unwrap_or_else(|p| p.into_inner()).clone();
-        phones
-            .iter()
-            .filter_map(|(device, entry)| {
-                let (_, deadline) = entry.scheduled()?;
-                let lockout = records::load(&self.directory.state, device).ok().and_then(|record| record.locked_until(now));
-                let margin = time::Duration::seconds(1);
-                [Some(deadline), lockout].into_iter().flatten().map(|at| at + margin).filter(|at| *at > now).min()
-            })
-            .min()
+        next_change(&phones, &self.directory.state, now)
     }
 
     /// `spec.capf.certificateValidityYears` in days, within the ten years an LSC may live

@@ -191,6 +191,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     drop(report);
     // What the CAPF pods need of the phones, taken before the build consumes the snapshot.
     let capf_directory = crate::adapters::capf::Update::of(&snapshot);
+    // A CAPF deadline passing or a lockout ending changes a status with no edit: reconcile then.
+    let capf_change = capf_directory.next_change(&state, time::OffsetDateTime::now_utc());
 
     // Build from the state kept in Secrets, the trust ConfigMap and the cluster's status.
     let build_state = state.clone();
@@ -277,7 +279,9 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await?;
-    Ok(Action::requeue(RESYNC))
+    let until_capf_change =
+        capf_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
+    Ok(Action::requeue(until_capf_change.clamp(Duration::from_secs(1), RESYNC)))
 }
 
 fn workload_inputs<'a>(
