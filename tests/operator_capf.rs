@@ -170,7 +170,7 @@ async fn an_lsc_issued_by_the_capf_pod_makes_the_phone_ready_and_survives_restar
     capf.stop();
     let (shutdown, operator) = start_operator(&server, "operator-2", false);
     let capf = tokio::task::spawn_blocking(move || ServeCapf::start(&kubeconfig, &args)).await.unwrap();
-    let again = capf_session(capf.port, ca, LOBBY_STRING, keys::generate_rsa(2048)).await;
+    let again = capf_session(capf.port, ca.clone(), LOBBY_STRING, keys::generate_rsa(2048)).await;
     assert!(again.stored.is_none(), "a spent string issues nothing: {again:?}");
     assert!(!again.commands.contains(&CapfCommand::KeyGenerateRequest), "refused before any key is asked for: {again:?}");
     // A new generation of the phone, reconciled by the restarted operator from what it read back: the
@@ -183,6 +183,41 @@ async fn an_lsc_issued_by_the_capf_pod_makes_the_phone_ready_and_survives_restar
     assert_eq!(phone["status"]["lsc"]["serialNumber"].as_str(), Some(serial.as_str()), "the same LSC after both restarts");
     let kept = decoded(&record_secret(&server), "data", &format!("{LOBBY_DEVICE}.crt"));
     assert_eq!(certificate_der(&kept).unwrap(), lsc, "issued once");
+
+    // A Delete, with a new deadline and a new string (the first is spent): the LSC goes from the
+    // record Secret, and the phone waits for a certificate again.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(server.client(), NAMESPACE);
+    let new_string = serde_json::json!({"data": {"authenticationString": k8s_openapi::ByteString(b"24681357".to_vec())}});
+    secrets.patch("lobby-7970-capf", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&new_string)).await.unwrap();
+    edit(&server, "Phone", "phones", LOBBY, |phone| {
+        phone["spec"]["capf"]["certificateOperation"] = "Delete".into();
+        phone["spec"]["capf"]["operationCompletesBy"] = "2036-08-31T17:00:00Z".into();
+    })
+    .await;
+    until("the Delete pending", || lobby(&server)["status"]["operationStatus"].as_str().is_some_and(|s| s.starts_with("Pending: Delete")))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deleted = loop {
+        // The pod serves the operator's new projection within moments; until then nothing is scheduled.
+        let session = capf_session(capf.port, ca.clone(), "24681357", keys::generate_rsa(2048)).await;
+        if session.commands.contains(&CapfCommand::DeleteCertificateRequest) || std::time::Instant::now() > deadline {
+            break session;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(deleted.end, Some(Reason::Success), "{deleted:?}");
+    until("the LSC gone from its record Secret", || record_secret(&server)["data"].get(format!("{LOBBY_DEVICE}.crt")).is_none()).await;
+    until("the Delete completed in the status", || {
+        lobby(&server)["status"]["operationStatus"].as_str().is_some_and(|s| s.starts_with("Completed: Delete"))
+    })
+    .await;
+    assert_eq!(
+        ready_reason(&lobby(&server)),
+        ("False".into(), "AwaitingDeviceCertificate".into()),
+        "the phone waits for a certificate again"
+    );
+    let status = lobby(&server)["status"].clone();
+    assert!(status["lsc"].is_null() && status["operationStatus"].as_str().unwrap_or_default().starts_with("Completed: Delete"), "{status}");
     drop(capf);
     shutdown.trigger();
     operator.await.unwrap().unwrap();

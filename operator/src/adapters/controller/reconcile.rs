@@ -550,23 +550,19 @@ fn built_statuses(
             None => Wanted::new("Ready", true, "Valid", ""),
         };
         let mut domain = Vec::new();
+        // A field that no longer applies is written as null, which removes it: a deleted LSC must
+        // leave the status, not linger as the last one seen.
         let mut extra = serde_json::Map::new();
-        if let Some(profiles) = status.map(|s| &s.capf_profiles).filter(|p| !p.is_empty()) {
-            extra.insert("capfProfiles".into(), json!(profiles));
+        if matches!(kind, Kind::EndUser | Kind::ApplicationUser) {
+            let profiles = status.map(|s| &s.capf_profiles).filter(|p| !p.is_empty());
+            extra.insert("capfProfiles".into(), profiles.map_or(Value::Null, |p| json!(p)));
         }
         if kind == Kind::Phone {
-            if let Some(state) = status.and_then(|s| s.lsc_state) {
-                extra.insert("lscState".into(), json!(state));
-            }
-            if let Some(operation) = status.and_then(|s| s.operation_status.clone()) {
-                extra.insert("operationStatus".into(), json!(operation));
-            }
-            if let Some(lsc) = status.and_then(|s| s.lsc.clone()) {
-                extra.insert("lsc".into(), json!(lsc));
-            }
-            if let Some(failures) = status.map(|s| s.consecutive_auth_failures).filter(|n| *n > 0) {
-                extra.insert("consecutiveAuthFailures".into(), json!(failures));
-            }
+            extra.insert("lscState".into(), json!(status.and_then(|s| s.lsc_state)));
+            extra.insert("operationStatus".into(), json!(status.and_then(|s| s.operation_status.clone())));
+            extra.insert("lsc".into(), json!(status.and_then(|s| s.lsc.clone())));
+            let failures = status.map(|s| s.consecutive_auth_failures).filter(|n| *n > 0);
+            extra.insert("consecutiveAuthFailures".into(), json!(failures));
             let downgrades = status.map(|s| s.downgrades.as_slice()).unwrap_or_default();
             domain.push(match status.map(|s| s.downgrade_reasons()).and_then(|r| r.first().copied()) {
                 Some(first) => Wanted::new(DOWNGRADED, true, first, downgrades.join("; ")),
@@ -667,7 +663,11 @@ async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<Sta
         let mut status = update.extra.clone();
         status.insert("observedGeneration".into(), json!(generation));
         status.insert("conditions".into(), json!(conditions(&update.wanted, &previous_conditions, *generation, &now)));
-        if status.iter().all(|(field, value)| previous.get(field) == Some(value)) {
+        let unchanged = |field: &String, value: &Value| match previous.get(field) {
+            None => value.is_null(),
+            Some(old) => old == value,
+        };
+        if status.iter().all(|(field, value)| unchanged(field, value)) {
             continue;
         }
         patches.push((update.kind, update.name, Value::Object(status)));
