@@ -174,19 +174,7 @@ pub async fn serve(client: Client, options: ServeCapfOptions, shutdown: Shutdown
     for store in [&sources.ca, &sources.certificate, &sources.directory] {
         store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
     }
-    let (update, identity) = loop {
-        match sources.current(&options) {
-            Ok(first) => break first,
-            Err(e) => {
-                tracing::warn!("not serving yet: {e}");
-                tokio::select! {
-                    result = changes.changed() => if result.is_err() { return Err("the watch stopped".into()) },
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    () = shutdown.wait() => return Ok(()),
-                }
-            }
-        }
-    };
+    let Some((update, identity)) = super::first_good(|| sources.current(&options), &mut changes, &shutdown).await? else { return Ok(()) };
     let address = SocketAddr::new(options.bind, options.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await

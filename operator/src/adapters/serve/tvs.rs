@@ -50,19 +50,8 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
     let (changed, mut changes) = watch::channel(0u64);
     let store = watch_secret(&api, &options.secret, &changed);
     store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
-    let (tls, directory) = loop {
-        match current(store.state().first().map(AsRef::as_ref), &options.secret) {
-            Ok(first) => break first,
-            Err(e) => {
-                tracing::warn!("not serving yet: {e}");
-                tokio::select! {
-                    result = changes.changed() => if result.is_err() { return Err("the watch stopped".into()) },
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    () = shutdown.wait() => return Ok(()),
-                }
-            }
-        }
-    };
+    let first = super::first_good(|| current(store.state().first().map(AsRef::as_ref), &options.secret), &mut changes, &shutdown).await?;
+    let Some((tls, directory)) = first else { return Ok(()) };
     let address = SocketAddr::new(options.bind, options.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
