@@ -18,6 +18,7 @@ mod support;
 
 use peers::require;
 
+/// Written out rather than imported from the crate: the columns are what users' scripts read.
 const HEADER: [&str; 14] = [
     "Device Name",
     "Phone",

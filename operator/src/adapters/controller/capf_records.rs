@@ -59,9 +59,14 @@ fn is_record_secret(cluster: &str, secret: &Secret) -> bool {
     component.is_some_and(|c| c == COMPONENT) && secret.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix))
 }
 
-/// The record Secrets among `secrets`.
-pub fn existing(cluster: &str, secrets: &[Secret]) -> Vec<Secret> {
-    secrets.iter().filter(|s| is_record_secret(cluster, s)).cloned().collect()
+/// The names of the record Secrets among `secrets` that hold a record: the ones that stay whatever the
+/// manifests say. Names only: at CallManager scale the Secrets themselves are tens of megabytes.
+pub fn holding_records(cluster: &str, secrets: &[Secret]) -> BTreeSet<String> {
+    secrets
+        .iter()
+        .filter(|s| is_record_secret(cluster, s) && s.data.as_ref().is_some_and(|d| !d.is_empty()))
+        .filter_map(|s| s.metadata.name.clone())
+        .collect()
 }
 
 /// Whether `pem` is a certificate the cluster CA (`ca_der`) issued to `device`, as CAPF issues them:
@@ -91,15 +96,11 @@ pub fn read_into(cluster: &str, secrets: &[Secret], ca_der: Option<&[u8]>, files
 }
 
 /// The record Secrets the cluster needs: one for each device CAPF may enroll, and every one that
-/// already holds a record. Metadata only: their data is the CAPF pods'.
-pub fn desired<'a>(cluster: &str, devices: impl IntoIterator<Item = &'a str>, existing: &[Secret]) -> Vec<Secret> {
-    let mut names: BTreeSet<String> = devices.into_iter().map(|device| secret_name(cluster, device)).collect();
-    names.extend(
-        existing
-            .iter()
-            .filter(|s| is_record_secret(cluster, s) && s.data.as_ref().is_some_and(|d| !d.is_empty()))
-            .filter_map(|s| s.metadata.name.clone()),
-    );
+/// already holds a record (`holding`, from [`holding_records`]). Metadata only: their data is the
+/// CAPF pods'.
+pub fn desired<'a>(cluster: &str, devices: impl IntoIterator<Item = &'a str>, holding: BTreeSet<String>) -> Vec<Secret> {
+    let mut names = holding;
+    names.extend(devices.into_iter().map(|device| secret_name(cluster, device)));
     names
         .into_iter()
         .map(|name| Secret {
@@ -149,7 +150,7 @@ mod tests {
         assert_eq!(home("lab", "ca/ca.key"), None);
         assert_eq!(home("lab", "capf/../ca.key"), None, "no path out of the records");
 
-        let mut shard = desired("lab", ["SEP001122334455"], &[]).remove(0);
+        let mut shard = desired("lab", ["SEP001122334455"], BTreeSet::new()).remove(0);
         assert_eq!(shard.metadata.name.as_deref(), Some(secret.as_str()));
         assert!(shard.data.is_none(), "the operator writes no data into a record Secret");
         shard.data = Some(BTreeMap::from([
@@ -179,8 +180,8 @@ mod tests {
         }
 
         // A Secret holding records stays when its phones are gone; an empty one goes.
-        assert_eq!(desired("lab", [], std::slice::from_ref(&shard)).len(), 1);
+        assert_eq!(desired("lab", [], holding_records("lab", std::slice::from_ref(&shard))).len(), 1);
         shard.data = Some(BTreeMap::new());
-        assert!(desired("lab", [], &[shard]).is_empty());
+        assert!(desired("lab", [], holding_records("lab", &[shard])).is_empty());
     }
 }

@@ -143,7 +143,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let observed = Observed::of(&objects);
     let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
     let state = StateDir::in_memory(state_from_objects(cluster, &objects.secrets, trust, &objects.tokens));
-    let observed_records = capf_records::existing(&name, &objects.secrets);
+    let holding_records = capf_records::holding_records(&name, &objects.secrets);
     let tokens = objects.tokens.clone();
 
     // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
@@ -242,7 +242,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     }
     // The record Secrets CAPF writes into: created (empty) for every phone it may enroll, kept while
     // they hold a record, whether or not CAPF still runs.
-    let records = capf_records::desired(&name, capf_directory.scheduled_devices(), &observed_records);
+    let records = capf_records::desired(&name, capf_directory.scheduled_devices(), holding_records);
     let record_names: Vec<String> = records.iter().filter_map(|s| s.metadata.name.clone()).collect();
     desired.secrets.extend(records.into_iter().map(|s| owned(s, &owner)));
     if let Some(capf) = &output.capf {
