@@ -1,7 +1,8 @@
 //! Garbage collection as kube-controller-manager does it with background propagation (API docs:
 //! "Garbage Collection", "Owners and Dependents"), done at once inside the deleting write so tests need
 //! not wait: when an owner is removed, each dependent that has no other live owner is deleted (its
-//! finalizers respected); a dependent that still has a live owner only loses the dangling reference.
+//! finalizers respected); a dependent that still has a live owner only loses the dangling reference;
+//! and a dependent written when none of its owners is left is deleted too.
 
 use serde_json::{Value, json};
 
@@ -26,6 +27,19 @@ impl Store {
                 let _ = self.delete(&resource, &key, &request);
             }
         }
+    }
+
+    /// A dependent written after all its owners went (a controller's apply in flight when its owner
+    /// was deleted) is deleted, as the garbage collector does when it finds an owner missing.
+    pub(crate) fn collect_if_orphaned(&mut self, resource: &crate::resources::ResourceType, key: &crate::store::ObjectKey, object: &Value) {
+        let owners = owner_uids(object);
+        let deleting = object.pointer("/metadata/deletionTimestamp").is_some();
+        if deleting || owners.is_empty() || owners.iter().any(|uid| self.by_uid.contains_key(uid)) {
+            return;
+        }
+        let request = DeleteRequest { propagation: Propagation::Background, precondition_uid: None, precondition_resource_version: None };
+        // The object was just stored, so deleting it cannot fail.
+        let _ = self.delete(resource, key, &request);
     }
 
     /// `propagationPolicy=Orphan`: the dependents of `owner_uid` lose their reference to it and stay.

@@ -27,7 +27,8 @@
 //!   and `finalizers` (set), and for built-in kinds from the usual merge keys (containers, env, volumes,
 //!   ports, conditions…); other lists are atomic;
 //! - strategic merge patch merges lists by those same keys and honours only `$patch: delete`;
-//! - garbage collection runs inside the deleting request; `Foreground` is treated as `Background`;
+//! - garbage collection runs inside the deleting request (or the write that leaves a dependent with no
+//!   live owner); `Foreground` is treated as `Background`;
 //!   deleting a Namespace does not delete its contents;
 //! - the core and `events.k8s.io` Events are separate resources here.
 //!

@@ -414,6 +414,7 @@ impl Store {
         }
         self.index_owners(&resource_key, &key, previous.as_deref(), Some(&object));
         self.publish(&resource_key, Change { resource_version: self.revision, event_type, object: object.clone(), previous });
+        self.collect_if_orphaned(resource, &key, &object);
         object
     }
 

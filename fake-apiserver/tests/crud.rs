@@ -246,6 +246,17 @@ async fn owner_removal_cascades_to_dependents() {
         .unwrap();
     let orphaned = secrets.get("orphan").await.unwrap();
     assert!(orphaned.metadata.owner_references.unwrap_or_default().is_empty());
+
+    // A dependent written after its owner went (an apply in flight when the owner was deleted) is
+    // collected too, whether it was created or updated.
+    secrets.create(&PostParams::default(), &secret("late", json!([reference(&owner)]), json!([]))).await.unwrap();
+    assert_eq!(api_code(secrets.get("late").await), 404, "created with only a deleted owner: collected");
+    let adopted = secrets
+        .patch("orphan", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"ownerReferences": [reference(&owner)]}})))
+        .await
+        .unwrap();
+    assert!(adopted.metadata.owner_references.is_some());
+    assert_eq!(api_code(secrets.get("orphan").await), 404, "updated to only a deleted owner: collected");
 }
 
 #[tokio::test]
