@@ -4,5 +4,7 @@ pub mod capf;
 pub mod est;
 pub mod legacy_tls;
 pub mod srst;
+pub mod tcp_listener;
 pub mod tftp;
+pub mod tls_provider;
 pub mod tvs;

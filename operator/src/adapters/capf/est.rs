@@ -60,7 +60,7 @@ impl EstIdentity {
     /// TLS with the CAPF certificate; a client certificate is optional and, when sent, must chain
     /// to the cluster CA.
     pub fn of(identity: &CapfIdentity, validity_days: u32) -> Result<EstIdentity, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::services::tls_provider::server_provider();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(identity.ca.certificate_der().to_vec())).map_err(|e| format!("EST: the cluster CA: {e}"))?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())

@@ -347,8 +347,7 @@ async fn bind_capf(options: &LocalOptions, spec_port: u16) -> Result<tokio::net:
         None => (spec_port, PortOrigin::Spec),
     };
     let address = SocketAddr::new(options.bind, port);
-    tokio::net::TcpListener::bind(address)
-        .await
+    crate::services::tcp_listener::bind(address)
         .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Capf, address, &e, origin))))
 }
 
@@ -359,8 +358,7 @@ async fn bind_tvs(options: &LocalOptions) -> Result<tokio::net::TcpListener, Loc
         None => (crate::services::tvs::DEFAULT_PORT, PortOrigin::Default),
     };
     let address = SocketAddr::new(options.bind, port);
-    tokio::net::TcpListener::bind(address)
-        .await
+    crate::services::tcp_listener::bind(address)
         .map_err(|e| LocalError::Failed(format!("callguard local: {}", port::explain(port::Service::Tvs, address, &e, origin))))
 }
 
@@ -372,11 +370,10 @@ async fn bind_est(options: &LocalOptions) -> Result<tokio::net::TcpListener, Loc
         None => (est::DEFAULT_PORT, PortOrigin::Default),
     };
     let address = SocketAddr::new(options.bind, port);
-    match tokio::net::TcpListener::bind(address).await {
+    match crate::services::tcp_listener::bind(address) {
         Ok(listener) => Ok(listener),
         Err(e) if origin == PortOrigin::Default && e.kind() == std::io::ErrorKind::AddrInUse => {
-            let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.bind, 0))
-                .await
+            let listener = crate::services::tcp_listener::bind(SocketAddr::new(options.bind, 0))
                 .map_err(|e| LocalError::Failed(format!("callguard local: cannot serve EST on {}: {e}", options.bind)))?;
             let chosen = listener.local_addr().map(|a| a.port()).unwrap_or_default();
             println!("{}; serving EST on port {chosen} instead", port::explain(port::Service::Est, address, &e, origin));

@@ -176,8 +176,7 @@ pub async fn serve(client: Client, options: ServeCapfOptions, shutdown: Shutdown
     }
     let Some((update, identity)) = super::first_good(|| sources.current(&options), &mut changes, &shutdown).await? else { return Ok(()) };
     let address = SocketAddr::new(options.bind, options.port);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
+    let listener = crate::services::tcp_listener::bind(address)
         .map_err(|e| format!("CAPF cannot listen on {address}: {e} (P.6-6, TCP 3804 unless spec.ports.capfPort says otherwise)"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let records = SecretRecords { api: api.clone(), cluster: options.cluster.clone() };
@@ -193,7 +192,7 @@ pub async fn serve(client: Client, options: ServeCapfOptions, shutdown: Shutdown
     println!("{line} (CallControlCluster {}/{})", options.namespace, options.cluster);
     if let Some(port) = options.est_port {
         let address = SocketAddr::new(options.bind, port);
-        let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("EST cannot listen on {address}: {e}"))?;
+        let listener = crate::services::tcp_listener::bind(address).map_err(|e| format!("EST cannot listen on {address}: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         tasks.push(tokio::spawn(Arc::new(Est::new(capf.clone(), bound)).serve(listener, stopped)));
         println!("serving EST on https://{bound}/.well-known/est/: TLS with the CAPF certificate");

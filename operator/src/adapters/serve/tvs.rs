@@ -53,8 +53,7 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
     let first = super::first_good(|| current(store.state().first().map(AsRef::as_ref), &options.secret), &mut changes, &shutdown).await?;
     let Some((tls, directory)) = first else { return Ok(()) };
     let address = SocketAddr::new(options.bind, options.port);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
+    let listener = crate::services::tcp_listener::bind(address)
         .map_err(|e| format!("TVS cannot listen on {address}: {e} (docs/wire-formats.md §8, TCP 2445)"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let (count, versions) = (directory.len(), tls.versions());

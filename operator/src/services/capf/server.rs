@@ -78,7 +78,7 @@ pub enum ConnectionReport {
 pub fn tls_acceptor(chain_der: &[Vec<u8>], key_pkcs8_der: &[u8]) -> Result<TlsAcceptor, ServerError> {
     let chain: Vec<CertificateDer<'static>> = chain_der.iter().map(|der| CertificateDer::from(der.clone())).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8_der.to_vec()));
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let config = rustls::ServerConfig::builder_with_provider(crate::services::tls_provider::server_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .with_no_client_auth()
@@ -113,7 +113,7 @@ impl CapfServer {
         context: Arc<CapfContext>,
         timeouts: Timeouts,
     ) -> Result<CapfServer, ServerError> {
-        let listener = TcpListener::bind(address).await?;
+        let listener = crate::services::tcp_listener::bind(address)?;
         Ok(CapfServer { listener, acceptor, context, timeouts })
     }
 

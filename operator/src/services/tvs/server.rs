@@ -85,12 +85,12 @@ pub struct ConnectionReport {
     pub end: ConnectionEnd,
 }
 
-/// A TLS server config for TVS: the ring provider, TLS 1.2 and 1.3, no client authentication (docs/wire-formats.md §8).
+/// A TLS server config for TVS: the servers' provider (`services::tls_provider`), TLS 1.2 and 1.3, no client authentication (docs/wire-formats.md §8).
 pub fn tls_server_config(
     certificate_chain: Vec<CertificateDer<'static>>,
     private_key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TvsServerError> {
-    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let config = ServerConfig::builder_with_provider(crate::services::tls_provider::server_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TvsServerError::TlsConfig(e.to_string()))?
         .with_no_client_auth()
@@ -164,7 +164,7 @@ pub struct TvsServer {
 impl TvsServer {
     /// Binds `address` (port 0 picks a free port; production uses 2445).
     pub async fn bind(address: SocketAddr, tls: Arc<ServerConfig>, directory: SharedDirectory) -> Result<TvsServer, TvsServerError> {
-        let listener = TcpListener::bind(address).await.map_err(|e| TvsServerError::Bind { address, reason: e.to_string() })?;
+        let listener = crate::services::tcp_listener::bind(address).map_err(|e| TvsServerError::Bind { address, reason: e.to_string() })?;
         let tls = TvsTls { rustls: tls, legacy: None };
         Ok(TvsServer { listener, tls, directory, limits: ServerLimits::default(), reports: None })
     }
