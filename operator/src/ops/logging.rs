@@ -40,13 +40,18 @@ impl fmt::Display for LoggingError {
 impl std::error::Error for LoggingError {}
 
 /// The filter for `directives` (the value of `RUST_LOG`, if set), with `default_level` for everything
-/// the directives do not name.
+/// the directives do not name. The SIP stack (rsipstack) writes every message it sends or receives,
+/// digest answers included, at INFO: it stays at WARN unless the directives name it.
 pub fn env_filter(default_level: LevelFilter, directives: Option<&str>) -> Result<EnvFilter, LoggingError> {
     let directives = directives.unwrap_or_default();
-    EnvFilter::builder()
+    let filter = EnvFilter::builder()
         .with_default_directive(default_level.into())
         .parse(directives)
-        .map_err(|error| LoggingError::InvalidFilter { directives: directives.to_owned(), reason: error.to_string() })
+        .map_err(|error| LoggingError::InvalidFilter { directives: directives.to_owned(), reason: error.to_string() })?;
+    if directives.contains("rsipstack") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("rsipstack=warn".parse().expect("a valid directive")))
 }
 
 /// Installs the process-wide subscriber: `RUST_LOG` if set, else `default_level`; stderr, so that
@@ -72,6 +77,15 @@ pub fn init_with(default_level: LevelFilter, directives: Option<&str>, format: L
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SIP stack's message dumps stay out of the logs unless asked for by name.
+    #[test]
+    fn the_sip_stack_logs_warnings_only_unless_named() {
+        let quiet = env_filter(LevelFilter::INFO, None).unwrap().to_string();
+        assert!(quiet.contains("rsipstack=warn"), "{quiet}");
+        let asked = env_filter(LevelFilter::INFO, Some("rsipstack=debug")).unwrap().to_string();
+        assert!(asked.contains("rsipstack=debug") && !asked.contains("rsipstack=warn"), "{asked}");
+    }
 
     #[test]
     fn directives_override_the_default_level() {

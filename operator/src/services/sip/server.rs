@@ -1,0 +1,614 @@
+//! The SIP listeners and the registrar's policy (Table 5-2, P.8-1): which phone may register which
+//! line, over which transport, with which certificate and digest answer. rsipstack parses the
+//! messages and runs the transactions; connections are accepted here, so that TCP gets a deep
+//! accept queue and TLS asks for, and keeps, the phone's certificate.
+//!
+//! Not yet here: routing INVITE and in-dialog requests between registered phones and trunks; other
+//! requests than REGISTER are answered 501.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rsipstack::EndpointBuilder;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{self, Header, Method, Param, StatusCode, Transport};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::tls::TlsConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, SipConnection, TransportLayer};
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::digest::{self, DigestAuthority, Refusal, Verdict};
+use super::directory::{SipDirectory, SipPhone};
+use super::identity::{self, IdentityRefusal, PhoneAnchors, PhoneCredentials};
+use super::registrar::{self, Binding, Registrar};
+use crate::api::SipTransport;
+
+/// Requests handled at once; past it, REGISTER gets 503 with Retry-After (a registration storm).
+pub const MAX_IN_FLIGHT: usize = 2_000;
+/// Seconds a phone is told to wait when the service is overloaded.
+pub const RETRY_AFTER_SECONDS: u32 = 30;
+/// A TLS handshake that takes longer is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sockets the service answers on.
+pub struct Listeners {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<TcpListener>,
+    pub tls: Option<(TcpListener, Arc<ServerConfig>)>,
+}
+
+/// What the service has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub registrations: AtomicU64,
+    /// 401s sent to phones (the guide's `CCMSIPLineServerAuthChallenges`).
+    pub challenges: AtomicU64,
+    pub refusals: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+pub struct SipService {
+    directory: RwLock<Arc<SipDirectory>>,
+    registrar: Registrar,
+    /// One authority per nonce validity time; replaced when the realm changes.
+    authorities: Mutex<HashMap<u32, Arc<DigestAuthority>>>,
+    /// The certificate each TLS connection's peer presented (None: none), by remote address.
+    tls_peers: Mutex<HashMap<SocketAddr, Option<Vec<u8>>>>,
+    in_flight: AtomicUsize,
+    pub counters: Counters,
+}
+
+/// The TLS configuration of the SIP-TLS port: the node's CallManager certificate, and a client
+/// certificate asked of every phone, verified against the cluster CA and the manufacturer CAs. A
+/// phone without one still completes the handshake, so that its REGISTER is refused with a reason.
+pub fn tls_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    anchors: &PhoneAnchors,
+) -> Result<Arc<ServerConfig>, String> {
+    let provider = crate::services::tls_provider::server_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in std::iter::once(&anchors.cluster_ca).chain(&anchors.manufacturer_cas) {
+        roots.add(CertificateDer::from(der.clone())).map_err(|e| format!("SIP-TLS trust anchor: {e}"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("SIP-TLS client verifier: {e}"))?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("SIP-TLS: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("SIP-TLS certificate: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+impl SipService {
+    pub fn new(directory: SipDirectory) -> Arc<SipService> {
+        Arc::new(SipService {
+            directory: RwLock::new(Arc::new(directory)),
+            registrar: Registrar::default(),
+            authorities: Mutex::new(HashMap::new()),
+            tls_peers: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Takes a new directory: phones, lines, credentials and certificates as the last build left them.
+    pub fn follow(&self, directory: SipDirectory) {
+        let mut current = self.directory.write().unwrap_or_else(|e| e.into_inner());
+        if current.realm != directory.realm {
+            self.authorities.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        *current = Arc::new(directory);
+    }
+
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    fn directory(&self) -> Arc<SipDirectory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn authority(&self, realm: &str, validity_seconds: u32) -> Arc<DigestAuthority> {
+        let mut authorities = self.authorities.lock().unwrap_or_else(|e| e.into_inner());
+        authorities
+            .entry(validity_seconds)
+            .or_insert_with(|| Arc::new(DigestAuthority::new(realm, Duration::from_secs(u64::from(validity_seconds)))))
+            .clone()
+    }
+
+    /// Serves until `cancel` fires.
+    pub async fn serve(self: Arc<Self>, listeners: Listeners, cancel: CancellationToken) -> Result<(), String> {
+        let transport_layer = TransportLayer::new(cancel.child_token());
+        if let Some(address) = listeners.udp {
+            let udp = UdpConnection::create_connection(address, None, Some(cancel.child_token()))
+                .await
+                .map_err(|e| format!("SIP cannot listen on UDP {address}: {e}"))?;
+            transport_layer.add_transport(udp.into());
+        }
+        let endpoint = EndpointBuilder::new()
+            .with_user_agent("Callguard")
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport_layer)
+            .build();
+        let mut incoming = endpoint.incoming_transactions().map_err(|e| e.to_string())?;
+        let inner = endpoint.inner.clone();
+        tokio::spawn(async move { inner.serve().await });
+        if let Some(listener) = listeners.tcp {
+            tokio::spawn(accept_tcp(endpoint.inner.clone(), listener, cancel.clone()));
+        }
+        if let Some((listener, config)) = listeners.tls {
+            tokio::spawn(self.clone().accept_tls(endpoint.inner.clone(), listener, config, cancel.clone()));
+        }
+        loop {
+            let transaction = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                next = incoming.recv() => match next { Some(t) => t, None => return Ok(()) },
+            };
+            let service = self.clone();
+            tokio::spawn(async move { service.handle(transaction).await });
+        }
+    }
+
+    async fn accept_tls(
+        self: Arc<Self>,
+        endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        cancel: CancellationToken,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let Ok(local) = listener.local_addr() else { return };
+        let local = SipAddr { r#type: Some(Transport::Tls), addr: local.into() };
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            };
+            let (service, endpoint, acceptor, local, cancel) =
+                (self.clone(), endpoint.clone(), acceptor.clone(), local.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        service.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, error = %e, "SIP-TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+                service.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, leaf);
+                let remote = SipAddr { r#type: Some(Transport::Tls), addr: peer.into() };
+                match TlsConnection::from_server_stream(tls, local, remote, Some(cancel.child_token())).await {
+                    Ok(connection) => endpoint.transport_layer.add_connection(SipConnection::Tls(connection)),
+                    Err(e) => tracing::info!(%peer, error = %e, "SIP-TLS connection dropped"),
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, mut transaction: Transaction) {
+        let method = transaction.original.method;
+        let result = if method == Method::Register {
+            if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+                self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+                let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
+                transaction.reply_with(StatusCode::ServiceUnavailable, vec![retry], None).await
+            } else {
+                self.register(&mut transaction).await
+            }
+        } else {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            transaction.reply(StatusCode::NotImplemented).await
+        };
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "SIP reply not sent");
+        }
+    }
+
+    async fn register(&self, transaction: &mut Transaction) -> rsipstack::Result<()> {
+        let decision = self.decide_register(transaction);
+        match decision {
+            Decision::Reply(status, headers) => {
+                if status == StatusCode::Unauthorized {
+                    self.counters.challenges.fetch_add(1, Ordering::Relaxed);
+                } else if status != StatusCode::OK {
+                    self.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                }
+                transaction.reply_with(status, headers, None).await
+            }
+        }
+    }
+
+    /// The REGISTER policy: who the phone is, whether it may use this transport and line, whether its
+    /// digest answer holds, and the binding.
+    fn decide_register(&self, transaction: &Transaction) -> Decision {
+        let request = &transaction.original;
+        let Some(connection) = transaction.connection.as_ref() else {
+            return Decision::refuse(StatusCode::ServerInternalError, "no connection");
+        };
+        let transport = connection.transport();
+        let source = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
+        let Ok(aor) = request.to_header().and_then(|to| to.uri()) else { return Decision::refuse(StatusCode::BadRequest, "no To URI") };
+        let Some(line) = aor.user().map(str::to_owned) else { return Decision::refuse(StatusCode::NotFound, "the To URI names no line") };
+        let directory = self.directory();
+        let candidates: Vec<&SipPhone> = directory.phones_with_line(&line).collect();
+        if candidates.is_empty() {
+            return Decision::refuse(StatusCode::NotFound, &format!("no SIP phone has line {line}"));
+        }
+        let phone = match transport {
+            Transport::Tls => {
+                let leaf = source.and_then(|peer| self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer).cloned()).flatten();
+                let anchors =
+                    PhoneAnchors { cluster_ca: directory.cluster_ca.clone(), manufacturer_cas: directory.manufacturer_cas.clone() };
+                let lookup = |device: &str| {
+                    directory.phone(device).map(|p| PhoneCredentials {
+                        device: &p.device,
+                        current_lsc_sha256: p.current_lsc_sha256.as_deref(),
+                        mic_accepted: p.mic_accepted,
+                    })
+                };
+                let identity = match identity::identify_phone(leaf.as_deref(), &anchors, lookup, time::OffsetDateTime::now_utc()) {
+                    Ok(identity) => identity,
+                    Err(refusal) => return self.refuse_identity(&line, source, &refusal),
+                };
+                match candidates.iter().find(|p| p.device == identity.device) {
+                    Some(phone) => *phone,
+                    None => {
+                        let refusal = IdentityRefusal::OtherDevice {
+                            presented: identity.device,
+                            expected: candidates.iter().map(|p| p.device.as_str()).collect::<Vec<_>>().join(", "),
+                        };
+                        return self.refuse_identity(&line, source, &refusal);
+                    }
+                }
+            }
+            other => {
+                let Some(phone) = candidates.iter().find(|p| transport_allowed(p.transport, other)) else {
+                    let why = format!(
+                        "line {line} belongs to {}, whose profile does not allow SIP over {other} (Table 5-2)",
+                        candidates.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                    tracing::info!(?source, "REGISTER refused: {why}");
+                    return Decision::refuse(StatusCode::Forbidden, &why);
+                };
+                *phone
+            }
+        };
+        if let Some(credentials) = &phone.digest {
+            let authority = self.authority(&directory.realm, phone.nonce_validity_seconds);
+            let Some(header) = request.authorization_header() else { return Decision::challenge(&authority, false) };
+            let answer = match digest::parse_credentials(header.value()) {
+                Ok(answer) => answer,
+                Err(e) => return Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}")),
+            };
+            // The digest uri is compared as a SIP URI: rsipstack does not keep the request line's text.
+            let request_uri = if sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri) {
+                answer.uri.clone()
+            } else {
+                request.uri.to_string()
+            };
+            match authority.verify(&answer, "REGISTER", &request_uri, &credentials.name, &credentials.password) {
+                Verdict::Authenticated => {}
+                Verdict::Stale => return Decision::challenge(&authority, true),
+                Verdict::Refused(refusal) => {
+                    tracing::info!(?source, phone = %phone.subject, "REGISTER refused: {}", refusal.reason());
+                    let status = if refusal == Refusal::Unsupported { StatusCode::BadRequest } else { StatusCode::Forbidden };
+                    return Decision::refuse(status, refusal.reason());
+                }
+            }
+        }
+        self.bind(request, &line, phone, transport, source)
+    }
+
+    fn refuse_identity(&self, line: &str, source: Option<SocketAddr>, refusal: &IdentityRefusal) -> Decision {
+        tracing::info!(?source, line, reason = refusal.label(), "REGISTER over TLS refused: {refusal}");
+        Decision::refuse(StatusCode::Forbidden, &refusal.to_string())
+    }
+
+    fn bind(&self, request: &sip::Request, line: &str, phone: &SipPhone, transport: Transport, source: Option<SocketAddr>) -> Decision {
+        let Ok(contacts) = request.typed_contact_headers() else { return Decision::refuse(StatusCode::BadRequest, "unreadable Contact") };
+        let asked_all = request.expires_header().and_then(|e| e.value().trim().parse::<u32>().ok());
+        let source = source.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let wildcard = request.headers.iter().any(|h| matches!(h, Header::Contact(c) if c.value().trim() == "*"));
+        if wildcard {
+            self.registrar.unbind(line, &phone.device, None);
+            return Decision::Reply(StatusCode::OK, vec![]);
+        }
+        let mut granted_headers = Vec::new();
+        for contact in contacts {
+            let uri = contact.uri.to_string();
+            match contact.expires().or(asked_all) {
+                Some(0) => self.registrar.unbind(line, &phone.device, Some(&uri)),
+                asked => {
+                    let seconds = registrar::granted(asked);
+                    let binding = Binding {
+                        device: phone.device.clone(),
+                        contact: uri,
+                        transport: transport_name(transport),
+                        source,
+                        expires_at: registrar::expiry(seconds),
+                    };
+                    if self.registrar.bind(line, binding).is_err() {
+                        self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+                        let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
+                        return Decision::Reply(StatusCode::ServiceUnavailable, vec![retry]);
+                    }
+                    let granted = sip::typed::Contact { params: vec![Param::Expires(seconds.to_string().into())], ..contact };
+                    granted_headers.push(granted.into());
+                }
+            }
+        }
+        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%source, phone = %phone.subject, line, transport = transport_name(transport), "registered");
+        Decision::Reply(StatusCode::OK, granted_headers)
+    }
+}
+
+/// What to answer a REGISTER.
+enum Decision {
+    Reply(StatusCode, Vec<Header>),
+}
+
+impl Decision {
+    fn refuse(status: StatusCode, why: &str) -> Decision {
+        Decision::Reply(status, vec![Header::Warning(format!("399 callguard \"{}\"", why.replace('"', "'")).into())])
+    }
+
+    fn challenge(authority: &DigestAuthority, stale: bool) -> Decision {
+        Decision::Reply(
+            StatusCode::Unauthorized,
+            authority.challenge(stale).into_iter().map(|c| Header::WwwAuthenticate(c.into())).collect(),
+        )
+    }
+}
+
+/// Whether a profile's transport type lets a phone use `transport` (Table 5-2).
+fn transport_allowed(profile: SipTransport, transport: Transport) -> bool {
+    matches!(
+        (profile, transport),
+        (SipTransport::Udp | SipTransport::TcpAndUdp, Transport::Udp) | (SipTransport::Tcp | SipTransport::TcpAndUdp, Transport::Tcp)
+    )
+}
+
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS",
+        _ => "other",
+    }
+}
+
+/// Accepts SIP over TCP on a listener with a deep queue (`services::tcp_listener`).
+async fn accept_tcp(endpoint: rsipstack::transaction::endpoint::EndpointInnerRef, listener: TcpListener, cancel: CancellationToken) {
+    let Ok(local) = listener.local_addr() else { return };
+    let local = SipAddr { r#type: Some(Transport::Tcp), addr: local.into() };
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted { Ok((stream, _)) => stream, Err(_) => continue },
+        };
+        match TcpConnection::from_stream(stream, local.clone(), Some(cancel.child_token())) {
+            Ok(connection) => endpoint.transport_layer.add_connection(SipConnection::Tcp(connection)),
+            Err(e) => tracing::info!(error = %e, "SIP-TCP connection dropped"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DeviceSecurityMode;
+    use crate::core::phone_config::DigestAuth;
+    use crate::core::pki::ca::{CaSettings, ClusterCa};
+    use crate::core::pki::issue::{
+        LscKeySource, LscRequest, ServerCertificateRequest, ServerRole, issue_lsc, issue_server_certificate_with_new_key,
+    };
+    use crate::core::pki::{inspect, keys, serial::Serial};
+    use rsa::pkcs8::EncodePublicKey;
+    use rsipstack::sip::SipMessage;
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const UDP_PHONE: &str = "SEP000000001005";
+    const TLS_PHONE: &str = "SEP000000001002";
+
+    struct Lab {
+        udp: SocketAddr,
+        tls: SocketAddr,
+        ca: ClusterCa,
+        phone_key: rsa::RsaPrivateKey,
+        lsc: Vec<u8>,
+        service: Arc<SipService>,
+        _cancel: tokio_util::sync::DropGuard,
+    }
+
+    fn phone(device: &str, line: &str, mode: DeviceSecurityMode, transport: SipTransport, lsc: Option<&[u8]>) -> SipPhone {
+        SipPhone {
+            subject: format!("Phone/{line}"),
+            device: device.into(),
+            lines: vec![line.into()],
+            mode,
+            transport,
+            digest: Some(DigestAuth { name: format!("user{line}"), password: "secret".into() }),
+            nonce_validity_seconds: 600,
+            mic_accepted: false,
+            current_lsc_sha256: lsc.map(inspect::sha256_hex),
+        }
+    }
+
+    async fn lab() -> Lab {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = ClusterCa::generate(&CaSettings::new("sip", "default"), now).unwrap();
+        // 2048 bits: rustls (ring) neither signs nor verifies TLS client signatures with 1024-bit RSA.
+        let phone_key = keys::generate_rsa(2048);
+        let spki = rsa::RsaPublicKey::from(&phone_key).to_public_key_der().unwrap().as_bytes().to_vec();
+        let request = LscRequest {
+            device_name: TLS_PHONE,
+            key: LscKeySource::PublicKey(&spki),
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now,
+        };
+        let lsc = issue_lsc(&ca, &request).unwrap().certificate_der;
+        let server = ServerCertificateRequest {
+            role: ServerRole::CallManager,
+            hostname: "cm1.example.com".into(),
+            ip_address: None,
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now,
+            legacy_signer_keys: false,
+        };
+        let identity = issue_server_certificate_with_new_key(&ca, &server).unwrap();
+        let phones = [
+            phone(UDP_PHONE, "1005", DeviceSecurityMode::NonSecure, SipTransport::Udp, None),
+            phone(TLS_PHONE, "1002", DeviceSecurityMode::Authenticated, SipTransport::Tls, Some(&lsc)),
+        ];
+        let directory = SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), vec![], phones);
+        let anchors = PhoneAnchors { cluster_ca: ca.certificate_der().to_vec(), manufacturer_cas: vec![] };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&identity.key)));
+        let config = tls_config(vec![CertificateDer::from(identity.certificate_der.clone())], key, &anchors).unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let tls_listener = crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tls = tls_listener.local_addr().unwrap();
+        let service = SipService::new(directory);
+        let cancel = CancellationToken::new();
+        let listeners = Listeners { udp: Some(udp), tcp: None, tls: Some((tls_listener, config)) };
+        tokio::spawn(service.clone().serve(listeners, cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Lab { udp, tls, ca, phone_key, lsc, service, _cancel: cancel.drop_guard() }
+    }
+
+    fn register(transport: &str, local: SocketAddr, server: SocketAddr, line: &str, cseq: u32, authorization: Option<String>) -> String {
+        let authorization = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        format!(
+            "REGISTER sip:{server} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{line}{cseq}x{}{};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{line}@{server}>;tag=t{line}\r\nTo: <sip:{line}@{server}>\r\nCall-ID: c{line}@test\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{line}@{local};transport={}>\r\nExpires: 600\r\n{authorization}Content-Length: 0\r\n\r\n",
+            // rsipstack matches transactions by branch, Call-ID and From tag only: a branch per client.
+            transport.to_ascii_lowercase(),
+            local.port(),
+            transport.to_ascii_lowercase(),
+        )
+    }
+
+    fn status_and_headers(bytes: &[u8]) -> (u16, String) {
+        let SipMessage::Response(response) = SipMessage::try_from(bytes).unwrap() else { panic!("a response") };
+        (u16::from(response.status_code.clone()), String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// The MD5 answer to the MD5 challenge of `response`.
+    fn md5_answer(response: &str, user: &str, password: &str, uri: &str, nc: u32) -> String {
+        let challenge = response.lines().find(|l| l.starts_with("WWW-Authenticate") && l.contains("MD5")).expect("an MD5 challenge");
+        let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
+        let hash = |s: String| inspect::md5_hex(s.as_bytes());
+        let (ha1, ha2) = (hash(format!("{user}:ccmsipline:{password}")), hash(format!("REGISTER:{uri}")));
+        let nc = format!("{nc:08x}");
+        let response = hash(format!("{ha1}:{nonce}:{nc}:abc:auth:{ha2}"));
+        format!(
+            r#"Digest username="{user}", realm="ccmsipline", nonce="{nonce}", uri="{uri}", response="{response}", algorithm=MD5, cnonce="abc", qop=auth, nc={nc}"#
+        )
+    }
+
+    async fn udp_exchange(socket: &tokio::net::UdpSocket, server: SocketAddr, message: String) -> (u16, String) {
+        socket.send_to(message.as_bytes(), server).await.unwrap();
+        let mut buffer = vec![0u8; 8192];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await.expect("an answer").unwrap();
+        status_and_headers(&buffer[..n])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_udp_phone_registers_with_digest_and_a_wrong_password_or_a_tls_only_line_is_refused() {
+        let lab = lab().await;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let uri = format!("sip:{}", lab.udp);
+        let (status, challenge) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1005", 1, None)).await;
+        assert_eq!(status, 401, "{challenge}");
+        assert_eq!(challenge.matches("WWW-Authenticate").count(), 2, "SHA-256 and MD5: {challenge}");
+        let wrong = md5_answer(&challenge, "user1005", "guess", &uri, 1);
+        let (status, text) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1005", 2, Some(wrong))).await;
+        assert_eq!(status, 403, "{text}");
+        let right = md5_answer(&challenge, "user1005", "secret", &uri, 2);
+        let (status, text) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1005", 3, Some(right.clone()))).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("expires=600"), "{text}");
+        assert_eq!(lab.service.registrar().lookup("1005").len(), 1);
+        // The same answer again: its nonce count is spent.
+        let (status, text) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1005", 4, Some(right))).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("replayed nonce count"), "{text}");
+        // Line 1002 belongs to an Authenticated phone: TLS only.
+        let (status, text) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1002", 1, None)).await;
+        assert_eq!(status, 403, "{text}");
+        let (status, _) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "4242", 1, None)).await;
+        assert_eq!(status, 404);
+    }
+
+    async fn tls_register(lab: &Lab, client_certificate: Option<(Vec<u8>, &rsa::RsaPrivateKey)>) -> (u16, String) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(lab.ca.certificate_der().to_vec())).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client_certificate {
+            Some((der, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from(der)],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(key))),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = tokio::net::TcpStream::connect(lab.tls).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let name = rustls_pki_types::ServerName::try_from("cm1.example.com").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        stream.write_all(register("TLS", local, lab.tls, "1002", 1, None).as_bytes()).await.unwrap();
+        let mut buffer = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await.expect("an answer").unwrap();
+        status_and_headers(&buffer[..n])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_only_the_phones_current_lsc_gets_to_the_digest_challenge() {
+        let lab = lab().await;
+        let (status, text) = tls_register(&lab, Some((lab.lsc.clone(), &lab.phone_key))).await;
+        assert_eq!(status, 401, "the phone is known; digest next: {text}");
+        let (status, text) = tls_register(&lab, None).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("no client certificate"), "{text}");
+        // A certificate of the same CA for another phone.
+        let spki = rsa::RsaPublicKey::from(&lab.phone_key).to_public_key_der().unwrap().as_bytes().to_vec();
+        let request = LscRequest {
+            device_name: UDP_PHONE,
+            key: LscKeySource::PublicKey(&spki),
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now: time::OffsetDateTime::now_utc(),
+        };
+        let other = issue_lsc(&lab.ca, &request).unwrap().certificate_der;
+        let (status, text) = tls_register(&lab, Some((other, &lab.phone_key))).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("not its current one"), "{text}");
+        assert!(lab.service.counters.refusals.load(Ordering::Relaxed) >= 2);
+    }
+}
