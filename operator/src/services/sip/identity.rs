@@ -133,13 +133,26 @@ pub fn trunk_subject_matches(leaf_der: &[u8], subject_names: &[&str]) -> bool {
     facts.subject_common_name.into_iter().chain(alt_names).any(|name| subject_names.iter().any(|wanted| wanted.eq_ignore_ascii_case(&name)))
 }
 
+/// An LSC of `ca` for `device` and the key `spki`, valid from now for 30 days: for the tests here
+/// and the server's.
+#[cfg(test)]
+pub(crate) fn lsc_for(ca: &crate::core::pki::ca::ClusterCa, device: &str, spki: &[u8]) -> Vec<u8> {
+    use crate::core::pki::issue::{LscKeySource, LscRequest, issue_lsc};
+    let request = LscRequest {
+        device_name: device,
+        key: LscKeySource::PublicKey(spki),
+        validity_days: 30,
+        serial: crate::core::pki::serial::Serial::random(&mut rand::thread_rng()),
+        now: OffsetDateTime::now_utc(),
+    };
+    issue_lsc(ca, &request).expect("the test's LSC request is valid").certificate_der
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::pki::ca::{CaSettings, ClusterCa};
-    use crate::core::pki::issue::{LscKeySource, LscRequest, issue_lsc};
     use crate::core::pki::keys;
-    use crate::core::pki::serial::Serial;
     use rsa::pkcs8::EncodePublicKey;
     use std::sync::OnceLock;
 
@@ -165,14 +178,7 @@ mod tests {
     }
 
     fn certificate(ca: &ClusterCa, device: &str) -> Vec<u8> {
-        let request = LscRequest {
-            device_name: device,
-            key: LscKeySource::PublicKey(&fixture().spki),
-            validity_days: 365,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now: OffsetDateTime::now_utc(),
-        };
-        issue_lsc(ca, &request).unwrap().certificate_der
+        lsc_for(ca, device, &fixture().spki)
     }
 
     fn anchors() -> PhoneAnchors {

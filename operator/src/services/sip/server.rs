@@ -417,9 +417,7 @@ mod tests {
     use crate::api::DeviceSecurityMode;
     use crate::core::phone_config::DigestAuth;
     use crate::core::pki::ca::{CaSettings, ClusterCa};
-    use crate::core::pki::issue::{
-        LscKeySource, LscRequest, ServerCertificateRequest, ServerRole, issue_lsc, issue_server_certificate_with_new_key,
-    };
+    use crate::core::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key};
     use crate::core::pki::{inspect, keys, serial::Serial};
     use rsa::pkcs8::EncodePublicKey;
     use rsipstack::sip::SipMessage;
@@ -459,14 +457,7 @@ mod tests {
         // 2048 bits: rustls (ring) neither signs nor verifies TLS client signatures with 1024-bit RSA.
         let phone_key = keys::generate_rsa(2048);
         let spki = rsa::RsaPublicKey::from(&phone_key).to_public_key_der().unwrap().as_bytes().to_vec();
-        let request = LscRequest {
-            device_name: TLS_PHONE,
-            key: LscKeySource::PublicKey(&spki),
-            validity_days: 30,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now,
-        };
-        let lsc = issue_lsc(&ca, &request).unwrap().certificate_der;
+        let lsc = identity::lsc_for(&ca, TLS_PHONE, &spki);
         let server = ServerCertificateRequest {
             role: ServerRole::CallManager,
             hostname: "cm1.example.com".into(),
@@ -598,14 +589,7 @@ mod tests {
         assert!(text.contains("no client certificate"), "{text}");
         // A certificate of the same CA for another phone.
         let spki = rsa::RsaPublicKey::from(&lab.phone_key).to_public_key_der().unwrap().as_bytes().to_vec();
-        let request = LscRequest {
-            device_name: UDP_PHONE,
-            key: LscKeySource::PublicKey(&spki),
-            validity_days: 30,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now: time::OffsetDateTime::now_utc(),
-        };
-        let other = issue_lsc(&lab.ca, &request).unwrap().certificate_der;
+        let other = identity::lsc_for(&lab.ca, UDP_PHONE, &spki);
         let (status, text) = tls_register(&lab, Some((other, &lab.phone_key))).await;
         assert_eq!(status, 403, "{text}");
         assert!(text.contains("not its current one"), "{text}");
