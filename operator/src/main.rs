@@ -119,6 +119,13 @@ enum Command {
         /// free port, named, when 8443 is taken.
         #[arg(long)]
         est_port: Option<u16>,
+        /// SIP port (UDP and TCP), when the cluster's first node runs CallManager. Without it: the
+        /// cluster's spec.ports.sipPort, else 5060 (P.3-5).
+        #[arg(long)]
+        sip_port: Option<u16>,
+        /// SIP-TLS port. Without it: the cluster's spec.ports.sipSecurePort, else 5061 (P.3-5).
+        #[arg(long)]
+        sip_tls_port: Option<u16>,
         /// The namespace to serve when the manifests hold several.
         #[arg(long)]
         namespace: Option<String>,
@@ -505,7 +512,20 @@ fn main() -> ExitCode {
         Command::Build { paths, state_dir, out, new_identity, output } => {
             run_build(&paths, &state_dir, out.as_deref(), &BuildOptions { new_identity }, output)
         }
-        Command::Local { paths, state_dir, bind, tftp_port, capf_port, tvs_port, est_port, namespace, new_identity, log_level } => {
+        Command::Local {
+            paths,
+            state_dir,
+            bind,
+            tftp_port,
+            capf_port,
+            tvs_port,
+            est_port,
+            sip_port,
+            sip_tls_port,
+            namespace,
+            new_identity,
+            log_level,
+        } => {
             use callguard::ops::logging::{LogFormat, LoggingError, init_with};
             match init_with(tracing::level_filters::LevelFilter::WARN, Some(&log_level), LogFormat::Text) {
                 Ok(()) => {}
@@ -529,6 +549,8 @@ fn main() -> ExitCode {
                 capf_port,
                 tvs_port,
                 est_port,
+                sip_port,
+                sip_tls_port,
                 namespace,
                 build,
             };

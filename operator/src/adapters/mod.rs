@@ -6,6 +6,7 @@ pub mod capf_report;
 pub mod controller;
 pub mod local;
 pub mod serve;
+pub mod sip;
 
 /// The time of day, UTC, that a line of `callguard local` or a service starts with.
 pub(crate) fn clock() -> String {

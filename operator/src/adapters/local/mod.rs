@@ -27,6 +27,8 @@ use crate::core::build::state::StateDir;
 use crate::core::build::{
     BuildOptions, BuildOutput, CapfIdentity, PathsError, ResourceStatus, TvsIdentity, build_in, namespace_state, validate_paths,
 };
+use crate::services::sip::directory::SipDirectory;
+use crate::services::sip::server::{Listeners, SipService};
 use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -51,6 +53,11 @@ pub struct LocalOptions {
     pub tvs_port: Option<u16>,
     /// EST port, beside CAPF. `None`: [`est::DEFAULT_PORT`], or any free port when that one is taken.
     pub est_port: Option<u16>,
+    /// SIP over UDP and TCP, when the first node runs CallManager. `None`: the cluster's
+    /// `spec.ports.sipPort`, else 5060 (P.3-5).
+    pub sip_port: Option<u16>,
+    /// SIP over TLS. `None`: the cluster's `spec.ports.sipSecurePort`, else 5061 (P.3-5).
+    pub sip_tls_port: Option<u16>,
     /// The namespace to serve when the manifests hold several.
     pub namespace: Option<String>,
     /// What the build may do by explicit request (a new identity).
@@ -67,6 +74,8 @@ impl LocalOptions {
             capf_port: None,
             tvs_port: None,
             est_port: None,
+            sip_port: None,
+            sip_tls_port: None,
             namespace: None,
             build: BuildOptions::default(),
         }
@@ -160,6 +169,17 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             None
         }
     };
+    let sip_sockets = match first.sip_ports() {
+        Some(ports) => Some(bind_sip(&options, ports).await?),
+        None => {
+            if options.sip_port.is_some() || options.sip_tls_port.is_some() {
+                println!(
+                    "the cluster's first node runs no CallManager (spec.nodes[].services.callManager, P.3-4): --sip-port and --sip-tls-port are not used"
+                );
+            }
+            None
+        }
+    };
     let _lock = StateLock::acquire(&options.state_dir).map_err(|e| LocalError::StateLocked(format!("callguard local: {e}")))?;
     let mut report = Report::default();
     let namespace = first.namespace.clone();
@@ -180,8 +200,13 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         None => None,
     };
     let update = capf.as_ref().map(|_| capf::Update::of(&first.snapshot));
-    let (served, capf_identity, tvs_identity) = build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
+    let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view } =
+        build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
     files.replace(served);
+    let sip = sip_sockets.map(|sockets| {
+        let (directory, tls) = sip_view.unwrap_or_default();
+        (SipService::new(directory, tls), sockets)
+    });
     let mut tvs_line = None;
     if let Some(tvs) = &tvs {
         tvs_line = tvs.follow(tvs_identity.as_ref()).map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?;
@@ -199,6 +224,12 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let capf_stopped = stopped.clone();
     let tvs_stopped = stopped.clone();
     let serving = tokio::spawn(server.run(stopped));
+    let sip_cancel = tokio_util::sync::CancellationToken::new();
+    let sip_service = sip.as_ref().map(|(service, _)| service.clone());
+    let sip_serving = sip.map(|(service, (listeners, line))| {
+        println!("{line}");
+        tokio::spawn(service.serve(listeners, sip_cancel.clone()))
+    });
 
     let (events, mut changes) = mpsc::unbounded_channel();
     // A CAPF deadline passing or a lockout ending changes a status with no edit: a rebuild then too.
@@ -298,8 +329,12 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                     Err(e) => Err(e),
                 };
                 match rebuilt {
-                    Ok((served, identity, tvs_identity)) => {
+                    Ok(Built { served, capf: identity, tvs: tvs_identity, sip: sip_view }) => {
                         files.replace(served);
+                        if let Some(service) = &sip_service {
+                            let (directory, tls) = sip_view.unwrap_or_default();
+                            service.follow(directory, tls);
+                        }
                         if let Some(tvs) = &tvs {
                             match tvs.follow(tvs_identity.as_ref()) {
                                 Ok(Some(_)) => {}
@@ -335,7 +370,75 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     if let Some(est) = est_serving {
         let _ = est.await;
     }
+    sip_cancel.cancel();
+    if let Some(sip) = sip_serving {
+        let _ = sip.await;
+    }
     Ok(())
+}
+
+/// Binds SIP over UDP and TCP on `--sip-port` (else the cluster's, else 5060) and SIP over TLS on
+/// `--sip-tls-port` (else the cluster's, else 5061), and says where. A default port that is taken
+/// gives way to a free one, named, as EST's does: on a workstation a softphone often holds 5060.
+async fn bind_sip(options: &LocalOptions, (spec_port, spec_tls_port): (u16, u16)) -> Result<(Listeners, String), LocalError> {
+    let origin = |flag: Option<u16>, spec: u16, default: u16| match flag {
+        Some(port) => (port, PortOrigin::Flag),
+        None if spec == default => (spec, PortOrigin::Default),
+        None => (spec, PortOrigin::Spec),
+    };
+    let fail = |service, address, e: &std::io::Error, origin| {
+        LocalError::Failed(format!("callguard local: {}", port::explain(service, address, e, origin)))
+    };
+    let (port, port_origin) = origin(options.sip_port, spec_port, default_ports::SIP);
+    let address = SocketAddr::new(options.bind, port);
+    let (udp, tcp) = match bind_udp_and_tcp(address).await {
+        Ok(pair) => pair,
+        Err(e) if port_origin == PortOrigin::Default && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let pair = bind_free_udp_and_tcp(options.bind).await.map_err(|e| fail(port::Service::Sip, address, &e, port_origin))?;
+            let chosen = pair.0.local_addr().map(|a| a.port()).unwrap_or_default();
+            println!("{}; serving SIP on port {chosen} instead", port::explain(port::Service::Sip, address, &e, port_origin));
+            pair
+        }
+        Err(e) => return Err(fail(port::Service::Sip, address, &e, port_origin)),
+    };
+    let (tls_port, tls_origin) = origin(options.sip_tls_port, spec_tls_port, default_ports::SIP_SECURE);
+    let tls_address = SocketAddr::new(options.bind, tls_port);
+    let tls = match crate::services::tcp_listener::bind(tls_address) {
+        Ok(listener) => listener,
+        Err(e) if tls_origin == PortOrigin::Default && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = crate::services::tcp_listener::bind(SocketAddr::new(options.bind, 0))
+                .map_err(|e| fail(port::Service::SipTls, tls_address, &e, tls_origin))?;
+            let chosen = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+            println!("{}; serving SIP-TLS on port {chosen} instead", port::explain(port::Service::SipTls, tls_address, &e, tls_origin));
+            listener
+        }
+        Err(e) => return Err(fail(port::Service::SipTls, tls_address, &e, tls_origin)),
+    };
+    let (udp_address, tls_address) = (udp.local_addr().unwrap_or(address), tls.local_addr().unwrap_or(tls_address));
+    let line = format!(
+        "serving SIP on {udp_address} (UDP and TCP) and {tls_address} (TLS): REGISTER by the phones' security profiles (Table 5-2)"
+    );
+    Ok((Listeners { udp: Some(udp), tcp: Some(tcp), tls: Some(tls) }, line))
+}
+
+/// UDP and TCP on the one port SIP uses for both.
+async fn bind_udp_and_tcp(address: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let udp = tokio::net::UdpSocket::bind(address).await?;
+    let tcp = crate::services::tcp_listener::bind(udp.local_addr()?)?;
+    Ok((udp, tcp))
+}
+
+/// A port free for both UDP and TCP: the kernel picks the UDP one, and the TCP side may be taken,
+/// so a few tries.
+async fn bind_free_udp_and_tcp(ip: IpAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        match bind_udp_and_tcp(SocketAddr::new(ip, 0)).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
 /// Binds `--capf-port`, else the cluster's port (3804 unless it says otherwise, P.6-7). The spec's
@@ -438,6 +541,12 @@ impl Validated {
         cluster.spec.first_node().is_some_and(|node| node.services.as_ref().is_none_or(|s| s.call_manager()))
     }
 
+    /// The cluster's SIP and SIP-TLS ports, when the first node runs CallManager (P.3-5).
+    fn sip_ports(&self) -> Option<(u16, u16)> {
+        let cluster = self.snapshot.clusters.values().next()?;
+        self.runs_tvs().then(|| (cluster.spec.ports().sip_port(), cluster.spec.ports().sip_secure_port()))
+    }
+
     /// The cluster's CAPF port (`spec.ports.capfPort`, else 3804), when it runs CAPF (P.6-6).
     fn capf_port(&self) -> Option<u16> {
         let cluster = self.snapshot.clusters.values().next()?;
@@ -534,14 +643,10 @@ fn objects(snapshot: &Snapshot) -> BTreeSet<(&'static str, String)> {
 /// Builds the validated namespace; on success returns the files to serve, which keep the signatures
 /// of `previous` for the phones whose content did not change, and CAPF's identity; prints the status
 /// table when it changed. On failure the caller keeps serving what it served.
-async fn build(
-    options: &LocalOptions,
-    validated: Validated,
-    previous: Option<&ServedFiles>,
-    report: &mut Report,
-) -> Result<(ServedFiles, Option<CapfIdentity>, Option<TvsIdentity>), String> {
+async fn build(options: &LocalOptions, validated: Validated, previous: Option<&ServedFiles>, report: &mut Report) -> Result<Built, String> {
     let Validated { namespace, snapshot } = validated;
     let objects = objects(&snapshot);
+    let sip_snapshot = snapshot.clone();
     let (state_dir, build) = (options.state_dir.clone(), options.build.clone());
     let built = tokio::task::spawn_blocking(move || build_in(&state_dir, snapshot, time::OffsetDateTime::now_utc(), &build))
         .await
@@ -572,7 +677,22 @@ async fn build(
         println!("{table}");
         report.shown = table;
     }
-    Ok((served, output.capf, output.tvs))
+    let sip = output.sip.as_ref().map(|identity| {
+        let directory = crate::adapters::sip::directory(&sip_snapshot, identity);
+        let tls = crate::adapters::sip::tls_config(identity, &directory)
+            .inspect_err(|e| println!("{namespace}: SIP-TLS refuses every phone: {e}"))
+            .ok();
+        (directory, tls)
+    });
+    Ok(Built { served, capf: output.capf, tvs: output.tvs, sip })
+}
+
+/// What a build gives the services.
+struct Built {
+    served: ServedFiles,
+    capf: Option<CapfIdentity>,
+    tvs: Option<TvsIdentity>,
+    sip: Option<(SipDirectory, Option<Arc<rustls::ServerConfig>>)>,
 }
 
 /// One row per resource: kind, name, ready, reason, what is served with less protection than asked,

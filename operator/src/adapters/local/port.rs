@@ -18,6 +18,10 @@ pub enum Service {
     Tvs,
     /// EST, HTTPS over TCP (RFC 7030).
     Est,
+    /// SIP over UDP and TCP (P.3-5).
+    Sip,
+    /// SIP over TLS (P.3-5).
+    SipTls,
 }
 
 impl Service {
@@ -27,6 +31,8 @@ impl Service {
             Service::Capf => "CAPF",
             Service::Tvs => "TVS",
             Service::Est => "EST",
+            Service::Sip => "SIP",
+            Service::SipTls => "SIP-TLS",
         }
     }
 
@@ -36,6 +42,8 @@ impl Service {
             Service::Capf => "--capf-port",
             Service::Tvs => "--tvs-port",
             Service::Est => "--est-port",
+            Service::Sip => "--sip-port",
+            Service::SipTls => "--sip-tls-port",
         }
     }
 
@@ -47,21 +55,24 @@ impl Service {
             Service::Tvs => "--tvs-port",
             // EST has no port in the spec; its port is the flag's or the default.
             Service::Est => "--est-port",
+            Service::Sip => "spec.ports.sipPort",
+            Service::SipTls => "spec.ports.sipSecurePort",
         }
     }
 
     /// The kernel's socket tables, and the state a conflicting socket is in (any for UDP, LISTEN for TCP).
     fn tables(self) -> ([&'static str; 2], Option<&'static str>) {
         match self {
-            Service::Tftp => (["/proc/net/udp", "/proc/net/udp6"], None),
-            Service::Capf | Service::Tvs | Service::Est => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+            // SIP binds UDP first, then TCP on the same port.
+            Service::Tftp | Service::Sip => (["/proc/net/udp", "/proc/net/udp6"], None),
+            Service::Capf | Service::Tvs | Service::Est | Service::SipTls => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
         }
     }
 
     fn ss(self) -> &'static str {
         match self {
-            Service::Tftp => "ss -ulpn",
-            Service::Capf | Service::Tvs | Service::Est => "ss -tlpn",
+            Service::Tftp | Service::Sip => "ss -ulpn",
+            Service::Capf | Service::Tvs | Service::Est | Service::SipTls => "ss -tlpn",
         }
     }
 }
@@ -103,7 +114,7 @@ pub fn explain(service: Service, address: SocketAddr, error: &io::Error, origin:
                     ". Without --tftp-port, callguard local serves on {} when the cluster's port needs privileges it lacks",
                     super::UNPRIVILEGED_TFTP_PORT
                 ),
-                Service::Capf | Service::Tvs | Service::Est => String::new(),
+                Service::Capf | Service::Tvs | Service::Est | Service::Sip | Service::SipTls => String::new(),
             };
             format!(
                 "cannot serve {name} on {address}: permission denied: ports below {} (net.ipv4.ip_unprivileged_port_start) need root \

@@ -259,6 +259,18 @@ pub struct BuildOutput {
     pub capf: Option<CapfIdentity>,
     /// What TVS presents and vouches for, when the first node runs CallManager (docs/wire-formats.md §8).
     pub tvs: Option<TvsIdentity>,
+    /// What the first node's SIP service presents and trusts, when it runs CallManager.
+    pub sip: Option<SipIdentity>,
+}
+
+/// The SIP service's identity on a node: the CallManager certificate SIP-TLS presents (role 1 or 2,
+/// the one the CTL lists for the node, P.1-11), the cluster CA its phones' LSCs chain to, and the
+/// phones' certificates the state holds, by device name.
+#[derive(Debug, Clone)]
+pub struct SipIdentity {
+    pub certificate: identity::FunctionCertificate,
+    pub ca_der: Vec<u8>,
+    pub device_certificates: BTreeMap<String, Vec<u8>>,
 }
 
 /// The TVS service's identity: the certificate TLS presents (the first node's CallManager
@@ -454,27 +466,37 @@ pub fn build_namespace(
         .iter()
         .find(|f| f.role == crate::core::pki::issue::ServerRole::Capf)
         .map(|certificate| CapfIdentity { ca: identity.ca.clone(), certificate: certificate.clone() });
+    let phones: BTreeMap<String, Vec<u8>> = snapshot
+        .phones
+        .values()
+        .filter_map(|phone| {
+            let device = phone.spec.device_name();
+            // An unreadable certificate is the phone's status to report, not TVS's or SIP's.
+            let der = device_certificate(state, &device).ok().flatten()?;
+            Some((device, der))
+        })
+        .collect();
     let tvs = match vouched::tls_certificate(cluster, &identity) {
         Some(certificate) => {
             let tokens: BTreeMap<String, Vec<u8>> =
                 tokens.tokens.keys().filter_map(|name| Some((name.clone(), tokens.certificate(name)?.to_vec()))).collect();
-            let phones: BTreeMap<String, Vec<u8>> = snapshot
-                .phones
-                .values()
-                .filter_map(|phone| {
-                    let device = phone.spec.device_name();
-                    // An unreadable certificate is the phone's status to report, not TVS's.
-                    let der = device_certificate(state, &device).ok().flatten()?;
-                    Some((device, der))
-                })
-                .collect();
             let vouched = vouched::vouched(&catalog.trust_lists, &identity, &tokens, &phones)?;
             let legacy_tls = cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled);
             Some(TvsIdentity { certificate: certificate.clone(), vouched, legacy_tls })
         }
         None => None,
     };
-    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs })
+    let sip = cluster.spec.first_node().and_then(|first| {
+        let certificate = identity.functions.iter().find(|f| {
+            f.node == first.name
+                && matches!(
+                    f.role,
+                    crate::core::pki::issue::ServerRole::CallManager | crate::core::pki::issue::ServerRole::CallManagerAndTftp
+                )
+        })?;
+        Some(SipIdentity { certificate: certificate.clone(), ca_der: identity.ca.certificate_der().to_vec(), device_certificates: phones })
+    });
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip })
 }
 
 /// Resolves every phone on every core: its payloads for the catalog, and its status.

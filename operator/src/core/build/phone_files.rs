@@ -203,7 +203,7 @@ impl PhonePayloads {
 }
 
 /// The digest user's name and credentials from its Secret (P.8-5).
-fn digest_auth(snapshot: &Snapshot, phone: &Phone) -> Result<Option<DigestAuth>, String> {
+pub fn digest_auth(snapshot: &Snapshot, phone: &Phone) -> Result<Option<DigestAuth>, String> {
     let Some(user_ref) = &phone.spec.digest_user_ref else { return Ok(None) };
     let user = snapshot.end_users.get(user_ref).ok_or_else(|| format!("digestUserRef: EndUser/{user_ref} not found (P.8-5)"))?;
     let Some(reference) = &user.spec.digest_credentials else { return Ok(None) };

@@ -28,7 +28,7 @@ use crate::core::pki::inspect::lower_hex;
 pub enum DigestAlgorithm {
     /// What the guide's phones speak (P.8-1).
     Md5,
-    /// RFC 8760; offered first, since a client picks the first challenge it understands.
+    /// RFC 8760; offered second (see [`OFFERED`]).
     Sha256,
 }
 
@@ -257,8 +257,10 @@ impl std::fmt::Debug for DigestAuthority {
     }
 }
 
-/// The challenge header values to send, in order of preference.
-pub const OFFERED: [DigestAlgorithm; 2] = [DigestAlgorithm::Sha256, DigestAlgorithm::Md5];
+/// The challenge header values to send, in this order. MD5 first: RFC 8760 would have the preferred
+/// algorithm first, but many clients answer the first challenge whatever its algorithm (sipp 3.6
+/// fails on a SHA-256 one), and the guide's phones know only MD5 (P.8-1).
+pub const OFFERED: [DigestAlgorithm; 2] = [DigestAlgorithm::Md5, DigestAlgorithm::Sha256];
 
 impl DigestAuthority {
     pub fn new(realm: &str, validity: Duration) -> DigestAuthority {
@@ -431,7 +433,7 @@ mod tests {
         let authority = authority();
         let challenges = authority.challenge(false);
         assert_eq!(challenges.len(), 2);
-        assert!(challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5"), "{challenges:?}");
+        assert!(challenges[0].contains("algorithm=MD5") && challenges[1].contains("algorithm=SHA-256"), "{challenges:?}");
         // One nonce serves both challenges, so each answer counts up.
         for ((challenge, algorithm), nc) in challenges.iter().zip(OFFERED).zip(1..) {
             let good = answer(&authority, challenge, algorithm, "secret", nc);

@@ -41,9 +41,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The sockets the service answers on.
 pub struct Listeners {
-    pub udp: Option<SocketAddr>,
+    pub udp: Option<tokio::net::UdpSocket>,
     pub tcp: Option<TcpListener>,
-    pub tls: Option<(TcpListener, Arc<ServerConfig>)>,
+    /// SIP-TLS: served with the configuration of the last [`SipService::follow`].
+    pub tls: Option<TcpListener>,
 }
 
 /// What the service has done, for metrics and tests.
@@ -58,6 +59,7 @@ pub struct Counters {
 
 pub struct SipService {
     directory: RwLock<Arc<SipDirectory>>,
+    tls: RwLock<Option<Arc<ServerConfig>>>,
     registrar: Registrar,
     /// One authority per nonce validity time; replaced when the realm changes.
     authorities: Mutex<HashMap<u32, Arc<DigestAuthority>>>,
@@ -94,9 +96,10 @@ pub fn tls_config(
 }
 
 impl SipService {
-    pub fn new(directory: SipDirectory) -> Arc<SipService> {
+    pub fn new(directory: SipDirectory, tls: Option<Arc<ServerConfig>>) -> Arc<SipService> {
         Arc::new(SipService {
             directory: RwLock::new(Arc::new(directory)),
+            tls: RwLock::new(tls),
             registrar: Registrar::default(),
             authorities: Mutex::new(HashMap::new()),
             tls_peers: Mutex::new(HashMap::new()),
@@ -105,8 +108,10 @@ impl SipService {
         })
     }
 
-    /// Takes a new directory: phones, lines, credentials and certificates as the last build left them.
-    pub fn follow(&self, directory: SipDirectory) {
+    /// Takes a new directory (phones, lines, credentials and certificates as the last build left
+    /// them) and the TLS configuration new connections get.
+    pub fn follow(&self, directory: SipDirectory, tls: Option<Arc<ServerConfig>>) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
         let mut current = self.directory.write().unwrap_or_else(|e| e.into_inner());
         if current.realm != directory.realm {
             self.authorities.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -133,10 +138,10 @@ impl SipService {
     /// Serves until `cancel` fires.
     pub async fn serve(self: Arc<Self>, listeners: Listeners, cancel: CancellationToken) -> Result<(), String> {
         let transport_layer = TransportLayer::new(cancel.child_token());
-        if let Some(address) = listeners.udp {
-            let udp = UdpConnection::create_connection(address, None, Some(cancel.child_token()))
+        if let Some(socket) = listeners.udp {
+            let udp = UdpConnection::from_socket(Arc::new(socket), None, Some(cancel.child_token()))
                 .await
-                .map_err(|e| format!("SIP cannot listen on UDP {address}: {e}"))?;
+                .map_err(|e| format!("SIP over UDP: {e}"))?;
             transport_layer.add_transport(udp.into());
         }
         let endpoint = EndpointBuilder::new()
@@ -150,8 +155,8 @@ impl SipService {
         if let Some(listener) = listeners.tcp {
             tokio::spawn(accept_tcp(endpoint.inner.clone(), listener, cancel.clone()));
         }
-        if let Some((listener, config)) = listeners.tls {
-            tokio::spawn(self.clone().accept_tls(endpoint.inner.clone(), listener, config, cancel.clone()));
+        if let Some(listener) = listeners.tls {
+            tokio::spawn(self.clone().accept_tls(endpoint.inner.clone(), listener, cancel.clone()));
         }
         loop {
             let transaction = tokio::select! {
@@ -167,10 +172,8 @@ impl SipService {
         self: Arc<Self>,
         endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
         listener: TcpListener,
-        config: Arc<ServerConfig>,
         cancel: CancellationToken,
     ) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let Ok(local) = listener.local_addr() else { return };
         let local = SipAddr { r#type: Some(Transport::Tls), addr: local.into() };
         loop {
@@ -178,8 +181,12 @@ impl SipService {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
             };
-            let (service, endpoint, acceptor, local, cancel) =
-                (self.clone(), endpoint.clone(), acceptor.clone(), local.clone(), cancel.clone());
+            let Some(config) = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+                tracing::info!(%peer, "SIP-TLS connection dropped: the build gave SIP no certificate");
+                continue;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let (service, endpoint, local, cancel) = (self.clone(), endpoint.clone(), local.clone(), cancel.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
@@ -476,12 +483,13 @@ mod tests {
         let anchors = PhoneAnchors { cluster_ca: ca.certificate_der().to_vec(), manufacturer_cas: vec![] };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&identity.key)));
         let config = tls_config(vec![CertificateDer::from(identity.certificate_der.clone())], key, &anchors).unwrap();
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let udp_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp = udp_socket.local_addr().unwrap();
         let tls_listener = crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let tls = tls_listener.local_addr().unwrap();
-        let service = SipService::new(directory);
+        let service = SipService::new(directory, Some(config));
         let cancel = CancellationToken::new();
-        let listeners = Listeners { udp: Some(udp), tcp: None, tls: Some((tls_listener, config)) };
+        let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener) };
         tokio::spawn(service.clone().serve(listeners, cancel.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         Lab { udp, tls, ca, phone_key, lsc, service, _cancel: cancel.drop_guard() }

@@ -1,0 +1,95 @@
+//! The signaling service's directory from the resources: shared by `callguard local` and the
+//! operator's projection.
+
+use crate::api::{CapfAuthenticationMode, PhoneProtocol};
+use crate::core::build::SipIdentity;
+use crate::core::build::phone_files::digest_auth;
+use crate::core::pki::inspect;
+use crate::services::sip::directory::{SipDirectory, SipPhone};
+use crate::services::sip::identity::PhoneAnchors;
+use crate::services::sip::server;
+use crate::validate::Snapshot;
+
+/// Every SIP phone of `snapshot`, with the certificates of the build's `identity`: a phone's current
+/// LSC is its certificate in the state when the cluster CA issued it. A phone whose digest user
+/// cannot be resolved is left out: validation has already said why, and nothing may register as it.
+pub fn directory(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectory {
+    let current_lsc = |device: &str| {
+        identity
+            .device_certificates
+            .get(device)
+            .filter(|der| inspect::is_issued_by(der, &identity.ca_der))
+            .map(|der| inspect::sha256_hex(der))
+    };
+    let cluster = snapshot.clusters.values().next();
+    let realm = cluster.map(|c| c.spec.digest().sip_station_realm().to_string()).unwrap_or_else(|| "ccmsipline".into());
+    let manufacturer_cas = cluster
+        .and_then(|c| c.spec.capf().manufacturer_ca_certificates)
+        .and_then(|reference| snapshot.secrets.get(&reference.name)?.0.get(&reference.key).cloned())
+        .and_then(|pem| inspect::ca_bundle(&pem).ok())
+        .unwrap_or_default();
+    let phones = snapshot.phones.iter().filter(|(_, phone)| phone.spec.protocol == PhoneProtocol::Sip).filter_map(|(name, phone)| {
+        let profile = &snapshot.phone_profiles.get(&phone.spec.security_profile_ref)?.spec;
+        let device = phone.spec.device_name();
+        let digest = if profile.digest_enabled() { Some(digest_auth(snapshot, phone).ok()??) } else { None };
+        let current_lsc_sha256 = current_lsc(&device);
+        let mic_accepted = match profile.authentication_mode() {
+            CapfAuthenticationMode::ByExistingCertificatePrecedenceMic => true,
+            CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc => current_lsc_sha256.is_none(),
+            CapfAuthenticationMode::ByAuthenticationString | CapfAuthenticationMode::ByNullString => false,
+        };
+        Some(SipPhone {
+            subject: format!("Phone/{name}"),
+            lines: phone.spec.directory_numbers.iter().map(|dn| dn.0.clone()).collect(),
+            mode: profile.device_security_mode(),
+            transport: profile.transport(),
+            digest,
+            nonce_validity_seconds: profile.sip().nonce_validity_seconds(),
+            mic_accepted,
+            current_lsc_sha256,
+            device,
+        })
+    });
+    SipDirectory::new(realm, identity.ca_der.clone(), manufacturer_cas, phones)
+}
+
+/// The SIP-TLS configuration: the node's CallManager certificate, and client certificates checked
+/// against the directory's CAs.
+pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let chain = vec![CertificateDer::from(identity.certificate.certificate_der.clone())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(crate::core::pki::keys::pkcs8_der(&identity.certificate.key)));
+    let anchors = PhoneAnchors { cluster_ca: directory.cluster_ca.clone(), manufacturer_cas: directory.manufacturer_cas.clone() };
+    server::tls_config(chain, key, &anchors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DeviceSecurityMode, SipTransport};
+    use crate::core::build::{BuildOptions, build_in, validate_paths};
+
+    /// The quickstart's SIP phones, with their lines, transports and digest users; its SCCP phones
+    /// are not SIP's.
+    #[test]
+    fn the_quickstart_sip_phones_with_lines_transports_and_digest_users() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        let snapshot = validate_paths(&[path]).unwrap().into_values().next().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let output = build_in(state.path(), snapshot.clone(), time::OffsetDateTime::now_utc(), &BuildOptions::default()).unwrap();
+        let identity = output.sip.expect("the first node runs CallManager");
+        let directory = directory(&snapshot, &identity);
+        assert_eq!(directory.realm, "ccmsipline");
+        let encrypted = directory.phones_with_line("1001").next().expect("line 1001");
+        assert_eq!((encrypted.mode, encrypted.transport), (DeviceSecurityMode::Encrypted, SipTransport::Tls));
+        let digest = encrypted.digest.as_ref().expect("alice answers digest");
+        assert_eq!((digest.name.as_str(), digest.password.as_str()), ("alice", "FakeAlice123"));
+        assert_eq!(encrypted.nonce_validity_seconds, 300);
+        assert!(encrypted.mic_accepted, "ByExistingCertificatePrecedenceMIC");
+        assert_eq!(encrypted.current_lsc_sha256, None, "no LSC before CAPF issues one");
+        let open = directory.phones_with_line("1005").next().expect("line 1005");
+        assert_eq!((open.mode, open.transport, open.digest.is_none()), (DeviceSecurityMode::NonSecure, SipTransport::Udp, true));
+        assert_eq!(directory.phones_with_line("1000").count(), 0, "1000 is an SCCP phone's line");
+        assert_eq!(directory.len(), snapshot.phones.values().filter(|p| p.spec.protocol == PhoneProtocol::Sip).count());
+    }
+}
