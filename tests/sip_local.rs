@@ -1,9 +1,12 @@
 //! SIP inside `callguard local`, driven by sipp (Debian `sip-tester`) over real UDP and TCP: the
 //! quickstart plus tests/fixtures/sip-lab, whose Non Secure phones 2001 and 2002 register with digest
-//! over UDP or TCP (Table 5-2). A REGISTER is answered 401 with the realm's challenge and 200 with the
-//! binding once sipp answers it with the EndUser's credentials (P.8-5); a wrong password gets 403; a
-//! line whose phone is Authenticated (1002, TLS only) gets 403 over UDP. sipp's exit status is the
-//! verdict: 0 when every step of the scenario saw what it expects. A missing sipp fails the test.
+//! over UDP and 2003 over TCP (Table 5-2). A REGISTER is answered 401 with the realm's challenge and
+//! 200 with the binding once sipp answers it with the EndUser's credentials (P.8-5); a wrong password
+//! gets 403; a line whose phone is Authenticated (1002, TLS only) gets 403 over UDP and TCP, and a
+//! UDP phone's line over TCP too. A call from 2001 to 2002 goes through the proxy: the INVITE is
+//! challenged, the callee sees the proxy's Record-Route and no `a=crypto` (neither leg is TLS,
+//! P.1-6), the answer loses its `a=crypto` too, ACK and BYE follow the route. sipp's exit status is
+//! the verdict: 0 when every step of the scenario saw what it expects. A missing sipp fails the test.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -53,8 +56,13 @@ impl Local {
     }
 
     /// Runs `scenario` once with sipp over `transport` (`u1` UDP, `t1` TCP) for `line`, with the
-    /// digest credentials `user`/`password`; sipp's exit status and what it printed.
+    /// digest credentials `user`/`password`; sipp's exit status and its error log.
     fn sipp(&self, scenario: &str, transport: &str, line: &str, credentials: Option<(&str, &str)>) -> (i32, String) {
+        self.sipp_with(scenario, transport, line, credentials, free_udp_port(), &[]).wait()
+    }
+
+    /// Starts sipp with `scenario` from local port `port`, with `extra` arguments.
+    fn sipp_with(&self, scenario: &str, transport: &str, line: &str, credentials: Option<(&str, &str)>, port: u16, extra: &[&str]) -> Sipp {
         peers::require("sipp", "sip-tester");
         let logs = tempfile::tempdir().unwrap();
         let mut command = Command::new("sipp");
@@ -62,18 +70,34 @@ impl Local {
             .current_dir(logs.path())
             .args(["-sf", fixture(&format!("sipp/{scenario}")).to_str().unwrap()])
             .args(["-s", line, "-m", "1", "-t", transport, "-nostdin", "-timeout", "10", "-trace_err"])
-            .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
-            .arg(format!("127.0.0.1:{}", self.sip_port));
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .arg(format!("127.0.0.1:{}", self.sip_port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         if let Some((user, password)) = credentials {
             command.args(["-au", user, "-ap", password]);
         }
-        let output = command.output().expect("sipp runs");
-        let errors: String = std::fs::read_dir(logs.path())
+        Sipp { child: command.spawn().expect("sipp runs"), logs }
+    }
+}
+
+/// A sipp run; its error log lands in its own directory.
+struct Sipp {
+    child: std::process::Child,
+    logs: tempfile::TempDir,
+}
+
+impl Sipp {
+    /// The exit status (after at most the scenario's own timeout) and the error log.
+    fn wait(mut self) -> (i32, String) {
+        let status = self.child.wait().expect("sipp ends");
+        let errors: String = std::fs::read_dir(self.logs.path())
             .unwrap()
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
             .collect::<Vec<_>>()
             .join("\n");
-        (output.status.code().unwrap_or(-1), errors)
+        (status.code().unwrap_or(-1), errors)
     }
 }
 
@@ -87,7 +111,7 @@ fn sipp_registers_over_udp_with_digest() {
 #[test]
 fn sipp_registers_over_tcp_with_digest() {
     let local = Local::start();
-    let (status, errors) = local.sipp("register-digest.xml", "t1", "2002", Some(("dave", "FakeDave123")));
+    let (status, errors) = local.sipp("register-digest.xml", "t1", "2003", Some(("erin", "FakeErin123")));
     assert_eq!(status, 0, "sipp: {errors}");
 }
 
@@ -96,8 +120,8 @@ fn a_wrong_password_is_refused_with_403() {
     let local = Local::start();
     let (status, errors) = local.sipp("register-wrong-password.xml", "u1", "2001", Some(("carol", "FakeCarol124")));
     assert_eq!(status, 0, "sipp: {errors}");
-    // And the other user's right password is wrong for this line.
-    let (status, errors) = local.sipp("register-wrong-password.xml", "t1", "2001", Some(("dave", "FakeDave123")));
+    // Another user's right password is wrong for this line.
+    let (status, errors) = local.sipp("register-wrong-password.xml", "t1", "2003", Some(("carol", "FakeCarol123")));
     assert_eq!(status, 0, "sipp: {errors}");
 }
 
@@ -108,7 +132,27 @@ fn an_authenticated_phones_line_is_refused_over_udp_and_tcp() {
         let (status, errors) = local.sipp("register-forbidden.xml", transport, "1002", None);
         assert_eq!(status, 0, "{transport}: sipp: {errors}");
     }
+    // A UDP phone's line over TCP, and a TCP phone's over UDP.
+    assert_eq!(local.sipp("register-forbidden.xml", "t1", "2001", None).0, 0, "2001 is UDP only");
+    assert_eq!(local.sipp("register-forbidden.xml", "u1", "2003", None).0, 0, "2003 is TCP only");
     // The scenario can fail: a line that may register is challenged, not refused.
     let (status, _) = local.sipp("register-forbidden.xml", "u1", "2001", None);
     assert_ne!(status, 0, "2001 over UDP is challenged, not refused");
+}
+
+#[test]
+fn a_call_between_two_registered_phones_goes_through_the_proxy_without_srtp_keys() {
+    let local = Local::start();
+    // The callee registers from the port its answering sipp then listens on.
+    let callee_port = free_udp_port();
+    let (status, errors) = local.sipp_with("register-digest.xml", "u1", "2002", Some(("dave", "FakeDave123")), callee_port, &[]).wait();
+    assert_eq!(status, 0, "registering the callee: {errors}");
+    let callee = local.sipp_with("call-uas.xml", "u1", "2002", None, callee_port, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let caller =
+        local.sipp_with("call-uac.xml", "u1", "2001", Some(("carol", "FakeCarol123")), free_udp_port(), &["-key", "callee", "2002"]);
+    let (status, errors) = caller.wait();
+    assert_eq!(status, 0, "the caller: {errors}");
+    let (status, errors) = callee.wait();
+    assert_eq!(status, 0, "the callee: {errors}");
 }

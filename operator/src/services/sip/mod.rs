@@ -4,5 +4,6 @@
 pub mod digest;
 pub mod directory;
 pub mod identity;
+pub mod proxy;
 pub mod registrar;
 pub mod server;

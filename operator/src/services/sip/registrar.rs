@@ -68,6 +68,13 @@ impl Registrar {
         lines.get(line).map(|b| b.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()
     }
 
+    /// The live binding whose Contact is `contact`: where a request inside a dialog goes.
+    pub fn find_contact(&self, contact: &str) -> Option<Binding> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        lines.values().flatten().find(|b| b.expires_at > now && b.contact == contact).cloned()
+    }
+
     /// Live bindings, every line counted.
     pub fn len(&self) -> usize {
         let now = Instant::now();

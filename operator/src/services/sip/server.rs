@@ -2,9 +2,7 @@
 //! line, over which transport, with which certificate and digest answer. rsipstack parses the
 //! messages and runs the transactions; connections are accepted here, so that TCP gets a deep
 //! accept queue and TLS asks for, and keeps, the phone's certificate.
-//!
-//! Not yet here: routing INVITE and in-dialog requests between registered phones and trunks; other
-//! requests than REGISTER are answered 501.
+//! INVITE and the requests of a dialog go to `proxy`; trunks are not served yet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +53,10 @@ pub struct Counters {
     pub challenges: AtomicU64,
     pub refusals: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Answered calls by their security: the lower of the two ends (`proxy::call_security`).
+    pub calls_encrypted: AtomicU64,
+    pub calls_authenticated: AtomicU64,
+    pub calls_non_secure: AtomicU64,
 }
 
 pub struct SipService {
@@ -66,6 +68,8 @@ pub struct SipService {
     /// The certificate each TLS connection's peer presented (None: none), by remote address.
     tls_peers: Mutex<HashMap<SocketAddr, Option<Vec<u8>>>>,
     in_flight: AtomicUsize,
+    /// The address of each listener, for Via and Record-Route.
+    listening: Mutex<Vec<SipAddr>>,
     pub counters: Counters,
 }
 
@@ -104,6 +108,7 @@ impl SipService {
             authorities: Mutex::new(HashMap::new()),
             tls_peers: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
+            listening: Mutex::new(Vec::new()),
             counters: Counters::default(),
         })
     }
@@ -123,7 +128,7 @@ impl SipService {
         &self.registrar
     }
 
-    fn directory(&self) -> Arc<SipDirectory> {
+    pub(super) fn directory(&self) -> Arc<SipDirectory> {
         self.directory.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -135,8 +140,37 @@ impl SipService {
             .clone()
     }
 
+    /// Our address for `transport`.
+    pub(super) fn local_address(&self, transport: Transport) -> Option<SipAddr> {
+        self.listening.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|a| a.r#type == Some(transport)).cloned()
+    }
+
+    /// Every address we listen on.
+    pub(super) fn local_addresses(&self) -> Vec<SocketAddr> {
+        self.listening.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(|a| a.get_socketaddr().ok()).collect()
+    }
+
+    /// Sends `decision`, counting challenges and refusals.
+    pub(super) async fn answer(&self, transaction: &mut Transaction, decision: Decision) -> rsipstack::Result<()> {
+        let Decision::Reply(status, headers) = decision;
+        if status == StatusCode::Unauthorized {
+            self.counters.challenges.fetch_add(1, Ordering::Relaxed);
+        } else if status.kind() != sip::StatusCodeKind::Successful {
+            self.counters.refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        transaction.reply_with(status, headers, None).await
+    }
+
     /// Serves until `cancel` fires.
     pub async fn serve(self: Arc<Self>, listeners: Listeners, cancel: CancellationToken) -> Result<(), String> {
+        {
+            let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+            let udp = listeners.udp.as_ref().and_then(|s| s.local_addr().ok()).map(|a| (Transport::Udp, a));
+            let tcp = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| (Transport::Tcp, a));
+            let tls = listeners.tls.as_ref().and_then(|l| l.local_addr().ok()).map(|a| (Transport::Tls, a));
+            *listening =
+                [udp, tcp, tls].into_iter().flatten().map(|(kind, addr)| SipAddr { r#type: Some(kind), addr: addr.into() }).collect();
+        }
         let transport_layer = TransportLayer::new(cancel.child_token());
         if let Some(socket) = listeners.udp {
             let udp = UdpConnection::from_socket(Arc::new(socket), None, Some(cancel.child_token()))
@@ -209,54 +243,58 @@ impl SipService {
     }
 
     async fn handle(&self, mut transaction: Transaction) {
-        let method = transaction.original.method;
-        let result = if method == Method::Register {
-            if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-                self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-                let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
-                transaction.reply_with(StatusCode::ServiceUnavailable, vec![retry], None).await
-            } else {
-                self.register(&mut transaction).await
-            }
-        } else {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            transaction.reply(StatusCode::NotImplemented).await
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
+            let _ = transaction.reply_with(StatusCode::ServiceUnavailable, vec![retry], None).await;
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let in_dialog = transaction.original.to_header().is_ok_and(|to| to.value().contains("tag="));
+        let result = match transaction.original.method {
+            Method::Register => self.register(&mut transaction).await,
+            Method::Invite if !in_dialog => self.invite(transaction).await,
+            Method::Options if !in_dialog => transaction.reply(StatusCode::OK).await,
+            _ if in_dialog => self.in_dialog(transaction).await,
+            _ => transaction.reply(StatusCode::NotImplemented).await,
         };
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = result {
-            tracing::debug!(error = %e, "SIP reply not sent");
+            tracing::debug!(error = %e, "SIP request not handled to the end");
         }
     }
 
     async fn register(&self, transaction: &mut Transaction) -> rsipstack::Result<()> {
         let decision = self.decide_register(transaction);
-        match decision {
-            Decision::Reply(status, headers) => {
-                if status == StatusCode::Unauthorized {
-                    self.counters.challenges.fetch_add(1, Ordering::Relaxed);
-                } else if status != StatusCode::OK {
-                    self.counters.refusals.fetch_add(1, Ordering::Relaxed);
-                }
-                transaction.reply_with(status, headers, None).await
-            }
+        self.answer(transaction, decision).await
+    }
+
+    /// The REGISTER policy: who the phone is (see [`Self::authenticate`]) and the binding.
+    fn decide_register(&self, transaction: &Transaction) -> Decision {
+        let request = &transaction.original;
+        let Ok(aor) = request.to_header().and_then(|to| to.uri()) else { return Decision::refuse(StatusCode::BadRequest, "no To URI") };
+        let Some(line) = aor.user().map(str::to_owned) else { return Decision::refuse(StatusCode::NotFound, "the To URI names no line") };
+        match self.authenticate(transaction, &line) {
+            Ok(caller) => self.bind(request, &line, &caller.phone, caller.transport, caller.source),
+            Err(decision) => decision,
         }
     }
 
-    /// The REGISTER policy: who the phone is, whether it may use this transport and line, whether its
-    /// digest answer holds, and the binding.
-    fn decide_register(&self, transaction: &Transaction) -> Decision {
+    /// Which phone sends this request as `line`: over TLS the one its certificate names, over UDP
+    /// or TCP one whose profile allows that transport (Table 5-2); then its digest answer, when its
+    /// profile asks one. The answer to send instead when there is none.
+    pub(super) fn authenticate(&self, transaction: &Transaction, line: &str) -> Result<Caller, Decision> {
         let request = &transaction.original;
+        let method = request.method.to_string();
         let Some(connection) = transaction.connection.as_ref() else {
-            return Decision::refuse(StatusCode::ServerInternalError, "no connection");
+            return Err(Decision::refuse(StatusCode::ServerInternalError, "no connection"));
         };
         let transport = connection.transport();
         let source = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
-        let Ok(aor) = request.to_header().and_then(|to| to.uri()) else { return Decision::refuse(StatusCode::BadRequest, "no To URI") };
-        let Some(line) = aor.user().map(str::to_owned) else { return Decision::refuse(StatusCode::NotFound, "the To URI names no line") };
         let directory = self.directory();
-        let candidates: Vec<&SipPhone> = directory.phones_with_line(&line).collect();
+        let candidates: Vec<&SipPhone> = directory.phones_with_line(line).collect();
         if candidates.is_empty() {
-            return Decision::refuse(StatusCode::NotFound, &format!("no SIP phone has line {line}"));
+            return Err(Decision::refuse(StatusCode::NotFound, &format!("no SIP phone has line {line}")));
         }
         let phone = match transport {
             Transport::Tls => {
@@ -272,7 +310,7 @@ impl SipService {
                 };
                 let identity = match identity::identify_phone(leaf.as_deref(), &anchors, lookup, time::OffsetDateTime::now_utc()) {
                     Ok(identity) => identity,
-                    Err(refusal) => return self.refuse_identity(&line, source, &refusal),
+                    Err(refusal) => return Err(self.refuse_identity(&method, line, source, &refusal)),
                 };
                 match candidates.iter().find(|p| p.device == identity.device) {
                     Some(phone) => *phone,
@@ -281,7 +319,7 @@ impl SipService {
                             presented: identity.device,
                             expected: candidates.iter().map(|p| p.device.as_str()).collect::<Vec<_>>().join(", "),
                         };
-                        return self.refuse_identity(&line, source, &refusal);
+                        return Err(self.refuse_identity(&method, line, source, &refusal));
                     }
                 }
             }
@@ -291,40 +329,41 @@ impl SipService {
                         "line {line} belongs to {}, whose profile does not allow SIP over {other} (Table 5-2)",
                         candidates.iter().map(|p| p.subject.as_str()).collect::<Vec<_>>().join(", ")
                     );
-                    tracing::info!(?source, "REGISTER refused: {why}");
-                    return Decision::refuse(StatusCode::Forbidden, &why);
+                    tracing::info!(?source, "{method} refused: {why}");
+                    return Err(Decision::refuse(StatusCode::Forbidden, &why));
                 };
                 *phone
             }
         };
         if let Some(credentials) = &phone.digest {
             let authority = self.authority(&directory.realm, phone.nonce_validity_seconds);
-            let Some(header) = request.authorization_header() else { return Decision::challenge(&authority, false) };
+            let Some(header) = request.authorization_header() else { return Err(Decision::challenge(&authority, false)) };
             let answer = match digest::parse_credentials(header.value()) {
                 Ok(answer) => answer,
-                Err(e) => return Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}")),
+                Err(e) => return Err(Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}"))),
             };
-            // The digest uri is compared as a SIP URI: rsipstack does not keep the request line's text.
-            let request_uri = if sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri) {
-                answer.uri.clone()
-            } else {
-                request.uri.to_string()
-            };
-            match authority.verify(&answer, "REGISTER", &request_uri, &credentials.name, &credentials.password) {
+            // Without qop, the digest uri must be the Request-URI (compared as a SIP URI: rsipstack
+            // does not keep the request line's text), or an answer overheard could be replayed to
+            // another URI while its nonce lives. With qop=auth the nonce count makes every answer
+            // single-use, and clients differ in what they put there (sipp: the server's address),
+            // so the uri is only hashed, as RFC 2617 §3.2.2.5 allows.
+            let uri_matches = sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri);
+            let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
+            match authority.verify(&answer, &method, &request_uri, &credentials.name, &credentials.password) {
                 Verdict::Authenticated => {}
-                Verdict::Stale => return Decision::challenge(&authority, true),
+                Verdict::Stale => return Err(Decision::challenge(&authority, true)),
                 Verdict::Refused(refusal) => {
-                    tracing::info!(?source, phone = %phone.subject, "REGISTER refused: {}", refusal.reason());
+                    tracing::info!(?source, phone = %phone.subject, "{method} refused: {}", refusal.reason());
                     let status = if refusal == Refusal::Unsupported { StatusCode::BadRequest } else { StatusCode::Forbidden };
-                    return Decision::refuse(status, refusal.reason());
+                    return Err(Decision::refuse(status, refusal.reason()));
                 }
             }
         }
-        self.bind(request, &line, phone, transport, source)
+        Ok(Caller { phone: phone.clone(), transport, source })
     }
 
-    fn refuse_identity(&self, line: &str, source: Option<SocketAddr>, refusal: &IdentityRefusal) -> Decision {
-        tracing::info!(?source, line, reason = refusal.label(), "REGISTER over TLS refused: {refusal}");
+    fn refuse_identity(&self, method: &str, line: &str, source: Option<SocketAddr>, refusal: &IdentityRefusal) -> Decision {
+        tracing::info!(?source, line, reason = refusal.label(), "{method} over TLS refused: {refusal}");
         Decision::refuse(StatusCode::Forbidden, &refusal.to_string())
     }
 
@@ -367,13 +406,20 @@ impl SipService {
     }
 }
 
-/// What to answer a REGISTER.
-enum Decision {
+/// A phone that sent a request, authenticated.
+pub(super) struct Caller {
+    pub phone: SipPhone,
+    pub transport: Transport,
+    pub source: Option<SocketAddr>,
+}
+
+/// What to answer a request.
+pub(super) enum Decision {
     Reply(StatusCode, Vec<Header>),
 }
 
 impl Decision {
-    fn refuse(status: StatusCode, why: &str) -> Decision {
+    pub(super) fn refuse(status: StatusCode, why: &str) -> Decision {
         Decision::Reply(status, vec![Header::Warning(format!("399 callguard \"{}\"", why.replace('"', "'")).into())])
     }
 
