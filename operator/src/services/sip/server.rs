@@ -479,6 +479,9 @@ mod tests {
 
     const UDP_PHONE: &str = "SEP000000001005";
     const TLS_PHONE: &str = "SEP000000001002";
+    /// Two Encrypted phones, without digest, for calls over TLS.
+    const CALLER: &str = "SEP000000001003";
+    const CALLEE: &str = "SEP000000001004";
 
     struct Lab {
         udp: SocketAddr,
@@ -486,6 +489,8 @@ mod tests {
         ca: ClusterCa,
         phone_key: rsa::RsaPrivateKey,
         lsc: Vec<u8>,
+        caller_lsc: Vec<u8>,
+        callee_lsc: Vec<u8>,
         service: Arc<SipService>,
         _cancel: tokio_util::sync::DropGuard,
     }
@@ -511,6 +516,7 @@ mod tests {
         let phone_key = keys::generate_rsa(2048);
         let spki = rsa::RsaPublicKey::from(&phone_key).to_public_key_der().unwrap().as_bytes().to_vec();
         let lsc = identity::lsc_for(&ca, TLS_PHONE, &spki);
+        let (caller_lsc, callee_lsc) = (identity::lsc_for(&ca, CALLER, &spki), identity::lsc_for(&ca, CALLEE, &spki));
         let server = ServerCertificateRequest {
             role: ServerRole::CallManager,
             hostname: "cm1.example.com".into(),
@@ -524,6 +530,8 @@ mod tests {
         let phones = [
             phone(UDP_PHONE, "1005", DeviceSecurityMode::NonSecure, SipTransport::Udp, None),
             phone(TLS_PHONE, "1002", DeviceSecurityMode::Authenticated, SipTransport::Tls, Some(&lsc)),
+            SipPhone { digest: None, ..phone(CALLER, "1003", DeviceSecurityMode::Encrypted, SipTransport::Tls, Some(&caller_lsc)) },
+            SipPhone { digest: None, ..phone(CALLEE, "1004", DeviceSecurityMode::Encrypted, SipTransport::Tls, Some(&callee_lsc)) },
         ];
         let directory = SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), vec![], phones);
         let anchors = PhoneAnchors { cluster_ca: ca.certificate_der().to_vec(), manufacturer_cas: vec![] };
@@ -538,7 +546,7 @@ mod tests {
         let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener) };
         tokio::spawn(service.clone().serve(listeners, cancel.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Lab { udp, tls, ca, phone_key, lsc, service, _cancel: cancel.drop_guard() }
+        Lab { udp, tls, ca, phone_key, lsc, caller_lsc, callee_lsc, service, _cancel: cancel.drop_guard() }
     }
 
     fn register(transport: &str, local: SocketAddr, server: SocketAddr, line: &str, cseq: u32, authorization: Option<String>) -> String {
@@ -559,12 +567,16 @@ mod tests {
         (u16::from(response.status_code.clone()), String::from_utf8_lossy(bytes).into_owned())
     }
 
-    /// The MD5 answer to the MD5 challenge of `response`.
+    /// The MD5 answer to the MD5 challenge of `response`, for a REGISTER.
     fn md5_answer(response: &str, user: &str, password: &str, uri: &str, nc: u32) -> String {
+        md5_answer_for("REGISTER", response, user, password, uri, nc)
+    }
+
+    fn md5_answer_for(method: &str, response: &str, user: &str, password: &str, uri: &str, nc: u32) -> String {
         let challenge = response.lines().find(|l| l.starts_with("WWW-Authenticate") && l.contains("MD5")).expect("an MD5 challenge");
         let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
         let hash = |s: String| inspect::md5_hex(s.as_bytes());
-        let (ha1, ha2) = (hash(format!("{user}:ccmsipline:{password}")), hash(format!("REGISTER:{uri}")));
+        let (ha1, ha2) = (hash(format!("{user}:ccmsipline:{password}")), hash(format!("{method}:{uri}")));
         let nc = format!("{nc:08x}");
         let response = hash(format!("{ha1}:{nonce}:{nc}:abc:auth:{ha2}"));
         format!(
@@ -607,7 +619,10 @@ mod tests {
         assert_eq!(status, 404);
     }
 
-    async fn tls_register(lab: &Lab, client_certificate: Option<(Vec<u8>, &rsa::RsaPrivateKey)>) -> (u16, String) {
+    type TlsPhone = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+    /// A TLS connection to the SIP-TLS port, presenting `client_certificate`; its local address.
+    async fn tls_connect(lab: &Lab, client_certificate: Option<(Vec<u8>, &rsa::RsaPrivateKey)>) -> (TlsPhone, SocketAddr) {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(lab.ca.certificate_der().to_vec())).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -626,11 +641,77 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(lab.tls).await.unwrap();
         let local = tcp.local_addr().unwrap();
         let name = rustls_pki_types::ServerName::try_from("cm1.example.com").unwrap();
-        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        (tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap(), local)
+    }
+
+    /// One whole message from a stream: the headers, then Content-Length bytes of body.
+    async fn read_message(stream: &mut TlsPhone, pending: &mut Vec<u8>) -> String {
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length:").or_else(|| l.strip_prefix("content-length:")))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if pending.len() >= end + 4 + length {
+                    let message: Vec<u8> = pending.drain(..end + 4 + length).collect();
+                    return String::from_utf8_lossy(&message).into_owned();
+                }
+            }
+            let mut buffer = vec![0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await.expect("a message").unwrap();
+            assert!(n > 0, "the connection closed");
+            pending.extend_from_slice(&buffer[..n]);
+        }
+    }
+
+    async fn tls_register(lab: &Lab, client_certificate: Option<(Vec<u8>, &rsa::RsaPrivateKey)>) -> (u16, String) {
+        let (mut stream, local) = tls_connect(lab, client_certificate).await;
         stream.write_all(register("TLS", local, lab.tls, "1002", 1, None).as_bytes()).await.unwrap();
-        let mut buffer = vec![0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await.expect("an answer").unwrap();
-        status_and_headers(&buffer[..n])
+        let text = read_message(&mut stream, &mut Vec::new()).await;
+        status_and_headers(text.as_bytes())
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+                         a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+    /// An INVITE from `line` at `local` over `transport` to line `to`, with an SRTP offer.
+    fn invite(
+        transport: &str,
+        local: SocketAddr,
+        server: SocketAddr,
+        line: &str,
+        to: &str,
+        cseq: u32,
+        authorization: Option<String>,
+    ) -> String {
+        let authorization = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        format!(
+            "INVITE sip:{to}@{server} SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bKcall{line}{cseq}{}\r\nMax-Forwards: 70\r\n\
+             From: <sip:{line}@{server}>;tag=caller{line}\r\nTo: <sip:{to}@{server}>\r\nCall-ID: call{line}to{to}@test\r\n\
+             CSeq: {cseq} INVITE\r\nContact: <sip:{line}@{local};transport={}>\r\n{authorization}\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+            local.port(),
+            transport.to_ascii_lowercase(),
+            OFFER.len()
+        )
+    }
+
+    /// The callee's 200 to `request` (an INVITE it received), with an SRTP answer.
+    fn answer_ok(request: &str, contact: SocketAddr) -> String {
+        let copy = |name: &str| request.lines().filter(|l| l.starts_with(name)).map(|l| format!("{l}\r\n")).collect::<String>();
+        let to = request.lines().find(|l| l.starts_with("To:")).unwrap();
+        format!(
+            "SIP/2.0 200 OK\r\n{}{}{to};tag=callee\r\n{}{}{}Contact: <sip:1004@{contact};transport=tls>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+            copy("Via:"),
+            copy("From:"),
+            copy("Call-ID:"),
+            copy("CSeq:"),
+            copy("Record-Route:"),
+            OFFER.len()
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,5 +729,62 @@ mod tests {
         assert_eq!(status, 403, "{text}");
         assert!(text.contains("not its current one"), "{text}");
         assert!(lab.service.counters.refusals.load(Ordering::Relaxed) >= 2);
+    }
+
+    /// Two Encrypted phones register over TLS with their LSCs and call: the INVITE reaches the callee
+    /// over its own TLS connection with the SRTP offer and the proxy's Record-Route, the answer
+    /// reaches the caller with its keys, and the call counts as Encrypted. Then a Non Secure phone over
+    /// UDP calls the same Encrypted phone: the keys are removed both ways and the call is Non Secure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_between_encrypted_phones_keeps_its_keys_and_one_with_a_udp_phone_loses_them() {
+        let lab = lab().await;
+        let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
+        let mut callee_pending = Vec::new();
+        callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
+        let registered = read_message(&mut callee, &mut callee_pending).await;
+        assert!(registered.starts_with("SIP/2.0 200"), "{registered}");
+
+        let (mut caller, caller_local) = tls_connect(&lab, Some((lab.caller_lsc.clone(), &lab.phone_key))).await;
+        let mut caller_pending = Vec::new();
+        caller.write_all(invite("TLS", caller_local, lab.tls, "1003", "1004", 1, None).as_bytes()).await.unwrap();
+        let offered = read_message(&mut callee, &mut callee_pending).await;
+        assert!(offered.starts_with("INVITE sip:1004@"), "{offered}");
+        assert!(offered.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80"), "keys pass between TLS legs: {offered}");
+        assert!(offered.contains("Record-Route:"), "{offered}");
+        callee.write_all(answer_ok(&offered, callee_local).as_bytes()).await.unwrap();
+        let answered = loop {
+            let message = read_message(&mut caller, &mut caller_pending).await;
+            if !message.starts_with("SIP/2.0 1") {
+                break message;
+            }
+        };
+        assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
+        assert!(answered.contains("a=crypto:1"), "{answered}");
+        assert_eq!(lab.service.counters.calls_encrypted.load(Ordering::Relaxed), 1);
+
+        // A Non Secure phone over UDP, with digest, calls the Encrypted phone.
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let uri = format!("sip:1004@{}", lab.udp);
+        let (status, challenge) = udp_exchange(&socket, lab.udp, invite("UDP", local, lab.udp, "1005", "1004", 1, None)).await;
+        assert_eq!(status, 401, "{challenge}");
+        let answer = md5_answer_for("INVITE", &challenge, "user1005", "secret", &uri, 1);
+        socket.send_to(invite("UDP", local, lab.udp, "1005", "1004", 2, Some(answer)).as_bytes(), lab.udp).await.unwrap();
+        let offered = read_message(&mut callee, &mut callee_pending).await;
+        assert!(offered.starts_with("INVITE sip:1004@"), "{offered}");
+        assert!(!offered.contains("a=crypto"), "no keys toward a leg that came over UDP: {offered}");
+        callee.write_all(answer_ok(&offered, callee_local).as_bytes()).await.unwrap();
+        let answered = loop {
+            let mut buffer = vec![0u8; 8192];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await.expect("an answer").unwrap();
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if !text.starts_with("SIP/2.0 1") {
+                break text;
+            }
+        };
+        assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
+        assert!(!answered.contains("a=crypto"), "no keys toward UDP: {answered}");
+        assert_eq!(lab.service.counters.calls_non_secure.load(Ordering::Relaxed), 1);
+        assert_eq!(lab.service.counters.calls_encrypted.load(Ordering::Relaxed), 1);
     }
 }
