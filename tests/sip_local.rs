@@ -22,6 +22,7 @@ struct Local {
     process: Running,
     sip_port: u16,
     _state: tempfile::TempDir,
+    _extra: Option<tempfile::TempDir>,
 }
 
 crate::deref_to_running!(Local);
@@ -32,6 +33,11 @@ fn fixture(path: &str) -> PathBuf {
 
 impl Local {
     fn start() -> Local {
+        Local::start_with(None)
+    }
+
+    /// With the manifests of `extra` too.
+    fn start_with(extra: Option<tempfile::TempDir>) -> Local {
         let state = tempfile::tempdir().unwrap();
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         // SIP needs one port free for both UDP and TCP.
@@ -44,11 +50,12 @@ impl Local {
         let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
         command
             .args(["local", quickstart.to_str().unwrap(), fixture("sip-lab").to_str().unwrap()])
+            .args(extra.iter().map(|dir| dir.path().to_str().unwrap().to_owned()))
             .args(["--state-dir", state.path().to_str().unwrap()])
             .args(["--tftp-port", &free_udp_port().to_string(), "--capf-port", &free_tcp_port().to_string()])
             .args(["--tvs-port", &free_tcp_port().to_string(), "--est-port", &free_tcp_port().to_string()])
             .args(["--sip-port", &sip_port.to_string(), "--sip-tls-port", &free_tcp_port().to_string()]);
-        let mut local = Local { process: Running::spawn(command), sip_port, _state: state };
+        let mut local = Local { process: Running::spawn(command), sip_port, _state: state, _extra: extra };
         let line = local.wait_for("serving SIP on");
         assert!(line.contains(&format!("127.0.0.1:{sip_port} (UDP and TCP)")), "{line}");
         local.wait_for("serving TFTP on");
@@ -63,16 +70,23 @@ impl Local {
 
     /// Starts sipp with `scenario` from local port `port`, with `extra` arguments.
     fn sipp_with(&self, scenario: &str, transport: &str, line: &str, credentials: Option<(&str, &str)>, port: u16, extra: &[&str]) -> Sipp {
+        sipp_to(self.sip_port, scenario, transport, line, credentials, port, extra)
+    }
+}
+
+/// Starts sipp with `scenario` toward 127.0.0.1:`target`, from local port `port`.
+fn sipp_to(target: u16, scenario: &str, transport: &str, line: &str, credentials: Option<(&str, &str)>, port: u16, extra: &[&str]) -> Sipp {
+    {
         peers::require("sipp", "sip-tester");
         let logs = tempfile::tempdir().unwrap();
         let mut command = Command::new("sipp");
         command
             .current_dir(logs.path())
-            .args(["-sf", fixture(&format!("sipp/{scenario}")).to_str().unwrap()])
+            .args(["-sf", fixture("sipp").join(scenario).to_str().unwrap()])
             .args(["-s", line, "-m", "1", "-t", transport, "-nostdin", "-timeout", "10", "-trace_err"])
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(extra)
-            .arg(format!("127.0.0.1:{}", self.sip_port))
+            .arg(format!("127.0.0.1:{target}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if let Some((user, password)) = credentials {
@@ -155,4 +169,112 @@ fn a_call_between_two_registered_phones_goes_through_the_proxy_without_srtp_keys
     assert_eq!(status, 0, "the caller: {errors}");
     let (status, errors) = callee.wait();
     assert_eq!(status, 0, "the callee: {errors}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Trunks (Table 14-1): a TCP+UDP trunk whose peer is 127.0.0.1, on an incoming port of its own, with
+// digest and the application user "gateway"; each Accept flag of the profile, and the application
+// user's, as the case needs.
+
+/// The Accept flags, in Table 14-1's order: presence, out-of-dialog REFER, unsolicited NOTIFY, Replaces.
+type Flags = [bool; 4];
+
+/// A `callguard local` with the trunk: its profile accepts `profile`, its application user
+/// `application`; application-level authorization on. The trunk's incoming port.
+fn start_with_trunk(profile: Flags, application: Flags) -> (Local, u16) {
+    let port = loop {
+        let port = free_udp_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
+    let flags = |f: Flags| {
+        format!(
+            "acceptPresenceSubscription: {}\n  acceptOutOfDialogRefer: {}\n  acceptUnsolicitedNotification: {}\n  acceptHeaderReplacement: {}",
+            f[0], f[1], f[2], f[3]
+        )
+    };
+    let manifests = format!(
+        "apiVersion: callguard.io/v1alpha1\nkind: SipTrunkSecurityProfile\nmetadata:\n  name: gateway-plain\nspec:\n  \
+         incomingTransportType: TCPAndUDP\n  outgoingTransportType: UDP\n  incomingPort: {port}\n  \
+         enableDigestAuthentication: true\n  enableApplicationLevelAuthorization: true\n  {}\n---\n\
+         apiVersion: callguard.io/v1alpha1\nkind: ApplicationUser\nmetadata:\n  name: gateway\nspec:\n  \
+         userId: gateway\n  digestCredentials: {{name: gateway-digest, key: digestCredentials}}\n  sipAuthorization:\n    {}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: gateway-digest, labels: {{callguard.io/watch: \"true\"}}}}\n\
+         stringData: {{digestCredentials: FakeGateway123}}\n---\n\
+         apiVersion: callguard.io/v1alpha1\nkind: SipTrunk\nmetadata:\n  name: gateway\nspec:\n  securityProfileRef: gateway-plain\n  \
+         destinations:\n    - {{address: 127.0.0.1, port: 5060}}\n  applicationUserRefs: [gateway]\n",
+        flags(profile),
+        flags(application).replace("\n  ", "\n    ")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("trunk.yaml"), manifests).unwrap();
+    let mut local = Local::start_with(Some(dir));
+    let line = local.wait_for("serving SIP on");
+    assert!(line.contains(&format!("trunks on 127.0.0.1:{port} (UDP and TCP)")), "{line}");
+    (local, port)
+}
+
+const ALL: Flags = [true; 4];
+const NONE: Flags = [false; 4];
+
+impl Local {
+    /// `scenario` from the trunk's peer to the trunk's port `port`, for `method` with the header line
+    /// `extra`, answering challenges as the application user.
+    fn trunk_sipp(&self, port: u16, scenario: &str, method: &str, extra: &str) -> (i32, String) {
+        // sipp takes no keyword for a request's method: the scenario is written out with it.
+        let template = std::fs::read_to_string(fixture("sipp").join(scenario)).unwrap();
+        let written = tempfile::tempdir().unwrap();
+        let path = written.path().join(scenario);
+        std::fs::write(&path, template.replace("[method]", method)).unwrap();
+        let args = ["-key", "extra", extra];
+        sipp_to(port, path.to_str().unwrap(), "u1", "1001", Some(("gateway", "FakeGateway123")), free_udp_port(), &args).wait()
+    }
+}
+
+/// Each case: refused by the profile's flag alone (403 before any challenge), then, with the flag
+/// ticked for both the trunk and its application user, past every check (the service then answers
+/// 501, or routes an INVITE).
+fn check_feature(index: usize, method: &str, extra: &str, accepted: &str) {
+    let mut closed = ALL;
+    closed[index] = false;
+    let (local, port) = start_with_trunk(closed, ALL);
+    let (status, errors) = local.trunk_sipp(port, "trunk-refused.xml", method, extra);
+    assert_eq!(status, 0, "unticked on the profile, refused although the application user may: {errors}");
+    drop(local);
+    let (local, port) = start_with_trunk(ALL, ALL);
+    let (status, errors) = local.trunk_sipp(port, accepted, method, extra);
+    assert_eq!(status, 0, "ticked on both: accepted: {errors}");
+}
+
+#[test]
+fn a_trunks_presence_subscription_follows_accept_presence_subscription() {
+    check_feature(0, "SUBSCRIBE", "Event: presence", "trunk-authorized.xml");
+}
+
+#[test]
+fn a_trunks_out_of_dialog_refer_follows_accept_out_of_dialog_refer() {
+    check_feature(1, "REFER", "Refer-To: <sip:1001@127.0.0.1>", "trunk-authorized.xml");
+}
+
+#[test]
+fn a_trunks_unsolicited_notify_follows_accept_unsolicited_notification() {
+    check_feature(2, "NOTIFY", "Event: message-summary", "trunk-authorized.xml");
+}
+
+#[test]
+fn a_trunks_replaces_header_follows_accept_header_replacement() {
+    check_feature(3, "INVITE", "Replaces: 12345@127.0.0.1;to-tag=1;from-tag=2", "trunk-invite-accepted.xml");
+}
+
+/// Application-level authorization: the trunk accepts presence, its application user may not: 403
+/// once digest has named the user.
+#[test]
+fn application_level_authorization_refuses_what_the_application_user_lacks() {
+    let (local, port) = start_with_trunk(ALL, NONE);
+    let (status, errors) = local.trunk_sipp(port, "trunk-app-refused.xml", "SUBSCRIBE", "Event: presence");
+    assert_eq!(status, 0, "{errors}");
+    // A request no flag gates passes with digest alone.
+    let (status, errors) = local.trunk_sipp(port, "trunk-authorized.xml", "OPTIONS", "Accept: application/sdp");
+    assert_eq!(status, 0, "{errors}");
 }

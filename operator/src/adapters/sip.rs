@@ -1,13 +1,15 @@
 //! The signaling service's directory from the resources: shared by `callguard local` and the
 //! operator's projection.
 
-use crate::api::{CapfAuthenticationMode, PhoneProtocol};
+use crate::api::{CapfAuthenticationMode, IncomingTransport, PhoneProtocol};
 use crate::core::build::SipIdentity;
-use crate::core::build::phone_files::digest_auth;
+use crate::core::build::phone_files::{digest_auth, secret_text};
+use crate::core::phone_config::DigestAuth;
 use crate::core::pki::inspect;
 use crate::services::sip::directory::{SipDirectory, SipPhone};
 use crate::services::sip::identity::PhoneAnchors;
 use crate::services::sip::server;
+use crate::services::sip::trunk::{ApplicationCredentials, SipTrunkEntry};
 use crate::validate::Snapshot;
 
 /// Every SIP phone of `snapshot`, with the certificates of the build's `identity`: a phone's current
@@ -50,7 +52,52 @@ pub fn directory(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectory {
             device,
         })
     });
-    SipDirectory::new(realm, identity.ca_der.clone(), manufacturer_cas, phones)
+    let trunk_realm = cluster.map(|c| c.spec.digest().cluster_id().to_string()).unwrap_or_else(|| "StandAloneCluster".into());
+    SipDirectory::new(realm, identity.ca_der.clone(), manufacturer_cas, phones).with_trunks(trunk_realm, trunks(snapshot))
+}
+
+/// The trunks of `snapshot` with their profiles and application users. An application user whose
+/// digest credentials cannot be read is left out: it cannot answer a challenge.
+pub fn trunks(snapshot: &Snapshot) -> Vec<SipTrunkEntry> {
+    snapshot
+        .trunks
+        .iter()
+        .filter_map(|(name, trunk)| {
+            let profile = &snapshot.trunk_profiles.get(&trunk.spec.security_profile_ref)?.spec;
+            let application_users = trunk
+                .spec
+                .application_user_refs
+                .iter()
+                .filter_map(|user_ref| {
+                    let user = snapshot.application_users.get(user_ref)?;
+                    let password = secret_text(snapshot, user.spec.digest_credentials.as_ref()?).ok()?;
+                    let name = user.spec.user_id.clone().unwrap_or_else(|| user_ref.clone());
+                    Some(ApplicationCredentials {
+                        credentials: DigestAuth { name, password: password.to_string() },
+                        accept: user.spec.sip_authorization.clone().unwrap_or_default(),
+                    })
+                })
+                .collect();
+            Some(SipTrunkEntry {
+                subject: format!("SipTrunk/{name}"),
+                mode: profile.device_security_mode(),
+                incoming_port: profile.incoming_port(),
+                tls: profile.incoming_transport() == IncomingTransport::Tls,
+                subject_names: profile.subject_names().into_iter().map(str::to_owned).collect(),
+                peer_addresses: trunk.spec.destinations.iter().filter_map(|d| d.address.parse().ok()).collect(),
+                digest_nonce_validity: profile.digest_enabled().then(|| profile.nonce_validity_seconds()),
+                application_level_authorization: profile.application_level_authorization(),
+                accept: profile.accept.clone(),
+                application_users,
+            })
+        })
+        .collect()
+}
+
+/// The incoming ports of the trunks, with whether each is TLS: what `local` listens on beside the
+/// phones' ports.
+pub fn trunk_ports(snapshot: &Snapshot) -> std::collections::BTreeMap<u16, bool> {
+    trunks(snapshot).into_iter().map(|t| (t.incoming_port, t.tls)).collect()
 }
 
 /// The SIP-TLS configuration: the node's CallManager certificate, and client certificates checked
@@ -91,5 +138,12 @@ mod tests {
         assert_eq!((open.mode, open.transport, open.digest.is_none()), (DeviceSecurityMode::NonSecure, SipTransport::Udp, true));
         assert_eq!(directory.phones_with_line("1000").count(), 0, "1000 is an SCCP phone's line");
         assert_eq!(directory.len(), snapshot.phones.values().filter(|p| p.spec.protocol == PhoneProtocol::Sip).count());
+        // The SBC trunk: TLS on 5061, its subject names, digest with its application user.
+        assert_eq!(directory.trunk_realm, "QuickstartCluster", "the cluster ID (Table 15-1)");
+        let trunk = &directory.trunks[0];
+        assert_eq!((trunk.subject.as_str(), trunk.incoming_port, trunk.tls), ("SipTrunk/sbc", 5061, true));
+        assert_eq!(trunk.subject_names, ["sbc1.quickstart.example", "sbc2.quickstart.example"]);
+        assert!(trunk.application_level_authorization && trunk.digest_nonce_validity == Some(600));
+        assert_eq!(trunk.application_users.len(), 1);
     }
 }

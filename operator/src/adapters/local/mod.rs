@@ -28,7 +28,7 @@ use crate::core::build::{
     BuildOptions, BuildOutput, CapfIdentity, PathsError, ResourceStatus, TvsIdentity, build_in, namespace_state, validate_paths,
 };
 use crate::services::sip::directory::SipDirectory;
-use crate::services::sip::server::{Listeners, SipService};
+use crate::services::sip::server::{Listeners, SipService, TrunkListener};
 use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -170,7 +170,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         }
     };
     let sip_sockets = match first.sip_ports() {
-        Some(ports) => Some(bind_sip(&options, ports).await?),
+        Some(ports) => Some(bind_sip(&options, ports, &crate::adapters::sip::trunk_ports(&first.snapshot)).await?),
         None => {
             if options.sip_port.is_some() || options.sip_tls_port.is_some() {
                 println!(
@@ -203,9 +203,10 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view } =
         build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
     files.replace(served);
-    let sip = sip_sockets.map(|sockets| {
+    let sip_ports = sip_sockets.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
+    let sip = sip_sockets.map(|(listeners, line, _)| {
         let (directory, tls) = sip_view.unwrap_or_default();
-        (SipService::new(directory, tls), sockets)
+        (SipService::new(moved_trunks(directory, &sip_ports), tls), (listeners, line))
     });
     let mut tvs_line = None;
     if let Some(tvs) = &tvs {
@@ -333,7 +334,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                         files.replace(served);
                         if let Some(service) = &sip_service {
                             let (directory, tls) = sip_view.unwrap_or_default();
-                            service.follow(directory, tls);
+                            service.follow(moved_trunks(directory, &sip_ports), tls);
                         }
                         if let Some(tvs) = &tvs {
                             match tvs.follow(tvs_identity.as_ref()) {
@@ -380,7 +381,11 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
 /// Binds SIP over UDP and TCP on `--sip-port` (else the cluster's, else 5060) and SIP over TLS on
 /// `--sip-tls-port` (else the cluster's, else 5061), and says where. A default port that is taken
 /// gives way to a free one, named, as EST's does: on a workstation a softphone often holds 5060.
-async fn bind_sip(options: &LocalOptions, (spec_port, spec_tls_port): (u16, u16)) -> Result<(Listeners, String), LocalError> {
+async fn bind_sip(
+    options: &LocalOptions,
+    (spec_port, spec_tls_port): (u16, u16),
+    trunk_ports: &BTreeMap<u16, bool>,
+) -> Result<(Listeners, String, BTreeMap<u16, u16>), LocalError> {
     let origin = |flag: Option<u16>, spec: u16, default: u16| match flag {
         Some(port) => (port, PortOrigin::Flag),
         None if spec == default => (spec, PortOrigin::Default),
@@ -415,10 +420,42 @@ async fn bind_sip(options: &LocalOptions, (spec_port, spec_tls_port): (u16, u16)
         Err(e) => return Err(fail(port::Service::SipTls, tls_address, &e, tls_origin)),
     };
     let (udp_address, tls_address) = (udp.local_addr().unwrap_or(address), tls.local_addr().unwrap_or(tls_address));
+    // Trunk profiles' incoming ports (Table 14-1) other than the phones': the spec's, no fallback.
+    // A port added later needs a restart.
+    let mut trunks = Vec::new();
+    let mut trunk_lines = Vec::new();
+    for (&port, &tls_port) in trunk_ports.iter().filter(|(port, _)| **port != spec_port && **port != spec_tls_port) {
+        let address = SocketAddr::new(options.bind, port);
+        let refused = |e: std::io::Error| {
+            LocalError::Failed(format!(
+                "callguard local: cannot serve the SIP trunks of incoming port {port} (a SipTrunkSecurityProfile's incomingPort, Table 14-1) on {address}: {e}"
+            ))
+        };
+        if tls_port {
+            trunks.push(TrunkListener::Tls(crate::services::tcp_listener::bind(address).map_err(refused)?));
+            trunk_lines.push(format!("{address} (TLS)"));
+        } else {
+            let (udp, tcp) = bind_udp_and_tcp(address).await.map_err(refused)?;
+            trunks.push(TrunkListener::Plain(udp, tcp));
+            trunk_lines.push(format!("{address} (UDP and TCP)"));
+        }
+    }
+    let trunk_text = if trunk_lines.is_empty() { String::new() } else { format!("; trunks on {}", trunk_lines.join(", ")) };
     let line = format!(
-        "serving SIP on {udp_address} (UDP and TCP) and {tls_address} (TLS): REGISTER by the phones' security profiles (Table 5-2)"
+        "serving SIP on {udp_address} (UDP and TCP) and {tls_address} (TLS): REGISTER by the phones' security profiles (Table 5-2){trunk_text}"
     );
-    Ok((Listeners { udp: Some(udp), tcp: Some(tcp), tls: Some(tls) }, line))
+    // Trunks on the phones' ports share their listeners, wherever those were bound.
+    let ports = BTreeMap::from([(spec_port, udp_address.port()), (spec_tls_port, tls_address.port())]);
+    Ok((Listeners { udp: Some(udp), tcp: Some(tcp), tls: Some(tls), trunks }, line, ports))
+}
+
+/// `directory` with the trunks on the cluster's SIP ports moved to where `local` bound those
+/// (`ports`: the spec's port to the bound one).
+fn moved_trunks(mut directory: SipDirectory, ports: &BTreeMap<u16, u16>) -> SipDirectory {
+    for trunk in &mut directory.trunks {
+        trunk.incoming_port = ports.get(&trunk.incoming_port).copied().unwrap_or(trunk.incoming_port);
+    }
+    directory
 }
 
 /// UDP and TCP on the one port SIP uses for both.

@@ -4,9 +4,13 @@
 //! looks things up.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
+use super::identity;
+use super::trunk::SipTrunkEntry;
 use crate::api::{DeviceSecurityMode, SipTransport};
 use crate::core::phone_config::DigestAuth;
+use crate::core::pki::inspect;
 
 /// One SIP phone.
 #[derive(Clone, Debug)]
@@ -27,14 +31,18 @@ pub struct SipPhone {
     pub current_lsc_sha256: Option<String>,
 }
 
-/// The phones, indexed by device name and by line.
+/// The phones, indexed by device name and by line, and the trunks.
 #[derive(Clone, Debug, Default)]
 pub struct SipDirectory {
+    /// The realm of phones' challenges ("SIP Station Realm", P.8-3).
     pub realm: String,
+    /// The realm of trunks' challenges: the cluster ID (Table 15-1).
+    pub trunk_realm: String,
     pub cluster_ca: Vec<u8>,
     pub manufacturer_cas: Vec<Vec<u8>>,
     phones: BTreeMap<String, SipPhone>,
     by_line: HashMap<String, Vec<String>>,
+    pub trunks: Vec<SipTrunkEntry>,
 }
 
 impl SipDirectory {
@@ -46,7 +54,36 @@ impl SipDirectory {
                 by_line.entry(line.clone()).or_default().push(phone.device.clone());
             }
         }
-        SipDirectory { realm, cluster_ca, manufacturer_cas, phones, by_line }
+        SipDirectory { realm, trunk_realm: String::new(), cluster_ca, manufacturer_cas, phones, by_line, trunks: Vec::new() }
+    }
+
+    /// The same, with trunks whose challenges carry `trunk_realm`.
+    pub fn with_trunks(mut self, trunk_realm: String, trunks: Vec<SipTrunkEntry>) -> Self {
+        self.trunk_realm = trunk_realm;
+        self.trunks = trunks;
+        self
+    }
+
+    /// The trunk a request arriving on `local_port` comes from: over TLS the one whose profile lists
+    /// the subject of `leaf` (issued by the cluster CA) for that port (Table 14-1), over TCP or UDP
+    /// the one with a destination at `source`.
+    pub fn trunk_for(&self, local_port: u16, tls: bool, source: Option<IpAddr>, leaf: Option<&[u8]>) -> Option<&SipTrunkEntry> {
+        let on_port = self.trunks.iter().filter(|t| t.incoming_port == local_port && t.tls == tls);
+        if tls {
+            let leaf = leaf.filter(|der| inspect::is_issued_by(der, &self.cluster_ca))?;
+            on_port.into_iter().find(|t| {
+                let names: Vec<&str> = t.subject_names.iter().map(String::as_str).collect();
+                identity::trunk_subject_matches(leaf, &names)
+            })
+        } else {
+            let source = source?;
+            on_port.into_iter().find(|t| t.peer_addresses.contains(&source))
+        }
+    }
+
+    /// Whether some trunk listens on `port`.
+    pub fn is_trunk_port(&self, port: u16) -> bool {
+        self.trunks.iter().any(|t| t.incoming_port == port)
     }
 
     pub fn phone(&self, device: &str) -> Option<&SipPhone> {

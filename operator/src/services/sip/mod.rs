@@ -7,3 +7,4 @@ pub mod identity;
 pub mod proxy;
 pub mod registrar;
 pub mod server;
+pub mod trunk;

@@ -22,6 +22,13 @@ use super::registrar::Binding;
 use super::server::{Decision, SipService};
 use crate::api::DeviceSecurityMode;
 
+/// Who opened a call: a phone or a trunk, authenticated.
+pub(super) struct Origin {
+    pub subject: String,
+    pub mode: DeviceSecurityMode,
+    pub transport: Transport,
+}
+
 /// The security of a call: the lower of its two ends, and no more than the signalling path carries.
 pub fn call_security(caller: DeviceSecurityMode, callee: DeviceSecurityMode, both_legs_tls: bool) -> DeviceSecurityMode {
     if !both_legs_tls {
@@ -53,16 +60,24 @@ fn set_body(headers: &mut sip::Headers, body: &mut Vec<u8>, new: Vec<u8>) {
 }
 
 impl SipService {
-    /// An INVITE that opens a dialog: authenticate the caller, find the callee, forward, relay.
+    /// An INVITE from a phone that opens a dialog: authenticate the caller, then [`Self::route_invite`].
     pub(super) async fn invite(&self, mut server: Transaction) -> rsipstack::Result<()> {
         let request = &server.original;
         let Some(from_line) = request.from_header().and_then(|f| f.uri()).ok().and_then(|uri| uri.user().map(str::to_owned)) else {
             return self.answer(&mut server, Decision::refuse(StatusCode::BadRequest, "the From URI names no line")).await;
         };
-        let caller = match self.authenticate(&server, &from_line) {
-            Ok(caller) => caller,
-            Err(decision) => return self.answer(&mut server, decision).await,
-        };
+        match self.authenticate(&server, &from_line) {
+            Ok(caller) => {
+                self.route_invite(server, Origin { subject: caller.phone.subject, mode: caller.phone.mode, transport: caller.transport })
+                    .await
+            }
+            Err(decision) => self.answer(&mut server, decision).await,
+        }
+    }
+
+    /// An INVITE from an authenticated `origin`: find the callee, forward, relay.
+    pub(super) async fn route_invite(&self, mut server: Transaction, caller: Origin) -> rsipstack::Result<()> {
+        let request = &server.original;
         let Some(target_line) = request.uri.user().map(str::to_owned) else {
             return self.answer(&mut server, Decision::refuse(StatusCode::NotFound, "the Request-URI names no line")).await;
         };
@@ -75,7 +90,7 @@ impl SipService {
             return self.answer(&mut server, Decision::refuse(StatusCode::TemporarilyUnavailable, "the callee left the directory")).await;
         };
         let both_legs_tls = caller.transport == Transport::Tls && binding.transport == "TLS";
-        let security = call_security(caller.phone.mode, callee.mode, both_legs_tls);
+        let security = call_security(caller.mode, callee.mode, both_legs_tls);
         server.send_trying().await?;
 
         let mut forward = server.original.clone();
@@ -83,7 +98,7 @@ impl SipService {
         // The credentials were for this hop.
         forward.headers.retain(|h| !matches!(h, Header::Authorization(_) | Header::ProxyAuthorization(_)));
         if !both_legs_tls && let Some(body) = without_crypto(&forward.body) {
-            tracing::info!(from = %caller.phone.subject, to = %callee.subject, "a=crypto removed from the offer: a leg is not TLS (P.1-6)");
+            tracing::info!(from = %caller.subject, to = %callee.subject, "a=crypto removed from the offer: a leg is not TLS (P.1-6)");
             set_body(&mut forward.headers, &mut forward.body, body);
         }
         let (inbound, outbound) = (self.local_address(caller.transport), self.local_address(transport_of(&binding)));
@@ -132,7 +147,7 @@ impl SipService {
             }
             if response.status_code == StatusCode::OK {
                 self.count_call(security);
-                tracing::info!(from = %caller.phone.subject, to = %callee.subject, ?security, "call answered");
+                tracing::info!(from = %caller.subject, to = %callee.subject, ?security, "call answered");
             }
             let _ = upstream.send(TransactionEvent::Respond(response));
         }

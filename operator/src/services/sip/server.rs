@@ -28,6 +28,7 @@ use super::digest::{self, DigestAuthority, Refusal, Verdict};
 use super::directory::{SipDirectory, SipPhone};
 use super::identity::{self, IdentityRefusal, PhoneAnchors, PhoneCredentials};
 use super::registrar::{self, Binding, Registrar};
+use super::trunk::{self, SipTrunkEntry};
 use crate::api::SipTransport;
 
 /// Requests handled at once; past it, REGISTER gets 503 with Retry-After (a registration storm).
@@ -43,6 +44,15 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     /// SIP-TLS: served with the configuration of the last [`SipService::follow`].
     pub tls: Option<TcpListener>,
+    /// The incoming ports of trunk profiles that are not the phones' (Table 14-1).
+    pub trunks: Vec<TrunkListener>,
+}
+
+/// A trunk profile's incoming port.
+pub enum TrunkListener {
+    /// Incoming Transport Type TCP+UDP: both, on one port.
+    Plain(tokio::net::UdpSocket, TcpListener),
+    Tls(TcpListener),
 }
 
 /// What the service has done, for metrics and tests.
@@ -64,12 +74,14 @@ pub struct SipService {
     tls: RwLock<Option<Arc<ServerConfig>>>,
     registrar: Registrar,
     /// One authority per nonce validity time; replaced when the realm changes.
-    authorities: Mutex<HashMap<u32, Arc<DigestAuthority>>>,
+    authorities: Mutex<HashMap<(String, u32), Arc<DigestAuthority>>>,
     /// The certificate each TLS connection's peer presented (None: none), by remote address.
     tls_peers: Mutex<HashMap<SocketAddr, Option<Vec<u8>>>>,
     in_flight: AtomicUsize,
     /// The address of each listener, for Via and Record-Route.
     listening: Mutex<Vec<SipAddr>>,
+    /// The ports of the phones' listeners; the others are trunks' only.
+    phone_ports: Mutex<Vec<u16>>,
     pub counters: Counters,
 }
 
@@ -109,6 +121,7 @@ impl SipService {
             tls_peers: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             listening: Mutex::new(Vec::new()),
+            phone_ports: Mutex::new(Vec::new()),
             counters: Counters::default(),
         })
     }
@@ -118,9 +131,6 @@ impl SipService {
     pub fn follow(&self, directory: SipDirectory, tls: Option<Arc<ServerConfig>>) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
         let mut current = self.directory.write().unwrap_or_else(|e| e.into_inner());
-        if current.realm != directory.realm {
-            self.authorities.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
         *current = Arc::new(directory);
     }
 
@@ -135,7 +145,7 @@ impl SipService {
     fn authority(&self, realm: &str, validity_seconds: u32) -> Arc<DigestAuthority> {
         let mut authorities = self.authorities.lock().unwrap_or_else(|e| e.into_inner());
         authorities
-            .entry(validity_seconds)
+            .entry((realm.to_string(), validity_seconds))
             .or_insert_with(|| Arc::new(DigestAuthority::new(realm, Duration::from_secs(u64::from(validity_seconds)))))
             .clone()
     }
@@ -170,9 +180,24 @@ impl SipService {
             let tls = listeners.tls.as_ref().and_then(|l| l.local_addr().ok()).map(|a| (Transport::Tls, a));
             *listening =
                 [udp, tcp, tls].into_iter().flatten().map(|(kind, addr)| SipAddr { r#type: Some(kind), addr: addr.into() }).collect();
+            *self.phone_ports.lock().unwrap_or_else(|e| e.into_inner()) =
+                listening.iter().filter_map(|a| a.get_socketaddr().ok()).map(|a| a.port()).collect();
+        }
+        let (mut udp_sockets, mut tcp_listeners, mut tls_listeners) = (Vec::new(), Vec::new(), Vec::new());
+        udp_sockets.extend(listeners.udp);
+        tcp_listeners.extend(listeners.tcp);
+        tls_listeners.extend(listeners.tls);
+        for trunk in listeners.trunks {
+            match trunk {
+                TrunkListener::Plain(udp, tcp) => {
+                    udp_sockets.push(udp);
+                    tcp_listeners.push(tcp);
+                }
+                TrunkListener::Tls(tls) => tls_listeners.push(tls),
+            }
         }
         let transport_layer = TransportLayer::new(cancel.child_token());
-        if let Some(socket) = listeners.udp {
+        for socket in udp_sockets {
             let udp = UdpConnection::from_socket(Arc::new(socket), None, Some(cancel.child_token()))
                 .await
                 .map_err(|e| format!("SIP over UDP: {e}"))?;
@@ -186,10 +211,10 @@ impl SipService {
         let mut incoming = endpoint.incoming_transactions().map_err(|e| e.to_string())?;
         let inner = endpoint.inner.clone();
         tokio::spawn(async move { inner.serve().await });
-        if let Some(listener) = listeners.tcp {
+        for listener in tcp_listeners {
             tokio::spawn(accept_tcp(endpoint.inner.clone(), listener, cancel.clone()));
         }
-        if let Some(listener) = listeners.tls {
+        for listener in tls_listeners {
             tokio::spawn(self.clone().accept_tls(endpoint.inner.clone(), listener, cancel.clone()));
         }
         loop {
@@ -251,17 +276,133 @@ impl SipService {
             return;
         }
         let in_dialog = transaction.original.to_header().is_ok_and(|to| to.value().contains("tag="));
-        let result = match transaction.original.method {
-            Method::Register => self.register(&mut transaction).await,
-            Method::Invite if !in_dialog => self.invite(transaction).await,
-            Method::Options if !in_dialog => transaction.reply(StatusCode::OK).await,
-            _ if in_dialog => self.in_dialog(transaction).await,
-            _ => transaction.reply(StatusCode::NotImplemented).await,
+        let result = match self.trunk_origin(&transaction) {
+            TrunkOrigin::Trunk(trunk) if !in_dialog || trunk_checks_in_dialog(&transaction.original) => {
+                self.trunk_request(transaction, *trunk, in_dialog).await
+            }
+            TrunkOrigin::Unknown(decision) => self.answer(&mut transaction, decision).await,
+            _ => self.phone_request(transaction, in_dialog).await,
         };
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = result {
             tracing::debug!(error = %e, "SIP request not handled to the end");
         }
+    }
+
+    /// Whether the request comes from a trunk: by its TLS certificate or its source address and the
+    /// port it came to (Table 14-1); `Unknown` on a trunks-only port when it matches none.
+    fn trunk_origin(&self, transaction: &Transaction) -> TrunkOrigin {
+        let Some(connection) = transaction.connection.as_ref() else { return TrunkOrigin::None };
+        let Some(local_port) = connection.get_addr().get_socketaddr().ok().map(|a| a.port()) else { return TrunkOrigin::None };
+        let directory = self.directory();
+        if !directory.is_trunk_port(local_port) {
+            return TrunkOrigin::None;
+        }
+        let tls = connection.transport() == Transport::Tls;
+        let source = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
+        let leaf = match (tls, source) {
+            (true, Some(peer)) => self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer).cloned().flatten(),
+            _ => None,
+        };
+        if let Some(trunk) = directory.trunk_for(local_port, tls, source.map(|s| s.ip()), leaf.as_deref()) {
+            return TrunkOrigin::Trunk(Box::new(trunk.clone()));
+        }
+        if self.phone_ports().contains(&local_port) {
+            return TrunkOrigin::None;
+        }
+        let why = if tls {
+            format!("the certificate's subject is not among the X.509 subject names of the trunks on port {local_port} (Table 14-1)")
+        } else {
+            format!(
+                "{} is not a destination of a trunk on port {local_port} (Table 14-1)",
+                source.map(|s| s.ip().to_string()).unwrap_or_default()
+            )
+        };
+        tracing::info!(?source, "trunk request refused: {why}");
+        TrunkOrigin::Unknown(Decision::refuse(StatusCode::Forbidden, &why))
+    }
+
+    async fn phone_request(&self, mut transaction: Transaction, in_dialog: bool) -> rsipstack::Result<()> {
+        match transaction.original.method {
+            Method::Register => self.register(&mut transaction).await,
+            Method::Invite if !in_dialog => self.invite(transaction).await,
+            Method::Options if !in_dialog => transaction.reply(StatusCode::OK).await,
+            _ if in_dialog => self.in_dialog(transaction).await,
+            _ => transaction.reply(StatusCode::NotImplemented).await,
+        }
+    }
+
+    /// A trunk's request, through the checks of P.1-6: the profile's access list, digest with the
+    /// application users' credentials, their own flags. Past them, an INVITE is routed to the
+    /// called line; the features themselves (presence, REFER, MWI) are not served yet: 501.
+    async fn trunk_request(&self, mut transaction: Transaction, trunk: SipTrunkEntry, in_dialog: bool) -> rsipstack::Result<()> {
+        let request = &transaction.original;
+        let method = request.method.to_string().to_ascii_uppercase();
+        let header = |name: &str| {
+            request.headers.iter().find_map(|h| {
+                let text = h.to_string();
+                let (key, value) = text.split_once(':')?;
+                key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+            })
+        };
+        let replaces = header("Replaces").is_some() || header("Refer-To").is_some_and(|r| r.to_ascii_lowercase().contains("replaces="));
+        let feature = trunk::feature_of(&method, in_dialog, header("Event").or_else(|| header("o")).as_deref(), replaces);
+        let source = transaction.connection.as_ref().and_then(|c| c.get_remote_addr()).and_then(|a| a.get_socketaddr().ok());
+        if let Err(refusal) = trunk.admits(feature) {
+            let why = refusal.reason(&trunk.subject);
+            tracing::info!(?source, "{method} refused: {why}");
+            return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, &why)).await;
+        }
+        if let Some(validity) = trunk.digest_nonce_validity {
+            let directory = self.directory();
+            let authority = self.authority(&directory.trunk_realm, validity);
+            let Some(value) = request.authorization_header().map(|h| h.value().to_string()) else {
+                return self.answer(&mut transaction, Decision::challenge(&authority, false)).await;
+            };
+            let answer = match digest::parse_credentials(&value) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    return self.answer(&mut transaction, Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}"))).await;
+                }
+            };
+            let Some(credentials) = trunk.application_user(&answer.username) else {
+                let why = format!("{}: {} is not an application user of the trunk (Chapter 15)", trunk.subject, answer.username);
+                tracing::info!(?source, "{method} refused: {why}");
+                return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, &why)).await;
+            };
+            let uri_matches = sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri);
+            let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
+            match authority.verify(&answer, &method, &request_uri, &credentials.name, &credentials.password) {
+                Verdict::Authenticated => {}
+                Verdict::Stale => return self.answer(&mut transaction, Decision::challenge(&authority, true)).await,
+                Verdict::Refused(refusal) => {
+                    tracing::info!(?source, trunk = %trunk.subject, "{method} refused: {}", refusal.reason());
+                    return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, refusal.reason())).await;
+                }
+            }
+            if let Err(refusal) = trunk.authorizes(&answer.username, feature) {
+                let why = refusal.reason(&trunk.subject);
+                tracing::info!(?source, "{method} refused: {why}");
+                return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, &why)).await;
+            }
+        }
+        let transport = transaction.connection.as_ref().map(|c| c.transport()).unwrap_or(Transport::Udp);
+        match transaction.original.method {
+            Method::Invite if !in_dialog => {
+                let origin = super::proxy::Origin { subject: trunk.subject.clone(), mode: trunk.mode, transport };
+                self.route_invite(transaction, origin).await
+            }
+            _ if in_dialog => self.in_dialog(transaction).await,
+            _ => {
+                let why = format!("{method} from {} passed its checks, but this service does not serve it yet", trunk.subject);
+                self.answer(&mut transaction, Decision::refuse(StatusCode::NotImplemented, &why)).await
+            }
+        }
+    }
+
+    /// The ports phones use.
+    fn phone_ports(&self) -> Vec<u16> {
+        self.phone_ports.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn register(&self, transaction: &mut Transaction) -> rsipstack::Result<()> {
@@ -406,6 +547,21 @@ impl SipService {
     }
 }
 
+/// Whether a request comes from a trunk.
+enum TrunkOrigin {
+    /// Not from a trunk: a phone's request.
+    None,
+    Trunk(Box<SipTrunkEntry>),
+    /// On a port only trunks use, from no trunk.
+    Unknown(Decision),
+}
+
+/// Requests inside a dialog are checked again when they carry what Table 14-1 gates (a REFER with
+/// Replaces); the rest follow the dialog's route.
+fn trunk_checks_in_dialog(request: &sip::Request) -> bool {
+    request.method == Method::Refer
+}
+
 /// A phone that sent a request, authenticated.
 pub(super) struct Caller {
     pub phone: SipPhone,
@@ -543,7 +699,7 @@ mod tests {
         let tls = tls_listener.local_addr().unwrap();
         let service = SipService::new(directory, Some(config));
         let cancel = CancellationToken::new();
-        let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener) };
+        let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener), trunks: Vec::new() };
         tokio::spawn(service.clone().serve(listeners, cancel.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         Lab { udp, tls, ca, phone_key, lsc, caller_lsc, callee_lsc, service, _cancel: cancel.drop_guard() }
