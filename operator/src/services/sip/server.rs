@@ -666,6 +666,11 @@ mod tests {
     }
 
     async fn lab() -> Lab {
+        lab_with_trunks(|_| Vec::new(), Vec::new()).await
+    }
+
+    /// A lab with trunk-only TLS listeners `trunk_listeners`, and the trunks `trunks` makes of their ports.
+    async fn lab_with_trunks(trunks: impl FnOnce(&[u16]) -> Vec<SipTrunkEntry>, trunk_listeners: Vec<TcpListener>) -> Lab {
         let now = time::OffsetDateTime::now_utc();
         let ca = ClusterCa::generate(&CaSettings::new("sip", "default"), now).unwrap();
         // 2048 bits: rustls (ring) neither signs nor verifies TLS client signatures with 1024-bit RSA.
@@ -689,7 +694,9 @@ mod tests {
             SipPhone { digest: None, ..phone(CALLER, "1003", DeviceSecurityMode::Encrypted, SipTransport::Tls, Some(&caller_lsc)) },
             SipPhone { digest: None, ..phone(CALLEE, "1004", DeviceSecurityMode::Encrypted, SipTransport::Tls, Some(&callee_lsc)) },
         ];
-        let directory = SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), vec![], phones);
+        let ports: Vec<u16> = trunk_listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let directory =
+            SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), vec![], phones).with_trunks("Lab".into(), trunks(&ports));
         let anchors = PhoneAnchors { cluster_ca: ca.certificate_der().to_vec(), manufacturer_cas: vec![] };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&identity.key)));
         let config = tls_config(vec![CertificateDer::from(identity.certificate_der.clone())], key, &anchors).unwrap();
@@ -699,7 +706,8 @@ mod tests {
         let tls = tls_listener.local_addr().unwrap();
         let service = SipService::new(directory, Some(config));
         let cancel = CancellationToken::new();
-        let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener), trunks: Vec::new() };
+        let trunks = trunk_listeners.into_iter().map(TrunkListener::Tls).collect();
+        let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener), trunks };
         tokio::spawn(service.clone().serve(listeners, cancel.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         Lab { udp, tls, ca, phone_key, lsc, caller_lsc, callee_lsc, service, _cancel: cancel.drop_guard() }
@@ -779,8 +787,17 @@ mod tests {
 
     /// A TLS connection to the SIP-TLS port, presenting `client_certificate`; its local address.
     async fn tls_connect(lab: &Lab, client_certificate: Option<(Vec<u8>, &rsa::RsaPrivateKey)>) -> (TlsPhone, SocketAddr) {
+        tls_connect_to(&lab.ca, lab.tls, client_certificate).await
+    }
+
+    /// A TLS connection to `address`, trusting `ca`, presenting `client_certificate`.
+    async fn tls_connect_to(
+        ca: &ClusterCa,
+        address: SocketAddr,
+        client_certificate: Option<(Vec<u8>, &rsa::RsaPrivateKey)>,
+    ) -> (TlsPhone, SocketAddr) {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(lab.ca.certificate_der().to_vec())).unwrap();
+        roots.add(CertificateDer::from(ca.certificate_der().to_vec())).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -794,7 +811,7 @@ mod tests {
                 .unwrap(),
             None => builder.with_no_client_auth(),
         };
-        let tcp = tokio::net::TcpStream::connect(lab.tls).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         let local = tcp.local_addr().unwrap();
         let name = rustls_pki_types::ServerName::try_from("cm1.example.com").unwrap();
         (tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap(), local)
@@ -942,5 +959,61 @@ mod tests {
         assert!(!answered.contains("a=crypto"), "no keys toward UDP: {answered}");
         assert_eq!(lab.service.counters.calls_non_secure.load(Ordering::Relaxed), 1);
         assert_eq!(lab.service.counters.calls_encrypted.load(Ordering::Relaxed), 1);
+    }
+
+    /// Table 14-1's subject names over TLS: two trunk-only ports, one trunk each. A peer whose
+    /// certificate names the port's trunk gets past the checks (its OPTIONS is then not served: 501);
+    /// one named by no trunk, and one named by the other port's trunk, are refused with 403.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trunk_port_takes_only_the_subject_names_listed_for_it() {
+        let bind = || crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let trunk = |name: &str, port: u16, subject: &str| SipTrunkEntry {
+            subject: format!("SipTrunk/{name}"),
+            mode: DeviceSecurityMode::Encrypted,
+            incoming_port: port,
+            tls: true,
+            subject_names: vec![subject.into()],
+            peer_addresses: vec![],
+            digest_nonce_validity: None,
+            application_level_authorization: false,
+            accept: Default::default(),
+            application_users: vec![],
+        };
+        let lab =
+            lab_with_trunks(|ports| vec![trunk("a", ports[0], "gw-a.example"), trunk("b", ports[1], "gw-b.example")], vec![bind(), bind()])
+                .await;
+        let ports: Vec<u16> = lab.service.directory().trunks.iter().map(|t| t.incoming_port).collect();
+        let peer = |hostname: &str| {
+            let request = ServerCertificateRequest {
+                role: ServerRole::CallManager,
+                hostname: hostname.into(),
+                ip_address: None,
+                validity_days: 30,
+                serial: Serial::random(&mut rand::thread_rng()),
+                now: time::OffsetDateTime::now_utc(),
+                legacy_signer_keys: false,
+            };
+            issue_server_certificate_with_new_key(&lab.ca, &request).unwrap()
+        };
+        let options = |local: SocketAddr, port: u16| {
+            format!(
+                "OPTIONS sip:cm1@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKopt{}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:gw@{local}>;tag=gw\r\nTo: <sip:cm1@127.0.0.1>\r\nCall-ID: opt{}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                local.port(),
+                local.port()
+            )
+        };
+        for (hostname, expected) in [("gw-a.example", 501), ("gw-c.example", 403), ("gw-b.example", 403)] {
+            let issued = peer(hostname);
+            let address = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+            let (mut stream, local) = tls_connect_to(&lab.ca, address, Some((issued.certificate_der.clone(), &issued.key))).await;
+            stream.write_all(options(local, ports[0]).as_bytes()).await.unwrap();
+            let answer = read_message(&mut stream, &mut Vec::new()).await;
+            let (status, _) = status_and_headers(answer.as_bytes());
+            assert_eq!(status, expected, "{hostname} on SipTrunk/a's port: {answer}");
+            if expected == 403 {
+                assert!(answer.contains("X.509 subject names"), "{answer}");
+            }
+        }
     }
 }
