@@ -78,6 +78,8 @@ pub struct SipService {
     /// The certificate each TLS connection's peer presented (None: none), by remote address.
     tls_peers: Mutex<HashMap<SocketAddr, Option<Vec<u8>>>>,
     in_flight: AtomicUsize,
+    /// [`MAX_IN_FLIGHT`] unless a test lowers it.
+    in_flight_limit: AtomicUsize,
     /// The address of each listener, for Via and Record-Route.
     listening: Mutex<Vec<SipAddr>>,
     /// The ports of the phones' listeners; the others are trunks' only.
@@ -120,6 +122,7 @@ impl SipService {
             authorities: Mutex::new(HashMap::new()),
             tls_peers: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
+            in_flight_limit: AtomicUsize::new(MAX_IN_FLIGHT),
             listening: Mutex::new(Vec::new()),
             phone_ports: Mutex::new(Vec::new()),
             counters: Counters::default(),
@@ -268,7 +271,7 @@ impl SipService {
     }
 
     async fn handle(&self, mut transaction: Transaction) {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.in_flight_limit.load(Ordering::Relaxed) {
             self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
             let _ = transaction.reply_with(StatusCode::ServiceUnavailable, vec![retry], None).await;
@@ -1015,5 +1018,30 @@ mod tests {
                 assert!(answer.contains("X.509 subject names"), "{answer}");
             }
         }
+    }
+
+    /// A registration storm meets 503 with Retry-After: with room for one request at a time, a call
+    /// that rings (its INVITE held until answered) leaves none, and a REGISTER is told to come back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_requests_in_flight_a_register_gets_503_with_retry_after() {
+        let lab = lab().await;
+        let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
+        callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
+        assert!(read_message(&mut callee, &mut Vec::new()).await.starts_with("SIP/2.0 200"));
+        lab.service.in_flight_limit.store(1, Ordering::Relaxed);
+
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (status, challenge) = udp_exchange(&socket, lab.udp, invite("UDP", local, lab.udp, "1005", "1004", 1, None)).await;
+        assert_eq!(status, 401, "{challenge}");
+        let answer = md5_answer_for("INVITE", &challenge, "user1005", "secret", &format!("sip:1004@{}", lab.udp), 1);
+        let (status, _) = udp_exchange(&socket, lab.udp, invite("UDP", local, lab.udp, "1005", "1004", 2, Some(answer))).await;
+        assert_eq!(status, 100, "the INVITE is forwarded, and rings");
+        let storm = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let storm_local = storm.local_addr().unwrap();
+        let (status, text) = udp_exchange(&storm, lab.udp, register("UDP", storm_local, lab.udp, "1005", 1, None)).await;
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains(&format!("Retry-After: {RETRY_AFTER_SECONDS}")), "{text}");
+        assert_eq!(lab.service.counters.overloaded.load(Ordering::Relaxed), 1);
     }
 }
