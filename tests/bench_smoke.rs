@@ -37,3 +37,30 @@ fn the_capf_benchmark_enrols_five_phones_and_prints_its_figures() {
     let ratio = figure("server capacity:") / figure("openssl speed rsa2048:");
     assert!((ratio - figure("ratio, capacity:")).abs() <= 0.006, "{ratio} in {stdout}");
 }
+
+/// `callguard bench sip` runs: 200 REGISTERs with digest through sipp against Kamailio and against
+/// Callguard, every one answered 200 (sipp fails the run otherwise), and Callguard counts 200; the
+/// figures are positive and the ratio is Callguard's rate over Kamailio's. Nothing is asserted of
+/// their size. A missing sipp or kamailio fails the test.
+#[test]
+fn the_sip_benchmark_registers_through_both_servers_and_prints_its_figures() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["bench", "sip", "--registrations", "200", "--users", "20", "--concurrency", "20"])
+        .output()
+        .expect("the callguard binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let rate = |name: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{name} in {stdout}"));
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a rate for {name}: {line}"))
+    };
+    let (kamailio, callguard) = (rate("Kamailio"), rate("Callguard"));
+    assert!(kamailio > 0.0 && callguard > 0.0, "{stdout}");
+    assert!(stdout.contains("Callguard counted 200 registrations"), "{stdout}");
+    let printed: f64 = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("ratio:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("a ratio in {stdout}"));
+    assert!((printed - callguard / kamailio).abs() <= 0.006, "{printed} vs {} in {stdout}", callguard / kamailio);
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::validate::manifest;
 
 pub mod capf;
+pub mod sip;
 pub mod tftp;
 use crate::validate::{self, SecretPolicy};
 

@@ -359,6 +359,18 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         phones: usize,
     },
+    /// REGISTER with digest over UDP, the same sipp scenario against Callguard and against Kamailio.
+    Sip {
+        /// Number of registrations.
+        #[arg(long, default_value_t = 20_000)]
+        registrations: usize,
+        /// Distinct phones (users) the registrations cycle through.
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        /// Registrations in progress at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+    },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
         /// Number of certificates.
@@ -661,6 +673,9 @@ fn main() -> ExitCode {
         Command::Bench { bench: Bench::Configs { phones } } => bench_result(callguard::bench::configs(phones)),
         Command::Bench { bench: Bench::Capf { phones } } => bench_result(callguard::bench::capf::run(phones)),
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
+        Command::Bench { bench: Bench::Sip { registrations, users, concurrency } } => {
+            bench_result(callguard::bench::sip::run(registrations, users, concurrency))
+        }
         Command::Bench { bench: Bench::Tftp { phones, concurrency, single_port } } => {
             bench_result(callguard::bench::tftp::run(phones, concurrency, single_port))
         }
