@@ -330,7 +330,19 @@ impl SipService {
             Method::Register => self.register(&mut transaction).await,
             Method::Invite if !in_dialog => self.invite(transaction).await,
             Method::Options if !in_dialog => transaction.reply(StatusCode::OK).await,
-            _ if in_dialog => self.in_dialog(transaction).await,
+            // Every request of a phone is its own (Table 5-2 challenges each); an ACK cannot be
+            // challenged (RFC 3261 §22.1) and follows the dialog's route as it is.
+            Method::Ack if in_dialog => self.in_dialog(transaction).await,
+            _ if in_dialog => {
+                let from_line = transaction.original.from_header().and_then(|f| f.uri()).ok().and_then(|u| u.user().map(str::to_owned));
+                let Some(from_line) = from_line else {
+                    return self.answer(&mut transaction, Decision::refuse(StatusCode::BadRequest, "the From URI names no line")).await;
+                };
+                match self.authenticate(&transaction, &from_line) {
+                    Ok(_) => self.in_dialog(transaction).await,
+                    Err(decision) => self.answer(&mut transaction, decision).await,
+                }
+            }
             _ => transaction.reply(StatusCode::NotImplemented).await,
         }
     }
@@ -1028,12 +1040,22 @@ mod tests {
         let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
         callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
         assert!(read_message(&mut callee, &mut Vec::new()).await.starts_with("SIP/2.0 200"));
+        // A handler counts itself out just after its reply: wait for it before each step.
+        let settled = || async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while lab.service.in_flight.load(Ordering::Acquire) != 0 {
+                assert!(std::time::Instant::now() < deadline, "requests still in flight");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        settled().await;
         lab.service.in_flight_limit.store(1, Ordering::Relaxed);
 
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = socket.local_addr().unwrap();
         let (status, challenge) = udp_exchange(&socket, lab.udp, invite("UDP", local, lab.udp, "1005", "1004", 1, None)).await;
         assert_eq!(status, 401, "{challenge}");
+        settled().await;
         let answer = md5_answer_for("INVITE", &challenge, "user1005", "secret", &format!("sip:1004@{}", lab.udp), 1);
         let (status, _) = udp_exchange(&socket, lab.udp, invite("UDP", local, lab.udp, "1005", "1004", 2, Some(answer))).await;
         assert_eq!(status, 100, "the INVITE is forwarded, and rings");
