@@ -120,6 +120,36 @@ fn sipp_registers_over_udp_with_digest() {
     let local = Local::start();
     let (status, errors) = local.sipp("register-digest.xml", "u1", "2001", Some(("carol", "FakeCarol123")));
     assert_eq!(status, 0, "sipp: {errors}");
+    // `callguard sip registrations` shows the binding within a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let table = loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_callguard"))
+            .args(["sip", "registrations", "--state-dir", local._state.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&output.stdout).into_owned();
+        if table.lines().any(|l| l.starts_with("2001 ")) {
+            break table;
+        }
+        assert!(std::time::Instant::now() < deadline, "no 2001 in: {table}{}", String::from_utf8_lossy(&output.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let row = table.lines().find(|l| l.starts_with("2001 ")).unwrap();
+    assert!(row.contains("SEP0000000C2001") && row.contains("UDP") && row.contains("127.0.0.1:"), "{table}");
+    assert!(table.starts_with("LINE"), "{table}");
+}
+
+#[test]
+fn sip_registrations_says_when_no_local_served_sip() {
+    let state = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(state.path().join("namespaces/default")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["sip", "registrations", "--state-dir", state.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no callguard local has served SIP for namespace default"), "{stderr}");
 }
 
 #[test]

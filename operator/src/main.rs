@@ -178,6 +178,11 @@ enum Command {
         #[command(subcommand)]
         command: Capf,
     },
+    /// What the SIP service of `callguard local` holds.
+    Sip {
+        #[command(subcommand)]
+        command: Sip,
+    },
     /// Phones' certificates in the state directory.
     Device {
         #[command(subcommand)]
@@ -297,6 +302,21 @@ enum Device {
         device: String,
         /// The certificate, PEM or DER.
         certificate: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Sip {
+    /// The registrations `callguard local` holds (line, device, transport, source, expiry, contact),
+    /// as it last wrote them to its state directory, at most a second old; expired ones are left out.
+    /// Exits 2 when no `local` has served SIP from that state directory.
+    Registrations {
+        /// The state directory of `callguard local`.
+        #[arg(long, default_value = ".callguard")]
+        state_dir: PathBuf,
+        /// The namespace. Without it: the state's only namespace.
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -598,6 +618,18 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("callguard enroll: {e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Sip { command: Sip::Registrations { state_dir, namespace } } => {
+            match callguard::adapters::sip::read_registrations(&state_dir, namespace.as_deref(), time::OffsetDateTime::now_utc()) {
+                Ok(rows) => {
+                    print!("{}", callguard::adapters::sip::registrations_table(&rows));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("callguard sip registrations: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -110,6 +110,85 @@ pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<st
     server::tls_config(chain, key, &anchors)
 }
 
+/// Where `local` keeps what its registrar holds, in the namespace's state, for
+/// `callguard sip registrations`.
+pub const REGISTRATIONS_FILE: &str = "sip-registrations.yaml";
+
+/// One binding, as `callguard sip registrations` shows it.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationRow {
+    pub line: String,
+    pub device: String,
+    pub contact: String,
+    pub transport: String,
+    pub source: String,
+    /// RFC 3339.
+    pub expires: String,
+}
+
+/// The registrar's bindings as rows, their expiry in wall-clock time.
+pub fn registration_rows(registrar: &crate::services::sip::registrar::Registrar) -> Vec<RegistrationRow> {
+    let (now, wall) = (std::time::Instant::now(), time::OffsetDateTime::now_utc());
+    registrar
+        .snapshot()
+        .into_iter()
+        .map(|(line, b)| {
+            let left = b.expires_at.saturating_duration_since(now);
+            let expires = wall + time::Duration::seconds(i64::try_from(left.as_secs()).unwrap_or(i64::MAX / 2));
+            RegistrationRow {
+                line,
+                device: b.device,
+                contact: b.contact,
+                transport: b.transport.to_string(),
+                source: b.source.to_string(),
+                expires: crate::core::build::capf::rfc3339(expires),
+            }
+        })
+        .collect()
+}
+
+/// The rows `local` last wrote for `namespace` (the state's only one when None), still live at `now`.
+pub fn read_registrations(
+    root: &std::path::Path,
+    namespace: Option<&str>,
+    now: time::OffsetDateTime,
+) -> Result<Vec<RegistrationRow>, String> {
+    if !root.is_dir() {
+        return Err(format!("no state directory {}: pass the --state-dir of callguard local", root.display()));
+    }
+    let namespace = crate::core::build::devices::choose_namespace(root, namespace)?;
+    let file = crate::core::build::namespace_state(root, &namespace).join(REGISTRATIONS_FILE);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: not found: no callguard local has served SIP for namespace {namespace} here", file.display()));
+        }
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let rows: Vec<RegistrationRow> = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let live = |row: &RegistrationRow| {
+        time::OffsetDateTime::parse(&row.expires, &time::format_description::well_known::Rfc3339).is_ok_and(|at| at > now)
+    };
+    Ok(rows.into_iter().filter(live).collect())
+}
+
+/// The rows as an aligned table with a header.
+pub fn registrations_table(rows: &[RegistrationRow]) -> String {
+    let header = ["LINE", "DEVICE", "TRANSPORT", "SOURCE", "EXPIRES", "CONTACT"];
+    let cells: Vec<[&str; 6]> = rows
+        .iter()
+        .map(|r| [r.line.as_str(), r.device.as_str(), r.transport.as_str(), r.source.as_str(), r.expires.as_str(), r.contact.as_str()])
+        .collect();
+    let widths: Vec<usize> = (0..6).map(|i| cells.iter().map(|c| c[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+    std::iter::once(header)
+        .chain(cells)
+        .map(|row| {
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+                + "\n"
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -229,6 +229,11 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let sip_service = sip.as_ref().map(|(service, _)| service.clone());
     let sip_serving = sip.map(|(service, (listeners, line))| {
         println!("{line}");
+        tokio::spawn(write_registrations(
+            service.clone(),
+            namespace_dir.join(crate::adapters::sip::REGISTRATIONS_FILE),
+            sip_cancel.clone(),
+        ));
         tokio::spawn(service.serve(listeners, sip_cancel.clone()))
     });
 
@@ -447,6 +452,36 @@ async fn bind_sip(
     // Trunks on the phones' ports share their listeners, wherever those were bound.
     let ports = BTreeMap::from([(spec_port, udp_address.port()), (spec_tls_port, tls_address.port())]);
     Ok((Listeners { udp: Some(udp), tcp: Some(tcp), tls: Some(tls), trunks }, line, ports))
+}
+
+/// Writes the registrar's bindings to `file` each second they changed, for `callguard sip registrations`.
+async fn write_registrations(service: Arc<SipService>, file: std::path::PathBuf, cancel: tokio_util::sync::CancellationToken) {
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let rows = crate::adapters::sip::registration_rows(service.registrar());
+        // The expiry compared to the minute: its second moves with the clock, a refresh moves it by
+        // a minute or more (registrations last 60 s at least).
+        let key: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (r.line.clone(), r.device.clone(), r.contact.clone(), r.source.clone(), r.expires.chars().take(16).collect::<String>())
+            })
+            .collect();
+        if last.as_ref() == Some(&key) {
+            continue;
+        }
+        match serde_yaml::to_string(&rows) {
+            Ok(text) => match crate::core::private_file::write(&file, text.as_bytes()) {
+                Ok(()) => last = Some(key),
+                Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot write the SIP registrations"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot render the SIP registrations"),
+        }
+    }
 }
 
 /// `directory` with the trunks on the cluster's SIP ports moved to where `local` bound those

@@ -75,6 +75,16 @@ impl Registrar {
         lines.values().flatten().find(|b| b.expires_at > now && b.contact == contact).cloned()
     }
 
+    /// Every live binding with its line, sorted by line then device.
+    pub fn snapshot(&self) -> Vec<(String, Binding)> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut all: Vec<(String, Binding)> =
+            lines.iter().flat_map(|(line, b)| b.iter().filter(|b| b.expires_at > now).map(move |b| (line.clone(), b.clone()))).collect();
+        all.sort_by(|a, b| (&a.0, &a.1.device, &a.1.contact).cmp(&(&b.0, &b.1.device, &b.1.contact)));
+        all
+    }
+
     /// Live bindings, every line counted.
     pub fn len(&self) -> usize {
         let now = Instant::now();
