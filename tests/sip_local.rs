@@ -41,12 +41,7 @@ impl Local {
         let state = tempfile::tempdir().unwrap();
         let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
         // SIP needs one port free for both UDP and TCP.
-        let sip_port = loop {
-            let port = free_udp_port();
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
+        let sip_port = free_udp_and_tcp_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
         command
             .args(["local", quickstart.to_str().unwrap(), fixture("sip-lab").to_str().unwrap()])
@@ -65,7 +60,7 @@ impl Local {
     /// Runs `scenario` once with sipp over `transport` (`u1` UDP, `t1` TCP) for `line`, with the
     /// digest credentials `user`/`password`; sipp's exit status and its error log.
     fn sipp(&self, scenario: &str, transport: &str, line: &str, credentials: Option<(&str, &str)>) -> (i32, String) {
-        self.sipp_with(scenario, transport, line, credentials, free_udp_port(), &[]).wait()
+        retrying_bind(|| self.sipp_with(scenario, transport, line, credentials, free_udp_and_tcp_port(), &[]).wait())
     }
 
     /// Starts sipp with `scenario` from local port `port`, with `extra` arguments.
@@ -94,6 +89,29 @@ fn sipp_to(target: u16, scenario: &str, transport: &str, line: &str, credentials
         }
         Sipp { child: command.spawn().expect("sipp runs"), logs }
     }
+}
+
+/// A port free for UDP and TCP both, as sipp binds both for `-t t1`.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let port = free_udp_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Runs `run` again, up to twice, when sipp could not bind its port: another test took the free
+/// port between our check and sipp's bind.
+fn retrying_bind(run: impl Fn() -> (i32, String)) -> (i32, String) {
+    let mut result = run();
+    for _ in 0..2 {
+        if !result.1.contains("Unable to bind main socket") {
+            break;
+        }
+        result = run();
+    }
+    result
 }
 
 /// A sipp run; its error log lands in its own directory.
@@ -212,12 +230,7 @@ type Flags = [bool; 4];
 /// A `callguard local` with the trunk: its profile accepts `profile`, its application user
 /// `application`; application-level authorization on. The trunk's incoming port.
 fn start_with_trunk(profile: Flags, application: Flags) -> (Local, u16) {
-    let port = loop {
-        let port = free_udp_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            break port;
-        }
-    };
+    let port = free_udp_and_tcp_port();
     let flags = |f: Flags| {
         format!(
             "acceptPresenceSubscription: {}\n  acceptOutOfDialogRefer: {}\n  acceptUnsolicitedNotification: {}\n  acceptHeaderReplacement: {}",
@@ -258,7 +271,9 @@ impl Local {
         let path = written.path().join(scenario);
         std::fs::write(&path, template.replace("[method]", method)).unwrap();
         let args = ["-key", "extra", extra];
-        sipp_to(port, path.to_str().unwrap(), "u1", "1001", Some(("gateway", "FakeGateway123")), free_udp_port(), &args).wait()
+        retrying_bind(|| {
+            sipp_to(port, path.to_str().unwrap(), "u1", "1001", Some(("gateway", "FakeGateway123")), free_udp_and_tcp_port(), &args).wait()
+        })
     }
 }
 
