@@ -233,6 +233,8 @@ async fn quickstart_with_capf(
     load(server, quickstart());
     let (shutdown, operator) = start_operator(server, "operator", false);
     until("the CAPF projection", || server.get("v1", "Secret", Some(NAMESPACE), "quickstart-capf").is_some()).await;
+    // The projection can land before the Deployment that reads it.
+    until("the CAPF Deployment", || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-capf").is_some()).await;
     let ca = certificate_der(&decoded(&server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").unwrap(), "data", "ca.crt")).unwrap();
     server.authenticate_as_service_account("capf-pod", NAMESPACE, "quickstart-capf");
     let kubeconfig = dir.join("kubeconfig");

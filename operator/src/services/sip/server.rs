@@ -76,7 +76,7 @@ pub struct SipService {
     /// One authority per nonce validity time; replaced when the realm changes.
     authorities: Mutex<HashMap<(String, u32), Arc<DigestAuthority>>>,
     /// The certificate each TLS connection's peer presented (None: none), by remote address.
-    tls_peers: Mutex<HashMap<SocketAddr, Option<Vec<u8>>>>,
+    tls_peers: Mutex<TlsPeers>,
     in_flight: AtomicUsize,
     /// [`MAX_IN_FLIGHT`] unless a test lowers it.
     in_flight_limit: AtomicUsize,
@@ -120,7 +120,7 @@ impl SipService {
             tls: RwLock::new(tls),
             registrar: Registrar::default(),
             authorities: Mutex::new(HashMap::new()),
-            tls_peers: Mutex::new(HashMap::new()),
+            tls_peers: Mutex::new(TlsPeers::default()),
             in_flight: AtomicUsize::new(0),
             in_flight_limit: AtomicUsize::new(MAX_IN_FLIGHT),
             listening: Mutex::new(Vec::new()),
@@ -304,7 +304,7 @@ impl SipService {
         let tls = connection.transport() == Transport::Tls;
         let source = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
         let leaf = match (tls, source) {
-            (true, Some(peer)) => self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer).cloned().flatten(),
+            (true, Some(peer)) => self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).leaf(&peer),
             _ => None,
         };
         if let Some(trunk) = directory.trunk_for(local_port, tls, source.map(|s| s.ip()), leaf.as_deref()) {
@@ -454,7 +454,7 @@ impl SipService {
         }
         let phone = match transport {
             Transport::Tls => {
-                let leaf = source.and_then(|peer| self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer).cloned()).flatten();
+                let leaf = source.and_then(|peer| self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).leaf(&peer));
                 let anchors =
                     PhoneAnchors { cluster_ca: directory.cluster_ca.clone(), manufacturer_cas: directory.manufacturer_cas.clone() };
                 let lookup = |device: &str| {
@@ -559,6 +559,36 @@ impl SipService {
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%source, phone = %phone.subject, line, transport = transport_name(transport), "registered");
         Decision::Reply(StatusCode::OK, granted_headers)
+    }
+}
+
+/// The most TLS connections whose certificate is remembered: well above the connections a node's
+/// phones and trunks keep open. Past it the oldest is forgotten, and its next request is refused as
+/// one without a certificate, which makes the phone reconnect.
+const MAX_TLS_PEERS: usize = 100_000;
+
+/// The certificate each TLS connection's peer presented (None: none), by remote address, bounded:
+/// connections come and go by ephemeral port, and their close is not reported to us.
+#[derive(Default)]
+struct TlsPeers {
+    leaves: HashMap<SocketAddr, Option<Vec<u8>>>,
+    order: std::collections::VecDeque<SocketAddr>,
+}
+
+impl TlsPeers {
+    fn insert(&mut self, peer: SocketAddr, leaf: Option<Vec<u8>>) {
+        if self.leaves.insert(peer, leaf).is_none() {
+            self.order.push_back(peer);
+        }
+        while self.order.len() > MAX_TLS_PEERS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.leaves.remove(&oldest);
+            }
+        }
+    }
+
+    fn leaf(&self, peer: &SocketAddr) -> Option<Vec<u8>> {
+        self.leaves.get(peer).cloned().flatten()
     }
 }
 
@@ -1065,5 +1095,20 @@ mod tests {
         assert_eq!(status, 503, "{text}");
         assert!(text.contains(&format!("Retry-After: {RETRY_AFTER_SECONDS}")), "{text}");
         assert_eq!(lab.service.counters.overloaded.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_remembered_tls_peers_are_bounded_and_the_oldest_goes_first() {
+        let mut peers = TlsPeers::default();
+        let address = |n: usize| SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 5061));
+        for n in 0..=MAX_TLS_PEERS {
+            peers.insert(address(n), Some(vec![1]));
+        }
+        assert_eq!(peers.leaves.len(), MAX_TLS_PEERS);
+        assert_eq!(peers.leaf(&address(0)), None, "the oldest is forgotten");
+        assert_eq!(peers.leaf(&address(MAX_TLS_PEERS)), Some(vec![1]));
+        // The same address again replaces, it does not count twice.
+        peers.insert(address(MAX_TLS_PEERS), None);
+        assert_eq!((peers.leaves.len(), peers.order.len()), (MAX_TLS_PEERS, MAX_TLS_PEERS));
     }
 }
