@@ -7,7 +7,6 @@ use crate::core::build::phone_files::{digest_auth, secret_text};
 use crate::core::phone_config::DigestAuth;
 use crate::core::pki::inspect;
 use crate::services::sip::directory::{SipDirectory, SipPhone};
-use crate::services::sip::identity::PhoneAnchors;
 use crate::services::sip::server;
 use crate::services::sip::trunk::{ApplicationCredentials, SipTrunkEntry};
 use crate::validate::Snapshot;
@@ -106,8 +105,7 @@ pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<st
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let chain = vec![CertificateDer::from(identity.certificate.certificate_der.clone())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(crate::core::pki::keys::pkcs8_der(&identity.certificate.key)));
-    let anchors = PhoneAnchors { cluster_ca: directory.cluster_ca.clone(), manufacturer_cas: directory.manufacturer_cas.clone() };
-    server::tls_config(chain, key, &anchors)
+    server::tls_config(chain, key, &directory.anchors)
 }
 
 /// Where `local` keeps what its registrar holds, in the namespace's state, for

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use super::identity;
+use super::identity::{self, PhoneAnchors};
 use super::trunk::SipTrunkEntry;
 use crate::api::{DeviceSecurityMode, SipTransport};
 use crate::core::phone_config::DigestAuth;
@@ -38,8 +38,8 @@ pub struct SipDirectory {
     pub realm: String,
     /// The realm of trunks' challenges: the cluster ID (Table 15-1).
     pub trunk_realm: String,
-    pub cluster_ca: Vec<u8>,
-    pub manufacturer_cas: Vec<Vec<u8>>,
+    /// The CAs phones' certificates chain to; trunk peers' chain to the cluster CA.
+    pub anchors: PhoneAnchors,
     phones: BTreeMap<String, SipPhone>,
     by_line: HashMap<String, Vec<String>>,
     pub trunks: Vec<SipTrunkEntry>,
@@ -54,7 +54,8 @@ impl SipDirectory {
                 by_line.entry(line.clone()).or_default().push(phone.device.clone());
             }
         }
-        SipDirectory { realm, trunk_realm: String::new(), cluster_ca, manufacturer_cas, phones, by_line, trunks: Vec::new() }
+        let anchors = PhoneAnchors { cluster_ca, manufacturer_cas };
+        SipDirectory { realm, trunk_realm: String::new(), anchors, phones, by_line, trunks: Vec::new() }
     }
 
     /// The same, with trunks whose challenges carry `trunk_realm`.
@@ -70,7 +71,7 @@ impl SipDirectory {
     pub fn trunk_for(&self, local_port: u16, tls: bool, source: Option<IpAddr>, leaf: Option<&[u8]>) -> Option<&SipTrunkEntry> {
         let on_port = self.trunks.iter().filter(|t| t.incoming_port == local_port && t.tls == tls);
         if tls {
-            let leaf = leaf.filter(|der| inspect::is_issued_by(der, &self.cluster_ca))?;
+            let leaf = leaf.filter(|der| inspect::is_issued_by(der, &self.anchors.cluster_ca))?;
             on_port.into_iter().find(|t| {
                 let names: Vec<&str> = t.subject_names.iter().map(String::as_str).collect();
                 identity::trunk_subject_matches(leaf, &names)

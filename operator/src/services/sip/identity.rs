@@ -118,7 +118,7 @@ pub fn identify_phone<'a>(
 
 /// `SEP` followed by 12 hexadecimal digits.
 pub fn is_device_name(name: &str) -> bool {
-    name.len() == 15 && name.starts_with("SEP") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    crate::core::build::devices::device_name(name).is_ok_and(|normal| normal == name)
 }
 
 /// Whether a trunk peer's certificate subject is one of the X.509 subject names of the port's

@@ -30,6 +30,7 @@ use super::identity::{self, IdentityRefusal, PhoneAnchors, PhoneCredentials};
 use super::registrar::{self, Binding, Registrar};
 use super::trunk::{self, SipTrunkEntry};
 use crate::api::SipTransport;
+use crate::core::phone_config::DigestAuth;
 
 /// Requests handled at once; past it, REGISTER gets 503 with Retry-After (a registration storm).
 pub const MAX_IN_FLIGHT: usize = 2_000;
@@ -371,31 +372,16 @@ impl SipService {
         if let Some(validity) = trunk.digest_nonce_validity {
             let directory = self.directory();
             let authority = self.authority(&directory.trunk_realm, validity);
-            let Some(value) = request.authorization_header().map(|h| h.value().to_string()) else {
-                return self.answer(&mut transaction, Decision::challenge(&authority, false)).await;
+            let application_user = |user: &str| {
+                trunk
+                    .application_user(user)
+                    .ok_or_else(|| format!("{}: {user} is not an application user of the trunk (Chapter 15)", trunk.subject))
             };
-            let answer = match digest::parse_credentials(&value) {
-                Ok(answer) => answer,
-                Err(e) => {
-                    return self.answer(&mut transaction, Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}"))).await;
-                }
+            let username = match check_digest(request, &authority, &trunk.subject, source, application_user) {
+                Ok(username) => username,
+                Err(decision) => return self.answer(&mut transaction, decision).await,
             };
-            let Some(credentials) = trunk.application_user(&answer.username) else {
-                let why = format!("{}: {} is not an application user of the trunk (Chapter 15)", trunk.subject, answer.username);
-                tracing::info!(?source, "{method} refused: {why}");
-                return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, &why)).await;
-            };
-            let uri_matches = sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri);
-            let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
-            match authority.verify(&answer, &method, &request_uri, &credentials.name, &credentials.password) {
-                Verdict::Authenticated => {}
-                Verdict::Stale => return self.answer(&mut transaction, Decision::challenge(&authority, true)).await,
-                Verdict::Refused(refusal) => {
-                    tracing::info!(?source, trunk = %trunk.subject, "{method} refused: {}", refusal.reason());
-                    return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, refusal.reason())).await;
-                }
-            }
-            if let Err(refusal) = trunk.authorizes(&answer.username, feature) {
+            if let Err(refusal) = trunk.authorizes(&username, feature) {
                 let why = refusal.reason(&trunk.subject);
                 tracing::info!(?source, "{method} refused: {why}");
                 return self.answer(&mut transaction, Decision::refuse(StatusCode::Forbidden, &why)).await;
@@ -455,8 +441,6 @@ impl SipService {
         let phone = match transport {
             Transport::Tls => {
                 let leaf = source.and_then(|peer| self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).leaf(&peer));
-                let anchors =
-                    PhoneAnchors { cluster_ca: directory.cluster_ca.clone(), manufacturer_cas: directory.manufacturer_cas.clone() };
                 let lookup = |device: &str| {
                     directory.phone(device).map(|p| PhoneCredentials {
                         device: &p.device,
@@ -464,7 +448,8 @@ impl SipService {
                         mic_accepted: p.mic_accepted,
                     })
                 };
-                let identity = match identity::identify_phone(leaf.as_deref(), &anchors, lookup, time::OffsetDateTime::now_utc()) {
+                let identity = match identity::identify_phone(leaf.as_deref(), &directory.anchors, lookup, time::OffsetDateTime::now_utc())
+                {
                     Ok(identity) => identity,
                     Err(refusal) => return Err(self.refuse_identity(&method, line, source, &refusal)),
                 };
@@ -493,27 +478,7 @@ impl SipService {
         };
         if let Some(credentials) = &phone.digest {
             let authority = self.authority(&directory.realm, phone.nonce_validity_seconds);
-            let Some(header) = request.authorization_header() else { return Err(Decision::challenge(&authority, false)) };
-            let answer = match digest::parse_credentials(header.value()) {
-                Ok(answer) => answer,
-                Err(e) => return Err(Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}"))),
-            };
-            // Without qop, the digest uri must be the Request-URI (compared as a SIP URI: rsipstack
-            // does not keep the request line's text), or an answer overheard could be replayed to
-            // another URI while its nonce lives. With qop=auth the nonce count makes every answer
-            // single-use, and clients differ in what they put there (sipp: the server's address),
-            // so the uri is only hashed, as RFC 2617 §3.2.2.5 allows.
-            let uri_matches = sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri);
-            let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
-            match authority.verify(&answer, &method, &request_uri, &credentials.name, &credentials.password) {
-                Verdict::Authenticated => {}
-                Verdict::Stale => return Err(Decision::challenge(&authority, true)),
-                Verdict::Refused(refusal) => {
-                    tracing::info!(?source, phone = %phone.subject, "{method} refused: {}", refusal.reason());
-                    let status = if refusal == Refusal::Unsupported { StatusCode::BadRequest } else { StatusCode::Forbidden };
-                    return Err(Decision::refuse(status, refusal.reason()));
-                }
-            }
+            check_digest(request, &authority, &phone.subject, source, |_| Ok(credentials))?;
         }
         Ok(Caller { phone: phone.clone(), transport, source })
     }
@@ -629,6 +594,42 @@ impl Decision {
             StatusCode::Unauthorized,
             authority.challenge(stale).into_iter().map(|c| Header::WwwAuthenticate(c.into())).collect(),
         )
+    }
+}
+
+/// The digest answer of `request` checked against `authority`: `credentials(username)` gives the
+/// credentials of the user it names, or why that user may not answer here. The username that
+/// authenticated, or what to send instead (a challenge, `stale=true`, a refusal).
+fn check_digest<'a>(
+    request: &sip::Request,
+    authority: &DigestAuthority,
+    subject: &str,
+    source: Option<SocketAddr>,
+    credentials: impl Fn(&str) -> Result<&'a DigestAuth, String>,
+) -> Result<String, Decision> {
+    let method = request.method.to_string();
+    let Some(header) = request.authorization_header() else { return Err(Decision::challenge(authority, false)) };
+    let answer =
+        digest::parse_credentials(header.value()).map_err(|e| Decision::refuse(StatusCode::BadRequest, &format!("Authorization: {e}")))?;
+    let expected = credentials(&answer.username).map_err(|why| {
+        tracing::info!(?source, "{method} refused: {why}");
+        Decision::refuse(StatusCode::Forbidden, &why)
+    })?;
+    // Without qop, the digest uri must be the Request-URI (compared as a SIP URI: rsipstack does not
+    // keep the request line's text), or an answer overheard could be replayed to another URI while
+    // its nonce lives. With qop=auth the nonce count makes every answer single-use, and clients
+    // differ in what they put there (sipp: the server's address), so the uri is only hashed, as
+    // RFC 2617 §3.2.2.5 allows.
+    let uri_matches = sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri);
+    let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
+    match authority.verify(&answer, &method, &request_uri, &expected.name, &expected.password) {
+        Verdict::Authenticated => Ok(answer.username),
+        Verdict::Stale => Err(Decision::challenge(authority, true)),
+        Verdict::Refused(refusal) => {
+            tracing::info!(?source, %subject, "{method} refused: {}", refusal.reason());
+            let status = if refusal == Refusal::Unsupported { StatusCode::BadRequest } else { StatusCode::Forbidden };
+            Err(Decision::refuse(status, refusal.reason()))
+        }
     }
 }
 
