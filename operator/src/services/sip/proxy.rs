@@ -89,7 +89,7 @@ impl SipService {
         let Some(callee) = self.directory().phone(&binding.device).cloned() else {
             return self.answer(&mut server, Decision::refuse(StatusCode::TemporarilyUnavailable, "the callee left the directory")).await;
         };
-        let both_legs_tls = caller.transport == Transport::Tls && binding.transport == "TLS";
+        let both_legs_tls = caller.transport == Transport::Tls && binding.transport == Transport::Tls;
         let security = call_security(caller.mode, callee.mode, both_legs_tls);
         server.send_trying().await?;
 
@@ -101,7 +101,7 @@ impl SipService {
             tracing::info!(from = %caller.subject, to = %callee.subject, "a=crypto removed from the offer: a leg is not TLS (P.1-6)");
             set_body(&mut forward.headers, &mut forward.body, body);
         }
-        let (inbound, outbound) = (self.local_address(caller.transport), self.local_address(transport_of(&binding)));
+        let (inbound, outbound) = (self.local_address(caller.transport), self.local_address(binding.transport));
         let (Some(inbound), Some(outbound)) = (inbound, outbound) else {
             return self
                 .answer(&mut server, Decision::refuse(StatusCode::ServerInternalError, "no listener for the callee's transport"))
@@ -165,7 +165,7 @@ impl SipService {
         }
         let binding = self.registrar().find_contact(&request.uri.to_string());
         let (outbound_transport, destination) = match &binding {
-            Some(binding) => (transport_of(binding), Some(destination(binding))),
+            Some(binding) => (binding.transport, Some(destination(binding))),
             None => (server.connection.as_ref().map(|c| c.transport()).unwrap_or(Transport::Udp), None),
         };
         let inbound = server.connection.as_ref().and_then(|c| self.local_address(c.transport()));
@@ -201,18 +201,10 @@ impl SipService {
     }
 }
 
-fn transport_of(binding: &Binding) -> Transport {
-    match binding.transport {
-        "TLS" => Transport::Tls,
-        "TCP" => Transport::Tcp,
-        _ => Transport::Udp,
-    }
-}
-
 /// Where requests to a binding go: the address and transport its REGISTER came from, which for TCP
 /// and TLS is the connection the phone keeps open.
 fn destination(binding: &Binding) -> SipAddr {
-    SipAddr { r#type: Some(transport_of(binding)), addr: binding.source.into() }
+    SipAddr { r#type: Some(binding.transport), addr: binding.source.into() }
 }
 
 /// Max-Forwards, our Via for the outbound leg, and (opening a dialog) our Record-Route: one entry,

@@ -19,8 +19,8 @@ pub struct Binding {
     pub device: String,
     /// The Contact URI as the phone sent it.
     pub contact: String,
-    /// `UDP`, `TCP` or `TLS`: the transport the REGISTER came on, which requests to the phone reuse.
-    pub transport: &'static str,
+    /// The transport the REGISTER came on, which requests to the phone reuse.
+    pub transport: rsipstack::sip::Transport,
     pub source: SocketAddr,
     pub expires_at: Instant,
 }
@@ -115,7 +115,7 @@ mod tests {
         Binding {
             device: device.into(),
             contact: contact.into(),
-            transport: "UDP",
+            transport: rsipstack::sip::Transport::Udp,
             source: "127.0.0.1:5062".parse().unwrap(),
             expires_at: expiry(60),
         }

@@ -504,13 +504,8 @@ impl SipService {
                 Some(0) => self.registrar.unbind(line, &phone.device, Some(&uri)),
                 asked => {
                     let seconds = registrar::granted(asked);
-                    let binding = Binding {
-                        device: phone.device.clone(),
-                        contact: uri,
-                        transport: transport_name(transport),
-                        source,
-                        expires_at: registrar::expiry(seconds),
-                    };
+                    let binding =
+                        Binding { device: phone.device.clone(), contact: uri, transport, source, expires_at: registrar::expiry(seconds) };
                     if self.registrar.bind(line, binding).is_err() {
                         self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
                         let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
@@ -522,7 +517,7 @@ impl SipService {
             }
         }
         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%source, phone = %phone.subject, line, transport = transport_name(transport), "registered");
+        tracing::info!(%source, phone = %phone.subject, line, %transport, "registered");
         Decision::Reply(StatusCode::OK, granted_headers)
     }
 }
@@ -639,15 +634,6 @@ fn transport_allowed(profile: SipTransport, transport: Transport) -> bool {
         (profile, transport),
         (SipTransport::Udp | SipTransport::TcpAndUdp, Transport::Udp) | (SipTransport::Tcp | SipTransport::TcpAndUdp, Transport::Tcp)
     )
-}
-
-fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "UDP",
-        Transport::Tcp => "TCP",
-        Transport::Tls => "TLS",
-        _ => "other",
-    }
 }
 
 /// Accepts SIP over TCP on a listener with a deep queue (`services::tcp_listener`).
