@@ -91,7 +91,7 @@ def operator_contract(plurals):
         grants |= {("callguard.io", f"{plural}/status", verb, ()) for verb in ("get", "patch", "update")}
     for group, resources in (
         ("", ("secrets", "configmaps", "services", "serviceaccounts")),
-        ("apps", ("deployments",)),
+        ("apps", ("deployments", "statefulsets")),
         ("rbac.authorization.k8s.io", ("roles", "rolebindings")),
         ("networking.k8s.io", ("networkpolicies",)),
         ("policy", ("poddisruptionbudgets",)),

@@ -159,7 +159,11 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
         assert_eq!(readable.get(operator).map(BTreeSet::len), Some(secrets.len()), "the operator ({operator}) reads its namespace");
     }
     let data_plane: Vec<&String> = readable.keys().filter(|identity| !operators.contains(&identity.as_str())).collect();
-    assert_eq!(data_plane, ["default/quickstart-capf", "default/quickstart-tftp", "default/quickstart-tvs"], "the data-plane identities");
+    assert_eq!(
+        data_plane,
+        ["default/quickstart-capf", "default/quickstart-sip", "default/quickstart-tftp", "default/quickstart-tvs"],
+        "the data-plane identities"
+    );
     let tftp = &readable["default/quickstart-tftp"];
     let pod_args = tftp_pod_args(&server);
     let arg = |name: &str| pod_args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone()).unwrap();
@@ -175,6 +179,15 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
         ["quickstart-ca", "quickstart-cm1-capf", "quickstart-capf"].map(String::from).into_iter().chain(records.clone()).collect();
     assert_eq!(readable["default/quickstart-capf"], capf_reads, "CAPF reads the CA, its certificate, its projection and its records");
     assert_eq!(readable["default/quickstart-tvs"], BTreeSet::from(["quickstart-tvs".to_owned()]), "TVS reads its projection alone");
+    // SIP: its projection (index and shards) and the certificates of the nodes that run CallManager,
+    // which SIP-TLS presents; both quickstart nodes also run TFTP, so theirs is the one certificate
+    // of the two functions (P.1-11).
+    let sip_reads: BTreeSet<String> =
+        ["quickstart-sip", "quickstart-sip-0", "quickstart-cm1-callmanager-tftp", "quickstart-cm2-callmanager-tftp"]
+            .map(String::from)
+            .into_iter()
+            .collect();
+    assert_eq!(readable["default/quickstart-sip"], sip_reads, "SIP reads its projection and the CallManager certificates");
     // And the key in it is TVS's own (ITL role 21), not the TFTP signer's, which signs the ITL.
     let certificate = |secret: &str| decoded(&object(&server, "Secret", secret), "data", "tls.crt");
     assert_eq!(certificate("quickstart-tvs"), certificate("quickstart-cm1-tvs"));

@@ -496,6 +496,41 @@ enum Serve {
         #[command(flatten)]
         logging: LoggingArgs,
     },
+    /// SIP: the registrar and proxy of one node that runs CallManager, enforcing the phone and trunk
+    /// security profiles (Table 5-2, Table 14-1), from the projection Secret the operator writes.
+    Sip {
+        /// The CallControlCluster served.
+        #[arg(long)]
+        cluster: String,
+        /// Its namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// The projection Secret: the SIP directory (usually CLUSTER-sip; it names its shards).
+        #[arg(long)]
+        directory_secret: String,
+        /// The TLS Secret of a node's CallManager certificate, once per node that runs CallManager,
+        /// in the cluster's order: the pod whose name ends in -N presents the N-th.
+        #[arg(long = "certificate-secret", required = true)]
+        certificate_secrets: Vec<String>,
+        /// This pod's name (a StatefulSet's `NAME-N`); without it, the first certificate.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
+        /// Address the listeners bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// SIP port, UDP and TCP; without it, the cluster's (5060, P.3-5).
+        #[arg(long)]
+        port: Option<u16>,
+        /// SIP-TLS port; without it, the cluster's (5061, P.3-5).
+        #[arg(long)]
+        tls_port: Option<u16>,
+        /// Where `/metrics` (registrations, challenges, refusals, calls by security, bindings),
+        /// `/healthz` and `/readyz` are served.
+        #[arg(long)]
+        metrics_bind: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        logging: LoggingArgs,
+    },
 }
 
 /// Runs `job` on a Tokio runtime with a Kubernetes client, logging as asked, until SIGINT or SIGTERM.
@@ -697,6 +732,23 @@ fn main() -> ExitCode {
         Command::Serve { service: Serve::Tvs { cluster, namespace, secret, bind, port, metrics_bind, logging } } => {
             let options = callguard::adapters::serve::tvs::ServeTvsOptions { namespace, cluster, secret, bind, port, metrics_bind };
             with_client(&logging, |client, shutdown| callguard::adapters::serve::tvs::serve(client, options, shutdown))
+        }
+        Command::Serve {
+            service:
+                Serve::Sip { cluster, namespace, directory_secret, certificate_secrets, pod_name, bind, port, tls_port, metrics_bind, logging },
+        } => {
+            let options = callguard::adapters::serve::sip::ServeSipOptions {
+                namespace,
+                cluster,
+                directory_secret,
+                certificate_secrets,
+                pod_name,
+                bind,
+                port,
+                tls_port,
+                metrics_bind,
+            };
+            with_client(&logging, |client, shutdown| callguard::adapters::serve::sip::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);

@@ -21,8 +21,12 @@ pub const CLUSTER: &str = "quickstart";
 
 /// The quickstart's objects, in namespace [`NAMESPACE`].
 pub fn quickstart() -> Vec<Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
-    let (documents, errors) = callguard::validate::manifest::load_paths(&[dir]);
+    manifests(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart"))
+}
+
+/// The objects of the manifests in `dir`, in namespace [`NAMESPACE`].
+pub fn manifests(dir: &Path) -> Vec<Value> {
+    let (documents, errors) = callguard::validate::manifest::load_paths(&[dir.to_path_buf()]);
     assert!(errors.is_empty(), "{errors:?}");
     documents
         .into_iter()

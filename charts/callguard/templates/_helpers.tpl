@@ -151,12 +151,12 @@ or there shows.
     {{- end }}
   verbs: ["get", "patch", "update"]
 # What a CallControlCluster owns: certificates and keys (Secrets), the trust lists (ConfigMap),
-# and the TFTP workload with its Service and ServiceAccount.
+# and the data-plane workloads with their Services and ServiceAccounts (signaling is a StatefulSet).
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "serviceaccounts", "services"]
   verbs: {{ toJson $ownedVerbs }}
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["deployments", "statefulsets"]
   verbs: {{ toJson $ownedVerbs }}
 # Each data-plane service gets a Role that reads exactly its own Secrets, by name. Kubernetes lets
 # the operator grant only what it holds itself, which the Secret rules above cover.

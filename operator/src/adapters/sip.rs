@@ -1,20 +1,28 @@
 //! The signaling service's directory from the resources: shared by `callguard local` and the
 //! operator's projection.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
 use crate::api::{CapfAuthenticationMode, IncomingTransport, PhoneProtocol};
 use crate::core::build::SipIdentity;
 use crate::core::build::phone_files::{digest_auth, secret_text};
 use crate::core::phone_config::DigestAuth;
 use crate::core::pki::inspect;
-use crate::services::sip::directory::{SipDirectory, SipPhone};
-use crate::services::sip::server;
+use crate::services::sip::directory::{SipDirectory, SipDirectoryParts, SipPhone};
+use crate::services::sip::server::{self, TrunkListener};
 use crate::services::sip::trunk::{ApplicationCredentials, SipTrunkEntry};
 use crate::validate::Snapshot;
+
+/// The directory of `snapshot` and the build's `identity` (see [`parts`]).
+pub fn directory(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectory {
+    parts(snapshot, identity).into_directory()
+}
 
 /// Every SIP phone of `snapshot`, with the certificates of the build's `identity`: a phone's current
 /// LSC is its certificate in the state when the cluster CA issued it. A phone whose digest user
 /// cannot be resolved is left out: validation has already said why, and nothing may register as it.
-pub fn directory(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectory {
+pub fn parts(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectoryParts {
     let current_lsc = |device: &str| {
         identity
             .device_certificates
@@ -39,7 +47,7 @@ pub fn directory(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectory {
             CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc => current_lsc_sha256.is_none(),
             CapfAuthenticationMode::ByAuthenticationString | CapfAuthenticationMode::ByNullString => false,
         };
-        Some(SipPhone {
+        let phone = SipPhone {
             subject: format!("Phone/{name}"),
             lines: phone.spec.directory_numbers.iter().map(|dn| dn.0.clone()).collect(),
             mode: profile.device_security_mode(),
@@ -48,11 +56,18 @@ pub fn directory(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectory {
             nonce_validity_seconds: profile.sip().nonce_validity_seconds(),
             mic_accepted,
             current_lsc_sha256,
-            device,
-        })
+            device: device.clone(),
+        };
+        Some((device, phone))
     });
-    let trunk_realm = cluster.map(|c| c.spec.digest().cluster_id().to_string()).unwrap_or_else(|| "StandAloneCluster".into());
-    SipDirectory::new(realm, identity.ca_der.clone(), manufacturer_cas, phones).with_trunks(trunk_realm, trunks(snapshot))
+    SipDirectoryParts {
+        realm,
+        trunk_realm: cluster.map(|c| c.spec.digest().cluster_id().to_string()).unwrap_or_else(|| "StandAloneCluster".into()),
+        cluster_ca: identity.ca_der.clone(),
+        manufacturer_cas,
+        trunks: trunks(snapshot),
+        phones: phones.collect(),
+    }
 }
 
 /// The trunks of `snapshot` with their profiles and application users. An application user whose
@@ -95,7 +110,7 @@ pub fn trunks(snapshot: &Snapshot) -> Vec<SipTrunkEntry> {
 
 /// The incoming ports of the trunks, with whether each is TLS: what `local` listens on beside the
 /// phones' ports.
-pub fn trunk_ports(snapshot: &Snapshot) -> std::collections::BTreeMap<u16, bool> {
+pub fn trunk_ports(snapshot: &Snapshot) -> BTreeMap<u16, bool> {
     trunks(snapshot).into_iter().map(|t| (t.incoming_port, t.tls)).collect()
 }
 
@@ -106,6 +121,64 @@ pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<st
     let chain = vec![CertificateDer::from(identity.certificate.certificate_der.clone())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(crate::core::pki::keys::pkcs8_der(&identity.certificate.key)));
     server::tls_config(chain, key, &directory.anchors)
+}
+
+/// UDP and TCP on the one port SIP uses for both.
+pub async fn bind_udp_and_tcp(address: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let udp = tokio::net::UdpSocket::bind(address).await?;
+    let tcp = crate::services::tcp_listener::bind(udp.local_addr()?)?;
+    Ok((udp, tcp))
+}
+
+/// A port free for both UDP and TCP: the kernel picks the UDP one, and the TCP side may be taken,
+/// so a few tries.
+pub async fn bind_free_udp_and_tcp(ip: IpAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        match bind_udp_and_tcp(SocketAddr::new(ip, 0)).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+/// Listeners on the trunk profiles' incoming ports (`trunk_ports`: port to whether it is TLS, Table
+/// 14-1) other than the phones' (`phone_ports`, whose listeners serve their trunks too), each with
+/// where it listens.
+pub async fn bind_trunks(
+    ip: IpAddr,
+    trunk_ports: &BTreeMap<u16, bool>,
+    phone_ports: [u16; 2],
+) -> Result<(Vec<TrunkListener>, Vec<String>), String> {
+    let mut listeners = Vec::new();
+    let mut lines = Vec::new();
+    for (&port, &tls) in trunk_ports.iter().filter(|(port, _)| !phone_ports.contains(port)) {
+        let address = SocketAddr::new(ip, port);
+        let refused = |e: std::io::Error| {
+            format!(
+                "cannot serve the SIP trunks of incoming port {port} (a SipTrunkSecurityProfile's incomingPort, Table 14-1) on {address}: {e}"
+            )
+        };
+        if tls {
+            listeners.push(TrunkListener::Tls(crate::services::tcp_listener::bind(address).map_err(refused)?));
+            lines.push(format!("{address} (TLS)"));
+        } else {
+            let (udp, tcp) = bind_udp_and_tcp(address).await.map_err(refused)?;
+            listeners.push(TrunkListener::Plain(udp, tcp));
+            lines.push(format!("{address} (UDP and TCP)"));
+        }
+    }
+    Ok((listeners, lines))
+}
+
+/// `directory` with the trunks on the cluster's SIP ports moved to where they were bound (`ports`:
+/// the spec's port to the bound one).
+pub fn moved_trunks(mut directory: SipDirectory, ports: &BTreeMap<u16, u16>) -> SipDirectory {
+    for trunk in &mut directory.trunks {
+        trunk.incoming_port = ports.get(&trunk.incoming_port).copied().unwrap_or(trunk.incoming_port);
+    }
+    directory
 }
 
 /// Where `local` keeps what its registrar holds, in the namespace's state, for

@@ -232,6 +232,57 @@ impl Collector for TftpCollector {
     }
 }
 
+/// The signaling service's counters and bindings, read at each scrape.
+struct SipCollector {
+    service: Arc<crate::services::sip::server::SipService>,
+}
+
+impl fmt::Debug for SipCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SipCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecurityLabels {
+    security: &'static str,
+}
+
+impl Collector for SipCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.service.counters;
+        for (name, help, value) in [
+            ("sip_registrations", "REGISTER requests answered 200.", counters.registrations.load(Relaxed)),
+            ("sip_challenges", "Digest challenges (401) sent.", counters.challenges.load(Relaxed)),
+            ("sip_refusals", "Requests refused (4xx other than challenges, 5xx).", counters.refusals.load(Relaxed)),
+            (
+                "sip_overloaded",
+                "Requests answered 503 with Retry-After because too many were in flight.",
+                counters.overloaded.load(Relaxed),
+            ),
+        ] {
+            TftpCollector::encode_counter(&mut encoder, name, help, value)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sip_calls",
+            "Answered calls by their security, the lower of the two ends.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (security, value) in [
+            ("encrypted", counters.calls_encrypted.load(Relaxed)),
+            ("authenticated", counters.calls_authenticated.load(Relaxed)),
+            ("non_secure", counters.calls_non_secure.load(Relaxed)),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&SecurityLabels { security })?)?;
+        }
+        let bindings = ConstGauge::new(i64::try_from(self.service.registrar().len()).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor("sip_bindings", "Lines registered now.", None, bindings.metric_type())?;
+        bindings.encode(metric)
+    }
+}
+
 /// All of the operator's metrics and the registry that encodes them. Build it, register the optional
 /// parts (`register_tftp`), then share it as `Arc<Metrics>`.
 #[derive(Debug)]
@@ -281,6 +332,11 @@ impl Metrics {
     /// Exposes a TFTP server's counters (from `TftpServer::counters`), read at each scrape.
     pub fn register_tftp(&mut self, counters: Arc<Counters>) {
         self.registry.register_collector(Box::new(TftpCollector { counters }));
+    }
+
+    /// Exposes a SIP service's counters and the number of lines it holds bindings for.
+    pub fn register_sip(&mut self, service: Arc<crate::services::sip::server::SipService>) {
+        self.registry.register_collector(Box::new(SipCollector { service }));
     }
 
     /// Records one reconcile of `kind` that took `elapsed` and ended with `outcome`.

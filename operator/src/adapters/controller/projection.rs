@@ -33,6 +33,7 @@ use crate::core::build::phone_files::PhonePayloads;
 use crate::core::build::vouched::Vouched;
 use crate::core::pki::ca::certificate_pem;
 use crate::core::pki::keys;
+use crate::services::sip::directory::{SipDirectoryParts, SipPhone};
 
 /// The index's key for the catalog description.
 const CATALOG_KEY: &str = "catalog.json";
@@ -83,10 +84,6 @@ pub fn index_name(cluster: &str) -> String {
     format!("{cluster}-tftp-files")
 }
 
-fn shard_name(cluster: &str, index: usize) -> String {
-    format!("{cluster}-tftp-files-{index}")
-}
-
 /// Which shard of `count` a device's payloads go to: a stable hash, so a device stays put.
 fn shard_of(device: &str, count: usize) -> usize {
     let digest = Sha256::digest(device.as_bytes());
@@ -120,14 +117,22 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The catalog as Secrets, with as many shards as it takes for each to fit [`MAX_SHARD_BYTES`].
-pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, String> {
-    let inflated: usize = catalog.phones.values().map(|p| p.path.len() * 4 + 2048).sum();
+/// The entries of `map` spread over Secrets `<base>-<n>` by a hash of their key, as many as it takes
+/// for each to fit [`MAX_SHARD_BYTES`] compressed; `estimate` guesses an entry's JSON size to start
+/// from. Each shard with its reference, in order.
+fn shard_secrets<T: Serialize>(
+    cluster: &str,
+    base: &str,
+    map: &BTreeMap<String, T>,
+    estimate: impl Fn(&T) -> usize,
+    what: &str,
+) -> Result<Vec<(ShardRef, Secret)>, String> {
+    let inflated: usize = map.values().map(estimate).sum();
     let mut count = inflated.div_ceil(START_SHARD_INFLATED_BYTES).max(1).next_power_of_two();
     loop {
-        let mut groups: Vec<BTreeMap<&str, &PhonePayloads>> = vec![BTreeMap::new(); count];
-        for (device, payloads) in catalog.phones.iter() {
-            groups[shard_of(device, count)].insert(device, payloads);
+        let mut groups: Vec<BTreeMap<&str, &T>> = (0..count).map(|_| BTreeMap::new()).collect();
+        for (key, value) in map {
+            groups[shard_of(key, count)].insert(key, value);
         }
         let mut compressed = Vec::with_capacity(count);
         for group in &groups {
@@ -137,29 +142,34 @@ pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, Strin
         if compressed.iter().any(|bytes| bytes.len() > MAX_SHARD_BYTES) {
             count *= 2;
             if count > MAX_SHARDS {
-                return Err(format!("the TFTP catalog does not fit in {MAX_SHARDS} Secrets of {MAX_SHARD_BYTES} bytes"));
+                return Err(format!("{what} does not fit in {MAX_SHARDS} Secrets of {MAX_SHARD_BYTES} bytes"));
             }
             continue;
         }
-        let shards: Vec<(ShardRef, Secret)> = compressed
+        return Ok(compressed
             .into_iter()
             .enumerate()
             .map(|(i, bytes)| {
-                let reference = ShardRef { name: shard_name(cluster, i), sha256: sha256_hex(&bytes) };
+                let reference = ShardRef { name: format!("{base}-{i}"), sha256: sha256_hex(&bytes) };
                 let secret = secret(reference.name.clone(), cluster, BTreeMap::from([(SHARD_KEY.to_owned(), ByteString(bytes))]));
                 (reference, secret)
             })
-            .collect();
-        let description = CatalogIndex {
-            signing: catalog.signing,
-            phones: catalog.phones.len(),
-            shards: shards.iter().map(|(reference, _)| reference.clone()).collect(),
-        };
-        let mut data: BTreeMap<String, ByteString> =
-            catalog.trust_lists.iter().map(|(name, bytes)| (name.clone(), ByteString(bytes.to_vec()))).collect();
-        data.insert(CATALOG_KEY.to_owned(), ByteString(serde_json::to_vec(&description).map_err(|e| e.to_string())?));
-        return Ok(Projection { index: secret(index_name(cluster), cluster, data), shards: shards.into_iter().map(|(_, s)| s).collect() });
+            .collect());
     }
+}
+
+/// The catalog as Secrets, with as many shards as it takes for each to fit [`MAX_SHARD_BYTES`].
+pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, String> {
+    let shards = shard_secrets(cluster, &index_name(cluster), &catalog.phones, |p| p.path.len() * 4 + 2048, "the TFTP catalog")?;
+    let description = CatalogIndex {
+        signing: catalog.signing,
+        phones: catalog.phones.len(),
+        shards: shards.iter().map(|(reference, _)| reference.clone()).collect(),
+    };
+    let mut data: BTreeMap<String, ByteString> =
+        catalog.trust_lists.iter().map(|(name, bytes)| (name.clone(), ByteString(bytes.to_vec()))).collect();
+    data.insert(CATALOG_KEY.to_owned(), ByteString(serde_json::to_vec(&description).map_err(|e| e.to_string())?));
+    Ok(Projection { index: secret(index_name(cluster), cluster, data), shards: shards.into_iter().map(|(_, s)| s).collect() })
 }
 
 /// The key of the TVS projection that lists what TVS vouches for (`core::build::vouched`).
@@ -258,7 +268,7 @@ pub fn read_index(index: &Secret) -> Result<IndexView, String> {
 
 /// Reads a shard Secret, checking it is the one the index names (by SHA-256) and inflating at most
 /// [`MAX_SHARD_INFLATED_BYTES`].
-pub fn read_shard(shard: &Secret, expected: &ShardRef) -> Result<BTreeMap<String, PhonePayloads>, String> {
+pub fn read_shard<T: serde::de::DeserializeOwned>(shard: &Secret, expected: &ShardRef) -> Result<BTreeMap<String, T>, String> {
     let name = &expected.name;
     let bytes = shard.data.as_ref().and_then(|d| d.get(SHARD_KEY)).ok_or_else(|| format!("Secret/{name} has no {SHARD_KEY}"))?;
     if sha256_hex(&bytes.0) != expected.sha256 {
@@ -321,6 +331,79 @@ pub fn read_capf(secret: &Secret) -> Result<CapfProjection, String> {
     let bytes =
         secret.data.as_ref().and_then(|d| d.get(CAPF_DIRECTORY_KEY)).ok_or_else(|| format!("Secret/{name} has no {CAPF_DIRECTORY_KEY}"))?;
     inflate_json(&name, &bytes.0)
+}
+
+/// The key of the SIP projection's index: its [`SipIndex`], JSON.
+const SIP_INDEX_KEY: &str = "sip.json";
+
+/// The index Secret of `cluster`'s SIP projection; its phones are in `<cluster>-sip-<n>`.
+pub fn sip_name(cluster: &str) -> String {
+    format!("{cluster}-sip")
+}
+
+/// What the signaling pods need besides the node certificates they present: the cluster's SIP ports,
+/// and the directory (realms, CAs, trunks with their application users' credentials, phones with
+/// their digest credentials and current LSC's SHA-256). No key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SipProjection {
+    /// `spec.ports.sipPort` and `sipSecurePort`: where the trunks that share the phones' ports arrive.
+    pub sip_port: u16,
+    pub sip_tls_port: u16,
+    pub directory: SipDirectoryParts,
+}
+
+/// The index: the projection without its phones, and the shards that hold them.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SipIndex {
+    #[serde(flatten)]
+    projection: SipProjection,
+    phones: usize,
+    shards: Vec<ShardRef>,
+}
+
+/// The SIP projection as Secrets: the phones in shards, written before the index that names them.
+pub fn project_sip(cluster: &str, projection: &SipProjection) -> Result<Projection, String> {
+    let phones = &projection.directory.phones;
+    let shards = shard_secrets(cluster, &sip_name(cluster), phones, |_| 512, "the SIP directory")?;
+    let mut header = projection.clone();
+    header.directory.phones.clear();
+    let index = SipIndex { projection: header, phones: phones.len(), shards: shards.iter().map(|(r, _)| r.clone()).collect() };
+    let json = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    if json.len() > MAX_TVS_DIRECTORY_BYTES {
+        return Err(format!("the SIP trunks and CAs ({} bytes) do not fit in one Secret", json.len()));
+    }
+    let index = secret(sip_name(cluster), cluster, BTreeMap::from([(SIP_INDEX_KEY.to_owned(), ByteString(json))]));
+    Ok(Projection { index, shards: shards.into_iter().map(|(_, s)| s).collect() })
+}
+
+/// What a SIP index Secret says: the projection without phones, and the shards to fetch.
+pub struct SipIndexView {
+    pub projection: SipProjection,
+    pub phones: usize,
+    pub shards: Vec<ShardRef>,
+}
+
+/// Reads a SIP index Secret.
+pub fn read_sip_index(secret: &Secret) -> Result<SipIndexView, String> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let bytes = secret.data.as_ref().and_then(|d| d.get(SIP_INDEX_KEY)).ok_or_else(|| format!("Secret/{name} has no {SIP_INDEX_KEY}"))?;
+    if bytes.0.len() > MAX_TVS_DIRECTORY_BYTES {
+        return Err(format!("Secret/{name}: {SIP_INDEX_KEY} is over {MAX_TVS_DIRECTORY_BYTES} bytes: refused"));
+    }
+    let index: SipIndex = serde_json::from_slice(&bytes.0).map_err(|e| format!("Secret/{name}: {SIP_INDEX_KEY}: {e}"))?;
+    Ok(SipIndexView { projection: index.projection, phones: index.phones, shards: index.shards })
+}
+
+/// The projection from its index and shards.
+pub fn assemble_sip(index: SipIndexView, shards: Vec<BTreeMap<String, SipPhone>>) -> Result<SipProjection, String> {
+    let mut projection = index.projection;
+    projection.directory.phones = shards.into_iter().flatten().collect();
+    if projection.directory.phones.len() != index.phones {
+        return Err(format!("the shards hold {} phones, the index {}", projection.directory.phones.len(), index.phones));
+    }
+    Ok(projection)
 }
 
 /// The catalog from its index and shards (in the index's order).
@@ -399,13 +482,13 @@ mod tests {
         let index = read_index(&projection.index).unwrap();
         let mut other = projection.shards[0].clone();
         other.data.as_mut().unwrap().insert(SHARD_KEY.into(), ByteString(compress(b"{}").unwrap()));
-        assert!(read_shard(&other, &index.shards[0]).unwrap_err().contains("not the shard the index names"));
+        assert!(read_shard::<PhonePayloads>(&other, &index.shards[0]).unwrap_err().contains("not the shard the index names"));
         // A gzip bomb: 100 MiB of zeros in a few hundred KiB.
         let bomb = compress(&vec![b'0'; 100 * 1024 * 1024]).unwrap();
         let reference = ShardRef { name: "lab-tftp-files-0".into(), sha256: sha256_hex(&bomb) };
         let mut shard = projection.shards[0].clone();
         shard.data.as_mut().unwrap().insert(SHARD_KEY.into(), ByteString(bomb));
-        assert!(read_shard(&shard, &reference).unwrap_err().contains("inflates to more than"));
+        assert!(read_shard::<PhonePayloads>(&shard, &reference).unwrap_err().contains("inflates to more than"));
     }
 
     #[test]
@@ -415,6 +498,54 @@ mod tests {
         index.data.as_mut().unwrap().insert("SEP000000000000.cnf.xml".into(), ByteString(b"<device/>".to_vec()));
         let view = read_index(&index).unwrap();
         assert!(view.trust_lists.is_empty(), "{:?}", view.trust_lists.keys());
+    }
+
+    fn sip_phone(i: usize) -> SipPhone {
+        SipPhone {
+            subject: format!("Phone/p{i}"),
+            device: format!("SEP{i:012X}"),
+            lines: vec![format!("{}", 10_000 + i)],
+            mode: crate::api::DeviceSecurityMode::Encrypted,
+            transport: crate::api::SipTransport::Tls,
+            // Random-looking passwords and hashes, as real ones are: they do not compress.
+            digest: Some(crate::core::phone_config::DigestAuth {
+                name: format!("user{i}"),
+                password: sha256_hex(&i.to_be_bytes())[..20].into(),
+            }),
+            nonce_validity_seconds: 600,
+            mic_accepted: false,
+            current_lsc_sha256: Some(sha256_hex(format!("lsc{i}").as_bytes())),
+        }
+    }
+
+    #[test]
+    fn the_sip_projection_shards_30000_phones_and_reads_back_whole() {
+        let projection = SipProjection {
+            sip_port: 5060,
+            sip_tls_port: 5061,
+            directory: SipDirectoryParts {
+                realm: "ccmsipline".into(),
+                trunk_realm: "Lab".into(),
+                cluster_ca: vec![1, 2, 3],
+                manufacturer_cas: vec![vec![4, 5], vec![6]],
+                trunks: Vec::new(),
+                phones: (0..30_000).map(|i| (format!("SEP{i:012X}"), sip_phone(i))).collect(),
+            },
+        };
+        let secrets = project_sip("lab", &projection).unwrap();
+        assert!(secrets.shards.len() >= 2, "{} shard(s)", secrets.shards.len());
+        assert!(secrets.shards.iter().all(|s| s.data.as_ref().unwrap()[SHARD_KEY].0.len() <= MAX_SHARD_BYTES));
+        assert_eq!(secrets.names()[..2], ["lab-sip".to_owned(), "lab-sip-0".to_owned()]);
+        let index = read_sip_index(&secrets.index).unwrap();
+        assert!(index.projection.directory.phones.is_empty(), "the index holds no phone");
+        let shards: Vec<BTreeMap<String, SipPhone>> =
+            index.shards.iter().zip(&secrets.shards).map(|(reference, shard)| read_shard(shard, reference).unwrap()).collect();
+        assert_eq!(assemble_sip(index, shards).unwrap(), projection);
+
+        // A shard missing its phones is noticed, not served as a smaller directory.
+        let index = read_sip_index(&secrets.index).unwrap();
+        let first: BTreeMap<String, SipPhone> = read_shard(&secrets.shards[0], &index.shards[0]).unwrap();
+        assert!(assemble_sip(index, vec![first]).unwrap_err().starts_with("the shards hold"));
     }
 
     #[test]

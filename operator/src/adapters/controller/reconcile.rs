@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -25,14 +25,16 @@ use super::capf_records;
 use super::conditions::{Wanted, conditions, finished};
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
-use super::projection::{CapfProjection, capf_name, index_name, project, project_capf, project_tvs, tvs_name};
+use super::projection::{
+    CapfProjection, SipProjection, capf_name, index_name, project, project_capf, project_sip, project_tvs, sip_name, tvs_name,
+};
 use super::state_objects::{certificate_secret, objects_from_state, place, state_from_objects, token_counters};
-use super::workloads::{DataPlaneService, Workload, WorkloadInputs, workload};
+use super::workloads::{DataPlaneService, Pods, Workload, WorkloadInputs, workload};
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
     SrstReference,
 };
-use crate::core::build::identity::{role_file_name, tftp_signer_base};
+use crate::core::build::identity::{call_manager_bases, role_file_name, tftp_signer_base};
 use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
 use crate::core::pki::issue::ServerRole;
@@ -193,14 +195,16 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let capf_directory = crate::adapters::capf::Update::of(&snapshot);
     // A CAPF deadline passing or a lockout ending changes a status with no edit: reconcile then.
     let capf_change = capf_directory.next_change(&state, time::OffsetDateTime::now_utc());
+    // The SIP directory is made of the snapshot and the build's certificates: kept for after it.
+    let snapshot = Arc::new(snapshot);
+    let sip_snapshot = Arc::clone(&snapshot);
 
     // Build from the state kept in Secrets, the trust ConfigMap and the cluster's status.
     let build_state = state.clone();
     let options = BuildOptions { new_identity: cluster.annotations().get(labels::NEW_IDENTITY).cloned() };
-    let built =
-        tokio::task::spawn_blocking(move || build_namespace(Arc::new(snapshot), &build_state, time::OffsetDateTime::now_utc(), &options))
-            .await
-            .map_err(|e| ReconcileError::Build(e.to_string()))?;
+    let built = tokio::task::spawn_blocking(move || build_namespace(snapshot, &build_state, time::OffsetDateTime::now_utc(), &options))
+        .await
+        .map_err(|e| ReconcileError::Build(e.to_string()))?;
     let owner = cluster.controller_owner_ref(&()).ok_or_else(|| ReconcileError::Build("the cluster has no uid yet".into()))?;
     // What a token unlock counted is stored before anything else can fail, the build included: a
     // failing apply or status write must never let a wrong password go uncounted (P.16-5).
@@ -267,6 +271,26 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             &owner,
         );
     }
+    if let Some(sip) = &output.sip {
+        let certificates: Vec<String> = call_manager_bases(cluster).iter().filter_map(|base| certificate_secret(&name, base)).collect();
+        let ports = cluster.spec.ports();
+        let projection = SipProjection {
+            sip_port: ports.sip_port(),
+            sip_tls_port: ports.sip_secure_port(),
+            directory: crate::adapters::sip::parts(&sip_snapshot, sip),
+        };
+        let projection = project_sip(&name, &projection).map_err(ReconcileError::Build)?;
+        let mut readable = certificates.clone();
+        readable.extend(projection.names());
+        desired.secrets.extend(projection.shards.into_iter().map(|s| owned(s, &owner)));
+        desired.secrets.push(owned(projection.index, &owner));
+        let mut args = vec![("--directory-secret", sip_name(&name))];
+        args.extend(certificates.into_iter().map(|secret| ("--certificate-secret", secret)));
+        let mut inputs = workload_inputs(context, &hash, args, &readable, &[]);
+        inputs.extra_ports = trunk_service_ports(cluster, &crate::adapters::sip::trunk_ports(&sip_snapshot));
+        desired.add(workload(DataPlaneService::Sip, cluster, &inputs), &owner);
+    }
+    drop(sip_snapshot);
     desired.apply(client, &namespace, &name).await?;
 
     for change in &output.changes {
@@ -299,7 +323,26 @@ fn workload_inputs<'a>(
         content_hash,
         api_server_ports: &context.api_server_ports,
         image_pull_secrets: &context.image_pull_secrets,
+        extra_ports: Vec::new(),
     }
+}
+
+/// The SIP trunks' incoming ports other than the cluster's SIP ports, as Service ports: TLS on TCP,
+/// else UDP and TCP (Table 14-1).
+fn trunk_service_ports(cluster: &CallControlCluster, trunk_ports: &BTreeMap<u16, bool>) -> Vec<(String, i32, &'static str)> {
+    let ports = cluster.spec.ports();
+    trunk_ports
+        .iter()
+        .filter(|(port, _)| ![ports.sip_port(), ports.sip_secure_port()].contains(port))
+        .flat_map(|(&port, &tls)| {
+            let number = i32::from(port);
+            if tls {
+                vec![(format!("trunk-{port}"), number, "TCP")]
+            } else {
+                vec![(format!("trunk-{port}-udp"), number, "UDP"), (format!("trunk-{port}-tcp"), number, "TCP")]
+            }
+        })
+        .collect()
 }
 
 /// Applies the token registry's Secret alone (see [`reconcile_cluster`]).
@@ -348,6 +391,7 @@ struct Desired {
     roles: Vec<Role>,
     role_bindings: Vec<RoleBinding>,
     deployments: Vec<Deployment>,
+    stateful_sets: Vec<StatefulSet>,
     services: Vec<Service>,
     network_policies: Vec<NetworkPolicy>,
     disruption_budgets: Vec<PodDisruptionBudget>,
@@ -359,7 +403,10 @@ impl Desired {
         self.service_accounts.push(owned(workload.service_account, owner));
         self.roles.push(owned(workload.role, owner));
         self.role_bindings.push(owned(workload.role_binding, owner));
-        self.deployments.push(owned(workload.deployment, owner));
+        match workload.pods {
+            Pods::Deployment(deployment) => self.deployments.push(owned(*deployment, owner)),
+            Pods::StatefulSet(set) => self.stateful_sets.push(owned(*set, owner)),
+        }
         self.services.push(owned(workload.service, owner));
         self.services.push(owned(workload.metrics_service, owner));
         self.disruption_budgets.extend(workload.disruption_budget.map(|budget| owned(budget, owner)));
@@ -373,6 +420,7 @@ impl Desired {
         apply_kind(client, namespace, cluster, &self.roles).await?;
         apply_kind(client, namespace, cluster, &self.role_bindings).await?;
         apply_kind(client, namespace, cluster, &self.deployments).await?;
+        apply_kind(client, namespace, cluster, &self.stateful_sets).await?;
         apply_kind(client, namespace, cluster, &self.services).await?;
         apply_kind(client, namespace, cluster, &self.network_policies).await?;
         apply_kind(client, namespace, cluster, &self.disruption_budgets).await

@@ -1,17 +1,18 @@
 //! The data-plane workloads of a cluster, as Kubernetes objects: for each service a ServiceAccount,
 //! a Role that lets its pods read exactly the Secrets they serve (by name), a RoleBinding, a
-//! Deployment running `callguard serve <service>` from the operator's own image, a Service and a
-//! NetworkPolicy. Pure functions.
+//! Deployment (a StatefulSet for signaling, whose pods are the cluster's CallManager nodes) running
+//! `callguard serve <service>` from the operator's own image, a Service and a NetworkPolicy. Pure
+//! functions.
 //!
 //! The model every service follows: the operator projects what a service needs into Secrets it owns
 //! (`projection`), and the service's Role lists those Secrets and the service's own key by name, with
 //! no rule on any other Secret, ConfigMap or Callguard object. CAPF alone may also write: the keys
-//! of its record Secrets (`capf_records`), and it alone reads the CA key. Signaling and media join
-//! [`DataPlaneService`] as they are built.
+//! of its record Secrets (`capf_records`), and it alone reads the CA key. Media joins
+//! [`DataPlaneService`] when it is built.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, LocalObjectReference, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount,
@@ -39,6 +40,8 @@ pub enum DataPlaneService {
     Capf,
     /// TVS: certificates a phone's ITL does not list (docs/wire-formats.md §8).
     Tvs,
+    /// SIP: registrar and proxy, one pod per node that runs CallManager (P.3-5, Table 5-2, Table 14-1).
+    Sip,
 }
 
 /// EST's port in the CAPF pods (RFC 7030 asks for HTTPS; 8443 needs no privilege).
@@ -50,6 +53,7 @@ impl DataPlaneService {
             DataPlaneService::Tftp => "tftp",
             DataPlaneService::Capf => "capf",
             DataPlaneService::Tvs => "tvs",
+            DataPlaneService::Sip => "sip",
         }
     }
 
@@ -81,18 +85,29 @@ impl DataPlaneService {
                 vec![("capf".to_owned(), i32::from(ports.capf_port()), "TCP"), ("est".to_owned(), i32::from(EST_PORT), "TCP")]
             }
             DataPlaneService::Tvs => vec![("tvs".to_owned(), i32::from(crate::services::tvs::DEFAULT_PORT), "TCP")],
+            DataPlaneService::Sip => {
+                let (sip, tls) = (i32::from(ports.sip_port()), i32::from(ports.sip_secure_port()));
+                vec![("sip".to_owned(), sip, "UDP"), ("sip-tcp".to_owned(), sip, "TCP"), ("sip-tls".to_owned(), tls, "TCP")]
+            }
         }
     }
 
     /// Arguments of its own, besides the Secrets it reads.
-    fn arguments(self) -> Vec<String> {
+    fn arguments(self, cluster: &CallControlCluster) -> Vec<String> {
         match self {
             // Every packet from the listening port, the one a Service, a load balancer or NAT
             // carries back to the phone.
             DataPlaneService::Tftp => vec!["--transfer-port".into(), "listening".into()],
             DataPlaneService::Capf => vec!["--est-port".into(), EST_PORT.to_string()],
             DataPlaneService::Tvs => Vec::new(),
+            DataPlaneService::Sip => vec!["--tls-port".into(), cluster.spec.ports().sip_secure_port().to_string()],
         }
+    }
+
+    /// A pod per node that runs CallManager, each with the identity of its node: a StatefulSet,
+    /// whose pods know their ordinal. The others are interchangeable replicas.
+    fn per_node(self) -> bool {
+        self == DataPlaneService::Sip
     }
 }
 
@@ -127,6 +142,8 @@ pub struct WorkloadInputs<'a> {
     pub api_server_ports: &'a [u16],
     /// Pull Secrets of the image, by name, in the cluster's namespace.
     pub image_pull_secrets: &'a [String],
+    /// Ports besides the service's own, by name (the SIP trunks' incoming ports, Table 14-1).
+    pub extra_ports: Vec<(String, i32, &'static str)>,
 }
 
 /// Requests and limits of a data-plane container unless the cluster's placement sets them: enough for
@@ -188,12 +205,35 @@ fn network_policy(
     }
 }
 
+/// What runs a service's pods.
+pub enum Pods {
+    Deployment(Box<Deployment>),
+    /// One pod per node that runs CallManager ([`DataPlaneService::per_node`]).
+    StatefulSet(Box<StatefulSet>),
+}
+
+impl Pods {
+    pub fn template(&self) -> &PodTemplateSpec {
+        match self {
+            Pods::Deployment(deployment) => &deployment.spec.template,
+            Pods::StatefulSet(set) => &set.spec.template,
+        }
+    }
+
+    pub fn replicas(&self) -> Option<i32> {
+        match self {
+            Pods::Deployment(deployment) => deployment.spec.replicas,
+            Pods::StatefulSet(set) => set.spec.replicas,
+        }
+    }
+}
+
 /// Every object of one data-plane service, owner references left to the caller.
 pub struct Workload {
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
-    pub deployment: Deployment,
+    pub pods: Pods,
     /// How phones reach the service: its ports, exposed as the cluster's placement says.
     pub service: Service,
     /// The `/metrics` port, inside the Kubernetes cluster only, for Prometheus.
@@ -210,14 +250,15 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
     let metadata = || ObjectMeta { name: Some(name.clone()), labels: Some(object_labels.clone()), ..ObjectMeta::default() };
     let selector =
         BTreeMap::from([(labels::CLUSTER.to_owned(), cluster_name.clone()), (labels::COMPONENT.to_owned(), service.name().to_owned())]);
-    let ports = service.ports(cluster);
+    let mut ports = service.ports(cluster);
+    ports.extend(inputs.extra_ports.iter().cloned());
 
     let mut args: Vec<String> = ["serve", service.name(), "--cluster", &cluster_name].map(String::from).to_vec();
     for (option, secret) in &inputs.secret_args {
         args.extend([(*option).to_owned(), secret.clone()]);
     }
     args.extend(["--bind".to_owned(), "0.0.0.0".to_owned(), "--port".to_owned(), ports[0].1.to_string()]);
-    args.extend(service.arguments());
+    args.extend(service.arguments(cluster));
     args.extend(["--metrics-bind".to_owned(), format!("0.0.0.0:{METRICS_PORT}")]);
     // Ports below 1024 (TFTP's 69) need the one capability a non-root server needs for them.
     let privileged = ports.iter().any(|(_, port, _)| *port < 1024);
@@ -225,17 +266,23 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         name: service.name().to_owned(),
         image: Some(inputs.image.to_owned()),
         args: Some(args),
-        env: Some(vec![EnvVar {
-            name: "POD_NAMESPACE".into(),
-            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
-                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        env: Some(
+            [("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name")]
+                .into_iter()
+                .take(if service.per_node() { 2 } else { 1 })
+                .map(|(name, field_path)| EnvVar {
+                    name: name.into(),
+                    value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                        field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                            field_path: field_path.into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..EnvVar::default()
+                })
+                .collect(),
+        ),
         ports: Some(
             ports
                 .iter()
@@ -263,47 +310,69 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
     let placement = cluster.spec.placement.clone().unwrap_or_default();
     let exposure = placement.exposure();
     let host_network = exposure == Exposure::HostNetwork;
-    let replicas = i32::from(placement.replicas());
+    let replicas = if service.per_node() {
+        i32::try_from(crate::core::build::identity::call_manager_bases(cluster).len()).unwrap_or(i32::MAX)
+    } else {
+        i32::from(placement.replicas())
+    };
     let tolerations: Vec<Toleration> =
         placement.tolerations.iter().filter_map(|t| serde_json::to_value(t).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
     let pod_labels = object_labels.clone();
-    let deployment = Deployment {
-        metadata: metadata(),
-        spec: DeploymentSpec {
-            replicas: Some(replicas),
-            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
-            strategy: Some(DeploymentStrategy { type_: Some("RollingUpdate".into()), ..DeploymentStrategy::default() }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(labels::CONTENT_HASH.to_owned(), inputs.content_hash.to_owned())])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.clone()),
-                    automount_service_account_token: Some(true),
-                    containers: vec![container],
-                    image_pull_secrets: (!inputs.image_pull_secrets.is_empty())
-                        .then(|| inputs.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect()),
-                    // On the node's network, the service's ports are the node's: one pod per node.
-                    host_network: host_network.then_some(true),
-                    dns_policy: host_network.then(|| "ClusterFirstWithHostNet".to_owned()),
-                    affinity: Some(spread(&selector, host_network)),
-                    node_selector: (!placement.node_selector.is_empty()).then(|| placement.node_selector.clone()),
-                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-                        ..PodSecurityContext::default()
-                    }),
-                    ..PodSpec::default()
-                }),
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(BTreeMap::from([(labels::CONTENT_HASH.to_owned(), inputs.content_hash.to_owned())])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(name.clone()),
+            automount_service_account_token: Some(true),
+            containers: vec![container],
+            image_pull_secrets: (!inputs.image_pull_secrets.is_empty())
+                .then(|| inputs.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect()),
+            // On the node's network, the service's ports are the node's: one pod per node.
+            host_network: host_network.then_some(true),
+            dns_policy: host_network.then(|| "ClusterFirstWithHostNet".to_owned()),
+            affinity: Some(spread(&selector, host_network)),
+            node_selector: (!placement.node_selector.is_empty()).then(|| placement.node_selector.clone()),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+                ..PodSecurityContext::default()
+            }),
+            ..PodSpec::default()
+        }),
+    };
+    let selector_labels = LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() };
+    let pods = if service.per_node() {
+        Pods::StatefulSet(Box::new(StatefulSet {
+            metadata: metadata(),
+            spec: StatefulSetSpec {
+                replicas: Some(replicas),
+                selector: selector_labels,
+                service_name: Some(name.clone()),
+                // Each pod is a node of its own: none waits for another to start.
+                pod_management_policy: Some("Parallel".into()),
+                template,
+                ..StatefulSetSpec::default()
             },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
+            ..StatefulSet::default()
+        }))
+    } else {
+        Pods::Deployment(Box::new(Deployment {
+            metadata: metadata(),
+            spec: DeploymentSpec {
+                replicas: Some(replicas),
+                selector: selector_labels,
+                strategy: Some(DeploymentStrategy { type_: Some("RollingUpdate".into()), ..DeploymentStrategy::default() }),
+                template,
+                ..DeploymentSpec::default()
+            },
+            ..Deployment::default()
+        }))
     };
     let (service_type, cluster_ip, traffic_policy) = match exposure {
         Exposure::ClusterIP => ("ClusterIP", None, None),
@@ -376,7 +445,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
             role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name: name.clone() },
             subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: name.clone(), ..Subject::default() }]),
         },
-        deployment,
+        pods,
         service: service_object,
         metrics_service,
         disruption_budget,
@@ -410,9 +479,10 @@ mod tests {
             content_hash: "abc",
             api_server_ports: &[443, 6443],
             image_pull_secrets: &[],
+            extra_ports: Vec::new(),
         };
         let w = workload(DataPlaneService::Tftp, &cluster(Some(6969)), &inputs);
-        let pod = w.deployment.spec.template.clone();
+        let pod = w.pods.template().clone();
         let container = &pod.spec.as_ref().unwrap().containers[0];
         let args = container.args.clone().unwrap();
         assert_eq!(&args[..4], ["serve", "tftp", "--cluster", "lab"]);
@@ -449,9 +519,10 @@ mod tests {
             content_hash: "h",
             api_server_ports: &[6443],
             image_pull_secrets: &[],
+            extra_ports: Vec::new(),
         };
         let w = workload(DataPlaneService::Capf, &cluster(None), &inputs);
-        let container = w.deployment.spec.template.spec.clone().unwrap().containers[0].clone();
+        let container = w.pods.template().spec.clone().unwrap().containers[0].clone();
         let args = container.args.unwrap();
         assert_eq!(&args[..2], ["serve", "capf"]);
         for (option, value) in [("--ca-secret", "lab-ca"), ("--directory-secret", "lab-capf"), ("--port", "3804"), ("--est-port", "8443")] {
@@ -489,6 +560,7 @@ mod tests {
             content_hash: "h",
             api_server_ports: &[443],
             image_pull_secrets: &pull,
+            extra_ports: Vec::new(),
         };
         workload(DataPlaneService::Tftp, &cluster, &inputs)
     }
@@ -499,8 +571,8 @@ mod tests {
         let spec = balanced.service.spec.clone().unwrap();
         assert_eq!((spec.type_.as_deref(), spec.external_traffic_policy.as_deref()), (Some("LoadBalancer"), Some("Local")));
         assert_eq!(balanced.service.metadata.annotations.unwrap()["lb"], "x");
-        let pod = balanced.deployment.spec.template.spec.clone().unwrap();
-        assert_eq!(balanced.deployment.spec.replicas, Some(2), "two replicas by default");
+        let pod = balanced.pods.template().spec.clone().unwrap();
+        assert_eq!(balanced.pods.replicas(), Some(2), "two replicas by default");
         assert_eq!(balanced.disruption_budget.unwrap().spec.unwrap().min_available, Some(IntOrString::Int(1)));
         assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
         assert!(pod.host_network.is_none());
@@ -508,7 +580,7 @@ mod tests {
         assert_eq!(node_port.service.spec.unwrap().external_traffic_policy.as_deref(), Some("Local"));
         assert!(node_port.disruption_budget.is_none(), "one replica, no budget that would block every drain");
         let host = exposed("HostNetwork", None);
-        let pod = host.deployment.spec.template.spec.clone().unwrap();
+        let pod = host.pods.template().spec.clone().unwrap();
         assert_eq!((pod.host_network, pod.dns_policy.as_deref()), (Some(true), Some("ClusterFirstWithHostNet")));
         let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
         assert!(anti.required_during_scheduling_ignored_during_execution.is_some(), "one pod per node on the node's network");
@@ -516,6 +588,70 @@ mod tests {
         let metrics = exposed("ClusterIP", None).metrics_service;
         assert_eq!(metrics.metadata.name.as_deref(), Some("lab-tftp-metrics"));
         assert_eq!(metrics.spec.unwrap().ports.unwrap()[0].port, 8080);
+    }
+
+    #[test]
+    fn sip_runs_a_pod_per_callmanager_node_that_knows_its_name_on_the_sip_ports_and_the_trunks() {
+        let mut cluster: CallControlCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "callguard.io/v1alpha1", "kind": "CallControlCluster",
+            "metadata": {"name": "lab", "namespace": "voice"},
+            "spec": {"nodes": [
+                {"name": "cm1", "hostname": "cm1.example"},
+                {"name": "tftp1", "hostname": "tftp1.example", "services": {"callManager": false}},
+                {"name": "cm2", "hostname": "cm2.example", "services": {"tftp": false}}
+            ]}
+        }))
+        .unwrap();
+        cluster.spec.ports = Some(crate::api::ClusterPorts { sip_port: Some(5070), ..Default::default() });
+        let readable = ["lab-cm1-callmanager-tftp".to_owned(), "lab-cm2-callmanager".to_owned(), "lab-sip".to_owned()];
+        let inputs = WorkloadInputs {
+            image: "callguard:1",
+            secret_args: vec![
+                ("--directory-secret", "lab-sip".into()),
+                ("--certificate-secret", "lab-cm1-callmanager-tftp".into()),
+                ("--certificate-secret", "lab-cm2-callmanager".into()),
+            ],
+            readable_secrets: &readable,
+            writable_secrets: &[],
+            content_hash: "h",
+            api_server_ports: &[6443],
+            image_pull_secrets: &[],
+            extra_ports: vec![("trunk-5080-udp".into(), 5080, "UDP"), ("trunk-5080-tcp".into(), 5080, "TCP")],
+        };
+        let w = workload(DataPlaneService::Sip, &cluster, &inputs);
+        let Pods::StatefulSet(set) = &w.pods else { panic!("a StatefulSet") };
+        assert_eq!(set.spec.replicas, Some(2), "cm1 and cm2 run CallManager, tftp1 does not (P.3-4)");
+        assert_eq!(set.spec.service_name.as_deref(), Some("lab-sip"));
+        let container = &w.pods.template().spec.as_ref().unwrap().containers[0];
+        let args = container.args.clone().unwrap();
+        assert_eq!(&args[..2], ["serve", "sip"]);
+        let certificates: Vec<&String> = args.windows(2).filter(|w| w[0] == "--certificate-secret").map(|w| &w[1]).collect();
+        assert_eq!(certificates, ["lab-cm1-callmanager-tftp", "lab-cm2-callmanager"], "in the nodes' order: pod N presents the N-th");
+        for (option, value) in [("--port", "5070"), ("--tls-port", "5061"), ("--directory-secret", "lab-sip")] {
+            assert!(args.windows(2).any(|w| w == [option, value]), "{option} {value} in {args:?}");
+        }
+        let env: Vec<(&str, &str)> = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path.as_str()))
+            .collect();
+        assert_eq!(env, [("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name")]);
+        let ports: Vec<_> =
+            w.service.spec.unwrap().ports.unwrap().into_iter().map(|p| (p.name.unwrap(), p.port, p.protocol.unwrap())).collect();
+        let expected = [
+            ("sip", 5070, "UDP"),
+            ("sip-tcp", 5070, "TCP"),
+            ("sip-tls", 5061, "TCP"),
+            ("trunk-5080-udp", 5080, "UDP"),
+            ("trunk-5080-tcp", 5080, "TCP"),
+        ];
+        assert_eq!(ports, expected.map(|(n, p, t)| (n.to_owned(), p, t.to_owned())));
+        let rules = w.role.rules.unwrap();
+        assert_eq!((rules.len(), rules[0].resource_names.as_deref()), (1, Some(&readable[..])), "reads its Secrets, writes none");
+        let ingress = w.network_policy.spec.unwrap().ingress.unwrap()[0].ports.clone().unwrap();
+        assert_eq!(ingress.len(), 6, "the five SIP ports and metrics");
     }
 
     #[test]
@@ -529,6 +665,7 @@ mod tests {
             content_hash: "h",
             api_server_ports: &[6443],
             image_pull_secrets: &[],
+            extra_ports: Vec::new(),
         };
         let w = workload(DataPlaneService::Tftp, &cluster(None), &inputs);
         let rules = w.role.rules.unwrap();
@@ -542,7 +679,7 @@ mod tests {
         assert_eq!(ingress, [(Some(IntOrString::Int(69)), Some("UDP".into())), (Some(IntOrString::Int(8080)), Some("TCP".into()))]);
         let egress: Vec<_> = policy.egress.unwrap()[0].ports.clone().unwrap().into_iter().map(|p| p.port).collect();
         assert_eq!(egress, [Some(IntOrString::Int(53)), Some(IntOrString::Int(53)), Some(IntOrString::Int(6443))]);
-        let resources = w.deployment.spec.template.spec.unwrap().containers[0].resources.clone().unwrap();
+        let resources = w.pods.template().spec.clone().unwrap().containers[0].resources.clone().unwrap();
         assert!(resources.limits.unwrap().contains_key("memory"), "a memory limit by default");
     }
 }

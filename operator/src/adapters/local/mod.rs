@@ -28,7 +28,7 @@ use crate::core::build::{
     BuildOptions, BuildOutput, CapfIdentity, PathsError, ResourceStatus, TvsIdentity, build_in, namespace_state, validate_paths,
 };
 use crate::services::sip::directory::SipDirectory;
-use crate::services::sip::server::{Listeners, SipService, TrunkListener};
+use crate::services::sip::server::{Listeners, SipService};
 use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -206,7 +206,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let sip_ports = sip_sockets.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
     let sip = sip_sockets.map(|(listeners, line, _)| {
         let (directory, tls) = sip_view.unwrap_or_default();
-        (SipService::new(moved_trunks(directory, &sip_ports), tls), (listeners, line))
+        (SipService::new(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls), (listeners, line))
     });
     let mut tvs_line = None;
     if let Some(tvs) = &tvs {
@@ -339,7 +339,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                         files.replace(served);
                         if let Some(service) = &sip_service {
                             let (directory, tls) = sip_view.unwrap_or_default();
-                            service.follow(moved_trunks(directory, &sip_ports), tls);
+                            service.follow(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls);
                         }
                         if let Some(tvs) = &tvs {
                             match tvs.follow(tvs_identity.as_ref()) {
@@ -401,10 +401,12 @@ async fn bind_sip(
     };
     let (port, port_origin) = origin(options.sip_port, spec_port, default_ports::SIP);
     let address = SocketAddr::new(options.bind, port);
-    let (udp, tcp) = match bind_udp_and_tcp(address).await {
+    let (udp, tcp) = match crate::adapters::sip::bind_udp_and_tcp(address).await {
         Ok(pair) => pair,
         Err(e) if port_origin == PortOrigin::Default && e.kind() == std::io::ErrorKind::AddrInUse => {
-            let pair = bind_free_udp_and_tcp(options.bind).await.map_err(|e| fail(port::Service::Sip, address, &e, port_origin))?;
+            let pair = crate::adapters::sip::bind_free_udp_and_tcp(options.bind)
+                .await
+                .map_err(|e| fail(port::Service::Sip, address, &e, port_origin))?;
             let chosen = pair.0.local_addr().map(|a| a.port()).unwrap_or_default();
             println!("{}; serving SIP on port {chosen} instead", port::explain(port::Service::Sip, address, &e, port_origin));
             pair
@@ -427,24 +429,9 @@ async fn bind_sip(
     let (udp_address, tls_address) = (udp.local_addr().unwrap_or(address), tls.local_addr().unwrap_or(tls_address));
     // Trunk profiles' incoming ports (Table 14-1) other than the phones': the spec's, no fallback.
     // A port added later needs a restart.
-    let mut trunks = Vec::new();
-    let mut trunk_lines = Vec::new();
-    for (&port, &tls_port) in trunk_ports.iter().filter(|(port, _)| **port != spec_port && **port != spec_tls_port) {
-        let address = SocketAddr::new(options.bind, port);
-        let refused = |e: std::io::Error| {
-            LocalError::Failed(format!(
-                "callguard local: cannot serve the SIP trunks of incoming port {port} (a SipTrunkSecurityProfile's incomingPort, Table 14-1) on {address}: {e}"
-            ))
-        };
-        if tls_port {
-            trunks.push(TrunkListener::Tls(crate::services::tcp_listener::bind(address).map_err(refused)?));
-            trunk_lines.push(format!("{address} (TLS)"));
-        } else {
-            let (udp, tcp) = bind_udp_and_tcp(address).await.map_err(refused)?;
-            trunks.push(TrunkListener::Plain(udp, tcp));
-            trunk_lines.push(format!("{address} (UDP and TCP)"));
-        }
-    }
+    let (trunks, trunk_lines) = crate::adapters::sip::bind_trunks(options.bind, trunk_ports, [spec_port, spec_tls_port])
+        .await
+        .map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?;
     let trunk_text = if trunk_lines.is_empty() { String::new() } else { format!("; trunks on {}", trunk_lines.join(", ")) };
     let line = format!(
         "serving SIP on {udp_address} (UDP and TCP) and {tls_address} (TLS): REGISTER by the phones' security profiles (Table 5-2){trunk_text}"
@@ -482,35 +469,6 @@ async fn write_registrations(service: Arc<SipService>, file: std::path::PathBuf,
             Err(e) => tracing::warn!(error = %e, "cannot render the SIP registrations"),
         }
     }
-}
-
-/// `directory` with the trunks on the cluster's SIP ports moved to where `local` bound those
-/// (`ports`: the spec's port to the bound one).
-fn moved_trunks(mut directory: SipDirectory, ports: &BTreeMap<u16, u16>) -> SipDirectory {
-    for trunk in &mut directory.trunks {
-        trunk.incoming_port = ports.get(&trunk.incoming_port).copied().unwrap_or(trunk.incoming_port);
-    }
-    directory
-}
-
-/// UDP and TCP on the one port SIP uses for both.
-async fn bind_udp_and_tcp(address: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let udp = tokio::net::UdpSocket::bind(address).await?;
-    let tcp = crate::services::tcp_listener::bind(udp.local_addr()?)?;
-    Ok((udp, tcp))
-}
-
-/// A port free for both UDP and TCP: the kernel picks the UDP one, and the TCP side may be taken,
-/// so a few tries.
-async fn bind_free_udp_and_tcp(ip: IpAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let mut last = None;
-    for _ in 0..20 {
-        match bind_udp_and_tcp(SocketAddr::new(ip, 0)).await {
-            Ok(pair) => return Ok(pair),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
 /// Binds `--capf-port`, else the cluster's port (3804 unless it says otherwise, P.6-7). The spec's

@@ -174,7 +174,9 @@ pub async fn serve(client: Client, options: ServeCapfOptions, shutdown: Shutdown
     for store in [&sources.ca, &sources.certificate, &sources.directory] {
         store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
     }
-    let Some((update, identity)) = super::first_good(|| sources.current(&options), &mut changes, &shutdown).await? else { return Ok(()) };
+    let Some((update, identity)) = super::first_good(async || sources.current(&options), &mut changes, &shutdown).await? else {
+        return Ok(());
+    };
     let address = SocketAddr::new(options.bind, options.port);
     let listener = crate::services::tcp_listener::bind(address)
         .map_err(|e| format!("CAPF cannot listen on {address}: {e} (P.6-6, TCP 3804 unless spec.ports.capfPort says otherwise)"))?;

@@ -2,18 +2,27 @@
 //! `callguard local`, fed from the Kubernetes API instead of a directory.
 
 pub mod capf;
+pub mod sip;
 pub mod tftp;
 pub mod tvs;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use crate::adapters::controller::projection::{ShardRef, read_shard};
 
 /// The first good value of `current` (what the watched Secrets make of it), tried again at every change
 /// of them (`changes`) and every five seconds, saying why it is not served yet; `None` on shutdown.
 pub(crate) async fn first_good<T>(
-    mut current: impl FnMut() -> Result<T, String>,
+    mut current: impl AsyncFnMut() -> Result<T, String>,
     changes: &mut tokio::sync::watch::Receiver<u64>,
     shutdown: &crate::ops::shutdown::Shutdown,
 ) -> Result<Option<T>, String> {
     loop {
-        match current() {
+        match current().await {
             Ok(first) => return Ok(Some(first)),
             Err(e) => {
                 tracing::warn!("not serving yet: {e}");
@@ -24,5 +33,37 @@ pub(crate) async fn first_good<T>(
                 }
             }
         }
+    }
+}
+
+/// The shards of a projection the pod holds, by name, with the SHA-256 they were read at: a shard is
+/// fetched again only when the index names other bytes.
+pub(crate) struct ShardCache<T> {
+    api: Api<Secret>,
+    shards: HashMap<String, (String, Arc<BTreeMap<String, T>>)>,
+}
+
+impl<T: serde::de::DeserializeOwned> ShardCache<T> {
+    pub(crate) fn new(api: Api<Secret>) -> Self {
+        ShardCache { api, shards: HashMap::new() }
+    }
+
+    /// The shards `references` name, in order; those no longer named are forgotten.
+    pub(crate) async fn fetch(&mut self, references: &[ShardRef]) -> Result<Vec<Arc<BTreeMap<String, T>>>, String> {
+        let mut fetched = Vec::with_capacity(references.len());
+        for reference in references {
+            if let Some((sha256, entries)) = self.shards.get(&reference.name)
+                && *sha256 == reference.sha256
+            {
+                fetched.push(Arc::clone(entries));
+                continue;
+            }
+            let secret = self.api.get(&reference.name).await.map_err(|e| format!("Secret/{}: {e}", reference.name))?;
+            let entries = Arc::new(read_shard(&secret, reference)?);
+            self.shards.insert(reference.name.clone(), (reference.sha256.clone(), Arc::clone(&entries)));
+            fetched.push(entries);
+        }
+        self.shards.retain(|name, _| references.iter().any(|r| r.name == *name));
+        Ok(fetched)
     }
 }

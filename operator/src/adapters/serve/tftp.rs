@@ -4,7 +4,6 @@
 //! read no Callguard object and no Secret a user wrote, and they sign each phone's files the first
 //! time they are asked for, caching them by content.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::adapters::controller::projection::{ShardRef, assemble, read_index, read_shard, tls_pair};
+use crate::adapters::controller::projection::{assemble, read_index, tls_pair};
 use crate::core::build::catalog::TftpCatalog;
 use crate::core::build::phone_files::PhonePayloads;
 use crate::core::build::served::ServedFiles;
@@ -68,11 +67,9 @@ pub(crate) fn watch_secret(api: &Api<Secret>, name: &str, changed: &watch::Sende
 /// What the pod reads: the signer and index Secrets, watched, and the shards, fetched when the index
 /// names a shard not yet held.
 struct Sources {
-    api: Api<Secret>,
     signer: Store<Secret>,
     index: Store<Secret>,
-    /// Parsed shards by name, with the SHA-256 they were read at.
-    shards: HashMap<String, (String, Arc<std::collections::BTreeMap<String, PhonePayloads>>)>,
+    shards: super::ShardCache<PhonePayloads>,
 }
 
 impl Sources {
@@ -81,26 +78,13 @@ impl Sources {
         Sources {
             signer: watch_secret(&api, &options.signer_secret, changed),
             index: watch_secret(&api, &options.files_secret, changed),
-            api,
-            shards: HashMap::new(),
+            shards: super::ShardCache::new(api),
         }
     }
 
     async fn ready(&self) -> Result<(), String> {
         self.signer.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
         self.index.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))
-    }
-
-    async fn shard(&mut self, reference: &ShardRef) -> Result<Arc<std::collections::BTreeMap<String, PhonePayloads>>, String> {
-        if let Some((sha256, phones)) = self.shards.get(&reference.name)
-            && *sha256 == reference.sha256
-        {
-            return Ok(Arc::clone(phones));
-        }
-        let secret = self.api.get(&reference.name).await.map_err(|e| format!("Secret/{}: {e}", reference.name))?;
-        let phones = Arc::new(read_shard(&secret, reference)?);
-        self.shards.insert(reference.name.clone(), (reference.sha256.clone(), Arc::clone(&phones)));
-        Ok(phones)
     }
 
     /// The files to serve now: the catalog the index names, signed with the signer.
@@ -115,11 +99,7 @@ impl Sources {
         if !view.trust_lists.contains_key(TrustListKind::Itl.filename()) {
             return Err(format!("Secret/{} has no ITL", options.files_secret));
         }
-        let mut shards = Vec::with_capacity(view.shards.len());
-        for reference in view.shards.clone() {
-            shards.push((*self.shard(&reference).await?).clone());
-        }
-        self.shards.retain(|name, _| view.shards.iter().any(|s| s.name == *name));
+        let shards = self.shards.fetch(&view.shards).await?.iter().map(|shard| (**shard).clone()).collect();
         let catalog: TftpCatalog = assemble(view, shards)?;
         let signer = signer(self.signer.state().into_iter().next().as_deref(), &options.signer_secret)?;
         Ok(ServedFiles::new(catalog, signer))
@@ -138,19 +118,7 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     let (changed, mut changes) = watch::channel(0u64);
     let mut sources = Sources::start(&client, &options, &changed);
     sources.ready().await?;
-    let first = loop {
-        match sources.served(&options).await {
-            Ok(served) => break served,
-            Err(e) => {
-                tracing::warn!("not serving yet: {e}");
-                tokio::select! {
-                    result = changes.changed() => if result.is_err() { return Err("the watches stopped".into()) },
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    () = shutdown.wait() => return Ok(()),
-                }
-            }
-        }
-    };
+    let Some(first) = super::first_good(async || sources.served(&options).await, &mut changes, &shutdown).await? else { return Ok(()) };
     let files = Arc::new(SwappableSource::new(first));
     let address = SocketAddr::new(options.bind, options.port);
     let config = ServerConfig { bind: address, transfer_port: options.transfer_port, ..ServerConfig::default() };

@@ -50,7 +50,8 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
     let (changed, mut changes) = watch::channel(0u64);
     let store = watch_secret(&api, &options.secret, &changed);
     store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
-    let first = super::first_good(|| current(store.state().first().map(AsRef::as_ref), &options.secret), &mut changes, &shutdown).await?;
+    let first =
+        super::first_good(async || current(store.state().first().map(AsRef::as_ref), &options.secret), &mut changes, &shutdown).await?;
     let Some((tls, directory)) = first else { return Ok(()) };
     let address = SocketAddr::new(options.bind, options.port);
     let listener = crate::services::tcp_listener::bind(address)

@@ -63,6 +63,22 @@ pub fn tftp_signer_base(cluster: &CallControlCluster) -> Option<String> {
     })
 }
 
+/// The state bases (`certs/<node>.<role>`) of the CallManager certificates, one per node that runs
+/// CallManager, in the cluster's order: what each signaling pod presents over SIP-TLS (P.1-11).
+pub fn call_manager_bases(cluster: &CallControlCluster) -> Vec<String> {
+    cluster
+        .spec
+        .nodes
+        .iter()
+        .filter_map(|node| {
+            node_roles(&cluster.spec, node)
+                .into_iter()
+                .find(|role| matches!(role, ServerRole::CallManager | ServerRole::CallManagerAndTftp))
+                .map(|role| format!("certs/{}.{}", node.name, role_file_name(role)))
+        })
+        .collect()
+}
+
 /// The CA settings of the cluster's spec, used when a CA is created.
 fn ca_settings(cluster: &CallControlCluster, namespace: &str) -> CaSettings {
     let name = cluster.metadata.name.clone().unwrap_or_default();

@@ -37,22 +37,8 @@ pub struct Vouched {
     /// Role codes (docs/wire-formats.md §1.7), ascending, without repeats.
     pub roles: Vec<u16>,
     /// DER, standard base64 in JSON.
-    #[serde(with = "der_base64")]
+    #[serde(with = "crate::core::pki::der_base64")]
     pub certificate: Vec<u8>,
-}
-
-mod der_base64 {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
-    }
 }
 
 /// The certificate TVS presents: the first node's TVS certificate, which the ITL lists with role 21;

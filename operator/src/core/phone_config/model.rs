@@ -227,7 +227,8 @@ pub struct CapfEntry {
 }
 
 /// `authName` and `authPassword` of a SIP line: the digest user's credentials (P.8-1, Table 8-2).
-#[derive(Clone, PartialEq, Eq)]
+/// Serialized only into the signaling pods' projection, a Secret.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DigestAuth {
     pub name: String,
     pub password: String,

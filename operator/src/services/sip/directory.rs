@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 use super::identity::{self, PhoneAnchors};
 use super::trunk::SipTrunkEntry;
 use crate::api::{DeviceSecurityMode, SipTransport};
@@ -13,7 +15,8 @@ use crate::core::phone_config::DigestAuth;
 use crate::core::pki::inspect;
 
 /// One SIP phone.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SipPhone {
     /// `Phone/<name>`, for log lines.
     pub subject: String,
@@ -43,6 +46,28 @@ pub struct SipDirectory {
     phones: BTreeMap<String, SipPhone>,
     by_line: HashMap<String, Vec<String>>,
     pub trunks: Vec<SipTrunkEntry>,
+}
+
+/// What a [`SipDirectory`] is made of, as the operator projects it for the signaling pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SipDirectoryParts {
+    pub realm: String,
+    pub trunk_realm: String,
+    #[serde(with = "crate::core::pki::der_base64")]
+    pub cluster_ca: Vec<u8>,
+    #[serde(with = "crate::core::pki::der_base64::list")]
+    pub manufacturer_cas: Vec<Vec<u8>>,
+    pub trunks: Vec<SipTrunkEntry>,
+    /// By device name.
+    pub phones: BTreeMap<String, SipPhone>,
+}
+
+impl SipDirectoryParts {
+    pub fn into_directory(self) -> SipDirectory {
+        SipDirectory::new(self.realm, self.cluster_ca, self.manufacturer_cas, self.phones.into_values())
+            .with_trunks(self.trunk_realm, self.trunks)
+    }
 }
 
 impl SipDirectory {

@@ -62,14 +62,15 @@ pub fn feature_of(method: &str, in_dialog: bool, event: Option<&str>, replaces: 
 }
 
 /// An application user behind a trunk: its digest credentials and its own authorization flags.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ApplicationCredentials {
     pub credentials: DigestAuth,
     pub accept: SipMethodAcceptance,
 }
 
 /// One SIP trunk as the service sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SipTrunkEntry {
     /// `SipTrunk/<name>`, for log lines.
     pub subject: String,

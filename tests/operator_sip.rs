@@ -1,0 +1,178 @@
+//! Signaling through the operator, against the in-process API server with RBAC enforced for the
+//! pods: the operator writes the SIP StatefulSet (a pod per node that runs CallManager), its Role,
+//! its Service and the sharded projection of the SIP directory. `callguard serve sip` runs with the
+//! StatefulSet's own arguments under the SIP ServiceAccount, as pod 0 and as pod 1: each presents its
+//! own node's CallManager certificate over TLS. sipp (Debian `sip-tester`) registers line 2001 with
+//! digest over UDP and `/metrics` counts the binding; a password changed in its Secret is served
+//! without a restart: the old one gets 403, the new one 200.
+
+#[path = "support/peers.rs"]
+mod peers;
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/sipp.rs"]
+mod sipp;
+#[path = "support/cluster.rs"]
+mod support;
+use process::{Running, free_tcp_port};
+use sipp::{fixture, free_udp_and_tcp_port, retrying_bind, sipp_to};
+use support::*;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApiServer;
+use k8s_openapi::api::core::v1::Secret;
+
+/// `callguard serve sip` as pod `ordinal` of the StatefulSet, with its arguments, on loopback ports.
+struct ServeSip {
+    process: Running,
+    port: u16,
+    tls_port: u16,
+    metrics_port: u16,
+}
+
+crate::deref_to_running!(ServeSip);
+
+impl ServeSip {
+    fn start(kubeconfig: &Path, args: &[String], ordinal: usize) -> ServeSip {
+        assert_eq!(&args[..2], ["serve", "sip"]);
+        // The pod's own arguments, but for where it listens.
+        let mut kept = Vec::new();
+        let mut rest = args[2..].iter();
+        while let Some(arg) = rest.next() {
+            if ["--bind", "--port", "--tls-port", "--metrics-bind"].contains(&arg.as_str()) {
+                rest.next();
+            } else {
+                kept.push(arg.clone());
+            }
+        }
+        let (port, tls_port, metrics_port) = (free_udp_and_tcp_port(), free_tcp_port(), free_tcp_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command
+            .args(["serve", "sip"])
+            .args(&kept)
+            .args(["--namespace", NAMESPACE, "--bind", "127.0.0.1", "--port", &port.to_string(), "--tls-port", &tls_port.to_string()])
+            .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", format!("quickstart-sip-{ordinal}"));
+        let mut sip = ServeSip { process: Running::spawn(command), port, tls_port, metrics_port };
+        sip.wait_for("serving SIP on");
+        sip
+    }
+
+    /// sipp's verdict on `scenario` for `line` over UDP with these credentials.
+    fn sipp(&self, scenario: &str, line: &str, user: &str, password: &str) -> (i32, String) {
+        retrying_bind(|| sipp_to(self.port, scenario, "u1", line, Some((user, password)), free_udp_and_tcp_port(), &[]).wait())
+    }
+
+    fn metrics(&self) -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    /// The subject of the certificate SIP-TLS presents, as `openssl s_client` prints it.
+    fn tls_subject(&self) -> String {
+        peers::require("openssl", "openssl");
+        let output = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.tls_port), "-brief"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+        text.lines().find(|l| l.starts_with("Peer certificate:")).unwrap_or_else(|| panic!("no peer certificate in: {text}")).to_owned()
+    }
+}
+
+fn stateful_set(server: &FakeApiServer) -> serde_json::Value {
+    server.get("apps/v1", "StatefulSet", Some(NAMESPACE), "quickstart-sip").expect("the SIP StatefulSet")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_signaling_pod_serves_the_projection_as_its_node_and_follows_a_changed_password() {
+    let server = FakeApiServer::start().await;
+    let mut objects = quickstart();
+    objects.extend(manifests(&fixture("sip-lab")));
+    load(&server, objects);
+    let (shutdown, operator) = start_operator(&server, "operator", false);
+    until("the SIP StatefulSet", || server.get("apps/v1", "StatefulSet", Some(NAMESPACE), "quickstart-sip").is_some()).await;
+    until("the SIP projection", || server.get("v1", "Secret", Some(NAMESPACE), "quickstart-sip").is_some()).await;
+
+    let set = stateful_set(&server);
+    assert_eq!(set["spec"]["replicas"], 2, "cm1 and cm2 run CallManager");
+    let template = &set["spec"]["template"];
+    let tftp = server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").unwrap();
+    assert_eq!(
+        template["metadata"]["annotations"], tftp["spec"]["template"]["metadata"]["annotations"],
+        "rolled by the same certificate digest as the other pods"
+    );
+    let args: Vec<String> = serde_json::from_value(template["spec"]["containers"][0]["args"].clone()).unwrap();
+    let certificates: Vec<&String> = args.windows(2).filter(|w| w[0] == "--certificate-secret").map(|w| &w[1]).collect();
+    assert_eq!(certificates.len(), 2, "{args:?}");
+    let role = server.get("rbac.authorization.k8s.io/v1", "Role", Some(NAMESPACE), "quickstart-sip").unwrap();
+    let readable: Vec<String> = serde_json::from_value(role["rules"][0]["resourceNames"].clone()).unwrap();
+    assert!(readable.iter().any(|n| n == "quickstart-sip") && readable.iter().any(|n| n == "quickstart-sip-0"), "{readable:?}");
+    assert!(certificates.iter().all(|c| readable.contains(c)), "{readable:?}");
+    assert!(!readable.iter().any(|n| n == "quickstart-ca" || n.contains("digest")), "no CA key, no user Secret: {readable:?}");
+    let service = server.get("v1", "Service", Some(NAMESPACE), "quickstart-sip").unwrap();
+    let ports: Vec<(String, i64)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["protocol"].as_str().unwrap().into(), p["port"].as_i64().unwrap()))
+        .collect();
+    assert!(
+        ports.contains(&("UDP".into(), 5060)) && ports.contains(&("TCP".into(), 5060)) && ports.contains(&("TCP".into(), 5061)),
+        "{ports:?}"
+    );
+
+    server.authenticate_as_service_account("sip-pod", NAMESPACE, "quickstart-sip");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig("sip-pod")).unwrap();
+    let (first, second) = tokio::task::spawn_blocking({
+        let (kubeconfig, args) = (kubeconfig.clone(), args.clone());
+        move || (ServeSip::start(&kubeconfig, &args, 0), ServeSip::start(&kubeconfig, &args, 1))
+    })
+    .await
+    .unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        assert!(first.tls_subject().contains("cm1.quickstart.example"), "pod 0 is cm1: {}", first.tls_subject());
+        assert!(second.tls_subject().contains("cm2.quickstart.example"), "pod 1 is cm2: {}", second.tls_subject());
+        let (status, errors) = first.sipp("register-digest.xml", "2001", "carol", "FakeCarol123");
+        assert_eq!(status, 0, "sipp: {errors}");
+        let metrics = first.metrics();
+        assert!(metrics.contains("callguard_sip_bindings 1\n"), "{metrics}");
+        assert!(metrics.contains("callguard_sip_registrations_total 1\n"), "{metrics}");
+        first
+    })
+    .await
+    .unwrap();
+
+    // A new password: the operator projects it, the running pod serves it.
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(server.client(), NAMESPACE);
+    let patch = serde_json::json!({"data": {"digestCredentials": k8s_openapi::ByteString(b"FakeCarol456".to_vec())}});
+    secrets.patch("carol-digest", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, errors) = first.sipp("register-digest.xml", "2001", "carol", "FakeCarol456");
+            if status == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new password never worked: {errors}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let (status, errors) = first.sipp("register-wrong-password.xml", "2001", "carol", "FakeCarol123");
+        assert_eq!(status, 0, "the old password is refused: {errors}");
+    })
+    .await
+    .unwrap();
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
