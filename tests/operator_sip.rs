@@ -14,8 +14,8 @@ mod process;
 mod sipp;
 #[path = "support/cluster.rs"]
 mod support;
-use process::{Running, free_tcp_port};
-use sipp::{fixture, free_udp_and_tcp_port, retrying_bind, sipp_to};
+use process::{Running, free_tcp_port, free_udp_and_tcp_port};
+use sipp::{fixture, retrying_bind, sipp_to};
 use support::*;
 
 use std::io::{Read, Write};

@@ -14,8 +14,8 @@ mod peers;
 mod process;
 #[path = "support/sipp.rs"]
 mod sipp;
-use process::{Running, free_tcp_port, free_udp_port};
-use sipp::{Sipp, fixture, free_udp_and_tcp_port, retrying_bind, sipp_to};
+use process::{Running, free_tcp_port, free_udp_and_tcp_port, free_udp_port};
+use sipp::{Sipp, fixture, retrying_bind, sipp_to};
 
 use std::path::Path;
 use std::process::Command;

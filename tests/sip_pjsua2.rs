@@ -14,7 +14,7 @@
 mod peers;
 #[path = "support/process.rs"]
 mod process;
-use process::{Running, free_tcp_port, free_udp_port};
+use process::{Running, free_tcp_port, free_udp_and_tcp_port, free_udp_port};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,14 +116,7 @@ impl Local {
     }
 
     fn enroll_with(&self, args: &[&str], out: &Credentials) {
-        let output = Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .arg("enroll")
-            .args(["--server", &format!("https://127.0.0.1:{}", self.est_port), "--ca-file", self.ca().to_str().unwrap()])
-            .args(args)
-            .args(["--key", out.key.to_str().unwrap(), "--out", out.cert.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "callguard enroll {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        process::enroll(self.est_port, &self.ca(), args, &out.key, &out.cert);
     }
 
     /// A pjsua2 phone registering `line` over TLS, with `credentials` as its client certificate
@@ -165,16 +158,6 @@ impl Local {
             assert!(run.has("registration 403") && run.says("not its current one"), "{}: {run}", phone.line);
             assert!(Instant::now() < deadline, "the SIP directory never took {}'s new LSC: {run}", phone.device);
             std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-/// A port free for UDP and TCP both: SIP listens on both.
-fn free_udp_and_tcp_port() -> u16 {
-    loop {
-        let port = free_udp_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
         }
     }
 }

@@ -30,6 +30,30 @@ pub fn copy_quickstart(dir: &Path) -> PathBuf {
     manifests
 }
 
+/// A port free for UDP and TCP both: SIP's, and sipp's for `-t t1`.
+pub fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let port = free_udp_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `callguard enroll` against the EST server of a `local` on `est_port` whose CA is `ca`, with
+/// `args` (`--device D --secret-file F`, or `--reenroll --cert C`); the key and LSC land in `key`
+/// and `out`.
+pub fn enroll(est_port: u16, ca: &Path, args: &[&str], key: &Path, out: &Path) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .arg("enroll")
+        .args(["--server", &format!("https://127.0.0.1:{est_port}"), "--ca-file", ca.to_str().unwrap()])
+        .args(args)
+        .args(["--key", key.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "callguard enroll {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// Replaces the `nth` (from 0) occurrence of `from` in `file` of the manifests.
 pub fn edit_manifest(manifests: &Path, file: &str, from: &str, to: &str, nth: usize) {
     let path = manifests.join(file);

@@ -40,16 +40,6 @@ pub fn sipp_to(
     }
 }
 
-/// A port free for UDP and TCP both, as sipp binds both for `-t t1`.
-pub fn free_udp_and_tcp_port() -> u16 {
-    loop {
-        let port = super::process::free_udp_port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Runs `run` again, up to twice, when sipp could not bind its port: another test took the free
 /// port between our check and sipp's bind.
 pub fn retrying_bind(run: impl Fn() -> (i32, String)) -> (i32, String) {

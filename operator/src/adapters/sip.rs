@@ -9,8 +9,10 @@ use crate::core::build::SipIdentity;
 use crate::core::build::phone_files::{digest_auth, secret_text};
 use crate::core::phone_config::DigestAuth;
 use crate::core::pki::inspect;
+use crate::services::legacy_tls::LegacyTls;
 use crate::services::sip::directory::{SipDirectory, SipDirectoryParts, SipPhone};
-use crate::services::sip::server::{self, TrunkListener};
+use crate::services::sip::identity::PhoneAnchors;
+use crate::services::sip::server::{self, SipTls, TrunkListener};
 use crate::services::sip::trunk::{ApplicationCredentials, SipTrunkEntry};
 use crate::validate::Snapshot;
 
@@ -115,12 +117,24 @@ pub fn trunk_ports(snapshot: &Snapshot) -> BTreeMap<u16, bool> {
 }
 
 /// The SIP-TLS configuration: the node's CallManager certificate, and client certificates checked
-/// against the directory's CAs.
-pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+/// against the directory's CAs; OpenSSL's TLS 1.0 side too when the cluster enables legacy TLS.
+pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<SipTls, String> {
+    sip_tls(&identity.certificate.certificate_der, &identity.certificate.key, &directory.anchors, identity.legacy_tls)
+}
+
+/// The SIP-TLS configuration of a certificate and its key, trusting `anchors` for phones.
+pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &PhoneAnchors, legacy_tls: bool) -> Result<SipTls, String> {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let chain = vec![CertificateDer::from(identity.certificate.certificate_der.clone())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(crate::core::pki::keys::pkcs8_der(&identity.certificate.key)));
-    server::tls_config(chain, key, &directory.anchors)
+    let pkcs8 = crate::core::pki::keys::pkcs8_der(key);
+    let chain = vec![CertificateDer::from(certificate_der.to_vec())];
+    let config = server::tls_config(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.clone())), anchors)?;
+    let legacy = if legacy_tls {
+        let trust: Vec<Vec<u8>> = std::iter::once(&anchors.cluster_ca).chain(&anchors.manufacturer_cas).cloned().collect();
+        Some(LegacyTls::for_sip_phones(certificate_der, &pkcs8, &trust)?)
+    } else {
+        None
+    };
+    Ok(SipTls { config, legacy })
 }
 
 /// UDP and TCP on the one port SIP uses for both.

@@ -104,14 +104,14 @@ pub struct CallControlClusterSpec {
     /// replace an existing CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_authority: Option<CertificateAuthoritySettings>,
-    /// TLS 1.0 and 1.1 on the CAPF and TVS ports, for 79x0 and 79x1 phones that speak nothing newer;
-    /// default Disabled (docs/wire-formats.md §7.1, §8). Clients offering TLS 1.2 or newer are
-    /// served as before either way.
+    /// TLS 1.0 and 1.1 on the CAPF, TVS and SIP-TLS ports, for 79x0 and 79x1 phones that speak
+    /// nothing newer (on SIP-TLS with the NULL-SHA of Authenticated mode too); default Disabled
+    /// (docs/wire-formats.md §7.1, §8). Clients offering TLS 1.2 or newer are served as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_tls: Option<LegacyTls>,
 }
 
-/// Whether CAPF and TVS accept the TLS 1.0 and 1.1 of the guide's phones.
+/// Whether CAPF, TVS and SIP-TLS accept the TLS 1.0 and 1.1 of the guide's phones.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum LegacyTls {
     /// TLS 1.2 and 1.3 only.

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use openssl::pkey::PKey;
-use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslVersion};
+use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslVerifyMode, SslVersion};
 use openssl::x509::X509;
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
@@ -31,6 +31,29 @@ impl std::fmt::Debug for LegacyTls {
 impl LegacyTls {
     /// From the certificate (DER) and its PKCS#8 key (DER).
     pub fn new(certificate_der: &[u8], key_pkcs8_der: &[u8]) -> Result<LegacyTls, String> {
+        let builder = Self::builder(certificate_der, key_pkcs8_der)?;
+        Ok(LegacyTls { context: std::sync::Arc::new(builder.build()) })
+    }
+
+    /// For SIP-TLS: also `TLS_RSA_WITH_NULL_SHA`, which the guide's phones offer in Authenticated
+    /// mode (integrity, no encryption, P.1-6), and a client certificate asked of every phone and
+    /// verified against `trust` (DER CAs). A phone without one completes the handshake, so that its
+    /// request is refused with a reason, as on the rustls side.
+    pub fn for_sip_phones(certificate_der: &[u8], key_pkcs8_der: &[u8], trust: &[Vec<u8>]) -> Result<LegacyTls, String> {
+        let mut builder = Self::builder(certificate_der, key_pkcs8_der)?;
+        // DEFAULT deletes the eNULL ciphers for good; ALL leaves them out without deleting them,
+        // and anonymous suites (aNULL) are dropped: the phone must see the node's certificate.
+        builder.set_cipher_list("ALL:!aNULL:NULL-SHA:@SECLEVEL=0").map_err(|e| e.to_string())?;
+        for der in trust {
+            let ca = X509::from_der(der).map_err(|e| format!("a SIP-TLS trust anchor: {e}"))?;
+            builder.cert_store_mut().add_cert(ca.clone()).map_err(|e| e.to_string())?;
+            builder.add_client_ca(&ca).map_err(|e| e.to_string())?;
+        }
+        builder.set_verify(SslVerifyMode::PEER);
+        Ok(LegacyTls { context: std::sync::Arc::new(builder.build()) })
+    }
+
+    fn builder(certificate_der: &[u8], key_pkcs8_der: &[u8]) -> Result<SslContextBuilder, String> {
         let certificate = X509::from_der(certificate_der).map_err(|e| format!("the legacy TLS listener's certificate: {e}"))?;
         let key = PKey::private_key_from_pkcs8(key_pkcs8_der).map_err(|e| format!("the legacy TLS listener's key: {e}"))?;
         let mut builder = SslContext::builder(SslMethod::tls_server()).map_err(|e| e.to_string())?;
@@ -43,7 +66,7 @@ impl LegacyTls {
         builder.set_certificate(&certificate).map_err(|e| e.to_string())?;
         builder.set_private_key(&key).map_err(|e| e.to_string())?;
         builder.check_private_key().map_err(|e| format!("the legacy TLS listener's key does not match its certificate: {e}"))?;
-        Ok(LegacyTls { context: std::sync::Arc::new(builder.build()) })
+        Ok(builder)
     }
 
     /// The TLS handshake over `tcp`.
@@ -53,6 +76,16 @@ impl LegacyTls {
         Pin::new(&mut stream).accept().await.map_err(|e| format!("legacy TLS handshake: {e}"))?;
         Ok(stream)
     }
+}
+
+/// The certificate the peer presented, DER.
+pub fn peer_certificate_der(ssl: &SslRef) -> Option<Vec<u8>> {
+    ssl.peer_certificate()?.to_der().ok()
+}
+
+/// Whether the negotiated cipher encrypts: `TLS_RSA_WITH_NULL_SHA` has no secret bits.
+pub fn encrypts(ssl: &SslRef) -> bool {
+    ssl.current_cipher().is_some_and(|cipher| cipher.bits().secret > 0)
 }
 
 /// Whether the client's first flight is a ClientHello offering at most TLS 1.1, waiting up to

@@ -350,6 +350,9 @@ pub struct SipProjection {
     /// `spec.ports.sipPort` and `sipSecurePort`: where the trunks that share the phones' ports arrive.
     pub sip_port: u16,
     pub sip_tls_port: u16,
+    /// `spec.legacyTls: Enabled`: TLS 1.0 and 1.1 on the SIP-TLS ports too.
+    #[serde(default)]
+    pub legacy_tls: bool,
     pub directory: SipDirectoryParts,
 }
 
@@ -523,6 +526,7 @@ mod tests {
         let projection = SipProjection {
             sip_port: 5060,
             sip_tls_port: 5061,
+            legacy_tls: true,
             directory: SipDirectoryParts {
                 realm: "ccmsipline".into(),
                 trunk_realm: "Lab".into(),

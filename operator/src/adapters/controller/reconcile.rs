@@ -277,6 +277,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         let projection = SipProjection {
             sip_port: ports.sip_port(),
             sip_tls_port: ports.sip_secure_port(),
+            legacy_tls: sip.legacy_tls,
             directory: crate::adapters::sip::parts(&sip_snapshot, sip),
         };
         let projection = project_sip(&name, &projection).map_err(ReconcileError::Build)?;

@@ -206,7 +206,11 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     let sip_ports = sip_sockets.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
     let sip = sip_sockets.map(|(listeners, line, _)| {
         let (directory, tls) = sip_view.unwrap_or_default();
-        (SipService::new(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls), (listeners, line))
+        let versions = if tls.as_ref().is_some_and(|t| t.legacy.is_some()) { "TLS 1.0 to 1.3" } else { "TLS 1.2 or 1.3" };
+        (
+            SipService::new(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls),
+            (listeners, format!("{line}; SIP-TLS: {versions}")),
+        )
     });
     let mut tvs_line = None;
     if let Some(tvs) = &tvs {
@@ -722,7 +726,7 @@ struct Built {
     served: ServedFiles,
     capf: Option<CapfIdentity>,
     tvs: Option<TvsIdentity>,
-    sip: Option<(SipDirectory, Option<Arc<rustls::ServerConfig>>)>,
+    sip: Option<(SipDirectory, Option<crate::services::sip::server::SipTls>)>,
 }
 
 /// One row per resource: kind, name, ready, reason, what is served with less protection than asked,

@@ -13,18 +13,17 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::tftp::watch_secret;
 use crate::adapters::controller::projection::{SipProjection, assemble_sip, read_sip_index, tls_pair};
-use crate::adapters::sip::{bind_free_udp_and_tcp, bind_trunks, bind_udp_and_tcp, moved_trunks};
+use crate::adapters::sip::{bind_free_udp_and_tcp, bind_trunks, bind_udp_and_tcp, moved_trunks, sip_tls};
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::services::sip::directory::{SipDirectory, SipPhone};
-use crate::services::sip::server::{self, Listeners, SipService};
+use crate::services::sip::server::{Listeners, SipService, SipTls};
 
 /// Changes come in bursts (the operator writes the shards, then the index): wait this long.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -68,7 +67,7 @@ struct Sources {
 /// What one moment of the Secrets makes: the projection and the TLS configuration over its anchors.
 struct Current {
     projection: SipProjection,
-    tls: Arc<rustls::ServerConfig>,
+    tls: SipTls,
 }
 
 impl Sources {
@@ -81,13 +80,12 @@ impl Sources {
         let projection = assemble_sip(view, shards)?;
         let secret = self.certificate.state().into_iter().next().ok_or_else(|| format!("Secret/{certificate_secret} not found"))?;
         let (certificate_der, key) = tls_pair(&secret)?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(crate::core::pki::keys::pkcs8_der(&key)));
         let anchors = crate::services::sip::identity::PhoneAnchors {
             cluster_ca: projection.directory.cluster_ca.clone(),
             manufacturer_cas: projection.directory.manufacturer_cas.clone(),
         };
-        let tls = server::tls_config(vec![CertificateDer::from(certificate_der)], key, &anchors)
-            .map_err(|e| format!("Secret/{certificate_secret}: {e}"))?;
+        let tls =
+            sip_tls(&certificate_der, &key, &anchors, projection.legacy_tls).map_err(|e| format!("Secret/{certificate_secret}: {e}"))?;
         Ok(Current { projection, tls })
     }
 }

@@ -271,6 +271,8 @@ pub struct SipIdentity {
     pub certificate: identity::FunctionCertificate,
     pub ca_der: Vec<u8>,
     pub device_certificates: BTreeMap<String, Vec<u8>>,
+    /// `spec.legacyTls: Enabled`: TLS 1.0 and 1.1 for the guide's phones too.
+    pub legacy_tls: bool,
 }
 
 /// The TVS service's identity: the certificate TLS presents (the first node's CallManager
@@ -494,7 +496,12 @@ pub fn build_namespace(
                     crate::core::pki::issue::ServerRole::CallManager | crate::core::pki::issue::ServerRole::CallManagerAndTftp
                 )
         })?;
-        Some(SipIdentity { certificate: certificate.clone(), ca_der: identity.ca.certificate_der().to_vec(), device_certificates: phones })
+        Some(SipIdentity {
+            certificate: certificate.clone(),
+            ca_der: identity.ca.certificate_der().to_vec(),
+            device_certificates: phones,
+            legacy_tls: cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled),
+        })
     });
     Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip })
 }

@@ -4,6 +4,7 @@
 pub mod digest;
 pub mod directory;
 pub mod identity;
+pub mod legacy;
 pub mod proxy;
 pub mod registrar;
 pub mod server;

@@ -27,6 +27,8 @@ pub(super) struct Origin {
     pub subject: String,
     pub mode: DeviceSecurityMode,
     pub transport: Transport,
+    /// Whether its leg encrypts: TLS, and not the NULL cipher of the legacy listener.
+    pub confidential: bool,
 }
 
 /// The security of a call: the lower of its two ends, and no more than the signalling path carries.
@@ -68,8 +70,9 @@ impl SipService {
         };
         match self.authenticate(&server, &from_line) {
             Ok(caller) => {
-                self.route_invite(server, Origin { subject: caller.phone.subject, mode: caller.phone.mode, transport: caller.transport })
-                    .await
+                let confidential = self.confidential(caller.transport, caller.source);
+                let origin = Origin { subject: caller.phone.subject, mode: caller.phone.mode, transport: caller.transport, confidential };
+                self.route_invite(server, origin).await
             }
             Err(decision) => self.answer(&mut server, decision).await,
         }
@@ -91,14 +94,16 @@ impl SipService {
         };
         let both_legs_tls = caller.transport == Transport::Tls && binding.transport == Transport::Tls;
         let security = call_security(caller.mode, callee.mode, both_legs_tls);
+        // Keys pass only where both legs encrypt them (P.1-6).
+        let keys_pass = caller.confidential && self.confidential(binding.transport, Some(binding.source));
         server.send_trying().await?;
 
         let mut forward = server.original.clone();
         forward.uri = sip::Uri::try_from(binding.contact.as_str())?;
         // The credentials were for this hop.
         forward.headers.retain(|h| !matches!(h, Header::Authorization(_) | Header::ProxyAuthorization(_)));
-        if !both_legs_tls && let Some(body) = without_crypto(&forward.body) {
-            tracing::info!(from = %caller.subject, to = %callee.subject, "a=crypto removed from the offer: a leg is not TLS (P.1-6)");
+        if !keys_pass && let Some(body) = without_crypto(&forward.body) {
+            tracing::info!(from = %caller.subject, to = %callee.subject, "a=crypto removed from the offer: a leg is not encrypted TLS (P.1-6)");
             set_body(&mut forward.headers, &mut forward.body, body);
         }
         let (inbound, outbound) = (self.local_address(caller.transport), self.local_address(binding.transport));
@@ -142,7 +147,7 @@ impl SipService {
                 continue;
             }
             pop_top_via(&mut response.headers);
-            if !both_legs_tls && let Some(body) = without_crypto(&response.body) {
+            if !keys_pass && let Some(body) = without_crypto(&response.body) {
                 set_body(&mut response.headers, &mut response.body, body);
             }
             if response.status_code == StatusCode::OK {

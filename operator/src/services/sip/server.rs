@@ -29,8 +29,9 @@ use super::directory::{SipDirectory, SipPhone};
 use super::identity::{self, IdentityRefusal, PhoneAnchors, PhoneCredentials};
 use super::registrar::{self, Binding, Registrar};
 use super::trunk::{self, SipTrunkEntry};
-use crate::api::SipTransport;
+use crate::api::{DeviceSecurityMode, SipTransport};
 use crate::core::phone_config::DigestAuth;
+use crate::services::legacy_tls::{self, LegacyTls, offers_only_legacy_tls};
 
 /// Requests handled at once; past it, REGISTER gets 503 with Retry-After (a registration storm).
 pub const MAX_IN_FLIGHT: usize = 2_000;
@@ -72,11 +73,11 @@ pub struct Counters {
 
 pub struct SipService {
     directory: RwLock<Arc<SipDirectory>>,
-    tls: RwLock<Option<Arc<ServerConfig>>>,
+    tls: RwLock<Option<SipTls>>,
     registrar: Registrar,
     /// One authority per nonce validity time; replaced when the realm changes.
     authorities: Mutex<HashMap<(String, u32), Arc<DigestAuthority>>>,
-    /// The certificate each TLS connection's peer presented (None: none), by remote address.
+    /// What each TLS connection's peer presented and negotiated, by remote address.
     tls_peers: Mutex<TlsPeers>,
     in_flight: AtomicUsize,
     /// [`MAX_IN_FLIGHT`] unless a test lowers it.
@@ -114,8 +115,17 @@ pub fn tls_config(
     Ok(Arc::new(config))
 }
 
+/// What SIP-TLS presents and accepts: rustls for TLS 1.2 and newer, and OpenSSL for the guide's
+/// phones' TLS 1.0 and 1.1 when the cluster enables legacy TLS (`spec.legacyTls: Enabled`). The
+/// identity rules after the handshake are the same code for both (`identity`).
+#[derive(Clone)]
+pub struct SipTls {
+    pub config: Arc<ServerConfig>,
+    pub legacy: Option<LegacyTls>,
+}
+
 impl SipService {
-    pub fn new(directory: SipDirectory, tls: Option<Arc<ServerConfig>>) -> Arc<SipService> {
+    pub fn new(directory: SipDirectory, tls: Option<SipTls>) -> Arc<SipService> {
         Arc::new(SipService {
             directory: RwLock::new(Arc::new(directory)),
             tls: RwLock::new(tls),
@@ -132,10 +142,16 @@ impl SipService {
 
     /// Takes a new directory (phones, lines, credentials and certificates as the last build left
     /// them) and the TLS configuration new connections get.
-    pub fn follow(&self, directory: SipDirectory, tls: Option<Arc<ServerConfig>>) {
+    pub fn follow(&self, directory: SipDirectory, tls: Option<SipTls>) {
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
         let mut current = self.directory.write().unwrap_or_else(|e| e.into_inner());
         *current = Arc::new(directory);
+    }
+
+    /// Whether what comes over `transport` from `source` was encrypted: TLS with a cipher that
+    /// encrypts (the legacy listener's NULL-SHA does not).
+    pub(super) fn confidential(&self, transport: Transport, source: Option<SocketAddr>) -> bool {
+        transport == Transport::Tls && source.is_some_and(|peer| self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).encrypts(&peer))
     }
 
     pub fn registrar(&self) -> &Registrar {
@@ -244,13 +260,19 @@ impl SipService {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
             };
-            let Some(config) = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            let Some(SipTls { config, legacy }) = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone() else {
                 tracing::info!(%peer, "SIP-TLS connection dropped: the build gave SIP no certificate");
                 continue;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let (service, endpoint, local, cancel) = (self.clone(), endpoint.clone(), local.clone(), cancel.clone());
             tokio::spawn(async move {
+                if let Some(legacy) = legacy
+                    && offers_only_legacy_tls(&tcp, HANDSHAKE_TIMEOUT).await
+                {
+                    service.accept_legacy(&endpoint, legacy, tcp, peer, cancel).await;
+                    return;
+                }
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -261,13 +283,42 @@ impl SipService {
                     Err(_) => return,
                 };
                 let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
-                service.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, leaf);
+                // rustls offers no cipher that does not encrypt.
+                service.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, TlsPeer { leaf, encrypts: true });
                 let remote = SipAddr { r#type: Some(Transport::Tls), addr: peer.into() };
                 match TlsConnection::from_server_stream(tls, local, remote, Some(cancel.child_token())).await {
                     Ok(connection) => endpoint.transport_layer.add_connection(SipConnection::Tls(connection)),
                     Err(e) => tracing::info!(%peer, error = %e, "SIP-TLS connection dropped"),
                 }
             });
+        }
+    }
+
+    /// A connection whose ClientHello offers TLS 1.0 or 1.1 only: OpenSSL's, then rsipstack's.
+    async fn accept_legacy(
+        &self,
+        endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
+        legacy: LegacyTls,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+    ) {
+        let Ok(local) = tcp.local_addr() else { return };
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, legacy.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.counters.refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, error = %e, "SIP-TLS (legacy) handshake refused");
+                return;
+            }
+            Err(_) => return,
+        };
+        let peer_record = TlsPeer { leaf: legacy_tls::peer_certificate_der(stream.ssl()), encrypts: legacy_tls::encrypts(stream.ssl()) };
+        tracing::info!(%peer, cipher = stream.ssl().current_cipher().map(|c| c.name()).unwrap_or("-"), "SIP-TLS (legacy) connection");
+        self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, peer_record);
+        match super::legacy::connection(stream, local, peer, cancel.child_token()).await {
+            Ok(connection) => endpoint.transport_layer.add_connection(connection),
+            Err(e) => tracing::info!(%peer, error = %e, "SIP-TLS (legacy) connection dropped"),
         }
     }
 
@@ -390,7 +441,8 @@ impl SipService {
         let transport = transaction.connection.as_ref().map(|c| c.transport()).unwrap_or(Transport::Udp);
         match transaction.original.method {
             Method::Invite if !in_dialog => {
-                let origin = super::proxy::Origin { subject: trunk.subject.clone(), mode: trunk.mode, transport };
+                let confidential = self.confidential(transport, source);
+                let origin = super::proxy::Origin { subject: trunk.subject.clone(), mode: trunk.mode, transport, confidential };
                 self.route_invite(transaction, origin).await
             }
             _ if in_dialog => self.in_dialog(transaction).await,
@@ -476,6 +528,14 @@ impl SipService {
                 *phone
             }
         };
+        if phone.mode == DeviceSecurityMode::Encrypted && transport == Transport::Tls && !self.confidential(transport, source) {
+            let why = format!(
+                "{} is Encrypted, but its TLS connection negotiated a cipher that does not encrypt (NULL-SHA): its signalling must be encrypted (P.1-6)",
+                phone.subject
+            );
+            tracing::info!(?source, "{method} refused: {why}");
+            return Err(Decision::refuse(StatusCode::Forbidden, &why));
+        }
         if let Some(credentials) = &phone.digest {
             let authority = self.authority(&directory.realm, phone.nonce_validity_seconds);
             check_digest(request, &authority, &phone.subject, source, |_| Ok(credentials))?;
@@ -527,17 +587,25 @@ impl SipService {
 /// one without a certificate, which makes the phone reconnect.
 const MAX_TLS_PEERS: usize = 100_000;
 
-/// The certificate each TLS connection's peer presented (None: none), by remote address, bounded:
-/// connections come and go by ephemeral port, and their close is not reported to us.
+/// What a TLS connection's peer presented and negotiated.
+struct TlsPeer {
+    /// Its certificate (None: none).
+    leaf: Option<Vec<u8>>,
+    /// Whether the cipher encrypts (the legacy listener's NULL-SHA only authenticates).
+    encrypts: bool,
+}
+
+/// Each TLS connection's [`TlsPeer`], by remote address, bounded: connections come and go by
+/// ephemeral port, and their close is not reported to us.
 #[derive(Default)]
 struct TlsPeers {
-    leaves: HashMap<SocketAddr, Option<Vec<u8>>>,
+    leaves: HashMap<SocketAddr, TlsPeer>,
     order: std::collections::VecDeque<SocketAddr>,
 }
 
 impl TlsPeers {
-    fn insert(&mut self, peer: SocketAddr, leaf: Option<Vec<u8>>) {
-        if self.leaves.insert(peer, leaf).is_none() {
+    fn insert(&mut self, peer: SocketAddr, record: TlsPeer) {
+        if self.leaves.insert(peer, record).is_none() {
             self.order.push_back(peer);
         }
         while self.order.len() > MAX_TLS_PEERS {
@@ -548,7 +616,12 @@ impl TlsPeers {
     }
 
     fn leaf(&self, peer: &SocketAddr) -> Option<Vec<u8>> {
-        self.leaves.get(peer).cloned().flatten()
+        self.leaves.get(peer).and_then(|record| record.leaf.clone())
+    }
+
+    /// False for a peer forgotten or never seen: keys are then kept from it.
+    fn encrypts(&self, peer: &SocketAddr) -> bool {
+        self.leaves.get(peer).is_some_and(|record| record.encrypts)
     }
 }
 
@@ -736,7 +809,7 @@ mod tests {
         let udp = udp_socket.local_addr().unwrap();
         let tls_listener = crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let tls = tls_listener.local_addr().unwrap();
-        let service = SipService::new(directory, Some(config));
+        let service = SipService::new(directory, Some(SipTls { config, legacy: None }));
         let cancel = CancellationToken::new();
         let trunks = trunk_listeners.into_iter().map(TrunkListener::Tls).collect();
         let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener), trunks };
@@ -1089,13 +1162,16 @@ mod tests {
         let mut peers = TlsPeers::default();
         let address = |n: usize| SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 5061));
         for n in 0..=MAX_TLS_PEERS {
-            peers.insert(address(n), Some(vec![1]));
+            peers.insert(address(n), TlsPeer { leaf: Some(vec![1]), encrypts: true });
         }
         assert_eq!(peers.leaves.len(), MAX_TLS_PEERS);
         assert_eq!(peers.leaf(&address(0)), None, "the oldest is forgotten");
         assert_eq!(peers.leaf(&address(MAX_TLS_PEERS)), Some(vec![1]));
         // The same address again replaces, it does not count twice.
-        peers.insert(address(MAX_TLS_PEERS), None);
+        peers.insert(address(MAX_TLS_PEERS), TlsPeer { leaf: None, encrypts: false });
         assert_eq!((peers.leaves.len(), peers.order.len()), (MAX_TLS_PEERS, MAX_TLS_PEERS));
+        // Keys go only where the cipher encrypts: not over NULL-SHA, not to a peer forgotten.
+        assert!(!peers.encrypts(&address(MAX_TLS_PEERS)) && !peers.encrypts(&address(0)));
+        assert!(peers.encrypts(&address(MAX_TLS_PEERS - 1)));
     }
 }
