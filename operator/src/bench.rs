@@ -271,3 +271,69 @@ pub fn lsc(count: usize) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// The CPU time of a tokio runtime's threads, readable while it runs: a server given a runtime of
+/// its own is measured apart from the clients that share its cores.
+#[derive(Clone, Default)]
+pub struct RuntimeCpu(std::sync::Arc<std::sync::Mutex<ThreadClocks>>);
+
+#[derive(Default)]
+struct ThreadClocks {
+    /// What the threads that have stopped used.
+    stopped: std::time::Duration,
+    /// The CPU clock of each thread still running.
+    running: std::collections::HashMap<std::thread::ThreadId, libc::clockid_t>,
+}
+
+impl RuntimeCpu {
+    /// CPU time used so far by the runtime's threads, stopped and running.
+    pub fn spent(&self) -> std::time::Duration {
+        let clocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.stopped + clocks.running.values().map(|&clock| clock_time(clock)).sum::<std::time::Duration>()
+    }
+
+    fn thread_started(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self is the calling thread; pthread_getcpuclockid only writes `clock`.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).running.insert(std::thread::current().id(), clock);
+        }
+    }
+
+    /// On the stopping thread, while its clock is still valid.
+    fn thread_stopped(&self) {
+        let mut clocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        clocks.running.remove(&std::thread::current().id());
+        clocks.stopped += clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
+    }
+}
+
+/// A multi-thread tokio runtime of `workers` workers whose threads' CPU time the [`RuntimeCpu`] adds up.
+pub fn cpu_accounted_runtime(name: &str, workers: usize) -> Result<(tokio::runtime::Runtime, RuntimeCpu), String> {
+    let cpu = RuntimeCpu::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .on_thread_start({
+            let cpu = cpu.clone();
+            move || cpu.thread_started()
+        })
+        .on_thread_stop({
+            let cpu = cpu.clone();
+            move || cpu.thread_stopped()
+        })
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((runtime, cpu))
+}
+
+/// The time of a CPU clock (a thread's, or the calling thread's with `CLOCK_THREAD_CPUTIME_ID`).
+fn clock_time(clock: libc::clockid_t) -> std::time::Duration {
+    let mut spent = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    if unsafe { libc::clock_gettime(clock, &mut spent) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(u64::try_from(spent.tv_sec).unwrap_or(0), u32::try_from(spent.tv_nsec).unwrap_or(0))
+}

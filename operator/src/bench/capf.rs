@@ -69,17 +69,7 @@ pub fn run(phones: usize) -> Result<(), String> {
 
     // The server gets a runtime of its own, so that its threads' CPU time is the server's work
     // alone; the phones run on another, on the same cores.
-    let server_cpu = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("capf-server")
-        .on_thread_stop({
-            let server_cpu = server_cpu.clone();
-            move || *server_cpu.lock().unwrap_or_else(|e| e.into_inner()) += thread_cpu()
-        })
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (server_runtime, server_cpu) = super::cpu_accounted_runtime("capf-server", cores)?;
     let (address, serving, mut received) = server_runtime.block_on(async move {
         let server = CapfServer::bind("127.0.0.1:0".parse().expect("a socket address"), acceptor, context, Timeouts::default())
             .await
@@ -121,7 +111,7 @@ pub fn run(phones: usize) -> Result<(), String> {
     });
     serving.abort();
     server_runtime.shutdown_timeout(Duration::from_secs(10));
-    let server_cpu = *server_cpu.lock().unwrap_or_else(|e| e.into_inner());
+    let server_cpu = server_cpu.spent();
 
     let failed: Vec<&String> = enrolments.iter().filter_map(|e| e.as_ref().err()).collect();
     let enrolled = phones - failed.len();
@@ -211,14 +201,4 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, frame: Frame) -> Result<(),
     let bytes = frame.encode().map_err(|e| e.to_string())?;
     stream.write_all(&bytes).await.map_err(|e| format!("sending: {e}"))?;
     stream.flush().await.map_err(|e| format!("sending: {e}"))
-}
-
-/// CPU time the calling thread has used so far.
-fn thread_cpu() -> Duration {
-    let mut spent = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut spent) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(u64::try_from(spent.tv_sec).unwrap_or(0), u32::try_from(spent.tv_nsec).unwrap_or(0))
 }
