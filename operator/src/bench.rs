@@ -9,6 +9,7 @@ use crate::validate::manifest;
 
 pub mod capf;
 pub mod sip;
+pub mod sip_tls;
 pub mod tftp;
 use crate::validate::{self, SecretPolicy};
 

@@ -391,6 +391,16 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
+    /// Full mutual-TLS handshakes per second against Callguard's SIP-TLS listener and against
+    /// `openssl s_server` with the same certificates, each server on one thread.
+    SipTls {
+        /// Handshakes with each server.
+        #[arg(long, default_value_t = 5_000)]
+        handshakes: usize,
+        /// Handshakes in progress at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Issue LSCs on one core, next to `openssl speed rsa2048`.
     Lsc {
         /// Number of certificates.
@@ -759,6 +769,9 @@ fn main() -> ExitCode {
         Command::Bench { bench: Bench::Lsc { count } } => bench_result(callguard::bench::lsc(count)),
         Command::Bench { bench: Bench::Sip { registrations, users, concurrency } } => {
             bench_result(callguard::bench::sip::run(registrations, users, concurrency))
+        }
+        Command::Bench { bench: Bench::SipTls { handshakes, concurrency } } => {
+            bench_result(callguard::bench::sip_tls::run(handshakes, concurrency))
         }
         Command::Bench { bench: Bench::Tftp { phones, concurrency, single_port } } => {
             bench_result(callguard::bench::tftp::run(phones, concurrency, single_port))
