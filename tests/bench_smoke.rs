@@ -1,6 +1,9 @@
 //! The reconcile benchmark still works: run on a small namespace, it ends with every phone Ready.
 //! The figures of so small a run mean nothing; `cargo bench --bench reconcile` measures.
 
+#[path = "support/peers.rs"]
+mod peers;
+
 #[path = "../operator/benches/reconcile.rs"]
 #[allow(dead_code)] // the benchmark's own `main`, which `cargo bench` runs
 mod reconcile;
@@ -63,4 +66,43 @@ fn the_sip_benchmark_registers_through_both_servers_and_prints_its_figures() {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("a ratio in {stdout}"));
     assert!((printed - callguard / kamailio).abs() <= 0.006, "{printed} vs {} in {stdout}", callguard / kamailio);
+}
+
+/// `callguard bench sip-tls` runs: 100 mutual-TLS handshakes with openssl s_server and with
+/// Callguard's SIP-TLS listener, none failed, both negotiating the same; each server's rates are
+/// positive and the ratios are Callguard's over openssl's. Nothing is asserted of their size. A
+/// missing openssl fails the test.
+#[test]
+fn the_sip_tls_benchmark_handshakes_with_both_servers_and_prints_its_figures() {
+    peers::require("openssl", "openssl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["bench", "sip-tls", "--handshakes", "100", "--concurrency", "8"])
+        .output()
+        .expect("the callguard binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!stdout.contains("WARNING"), "both servers negotiate the same: {stdout}");
+    // peer, handshakes, failed, seconds, handshakes/s, server CPU s, per CPU-second, client CPU s
+    let row = |name: &str| -> Vec<f64> {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {stdout}"));
+        line.split_whitespace().skip(1).map(|n| n.parse().unwrap_or_else(|_| panic!("numbers for {name}: {line}"))).collect()
+    };
+    let (openssl, callguard) = (row("openssl"), row("Callguard"));
+    for figures in [&openssl, &callguard] {
+        assert_eq!(figures.len(), 7, "{stdout}");
+        assert_eq!((figures[0], figures[1]), (100.0, 0.0), "100 handshakes, none failed: {stdout}");
+        assert!(figures[2..].iter().all(|&f| f > 0.0), "positive figures: {stdout}");
+    }
+    let ratio = |label: &str| -> f64 {
+        stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{label} in {stdout}"))
+    };
+    // The printed figures are rounded (rates to a unit), hence the tolerance.
+    let (capacity, wall) = (callguard[5] / openssl[5], callguard[3] / openssl[3]);
+    assert!((ratio("ratio, capacity:") - capacity).abs() <= 0.02 * capacity + 0.006, "{capacity} in {stdout}");
+    assert!((ratio("ratio, wall clock:") - wall).abs() <= 0.02 * wall + 0.006, "{wall} in {stdout}");
+    assert!(stdout.contains("Callguard refused 0 handshake(s)"), "{stdout}");
 }
