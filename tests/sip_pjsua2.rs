@@ -314,6 +314,10 @@ fn a_digest_answer_on_an_expired_nonce_gets_stale_true_and_pjsua2_registers_on_t
     assert_eq!(challenges.get(..3), Some(&expected[..]), "{run}");
     let stale = run.lines.iter().position(|l| l.ends_with("stale=true")).unwrap();
     assert_eq!(run.lines[stale + 1], "registration 200 OK", "the answer on the new nonce is taken: {run}");
+    // Callguard says why, too.
+    let mut local = local;
+    let line = local.wait_for("challenged again with stale=true");
+    assert!(line.contains("Phone/softphone-frank") && line.contains("REGISTER"), "{line}");
 }
 
 /// Registers the callee with `callee_args` and has it answer; `caller_args` then calls `target`.

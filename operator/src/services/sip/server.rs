@@ -692,7 +692,10 @@ fn check_digest<'a>(
     let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
     match authority.verify(&answer, &method, &request_uri, &expected.name, &expected.password) {
         Verdict::Authenticated => Ok(answer.username),
-        Verdict::Stale => Err(Decision::challenge(authority, true)),
+        Verdict::Stale => {
+            tracing::info!(?source, %subject, "{method}: the nonce expired: challenged again with stale=true");
+            Err(Decision::challenge(authority, true))
+        }
         Verdict::Refused(refusal) => {
             tracing::info!(?source, %subject, "{method} refused: {}", refusal.reason());
             let status = if refusal == Refusal::Unsupported { StatusCode::BadRequest } else { StatusCode::Forbidden };
