@@ -441,8 +441,9 @@ impl SipService {
         let transport = transaction.connection.as_ref().map(|c| c.transport()).unwrap_or(Transport::Udp);
         match transaction.original.method {
             Method::Invite if !in_dialog => {
-                let confidential = self.confidential(transport, source);
-                let origin = super::proxy::Origin { subject: trunk.subject.clone(), mode: trunk.mode, transport, confidential };
+                // A SIP trunk carries no SRTP in this release (SRTP Allowed is false, P.13-4): its keys
+                // never reach a phone, whatever the transport.
+                let origin = super::proxy::Origin { subject: trunk.subject.clone(), mode: trunk.mode, transport, confidential: false };
                 self.route_invite(transaction, origin).await
             }
             _ if in_dialog => self.in_dialog(transaction).await,
@@ -1123,6 +1124,48 @@ mod tests {
                 assert!(answer.contains("X.509 subject names"), "{answer}");
             }
         }
+    }
+
+    /// A trunk's INVITE over TLS to an Encrypted phone over TLS: both legs encrypt, but a SIP trunk
+    /// carries no SRTP (P.13-4), so its keys do not reach the phone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trunks_srtp_keys_do_not_reach_a_phone_even_over_tls() {
+        let bind = || crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let trunk = |port: u16| SipTrunkEntry {
+            subject: "SipTrunk/gw".into(),
+            mode: DeviceSecurityMode::Encrypted,
+            incoming_port: port,
+            tls: true,
+            subject_names: vec!["gw.example".into()],
+            peer_addresses: vec![],
+            digest_nonce_validity: None,
+            application_level_authorization: false,
+            accept: Default::default(),
+            application_users: vec![],
+        };
+        let lab = lab_with_trunks(|ports| vec![trunk(ports[0])], vec![bind()]).await;
+        let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
+        let mut callee_pending = Vec::new();
+        callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
+        assert!(read_message(&mut callee, &mut callee_pending).await.starts_with("SIP/2.0 200"));
+
+        let request = ServerCertificateRequest {
+            role: ServerRole::CallManager,
+            hostname: "gw.example".into(),
+            ip_address: None,
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now: time::OffsetDateTime::now_utc(),
+            legacy_signer_keys: false,
+        };
+        let gateway = issue_server_certificate_with_new_key(&lab.ca, &request).unwrap();
+        let port = lab.service.directory().trunks[0].incoming_port;
+        let trunk_port = SocketAddr::from(([127, 0, 0, 1], port));
+        let (mut peer, peer_local) = tls_connect_to(&lab.ca, trunk_port, Some((gateway.certificate_der.clone(), &gateway.key))).await;
+        peer.write_all(invite("TLS", peer_local, trunk_port, "5551234", "1004", 1, None).as_bytes()).await.unwrap();
+        let offered = read_message(&mut callee, &mut callee_pending).await;
+        assert!(offered.starts_with("INVITE sip:1004@"), "{offered}");
+        assert!(offered.contains("m=audio") && !offered.contains("a=crypto"), "no trunk keys to the phone: {offered}");
     }
 
     /// A registration storm meets 503 with Retry-After: with room for one request at a time, a call
