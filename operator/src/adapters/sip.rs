@@ -13,7 +13,7 @@ use crate::services::legacy_tls::LegacyTls;
 use crate::services::sip::directory::{SipDirectory, SipDirectoryParts, SipPhone};
 use crate::services::sip::identity::PhoneAnchors;
 use crate::services::sip::server::{self, SipTls, TrunkListener};
-use crate::services::sip::trunk::{ApplicationCredentials, SipTrunkEntry};
+use crate::services::sip::trunk::{ApplicationCredentials, RealmCredentials, SipTrunkEntry, TrunkDestinationEntry};
 use crate::validate::Snapshot;
 
 /// The directory of `snapshot` and the build's `identity` (see [`parts`]).
@@ -105,6 +105,21 @@ pub fn trunks(snapshot: &Snapshot) -> Vec<SipTrunkEntry> {
                 application_level_authorization: profile.application_level_authorization(),
                 accept: profile.accept.clone(),
                 application_users,
+                destinations: trunk
+                    .spec
+                    .destinations
+                    .iter()
+                    .map(|d| TrunkDestinationEntry { host: d.address.clone(), port: d.port() })
+                    .collect(),
+                outgoing: profile.outgoing_transport(),
+                realm: trunk.spec.sip_realm_ref.as_ref().and_then(|name| {
+                    let realm = &snapshot.realms.get(name)?.spec;
+                    let password = secret_text(snapshot, &realm.password).ok()?;
+                    Some(RealmCredentials {
+                        realm: realm.realm.clone(),
+                        credentials: DigestAuth { name: realm.user.clone(), password: password.to_string() },
+                    })
+                }),
             })
         })
         .collect()
@@ -134,7 +149,13 @@ pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &Phone
     } else {
         None
     };
-    Ok(SipTls { config, legacy })
+    let client = rsipstack::transport::TlsConfig {
+        client_cert: Some(crate::core::pki::ca::certificate_pem(certificate_der).into_bytes()),
+        client_key: Some(crate::core::pki::keys::pkcs8_pem(key).as_bytes().to_vec()),
+        ca_certs: Some(crate::core::pki::ca::certificate_pem(&anchors.cluster_ca).into_bytes()),
+        ..Default::default()
+    };
+    Ok(SipTls { config, legacy, client: Some(client) })
 }
 
 /// UDP and TCP on the one port SIP uses for both.

@@ -100,7 +100,7 @@ pub fn run(handshakes: usize, concurrency: usize) -> Result<(), String> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&server.key)));
     let config = tls_config(vec![CertificateDer::from(server.certificate_der.clone())], key, &anchors)?;
     let directory = SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), Vec::new(), Vec::new());
-    let service = SipService::new(directory, Some(SipTls { config, legacy: None }));
+    let service = SipService::new(directory, Some(SipTls { config, legacy: None, client: None }));
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = server_runtime
         .block_on(async { crate::services::tcp_listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))) })

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::identity::{self, PhoneAnchors};
-use super::trunk::SipTrunkEntry;
+use super::trunk::{SipTrunkEntry, TrunkDestinationEntry};
 use crate::api::{DeviceSecurityMode, SipTransport};
 use crate::core::phone_config::DigestAuth;
 use crate::core::pki::inspect;
@@ -105,6 +105,24 @@ impl SipDirectory {
             let source = source?;
             on_port.into_iter().find(|t| t.peer_addresses.contains(&source))
         }
+    }
+
+    /// The trunk a call to `host` (and `port`, when the URI names one) goes to, and that destination:
+    /// the first trunk with it (Table 14-1).
+    pub fn trunk_toward(&self, host: &str, port: Option<u16>) -> Option<(&SipTrunkEntry, &TrunkDestinationEntry)> {
+        self.trunks.iter().find_map(|trunk| {
+            let destination =
+                trunk.destinations.iter().find(|d| d.host.eq_ignore_ascii_case(host) && port.is_none_or(|port| port == d.port))?;
+            Some((trunk, destination))
+        })
+    }
+
+    /// The trunk with a destination at `address` (an IP address and port): the peer of a connection
+    /// this service dialled.
+    pub fn trunk_dialled(&self, address: std::net::SocketAddr) -> Option<&SipTrunkEntry> {
+        self.trunks.iter().find(|t| {
+            t.destinations.iter().any(|d| d.port == address.port() && d.host.parse::<IpAddr>().is_ok_and(|ip| ip == address.ip()))
+        })
     }
 
     /// Whether some trunk listens on `port`.

@@ -79,11 +79,16 @@ pub struct SipService {
     authorities: Mutex<HashMap<(String, u32), Arc<DigestAuthority>>>,
     /// What each TLS connection's peer presented and negotiated, by remote address.
     tls_peers: Mutex<TlsPeers>,
+    /// Dialogs with a trunk whose INVITE was sent again with credentials, by Call-ID: the requests
+    /// of the caller's side go with their CSeq moved up by as much (`proxy`).
+    pub(super) renumbered: Mutex<Bounded<String, super::proxy::Renumbered>>,
     in_flight: AtomicUsize,
     /// [`MAX_IN_FLIGHT`] unless a test lowers it.
     in_flight_limit: AtomicUsize,
     /// The address of each listener, for Via and Record-Route.
     listening: Mutex<Vec<SipAddr>>,
+    /// The endpoint `serve` runs, whose transport layer dials trunks with [`SipTls::client`].
+    endpoint: Mutex<Option<rsipstack::transaction::endpoint::EndpointInnerRef>>,
     /// The ports of the phones' listeners; the others are trunks' only.
     phone_ports: Mutex<Vec<u16>>,
     pub counters: Counters,
@@ -122,6 +127,8 @@ pub fn tls_config(
 pub struct SipTls {
     pub config: Arc<ServerConfig>,
     pub legacy: Option<LegacyTls>,
+    /// What calls to a TLS trunk present and trust: the node's certificate, the cluster CA (P.14-1).
+    pub client: Option<rsipstack::transport::TlsConfig>,
 }
 
 impl SipService {
@@ -131,11 +138,13 @@ impl SipService {
             tls: RwLock::new(tls),
             registrar: Registrar::default(),
             authorities: Mutex::new(HashMap::new()),
-            tls_peers: Mutex::new(TlsPeers::default()),
+            tls_peers: Mutex::new(Bounded::new(MAX_TLS_PEERS)),
+            renumbered: Mutex::new(Bounded::new(MAX_RENUMBERED_DIALOGS)),
             in_flight: AtomicUsize::new(0),
             in_flight_limit: AtomicUsize::new(MAX_IN_FLIGHT),
             listening: Mutex::new(Vec::new()),
             phone_ports: Mutex::new(Vec::new()),
+            endpoint: Mutex::new(None),
             counters: Counters::default(),
         })
     }
@@ -143,6 +152,7 @@ impl SipService {
     /// Takes a new directory (phones, lines, credentials and certificates as the last build left
     /// them) and the TLS configuration new connections get.
     pub fn follow(&self, directory: SipDirectory, tls: Option<SipTls>) {
+        self.dial_trunks_with(tls.as_ref());
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
         let mut current = self.directory.write().unwrap_or_else(|e| e.into_inner());
         *current = Arc::new(directory);
@@ -152,6 +162,15 @@ impl SipService {
     /// encrypts (the legacy listener's NULL-SHA does not).
     pub(super) fn confidential(&self, transport: Transport, source: Option<SocketAddr>) -> bool {
         transport == Transport::Tls && source.is_some_and(|peer| self.tls_peers.lock().unwrap_or_else(|e| e.into_inner()).encrypts(&peer))
+    }
+
+    /// New TLS connections to trunks present and trust what `tls` says.
+    fn dial_trunks_with(&self, tls: Option<&SipTls>) {
+        let Some(endpoint) = self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        match tls.and_then(|t| t.client.clone()) {
+            Some(client) => endpoint.transport_layer.set_tls_config(client),
+            None => endpoint.transport_layer.clear_tls_config(),
+        }
     }
 
     pub fn registrar(&self) -> &Registrar {
@@ -229,6 +248,9 @@ impl SipService {
             .with_transport_layer(transport_layer)
             .build();
         let mut incoming = endpoint.incoming_transactions().map_err(|e| e.to_string())?;
+        *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.inner.clone());
+        let tls = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.dial_trunks_with(tls.as_ref());
         let inner = endpoint.inner.clone();
         tokio::spawn(async move { inner.serve().await });
         for listener in tcp_listeners {
@@ -260,7 +282,7 @@ impl SipService {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
             };
-            let Some(SipTls { config, legacy }) = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            let Some(SipTls { config, legacy, .. }) = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone() else {
                 tracing::info!(%peer, "SIP-TLS connection dropped: the build gave SIP no certificate");
                 continue;
             };
@@ -335,6 +357,8 @@ impl SipService {
             TrunkOrigin::Trunk(trunk) if !in_dialog || trunk_checks_in_dialog(&transaction.original) => {
                 self.trunk_request(transaction, *trunk, in_dialog).await
             }
+            // The trunk is known by its connection: the rest of its dialog follows the route.
+            TrunkOrigin::Trunk(_) => self.in_dialog(transaction).await,
             TrunkOrigin::Unknown(decision) => self.answer(&mut transaction, decision).await,
             _ => self.phone_request(transaction, in_dialog).await,
         };
@@ -351,7 +375,14 @@ impl SipService {
         let Some(local_port) = connection.get_addr().get_socketaddr().ok().map(|a| a.port()) else { return TrunkOrigin::None };
         let directory = self.directory();
         if !directory.is_trunk_port(local_port) {
-            return TrunkOrigin::None;
+            // On a connection this service dialled to a trunk's destination (for TLS, whose
+            // certificate was checked then): that trunk's requests in the dialogs of its calls.
+            let dialled = !self.phone_ports().contains(&local_port) && matches!(connection.transport(), Transport::Tcp | Transport::Tls);
+            let remote = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
+            return match remote.filter(|_| dialled).and_then(|remote| directory.trunk_dialled(remote)) {
+                Some(trunk) => TrunkOrigin::Trunk(Box::new(trunk.clone())),
+                None => TrunkOrigin::None,
+            };
         }
         let tls = connection.transport() == Transport::Tls;
         let source = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
@@ -587,6 +618,9 @@ impl SipService {
 /// phones and trunks keep open. Past it the oldest is forgotten, and its next request is refused as
 /// one without a certificate, which makes the phone reconnect.
 const MAX_TLS_PEERS: usize = 100_000;
+/// The most dialogs with a trunk remembered as renumbered; past it the oldest's later requests keep
+/// the caller's numbers.
+const MAX_RENUMBERED_DIALOGS: usize = 100_000;
 
 /// What a TLS connection's peer presented and negotiated.
 struct TlsPeer {
@@ -596,33 +630,46 @@ struct TlsPeer {
     encrypts: bool,
 }
 
-/// Each TLS connection's [`TlsPeer`], by remote address, bounded: connections come and go by
-/// ephemeral port, and their close is not reported to us.
-#[derive(Default)]
-struct TlsPeers {
-    leaves: HashMap<SocketAddr, TlsPeer>,
-    order: std::collections::VecDeque<SocketAddr>,
+/// A map that forgets its oldest entry past `capacity`: what it remembers comes and goes (connections
+/// by ephemeral port, dialogs) and the end of each is not always reported to us.
+pub(super) struct Bounded<K, V> {
+    entries: HashMap<K, V>,
+    order: std::collections::VecDeque<K>,
+    capacity: usize,
 }
 
-impl TlsPeers {
-    fn insert(&mut self, peer: SocketAddr, record: TlsPeer) {
-        if self.leaves.insert(peer, record).is_none() {
-            self.order.push_back(peer);
+impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
+    pub(super) fn new(capacity: usize) -> Self {
+        Bounded { entries: HashMap::new(), order: std::collections::VecDeque::new(), capacity }
+    }
+
+    pub(super) fn insert(&mut self, key: K, value: V) {
+        if self.entries.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
         }
-        while self.order.len() > MAX_TLS_PEERS {
+        while self.order.len() > self.capacity {
             if let Some(oldest) = self.order.pop_front() {
-                self.leaves.remove(&oldest);
+                self.entries.remove(&oldest);
             }
         }
     }
 
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key)
+    }
+}
+
+/// Each TLS connection's [`TlsPeer`], by remote address.
+type TlsPeers = Bounded<SocketAddr, TlsPeer>;
+
+impl TlsPeers {
     fn leaf(&self, peer: &SocketAddr) -> Option<Vec<u8>> {
-        self.leaves.get(peer).and_then(|record| record.leaf.clone())
+        self.get(peer).and_then(|record| record.leaf.clone())
     }
 
     /// False for a peer forgotten or never seen: keys are then kept from it.
     fn encrypts(&self, peer: &SocketAddr) -> bool {
-        self.leaves.get(peer).is_some_and(|record| record.encrypts)
+        self.get(peer).is_some_and(|record| record.encrypts)
     }
 }
 
@@ -757,6 +804,8 @@ mod tests {
         caller_lsc: Vec<u8>,
         callee_lsc: Vec<u8>,
         service: Arc<SipService>,
+        /// The node's certificate: what SIP-TLS presents, and what calls to TLS trunks present.
+        node_certificate: Vec<u8>,
         _cancel: tokio_util::sync::DropGuard,
     }
 
@@ -813,13 +862,20 @@ mod tests {
         let udp = udp_socket.local_addr().unwrap();
         let tls_listener = crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let tls = tls_listener.local_addr().unwrap();
-        let service = SipService::new(directory, Some(SipTls { config, legacy: None }));
+        let client = rsipstack::transport::TlsConfig {
+            client_cert: Some(crate::core::pki::ca::certificate_pem(&identity.certificate_der).into_bytes()),
+            client_key: Some(keys::pkcs8_pem(&identity.key).as_bytes().to_vec()),
+            ca_certs: Some(crate::core::pki::ca::certificate_pem(ca.certificate_der()).into_bytes()),
+            ..Default::default()
+        };
+        let service = SipService::new(directory, Some(SipTls { config, legacy: None, client: Some(client) }));
         let cancel = CancellationToken::new();
         let trunks = trunk_listeners.into_iter().map(TrunkListener::Tls).collect();
         let listeners = Listeners { udp: Some(udp_socket), tcp: None, tls: Some(tls_listener), trunks };
         tokio::spawn(service.clone().serve(listeners, cancel.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Lab { udp, tls, ca, phone_key, lsc, caller_lsc, callee_lsc, service, _cancel: cancel.drop_guard() }
+        let node_certificate = identity.certificate_der.clone();
+        Lab { udp, tls, ca, phone_key, lsc, caller_lsc, callee_lsc, service, node_certificate, _cancel: cancel.drop_guard() }
     }
 
     fn register(transport: &str, local: SocketAddr, server: SocketAddr, line: &str, cseq: u32, authorization: Option<String>) -> String {
@@ -927,7 +983,7 @@ mod tests {
     }
 
     /// One whole message from a stream: the headers, then Content-Length bytes of body.
-    async fn read_message(stream: &mut TlsPhone, pending: &mut Vec<u8>) -> String {
+    async fn read_message<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, pending: &mut Vec<u8>) -> String {
         loop {
             if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&pending[..end]).into_owned();
@@ -1087,6 +1143,9 @@ mod tests {
             application_level_authorization: false,
             accept: Default::default(),
             application_users: vec![],
+            destinations: vec![],
+            outgoing: crate::api::OutgoingTransport::Tls,
+            realm: None,
         };
         let lab =
             lab_with_trunks(|ports| vec![trunk("a", ports[0], "gw-a.example"), trunk("b", ports[1], "gw-b.example")], vec![bind(), bind()])
@@ -1142,6 +1201,9 @@ mod tests {
             application_level_authorization: false,
             accept: Default::default(),
             application_users: vec![],
+            destinations: vec![],
+            outgoing: crate::api::OutgoingTransport::Tls,
+            realm: None,
         };
         let lab = lab_with_trunks(|ports| vec![trunk(ports[0])], vec![bind()]).await;
         let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
@@ -1166,6 +1228,198 @@ mod tests {
         let offered = read_message(&mut callee, &mut callee_pending).await;
         assert!(offered.starts_with("INVITE sip:1004@"), "{offered}");
         assert!(offered.contains("m=audio") && !offered.contains("a=crypto"), "no trunk keys to the phone: {offered}");
+    }
+
+    /// A call from a phone to a TLS trunk: the proxy dials the trunk's destination presenting the
+    /// node's certificate (checked by the gateway against the cluster CA), answers the gateway's
+    /// challenge with the trunk's SipRealm (P.15-5) one CSeq further, and keeps the caller's numbers
+    /// on the caller's side and the gateway's on the gateway's, for the ACK and a BYE too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_to_a_tls_trunk_presents_the_nodes_certificate_and_answers_its_challenge_with_the_realm() {
+        use crate::services::sip::trunk::{RealmCredentials, TrunkDestinationEntry};
+        let md5 = |text: String| -> String {
+            openssl::hash::hash(openssl::hash::MessageDigest::md5(), text.as_bytes()).unwrap().iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = gateway_listener.local_addr().unwrap();
+        let trunk = |port: u16| SipTrunkEntry {
+            subject: "SipTrunk/gw".into(),
+            mode: DeviceSecurityMode::Encrypted,
+            incoming_port: port,
+            tls: true,
+            subject_names: vec!["gw.example".into()],
+            peer_addresses: vec![],
+            digest_nonce_validity: None,
+            application_level_authorization: false,
+            accept: Default::default(),
+            application_users: vec![],
+            destinations: vec![TrunkDestinationEntry { host: "127.0.0.1".into(), port: gateway.port() }],
+            outgoing: crate::api::OutgoingTransport::Tls,
+            realm: Some(RealmCredentials {
+                realm: "gw.example".into(),
+                credentials: DigestAuth { name: "cluster".into(), password: "realm-secret".into() },
+            }),
+        };
+        let bind = || crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let lab = lab_with_trunks(|ports| vec![trunk(ports[0])], vec![bind()]).await;
+
+        // The gateway: its certificate names 127.0.0.1, it asks for the cluster's.
+        let request = ServerCertificateRequest {
+            role: ServerRole::CallManager,
+            hostname: "gw.example".into(),
+            ip_address: Some("127.0.0.1".parse().unwrap()),
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now: time::OffsetDateTime::now_utc(),
+            legacy_signer_keys: false,
+        };
+        let issued = issue_server_certificate_with_new_key(&lab.ca, &request).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(lab.ca.certificate_der().to_vec())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from(issued.certificate_der.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&issued.key))),
+            )
+            .unwrap();
+        let node_certificate = lab.node_certificate.clone();
+        let uri = format!("sip:5551234@{gateway}");
+        let gateway_side = tokio::spawn({
+            let uri = uri.clone();
+            async move {
+                let (tcp, _) = gateway_listener.accept().await.unwrap();
+                let mut stream = tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(tcp).await.unwrap();
+                let presented = stream.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec();
+                assert_eq!(presented, node_certificate, "the proxy presents the node's certificate");
+                let mut pending = Vec::new();
+                let header = |message: &str, name: &str| {
+                    message
+                        .lines()
+                        .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let reply = |message: &str, status: &str, extra: &str| {
+                    let vias: String = message.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+                    format!(
+                        "SIP/2.0 {status}\r\n{vias}{}\r\n{};tag=gw\r\n{}\r\n{}\r\n{extra}Content-Length: 0\r\n\r\n",
+                        header(message, "From"),
+                        header(message, "To"),
+                        header(message, "Call-ID"),
+                        header(message, "CSeq")
+                    )
+                };
+                let first = read_message(&mut stream, &mut pending).await;
+                assert!(first.starts_with(&format!("INVITE {uri} SIP/2.0")), "{first}");
+                assert_eq!(header(&first, "CSeq"), "CSeq: 2 INVITE", "the caller's number: {first}");
+                assert!(!first.contains("Authorization") && !first.contains("a=crypto"), "no credentials, no keys: {first}");
+                let challenge = "WWW-Authenticate: Digest realm=\"gw.example\", nonce=\"gwnonce\", qop=\"auth\", algorithm=MD5\r\n";
+                stream.write_all(reply(&first, "401 Unauthorized", challenge).as_bytes()).await.unwrap();
+                let ack = read_message(&mut stream, &mut pending).await;
+                assert!(ack.starts_with("ACK ") && ack.contains("CSeq: 2 ACK"), "{ack}");
+                let second = read_message(&mut stream, &mut pending).await;
+                assert_eq!(header(&second, "CSeq"), "CSeq: 3 INVITE", "one further: {second}");
+                let authorization = header(&second, "Authorization");
+                let field = |name: &str| {
+                    authorization
+                        .split([',', ' '])
+                        .find_map(|p| p.strip_prefix(&format!("{name}=")))
+                        .unwrap_or("")
+                        .trim_matches('"')
+                        .to_owned()
+                };
+                assert_eq!(
+                    (field("username").as_str(), field("realm").as_str(), field("nonce").as_str()),
+                    ("cluster", "gw.example", "gwnonce")
+                );
+                let expected = md5(format!(
+                    "{}:gwnonce:{}:{}:auth:{}",
+                    md5("cluster:gw.example:realm-secret".into()),
+                    field("nc"),
+                    field("cnonce"),
+                    md5(format!("INVITE:{}", field("uri")))
+                ));
+                assert_eq!(field("response"), expected, "the realm's password answers: {authorization}");
+                let contact = format!("Contact: <sip:gw@{gateway};transport=tls>\r\n");
+                let routes: String = second.lines().filter(|l| l.starts_with("Record-Route:")).map(|l| format!("{l}\r\n")).collect();
+                stream.write_all(reply(&second, "200 OK", &format!("{routes}{contact}")).as_bytes()).await.unwrap();
+                let ack = read_message(&mut stream, &mut pending).await;
+                assert!(ack.starts_with("ACK ") && ack.contains("CSeq: 3 ACK"), "the ACK of the 2xx takes the INVITE's number: {ack}");
+                let bye = read_message(&mut stream, &mut pending).await;
+                assert!(bye.starts_with("BYE ") && bye.contains("CSeq: 5 BYE"), "the caller's 4, moved up by one: {bye}");
+                stream.write_all(reply(&bye, "200 OK", "").as_bytes()).await.unwrap();
+                // The gateway's own request in the dialog, on the connection the proxy dialled, with
+                // the route it recorded: its numbers are its own.
+                let caller_contact = header(&second, "Contact").trim_start_matches("Contact:").trim().trim_matches(['<', '>']).to_owned();
+                let route: String = routes.replace("Record-Route:", "Route:");
+                let local = stream.get_ref().0.local_addr().unwrap();
+                let info = format!(
+                    "INFO {caller_contact} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKgwinfo\r\nMax-Forwards: 70\r\n{route}\
+                     From: <sip:5551234@{gateway}>;tag=gw\r\nTo: <sip:1005@{gateway}>;tag=caller1005\r\nCall-ID: call1005to5551234@test\r\n\
+                     CSeq: 7 INFO\r\nContent-Length: 0\r\n\r\n"
+                );
+                stream.write_all(info.as_bytes()).await.unwrap();
+                let answered = read_message(&mut stream, &mut pending).await;
+                assert!(answered.starts_with("SIP/2.0 200") && answered.contains("CSeq: 7 INFO"), "{answered}");
+            }
+        });
+
+        // The caller: 1005, Non Secure over UDP with digest.
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (status, challenge) = udp_exchange(&socket, lab.udp, invite("UDP", local, gateway, "1005", "5551234", 1, None)).await;
+        assert_eq!(status, 401, "{challenge}");
+        let answer = md5_answer_for("INVITE", &challenge, "user1005", "secret", &uri, 1);
+        socket.send_to(invite("UDP", local, gateway, "1005", "5551234", 2, Some(answer)).as_bytes(), lab.udp).await.unwrap();
+        let answered = loop {
+            let mut buffer = vec![0u8; 8192];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buffer)).await.expect("an answer").unwrap();
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if !text.starts_with("SIP/2.0 1") {
+                break text;
+            }
+        };
+        assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
+        assert!(answered.contains("CSeq: 2 INVITE"), "the caller sees its own number: {answered}");
+        let routes: Vec<&str> = answered.lines().filter_map(|l| l.strip_prefix("Record-Route:")).map(str::trim).collect();
+        let route: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
+        let in_dialog = |method: &str, cseq: u32, authorization: Option<String>| {
+            let authorization = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+            format!(
+                "{method} sip:gw@{gateway};transport=tls SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\n\
+                 {route}From: <sip:1005@{gateway}>;tag=caller1005\r\nTo: <sip:5551234@{gateway}>;tag=gw\r\nCall-ID: call1005to5551234@test\r\n\
+                 CSeq: {cseq} {method}\r\n{authorization}Content-Length: 0\r\n\r\n"
+            )
+        };
+        socket.send_to(in_dialog("ACK", 2, None).as_bytes(), lab.udp).await.unwrap();
+        let bye_uri = format!("sip:gw@{gateway};transport=tls");
+        let (status, challenge) = udp_exchange(&socket, lab.udp, in_dialog("BYE", 3, None)).await;
+        assert_eq!(status, 401, "the caller's BYE is its own, challenged: {challenge}");
+        let answer = md5_answer_for("BYE", &challenge, "user1005", "secret", &bye_uri, 1);
+        let (status, ended) = udp_exchange(&socket, lab.udp, in_dialog("BYE", 4, Some(answer))).await;
+        assert_eq!(status, 200, "{ended}");
+        assert!(ended.contains("CSeq: 4 BYE"), "back to the caller's number: {ended}");
+        // The gateway's INFO reaches the caller as the trunk's request, numbered as the gateway sent it.
+        let mut buffer = vec![0u8; 8192];
+        let (n, proxy) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buffer)).await.expect("the INFO").unwrap();
+        let info = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        assert!(info.starts_with("INFO sip:1005@") && info.contains("CSeq: 7 INFO"), "{info}");
+        let vias: String = info.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+        let copy = |name: &str| info.lines().find(|l| l.starts_with(name)).map(|l| format!("{l}\r\n")).unwrap_or_default();
+        let ok = format!(
+            "SIP/2.0 200 OK\r\n{vias}{}{}{}{}Content-Length: 0\r\n\r\n",
+            copy("From:"),
+            copy("To:"),
+            copy("Call-ID:"),
+            copy("CSeq:")
+        );
+        socket.send_to(ok.as_bytes(), proxy).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), gateway_side).await.expect("the gateway saw the whole call").unwrap();
     }
 
     /// A registration storm meets 503 with Retry-After: with room for one request at a time, a call
@@ -1205,17 +1459,17 @@ mod tests {
 
     #[test]
     fn the_remembered_tls_peers_are_bounded_and_the_oldest_goes_first() {
-        let mut peers = TlsPeers::default();
+        let mut peers = TlsPeers::new(MAX_TLS_PEERS);
         let address = |n: usize| SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 5061));
         for n in 0..=MAX_TLS_PEERS {
             peers.insert(address(n), TlsPeer { leaf: Some(vec![1]), encrypts: true });
         }
-        assert_eq!(peers.leaves.len(), MAX_TLS_PEERS);
+        assert_eq!(peers.entries.len(), MAX_TLS_PEERS);
         assert_eq!(peers.leaf(&address(0)), None, "the oldest is forgotten");
         assert_eq!(peers.leaf(&address(MAX_TLS_PEERS)), Some(vec![1]));
         // The same address again replaces, it does not count twice.
         peers.insert(address(MAX_TLS_PEERS), TlsPeer { leaf: None, encrypts: false });
-        assert_eq!((peers.leaves.len(), peers.order.len()), (MAX_TLS_PEERS, MAX_TLS_PEERS));
+        assert_eq!((peers.entries.len(), peers.order.len()), (MAX_TLS_PEERS, MAX_TLS_PEERS));
         // Keys go only where the cipher encrypts: not over NULL-SHA, not to a peer forgotten.
         assert!(!peers.encrypts(&address(MAX_TLS_PEERS)) && !peers.encrypts(&address(0)));
         assert!(peers.encrypts(&address(MAX_TLS_PEERS - 1)));

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::api::{DeviceSecurityMode, SipMethodAcceptance};
+use crate::api::{DeviceSecurityMode, OutgoingTransport, SipMethodAcceptance};
 use crate::core::phone_config::DigestAuth;
 
 /// The requests Table 14-1 gates, each behind its own Accept flag.
@@ -87,6 +87,33 @@ pub struct SipTrunkEntry {
     pub application_level_authorization: bool,
     pub accept: SipMethodAcceptance,
     pub application_users: Vec<ApplicationCredentials>,
+    /// Where calls to the trunk go (Table 14-1): a call whose Request-URI names one of them.
+    #[serde(default)]
+    pub destinations: Vec<TrunkDestinationEntry>,
+    /// The profile's Outgoing Transport Type (Table 14-1).
+    #[serde(default = "default_outgoing")]
+    pub outgoing: OutgoingTransport,
+    /// What answers the peer's challenges: the trunk's SipRealm (P.15-5).
+    #[serde(default)]
+    pub realm: Option<RealmCredentials>,
+}
+
+fn default_outgoing() -> OutgoingTransport {
+    OutgoingTransport::Tcp
+}
+
+/// A host and port a trunk sends SIP to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrunkDestinationEntry {
+    pub host: String,
+    pub port: u16,
+}
+
+/// A SipRealm: the realm a peer challenges with, and the user and password that answer it (Table 15-3).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RealmCredentials {
+    pub realm: String,
+    pub credentials: DigestAuth,
 }
 
 /// Why a trunk's request is refused.
@@ -164,6 +191,9 @@ mod tests {
                 credentials: DigestAuth { name: "presence".into(), password: "secret".into() },
                 accept: application,
             }],
+            destinations: vec![],
+            outgoing: OutgoingTransport::Tcp,
+            realm: None,
         }
     }
 
