@@ -338,3 +338,40 @@ fn clock_time(clock: libc::clockid_t) -> std::time::Duration {
     }
     std::time::Duration::new(u64::try_from(spent.tv_sec).unwrap_or(0), u32::try_from(spent.tv_nsec).unwrap_or(0))
 }
+
+/// User and system CPU time of process `pid` so far, from /proc/<pid>/stat (fields 14 and 15 of
+/// proc(5), in clock ticks).
+pub fn process_cpu(pid: u32) -> Result<std::time::Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("the CPU time of process {pid}: {e}"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces; the first is field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).ok_or_else(|| format!("/proc/{pid}/stat: {stat}"));
+    let ticks = field(14)? + field(15)?;
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Ok(std::time::Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// [`process_cpu`] of `pid` and of every process whose parent it is (a server that forks workers).
+pub fn process_tree_cpu(pid: u32) -> Result<std::time::Duration, String> {
+    let mut total = process_cpu(pid)?;
+    for entry in std::fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Field 4, the parent, is the second after the command name.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += process_cpu(child).unwrap_or_default();
+        }
+    }
+    Ok(total)
+}
+
+/// User and system CPU time of this process's children that have been waited for.
+pub fn waited_children_cpu() -> std::time::Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let time = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}

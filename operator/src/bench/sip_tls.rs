@@ -121,9 +121,9 @@ pub fn run(handshakes: usize, concurrency: usize) -> Result<(), String> {
         // negotiates, and waits for s_server to listen.
         let with_callguard = first_handshake(callguard, &connector).await.map_err(|e| format!("Callguard: {e}"))?;
         let with_openssl = first_handshake(openssl, &connector).await.map_err(|e| format!("openssl s_server: {e}"))?;
-        let (before, client_before) = (process_cpu(pid)?, client_cpu.spent());
+        let (before, client_before) = (crate::bench::process_cpu(pid)?, client_cpu.spent());
         let mut openssl_run = drive(openssl, &connector, handshakes, concurrency).await;
-        openssl_run.server_cpu = process_cpu(pid)?.saturating_sub(before);
+        openssl_run.server_cpu = crate::bench::process_cpu(pid)?.saturating_sub(before);
         openssl_run.client_cpu = client_cpu.spent().saturating_sub(client_before);
         let (before, client_before) = (callguard_cpu.spent(), client_cpu.spent());
         let mut callguard_run = drive(callguard, &connector, handshakes, concurrency).await;
@@ -337,17 +337,4 @@ fn start_s_server(dir: &Path, ca: &ClusterCa, certificate_der: &[u8], key: &rsa:
         .map_err(|e| format!("cannot start openssl s_server: {e}"))?;
     let stdin = child.stdin.take();
     Ok(SServer { child, address, _stdin: stdin, errors })
-}
-
-/// User and system CPU time of process `pid` so far, from /proc/<pid>/stat (fields 14 and 15 of
-/// proc(5), in clock ticks).
-fn process_cpu(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("openssl s_server's CPU time: {e}"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces; the first is field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).ok_or_else(|| format!("/proc/{pid}/stat: {stat}"));
-    let ticks = field(14)? + field(15)?;
-    // SAFETY: sysconf reads a constant of the system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
