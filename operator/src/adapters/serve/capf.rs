@@ -10,7 +10,6 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -32,9 +31,6 @@ use crate::core::pki::issue::ServerRole;
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
-
-/// Changes come in bursts: wait this long after one.
-const DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct ServeCapfOptions {
@@ -161,7 +157,7 @@ impl Sources {
     }
 }
 
-/// Serves until `shutdown`; a change of a Secret is served within [`DEBOUNCE`], and one that cannot be
+/// Serves until `shutdown`; a change of a Secret is served within [`super::DEBOUNCE`], and one that cannot be
 /// read keeps the last good directory and identity.
 pub async fn serve(client: Client, options: ServeCapfOptions, shutdown: Shutdown) -> Result<(), String> {
     let api: Api<Secret> = Api::namespaced(client, &options.namespace);
@@ -200,13 +196,7 @@ pub async fn serve(client: Client, options: ServeCapfOptions, shutdown: Shutdown
         println!("serving EST on https://{bound}/.well-known/est/: TLS with the CAPF certificate");
     }
     health.set_ready(true);
-    loop {
-        tokio::select! {
-            result = changes.changed() => if result.is_err() { break },
-            () = shutdown.wait() => break,
-        }
-        tokio::time::sleep(DEBOUNCE).await;
-        changes.mark_unchanged();
+    while super::next_change(&mut changes, false, &shutdown).await {
         match sources.current(&options).and_then(|(update, identity)| capf.follow(update, Some(&identity))) {
             Ok(_) => println!("CAPF: the operator's Secrets changed: serving the new directory"),
             Err(e) => tracing::warn!("keeping the last good directory: {e}"),

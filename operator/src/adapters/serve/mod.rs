@@ -13,13 +13,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use crate::adapters::controller::projection::{ShardRef, read_shard};
+use crate::ops::shutdown::Shutdown;
 
 /// The first good value of `current` (what the watched Secrets make of it), tried again at every change
 /// of them (`changes`) and every five seconds, saying why it is not served yet; `None` on shutdown.
 pub(crate) async fn first_good<T>(
     mut current: impl AsyncFnMut() -> Result<T, String>,
     changes: &mut tokio::sync::watch::Receiver<u64>,
-    shutdown: &crate::ops::shutdown::Shutdown,
+    shutdown: &Shutdown,
 ) -> Result<Option<T>, String> {
     loop {
         match current().await {
@@ -35,6 +36,23 @@ pub(crate) async fn first_good<T>(
         }
     }
 }
+
+/// Waits for the watched Secrets to change (or, when `retry`, two seconds: a shard read mid-update
+/// is tried again without another change), then for the burst to settle; false on shutdown or when
+/// the watch stopped.
+pub(crate) async fn next_change(changes: &mut tokio::sync::watch::Receiver<u64>, retry: bool, shutdown: &Shutdown) -> bool {
+    tokio::select! {
+        result = changes.changed() => if result.is_err() { return false },
+        () = tokio::time::sleep(std::time::Duration::from_secs(2)), if retry => {}
+        () = shutdown.wait() => return false,
+    }
+    tokio::time::sleep(DEBOUNCE).await;
+    changes.mark_unchanged();
+    true
+}
+
+/// Changes come in bursts (the operator writes the shards, then the index): wait this long after one.
+pub(crate) const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The shards of a projection the pod holds, by name, with the SHA-256 they were read at: a shard is
 /// fetched again only when the index names other bytes.

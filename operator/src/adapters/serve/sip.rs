@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
@@ -24,9 +23,6 @@ use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::services::sip::directory::{SipDirectory, SipPhone};
 use crate::services::sip::server::{Listeners, SipService, SipTls};
-
-/// Changes come in bursts (the operator writes the shards, then the index): wait this long.
-const DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct ServeSipOptions {
@@ -95,7 +91,7 @@ fn trunk_ports(directory: &SipDirectory) -> BTreeMap<u16, bool> {
     directory.trunks.iter().map(|t| (t.incoming_port, t.tls)).collect()
 }
 
-/// Serves until `shutdown`; a change of a Secret is served within [`DEBOUNCE`], and a moment that
+/// Serves until `shutdown`; a change of a Secret is served within [`super::DEBOUNCE`], and a moment that
 /// cannot be read (a shard being rewritten) keeps the last good directory.
 pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown) -> Result<(), String> {
     let ordinal = ordinal(options.pod_name.as_deref())?;
@@ -151,15 +147,7 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
         options.namespace, options.cluster,
     );
     let mut retry = false;
-    loop {
-        tokio::select! {
-            result = changes.changed() => if result.is_err() { break },
-            // A shard read mid-update is retried without waiting for another change.
-            () = tokio::time::sleep(Duration::from_secs(2)), if retry => {}
-            () = shutdown.wait() => break,
-        }
-        tokio::time::sleep(DEBOUNCE).await;
-        changes.mark_unchanged();
+    while super::next_change(&mut changes, retry, &shutdown).await {
         match sources.current(&options, &certificate_secret).await {
             Ok(Current { projection, tls }) => {
                 let directory = projection.directory.into_directory();

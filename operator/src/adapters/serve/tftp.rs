@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -24,9 +23,6 @@ use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::services::tftp::{ServerConfig, SwappableSource, TftpServer, TransferPort};
-
-/// Changes come in bursts (the operator writes the shards, then the index): wait this long.
-const DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct ServeTftpOptions {
@@ -112,7 +108,7 @@ fn signer(secret: Option<&Secret>, name: &str) -> Result<Signer, String> {
     Signer::new(certificate, key, false).map_err(|e| format!("Secret/{name}: {e}"))
 }
 
-/// Serves until `shutdown`; a change is served within [`DEBOUNCE`], and an inconsistent moment (the
+/// Serves until `shutdown`; a change is served within [`super::DEBOUNCE`], and an inconsistent moment (the
 /// index naming a shard that is still being written, say) keeps the last good files.
 pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown) -> Result<(), String> {
     let (changed, mut changes) = watch::channel(0u64);
@@ -139,15 +135,7 @@ pub async fn serve(client: Client, options: ServeTftpOptions, shutdown: Shutdown
     };
     println!("serving TFTP on {bound} ({transfers}) for CallControlCluster {}/{}", options.namespace, options.cluster);
     let mut retry = false;
-    loop {
-        tokio::select! {
-            result = changes.changed() => if result.is_err() { break },
-            // A shard read mid-update is retried without waiting for another change.
-            () = tokio::time::sleep(Duration::from_secs(2)), if retry => {}
-            () = shutdown.wait() => break,
-        }
-        tokio::time::sleep(DEBOUNCE).await;
-        changes.mark_unchanged();
+    while super::next_change(&mut changes, retry, &shutdown).await {
         match sources.served(&options).await {
             Ok(mut served) => {
                 served.phones.adopt_cache(&files.current().phones);

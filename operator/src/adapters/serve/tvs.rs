@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
@@ -19,9 +18,6 @@ use crate::ops::shutdown::Shutdown;
 use crate::services::tvs::{
     CertificateDirectory, ConnectionEnd, ConnectionReport, ServerLimits, SessionNote, TvsTls, Verdict, serve_listener,
 };
-
-/// Changes come in bursts: wait this long after one.
-const DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct ServeTvsOptions {
@@ -76,7 +72,7 @@ pub async fn serve(client: Client, options: ServeTvsOptions, shutdown: Shutdown)
         tokio::select! {
             result = changes.changed() => {
                 if result.is_err() { break }
-                tokio::time::sleep(DEBOUNCE).await;
+                tokio::time::sleep(super::DEBOUNCE).await;
                 changes.mark_unchanged();
                 match current(store.state().first().map(AsRef::as_ref), &options.secret) {
                     Ok((tls, directory)) => {

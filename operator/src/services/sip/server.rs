@@ -878,6 +878,39 @@ mod tests {
         Lab { udp, tls, ca, phone_key, lsc, caller_lsc, callee_lsc, service, node_certificate, _cancel: cancel.drop_guard() }
     }
 
+    /// A trunk on TLS port `port` whose peers present `subject` (Table 14-1), sending nowhere.
+    fn tls_trunk(name: &str, port: u16, subject: &str) -> SipTrunkEntry {
+        SipTrunkEntry {
+            subject: format!("SipTrunk/{name}"),
+            mode: DeviceSecurityMode::Encrypted,
+            incoming_port: port,
+            tls: true,
+            subject_names: vec![subject.into()],
+            peer_addresses: vec![],
+            digest_nonce_validity: None,
+            application_level_authorization: false,
+            accept: Default::default(),
+            application_users: vec![],
+            destinations: vec![],
+            outgoing: crate::api::OutgoingTransport::Tls,
+            realm: None,
+        }
+    }
+
+    /// A certificate of `ca` for `hostname` (and `ip`), with a new key: a trunk peer's.
+    fn peer_certificate(ca: &ClusterCa, hostname: &str, ip: Option<std::net::IpAddr>) -> crate::core::pki::issue::IssuedServerCertificate {
+        let request = ServerCertificateRequest {
+            role: ServerRole::CallManager,
+            hostname: hostname.into(),
+            ip_address: ip,
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now: time::OffsetDateTime::now_utc(),
+            legacy_signer_keys: false,
+        };
+        issue_server_certificate_with_new_key(ca, &request).unwrap()
+    }
+
     fn register(transport: &str, local: SocketAddr, server: SocketAddr, line: &str, cseq: u32, authorization: Option<String>) -> String {
         let authorization = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
         format!(
@@ -1132,37 +1165,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_trunk_port_takes_only_the_subject_names_listed_for_it() {
         let bind = || crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let trunk = |name: &str, port: u16, subject: &str| SipTrunkEntry {
-            subject: format!("SipTrunk/{name}"),
-            mode: DeviceSecurityMode::Encrypted,
-            incoming_port: port,
-            tls: true,
-            subject_names: vec![subject.into()],
-            peer_addresses: vec![],
-            digest_nonce_validity: None,
-            application_level_authorization: false,
-            accept: Default::default(),
-            application_users: vec![],
-            destinations: vec![],
-            outgoing: crate::api::OutgoingTransport::Tls,
-            realm: None,
-        };
-        let lab =
-            lab_with_trunks(|ports| vec![trunk("a", ports[0], "gw-a.example"), trunk("b", ports[1], "gw-b.example")], vec![bind(), bind()])
-                .await;
+        let lab = lab_with_trunks(
+            |ports| vec![tls_trunk("a", ports[0], "gw-a.example"), tls_trunk("b", ports[1], "gw-b.example")],
+            vec![bind(), bind()],
+        )
+        .await;
         let ports: Vec<u16> = lab.service.directory().trunks.iter().map(|t| t.incoming_port).collect();
-        let peer = |hostname: &str| {
-            let request = ServerCertificateRequest {
-                role: ServerRole::CallManager,
-                hostname: hostname.into(),
-                ip_address: None,
-                validity_days: 30,
-                serial: Serial::random(&mut rand::thread_rng()),
-                now: time::OffsetDateTime::now_utc(),
-                legacy_signer_keys: false,
-            };
-            issue_server_certificate_with_new_key(&lab.ca, &request).unwrap()
-        };
+        let peer = |hostname: &str| peer_certificate(&lab.ca, hostname, None);
         let options = |local: SocketAddr, port: u16| {
             format!(
                 "OPTIONS sip:cm1@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKopt{}\r\nMax-Forwards: 70\r\n\
@@ -1190,37 +1199,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_trunks_srtp_keys_do_not_reach_a_phone_even_over_tls() {
         let bind = || crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let trunk = |port: u16| SipTrunkEntry {
-            subject: "SipTrunk/gw".into(),
-            mode: DeviceSecurityMode::Encrypted,
-            incoming_port: port,
-            tls: true,
-            subject_names: vec!["gw.example".into()],
-            peer_addresses: vec![],
-            digest_nonce_validity: None,
-            application_level_authorization: false,
-            accept: Default::default(),
-            application_users: vec![],
-            destinations: vec![],
-            outgoing: crate::api::OutgoingTransport::Tls,
-            realm: None,
-        };
-        let lab = lab_with_trunks(|ports| vec![trunk(ports[0])], vec![bind()]).await;
+        let lab = lab_with_trunks(|ports| vec![tls_trunk("gw", ports[0], "gw.example")], vec![bind()]).await;
         let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
         let mut callee_pending = Vec::new();
         callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
         assert!(read_message(&mut callee, &mut callee_pending).await.starts_with("SIP/2.0 200"));
 
-        let request = ServerCertificateRequest {
-            role: ServerRole::CallManager,
-            hostname: "gw.example".into(),
-            ip_address: None,
-            validity_days: 30,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now: time::OffsetDateTime::now_utc(),
-            legacy_signer_keys: false,
-        };
-        let gateway = issue_server_certificate_with_new_key(&lab.ca, &request).unwrap();
+        let gateway = peer_certificate(&lab.ca, "gw.example", None);
         let port = lab.service.directory().trunks[0].incoming_port;
         let trunk_port = SocketAddr::from(([127, 0, 0, 1], port));
         let (mut peer, peer_local) = tls_connect_to(&lab.ca, trunk_port, Some((gateway.certificate_der.clone(), &gateway.key))).await;
@@ -1243,37 +1228,18 @@ mod tests {
         let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = gateway_listener.local_addr().unwrap();
         let trunk = |port: u16| SipTrunkEntry {
-            subject: "SipTrunk/gw".into(),
-            mode: DeviceSecurityMode::Encrypted,
-            incoming_port: port,
-            tls: true,
-            subject_names: vec!["gw.example".into()],
-            peer_addresses: vec![],
-            digest_nonce_validity: None,
-            application_level_authorization: false,
-            accept: Default::default(),
-            application_users: vec![],
             destinations: vec![TrunkDestinationEntry { host: "127.0.0.1".into(), port: gateway.port() }],
-            outgoing: crate::api::OutgoingTransport::Tls,
             realm: Some(RealmCredentials {
                 realm: "gw.example".into(),
                 credentials: DigestAuth { name: "cluster".into(), password: "realm-secret".into() },
             }),
+            ..tls_trunk("gw", port, "gw.example")
         };
         let bind = || crate::services::tcp_listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let lab = lab_with_trunks(|ports| vec![trunk(ports[0])], vec![bind()]).await;
 
         // The gateway: its certificate names 127.0.0.1, it asks for the cluster's.
-        let request = ServerCertificateRequest {
-            role: ServerRole::CallManager,
-            hostname: "gw.example".into(),
-            ip_address: Some("127.0.0.1".parse().unwrap()),
-            validity_days: 30,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now: time::OffsetDateTime::now_utc(),
-            legacy_signer_keys: false,
-        };
-        let issued = issue_server_certificate_with_new_key(&lab.ca, &request).unwrap();
+        let issued = peer_certificate(&lab.ca, "gw.example", Some("127.0.0.1".parse().unwrap()));
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(lab.ca.certificate_der().to_vec())).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
