@@ -2,7 +2,7 @@
 //! line, over which transport, with which certificate and digest answer. rsipstack parses the
 //! messages and runs the transactions; connections are accepted here, so that TCP gets a deep
 //! accept queue and TLS asks for, and keeps, the phone's certificate.
-//! INVITE and the requests of a dialog go to `proxy`; trunks are not served yet.
+//! INVITE and the requests of a dialog go to `proxy`; a trunk's requests pass Table 14-1 here first.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
