@@ -125,12 +125,6 @@ pub fn trunks(snapshot: &Snapshot) -> Vec<SipTrunkEntry> {
         .collect()
 }
 
-/// The incoming ports of the trunks, with whether each is TLS: what `local` listens on beside the
-/// phones' ports.
-pub fn trunk_ports(snapshot: &Snapshot) -> BTreeMap<u16, bool> {
-    trunks(snapshot).into_iter().map(|t| (t.incoming_port, t.tls)).collect()
-}
-
 /// The SIP-TLS configuration: the node's CallManager certificate, and client certificates checked
 /// against the directory's CAs; OpenSSL's TLS 1.0 side too when the cluster enables legacy TLS.
 pub fn tls_config(identity: &SipIdentity, directory: &SipDirectory) -> Result<SipTls, String> {

@@ -280,6 +280,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             legacy_tls: sip.legacy_tls,
             directory: crate::adapters::sip::parts(&sip_snapshot, sip),
         };
+        let trunk_ports = crate::services::sip::trunk::incoming_ports(&projection.directory.trunks);
         let projection = project_sip(&name, &projection).map_err(ReconcileError::Build)?;
         let mut readable = certificates.clone();
         readable.extend(projection.names());
@@ -288,7 +289,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         let mut args = vec![("--directory-secret", sip_name(&name))];
         args.extend(certificates.into_iter().map(|secret| ("--certificate-secret", secret)));
         let mut inputs = workload_inputs(context, &hash, args, &readable, &[]);
-        inputs.extra_ports = trunk_service_ports(cluster, &crate::adapters::sip::trunk_ports(&sip_snapshot));
+        inputs.extra_ports = trunk_service_ports(cluster, &trunk_ports);
         desired.add(workload(DataPlaneService::Sip, cluster, &inputs), &owner);
     }
     drop(sip_snapshot);

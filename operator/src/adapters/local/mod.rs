@@ -29,6 +29,7 @@ use crate::core::build::{
 };
 use crate::services::sip::directory::SipDirectory;
 use crate::services::sip::server::{Listeners, SipService};
+use crate::services::sip::trunk::incoming_ports;
 use crate::services::tftp::{FileSource, ServerConfig, TftpServer, TftpServerError};
 use crate::validate::Snapshot;
 use port::PortOrigin;
@@ -170,7 +171,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         }
     };
     let sip_sockets = match first.sip_ports() {
-        Some(ports) => Some(bind_sip(&options, ports, &crate::adapters::sip::trunk_ports(&first.snapshot)).await?),
+        Some(ports) => Some(bind_sip(&options, ports, &incoming_ports(&crate::adapters::sip::trunks(&first.snapshot))).await?),
         None => {
             if options.sip_port.is_some() || options.sip_tls_port.is_some() {
                 println!(

@@ -21,8 +21,9 @@ use crate::adapters::sip::{bind_free_udp_and_tcp, bind_trunks, bind_udp_and_tcp,
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
-use crate::services::sip::directory::{SipDirectory, SipPhone};
+use crate::services::sip::directory::SipPhone;
 use crate::services::sip::server::{Listeners, SipService, SipTls};
+use crate::services::sip::trunk::incoming_ports;
 
 #[derive(Debug, Clone)]
 pub struct ServeSipOptions {
@@ -86,11 +87,6 @@ impl Sources {
     }
 }
 
-/// The trunks' incoming ports, with whether each is TLS (Table 14-1).
-fn trunk_ports(directory: &SipDirectory) -> BTreeMap<u16, bool> {
-    directory.trunks.iter().map(|t| (t.incoming_port, t.tls)).collect()
-}
-
 /// Serves until `shutdown`; a change of a Secret is served within [`super::DEBOUNCE`], and a moment that
 /// cannot be read (a shard being rewritten) keeps the last good directory.
 pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown) -> Result<(), String> {
@@ -123,7 +119,7 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
         crate::services::tcp_listener::bind(tls_address).map_err(|e| format!("SIP-TLS cannot listen on {tls_address} (P.3-5): {e}"))?;
     let (udp_address, tls_address) = (udp.local_addr().map_err(|e| e.to_string())?, tls_listener.local_addr().map_err(|e| e.to_string())?);
     let directory = projection.directory.into_directory();
-    let served_trunk_ports = trunk_ports(&directory);
+    let served_trunk_ports = incoming_ports(&directory.trunks);
     let (trunks, trunk_lines) = bind_trunks(options.bind, &served_trunk_ports, [spec_port, spec_tls_port]).await?;
     let phones = directory.len();
     // Trunks on the phones' ports share their listeners, wherever those were bound.
@@ -151,7 +147,8 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
         match sources.current(&options, &certificate_secret).await {
             Ok(Current { projection, tls }) => {
                 let directory = projection.directory.into_directory();
-                let added: Vec<u16> = trunk_ports(&directory).into_keys().filter(|port| !served_trunk_ports.contains_key(port)).collect();
+                let added: Vec<u16> =
+                    incoming_ports(&directory.trunks).into_keys().filter(|port| !served_trunk_ports.contains_key(port)).collect();
                 if !added.is_empty() {
                     // The operator rolls the pods when the ports change: the new pod binds them.
                     tracing::warn!("trunk incoming port(s) {added:?} are new: served after this pod restarts");

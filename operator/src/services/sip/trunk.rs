@@ -141,6 +141,12 @@ impl TrunkRefusal {
     }
 }
 
+/// The incoming ports of `trunks`, with whether each is TLS (Table 14-1): what the service listens
+/// on beside the phones' ports.
+pub fn incoming_ports(trunks: &[SipTrunkEntry]) -> std::collections::BTreeMap<u16, bool> {
+    trunks.iter().map(|t| (t.incoming_port, t.tls)).collect()
+}
+
 impl SipTrunkEntry {
     /// Step 1 of P.1-6: the access list the profile's flags make.
     pub fn admits(&self, feature: Option<Feature>) -> Result<(), TrunkRefusal> {
