@@ -377,7 +377,8 @@ impl SipService {
         if !directory.is_trunk_port(local_port) {
             // On a connection this service dialled to a trunk's destination (for TLS, whose
             // certificate was checked then): that trunk's requests in the dialogs of its calls.
-            let dialled = !self.phone_ports().contains(&local_port) && matches!(connection.transport(), Transport::Tcp | Transport::Tls);
+            // A phone's UDP request, the most common, is settled by the transport alone.
+            let dialled = matches!(connection.transport(), Transport::Tcp | Transport::Tls) && !self.is_phone_port(local_port);
             let remote = connection.get_remote_addr().and_then(|a| a.get_socketaddr().ok());
             return match remote.filter(|_| dialled).and_then(|remote| directory.trunk_dialled(remote)) {
                 Some(trunk) => TrunkOrigin::Trunk(Box::new(trunk.clone())),
@@ -393,7 +394,7 @@ impl SipService {
         if let Some(trunk) = directory.trunk_for(local_port, tls, source.map(|s| s.ip()), leaf.as_deref()) {
             return TrunkOrigin::Trunk(Box::new(trunk.clone()));
         }
-        if self.phone_ports().contains(&local_port) {
+        if self.is_phone_port(local_port) {
             return TrunkOrigin::None;
         }
         let why = if tls {
@@ -485,9 +486,9 @@ impl SipService {
         }
     }
 
-    /// The ports phones use.
-    fn phone_ports(&self) -> Vec<u16> {
-        self.phone_ports.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Whether phones use `port`.
+    fn is_phone_port(&self, port: u16) -> bool {
+        self.phone_ports.lock().unwrap_or_else(|e| e.into_inner()).contains(&port)
     }
 
     async fn register(&self, transaction: &mut Transaction) -> rsipstack::Result<()> {
