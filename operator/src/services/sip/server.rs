@@ -949,9 +949,24 @@ mod tests {
 
     async fn udp_exchange(socket: &tokio::net::UdpSocket, server: SocketAddr, message: String) -> (u16, String) {
         socket.send_to(message.as_bytes(), server).await.unwrap();
+        status_and_headers(udp_receive(socket).await.0.as_bytes())
+    }
+
+    /// The next datagram on `socket`, as text, and where it came from.
+    async fn udp_receive(socket: &tokio::net::UdpSocket) -> (String, SocketAddr) {
         let mut buffer = vec![0u8; 8192];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await.expect("an answer").unwrap();
-        status_and_headers(&buffer[..n])
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buffer)).await.expect("a message").unwrap();
+        (String::from_utf8_lossy(&buffer[..n]).into_owned(), from)
+    }
+
+    /// The first final (not 1xx) answer on `socket`.
+    async fn udp_final_answer(socket: &tokio::net::UdpSocket) -> String {
+        loop {
+            let (text, _) = udp_receive(socket).await;
+            if !text.starts_with("SIP/2.0 1") {
+                return text;
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1146,14 +1161,7 @@ mod tests {
         assert!(offered.starts_with("INVITE sip:1004@"), "{offered}");
         assert!(!offered.contains("a=crypto"), "no keys toward a leg that came over UDP: {offered}");
         callee.write_all(answer_ok(&offered, callee_local).as_bytes()).await.unwrap();
-        let answered = loop {
-            let mut buffer = vec![0u8; 8192];
-            let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer)).await.expect("an answer").unwrap();
-            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            if !text.starts_with("SIP/2.0 1") {
-                break text;
-            }
-        };
+        let answered = udp_final_answer(&socket).await;
         assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
         assert!(!answered.contains("a=crypto"), "no keys toward UDP: {answered}");
         assert_eq!(lab.service.counters.calls_non_secure.load(Ordering::Relaxed), 1);
@@ -1343,14 +1351,7 @@ mod tests {
         assert_eq!(status, 401, "{challenge}");
         let answer = md5_answer_for("INVITE", &challenge, "user1005", "secret", &uri, 1);
         socket.send_to(invite("UDP", local, gateway, "1005", "5551234", 2, Some(answer)).as_bytes(), lab.udp).await.unwrap();
-        let answered = loop {
-            let mut buffer = vec![0u8; 8192];
-            let (n, _) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buffer)).await.expect("an answer").unwrap();
-            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            if !text.starts_with("SIP/2.0 1") {
-                break text;
-            }
-        };
+        let answered = udp_final_answer(&socket).await;
         assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
         assert!(answered.contains("CSeq: 2 INVITE"), "the caller sees its own number: {answered}");
         let routes: Vec<&str> = answered.lines().filter_map(|l| l.strip_prefix("Record-Route:")).map(str::trim).collect();
@@ -1372,9 +1373,7 @@ mod tests {
         assert_eq!(status, 200, "{ended}");
         assert!(ended.contains("CSeq: 4 BYE"), "back to the caller's number: {ended}");
         // The gateway's INFO reaches the caller as the trunk's request, numbered as the gateway sent it.
-        let mut buffer = vec![0u8; 8192];
-        let (n, proxy) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buffer)).await.expect("the INFO").unwrap();
-        let info = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        let (info, proxy) = udp_receive(&socket).await;
         assert!(info.starts_with("INFO sip:1005@") && info.contains("CSeq: 7 INFO"), "{info}");
         let vias: String = info.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
         let copy = |name: &str| info.lines().find(|l| l.starts_with(name)).map(|l| format!("{l}\r\n")).unwrap_or_default();
