@@ -17,7 +17,6 @@ use crate::api::{CapfAuthenticationMode, KeySize};
 use crate::core::pki::ca::{CaSettings, ClusterCa};
 use crate::core::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key};
 use crate::core::pki::keys;
-use crate::core::pki::serial::Serial;
 use crate::services::capf::frame::{FrameHeader, HEADER_LEN};
 use crate::services::capf::server::tls_acceptor;
 use crate::services::capf::{
@@ -36,15 +35,7 @@ pub fn run(phones: usize) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let now = OffsetDateTime::now_utc();
     let ca = ClusterCa::generate(&CaSettings::new("bench", "default"), now).map_err(|e| e.to_string())?;
-    let request = ServerCertificateRequest {
-        role: ServerRole::Capf,
-        hostname: CAPF_HOST.into(),
-        ip_address: None,
-        validity_days: 30,
-        serial: Serial::random(&mut rand::thread_rng()),
-        now,
-        legacy_signer_keys: false,
-    };
+    let request = ServerCertificateRequest::short_lived(ServerRole::Capf, CAPF_HOST, None, now);
     let identity = issue_server_certificate_with_new_key(&ca, &request).map_err(|e| e.to_string())?;
     let acceptor =
         tls_acceptor(std::slice::from_ref(&identity.certificate_der), &keys::pkcs8_der(&identity.key)).map_err(|e| e.to_string())?;

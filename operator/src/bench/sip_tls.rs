@@ -71,15 +71,7 @@ pub fn run(handshakes: usize, concurrency: usize) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let now = OffsetDateTime::now_utc();
     let ca = ClusterCa::generate(&CaSettings::new("bench", "default"), now).map_err(|e| e.to_string())?;
-    let request = ServerCertificateRequest {
-        role: ServerRole::CallManager,
-        hostname: SERVER_HOST.into(),
-        ip_address: None,
-        validity_days: 30,
-        serial: Serial::random(&mut rand::thread_rng()),
-        now,
-        legacy_signer_keys: false,
-    };
+    let request = ServerCertificateRequest::short_lived(ServerRole::CallManager, SERVER_HOST, None, now);
     let server = issue_server_certificate_with_new_key(&ca, &request).map_err(|e| e.to_string())?;
     // The phone: an RSA-2048 key and the LSC the cluster CA issued for it, as CAPF would.
     let phone_key = keys::generate_rsa(2048);

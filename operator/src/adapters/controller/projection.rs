@@ -559,15 +559,7 @@ mod tests {
         use crate::core::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key};
         let now = time::OffsetDateTime::now_utc();
         let ca = ClusterCa::generate(&CaSettings::new("quickstart", "default"), now).unwrap();
-        let request = ServerCertificateRequest {
-            role: ServerRole::CallManager,
-            hostname: "cm1.example".into(),
-            ip_address: None,
-            validity_days: 30,
-            serial: crate::core::pki::serial::Serial::random(&mut rand::thread_rng()),
-            now,
-            legacy_signer_keys: false,
-        };
+        let request = ServerCertificateRequest::short_lived(ServerRole::CallManager, "cm1.example", None, now);
         let issued = issue_server_certificate_with_new_key(&ca, &request).unwrap();
         let vouched = vec![Vouched { name: "cm1.callmanager".into(), roles: vec![1], certificate: issued.certificate_der.clone() }];
         let certificate = FunctionCertificate {

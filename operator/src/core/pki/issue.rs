@@ -128,6 +128,22 @@ pub struct ServerCertificateRequest {
     pub legacy_signer_keys: bool,
 }
 
+impl ServerCertificateRequest {
+    /// A 30-day certificate with a random serial: what benchmarks and tests need of a server's
+    /// identity, none of what the cluster's spec decides.
+    pub fn short_lived(role: ServerRole, hostname: &str, ip_address: Option<IpAddr>, now: OffsetDateTime) -> Self {
+        ServerCertificateRequest {
+            role,
+            hostname: hostname.to_owned(),
+            ip_address,
+            validity_days: 30,
+            serial: Serial::random(&mut rand::thread_rng()),
+            now,
+            legacy_signer_keys: false,
+        }
+    }
+}
+
 /// A server certificate with its new key. `Debug` hides the key.
 #[derive(Clone)]
 pub struct IssuedServerCertificate {

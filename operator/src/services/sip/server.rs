@@ -784,7 +784,7 @@ mod tests {
     use crate::core::phone_config::DigestAuth;
     use crate::core::pki::ca::{CaSettings, ClusterCa};
     use crate::core::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key};
-    use crate::core::pki::{inspect, keys, serial::Serial};
+    use crate::core::pki::{inspect, keys};
     use rsa::pkcs8::EncodePublicKey;
     use rsipstack::sip::SipMessage;
     use rustls_pki_types::PrivatePkcs8KeyDer;
@@ -837,15 +837,7 @@ mod tests {
         let spki = rsa::RsaPublicKey::from(&phone_key).to_public_key_der().unwrap().as_bytes().to_vec();
         let lsc = identity::lsc_for(&ca, TLS_PHONE, &spki);
         let (caller_lsc, callee_lsc) = (identity::lsc_for(&ca, CALLER, &spki), identity::lsc_for(&ca, CALLEE, &spki));
-        let server = ServerCertificateRequest {
-            role: ServerRole::CallManager,
-            hostname: "cm1.example.com".into(),
-            ip_address: None,
-            validity_days: 30,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now,
-            legacy_signer_keys: false,
-        };
+        let server = ServerCertificateRequest::short_lived(ServerRole::CallManager, "cm1.example.com", None, now);
         let identity = issue_server_certificate_with_new_key(&ca, &server).unwrap();
         let phones = [
             phone(UDP_PHONE, "1005", DeviceSecurityMode::NonSecure, SipTransport::Udp, None),
@@ -900,15 +892,7 @@ mod tests {
 
     /// A certificate of `ca` for `hostname` (and `ip`), with a new key: a trunk peer's.
     fn peer_certificate(ca: &ClusterCa, hostname: &str, ip: Option<std::net::IpAddr>) -> crate::core::pki::issue::IssuedServerCertificate {
-        let request = ServerCertificateRequest {
-            role: ServerRole::CallManager,
-            hostname: hostname.into(),
-            ip_address: ip,
-            validity_days: 30,
-            serial: Serial::random(&mut rand::thread_rng()),
-            now: time::OffsetDateTime::now_utc(),
-            legacy_signer_keys: false,
-        };
+        let request = ServerCertificateRequest::short_lived(ServerRole::CallManager, hostname, ip, time::OffsetDateTime::now_utc());
         issue_server_certificate_with_new_key(ca, &request).unwrap()
     }
 
