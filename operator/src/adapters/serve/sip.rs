@@ -16,12 +16,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::tftp::watch_secret;
-use crate::adapters::controller::projection::{SipProjection, assemble_sip, read_sip_index, tls_pair};
+use crate::adapters::controller::projection::{assemble_sip, read_sip_index, tls_pair};
 use crate::adapters::sip::{bind_free_udp_and_tcp, bind_trunks, bind_udp_and_tcp, moved_trunks, sip_tls};
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
-use crate::services::sip::directory::SipPhone;
+use crate::services::sip::directory::{SipDirectory, SipPhone};
 use crate::services::sip::server::{Listeners, SipService, SipTls};
 use crate::services::sip::trunk::incoming_ports;
 
@@ -61,9 +61,11 @@ struct Sources {
     shards: super::ShardCache<SipPhone>,
 }
 
-/// What one moment of the Secrets makes: the projection and the TLS configuration over its anchors.
+/// What one moment of the Secrets makes: the cluster's SIP ports, the directory, and the TLS
+/// configuration over the directory's anchors.
 struct Current {
-    projection: SipProjection,
+    spec_ports: (u16, u16),
+    directory: SipDirectory,
     tls: SipTls,
 }
 
@@ -77,13 +79,10 @@ impl Sources {
         let projection = assemble_sip(view, shards)?;
         let secret = self.certificate.state().into_iter().next().ok_or_else(|| format!("Secret/{certificate_secret} not found"))?;
         let (certificate_der, key) = tls_pair(&secret)?;
-        let anchors = crate::services::sip::identity::PhoneAnchors {
-            cluster_ca: projection.directory.cluster_ca.clone(),
-            manufacturer_cas: projection.directory.manufacturer_cas.clone(),
-        };
-        let tls =
-            sip_tls(&certificate_der, &key, &anchors, projection.legacy_tls).map_err(|e| format!("Secret/{certificate_secret}: {e}"))?;
-        Ok(Current { projection, tls })
+        let directory = projection.directory.into_directory();
+        let tls = sip_tls(&certificate_der, &key, &directory.anchors, projection.legacy_tls)
+            .map_err(|e| format!("Secret/{certificate_secret}: {e}"))?;
+        Ok(Current { spec_ports: (projection.sip_port, projection.sip_tls_port), directory, tls })
     }
 }
 
@@ -108,9 +107,8 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
         store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
     }
     let first = super::first_good(async || sources.current(&options, &certificate_secret).await, &mut changes, &shutdown).await?;
-    let Some(Current { projection, tls }) = first else { return Ok(()) };
+    let Some(Current { spec_ports: (spec_port, spec_tls_port), directory, tls }) = first else { return Ok(()) };
 
-    let (spec_port, spec_tls_port) = (projection.sip_port, projection.sip_tls_port);
     let udp_address = SocketAddr::new(options.bind, options.port.unwrap_or(spec_port));
     let bound = if udp_address.port() == 0 { bind_free_udp_and_tcp(options.bind).await } else { bind_udp_and_tcp(udp_address).await };
     let (udp, tcp) = bound.map_err(|e| format!("SIP cannot listen on {udp_address} (UDP and TCP, P.3-5): {e}"))?;
@@ -118,7 +116,6 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
     let tls_listener =
         crate::services::tcp_listener::bind(tls_address).map_err(|e| format!("SIP-TLS cannot listen on {tls_address} (P.3-5): {e}"))?;
     let (udp_address, tls_address) = (udp.local_addr().map_err(|e| e.to_string())?, tls_listener.local_addr().map_err(|e| e.to_string())?);
-    let directory = projection.directory.into_directory();
     let served_trunk_ports = incoming_ports(&directory.trunks);
     let (trunks, trunk_lines) = bind_trunks(options.bind, &served_trunk_ports, [spec_port, spec_tls_port]).await?;
     let phones = directory.len();
@@ -145,8 +142,7 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
     let mut retry = false;
     while super::next_change(&mut changes, retry, &shutdown).await {
         match sources.current(&options, &certificate_secret).await {
-            Ok(Current { projection, tls }) => {
-                let directory = projection.directory.into_directory();
+            Ok(Current { directory, tls, .. }) => {
                 let added: Vec<u16> =
                     incoming_ports(&directory.trunks).into_keys().filter(|port| !served_trunk_ports.contains_key(port)).collect();
                 if !added.is_empty() {
