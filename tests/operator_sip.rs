@@ -100,8 +100,12 @@ async fn each_signaling_pod_serves_the_projection_as_its_node_and_follows_a_chan
     objects.extend(manifests(&fixture("sip-lab")));
     load(&server, objects);
     let (shutdown, operator) = start_operator(&server, "operator", false);
-    until("the SIP StatefulSet", || server.get("apps/v1", "StatefulSet", Some(NAMESPACE), "quickstart-sip").is_some()).await;
-    until("the SIP projection", || server.get("v1", "Secret", Some(NAMESPACE), "quickstart-sip").is_some()).await;
+    // The objects are applied one after another: waiting for one of them alone races the rest.
+    let kinds = [("apps/v1", "StatefulSet"), ("v1", "Secret"), ("v1", "Service"), ("rbac.authorization.k8s.io/v1", "Role")];
+    until("the cluster Ready with every SIP object", || {
+        is_ready(&cluster(&server)) && kinds.iter().all(|(api, kind)| server.get(api, kind, Some(NAMESPACE), "quickstart-sip").is_some())
+    })
+    .await;
 
     let set = stateful_set(&server);
     assert_eq!(set["spec"]["replicas"], 2, "cm1 and cm2 run CallManager");
