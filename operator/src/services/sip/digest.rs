@@ -242,13 +242,52 @@ impl Refusal {
 /// their clients get `stale=true` on their next answer.
 const MAX_TRACKED_NONCES: usize = 100_000;
 
+/// What an answer is checked against: the request it came on, and the credentials of the device or
+/// trunk it claims to be.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected<'a> {
+    pub method: &'a str,
+    pub request_uri: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// The request, when it may come again as itself (a UDP retransmission); None: each count once.
+    pub request: Option<RequestId>,
+}
+
+/// One request as sent: its top Via (branch, sent-by, and the received and rport the transport
+/// added) and the address it came from. A retransmission has the same; a replay of an overheard
+/// request from elsewhere does not, and is refused by its nonce count like any other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    pub fn new(top_via: &str, source: Option<std::net::SocketAddr>) -> RequestId {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        // Keyed per process: a sender cannot aim a collision at another phone's request.
+        static KEYS: std::sync::LazyLock<std::hash::RandomState> = std::sync::LazyLock::new(std::hash::RandomState::new);
+        let mut hasher = KEYS.build_hasher();
+        top_via.hash(&mut hasher);
+        source.hash(&mut hasher);
+        RequestId(hasher.finish())
+    }
+}
+
+/// What is known of a nonce in use.
+struct CountSeen {
+    /// When it was issued, for pruning.
+    issued: u64,
+    /// The highest nonce count seen.
+    count: u32,
+    /// The request that used that count.
+    by: Option<RequestId>,
+}
+
 /// Challenges and checks for one realm and one nonce validity time (a phone or trunk profile).
 pub struct DigestAuthority {
     realm: String,
     validity: Duration,
     key: [u8; 32],
-    /// Highest nonce count seen per nonce, with the nonce's issue time for pruning.
-    counts: Mutex<HashMap<String, (u64, u32)>>,
+    counts: Mutex<HashMap<String, CountSeen>>,
 }
 
 impl std::fmt::Debug for DigestAuthority {
@@ -316,36 +355,28 @@ impl DigestAuthority {
         bool::from(self.tag(body)[..16].ct_eq(tag)).then(|| u64::from_be_bytes(body[..8].try_into().expect("8 bytes")))
     }
 
-    /// Checks an answer to a challenge: `method` and `request_uri` of the request it came on,
-    /// `expected_user` and `password` the credentials this device or trunk authenticates with.
-    pub fn verify(&self, credentials: &DigestCredentials, method: &str, request_uri: &str, expected_user: &str, password: &str) -> Verdict {
-        self.verify_at(SystemTime::now(), credentials, method, request_uri, expected_user, password)
+    /// Checks an answer to a challenge against what `expected` says of the request it came on and
+    /// the credentials this device or trunk authenticates with.
+    pub fn verify(&self, credentials: &DigestCredentials, expected: &Expected) -> Verdict {
+        self.verify_at(SystemTime::now(), credentials, expected)
     }
 
-    fn verify_at(
-        &self,
-        now: SystemTime,
-        c: &DigestCredentials,
-        method: &str,
-        request_uri: &str,
-        expected_user: &str,
-        password: &str,
-    ) -> Verdict {
-        if c.username != expected_user {
+    fn verify_at(&self, now: SystemTime, c: &DigestCredentials, expected: &Expected) -> Verdict {
+        if c.username != expected.user {
             return Verdict::Refused(Refusal::UnknownUser);
         }
         if c.realm != self.realm {
             return Verdict::Refused(Refusal::WrongRealm);
         }
-        if c.uri != request_uri {
+        if c.uri != expected.request_uri {
             return Verdict::Refused(Refusal::UriMismatch);
         }
         let Some(algorithm) = c.algorithm.as_deref().map_or(Some(DigestAlgorithm::Md5), DigestAlgorithm::parse) else {
             return Verdict::Refused(Refusal::Unsupported);
         };
-        let ha1 = algorithm.hash(format!("{}:{}:{password}", c.username, c.realm).as_bytes());
-        let ha2 = algorithm.hash(format!("{method}:{}", c.uri).as_bytes());
-        let (expected, count) = match (c.qop.as_deref(), c.nc.as_deref(), c.cnonce.as_deref()) {
+        let ha1 = algorithm.hash(format!("{}:{}:{}", c.username, c.realm, expected.password).as_bytes());
+        let ha2 = algorithm.hash(format!("{}:{}", expected.method, c.uri).as_bytes());
+        let (response, count) = match (c.qop.as_deref(), c.nc.as_deref(), c.cnonce.as_deref()) {
             (Some(qop), Some(nc), Some(cnonce)) if qop.eq_ignore_ascii_case("auth") => {
                 let Some(count) = parse_nonce_count(nc) else { return Verdict::Refused(Refusal::Unsupported) };
                 (algorithm.hash(format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", c.nonce).as_bytes()), Some(count))
@@ -353,7 +384,7 @@ impl DigestAuthority {
             (None, None, None) => (algorithm.hash(format!("{ha1}:{}:{ha2}", c.nonce).as_bytes()), None),
             _ => return Verdict::Refused(Refusal::Unsupported),
         };
-        if !bool::from(expected.as_bytes().ct_eq(c.response.to_ascii_lowercase().as_bytes())) {
+        if !bool::from(response.as_bytes().ct_eq(c.response.to_ascii_lowercase().as_bytes())) {
             return Verdict::Refused(Refusal::WrongResponse);
         }
         let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -362,32 +393,35 @@ impl DigestAuthority {
             return Verdict::Stale;
         }
         match count {
-            Some(count) if !self.count_is_new(&c.nonce, issued, count, now_secs) => Verdict::Refused(Refusal::ReplayedNonceCount),
+            Some(count) if !self.count_is_new(&c.nonce, issued, count, expected.request, now_secs) => {
+                Verdict::Refused(Refusal::ReplayedNonceCount)
+            }
             _ => Verdict::Authenticated,
         }
     }
 
-    /// Records `count` for `nonce` if it is higher than any seen; false for a replay.
-    fn count_is_new(&self, nonce: &str, issued: u64, count: u32, now: u64) -> bool {
+    /// Records `count` for `nonce` if it is higher than any seen; false for a replay. The count
+    /// seen last, again on the same `request`, is that request retransmitted: not a replay.
+    fn count_is_new(&self, nonce: &str, issued: u64, count: u32, request: Option<RequestId>, now: u64) -> bool {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, seen)) = counts.get_mut(nonce) {
-            if count <= *seen {
+        if let Some(seen) = counts.get_mut(nonce) {
+            if count < seen.count || (count == seen.count && (request.is_none() || request != seen.by)) {
                 return false;
             }
-            *seen = count;
+            (seen.count, seen.by) = (count, request);
             return true;
         }
         if counts.len() >= MAX_TRACKED_NONCES {
             let validity = self.validity.as_secs();
-            counts.retain(|_, (issued, _)| now.saturating_sub(*issued) < validity);
+            counts.retain(|_, seen| now.saturating_sub(seen.issued) < validity);
             if counts.len() >= MAX_TRACKED_NONCES {
-                let mut ages: Vec<u64> = counts.values().map(|(issued, _)| *issued).collect();
+                let mut ages: Vec<u64> = counts.values().map(|seen| seen.issued).collect();
                 ages.sort_unstable();
                 let cut = ages[ages.len() / 2];
-                counts.retain(|_, (issued, _)| *issued > cut);
+                counts.retain(|_, seen| seen.issued > cut);
             }
         }
-        counts.insert(nonce.to_string(), (issued, count));
+        counts.insert(nonce.to_string(), CountSeen { issued, count, by: request });
         true
     }
 }
@@ -428,6 +462,10 @@ mod tests {
         DigestAuthority::new("ccmsipline", Duration::from_secs(600))
     }
 
+    fn register(password: &str) -> Expected<'_> {
+        Expected { method: "REGISTER", request_uri: URI, user: "SEP001122334455", password, request: None }
+    }
+
     #[test]
     fn right_answers_with_md5_and_sha256_authenticate_and_a_wrong_password_does_not() {
         let authority = authority();
@@ -437,9 +475,9 @@ mod tests {
         // One nonce serves both challenges, so each answer counts up.
         for ((challenge, algorithm), nc) in challenges.iter().zip(OFFERED).zip(1..) {
             let good = answer(&authority, challenge, algorithm, "secret", nc);
-            assert_eq!(authority.verify(&good, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Authenticated);
+            assert_eq!(authority.verify(&good, &register("secret")), Verdict::Authenticated);
             let bad = answer(&authority, challenge, algorithm, "guess", nc + 10);
-            assert_eq!(authority.verify(&bad, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Refused(Refusal::WrongResponse));
+            assert_eq!(authority.verify(&bad, &register("secret")), Verdict::Refused(Refusal::WrongResponse));
         }
     }
 
@@ -473,9 +511,10 @@ mod tests {
                 opaque: None,
             };
             let password = if algorithm == "MD5" { "Circle Of Life" } else { "Circle of Life" };
-            assert_eq!(authority.verify(&credentials, "GET", "/dir/index.html", "Mufasa", password), Verdict::Stale, "{algorithm}");
+            let get = |password| Expected { method: "GET", request_uri: "/dir/index.html", user: "Mufasa", password, request: None };
+            assert_eq!(authority.verify(&credentials, &get(password)), Verdict::Stale, "{algorithm}");
             assert_eq!(
-                authority.verify(&credentials, "GET", "/dir/index.html", "Mufasa", &password.to_uppercase()),
+                authority.verify(&credentials, &get(&password.to_uppercase())),
                 Verdict::Refused(Refusal::WrongResponse),
                 "{algorithm}"
             );
@@ -488,13 +527,13 @@ mod tests {
         let then = SystemTime::now() - Duration::from_secs(601);
         let old = &authority.challenge_at(then, false)[1];
         let late = answer(&authority, old, DigestAlgorithm::Md5, "secret", 1);
-        assert_eq!(authority.verify(&late, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Stale);
+        assert_eq!(authority.verify(&late, &register("secret")), Verdict::Stale);
         let other = DigestAuthority::new("ccmsipline", Duration::from_secs(600));
         let foreign = answer(&other, &other.challenge(false)[1], DigestAlgorithm::Md5, "secret", 1);
-        assert_eq!(authority.verify(&foreign, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Stale);
+        assert_eq!(authority.verify(&foreign, &register("secret")), Verdict::Stale);
         // Stale is said only of a right answer: a wrong password on an old nonce is refused.
         let wrong = answer(&authority, old, DigestAlgorithm::Md5, "guess", 1);
-        assert_eq!(authority.verify(&wrong, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Refused(Refusal::WrongResponse));
+        assert_eq!(authority.verify(&wrong, &register("secret")), Verdict::Refused(Refusal::WrongResponse));
         assert!(authority.challenge(true)[0].ends_with("stale=true"));
     }
 
@@ -503,12 +542,35 @@ mod tests {
         let authority = authority();
         let challenge = &authority.challenge(false)[0];
         let first = answer(&authority, challenge, DigestAlgorithm::Sha256, "secret", 1);
-        assert_eq!(authority.verify(&first, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Authenticated);
-        assert_eq!(authority.verify(&first, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Refused(Refusal::ReplayedNonceCount));
+        assert_eq!(authority.verify(&first, &register("secret")), Verdict::Authenticated);
+        assert_eq!(authority.verify(&first, &register("secret")), Verdict::Refused(Refusal::ReplayedNonceCount));
         let third = answer(&authority, challenge, DigestAlgorithm::Sha256, "secret", 3);
-        assert_eq!(authority.verify(&third, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Authenticated);
+        assert_eq!(authority.verify(&third, &register("secret")), Verdict::Authenticated);
         let second = answer(&authority, challenge, DigestAlgorithm::Sha256, "secret", 2);
-        assert_eq!(authority.verify(&second, "REGISTER", URI, "SEP001122334455", "secret"), Verdict::Refused(Refusal::ReplayedNonceCount));
+        assert_eq!(authority.verify(&second, &register("secret")), Verdict::Refused(Refusal::ReplayedNonceCount));
+    }
+
+    /// A UDP request whose answer was lost comes again as itself: same Via, same source. It is
+    /// answered again; the same count on another request, or from elsewhere, is a replay.
+    #[test]
+    fn the_request_that_used_a_count_may_come_again_and_no_other() {
+        let authority = authority();
+        let challenge = &authority.challenge(false)[0];
+        let first = answer(&authority, challenge, DigestAlgorithm::Md5, "secret", 1);
+        let via = "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK77;received=10.0.0.5;rport=5060";
+        let phone = Some(std::net::SocketAddr::from(([10, 0, 0, 5], 5060)));
+        let sent = |via: &str, source| Expected { request: Some(RequestId::new(via, source)), ..register("secret") };
+        assert_eq!(authority.verify(&first, &sent(via, phone)), Verdict::Authenticated);
+        assert_eq!(authority.verify(&first, &sent(via, phone)), Verdict::Authenticated, "the retransmission");
+        let elsewhere = Some(std::net::SocketAddr::from(([10, 0, 0, 66], 5060)));
+        assert_eq!(authority.verify(&first, &sent(via, elsewhere)), Verdict::Refused(Refusal::ReplayedNonceCount));
+        let other_branch = via.replace("z9hG4bK77", "z9hG4bK78");
+        assert_eq!(authority.verify(&first, &sent(&other_branch, phone)), Verdict::Refused(Refusal::ReplayedNonceCount));
+        assert_eq!(authority.verify(&first, &register("secret")), Verdict::Refused(Refusal::ReplayedNonceCount));
+        // Once a higher count is used, the earlier request is a replay too.
+        let second = answer(&authority, challenge, DigestAlgorithm::Md5, "secret", 2);
+        assert_eq!(authority.verify(&second, &sent(&other_branch, phone)), Verdict::Authenticated);
+        assert_eq!(authority.verify(&first, &sent(via, phone)), Verdict::Refused(Refusal::ReplayedNonceCount));
     }
 
     #[test]
@@ -516,7 +578,7 @@ mod tests {
         let authority = authority();
         let challenge = &authority.challenge(false)[1];
         let good = answer(&authority, challenge, DigestAlgorithm::Md5, "secret", 1);
-        let verify = |c: &DigestCredentials| authority.verify(c, "REGISTER", URI, "SEP001122334455", "secret");
+        let verify = |c: &DigestCredentials| authority.verify(c, &register("secret"));
         assert_eq!(
             verify(&DigestCredentials { username: "SEP00112233445A".into(), ..good.clone() }),
             Verdict::Refused(Refusal::UnknownUser)

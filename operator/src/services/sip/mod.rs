@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod proxy;
 pub mod registrar;
 pub mod server;
+mod stateless;
 pub mod trunk;
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ impl SipService {
         let Some(from_line) = request.from_header().and_then(|f| f.uri()).ok().and_then(|uri| uri.user().map(str::to_owned)) else {
             return self.answer(&mut server, Decision::refuse(StatusCode::BadRequest, "the From URI names no line")).await;
         };
-        match self.authenticate(&server, &from_line) {
+        match self.authenticate(&server.original, server.connection.as_ref(), &from_line) {
             Ok(caller) => {
                 let confidential = self.confidential(caller.transport, caller.source);
                 let origin = Origin { subject: caller.phone.subject, mode: caller.phone.mode, transport: caller.transport, confidential };

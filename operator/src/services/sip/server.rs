@@ -28,6 +28,7 @@ use super::digest::{self, DigestAuthority, Refusal, Verdict};
 use super::directory::{SipDirectory, SipPhone};
 use super::identity::{self, IdentityRefusal, PhoneAnchors, PhoneCredentials};
 use super::registrar::{self, Binding, Registrar};
+use super::stateless::StatelessRegistrar;
 use super::trunk::{self, SipTrunkEntry};
 use crate::api::{DeviceSecurityMode, SipTransport};
 use crate::core::phone_config::DigestAuth;
@@ -202,12 +203,47 @@ impl SipService {
     /// Sends `decision`, counting challenges and refusals.
     pub(super) async fn answer(&self, transaction: &mut Transaction, decision: Decision) -> rsipstack::Result<()> {
         let Decision::Reply(status, headers) = decision;
-        if status == StatusCode::Unauthorized {
+        self.count_answer(&status);
+        transaction.reply_with(status, headers, None).await
+    }
+
+    fn count_answer(&self, status: &StatusCode) {
+        if *status == StatusCode::Unauthorized {
             self.counters.challenges.fetch_add(1, Ordering::Relaxed);
         } else if status.kind() != sip::StatusCodeKind::Successful {
             self.counters.refusals.fetch_add(1, Ordering::Relaxed);
         }
-        transaction.reply_with(status, headers, None).await
+    }
+
+    /// Whether requests beyond those handled now are to be told to come back later.
+    fn overloaded(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) >= self.in_flight_limit.load(Ordering::Relaxed)
+    }
+
+    /// A REGISTER from a phone, answered without a server transaction (`stateless`).
+    pub(super) async fn register_statelessly(&self, mut request: sip::Request, connection: SipConnection) {
+        let Some(endpoint) = self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let Decision::Reply(status, headers) = if self.overloaded() {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            Decision::come_back_later()
+        } else {
+            self.decide_register(&request, Some(&connection))
+        };
+        self.count_answer(&status);
+        // As rsipstack's transaction would: a final answer carries a To tag.
+        if let Ok(to) = request.to_header()
+            && to.tag().ok().flatten().is_none()
+        {
+            let tagged = to.clone().with_tag(rsipstack::transaction::make_tag());
+            request.headers.unique_push(tagged.into());
+        }
+        let mut response = endpoint.make_response(&request, status, None);
+        response.headers.extend(headers);
+        // Over UDP to where the top Via says (RFC 3261 §18.2.2: received and rport).
+        let destination = if connection.is_reliable() { None } else { endpoint.get_destination_from_request(&request).await };
+        if let Err(e) = connection.send(response.into(), destination.as_ref()).await {
+            tracing::debug!(error = %e, "SIP answer to a REGISTER not sent");
+        }
     }
 
     /// Serves until `cancel` fires.
@@ -246,6 +282,7 @@ impl SipService {
             .with_user_agent("Callguard")
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport_layer)
+            .with_transport_inspector(Box::new(StatelessRegistrar::new(&self)))
             .build();
         let mut incoming = endpoint.incoming_transactions().map_err(|e| e.to_string())?;
         *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.inner.clone());
@@ -347,13 +384,13 @@ impl SipService {
     async fn handle(&self, mut transaction: Transaction) {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.in_flight_limit.load(Ordering::Relaxed) {
             self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
-            let _ = transaction.reply_with(StatusCode::ServiceUnavailable, vec![retry], None).await;
+            let Decision::Reply(status, headers) = Decision::come_back_later();
+            let _ = transaction.reply_with(status, headers, None).await;
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let in_dialog = transaction.original.to_header().is_ok_and(|to| to.value().contains("tag="));
-        let result = match self.trunk_origin(&transaction) {
+        let result = match self.trunk_origin(transaction.connection.as_ref()) {
             TrunkOrigin::Trunk(trunk) if !in_dialog || trunk_checks_in_dialog(&transaction.original) => {
                 self.trunk_request(transaction, *trunk, in_dialog).await
             }
@@ -370,8 +407,8 @@ impl SipService {
 
     /// Whether the request comes from a trunk: by its TLS certificate or its source address and the
     /// port it came to (Table 14-1); `Unknown` on a trunks-only port when it matches none.
-    fn trunk_origin(&self, transaction: &Transaction) -> TrunkOrigin {
-        let Some(connection) = transaction.connection.as_ref() else { return TrunkOrigin::None };
+    pub(super) fn trunk_origin(&self, connection: Option<&SipConnection>) -> TrunkOrigin {
+        let Some(connection) = connection else { return TrunkOrigin::None };
         let Some(local_port) = connection.get_addr().get_socketaddr().ok().map(|a| a.port()) else { return TrunkOrigin::None };
         let directory = self.directory();
         if !directory.is_trunk_port(local_port) {
@@ -422,7 +459,7 @@ impl SipService {
                 let Some(from_line) = from_line else {
                     return self.answer(&mut transaction, Decision::refuse(StatusCode::BadRequest, "the From URI names no line")).await;
                 };
-                match self.authenticate(&transaction, &from_line) {
+                match self.authenticate(&transaction.original, transaction.connection.as_ref(), &from_line) {
                     Ok(_) => self.in_dialog(transaction).await,
                     Err(decision) => self.answer(&mut transaction, decision).await,
                 }
@@ -460,7 +497,8 @@ impl SipService {
                     .application_user(user)
                     .ok_or_else(|| format!("{}: {user} is not an application user of the trunk (Chapter 15)", trunk.subject))
             };
-            let username = match check_digest(request, &authority, &trunk.subject, source, application_user) {
+            let transport = transaction.connection.as_ref().map(|c| c.transport()).unwrap_or(Transport::Udp);
+            let username = match check_digest(request, &authority, &trunk.subject, (transport, source), application_user) {
                 Ok(username) => username,
                 Err(decision) => return self.answer(&mut transaction, decision).await,
             };
@@ -492,16 +530,15 @@ impl SipService {
     }
 
     async fn register(&self, transaction: &mut Transaction) -> rsipstack::Result<()> {
-        let decision = self.decide_register(transaction);
+        let decision = self.decide_register(&transaction.original, transaction.connection.as_ref());
         self.answer(transaction, decision).await
     }
 
     /// The REGISTER policy: who the phone is (see [`Self::authenticate`]) and the binding.
-    fn decide_register(&self, transaction: &Transaction) -> Decision {
-        let request = &transaction.original;
+    fn decide_register(&self, request: &sip::Request, connection: Option<&SipConnection>) -> Decision {
         let Ok(aor) = request.to_header().and_then(|to| to.uri()) else { return Decision::refuse(StatusCode::BadRequest, "no To URI") };
         let Some(line) = aor.user().map(str::to_owned) else { return Decision::refuse(StatusCode::NotFound, "the To URI names no line") };
-        match self.authenticate(transaction, &line) {
+        match self.authenticate(request, connection, &line) {
             Ok(caller) => self.bind(request, &line, &caller.phone, caller.transport, caller.source),
             Err(decision) => decision,
         }
@@ -510,10 +547,9 @@ impl SipService {
     /// Which phone sends this request as `line`: over TLS the one its certificate names, over UDP
     /// or TCP one whose profile allows that transport (Table 5-2); then its digest answer, when its
     /// profile asks one. The answer to send instead when there is none.
-    pub(super) fn authenticate(&self, transaction: &Transaction, line: &str) -> Result<Caller, Decision> {
-        let request = &transaction.original;
+    pub(super) fn authenticate(&self, request: &sip::Request, connection: Option<&SipConnection>, line: &str) -> Result<Caller, Decision> {
         let method = request.method.to_string();
-        let Some(connection) = transaction.connection.as_ref() else {
+        let Some(connection) = connection else {
             return Err(Decision::refuse(StatusCode::ServerInternalError, "no connection"));
         };
         let transport = connection.transport();
@@ -571,7 +607,7 @@ impl SipService {
         }
         if let Some(credentials) = &phone.digest {
             let authority = self.authority(&directory.realm, phone.nonce_validity_seconds);
-            check_digest(request, &authority, &phone.subject, source, |_| Ok(credentials))?;
+            check_digest(request, &authority, &phone.subject, (transport, source), |_| Ok(credentials))?;
         }
         Ok(Caller { phone: phone.clone(), transport, source })
     }
@@ -601,8 +637,7 @@ impl SipService {
                         Binding { device: phone.device.clone(), contact: uri, transport, source, expires_at: registrar::expiry(seconds) };
                     if self.registrar.bind(line, binding).is_err() {
                         self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-                        let retry = Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into());
-                        return Decision::Reply(StatusCode::ServiceUnavailable, vec![retry]);
+                        return Decision::come_back_later();
                     }
                     let granted = sip::typed::Contact { params: vec![Param::Expires(seconds.to_string().into())], ..contact };
                     granted_headers.push(granted.into());
@@ -675,7 +710,7 @@ impl TlsPeers {
 }
 
 /// Whether a request comes from a trunk.
-enum TrunkOrigin {
+pub(super) enum TrunkOrigin {
     /// Not from a trunk: a phone's request.
     None,
     Trunk(Box<SipTrunkEntry>),
@@ -706,6 +741,11 @@ impl Decision {
         Decision::Reply(status, vec![Header::Warning(format!("399 callguard \"{}\"", why.replace('"', "'")).into())])
     }
 
+    /// 503 with Retry-After: the service is overloaded.
+    fn come_back_later() -> Decision {
+        Decision::Reply(StatusCode::ServiceUnavailable, vec![Header::RetryAfter(RETRY_AFTER_SECONDS.to_string().into())])
+    }
+
     fn challenge(authority: &DigestAuthority, stale: bool) -> Decision {
         Decision::Reply(
             StatusCode::Unauthorized,
@@ -714,14 +754,15 @@ impl Decision {
     }
 }
 
-/// The digest answer of `request` checked against `authority`: `credentials(username)` gives the
-/// credentials of the user it names, or why that user may not answer here. The username that
-/// authenticated, or what to send instead (a challenge, `stale=true`, a refusal).
+/// The digest answer of `request`, which came over `transport` from `source`, checked against
+/// `authority`: `credentials(username)` gives the credentials of the user it names, or why that
+/// user may not answer here. The username that authenticated, or what to send instead (a challenge,
+/// `stale=true`, a refusal).
 fn check_digest<'a>(
     request: &sip::Request,
     authority: &DigestAuthority,
     subject: &str,
-    source: Option<SocketAddr>,
+    (transport, source): (Transport, Option<SocketAddr>),
     credentials: impl Fn(&str) -> Result<&'a DigestAuth, String>,
 ) -> Result<String, Decision> {
     let method = request.method.to_string();
@@ -739,7 +780,16 @@ fn check_digest<'a>(
     // RFC 2617 §3.2.2.5 allows.
     let uri_matches = sip::Uri::try_from(answer.uri.as_str()).is_ok_and(|uri| uri == request.uri);
     let request_uri = if uri_matches || answer.qop.is_some() { answer.uri.clone() } else { request.uri.to_string() };
-    match authority.verify(&answer, &method, &request_uri, &expected.name, &expected.password) {
+    // Only UDP retransmits a request (RFC 3261 §17.1.2.2): there the same request may come again.
+    let retransmittable = (transport == Transport::Udp).then(|| request.via_header().ok()).flatten();
+    let checked = digest::Expected {
+        method: &method,
+        request_uri: &request_uri,
+        user: &expected.name,
+        password: &expected.password,
+        request: retransmittable.map(|via| digest::RequestId::new(via.value(), source)),
+    };
+    match authority.verify(&answer, &checked) {
         Verdict::Authenticated => Ok(answer.username),
         Verdict::Stale => {
             tracing::info!(?source, %subject, "{method}: the nonce expired: challenged again with stale=true");
@@ -970,7 +1020,12 @@ mod tests {
         assert_eq!(status, 200, "{text}");
         assert!(text.contains("expires=600"), "{text}");
         assert_eq!(lab.service.registrar().lookup("1005").len(), 1);
-        // The same answer again: its nonce count is spent.
+        let to = text.lines().find(|l| l.starts_with("To:")).unwrap_or_default();
+        assert!(to.contains(";tag="), "a final answer tags the To: {text}");
+        // Its 200 lost, the phone sends the same request again: answered as before, not a replay.
+        let (status, text) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1005", 3, Some(right.clone()))).await;
+        assert_eq!(status, 200, "the retransmission: {text}");
+        // The same answer on another request: its nonce count is spent.
         let (status, text) = udp_exchange(&socket, lab.udp, register("UDP", local, lab.udp, "1005", 4, Some(right))).await;
         assert_eq!(status, 403, "{text}");
         assert!(text.contains("replayed nonce count"), "{text}");
@@ -1307,9 +1362,10 @@ mod tests {
                 let contact = format!("Contact: <sip:gw@{gateway};transport=tls>\r\n");
                 let routes: String = second.lines().filter(|l| l.starts_with("Record-Route:")).map(|l| format!("{l}\r\n")).collect();
                 stream.write_all(reply(&second, "200 OK", &format!("{routes}{contact}")).as_bytes()).await.unwrap();
-                let ack = read_message(&mut stream, &mut pending).await;
+                // The ACK and the BYE are separate transactions of the proxy: either may come first.
+                let (one, two) = (read_message(&mut stream, &mut pending).await, read_message(&mut stream, &mut pending).await);
+                let (ack, bye) = if one.starts_with("ACK ") { (one, two) } else { (two, one) };
                 assert!(ack.starts_with("ACK ") && ack.contains("CSeq: 3 ACK"), "the ACK of the 2xx takes the INVITE's number: {ack}");
-                let bye = read_message(&mut stream, &mut pending).await;
                 assert!(bye.starts_with("BYE ") && bye.contains("CSeq: 5 BYE"), "the caller's 4, moved up by one: {bye}");
                 stream.write_all(reply(&bye, "200 OK", "").as_bytes()).await.unwrap();
                 // The gateway's own request in the dialog, on the connection the proxy dialled, with
