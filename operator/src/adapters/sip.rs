@@ -154,7 +154,7 @@ pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &Phone
 
 /// UDP and TCP on the one port SIP uses for both.
 pub async fn bind_udp_and_tcp(address: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let udp = tokio::net::UdpSocket::bind(address).await?;
+    let udp = crate::services::udp_listener::bind(address).await?;
     let tcp = crate::services::tcp_listener::bind(udp.local_addr()?)?;
     Ok((udp, tcp))
 }

@@ -39,7 +39,7 @@ pub fn run(registrations: usize, users: usize, concurrency: usize) -> Result<(),
 
     // Callguard, on its own runtime with as many worker threads as cores, its CPU time accounted.
     let (runtime, callguard_cpu) = crate::bench::cpu_accounted_runtime("callguard-sip", cores)?;
-    let socket = runtime.block_on(tokio::net::UdpSocket::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
+    let socket = runtime.block_on(crate::services::udp_listener::bind(([127, 0, 0, 1], 0).into())).map_err(|e| e.to_string())?;
     let callguard = socket.local_addr().map_err(|e| e.to_string())?;
     let service = SipService::new(directory(users), None);
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -188,6 +188,7 @@ fn sipp(scenario: &Path, injection: &Path, address: SocketAddr, registrations: u
         .args(["-sf", scenario.to_str().unwrap_or_default(), "-inf", injection.to_str().unwrap_or_default()])
         .args(["-m", &registrations.to_string(), "-l", &concurrency.to_string(), "-r", "100000", "-t", "u1"])
         .args(["-i", "127.0.0.1", "-p", &free_udp_port()?.to_string(), "-nostdin", "-timeout", "120", "-trace_err"])
+        .args(["-buff_size", &crate::services::udp_listener::RECEIVE_BUFFER.to_string()])
         .arg(address.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -9,3 +9,4 @@ pub mod tcp_listener;
 pub mod tftp;
 pub mod tls_provider;
 pub mod tvs;
+pub mod udp_listener;
