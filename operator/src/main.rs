@@ -386,8 +386,8 @@ enum Bench {
     },
     /// REGISTER with digest over UDP, the same sipp scenario against Callguard and against Kamailio.
     Sip {
-        /// Number of registrations.
-        #[arg(long, default_value_t = 20_000)]
+        /// Number of registrations (enough for a few seconds a server: shorter runs are noisier).
+        #[arg(long, default_value_t = 50_000)]
         registrations: usize,
         /// Distinct phones (users) the registrations cycle through.
         #[arg(long, default_value_t = 1_000)]

@@ -238,8 +238,8 @@ impl Refusal {
     }
 }
 
-/// Nonces remembered for nonce-count checks, at most; past it the oldest half is forgotten and
-/// their clients get `stale=true` on their next answer.
+/// Nonces remembered for nonce-count checks, at most; past it the older half is forgotten, and
+/// every nonce issued up to then is stale (`NonceCounts::forgotten_through`).
 const MAX_TRACKED_NONCES: usize = 100_000;
 
 /// What an answer is checked against: the request it came on, and the credentials of the device or
@@ -272,6 +272,24 @@ impl RequestId {
     }
 }
 
+/// The nonce counts in use, by nonce.
+struct NonceCounts {
+    seen: HashMap<String, CountSeen>,
+    /// Nonces issued at or before this second may have been forgotten to keep the table bounded:
+    /// they are stale, whatever their validity, or their spent counts would be accepted again.
+    forgotten_through: u64,
+    capacity: usize,
+}
+
+/// What a nonce count check concluded.
+#[derive(Debug, PartialEq, Eq)]
+enum CountCheck {
+    New,
+    Replayed,
+    /// The nonce's counts may have been forgotten: a new challenge.
+    Forgotten,
+}
+
 /// What is known of a nonce in use.
 struct CountSeen {
     /// When it was issued, for pruning.
@@ -287,7 +305,7 @@ pub struct DigestAuthority {
     realm: String,
     validity: Duration,
     key: [u8; 32],
-    counts: Mutex<HashMap<String, CountSeen>>,
+    counts: Mutex<NonceCounts>,
 }
 
 impl std::fmt::Debug for DigestAuthority {
@@ -303,7 +321,8 @@ pub const OFFERED: [DigestAlgorithm; 2] = [DigestAlgorithm::Md5, DigestAlgorithm
 
 impl DigestAuthority {
     pub fn new(realm: &str, validity: Duration) -> DigestAuthority {
-        DigestAuthority { realm: realm.to_string(), validity, key: rand::random(), counts: Mutex::new(HashMap::new()) }
+        let counts = NonceCounts { seen: HashMap::new(), forgotten_through: 0, capacity: MAX_TRACKED_NONCES };
+        DigestAuthority { realm: realm.to_string(), validity, key: rand::random(), counts: Mutex::new(counts) }
     }
 
     pub fn realm(&self) -> &str {
@@ -392,37 +411,46 @@ impl DigestAuthority {
         if now_secs.saturating_sub(issued) >= self.validity.as_secs() || issued > now_secs + 5 {
             return Verdict::Stale;
         }
-        match count {
-            Some(count) if !self.count_is_new(&c.nonce, issued, count, expected.request, now_secs) => {
-                Verdict::Refused(Refusal::ReplayedNonceCount)
-            }
-            _ => Verdict::Authenticated,
+        let Some(count) = count else { return Verdict::Authenticated };
+        match self.check_count(&c.nonce, issued, count, expected.request, now_secs) {
+            CountCheck::New => Verdict::Authenticated,
+            CountCheck::Replayed => Verdict::Refused(Refusal::ReplayedNonceCount),
+            CountCheck::Forgotten => Verdict::Stale,
         }
     }
 
-    /// Records `count` for `nonce` if it is higher than any seen; false for a replay. The count
-    /// seen last, again on the same `request`, is that request retransmitted: not a replay.
-    fn count_is_new(&self, nonce: &str, issued: u64, count: u32, request: Option<RequestId>, now: u64) -> bool {
+    /// Records `count` for `nonce` if it is higher than any seen. The count seen last, again on
+    /// the same `request`, is that request retransmitted: not a replay.
+    fn check_count(&self, nonce: &str, issued: u64, count: u32, request: Option<RequestId>, now: u64) -> CountCheck {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(seen) = counts.get_mut(nonce) {
+        if let Some(seen) = counts.seen.get_mut(nonce) {
             if count < seen.count || (count == seen.count && (request.is_none() || request != seen.by)) {
-                return false;
+                return CountCheck::Replayed;
             }
             (seen.count, seen.by) = (count, request);
-            return true;
+            return CountCheck::New;
         }
-        if counts.len() >= MAX_TRACKED_NONCES {
+        if issued <= counts.forgotten_through {
+            return CountCheck::Forgotten;
+        }
+        if counts.seen.len() >= counts.capacity {
             let validity = self.validity.as_secs();
-            counts.retain(|_, seen| now.saturating_sub(seen.issued) < validity);
-            if counts.len() >= MAX_TRACKED_NONCES {
-                let mut ages: Vec<u64> = counts.values().map(|seen| seen.issued).collect();
+            counts.seen.retain(|_, seen| now.saturating_sub(seen.issued) < validity);
+            if counts.seen.len() >= counts.capacity {
+                // The older half goes; a storm within one second may take it all, and that
+                // second's nonces are then stale until the clock moves on.
+                let mut ages: Vec<u64> = counts.seen.values().map(|seen| seen.issued).collect();
                 ages.sort_unstable();
                 let cut = ages[ages.len() / 2];
-                counts.retain(|_, seen| seen.issued > cut);
+                counts.seen.retain(|_, seen| seen.issued > cut);
+                counts.forgotten_through = counts.forgotten_through.max(cut);
+                if issued <= cut {
+                    return CountCheck::Forgotten;
+                }
             }
         }
-        counts.insert(nonce.to_string(), CountSeen { issued, count, by: request });
-        true
+        counts.seen.insert(nonce.to_string(), CountSeen { issued, count, by: request });
+        CountCheck::New
     }
 }
 
@@ -571,6 +599,29 @@ mod tests {
         let second = answer(&authority, challenge, DigestAlgorithm::Md5, "secret", 2);
         assert_eq!(authority.verify(&second, &sent(&other_branch, phone)), Verdict::Authenticated);
         assert_eq!(authority.verify(&first, &sent(via, phone)), Verdict::Refused(Refusal::ReplayedNonceCount));
+    }
+
+    /// The table of counts is bounded; a nonce whose counts may have been forgotten is stale, so an
+    /// answer used on it before cannot be used again.
+    #[test]
+    fn a_nonce_whose_counts_were_forgotten_is_stale_not_fresh() {
+        let authority = authority();
+        authority.counts.lock().unwrap().capacity = 4;
+        let now = SystemTime::now();
+        // Four nonces from a minute ago, used once each, then four more from now: the older go.
+        let old: Vec<DigestCredentials> = (0..4)
+            .map(|_| {
+                answer(&authority, &authority.challenge_at(now - Duration::from_secs(60), false)[0], DigestAlgorithm::Md5, "secret", 1)
+            })
+            .collect();
+        for used in &old {
+            assert_eq!(authority.verify(used, &register("secret")), Verdict::Authenticated);
+        }
+        let recent = answer(&authority, &authority.challenge(false)[0], DigestAlgorithm::Md5, "secret", 1);
+        assert_eq!(authority.verify(&recent, &register("secret")), Verdict::Authenticated, "a new nonce still works");
+        assert!(authority.counts.lock().unwrap().seen.len() <= 4);
+        assert_eq!(authority.verify(&old[0], &register("secret")), Verdict::Stale, "not accepted again");
+        assert_eq!(authority.verify(&recent, &register("secret")), Verdict::Refused(Refusal::ReplayedNonceCount), "still remembered");
     }
 
     #[test]
