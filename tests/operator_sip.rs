@@ -153,6 +153,13 @@ async fn each_signaling_pod_serves_the_projection_as_its_node_and_follows_a_chan
         let metrics = first.metrics();
         assert!(metrics.contains("callguard_sip_bindings 1\n"), "{metrics}");
         assert!(metrics.contains("callguard_sip_registrations_total 1\n"), "{metrics}");
+        // What `kubectl exec … -- callguard sip registrations --serving` prints in pod 0 (the first
+        // to start here holds the name; in a cluster each pod has its own network namespace).
+        let asked = Command::new(env!("CARGO_BIN_EXE_callguard")).args(["sip", "registrations", "--serving"]).output().unwrap();
+        let table = String::from_utf8_lossy(&asked.stdout);
+        assert!(asked.status.success(), "{table}{}", String::from_utf8_lossy(&asked.stderr));
+        let row = table.lines().find(|l| l.starts_with("2001 ")).unwrap_or_else(|| panic!("line 2001 registered: {table}"));
+        assert!(row.contains("UDP") && row.contains("127.0.0.1:"), "{row}");
         first
     })
     .await

@@ -314,7 +314,9 @@ enum Device {
 enum Sip {
     /// The registrations `callguard local` holds (line, device, transport, source, expiry, contact),
     /// as it last wrote them to its state directory, at most a second old; expired ones are left out.
-    /// Exits 2 when no `local` has served SIP from that state directory.
+    /// With `--serving`, those of the `callguard serve sip` running in this pod instead (`kubectl
+    /// exec -n NS CLUSTER-sip-N -- callguard sip registrations --serving`). Exits 2 when there is
+    /// nothing to ask.
     Registrations {
         /// The state directory of `callguard local`.
         #[arg(long, default_value = ".callguard")]
@@ -322,6 +324,9 @@ enum Sip {
         /// The namespace. Without it: the state's only namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// Ask the `callguard serve sip` of this pod (its network namespace), not a state directory.
+        #[arg(long, conflicts_with_all = ["state_dir", "namespace"])]
+        serving: bool,
     },
 }
 
@@ -671,8 +676,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sip { command: Sip::Registrations { state_dir, namespace } } => {
-            match callguard::adapters::sip::read_registrations(&state_dir, namespace.as_deref(), time::OffsetDateTime::now_utc()) {
+        Command::Sip { command: Sip::Registrations { state_dir, namespace, serving } } => {
+            let rows = if serving {
+                callguard::adapters::sip::ask_registrations()
+            } else {
+                callguard::adapters::sip::read_registrations(&state_dir, namespace.as_deref(), time::OffsetDateTime::now_utc())
+            };
+            match rows {
                 Ok(rows) => {
                     print!("{}", callguard::adapters::sip::registrations_table(&rows));
                     ExitCode::SUCCESS

@@ -272,6 +272,56 @@ pub fn read_registrations(
     Ok(rows.into_iter().filter(live).collect())
 }
 
+/// The abstract Unix socket (Linux: no file, scoped to the network namespace, so to the pod) on
+/// which `callguard serve sip` answers `callguard sip registrations --serving`, run in its pod by
+/// `kubectl exec`: who may exec there may ask, no one else can reach it.
+pub const REGISTRATIONS_SOCKET: &str = "callguard-sip-registrations";
+
+/// Listens on [`REGISTRATIONS_SOCKET`]. Fails when another process of the same network namespace
+/// holds it (two `serve sip` on one host, as in tests). Must run inside a tokio runtime.
+pub fn registrations_listener() -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(REGISTRATIONS_SOCKET)?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&address)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+/// Answers each connection to `listener` with the bindings `registrar()` gives, as YAML rows,
+/// until `stop` resolves.
+pub async fn answer_registrations(
+    listener: tokio::net::UnixListener,
+    registrar: impl Fn() -> Vec<RegistrationRow>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let mut stream = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted { Ok((stream, _)) => stream, Err(_) => continue },
+        };
+        let text = serde_yaml::to_string(&registrar()).unwrap_or_default();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+/// Asks the `callguard serve sip` of this network namespace (its pod) for its bindings.
+pub fn ask_registrations() -> Result<Vec<RegistrationRow>, String> {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(REGISTRATIONS_SOCKET).map_err(|e| e.to_string())?;
+    let mut stream = std::os::unix::net::UnixStream::connect_addr(&address).map_err(|e| {
+        format!("no callguard serve sip answers here (@{REGISTRATIONS_SOCKET}: {e}): run it in a SIP pod, e.g. kubectl exec -n NAMESPACE CLUSTER-sip-0 -- callguard sip registrations --serving")
+    })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(|e| format!("@{REGISTRATIONS_SOCKET}: {e}"))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("@{REGISTRATIONS_SOCKET}: {e}"))
+}
+
 /// The rows as an aligned table with a header.
 pub fn registrations_table(rows: &[RegistrationRow]) -> String {
     let header = ["LINE", "DEVICE", "TRANSPORT", "SOURCE", "EXPIRES", "CONTACT"];

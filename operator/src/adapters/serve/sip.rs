@@ -132,6 +132,14 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
     let cancel = CancellationToken::new();
     let listeners = Listeners { udp: Some(udp), tcp: Some(tcp), tls: Some(tls_listener), trunks };
     let serving = tokio::spawn(service.clone().serve(listeners, cancel.clone()));
+    match crate::adapters::sip::registrations_listener() {
+        Ok(listener) => {
+            let (registrar, stop) = (service.clone(), shutdown.wait());
+            let rows = move || crate::adapters::sip::registration_rows(registrar.registrar());
+            tokio::spawn(crate::adapters::sip::answer_registrations(listener, rows, stop));
+        }
+        Err(e) => tracing::warn!(error = %e, "callguard sip registrations --serving will not reach this process"),
+    }
     health.set_ready(true);
     let trunk_text = if trunk_lines.is_empty() { String::new() } else { format!("; trunks on {}", trunk_lines.join(", ")) };
     println!(
