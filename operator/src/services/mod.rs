@@ -3,6 +3,7 @@
 pub mod capf;
 pub mod est;
 pub mod legacy_tls;
+pub mod media;
 pub mod sip;
 pub mod srst;
 pub mod tcp_listener;
