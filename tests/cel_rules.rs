@@ -45,6 +45,12 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             kind: "CallControlCluster",
+            accepts: cluster(json!({"media": {"firstPort": 20000, "lastPort": 20999}})),
+            rejects: cluster(json!({"media": {"firstPort": 40000}})),
+            message: "media.firstPort must be below media.lastPort: the range holds the relay's RTP and RTCP port pairs",
+        },
+        Case {
+            kind: "CallControlCluster",
             accepts: cluster(json!({})),
             rejects: json!({"nodes": [{"name": "cm1", "hostname": "cm1.example"}, {"name": "cm2", "hostname": "cm2.example"}]}),
             message: "exactly one node must be the first node (publisher): set firstNode: true on one node (Table 3-2)",

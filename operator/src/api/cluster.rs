@@ -109,6 +109,58 @@ pub struct CallControlClusterSpec {
     /// (docs/wire-formats.md §7.1, §8). Clients offering TLS 1.2 or newer are served as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_tls: Option<LegacyTls>,
+    /// The media relay: the ports it relays RTP and RTCP on, when a silent call's media is
+    /// released, and how it recognises each end (docs/architecture.md, media).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaSettings>,
+}
+
+/// The media relay of the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.firstPort) ? self.firstPort : 16384) < (has(self.lastPort) ? self.lastPort : 32766)").message("media.firstPort must be below media.lastPort: the range holds the relay's RTP and RTCP port pairs"))]
+pub struct MediaSettings {
+    /// First port of the relay's RTP and RTCP pairs; default 16384, the phones' own first media port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65534))]
+    pub first_port: Option<u16>,
+    /// Last port; default 32766.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1025, max = 65535))]
+    pub last_port: Option<u16>,
+    /// Seconds without a packet on any of a call's ports after which its media is released and its
+    /// ports return to the range; default 60, 5 to 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub inactivity_seconds: Option<u32>,
+    /// How the relay recognises each end of a call; default FirstPacket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latching: Option<MediaLatching>,
+}
+
+/// How the media relay recognises each end of a call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MediaLatching {
+    /// The source of the first packet on a port, whatever the SDP said (symmetric RTP): phones
+    /// behind NAT.
+    #[default]
+    FirstPacket,
+    /// Only the address and port the end's SDP gave.
+    SdpOnly,
+}
+
+impl MediaSettings {
+    pub const DEFAULT_FIRST_PORT: u16 = 16384;
+    pub const DEFAULT_LAST_PORT: u16 = 32766;
+    pub const DEFAULT_INACTIVITY_SECONDS: u32 = 60;
+
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.first_port.unwrap_or(Self::DEFAULT_FIRST_PORT)..=self.last_port.unwrap_or(Self::DEFAULT_LAST_PORT)
+    }
+
+    pub fn inactivity(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.inactivity_seconds.unwrap_or(Self::DEFAULT_INACTIVITY_SECONDS)))
+    }
 }
 
 /// Whether CAPF, TVS and SIP-TLS accept the TLS 1.0 and 1.1 of the guide's phones.
