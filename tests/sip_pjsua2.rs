@@ -184,7 +184,7 @@ struct Pjsua {
 
 /// The words that open phone.py's fact lines; PJSIP prints a few lines of its own before its log
 /// goes to the file.
-const FACTS: [&str; 9] = ["registration", "warning", "challenge", "incoming", "call", "media", "ready", "done", "timeout"];
+const FACTS: [&str; 10] = ["registration", "warning", "challenge", "incoming", "call", "media", "rtp", "ready", "done", "timeout"];
 
 impl Pjsua {
     fn start(args: &[String]) -> (Running, tempfile::TempDir) {
@@ -229,6 +229,19 @@ impl Pjsua {
     /// Whether a fact line contains `text`.
     fn says(&self, text: &str) -> bool {
         self.lines.iter().any(|l| l.contains(text))
+    }
+
+    /// The RTP packets its audio stream received and sent, a second into the call.
+    fn rtp(&self) -> (u64, u64) {
+        let line = self.lines.iter().find_map(|l| l.strip_prefix("rtp ")).unwrap_or_else(|| panic!("no RTP counts: {self}"));
+        let count = |name: &str| line.split(' ').find_map(|w| w.strip_prefix(name)).and_then(|n| n.parse().ok()).unwrap_or(0);
+        (count("rx="), count("tx="))
+    }
+
+    /// Where its audio stream sends RTP, as its SDP negotiation left it.
+    fn remote_media(&self) -> std::net::SocketAddr {
+        let line = self.lines.iter().find(|l| l.starts_with("media ")).unwrap_or_else(|| panic!("no media: {self}"));
+        line.split(' ').find_map(|w| w.strip_prefix("remote=")).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line}"))
     }
 
     /// The final answers to its REGISTERs, in order.
@@ -320,6 +333,16 @@ fn a_digest_answer_on_an_expired_nonce_gets_stale_true_and_pjsua2_registers_on_t
     assert!(line.contains("Phone/softphone-frank") && line.contains("REGISTER"), "{line}");
 }
 
+/// Each end sends its RTP to a port of the relay (the quickstart leaves `spec.media` at its
+/// defaults, 16384 to 32766), and hears the other end: 50 frames a second each way, of which a
+/// loaded machine may delay some past the count.
+fn assert_media_through_the_relay(run: &Pjsua) {
+    let remote = run.remote_media();
+    assert!(remote.ip().is_loopback() && (16384..=32766).contains(&remote.port()), "not the relay's: {remote}\n{run}");
+    let (received, sent) = run.rtp();
+    assert!(received >= 10 && sent >= 10, "audio each way: rx={received} tx={sent}\n{run}");
+}
+
 /// Registers the callee with `callee_args` and has it answer; `caller_args` then calls `target`.
 /// The caller's and the callee's runs.
 fn call(callee_args: Vec<String>, caller_args: Vec<String>, target: &str) -> (Pjsua, Pjsua) {
@@ -351,6 +374,7 @@ fn a_call_between_two_encrypted_pjsua2_phones_keeps_its_srtp_keys_and_is_reporte
     for run in [&caller, &callee] {
         assert!(run.has("call CONFIRMED 200") && run.has("call DISCONNECTED"), "{run}");
         assert!(run.has("media proto=RTP/SAVP crypto=yes"), "{run}");
+        assert_media_through_the_relay(run);
     }
     let line = local.wait_for("call answered");
     assert!(line.contains(&format!("from={} to={} security=Encrypted", FRANK.subject, GRACE.subject)), "{line}");
@@ -378,6 +402,7 @@ fn a_call_from_an_encrypted_phone_to_a_non_secure_one_loses_its_srtp_keys_and_is
     for run in [&caller, &callee] {
         assert!(run.has("call CONFIRMED 200") && run.has("call DISCONNECTED"), "{run}");
         assert!(run.has("media proto=RTP/AVP crypto=no"), "{run}");
+        assert_media_through_the_relay(run);
     }
     assert!(caller.log.contains("a=crypto:"), "the caller did offer keys: {caller}");
     local.wait_for("a=crypto removed from the offer");

@@ -9,9 +9,11 @@ What it sees goes to stdout, one fact per line, for the test to assert:
                                     each 401/407 received (from PJSIP's message log)
   incoming crypto=<yes|no>          the INVITE the callee received, with or without SDP a=crypto
   call <state> <code>               call states: CONFIRMED, DISCONNECTED (with the last status)
-  media proto=<RTP/AVP|RTP/SAVP|...> crypto=<yes|no>
-                                    the audio stream once media is up, and whether the SDP answer
-                                    the caller received (or the offer the callee did) kept a=crypto
+  media proto=<RTP/AVP|RTP/SAVP|...> crypto=<yes|no> remote=<address:port>
+                                    the audio stream once media is up, whether the SDP answer
+                                    the caller received (or the offer the callee did) kept a=crypto,
+                                    and where this end sends its RTP
+  rtp rx=<packets> tx=<packets>     the audio stream's RTP counts, a second into the call
   done                              the script ran to its end
 Exit status 0 when it ran to its end (whatever the server answered), 2 on its own timeout.
 PJSIP's full log goes to --log, for the test's failure messages.
@@ -95,6 +97,8 @@ class Call(pj.Call):
         self.confirmed_at = None
         self.disconnected = False
         self.media_said = False
+        self.stats_said = False
+        self.audio_index = None
 
     def onCallState(self, prm):
         info = self.getInfo()
@@ -116,8 +120,26 @@ class Call(pj.Call):
                     pj.PJMEDIA_TP_PROTO_RTP_SAVP: "RTP/SAVP",
                 }.get(self.getStreamInfo(index).proto, str(self.getStreamInfo(index).proto))
                 crypto = self.phone.incoming_crypto if self.phone.incoming_crypto is not None else self.phone.answer_crypto
-                say("media", "proto=" + proto, "crypto=" + ("yes" if crypto else "no"))
+                remote = self.getStreamInfo(index).remoteRtpAddress
+                say("media", "proto=" + proto, "crypto=" + ("yes" if crypto else "no"), "remote=" + remote)
                 self.media_said = True
+                # Audio both ways: the null sound device's clock drives the bridge, so the stream
+                # sends a frame every 20 ms and plays what it receives.
+                audio = self.getAudioMedia(index)
+                devices = pj.Endpoint.instance().audDevManager()
+                devices.getCaptureDevMedia().startTransmit(audio)
+                audio.startTransmit(devices.getPlaybackDevMedia())
+                self.audio_index = index
+
+    def say_stats_once(self):
+        """The stream's RTP counts, once, a second into the call."""
+        if self.stats_said or self.audio_index is None or self.confirmed_at is None:
+            return
+        if time.monotonic() - self.confirmed_at < 1:
+            return
+        stat = self.getStreamStat(self.audio_index)
+        say("rtp", "rx=%d" % stat.rtcp.rxStat.pkt, "tx=%d" % stat.rtcp.txStat.pkt)
+        self.stats_said = True
 
 
 class SlowLink(threading.Thread):
@@ -248,7 +270,13 @@ class Phone:
             ok = pump_until(lambda: len(account.states) > count)
         if ok and args.answer and account.states[-1] == 200:
             say("ready")
-            ok = pump_until(lambda: self.call is not None and self.call.disconnected)
+
+            def answered_and_ended():
+                if self.call is not None and not self.call.disconnected:
+                    self.call.say_stats_once()
+                return self.call is not None and self.call.disconnected
+
+            ok = pump_until(answered_and_ended)
         if ok and args.call and account.states[-1] == 200:
             call = Call(account, self)
             self.call = call
@@ -256,9 +284,9 @@ class Phone:
             call.makeCall("sip:%s@%s;transport=%s" % (args.call, args.registrar, args.transport), parameters)
             ok = pump_until(lambda: call.disconnected or (call.confirmed_at and call.media_said))
             if ok and not call.disconnected:
-                # A second of the call, then hang up.
-                until = time.monotonic() + 1
-                pump_until(lambda: time.monotonic() > until)
+                # Two seconds of the call, its RTP counts said after one, then hang up.
+                until = time.monotonic() + 2
+                pump_until(lambda: call.say_stats_once() or time.monotonic() > until)
                 call.hangup(pj.CallOpParam())
                 ok = pump_until(lambda: call.disconnected)
         # No Call may outlive the library: its destructor calls into it.

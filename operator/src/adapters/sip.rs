@@ -152,6 +152,20 @@ pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &Phone
     Ok(SipTls { config, legacy, client: Some(client) })
 }
 
+/// The media relay the SIP service sends calls through, on `bind` with the cluster's `spec.media`.
+pub fn media_relay(
+    bind: IpAddr,
+    media: &crate::api::MediaSettings,
+) -> Result<std::sync::Arc<crate::services::media::relay::MediaRelay>, String> {
+    use crate::services::media::relay::{Latching, MediaRelay, RelaySettings};
+    let latching = match media.latching.unwrap_or_default() {
+        crate::api::MediaLatching::FirstPacket => Latching::FirstPacket,
+        crate::api::MediaLatching::SdpOnly => Latching::SdpOnly,
+    };
+    MediaRelay::new(RelaySettings { bind, ports: media.ports(), inactivity: media.inactivity(), latching })
+        .map_err(|e| format!("the media relay (spec.media): {e}"))
+}
+
 /// UDP and TCP on the one port SIP uses for both.
 pub async fn bind_udp_and_tcp(address: SocketAddr) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
     let udp = crate::services::udp_listener::bind(address).await?;

@@ -201,17 +201,24 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         None => None,
     };
     let update = capf.as_ref().map(|_| capf::Update::of(&first.snapshot));
+    let media = first.media();
     let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view } =
         build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
     files.replace(served);
     let sip_ports = sip_sockets.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
+    let relay = match &sip_sockets {
+        Some(_) => {
+            Some(crate::adapters::sip::media_relay(options.bind, &media).map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?)
+        }
+        None => None,
+    };
     let sip = sip_sockets.map(|(listeners, line, _)| {
         let (directory, tls) = sip_view.unwrap_or_default();
         let versions = if tls.as_ref().is_some_and(|t| t.legacy.is_some()) { "TLS 1.0 to 1.3" } else { "TLS 1.2 or 1.3" };
-        (
-            SipService::new(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls),
-            (listeners, format!("{line}; SIP-TLS: {versions}")),
-        )
+        let service = SipService::new(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls);
+        let ports = media.ports();
+        let media_line = format!("; media relayed on {} ports {}-{}", options.bind, ports.start(), ports.end());
+        (service, (listeners, format!("{line}; SIP-TLS: {versions}{media_line}")))
     });
     let mut tvs_line = None;
     if let Some(tvs) = &tvs {
@@ -239,6 +246,10 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             namespace_dir.join(crate::adapters::sip::REGISTRATIONS_FILE),
             sip_cancel.clone(),
         ));
+        if let Some(relay) = &relay {
+            service.relay_media_through(relay.clone());
+            tokio::spawn(relay.clone().reap_inactive(sip_cancel.clone()));
+        }
         tokio::spawn(service.serve(listeners, sip_cancel.clone()))
     });
 
@@ -580,6 +591,11 @@ impl Validated {
     fn sip_ports(&self) -> Option<(u16, u16)> {
         let cluster = self.snapshot.clusters.values().next()?;
         self.runs_tvs().then(|| (cluster.spec.ports().sip_port(), cluster.spec.ports().sip_secure_port()))
+    }
+
+    /// The cluster's media relay settings (`spec.media`), defaults where it sets none.
+    fn media(&self) -> crate::api::MediaSettings {
+        self.snapshot.clusters.values().next().and_then(|c| c.spec.media.clone()).unwrap_or_default()
     }
 
     /// The cluster's CAPF port (`spec.ports.capfPort`, else 3804), when it runs CAPF (P.6-6).

@@ -4,4 +4,5 @@
 
 pub mod pool;
 pub mod relay;
+pub mod sdp;
 pub mod srtp;

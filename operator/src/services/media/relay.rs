@@ -169,7 +169,7 @@ impl MediaRelay {
     }
 
     /// Two port pairs for call `id`, the caller's leg first; the loops start at once.
-    pub async fn allocate(self: &Arc<Self>, id: &str, encrypted: bool) -> Result<[u16; 2], MediaError> {
+    pub fn allocate(self: &Arc<Self>, id: &str, encrypted: bool) -> Result<[u16; 2], MediaError> {
         if self.calls.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
             return Err(MediaError::Duplicate(id.to_string()));
         }
@@ -265,6 +265,11 @@ impl MediaRelay {
             pool.give_back(port);
         }
         Ok(())
+    }
+
+    /// The address the legs are bound on, which the SDP sent to each end names.
+    pub fn address(&self) -> IpAddr {
+        self.settings.bind
     }
 
     /// Calls in the relay now.
@@ -419,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn each_end_hears_the_other_from_the_relay_and_a_stranger_is_dropped() {
         let relay = relay(31000..=31099, Duration::from_secs(30), Latching::FirstPacket);
-        let [caller_port, callee_port] = relay.allocate("call-1", false).await.unwrap();
+        let [caller_port, callee_port] = relay.allocate("call-1", false).unwrap();
         let ((a, a_address), (b, b_address), (a_rtcp, _), (stranger, _)) = (phone().await, phone().await, phone().await, phone().await);
         relay.update("call-1", Side::Caller, offer(a_address, false, None)).unwrap();
         relay.update("call-1", Side::Callee, offer(b_address, true, None)).unwrap();
@@ -446,7 +451,7 @@ mod tests {
     #[tokio::test]
     async fn with_sdp_only_latching_only_the_offered_address_is_heard() {
         let relay = relay(31100..=31199, Duration::from_secs(30), Latching::SdpOnly);
-        let [caller_port, _] = relay.allocate("call-2", false).await.unwrap();
+        let [caller_port, _] = relay.allocate("call-2", false).unwrap();
         let ((a, a_address), (b, b_address), (elsewhere, _)) = (phone().await, phone().await, phone().await);
         relay.update("call-2", Side::Caller, offer(a_address, false, None)).unwrap();
         relay.update("call-2", Side::Callee, offer(b_address, false, None)).unwrap();
@@ -460,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn an_encrypted_call_forwards_srtp_as_it_came_and_never_rtp() {
         let relay = relay(31200..=31299, Duration::from_secs(30), Latching::FirstPacket);
-        let [caller_port, _] = relay.allocate("call-3", true).await.unwrap();
+        let [caller_port, _] = relay.allocate("call-3", true).unwrap();
         let ((a, a_address), (b, b_address)) = (phone().await, phone().await);
         let key = parse_crypto_line(KEY_LINE).unwrap();
         assert_eq!(
@@ -486,7 +491,7 @@ mod tests {
     async fn a_call_whose_media_stops_is_released_and_its_ports_return() {
         let relay = relay(31300..=31309, Duration::from_millis(300), Latching::FirstPacket);
         let free = relay.free_pairs();
-        relay.allocate("call-4", false).await.unwrap();
+        relay.allocate("call-4", false).unwrap();
         assert_eq!(relay.free_pairs(), free - 2);
         tokio::spawn(relay.clone().reap_inactive(CancellationToken::new()));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -501,12 +506,12 @@ mod tests {
     #[tokio::test]
     async fn a_full_pool_refuses_a_call_with_the_range_and_takes_one_again_after_a_release() {
         let relay = relay(31400..=31403, Duration::from_secs(30), Latching::FirstPacket);
-        relay.allocate("call-5", false).await.unwrap();
-        let refused = relay.allocate("call-6", false).await.unwrap_err();
+        relay.allocate("call-5", false).unwrap();
+        let refused = relay.allocate("call-6", false).unwrap_err();
         assert_eq!(refused.to_string(), "no media port pair free in 31400-31403: 2 pair(s) in calls");
         assert_eq!(relay.free_pairs(), 0, "a half-made call gives its pair back");
-        assert_eq!(relay.allocate("call-5", false).await, Err(MediaError::Duplicate("call-5".into())));
+        assert_eq!(relay.allocate("call-5", false), Err(MediaError::Duplicate("call-5".into())));
         relay.release("call-5").await.unwrap();
-        relay.allocate("call-6", false).await.unwrap();
+        relay.allocate("call-6", false).unwrap();
     }
 }

@@ -5,6 +5,7 @@ pub mod digest;
 pub mod directory;
 pub mod identity;
 pub mod legacy;
+mod media;
 pub mod proxy;
 pub mod registrar;
 pub mod server;

@@ -83,7 +83,7 @@ pub fn without_crypto(body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Replaces the body of `headers`' message, keeping Content-Length true.
-fn set_body(headers: &mut sip::Headers, body: &mut Vec<u8>, new: Vec<u8>) {
+pub(super) fn set_body(headers: &mut sip::Headers, body: &mut Vec<u8>, new: Vec<u8>) {
     *body = new;
     headers.unique_push(Header::ContentLength((body.len() as u32).into()));
 }
@@ -173,6 +173,14 @@ impl SipService {
             tracing::info!(from = %caller.subject, to = %callee.subject, "a=crypto removed from the offer: a leg is not encrypted TLS (P.1-6)");
             set_body(&mut forward.headers, &mut forward.body, body);
         }
+        let call_id = server.original.call_id_header().map(|c| c.value().to_string()).unwrap_or_default();
+        let media = match self.media_relay() {
+            Some(relay) => match super::media::RelayedCall::offer(&relay, &call_id, &mut forward, keys_pass) {
+                Ok(media) => media,
+                Err(decision) => return self.answer(&mut server, decision).await,
+            },
+            None => None,
+        };
         let (inbound, outbound) = (self.local_address(caller.transport), self.local_address(callee.transport));
         let (Some(inbound), Some(outbound)) = (inbound, outbound) else {
             return self
@@ -215,6 +223,7 @@ impl SipService {
             }
         });
         let mut challenged = false;
+        let mut media_answered = false;
         while let Some(message) = client.receive().await {
             let SipMessage::Response(mut response) = message else { continue };
             if response.status_code == StatusCode::Trying {
@@ -247,11 +256,21 @@ impl SipService {
             if !keys_pass && let Some(body) = without_crypto(&response.body) {
                 set_body(&mut response.headers, &mut response.body, body);
             }
+            if let Some(media) = &media {
+                if response.status_code.kind() == sip::StatusCodeKind::Successful {
+                    media_answered = true;
+                }
+                media.answer(&mut response);
+            }
             if response.status_code == StatusCode::OK {
                 self.count_call(security);
                 tracing::info!(from = %caller.subject, to = %callee.subject, ?security, "call answered");
             }
             let _ = upstream.send(TransactionEvent::Respond(response));
+        }
+        // No call came of it: its legs go back.
+        if let Some(media) = media.filter(|_| !media_answered) {
+            media.release();
         }
         Ok(())
     }
@@ -284,6 +303,12 @@ impl SipService {
         let caller_cseq = cseq_of(&request);
         if offset > 0 {
             renumber(&mut request, caller_cseq + offset)?;
+        }
+        // A BYE ends the call's media, whatever its answer.
+        if request.method == Method::Bye
+            && let (Some(relay), Ok(call_id)) = (self.media_relay(), request.call_id_header())
+        {
+            super::media::release(&relay, call_id.value());
         }
         let endpoint = server.endpoint_inner.clone();
         let Some(forward) = prepare_forward(&endpoint, request, &inbound, &outbound, false)? else {

@@ -92,6 +92,8 @@ pub struct SipService {
     endpoint: Mutex<Option<rsipstack::transaction::endpoint::EndpointInnerRef>>,
     /// The ports of the phones' listeners; the others are trunks' only.
     phone_ports: Mutex<Vec<u16>>,
+    /// The relay calls' media goes through, when one runs beside the service.
+    media: std::sync::OnceLock<Arc<crate::services::media::relay::MediaRelay>>,
     pub counters: Counters,
 }
 
@@ -146,6 +148,7 @@ impl SipService {
             listening: Mutex::new(Vec::new()),
             phone_ports: Mutex::new(Vec::new()),
             endpoint: Mutex::new(None),
+            media: std::sync::OnceLock::new(),
             counters: Counters::default(),
         })
     }
@@ -172,6 +175,15 @@ impl SipService {
             Some(client) => endpoint.transport_layer.set_tls_config(client),
             None => endpoint.transport_layer.clear_tls_config(),
         }
+    }
+
+    /// Sends calls' media through `relay` from now on; a relay already set stays.
+    pub fn relay_media_through(&self, relay: Arc<crate::services::media::relay::MediaRelay>) {
+        let _ = self.media.set(relay);
+    }
+
+    pub(super) fn media_relay(&self) -> Option<Arc<crate::services::media::relay::MediaRelay>> {
+        self.media.get().cloned()
     }
 
     pub fn registrar(&self) -> &Registrar {
@@ -1461,6 +1473,37 @@ mod tests {
         assert_eq!(status, 503, "{text}");
         assert!(text.contains(&format!("Retry-After: {RETRY_AFTER_SECONDS}")), "{text}");
         assert_eq!(lab.service.counters.overloaded.load(Ordering::Relaxed), 1);
+    }
+
+    /// The relay needs two port pairs a call; with one, the call is refused at the signaling layer,
+    /// with the range in the Warning, and nothing is left allocated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_the_media_relay_has_no_ports_for_is_refused_with_503_naming_the_range() {
+        use crate::services::media::relay::{Latching, MediaRelay, RelaySettings};
+        let lab = lab().await;
+        let settings = RelaySettings {
+            bind: [127, 0, 0, 1].into(),
+            ports: 31500..=31501,
+            inactivity: Duration::from_secs(30),
+            latching: Latching::FirstPacket,
+        };
+        let relay = MediaRelay::new(settings).unwrap();
+        lab.service.relay_media_through(relay.clone());
+        let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
+        callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
+        assert!(read_message(&mut callee, &mut Vec::new()).await.starts_with("SIP/2.0 200"));
+
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (status, challenge) = udp_exchange(&socket, lab.udp, invite("UDP", local, lab.udp, "1005", "1004", 1, None)).await;
+        assert_eq!(status, 401, "{challenge}");
+        let answer = md5_answer_for("INVITE", &challenge, "user1005", "secret", &format!("sip:1004@{}", lab.udp), 1);
+        socket.send_to(invite("UDP", local, lab.udp, "1005", "1004", 2, Some(answer)).as_bytes(), lab.udp).await.unwrap();
+        let answered = udp_final_answer(&socket).await;
+        assert!(answered.starts_with("SIP/2.0 503"), "{answered}");
+        assert!(answered.contains("no media port pair free in 31500-31501"), "{answered}");
+        assert_eq!((relay.calls(), relay.free_pairs()), (0, 1), "the pair taken for the first leg is back");
+        assert_eq!(relay.counters.refused_exhausted.load(Ordering::Relaxed), 1);
     }
 
     #[test]
