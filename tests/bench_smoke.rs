@@ -46,6 +46,34 @@ fn the_capf_benchmark_enrols_five_phones_and_prints_its_figures() {
 /// figures are positive, the first ratio is Callguard's rate over Kamailio's and the second its
 /// registrations per server CPU-second over Kamailio's. Nothing is asserted of their size. A missing
 /// sipp or kamailio fails the test.
+/// `bench media` sets up calls in rtpengine over its ng protocol and in Callguard's relay, carries
+/// RTP through both and straight over loopback, and prints each path's highest rate without loss
+/// and the two ratios, which must be those rates' quotients. Nothing is asserted of their size
+/// beyond that each path carried the first rate. A missing rtpengine fails the test.
+#[test]
+fn the_media_benchmark_relays_through_rtpengine_and_callguard_and_prints_its_figures() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(["bench", "media", "--streams", "4", "--seconds", "0.2"])
+        .output()
+        .expect("the callguard binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let rate = |name: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{name} in {stdout}"));
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a rate for {name}: {line}"))
+    };
+    let (loopback, rtpengine, callguard) = (rate("loopback"), rate("rtpengine"), rate("Callguard"));
+    assert!(loopback >= 20_000.0 && rtpengine >= 20_000.0 && callguard >= 20_000.0, "each carried the first rate: {stdout}");
+    let ratios: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("ratio:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(ratios.len(), 2, "{stdout}");
+    assert!((ratios[0] - callguard / rtpengine).abs() <= 0.006, "{stdout}");
+    assert!((ratios[1] - callguard / loopback).abs() <= 0.006, "{stdout}");
+}
+
 #[test]
 fn the_sip_benchmark_registers_through_both_servers_and_prints_its_figures() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::validate::manifest;
 
 pub mod capf;
+pub mod media;
 pub mod sip;
 pub mod sip_tls;
 pub mod tftp;

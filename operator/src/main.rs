@@ -401,6 +401,16 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
+    /// RTP relayed without loss: the highest rate straight over loopback, through rtpengine and
+    /// through Callguard's media relay, one generator for all three.
+    Media {
+        /// Streams (one direction of a call each) the rate is spread over.
+        #[arg(long, default_value_t = 50)]
+        streams: usize,
+        /// Seconds each rate is held.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// Full mutual-TLS handshakes per second against Callguard's SIP-TLS listener and against
     /// `openssl s_server` with the same certificates, each server on one thread.
     SipTls {
@@ -785,6 +795,7 @@ fn main() -> ExitCode {
         Command::Bench { bench: Bench::Sip { registrations, users, concurrency } } => {
             bench_result(callguard::bench::sip::run(registrations, users, concurrency))
         }
+        Command::Bench { bench: Bench::Media { streams, seconds } } => bench_result(callguard::bench::media::run(streams, seconds)),
         Command::Bench { bench: Bench::SipTls { handshakes, concurrency } } => {
             bench_result(callguard::bench::sip_tls::run(handshakes, concurrency))
         }

@@ -24,7 +24,27 @@ use super::pool::{PoolExhausted, PortPool};
 use super::srtp::{SdesKey, SrtpCheck, is_rtcp};
 
 /// Largest datagram relayed; RTP over Ethernet stays well under it.
-const MAX_DATAGRAM: usize = 2048;
+pub(crate) const MAX_DATAGRAM: usize = 2048;
+/// Datagrams read at once per port (recvmmsg): 32 KiB of buffer a port, made once.
+pub(crate) const BATCH: usize = 16;
+
+/// Turns off UDP GRO, which quinn-udp turns on: phones send one packet at a time, so it would
+/// coalesce little, and a buffer for its 64-segment trains would take 4 MiB a port.
+pub(crate) fn without_gro(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt reads `off` for the length given; a failure leaves GRO as it was, and the
+    // loop then reads coalesced datagrams by their stride all the same (truncated past the buffer).
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
 
 /// How each leg's far end is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +110,8 @@ pub struct MediaCounters {
     pub dropped_not_srtp: AtomicU64,
     /// The other end's address is not known yet.
     pub dropped_no_destination: AtomicU64,
+    /// The sending port's buffer was full.
+    pub dropped_full: AtomicU64,
     pub calls_encrypted: AtomicU64,
     pub calls_unencrypted: AtomicU64,
     pub calls_timed_out: AtomicU64,
@@ -225,6 +247,10 @@ impl MediaRelay {
         let socket = std::net::UdpSocket::bind((self.settings.bind, port)).map_err(|e| format!("port {port}: {e}"))?;
         socket.set_nonblocking(true).map_err(|e| e.to_string())?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(|e| e.to_string())?;
+        without_gro(&socket);
+        // Deep buffers both ways, as for SIP (services::udp_listener): a burst waits, not dropped.
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), crate::services::udp_listener::RECEIVE_BUFFER);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), crate::services::udp_listener::RECEIVE_BUFFER);
         let socket = UdpSocket::from_std(socket).map_err(|e| e.to_string())?;
         Ok(Port { socket, state })
     }
@@ -318,14 +344,12 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
     let leg = &call.legs[from];
     let other = &call.legs[1 - from];
     let port = if rtcp_port { &leg.rtcp } else { &leg.rtp };
-    let gro = port.state.gro_segments();
-    let batch = quinn_udp::BATCH_SIZE;
-    let mut storage = vec![0u8; MAX_DATAGRAM * gro * batch];
-    let mut meta = vec![RecvMeta::default(); batch];
+    let mut storage = vec![0u8; MAX_DATAGRAM * BATCH];
+    let mut meta = vec![RecvMeta::default(); BATCH];
     let counters = &relay.counters;
     loop {
         let received = {
-            let mut slices: Vec<IoSliceMut<'_>> = storage.chunks_mut(MAX_DATAGRAM * gro).map(IoSliceMut::new).collect();
+            let mut slices: Vec<IoSliceMut<'_>> = storage.chunks_mut(MAX_DATAGRAM).map(IoSliceMut::new).collect();
             let read = port.socket.async_io(Interest::READABLE, || port.state.recv(UdpSockRef::from(&port.socket), &mut slices, &mut meta));
             tokio::select! {
                 _ = call.stop.cancelled() => return,
@@ -340,7 +364,7 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
             (far.rtp_destination(), far.rtcp_destination())
         };
         let settings = &relay.settings;
-        for (buffer, meta) in storage.chunks(MAX_DATAGRAM * gro).zip(&meta).take(count) {
+        for (buffer, meta) in storage.chunks(MAX_DATAGRAM).zip(&meta).take(count) {
             let stride = meta.stride.max(1);
             for packet in buffer[..meta.len].chunks(stride) {
                 let rtcp = rtcp_port || is_rtcp(packet);
@@ -367,6 +391,8 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
                 if out.state.try_send(UdpSockRef::from(&out.socket), &transmit).is_ok() {
                     counters.packets.fetch_add(1, Relaxed);
                     counters.bytes.fetch_add(packet.len() as u64, Relaxed);
+                } else {
+                    counters.dropped_full.fetch_add(1, Relaxed);
                 }
             }
         }
