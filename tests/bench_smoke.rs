@@ -8,6 +8,21 @@ mod peers;
 #[allow(dead_code)] // the benchmark's own `main`, which `cargo bench` runs
 mod reconcile;
 
+/// The number after the name that opens a line of a benchmark's output (its rate).
+fn first_figure(stdout: &str, name: &str) -> f64 {
+    let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{name} in {stdout}"));
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a figure for {name}: {line}"))
+}
+
+/// The figures of the `ratio:` lines, in order.
+fn ratios(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("ratio:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconcile_benchmark_brings_every_phone_of_a_small_namespace_to_ready() {
     if let Err(e) = reconcile::run(300).await {
@@ -58,17 +73,10 @@ fn the_media_benchmark_relays_through_rtpengine_and_callguard_and_prints_its_fig
         .expect("the callguard binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let rate = |name: &str| -> f64 {
-        let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{name} in {stdout}"));
-        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a rate for {name}: {line}"))
-    };
+    let rate = |name: &str| first_figure(&stdout, name);
     let (loopback, rtpengine, callguard) = (rate("loopback"), rate("rtpengine"), rate("Callguard"));
     assert!(loopback >= 20_000.0 && rtpengine >= 20_000.0 && callguard >= 20_000.0, "each carried the first rate: {stdout}");
-    let ratios: Vec<f64> = stdout
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("ratio:"))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect();
+    let ratios = ratios(&stdout);
     assert_eq!(ratios.len(), 2, "{stdout}");
     assert!((ratios[0] - callguard / rtpengine).abs() <= 0.006, "{stdout}");
     assert!((ratios[1] - callguard / loopback).abs() <= 0.006, "{stdout}");
@@ -82,18 +90,11 @@ fn the_sip_benchmark_registers_through_both_servers_and_prints_its_figures() {
         .expect("the callguard binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let rate = |name: &str| -> f64 {
-        let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{name} in {stdout}"));
-        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a rate for {name}: {line}"))
-    };
+    let rate = |name: &str| first_figure(&stdout, name);
     let (kamailio, callguard) = (rate("Kamailio"), rate("Callguard"));
     assert!(kamailio > 0.0 && callguard > 0.0, "{stdout}");
     assert!(stdout.contains("Callguard counted 200 registrations"), "{stdout}");
-    let ratios: Vec<f64> = stdout
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("ratio:"))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect();
+    let ratios = ratios(&stdout);
     assert_eq!(ratios.len(), 2, "{stdout}");
     assert!((ratios[0] - callguard / kamailio).abs() <= 0.006, "{} vs {} in {stdout}", ratios[0], callguard / kamailio);
     let capacity = |name: &str| -> f64 {
