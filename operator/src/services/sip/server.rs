@@ -1,7 +1,8 @@
 //! The SIP listeners and the registrar's policy (Table 5-2, P.8-1): which phone may register which
 //! line, over which transport, with which certificate and digest answer. rsipstack parses the
-//! messages and runs the transactions; connections are accepted here, so that TCP gets a deep
-//! accept queue and TLS asks for, and keeps, the phone's certificate.
+//! messages and runs the transactions, but for phones' REGISTERs, answered before them
+//! (`stateless`); connections are accepted here, so that TCP gets a deep accept queue and TLS asks
+//! for, and keeps, the phone's certificate.
 //! INVITE and the requests of a dialog go to `proxy`; a trunk's requests pass Table 14-1 here first.
 
 use std::collections::HashMap;
