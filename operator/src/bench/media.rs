@@ -6,19 +6,19 @@
 //! The generator (one thread: the senders and the receivers) is the same for all three.
 
 use std::collections::BTreeMap;
-use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use serde_bencode::value::Value;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
+use crate::services::media::port::{Batch, Port};
 use crate::services::media::relay::{Latching, LegOffer, MediaRelay, RelaySettings, Side};
+
+/// Where every generator socket is bound: any free port on loopback.
+const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// Both relays' ports lie below the kernel's ephemeral range (32768 and up), where the generator's
 /// sockets are: rtpengine loses the streams whose generator port falls in its own range.
@@ -38,27 +38,6 @@ struct Stream {
     target: SocketAddr,
 }
 
-struct Port {
-    socket: UdpSocket,
-    state: UdpSocketState,
-}
-
-impl Port {
-    fn bind() -> Result<Port, String> {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let state = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(|e| e.to_string())?;
-        crate::services::media::relay::without_gro(&socket);
-        // The same deep buffers for every path: the receiver drains in batches.
-        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), crate::services::udp_listener::RECEIVE_BUFFER);
-        Ok(Port { socket: UdpSocket::from_std(socket).map_err(|e| e.to_string())?, state })
-    }
-
-    fn address(&self) -> SocketAddr {
-        self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
-    }
-}
-
 /// The rates found: the highest without loss, per path.
 pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     let generator = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -75,7 +54,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     let through_rtpengine = generator.block_on(async {
         let mut calls = Vec::new();
         for i in 0..streams {
-            calls.push((Port::bind()?, Port::bind()?, i));
+            calls.push((Port::bind(LOOPBACK)?, Port::bind(LOOPBACK)?, i));
         }
         let mut out = Vec::new();
         for (sender, receiver, i) in calls {
@@ -109,7 +88,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
         let mut out = Vec::new();
         for i in 0..streams {
             let id = format!("bench-{i}");
-            let (sender, receiver) = generator.block_on(async { Ok::<_, String>((Port::bind()?, Port::bind()?)) })?;
+            let (sender, receiver) = generator.block_on(async { Ok::<_, String>((Port::bind(LOOPBACK)?, Port::bind(LOOPBACK)?)) })?;
             let [caller_leg, _] = runtime.block_on(async { relay.allocate(&id, false) }).map_err(|e| e.to_string())?;
             let offer = |address| LegOffer { address, rtcp_mux: false, key: None };
             relay.update(&id, Side::Caller, offer(sender.address())).map_err(|e| e.to_string())?;
@@ -139,7 +118,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
 fn streams_to(streams: usize, target: impl Fn(SocketAddr) -> Result<SocketAddr, String>) -> Result<Vec<Stream>, String> {
     let mut out = Vec::new();
     for _ in 0..streams {
-        let (sender, receiver) = (Port::bind()?, Port::bind()?);
+        let (sender, receiver) = (Port::bind(LOOPBACK)?, Port::bind(LOOPBACK)?);
         let target = target(receiver.address())?;
         out.push(Stream { sender, receiver, target });
     }
@@ -222,9 +201,7 @@ async fn send(streams: &[Stream], rate: u64, step: Duration) -> u64 {
         for _ in 0..now {
             let stream = &streams[next];
             next = (next + 1) % streams.len();
-            let transmit = Transmit { destination: stream.target, ecn: None, contents: &packet, segment_size: None, src_ip: None };
-            let sending = || stream.sender.state.try_send(UdpSockRef::from(&stream.sender.socket), &transmit);
-            if stream.sender.socket.async_io(Interest::WRITABLE, sending).await.is_ok() {
+            if stream.sender.send(stream.target, &packet).await.is_ok() {
                 sent += 1;
             }
         }
@@ -233,20 +210,13 @@ async fn send(streams: &[Stream], rate: u64, step: Duration) -> u64 {
 }
 
 async fn receive(port: &Port, received: Arc<AtomicU64>, stop: tokio_util::sync::CancellationToken) {
-    use crate::services::media::relay::{BATCH, MAX_DATAGRAM};
-    let mut storage = vec![0u8; MAX_DATAGRAM * BATCH];
-    let mut meta = vec![RecvMeta::default(); BATCH];
+    let mut batch = Batch::default();
     loop {
-        let count = {
-            let mut slices: Vec<IoSliceMut<'_>> = storage.chunks_mut(MAX_DATAGRAM).map(IoSliceMut::new).collect();
-            let read = port.socket.async_io(Interest::READABLE, || port.state.recv(UdpSockRef::from(&port.socket), &mut slices, &mut meta));
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                read = read => match read { Ok(count) => count, Err(_) => continue },
-            }
+        let count = tokio::select! {
+            _ = stop.cancelled() => return,
+            read = port.receive(&mut batch) => match read { Ok(count) => count, Err(_) => continue },
         };
-        let packets: usize = meta.iter().take(count).map(|m| m.len.div_ceil(m.stride.max(1))).sum();
-        received.fetch_add(packets as u64, Relaxed);
+        received.fetch_add(batch.datagrams(count).count() as u64, Relaxed);
     }
 }
 

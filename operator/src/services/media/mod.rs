@@ -3,6 +3,7 @@
 //! RTP (P.1-20, P.1-21).
 
 pub mod pool;
+pub mod port;
 pub mod relay;
 pub mod sdp;
 pub mod srtp;

@@ -8,43 +8,17 @@
 //! an encrypted call's packet.
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::{PoolExhausted, PortPool};
+use super::port::{Batch, Port};
 use super::srtp::{SdesKey, SrtpCheck, is_rtcp};
-
-/// Largest datagram relayed; RTP over Ethernet stays well under it.
-pub(crate) const MAX_DATAGRAM: usize = 2048;
-/// Datagrams read at once per port (recvmmsg): 32 KiB of buffer a port, made once.
-pub(crate) const BATCH: usize = 16;
-
-/// Turns off UDP GRO, which quinn-udp turns on: phones send one packet at a time, so it would
-/// coalesce little, and a buffer for its 64-segment trains would take 4 MiB a port.
-pub(crate) fn without_gro(socket: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let off: libc::c_int = 0;
-    // SAFETY: setsockopt reads `off` for the length given; a failure leaves GRO as it was, and the
-    // loop then reads coalesced datagrams by their stride all the same (truncated past the buffer).
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&off as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
 
 /// How each leg's far end is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +55,13 @@ pub struct LegOffer {
     pub rtcp_mux: bool,
     /// The key it sends with (`a=crypto`), on an encrypted call.
     pub key: Option<SdesKey>,
+}
+
+impl LegOffer {
+    /// Where its RTCP goes without rtcp-mux: the port above its RTP port (RFC 3550 §11).
+    fn rtcp_address(&self) -> SocketAddr {
+        SocketAddr::new(self.address.ip(), self.address.port().wrapping_add(1))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -144,11 +125,6 @@ struct Leg {
     end: Mutex<End>,
 }
 
-struct Port {
-    socket: UdpSocket,
-    state: UdpSocketState,
-}
-
 /// What is known of a leg's far end.
 #[derive(Default)]
 struct End {
@@ -169,8 +145,7 @@ impl End {
         if offer.rtcp_mux {
             return self.rtp_destination().map(|a| (a, true));
         }
-        let above = SocketAddr::new(offer.address.ip(), offer.address.port().wrapping_add(1));
-        Some((self.latched_rtcp.unwrap_or(above), false))
+        Some((self.latched_rtcp.unwrap_or(offer.rtcp_address()), false))
     }
 }
 
@@ -244,15 +219,7 @@ impl MediaRelay {
     }
 
     fn bind_port(&self, port: u16) -> Result<Port, String> {
-        let socket = std::net::UdpSocket::bind((self.settings.bind, port)).map_err(|e| format!("port {port}: {e}"))?;
-        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let state = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(|e| e.to_string())?;
-        without_gro(&socket);
-        // Deep buffers both ways, as for SIP (services::udp_listener): a burst waits, not dropped.
-        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), crate::services::udp_listener::RECEIVE_BUFFER);
-        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), crate::services::udp_listener::RECEIVE_BUFFER);
-        let socket = UdpSocket::from_std(socket).map_err(|e| e.to_string())?;
-        Ok(Port { socket, state })
+        Port::bind(SocketAddr::new(self.settings.bind, port))
     }
 
     /// What `side`'s SDP says: where its media comes from and goes, and its key.
@@ -336,7 +303,7 @@ impl MediaRelay {
 }
 
 fn port_of(leg: &Leg) -> u16 {
-    leg.rtp.socket.local_addr().map(|a| a.port()).unwrap_or_default()
+    leg.rtp.address().port()
 }
 
 /// The loop of one port: leg `from`'s RTP port, or its RTCP port (`rtcp_port`).
@@ -344,17 +311,12 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
     let leg = &call.legs[from];
     let other = &call.legs[1 - from];
     let port = if rtcp_port { &leg.rtcp } else { &leg.rtp };
-    let mut storage = vec![0u8; MAX_DATAGRAM * BATCH];
-    let mut meta = vec![RecvMeta::default(); BATCH];
+    let mut batch = Batch::default();
     let counters = &relay.counters;
     loop {
-        let received = {
-            let mut slices: Vec<IoSliceMut<'_>> = storage.chunks_mut(MAX_DATAGRAM).map(IoSliceMut::new).collect();
-            let read = port.socket.async_io(Interest::READABLE, || port.state.recv(UdpSockRef::from(&port.socket), &mut slices, &mut meta));
-            tokio::select! {
-                _ = call.stop.cancelled() => return,
-                read = read => read,
-            }
+        let received = tokio::select! {
+            _ = call.stop.cancelled() => return,
+            read = port.receive(&mut batch) => read,
         };
         let Ok(count) = received else { continue };
         call.last_packet.store(relay.now_ms(), Relaxed);
@@ -364,36 +326,32 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
             (far.rtp_destination(), far.rtcp_destination())
         };
         let settings = &relay.settings;
-        for (buffer, meta) in storage.chunks(MAX_DATAGRAM).zip(&meta).take(count) {
-            let stride = meta.stride.max(1);
-            for packet in buffer[..meta.len].chunks(stride) {
-                let rtcp = rtcp_port || is_rtcp(packet);
-                if !end.admits_source(meta.addr, rtcp, rtcp_port, settings.latching) {
-                    counters.dropped_foreign.fetch_add(1, Relaxed);
-                    continue;
-                }
-                if call.encrypted && !end.srtp.as_mut().is_some_and(|check| check.admits(packet, rtcp)) {
-                    counters.dropped_not_srtp.fetch_add(1, Relaxed);
-                    continue;
-                }
-                let (destination, out) = match (rtcp, rtcp_to) {
-                    (false, _) => (rtp_to, &other.rtp),
-                    (true, Some((address, true))) => (Some(address), &other.rtp),
-                    (true, Some((address, false))) => (Some(address), &other.rtcp),
-                    (true, None) => (None, &other.rtcp),
-                };
-                let Some(destination) = destination else {
-                    counters.dropped_no_destination.fetch_add(1, Relaxed);
-                    continue;
-                };
-                let transmit = Transmit { destination, ecn: None, contents: packet, segment_size: None, src_ip: None };
-                // UDP: a full send buffer drops the packet, as the network would.
-                if out.state.try_send(UdpSockRef::from(&out.socket), &transmit).is_ok() {
-                    counters.packets.fetch_add(1, Relaxed);
-                    counters.bytes.fetch_add(packet.len() as u64, Relaxed);
-                } else {
-                    counters.dropped_full.fetch_add(1, Relaxed);
-                }
+        for (source, packet) in batch.datagrams(count) {
+            let rtcp = rtcp_port || is_rtcp(packet);
+            if !end.admits_source(source, rtcp, rtcp_port, settings.latching) {
+                counters.dropped_foreign.fetch_add(1, Relaxed);
+                continue;
+            }
+            if call.encrypted && !end.srtp.as_mut().is_some_and(|check| check.admits(packet, rtcp)) {
+                counters.dropped_not_srtp.fetch_add(1, Relaxed);
+                continue;
+            }
+            let (destination, out) = match (rtcp, rtcp_to) {
+                (false, _) => (rtp_to, &other.rtp),
+                (true, Some((address, true))) => (Some(address), &other.rtp),
+                (true, Some((address, false))) => (Some(address), &other.rtcp),
+                (true, None) => (None, &other.rtcp),
+            };
+            let Some(destination) = destination else {
+                counters.dropped_no_destination.fetch_add(1, Relaxed);
+                continue;
+            };
+            // UDP: a full send buffer drops the packet, as the network would.
+            if out.try_send(destination, packet).is_ok() {
+                counters.packets.fetch_add(1, Relaxed);
+                counters.bytes.fetch_add(packet.len() as u64, Relaxed);
+            } else {
+                counters.dropped_full.fetch_add(1, Relaxed);
             }
         }
     }
@@ -408,8 +366,7 @@ impl End {
         };
         match latching {
             Latching::SdpOnly => {
-                let expected =
-                    if rtcp_port { SocketAddr::new(offer.address.ip(), offer.address.port().wrapping_add(1)) } else { offer.address };
+                let expected = if rtcp_port { offer.rtcp_address() } else { offer.address };
                 source == expected
             }
             Latching::FirstPacket => {
@@ -425,6 +382,7 @@ mod tests {
     use super::*;
     use crate::services::media::srtp::parse_crypto_line;
     use crate::services::media::srtp::tests::{KEY_LINE, rtp, srtp};
+    use tokio::net::UdpSocket;
 
     /// Each test its own ports, so that tests running at once do not take each other's.
     fn relay(ports: RangeInclusive<u16>, inactivity: Duration, latching: Latching) -> Arc<MediaRelay> {
