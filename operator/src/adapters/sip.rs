@@ -152,9 +152,11 @@ pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &Phone
     Ok(SipTls { config, legacy, client: Some(client) })
 }
 
-/// The media relay the SIP service sends calls through, on `bind` with the cluster's `spec.media`.
+/// The media relay, its ports bound on `bind` and named `advertised` in the SDP, with the cluster's
+/// `spec.media`.
 pub fn media_relay(
     bind: IpAddr,
+    advertised: IpAddr,
     media: &crate::api::MediaSettings,
 ) -> Result<std::sync::Arc<crate::services::media::relay::MediaRelay>, String> {
     use crate::services::media::relay::{Latching, MediaRelay, RelaySettings};
@@ -162,8 +164,55 @@ pub fn media_relay(
         crate::api::MediaLatching::FirstPacket => Latching::FirstPacket,
         crate::api::MediaLatching::SdpOnly => Latching::SdpOnly,
     };
-    MediaRelay::new(RelaySettings { bind, ports: media.ports(), inactivity: media.inactivity(), latching })
+    MediaRelay::new(RelaySettings { bind, advertised, ports: media.ports(), inactivity: media.inactivity(), latching })
         .map_err(|e| format!("the media relay (spec.media): {e}"))
+}
+
+/// Each side's credentials of the media control interface: the relay's, then the signaling
+/// service's, each pinning the other's certificate.
+pub fn control_tls(
+    identity: &crate::core::build::media_control::MediaControlIdentity,
+) -> (crate::services::media::control::ControlTls, crate::services::media::control::ControlTls) {
+    use crate::services::media::control::{ControlTls, sha256};
+    let side = |own: &crate::core::build::media_control::ControlPair, peer: &crate::core::build::media_control::ControlPair| ControlTls {
+        certificate_der: own.certificate_der.clone(),
+        key_der: own.key_der.clone(),
+        peer_sha256: sha256(&peer.certificate_der),
+    };
+    (side(&identity.relay, &identity.client), side(&identity.client, &identity.relay))
+}
+
+/// A relay with its control listener bound, not yet serving (`callguard local`).
+pub struct ControlledRelay {
+    pub relay: std::sync::Arc<crate::services::media::relay::MediaRelay>,
+    listener: tokio::net::TcpListener,
+    server: std::sync::Arc<rustls::ServerConfig>,
+    client: std::sync::Arc<crate::services::media::control::MediaClient>,
+}
+
+impl ControlledRelay {
+    /// Serves the control interface and releases silent calls until `stop`; the client to drive it.
+    pub fn start(self, stop: tokio_util::sync::CancellationToken) -> std::sync::Arc<crate::services::media::control::MediaClient> {
+        tokio::spawn(crate::services::media::control::serve(self.listener, self.server, self.relay.clone(), stop.clone()));
+        tokio::spawn(self.relay.reap_inactive(stop));
+        self.client
+    }
+}
+
+/// The relay on `bind` (its ports and its control listener) with the cluster's `spec.media`, and a
+/// client of its control interface with the pinned credentials of `identity`.
+pub async fn controlled_media_relay(
+    bind: IpAddr,
+    media: &crate::api::MediaSettings,
+    identity: &crate::core::build::media_control::MediaControlIdentity,
+) -> Result<ControlledRelay, String> {
+    use crate::services::media::control::{MediaClient, server_config};
+    let relay = media_relay(bind, bind, media)?;
+    let (server_tls, client_tls) = control_tls(identity);
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(bind, 0)).await.map_err(|e| format!("media control listener on {bind}: {e}"))?;
+    let target = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    Ok(ControlledRelay { relay, listener, server: server_config(&server_tls)?, client: MediaClient::new(target, &client_tls)? })
 }
 
 /// UDP and TCP on the one port SIP uses for both.

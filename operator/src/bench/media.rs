@@ -79,6 +79,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     let (runtime, _cpu) = crate::bench::cpu_accounted_runtime("callguard-media", 1)?;
     let settings = RelaySettings {
         bind: [127, 0, 0, 1].into(),
+        advertised: [127, 0, 0, 1].into(),
         ports: 23000..=25999,
         inactivity: Duration::from_secs(600),
         latching: Latching::FirstPacket,

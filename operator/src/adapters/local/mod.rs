@@ -202,15 +202,18 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     };
     let update = capf.as_ref().map(|_| capf::Update::of(&first.snapshot));
     let media = first.media();
-    let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view } =
+    let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view, media_control } =
         build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
     files.replace(served);
     let sip_ports = sip_sockets.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
-    let relay = match &sip_sockets {
-        Some(_) => {
-            Some(crate::adapters::sip::media_relay(options.bind, &media).map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?)
-        }
-        None => None,
+    // The relay runs as in a cluster, driven over its control interface, here on loopback.
+    let relay = match (&sip_sockets, &media_control) {
+        (Some(_), Some(identity)) => Some(
+            crate::adapters::sip::controlled_media_relay(options.bind, &media, identity)
+                .await
+                .map_err(|e| LocalError::Failed(format!("callguard local: {e}")))?,
+        ),
+        _ => None,
     };
     let sip = sip_sockets.map(|(listeners, line, _)| {
         let (directory, tls) = sip_view.unwrap_or_default();
@@ -246,9 +249,8 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
             namespace_dir.join(crate::adapters::sip::REGISTRATIONS_FILE),
             sip_cancel.clone(),
         ));
-        if let Some(relay) = &relay {
-            service.relay_media_through(relay.clone());
-            tokio::spawn(relay.clone().reap_inactive(sip_cancel.clone()));
+        if let Some(relay) = relay {
+            service.relay_media_through(relay.start(sip_cancel.clone()));
         }
         tokio::spawn(service.serve(listeners, sip_cancel.clone()))
     });
@@ -351,7 +353,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                     Err(e) => Err(e),
                 };
                 match rebuilt {
-                    Ok(Built { served, capf: identity, tvs: tvs_identity, sip: sip_view }) => {
+                    Ok(Built { served, capf: identity, tvs: tvs_identity, sip: sip_view, .. }) => {
                         files.replace(served);
                         if let Some(service) = &sip_service {
                             let (directory, tls) = sip_view.unwrap_or_default();
@@ -735,7 +737,7 @@ async fn build(options: &LocalOptions, validated: Validated, previous: Option<&S
             .ok();
         (directory, tls)
     });
-    Ok(Built { served, capf: output.capf, tvs: output.tvs, sip })
+    Ok(Built { served, capf: output.capf, tvs: output.tvs, sip, media_control: output.media_control })
 }
 
 /// What a build gives the services.
@@ -744,6 +746,7 @@ struct Built {
     capf: Option<CapfIdentity>,
     tvs: Option<TvsIdentity>,
     sip: Option<(SipDirectory, Option<crate::services::sip::server::SipTls>)>,
+    media_control: Option<crate::core::build::media_control::MediaControlIdentity>,
 }
 
 /// One row per resource: kind, name, ready, reason, what is served with less protection than asked,

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod identity;
 pub mod identity_record;
 pub mod lock;
+pub mod media_control;
 pub mod phone_files;
 pub mod served;
 pub mod state;
@@ -261,6 +262,8 @@ pub struct BuildOutput {
     pub tvs: Option<TvsIdentity>,
     /// What the first node's SIP service presents and trusts, when it runs CallManager.
     pub sip: Option<SipIdentity>,
+    /// The media control interface's credentials, when a node runs CallManager (its calls' media).
+    pub media_control: Option<media_control::MediaControlIdentity>,
 }
 
 /// The SIP service's identity on a node: the CallManager certificate SIP-TLS presents (role 1 or 2,
@@ -380,6 +383,14 @@ pub fn build_namespace(
     keep_identity(state, cluster, options, &mut changes)?;
     let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
     changes.extend(issued.into_iter().map(|message| Change { kind: ChangeKind::CertificateIssued, message }));
+    let media_control = if !identity::call_manager_bases(cluster).is_empty() {
+        let mut made = Vec::new();
+        let identity = media_control::load_or_create(state, &mut made)?;
+        changes.extend(made.into_iter().map(|message| Change { kind: ChangeKind::CertificateIssued, message }));
+        Some(identity)
+    } else {
+        None
+    };
     let tftp = tftp_signer(&identity)?;
 
     // The ITL, signed by the TFTP certificate, which it also lists as SAST (P.3-4).
@@ -503,7 +514,7 @@ pub fn build_namespace(
             legacy_tls: cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled),
         })
     });
-    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip })
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip, media_control })
 }
 
 /// Resolves every phone on every core: its payloads for the catalog, and its status.

@@ -14,7 +14,7 @@ pub struct PortPool {
 }
 
 /// Every pair of the range is in a call.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("no media port pair free in {first}-{last}: {calls} pair(s) in calls")]
 pub struct PoolExhausted {
     pub first: u16,

@@ -32,8 +32,11 @@ pub enum Latching {
 
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// The address the ports are bound on, and that the SDP the signaling forwards names.
+    /// The address the ports are bound on.
     pub bind: IpAddr,
+    /// The address the SDP the signaling forwards names: `bind`, or the node's address when the
+    /// relay binds every address.
+    pub advertised: IpAddr,
     pub ports: RangeInclusive<u16>,
     /// A call none of whose ports has received a packet for this long is released.
     pub inactivity: Duration,
@@ -41,7 +44,7 @@ pub struct RelaySettings {
 }
 
 /// The two ends of a call, in the order of its offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Side {
     Caller = 0,
     Callee = 1,
@@ -64,7 +67,8 @@ impl LegOffer {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum MediaError {
     #[error(transparent)]
     Exhausted(#[from] PoolExhausted),
@@ -78,11 +82,15 @@ pub enum MediaError {
     NoKey { call: String, side: Side },
     #[error("call {call}, {side:?}: {reason}")]
     Key { call: String, side: Side, reason: String },
+    /// The signaling service could not reach a relay through the control interface.
+    #[error("no media relay answered at {target}: {reason}")]
+    Unreachable { target: String, reason: String },
 }
 
-/// What the relay has done, for metrics and tests.
+/// What the relay has done with the calls of one security class, for metrics and tests.
 #[derive(Debug, Default)]
-pub struct MediaCounters {
+pub struct ClassCounters {
+    pub calls: AtomicU64,
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
     /// From an address that is not the leg's end (`Latching`).
@@ -93,10 +101,21 @@ pub struct MediaCounters {
     pub dropped_no_destination: AtomicU64,
     /// The sending port's buffer was full.
     pub dropped_full: AtomicU64,
-    pub calls_encrypted: AtomicU64,
-    pub calls_unencrypted: AtomicU64,
+}
+
+/// What the relay has done, by security class.
+#[derive(Debug, Default)]
+pub struct MediaCounters {
+    pub encrypted: ClassCounters,
+    pub unencrypted: ClassCounters,
     pub calls_timed_out: AtomicU64,
     pub refused_exhausted: AtomicU64,
+}
+
+impl MediaCounters {
+    pub fn class(&self, encrypted: bool) -> &ClassCounters {
+        if encrypted { &self.encrypted } else { &self.unencrypted }
+    }
 }
 
 pub struct MediaRelay {
@@ -190,8 +209,7 @@ impl MediaRelay {
             pumps: Mutex::default(),
         });
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), call.clone());
-        let counter = if encrypted { &self.counters.calls_encrypted } else { &self.counters.calls_unencrypted };
-        counter.fetch_add(1, Relaxed);
+        self.counters.class(encrypted).calls.fetch_add(1, Relaxed);
         let pumps =
             [(0, false), (0, true), (1, false), (1, true)].map(|(from, rtcp)| tokio::spawn(pump(self.clone(), call.clone(), from, rtcp)));
         call.pumps.lock().unwrap_or_else(|e| e.into_inner()).extend(pumps);
@@ -260,9 +278,9 @@ impl MediaRelay {
         Ok(())
     }
 
-    /// The address the legs are bound on, which the SDP sent to each end names.
+    /// The address the SDP sent to each end names.
     pub fn address(&self) -> IpAddr {
-        self.settings.bind
+        self.settings.advertised
     }
 
     /// Calls in the relay now.
@@ -312,7 +330,7 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
     let other = &call.legs[1 - from];
     let port = if rtcp_port { &leg.rtcp } else { &leg.rtp };
     let mut batch = Batch::default();
-    let counters = &relay.counters;
+    let counters = relay.counters.class(call.encrypted);
     loop {
         let received = tokio::select! {
             _ = call.stop.cancelled() => return,
@@ -386,7 +404,8 @@ mod tests {
 
     /// Each test its own ports, so that tests running at once do not take each other's.
     fn relay(ports: RangeInclusive<u16>, inactivity: Duration, latching: Latching) -> Arc<MediaRelay> {
-        MediaRelay::new(RelaySettings { bind: [127, 0, 0, 1].into(), ports, inactivity, latching }).unwrap()
+        let bind = [127, 0, 0, 1].into();
+        MediaRelay::new(RelaySettings { bind, advertised: bind, ports, inactivity, latching }).unwrap()
     }
 
     async fn phone() -> (UdpSocket, SocketAddr) {
@@ -426,8 +445,8 @@ mod tests {
 
         stranger.send_to(&rtp(2, 0xe), to_caller_leg).await.unwrap();
         assert_eq!(receive(&b).await, None, "the caller's leg latched the caller");
-        assert_eq!(relay.counters.dropped_foreign.load(Relaxed), 1);
-        assert_eq!(relay.counters.packets.load(Relaxed), 3);
+        assert_eq!(relay.counters.unencrypted.dropped_foreign.load(Relaxed), 1);
+        assert_eq!(relay.counters.unencrypted.packets.load(Relaxed), 3);
         relay.release("call-1").await.unwrap();
         assert_eq!(relay.release("call-1").await, Err(MediaError::NoCall("call-1".into())));
     }
@@ -467,8 +486,8 @@ mod tests {
         assert_eq!(receive(&b).await, None, "plain RTP on an encrypted call");
         a.send_to(&protected, leg).await.unwrap();
         assert_eq!(receive(&b).await, None, "a replayed SRTP packet");
-        assert_eq!(relay.counters.dropped_not_srtp.load(Relaxed), 2);
-        assert_eq!(relay.counters.calls_encrypted.load(Relaxed), 1);
+        assert_eq!(relay.counters.encrypted.dropped_not_srtp.load(Relaxed), 2);
+        assert_eq!(relay.counters.encrypted.calls.load(Relaxed), 1);
     }
 
     #[tokio::test]

@@ -175,7 +175,7 @@ impl SipService {
         }
         let call_id = server.original.call_id_header().map(|c| c.value().to_string()).unwrap_or_default();
         let media = match self.media_relay() {
-            Some(relay) => match super::media::RelayedCall::offer(&relay, &call_id, &mut forward, keys_pass) {
+            Some(relay) => match super::media::RelayedCall::offer(&relay, &call_id, &mut forward, keys_pass).await {
                 Ok(media) => media,
                 Err(decision) => return self.answer(&mut server, decision).await,
             },
@@ -260,7 +260,7 @@ impl SipService {
                 if response.status_code.kind() == sip::StatusCodeKind::Successful {
                     media_answered = true;
                 }
-                media.answer(&mut response);
+                media.answer(&mut response).await;
             }
             if response.status_code == StatusCode::OK {
                 self.count_call(security);

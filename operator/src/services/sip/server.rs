@@ -94,7 +94,7 @@ pub struct SipService {
     /// The ports of the phones' listeners; the others are trunks' only.
     phone_ports: Mutex<Vec<u16>>,
     /// The relay calls' media goes through, when one runs beside the service.
-    media: std::sync::OnceLock<Arc<crate::services::media::relay::MediaRelay>>,
+    media: std::sync::OnceLock<Arc<crate::services::media::control::MediaClient>>,
     pub counters: Counters,
 }
 
@@ -179,11 +179,11 @@ impl SipService {
     }
 
     /// Sends calls' media through `relay` from now on; a relay already set stays.
-    pub fn relay_media_through(&self, relay: Arc<crate::services::media::relay::MediaRelay>) {
+    pub fn relay_media_through(&self, relay: Arc<crate::services::media::control::MediaClient>) {
         let _ = self.media.set(relay);
     }
 
-    pub(super) fn media_relay(&self) -> Option<Arc<crate::services::media::relay::MediaRelay>> {
+    pub(super) fn media_relay(&self) -> Option<Arc<crate::services::media::control::MediaClient>> {
         self.media.get().cloned()
     }
 
@@ -1480,16 +1480,9 @@ mod tests {
     /// with the range in the Warning, and nothing is left allocated.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_the_media_relay_has_no_ports_for_is_refused_with_503_naming_the_range() {
-        use crate::services::media::relay::{Latching, MediaRelay, RelaySettings};
         let lab = lab().await;
-        let settings = RelaySettings {
-            bind: [127, 0, 0, 1].into(),
-            ports: 31500..=31501,
-            inactivity: Duration::from_secs(30),
-            latching: Latching::FirstPacket,
-        };
-        let relay = MediaRelay::new(settings).unwrap();
-        lab.service.relay_media_through(relay.clone());
+        let (relay, client) = crate::services::media::control::tests::controlled_relay(31500..=31501).await;
+        lab.service.relay_media_through(client);
         let (mut callee, callee_local) = tls_connect(&lab, Some((lab.callee_lsc.clone(), &lab.phone_key))).await;
         callee.write_all(register("TLS", callee_local, lab.tls, "1004", 1, None).as_bytes()).await.unwrap();
         assert!(read_message(&mut callee, &mut Vec::new()).await.starts_with("SIP/2.0 200"));
