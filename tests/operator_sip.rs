@@ -4,7 +4,9 @@
 //! StatefulSet's own arguments under the SIP ServiceAccount, as pod 0 and as pod 1: each presents its
 //! own node's CallManager certificate over TLS. sipp (Debian `sip-tester`) registers line 2001 with
 //! digest over UDP and `/metrics` counts the binding; a password changed in its Secret is served
-//! without a restart: the old one gets 403, the new one 200.
+//! without a restart: the old one gets 403, the new one 200. `callguard serve media` runs with the
+//! media Deployment's arguments under its own ServiceAccount, and a call between two lines gets
+//! its legs from it over the pinned control interface, released at the BYE.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -39,16 +41,7 @@ crate::deref_to_running!(ServeSip);
 impl ServeSip {
     fn start(kubeconfig: &Path, args: &[String], ordinal: usize) -> ServeSip {
         assert_eq!(&args[..2], ["serve", "sip"]);
-        // The pod's own arguments, but for where it listens.
-        let mut kept = Vec::new();
-        let mut rest = args[2..].iter();
-        while let Some(arg) = rest.next() {
-            if ["--bind", "--port", "--tls-port", "--metrics-bind"].contains(&arg.as_str()) {
-                rest.next();
-            } else {
-                kept.push(arg.clone());
-            }
-        }
+        let kept = without_listening_options(&args[2..]);
         let (port, tls_port, metrics_port) = (free_udp_and_tcp_port(), free_tcp_port(), free_tcp_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
         command
@@ -69,11 +62,7 @@ impl ServeSip {
     }
 
     fn metrics(&self) -> String {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        scrape(self.metrics_port)
     }
 
     /// The subject of the certificate SIP-TLS presents, as `openssl s_client` prints it.
@@ -87,6 +76,55 @@ impl ServeSip {
         let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
         text.lines().find(|l| l.starts_with("Peer certificate:")).unwrap_or_else(|| panic!("no peer certificate in: {text}")).to_owned()
     }
+}
+
+/// `callguard serve media` with the Deployment's arguments, on loopback.
+struct ServeMedia {
+    process: Running,
+    control_port: u16,
+    metrics_port: u16,
+}
+
+crate::deref_to_running!(ServeMedia);
+
+impl ServeMedia {
+    fn start(kubeconfig: &Path, args: &[String]) -> ServeMedia {
+        assert_eq!(&args[..2], ["serve", "media"]);
+        let kept = without_listening_options(&args[2..]);
+        let (control_port, metrics_port) = (free_tcp_port(), free_tcp_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command
+            .args(["serve", "media"])
+            .args(&kept)
+            .args(["--namespace", NAMESPACE, "--bind", "127.0.0.1", "--advertise", "127.0.0.1", "--port", &control_port.to_string()])
+            .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
+            .env("KUBECONFIG", kubeconfig);
+        let mut media = ServeMedia { process: Running::spawn(command), control_port, metrics_port };
+        media.wait_for("relaying media on");
+        media
+    }
+}
+
+/// A pod's arguments but for where it listens, which the test picks.
+fn without_listening_options(args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if ["--bind", "--port", "--tls-port", "--metrics-bind"].contains(&arg.as_str()) {
+            rest.next();
+        } else {
+            kept.push(arg.clone());
+        }
+    }
+    kept
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
 
 fn stateful_set(server: &FakeApiServer) -> serde_json::Value {
@@ -135,8 +173,21 @@ async fn each_signaling_pod_serves_the_projection_as_its_node_and_follows_a_chan
         "{ports:?}"
     );
 
-    server.authenticate_as_service_account("sip-pod", NAMESPACE, "quickstart-sip");
+    // The relay, under its own ServiceAccount, with the Deployment's arguments.
+    let relay = server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-media").expect("the media Deployment");
+    let media_args: Vec<String> = serde_json::from_value(relay["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap();
+    assert_eq!(relay["spec"]["template"]["spec"]["hostNetwork"], true, "RTP on the node's own address");
+    server.authenticate_as_service_account("media-pod", NAMESPACE, "quickstart-media");
     let dir = tempfile::tempdir().unwrap();
+    let media_kubeconfig = dir.path().join("media-kubeconfig");
+    std::fs::write(&media_kubeconfig, server.kubeconfig("media-pod")).unwrap();
+    let media = tokio::task::spawn_blocking(move || ServeMedia::start(&media_kubeconfig, &media_args)).await.unwrap();
+    // The SIP pods reach it through its headless Service; here, on loopback.
+    let target = args.windows(2).find(|w| w[0] == "--media-relay").map(|w| w[1].clone()).expect("SIP is told where the relays are");
+    assert_eq!(target, "quickstart-media.default.svc:2233");
+    let args: Vec<String> = args.into_iter().map(|a| if a == target { format!("127.0.0.1:{}", media.control_port) } else { a }).collect();
+
+    server.authenticate_as_service_account("sip-pod", NAMESPACE, "quickstart-sip");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig("sip-pod")).unwrap();
     let (first, second) = tokio::task::spawn_blocking({
@@ -160,6 +211,38 @@ async fn each_signaling_pod_serves_the_projection_as_its_node_and_follows_a_chan
         assert!(asked.status.success(), "{table}{}", String::from_utf8_lossy(&asked.stderr));
         let row = table.lines().find(|l| l.starts_with("2001 ")).unwrap_or_else(|| panic!("line 2001 registered: {table}"));
         assert!(row.contains("UDP") && row.contains("127.0.0.1:"), "{row}");
+
+        // A call from 2001 to 2002: its legs come from the relay pod, and go back at the BYE.
+        let callee_port = free_udp_and_tcp_port();
+        let (status, errors) =
+            sipp_to(first.port, "register-digest.xml", "u1", "2002", Some(("dave", "FakeDave123")), callee_port, &[]).wait();
+        assert_eq!(status, 0, "registering the callee: {errors}");
+        let callee = sipp_to(first.port, "call-uas.xml", "u1", "2002", None, callee_port, &[]);
+        std::thread::sleep(Duration::from_millis(500));
+        let caller = sipp_to(
+            first.port,
+            "call-uac.xml",
+            "u1",
+            "2001",
+            Some(("carol", "FakeCarol123")),
+            free_udp_and_tcp_port(),
+            &["-key", "callee", "2002"],
+        );
+        let (status, errors) = caller.wait();
+        assert_eq!(status, 0, "the caller: {errors}");
+        assert_eq!(callee.wait().0, 0, "the callee");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let relayed = loop {
+            let text = scrape(media.metrics_port);
+            if text.contains("callguard_media_calls_active 0\n") || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // Over UDP no key may pass (P.1-6): an unencrypted call, its legs released at the BYE.
+        assert!(relayed.contains("callguard_media_calls_total{security=\"unencrypted\"} 1\n"), "{relayed}");
+        assert!(relayed.contains("callguard_media_calls_active 0\n"), "{relayed}");
+        drop(media);
         first
     })
     .await

@@ -161,7 +161,13 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
     let data_plane: Vec<&String> = readable.keys().filter(|identity| !operators.contains(&identity.as_str())).collect();
     assert_eq!(
         data_plane,
-        ["default/quickstart-capf", "default/quickstart-sip", "default/quickstart-tftp", "default/quickstart-tvs"],
+        [
+            "default/quickstart-capf",
+            "default/quickstart-media",
+            "default/quickstart-sip",
+            "default/quickstart-tftp",
+            "default/quickstart-tvs"
+        ],
         "the data-plane identities"
     );
     let tftp = &readable["default/quickstart-tftp"];
@@ -181,13 +187,24 @@ async fn no_data_plane_identity_reads_a_key_it_does_not_use() {
     assert_eq!(readable["default/quickstart-tvs"], BTreeSet::from(["quickstart-tvs".to_owned()]), "TVS reads its projection alone");
     // SIP: its projection (index and shards) and the certificates of the nodes that run CallManager,
     // which SIP-TLS presents; both quickstart nodes also run TFTP, so theirs is the one certificate
-    // of the two functions (P.1-11).
-    let sip_reads: BTreeSet<String> =
-        ["quickstart-sip", "quickstart-sip-0", "quickstart-cm1-callmanager-tftp", "quickstart-cm2-callmanager-tftp"]
-            .map(String::from)
-            .into_iter()
-            .collect();
+    // of the two functions (P.1-11); and its media control key, with which it drives the relays.
+    let sip_reads: BTreeSet<String> = [
+        "quickstart-sip",
+        "quickstart-sip-0",
+        "quickstart-cm1-callmanager-tftp",
+        "quickstart-cm2-callmanager-tftp",
+        "quickstart-media-client",
+    ]
+    .map(String::from)
+    .into_iter()
+    .collect();
     assert_eq!(readable["default/quickstart-sip"], sip_reads, "SIP reads its projection and the CallManager certificates");
+    // The relay: its control key alone; no phone's credentials, no CA, not the SIP side's key.
+    assert_eq!(
+        readable["default/quickstart-media"],
+        BTreeSet::from(["quickstart-media-relay".to_owned()]),
+        "the relay reads its key alone"
+    );
     // And the key in it is TVS's own (ITL role 21), not the TFTP signer's, which signs the ITL.
     let certificate = |secret: &str| decoded(&object(&server, "Secret", secret), "data", "tls.crt");
     assert_eq!(certificate("quickstart-tvs"), certificate("quickstart-cm1-tvs"));

@@ -558,9 +558,66 @@ enum Serve {
         /// `/healthz` and `/readyz` are served.
         #[arg(long)]
         metrics_bind: Option<std::net::SocketAddr>,
+        /// The media relays' control interface, HOST:PORT (the headless Service CLUSTER-media names
+        /// every relay pod); without it, media flows end to end and the SDP passes untouched.
+        #[arg(long, requires_all = ["media_client_secret", "media_relay_sha256"])]
+        media_relay: Option<String>,
+        /// The TLS Secret of this service's media control certificate (CLUSTER-media-client).
+        #[arg(long, requires = "media_relay")]
+        media_client_secret: Option<String>,
+        /// SHA-256 (64 hex digits) of the relays' control certificate: the only one accepted.
+        #[arg(long, requires = "media_relay", value_parser = callguard::services::media::control::parse_sha256)]
+        media_relay_sha256: Option<[u8; 32]>,
         #[command(flatten)]
         logging: LoggingArgs,
     },
+    /// Media: the relay calls' RTP and RTCP go through, SRTP passed as it came and RTP refused on
+    /// encrypted calls (P.1-20), driven by the SIP pods over its control interface.
+    Media {
+        /// The CallControlCluster served.
+        #[arg(long)]
+        cluster: String,
+        /// Its namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// The TLS Secret of the relay's control certificate (CLUSTER-media-relay).
+        #[arg(long)]
+        control_secret: String,
+        /// SHA-256 (64 hex digits) of the SIP service's control certificate: the only client taken.
+        #[arg(long, value_parser = callguard::services::media::control::parse_sha256)]
+        client_sha256: [u8; 32],
+        /// Address the media ports and the control port bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// The address the SDP names: the node's (HOST_IP from the downward API in the pods).
+        #[arg(long, env = "HOST_IP")]
+        advertise: std::net::IpAddr,
+        /// The control interface's port (spec.media.controlPort).
+        #[arg(long, default_value_t = callguard::services::media::control::DEFAULT_CONTROL_PORT)]
+        port: u16,
+        /// First port of the RTP and RTCP pairs (spec.media.firstPort).
+        #[arg(long, default_value_t = callguard::api::MediaSettings::DEFAULT_FIRST_PORT)]
+        first_port: u16,
+        /// Last port (spec.media.lastPort).
+        #[arg(long, default_value_t = callguard::api::MediaSettings::DEFAULT_LAST_PORT)]
+        last_port: u16,
+        /// Seconds without a packet after which a call's media is released (spec.media.inactivitySeconds).
+        #[arg(long, default_value_t = callguard::api::MediaSettings::DEFAULT_INACTIVITY_SECONDS)]
+        inactivity_seconds: u32,
+        /// FirstPacket or SdpOnly (spec.media.latching).
+        #[arg(long, default_value = "FirstPacket", value_parser = parse_latching)]
+        latching: callguard::api::MediaLatching,
+        /// Where `/metrics` (packets, bytes, drops and calls by security class), `/healthz` and
+        /// `/readyz` are served.
+        #[arg(long)]
+        metrics_bind: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        logging: LoggingArgs,
+    },
+}
+
+fn parse_latching(text: &str) -> Result<callguard::api::MediaLatching, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| format!("{text:?}: FirstPacket or SdpOnly"))
 }
 
 /// Runs `job` on a Tokio runtime with a Kubernetes client, logging as asked, until SIGINT or SIGTERM.
@@ -770,8 +827,28 @@ fn main() -> ExitCode {
         }
         Command::Serve {
             service:
-                Serve::Sip { cluster, namespace, directory_secret, certificate_secrets, pod_name, bind, port, tls_port, metrics_bind, logging },
+                Serve::Sip {
+                    cluster,
+                    namespace,
+                    directory_secret,
+                    certificate_secrets,
+                    pod_name,
+                    bind,
+                    port,
+                    tls_port,
+                    metrics_bind,
+                    media_relay,
+                    media_client_secret,
+                    media_relay_sha256,
+                    logging,
+                },
         } => {
+            let media = match (media_relay, media_client_secret, media_relay_sha256) {
+                (Some(target), Some(secret), Some(relay_sha256)) => {
+                    Some(callguard::adapters::serve::sip::MediaControlOptions { target, secret, relay_sha256 })
+                }
+                _ => None,
+            };
             let options = callguard::adapters::serve::sip::ServeSipOptions {
                 namespace,
                 cluster,
@@ -782,8 +859,47 @@ fn main() -> ExitCode {
                 port,
                 tls_port,
                 metrics_bind,
+                media,
             };
             with_client(&logging, |client, shutdown| callguard::adapters::serve::sip::serve(client, options, shutdown))
+        }
+        Command::Serve {
+            service:
+                Serve::Media {
+                    cluster,
+                    namespace,
+                    control_secret,
+                    client_sha256,
+                    bind,
+                    advertise,
+                    port,
+                    first_port,
+                    last_port,
+                    inactivity_seconds,
+                    latching,
+                    metrics_bind,
+                    logging,
+                },
+        } => {
+            let media = callguard::api::MediaSettings {
+                first_port: Some(first_port),
+                last_port: Some(last_port),
+                inactivity_seconds: Some(inactivity_seconds),
+                latching: Some(latching),
+                ..callguard::api::MediaSettings::default()
+            };
+            let options = callguard::adapters::serve::media::ServeMediaOptions {
+                namespace,
+                cluster,
+                control_secret,
+                client_sha256,
+                bind,
+                advertised: advertise,
+                control_port: port,
+                media,
+                metrics_bind,
+            };
+            with_client(&logging, |client, shutdown| callguard::adapters::serve::media::serve(client, options, shutdown))
         }
         Command::Bench { bench: Bench::Validate { phones } } => {
             callguard::bench::validate(phones);

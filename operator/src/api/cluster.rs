@@ -116,7 +116,7 @@ pub struct CallControlClusterSpec {
 }
 
 /// The media relay of the cluster.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.firstPort) ? self.firstPort : 16384) < (has(self.lastPort) ? self.lastPort : 32766)").message("media.firstPort must be below media.lastPort: the range holds the relay's RTP and RTCP port pairs"))]
 pub struct MediaSettings {
@@ -136,6 +136,27 @@ pub struct MediaSettings {
     /// How the relay recognises each end of a call; default FirstPacket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latching: Option<MediaLatching>,
+    /// The relay pods use their node's network, so that phones reach the relay ports on the node's
+    /// own address, with no NAT between; default true. One relay pod per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
+    /// Node labels the relay pods require (nodes whose addresses phones can reach); default the
+    /// cluster's `placement.nodeSelector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the relay pods tolerate; default the cluster's `placement.tolerations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+    /// Relay pods; default 2. Calls are spread over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub replicas: Option<u8>,
+    /// The TCP port of the relay's control interface, through which the SIP pods drive it over
+    /// mutually authenticated TLS; default 2233.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub control_port: Option<u16>,
 }
 
 /// How the media relay recognises each end of a call.
@@ -160,6 +181,18 @@ impl MediaSettings {
 
     pub fn inactivity(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(self.inactivity_seconds.unwrap_or(Self::DEFAULT_INACTIVITY_SECONDS)))
+    }
+
+    pub fn host_network(&self) -> bool {
+        self.host_network.unwrap_or(true)
+    }
+
+    pub fn replicas(&self) -> u8 {
+        self.replicas.unwrap_or(2)
+    }
+
+    pub fn control_port(&self) -> u16 {
+        self.control_port.unwrap_or(crate::services::media::control::DEFAULT_CONTROL_PORT)
     }
 }
 
@@ -513,6 +546,10 @@ impl Placement {
 impl CallControlClusterSpec {
     pub fn security_mode(&self) -> ClusterSecurityMode {
         self.security_mode.unwrap_or_default()
+    }
+    /// The media relay's settings, defaults where `spec.media` sets none.
+    pub fn media(&self) -> MediaSettings {
+        self.media.clone().unwrap_or_default()
     }
     pub fn ports(&self) -> ClusterPorts {
         self.ports.clone().unwrap_or_default()

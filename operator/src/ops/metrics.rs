@@ -283,6 +283,79 @@ impl Collector for SipCollector {
     }
 }
 
+/// The media relay's counters by security class, and its calls and free port pairs now.
+struct MediaCollector {
+    relay: Arc<crate::services::media::relay::MediaRelay>,
+}
+
+impl fmt::Debug for MediaCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MediaCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MediaDropLabels {
+    security: &'static str,
+    reason: &'static str,
+}
+
+impl Collector for MediaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        use crate::services::media::relay::ClassCounters;
+        use prometheus_client::metrics::MetricType;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.relay.counters;
+        let classes = [("encrypted", &counters.encrypted), ("unencrypted", &counters.unencrypted)];
+        type Read = fn(&ClassCounters) -> u64;
+        let by_class: [(&str, &str, Read); 3] = [
+            ("media_calls", "Calls given media legs, by security class (encrypted: SRTP only).", |c| c.calls.load(Relaxed)),
+            ("media_packets", "RTP and RTCP packets relayed, by security class.", |c| c.packets.load(Relaxed)),
+            ("media_bytes", "Bytes relayed, by security class.", |c| c.bytes.load(Relaxed)),
+        ];
+        for (name, help, read) in by_class {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (security, class) in classes {
+                ConstCounter::new(read(class)).encode(family.encode_family(&SecurityLabels { security })?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "media_dropped",
+            "Packets not relayed, by security class and reason: not_srtp (plain RTP, or SRTP under another key, on an encrypted call), foreign (not from the leg's end), no_destination (the other end unknown yet), full (the send buffer).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (security, class) in classes {
+            for (reason, value) in [
+                ("not_srtp", class.dropped_not_srtp.load(Relaxed)),
+                ("foreign", class.dropped_foreign.load(Relaxed)),
+                ("no_destination", class.dropped_no_destination.load(Relaxed)),
+                ("full", class.dropped_full.load(Relaxed)),
+            ] {
+                ConstCounter::new(value).encode(family.encode_family(&MediaDropLabels { security, reason })?)?;
+            }
+        }
+        for (name, help, value) in [
+            (
+                "media_calls_timed_out",
+                "Calls released because no packet came for the inactivity time.",
+                counters.calls_timed_out.load(Relaxed),
+            ),
+            ("media_refused_exhausted", "Calls refused because no port pair was free.", counters.refused_exhausted.load(Relaxed)),
+        ] {
+            TftpCollector::encode_counter(&mut encoder, name, help, value)?;
+        }
+        for (name, help, value) in [
+            ("media_calls_active", "Calls holding legs now.", self.relay.calls()),
+            ("media_free_pairs", "Port pairs free now.", self.relay.free_pairs()),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// All of the operator's metrics and the registry that encodes them. Build it, register the optional
 /// parts (`register_tftp`), then share it as `Arc<Metrics>`.
 #[derive(Debug)]
@@ -337,6 +410,11 @@ impl Metrics {
     /// Exposes a SIP service's counters and the number of lines it holds bindings for.
     pub fn register_sip(&mut self, service: Arc<crate::services::sip::server::SipService>) {
         self.registry.register_collector(Box::new(SipCollector { service }));
+    }
+
+    /// Exposes a media relay's counters, calls and free port pairs.
+    pub fn register_media(&mut self, relay: Arc<crate::services::media::relay::MediaRelay>) {
+        self.registry.register_collector(Box::new(MediaCollector { relay }));
     }
 
     /// Records one reconcile of `kind` that took `elapsed` and ended with `outcome`.
@@ -555,5 +633,46 @@ mod tests {
         assert_eq!(sample(&text, "callguard_tftp_bytes_sent_total"), Some(0.0), "{text}");
         stop.send_replace(true);
         tokio::time::timeout(Duration::from_secs(10), running).await.expect("server stops").expect("join");
+    }
+
+    /// Plain RTP on an encrypted call is counted as dropped under its class and reason, and the
+    /// relay's calls and free pairs are read at the scrape.
+    #[tokio::test]
+    async fn media_collector_counts_by_security_class_and_drop_reason() {
+        use crate::services::media::relay::{Latching, LegOffer, MediaRelay, RelaySettings, Side};
+        use crate::services::media::srtp::{
+            parse_crypto_line,
+            tests::{KEY_LINE, rtp},
+        };
+        let bind = std::net::IpAddr::from([127, 0, 0, 1]);
+        let settings = RelaySettings {
+            bind,
+            advertised: bind,
+            ports: 31600..=31609,
+            inactivity: Duration::from_secs(30),
+            latching: Latching::FirstPacket,
+        };
+        let relay = MediaRelay::new(settings).expect("relay");
+        let mut metrics = Metrics::new();
+        metrics.register_media(relay.clone());
+        let [caller_port, _] = relay.allocate("m1", true).expect("legs");
+        let phone = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("phone");
+        let key = parse_crypto_line(KEY_LINE).expect("key");
+        for side in [Side::Caller, Side::Callee] {
+            let offer = LegOffer { address: phone.local_addr().expect("address"), rtcp_mux: false, key: Some(key.clone()) };
+            relay.update("m1", side, offer).expect("update");
+        }
+        phone.send_to(&rtp(1, 7), (bind, caller_port)).await.expect("send");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let dropped = "callguard_media_dropped_total{security=\"encrypted\",reason=\"not_srtp\"}";
+        while sample(&metrics.encode(), dropped) != Some(1.0) {
+            assert!(std::time::Instant::now() < deadline, "{}", metrics.encode());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "callguard_media_calls_total{security=\"encrypted\"}"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "callguard_media_packets_total{security=\"encrypted\"}"), Some(0.0), "{text}");
+        assert_eq!(sample(&text, "callguard_media_calls_active"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "callguard_media_free_pairs"), Some(3.0), "{text}");
     }
 }

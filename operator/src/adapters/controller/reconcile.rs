@@ -288,9 +288,26 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         desired.secrets.push(owned(projection.index, &owner));
         let mut args = vec![("--directory-secret", sip_name(&name))];
         args.extend(certificates.into_iter().map(|secret| ("--certificate-secret", secret)));
+        // Calls' media goes through the relays, driven over their control interface with pinned TLS.
+        let media = output.media_control.as_ref().map(|control| MediaWiring::new(&name, &namespace, cluster, control));
+        if let Some(media) = &media {
+            args.push(("--media-client-secret", media.client_secret.clone()));
+            readable.push(media.client_secret.clone());
+        }
         let mut inputs = workload_inputs(context, &hash, args, &readable, &[]);
         inputs.extra_ports = trunk_service_ports(cluster, &trunk_ports);
+        if let Some(media) = &media {
+            inputs.extra_args =
+                vec!["--media-relay".into(), media.target.clone(), "--media-relay-sha256".into(), media.relay_sha256.clone()];
+            inputs.extra_egress = vec![(i32::from(cluster.spec.media().control_port()), "TCP")];
+        }
         desired.add(workload(DataPlaneService::Sip, cluster, &inputs), &owner);
+        if let Some(media) = media {
+            let readable = vec![media.relay_secret.clone()];
+            let mut inputs = workload_inputs(context, &hash, vec![("--control-secret", media.relay_secret)], &readable, &[]);
+            inputs.extra_args = vec!["--client-sha256".into(), media.client_sha256];
+            desired.add(workload(DataPlaneService::Media, cluster, &inputs), &owner);
+        }
     }
     drop(sip_snapshot);
     desired.apply(client, &namespace, &name).await?;
@@ -310,6 +327,35 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     Ok(Action::requeue(until_capf_change.clamp(Duration::from_secs(1), RESYNC)))
 }
 
+/// How the SIP pods and the relay pods find and trust each other.
+struct MediaWiring {
+    /// The relays' control interface, through their headless Service.
+    target: String,
+    relay_secret: String,
+    client_secret: String,
+    relay_sha256: String,
+    client_sha256: String,
+}
+
+impl MediaWiring {
+    fn new(
+        cluster_name: &str,
+        namespace: &str,
+        cluster: &CallControlCluster,
+        control: &crate::core::build::media_control::MediaControlIdentity,
+    ) -> Self {
+        let secret = |base: &str| certificate_secret(cluster_name, base).unwrap_or_default();
+        let pin = |der: &[u8]| crate::core::pki::inspect::sha256_hex(der);
+        MediaWiring {
+            target: format!("{}.{namespace}.svc:{}", labels::service_name(cluster_name, "media"), cluster.spec.media().control_port()),
+            relay_secret: secret(crate::core::build::media_control::RELAY),
+            client_secret: secret(crate::core::build::media_control::CLIENT),
+            relay_sha256: pin(&control.relay.certificate_der),
+            client_sha256: pin(&control.client.certificate_der),
+        }
+    }
+}
+
 fn workload_inputs<'a>(
     context: &'a Context,
     content_hash: &'a str,
@@ -326,6 +372,8 @@ fn workload_inputs<'a>(
         api_server_ports: &context.api_server_ports,
         image_pull_secrets: &context.image_pull_secrets,
         extra_ports: Vec::new(),
+        extra_args: Vec::new(),
+        extra_egress: Vec::new(),
     }
 }
 

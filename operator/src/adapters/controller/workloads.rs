@@ -7,8 +7,8 @@
 //! The model every service follows: the operator projects what a service needs into Secrets it owns
 //! (`projection`), and the service's Role lists those Secrets and the service's own key by name, with
 //! no rule on any other Secret, ConfigMap or Callguard object. CAPF alone may also write: the keys
-//! of its record Secrets (`capf_records`), and it alone reads the CA key. Media joins
-//! [`DataPlaneService`] when it is built.
+//! of its record Secrets (`capf_records`), and it alone reads the CA key. Media reads only its
+//! control certificate's Secret; the SIP pods reach it through its control port alone.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +42,9 @@ pub enum DataPlaneService {
     Tvs,
     /// SIP: registrar and proxy, one pod per node that runs CallManager (P.3-5, Table 5-2, Table 14-1).
     Sip,
+    /// Media: the relay of calls' RTP and RTCP, SRTP only on encrypted calls (P.1-20), on its
+    /// nodes' network by default, driven by the SIP pods.
+    Media,
 }
 
 /// EST's port in the CAPF pods (RFC 7030 asks for HTTPS; 8443 needs no privilege).
@@ -54,6 +57,7 @@ impl DataPlaneService {
             DataPlaneService::Capf => "capf",
             DataPlaneService::Tvs => "tvs",
             DataPlaneService::Sip => "sip",
+            DataPlaneService::Media => "media",
         }
     }
 
@@ -89,6 +93,7 @@ impl DataPlaneService {
                 let (sip, tls) = (i32::from(ports.sip_port()), i32::from(ports.sip_secure_port()));
                 vec![("sip".to_owned(), sip, "UDP"), ("sip-tcp".to_owned(), sip, "TCP"), ("sip-tls".to_owned(), tls, "TCP")]
             }
+            DataPlaneService::Media => vec![("control".to_owned(), i32::from(cluster.spec.media().control_port()), "TCP")],
         }
     }
 
@@ -101,7 +106,27 @@ impl DataPlaneService {
             DataPlaneService::Capf => vec!["--est-port".into(), EST_PORT.to_string()],
             DataPlaneService::Tvs => Vec::new(),
             DataPlaneService::Sip => vec!["--tls-port".into(), cluster.spec.ports().sip_secure_port().to_string()],
+            DataPlaneService::Media => {
+                let media = cluster.spec.media();
+                let (ports, latching) = (media.ports(), media.latching.unwrap_or_default());
+                vec![
+                    "--first-port".into(),
+                    ports.start().to_string(),
+                    "--last-port".into(),
+                    ports.end().to_string(),
+                    "--inactivity-seconds".into(),
+                    media.inactivity().as_secs().to_string(),
+                    "--latching".into(),
+                    format!("{latching:?}"),
+                ]
+            }
         }
+    }
+
+    /// The UDP ports its pods receive on besides its Service's: the relay's range.
+    fn udp_range(self, cluster: &CallControlCluster) -> Option<(i32, i32)> {
+        let ports = (self == DataPlaneService::Media).then(|| cluster.spec.media().ports())?;
+        Some((i32::from(*ports.start()), i32::from(*ports.end())))
     }
 
     /// A pod per node that runs CallManager, each with the identity of its node: a StatefulSet,
@@ -144,6 +169,10 @@ pub struct WorkloadInputs<'a> {
     pub image_pull_secrets: &'a [String],
     /// Ports besides the service's own, by name (the SIP trunks' incoming ports, Table 14-1).
     pub extra_ports: Vec<(String, i32, &'static str)>,
+    /// Options besides the Secrets' (the SIP pods' way to the media relays and its pin).
+    pub extra_args: Vec<String>,
+    /// Ports the pods connect to besides DNS and the API server (the SIP pods: the relays' control port).
+    pub extra_egress: Vec<(i32, &'static str)>,
 }
 
 /// Requests and limits of a data-plane container unless the cluster's placement sets them: enough for
@@ -184,16 +213,23 @@ fn network_policy(
     metadata: ObjectMeta,
     selector: BTreeMap<String, String>,
     ports: &[(String, i32, &'static str)],
+    udp_range: Option<(i32, i32)>,
     api_server_ports: &[u16],
+    extra_egress: &[(i32, &'static str)],
 ) -> NetworkPolicy {
     let port = |number: i32, protocol: &str| NetworkPolicyPort {
         port: Some(IntOrString::Int(number)),
         protocol: Some(protocol.to_owned()),
         ..NetworkPolicyPort::default()
     };
-    let ingress = ports.iter().map(|(_, number, protocol)| port(*number, protocol)).chain([port(METRICS_PORT, "TCP")]).collect();
-    let egress =
-        [port(53, "UDP"), port(53, "TCP")].into_iter().chain(api_server_ports.iter().map(|p| port(i32::from(*p), "TCP"))).collect();
+    let range = udp_range.map(|(first, last)| NetworkPolicyPort { end_port: Some(last), ..port(first, "UDP") });
+    let ingress =
+        ports.iter().map(|(_, number, protocol)| port(*number, protocol)).chain([port(METRICS_PORT, "TCP")]).chain(range).collect();
+    let egress = [port(53, "UDP"), port(53, "TCP")]
+        .into_iter()
+        .chain(api_server_ports.iter().map(|p| port(i32::from(*p), "TCP")))
+        .chain(extra_egress.iter().map(|(number, protocol)| port(*number, protocol)))
+        .collect();
     NetworkPolicy {
         metadata,
         spec: Some(NetworkPolicySpec {
@@ -259,6 +295,7 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
     }
     args.extend(["--bind".to_owned(), "0.0.0.0".to_owned(), "--port".to_owned(), ports[0].1.to_string()]);
     args.extend(service.arguments(cluster));
+    args.extend(inputs.extra_args.iter().cloned());
     args.extend(["--metrics-bind".to_owned(), format!("0.0.0.0:{METRICS_PORT}")]);
     // Ports below 1024 (TFTP's 69) need the one capability a non-root server needs for them.
     let privileged = ports.iter().any(|(_, port, _)| *port < 1024);
@@ -267,9 +304,11 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         image: Some(inputs.image.to_owned()),
         args: Some(args),
         env: Some(
-            [("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name")]
+            [("POD_NAMESPACE", "metadata.namespace")]
                 .into_iter()
-                .take(if service.per_node() { 2 } else { 1 })
+                .chain(service.per_node().then_some(("POD_NAME", "metadata.name")))
+                // The relay names its node's address in the SDP.
+                .chain((service == DataPlaneService::Media).then_some(("HOST_IP", "status.hostIP")))
                 .map(|(name, field_path)| EnvVar {
                     name: name.into(),
                     value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
@@ -307,14 +346,27 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         }),
         ..Container::default()
     };
-    let placement = cluster.spec.placement.clone().unwrap_or_default();
-    let exposure = placement.exposure();
-    let host_network = exposure == Exposure::HostNetwork;
-    let replicas = if service.per_node() {
+    let mut placement = cluster.spec.placement.clone().unwrap_or_default();
+    let mut exposure = placement.exposure();
+    let mut replicas = if service.per_node() {
         i32::try_from(crate::core::build::identity::call_manager_bases(cluster).len()).unwrap_or(i32::MAX)
     } else {
         i32::from(placement.replicas())
     };
+    if service == DataPlaneService::Media {
+        // Phones send RTP to the address the SDP names: the node's own, unless the relay is told
+        // otherwise, and a headless Service names every relay pod for the SIP pods.
+        let media = cluster.spec.media();
+        exposure = if media.host_network() { Exposure::HostNetwork } else { Exposure::ClusterIP };
+        replicas = i32::from(media.replicas());
+        if !media.node_selector.is_empty() {
+            placement.node_selector = media.node_selector.clone();
+        }
+        if !media.tolerations.is_empty() {
+            placement.tolerations = media.tolerations.clone();
+        }
+    }
+    let host_network = exposure == Exposure::HostNetwork;
     let tolerations: Vec<Toleration> =
         placement.tolerations.iter().filter_map(|t| serde_json::to_value(t).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
     let pod_labels = object_labels.clone();
@@ -375,6 +427,8 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         }))
     };
     let (service_type, cluster_ip, traffic_policy) = match exposure {
+        // The SIP pods resolve the relays' Service to reach each relay pod.
+        Exposure::ClusterIP if service == DataPlaneService::Media => ("ClusterIP", Some("None"), None),
         Exposure::ClusterIP => ("ClusterIP", None, None),
         // Phones are told apart by address: keep the client's, not the node's.
         Exposure::NodePort => ("NodePort", None, Some("Local")),
@@ -449,7 +503,14 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
         service: service_object,
         metrics_service,
         disruption_budget,
-        network_policy: network_policy(metadata(), selector, &ports, inputs.api_server_ports),
+        network_policy: network_policy(
+            metadata(),
+            selector,
+            &ports,
+            service.udp_range(cluster),
+            inputs.api_server_ports,
+            &inputs.extra_egress,
+        ),
     }
 }
 
@@ -480,6 +541,8 @@ mod tests {
             api_server_ports: &[443, 6443],
             image_pull_secrets: &[],
             extra_ports: Vec::new(),
+            extra_args: Vec::new(),
+            extra_egress: Vec::new(),
         };
         let w = workload(DataPlaneService::Tftp, &cluster(Some(6969)), &inputs);
         let pod = w.pods.template().clone();
@@ -520,6 +583,8 @@ mod tests {
             api_server_ports: &[6443],
             image_pull_secrets: &[],
             extra_ports: Vec::new(),
+            extra_args: Vec::new(),
+            extra_egress: Vec::new(),
         };
         let w = workload(DataPlaneService::Capf, &cluster(None), &inputs);
         let container = w.pods.template().spec.clone().unwrap().containers[0].clone();
@@ -561,6 +626,8 @@ mod tests {
             api_server_ports: &[443],
             image_pull_secrets: &pull,
             extra_ports: Vec::new(),
+            extra_args: Vec::new(),
+            extra_egress: Vec::new(),
         };
         workload(DataPlaneService::Tftp, &cluster, &inputs)
     }
@@ -617,6 +684,8 @@ mod tests {
             api_server_ports: &[6443],
             image_pull_secrets: &[],
             extra_ports: vec![("trunk-5080-udp".into(), 5080, "UDP"), ("trunk-5080-tcp".into(), 5080, "TCP")],
+            extra_args: Vec::new(),
+            extra_egress: Vec::new(),
         };
         let w = workload(DataPlaneService::Sip, &cluster, &inputs);
         let Pods::StatefulSet(set) = &w.pods else { panic!("a StatefulSet") };
@@ -666,6 +735,8 @@ mod tests {
             api_server_ports: &[6443],
             image_pull_secrets: &[],
             extra_ports: Vec::new(),
+            extra_args: Vec::new(),
+            extra_egress: Vec::new(),
         };
         let w = workload(DataPlaneService::Tftp, &cluster(None), &inputs);
         let rules = w.role.rules.unwrap();
@@ -681,5 +752,71 @@ mod tests {
         assert_eq!(egress, [Some(IntOrString::Int(53)), Some(IntOrString::Int(53)), Some(IntOrString::Int(6443))]);
         let resources = w.pods.template().spec.clone().unwrap().containers[0].resources.clone().unwrap();
         assert!(resources.limits.unwrap().contains_key("memory"), "a memory limit by default");
+    }
+
+    /// The relay runs on its nodes' network by default, one pod per node, names the node's address
+    /// (HOST_IP) in the SDP, reads only its control Secret, and lets in only its range, its control
+    /// port and metrics.
+    #[test]
+    fn media_runs_on_the_nodes_network_with_its_range_and_reads_only_its_control_secret() {
+        let mut cluster = cluster(None);
+        cluster.spec.media = Some(
+            serde_json::from_value(serde_json::json!({
+                "firstPort": 20000, "lastPort": 20999, "latching": "SdpOnly", "replicas": 3,
+                "nodeSelector": {"voice/media": "true"}
+            }))
+            .unwrap(),
+        );
+        let readable = ["lab-media-relay".to_owned()];
+        let inputs = WorkloadInputs {
+            image: "i",
+            secret_args: vec![("--control-secret", "lab-media-relay".into())],
+            readable_secrets: &readable,
+            writable_secrets: &[],
+            content_hash: "h",
+            api_server_ports: &[6443],
+            image_pull_secrets: &[],
+            extra_ports: Vec::new(),
+            extra_args: vec!["--client-sha256".into(), "ab".repeat(32)],
+            extra_egress: Vec::new(),
+        };
+        let w = workload(DataPlaneService::Media, &cluster, &inputs);
+        let Pods::Deployment(deployment) = &w.pods else { panic!("a Deployment") };
+        assert_eq!(deployment.spec.replicas, Some(3));
+        let pod = w.pods.template().spec.clone().unwrap();
+        assert_eq!((pod.host_network, pod.dns_policy.as_deref()), (Some(true), Some("ClusterFirstWithHostNet")));
+        assert_eq!(pod.node_selector.unwrap().get("voice/media").map(String::as_str), Some("true"));
+        let container = &pod.containers[0];
+        let args = container.args.clone().unwrap();
+        for (option, value) in [
+            ("--port", "2233"),
+            ("--control-secret", "lab-media-relay"),
+            ("--first-port", "20000"),
+            ("--last-port", "20999"),
+            ("--latching", "SdpOnly"),
+            ("--inactivity-seconds", "60"),
+        ] {
+            assert!(args.windows(2).any(|w| w == [option, value]), "{option} {value} in {args:?}");
+        }
+        let env: Vec<&str> = container.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(env, ["POD_NAMESPACE", "HOST_IP"]);
+        let service = w.service.spec.unwrap();
+        assert_eq!(service.cluster_ip.as_deref(), Some("None"), "headless: the SIP pods reach every relay");
+        assert_eq!(w.role.rules.unwrap()[0].resource_names.as_deref(), Some(&readable[..]));
+        let ingress: Vec<_> = w.network_policy.spec.unwrap().ingress.unwrap()[0]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.port, p.end_port, p.protocol.unwrap()))
+            .collect();
+        assert_eq!(
+            ingress,
+            [
+                (Some(IntOrString::Int(2233)), None, "TCP".to_owned()),
+                (Some(IntOrString::Int(8080)), None, "TCP".to_owned()),
+                (Some(IntOrString::Int(20000)), Some(20999), "UDP".to_owned()),
+            ]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! `callguard local`, fed from the Kubernetes API instead of a directory.
 
 pub mod capf;
+pub mod media;
 pub mod sip;
 pub mod tftp;
 pub mod tvs;
@@ -14,6 +15,23 @@ use kube::Api;
 
 use crate::adapters::controller::projection::{ShardRef, read_shard};
 use crate::ops::shutdown::Shutdown;
+
+/// One side's media control credentials: the certificate and key of the TLS Secret `secret`, and
+/// the other side's pinned SHA-256.
+pub(crate) fn control_tls(secret: &Secret, peer_sha256: [u8; 32]) -> Result<crate::services::media::control::ControlTls, String> {
+    use rustls_pki_types::pem::PemObject;
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let field = |key: &str| {
+        secret.data.as_ref().and_then(|data| data.get(key)).map(|b| b.0.as_slice()).ok_or_else(|| format!("Secret/{name} has no {key}"))
+    };
+    let certificate_der =
+        rustls_pki_types::CertificateDer::from_pem_slice(field("tls.crt")?).map_err(|e| format!("Secret/{name}: tls.crt: {e}"))?.to_vec();
+    let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(field("tls.key")?)
+        .map_err(|e| format!("Secret/{name}: tls.key (PKCS#8): {e}"))?
+        .secret_pkcs8_der()
+        .to_vec();
+    Ok(crate::services::media::control::ControlTls { certificate_der, key_der, peer_sha256 })
+}
 
 /// The first good value of `current` (what the watched Secrets make of it), tried again at every change
 /// of them (`changes`) and every five seconds, saying why it is not served yet; `None` on shutdown.

@@ -43,6 +43,42 @@ pub struct ServeSipOptions {
     pub tls_port: Option<u16>,
     /// Where `/metrics` (the SIP counters and bindings), `/healthz` and `/readyz` are served.
     pub metrics_bind: Option<SocketAddr>,
+    /// The media relays calls' media goes through; None: SDP passes untouched, media end to end.
+    pub media: Option<MediaControlOptions>,
+}
+
+/// How the pod reaches the media relays.
+#[derive(Debug, Clone)]
+pub struct MediaControlOptions {
+    /// `host:port` of their control interface: a headless Service's name resolves to every relay.
+    pub target: String,
+    /// The TLS Secret of the signaling service's control certificate (`<cluster>-media-client`).
+    pub secret: String,
+    /// SHA-256 of the relays' control certificate, the only one taken.
+    pub relay_sha256: [u8; 32],
+}
+
+/// The client of the media relays, once the operator has written its Secret.
+async fn media_client(
+    api: &Api<Secret>,
+    options: &MediaControlOptions,
+    shutdown: &Shutdown,
+) -> Result<Option<Arc<crate::services::media::control::MediaClient>>, String> {
+    loop {
+        let why = match api.get_opt(&options.secret).await {
+            Ok(Some(secret)) => {
+                let tls = super::control_tls(&secret, options.relay_sha256)?;
+                return crate::services::media::control::MediaClient::new(options.target.clone(), &tls).map(Some);
+            }
+            Ok(None) => format!("Secret/{} not found: the operator has not written the media control credentials yet", options.secret),
+            Err(e) => format!("Secret/{}: {e}", options.secret),
+        };
+        tracing::warn!("no media relay yet: {why}");
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            () = shutdown.wait() => return Ok(None),
+        }
+    }
 }
 
 /// The ordinal of a StatefulSet pod, from its name's last `-N`.
@@ -122,6 +158,12 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
     // Trunks on the phones' ports share their listeners, wherever those were bound.
     let moved = BTreeMap::from([(spec_port, udp_address.port()), (spec_tls_port, tls_address.port())]);
     let service = SipService::new(moved_trunks(directory, &moved), Some(tls));
+    let mut media_line = String::new();
+    if let Some(media) = &options.media {
+        let Some(client) = media_client(&api, media, &shutdown).await? else { return Ok(()) };
+        service.relay_media_through(client);
+        media_line = format!("; media through the relays at {}", media.target);
+    }
 
     let health = Health::new();
     let http = options.metrics_bind.map(|bind| {
@@ -144,7 +186,7 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
     let trunk_text = if trunk_lines.is_empty() { String::new() } else { format!("; trunks on {}", trunk_lines.join(", ")) };
     println!(
         "serving SIP on {udp_address} (UDP and TCP) and {tls_address} (TLS) as pod {ordinal} with Secret/{certificate_secret}, \
-         for CallControlCluster {}/{}: {phones} phone(s){trunk_text}",
+         for CallControlCluster {}/{}: {phones} phone(s){trunk_text}{media_line}",
         options.namespace, options.cluster,
     );
     let mut retry = false;

@@ -7,8 +7,10 @@
 use super::BuildError;
 use super::state::{Sensitivity, StateDir};
 
-const RELAY: &str = "certs/media.relay";
-const CLIENT: &str = "certs/media.client";
+/// The relay's pair in the state (its Secret: `<cluster>-media-relay`).
+pub const RELAY: &str = "certs/media.relay";
+/// The signaling service's pair (`<cluster>-media-client`).
+pub const CLIENT: &str = "certs/media.client";
 
 /// A certificate and its PKCS#8 key, both DER.
 #[derive(Clone, PartialEq, Eq)]
