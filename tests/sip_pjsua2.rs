@@ -83,7 +83,7 @@ impl Local {
             .args(["--tftp-port", &free_udp_port().to_string(), "--capf-port", &free_tcp_port().to_string()])
             .args(["--tvs-port", &free_tcp_port().to_string(), "--est-port", &est_port.to_string()])
             .args(["--sip-port", &sip_port.to_string(), "--sip-tls-port", &tls_port.to_string()])
-            .args(["--log-level", "callguard::services::sip=info"]);
+            .args(["--log-level", "callguard::services::sip=info,callguard::services::media=info"]);
         let mut local = Local { process: Running::spawn(command), sip_port, tls_port, est_port, dir };
         let line = local.wait_for("serving SIP on");
         assert!(line.contains(&format!("127.0.0.1:{tls_port} (TLS)")), "{line}");
@@ -184,7 +184,8 @@ struct Pjsua {
 
 /// The words that open phone.py's fact lines; PJSIP prints a few lines of its own before its log
 /// goes to the file.
-const FACTS: [&str; 10] = ["registration", "warning", "challenge", "incoming", "call", "media", "rtp", "ready", "done", "timeout"];
+const FACTS: [&str; 11] =
+    ["registration", "warning", "challenge", "incoming", "call", "media", "rtp", "injected", "ready", "done", "timeout"];
 
 impl Pjsua {
     fn start(args: &[String]) -> (Running, tempfile::TempDir) {
@@ -378,6 +379,39 @@ fn a_call_between_two_encrypted_pjsua2_phones_keeps_its_srtp_keys_and_is_reporte
     }
     let line = local.wait_for("call answered");
     assert!(line.contains(&format!("from={} to={} security=Encrypted", FRANK.subject, GRACE.subject)), "{line}");
+}
+
+/// The callee of an encrypted call also sends plain RTP from its own media port: the relay drops
+/// every such packet and counts them, and the caller's SRTP never sees one (PJSIP would log each
+/// packet it failed to unprotect), while the call's SRTP flows both ways (P.1-20).
+#[test]
+fn plain_rtp_from_one_end_of_an_encrypted_call_is_not_bridged() {
+    let mut local = Local::start();
+    let frank = local.enroll(&FRANK);
+    let grace = local.enroll(&GRACE);
+    local.register_when_known(&FRANK, &frank);
+    local.register_when_known(&GRACE, &grace);
+    let srtp = |mut args: Vec<String>| {
+        args.extend(["--srtp".into(), "mandatory".into()]);
+        args
+    };
+    let mut callee = srtp(local.phone_args(&GRACE, &grace));
+    callee.extend(["--inject-plain-rtp".into(), "50".into()]);
+    let (caller, callee) = call(callee, srtp(local.phone_args(&FRANK, &frank)), GRACE.line);
+    assert!(callee.has("injected 50"), "{callee}");
+    for run in [&caller, &callee] {
+        assert!(run.has("media proto=RTP/SAVP crypto=yes"), "{run}");
+        assert_media_through_the_relay(run);
+    }
+    assert!(!caller.log.contains("Failed to unprotect"), "plain RTP reached the caller's SRTP: {caller}");
+    let line = local.wait_for("media released");
+    let dropped: u64 = line
+        .split(" dropped as not SRTP")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(dropped >= 50, "every injected packet dropped: {line}");
 }
 
 #[test]

@@ -14,6 +14,9 @@ What it sees goes to stdout, one fact per line, for the test to assert:
                                     the caller received (or the offer the callee did) kept a=crypto,
                                     and where this end sends its RTP
   rtp rx=<packets> tx=<packets>     the audio stream's RTP counts, a second into the call
+  injected <count> from=<address:port> to=<address:port>
+                                    plain RTP sent as if from this phone's own media port
+                                    (--inject-plain-rtp, on the answering side)
   done                              the script ran to its end
 Exit status 0 when it ran to its end (whatever the server answered), 2 on its own timeout.
 PJSIP's full log goes to --log, for the test's failure messages.
@@ -22,6 +25,7 @@ PJSIP's full log goes to --log, for the test's failure messages.
 import argparse
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -98,6 +102,7 @@ class Call(pj.Call):
         self.disconnected = False
         self.media_said = False
         self.stats_said = False
+        self.injected = False
         self.audio_index = None
 
     def onCallState(self, prm):
@@ -131,6 +136,16 @@ class Call(pj.Call):
                 audio.startTransmit(devices.getPlaybackDevMedia())
                 self.audio_index = index
 
+    def inject_once(self, count):
+        """Plain RTP from this end's media port to where it sends its own, half a second in."""
+        if self.injected or self.audio_index is None or self.confirmed_at is None:
+            return
+        if time.monotonic() - self.confirmed_at < 0.5:
+            return
+        self.injected = True
+        local = self.getMedTransportInfo(self.audio_index).localRtpName
+        inject_plain_rtp(local, self.getStreamInfo(self.audio_index).remoteRtpAddress, count)
+
     def say_stats_once(self):
         """The stream's RTP counts, once, a second into the call."""
         if self.stats_said or self.audio_index is None or self.confirmed_at is None:
@@ -140,6 +155,23 @@ class Call(pj.Call):
         stat = self.getStreamStat(self.audio_index)
         say("rtp", "rx=%d" % stat.rtcp.rxStat.pkt, "tx=%d" % stat.rtcp.txStat.pkt)
         self.stats_said = True
+
+
+def inject_plain_rtp(source, destination, count):
+    """RTP in the clear, `count` packets, as if this phone sent them from its media port `source`:
+    a raw socket lets the script write the UDP header with that source port while pjsua2 holds
+    the port (root, as the test command runs). IPv4 allows a zero UDP checksum (no checksum)."""
+    source_port = int(source.rsplit(":", 1)[1])
+    host, port = destination.rsplit(":", 1)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    for sequence in range(count):
+        # Version 2, PCMU, its own SSRC; 160 bytes of silence.
+        payload = struct.pack("!BBHII", 0x80, 0, sequence, sequence * 160, 0x0BADF00D) + b"\xff" * 160
+        header = struct.pack("!HHHH", source_port, int(port), 8 + len(payload), 0)
+        raw.sendto(header + payload, (host, 0))
+        time.sleep(0.005)
+    raw.close()
+    say("injected", count, "from=" + source, "to=" + destination)
 
 
 class SlowLink(threading.Thread):
@@ -273,6 +305,8 @@ class Phone:
 
             def answered_and_ended():
                 if self.call is not None and not self.call.disconnected:
+                    if args.inject_plain_rtp:
+                        self.call.inject_once(args.inject_plain_rtp)
                     self.call.say_stats_once()
                 return self.call is not None and self.call.disconnected
 
@@ -314,6 +348,8 @@ def main():
                         help="register again, the digest answer held this many seconds on its way")
     parser.add_argument("--answer", action="store_true", help="answer one call, wait for its end")
     parser.add_argument("--call", help="call this line, hang up after a second of media")
+    parser.add_argument("--inject-plain-rtp", type=int, metavar="N",
+                        help="answering, send N plain RTP packets from this phone's media port")
     parser.add_argument("--timeout", type=float, default=20)
     parser.add_argument("--log", help="file for PJSIP's log")
     return Phone(parser.parse_args()).run()

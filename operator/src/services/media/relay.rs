@@ -132,6 +132,9 @@ struct Call {
     legs: [Leg; 2],
     /// Milliseconds since the relay started, at the last packet received.
     last_packet: AtomicU64,
+    /// Its own packets relayed and refused as not SRTP, said when it is released.
+    relayed: AtomicU64,
+    refused_not_srtp: AtomicU64,
     stop: CancellationToken,
     /// The loops of its four ports, awaited on release so that their sockets are closed before
     /// the ports go back to the pool.
@@ -205,6 +208,8 @@ impl MediaRelay {
             encrypted,
             legs: [caller, callee],
             last_packet: AtomicU64::new(self.now_ms()),
+            relayed: AtomicU64::new(0),
+            refused_not_srtp: AtomicU64::new(0),
             stop: CancellationToken::new(),
             pumps: Mutex::default(),
         });
@@ -269,6 +274,13 @@ impl MediaRelay {
             let _ = pump.await;
         }
         let ports = call.legs.each_ref().map(port_of);
+        tracing::info!(
+            call = %id,
+            encrypted = call.encrypted,
+            "media released: {} packet(s) relayed, {} dropped as not SRTP",
+            call.relayed.load(Relaxed),
+            call.refused_not_srtp.load(Relaxed)
+        );
         // The loops held the only other references: the sockets close here.
         drop(call);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,12 +358,15 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
         let settings = &relay.settings;
         for (source, packet) in batch.datagrams(count) {
             let rtcp = rtcp_port || is_rtcp(packet);
-            if !end.admits_source(source, rtcp, rtcp_port, settings.latching) {
-                counters.dropped_foreign.fetch_add(1, Relaxed);
-                continue;
-            }
+            // On an encrypted call the key is checked first: a packet that is not SRTP under the
+            // end's key latches nothing, so that an injected packet cannot take the leg over.
             if call.encrypted && !end.srtp.as_mut().is_some_and(|check| check.admits(packet, rtcp)) {
                 counters.dropped_not_srtp.fetch_add(1, Relaxed);
+                call.refused_not_srtp.fetch_add(1, Relaxed);
+                continue;
+            }
+            if !end.admits_source(source, rtcp, rtcp_port, settings.latching) {
+                counters.dropped_foreign.fetch_add(1, Relaxed);
                 continue;
             }
             let (destination, out) = match (rtcp, rtcp_to) {
@@ -367,6 +382,7 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
             // UDP: a full send buffer drops the packet, as the network would.
             if out.try_send(destination, packet).is_ok() {
                 counters.packets.fetch_add(1, Relaxed);
+                call.relayed.fetch_add(1, Relaxed);
                 counters.bytes.fetch_add(packet.len() as u64, Relaxed);
             } else {
                 counters.dropped_full.fetch_add(1, Relaxed);
@@ -488,6 +504,26 @@ mod tests {
         assert_eq!(receive(&b).await, None, "a replayed SRTP packet");
         assert_eq!(relay.counters.encrypted.dropped_not_srtp.load(Relaxed), 2);
         assert_eq!(relay.counters.encrypted.calls.load(Relaxed), 1);
+    }
+
+    /// Plain RTP sent first from elsewhere does not latch an encrypted call's leg: the end's SRTP
+    /// that follows is still heard.
+    #[tokio::test]
+    async fn an_injected_rtp_packet_does_not_take_an_encrypted_leg_over() {
+        let relay = relay(31700..=31799, Duration::from_secs(30), Latching::FirstPacket);
+        let [caller_port, _] = relay.allocate("call-7", true).unwrap();
+        let ((a, a_address), (b, b_address), (intruder, _)) = (phone().await, phone().await, phone().await);
+        let key = parse_crypto_line(KEY_LINE).unwrap();
+        relay.update("call-7", Side::Caller, offer(a_address, false, Some(key.clone()))).unwrap();
+        relay.update("call-7", Side::Callee, offer(b_address, false, Some(key.clone()))).unwrap();
+        let leg = SocketAddr::from(([127, 0, 0, 1], caller_port));
+        intruder.send_to(&rtp(1, 0xe), leg).await.unwrap();
+        assert_eq!(receive(&b).await, None);
+        let protected = srtp(&key, 1, 0xa);
+        a.send_to(&protected, leg).await.unwrap();
+        assert_eq!(receive(&b).await.map(|(packet, _)| packet), Some(protected), "the end's SRTP, after the injection");
+        assert_eq!(relay.counters.encrypted.dropped_not_srtp.load(Relaxed), 1);
+        assert_eq!(relay.counters.encrypted.dropped_foreign.load(Relaxed), 0);
     }
 
     #[tokio::test]

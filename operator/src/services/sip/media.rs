@@ -85,7 +85,9 @@ impl RelayedCall {
 pub(super) fn release(relay: &Arc<MediaClient>, id: &str) {
     let (relay, id) = (relay.clone(), id.to_string());
     tokio::spawn(async move {
-        let _ = relay.release(&id).await;
+        if let Err(e) = relay.release(&id).await {
+            tracing::info!(call = %id, "media not released: {e}");
+        }
     });
 }
 
