@@ -10,6 +10,7 @@
 mod cluster;
 mod common;
 pub mod crdgen;
+mod gateway;
 mod model;
 mod phone;
 mod phone_profile;
@@ -22,6 +23,7 @@ mod user;
 
 pub use cluster::*;
 pub use common::*;
+pub use gateway::*;
 pub use model::*;
 pub use phone::*;
 pub use phone_profile::*;

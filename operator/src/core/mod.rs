@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod capf_report;
+pub mod gateway_media;
 pub mod phone_config;
 pub mod pki;
 pub mod private_file;
