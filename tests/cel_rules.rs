@@ -200,6 +200,18 @@ fn cases() -> Vec<Case> {
             rejects: json!({"capfProfiles": [{"instanceId": "app-1", "certificateOperation": "InstallUpgrade", "authenticationString": {"name": "s", "key": "k"}}]}),
             message: "certificate operation InstallUpgrade requires authenticationString and operationCompletesBy (Table 11-2)",
         },
+        Case {
+            kind: "H323Gateway",
+            accepts: json!({"address": "gw.example", "srtpAllowed": true, "enableOutboundFastStart": false, "ipsec": {"mode": "Infrastructure"}}),
+            rejects: json!({"address": "gw.example", "srtpAllowed": true, "enableOutboundFastStart": true}),
+            message: "srtpAllowed and enableOutboundFastStart cannot both be true: SRTP Allowed disables Enable Outbound FastStart (P.13-3)",
+        },
+        Case {
+            kind: "H323Gateway",
+            accepts: json!({"kind": "H225TrunkGatekeeperControlled", "address": "gk.example", "enableOutboundFastStart": true}),
+            rejects: json!({"kind": "H225TrunkGatekeeperControlled", "address": "gk.example", "srtpAllowed": true, "enableOutboundFastStart": true, "mtpRequired": true}),
+            message: "srtpAllowed and enableOutboundFastStart cannot both be true: SRTP Allowed disables Enable Outbound FastStart (P.13-3)",
+        },
     ]
 }
 

@@ -48,7 +48,7 @@ fn the_readme_reference_and_the_chart_copy_match_the_types() {
 #[test]
 fn every_kind_has_status_short_name_and_columns() {
     let crds = callguard::api::crds();
-    assert_eq!(crds.len(), 10);
+    assert_eq!(crds.len(), 12);
     for crd in crds {
         let kind = &crd.spec.names.kind;
         assert_eq!(crd.spec.group, "callguard.io");

@@ -149,7 +149,7 @@ fn collect_list_types(schema: &Value, path: &str, out: &mut HashMap<String, List
 }
 
 /// The CRDs of the operator, generated from its API types (`callguard crdgen`).
-const CALLGUARD_CRDS: [&str; 10] = [
+const CALLGUARD_CRDS: [&str; 12] = [
     include_str!("../../crds/callcontrolclusters.callguard.io.yaml"),
     include_str!("../../crds/securitytokens.callguard.io.yaml"),
     include_str!("../../crds/phonesecurityprofiles.callguard.io.yaml"),
@@ -157,6 +157,8 @@ const CALLGUARD_CRDS: [&str; 10] = [
     include_str!("../../crds/siptrunksecurityprofiles.callguard.io.yaml"),
     include_str!("../../crds/siptrunks.callguard.io.yaml"),
     include_str!("../../crds/srstreferences.callguard.io.yaml"),
+    include_str!("../../crds/h323gateways.callguard.io.yaml"),
+    include_str!("../../crds/mgcpgateways.callguard.io.yaml"),
     include_str!("../../crds/endusers.callguard.io.yaml"),
     include_str!("../../crds/applicationusers.callguard.io.yaml"),
     include_str!("../../crds/siprealms.callguard.io.yaml"),

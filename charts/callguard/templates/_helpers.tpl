@@ -76,11 +76,13 @@ one replica. Two replicas without a leader would both write, so that combination
 callguard-operator
 {{- end }}
 
-{{/* The ten plurals of the callguard.io API group, the kinds the operator reconciles. */}}
+{{/* The twelve plurals of the callguard.io API group, the kinds the operator reconciles. */}}
 {{- define "callguard.plurals" -}}
 - applicationusers
 - callcontrolclusters
 - endusers
+- h323gateways
+- mgcpgateways
 - phones
 - phonesecurityprofiles
 - securitytokens

@@ -52,6 +52,8 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         SipTrunkSecurityProfile::crd(),
         SipTrunk::crd(),
         SrstReference::crd(),
+        H323Gateway::crd(),
+        MgcpGateway::crd(),
         EndUser::crd(),
         ApplicationUser::crd(),
         SipRealm::crd(),

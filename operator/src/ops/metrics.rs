@@ -39,13 +39,15 @@ pub enum Kind {
     SipTrunkSecurityProfile,
     SipTrunk,
     SrstReference,
+    H323Gateway,
+    MgcpGateway,
     EndUser,
     ApplicationUser,
     SipRealm,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 12] = [
         Self::CallControlCluster,
         Self::SecurityToken,
         Self::PhoneSecurityProfile,
@@ -53,6 +55,8 @@ impl Kind {
         Self::SipTrunkSecurityProfile,
         Self::SipTrunk,
         Self::SrstReference,
+        Self::H323Gateway,
+        Self::MgcpGateway,
         Self::EndUser,
         Self::ApplicationUser,
         Self::SipRealm,
@@ -68,6 +72,8 @@ impl Kind {
             Self::SipTrunkSecurityProfile => "SipTrunkSecurityProfile",
             Self::SipTrunk => "SipTrunk",
             Self::SrstReference => "SrstReference",
+            Self::H323Gateway => "H323Gateway",
+            Self::MgcpGateway => "MgcpGateway",
             Self::EndUser => "EndUser",
             Self::ApplicationUser => "ApplicationUser",
             Self::SipRealm => "SipRealm",
@@ -504,6 +510,8 @@ mod tests {
             SipTrunkSecurityProfile::kind(&()),
             SipTrunk::kind(&()),
             SrstReference::kind(&()),
+            H323Gateway::kind(&()),
+            MgcpGateway::kind(&()),
             EndUser::kind(&()),
             ApplicationUser::kind(&()),
             SipRealm::kind(&()),

@@ -125,6 +125,8 @@ fn any_object(s: &Snapshot) -> (&'static str, String) {
         .or_else(|| first("SipTrunkSecurityProfile", s.trunk_profiles.keys().next()))
         .or_else(|| first("SipTrunk", s.trunks.keys().next()))
         .or_else(|| first("SrstReference", s.srst_references.keys().next()))
+        .or_else(|| first("H323Gateway", s.h323_gateways.keys().next()))
+        .or_else(|| first("MgcpGateway", s.mgcp_gateways.keys().next()))
         .or_else(|| first("EndUser", s.end_users.keys().next()))
         .or_else(|| first("ApplicationUser", s.application_users.keys().next()))
         .or_else(|| first("SipRealm", s.realms.keys().next()))

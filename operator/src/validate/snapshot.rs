@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub trunk_profiles: BTreeMap<String, SipTrunkSecurityProfile>,
     pub trunks: BTreeMap<String, SipTrunk>,
     pub srst_references: BTreeMap<String, SrstReference>,
+    pub h323_gateways: BTreeMap<String, H323Gateway>,
+    pub mgcp_gateways: BTreeMap<String, MgcpGateway>,
     pub end_users: BTreeMap<String, EndUser>,
     pub application_users: BTreeMap<String, ApplicationUser>,
     pub realms: BTreeMap<String, SipRealm>,
@@ -81,7 +83,7 @@ impl Snapshot {
     }
 
     /// The names of the valid objects, kind by kind, in the order the guide introduces them.
-    pub fn names_by_kind(&self) -> [(&'static str, Vec<&String>); 11] {
+    pub fn names_by_kind(&self) -> [(&'static str, Vec<&String>); 13] {
         [
             ("CallControlCluster", self.clusters.keys().collect()),
             ("SecurityToken", self.tokens.keys().collect()),
@@ -90,6 +92,8 @@ impl Snapshot {
             ("SipTrunkSecurityProfile", self.trunk_profiles.keys().collect()),
             ("SipTrunk", self.trunks.keys().collect()),
             ("SrstReference", self.srst_references.keys().collect()),
+            ("H323Gateway", self.h323_gateways.keys().collect()),
+            ("MgcpGateway", self.mgcp_gateways.keys().collect()),
             ("EndUser", self.end_users.keys().collect()),
             ("ApplicationUser", self.application_users.keys().collect()),
             ("SipRealm", self.realms.keys().collect()),
@@ -112,6 +116,8 @@ impl Snapshot {
             "SipTrunkSecurityProfile" => insert(&mut self.trunk_profiles, name, value)?,
             "SipTrunk" => insert(&mut self.trunks, name, value)?,
             "SrstReference" => insert(&mut self.srst_references, name, value)?,
+            "H323Gateway" => insert(&mut self.h323_gateways, name, value)?,
+            "MgcpGateway" => insert(&mut self.mgcp_gateways, name, value)?,
             "EndUser" => insert(&mut self.end_users, name, value)?,
             "ApplicationUser" => insert(&mut self.application_users, name, value)?,
             "SipRealm" => insert(&mut self.realms, name, value)?,
@@ -139,6 +145,8 @@ impl Snapshot {
             + self.trunk_profiles.len()
             + self.trunks.len()
             + self.srst_references.len()
+            + self.h323_gateways.len()
+            + self.mgcp_gateways.len()
             + self.end_users.len()
             + self.application_users.len()
             + self.realms.len()

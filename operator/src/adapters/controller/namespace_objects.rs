@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 use super::labels;
 use crate::api::{
-    ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
-    SrstReference,
+    ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
+    SipTrunkSecurityProfile, SrstReference,
 };
 use crate::validate::manifest::Document;
 
@@ -33,6 +33,8 @@ pub struct NamespaceObjects {
     pub trunk_profiles: Vec<SipTrunkSecurityProfile>,
     pub trunks: Vec<SipTrunk>,
     pub srst_references: Vec<SrstReference>,
+    pub h323_gateways: Vec<H323Gateway>,
+    pub mgcp_gateways: Vec<MgcpGateway>,
     pub end_users: Vec<EndUser>,
     pub application_users: Vec<ApplicationUser>,
     pub realms: Vec<SipRealm>,
@@ -108,7 +110,9 @@ impl NamespaceObjects {
             labels::PROJECTION_COMPONENT
         ));
         let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-        let (srst_references, end_users, application_users, realms, owned_secrets, config_maps) = tokio::try_join!(
+        let (srst_references, h323_gateways, mgcp_gateways, end_users, application_users, realms, owned_secrets, config_maps) = tokio::try_join!(
+            list(client, namespace),
+            list(client, namespace),
             list(client, namespace),
             list(client, namespace),
             list(client, namespace),
@@ -125,6 +129,8 @@ impl NamespaceObjects {
             trunk_profiles,
             trunks,
             srst_references,
+            h323_gateways,
+            mgcp_gateways,
             end_users,
             application_users,
             realms,
@@ -159,6 +165,8 @@ impl NamespaceObjects {
         push_all(&mut documents, self.trunk_profiles);
         push_all(&mut documents, self.trunks);
         push_all(&mut documents, self.srst_references);
+        push_all(&mut documents, self.h323_gateways);
+        push_all(&mut documents, self.mgcp_gateways);
         push_all(&mut documents, self.end_users);
         push_all(&mut documents, self.application_users);
         push_all(&mut documents, self.realms);

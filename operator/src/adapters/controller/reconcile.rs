@@ -31,8 +31,8 @@ use super::projection::{
 use super::state_objects::{certificate_secret, objects_from_state, place, state_from_objects, token_counters};
 use super::workloads::{DataPlaneService, Pods, Workload, WorkloadInputs, workload};
 use crate::api::{
-    ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
-    SrstReference,
+    ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
+    SipTrunkSecurityProfile, SrstReference,
 };
 use crate::core::build::identity::{call_manager_bases, role_file_name, tftp_signer_base};
 use crate::core::build::state::StateDir;
@@ -737,6 +737,8 @@ impl Observed {
         add(&mut map, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
         add(&mut map, Kind::SipTrunk, &objects.trunks);
         add(&mut map, Kind::SrstReference, &objects.srst_references);
+        add(&mut map, Kind::H323Gateway, &objects.h323_gateways);
+        add(&mut map, Kind::MgcpGateway, &objects.mgcp_gateways);
         add(&mut map, Kind::EndUser, &objects.end_users);
         add(&mut map, Kind::ApplicationUser, &objects.application_users);
         add(&mut map, Kind::SipRealm, &objects.realms);
@@ -788,6 +790,8 @@ async fn patch_status(client: &Client, namespace: &str, kind: Kind, name: String
         Kind::SipTrunkSecurityProfile => patch_status_of::<SipTrunkSecurityProfile>(client, namespace, &name, status).await,
         Kind::SipTrunk => patch_status_of::<SipTrunk>(client, namespace, &name, status).await,
         Kind::SrstReference => patch_status_of::<SrstReference>(client, namespace, &name, status).await,
+        Kind::H323Gateway => patch_status_of::<H323Gateway>(client, namespace, &name, status).await,
+        Kind::MgcpGateway => patch_status_of::<MgcpGateway>(client, namespace, &name, status).await,
         Kind::EndUser => patch_status_of::<EndUser>(client, namespace, &name, status).await,
         Kind::ApplicationUser => patch_status_of::<ApplicationUser>(client, namespace, &name, status).await,
         Kind::SipRealm => patch_status_of::<SipRealm>(client, namespace, &name, status).await,

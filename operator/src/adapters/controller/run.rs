@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use super::labels;
 use super::reconcile::{Context, error_policy, reconcile};
 use crate::api::{
-    ApplicationUser, CallControlCluster, EndUser, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk, SipTrunkSecurityProfile,
-    SrstReference,
+    ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
+    SipTrunkSecurityProfile, SrstReference,
 };
 use crate::ops::http::{Health, serve};
 use crate::ops::leader::{LeaderElector, default_identity, leadership_lost, wait_for_leadership};
@@ -144,6 +144,8 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
     let controller = in_namespace::<SipTrunkSecurityProfile>(controller, api(&client, namespace), all(), &store);
     let controller = in_namespace::<SipTrunk>(controller, api(&client, namespace), all(), &store);
     let controller = in_namespace::<SrstReference>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<H323Gateway>(controller, api(&client, namespace), all(), &store);
+    let controller = in_namespace::<MgcpGateway>(controller, api(&client, namespace), all(), &store);
     let controller = in_namespace::<EndUser>(controller, api(&client, namespace), all(), &store);
     let controller = in_namespace::<ApplicationUser>(controller, api(&client, namespace), all(), &store);
     let controller = in_namespace::<SipRealm>(controller, api(&client, namespace), all(), &store);
