@@ -1,7 +1,7 @@
 //! The operator's controller against the in-process API server: the quickstart
-//! becomes Secrets, trust lists, the TFTP workload and Ready statuses; `callguard serve tftp`
-//! started against the same API serves the CTL and a phone's signed configuration to the real
-//! `tftp` client; deleting the cluster removes what it owned; an invalid namespace is Stalled and
+//! becomes Secrets, trust lists, the TFTP workload and Ready statuses, the gateways' with their
+//! media security and an event where SRTP keys are withheld; `callguard serve tftp` started
+//! against the same API serves the CTL and a phone's signed configuration to the real `tftp` client; deleting the cluster removes what it owned; an invalid namespace is Stalled and
 //! gets nothing; sixteen wrong passwords lock a token, which shows in status and signs nothing; the
 //! pods' content hash follows the certificates and trust lists; Argo CD's health check (argocd/health.lua)
 //! says of the status the operator writes what argocd/health_test.yaml says of the committed copies;
@@ -88,6 +88,8 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
         "SipTrunk",
         "SipTrunkSecurityProfile",
         "SrstReference",
+        "H323Gateway",
+        "MgcpGateway",
         "SipRealm",
         "ApplicationUser",
     ] {
@@ -115,6 +117,31 @@ async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_st
     assert_eq!(condition(&bob, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "DigestCredentialsWithheld".into())));
     let lobby = server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "lobby-7970").unwrap();
     assert_eq!(condition(&lobby, "Ready").map(|c| (c.0, c.1)), Some(("False".into(), "AwaitingDeviceCertificate".into())));
+    // Gateways (P.13-2, P.13-3): SRTP keys go only where IPSec is declared, and IPSec is never taken as verified.
+    let h323 = server.get("callguard.io/v1alpha1", "H323Gateway", Some(NAMESPACE), "pstn-h323").unwrap();
+    assert_eq!(h323["status"]["mediaSecurity"], "Encrypted", "{}", h323["status"]);
+    assert!(h323["status"]["mediaSecurityReason"].as_str().unwrap().contains("declared, not verified"), "{}", h323["status"]);
+    for (type_, status) in
+        [("Ready", "True"), ("IpsecNotVerified", "True"), ("SrtpWithheld", "False"), ("OutboundFastStartDisabled", "True")]
+    {
+        assert_eq!(condition(&h323, type_).map(|c| c.0), Some(status.to_owned()), "H323Gateway {type_}");
+    }
+    let mgcp = server.get("callguard.io/v1alpha1", "MgcpGateway", Some(NAMESPACE), "branch-mgcp").unwrap();
+    assert_eq!(mgcp["status"]["mediaSecurity"], "NotSecure", "{}", mgcp["status"]);
+    assert_eq!(
+        mgcp["status"]["mediaSecurityReason"],
+        "no IPSec association is declared (spec.ipsec.mode None): SRTP keys would cross the signaling path in clear, so none are sent (P.13-2, P.13-3)"
+    );
+    assert_eq!(condition(&mgcp, "SrtpWithheld").map(|c| (c.0, c.1)), Some(("True".into(), "NoIpsecDeclared".into())));
+    assert_eq!(condition(&mgcp, "IpsecNotVerified").map(|c| c.0), Some("True".into()));
+    assert!(condition(&mgcp, "OutboundFastStartDisabled").is_none(), "MGCP has no FastStart");
+    until("the SrtpWithheld event on the MGCP gateway", || {
+        server
+            .list("events.k8s.io/v1", "Event", Some(NAMESPACE))
+            .iter()
+            .any(|e| e["reason"] == "SrtpWithheld" && e["type"] == "Warning" && e["regarding"]["name"] == "branch-mgcp")
+    })
+    .await;
     let spec_writes = server.writes().into_iter().filter(|w| w.resource.ends_with("callguard.io") && w.subresource.is_none()).count();
     assert_eq!(spec_writes, 0, "the operator never writes a Callguard object's spec");
 

@@ -29,7 +29,7 @@ fn quickstart_is_valid() {
     let out = callguard(&["validate", "examples/quickstart"]);
     assert_eq!(out.status.code(), Some(0), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.starts_with("valid: 24 objects and 11 secrets in 1 namespace(s)"), "{stdout}");
+    assert!(stdout.starts_with("valid: 26 objects and 11 secrets in 1 namespace(s)"), "{stdout}");
     assert_eq!(stdout.lines().count(), 1);
 }
 
@@ -288,7 +288,7 @@ fn the_quickstart_as_one_list_is_the_same_valid_namespace() {
     std::fs::write(&path, serde_yaml::to_string(&list).unwrap()).unwrap();
     let out = callguard(&["validate", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("valid: 24 objects and 11 secrets in 1 namespace(s), 1 file(s)"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).starts_with("valid: 26 objects and 11 secrets in 1 namespace(s), 1 file(s)"), "{}", text(&out.stdout));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod capf_records;
 pub mod conditions;
+pub mod gateway_status;
 pub mod labels;
 pub mod namespace_objects;
 pub mod projection;

@@ -321,6 +321,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
+    announce_withheld_srtp(context, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await?;
     let until_capf_change =
         capf_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
@@ -571,6 +572,29 @@ async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, ob
     }
 }
 
+/// A gateway or H.323 trunk whose SRTP keys became withheld for lack of IPSec gets a Warning event,
+/// once, when it happens (P.13-2, P.13-3).
+async fn announce_withheld_srtp(context: &Context, observed: &Observed, updates: &[StatusUpdate]) {
+    use super::gateway_status::SRTP_WITHHELD;
+    for update in updates.iter().filter(|u| matches!(u.kind, Kind::H323Gateway | Kind::MgcpGateway)) {
+        let Some(withheld) = update.wanted.iter().find(|w| w.type_ == SRTP_WITHHELD && w.status) else { continue };
+        let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
+            status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == SRTP_WITHHELD).map(|c| c["status"] == "True")
+        });
+        if was == Some(true) {
+            continue;
+        }
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(crate::api::API_VERSION.into()),
+            kind: Some(update.kind.as_str().into()),
+            name: Some(update.name.clone()),
+            namespace: Some(observed.namespace.clone()),
+            ..Default::default()
+        };
+        publish_on(context, &regarding, EventType::Warning, SRTP_WITHHELD, &withheld.message).await;
+    }
+}
+
 /// The condition that shows a phone served with less protection than its objects ask for.
 const DOWNGRADED: &str = "Downgraded";
 
@@ -666,6 +690,11 @@ fn built_statuses(
                 Some(first) => Wanted::new(DOWNGRADED, true, first, downgrades.join("; ")),
                 None => Wanted::new(DOWNGRADED, false, "AsSpecified", ""),
             });
+        }
+        if let Some(media) = status.and_then(|s| s.media.as_ref()) {
+            let (conditions, fields) = super::gateway_status::gateway_status(media);
+            domain.extend(conditions);
+            extra.extend(fields);
         }
         if kind == Kind::CallControlCluster && name == cluster {
             extra.insert("identity".into(), serde_json::to_value(&output.identity).unwrap_or(Value::Null));

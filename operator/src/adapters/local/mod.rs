@@ -750,8 +750,8 @@ struct Built {
 }
 
 /// One row per resource: kind, name, ready, reason, what is served with less protection than asked,
-/// and a phone's LSC state; then one line per downgrade, so that none goes unseen, and one per CAPF
-/// operation, with where it stands.
+/// and a phone's LSC state; then one line per downgrade, so that none goes unseen, one per CAPF
+/// operation, with where it stands, and one per gateway with its media security and why (P.13-2, P.13-3).
 pub fn status_table(statuses: &[ResourceStatus]) -> String {
     let rows: Vec<[String; 6]> = statuses
         .iter()
@@ -770,6 +770,10 @@ pub fn status_table(statuses: &[ResourceStatus]) -> String {
             cells.join("  ").trim_end().to_string()
         })
         .chain(statuses.iter().flat_map(|s| s.downgrades.iter().map(move |d| format!("warning: {}/{} is downgraded: {d}", s.kind, s.name))))
+        .chain(statuses.iter().filter_map(|s| {
+            let media = s.media.as_ref()?;
+            Some(format!("media: {}/{}: {:?}: {}", s.kind, s.name, media.security, media.reason()))
+        }))
         .chain(statuses.iter().filter_map(|s| {
             let lsc = s.lsc.as_ref().map(|l| format!("; LSC serial {} from {}, valid until {}", l.serial_number, l.issuer, l.not_after));
             s.operation_status.as_ref().map(|o| format!("capf: {}/{}: {o}{}", s.kind, s.name, lsc.unwrap_or_default()))

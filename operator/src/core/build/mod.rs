@@ -149,6 +149,10 @@ pub struct ResourceStatus {
     /// A user's CAPF profiles: each instance's operation and certificate (Table 11-2).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub capf_profiles: Vec<crate::api::CapfProfileStatus>,
+    /// A gateway's or H.323 trunk's media security: whether SRTP keys may go to it, and why
+    /// (`core::gateway_media`, P.13-2, P.13-3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::core::gateway_media::MediaDecision>,
 }
 
 impl ResourceStatus {
@@ -166,6 +170,7 @@ impl ResourceStatus {
             downgrades: Vec::new(),
             device: None,
             capf_profiles: Vec::new(),
+            media: None,
         }
     }
 
@@ -465,6 +470,10 @@ pub fn build_namespace(
         for name in names {
             let mut status = ResourceStatus::ready(kind, name);
             status.capf_profiles = user_capf_profiles(&snapshot, state, kind, name, identity.ca.certificate_der(), now)?;
+            status.media = gateway_media(&snapshot, kind, name);
+            if let Some(media) = &status.media {
+                status.message = media.reason();
+            }
             statuses.push(status);
         }
     }
@@ -515,6 +524,16 @@ pub fn build_namespace(
         })
     });
     Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip, media_control })
+}
+
+/// The media security of a gateway or H.323 trunk (P.13-2, P.13-3); none for other kinds.
+fn gateway_media(snapshot: &Snapshot, kind: &str, name: &str) -> Option<crate::core::gateway_media::MediaDecision> {
+    use crate::core::gateway_media::{decide_h323, decide_mgcp};
+    match kind {
+        "H323Gateway" => snapshot.h323_gateways.get(name).map(|g| decide_h323(&g.spec)),
+        "MgcpGateway" => snapshot.mgcp_gateways.get(name).map(|g| decide_mgcp(&g.spec)),
+        _ => None,
+    }
 }
 
 /// Resolves every phone on every core: its payloads for the catalog, and its status.
