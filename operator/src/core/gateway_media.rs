@@ -2,9 +2,10 @@
 //! (Chapter 13, P.13-2 to P.13-4). Pure: no IO.
 //!
 //! The keys of an SRTP call cross the signalling path: CallManager sends an MGCP gateway the master
-//! key and salt over MGCP (P.13-2), and H.323 gateways and trunks exchange their own keys with it
-//! over H.225/H.245 (P.13-3). Neither protocol protects them: only IPSec does, and CallManager does
-//! not know whether IPSec is in place; without it the keys travel in clear (P.13-2, P.13-3).
+//! key and salt over MGCP (P.13-2), and H.323 gateways and trunks make their own keys and send them
+//! to CallManager over signalling (P.13-3). The signalling does not protect them: only IPSec does,
+//! and CallManager does not know whether IPSec is in place; without it the keys travel in clear
+//! (P.13-2, P.13-3).
 //! Callguard promises more than CallManager does, and sends keys to a gateway only when all of
 //! these hold:
 //!
