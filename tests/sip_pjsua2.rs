@@ -184,8 +184,8 @@ struct Pjsua {
 
 /// The words that open phone.py's fact lines; PJSIP prints a few lines of its own before its log
 /// goes to the file.
-const FACTS: [&str; 11] =
-    ["registration", "warning", "challenge", "incoming", "call", "media", "rtp", "injected", "ready", "done", "timeout"];
+const FACTS: [&str; 12] =
+    ["registration", "warning", "challenge", "incoming", "call", "media", "rtp", "rtp-after", "injected", "ready", "done", "timeout"];
 
 impl Pjsua {
     fn start(args: &[String]) -> (Running, tempfile::TempDir) {
@@ -412,6 +412,34 @@ fn plain_rtp_from_one_end_of_an_encrypted_call_is_not_bridged() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(dropped >= 50, "every injected packet dropped: {line}");
+}
+
+/// A re-INVITE two seconds into an encrypted call: its offer and answer are pointed at the same
+/// relay legs, the relay takes the new SDP (address, key), and SRTP flows on through it.
+#[test]
+fn a_reinvite_keeps_an_encrypted_call_on_the_relay() {
+    let local = Local::start();
+    let frank = local.enroll(&FRANK);
+    let grace = local.enroll(&GRACE);
+    local.register_when_known(&FRANK, &frank);
+    local.register_when_known(&GRACE, &grace);
+    let srtp = |mut args: Vec<String>| {
+        args.extend(["--srtp".into(), "mandatory".into()]);
+        args
+    };
+    let mut caller = srtp(local.phone_args(&FRANK, &frank));
+    caller.push("--reinvite".into());
+    let (caller, callee) = call(srtp(local.phone_args(&GRACE, &grace)), caller, GRACE.line);
+    let again = caller.lines.iter().find(|l| l.starts_with("media again")).unwrap_or_else(|| panic!("no re-INVITE: {caller}"));
+    let remote: std::net::SocketAddr = again.split("remote=").nth(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{again}"));
+    assert_eq!(remote, caller.remote_media(), "the same leg after the re-INVITE: {caller}");
+    // PJSIP makes the stream anew at the re-INVITE: its counts start again.
+    let after =
+        caller.lines.iter().find_map(|l| l.strip_prefix("rtp-after rx=")).and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok());
+    let after = after.unwrap_or_else(|| panic!("no counts after the re-INVITE: {caller}"));
+    assert!(after >= 25, "SRTP kept flowing through the relay after the re-INVITE: rx={after}\n{caller}");
+    assert!(!caller.log.contains("Failed to unprotect") && !callee.log.contains("Failed to unprotect"), "{caller}\n{callee}");
+    assert!(callee.has("call DISCONNECTED"), "{callee}");
 }
 
 #[test]

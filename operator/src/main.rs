@@ -589,8 +589,9 @@ enum Serve {
         /// Address the media ports and the control port bind.
         #[arg(long, default_value = "0.0.0.0")]
         bind: std::net::IpAddr,
-        /// The address the SDP names: the node's (HOST_IP from the downward API in the pods).
-        #[arg(long, env = "HOST_IP")]
+        /// The address the SDP names: the node's on the node's network, else the pod's
+        /// (ADVERTISED_IP from the downward API in the pods).
+        #[arg(long, env = "ADVERTISED_IP")]
         advertise: std::net::IpAddr,
         /// The control interface's port (spec.media.controlPort).
         #[arg(long, default_value_t = callguard::services::media::control::DEFAULT_CONTROL_PORT)]

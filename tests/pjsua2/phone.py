@@ -14,6 +14,9 @@ What it sees goes to stdout, one fact per line, for the test to assert:
                                     the caller received (or the offer the callee did) kept a=crypto,
                                     and where this end sends its RTP
   rtp rx=<packets> tx=<packets>     the audio stream's RTP counts, a second into the call
+  media again remote=<address:port> the audio stream after a re-INVITE (--reinvite)
+  rtp-after rx=<packets> tx=<packets>
+                                    the counts a second and a half after the re-INVITE
   injected <count> from=<address:port> to=<address:port>
                                     plain RTP sent as if from this phone's own media port
                                     (--inject-plain-rtp, on the answering side)
@@ -103,6 +106,7 @@ class Call(pj.Call):
         self.media_said = False
         self.stats_said = False
         self.injected = False
+        self.renegotiated = False
         self.audio_index = None
 
     def onCallState(self, prm):
@@ -116,6 +120,11 @@ class Call(pj.Call):
 
     def onCallMediaState(self, prm):
         if self.media_said:
+            # A re-INVITE: where this end sends its RTP now.
+            if self.audio_index is not None and not self.renegotiated:
+                self.renegotiated = True
+                say("media", "again", "remote=" + self.getStreamInfo(self.audio_index).remoteRtpAddress)
+                self.connect_audio(self.audio_index)
             return
         info = self.getInfo()
         for index, media in enumerate(info.media):
@@ -128,13 +137,16 @@ class Call(pj.Call):
                 remote = self.getStreamInfo(index).remoteRtpAddress
                 say("media", "proto=" + proto, "crypto=" + ("yes" if crypto else "no"), "remote=" + remote)
                 self.media_said = True
-                # Audio both ways: the null sound device's clock drives the bridge, so the stream
-                # sends a frame every 20 ms and plays what it receives.
-                audio = self.getAudioMedia(index)
-                devices = pj.Endpoint.instance().audDevManager()
-                devices.getCaptureDevMedia().startTransmit(audio)
-                audio.startTransmit(devices.getPlaybackDevMedia())
+                self.connect_audio(index)
                 self.audio_index = index
+
+    def connect_audio(self, index):
+        """Audio both ways: the null sound device's clock drives the bridge, so the stream sends a
+        frame every 20 ms and plays what it receives."""
+        audio = self.getAudioMedia(index)
+        devices = pj.Endpoint.instance().audDevManager()
+        devices.getCaptureDevMedia().startTransmit(audio)
+        audio.startTransmit(devices.getPlaybackDevMedia())
 
     def inject_once(self, count):
         """Plain RTP from this end's media port to where it sends its own, half a second in."""
@@ -321,6 +333,14 @@ class Phone:
                 # Two seconds of the call, its RTP counts said after one, then hang up.
                 until = time.monotonic() + 2
                 pump_until(lambda: call.say_stats_once() or time.monotonic() > until)
+                if args.reinvite:
+                    call.reinvite(pj.CallOpParam(True))
+                    ok = pump_until(lambda: call.renegotiated or call.disconnected)
+                    after = time.monotonic() + 1.5
+                    pump_until(lambda: time.monotonic() > after)
+                    if not call.disconnected:
+                        stat = call.getStreamStat(call.audio_index)
+                        say("rtp-after", "rx=%d" % stat.rtcp.rxStat.pkt, "tx=%d" % stat.rtcp.txStat.pkt)
                 call.hangup(pj.CallOpParam())
                 ok = pump_until(lambda: call.disconnected)
         # No Call may outlive the library: its destructor calls into it.
@@ -348,6 +368,8 @@ def main():
                         help="register again, the digest answer held this many seconds on its way")
     parser.add_argument("--answer", action="store_true", help="answer one call, wait for its end")
     parser.add_argument("--call", help="call this line, hang up after a second of media")
+    parser.add_argument("--reinvite", action="store_true",
+                        help="calling, send a re-INVITE two seconds into the call, then talk on")
     parser.add_argument("--inject-plain-rtp", type=int, metavar="N",
                         help="answering, send N plain RTP packets from this phone's media port")
     parser.add_argument("--timeout", type=float, default=20)

@@ -307,8 +307,11 @@ pub fn workload(service: DataPlaneService, cluster: &CallControlCluster, inputs:
             [("POD_NAMESPACE", "metadata.namespace")]
                 .into_iter()
                 .chain(service.per_node().then_some(("POD_NAME", "metadata.name")))
-                // The relay names its node's address in the SDP.
-                .chain((service == DataPlaneService::Media).then_some(("HOST_IP", "status.hostIP")))
+                // The relay names its own address in the SDP: its node's on the node's network.
+                .chain(
+                    (service == DataPlaneService::Media)
+                        .then_some(("ADVERTISED_IP", if cluster.spec.media().host_network() { "status.hostIP" } else { "status.podIP" })),
+                )
                 .map(|(name, field_path)| EnvVar {
                     name: name.into(),
                     value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
@@ -755,7 +758,7 @@ mod tests {
     }
 
     /// The relay runs on its nodes' network by default, one pod per node, names the node's address
-    /// (HOST_IP) in the SDP, reads only its control Secret, and lets in only its range, its control
+    /// (ADVERTISED_IP) in the SDP, reads only its control Secret, and lets in only its range, its control
     /// port and metrics.
     #[test]
     fn media_runs_on_the_nodes_network_with_its_range_and_reads_only_its_control_secret() {
@@ -799,7 +802,9 @@ mod tests {
             assert!(args.windows(2).any(|w| w == [option, value]), "{option} {value} in {args:?}");
         }
         let env: Vec<&str> = container.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(env, ["POD_NAMESPACE", "HOST_IP"]);
+        assert_eq!(env, ["POD_NAMESPACE", "ADVERTISED_IP"]);
+        let advertised = container.env.as_ref().unwrap()[1].value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+        assert_eq!(advertised.field_path, "status.hostIP");
         let service = w.service.spec.unwrap();
         assert_eq!(service.cluster_ip.as_deref(), Some("None"), "headless: the SIP pods reach every relay");
         assert_eq!(w.role.rules.unwrap()[0].resource_names.as_deref(), Some(&readable[..]));

@@ -176,7 +176,7 @@ impl SipService {
         let call_id = server.original.call_id_header().map(|c| c.value().to_string()).unwrap_or_default();
         let media = match self.media_relay() {
             Some(relay) => match super::media::RelayedCall::offer(&relay, &call_id, &mut forward, keys_pass).await {
-                Ok(media) => media,
+                Ok(media) => media.map(std::sync::Arc::new),
                 Err(decision) => return self.answer(&mut server, decision).await,
             },
             None => None,
@@ -257,10 +257,12 @@ impl SipService {
                 set_body(&mut response.headers, &mut response.body, body);
             }
             if let Some(media) = &media {
-                if response.status_code.kind() == sip::StatusCodeKind::Successful {
-                    media_answered = true;
-                }
                 media.answer(&mut response).await;
+                if response.status_code.kind() == sip::StatusCodeKind::Successful && !media_answered {
+                    media_answered = true;
+                    // Its re-INVITEs go through the same legs.
+                    self.relayed.lock().unwrap_or_else(|e| e.into_inner()).insert(call_id.clone(), media.clone());
+                }
             }
             if response.status_code == StatusCode::OK {
                 self.count_call(security);
@@ -310,6 +312,16 @@ impl SipService {
         {
             super::media::release(&relay, call_id.value());
         }
+        // A re-INVITE of a relayed call: its SDP through the same legs.
+        let relayed = match (request.method == Method::Invite, request.call_id_header()) {
+            (true, Ok(call_id)) => self.relayed.lock().unwrap_or_else(|e| e.into_inner()).get(&call_id.value().to_string()).cloned(),
+            _ => None,
+        };
+        if let Some(media) = &relayed
+            && let Err(decision) = media.reoffer(&mut request).await
+        {
+            return self.answer(&mut server, decision).await;
+        }
         let endpoint = server.endpoint_inner.clone();
         let Some(forward) = prepare_forward(&endpoint, request, &inbound, &outbound, false)? else {
             return server.reply(StatusCode::TooManyHops).await;
@@ -326,6 +338,9 @@ impl SipService {
             pop_top_via(&mut response.headers);
             if offset > 0 {
                 renumber_response(&mut response, caller_cseq)?;
+            }
+            if let Some(media) = &relayed {
+                media.answer(&mut response).await;
             }
             server.respond(response).await?;
         }
@@ -444,7 +459,7 @@ fn renumber_response(response: &mut sip::Response, seq: u32) -> rsipstack::Resul
 }
 
 /// The From tag of `request`.
-fn from_tag(request: &sip::Request) -> Option<String> {
+pub(super) fn from_tag(request: &sip::Request) -> Option<String> {
     request.from_header().ok()?.tag().ok()??.value().to_string().into()
 }
 

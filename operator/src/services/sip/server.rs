@@ -84,6 +84,8 @@ pub struct SipService {
     /// Dialogs with a trunk whose INVITE was sent again with credentials, by Call-ID: the requests
     /// of the caller's side go with their CSeq moved up by as much (`proxy`).
     pub(super) renumbered: Mutex<Bounded<String, super::proxy::Renumbered>>,
+    /// The relayed calls that were answered, by Call-ID, for their re-INVITEs.
+    pub(super) relayed: Mutex<Bounded<String, Arc<super::media::RelayedCall>>>,
     in_flight: AtomicUsize,
     /// [`MAX_IN_FLIGHT`] unless a test lowers it.
     in_flight_limit: AtomicUsize,
@@ -144,6 +146,7 @@ impl SipService {
             authorities: Mutex::new(HashMap::new()),
             tls_peers: Mutex::new(Bounded::new(MAX_TLS_PEERS)),
             renumbered: Mutex::new(Bounded::new(MAX_RENUMBERED_DIALOGS)),
+            relayed: Mutex::new(Bounded::new(MAX_RENUMBERED_DIALOGS)),
             in_flight: AtomicUsize::new(0),
             in_flight_limit: AtomicUsize::new(MAX_IN_FLIGHT),
             listening: Mutex::new(Vec::new()),
