@@ -357,19 +357,25 @@ fn call(callee_args: Vec<String>, caller_args: Vec<String>, target: &str) -> (Pj
     (caller, Pjsua::finish(callee, callee_logs))
 }
 
-#[test]
-fn a_call_between_two_encrypted_pjsua2_phones_keeps_its_srtp_keys_and_is_reported_encrypted() {
-    let mut local = Local::start();
+/// Frank and Grace, Encrypted, enrolled and registered: the arguments of each (Grace the callee)
+/// with SRTP mandatory, so that a call between them connects only if the keys pass.
+fn encrypted_pair(local: &Local) -> (Vec<String>, Vec<String>) {
     let frank = local.enroll(&FRANK);
     let grace = local.enroll(&GRACE);
     local.register_when_known(&FRANK, &frank);
     local.register_when_known(&GRACE, &grace);
-    // SRTP mandatory on both ends: the call connects only if the keys pass.
     let srtp = |mut args: Vec<String>| {
         args.extend(["--srtp".into(), "mandatory".into()]);
         args
     };
-    let (caller, callee) = call(srtp(local.phone_args(&GRACE, &grace)), srtp(local.phone_args(&FRANK, &frank)), GRACE.line);
+    (srtp(local.phone_args(&FRANK, &frank)), srtp(local.phone_args(&GRACE, &grace)))
+}
+
+#[test]
+fn a_call_between_two_encrypted_pjsua2_phones_keeps_its_srtp_keys_and_is_reported_encrypted() {
+    let mut local = Local::start();
+    let (frank, grace) = encrypted_pair(&local);
+    let (caller, callee) = call(grace, frank, GRACE.line);
     assert!(caller.has("challenge INVITE 401"), "the INVITE is challenged like the REGISTER: {caller}");
     assert!(callee.has("incoming crypto=yes"), "{callee}");
     for run in [&caller, &callee] {
@@ -387,17 +393,9 @@ fn a_call_between_two_encrypted_pjsua2_phones_keeps_its_srtp_keys_and_is_reporte
 #[test]
 fn plain_rtp_from_one_end_of_an_encrypted_call_is_not_bridged() {
     let mut local = Local::start();
-    let frank = local.enroll(&FRANK);
-    let grace = local.enroll(&GRACE);
-    local.register_when_known(&FRANK, &frank);
-    local.register_when_known(&GRACE, &grace);
-    let srtp = |mut args: Vec<String>| {
-        args.extend(["--srtp".into(), "mandatory".into()]);
-        args
-    };
-    let mut callee = srtp(local.phone_args(&GRACE, &grace));
-    callee.extend(["--inject-plain-rtp".into(), "50".into()]);
-    let (caller, callee) = call(callee, srtp(local.phone_args(&FRANK, &frank)), GRACE.line);
+    let (frank, mut grace) = encrypted_pair(&local);
+    grace.extend(["--inject-plain-rtp".into(), "50".into()]);
+    let (caller, callee) = call(grace, frank, GRACE.line);
     assert!(callee.has("injected 50"), "{callee}");
     for run in [&caller, &callee] {
         assert!(run.has("media proto=RTP/SAVP crypto=yes"), "{run}");
@@ -419,17 +417,9 @@ fn plain_rtp_from_one_end_of_an_encrypted_call_is_not_bridged() {
 #[test]
 fn a_reinvite_keeps_an_encrypted_call_on_the_relay() {
     let local = Local::start();
-    let frank = local.enroll(&FRANK);
-    let grace = local.enroll(&GRACE);
-    local.register_when_known(&FRANK, &frank);
-    local.register_when_known(&GRACE, &grace);
-    let srtp = |mut args: Vec<String>| {
-        args.extend(["--srtp".into(), "mandatory".into()]);
-        args
-    };
-    let mut caller = srtp(local.phone_args(&FRANK, &frank));
-    caller.push("--reinvite".into());
-    let (caller, callee) = call(srtp(local.phone_args(&GRACE, &grace)), caller, GRACE.line);
+    let (mut frank, grace) = encrypted_pair(&local);
+    frank.push("--reinvite".into());
+    let (caller, callee) = call(grace, frank, GRACE.line);
     let again = caller.lines.iter().find(|l| l.starts_with("media again")).unwrap_or_else(|| panic!("no re-INVITE: {caller}"));
     let remote: std::net::SocketAddr = again.split("remote=").nth(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{again}"));
     assert_eq!(remote, caller.remote_media(), "the same leg after the re-INVITE: {caller}");

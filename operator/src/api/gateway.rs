@@ -89,7 +89,7 @@ pub enum MediaSecurity {
     version = "v1alpha1",
     kind = "H323Gateway",
     namespaced,
-    status = "H323GatewayStatus",
+    status = "GatewayStatus",
     shortname = "h323gw",
     category = "callguard",
     doc = "An H.323 gateway, H.225 trunk or inter-cluster trunk: SRTP Allowed, FastStart, MTP and IPSec (Chapter 13, P.13-3)",
@@ -146,13 +146,13 @@ impl H323GatewaySpec {
     }
 }
 
-/// Observed state of an H.323 gateway or trunk.
+/// Observed state of a gateway or H.323 trunk, of either kind.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct H323GatewayStatus {
+pub struct GatewayStatus {
     #[serde(flatten)]
     pub common: CommonStatus,
-    /// Encrypted when SRTP keys may go to the device, NotSecure otherwise (P.13-3).
+    /// Encrypted when SRTP keys may go to the device, NotSecure otherwise (P.13-2, P.13-3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_security: Option<MediaSecurity>,
     /// Why, in words, with the pages of the guide.
@@ -166,7 +166,7 @@ pub struct H323GatewayStatus {
     version = "v1alpha1",
     kind = "MgcpGateway",
     namespaced,
-    status = "MgcpGatewayStatus",
+    status = "GatewayStatus",
     shortname = "mgcpgw",
     category = "callguard",
     doc = "A Cisco IOS MGCP gateway: the MGCP SRTP package and IPSec (Chapter 13, P.13-2)",
@@ -200,18 +200,4 @@ impl MgcpGatewaySpec {
     pub fn ipsec(&self) -> GatewayIpsec {
         self.ipsec.clone().unwrap_or_default()
     }
-}
-
-/// Observed state of an MGCP gateway.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MgcpGatewayStatus {
-    #[serde(flatten)]
-    pub common: CommonStatus,
-    /// Encrypted when SRTP keys may go to the gateway, NotSecure otherwise (P.13-2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_security: Option<MediaSecurity>,
-    /// Why, in words, with the pages of the guide.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_security_reason: Option<String>,
 }
