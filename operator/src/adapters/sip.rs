@@ -184,7 +184,7 @@ pub fn control_tls(
 
 /// A relay with its control listener bound, not yet serving (`callguard local`).
 pub struct ControlledRelay {
-    pub relay: std::sync::Arc<crate::services::media::relay::MediaRelay>,
+    relay: std::sync::Arc<crate::services::media::relay::MediaRelay>,
     listener: tokio::net::TcpListener,
     server: std::sync::Arc<rustls::ServerConfig>,
     client: std::sync::Arc<crate::services::media::control::MediaClient>,
