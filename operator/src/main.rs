@@ -53,6 +53,19 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// What changing the manifests from OLD to NEW will require: the resets and restarts the guide
+    /// asks for (P.1-10, P.1-16, P.3-5, P.6-7, P.12-4, P.13-7, P.14-7, P.16-5), the certificates the
+    /// build issues and the trust lists it signs anew. OLD and NEW are directories, or git revisions
+    /// of one as REV:PATH (`HEAD:examples/quickstart`). Markdown for a pull-request comment, or JSON.
+    Plan {
+        /// The manifests as they are: a directory, or REV:PATH.
+        old: String,
+        /// The manifests as they will be.
+        new: String,
+        /// Markdown, or one JSON document for tools.
+        #[arg(short, long, value_enum, default_value = "markdown")]
+        format: PlanFormat,
+    },
     /// Print a shell completion script: `callguard completion bash > /etc/bash_completion.d/callguard`.
     Completion {
         /// The shell.
@@ -657,6 +670,7 @@ fn main() -> ExitCode {
             let policy = if allow_missing_secrets { SecretPolicy::AllowMissing } else { SecretPolicy::Require };
             run_validate(&paths, policy, output)
         }
+        Command::Plan { old, new, format } => run_plan(&old, &new, format),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "callguard", &mut std::io::stdout());
@@ -1245,6 +1259,82 @@ fn run_token(token: Token) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// How `callguard plan` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PlanFormat {
+    Markdown,
+    Json,
+}
+
+/// The manifests of `spec`: a directory, or `REV:PATH` of the git repository here, extracted into
+/// `scratch` with `git archive`.
+fn plan_source(spec: &str, scratch: &std::path::Path) -> Result<PathBuf, String> {
+    let path = PathBuf::from(spec);
+    if path.exists() {
+        return Ok(path);
+    }
+    let Some((revision, inside)) = spec.split_once(':') else {
+        return Err(format!("{spec}: no such directory, and not REV:PATH"));
+    };
+    let archive = std::process::Command::new("git")
+        .args(["archive", "--format=tar", revision, "--", inside])
+        .output()
+        .map_err(|e| format!("{spec}: git: {e}"))?;
+    if !archive.status.success() {
+        return Err(format!("{spec}: git archive: {}", String::from_utf8_lossy(&archive.stderr).trim()));
+    }
+    let mut tar = std::process::Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(scratch)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{spec}: tar: {e}"))?;
+    use std::io::Write;
+    tar.stdin.take().ok_or("tar: no stdin")?.write_all(&archive.stdout).map_err(|e| format!("{spec}: tar: {e}"))?;
+    if !tar.wait().map_err(|e| e.to_string())?.success() {
+        return Err(format!("{spec}: tar could not unpack the revision"));
+    }
+    Ok(scratch.join(inside))
+}
+
+fn run_plan(old: &str, new: &str, format: PlanFormat) -> ExitCode {
+    let scratch = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("callguard plan: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let read = |spec: &str, which: &str| -> Result<_, String> {
+        let dir = scratch.path().join(which);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = plan_source(spec, &dir)?;
+        callguard::core::build::validate_paths(&[path]).map_err(|e| match e {
+            callguard::core::build::PathsError::Unreadable(errors) => errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+            callguard::core::build::PathsError::Invalid(violations) => {
+                let lines: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+                format!("{spec} is not valid (callguard validate says why):\n{}", lines.join("\n"))
+            }
+        })
+    };
+    let plans = read(old, "old")
+        .and_then(|before| Ok((before, read(new, "new")?)))
+        .and_then(|(before, after)| callguard::core::plan::plan_namespaces(before, after, time::OffsetDateTime::now_utc()));
+    match plans {
+        Ok(plans) => {
+            match format {
+                PlanFormat::Markdown => print!("{}", callguard::core::plan::markdown(&plans, old, new)),
+                PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&plans).unwrap_or_default()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callguard plan: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

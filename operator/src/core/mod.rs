@@ -6,6 +6,7 @@ pub mod capf_report;
 pub mod gateway_media;
 pub mod phone_config;
 pub mod pki;
+pub mod plan;
 pub mod private_file;
 pub mod token;
 pub mod trust;
