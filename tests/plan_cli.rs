@@ -49,14 +49,25 @@ fn each_change_gets_the_resets_and_restarts_the_guide_asks_for() {
     let unchanged = plan(&quickstart(), dir.path(), "markdown");
     assert!(unchanged.contains("No reset or restart is required."), "{unchanged}");
 
-    edit(&dir.path().join("profiles.yaml"), "deviceSecurityMode: Authenticated\n  authenticationMode: ByNullString", "deviceSecurityMode: Encrypted\n  authenticationMode: ByNullString");
+    edit(
+        &dir.path().join("profiles.yaml"),
+        "deviceSecurityMode: Authenticated\n  authenticationMode: ByNullString",
+        "deviceSecurityMode: Encrypted\n  authenticationMode: ByNullString",
+    );
     edit(&dir.path().join("trunk.yaml"), "incomingPort: 5061", "incomingPort: 5071");
     // token-backup replaced by a new token.
     let password = dir.path().join("password");
     std::fs::write(&password, "FakeToken789").unwrap();
     let made = callguard(&[
-        "token", "create", "--name", "token-new", "--password-file", password.to_str().unwrap(), "--with-password-secret",
-        "--out", dir.path().join("token-new.yaml").to_str().unwrap(),
+        "token",
+        "create",
+        "--name",
+        "token-new",
+        "--password-file",
+        password.to_str().unwrap(),
+        "--with-password-secret",
+        "--out",
+        dir.path().join("token-new.yaml").to_str().unwrap(),
     ]);
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     std::fs::remove_file(&password).unwrap();

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +52,33 @@ enum Command {
         /// Text lines, or one JSON document for tools.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
+    },
+    /// Write the security state of a state directory (every namespace's CA, certificates and keys,
+    /// published trust lists, token registry, identity record, and what CAPF issued) to one file,
+    /// encrypted with the passphrase in --passphrase-file (age: scrypt and ChaCha20-Poly1305). The
+    /// file is created new, readable by its owner only.
+    Backup {
+        /// The state directory of `callguard local` or `build`.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The backup file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// A file holding the passphrase (at least 12 characters).
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
+    /// Bring a backup back into a state directory that holds none of its namespaces; `callguard
+    /// local` or `build` then serves the same trust lists, byte for byte.
+    Restore {
+        /// The backup file.
+        backup: PathBuf,
+        /// The state directory to restore into.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// A file holding the passphrase the backup was made with.
+        #[arg(long)]
+        passphrase_file: PathBuf,
     },
     /// What changing the manifests from OLD to NEW will require: the resets and restarts the guide
     /// asks for (P.1-10, P.1-16, P.3-5, P.6-7, P.12-4, P.13-7, P.14-7, P.16-5), the certificates the
@@ -671,6 +698,8 @@ fn main() -> ExitCode {
             run_validate(&paths, policy, output)
         }
         Command::Plan { old, new, format } => run_plan(&old, &new, format),
+        Command::Backup { state_dir, out, passphrase_file } => run_backup(&state_dir, &out, &passphrase_file),
+        Command::Restore { backup, state_dir, passphrase_file } => run_restore(&backup, &state_dir, &passphrase_file),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "callguard", &mut std::io::stdout());
@@ -1259,6 +1288,62 @@ fn run_token(token: Token) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn run_backup(state_dir: &Path, out: &Path, passphrase_file: &Path) -> ExitCode {
+    use callguard::adapters::backup::{read_passphrase, read_state_root};
+    let sealed = read_passphrase(passphrase_file).and_then(|passphrase| {
+        let namespaces = read_state_root(state_dir)?;
+        let files: usize = namespaces.values().map(|f| f.len()).sum();
+        let sealed = callguard::core::backup::seal(&namespaces, &passphrase).map_err(|e| e.to_string())?;
+        Ok((sealed, namespaces.len(), files))
+    });
+    let written = sealed.and_then(|(sealed, namespaces, files)| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(|e| format!("{}: {e} (a backup is never written over a file)", out.display()))?;
+        file.write_all(&sealed).and_then(|()| file.sync_all()).map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok((namespaces, files))
+    });
+    match written {
+        Ok((namespaces, files)) => {
+            println!("backed up {files} file(s) of {namespaces} namespace(s) from {} into {}", state_dir.display(), out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callguard backup: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_restore(backup: &Path, state_dir: &Path, passphrase_file: &Path) -> ExitCode {
+    use callguard::adapters::backup::{read_passphrase, write_state_root};
+    let restored = read_passphrase(passphrase_file).and_then(|passphrase| {
+        let metadata = std::fs::metadata(backup).map_err(|e| format!("{}: {e}", backup.display()))?;
+        if metadata.len() > callguard::core::backup::MAX_BACKUP as u64 {
+            return Err(callguard::core::backup::BackupError::TooLarge(usize::try_from(metadata.len()).unwrap_or(usize::MAX)).to_string());
+        }
+        let bytes = std::fs::read(backup).map_err(|e| format!("{}: {e}", backup.display()))?;
+        let namespaces = callguard::core::backup::open(&bytes, &passphrase).map_err(|e| format!("{}: {e}", backup.display()))?;
+        let files = write_state_root(state_dir, &namespaces)?;
+        Ok((namespaces.len(), files))
+    });
+    match restored {
+        Ok((namespaces, files)) => {
+            println!("restored {files} file(s) of {namespaces} namespace(s) into {}", state_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callguard restore: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pure core: what the cluster's objects become (certificates, trust lists, signed and
 //! encrypted phone files), with no Kubernetes client and no network listener.
 
+pub mod backup;
 pub mod build;
 pub mod capf_report;
 pub mod gateway_media;
