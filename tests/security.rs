@@ -396,6 +396,78 @@ async fn losing_the_identity_stalls_and_only_the_named_identity_is_replaced() {
 }
 
 /// The token registry the operator keeps, decoded.
+/// `callguard` with the kubeconfig of `identity` on `server`, from a blocking thread.
+async fn callguard_as(server: &FakeApiServer, identity: &str, dir: &Path, args: Vec<String>) -> std::process::Output {
+    let kubeconfig = dir.join(format!("{identity}.kubeconfig"));
+    std::fs::write(&kubeconfig, server.kubeconfig(identity)).unwrap();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_callguard")).args(args).env("KUBECONFIG", kubeconfig).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The CA Secret and the trust ConfigMap deleted, the cluster stalled on the lost identity:
+/// `callguard restore` of a backup taken before brings them back, the cluster is Ready on the same
+/// identity, and the TFTP pods serve the same trust lists, byte for byte. A second restore writes
+/// nothing; one over a state that differs is refused, naming what differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_identity_comes_back_from_a_backup_with_the_same_files() {
+    require("tftp", "tftp-hpa");
+    let server = FakeApiServer::start().await;
+    let (shutdown, operator) = ready_quickstart(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = serve_tftp(&server, dir.path()).await;
+    let (ctl, itl) = (fetch(&tftp, "CTLFile.tlv").await.expect("the CTL"), fetch(&tftp, "ITLFile.tlv").await.expect("the ITL"));
+    let (ca, trust, id) =
+        (object(&server, "Secret", "quickstart-ca"), object(&server, "ConfigMap", "quickstart-trust"), identity_id(&server));
+    let passphrase = dir.path().join("passphrase");
+    std::fs::write(&passphrase, "a long enough passphrase").unwrap();
+    let backup = dir.path().join("default.backup");
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let args = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+    let taken = callguard_as(
+        &server,
+        "admin",
+        dir.path(),
+        args(&["backup", "--namespace", NAMESPACE, "--out", &path(&backup), "--passphrase-file", &path(&passphrase)]),
+    )
+    .await;
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+
+    delete(&server, "v1", "Secret", "secrets", "quickstart-ca").await;
+    delete(&server, "v1", "ConfigMap", "configmaps", "quickstart-trust").await;
+    until("IdentityLost", || stalled_with(&server, "IdentityLost").is_some()).await;
+
+    let restore = args(&["restore", &path(&backup), "--namespace", NAMESPACE, "--passphrase-file", &path(&passphrase)]);
+    let restored = callguard_as(&server, "admin", dir.path(), restore.clone()).await;
+    let said = String::from_utf8_lossy(&restored.stdout).into_owned();
+    assert!(restored.status.success(), "{said}{}", String::from_utf8_lossy(&restored.stderr));
+    assert!(said.contains("Secret/quickstart-ca created") && said.contains("ConfigMap/quickstart-trust created"), "{said}");
+    until("Ready on the restored identity", || is_ready(&cluster(&server))).await;
+    assert_eq!(identity_id(&server), id, "the same identity");
+    assert_eq!(object(&server, "Secret", "quickstart-ca")["data"], ca["data"]);
+    assert_eq!(object(&server, "ConfigMap", "quickstart-trust")["binaryData"], trust["binaryData"]);
+    settle(&server).await;
+    assert_eq!(fetch(&tftp, "CTLFile.tlv").await, Some(ctl), "the same CTL, byte for byte");
+    assert_eq!(fetch(&tftp, "ITLFile.tlv").await, Some(itl), "the same ITL, byte for byte");
+
+    let again = callguard_as(&server, "admin", dir.path(), restore.clone()).await;
+    let said = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(again.status.success() && !said.contains("created") && !said.contains("replaced"), "{said}");
+    drop(tftp);
+    // A state that differs from the backup (the operator stopped, so that it does not mend the
+    // edit first) is not written over.
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+    edit(&server, "Secret", "secrets", "quickstart-ca", |s| s["data"]["serials"] = json!("AAAA")).await;
+    let refused = callguard_as(&server, "admin", dir.path(), restore).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Secret/quickstart-ca") && stderr.contains("nothing was written"), "{stderr}");
+    assert_eq!(object(&server, "Secret", "quickstart-ca")["data"]["serials"], json!("AAAA"), "left as it was");
+}
+
 fn registry(server: &FakeApiServer) -> Option<Value> {
     let secret = server.get("v1", "Secret", Some(NAMESPACE), "quickstart-tokens")?;
     serde_yaml::from_slice(&decoded(&secret, "data", "registry.yaml")).ok()

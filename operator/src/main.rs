@@ -59,8 +59,12 @@ enum Command {
     /// file is created new, readable by its owner only.
     Backup {
         /// The state directory of `callguard local` or `build`.
+        #[arg(long, required_unless_present = "namespace", conflicts_with = "namespace")]
+        state_dir: Option<PathBuf>,
+        /// Or the namespace of a CallControlCluster in the Kubernetes cluster of KUBECONFIG: the
+        /// state the operator keeps there.
         #[arg(long)]
-        state_dir: PathBuf,
+        namespace: Option<String>,
         /// The backup file to create.
         #[arg(long)]
         out: PathBuf,
@@ -74,8 +78,15 @@ enum Command {
         /// The backup file.
         backup: PathBuf,
         /// The state directory to restore into.
+        #[arg(long, required_unless_present = "namespace", conflicts_with = "namespace")]
+        state_dir: Option<PathBuf>,
+        /// Or the namespace of a CallControlCluster in the Kubernetes cluster of KUBECONFIG: its
+        /// missing Secrets, trust ConfigMap, CAPF records and identity record are written back.
         #[arg(long)]
-        state_dir: PathBuf,
+        namespace: Option<String>,
+        /// With --namespace: replace what exists with other content, instead of refusing.
+        #[arg(long, requires = "namespace")]
+        overwrite: bool,
         /// A file holding the passphrase the backup was made with.
         #[arg(long)]
         passphrase_file: PathBuf,
@@ -698,8 +709,12 @@ fn main() -> ExitCode {
             run_validate(&paths, policy, output)
         }
         Command::Plan { old, new, format } => run_plan(&old, &new, format),
-        Command::Backup { state_dir, out, passphrase_file } => run_backup(&state_dir, &out, &passphrase_file),
-        Command::Restore { backup, state_dir, passphrase_file } => run_restore(&backup, &state_dir, &passphrase_file),
+        Command::Backup { state_dir, namespace, out, passphrase_file } => {
+            run_backup(&StateSource::of(state_dir, namespace), &out, &passphrase_file)
+        }
+        Command::Restore { backup, state_dir, namespace, overwrite, passphrase_file } => {
+            run_restore(&backup, &StateSource::of(state_dir, namespace), overwrite, &passphrase_file)
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "callguard", &mut std::io::stdout());
@@ -1291,10 +1306,50 @@ fn run_token(token: Token) -> ExitCode {
     }
 }
 
-fn run_backup(state_dir: &Path, out: &Path, passphrase_file: &Path) -> ExitCode {
-    use callguard::adapters::backup::{read_passphrase, read_state_root};
+/// Where `backup` reads a state and `restore` writes one.
+enum StateSource {
+    Directory(PathBuf),
+    Namespace(String),
+}
+
+impl StateSource {
+    fn of(state_dir: Option<PathBuf>, namespace: Option<String>) -> StateSource {
+        match (state_dir, namespace) {
+            (Some(dir), _) => StateSource::Directory(dir),
+            (None, Some(namespace)) => StateSource::Namespace(namespace),
+            // clap requires one of the two.
+            (None, None) => StateSource::Directory(PathBuf::from(".callguard")),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            StateSource::Directory(dir) => dir.display().to_string(),
+            StateSource::Namespace(namespace) => format!("namespace {namespace}"),
+        }
+    }
+}
+
+/// Runs `job` with a client of the Kubernetes cluster of KUBECONFIG.
+fn with_kube<T>(job: impl AsyncFnOnce(kube::Client) -> Result<T, String>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| format!("the Kubernetes cluster (KUBECONFIG): {e}"))?;
+        job(client).await
+    })
+}
+
+fn run_backup(source: &StateSource, out: &Path, passphrase_file: &Path) -> ExitCode {
+    use callguard::adapters::backup::{read_namespace, read_passphrase, read_state_root};
+    let state_dir = source.describe();
     let sealed = read_passphrase(passphrase_file).and_then(|passphrase| {
-        let namespaces = read_state_root(state_dir)?;
+        let namespaces = match source {
+            StateSource::Directory(dir) => read_state_root(dir)?,
+            StateSource::Namespace(namespace) => {
+                let files = with_kube(async |client| read_namespace(&client, namespace).await)?;
+                std::collections::BTreeMap::from([(namespace.clone(), files)])
+            }
+        };
         let files: usize = namespaces.values().map(|f| f.len()).sum();
         let sealed = callguard::core::backup::seal(&namespaces, &passphrase).map_err(|e| e.to_string())?;
         Ok((sealed, namespaces.len(), files))
@@ -1313,7 +1368,7 @@ fn run_backup(state_dir: &Path, out: &Path, passphrase_file: &Path) -> ExitCode 
     });
     match written {
         Ok((namespaces, files)) => {
-            println!("backed up {files} file(s) of {namespaces} namespace(s) from {} into {}", state_dir.display(), out.display());
+            println!("backed up {files} file(s) of {namespaces} namespace(s) from {state_dir} into {}", out.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -1323,8 +1378,8 @@ fn run_backup(state_dir: &Path, out: &Path, passphrase_file: &Path) -> ExitCode 
     }
 }
 
-fn run_restore(backup: &Path, state_dir: &Path, passphrase_file: &Path) -> ExitCode {
-    use callguard::adapters::backup::{read_passphrase, write_state_root};
+fn run_restore(backup: &Path, target: &StateSource, overwrite: bool, passphrase_file: &Path) -> ExitCode {
+    use callguard::adapters::backup::{read_passphrase, write_namespace, write_state_root};
     let restored = read_passphrase(passphrase_file).and_then(|passphrase| {
         let metadata = std::fs::metadata(backup).map_err(|e| format!("{}: {e}", backup.display()))?;
         if metadata.len() > callguard::core::backup::MAX_BACKUP as u64 {
@@ -1332,12 +1387,33 @@ fn run_restore(backup: &Path, state_dir: &Path, passphrase_file: &Path) -> ExitC
         }
         let bytes = std::fs::read(backup).map_err(|e| format!("{}: {e}", backup.display()))?;
         let namespaces = callguard::core::backup::open(&bytes, &passphrase).map_err(|e| format!("{}: {e}", backup.display()))?;
-        let files = write_state_root(state_dir, &namespaces)?;
-        Ok((namespaces.len(), files))
+        match target {
+            StateSource::Directory(dir) => {
+                let files = write_state_root(dir, &namespaces)?;
+                Ok(vec![format!("restored {files} file(s) of {} namespace(s) into {}", namespaces.len(), dir.display())])
+            }
+            StateSource::Namespace(namespace) => {
+                // The backup's namespace of that name, or its only one (a state moved from
+                // `callguard local`, whose namespace may be named otherwise).
+                let files = match namespaces.get(namespace) {
+                    Some(files) => files,
+                    None if namespaces.len() == 1 => namespaces.values().next().expect("one namespace"),
+                    None => {
+                        let held: Vec<&String> = namespaces.keys().collect();
+                        return Err(format!("the backup holds namespaces {held:?}, not {namespace}"));
+                    }
+                };
+                let mut done = with_kube(async |client| write_namespace(&client, namespace, files, overwrite).await)?;
+                done.push(format!("restored namespace {namespace}: the operator reconciles it now"));
+                Ok(done)
+            }
+        }
     });
     match restored {
-        Ok((namespaces, files)) => {
-            println!("restored {files} file(s) of {namespaces} namespace(s) into {}", state_dir.display());
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -98,3 +98,179 @@ pub fn read_passphrase(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
 }
+
+/// The state of the one CallControlCluster of `namespace`, read from the Kubernetes API as the
+/// operator reads it (its Secrets, the trust ConfigMap, the identity record in its status, the
+/// CAPF records and the tokens' counters): the same files a state directory holds, so that a
+/// backup moves between the two.
+pub async fn read_namespace(client: &kube::Client, namespace: &str) -> Result<StateFiles, String> {
+    use crate::adapters::controller::{labels, namespace_objects::NamespaceObjects, state_objects::state_from_objects};
+    let objects = NamespaceObjects::read(client, namespace).await.map_err(|e| format!("namespace {namespace}: {e}"))?;
+    let [cluster] = objects.clusters.as_slice() else {
+        return Err(format!(
+            "namespace {namespace} holds {} CallControlCluster(s); a backup takes the state of exactly one",
+            objects.clusters.len()
+        ));
+    };
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
+    let files = state_from_objects(cluster, &objects.secrets, trust, &objects.tokens);
+    if files.is_empty() {
+        return Err(format!("CallControlCluster {namespace}/{name} has no state yet: nothing to back up"));
+    }
+    Ok(files)
+}
+
+/// Writes `files` as the state of the one CallControlCluster of `namespace`: each Secret and the
+/// trust ConfigMap the operator keeps them in, and the identity record into the cluster's status.
+/// What exists with the same content is left alone; what exists with other content is refused,
+/// naming it, with nothing written, unless `overwrite`. The cluster is then annotated, which makes
+/// the operator reconcile it from the restored state. What it did, one line each.
+pub async fn write_namespace(client: &kube::Client, namespace: &str, files: &StateFiles, overwrite: bool) -> Result<Vec<String>, String> {
+    use crate::adapters::controller::state_objects::objects_from_state;
+    use crate::api::CallControlCluster;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+
+    let clusters: Api<CallControlCluster> = Api::namespaced(client.clone(), namespace);
+    let listed = clusters.list(&ListParams::default()).await.map_err(|e| format!("namespace {namespace}: {e}"))?;
+    let [cluster] = listed.items.as_slice() else {
+        return Err(format!("namespace {namespace} holds {} CallControlCluster(s); a restore needs exactly one", listed.items.len()));
+    };
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let (secrets, trust) = objects_from_state(&name, files);
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let config_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+
+    // Everything is compared before anything is written.
+    let mut writes: Vec<Write> = Vec::new();
+    let mut conflicts = Vec::new();
+    for secret in secrets {
+        let secret_name = secret.metadata.name.clone().unwrap_or_default();
+        match secret_api.get_opt(&secret_name).await.map_err(|e| format!("Secret/{secret_name}: {e}"))? {
+            None => writes.push(Write::Secret(secret, "created")),
+            Some(existing) if existing.data == secret.data => {}
+            Some(_) => {
+                conflicts.push(format!("Secret/{secret_name}"));
+                writes.push(Write::Secret(secret, "replaced"));
+            }
+        }
+    }
+    let trust_name = trust.metadata.name.clone().unwrap_or_default();
+    match config_api.get_opt(&trust_name).await.map_err(|e| format!("ConfigMap/{trust_name}: {e}"))? {
+        None => writes.push(Write::ConfigMap(trust, "created")),
+        Some(existing) if existing.binary_data == trust.binary_data => {}
+        Some(_) => {
+            conflicts.push(format!("ConfigMap/{trust_name}"));
+            writes.push(Write::ConfigMap(trust, "replaced"));
+        }
+    }
+    // What CAPF issued (phone certificates and CAPF records) goes back into the record Secrets,
+    // key by key, beside what they hold.
+    let mut records: BTreeMap<String, BTreeMap<String, k8s_openapi::ByteString>> = BTreeMap::new();
+    for (file, (bytes, _)) in files {
+        if let Some((secret, key)) = crate::adapters::controller::capf_records::home(&name, file) {
+            records.entry(secret).or_default().insert(key, k8s_openapi::ByteString(bytes.clone()));
+        }
+    }
+    for (secret_name, keys) in &records {
+        let existing = secret_api.get_opt(secret_name).await.map_err(|e| format!("Secret/{secret_name}: {e}"))?;
+        let held = existing.as_ref().and_then(|s| s.data.clone()).unwrap_or_default();
+        let missing: BTreeMap<String, k8s_openapi::ByteString> =
+            keys.iter().filter(|(key, bytes)| held.get(*key) != Some(*bytes)).map(|(k, b)| (k.clone(), b.clone())).collect();
+        conflicts.extend(missing.keys().filter(|key| held.contains_key(*key)).map(|key| format!("Secret/{secret_name} key {key}")));
+        if !missing.is_empty() {
+            writes.push(Write::Records(secret_name.clone(), missing, existing.is_none()));
+        }
+    }
+    let record = files
+        .get(crate::core::build::identity_record::RECORD_FILE)
+        .map(|(bytes, _)| serde_yaml::from_slice::<crate::api::IdentityRecord>(bytes))
+        .transpose()
+        .map_err(|e| format!("the backup's identity record: {e}"))?;
+    let current_record = cluster.status.as_ref().and_then(|s| s.identity.clone());
+    if let (Some(record), Some(current)) = (&record, &current_record)
+        && record != current
+    {
+        conflicts.push(format!("CallControlCluster/{name} status.identity"));
+    }
+    if !conflicts.is_empty() && !overwrite {
+        return Err(format!(
+            "{} differ from the backup: {} (nothing was written; --overwrite replaces them with the backup's)",
+            conflicts.len(),
+            conflicts.join(", ")
+        ));
+    }
+
+    let apply = PatchParams::apply("callguard-restore").force();
+    let mut done = Vec::new();
+    for write in writes {
+        match write {
+            Write::Secret(secret, how) => {
+                let secret_name = secret.metadata.name.clone().unwrap_or_default();
+                let mut object = serde_json::to_value(&secret).map_err(|e| e.to_string())?;
+                object["apiVersion"] = "v1".into();
+                object["kind"] = "Secret".into();
+                secret_api.patch(&secret_name, &apply, &Patch::Apply(&object)).await.map_err(|e| format!("Secret/{secret_name}: {e}"))?;
+                done.push(format!("Secret/{secret_name} {how}"));
+            }
+            Write::Records(secret_name, keys, create) => {
+                let count = keys.len();
+                if create {
+                    let secret = Secret {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some(secret_name.clone()),
+                            labels: Some(crate::adapters::controller::labels::owned(
+                                &name,
+                                crate::adapters::controller::capf_records::COMPONENT,
+                            )),
+                            ..Default::default()
+                        },
+                        type_: Some("Opaque".into()),
+                        data: Some(keys),
+                        ..Secret::default()
+                    };
+                    secret_api
+                        .create(&kube::api::PostParams::default(), &secret)
+                        .await
+                        .map_err(|e| format!("Secret/{secret_name}: {e}"))?;
+                } else {
+                    let patch = serde_json::json!({"data": keys});
+                    secret_api
+                        .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| format!("Secret/{secret_name}: {e}"))?;
+                }
+                done.push(format!("Secret/{secret_name}: {count} CAPF record file(s) restored"));
+            }
+            Write::ConfigMap(map, how) => {
+                let map_name = map.metadata.name.clone().unwrap_or_default();
+                let mut object = serde_json::to_value(&map).map_err(|e| e.to_string())?;
+                object["apiVersion"] = "v1".into();
+                object["kind"] = "ConfigMap".into();
+                config_api.patch(&map_name, &apply, &Patch::Apply(&object)).await.map_err(|e| format!("ConfigMap/{map_name}: {e}"))?;
+                done.push(format!("ConfigMap/{map_name} {how}"));
+            }
+        }
+    }
+    if let Some(record) = record.filter(|r| Some(r) != current_record.as_ref()) {
+        let patch = serde_json::json!({"status": {"identity": record}});
+        clusters
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("CallControlCluster/{name} status: {e}"))?;
+        done.push(format!("CallControlCluster/{name} status.identity restored"));
+    }
+    // A change to the cluster's metadata wakes the operator, which reads the restored state.
+    let stamp = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let touch = serde_json::json!({"metadata": {"annotations": {"callguard.io/restored-at": stamp}}});
+    clusters.patch(&name, &PatchParams::default(), &Patch::Merge(&touch)).await.map_err(|e| format!("CallControlCluster/{name}: {e}"))?;
+    Ok(done)
+}
+
+enum Write {
+    Secret(k8s_openapi::api::core::v1::Secret, &'static str),
+    ConfigMap(k8s_openapi::api::core::v1::ConfigMap, &'static str),
+    /// A record Secret's keys to add, and whether the Secret must be created.
+    Records(String, BTreeMap<String, k8s_openapi::ByteString>, bool),
+}
