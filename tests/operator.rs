@@ -272,6 +272,39 @@ async fn the_content_hash_follows_the_certificates_and_trust_lists_and_only_them
     operator.await.unwrap().unwrap();
 }
 
+/// Ready follows the data plane: the TFTP Deployment with no replica available (its pods crashing,
+/// its node gone) turns the cluster's Ready False, naming it; available again, Ready again. The
+/// SIP StatefulSet, owned like the Deployments, wakes the operator the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_workload_with_no_replica_available_turns_the_cluster_not_ready() {
+    let server = FakeApiServer::start().await;
+    load(&server, quickstart());
+    let (shutdown, operator) = start_operator(&server, "operator", false);
+    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let available = || condition(&cluster(&server), "DataPlaneAvailable");
+    assert_eq!(available().map(|(status, reason, _)| (status, reason)), Some(("True".into(), "Available".into())));
+
+    server.set_available_replicas("Deployment", NAMESPACE, "quickstart-tftp", Some(0));
+    until("Ready False for the TFTP pods", || {
+        condition(&cluster(&server), "Ready").is_some_and(|(s, r, _)| s == "False" && r == "DataPlaneUnavailable")
+    })
+    .await;
+    let (_, _, message) = condition(&cluster(&server), "Ready").unwrap();
+    assert_eq!(message, "Deployment/quickstart-tftp: 0 of 2 available");
+    assert_eq!(available().map(|(status, reason, _)| (status, reason)), Some(("False".into(), "Unavailable".into())));
+
+    server.set_available_replicas("Deployment", NAMESPACE, "quickstart-tftp", None);
+    until("Ready again", || is_ready(&cluster(&server))).await;
+    server.set_available_replicas("StatefulSet", NAMESPACE, "quickstart-sip", Some(1));
+    until("Degraded for one SIP pod", || {
+        available().is_some_and(|(s, r, m)| s == "True" && r == "Degraded" && m == "StatefulSet/quickstart-sip: 1 of 2 available")
+    })
+    .await;
+    assert!(is_ready(&cluster(&server)), "one node still serves");
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
 fn dir_child(path: &Path) -> PathBuf {
     path.with_file_name("lobby.enc.sgn")
 }

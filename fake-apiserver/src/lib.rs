@@ -30,7 +30,9 @@
 //! - garbage collection runs inside the deleting request (or the write that leaves a dependent with no
 //!   live owner); `Foreground` is treated as `Background`;
 //!   deleting a Namespace does not delete its contents;
-//! - the core and `events.k8s.io` Events are separate resources here.
+//! - the core and `events.k8s.io` Events are separate resources here;
+//! - no controller runs pods: a Deployment's or StatefulSet's status is written with the object, every
+//!   desired replica available, unless a test sets how many (`FakeApiServer::set_available_replicas`).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -215,6 +217,24 @@ impl FakeApiServer {
         let resource = resource_of(&store, &object)?;
         let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
         store.create(&resource, namespace.as_deref(), object, true).map(|created| (*created).clone())
+    }
+
+    /// Makes the simulated controller of the Deployment or StatefulSet `kind` `namespace/name` report
+    /// `available` replicas (`None`: all of them, the default), as when pods crash or a node goes;
+    /// the workload's status changes at once, with a watch event.
+    pub fn set_available_replicas(&self, kind: &str, namespace: &str, name: &str, available: Option<i64>) {
+        let mut store = self.shared.store();
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        match available {
+            Some(count) => store.available_replicas.insert(key, count),
+            None => store.available_replicas.remove(&key),
+        };
+        let Some(resource) = store.registry.by_kind("apps/v1", kind).cloned() else { return };
+        let object_key = (namespace.to_string(), name.to_string());
+        if let Some(live) = store.object(&resource, &object_key) {
+            let object = (*live).clone();
+            store.commit(&resource, object_key, object, watch::EventType::Modified);
+        }
     }
 
     /// The object, if present.

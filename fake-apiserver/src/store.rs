@@ -88,11 +88,15 @@ pub struct Store {
     /// Owner uid to the objects whose `ownerReferences` name it.
     pub dependents: HashMap<String, BTreeSet<(ResourceKey, ObjectKey)>>,
     pub history_limit: usize,
+    /// Available replicas the simulated workload controllers report, by (kind, namespace, name),
+    /// where a test set them; otherwise every desired replica is available.
+    pub available_replicas: HashMap<(String, String, String), i64>,
 }
 
 impl Store {
     pub fn new(history_limit: usize) -> Store {
         Store {
+            available_replicas: HashMap::new(),
             registry: Registry::with_defaults(),
             revision: 0,
             tables: HashMap::new(),
@@ -360,6 +364,23 @@ impl Store {
         Ok(self.commit(resource, key.clone(), object, EventType::Modified))
     }
 
+    /// What the Deployment and StatefulSet controllers would report once the pods are up: every
+    /// desired replica ready and available, unless a test said how many are
+    /// ([`Store::available_replicas`]). No pod runs here; the status is all a client sees of them.
+    fn simulate_workload_status(&self, kind: &str, key: &ObjectKey, object: &mut Value) {
+        let desired = object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let available =
+            self.available_replicas.get(&(kind.to_string(), key.0.clone(), key.1.clone())).copied().unwrap_or(desired).min(desired);
+        let generation = object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        object["status"] = json!({
+            "observedGeneration": generation,
+            "replicas": desired,
+            "readyReplicas": available,
+            "availableReplicas": available,
+            "updatedReplicas": desired,
+        });
+    }
+
     /// DELETE: marks the object when finalizers hold it, otherwise removes it; dependents follow.
     pub fn delete(&mut self, resource: &ResourceType, key: &ObjectKey, request: &DeleteRequest) -> Result<Deleted, ApiError> {
         let live = self.get(resource, key)?;
@@ -403,6 +424,9 @@ impl Store {
     pub fn commit(&mut self, resource: &ResourceType, key: ObjectKey, mut object: Value, event_type: EventType) -> Arc<Value> {
         if resource.group.is_empty() && resource.kind == "Secret" {
             fold_string_data(&mut object);
+        }
+        if resource.group == "apps" && matches!(resource.kind.as_str(), "Deployment" | "StatefulSet") {
+            self.simulate_workload_status(&resource.kind, &key, &mut object);
         }
         self.revision += 1;
         object["metadata"]["resourceVersion"] = json!(self.revision.to_string());

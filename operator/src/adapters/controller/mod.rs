@@ -3,6 +3,7 @@
 //! the rules and the build span the namespace: a change to any Callguard kind or Secret there
 //! reconciles its cluster, and the reconcile writes the status of every object of the namespace.
 
+pub mod availability;
 pub mod capf_records;
 pub mod conditions;
 pub mod gateway_status;

@@ -317,7 +317,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         publish(context, cluster, kind, change.kind.reason(), &change.message).await;
     }
     record_expiry(context, &namespace, &name, &files);
-    let statuses = built_statuses(&observed, &name, &output, &files);
+    let available = data_plane(client, &namespace, &name).await?;
+    let statuses = built_statuses(&observed, &name, &output, &files, available);
     drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
@@ -655,18 +656,34 @@ fn invalid_statuses(
     updates
 }
 
-/// Statuses after a build: the build's own (cluster, tokens, phones); Ready for what it validated.
+/// The cluster's `DataPlaneAvailable`, from the replicas its workloads report now. A workload just
+/// applied reports none yet; its status changing wakes the controller, which owns it.
+async fn data_plane(client: &Client, namespace: &str, cluster: &str) -> Result<Wanted, kube::Error> {
+    use super::availability::{Replicas, condition};
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    let selector = kube::api::ListParams::default().labels(&labels::owned_selector(cluster));
+    let (deployment_api, set_api) =
+        (kube::Api::<Deployment>::namespaced(client.clone(), namespace), kube::Api::<StatefulSet>::namespaced(client.clone(), namespace));
+    let (deployments, sets) = tokio::try_join!(deployment_api.list(&selector), set_api.list(&selector))?;
+    let replicas: Vec<Replicas> =
+        deployments.items.iter().map(Replicas::of_deployment).chain(sets.items.iter().map(Replicas::of_stateful_set)).collect();
+    Ok(condition(&replicas))
+}
+
+/// Statuses after a build: the build's own (cluster, tokens, phones); Ready for what it validated,
+/// and for the cluster, only while its data plane runs (`data_plane`).
 fn built_statuses(
     observed: &Observed,
     cluster: &str,
     output: &BuildOutput,
     files: &crate::core::build::state::StateFiles,
+    data_plane: Wanted,
 ) -> Vec<StatusUpdate> {
     let built: HashMap<(&str, &str), &ResourceStatus> = output.statuses.iter().map(|s| ((s.kind, s.name.as_str()), s)).collect();
     let mut updates = Vec::new();
     for (kind, name) in observed.names() {
         let status = built.get(&(kind.as_str(), name.as_str()));
-        let ready = match status {
+        let mut ready = match status {
             Some(s) if s.ready => Wanted::new("Ready", true, "Ready", s.message.clone()),
             Some(s) => Wanted::new("Ready", false, s.reason.clone(), s.message.clone()),
             None => Wanted::new("Ready", true, "Valid", ""),
@@ -697,6 +714,10 @@ fn built_statuses(
             extra.extend(fields);
         }
         if kind == Kind::CallControlCluster && name == cluster {
+            if ready.status && !data_plane.status {
+                ready = Wanted::new("Ready", false, "DataPlaneUnavailable", data_plane.message.clone());
+            }
+            domain.push(data_plane.clone());
             extra.insert("identity".into(), serde_json::to_value(&output.identity).unwrap_or(Value::Null));
             domain.push(Wanted::new(
                 "CertificatesIssued",

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -129,6 +129,7 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
         .owns(api::<Secret>(&client, namespace), owned.clone())
         .owns(api::<ConfigMap>(&client, namespace), owned.clone())
         .owns(api::<Deployment>(&client, namespace), owned.clone())
+        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
         .owns(api::<Service>(&client, namespace), owned.clone())
         .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
         .owns(api::<Role>(&client, namespace), owned.clone())
