@@ -97,6 +97,11 @@ impl EncodeLabelValue for Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<'a> {
     Success,
+    /// The reconcile ran to its end but stopped short of applying, waiting for a change (the
+    /// `Stalled` condition's reason): not a failure to retry, not a success either.
+    Stalled {
+        reason: &'a str,
+    },
     /// `reason` is the error's category (a short fixed word such as `Conflict` or `InvalidSpec`), not
     /// its message: it becomes a label value, and every distinct value is a new series.
     Failure {
@@ -369,6 +374,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_stalls: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     certificate_expiries: Arc<CertificateExpiries>,
     leader: Gauge<i64, AtomicI64>,
@@ -390,12 +396,18 @@ impl Metrics {
         let mut registry = Registry::with_prefix("callguard");
         let reconciles = Family::<KindLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_stalls = Family::<ErrorLabels, Counter>::default();
         let reconcile_duration = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(reconcile_duration_histogram);
         let certificate_expiries = Arc::new(CertificateExpiries::default());
         let leader = Gauge::<i64, AtomicI64>::default();
 
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by kind and error category", reconcile_errors.clone());
+        registry.register(
+            "reconcile_stalls",
+            "Reconciles that stopped short of applying until a change, by kind and the Stalled reason",
+            reconcile_stalls.clone(),
+        );
         registry.register_with_unit("reconcile_duration", "Time one reconcile took, by kind", Unit::Seconds, reconcile_duration.clone());
         registry.register_collector(Box::new(certificate_expiries.clone()));
         registry.register("leader", "1 while this instance holds the leader Lease, else 0", leader.clone());
@@ -405,7 +417,7 @@ impl Metrics {
             reconciles.get_or_create_owned(&KindLabels { kind });
             reconcile_duration.get_or_create_owned(&KindLabels { kind });
         }
-        Self { registry, reconciles, reconcile_errors, reconcile_duration, certificate_expiries, leader }
+        Self { registry, reconciles, reconcile_errors, reconcile_stalls, reconcile_duration, certificate_expiries, leader }
     }
 
     /// Exposes a TFTP server's counters (from `TftpServer::counters`), read at each scrape.
@@ -428,9 +440,11 @@ impl Metrics {
         let labels = KindLabels { kind };
         self.reconciles.get_or_create(&labels).inc();
         self.reconcile_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
-        if let Outcome::Failure { reason } = outcome {
-            self.reconcile_errors.get_or_create(&ErrorLabels { kind, reason: reason.to_owned() }).inc();
-        }
+        match outcome {
+            Outcome::Failure { reason } => self.reconcile_errors.get_or_create(&ErrorLabels { kind, reason: reason.to_owned() }).inc(),
+            Outcome::Stalled { reason } => self.reconcile_stalls.get_or_create(&ErrorLabels { kind, reason: reason.to_owned() }).inc(),
+            Outcome::Success => 0,
+        };
     }
 
     /// Starts timing a reconcile; `ReconcileTimer::finish` records it.
@@ -554,6 +568,18 @@ mod tests {
         assert_eq!(sample(&text, "callguard_reconcile_duration_seconds_bucket{le=\"0.05\",kind=\"Phone\"}"), Some(2.0), "{text}");
         let sum = sample(&text, "callguard_reconcile_duration_seconds_sum{kind=\"Phone\"}").expect("sum line");
         assert!((sum - 0.043).abs() < 1e-9, "{sum}");
+    }
+
+    /// A stalled reconcile is neither a success nor an error to retry: it counts under its reason.
+    #[test]
+    fn a_stall_is_counted_by_its_reason_and_not_as_an_error() {
+        let metrics = Metrics::new();
+        metrics.start_reconcile(Kind::CallControlCluster).finish(Outcome::Stalled { reason: "InvalidConfiguration" });
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "callguard_reconciles_total{kind=\"CallControlCluster\"}"), Some(1.0), "{text}");
+        let series = "callguard_reconcile_stalls_total{kind=\"CallControlCluster\",reason=\"InvalidConfiguration\"}";
+        assert_eq!(sample(&text, series), Some(1.0), "{text}");
+        assert!(!text.contains("callguard_reconcile_errors_total{"), "no error: {text}");
     }
 
     #[test]

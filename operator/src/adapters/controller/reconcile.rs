@@ -115,13 +115,46 @@ pub async fn reconcile(cluster: Arc<CallControlCluster>, context: Arc<Context>) 
     let key = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     let result = reconcile_cluster(&cluster, &context).await;
     match &result {
-        Ok(_) => {
-            timer.finish(Outcome::Success);
+        Ok(Reconciled { stalled, .. }) => {
+            timer.finish(match stalled {
+                Some(reason) => Outcome::Stalled { reason: reason.as_str() },
+                None => Outcome::Success,
+            });
             context.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         }
         Err(e) => timer.finish(Outcome::Failure { reason: e.category() }),
     }
-    result
+    result.map(|reconciled| reconciled.action)
+}
+
+/// Why a reconcile stopped short of applying, waiting for a change: the reason of `Stalled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StallReason {
+    InvalidConfiguration,
+    IdentityLost,
+    BuildFailed,
+}
+
+impl StallReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            StallReason::InvalidConfiguration => "InvalidConfiguration",
+            StallReason::IdentityLost => "IdentityLost",
+            StallReason::BuildFailed => "BuildFailed",
+        }
+    }
+}
+
+/// A reconcile that ran to its end: what to do next, and whether it stalled.
+struct Reconciled {
+    action: Action,
+    stalled: Option<StallReason>,
+}
+
+impl Reconciled {
+    fn stalled(reason: StallReason) -> Self {
+        Reconciled { action: Action::await_change(), stalled: Some(reason) }
+    }
 }
 
 /// Exponential backoff on transient errors: 1 s, 2 s, 4 s ... up to 5 minutes.
@@ -135,7 +168,7 @@ pub fn error_policy(cluster: Arc<CallControlCluster>, error: &ReconcileError, co
     Action::requeue(delay)
 }
 
-async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> Result<Action, ReconcileError> {
+async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> Result<Reconciled, ReconcileError> {
     let client = &context.client;
     let namespace = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
@@ -183,11 +216,12 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             map
         });
         let message = messages.join("; ");
-        publish(context, cluster, EventType::Warning, "InvalidConfiguration", &message).await;
-        let statuses = invalid_statuses(&observed, &name, "InvalidConfiguration", &message, &by_object);
+        let reason = StallReason::InvalidConfiguration;
+        publish(context, cluster, EventType::Warning, reason.as_str(), &message).await;
+        let statuses = invalid_statuses(&observed, &name, reason.as_str(), &message, &by_object);
         write_statuses(context, &observed, statuses).await?;
         // Nothing is built or applied: the last good objects stay as they are.
-        return Ok(Action::await_change());
+        return Ok(Reconciled::stalled(reason));
     }
     let snapshot = report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace));
     drop(report);
@@ -215,13 +249,13 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
             // A configuration the build refuses (no TFTP node, a lost identity): stalled until it
             // changes, with nothing applied, so the pods keep serving the last good files.
             let (reason, message) = match &e {
-                BuildError::IdentityLost(lost) => ("IdentityLost", lost.describe(|file| place(&name, file))),
-                other => ("BuildFailed", other.to_string()),
+                BuildError::IdentityLost(lost) => (StallReason::IdentityLost, lost.describe(|file| place(&name, file))),
+                other => (StallReason::BuildFailed, other.to_string()),
             };
-            publish(context, cluster, EventType::Warning, reason, &message).await;
-            let statuses = stalled_statuses(&observed, &name, reason, &message);
+            publish(context, cluster, EventType::Warning, reason.as_str(), &message).await;
+            let statuses = stalled_statuses(&observed, &name, reason.as_str(), &message);
             write_statuses(context, &observed, statuses).await?;
-            return Ok(Action::await_change());
+            return Ok(Reconciled::stalled(reason));
         }
     };
     let files = state.files();
@@ -326,7 +360,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     write_statuses(context, &observed, statuses).await?;
     let until_capf_change =
         capf_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
-    Ok(Action::requeue(until_capf_change.clamp(Duration::from_secs(1), RESYNC)))
+    Ok(Reconciled { action: Action::requeue(until_capf_change.clamp(Duration::from_secs(1), RESYNC)), stalled: None })
 }
 
 /// How the SIP pods and the relay pods find and trust each other.
