@@ -26,6 +26,18 @@ fn refused(output: Output) -> String {
     String::from_utf8(output.stderr).unwrap()
 }
 
+/// `callguard backup` of the state directory `state` into `out`.
+fn take_backup(state: &Path, out: &Path, passphrase: &Path) -> Output {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    callguard(&["backup", "--state-dir", &path(state), "--out", &path(out), "--passphrase-file", &path(passphrase)])
+}
+
+/// `callguard restore` of `file` into the state directory `state`.
+fn restore(file: &Path, state: &Path, passphrase: &Path) -> Output {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    callguard(&["restore", &path(file), "--state-dir", &path(state), "--passphrase-file", &path(passphrase)])
+}
+
 fn build(state: &Path, out: &Path) {
     ok(callguard(&["build", quickstart().to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--out", out.to_str().unwrap()]));
 }
@@ -55,52 +67,22 @@ fn a_restored_state_serves_the_same_files_byte_for_byte() {
     let passphrase = dir.path().join("passphrase");
     std::fs::write(&passphrase, "a long enough passphrase\n").unwrap();
     let backup = dir.path().join("voice.backup");
-    let said = ok(callguard(&[
-        "backup",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--out",
-        backup.to_str().unwrap(),
-        "--passphrase-file",
-        passphrase.to_str().unwrap(),
-    ]));
+    let said = ok(take_backup(&state, &backup, &passphrase));
     assert!(said.contains("of 1 namespace(s)"), "{said}");
     let sealed = std::fs::read(&backup).unwrap();
     assert!(!sealed.windows(11).any(|w| w == b"PRIVATE KEY"), "no key in the clear");
     assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
-    let again = refused(callguard(&[
-        "backup",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--out",
-        backup.to_str().unwrap(),
-        "--passphrase-file",
-        passphrase.to_str().unwrap(),
-    ]));
+    let again = refused(take_backup(&state, &backup, &passphrase));
     assert!(again.contains("never written over a file"), "{again}");
 
     let (restored, served_again) = (dir.path().join("restored"), dir.path().join("served-again"));
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "another long passphrase").unwrap();
-    let refusal = refused(callguard(&[
-        "restore",
-        backup.to_str().unwrap(),
-        "--state-dir",
-        restored.to_str().unwrap(),
-        "--passphrase-file",
-        wrong.to_str().unwrap(),
-    ]));
+    let refusal = refused(restore(&backup, &restored, &wrong));
     assert!(refusal.contains("cannot be opened"), "{refusal}");
     assert!(!restored.join("namespaces").exists(), "nothing written on a wrong passphrase");
 
-    ok(callguard(&[
-        "restore",
-        backup.to_str().unwrap(),
-        "--state-dir",
-        restored.to_str().unwrap(),
-        "--passphrase-file",
-        passphrase.to_str().unwrap(),
-    ]));
+    ok(restore(&backup, &restored, &passphrase));
     let ca = |state: &Path| std::fs::read(state.join("namespaces/default/ca/ca.crt")).unwrap();
     assert_eq!(ca(&state), ca(&restored));
     let key = restored.join("namespaces/default/ca/ca.key");
@@ -115,14 +97,7 @@ fn a_restored_state_serves_the_same_files_byte_for_byte() {
     assert_eq!(before, after, "the same files, byte for byte");
 
     // Into a state that exists: refused whole.
-    let exists = refused(callguard(&[
-        "restore",
-        backup.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--passphrase-file",
-        passphrase.to_str().unwrap(),
-    ]));
+    let exists = refused(restore(&backup, &state, &passphrase));
     assert!(exists.contains("already holds a state") && exists.contains("nothing was written"), "{exists}");
 }
 
@@ -134,29 +109,13 @@ fn a_short_passphrase_and_a_link_in_the_state_are_refused() {
     let short = dir.path().join("short");
     std::fs::write(&short, "short").unwrap();
     let out = dir.path().join("b");
-    let refusal = refused(callguard(&[
-        "backup",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--passphrase-file",
-        short.to_str().unwrap(),
-    ]));
+    let refusal = refused(take_backup(&state, &out, &short));
     assert!(refusal.contains("at least 12"), "{refusal}");
     assert!(!out.exists());
 
     std::os::unix::fs::symlink(&state, state.join("namespaces/default/loop")).unwrap();
     let long = dir.path().join("long");
     std::fs::write(&long, "a long enough passphrase").unwrap();
-    let refusal = refused(callguard(&[
-        "backup",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--passphrase-file",
-        long.to_str().unwrap(),
-    ]));
+    let refusal = refused(take_backup(&state, &out, &long));
     assert!(refusal.contains("a link"), "{refusal}");
 }
