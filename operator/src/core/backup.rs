@@ -123,7 +123,7 @@ mod tests {
 
     fn state() -> BTreeMap<String, StateFiles> {
         let files = StateFiles::from([
-            ("ca/ca.key".to_owned(), (b"-----BEGIN PRIVATE KEY-----".to_vec(), Sensitivity::Private)),
+            ("ca/ca.key".to_owned(), (b"stand-in for the CA key".to_vec(), Sensitivity::Private)),
             ("published/ITLFile.tlv".to_owned(), (vec![1, 2, 3, 0, 255], Sensitivity::Public)),
         ]);
         BTreeMap::from([("voice".to_owned(), files)])
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn a_backup_opens_with_its_passphrase_only_and_holds_no_key_in_the_clear() {
         let sealed = seal(&state(), "correct horse battery").unwrap();
-        assert!(!sealed.windows(11).any(|w| w == b"BEGIN PRIVA"), "no key in the clear");
+        assert!(!sealed.windows(12).any(|w| w == b"for the CA k"), "no key in the clear");
         assert_eq!(open(&sealed, "correct horse battery").unwrap(), state());
         assert!(matches!(open(&sealed, "wrong horse battery"), Err(BackupError::Undecryptable(_))));
         let mut altered = sealed.clone();

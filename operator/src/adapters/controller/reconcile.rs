@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::availability::{self, Replicas};
 use super::capf_records;
 use super::conditions::{Wanted, conditions, finished};
 use super::labels::{self, FIELD_MANAGER};
@@ -344,15 +345,14 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         }
     }
     drop(sip_snapshot);
-    desired.apply(client, &namespace, &name).await?;
+    let replicas = desired.apply(client, &namespace, &name).await?;
 
     for change in &output.changes {
         let kind = if change.kind == ChangeKind::NewIdentity { EventType::Warning } else { EventType::Normal };
         publish(context, cluster, kind, change.kind.reason(), &change.message).await;
     }
     record_expiry(context, &namespace, &name, &files);
-    let available = data_plane(client, &namespace, &name).await?;
-    let statuses = built_statuses(&observed, &name, &output, &files, available);
+    let statuses = built_statuses(&observed, &name, &output, &files, availability::condition(&replicas));
     drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
@@ -499,32 +499,36 @@ impl Desired {
         self.network_policies.push(owned(workload.network_policy, owner));
     }
 
-    async fn apply(&self, client: &Client, namespace: &str, cluster: &str) -> Result<(), kube::Error> {
+    /// Applies everything; the replicas the applied workloads report, from the answers to the
+    /// applies (which carry each object's status), for `DataPlaneAvailable`.
+    async fn apply(&self, client: &Client, namespace: &str, cluster: &str) -> Result<Vec<Replicas>, kube::Error> {
         apply_kind(client, namespace, cluster, &self.secrets).await?;
         apply_kind(client, namespace, cluster, &self.config_maps).await?;
         apply_kind(client, namespace, cluster, &self.service_accounts).await?;
         apply_kind(client, namespace, cluster, &self.roles).await?;
         apply_kind(client, namespace, cluster, &self.role_bindings).await?;
-        apply_kind(client, namespace, cluster, &self.deployments).await?;
-        apply_kind(client, namespace, cluster, &self.stateful_sets).await?;
+        let deployments = apply_kind(client, namespace, cluster, &self.deployments).await?;
+        let stateful_sets = apply_kind(client, namespace, cluster, &self.stateful_sets).await?;
         apply_kind(client, namespace, cluster, &self.services).await?;
         apply_kind(client, namespace, cluster, &self.network_policies).await?;
-        apply_kind(client, namespace, cluster, &self.disruption_budgets).await
+        apply_kind(client, namespace, cluster, &self.disruption_budgets).await?;
+        Ok(deployments.iter().map(Replicas::of_deployment).chain(stateful_sets.iter().map(Replicas::of_stateful_set)).collect())
     }
 }
 
 /// Server-side apply of `objects` under one field manager, then deletion of the objects of the same
-/// kind labelled as this cluster's that are not among them.
-async fn apply_kind<K>(client: &Client, namespace: &str, cluster: &str, objects: &[K]) -> Result<(), kube::Error>
+/// kind labelled as this cluster's that are not among them. The objects as the API server answered.
+async fn apply_kind<K>(client: &Client, namespace: &str, cluster: &str, objects: &[K]) -> Result<Vec<K>, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut names = BTreeSet::new();
+    let mut applied = Vec::with_capacity(objects.len());
     for object in objects {
         let name = object.meta().name.clone().unwrap_or_default();
-        api.patch(&name, &params, &Patch::Apply(object)).await?;
+        applied.push(api.patch(&name, &params, &Patch::Apply(object)).await?);
         names.insert(name);
     }
     let existing = api.list(&ListParams::default().labels(&labels::owned_selector(cluster))).await?;
@@ -536,7 +540,7 @@ where
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(applied)
 }
 
 async fn publish(context: &Context, cluster: &CallControlCluster, type_: EventType, reason: &str, note: &str) {
@@ -690,22 +694,8 @@ fn invalid_statuses(
     updates
 }
 
-/// The cluster's `DataPlaneAvailable`, from the replicas its workloads report now. A workload just
-/// applied reports none yet; its status changing wakes the controller, which owns it.
-async fn data_plane(client: &Client, namespace: &str, cluster: &str) -> Result<Wanted, kube::Error> {
-    use super::availability::{Replicas, condition};
-    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-    let selector = kube::api::ListParams::default().labels(&labels::owned_selector(cluster));
-    let (deployment_api, set_api) =
-        (kube::Api::<Deployment>::namespaced(client.clone(), namespace), kube::Api::<StatefulSet>::namespaced(client.clone(), namespace));
-    let (deployments, sets) = tokio::try_join!(deployment_api.list(&selector), set_api.list(&selector))?;
-    let replicas: Vec<Replicas> =
-        deployments.items.iter().map(Replicas::of_deployment).chain(sets.items.iter().map(Replicas::of_stateful_set)).collect();
-    Ok(condition(&replicas))
-}
-
 /// Statuses after a build: the build's own (cluster, tokens, phones); Ready for what it validated,
-/// and for the cluster, only while its data plane runs (`data_plane`).
+/// and for the cluster, only while its data plane runs (`data_plane`, from the applied workloads).
 fn built_statuses(
     observed: &Observed,
     cluster: &str,
