@@ -104,7 +104,7 @@ pub fn read_passphrase(path: &Path) -> Result<String, String> {
 /// CAPF records and the tokens' counters): the same files a state directory holds, so that a
 /// backup moves between the two.
 pub async fn read_namespace(client: &kube::Client, namespace: &str) -> Result<StateFiles, String> {
-    use crate::adapters::controller::{labels, namespace_objects::NamespaceObjects, state_objects::state_from_objects};
+    use crate::adapters::controller::{namespace_objects::NamespaceObjects, state_objects::state_of};
     let objects = NamespaceObjects::read(client, namespace).await.map_err(|e| format!("namespace {namespace}: {e}"))?;
     let [cluster] = objects.clusters.as_slice() else {
         return Err(format!(
@@ -113,8 +113,7 @@ pub async fn read_namespace(client: &kube::Client, namespace: &str) -> Result<St
         ));
     };
     let name = cluster.metadata.name.clone().unwrap_or_default();
-    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
-    let files = state_from_objects(cluster, &objects.secrets, trust, &objects.tokens);
+    let files = state_of(cluster, &objects);
     if files.is_empty() {
         return Err(format!("CallControlCluster {namespace}/{name} has no state yet: nothing to back up"));
     }
@@ -146,25 +145,11 @@ pub async fn write_namespace(client: &kube::Client, namespace: &str, files: &Sta
     let mut writes: Vec<Write> = Vec::new();
     let mut conflicts = Vec::new();
     for secret in secrets {
-        let secret_name = secret.metadata.name.clone().unwrap_or_default();
-        match secret_api.get_opt(&secret_name).await.map_err(|e| format!("Secret/{secret_name}: {e}"))? {
-            None => writes.push(Write::Secret(secret, "created")),
-            Some(existing) if existing.data == secret.data => {}
-            Some(_) => {
-                conflicts.push(format!("Secret/{secret_name}"));
-                writes.push(Write::Secret(secret, "replaced"));
-            }
-        }
+        let how = to_write(&secret_api, &secret, |a, b| a.data == b.data, &mut conflicts).await?;
+        writes.extend(how.map(|how| Write::Secret(secret, how)));
     }
-    let trust_name = trust.metadata.name.clone().unwrap_or_default();
-    match config_api.get_opt(&trust_name).await.map_err(|e| format!("ConfigMap/{trust_name}: {e}"))? {
-        None => writes.push(Write::ConfigMap(trust, "created")),
-        Some(existing) if existing.binary_data == trust.binary_data => {}
-        Some(_) => {
-            conflicts.push(format!("ConfigMap/{trust_name}"));
-            writes.push(Write::ConfigMap(trust, "replaced"));
-        }
-    }
+    let how = to_write(&config_api, &trust, |a, b| a.binary_data == b.binary_data, &mut conflicts).await?;
+    writes.extend(how.map(|how| Write::ConfigMap(trust, how)));
     // What CAPF issued (phone certificates and CAPF records) goes back into the record Secrets,
     // key by key, beside what they hold.
     let mut records: BTreeMap<String, BTreeMap<String, k8s_openapi::ByteString>> = BTreeMap::new();
@@ -206,14 +191,7 @@ pub async fn write_namespace(client: &kube::Client, namespace: &str, files: &Sta
     let mut done = Vec::new();
     for write in writes {
         match write {
-            Write::Secret(secret, how) => {
-                let secret_name = secret.metadata.name.clone().unwrap_or_default();
-                let mut object = serde_json::to_value(&secret).map_err(|e| e.to_string())?;
-                object["apiVersion"] = "v1".into();
-                object["kind"] = "Secret".into();
-                secret_api.patch(&secret_name, &apply, &Patch::Apply(&object)).await.map_err(|e| format!("Secret/{secret_name}: {e}"))?;
-                done.push(format!("Secret/{secret_name} {how}"));
-            }
+            Write::Secret(secret, how) => done.push(format!("{} {how}", apply_restored(&secret_api, &secret, &apply).await?)),
             Write::Records(secret_name, keys, create) => {
                 let count = keys.len();
                 if create {
@@ -243,14 +221,7 @@ pub async fn write_namespace(client: &kube::Client, namespace: &str, files: &Sta
                 }
                 done.push(format!("Secret/{secret_name}: {count} CAPF record file(s) restored"));
             }
-            Write::ConfigMap(map, how) => {
-                let map_name = map.metadata.name.clone().unwrap_or_default();
-                let mut object = serde_json::to_value(&map).map_err(|e| e.to_string())?;
-                object["apiVersion"] = "v1".into();
-                object["kind"] = "ConfigMap".into();
-                config_api.patch(&map_name, &apply, &Patch::Apply(&object)).await.map_err(|e| format!("ConfigMap/{map_name}: {e}"))?;
-                done.push(format!("ConfigMap/{map_name} {how}"));
-            }
+            Write::ConfigMap(map, how) => done.push(format!("{} {how}", apply_restored(&config_api, &map, &apply).await?)),
         }
     }
     if let Some(record) = record.filter(|r| Some(r) != current_record.as_ref()) {
@@ -266,6 +237,43 @@ pub async fn write_namespace(client: &kube::Client, namespace: &str, files: &Sta
     let touch = serde_json::json!({"metadata": {"annotations": {"callguard.io/restored-at": stamp}}});
     clusters.patch(&name, &PatchParams::default(), &Patch::Merge(&touch)).await.map_err(|e| format!("CallControlCluster/{name}: {e}"))?;
     Ok(done)
+}
+
+/// Whether the backup's `object` must be written: "created" when none exists, "replaced" (and a
+/// conflict named) when what exists differs in what `same` compares, None when it is the same.
+async fn to_write<K>(
+    api: &kube::Api<K>,
+    object: &K,
+    same: impl Fn(&K, &K) -> bool,
+    conflicts: &mut Vec<String>,
+) -> Result<Option<&'static str>, String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let named = format!("{}/{}", K::kind(&()), object.meta().name.clone().unwrap_or_default());
+    let name = object.meta().name.clone().unwrap_or_default();
+    Ok(match api.get_opt(&name).await.map_err(|e| format!("{named}: {e}"))? {
+        None => Some("created"),
+        Some(existing) if same(&existing, object) => None,
+        Some(_) => {
+            conflicts.push(named);
+            Some("replaced")
+        }
+    })
+}
+
+/// Server-side apply of `object` as the restore's field manager; `Kind/name`.
+async fn apply_restored<K>(api: &kube::Api<K>, object: &K, params: &kube::api::PatchParams) -> Result<String, String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let named = format!("{}/{}", K::kind(&()), object.meta().name.clone().unwrap_or_default());
+    let mut value = serde_json::to_value(object).map_err(|e| format!("{named}: {e}"))?;
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, params, &kube::api::Patch::Apply(&value)).await.map_err(|e| format!("{named}: {e}"))?;
+    Ok(named)
 }
 
 enum Write {

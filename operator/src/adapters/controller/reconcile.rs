@@ -29,7 +29,7 @@ use super::namespace_objects::NamespaceObjects;
 use super::projection::{
     CapfProjection, SipProjection, capf_name, index_name, project, project_capf, project_sip, project_tvs, sip_name, tvs_name,
 };
-use super::state_objects::{certificate_secret, objects_from_state, place, state_from_objects, token_counters};
+use super::state_objects::{certificate_secret, objects_from_state, place, state_of, token_counters};
 use super::workloads::{DataPlaneService, Pods, Workload, WorkloadInputs, workload};
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
@@ -177,8 +177,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     // What the statuses and the build need, taken now: the objects themselves become the documents
     // validation reads, so that a 30 000-phone namespace is not held twice.
     let observed = Observed::of(&objects);
-    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(&labels::trust_config_map(&name)));
-    let state = StateDir::in_memory(state_from_objects(cluster, &objects.secrets, trust, &objects.tokens));
+    let state = StateDir::in_memory(state_of(cluster, &objects));
     let holding_records = capf_records::holding_records(&name, &objects.secrets);
     let tokens = objects.tokens.clone();
 

@@ -96,6 +96,14 @@ pub fn place(cluster: &str, file: &str) -> String {
 
 /// The state a build starts from: the cluster's status (its identity record), its Secrets, its trust
 /// ConfigMap and its tokens' status.
+/// The state of `cluster` among a namespace's objects: its Secrets, its trust ConfigMap, its
+/// status and its tokens' counters.
+pub fn state_of(cluster: &CallControlCluster, objects: &super::namespace_objects::NamespaceObjects) -> StateFiles {
+    let trust_name = labels::trust_config_map(cluster.metadata.name.as_deref().unwrap_or_default());
+    let trust = objects.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(trust_name.as_str()));
+    state_from_objects(cluster, &objects.secrets, trust, &objects.tokens)
+}
+
 pub fn state_from_objects(
     cluster: &CallControlCluster,
     secrets: &[Secret],
