@@ -10,10 +10,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::tftp::watch_secret;
 use crate::api::MediaSettings;
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
@@ -43,16 +41,9 @@ pub struct ServeMediaOptions {
 /// Serves until `shutdown`.
 pub async fn serve(client: Client, options: ServeMediaOptions, shutdown: Shutdown) -> Result<(), String> {
     let api: Api<Secret> = Api::namespaced(client, &options.namespace);
-    let (changed, mut changes) = watch::channel(0u64);
-    let store = watch_secret(&api, &options.control_secret, &changed);
-    store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
-    let read = async || {
-        let secret = store.state().into_iter().next().ok_or_else(|| {
-            format!("Secret/{} not found: the operator has not written the media control credentials yet", options.control_secret)
-        })?;
-        super::control_tls(&secret, options.client_sha256)
+    let Some(tls) = super::first_control_tls(&api, &options.control_secret, options.client_sha256, &shutdown).await? else {
+        return Ok(());
     };
-    let Some(tls) = super::first_good(read, &mut changes, &shutdown).await? else { return Ok(()) };
 
     let relay = crate::adapters::sip::media_relay(options.bind, options.advertised, &options.media)?;
     let control_address = SocketAddr::new(options.bind, options.control_port);

@@ -18,19 +18,36 @@ use crate::ops::shutdown::Shutdown;
 
 /// One side's media control credentials: the certificate and key of the TLS Secret `secret`, and
 /// the other side's pinned SHA-256.
-pub(crate) fn control_tls(secret: &Secret, peer_sha256: [u8; 32]) -> Result<crate::services::media::control::ControlTls, String> {
-    use rustls_pki_types::pem::PemObject;
+fn control_tls(secret: &Secret, peer_sha256: [u8; 32]) -> Result<crate::services::media::control::ControlTls, String> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     let field = |key: &str| {
         secret.data.as_ref().and_then(|data| data.get(key)).map(|b| b.0.as_slice()).ok_or_else(|| format!("Secret/{name} has no {key}"))
     };
-    let certificate_der =
-        rustls_pki_types::CertificateDer::from_pem_slice(field("tls.crt")?).map_err(|e| format!("Secret/{name}: tls.crt: {e}"))?.to_vec();
-    let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(field("tls.key")?)
-        .map_err(|e| format!("Secret/{name}: tls.key (PKCS#8): {e}"))?
-        .secret_pkcs8_der()
-        .to_vec();
-    Ok(crate::services::media::control::ControlTls { certificate_der, key_der, peer_sha256 })
+    let pair = crate::core::build::media_control::ControlPair::from_pem(field("tls.crt")?, field("tls.key")?)
+        .map_err(|e| format!("Secret/{name}: {e}"))?;
+    Ok(crate::services::media::control::ControlTls { certificate_der: pair.certificate_der, key_der: pair.key_der, peer_sha256 })
+}
+
+/// The media control credentials of the TLS Secret `name`, once the operator has written it
+/// (watched, and said why not until then); None on shutdown.
+pub(crate) async fn first_control_tls(
+    api: &Api<Secret>,
+    name: &str,
+    peer_sha256: [u8; 32],
+    shutdown: &Shutdown,
+) -> Result<Option<crate::services::media::control::ControlTls>, String> {
+    let (changed, mut changes) = tokio::sync::watch::channel(0u64);
+    let store = tftp::watch_secret(api, name, &changed);
+    store.wait_until_ready().await.map_err(|e| format!("watch stopped before its first list: {e}"))?;
+    let read = async || {
+        let secret = store
+            .state()
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("Secret/{name} not found: the operator has not written the media control credentials yet"))?;
+        control_tls(&secret, peer_sha256)
+    };
+    first_good(read, &mut changes, shutdown).await
 }
 
 /// The first good value of `current` (what the watched Secrets make of it), tried again at every change

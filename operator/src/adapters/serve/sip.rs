@@ -58,29 +58,6 @@ pub struct MediaControlOptions {
     pub relay_sha256: [u8; 32],
 }
 
-/// The client of the media relays, once the operator has written its Secret.
-async fn media_client(
-    api: &Api<Secret>,
-    options: &MediaControlOptions,
-    shutdown: &Shutdown,
-) -> Result<Option<Arc<crate::services::media::control::MediaClient>>, String> {
-    loop {
-        let why = match api.get_opt(&options.secret).await {
-            Ok(Some(secret)) => {
-                let tls = super::control_tls(&secret, options.relay_sha256)?;
-                return crate::services::media::control::MediaClient::new(options.target.clone(), &tls).map(Some);
-            }
-            Ok(None) => format!("Secret/{} not found: the operator has not written the media control credentials yet", options.secret),
-            Err(e) => format!("Secret/{}: {e}", options.secret),
-        };
-        tracing::warn!("no media relay yet: {why}");
-        tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-            () = shutdown.wait() => return Ok(None),
-        }
-    }
-}
-
 /// The ordinal of a StatefulSet pod, from its name's last `-N`.
 pub fn ordinal(pod_name: Option<&str>) -> Result<usize, String> {
     let Some(name) = pod_name else { return Ok(0) };
@@ -160,8 +137,8 @@ pub async fn serve(client: Client, options: ServeSipOptions, shutdown: Shutdown)
     let service = SipService::new(moved_trunks(directory, &moved), Some(tls));
     let mut media_line = String::new();
     if let Some(media) = &options.media {
-        let Some(client) = media_client(&api, media, &shutdown).await? else { return Ok(()) };
-        service.relay_media_through(client);
+        let Some(tls) = super::first_control_tls(&api, &media.secret, media.relay_sha256, &shutdown).await? else { return Ok(()) };
+        service.relay_media_through(crate::services::media::control::MediaClient::new(media.target.clone(), &tls)?);
         media_line = format!("; media through the relays at {}", media.target);
     }
 

@@ -43,18 +43,27 @@ pub fn generate_pair(role: &str) -> (Vec<u8>, Vec<u8>) {
     (certificate.der().to_vec(), key.serialize_der())
 }
 
+impl ControlPair {
+    /// A pair from its PEM: a certificate, and an unencrypted PKCS#8 key the TLS side can load.
+    pub fn from_pem(certificate: &[u8], key: &[u8]) -> Result<ControlPair, String> {
+        use rustls_pki_types::pem::PemObject;
+        let certificate_der =
+            rustls_pki_types::CertificateDer::from_pem_slice(certificate).map_err(|e| format!("the certificate: {e}"))?.to_vec();
+        let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(key)
+            .map_err(|e| format!("the key (PKCS#8): {e}"))?
+            .secret_pkcs8_der()
+            .to_vec();
+        rcgen::KeyPair::try_from(key_der.as_slice()).map_err(|e| format!("the key: {e}"))?;
+        Ok(ControlPair { certificate_der, key_der })
+    }
+}
+
+/// The pair the state holds; None when it is missing or unreadable.
 fn load(state: &StateDir, base: &str) -> Result<Option<ControlPair>, BuildError> {
-    let (Some(certificate), Some(key)) = (state.read_string(&format!("{base}.crt"))?, state.read_string(&format!("{base}.key"))?) else {
+    let (Some(certificate), Some(key)) = (state.read(&format!("{base}.crt"))?, state.read(&format!("{base}.key"))?) else {
         return Ok(None);
     };
-    use rustls_pki_types::pem::PemObject;
-    let certificate_der = rustls_pki_types::CertificateDer::from_pem_slice(certificate.as_bytes()).ok().map(|der| der.to_vec());
-    let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(key.as_bytes())
-        .ok()
-        .map(|der| der.secret_pkcs8_der().to_vec())
-        // A key the TLS side could not load counts as none.
-        .filter(|der| rcgen::KeyPair::try_from(der.as_slice()).is_ok());
-    Ok(certificate_der.zip(key_der).map(|(certificate_der, key_der)| ControlPair { certificate_der, key_der }))
+    Ok(ControlPair::from_pem(&certificate, &key).ok())
 }
 
 fn store(state: &StateDir, base: &str, pair: &ControlPair) -> Result<(), BuildError> {

@@ -50,6 +50,16 @@ pub enum Side {
     Callee = 1,
 }
 
+impl Side {
+    /// The other end.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+}
+
 /// What an end's SDP says of its media.
 #[derive(Debug, Clone)]
 pub struct LegOffer {

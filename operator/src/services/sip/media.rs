@@ -74,7 +74,7 @@ impl RelayedCall {
     /// body sent on pointing the other end at its own leg.
     async fn offered(&self, by: Side, stream: &AudioStream, forward: &mut sip::Request) -> Result<(), Decision> {
         self.update(by, stream, stream.crypto.first()).await?;
-        if let Some(body) = sdp::through_relay(&forward.body, self.address, self.ports[other(by) as usize]) {
+        if let Some(body) = sdp::through_relay(&forward.body, self.address, self.ports[by.other() as usize]) {
             super::proxy::set_body(&mut forward.headers, &mut forward.body, body);
         }
         Ok(())
@@ -88,7 +88,7 @@ impl RelayedCall {
         let (offerer, offer) = self.offer.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let chosen = stream.crypto.first();
         let offerer_key = chosen.and_then(|line| sdp::crypto_tag(line)).and_then(|tag| sdp::crypto_with_tag(&offer.crypto, tag));
-        let mut updated = self.update(other(offerer), &stream, chosen).await;
+        let mut updated = self.update(offerer.other(), &stream, chosen).await;
         if let (Ok(()), Some(key)) = (&updated, offerer_key) {
             updated = self.update(offerer, &offer, Some(key)).await;
         }
@@ -118,13 +118,6 @@ impl RelayedCall {
     /// Frees the legs, in the background: the relay waits for their loops to stop.
     pub(super) fn release(&self) {
         release(&self.relay, &self.id);
-    }
-}
-
-fn other(side: Side) -> Side {
-    match side {
-        Side::Caller => Side::Callee,
-        Side::Callee => Side::Caller,
     }
 }
 
