@@ -253,9 +253,17 @@ impl Pjsua {
 
 impl std::fmt::Display for Pjsua {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The end of PJSIP's log: the last messages exchanged.
+        // Every SIP message PJSIP sent and received (one summary line each), then the end of its log.
+        let messages: Vec<&str> =
+            self.log.lines().filter(|l| l.contains(" msg ") && (l.starts_with("TX ") || l.starts_with("RX "))).collect();
         let tail: Vec<&str> = self.log.lines().rev().take(40).collect();
-        write!(f, "{}\n--- PJSIP log, last lines ---\n{}", self.lines.join("\n"), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        write!(
+            f,
+            "{}\n--- PJSIP's messages ---\n{}\n--- PJSIP log, last lines ---\n{}",
+            self.lines.join("\n"),
+            messages.join("\n"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 }
 
@@ -354,6 +362,8 @@ fn call(callee_args: Vec<String>, caller_args: Vec<String>, target: &str) -> (Pj
     let mut caller_args = caller_args;
     caller_args.extend(["--call".into(), target.into()]);
     let caller = Pjsua::run(&caller_args);
+    // Shown only when the test fails (the harness captures it): the callee's end may need it.
+    eprintln!("--- the caller's run ---\n{caller}");
     (caller, Pjsua::finish(callee, callee_logs))
 }
 

@@ -154,6 +154,14 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what its processes said: the cause is often there, not in the assertion.
+        if std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(100));
+            let output = self.output();
+            let tail: Vec<&str> = output.lines().rev().take(300).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("--- {:?}, last {} lines of its output ---\n{}", self.child.id(), tail.len(), tail.join("\n"));
+        }
     }
 }
 

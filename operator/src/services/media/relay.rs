@@ -360,11 +360,13 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
         };
         let Ok(count) = received else { continue };
         call.last_packet.store(relay.now_ms(), Relaxed);
-        let mut end = leg.end.lock().unwrap_or_else(|e| e.into_inner());
+        // One lock at a time: the other leg's pump takes them in the opposite order, and holding
+        // both would deadlock the two pumps (and with them the runtime's worker threads).
         let (rtp_to, rtcp_to) = {
             let far = other.end.lock().unwrap_or_else(|e| e.into_inner());
             (far.rtp_destination(), far.rtcp_destination())
         };
+        let mut end = leg.end.lock().unwrap_or_else(|e| e.into_inner());
         let settings = &relay.settings;
         for (source, packet) in batch.datagrams(count) {
             let rtcp = rtcp_port || is_rtcp(packet);
@@ -550,6 +552,60 @@ mod tests {
         }
         assert_eq!(relay.free_pairs(), free);
         assert_eq!(relay.counters.calls_timed_out.load(Relaxed), 1);
+    }
+
+    /// Both legs of a call at full rate, each pump on its own worker of a two-worker runtime: a
+    /// pump once held its end's lock while taking the other end's, the other pump did the opposite,
+    /// and the two workers blocked each other for good (the whole SIP service with them). A task
+    /// beating on the same runtime must keep beating throughout.
+    #[test]
+    fn both_directions_at_full_rate_never_block_the_runtime() {
+        use std::sync::atomic::AtomicU64;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let beats = Arc::new(AtomicU64::new(0));
+        let (relay, legs, phones) = runtime.block_on(async {
+            let relay = relay(31800..=31899, Duration::from_secs(30), Latching::FirstPacket);
+            let [caller_port, callee_port] = relay.allocate("call-8", false).unwrap();
+            let (a, b) = (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+            relay.update("call-8", Side::Caller, offer(a.local_addr().unwrap(), false, None)).unwrap();
+            relay.update("call-8", Side::Callee, offer(b.local_addr().unwrap(), false, None)).unwrap();
+            let beats = beats.clone();
+            tokio::spawn(async move {
+                loop {
+                    beats.fetch_add(1, Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            (relay, [caller_port, callee_port], [a, b])
+        });
+        let until = Instant::now() + Duration::from_secs(2);
+        let senders: Vec<_> = phones
+            .into_iter()
+            .zip(legs)
+            .map(|(socket, port)| {
+                std::thread::spawn(move || {
+                    let packet = rtp(1, u32::from(port));
+                    while Instant::now() < until {
+                        let _ = socket.send_to(&packet, ("127.0.0.1", port));
+                    }
+                })
+            })
+            .collect();
+        let mut stalled = None;
+        while Instant::now() < until + Duration::from_millis(500) {
+            let before = beats.load(Relaxed);
+            std::thread::sleep(Duration::from_millis(250));
+            if beats.load(Relaxed) == before {
+                stalled = Some(relay.counters.unencrypted.packets.load(Relaxed));
+                break;
+            }
+        }
+        senders.into_iter().for_each(|s| s.join().unwrap());
+        let relayed = relay.counters.unencrypted.packets.load(Relaxed);
+        // A blocked runtime cannot be shut down by waiting for it.
+        runtime.shutdown_background();
+        assert_eq!(stalled, None, "the runtime stopped after relaying that many packets");
+        assert!(relayed > 1000, "both ways at full rate: only {relayed} packet(s) relayed");
     }
 
     #[tokio::test]
