@@ -5,7 +5,8 @@
 //! gets nothing; sixteen wrong passwords lock a token, which shows in status and signs nothing; the
 //! pods' content hash follows the certificates and trust lists; Argo CD's health check (argocd/health.lua)
 //! says of the status the operator writes what argocd/health_test.yaml says of the committed copies;
-//! of two replicas only the leader writes.
+//! of two replicas only the leader writes; a watch the operator may not make is reported in `/readyz`
+//! and a metric while the other kinds' changes are reconciled.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -301,6 +302,100 @@ async fn a_data_plane_workload_with_no_replica_available_turns_the_cluster_not_r
     })
     .await;
     assert!(is_ready(&cluster(&server)), "one node still serves");
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
+/// The operator's identity may list SipRealms but not watch them (a rule missing from a Role, as a
+/// third-party API server once did with a broken watch): that watch fails, and says so in `/readyz`
+/// and `callguard_watch_failing`, while every other kind's changes are reconciled as usual. Once the
+/// rule is granted, the watch recovers and readiness returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_the_operator_may_not_make_is_reported_and_holds_back_no_other() {
+    let server = FakeApiServer::start().await;
+    load(&server, quickstart());
+    let kinds = [
+        "callcontrolclusters",
+        "securitytokens",
+        "phonesecurityprofiles",
+        "phones",
+        "siptrunksecurityprofiles",
+        "siptrunks",
+        "srstreferences",
+        "h323gateways",
+        "mgcpgateways",
+        "endusers",
+        "applicationusers",
+    ];
+    let role = |realm_verbs: &[&str]| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "operator"},
+            "rules": [
+                {"apiGroups": ["", "apps", "rbac.authorization.k8s.io", "networking.k8s.io", "policy", "events.k8s.io"],
+                 "resources": ["*"], "verbs": ["*"]},
+                {"apiGroups": ["callguard.io"], "resources": kinds.iter().chain(&["*/status"]).collect::<Vec<_>>(), "verbs": ["*"]},
+                {"apiGroups": ["callguard.io"], "resources": ["siprealms"], "verbs": realm_verbs},
+            ]
+        })
+    };
+    server.insert(role(&["get", "list"])).unwrap();
+    server
+        .insert(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "operator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "operator"},
+            "subjects": [{"kind": "ServiceAccount", "namespace": "callguard-system", "name": "operator"}]
+        }))
+        .unwrap();
+    server.authenticate_as_service_account("operator", "callguard-system", "operator");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut options = options("operator", false);
+    options.metrics_bind = format!("127.0.0.1:{port}").parse().unwrap();
+    let (shutdown, operator) = start_operator_with(&server, options);
+    let get = |path: &'static str| async move {
+        let reply = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.expect("the operator's HTTP endpoint answers");
+        (reply.status().as_u16(), reply.text().await.unwrap())
+    };
+    let failing = r#"callguard_watch_failing{resource="SipRealm",namespace="default"}"#;
+
+    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let mut readiness = get("/readyz").await;
+    for _ in 0..100 {
+        if readiness.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        readiness = get("/readyz").await;
+    }
+    assert_eq!(readiness.0, 503, "{}", readiness.1);
+    assert!(readiness.1.starts_with("watch of SipRealm in default failing: ") && readiness.1.contains("403"), "{}", readiness.1);
+    let metrics = get("/metrics").await.1;
+    assert!(metrics.contains(&format!("{failing} 1\n")), "{metrics}");
+    assert!(!metrics.contains(r#"callguard_watch_failing{resource="Phone",namespace="default"} 1"#), "{metrics}");
+
+    // A Phone's change is reconciled meanwhile: it names a profile that does not exist.
+    edit(&server, "Phone", "phones", "bob-7941", |bob| bob["spec"]["securityProfileRef"] = json!("no-such-profile")).await;
+    until("the cluster to stall on the Phone's change", || {
+        condition(&cluster(&server), "Stalled")
+            .is_some_and(|(s, r, m)| s == "True" && r == "InvalidConfiguration" && m.contains("no-such-profile"))
+    })
+    .await;
+
+    // The rule granted: the watch works again, and so does readiness.
+    let api: kube::Api<k8s_openapi::api::rbac::v1::ClusterRole> = kube::Api::all(server.client());
+    let mut granted: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(role(&["get", "list", "watch"])).unwrap();
+    granted.metadata.resource_version = api.get("operator").await.unwrap().metadata.resource_version;
+    api.replace("operator", &Default::default(), &granted).await.unwrap();
+    let mut readiness = get("/readyz").await;
+    for _ in 0..600 {
+        if readiness.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        readiness = get("/readyz").await;
+    }
+    assert_eq!(readiness, (200, "ready\n".to_owned()));
+    let metrics = get("/metrics").await.1;
+    assert!(metrics.contains(&format!("{failing} 0\n")), "{metrics}");
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }

@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoint: `/metrics` for Prometheus, `/healthz` (liveness) and `/readyz`
 //! (readiness) for the kubelet's probes.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +21,9 @@ struct HealthState {
     /// Why the process should be restarted, once something said so.
     unhealthy: Option<String>,
     ready: bool,
+    /// Watches failing now: what each watches, and its last error. Not ready while one fails: the
+    /// changes it should see reach no reconcile.
+    failing_watches: BTreeMap<String, String>,
 }
 
 /// What the probes answer. Cloned handles share one state: the controllers hold one to report
@@ -55,10 +59,35 @@ impl Health {
         }
     }
 
-    /// Ready and not unhealthy.
+    /// Records that the watch of `watched` fails with `error` (`Some`), or works again (`None`).
+    pub fn set_watch_failing(&self, watched: &str, error: Option<String>) {
+        let mut state = self.state();
+        match error {
+            Some(error) => state.failing_watches.insert(watched.to_owned(), error),
+            None => state.failing_watches.remove(watched),
+        };
+    }
+
+    /// Ready, not unhealthy, and no watch failing.
     pub fn is_ready(&self) -> bool {
+        self.readiness().is_ok()
+    }
+
+    /// `Err(why not)` when not ready.
+    pub fn readiness(&self) -> Result<(), String> {
         let state = self.state();
-        state.ready && state.unhealthy.is_none()
+        if let Some(reason) = &state.unhealthy {
+            return Err(format!("unhealthy: {reason}"));
+        }
+        if !state.ready {
+            return Err("not ready".into());
+        }
+        if !state.failing_watches.is_empty() {
+            let failing: Vec<String> =
+                state.failing_watches.iter().map(|(watched, error)| format!("watch of {watched} failing: {error}")).collect();
+            return Err(failing.join("\n"));
+        }
+        Ok(())
     }
 
     /// `Err(reason)` once `set_unhealthy` was called.
@@ -88,10 +117,9 @@ async fn healthz(State(endpoints): State<Endpoints>) -> Response {
 }
 
 async fn readyz(State(endpoints): State<Endpoints>) -> Response {
-    if endpoints.health.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match endpoints.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -192,6 +220,12 @@ mod tests {
         assert!(scraped.body.ends_with("# EOF\n"), "{}", scraped.body);
 
         assert_eq!(get(address, "/nothing-here").await.status, 404);
+
+        health.set_watch_failing("SipRealm in default", Some("403 Forbidden".into()));
+        let failing = get(address, "/readyz").await;
+        assert_eq!((failing.status, failing.body.as_str()), (503, "watch of SipRealm in default failing: 403 Forbidden\n"));
+        health.set_watch_failing("SipRealm in default", None);
+        assert_eq!(get(address, "/readyz").await.status, 200, "ready again once the watch works");
 
         health.set_unhealthy("the Phone controller stopped");
         let broken = get(address, "/healthz").await;

@@ -120,6 +120,13 @@ struct ErrorLabels {
     reason: String,
 }
 
+/// One of the operator's watches: the kind it watches and in which namespace ("" for all).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    resource: String,
+    namespace: String,
+}
+
 /// Identifies one certificate of one cluster in the expiry gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct CertificateLabels {
@@ -378,6 +385,8 @@ pub struct Metrics {
     reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     certificate_expiries: Arc<CertificateExpiries>,
     leader: Gauge<i64, AtomicI64>,
+    watch_failing: Family<WatchLabels, Gauge<i64, AtomicI64>>,
+    watch_errors: Family<WatchLabels, Counter>,
 }
 
 fn reconcile_duration_histogram() -> Histogram {
@@ -411,13 +420,27 @@ impl Metrics {
         registry.register_with_unit("reconcile_duration", "Time one reconcile took, by kind", Unit::Seconds, reconcile_duration.clone());
         registry.register_collector(Box::new(certificate_expiries.clone()));
         registry.register("leader", "1 while this instance holds the leader Lease, else 0", leader.clone());
+        let watch_failing = Family::<WatchLabels, Gauge<i64, AtomicI64>>::default();
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        registry.register("watch_failing", "1 while the watch of a kind fails (its errors back off alone), else 0", watch_failing.clone());
+        registry.register("watch_errors", "Errors of the watch of a kind", watch_errors.clone());
 
         // Every kind's series exists from the start, so that rate() sees the first reconcile.
         for kind in Kind::ALL {
             reconciles.get_or_create_owned(&KindLabels { kind });
             reconcile_duration.get_or_create_owned(&KindLabels { kind });
         }
-        Self { registry, reconciles, reconcile_errors, reconcile_stalls, reconcile_duration, certificate_expiries, leader }
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_stalls,
+            reconcile_duration,
+            certificate_expiries,
+            leader,
+            watch_failing,
+            watch_errors,
+        }
     }
 
     /// Exposes a TFTP server's counters (from `TftpServer::counters`), read at each scrape.
@@ -473,6 +496,16 @@ impl Metrics {
     /// Sets `callguard_leader` to 1 or 0.
     pub fn set_leader(&self, is_leader: bool) {
         self.leader.set(i64::from(is_leader));
+    }
+
+    /// Sets `callguard_watch_failing` of the watch of `resource` in `namespace` ("" for all), and
+    /// counts the error when it failed.
+    pub fn set_watch_failing(&self, resource: &str, namespace: &str, failing: bool) {
+        let labels = WatchLabels { resource: resource.to_owned(), namespace: namespace.to_owned() };
+        if failing {
+            self.watch_errors.get_or_create(&labels).inc();
+        }
+        self.watch_failing.get_or_create(&labels).set(i64::from(failing));
     }
 
     /// The registry in the OpenMetrics text format (`OPENMETRICS_CONTENT_TYPE`).

@@ -13,6 +13,7 @@ pub mod projection;
 pub mod reconcile;
 pub mod run;
 pub mod state_objects;
+pub mod triggers;
 pub mod workloads;
 
 pub use run::{OperatorOptions, run};

@@ -12,14 +12,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 
 use super::labels;
 use super::reconcile::{Context, error_policy, reconcile};
+use super::triggers::Triggers;
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
     SipTrunkSecurityProfile, SrstReference,
@@ -86,7 +85,9 @@ pub async fn run(client: Client, options: OperatorOptions, shutdown: Shutdown) -
         // One controller per managed namespace, or one for the whole cluster.
         let scopes: Vec<Option<String>> =
             if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
-        let controllers = scopes.into_iter().map(|namespace| controller(client.clone(), namespace, Arc::clone(&context), shutdown.clone()));
+        let controllers = scopes
+            .into_iter()
+            .map(|namespace| controller(client.clone(), namespace, Arc::clone(&context), health.clone(), shutdown.clone()));
         let controller = futures::future::join_all(controllers);
         tokio::select! {
             _ = controller => {}
@@ -118,38 +119,41 @@ where
 
 /// The CallControlCluster controller of one namespace (or all): it owns the cluster's workloads and
 /// Secrets, and any change to a Callguard object of a namespace, or to a Secret labelled
-/// `callguard.io/watch`, reconciles the namespace's cluster. No other Secret is watched.
-async fn controller(client: Client, namespace: Option<String>, context: Arc<Context>, shutdown: Shutdown) {
-    let namespace = namespace.as_deref();
-    let clusters: Api<CallControlCluster> = api(&client, namespace);
-    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY_KEY, labels::MANAGED_BY));
+/// `callguard.io/watch`, reconciles the namespace's cluster. No other Secret is watched. Each of
+/// these watches fails and backs off alone (`triggers`).
+async fn controller(client: Client, namespace: Option<String>, context: Arc<Context>, health: Health, shutdown: Shutdown) {
+    let scope = namespace.as_deref();
+    let clusters: Api<CallControlCluster> = api(&client, scope);
     let controller = Controller::new(clusters, watcher::Config::default());
-    let store = controller.store();
-    let controller = controller
-        .owns(api::<Secret>(&client, namespace), owned.clone())
-        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
-        .owns(api::<Deployment>(&client, namespace), owned.clone())
-        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
-        .owns(api::<Service>(&client, namespace), owned.clone())
-        .owns(api::<ServiceAccount>(&client, namespace), owned.clone())
-        .owns(api::<Role>(&client, namespace), owned.clone())
-        .owns(api::<RoleBinding>(&client, namespace), owned.clone())
-        .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), owned);
-    let watched_secrets = watcher::Config::default().labels(labels::WATCHED_SECRET);
-    let controller = in_namespace::<Secret>(controller, api(&client, namespace), watched_secrets, &store);
+    let triggers = Triggers { clusters: controller.store(), namespace: namespace.clone(), metrics: Arc::clone(&context.metrics), health };
+    let owned = || watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY_KEY, labels::MANAGED_BY));
     let all = watcher::Config::default;
-    let controller = in_namespace::<SecurityToken>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<PhoneSecurityProfile>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<Phone>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<SipTrunkSecurityProfile>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<SipTrunk>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<SrstReference>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<H323Gateway>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<MgcpGateway>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<EndUser>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<ApplicationUser>(controller, api(&client, namespace), all(), &store);
-    let controller = in_namespace::<SipRealm>(controller, api(&client, namespace), all(), &store);
+    let streams = [
+        triggers.owned(api::<Secret>(&client, scope), owned()),
+        triggers.owned(api::<ConfigMap>(&client, scope), owned()),
+        triggers.owned(api::<Deployment>(&client, scope), owned()),
+        triggers.owned(api::<StatefulSet>(&client, scope), owned()),
+        triggers.owned(api::<Service>(&client, scope), owned()),
+        triggers.owned(api::<ServiceAccount>(&client, scope), owned()),
+        triggers.owned(api::<Role>(&client, scope), owned()),
+        triggers.owned(api::<RoleBinding>(&client, scope), owned()),
+        triggers.owned(api::<NetworkPolicy>(&client, scope), owned()),
+        triggers.owned(api::<PodDisruptionBudget>(&client, scope), owned()),
+        triggers.in_namespace(api::<Secret>(&client, scope), watcher::Config::default().labels(labels::WATCHED_SECRET)),
+        triggers.in_namespace(api::<SecurityToken>(&client, scope), all()),
+        triggers.in_namespace(api::<PhoneSecurityProfile>(&client, scope), all()),
+        triggers.in_namespace(api::<Phone>(&client, scope), all()),
+        triggers.in_namespace(api::<SipTrunkSecurityProfile>(&client, scope), all()),
+        triggers.in_namespace(api::<SipTrunk>(&client, scope), all()),
+        triggers.in_namespace(api::<SrstReference>(&client, scope), all()),
+        triggers.in_namespace(api::<H323Gateway>(&client, scope), all()),
+        triggers.in_namespace(api::<MgcpGateway>(&client, scope), all()),
+        triggers.in_namespace(api::<EndUser>(&client, scope), all()),
+        triggers.in_namespace(api::<ApplicationUser>(&client, scope), all()),
+        triggers.in_namespace(api::<SipRealm>(&client, scope), all()),
+    ];
+    // Never an error in these streams: the controller's shared backoff never holds them back.
+    let controller = streams.into_iter().fold(controller, |controller, stream| controller.reconcile_on(stream));
     controller
         .graceful_shutdown_on(shutdown.wait())
         .run(reconcile, error_policy, context)
@@ -159,26 +163,4 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
             }
         })
         .await;
-}
-
-/// A change to a `K` that `config` selects reconciles the clusters of its namespace.
-fn in_namespace<K>(
-    controller: Controller<CallControlCluster>,
-    api: Api<K>,
-    config: watcher::Config,
-    clusters: &Store<CallControlCluster>,
-) -> Controller<CallControlCluster>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let clusters = clusters.clone();
-    controller.watches(api, config, move |object: K| {
-        let namespace = object.namespace();
-        clusters
-            .state()
-            .into_iter()
-            .filter(|cluster| cluster.namespace() == namespace)
-            .map(|cluster| ObjectRef::from_obj(&*cluster))
-            .collect::<Vec<_>>()
-    })
 }

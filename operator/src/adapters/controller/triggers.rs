@@ -1,0 +1,197 @@
+//! What reconciles a cluster besides its own changes: a change to an object it owns, or to any
+//! Callguard object (or Secret labelled `callguard.io/watch`) of its namespace.
+//!
+//! One watch per kind, each with its own backoff. kube-runtime backs off all of a controller's merged
+//! triggers together when one of them fails, so a watch that keeps failing (a missing RBAC rule, a
+//! broken API server) would hold back every reconcile of every kind. Here a failing watch backs off
+//! alone; it is reported in `/readyz`, in `callguard_watch_failing` and in the log, and when it works
+//! again every cluster it concerns is reconciled, for the changes it may have missed meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::{self, BoxStream};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::api::CallControlCluster;
+use crate::ops::http::Health;
+use crate::ops::metrics::Metrics;
+
+/// How long a watch that failed must run without an error, once retried, to count as working: a
+/// refused watch or list fails within milliseconds of its retry.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// The wait before the first retry of a failed watch; it doubles with each failure in a row, up to
+/// `MAX_BACKOFF` (client-go's numbers, as kube-runtime's default backoff).
+const FIRST_BACKOFF: Duration = Duration::from_millis(800);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Clusters to reconcile.
+type Refs = Vec<ObjectRef<CallControlCluster>>;
+
+/// The triggers of one controller: one scope (a namespace, or all) and its clusters.
+pub struct Triggers {
+    pub clusters: Store<CallControlCluster>,
+    /// The namespace watched; None for all.
+    pub namespace: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+}
+
+impl Triggers {
+    /// Changes to the `K`s selected by `config` that a cluster owns (as their controller).
+    pub fn owned<K>(&self, api: Api<K>, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        self.isolated(api, config, |object: &K| controlling_clusters(object))
+    }
+
+    /// Changes to the `K`s selected by `config`: every cluster of the object's namespace.
+    pub fn in_namespace<K>(&self, api: Api<K>, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let clusters = self.clusters.clone();
+        self.isolated(api, config, move |object: &K| clusters_in(&clusters, object.namespace().as_deref()))
+    }
+
+    fn isolated<K>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        map: impl Fn(&K) -> Refs + Send + Sync + 'static,
+    ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let clusters = self.clusters.clone();
+        let namespace = self.namespace.clone();
+        let watch = Watch {
+            events: watcher::watcher(api, config).boxed(),
+            kind: K::kind(&()).into_owned(),
+            namespace: self.namespace.clone().unwrap_or_default(),
+            metrics: Arc::clone(&self.metrics),
+            health: self.health.clone(),
+            failing: false,
+            settle: None,
+            backoff: FIRST_BACKOFF,
+        };
+        let map = move |event: Event<K>| match event {
+            Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) => map(&object),
+            Event::Init | Event::InitDone => Vec::new(),
+        };
+        let everything = move || clusters_in(&clusters, namespace.as_deref());
+        stream::unfold((watch, map, everything), |(mut watch, map, everything)| async move {
+            let refs = watch.next_refs(&map, &everything).await?;
+            Some((stream::iter(refs), (watch, map, everything)))
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+/// One kind's watch, and whether it fails.
+struct Watch<K> {
+    events: BoxStream<'static, Result<Event<K>, watcher::Error>>,
+    kind: String,
+    /// "" for every namespace.
+    namespace: String,
+    metrics: Arc<Metrics>,
+    health: Health,
+    failing: bool,
+    /// While failing: when the watch counts as working again, if no error comes first.
+    settle: Option<tokio::time::Instant>,
+    /// The wait before the next retry. The backoff is this watch's own, and known here: kube-runtime's
+    /// watcher retries a refused watch with no event to say that it now works, so it counts as
+    /// working once it ran `SETTLE` past a retry without an error.
+    backoff: Duration,
+}
+
+impl<K> Watch<K> {
+    /// The clusters the next change (or the recovery) concerns; None when the watch ends.
+    async fn next_refs(&mut self, map: &impl Fn(Event<K>) -> Refs, everything: &impl Fn() -> Refs) -> Option<Refs> {
+        loop {
+            let next = match self.settle {
+                Some(at) => tokio::select! {
+                    next = self.events.next() => next,
+                    () = tokio::time::sleep_until(at) => {
+                        self.recovered();
+                        return Some(everything());
+                    }
+                },
+                None => self.events.next().await,
+            };
+            match next? {
+                Ok(event) => {
+                    let refs = map(event);
+                    if !refs.is_empty() {
+                        return Some(refs);
+                    }
+                }
+                Err(error) => {
+                    self.failed(&error);
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.settle = Some(tokio::time::Instant::now() + SETTLE);
+                }
+            }
+        }
+    }
+
+    fn watched(&self) -> String {
+        match self.namespace.as_str() {
+            "" => format!("{} in all namespaces", self.kind),
+            namespace => format!("{} in {namespace}", self.kind),
+        }
+    }
+
+    fn failed(&mut self, error: &watcher::Error) {
+        if !self.failing {
+            tracing::warn!(
+                "watch of {} failing, retried with its own backoff; reconciles of its changes wait, the other watches go on: {error}",
+                self.watched()
+            );
+        } else {
+            tracing::debug!("watch of {} still failing: {error}", self.watched());
+        }
+        self.failing = true;
+        self.settle = None;
+        self.metrics.set_watch_failing(&self.kind, &self.namespace, true);
+        self.health.set_watch_failing(&self.watched(), Some(error.to_string()));
+    }
+
+    fn recovered(&mut self) {
+        tracing::info!("watch of {} works again: reconciling the clusters it concerns", self.watched());
+        self.failing = false;
+        self.settle = None;
+        self.backoff = FIRST_BACKOFF;
+        self.metrics.set_watch_failing(&self.kind, &self.namespace, false);
+        self.health.set_watch_failing(&self.watched(), None);
+    }
+}
+
+/// The clusters whose ownerReferences make them `object`'s controller.
+fn controlling_clusters<K: Resource>(object: &K) -> Refs {
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    object
+        .owner_references()
+        .iter()
+        .filter(|owner| owner.controller == Some(true) && owner.kind == CallControlCluster::kind(&()))
+        .map(|owner| ObjectRef::new(&owner.name).within(&namespace))
+        .collect()
+}
+
+/// The clusters of `namespace` in the store; every cluster when None.
+fn clusters_in(clusters: &Store<CallControlCluster>, namespace: Option<&str>) -> Refs {
+    clusters
+        .state()
+        .into_iter()
+        .filter(|cluster| namespace.is_none() || cluster.namespace().as_deref() == namespace)
+        .map(|cluster| ObjectRef::from_obj(&*cluster))
+        .collect()
+}
