@@ -6,7 +6,8 @@
 //! pods' content hash follows the certificates and trust lists; Argo CD's health check (argocd/health.lua)
 //! says of the status the operator writes what argocd/health_test.yaml says of the committed copies;
 //! of two replicas only the leader writes; a watch the operator may not make is reported in `/readyz`
-//! and a metric while the other kinds' changes are reconciled.
+//! and a metric while the other kinds' changes are reconciled; a Phone its type cannot read is named
+//! by validation.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -423,6 +424,34 @@ async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_no
     assert_eq!(condition(&bob(), "Stalled").map(|c| c.0), Some("True".into()), "the offending object says so too");
     assert!(server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").is_none(), "nothing is issued");
     assert!(server.list("apps/v1", "Deployment", Some(NAMESPACE)).is_empty() && server.list("v1", "ConfigMap", Some(NAMESPACE)).is_empty());
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
+/// A Phone stored in a shape its type cannot read (written past the schema, or under an older one):
+/// the namespace is still read, validation names the Phone and its field in the cluster's Stalled
+/// and in the Phone's own status, and fixing it makes the cluster Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_its_type_cannot_read_is_named_by_validation_and_the_rest_is_read() {
+    let server = FakeApiServer::start().await;
+    let mut objects = quickstart();
+    let bob = objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == "bob-7941").unwrap();
+    bob["spec"]["directoryNumbers"] = json!("1002");
+    load(&server, objects);
+    let (shutdown, operator) = start_operator(&server, "operator", false);
+    until("the cluster to be Stalled", || condition(&cluster(&server), "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
+    let (_, reason, message) = condition(&cluster(&server), "Stalled").unwrap();
+    assert_eq!(reason, "InvalidConfiguration");
+    assert!(message.contains("Phone/bob-7941") && message.contains("directoryNumbers"), "{message}");
+    let bob = || object(&server, "Phone", "bob-7941");
+    until("the phone's own Stalled", || condition(&bob(), "Stalled").is_some()).await;
+    let (status, _, own) = condition(&bob(), "Stalled").unwrap();
+    assert_eq!(status, "True");
+    assert!(own.contains("directoryNumbers"), "{own}");
+    assert!(condition(&object(&server, "Phone", "alice-7961"), "Ready").is_some_and(|(_, r, _)| r == "ClusterNotReconciled"));
+
+    edit(&server, "Phone", "phones", "bob-7941", |bob| bob["spec"]["directoryNumbers"] = json!(["1002"])).await;
+    until("the cluster to be Ready once the phone is fixed", || is_ready(&cluster(&server))).await;
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }

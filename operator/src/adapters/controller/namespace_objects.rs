@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +20,7 @@ use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
     SipTrunkSecurityProfile, SrstReference,
 };
+use crate::ops::metrics::Kind;
 use crate::validate::manifest::Document;
 
 /// The namespace as the API server holds it.
@@ -40,13 +41,64 @@ pub struct NamespaceObjects {
     pub realms: Vec<SipRealm>,
     pub secrets: Vec<Secret>,
     pub config_maps: Vec<ConfigMap>,
+    /// The objects the Rust types cannot read.
+    pub untrusted: Vec<Untrusted>,
 }
 
-async fn list<K>(client: &Client, namespace: &str) -> Result<Vec<K>, kube::Error>
+/// A Callguard object the Rust types cannot read (stored under an older or looser schema, or
+/// written past it): kept as the API server holds it, so that validation names it and its field
+/// while the list of its kind is still read, instead of the whole read failing for ever.
+pub struct Untrusted {
+    pub kind: Kind,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub status: Value,
+    /// apiVersion, kind, metadata (name, namespace) and spec, as a manifest.
+    pub document: Value,
+}
+
+/// The `K`s of the namespace, and those of them the type cannot read. Typed first; only when one
+/// object does not fit is the list read again untyped and taken object by object.
+async fn list<K>(client: &Client, namespace: &str) -> Result<(Vec<K>, Vec<Untrusted>), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    Ok(Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items)
+    match Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await {
+        Ok(list) => return Ok((list.items, Vec::new())),
+        Err(kube::Error::SerdeError(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let resource = ApiResource::erase::<K>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let (mut typed, mut untrusted) = (Vec::new(), Vec::new());
+    let kind = Kind::ALL.into_iter().find(|kind| kind.as_str() == K::kind(&())).expect("every listed kind is a Callguard kind");
+    for object in raw.list(&ListParams::default()).await?.items {
+        let mut value = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
+        value["apiVersion"] = json!(K::api_version(&()));
+        value["kind"] = json!(K::kind(&()));
+        match serde_json::from_value::<K>(value.clone()) {
+            Ok(object) => typed.push(object),
+            Err(error) => {
+                let name = object.name_any();
+                tracing::info!(%namespace, "{}/{name} does not fit its type ({error}): validation will name its fault", kind.as_str());
+                let document = json!({
+                    "apiVersion": K::api_version(&()),
+                    "kind": K::kind(&()),
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": value.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
+                });
+                let status = value.get_mut("status").map(Value::take).unwrap_or(Value::Null);
+                untrusted.push(Untrusted { kind, name, generation: object.metadata.generation, status, document });
+            }
+        }
+    }
+    Ok((typed, untrusted))
+}
+
+/// The typed objects of a list; its untrusted ones join `untrusted`.
+fn split<K>((typed, odd): (Vec<K>, Vec<Untrusted>), untrusted: &mut Vec<Untrusted>) -> Vec<K> {
+    untrusted.extend(odd);
+    typed
 }
 
 /// Every Secret the Callguard objects name.
@@ -120,22 +172,24 @@ impl NamespaceObjects {
             async { Ok(secrets.list(&owned).await?.items) },
             async { Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
         )?;
+        let mut untrusted = Vec::new();
         let mut objects = NamespaceObjects {
             namespace: namespace.to_owned(),
-            clusters,
-            tokens,
-            phone_profiles,
-            phones,
-            trunk_profiles,
-            trunks,
-            srst_references,
-            h323_gateways,
-            mgcp_gateways,
-            end_users,
-            application_users,
-            realms,
+            clusters: split(clusters, &mut untrusted),
+            tokens: split(tokens, &mut untrusted),
+            phone_profiles: split(phone_profiles, &mut untrusted),
+            phones: split(phones, &mut untrusted),
+            trunk_profiles: split(trunk_profiles, &mut untrusted),
+            trunks: split(trunks, &mut untrusted),
+            srst_references: split(srst_references, &mut untrusted),
+            h323_gateways: split(h323_gateways, &mut untrusted),
+            mgcp_gateways: split(mgcp_gateways, &mut untrusted),
+            end_users: split(end_users, &mut untrusted),
+            application_users: split(application_users, &mut untrusted),
+            realms: split(realms, &mut untrusted),
             secrets: owned_secrets,
             config_maps,
+            untrusted,
         };
         // The Secrets the objects name: those labelled `callguard.io/watch` in one list (a user's
         // explicit word that Callguard may read them), the others one by one. A labelled Secret no
@@ -170,6 +224,10 @@ impl NamespaceObjects {
         push_all(&mut documents, self.end_users);
         push_all(&mut documents, self.application_users);
         push_all(&mut documents, self.realms);
+        for odd in self.untrusted {
+            let name = odd.name.clone();
+            documents.push(document(odd.document, odd.kind.as_str(), &name));
+        }
         for secret in self.secrets {
             let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(&secret)});
             if let Some(data) = &secret.data {

@@ -815,6 +815,10 @@ impl Observed {
         add(&mut map, Kind::EndUser, &objects.end_users);
         add(&mut map, Kind::ApplicationUser, &objects.application_users);
         add(&mut map, Kind::SipRealm, &objects.realms);
+        // Validation names what is wrong with them, in their own status too.
+        for odd in &objects.untrusted {
+            map.insert((odd.kind, odd.name.clone()), (odd.generation, odd.status.clone()));
+        }
         Observed { namespace: objects.namespace.clone(), objects: map }
     }
 

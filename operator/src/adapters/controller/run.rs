@@ -125,32 +125,38 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
     let scope = namespace.as_deref();
     let clusters: Api<CallControlCluster> = api(&client, scope);
     let controller = Controller::new(clusters, watcher::Config::default());
-    let triggers = Triggers { clusters: controller.store(), namespace: namespace.clone(), metrics: Arc::clone(&context.metrics), health };
+    let triggers = Triggers {
+        client: client.clone(),
+        clusters: controller.store(),
+        namespace: namespace.clone(),
+        metrics: Arc::clone(&context.metrics),
+        health,
+    };
     let owned = || watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY_KEY, labels::MANAGED_BY));
     let all = watcher::Config::default;
     let streams = [
-        triggers.owned(api::<Secret>(&client, scope), owned()),
-        triggers.owned(api::<ConfigMap>(&client, scope), owned()),
-        triggers.owned(api::<Deployment>(&client, scope), owned()),
-        triggers.owned(api::<StatefulSet>(&client, scope), owned()),
-        triggers.owned(api::<Service>(&client, scope), owned()),
-        triggers.owned(api::<ServiceAccount>(&client, scope), owned()),
-        triggers.owned(api::<Role>(&client, scope), owned()),
-        triggers.owned(api::<RoleBinding>(&client, scope), owned()),
-        triggers.owned(api::<NetworkPolicy>(&client, scope), owned()),
-        triggers.owned(api::<PodDisruptionBudget>(&client, scope), owned()),
-        triggers.in_namespace(api::<Secret>(&client, scope), watcher::Config::default().labels(labels::WATCHED_SECRET)),
-        triggers.in_namespace(api::<SecurityToken>(&client, scope), all()),
-        triggers.in_namespace(api::<PhoneSecurityProfile>(&client, scope), all()),
-        triggers.in_namespace(api::<Phone>(&client, scope), all()),
-        triggers.in_namespace(api::<SipTrunkSecurityProfile>(&client, scope), all()),
-        triggers.in_namespace(api::<SipTrunk>(&client, scope), all()),
-        triggers.in_namespace(api::<SrstReference>(&client, scope), all()),
-        triggers.in_namespace(api::<H323Gateway>(&client, scope), all()),
-        triggers.in_namespace(api::<MgcpGateway>(&client, scope), all()),
-        triggers.in_namespace(api::<EndUser>(&client, scope), all()),
-        triggers.in_namespace(api::<ApplicationUser>(&client, scope), all()),
-        triggers.in_namespace(api::<SipRealm>(&client, scope), all()),
+        triggers.owned::<Secret>(owned()),
+        triggers.owned::<ConfigMap>(owned()),
+        triggers.owned::<Deployment>(owned()),
+        triggers.owned::<StatefulSet>(owned()),
+        triggers.owned::<Service>(owned()),
+        triggers.owned::<ServiceAccount>(owned()),
+        triggers.owned::<Role>(owned()),
+        triggers.owned::<RoleBinding>(owned()),
+        triggers.owned::<NetworkPolicy>(owned()),
+        triggers.owned::<PodDisruptionBudget>(owned()),
+        triggers.in_namespace::<Secret>(watcher::Config::default().labels(labels::WATCHED_SECRET)),
+        triggers.in_namespace::<SecurityToken>(all()),
+        triggers.in_namespace::<PhoneSecurityProfile>(all()),
+        triggers.in_namespace::<Phone>(all()),
+        triggers.in_namespace::<SipTrunkSecurityProfile>(all()),
+        triggers.in_namespace::<SipTrunk>(all()),
+        triggers.in_namespace::<SrstReference>(all()),
+        triggers.in_namespace::<H323Gateway>(all()),
+        triggers.in_namespace::<MgcpGateway>(all()),
+        triggers.in_namespace::<EndUser>(all()),
+        triggers.in_namespace::<ApplicationUser>(all()),
+        triggers.in_namespace::<SipRealm>(all()),
     ];
     // Never an error in these streams: the controller's shared backoff never holds them back.
     let controller = streams.into_iter().fold(controller, |controller, stream| controller.reconcile_on(stream));

@@ -6,15 +6,21 @@
 //! broken API server) would hold back every reconcile of every kind. Here a failing watch backs off
 //! alone; it is reported in `/readyz`, in `callguard_watch_failing` and in the log, and when it works
 //! again every cluster it concerns is reconciled, for the changes it may have missed meanwhile.
+//!
+//! The watches read metadata only: a trigger needs no more, 30,000 Phones' specs are not held twice,
+//! and an object whose spec the type cannot read does not break its kind's watch (the reconcile
+//! names it, see `namespace_objects::Untrusted`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
+use k8s_openapi::NamespaceResourceScope;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::api::CallControlCluster;
@@ -35,6 +41,7 @@ type Refs = Vec<ObjectRef<CallControlCluster>>;
 
 /// The triggers of one controller: one scope (a namespace, or all) and its clusters.
 pub struct Triggers {
+    pub client: Client,
     pub clusters: Store<CallControlCluster>,
     /// The namespace watched; None for all.
     pub namespace: Option<String>,
@@ -44,31 +51,35 @@ pub struct Triggers {
 
 impl Triggers {
     /// Changes to the `K`s selected by `config` that a cluster owns (as their controller).
-    pub fn owned<K>(&self, api: Api<K>, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    pub fn owned<K>(&self, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
-        self.isolated(api, config, |object: &K| controlling_clusters(object))
+        self.isolated::<K>(config, |object: &PartialObjectMeta<K>| controlling_clusters(object))
     }
 
     /// Changes to the `K`s selected by `config`: every cluster of the object's namespace.
-    pub fn in_namespace<K>(&self, api: Api<K>, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    pub fn in_namespace<K>(&self, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
         let clusters = self.clusters.clone();
-        self.isolated(api, config, move |object: &K| clusters_in(&clusters, object.namespace().as_deref()))
+        self.isolated::<K>(config, move |object: &PartialObjectMeta<K>| clusters_in(&clusters, object.namespace().as_deref()))
     }
 
     fn isolated<K>(
         &self,
-        api: Api<K>,
         config: watcher::Config,
-        map: impl Fn(&K) -> Refs + Send + Sync + 'static,
+        map: impl Fn(&PartialObjectMeta<K>) -> Refs + Send + Sync + 'static,
     ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
+        // Metadata-only list and watch: `Api<PartialObjectMeta<K>>` asks for nothing else.
+        let api: Api<PartialObjectMeta<K>> = match &self.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
         let clusters = self.clusters.clone();
         let namespace = self.namespace.clone();
         let watch = Watch {
@@ -81,7 +92,7 @@ impl Triggers {
             settle: None,
             backoff: FIRST_BACKOFF,
         };
-        let map = move |event: Event<K>| match event {
+        let map = move |event: Event<PartialObjectMeta<K>>| match event {
             Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) => map(&object),
             Event::Init | Event::InitDone => Vec::new(),
         };
