@@ -503,6 +503,11 @@ async fn a_wrong_token_password_is_counted_even_when_every_apply_fails() {
     let seen = refused();
     until("two more reconciles", || refused() >= seen + 2).await;
     assert_eq!(failures(), 1, "the same wrong password, retried, counts once");
+    // The failed step says so, on the cluster: the apply, with the API server's answer.
+    let events = server.list("events.k8s.io/v1", "Event", Some(NAMESPACE));
+    let failed = events.iter().find(|e| e["reason"] == "ApplyFailed" && e["type"] == "Warning").expect("an ApplyFailed event");
+    assert_eq!(failed["regarding"]["name"], "quickstart");
+    assert!(failed["note"].as_str().is_some_and(|note| note.starts_with("applying: ") && note.contains("quickstart-tftp")), "{failed}");
     let mac = registry(&server).unwrap().to_string();
     assert!(!mac.contains("not-the-password"));
     shutdown.trigger();

@@ -6,6 +6,7 @@
 pub mod availability;
 pub mod capf_records;
 pub mod conditions;
+pub mod desired;
 pub mod gateway_status;
 pub mod labels;
 pub mod namespace_objects;

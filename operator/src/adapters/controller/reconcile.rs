@@ -6,11 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,91 +15,93 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::availability::{self, Replicas};
 use super::capf_records;
 use super::conditions::{Wanted, conditions, finished};
+use super::desired::{Desired, DesiredInputs, WorkloadDefaults, desired_objects, owned};
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
-use super::projection::{
-    CapfProjection, SipProjection, capf_name, index_name, project, project_capf, project_sip, project_tvs, sip_name, tvs_name,
-};
-use super::state_objects::{certificate_secret, objects_from_state, place, state_of, token_counters};
-use super::workloads::{DataPlaneService, Pods, Workload, WorkloadInputs, workload};
+use super::state_objects::{objects_from_state, place, state_of, token_counters};
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
     SipTrunkSecurityProfile, SrstReference,
 };
-use crate::core::build::identity::{call_manager_bases, role_file_name, tftp_signer_base};
 use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
-use crate::core::pki::issue::ServerRole;
 use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
 use crate::validate::{SecretPolicy, validate_documents};
 
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    /// The operator's image, which the data-plane pods run.
-    pub image: String,
+    /// The image, API server ports and pull Secrets of the data-plane pods.
+    pub workload_defaults: WorkloadDefaults,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Consecutive failures per cluster, for exponential backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
     /// At most this many status writes in flight.
     pub status_concurrency: usize,
-    /// Ports of the API server, for the data-plane NetworkPolicies.
-    pub api_server_ports: Vec<u16>,
-    /// Pull Secrets the data-plane pods use for the image.
-    pub image_pull_secrets: Vec<String>,
 }
 
 impl Context {
     pub fn new(client: Client, image: String, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
-        Context {
-            client,
-            image,
-            metrics,
-            recorder,
-            failures: Mutex::default(),
-            status_concurrency: 32,
-            api_server_ports: vec![443, 6443],
-            image_pull_secrets: Vec::new(),
-        }
+        let workload_defaults = WorkloadDefaults { image, api_server_ports: vec![443, 6443], image_pull_secrets: Vec::new() };
+        Context { client, workload_defaults, metrics, recorder, failures: Mutex::default(), status_concurrency: 32 }
     }
 }
 
+/// A reconcile that could not run to its end, by the step that failed; retried with backoff.
+/// (A configuration the steps refuse is no error: the reconcile ends `Stalled`, see [`StallReason`].)
 #[derive(Debug)]
 pub enum ReconcileError {
-    Kube(kube::Error),
-    /// The build could not run to the end (state unreadable, a panic).
+    /// Reading the namespace's objects and the Secrets they name.
+    Dereference(kube::Error),
+    /// Validation could not run to its end (a panic).
+    Validate(String),
+    /// The build could not run to its end (state unreadable, a projection too large, a panic).
     Build(String),
+    /// Applying what the cluster owns, or deleting what no longer belongs.
+    Apply(kube::Error),
+    /// Writing the statuses.
+    Status(kube::Error),
 }
 
 impl fmt::Display for ReconcileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReconcileError::Kube(e) => write!(f, "Kubernetes API: {e}"),
+            ReconcileError::Dereference(e) => write!(f, "reading the namespace: {e}"),
+            ReconcileError::Validate(m) => write!(f, "validation: {m}"),
             ReconcileError::Build(m) => write!(f, "build: {m}"),
+            ReconcileError::Apply(e) => write!(f, "applying: {e}"),
+            ReconcileError::Status(e) => write!(f, "writing the statuses: {e}"),
         }
     }
 }
 
 impl std::error::Error for ReconcileError {}
 
-impl From<kube::Error> for ReconcileError {
-    fn from(e: kube::Error) -> Self {
-        ReconcileError::Kube(e)
-    }
-}
-
 impl ReconcileError {
-    /// A metrics label: the category, never the message.
+    /// A metrics label: the step, never the message.
     fn category(&self) -> &'static str {
         match self {
-            ReconcileError::Kube(_) => "api",
+            ReconcileError::Dereference(_) => "dereference",
+            ReconcileError::Validate(_) => "validate",
             ReconcileError::Build(_) => "build",
+            ReconcileError::Apply(_) => "apply",
+            ReconcileError::Status(_) => "status",
+        }
+    }
+
+    /// The reason of the Warning event on the cluster.
+    fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Dereference(_) => "ReadFailed",
+            ReconcileError::Validate(_) => "ValidationFailed",
+            ReconcileError::Build(_) => "BuildError",
+            ReconcileError::Apply(_) => "ApplyFailed",
+            ReconcileError::Status(_) => "StatusWriteFailed",
         }
     }
 }
@@ -123,7 +121,10 @@ pub async fn reconcile(cluster: Arc<CallControlCluster>, context: Arc<Context>) 
             });
             context.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         }
-        Err(e) => timer.finish(Outcome::Failure { reason: e.category() }),
+        Err(e) => {
+            timer.finish(Outcome::Failure { reason: e.category() });
+            publish(&context, &cluster, EventType::Warning, e.reason(), &e.to_string()).await;
+        }
     }
     result.map(|reconciled| reconciled.action)
 }
@@ -169,183 +170,65 @@ pub fn error_policy(cluster: Arc<CallControlCluster>, error: &ReconcileError, co
     Action::requeue(delay)
 }
 
+/// One reconcile, as its pipeline: dereference, validate, build (the state, then the desired
+/// objects), apply, status. A step that refuses the configuration ends the reconcile `Stalled`,
+/// with nothing applied, so that the pods keep serving the last good files.
 async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> Result<Reconciled, ReconcileError> {
-    let client = &context.client;
     let namespace = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
-    let objects = NamespaceObjects::read(client, &namespace).await?;
+
+    // Dereference.
+    let objects = NamespaceObjects::read(&context.client, &namespace).await.map_err(ReconcileError::Dereference)?;
     // What the statuses and the build need, taken now: the objects themselves become the documents
     // validation reads, so that a 30 000-phone namespace is not held twice.
     let observed = Observed::of(&objects);
     let state = StateDir::in_memory(state_of(cluster, &objects));
     let holding_records = capf_records::holding_records(&name, &objects.secrets);
     let tokens = objects.tokens.clone();
+    announce_new_generation(cluster, context, &observed).await?;
 
-    // A new generation: say so first (kstatus `Reconciling`), so GitOps tools wait for the result.
-    let observed_generation = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
-    if observed_generation != cluster.metadata.generation {
-        let wanted = vec![
-            Wanted::new(
-                "Ready",
-                false,
-                "Reconciling",
-                format!("reconciling generation {}", cluster.metadata.generation.unwrap_or_default()),
-            ),
-            Wanted::new("Reconciling", true, "Progressing", "validating, building and applying"),
-            Wanted::new("Stalled", false, "Valid", ""),
-        ];
-        // The identity record goes with it: a status applied without it would drop it (see
-        // `invalid_statuses`).
-        let previous =
-            observed.objects.get(&(Kind::CallControlCluster, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
-        let extra = previous.map(|identity| ("identity".to_owned(), identity)).into_iter().collect();
-        let update = StatusUpdate { kind: Kind::CallControlCluster, name: name.clone(), wanted, extra };
-        write_statuses(context, &observed, vec![update]).await?;
-    }
+    // Validate.
+    let snapshot = match validate(objects).await? {
+        Ok(snapshot) => snapshot,
+        Err(invalid) => return stall_invalid(cluster, context, &observed, &invalid).await,
+    };
 
-    // Validate exactly as `callguard validate` does.
-    let documents = objects.into_documents();
-    let mut report = tokio::task::spawn_blocking(move || validate_documents(&documents, SecretPolicy::Require))
-        .await
-        .map_err(|e| ReconcileError::Build(e.to_string()))?;
-    if !report.violations.is_empty() {
-        let messages: Vec<String> =
-            report.violations.iter().map(|v| format!("{}: {}: {}", v.object, v.violation.field, v.violation.message)).collect();
-        let by_object: BTreeMap<String, Vec<String>> = report.violations.iter().fold(BTreeMap::new(), |mut map, v| {
-            map.entry(v.object.clone()).or_default().push(format!("{}: {}", v.violation.field, v.violation.message));
-            map
-        });
-        let message = messages.join("; ");
-        let reason = StallReason::InvalidConfiguration;
-        publish(context, cluster, EventType::Warning, reason.as_str(), &message).await;
-        let statuses = invalid_statuses(&observed, &name, reason.as_str(), &message, &by_object);
-        write_statuses(context, &observed, statuses).await?;
-        // Nothing is built or applied: the last good objects stay as they are.
-        return Ok(Reconciled::stalled(reason));
-    }
-    let snapshot = report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace));
-    drop(report);
+    // Build: the state first.
     // What the CAPF pods need of the phones, taken before the build consumes the snapshot.
     let capf_directory = crate::adapters::capf::Update::of(&snapshot);
     // A CAPF deadline passing or a lockout ending changes a status with no edit: reconcile then.
     let capf_change = capf_directory.next_change(&state, time::OffsetDateTime::now_utc());
     // The SIP directory is made of the snapshot and the build's certificates: kept for after it.
     let snapshot = Arc::new(snapshot);
-    let sip_snapshot = Arc::clone(&snapshot);
-
-    // Build from the state kept in Secrets, the trust ConfigMap and the cluster's status.
-    let build_state = state.clone();
-    let options = BuildOptions { new_identity: cluster.annotations().get(labels::NEW_IDENTITY).cloned() };
-    let built = tokio::task::spawn_blocking(move || build_namespace(snapshot, &build_state, time::OffsetDateTime::now_utc(), &options))
-        .await
-        .map_err(|e| ReconcileError::Build(e.to_string()))?;
+    let built = build(cluster, Arc::clone(&snapshot), &state).await?;
     let owner = cluster.controller_owner_ref(&()).ok_or_else(|| ReconcileError::Build("the cluster has no uid yet".into()))?;
     // What a token unlock counted is stored before anything else can fail, the build included: a
     // failing apply or status write must never let a wrong password go uncounted (P.16-5).
-    persist_token_registry(client, &namespace, &name, &state, &owner).await?;
+    persist_token_registry(&context.client, &namespace, &name, &state, &owner).await.map_err(ReconcileError::Apply)?;
     let output = match built {
         Ok(output) => output,
-        Err(e) => {
-            // A configuration the build refuses (no TFTP node, a lost identity): stalled until it
-            // changes, with nothing applied, so the pods keep serving the last good files.
-            let (reason, message) = match &e {
-                BuildError::IdentityLost(lost) => (StallReason::IdentityLost, lost.describe(|file| place(&name, file))),
-                other => (StallReason::BuildFailed, other.to_string()),
-            };
-            publish(context, cluster, EventType::Warning, reason.as_str(), &message).await;
-            let statuses = stalled_statuses(&observed, &name, reason.as_str(), &message);
-            write_statuses(context, &observed, statuses).await?;
-            return Ok(Reconciled::stalled(reason));
-        }
+        Err(refused) => return stall_build(cluster, context, &observed, &refused).await,
     };
     let files = state.files();
+    // Then the objects the cluster owns.
+    let inputs = DesiredInputs {
+        cluster,
+        owner: &owner,
+        files: &files,
+        output: &output,
+        snapshot: &snapshot,
+        capf_directory,
+        holding_records,
+        defaults: &context.workload_defaults,
+    };
+    let desired = desired_objects(inputs).map_err(ReconcileError::Build)?;
+    drop(snapshot);
 
-    // Apply what the cluster owns, then delete what no longer belongs.
-    let (secrets, trust_map) = objects_from_state(&name, &files);
-    let mut desired = Desired::default();
-    for secret in secrets {
-        desired.secrets.push(owned(secret, &owner));
-    }
-    desired.config_maps.push(owned(trust_map, &owner));
-    let hash = content_hash(&files);
-    if let Some(signer) = tftp_signer_base(cluster).and_then(|base| certificate_secret(&name, &base)) {
-        // The TFTP pods' files: shards first, then the index that names them.
-        let projection = project(&name, &output.catalog).map_err(ReconcileError::Build)?;
-        let mut readable = vec![signer.clone()];
-        readable.extend(projection.names());
-        desired.secrets.extend(projection.shards.into_iter().map(|s| owned(s, &owner)));
-        desired.secrets.push(owned(projection.index, &owner));
-        let args = vec![("--signer-secret", signer), ("--files-secret", index_name(&name))];
-        desired.add(workload(DataPlaneService::Tftp, cluster, &workload_inputs(context, &hash, args, &readable, &[])), &owner);
-    }
-    // The record Secrets CAPF writes into: created (empty) for every phone it may enroll, kept while
-    // they hold a record, whether or not CAPF still runs.
-    let records = capf_records::desired(&name, capf_directory.scheduled_devices(), holding_records);
-    let record_names: Vec<String> = records.iter().filter_map(|s| s.metadata.name.clone()).collect();
-    desired.secrets.extend(records.into_iter().map(|s| owned(s, &owner)));
-    if let Some(capf) = &output.capf {
-        let base = format!("certs/{}.{}", capf.certificate.node, role_file_name(ServerRole::Capf));
-        let certificate = certificate_secret(&name, &base).unwrap_or_default();
-        let projection =
-            CapfProjection { node: capf.certificate.node.clone(), hostname: capf.certificate.hostname.clone(), directory: capf_directory };
-        desired.secrets.push(owned(project_capf(&name, &projection).map_err(ReconcileError::Build)?, &owner));
-        let args = vec![
-            ("--ca-secret", labels::ca_secret(&name)),
-            ("--certificate-secret", certificate),
-            ("--directory-secret", capf_name(&name)),
-        ];
-        let readable: Vec<String> = args.iter().map(|(_, secret)| secret.clone()).collect();
-        desired.add(workload(DataPlaneService::Capf, cluster, &workload_inputs(context, &hash, args, &readable, &record_names)), &owner);
-    }
-    if let Some(tvs) = &output.tvs {
-        desired.secrets.push(owned(project_tvs(&name, tvs).map_err(ReconcileError::Build)?, &owner));
-        let readable = vec![tvs_name(&name)];
-        desired.add(
-            workload(DataPlaneService::Tvs, cluster, &workload_inputs(context, &hash, vec![("--secret", tvs_name(&name))], &readable, &[])),
-            &owner,
-        );
-    }
-    if let Some(sip) = &output.sip {
-        let certificates: Vec<String> = call_manager_bases(cluster).iter().filter_map(|base| certificate_secret(&name, base)).collect();
-        let ports = cluster.spec.ports();
-        let projection = SipProjection {
-            sip_port: ports.sip_port(),
-            sip_tls_port: ports.sip_secure_port(),
-            legacy_tls: sip.legacy_tls,
-            directory: crate::adapters::sip::parts(&sip_snapshot, sip),
-        };
-        let trunk_ports = crate::services::sip::trunk::incoming_ports(&projection.directory.trunks);
-        let projection = project_sip(&name, &projection).map_err(ReconcileError::Build)?;
-        let mut readable = certificates.clone();
-        readable.extend(projection.names());
-        desired.secrets.extend(projection.shards.into_iter().map(|s| owned(s, &owner)));
-        desired.secrets.push(owned(projection.index, &owner));
-        let mut args = vec![("--directory-secret", sip_name(&name))];
-        args.extend(certificates.into_iter().map(|secret| ("--certificate-secret", secret)));
-        // Calls' media goes through the relays, driven over their control interface with pinned TLS.
-        let media = output.media_control.as_ref().map(|control| MediaWiring::new(&name, &namespace, cluster, control));
-        if let Some(media) = &media {
-            args.push(("--media-client-secret", media.client_secret.clone()));
-            readable.push(media.client_secret.clone());
-        }
-        let mut inputs = workload_inputs(context, &hash, args, &readable, &[]);
-        inputs.extra_ports = trunk_service_ports(cluster, &trunk_ports);
-        if let Some(media) = &media {
-            inputs.extra_args =
-                vec!["--media-relay".into(), media.target.clone(), "--media-relay-sha256".into(), media.relay_sha256.clone()];
-            inputs.extra_egress = vec![(i32::from(cluster.spec.media().control_port()), "TCP")];
-        }
-        desired.add(workload(DataPlaneService::Sip, cluster, &inputs), &owner);
-        if let Some(media) = media {
-            let readable = vec![media.relay_secret.clone()];
-            let mut inputs = workload_inputs(context, &hash, vec![("--control-secret", media.relay_secret)], &readable, &[]);
-            inputs.extra_args = vec!["--client-sha256".into(), media.client_sha256];
-            desired.add(workload(DataPlaneService::Media, cluster, &inputs), &owner);
-        }
-    }
-    drop(sip_snapshot);
-    let replicas = desired.apply(client, &namespace, &name).await?;
+    // Apply.
+    let replicas = apply(&desired, &context.client, &namespace, &name).await.map_err(ReconcileError::Apply)?;
+    drop(desired);
 
+    // Status, and the events of what changed.
     for change in &output.changes {
         let kind = if change.kind == ChangeKind::NewIdentity { EventType::Warning } else { EventType::Normal };
         publish(context, cluster, kind, change.kind.reason(), &change.message).await;
@@ -356,78 +239,101 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
     announce_withheld_srtp(context, &observed, &statuses).await;
-    write_statuses(context, &observed, statuses).await?;
+    write_statuses(context, &observed, statuses).await.map_err(ReconcileError::Status)?;
     let until_capf_change =
         capf_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
     Ok(Reconciled { action: Action::requeue(until_capf_change.clamp(Duration::from_secs(1), RESYNC)), stalled: None })
 }
 
-/// How the SIP pods and the relay pods find and trust each other.
-struct MediaWiring {
-    /// The relays' control interface, through their headless Service.
-    target: String,
-    relay_secret: String,
-    client_secret: String,
-    relay_sha256: String,
-    client_sha256: String,
-}
-
-impl MediaWiring {
-    fn new(
-        cluster_name: &str,
-        namespace: &str,
-        cluster: &CallControlCluster,
-        control: &crate::core::build::media_control::MediaControlIdentity,
-    ) -> Self {
-        let secret = |base: &str| certificate_secret(cluster_name, base).unwrap_or_default();
-        let pin = |der: &[u8]| crate::core::pki::inspect::sha256_hex(der);
-        MediaWiring {
-            target: format!("{}.{namespace}.svc:{}", labels::service_name(cluster_name, "media"), cluster.spec.media().control_port()),
-            relay_secret: secret(crate::core::build::media_control::RELAY),
-            client_secret: secret(crate::core::build::media_control::CLIENT),
-            relay_sha256: pin(&control.relay.certificate_der),
-            client_sha256: pin(&control.client.certificate_der),
-        }
+/// A new generation: says so first (kstatus `Reconciling`), so that GitOps tools wait for the result.
+async fn announce_new_generation(cluster: &CallControlCluster, context: &Context, observed: &Observed) -> Result<(), ReconcileError> {
+    let observed_generation = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
+    if observed_generation == cluster.metadata.generation {
+        return Ok(());
     }
+    let name = cluster.name_any();
+    let wanted = vec![
+        Wanted::new("Ready", false, "Reconciling", format!("reconciling generation {}", cluster.metadata.generation.unwrap_or_default())),
+        Wanted::new("Reconciling", true, "Progressing", "validating, building and applying"),
+        Wanted::new("Stalled", false, "Valid", ""),
+    ];
+    // The identity record goes with it: a status applied without it would drop it (see
+    // `invalid_statuses`).
+    let previous = observed.objects.get(&(Kind::CallControlCluster, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
+    let extra = previous.map(|identity| ("identity".to_owned(), identity)).into_iter().collect();
+    let update = StatusUpdate { kind: Kind::CallControlCluster, name, wanted, extra };
+    write_statuses(context, observed, vec![update]).await.map_err(ReconcileError::Status)
 }
 
-fn workload_inputs<'a>(
-    context: &'a Context,
-    content_hash: &'a str,
-    secret_args: Vec<(&'static str, String)>,
-    readable_secrets: &'a [String],
-    writable_secrets: &'a [String],
-) -> WorkloadInputs<'a> {
-    WorkloadInputs {
-        image: &context.image,
-        secret_args,
-        readable_secrets,
-        writable_secrets,
-        content_hash,
-        api_server_ports: &context.api_server_ports,
-        image_pull_secrets: &context.image_pull_secrets,
-        extra_ports: Vec::new(),
-        extra_args: Vec::new(),
-        extra_egress: Vec::new(),
+/// What validation found wrong: every violation as one message, and by object.
+struct Invalid {
+    message: String,
+    by_object: BTreeMap<String, Vec<String>>,
+}
+
+/// Validates exactly as `callguard validate` does: the namespace's snapshot, or what is wrong.
+async fn validate(objects: NamespaceObjects) -> Result<Result<crate::validate::Snapshot, Invalid>, ReconcileError> {
+    let namespace = objects.namespace.clone();
+    let documents = objects.into_documents();
+    let mut report = tokio::task::spawn_blocking(move || validate_documents(&documents, SecretPolicy::Require))
+        .await
+        .map_err(|e| ReconcileError::Validate(e.to_string()))?;
+    if report.violations.is_empty() {
+        return Ok(Ok(report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace))));
     }
+    let messages: Vec<String> =
+        report.violations.iter().map(|v| format!("{}: {}: {}", v.object, v.violation.field, v.violation.message)).collect();
+    let mut by_object: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for v in &report.violations {
+        by_object.entry(v.object.clone()).or_default().push(format!("{}: {}", v.violation.field, v.violation.message));
+    }
+    Ok(Err(Invalid { message: messages.join("; "), by_object }))
 }
 
-/// The SIP trunks' incoming ports other than the cluster's SIP ports, as Service ports: TLS on TCP,
-/// else UDP and TCP (Table 14-1).
-fn trunk_service_ports(cluster: &CallControlCluster, trunk_ports: &BTreeMap<u16, bool>) -> Vec<(String, i32, &'static str)> {
-    let ports = cluster.spec.ports();
-    trunk_ports
-        .iter()
-        .filter(|(port, _)| ![ports.sip_port(), ports.sip_secure_port()].contains(port))
-        .flat_map(|(&port, &tls)| {
-            let number = i32::from(port);
-            if tls {
-                vec![(format!("trunk-{port}"), number, "TCP")]
-            } else {
-                vec![(format!("trunk-{port}-udp"), number, "UDP"), (format!("trunk-{port}-tcp"), number, "TCP")]
-            }
-        })
-        .collect()
+/// Builds the state from the Secrets, the trust ConfigMap and the cluster's status. The outer
+/// error: the build could not run; the inner one: it refused the configuration.
+async fn build(
+    cluster: &CallControlCluster,
+    snapshot: Arc<crate::validate::Snapshot>,
+    state: &StateDir,
+) -> Result<Result<BuildOutput, BuildError>, ReconcileError> {
+    let state = state.clone();
+    let options = BuildOptions { new_identity: cluster.annotations().get(labels::NEW_IDENTITY).cloned() };
+    tokio::task::spawn_blocking(move || build_namespace(snapshot, &state, time::OffsetDateTime::now_utc(), &options))
+        .await
+        .map_err(|e| ReconcileError::Build(e.to_string()))
+}
+
+/// Stalled on what validation found: the cluster and every offending object say so.
+async fn stall_invalid(
+    cluster: &CallControlCluster,
+    context: &Context,
+    observed: &Observed,
+    invalid: &Invalid,
+) -> Result<Reconciled, ReconcileError> {
+    let reason = StallReason::InvalidConfiguration;
+    publish(context, cluster, EventType::Warning, reason.as_str(), &invalid.message).await;
+    let statuses = invalid_statuses(observed, &cluster.name_any(), reason.as_str(), &invalid.message, &invalid.by_object);
+    write_statuses(context, observed, statuses).await.map_err(ReconcileError::Status)?;
+    Ok(Reconciled::stalled(reason))
+}
+
+/// Stalled on a configuration the build refuses (no TFTP node, a lost identity).
+async fn stall_build(
+    cluster: &CallControlCluster,
+    context: &Context,
+    observed: &Observed,
+    refused: &BuildError,
+) -> Result<Reconciled, ReconcileError> {
+    let name = cluster.name_any();
+    let (reason, message) = match refused {
+        BuildError::IdentityLost(lost) => (StallReason::IdentityLost, lost.describe(|file| place(&name, file))),
+        other => (StallReason::BuildFailed, other.to_string()),
+    };
+    publish(context, cluster, EventType::Warning, reason.as_str(), &message).await;
+    let statuses = stalled_statuses(observed, &name, reason.as_str(), &message);
+    write_statuses(context, observed, statuses).await.map_err(ReconcileError::Status)?;
+    Ok(Reconciled::stalled(reason))
 }
 
 /// Applies the token registry's Secret alone (see [`reconcile_cluster`]).
@@ -447,72 +353,20 @@ async fn persist_token_registry(
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&owned(registry, owner))).await.map(|_| ())
 }
 
-/// A digest of the CA's and the functions' certificates and the trust lists the data plane uses
-/// (never a key: the digest sits in a pod template). Not the phones' certificates: an LSC that CAPF
-/// issues reaches the pods through their projections, and must not roll every pod.
-fn content_hash(files: &crate::core::build::state::StateFiles) -> String {
-    let mut digest = Sha256::new();
-    let rolls =
-        |name: &str| (name.starts_with("ca/") || name.starts_with("certs/")) && name.ends_with(".crt") || name.starts_with("published/");
-    for (name, (bytes, _)) in files.iter().filter(|(name, _)| rolls(name)) {
-        digest.update(name.as_bytes());
-        digest.update((bytes.len() as u64).to_be_bytes());
-        digest.update(bytes);
-    }
-    digest.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-fn owned<K: Resource>(mut object: K, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference) -> K {
-    object.meta_mut().owner_references = Some(vec![owner.clone()]);
-    object
-}
-
-/// Everything the cluster owns, by kind.
-#[derive(Default)]
-struct Desired {
-    secrets: Vec<Secret>,
-    config_maps: Vec<ConfigMap>,
-    service_accounts: Vec<ServiceAccount>,
-    roles: Vec<Role>,
-    role_bindings: Vec<RoleBinding>,
-    deployments: Vec<Deployment>,
-    stateful_sets: Vec<StatefulSet>,
-    services: Vec<Service>,
-    network_policies: Vec<NetworkPolicy>,
-    disruption_budgets: Vec<PodDisruptionBudget>,
-}
-
-impl Desired {
-    /// Every object of a data-plane service, owned by the cluster.
-    fn add(&mut self, workload: Workload, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference) {
-        self.service_accounts.push(owned(workload.service_account, owner));
-        self.roles.push(owned(workload.role, owner));
-        self.role_bindings.push(owned(workload.role_binding, owner));
-        match workload.pods {
-            Pods::Deployment(deployment) => self.deployments.push(owned(*deployment, owner)),
-            Pods::StatefulSet(set) => self.stateful_sets.push(owned(*set, owner)),
-        }
-        self.services.push(owned(workload.service, owner));
-        self.services.push(owned(workload.metrics_service, owner));
-        self.disruption_budgets.extend(workload.disruption_budget.map(|budget| owned(budget, owner)));
-        self.network_policies.push(owned(workload.network_policy, owner));
-    }
-
-    /// Applies everything; the replicas the applied workloads report, from the answers to the
-    /// applies (which carry each object's status), for `DataPlaneAvailable`.
-    async fn apply(&self, client: &Client, namespace: &str, cluster: &str) -> Result<Vec<Replicas>, kube::Error> {
-        apply_kind(client, namespace, cluster, &self.secrets).await?;
-        apply_kind(client, namespace, cluster, &self.config_maps).await?;
-        apply_kind(client, namespace, cluster, &self.service_accounts).await?;
-        apply_kind(client, namespace, cluster, &self.roles).await?;
-        apply_kind(client, namespace, cluster, &self.role_bindings).await?;
-        let deployments = apply_kind(client, namespace, cluster, &self.deployments).await?;
-        let stateful_sets = apply_kind(client, namespace, cluster, &self.stateful_sets).await?;
-        apply_kind(client, namespace, cluster, &self.services).await?;
-        apply_kind(client, namespace, cluster, &self.network_policies).await?;
-        apply_kind(client, namespace, cluster, &self.disruption_budgets).await?;
-        Ok(deployments.iter().map(Replicas::of_deployment).chain(stateful_sets.iter().map(Replicas::of_stateful_set)).collect())
-    }
+/// Applies everything; the replicas the applied workloads report, from the answers to the applies
+/// (which carry each object's status), for `DataPlaneAvailable`.
+async fn apply(desired: &Desired, client: &Client, namespace: &str, cluster: &str) -> Result<Vec<Replicas>, kube::Error> {
+    apply_kind(client, namespace, cluster, &desired.secrets).await?;
+    apply_kind(client, namespace, cluster, &desired.config_maps).await?;
+    apply_kind(client, namespace, cluster, &desired.service_accounts).await?;
+    apply_kind(client, namespace, cluster, &desired.roles).await?;
+    apply_kind(client, namespace, cluster, &desired.role_bindings).await?;
+    let deployments = apply_kind(client, namespace, cluster, &desired.deployments).await?;
+    let stateful_sets = apply_kind(client, namespace, cluster, &desired.stateful_sets).await?;
+    apply_kind(client, namespace, cluster, &desired.services).await?;
+    apply_kind(client, namespace, cluster, &desired.network_policies).await?;
+    apply_kind(client, namespace, cluster, &desired.disruption_budgets).await?;
+    Ok(deployments.iter().map(Replicas::of_deployment).chain(stateful_sets.iter().map(Replicas::of_stateful_set)).collect())
 }
 
 /// Server-side apply of `objects` under one field manager, then deletion of the objects of the same

@@ -79,8 +79,8 @@ pub async fn run(client: Client, options: OperatorOptions, shutdown: Shutdown) -
         let reporter = Reporter { controller: "callguard".into(), instance: Some(identity.clone()) };
         let mut context =
             Context::new(client.clone(), options.image.clone(), Arc::clone(&metrics), Recorder::new(client.clone(), reporter));
-        context.api_server_ports = options.api_server_ports.clone();
-        context.image_pull_secrets = options.image_pull_secrets.clone();
+        context.workload_defaults.api_server_ports = options.api_server_ports.clone();
+        context.workload_defaults.image_pull_secrets = options.image_pull_secrets.clone();
         let context = Arc::new(context);
         // One controller per managed namespace, or one for the whole cluster.
         let scopes: Vec<Option<String>> =
