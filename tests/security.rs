@@ -10,7 +10,8 @@
 //! - a wrong token password is counted even when every apply fails;
 //! - a locked or compromised token's certificate is refused under another name;
 //! - the operator reads only the Secrets it owns or is pointed at, in the namespaces it manages;
-//! - a downgraded phone says so in a condition and an event.
+//! - a downgraded phone says so in a condition and an event;
+//! - the operator under the chart's own RBAC, scoped and cluster-wide, makes no request it refuses.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -121,6 +122,50 @@ fn bound_service_accounts(server: &FakeApiServer) -> BTreeSet<(String, String)> 
             })
         })
         .collect()
+}
+
+/// The operator under the chart's own RBAC, as each kind of release installs it (its namespaces
+/// only, and cluster scope), with leader election: the quickstart becomes Ready and not one of its
+/// requests is refused, so that a rule missing from the chart fails here and not in a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_needs_no_permission_the_chart_does_not_grant() {
+    for (release, settings, namespaces) in
+        // Two replicas: the chart grants the Lease only when they elect a leader.
+        [
+            ("scoped", &["rbac.namespaces={default}", "replicaCount=2"][..], vec![NAMESPACE.to_owned()]),
+            ("clusterwide", &["rbac.scope=cluster", "replicaCount=2"], vec![]),
+        ]
+    {
+        let server = FakeApiServer::start().await;
+        load(&server, quickstart());
+        for object in chart_rbac(release, settings) {
+            server.insert(object).expect("the chart's RBAC object is stored");
+        }
+        let account = format!("{release}-callguard");
+        let identity = format!("callguard-system/{account}");
+        server.authenticate_as_service_account(&identity, "callguard-system", &account);
+        let mut options = options(&identity, true);
+        options.lease_namespace = "callguard-system".into();
+        options.namespaces = namespaces;
+        let (shutdown, operator) = start_operator_with(&server, options);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !is_ready(&cluster(&server)) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        settle(&server).await;
+        let refused_reads: Vec<String> =
+            server.reads().iter().filter(|r| r.forbidden).map(|r| format!("{:?} {}", r.verb, r.path)).collect();
+        let refused_writes: Vec<String> =
+            server.writes().iter().filter(|w| w.status == 403).map(|w| format!("{:?} {}", w.verb, w.path)).collect();
+        assert!(refused_reads.is_empty() && refused_writes.is_empty(), "{release}: refused {refused_reads:?} {refused_writes:?}");
+        assert!(is_ready(&cluster(&server)), "{release}: the cluster is Ready: {}", cluster(&server)["status"]);
+        assert!(
+            server.writes().iter().any(|w| w.resource == "leases.coordination.k8s.io" && w.status < 300),
+            "{release}: it took the Lease"
+        );
+        shutdown.trigger();
+        operator.await.unwrap().unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,6 +132,7 @@ pub async fn handle(
             name: target.name.clone(),
             label_selector: query.get("labelSelector").cloned(),
             field_selector: query.get("fieldSelector").cloned(),
+            forbidden: denial.is_some(),
         });
     }
     if verb == Verb::Watch {

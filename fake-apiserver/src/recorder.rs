@@ -59,6 +59,8 @@ pub struct ReadRecord {
     pub name: Option<String>,
     pub label_selector: Option<String>,
     pub field_selector: Option<String>,
+    /// Refused by RBAC (answered 403).
+    pub forbidden: bool,
 }
 
 #[derive(Default)]
