@@ -18,7 +18,10 @@
 //!   applied. Not modelled: aggregated ClusterRoles (`aggregationRule`), the escalate and bind checks on
 //!   writes of RBAC objects, impersonation, non-resource URLs (discovery and `/version` are open to
 //!   all), the default ClusterRoles and bindings of a real cluster, other authorizers (Node, webhook);
-//! - no schema validation, defaulting, admission or CEL rules; no `dryRun`;
+//! - a custom resource's structural schema and CEL rules are checked on every create and update
+//!   (`schema`): no pruning of unknown fields, no `format`, no defaulting; objects a test seeds with
+//!   `FakeApiServer::insert` are stored unchecked, as a store could hold them; no admission webhooks;
+//!   no `dryRun`;
 //! - paged lists are not snapshots: later pages show the current state (the list resourceVersion is the
 //!   first page's, so a watch from it still sees every later change); `resourceVersionMatch=Exact` is
 //!   served only for the current resourceVersion (else 410);
@@ -50,6 +53,7 @@ mod patch;
 mod rbac;
 mod recorder;
 mod resources;
+mod schema;
 mod selectors;
 mod status;
 mod store;

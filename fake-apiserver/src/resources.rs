@@ -33,6 +33,8 @@ pub struct ResourceType {
     pub custom: bool,
     /// List types by schema path (`spec.lines`, `spec.lines[].codecs`), beyond the ones every object has.
     pub list_types: HashMap<String, ListType>,
+    /// A custom resource's schema and CEL rules, checked on every create and update.
+    pub validation: Option<std::sync::Arc<crate::schema::SchemaValidation>>,
 }
 
 impl ResourceType {
@@ -47,6 +49,7 @@ impl ResourceType {
             has_status,
             custom: false,
             list_types: HashMap::new(),
+            validation: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl ResourceType {
         resource.custom = true;
         if let Some(schema) = version.pointer("/schema/openAPIV3Schema") {
             collect_list_types(schema, "", &mut resource.list_types);
+            resource.validation = Some(std::sync::Arc::new(crate::schema::SchemaValidation::of(schema)));
         }
         Ok(resource)
     }

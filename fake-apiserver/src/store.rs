@@ -148,20 +148,21 @@ impl Store {
         Ok(page)
     }
 
-    /// POST: stores a new object. `keep_status` is for seeding through the library (a request's status is
-    /// dropped when the resource has a status subresource).
+    /// POST: stores a new object. `seeding` is for objects a test puts in through the library, as a
+    /// store could hold them: their status is kept (a request's is dropped when the resource has a
+    /// status subresource), and their schema is not checked (an object stored under an older one).
     pub fn create(
         &mut self,
         resource: &ResourceType,
         namespace: Option<&str>,
         mut object: Value,
-        keep_status: bool,
+        seeding: bool,
     ) -> Result<Arc<Value>, ApiError> {
         check_type(resource, &object)?;
         let Some(fields) = object.as_object_mut() else { return Err(ApiError::bad_request("the request body is not a JSON object")) };
         fields.insert("apiVersion".into(), json!(resource.api_version()));
         fields.insert("kind".into(), json!(resource.kind));
-        if resource.has_status && !keep_status {
+        if resource.has_status && !seeding {
             fields.remove("status");
         }
         let metadata = metadata_of(&mut object)?;
@@ -186,6 +187,9 @@ impl Store {
         metadata.insert("generation".into(), json!(1));
         metadata.remove("deletionTimestamp");
         metadata.remove("deletionGracePeriodSeconds");
+        if let Some(validation) = resource.validation.as_ref().filter(|_| !seeding) {
+            validation.admit(resource, &object, None)?;
+        }
         Ok(self.commit(resource, key, object, EventType::Added))
     }
 
@@ -353,6 +357,9 @@ impl Store {
             object["metadata"]["generation"] = json!(generation + 1);
         }
         object["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
+        if let Some(validation) = &resource.validation {
+            validation.admit(resource, &object, Some(live))?;
+        }
         if without_times(&object) == without_times(live) {
             // A write that changes nothing is not stored: no new resourceVersion, no watch event.
             return Ok(Arc::new(live.clone()));

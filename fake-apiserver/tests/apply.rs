@@ -16,7 +16,7 @@ fn managed_entry<'a>(object: &'a Value, manager: &str) -> Option<&'a Value> {
 async fn apply_creates_updates_and_removes_fields() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let mut config = phone_json("sep1", "8845");
+    let mut config = phone_json("sep1", "7941");
     config["metadata"]["labels"] = json!({"site": "a", "tier": "edge"});
     config["spec"]["description"] = json!("lobby");
 
@@ -31,10 +31,10 @@ async fn apply_creates_updates_and_removes_fields() {
     assert_eq!(entry["fieldsV1"]["f:metadata"]["f:labels"]["f:site"], json!({}));
 
     // The same manager applies again without the description and one label: both are removed.
-    let mut smaller = phone_json("sep1", "8865");
+    let mut smaller = phone_json("sep1", "7961");
     smaller["metadata"]["labels"] = json!({"site": "a"});
     let updated = api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&smaller)).await.unwrap();
-    assert_eq!(updated.data["spec"]["model"], "8865");
+    assert_eq!(updated.data["spec"]["model"], "7961");
     assert!(updated.data["spec"].get("description").is_none(), "a field the manager stopped applying is removed");
     assert_eq!(updated.metadata.labels.unwrap().len(), 1);
     assert_eq!(updated.metadata.generation, Some(2));
@@ -48,7 +48,7 @@ async fn apply_creates_updates_and_removes_fields() {
 async fn apply_keeps_fields_of_other_managers_and_reports_conflicts() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let mut first = phone_json("sep1", "8845");
+    let mut first = phone_json("sep1", "7941");
     first["spec"]["description"] = json!("lobby");
     api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&first)).await.unwrap();
 
@@ -77,10 +77,10 @@ async fn apply_keeps_fields_of_other_managers_and_reports_conflicts() {
     assert_eq!(managed_entry(&stored, "labeller").unwrap()["fieldsV1"]["f:spec"]["f:description"], json!({}));
     // The labeller stopped applying the label, so it is gone; the operator's fields are untouched.
     assert!(forced.metadata.labels.unwrap_or_default().is_empty());
-    assert_eq!(forced.data["spec"]["model"], "8845");
+    assert_eq!(forced.data["spec"]["model"], "7941");
 
     // The operator re-applies without the description it lost: the description stays (the labeller owns it).
-    let without = phone_json("sep1", "8845");
+    let without = phone_json("sep1", "7941");
     let kept = api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&without)).await.unwrap();
     assert_eq!(kept.data["spec"]["description"], "hall");
 }
@@ -89,13 +89,13 @@ async fn apply_keeps_fields_of_other_managers_and_reports_conflicts() {
 async fn apply_validates_its_request() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let config = phone_json("sep1", "8845");
+    let config = phone_json("sep1", "7941");
     let no_manager = PatchParams { field_manager: None, ..Default::default() };
     assert_eq!(api_code(api.patch("sep1", &no_manager, &Patch::Apply(&config)).await), 422, "fieldManager is required");
 
     let first = api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&config)).await.unwrap();
-    api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(phone_json("sep1", "7841"))).await.unwrap();
-    let mut stale = phone_json("sep1", "8865");
+    api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(phone_json("sep1", "7960"))).await.unwrap();
+    let mut stale = phone_json("sep1", "7961");
     stale["metadata"]["resourceVersion"] = json!(first.metadata.resource_version);
     let outcome = api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&stale)).await;
     assert_eq!(api_reason(outcome), "Conflict", "an apply with a stale resourceVersion is refused");
@@ -108,12 +108,12 @@ async fn apply_validates_its_request() {
 async fn status_apply_changes_only_status() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(phone_json("sep1", "8845"))).await.unwrap();
-    let mut status = phone_json("sep1", "7841");
+    api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(phone_json("sep1", "7941"))).await.unwrap();
+    let mut status = phone_json("sep1", "7960");
     status["status"] = json!({"lscState": "Installed", "conditions": [{"type": "Ready", "status": "True", "reason": "Done", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
     let after = api.patch_status("sep1", &PatchParams::apply("operator-status"), &Patch::Apply(&status)).await.unwrap();
     assert_eq!(after.data["status"]["lscState"], "Installed");
-    assert_eq!(after.data["spec"]["model"], "8845", "a status apply does not touch spec");
+    assert_eq!(after.data["spec"]["model"], "7941", "a status apply does not touch spec");
     assert_eq!(after.metadata.generation, Some(1));
     let stored = server.get("callguard.io/v1alpha1", "Phone", Some("default"), "sep1").unwrap();
     let entry = managed_entry(&stored, "operator-status").unwrap();
@@ -125,7 +125,7 @@ async fn status_apply_changes_only_status() {
     );
 
     // A main-resource apply ignores status.
-    let mut main = phone_json("sep1", "8845");
+    let mut main = phone_json("sep1", "7941");
     main["status"] = json!({"lscState": "Failed"});
     let main_after = api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&main)).await.unwrap();
     assert_eq!(main_after.data["status"]["lscState"], "Installed");
@@ -162,7 +162,7 @@ async fn apply_merges_containers_by_name() {
 async fn merge_json_and_strategic_patches() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let mut labelled = phone("sep1", "8845");
+    let mut labelled = phone("sep1", "7941");
     labelled.metadata.labels = Some([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into());
     api.create(&PostParams::default(), &labelled).await.unwrap();
 
@@ -172,12 +172,12 @@ async fn merge_json_and_strategic_patches() {
     assert_eq!(labels.keys().collect::<Vec<_>>(), ["b", "c"]);
 
     let operations: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "replace", "path": "/spec/model", "value": "8865"},
+        {"op": "replace", "path": "/spec/model", "value": "7961"},
         {"op": "add", "path": "/spec/directoryNumbers/-", "value": "2000"},
     ]))
     .unwrap();
     let patched = api.patch("sep1", &PatchParams::default(), &Patch::<()>::Json(operations)).await.unwrap();
-    assert_eq!(patched.data["spec"]["model"], "8865");
+    assert_eq!(patched.data["spec"]["model"], "7961");
     assert_eq!(patched.data["spec"]["directoryNumbers"], json!(["1000", "2000"]));
 
     let failing: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/spec/model", "value": "x"}])).unwrap();

@@ -36,7 +36,7 @@ impl std::error::Error for ReconcileError {}
 async fn reconcile(phone: Arc<DynamicObject>, context: Arc<Context>) -> Result<Action, ReconcileError> {
     let status = json!({
         "apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "metadata": {"name": phone.name_any()},
-        "status": {"observedGeneration": phone.metadata.generation, "lscState": format!("model {}", phone.data["spec"]["model"].as_str().unwrap_or_default())},
+        "status": {"observedGeneration": phone.metadata.generation, "operationStatus": format!("model {}", phone.data["spec"]["model"].as_str().unwrap_or_default())},
     });
     context
         .api
@@ -57,7 +57,7 @@ async fn controller_reconciles_and_reacts_to_changes() {
     let server = FakeApiServer::start().await;
     let client = server.client_as("operator-a");
     let api = phones(client.clone(), "default");
-    api.create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("sep1", "7941")).await.unwrap();
 
     let reporter = Reporter { controller: "callguard".into(), instance: Some("operator-a".into()) };
     let context = Arc::new(Context { api: api.clone(), recorder: Recorder::new(client.clone(), reporter) });
@@ -71,17 +71,17 @@ async fn controller_reconciles_and_reacts_to_changes() {
         async move {
             loop {
                 let stored = server.get("callguard.io/v1alpha1", "Phone", Some("default"), "sep1");
-                if stored.is_some_and(|phone| phone["status"]["lscState"] == format!("model {model}")) {
+                if stored.is_some_and(|phone| phone["status"]["operationStatus"] == format!("model {model}")) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), status_of("8845")).await.expect("the first reconcile writes status");
+    tokio::time::timeout(Duration::from_secs(10), status_of("7941")).await.expect("the first reconcile writes status");
 
-    api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "8865"}}))).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), status_of("8865")).await.expect("a spec change is reconciled");
+    api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "7961"}}))).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), status_of("7961")).await.expect("a spec change is reconciled");
     running.abort();
 
     let stored = server.get("callguard.io/v1alpha1", "Phone", Some("default"), "sep1").unwrap();

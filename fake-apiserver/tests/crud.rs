@@ -51,10 +51,10 @@ async fn config_map_round_trip() {
 async fn phone_round_trip_as_dynamic_object() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "voice");
-    let created = api.create(&PostParams::default(), &phone("sep001122334455", "8845")).await.unwrap();
+    let created = api.create(&PostParams::default(), &phone("sep001122334455", "7941")).await.unwrap();
     assert_eq!(created.metadata.namespace.as_deref(), Some("voice"));
     let fetched = api.get("sep001122334455").await.unwrap();
-    assert_eq!(fetched.data["spec"]["model"], "8845");
+    assert_eq!(fetched.data["spec"]["model"], "7941");
     assert_eq!(server.list("callguard.io/v1alpha1", "Phone", Some("voice")).len(), 1);
     assert_eq!(server.list("callguard.io/v1alpha1", "Phone", Some("other")).len(), 0);
     api.delete("sep001122334455", &DeleteParams::default()).await.unwrap();
@@ -87,25 +87,25 @@ async fn generate_name_gives_distinct_names() {
 async fn update_with_a_stale_resource_version_is_409_conflict() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let created = api.create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
+    let created = api.create(&PostParams::default(), &phone("sep1", "7941")).await.unwrap();
     let mut first = created.clone();
-    first.data["spec"]["model"] = json!("8865");
+    first.data["spec"]["model"] = json!("7961");
     api.replace("sep1", &PostParams::default(), &first).await.unwrap();
     let mut stale = created.clone();
-    stale.data["spec"]["model"] = json!("7841");
+    stale.data["spec"]["model"] = json!("7960");
     assert_eq!(api_reason(api.replace("sep1", &PostParams::default(), &stale).await), "Conflict");
     // A custom resource cannot be replaced without a resourceVersion.
     let mut unconditional = created;
     unconditional.metadata.resource_version = None;
     assert_eq!(api_code(api.replace("sep1", &PostParams::default(), &unconditional).await), 422);
-    assert_eq!(api.get("sep1").await.unwrap().data["spec"]["model"], "8865");
+    assert_eq!(api.get("sep1").await.unwrap().data["spec"]["model"], "7961");
 }
 
 #[tokio::test]
 async fn generation_counts_spec_changes_only() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    api.create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("sep1", "7941")).await.unwrap();
     let params = PatchParams::default();
 
     let labelled = api.patch("sep1", &params, &Patch::Merge(json!({"metadata": {"labels": {"site": "a"}}}))).await.unwrap();
@@ -114,11 +114,11 @@ async fn generation_counts_spec_changes_only() {
     let status = api.patch_status("sep1", &params, &Patch::Merge(json!({"status": {"lscState": "Installed"}}))).await.unwrap();
     assert_eq!(status.metadata.generation, Some(1), "a status change keeps the generation");
 
-    let spec = api.patch("sep1", &params, &Patch::Merge(json!({"spec": {"model": "8865"}}))).await.unwrap();
+    let spec = api.patch("sep1", &params, &Patch::Merge(json!({"spec": {"model": "7961"}}))).await.unwrap();
     assert_eq!(spec.metadata.generation, Some(2));
 
     let version = spec.metadata.resource_version.clone();
-    let unchanged = api.patch("sep1", &params, &Patch::Merge(json!({"spec": {"model": "8865"}}))).await.unwrap();
+    let unchanged = api.patch("sep1", &params, &Patch::Merge(json!({"spec": {"model": "7961"}}))).await.unwrap();
     assert_eq!(unchanged.metadata.resource_version, version, "a write that changes nothing is not stored");
     assert_eq!(unchanged.metadata.generation, Some(2));
 }
@@ -127,24 +127,24 @@ async fn generation_counts_spec_changes_only() {
 async fn status_subresource_is_isolated() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let mut with_status = phone("sep1", "8845");
+    let mut with_status = phone("sep1", "7941");
     with_status.data["status"] = json!({"lscState": "Pending"});
     let created = api.create(&PostParams::default(), &with_status).await.unwrap();
     assert!(created.data.get("status").is_none(), "create ignores status when the status subresource exists");
 
     let mut main = created.clone();
     main.data["status"] = json!({"lscState": "Installed"});
-    main.data["spec"]["model"] = json!("8865");
+    main.data["spec"]["model"] = json!("7961");
     let replaced = api.replace("sep1", &PostParams::default(), &main).await.unwrap();
     assert!(replaced.data.get("status").is_none(), "PUT on the main resource ignores status");
-    assert_eq!(replaced.data["spec"]["model"], "8865");
+    assert_eq!(replaced.data["spec"]["model"], "7961");
 
     let mut status_write = replaced.clone();
     status_write.data["status"] = json!({"lscState": "Installed"});
-    status_write.data["spec"]["model"] = json!("7841");
+    status_write.data["spec"]["model"] = json!("7960");
     let after = api.replace_status("sep1", &PostParams::default(), &status_write).await.unwrap();
     assert_eq!(after.data["status"]["lscState"], "Installed");
-    assert_eq!(after.data["spec"]["model"], "8865", "PUT on /status ignores spec");
+    assert_eq!(after.data["spec"]["model"], "7961", "PUT on /status ignores spec");
 
     let merged = api.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"status": {"lscState": "Failed"}}))).await.unwrap();
     assert_eq!(merged.data["status"]["lscState"], "Installed", "a patch of the main resource ignores status");
@@ -184,7 +184,7 @@ async fn label_and_field_selectors_filter_lists() {
 async fn finalizers_hold_deletion_until_removed() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    let mut held = phone("sep1", "8845");
+    let mut held = phone("sep1", "7941");
     held.metadata.finalizers = Some(vec!["callguard.io/cleanup".into()]);
     api.create(&PostParams::default(), &held).await.unwrap();
 
@@ -208,8 +208,8 @@ async fn owner_removal_cascades_to_dependents() {
     let server = FakeApiServer::start().await;
     let client = server.client();
     let owners = phones(client.clone(), "default");
-    let owner = owners.create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
-    let other_owner = owners.create(&PostParams::default(), &phone("sep2", "8845")).await.unwrap();
+    let owner = owners.create(&PostParams::default(), &phone("sep1", "7941")).await.unwrap();
+    let other_owner = owners.create(&PostParams::default(), &phone("sep2", "7941")).await.unwrap();
     let reference = |object: &kube::api::DynamicObject| json!({"apiVersion": "callguard.io/v1alpha1", "kind": "Phone", "name": object.metadata.name, "uid": object.metadata.uid});
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let secret = |name: &str, references: serde_json::Value, finalizers: serde_json::Value| -> Secret {
@@ -345,4 +345,50 @@ async fn a_workloads_selector_is_immutable_and_reads_are_recorded() {
     let list = reads.iter().find(|r| r.verb == Verb::List).expect("the list is recorded");
     assert_eq!((list.identity.as_deref(), list.label_selector.as_deref()), (Some("reader"), Some("app=a")));
     assert!(reads.iter().any(|r| r.verb == Verb::Get && r.name.as_deref() == Some("web")));
+}
+
+/// A custom resource is held to its CRD: a Phone of a model the schema does not list is refused
+/// 422 with a cause on its field, an H.323 gateway that breaks the CRD's CEL rule is refused with the
+/// rule's message, and a patch that brings a fault is refused while the stored object stays.
+#[tokio::test]
+async fn the_crd_schema_and_its_cel_rules_refuse_what_a_real_api_server_refuses() {
+    let server = FakeApiServer::start().await;
+    let api = phones(server.client(), "default");
+    let refused = api.create(&PostParams::default(), &phone("p", "8845")).await;
+    match refused {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+            let causes = status.details.unwrap().causes;
+            assert_eq!(causes.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(), ["spec.model"], "{causes:?}");
+            assert!(causes[0].message.starts_with("Unsupported value: \"8845\""), "{causes:?}");
+        }
+        other => panic!("the model is refused: {other:?}"),
+    }
+    api.create(&PostParams::default(), &phone("p", "7941")).await.unwrap();
+    let bad_mac = api.patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"macAddress": "00:11:22:33:44:55"}}))).await;
+    assert_eq!(api_code(bad_mac), 422);
+    assert_eq!(server.get("callguard.io/v1alpha1", "Phone", Some("default"), "p").unwrap()["spec"]["macAddress"], "001122334455");
+
+    let gateways: Api<kube::api::DynamicObject> = Api::default_namespaced_with(
+        server.client(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("callguard.io", "v1alpha1", "H323Gateway"),
+            "h323gateways",
+        ),
+    );
+    let gateway = |fast_start: bool| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "callguard.io/v1alpha1", "kind": "H323Gateway", "metadata": {"name": "pstn"},
+            "spec": {"kind": "H323Gateway", "address": "h323.example", "srtpAllowed": true, "enableOutboundFastStart": fast_start},
+        }))
+        .unwrap()
+    };
+    match gateways.create(&PostParams::default(), &gateway(true)).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422);
+            assert!(status.message.contains("srtpAllowed and enableOutboundFastStart cannot both be true"), "{}", status.message);
+        }
+        other => panic!("the CEL rule refuses it: {other:?}"),
+    }
+    gateways.create(&PostParams::default(), &gateway(false)).await.unwrap();
 }

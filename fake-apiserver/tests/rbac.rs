@@ -358,7 +358,7 @@ async fn an_apply_that_creates_needs_create_as_well_as_patch() {
 #[tokio::test]
 async fn wildcards_in_api_groups_resources_and_verbs() {
     let (server, admin) = server().await;
-    phones(admin.clone(), "voice").create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
+    phones(admin.clone(), "voice").create(&PostParams::default(), &phone("sep1", "7941")).await.unwrap();
     create_secret(&admin, "voice", "a").await;
     // Everything in callguard.io, subresources included.
     create_cluster_role(&admin, "callguard-admin", json!([{"apiGroups": ["callguard.io"], "resources": ["*"], "verbs": ["*"]}])).await;
@@ -366,8 +366,8 @@ async fn wildcards_in_api_groups_resources_and_verbs() {
     let client = server.client_as(TOKEN);
     let pod_phones = phones(client.clone(), "voice");
 
-    pod_phones.create(&PostParams::default(), &phone("sep2", "8865")).await.unwrap();
-    pod_phones.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "8865"}}))).await.unwrap();
+    pod_phones.create(&PostParams::default(), &phone("sep2", "7961")).await.unwrap();
+    pod_phones.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "7961"}}))).await.unwrap();
     pod_phones.patch_status("sep1", &PatchParams::default(), &Patch::Merge(json!({"status": {"ready": true}}))).await.unwrap();
     pod_phones.delete("sep2", &DeleteParams::default()).await.unwrap();
     assert_eq!(api_code(Api::<Secret>::namespaced(client.clone(), "voice").get("a").await), 403);
@@ -384,7 +384,7 @@ async fn wildcards_in_api_groups_resources_and_verbs() {
 #[tokio::test]
 async fn subresources_are_their_own_resources() {
     let (server, admin) = server().await;
-    phones(admin.clone(), "voice").create(&PostParams::default(), &phone("sep1", "8845")).await.unwrap();
+    phones(admin.clone(), "voice").create(&PostParams::default(), &phone("sep1", "7941")).await.unwrap();
     let rules = json!([
         {"apiGroups": ["callguard.io"], "resources": ["phones"], "verbs": ["get", "patch"]},
         {"apiGroups": ["callguard.io"], "resources": ["*/status"], "verbs": ["update"]},
@@ -393,7 +393,7 @@ async fn subresources_are_their_own_resources() {
     create_role_binding(&admin, "voice", "phone-writer", "Role/phone-writer", json!([the_service_account()])).await;
     let pod_phones = phones(server.client_as(TOKEN), "voice");
 
-    pod_phones.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "8865"}}))).await.unwrap();
+    pod_phones.patch("sep1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "7961"}}))).await.unwrap();
     // `phones` does not cover `phones/status`.
     assert_eq!(
         forbidden(pod_phones.patch_status("sep1", &PatchParams::default(), &Patch::Merge(json!({"status": {"ready": true}}))).await),

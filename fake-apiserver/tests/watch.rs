@@ -38,10 +38,10 @@ fn describe(event: &WatchEvent<DynamicObject>) -> String {
 async fn watch_from_a_resource_version_sees_exactly_later_events() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    api.create(&PostParams::default(), &phone("before", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("before", "7941")).await.unwrap();
     let version = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    api.create(&PostParams::default(), &phone("after", "8845")).await.unwrap();
-    api.patch("before", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "8865"}}))).await.unwrap();
+    api.create(&PostParams::default(), &phone("after", "7941")).await.unwrap();
+    api.patch("before", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": "7961"}}))).await.unwrap();
     api.delete("after", &DeleteParams::default()).await.unwrap();
 
     let mut stream = api.watch(&WatchParams::default().timeout(10), &version).await.unwrap().boxed();
@@ -52,10 +52,10 @@ async fn watch_from_a_resource_version_sees_exactly_later_events() {
     assert_eq!(seen, ["ADDED after", "MODIFIED before", "DELETED after"]);
 
     // Live events follow the replayed ones, in order.
-    api.create(&PostParams::default(), &phone("live", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("live", "7941")).await.unwrap();
     assert_eq!(describe(&next_event(&mut stream).await), "ADDED live");
     // Objects of another namespace are not in this namespace's watch.
-    phones(server.client(), "other").create(&PostParams::default(), &phone("elsewhere", "8845")).await.unwrap();
+    phones(server.client(), "other").create(&PostParams::default(), &phone("elsewhere", "7941")).await.unwrap();
     api.delete("live", &DeleteParams::default()).await.unwrap();
     assert_eq!(describe(&next_event(&mut stream).await), "DELETED live");
 }
@@ -64,8 +64,8 @@ async fn watch_from_a_resource_version_sees_exactly_later_events() {
 async fn watch_without_a_version_starts_with_the_current_state() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    api.create(&PostParams::default(), &phone("a", "8845")).await.unwrap();
-    api.create(&PostParams::default(), &phone("b", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("a", "7941")).await.unwrap();
+    api.create(&PostParams::default(), &phone("b", "7941")).await.unwrap();
     let mut stream = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
     assert_eq!(describe(&next_event(&mut stream).await), "ADDED a");
     assert_eq!(describe(&next_event(&mut stream).await), "ADDED b");
@@ -77,7 +77,7 @@ async fn label_selected_watch_sees_objects_enter_and_leave() {
     let api = phones(server.client(), "default");
     let version = server.resource_version().to_string();
     let mut stream = api.watch(&WatchParams::default().labels("site=a"), &version).await.unwrap().boxed();
-    api.create(&PostParams::default(), &phone("p", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("p", "7941")).await.unwrap();
     api.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"site": "a"}}}))).await.unwrap();
     api.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"site": "b"}}}))).await.unwrap();
     assert_eq!(describe(&next_event(&mut stream).await), "ADDED p", "starting to match is ADDED");
@@ -88,9 +88,9 @@ async fn label_selected_watch_sees_objects_enter_and_leave() {
 async fn too_old_resource_version_is_410_expired() {
     let server = FakeApiServer::start_with(Options { history_limit: 3, ..Options::default() }).await;
     let api = phones(server.client(), "default");
-    api.create(&PostParams::default(), &phone("p", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("p", "7941")).await.unwrap();
     let old = server.resource_version().to_string();
-    for model in ["1", "2", "3", "4", "5"] {
+    for model in ["7905", "7911", "7912", "7940", "7960"] {
         api.patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": model}}))).await.unwrap();
     }
     let mut stream = api.watch(&WatchParams::default(), &old).await.unwrap().boxed();
@@ -113,7 +113,7 @@ async fn too_old_resource_version_is_410_expired() {
 async fn bookmarks_carry_the_current_resource_version() {
     let server = FakeApiServer::start_with(Options { bookmark_interval: Duration::from_millis(50), ..Options::default() }).await;
     let api = phones(server.client(), "default");
-    api.create(&PostParams::default(), &phone("p", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("p", "7941")).await.unwrap();
     let version = server.resource_version();
     let mut stream = api.watch(&WatchParams::default(), &version.to_string()).await.unwrap().boxed();
     // Something in another resource moves the global resourceVersion on.
@@ -139,7 +139,7 @@ async fn reflector_follows_changes(config: watcher::Config) {
     let server = FakeApiServer::start_with(Options { bookmark_interval: Duration::from_millis(100), ..Options::default() }).await;
     let api = phones(server.client(), "default");
     for index in 0..5 {
-        api.create(&PostParams::default(), &phone(&format!("seed-{index}"), "8845")).await.unwrap();
+        api.create(&PostParams::default(), &phone(&format!("seed-{index}"), "7941")).await.unwrap();
     }
     let writer = reflector::store::Writer::new(phone_resource());
     let reader = writer.as_reader();
@@ -148,8 +148,8 @@ async fn reflector_follows_changes(config: watcher::Config) {
     tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready()).await.expect("the reflector becomes ready").unwrap();
     assert_eq!(reader.state().len(), 5);
 
-    api.create(&PostParams::default(), &phone("new", "8845")).await.unwrap();
-    api.patch("seed-0", &PatchParams::apply("test"), &Patch::Apply(phone_json("seed-0", "8865"))).await.unwrap();
+    api.create(&PostParams::default(), &phone("new", "7941")).await.unwrap();
+    api.patch("seed-0", &PatchParams::apply("test"), &Patch::Apply(phone_json("seed-0", "7961"))).await.unwrap();
     api.delete("seed-1", &DeleteParams::default()).await.unwrap();
 
     let converged = async {
@@ -160,7 +160,7 @@ async fn reflector_follows_changes(config: watcher::Config) {
             if names.len() == 5
                 && names.contains(&"new".to_string())
                 && !names.contains(&"seed-1".to_string())
-                && model == Some(json!("8865"))
+                && model == Some(json!("7961"))
             {
                 return;
             }
@@ -190,7 +190,7 @@ async fn watcher_and_reflector_with_streaming_lists() {
 async fn metadata_only_list_and_watch() {
     let server = FakeApiServer::start().await;
     let api = phones(server.client(), "default");
-    api.create(&PostParams::default(), &phone("p", "8845")).await.unwrap();
+    api.create(&PostParams::default(), &phone("p", "7941")).await.unwrap();
     let listed = api.list_metadata(&ListParams::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].metadata.name.as_deref(), Some("p"));

@@ -19,7 +19,7 @@ pub fn phone_json(name: &str, model: &str) -> Value {
         "apiVersion": "callguard.io/v1alpha1",
         "kind": "Phone",
         "metadata": {"name": name},
-        "spec": {"macAddress": "00:11:22:33:44:55", "model": model, "protocol": "SIP", "directoryNumbers": ["1000"]},
+        "spec": {"macAddress": "001122334455", "model": model, "protocol": "SIP", "securityProfileRef": "sip-non-secure", "directoryNumbers": ["1000"]},
     })
 }
 
