@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::apply::Scope;
+use crate::faults::{Fault, Injector};
 use crate::patch::PatchKind;
 use crate::rbac::{self, Attributes, ServiceAccount};
 use crate::recorder::{ReadRecord, Recorder, Verb, WriteRecord};
@@ -32,6 +33,8 @@ pub struct Shared {
     pub bookmark_interval: Duration,
     /// Flips to true on shutdown, ending open watches.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The faults a test asked for.
+    pub faults: Mutex<Injector>,
 }
 
 impl Shared {
@@ -42,6 +45,10 @@ impl Shared {
 
     pub fn recorder(&self) -> MutexGuard<'_, Recorder> {
         self.recorder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Injector> {
+        self.faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn service_accounts(&self) -> MutexGuard<'_, HashMap<String, ServiceAccount>> {
@@ -135,16 +142,26 @@ pub async fn handle(
             forbidden: denial.is_some(),
         });
     }
+    let resumes = query.get("resourceVersion").is_some_and(|version| !version.is_empty() && version != "0");
+    let fault = match denial {
+        Some(_) => None,
+        None => shared.faults().draw(identity.as_deref(), verb.is_write(), verb == Verb::Watch, resumes),
+    };
     if verb == Verb::Watch {
         return match denial {
             Some(denial) => error_response(&denial),
-            None => watch(shared, target, &query, metadata_only),
+            None => watch(shared, target, &query, metadata_only, fault),
         };
     }
     let field_manager = query.get("fieldManager").cloned();
     let outcome = match (denial, verb) {
         // A refused write is recorded (with its 403) but not applied.
         (Some(denial), _) => Err(denial),
+        (None, _) if fault == Some(Fault::InternalError) => Err(ApiError::new(Reason::InternalError, "injected fault: the server failed")),
+        (None, _) if fault == Some(Fault::Conflict) => Err(ApiError::new(
+            Reason::Conflict,
+            "injected fault: Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+        )),
         (None, Verb::Get) => get(&shared, &target, metadata_only),
         (None, Verb::List) => list(&shared, &target, &query, metadata_only),
         (None, Verb::DeleteCollection) => delete_collection(&shared, &target, &query),
@@ -172,6 +189,13 @@ pub async fn handle(
             field_manager,
         };
         shared.recorder().writes.push(record);
+    }
+    if fault == Some(Fault::LostAnswer) {
+        // Done, but the client never hears it.
+        return error_response(&ApiError::new(
+            Reason::Timeout,
+            "injected fault: the server was unable to return a response in the time allotted",
+        ));
     }
     json_response(status, body)
 }
@@ -452,7 +476,7 @@ fn delete_collection(shared: &Shared, target: &Target, query: &HashMap<String, S
 }
 
 /// A streaming response of newline-delimited watch events.
-fn watch(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, metadata_only: bool) -> Response {
+fn watch(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, metadata_only: bool, fault: Option<Fault>) -> Response {
     let selection = match selection(&target, query) {
         Ok(selection) => selection,
         Err(error) => return error_response(&error),
@@ -473,12 +497,24 @@ fn watch(shared: Arc<Shared>, target: Target, query: &HashMap<String, String>, m
     };
     let timeout = query.get("timeoutSeconds").and_then(|seconds| seconds.parse::<u64>().ok()).unwrap_or(1800);
     let bookmarks = query.get("allowWatchBookmarks").is_some_and(|value| value == "true" || value == "1");
-    let (sender, receiver) = shared.store().watch(&target.resource, selection, start);
+    let (sender, receiver) = match (fault, start) {
+        // As after a compaction: only the ERROR event, and the watch ends.
+        (Some(Fault::ExpiredWatch), WatchStart::After(version)) => {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let _ = sender.send(Frame::Error(ApiError::expired(version, version + 1).to_status()));
+            (sender, receiver)
+        }
+        _ => shared.store().watch(&target.resource, selection, start),
+    };
+    let mut deadline = Instant::now() + Duration::from_secs(timeout);
+    if let Some(Fault::DroppedWatch(after)) = fault {
+        deadline = deadline.min(Instant::now() + after);
+    }
     let stream = WatchStream {
         shared: shared.clone(),
         sender,
         receiver,
-        deadline: Instant::now() + Duration::from_secs(timeout),
+        deadline,
         bookmarks: bookmarks.then(|| tokio::time::interval_at(Instant::now() + shared.bookmark_interval, shared.bookmark_interval)),
         resource: target.resource,
         metadata_only,

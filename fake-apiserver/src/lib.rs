@@ -2,7 +2,8 @@
 //! 127.0.0.1, the objects in memory, and the documented semantics the operator's controllers rely on —
 //! resourceVersion and generation, list and watch with selectors and bookmarks, 409 conflicts, the
 //! status subresource, merge / JSON / strategic merge patches, server-side apply with field managers,
-//! finalizers and owner-reference garbage collection.
+//! finalizers and owner-reference garbage collection; and, on request, faults (`Faults`: 500s, 409s,
+//! lost answers, expired and dropped watches) drawn from a seeded generator.
 //!
 //! What it approximates or leaves out (each documented where it is implemented):
 //! - no real authentication: the bearer token is the identity, recorded with each write. Requests are
@@ -46,6 +47,7 @@
 //! ```
 
 mod apply;
+mod faults;
 mod fields;
 mod gc;
 mod http;
@@ -66,6 +68,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub use crate::faults::Faults;
 pub use crate::recorder::{ReadRecord, Verb, WriteRecord};
 pub use crate::resources::{ListType, ResourceType};
 pub use crate::status::{ApiError, Reason};
@@ -120,6 +123,7 @@ impl FakeApiServer {
             service_accounts: Mutex::default(),
             bookmark_interval: options.bookmark_interval,
             shutdown: shutdown_signal.clone(),
+            faults: Mutex::default(),
         });
         let router = axum::Router::new().fallback(http::handle).with_state(shared.clone());
         let mut signal = shutdown_signal;
@@ -133,6 +137,16 @@ impl FakeApiServer {
             }
         });
         FakeApiServer { address, shared, shutdown, task: Some(task) }
+    }
+
+    /// Injects `faults` from now on (see [`Faults`]); `None` stops injecting.
+    pub fn inject_faults(&self, faults: Option<Faults>) {
+        self.shared.faults().set(faults);
+    }
+
+    /// How many faults of each kind were injected so far.
+    pub fn injected_faults(&self) -> BTreeMap<&'static str, u64> {
+        self.shared.faults().injected.clone()
     }
 
     /// `http://127.0.0.1:PORT`.

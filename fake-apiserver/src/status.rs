@@ -20,6 +20,10 @@ pub enum Reason {
     Expired,
     MethodNotAllowed,
     UnsupportedMediaType,
+    /// The server failed (code 500); only injected (`Faults`).
+    InternalError,
+    /// No answer in time (code 504); only injected.
+    Timeout,
 }
 
 impl Reason {
@@ -33,6 +37,8 @@ impl Reason {
             Reason::Expired => 410,
             Reason::MethodNotAllowed => 405,
             Reason::UnsupportedMediaType => 415,
+            Reason::InternalError => 500,
+            Reason::Timeout => 504,
         }
     }
 
@@ -47,6 +53,8 @@ impl Reason {
             Reason::Expired => "Expired",
             Reason::MethodNotAllowed => "MethodNotAllowed",
             Reason::UnsupportedMediaType => "UnsupportedMediaType",
+            Reason::InternalError => "InternalError",
+            Reason::Timeout => "Timeout",
         }
     }
 }

@@ -392,3 +392,38 @@ async fn the_crd_schema_and_its_cel_rules_refuse_what_a_real_api_server_refuses(
     }
     gateways.create(&PostParams::default(), &gateway(false)).await.unwrap();
 }
+
+/// Injected faults: a lost answer is a 504 for a write that was done; a conflict or a 500 is
+/// answered before anything is done; only the named identity meets them; and they stop on request.
+#[tokio::test]
+async fn injected_faults_reach_only_their_identity_and_a_lost_answer_hides_a_done_write() {
+    let server = FakeApiServer::start().await;
+    // kube's own retry of a 504 would hide the first answer: this client asks once.
+    let mut config = server.config(Some("operator"));
+    config.default_retry = false;
+    let faulty = phones(kube::Client::try_from(config).unwrap(), "default");
+    let other = phones(server.client_as("user"), "default");
+    let only = |fault: &str| {
+        let mut faults = fake_apiserver::Faults { identity: Some("operator".into()), seed: 7, ..Default::default() };
+        match fault {
+            "lost_answer" => faults.lost_answer = 1.0,
+            "conflict" => faults.conflict = 1.0,
+            _ => faults.internal_error = 1.0,
+        }
+        Some(faults)
+    };
+    server.inject_faults(only("lost_answer"));
+    assert_eq!(api_code(faulty.create(&PostParams::default(), &phone("a", "7941")).await), 504);
+    assert!(server.get("callguard.io/v1alpha1", "Phone", Some("default"), "a").is_some(), "done, though unanswered");
+    other.create(&PostParams::default(), &phone("b", "7941")).await.expect("another identity meets no fault");
+
+    server.inject_faults(only("conflict"));
+    assert_eq!(api_code(faulty.create(&PostParams::default(), &phone("c", "7941")).await), 409);
+    assert!(server.get("callguard.io/v1alpha1", "Phone", Some("default"), "c").is_none(), "refused before anything was done");
+    server.inject_faults(only("internal_error"));
+    assert_eq!(api_code(faulty.get("a").await), 500);
+
+    server.inject_faults(None);
+    faulty.get("a").await.expect("no fault once they stop");
+    assert_eq!(server.injected_faults(), [("conflict", 1), ("internal_error", 1), ("lost_answer", 1)].into_iter().collect());
+}
