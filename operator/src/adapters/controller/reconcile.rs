@@ -190,7 +190,10 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     // Validate.
     let snapshot = match validate(objects).await? {
         Ok(snapshot) => snapshot,
-        Err(invalid) => return stall_invalid(cluster, context, &observed, &invalid).await,
+        Err(invalid) => {
+            let reason = StallReason::InvalidConfiguration;
+            return stall(cluster, context, &observed, reason, &invalid.message, &invalid.by_object).await;
+        }
     };
 
     // Build: the state first.
@@ -207,7 +210,10 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     persist_token_registry(&context.client, &namespace, &name, &state, &owner).await.map_err(ReconcileError::Apply)?;
     let output = match built {
         Ok(output) => output,
-        Err(refused) => return stall_build(cluster, context, &observed, &refused).await,
+        Err(refused) => {
+            let (reason, message) = refusal(&name, &refused);
+            return stall(cluster, context, &observed, reason, &message, &BTreeMap::new()).await;
+        }
     };
     let files = state.files();
     // Then the objects the cluster owns.
@@ -304,36 +310,28 @@ async fn build(
         .map_err(|e| ReconcileError::Build(e.to_string()))
 }
 
-/// Stalled on what validation found: the cluster and every offending object say so.
-async fn stall_invalid(
+/// Stalled with `reason`: the event, the cluster's `Stalled` with `message`, every object of
+/// `by_object` with its own faults, and the others waiting for the cluster.
+async fn stall(
     cluster: &CallControlCluster,
     context: &Context,
     observed: &Observed,
-    invalid: &Invalid,
+    reason: StallReason,
+    message: &str,
+    by_object: &BTreeMap<String, Vec<String>>,
 ) -> Result<Reconciled, ReconcileError> {
-    let reason = StallReason::InvalidConfiguration;
-    publish(context, cluster, EventType::Warning, reason.as_str(), &invalid.message).await;
-    let statuses = invalid_statuses(observed, &cluster.name_any(), reason.as_str(), &invalid.message, &invalid.by_object);
+    publish(context, cluster, EventType::Warning, reason.as_str(), message).await;
+    let statuses = invalid_statuses(observed, &cluster.name_any(), reason.as_str(), message, by_object);
     write_statuses(context, observed, statuses).await.map_err(ReconcileError::Status)?;
     Ok(Reconciled::stalled(reason))
 }
 
-/// Stalled on a configuration the build refuses (no TFTP node, a lost identity).
-async fn stall_build(
-    cluster: &CallControlCluster,
-    context: &Context,
-    observed: &Observed,
-    refused: &BuildError,
-) -> Result<Reconciled, ReconcileError> {
-    let name = cluster.name_any();
-    let (reason, message) = match refused {
-        BuildError::IdentityLost(lost) => (StallReason::IdentityLost, lost.describe(|file| place(&name, file))),
+/// Why the build refused (no TFTP node, a lost identity), in words that say where to look.
+fn refusal(cluster: &str, refused: &BuildError) -> (StallReason, String) {
+    match refused {
+        BuildError::IdentityLost(lost) => (StallReason::IdentityLost, lost.describe(|file| place(cluster, file))),
         other => (StallReason::BuildFailed, other.to_string()),
-    };
-    publish(context, cluster, EventType::Warning, reason.as_str(), &message).await;
-    let statuses = stalled_statuses(observed, &name, reason.as_str(), &message);
-    write_statuses(context, observed, statuses).await.map_err(ReconcileError::Status)?;
-    Ok(Reconciled::stalled(reason))
+    }
 }
 
 /// Applies the token registry's Secret alone (see [`reconcile_cluster`]).
@@ -508,11 +506,6 @@ pub struct StatusUpdate {
     wanted: Vec<Wanted>,
     /// Fields besides `conditions` and `observedGeneration`.
     extra: serde_json::Map<String, Value>,
-}
-
-/// Statuses when the build refused: the cluster Stalled with `reason`, the others waiting for it.
-fn stalled_statuses(observed: &Observed, cluster: &str, reason: &str, message: &str) -> Vec<StatusUpdate> {
-    invalid_statuses(observed, cluster, reason, message, &BTreeMap::new())
 }
 
 /// Statuses when nothing is built: the cluster and every offending object Stalled with the

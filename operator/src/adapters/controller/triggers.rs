@@ -11,7 +11,8 @@
 //! and an object whose spec the type cannot read does not break its kind's watch (the reconcile
 //! names it, see `namespace_objects::Untrusted`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -55,22 +56,37 @@ impl Triggers {
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
-        self.isolated::<K>(config, |object: &PartialObjectMeta<K>| controlling_clusters(object))
+        self.isolated::<K>(config, |object: &PartialObjectMeta<K>, _deleted| controlling_clusters(object))
     }
 
-    /// Changes to the `K`s selected by `config`: every cluster of the object's namespace.
+    /// Changes to the `K`s selected by `config`: every cluster of the object's namespace. Of an
+    /// object with a `generation` (a Callguard object), only a new generation or its deletion: a
+    /// status the operator wrote itself must not start another reconcile of the whole namespace.
     pub fn in_namespace<K>(&self, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
         let clusters = self.clusters.clone();
-        self.isolated::<K>(config, move |object: &PartialObjectMeta<K>| clusters_in(&clusters, object.namespace().as_deref()))
+        let seen: Mutex<HashMap<(String, String), i64>> = Mutex::default();
+        self.isolated::<K>(config, move |object: &PartialObjectMeta<K>, deleted| {
+            let key = (object.namespace().unwrap_or_default(), object.name_any());
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = match (deleted, object.metadata.generation) {
+                (true, _) => {
+                    seen.remove(&key);
+                    true
+                }
+                (false, Some(generation)) => seen.insert(key, generation) != Some(generation),
+                (false, None) => true,
+            };
+            if changed { clusters_in(&clusters, object.namespace().as_deref()) } else { Vec::new() }
+        })
     }
 
     fn isolated<K>(
         &self,
         config: watcher::Config,
-        map: impl Fn(&PartialObjectMeta<K>) -> Refs + Send + Sync + 'static,
+        map: impl Fn(&PartialObjectMeta<K>, bool) -> Refs + Send + Sync + 'static,
     ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -93,7 +109,8 @@ impl Triggers {
             backoff: FIRST_BACKOFF,
         };
         let map = move |event: Event<PartialObjectMeta<K>>| match event {
-            Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) => map(&object),
+            Event::Apply(object) | Event::InitApply(object) => map(&object, false),
+            Event::Delete(object) => map(&object, true),
             Event::Init | Event::InitDone => Vec::new(),
         };
         let everything = move || clusters_in(&clusters, namespace.as_deref());
