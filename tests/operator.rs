@@ -405,23 +405,35 @@ fn dir_child(path: &Path) -> PathBuf {
     path.with_file_name("lobby.enc.sgn")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_nothing() {
+/// The quickstart with `change` made to Phone/bob-7941, under the operator, until the cluster is
+/// Stalled as InvalidConfiguration naming bob and `fault`, and bob's own status says so too.
+async fn stalled_by_bob(
+    change: impl FnOnce(&mut Value),
+    fault: &str,
+) -> (FakeApiServer, callguard::ops::shutdown::Shutdown, tokio::task::JoinHandle<Result<(), String>>) {
     let server = FakeApiServer::start().await;
     let mut objects = quickstart();
-    let bob = objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == "bob-7941").unwrap();
-    bob["spec"]["securityProfileRef"] = json!("no-such-profile");
+    change(objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == "bob-7941").unwrap());
     load(&server, objects);
-    let (shutdown, operator) = start_operator(&server, "operator-a", false);
+    let (shutdown, operator) = start_operator(&server, "operator", false);
     until("the cluster to be Stalled", || condition(&cluster(&server), "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
     let (_, reason, message) = condition(&cluster(&server), "Stalled").unwrap();
     assert_eq!(reason, "InvalidConfiguration");
-    assert!(message.contains("Phone/bob-7941") && message.contains("no-such-profile"), "{message}");
+    assert!(message.contains("Phone/bob-7941") && message.contains(fault), "{message}");
     assert_eq!(condition(&cluster(&server), "Ready").map(|c| c.0), Some("False".into()));
     // The statuses are written concurrently: the phone's may follow the cluster's.
-    let bob = || server.get("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), "bob-7941").unwrap();
+    let bob = || object(&server, "Phone", "bob-7941");
     until("the phone's own Stalled", || condition(&bob(), "Stalled").is_some()).await;
-    assert_eq!(condition(&bob(), "Stalled").map(|c| c.0), Some("True".into()), "the offending object says so too");
+    let (status, _, own) = condition(&bob(), "Stalled").unwrap();
+    assert_eq!(status, "True", "the offending object says so too");
+    assert!(own.contains(fault), "{own}");
+    (server, shutdown, operator)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_nothing() {
+    let (server, shutdown, operator) =
+        stalled_by_bob(|bob| bob["spec"]["securityProfileRef"] = json!("no-such-profile"), "no-such-profile").await;
     assert!(server.get("v1", "Secret", Some(NAMESPACE), "quickstart-ca").is_none(), "nothing is issued");
     assert!(server.list("apps/v1", "Deployment", Some(NAMESPACE)).is_empty() && server.list("v1", "ConfigMap", Some(NAMESPACE)).is_empty());
     shutdown.trigger();
@@ -433,23 +445,8 @@ async fn an_invalid_namespace_is_stalled_with_the_validation_message_and_gets_no
 /// and in the Phone's own status, and fixing it makes the cluster Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_its_type_cannot_read_is_named_by_validation_and_the_rest_is_read() {
-    let server = FakeApiServer::start().await;
-    let mut objects = quickstart();
-    let bob = objects.iter_mut().find(|o| o["kind"] == "Phone" && o["metadata"]["name"] == "bob-7941").unwrap();
-    bob["spec"]["directoryNumbers"] = json!("1002");
-    load(&server, objects);
-    let (shutdown, operator) = start_operator(&server, "operator", false);
-    until("the cluster to be Stalled", || condition(&cluster(&server), "Stalled").is_some_and(|(s, _, _)| s == "True")).await;
-    let (_, reason, message) = condition(&cluster(&server), "Stalled").unwrap();
-    assert_eq!(reason, "InvalidConfiguration");
-    assert!(message.contains("Phone/bob-7941") && message.contains("directoryNumbers"), "{message}");
-    let bob = || object(&server, "Phone", "bob-7941");
-    until("the phone's own Stalled", || condition(&bob(), "Stalled").is_some()).await;
-    let (status, _, own) = condition(&bob(), "Stalled").unwrap();
-    assert_eq!(status, "True");
-    assert!(own.contains("directoryNumbers"), "{own}");
+    let (server, shutdown, operator) = stalled_by_bob(|bob| bob["spec"]["directoryNumbers"] = json!("1002"), "directoryNumbers").await;
     assert!(condition(&object(&server, "Phone", "alice-7961"), "Ready").is_some_and(|(_, r, _)| r == "ClusterNotReconciled"));
-
     edit(&server, "Phone", "phones", "bob-7941", |bob| bob["spec"]["directoryNumbers"] = json!(["1002"])).await;
     until("the cluster to be Ready once the phone is fixed", || is_ready(&cluster(&server))).await;
     shutdown.trigger();

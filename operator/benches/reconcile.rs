@@ -45,9 +45,11 @@ pub async fn run(phones: usize) -> Result<(), String> {
     std::fs::write(&kubeconfig, server.kubeconfig("operator")).map_err(|e| e.to_string())?;
     println!("bench reconcile: {phones} phones, {objects} objects in the in-process API server");
 
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let metrics_bind = format!("127.0.0.1:{metrics_port}");
     let started = Instant::now();
     let mut operator = Command::new(env!("CARGO_BIN_EXE_callguard"))
-        .args(["operator", "--metrics-bind", "127.0.0.1:0", "--identity", "bench"])
+        .args(["operator", "--metrics-bind", &metrics_bind, "--identity", "bench"])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -93,15 +95,23 @@ pub async fn run(phones: usize) -> Result<(), String> {
         .count();
     let requests: u64 = server.request_counts().values().sum();
 
-    // Warm: once the operator has written nothing for two seconds, one phone's spec changes.
-    let mut writes = server.writes().len();
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = server.writes().len();
-        if now == writes {
-            break;
+    // Warm: once no reconcile has run for two seconds (its own writes may have queued one more),
+    // one phone's spec changes.
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = match metrics(&metrics_bind).await {
+            Ok(text) => text,
+            Err(e) => {
+                let _ = operator.kill();
+                return Err(format!("the operator's /metrics: {e}"));
+            }
+        };
+        let in_flight =
+            text.lines().find_map(|l| l.strip_prefix("callguard_reconciles_in_flight ")).and_then(|v| v.trim().parse::<i64>().ok());
+        if in_flight != Some(0) {
+            idle_since = Instant::now();
         }
-        writes = now;
     }
     let edited = server.list("callguard.io/v1alpha1", "Phone", Some(NAMESPACE)).into_iter().next().ok_or("no phone to edit")?;
     let name = edited["metadata"]["name"].as_str().unwrap_or_default().to_owned();
@@ -143,4 +153,14 @@ pub async fn run(phones: usize) -> Result<(), String> {
         return Err(format!("only {ready} of {phones} phones are Ready"));
     }
     Ok(())
+}
+
+/// The operator's `/metrics`, over one plain HTTP/1.1 request.
+async fn metrics(address: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: callguard\r\nConnection: close\r\n\r\n").await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
 }

@@ -387,6 +387,7 @@ pub struct Metrics {
     leader: Gauge<i64, AtomicI64>,
     watch_failing: Family<WatchLabels, Gauge<i64, AtomicI64>>,
     watch_errors: Family<WatchLabels, Counter>,
+    reconciles_in_flight: Gauge<i64, AtomicI64>,
 }
 
 fn reconcile_duration_histogram() -> Histogram {
@@ -424,6 +425,8 @@ impl Metrics {
         let watch_errors = Family::<WatchLabels, Counter>::default();
         registry.register("watch_failing", "1 while the watch of a kind fails (its errors back off alone), else 0", watch_failing.clone());
         registry.register("watch_errors", "Errors of the watch of a kind", watch_errors.clone());
+        let reconciles_in_flight = Gauge::<i64, AtomicI64>::default();
+        registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
 
         // Every kind's series exists from the start, so that rate() sees the first reconcile.
         for kind in Kind::ALL {
@@ -440,6 +443,7 @@ impl Metrics {
             leader,
             watch_failing,
             watch_errors,
+            reconciles_in_flight,
         }
     }
 
@@ -472,6 +476,7 @@ impl Metrics {
 
     /// Starts timing a reconcile; `ReconcileTimer::finish` records it.
     pub fn start_reconcile(&self, kind: Kind) -> ReconcileTimer<'_> {
+        self.reconciles_in_flight.inc();
         ReconcileTimer { metrics: self, kind, started: Instant::now() }
     }
 
@@ -533,6 +538,13 @@ pub struct ReconcileTimer<'m> {
 impl ReconcileTimer<'_> {
     pub fn finish(self, outcome: Outcome<'_>) {
         self.metrics.observe_reconcile(self.kind, self.started.elapsed(), outcome);
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    /// Finished or cancelled, the reconcile is no longer running.
+    fn drop(&mut self) {
+        self.metrics.reconciles_in_flight.dec();
     }
 }
 
