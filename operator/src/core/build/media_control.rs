@@ -73,20 +73,23 @@ fn store(state: &StateDir, base: &str, pair: &ControlPair) -> Result<(), BuildEr
     Ok(())
 }
 
-/// The pairs the state holds, or new ones (both, so that neither pins a key that is gone).
+/// The pairs the state holds; a missing or unreadable one made anew, alone. Each side's pin of the
+/// other is taken from the pairs at every build, so a new pair is pinned at once; keeping the other
+/// matters when a reconcile stopped between writing the two (a kill, a failed apply).
 pub fn load_or_create(state: &StateDir, changes: &mut Vec<String>) -> Result<MediaControlIdentity, BuildError> {
-    if let (Some(relay), Some(client)) = (load(state, RELAY)?, load(state, CLIENT)?) {
-        return Ok(MediaControlIdentity { relay, client });
-    }
-    let pair = |role| {
+    let mut pair = |base: &str, role: &str, whose: &str| -> Result<ControlPair, BuildError> {
+        if let Some(pair) = load(state, base)? {
+            return Ok(pair);
+        }
         let (certificate_der, key_der) = generate_pair(role);
-        ControlPair { certificate_der, key_der }
+        let pair = ControlPair { certificate_der, key_der };
+        store(state, base, &pair)?;
+        changes.push(format!("created the media control credentials of {whose} (each side pins the other's)"));
+        Ok(pair)
     };
-    let identity = MediaControlIdentity { relay: pair("relay"), client: pair("control") };
-    store(state, RELAY, &identity.relay)?;
-    store(state, CLIENT, &identity.client)?;
-    changes.push("created the media control credentials (the relay's and the signaling service's, each pinning the other)".into());
-    Ok(identity)
+    let relay = pair(RELAY, "relay", "the relay")?;
+    let client = pair(CLIENT, "control", "the signaling service")?;
+    Ok(MediaControlIdentity { relay, client })
 }
 
 #[cfg(test)]
@@ -98,14 +101,15 @@ mod tests {
         let state = StateDir::in_memory(Default::default());
         let mut changes = Vec::new();
         let first = load_or_create(&state, &mut changes).unwrap();
-        assert_eq!(changes.len(), 1);
+        assert_eq!(changes.len(), 2, "{changes:?}");
         assert_ne!(first.relay, first.client);
         assert_eq!(load_or_create(&state, &mut changes).unwrap(), first, "kept");
-        assert_eq!(changes.len(), 1);
+        assert_eq!(changes.len(), 2);
         state.write("certs/media.client.key", b"not a key", Sensitivity::Private).unwrap();
         let second = load_or_create(&state, &mut changes).unwrap();
-        assert_ne!(second.relay, first.relay, "both anew");
-        assert_eq!(changes.len(), 2);
+        assert_ne!(second.client, first.client, "the unreadable one anew");
+        assert_eq!(second.relay, first.relay, "the other kept");
+        assert_eq!(changes.len(), 3);
         let parsed = x509_parser::parse_x509_certificate(&second.relay.certificate_der).unwrap().1;
         assert_eq!(parsed.subject().to_string(), "CN=callguard media relay");
     }
