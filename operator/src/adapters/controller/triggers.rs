@@ -98,13 +98,18 @@ impl Triggers {
         };
         let clusters = self.clusters.clone();
         let namespace = self.namespace.clone();
+        let kind = K::kind(&()).into_owned();
+        let watched = match &self.namespace {
+            Some(namespace) => format!("{kind} in {namespace}"),
+            None => format!("{kind} in all namespaces"),
+        };
         let watch = Watch {
             events: watcher::watcher(api, config).boxed(),
-            kind: K::kind(&()).into_owned(),
+            kind,
             namespace: self.namespace.clone().unwrap_or_default(),
+            watched,
             metrics: Arc::clone(&self.metrics),
             health: self.health.clone(),
-            failing: false,
             settle: None,
             backoff: FIRST_BACKOFF,
         };
@@ -129,10 +134,12 @@ struct Watch<K> {
     kind: String,
     /// "" for every namespace.
     namespace: String,
+    /// The kind and where, as `/readyz` and the log name it.
+    watched: String,
     metrics: Arc<Metrics>,
     health: Health,
-    failing: bool,
-    /// While failing: when the watch counts as working again, if no error comes first.
+    /// Failing: when the watch counts as working again, if no error comes first (None while it
+    /// waits out its backoff inside `next_refs`, and when it works).
     settle: Option<tokio::time::Instant>,
     /// The wait before the next retry. The backoff is this watch's own, and known here: kube-runtime's
     /// watcher retries a refused watch with no event to say that it now works, so it counts as
@@ -171,35 +178,27 @@ impl<K> Watch<K> {
         }
     }
 
-    fn watched(&self) -> String {
-        match self.namespace.as_str() {
-            "" => format!("{} in all namespaces", self.kind),
-            namespace => format!("{} in {namespace}", self.kind),
-        }
-    }
-
+    /// An error: the first of a run (no retry of it settling yet) is logged at warn.
     fn failed(&mut self, error: &watcher::Error) {
-        if !self.failing {
+        let watched = &self.watched;
+        if self.settle.is_none() {
             tracing::warn!(
-                "watch of {} failing, retried with its own backoff; reconciles of its changes wait, the other watches go on: {error}",
-                self.watched()
+                "watch of {watched} failing, retried with its own backoff; reconciles of its changes wait, the other watches go on: {error}"
             );
         } else {
-            tracing::debug!("watch of {} still failing: {error}", self.watched());
+            tracing::debug!("watch of {watched} still failing: {error}");
         }
-        self.failing = true;
         self.settle = None;
         self.metrics.set_watch_failing(&self.kind, &self.namespace, true);
-        self.health.set_watch_failing(&self.watched(), Some(error.to_string()));
+        self.health.set_watch_failing(watched, Some(error.to_string()));
     }
 
     fn recovered(&mut self) {
-        tracing::info!("watch of {} works again: reconciling the clusters it concerns", self.watched());
-        self.failing = false;
+        tracing::info!("watch of {} works again: reconciling the clusters it concerns", self.watched);
         self.settle = None;
         self.backoff = FIRST_BACKOFF;
         self.metrics.set_watch_failing(&self.kind, &self.namespace, false);
-        self.health.set_watch_failing(&self.watched(), None);
+        self.health.set_watch_failing(&self.watched, None);
     }
 }
 
