@@ -43,7 +43,9 @@ impl SchemaValidation {
     /// Err: the object is refused, every cause listed.
     pub fn admit(&self, resource: &ResourceType, object: &Value, old: Option<&Value>) -> Result<(), ApiError> {
         let mut causes = self.causes(object, old);
-        if let Some(old) = old {
+        if !causes.is_empty()
+            && let Some(old) = old
+        {
             let had = self.causes(old, None);
             causes.retain(|cause| !had.contains(cause));
         }

@@ -357,12 +357,12 @@ impl Store {
             object["metadata"]["generation"] = json!(generation + 1);
         }
         object["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
-        if let Some(validation) = &resource.validation {
-            validation.admit(resource, &object, Some(live))?;
-        }
         if without_times(&object) == without_times(live) {
             // A write that changes nothing is not stored: no new resourceVersion, no watch event.
             return Ok(Arc::new(live.clone()));
+        }
+        if let Some(validation) = &resource.validation {
+            validation.admit(resource, &object, Some(live))?;
         }
         if live_metadata.contains_key("deletionTimestamp") && finalizers(&object).is_empty() {
             // The last finalizer is gone: the write deletes the object (watchers see one DELETED event).
