@@ -25,9 +25,7 @@ use serde_json::{Value, json};
 async fn the_quickstart_becomes_secrets_trust_lists_a_tftp_workload_and_ready_statuses() {
     require("tftp", "tftp-hpa");
     let server = FakeApiServer::start().await;
-    load(&server, quickstart());
-    let (shutdown, operator) = start_operator(&server, "operator-a", false);
-    until("the cluster to be Ready", || condition(&cluster(&server), "Ready").is_some_and(|(s, _, _)| s == "True")).await;
+    let (shutdown, operator) = quickstart_ready(&server, "operator-a").await;
 
     let cluster_object = cluster(&server);
     let uid = cluster_object["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -247,9 +245,7 @@ fn projection(server: &FakeApiServer) -> std::collections::BTreeMap<String, Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_content_hash_follows_the_certificates_and_trust_lists_and_only_them() {
     let server = FakeApiServer::start().await;
-    load(&server, quickstart());
-    let (shutdown, operator) = start_operator(&server, "operator-a", false);
-    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let (shutdown, operator) = quickstart_ready(&server, "operator-a").await;
     let deployment = || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").expect("the TFTP Deployment");
     until("the TFTP Deployment", || server.get("apps/v1", "Deployment", Some(NAMESPACE), "quickstart-tftp").is_some()).await;
     let first = content_hash(&deployment());
@@ -280,9 +276,7 @@ async fn the_content_hash_follows_the_certificates_and_trust_lists_and_only_them
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_plane_workload_with_no_replica_available_turns_the_cluster_not_ready() {
     let server = FakeApiServer::start().await;
-    load(&server, quickstart());
-    let (shutdown, operator) = start_operator(&server, "operator", false);
-    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let (shutdown, operator) = quickstart_ready(&server, "operator").await;
     let available = || condition(&cluster(&server), "DataPlaneAvailable");
     assert_eq!(available().map(|(status, reason, _)| (status, reason)), Some(("True".into(), "Available".into())));
 
@@ -687,9 +681,7 @@ async fn argocd_health_of_the_status_the_operator_writes() {
     require("lua5.1", "lua5.1");
     // A Ready cluster, and a phone whose security is downgraded: the quickstart's lobby phone.
     let server = FakeApiServer::start().await;
-    load(&server, quickstart());
-    let (shutdown, operator) = start_operator(&server, "operator-a", false);
-    until("the cluster to be Ready", || is_ready(&cluster(&server))).await;
+    let (shutdown, operator) = quickstart_ready(&server, "operator-a").await;
     let lobby = || object(&server, "Phone", "lobby-7970");
     until("the lobby phone's Downgraded condition", || condition(&lobby(), "Downgraded").is_some()).await;
     // And one that is Ready all the same: the conference phone, whose web access setting has no

@@ -76,9 +76,7 @@ async fn reconciled_again(server: &FakeApiServer) {
 }
 
 async fn ready_quickstart(server: &FakeApiServer) -> (callguard::ops::shutdown::Shutdown, tokio::task::JoinHandle<Result<(), String>>) {
-    load(server, quickstart());
-    let running = start_operator(server, "operator", false);
-    until("the cluster to be Ready", || is_ready(&cluster(server))).await;
+    let running = quickstart_ready(server, "operator").await;
     until("the projection", || server.get("v1", "Secret", Some(NAMESPACE), "quickstart-tftp-files").is_some()).await;
     settle(server).await;
     running

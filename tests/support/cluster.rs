@@ -73,6 +73,15 @@ pub fn start_operator_with(server: &FakeApiServer, options: OperatorOptions) -> 
     (shutdown, task)
 }
 
+/// The quickstart loaded and the operator run as `identity` (no leader election) until the cluster
+/// is Ready.
+pub async fn quickstart_ready(server: &FakeApiServer, identity: &str) -> (Shutdown, tokio::task::JoinHandle<Result<(), String>>) {
+    load(server, quickstart());
+    let running = start_operator(server, identity, false);
+    until("the cluster to be Ready", || is_ready(&cluster(server))).await;
+    running
+}
+
 /// `(status, reason, message)` of a condition.
 pub fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
     object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
