@@ -113,6 +113,29 @@ pub struct CallControlClusterSpec {
     /// released, and how it recognises each end (docs/architecture.md, media).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<MediaSettings>,
+    /// How an incoming ITL signer or CA is announced before it takes over (docs/operations.md §7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSettings>,
+}
+
+/// The pace of the identity's rotations (P.3-18).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSettings {
+    /// Minutes between the publication that announces an incoming ITL signer and the one it signs:
+    /// time for every phone to fetch the announcing ITL, since a phone that missed it refuses the
+    /// next (P.3-18). 0 to 525600 (a year); default 1440 (a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 525600))]
+    pub grace_period_minutes: Option<u32>,
+}
+
+impl RotationSettings {
+    pub const DEFAULT_GRACE_MINUTES: u32 = 1440;
+
+    pub fn grace_period(&self) -> time::Duration {
+        time::Duration::minutes(i64::from(self.grace_period_minutes.unwrap_or(Self::DEFAULT_GRACE_MINUTES)))
+    }
 }
 
 /// The media relay of the cluster.
@@ -637,6 +660,13 @@ pub struct IdentityRecord {
     /// A CTL has been published: phones hold it, so it must not vanish.
     #[serde(default)]
     pub ctl_published: bool,
+    /// SHA-256 of the ITL signer announced beside the current one (a rotation's first step): it
+    /// signs once the grace period after the announcing ITL has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming_itl_signer: Option<String>,
+    /// The last `callguard.io/rotate-itl-signer` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_signer_rotation_request: Option<String>,
 }
 
 /// What status shows of the published CTL.

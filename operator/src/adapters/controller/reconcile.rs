@@ -241,14 +241,17 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     }
     record_expiry(context, &namespace, &name, &files);
     let statuses = built_statuses(&observed, &name, &output, &files, availability::condition(&replicas));
+    let next_rotation_step = output.next_rotation_step;
     drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
     announce_withheld_srtp(context, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await.map_err(ReconcileError::Status)?;
-    let until_capf_change =
-        capf_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
-    Ok(Reconciled { action: Action::requeue(until_capf_change.clamp(Duration::from_secs(1), RESYNC)), stalled: None })
+    // A rotation's next step is due with no edit either.
+    let next_change = [capf_change, next_rotation_step].into_iter().flatten().min();
+    let until_next_change =
+        next_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
+    Ok(Reconciled { action: Action::requeue(until_next_change.clamp(Duration::from_secs(1), RESYNC)), stalled: None })
 }
 
 /// A new generation: says so first (kstatus `Reconciling`), so that GitOps tools wait for the result.

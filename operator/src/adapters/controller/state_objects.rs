@@ -327,7 +327,13 @@ mod tests {
     #[test]
     fn the_identity_record_lives_in_the_clusters_status() {
         let mut object = cluster("lab");
-        let record = crate::api::IdentityRecord { id: "0123".into(), ca: "ab".into(), itl_signer: "cd".into(), ctl_published: true };
+        let record = crate::api::IdentityRecord {
+            id: "0123".into(),
+            ca: "ab".into(),
+            itl_signer: "cd".into(),
+            ctl_published: true,
+            ..Default::default()
+        };
         object.status = Some(crate::api::CallControlClusterStatus { identity: Some(record.clone()), ..Default::default() });
         let back = state_from_objects(&object, &[], None, &[]);
         let read: crate::api::IdentityRecord = serde_yaml::from_slice(&back[RECORD_FILE].0).unwrap();

@@ -202,7 +202,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
     };
     let update = capf.as_ref().map(|_| capf::Update::of(&first.snapshot));
     let media = first.media();
-    let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view, media_control } =
+    let Built { served, capf: capf_identity, tvs: tvs_identity, sip: sip_view, media_control, next_rotation_step } =
         build(&options, first, None, &mut report).await.map_err(LocalError::Failed)?;
     files.replace(served);
     let sip_ports = sip_sockets.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
@@ -320,8 +320,12 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
         records.display()
     );
 
-    let next_change = |capf: &Option<Arc<capf::Capf>>| capf.as_ref().and_then(|c| c.next_change(time::OffsetDateTime::now_utc()));
-    let mut due = next_change(&capf);
+    // A CAPF deadline or a rotation's next step: rebuilt then, with no edit.
+    let next_change = |capf: &Option<Arc<capf::Capf>>, rotation: Option<time::OffsetDateTime>| {
+        capf.as_ref().and_then(|c| c.next_change(time::OffsetDateTime::now_utc())).into_iter().chain(rotation).min()
+    };
+    let mut rotation_step = next_rotation_step;
+    let mut due = next_change(&capf, rotation_step);
     loop {
         // At most an hour at a time: the timer is not made for dates years ahead.
         let nap = due.map_or(Duration::from_secs(3600), |at| {
@@ -333,7 +337,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                 // Woken early, or after an hour: the same time is still due.
                 if due.is_some_and(|at| time::OffsetDateTime::now_utc() >= at) {
                     let _ = wake.send(());
-                    due = next_change(&capf);
+                    due = None;
                 }
             }
             Some(()) = changes.recv() => {
@@ -352,9 +356,12 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                     }
                     Err(e) => Err(e),
                 };
+                // A failed build waits for an edit, not for the step it could not take.
+                rotation_step = None;
                 match rebuilt {
-                    Ok(Built { served, capf: identity, tvs: tvs_identity, sip: sip_view, .. }) => {
+                    Ok(Built { served, capf: identity, tvs: tvs_identity, sip: sip_view, next_rotation_step, .. }) => {
                         files.replace(served);
+                        rotation_step = next_rotation_step;
                         if let Some(service) = &sip_service {
                             let (directory, tls) = sip_view.unwrap_or_default();
                             service.follow(crate::adapters::sip::moved_trunks(directory, &sip_ports), tls);
@@ -376,7 +383,7 @@ pub async fn run(options: LocalOptions) -> Result<(), LocalError> {
                     }
                     Err(e) => report.failed(e),
                 }
-                due = next_change(&capf);
+                due = next_change(&capf, rotation_step);
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -737,7 +744,14 @@ async fn build(options: &LocalOptions, validated: Validated, previous: Option<&S
             .ok();
         (directory, tls)
     });
-    Ok(Built { served, capf: output.capf, tvs: output.tvs, sip, media_control: output.media_control })
+    Ok(Built {
+        served,
+        capf: output.capf,
+        tvs: output.tvs,
+        sip,
+        media_control: output.media_control,
+        next_rotation_step: output.next_rotation_step,
+    })
 }
 
 /// What a build gives the services.
@@ -747,6 +761,8 @@ struct Built {
     tvs: Option<TvsIdentity>,
     sip: Option<(SipDirectory, Option<crate::services::sip::server::SipTls>)>,
     media_control: Option<crate::core::build::media_control::MediaControlIdentity>,
+    /// When a rotation may take its next step: rebuilt then.
+    next_rotation_step: Option<time::OffsetDateTime>,
 }
 
 /// One row per resource: kind, name, ready, reason, what is served with less protection than asked,

@@ -7,15 +7,17 @@ use std::collections::BTreeSet;
 use rsa::RsaPrivateKey;
 use time::OffsetDateTime;
 
-use super::BuildError;
+use super::rotation::{self, SignerRotation};
 use super::state::{Sensitivity, StateDir};
-use crate::api::CallControlCluster;
+use super::{BuildError, Change, ChangeKind};
+use crate::api::{CallControlCluster, ClusterNode, IdentityRecord};
 use crate::core::pki::ca::{CaKeySize, CaSettings, ClusterCa, certificate_pem};
 use crate::core::pki::inspect::{CertificateFacts, SubjectAltName};
 use crate::core::pki::issue::{ServerCertificateRequest, ServerRole, issue_server_certificate_with_new_key, node_roles};
 use crate::core::pki::keys;
 use crate::core::pki::renewal::{DesiredCertificate, RenewalPolicy, reissue_reasons};
 use crate::core::pki::serial::Serial;
+use crate::core::trust::TrustList;
 
 /// Server certificates live five years; renewal starts when a third of that is left.
 pub const SERVER_VALIDITY_DAYS: u32 = 1825;
@@ -47,8 +49,21 @@ pub struct ClusterIdentity {
     pub ca: ClusterCa,
     /// In node order, then role order.
     pub functions: Vec<FunctionCertificate>,
-    /// Reissues that were due but not done, one line each (see [`Self::load_or_issue`]).
-    pub deferred: Vec<String>,
+    /// An ITL signer rotation at its first step: the incoming signer, listed but not signing.
+    pub signer_rotation: Option<SignerRotation>,
+    /// The `callguard.io/rotate-itl-signer` value acted on, for the identity record.
+    pub rotation_request: Option<String>,
+}
+
+/// What the ITL signer's rotation reads besides the state (see `rotation`).
+#[derive(Debug, Clone, Copy)]
+pub struct RotationInputs<'a> {
+    /// The ITL as published before this build.
+    pub published_itl: Option<&'a TrustList>,
+    pub record: Option<&'a IdentityRecord>,
+    /// The cluster's `callguard.io/rotate-itl-signer` annotation.
+    pub request: Option<&'a str>,
+    pub grace: time::Duration,
 }
 
 /// The state base name (`certs/<node>.<role>`) of the certificate that signs the ITL and the
@@ -61,6 +76,12 @@ pub fn tftp_signer_base(cluster: &CallControlCluster) -> Option<String> {
             .find(|role| matches!(role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
             .map(|role| format!("certs/{}.{}", node.name, role_file_name(role)))
     })
+}
+
+/// Where the incoming ITL signer waits during a rotation: `certs/<node>.<role>.next`, in the
+/// operator the Secret `<cluster>-<node>-<role>-next`, which no pod reads.
+pub fn incoming_signer_base(signer_base: &str) -> String {
+    format!("{signer_base}.next")
 }
 
 /// The state bases (`certs/<node>.<role>`) of the CallManager certificates, one per node that runs
@@ -93,21 +114,81 @@ fn ca_settings(cluster: &CallControlCluster, namespace: &str) -> CaSettings {
     settings
 }
 
+/// Issues function certificates under one CA, each with a serial it never gave before.
+struct Issuer<'a> {
+    state: &'a StateDir,
+    ca: &'a ClusterCa,
+    serials: BTreeSet<Serial>,
+    now: OffsetDateTime,
+}
+
+impl Issuer<'_> {
+    /// Why the certificate `der` of `node` must be reissued; empty when it is good.
+    fn reasons(&self, der: &[u8], node: &ClusterNode) -> Vec<String> {
+        let desired = DesiredCertificate {
+            common_name: node.hostname.clone(),
+            subject_alt_names: desired_sans(&node.hostname, node.ip_address),
+            key_bits: SERVER_KEY_BITS,
+        };
+        match CertificateFacts::from_der(der) {
+            Ok(facts) => {
+                let mut reasons: Vec<String> =
+                    reissue_reasons(&facts, &desired, RenewalPolicy::LSC, self.now).iter().map(|r| r.to_string()).collect();
+                if !crate::core::pki::inspect::is_issued_by(der, self.ca.certificate_der()) {
+                    reasons.push("not issued by the current cluster CA".into());
+                }
+                reasons
+            }
+            Err(e) => vec![format!("unreadable: {e}")],
+        }
+    }
+
+    /// Issues the `role` certificate of `node` with a new key and keeps it as `base`.
+    fn issue(&mut self, node: &ClusterNode, role: ServerRole, base: &str) -> Result<(Vec<u8>, RsaPrivateKey), BuildError> {
+        let serial = Serial::unique(&mut rand::thread_rng(), &self.serials).map_err(|e| BuildError::Pki(e.to_string()))?;
+        self.serials.insert(serial.clone());
+        let request = ServerCertificateRequest {
+            role,
+            hostname: node.hostname.clone(),
+            ip_address: node.ip_address,
+            validity_days: validity_within(self.ca, self.now)?,
+            serial,
+            now: self.now,
+            legacy_signer_keys: false,
+        };
+        let issued = issue_server_certificate_with_new_key(self.ca, &request).map_err(|e| BuildError::Pki(format!("{base}: {e}")))?;
+        self.keep(base, &issued.certificate_der, &issued.key)?;
+        Ok((issued.certificate_der, issued.key))
+    }
+
+    fn keep(&self, base: &str, certificate_der: &[u8], key: &RsaPrivateKey) -> Result<(), BuildError> {
+        self.state.write(&format!("{base}.key"), keys::pkcs8_pem(key).as_bytes(), Sensitivity::Private)?;
+        self.state.write(&format!("{base}.crt"), certificate_pem(certificate_der).as_bytes(), Sensitivity::Public)?;
+        Ok(())
+    }
+
+    fn forget(&self, base: &str) -> Result<(), BuildError> {
+        self.state.remove(&format!("{base}.crt"))?;
+        self.state.remove(&format!("{base}.key"))?;
+        Ok(())
+    }
+}
+
 impl ClusterIdentity {
     /// Loads what the state directory holds, issues what is missing and reissues what is due.
-    /// Returns what changed, one line each, for the caller to report.
+    /// Returns what changed, for the caller to report.
     ///
-    /// The ITL signer is never reissued here once it exists: phones holding the ITL accept a new
-    /// signer only through a two-step rotation (P.3-18), so a due reissue is reported in `deferred`
-    /// and the signer kept.
+    /// The ITL signer is never reissued in place once it exists: phones holding the ITL accept a
+    /// new signer only in two steps (P.3-18), which `rotation` decides and this carries out.
     pub fn load_or_issue(
         state: &StateDir,
         cluster: &CallControlCluster,
         namespace: &str,
         now: OffsetDateTime,
-    ) -> Result<(Self, Vec<String>), BuildError> {
+        rotation: RotationInputs<'_>,
+    ) -> Result<(Self, Vec<Change>), BuildError> {
         let mut changes = Vec::new();
-        let mut deferred = Vec::new();
+        let issued = |message: String| Change { kind: ChangeKind::CertificateIssued, message };
         let signer_base = tftp_signer_base(cluster);
         let ca = match load_ca(state)? {
             Some(ca) => ca,
@@ -116,62 +197,31 @@ impl ClusterIdentity {
                 let pem = ca.to_pem();
                 state.write(CA_KEY, pem.private_key.as_bytes(), Sensitivity::Private)?;
                 state.write(CA_CERTIFICATE, pem.certificate.as_bytes(), Sensitivity::Public)?;
-                changes.push(format!("created the cluster CA {}", ca.facts().map(|f| f.subject).unwrap_or_default()));
+                changes.push(issued(format!("created the cluster CA {}", ca.facts().map(|f| f.subject).unwrap_or_default())));
                 ca
             }
         };
-        let mut serials = issued_serials(state)?;
+        let mut issuer = Issuer { state, ca: &ca, serials: issued_serials(state)?, now };
         let mut functions = Vec::new();
+        let mut signer_due = None;
         for node in &cluster.spec.nodes {
             for role in node_roles(&cluster.spec, node) {
                 let base = format!("certs/{}.{}", node.name, role_file_name(role));
-                let desired = DesiredCertificate {
-                    common_name: node.hostname.clone(),
-                    subject_alt_names: desired_sans(&node.hostname, node.ip_address),
-                    key_bits: SERVER_KEY_BITS,
-                };
                 let current = load_function(state, &base)?;
                 let reasons = match &current {
-                    Some((der, _)) => match CertificateFacts::from_der(der) {
-                        Ok(facts) => {
-                            let mut reasons: Vec<String> =
-                                reissue_reasons(&facts, &desired, RenewalPolicy::LSC, now).iter().map(|r| r.to_string()).collect();
-                            if !crate::core::pki::inspect::is_issued_by(der, ca.certificate_der()) {
-                                reasons.push("not issued by the current cluster CA".into());
-                            }
-                            reasons
-                        }
-                        Err(e) => vec![format!("unreadable: {e}")],
-                    },
+                    Some((der, _)) => issuer.reasons(der, node),
                     None => vec!["none issued yet".into()],
                 };
                 let (certificate_der, key) = match current {
                     Some(pair) if reasons.is_empty() => pair,
                     Some(pair) if signer_base.as_deref() == Some(base.as_str()) => {
-                        deferred.push(format!(
-                            "the ITL signer ({base}) is due for reissue ({}), which needs a rotation the phones accept: it is kept (P.3-18)",
-                            reasons.join("; ")
-                        ));
+                        signer_due = Some(reasons);
                         pair
                     }
                     _ => {
-                        let serial = Serial::unique(&mut rand::thread_rng(), &serials).map_err(|e| BuildError::Pki(e.to_string()))?;
-                        serials.insert(serial.clone());
-                        let request = ServerCertificateRequest {
-                            role,
-                            hostname: node.hostname.clone(),
-                            ip_address: node.ip_address,
-                            validity_days: validity_within(&ca, now)?,
-                            serial,
-                            now,
-                            legacy_signer_keys: false,
-                        };
-                        let issued =
-                            issue_server_certificate_with_new_key(&ca, &request).map_err(|e| BuildError::Pki(format!("{base}: {e}")))?;
-                        state.write(&format!("{base}.key"), keys::pkcs8_pem(&issued.key).as_bytes(), Sensitivity::Private)?;
-                        state.write(&format!("{base}.crt"), certificate_pem(&issued.certificate_der).as_bytes(), Sensitivity::Public)?;
-                        changes.push(format!("issued the {role:?} certificate of node {} ({})", node.name, reasons.join("; ")));
-                        (issued.certificate_der, issued.key)
+                        let pair = issuer.issue(node, role, &base)?;
+                        changes.push(issued(format!("issued the {role:?} certificate of node {} ({})", node.name, reasons.join("; "))));
+                        pair
                     }
                 };
                 functions.push(FunctionCertificate {
@@ -183,14 +233,91 @@ impl ClusterIdentity {
                 });
             }
         }
-        write_serials(state, &serials)?;
-        Ok((ClusterIdentity { ca, functions, deferred }, changes))
+        let mut identity = ClusterIdentity {
+            ca: ca.clone(),
+            functions,
+            signer_rotation: None,
+            rotation_request: rotation::handled_request(rotation.request, rotation.record),
+        };
+        if let Some(base) = &signer_base {
+            identity.signer_rotation = identity.rotate_signer(&mut issuer, cluster, base, signer_due, rotation, &mut changes)?;
+        }
+        write_serials(state, &issuer.serials)?;
+        Ok((identity, changes))
+    }
+
+    /// Carries the ITL signer's rotation one step further when it can (see `rotation`): starts it
+    /// when the signer is due or a new request asks, lets the incoming signer sign once it may.
+    fn rotate_signer(
+        &mut self,
+        issuer: &mut Issuer<'_>,
+        cluster: &CallControlCluster,
+        base: &str,
+        due: Option<Vec<String>>,
+        inputs: RotationInputs<'_>,
+        changes: &mut Vec<Change>,
+    ) -> Result<Option<SignerRotation>, BuildError> {
+        let Some(index) = self.functions.iter().position(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp)) else {
+            return Ok(None);
+        };
+        let Some(node) = cluster.spec.nodes.iter().find(|n| n.name == self.functions[index].node) else { return Ok(None) };
+        let incoming_base = incoming_signer_base(base);
+        let mut incoming = load_function(issuer.state, &incoming_base)?;
+        if incoming.as_ref().is_some_and(|(der, _)| *der == self.functions[index].certificate_der) {
+            // Step 2 was written but the incoming copy not yet removed.
+            issuer.forget(&incoming_base)?;
+            incoming = None;
+        }
+        let asked = rotation::requested(inputs.request, inputs.record);
+        let why = match (&incoming, due) {
+            (None, Some(reasons)) => Some(reasons.join("; ")),
+            (None, None) if asked => Some(format!("asked by {}", rotation::ROTATE_ITL_SIGNER)),
+            (Some((der, _)), _) => Some(issuer.reasons(der, node).join("; ")).filter(|r| !r.is_empty()),
+            (None, None) => None,
+        };
+        let role = self.functions[index].role;
+        if let Some(why) = why {
+            let (certificate_der, key) = issuer.issue(node, role, &incoming_base)?;
+            changes.push(Change {
+                kind: ChangeKind::RotationStarted,
+                message: format!(
+                    "ITL signer rotation, step 1 of 2 ({why}): issued the incoming {role:?} certificate of node {}, which the ITL lists beside the current signer (P.3-18)",
+                    node.name
+                ),
+            });
+            let incoming = FunctionCertificate { certificate_der, key, ..self.functions[index].clone() };
+            return Ok(Some(SignerRotation { incoming, waiting: rotation::Waiting::Announcing }));
+        }
+        let Some((certificate_der, key)) = incoming else { return Ok(None) };
+        let incoming = FunctionCertificate { certificate_der, key, ..self.functions[index].clone() };
+        match rotation::incoming_may_sign(inputs.published_itl, &incoming.certificate_der, inputs.record, inputs.grace, issuer.now) {
+            Ok(()) => {
+                issuer.keep(base, &incoming.certificate_der, &incoming.key)?;
+                issuer.forget(&incoming_base)?;
+                changes.push(Change {
+                    kind: ChangeKind::RotationCompleted,
+                    message: format!(
+                        "ITL signer rotation, step 2 of 2: the incoming {role:?} certificate of node {} signs the ITL and the configuration files; the previous signer and its key are gone (P.3-18)",
+                        node.name
+                    ),
+                });
+                self.functions[index] = incoming;
+                Ok(None)
+            }
+            Err(waiting) => Ok(Some(SignerRotation { incoming, waiting })),
+        }
     }
 
     /// The certificate that signs configuration files and the ITL: the TFTP function of the first
     /// TFTP node (the CallManager+TFTP certificate when both run there), as CallManager does (docs/wire-formats.md §4).
     pub fn tftp(&self) -> Option<&FunctionCertificate> {
         self.functions.iter().find(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
+    }
+
+    /// What the trust lists list: every function certificate, and during a rotation the incoming
+    /// signer in the current one's role, so that a phone holding them accepts what it signs next.
+    pub fn listed(&self) -> Vec<FunctionCertificate> {
+        self.functions.iter().cloned().chain(self.signer_rotation.iter().map(|r| r.incoming.clone())).collect()
     }
 }
 

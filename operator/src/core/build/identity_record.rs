@@ -122,6 +122,14 @@ impl fmt::Display for IdentityLost {
     }
 }
 
+impl IdentityRecord {
+    /// The signer the record names, or the incoming one it announced: a rotation's second step
+    /// that completed before its record was written is not a loss.
+    fn signer_is_known(&self, fingerprint: Option<&str>) -> bool {
+        fingerprint.is_some_and(|f| f == self.itl_signer || self.incoming_itl_signer.as_deref() == Some(f))
+    }
+}
+
 /// What the build may do with the identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -154,7 +162,7 @@ pub fn verdict(record: Option<&IdentityRecord>, observed: &Observed<'_>, new_ide
             let (signer_certificate, signer_key) = &observed.signer_files;
             if !observed.signer_certificate.is_present() {
                 lose(signer_certificate, "the ITL signer's certificate", false);
-            } else if observed.signer_certificate.fingerprint().as_deref() != Some(record.itl_signer.as_str()) && !replacement_done {
+            } else if !record.signer_is_known(observed.signer_certificate.fingerprint().as_deref()) && !replacement_done {
                 lose(signer_certificate, "the ITL signer's certificate", true);
             }
             if !observed.signer_key.is_present() {
@@ -240,7 +248,7 @@ mod tests {
 
     fn record() -> IdentityRecord {
         let ca = sha256_hex(CA);
-        IdentityRecord { id: identity_id(&ca), ca, itl_signer: sha256_hex(SIGNER), ctl_published: true }
+        IdentityRecord { id: identity_id(&ca), ca, itl_signer: sha256_hex(SIGNER), ctl_published: true, ..Default::default() }
     }
 
     #[test]
@@ -281,6 +289,17 @@ mod tests {
         // A replacement whose new record was not yet written carries on.
         let new_ca = Observed { ca_certificate: Piece::Present(b"new CA"), signer_certificate: Piece::Present(b"new signer"), ..whole() };
         assert_eq!(verdict(Some(&record()), &new_ca, Some(&id)), Ok(Verdict::Continue));
+    }
+
+    #[test]
+    fn the_announced_signer_may_take_over_and_no_other() {
+        let rotating = IdentityRecord { incoming_itl_signer: Some(sha256_hex(b"incoming signer")), ..record() };
+        let took_over = Observed { signer_certificate: Piece::Present(b"incoming signer"), ..whole() };
+        assert_eq!(verdict(Some(&rotating), &took_over, None), Ok(Verdict::Continue), "step 2 done, its record not yet written");
+        assert_eq!(verdict(Some(&rotating), &whole(), None), Ok(Verdict::Continue), "step 1: the current signer still signs");
+        let stranger = Observed { signer_certificate: Piece::Present(b"another signer"), ..whole() };
+        assert!(verdict(Some(&rotating), &stranger, None).unwrap_err().losses[0].replaced);
+        assert!(verdict(Some(&record()), &took_over, None).is_err(), "never announced: a replacement");
     }
 
     #[test]

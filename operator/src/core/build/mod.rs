@@ -10,6 +10,7 @@ pub mod identity_record;
 pub mod lock;
 pub mod media_control;
 pub mod phone_files;
+pub mod rotation;
 pub mod served;
 pub mod state;
 pub mod tokens;
@@ -88,6 +89,10 @@ pub enum ChangeKind {
     TrustListPublished,
     /// The identity phones trusted was set aside, as asked, and a new one issued.
     NewIdentity,
+    /// A rotation took its first step: the incoming identity is announced beside the current one.
+    RotationStarted,
+    /// A rotation took its last step: the incoming identity replaced the current one.
+    RotationCompleted,
 }
 
 impl ChangeKind {
@@ -97,6 +102,8 @@ impl ChangeKind {
             ChangeKind::CertificateIssued => "CertificateIssued",
             ChangeKind::TrustListPublished => "TrustListPublished",
             ChangeKind::NewIdentity => "NewIdentity",
+            ChangeKind::RotationStarted => "RotationStarted",
+            ChangeKind::RotationCompleted => "RotationCompleted",
         }
     }
 }
@@ -269,6 +276,8 @@ pub struct BuildOutput {
     pub sip: Option<SipIdentity>,
     /// The media control interface's credentials, when a node runs CallManager (its calls' media).
     pub media_control: Option<media_control::MediaControlIdentity>,
+    /// When a rotation may take its next step: build again then.
+    pub next_rotation_step: Option<OffsetDateTime>,
 }
 
 /// The SIP service's identity on a node: the CallManager certificate SIP-TLS presents (role 1 or 2,
@@ -326,7 +335,7 @@ fn keep_identity(
     cluster: &CallControlCluster,
     options: &BuildOptions,
     changes: &mut Vec<Change>,
-) -> Result<(), BuildError> {
+) -> Result<Option<IdentityRecord>, BuildError> {
     let record: Option<IdentityRecord> = state
         .read(RECORD_FILE)?
         .map(|bytes| serde_yaml::from_slice(&bytes).map_err(|e| BuildError::State(format!("{RECORD_FILE}: {e}"))))
@@ -352,7 +361,7 @@ fn keep_identity(
     match identity_record::verdict(record.as_ref(), &observe_identity(&files, &signer), options.new_identity.as_deref())
         .map_err(BuildError::IdentityLost)?
     {
-        Verdict::Genesis | Verdict::Continue => Ok(()),
+        Verdict::Genesis | Verdict::Continue => Ok(record),
         Verdict::Replace { previous } => {
             state.retire(&["ca/", "certs/", "published/", RECORD_FILE], &previous)?;
             changes.push(Change {
@@ -361,7 +370,7 @@ fn keep_identity(
                     "set aside identity {previous}, as asked, and issued a new one: every phone that holds the previous ITL refuses this cluster's files until its ITL is deleted by hand (P.3-18)"
                 ),
             });
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -385,9 +394,17 @@ pub fn build_namespace(
     let mut statuses = Vec::new();
     let mut trust_lists: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
 
-    keep_identity(state, cluster, options, &mut changes)?;
-    let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now)?;
-    changes.extend(issued.into_iter().map(|message| Change { kind: ChangeKind::CertificateIssued, message }));
+    let record = keep_identity(state, cluster, options, &mut changes)?;
+    let previous_itl = published(state, TrustListKind::Itl)?;
+    let rotation = identity::RotationInputs {
+        published_itl: previous_itl.as_ref(),
+        record: record.as_ref(),
+        request: cluster.annotations().get(rotation::ROTATE_ITL_SIGNER).map(String::as_str),
+        grace: cluster.spec.rotation.clone().unwrap_or_default().grace_period(),
+    };
+    let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now, rotation)?;
+    changes.extend(issued);
+    let listed = identity.listed();
     let media_control = if !identity::call_manager_bases(cluster).is_empty() {
         let mut made = Vec::new();
         let identity = media_control::load_or_create(state, &mut made)?;
@@ -398,13 +415,15 @@ pub fn build_namespace(
     };
     let tftp = tftp_signer(&identity)?;
 
-    // The ITL, signed by the TFTP certificate, which it also lists as SAST (P.3-4).
-    let previous_itl = published(state, TrustListKind::Itl)?;
+    // The ITL, signed by the TFTP certificate, which it also lists as SAST (P.3-4), beside the
+    // incoming signer during a rotation (P.3-18).
+    let mut sast = vec![tftp.certificate_der().to_vec()];
+    sast.extend(identity.signer_rotation.as_ref().map(|r| r.incoming.certificate_der.clone()));
     let itl = build_trust_list(&TrustListPlan {
         kind: TrustListKind::Itl,
         signer: &tftp,
-        sast: vec![tftp.certificate_der().to_vec()],
-        functions: &identity.functions,
+        sast,
+        functions: &listed,
         hash,
         previous: previous_itl.as_ref(),
         now: unix_now,
@@ -418,7 +437,7 @@ pub fn build_namespace(
     let mut cluster_status = ResourceStatus::ready("CallControlCluster", &cluster_name);
     if cluster.spec.security_mode() == ClusterSecurityMode::Mixed {
         let previous_ctl = published(state, TrustListKind::Ctl)?;
-        match build_ctl(&snapshot, state, cluster, &mut tokens, &identity, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
+        match build_ctl(&snapshot, state, cluster, &mut tokens, &listed, hash, previous_ctl.as_ref(), unix_now, &rfc3339_now) {
             Ok((bytes, plan)) => {
                 publish(state, TrustListKind::Ctl, &bytes, &mut changes)?;
                 trust_lists.insert(TrustListKind::Ctl.filename().into(), Arc::from(bytes));
@@ -450,10 +469,9 @@ pub fn build_namespace(
             None => token_status(name, token, &tokens.status(name)),
         });
     }
-    if !identity.deferred.is_empty() {
-        let deferred = identity.deferred.join("; ");
+    if let Some(rotation) = &identity.signer_rotation {
         cluster_status.message =
-            [cluster_status.message.clone(), deferred].into_iter().filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
+            [cluster_status.message.clone(), rotation.describe()].into_iter().filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
     }
     statuses.push(cluster_status);
 
@@ -523,7 +541,12 @@ pub fn build_namespace(
             legacy_tls: cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled),
         })
     });
-    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip, media_control })
+    let next_rotation_step = identity.signer_rotation.as_ref().map(|r| match r.waiting {
+        rotation::Waiting::GracePeriod { until } => until,
+        // Announced or recorded by this build: the next one takes it further.
+        rotation::Waiting::Announcing | rotation::Waiting::Recording => now,
+    });
+    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip, media_control, next_rotation_step })
 }
 
 /// The media security of a gateway or H.323 trunk (P.13-2, P.13-3); none for other kinds.
@@ -733,6 +756,8 @@ fn record_identity(
         ca,
         itl_signer: sha256_hex(signer.certificate_der()),
         ctl_published: trust_lists.contains_key(TrustListKind::Ctl.filename()),
+        incoming_itl_signer: identity.signer_rotation.as_ref().map(|r| sha256_hex(&r.incoming.certificate_der)),
+        itl_signer_rotation_request: identity.rotation_request.clone(),
     };
     let text = serde_yaml::to_string(&record).map_err(|e| BuildError::State(e.to_string()))?;
     state.write(RECORD_FILE, text.as_bytes(), Sensitivity::Public)?;
@@ -796,7 +821,7 @@ fn build_ctl(
     state: &StateDir,
     cluster: &CallControlCluster,
     tokens: &mut Tokens,
-    identity: &ClusterIdentity,
+    functions: &[identity::FunctionCertificate],
     hash: HashAlgorithm,
     previous: Option<&TrustList>,
     now: u32,
@@ -807,15 +832,7 @@ fn build_ctl(
     let plan = tokens.plan(settings, previous)?;
     let signer = tokens.unlock_signer(snapshot, state, &plan.signer, rfc3339_now)?;
     let sast = plan.sast.iter().filter_map(|name| tokens.certificate(name).map(<[u8]>::to_vec)).collect();
-    let built = build_trust_list(&TrustListPlan {
-        kind: TrustListKind::Ctl,
-        signer: &signer,
-        sast,
-        functions: &identity.functions,
-        hash,
-        previous,
-        now,
-    })?;
+    let built = build_trust_list(&TrustListPlan { kind: TrustListKind::Ctl, signer: &signer, sast, functions, hash, previous, now })?;
     Ok((built.bytes, plan))
 }
 

@@ -61,11 +61,12 @@ pub fn vouched(
     // DER -> (name, roles)
     let mut by_der: BTreeMap<Vec<u8>, (String, Vec<u16>)> = BTreeMap::new();
     let mut unnamed = 0usize;
+    let listed = identity.listed();
     for (file, bytes) in trust_lists {
         let list = TrustList::parse(bytes, Mode::Strict).map_err(|e| BuildError::State(format!("{file}: {e}")))?;
         for record in list.records {
             let entry = by_der.entry(record.certificate_der.clone()).or_insert_with(|| {
-                let name = match identity.functions.iter().find(|f| f.certificate_der == record.certificate_der) {
+                let name = match listed.iter().find(|f| f.certificate_der == record.certificate_der) {
                     Some(function) => format!("{}.{}", function.node, role_file_name(function.role)),
                     None => match tokens.iter().find(|(_, der)| **der == record.certificate_der) {
                         Some((token, _)) => format!("token.{token}"),
