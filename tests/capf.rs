@@ -362,7 +362,7 @@ impl Setup {
         Setup {
             device: DEVICE.into(),
             record: DeviceRecord { operation, auth_mode, authentication_string: Some(PASSWORD.into()), key, current_lsc: None },
-            trust: TrustAnchors { mic_bundle: vec![mic_ca().der.clone()], sudi_bundle: Vec::new() },
+            trust: TrustAnchors { mic_bundle: vec![mic_ca().der.clone()], ..TrustAnchors::default() },
             config: SessionConfig::default(),
             timeouts: Timeouts::default(),
         }

@@ -7,12 +7,14 @@
 //! says of the status the operator writes what argocd/health_test.yaml says of the committed copies;
 //! of two replicas only the leader writes; a watch the operator may not make is reported in `/readyz`
 //! and a metric while the other kinds' changes are reconciled; a Phone its type cannot read is named
-//! by validation.
+//! by validation; the ITL signer rotates, asked by annotation, in two steps a phone accepts.
 
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/cluster.rs"]
 mod support;
+#[path = "support/trusting_phone.rs"]
+mod trusting_phone;
 use peers::{TftpGet, file_not_found, require};
 use support::*;
 
@@ -730,4 +732,62 @@ async fn argocd_health_of_the_status_the_operator_writes() {
         assert_eq!(&argocd_health(&as_fixture(object)), health, "{name}: the fixture keeps what the health check reads");
         check_fixture(name, object, health);
     }
+}
+
+/// `callguard.io/rotate-itl-signer` on the cluster: the incoming signer waits in a Secret of its own
+/// and is announced in the ITL (event `RotationStarted`, the record's `incomingItlSigner`, the Ready
+/// message) for the grace period; shortening it lets the incoming signer sign (`RotationCompleted`).
+/// A phone holding each published ITL accepts the next, and ends trusting only the new signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_itl_signer_rotates_through_the_operator_in_steps_a_phone_accepts() {
+    use callguard::core::trust::TrustListKind;
+    let server = FakeApiServer::start().await;
+    let (shutdown, operator) = quickstart_ready(&server, "operator").await;
+    let itl = || decoded(&object(&server, "ConfigMap", "quickstart-trust"), "binaryData", "ITLFile.tlv");
+    let mut phone = trusting_phone::TrustingPhone::default();
+    phone.offer(TrustListKind::Itl, &itl()).unwrap();
+    let record = || cluster(&server)["status"]["identity"].clone();
+    let original = record()["itlSigner"].as_str().unwrap().to_owned();
+    let events = |reason: &str| server.list("events.k8s.io/v1", "Event", Some(NAMESPACE)).iter().filter(|e| e["reason"] == reason).count();
+
+    edit(&server, "CallControlCluster", "callcontrolclusters", CLUSTER, |c| {
+        c["metadata"]["annotations"] = json!({"callguard.io/rotate-itl-signer": "2026-12"});
+        c["spec"]["rotation"] = json!({"gracePeriodMinutes": 1440});
+    })
+    .await;
+    until("the incoming signer announced", || record()["incomingItlSigner"].is_string()).await;
+    let incoming = record()["incomingItlSigner"].as_str().unwrap().to_owned();
+    until("the announcing ITL", || {
+        phone.clone().offer(TrustListKind::Itl, &itl()).is_ok() && itl() != phone.itl.as_ref().unwrap().as_bytes()
+    })
+    .await;
+    phone.offer(TrustListKind::Itl, &itl()).unwrap();
+    assert_eq!(phone.itl_sast().len(), 2, "the current and the incoming signer");
+    let next = object(&server, "Secret", "quickstart-cm1-callmanager-tftp-next");
+    assert_eq!(sha256(&pem_der(&decoded(&next, "data", "tls.crt"))), incoming, "the incoming signer waits in its own Secret");
+    let (_, _, message) = condition(&cluster(&server), "Ready").unwrap();
+    assert!(message.contains("ITL signer rotation, step 1 of 2"), "{message}");
+    assert!(events("RotationStarted") >= 1);
+    assert_eq!(record()["itlSigner"], original.as_str(), "the current signer still signs");
+
+    edit(&server, "CallControlCluster", "callcontrolclusters", CLUSTER, |c| c["spec"]["rotation"] = json!({"gracePeriodMinutes": 0})).await;
+    until("the incoming signer signing", || record()["itlSigner"] == incoming.as_str() && record()["incomingItlSigner"].is_null()).await;
+    until("the ITL it signs", || phone.itl.as_ref().is_some_and(|held| held.as_bytes() != itl())).await;
+    phone.offer(TrustListKind::Itl, &itl()).unwrap();
+    assert_eq!(phone.itl_sast().iter().map(|der| sha256(der)).collect::<Vec<_>>(), std::slice::from_ref(&incoming), "only the new signer");
+    let signer = object(&server, "Secret", "quickstart-cm1-callmanager-tftp");
+    assert_eq!(sha256(&pem_der(&decoded(&signer, "data", "tls.crt"))), incoming);
+    until("the incoming Secret gone", || server.get("v1", "Secret", Some(NAMESPACE), "quickstart-cm1-callmanager-tftp-next").is_none())
+        .await;
+    until("RotationCompleted", || events("RotationCompleted") >= 1).await;
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}
+
+fn pem_der(pem: &[u8]) -> Vec<u8> {
+    callguard::core::pki::inspect::certificate_der(pem).unwrap()
+}
+
+fn sha256(der: &[u8]) -> String {
+    callguard::core::build::identity_record::sha256_hex(der)
 }

@@ -95,6 +95,31 @@ fn each_change_gets_the_resets_and_restarts_the_guide_asks_for() {
 }
 
 #[test]
+fn a_rotation_is_planned_as_its_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_quickstart(dir.path());
+    // A new hostname for the node whose certificate signs the ITL starts its rotation.
+    edit(&dir.path().join("cluster.yaml"), "hostname: cm1.quickstart.example", "hostname: cm1-new.quickstart.example");
+    let text = plan(&quickstart(), dir.path(), "markdown");
+    assert!(text.contains("Rotation steps:\n- ITL signer rotation, step 1 of 2 ("), "{text}");
+    assert!(text.contains("- under way: ITL signer rotation, step 1 of 2: the ITL lists the incoming signer"), "{text}");
+
+    // The CA, asked for by annotation.
+    edit(
+        &dir.path().join("cluster.yaml"),
+        "  name: quickstart\n",
+        "  name: quickstart\n  annotations:\n    callguard.io/rotate-ca: \"2026-12\"\n",
+    );
+    let json: serde_json::Value = serde_json::from_str(&plan(&quickstart(), dir.path(), "json")).unwrap();
+    let steps: Vec<&str> = json[0]["rotationSteps"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(steps.iter().any(|s| s.starts_with("CA rotation, step 1 of 2 (asked by callguard.io/rotate-ca)")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.starts_with("under way: CA rotation, step 1 of 2: the previous CA stays trusted")), "{steps:?}");
+    // Unchanged manifests plan no rotation.
+    let json: serde_json::Value = serde_json::from_str(&plan(&quickstart(), &quickstart(), "json")).unwrap();
+    assert_eq!(json[0]["rotationSteps"], serde_json::json!([]));
+}
+
+#[test]
 fn an_invalid_new_is_refused_with_the_validation_message() {
     let dir = tempfile::tempdir().unwrap();
     copy_quickstart(dir.path());

@@ -228,6 +228,96 @@ fn tokens_are_replaced_one_at_a_time_by_a_token_the_phones_already_trust() {
     assert_eq!(last[0], step[1], "signed by token-new, which the previous CTL listed");
 }
 
+/// The state of the workspace's namespace.
+fn state(ws: &Workspace) -> callguard::core::build::state::StateDir {
+    callguard::core::build::state::StateDir::open(&ws.state.path().join("namespaces/default")).unwrap()
+}
+
+fn current_ca(ws: &Workspace) -> callguard::core::pki::ca::ClusterCa {
+    callguard::core::build::identity::load_ca(&state(ws)).unwrap().expect("a CA")
+}
+
+/// Gives `device` an LSC of the cluster's current CA, as CAPF would.
+fn give_lsc(ws: &Workspace, device: &str, minutes: i64) -> Vec<u8> {
+    use callguard::core::pki::issue::{LscKeySource, LscRequest, issue_lsc};
+    use rsa::pkcs8::EncodePublicKey;
+    let key = callguard::core::pki::keys::generate_rsa(1024);
+    let spki = key.to_public_key().to_public_key_der().unwrap();
+    let request = LscRequest {
+        device_name: device,
+        key: LscKeySource::PublicKey(spki.as_bytes()),
+        validity_days: 365,
+        serial: callguard::core::pki::serial::Serial::random(&mut rand::thread_rng()),
+        now: ws.start + Duration::minutes(minutes),
+    };
+    let lsc = issue_lsc(&current_ca(ws), &request).unwrap().certificate_der;
+    let pem = callguard::core::pki::ca::certificate_pem(&lsc);
+    state(ws).write(&format!("devices/{device}.crt"), pem.as_bytes(), callguard::core::build::state::Sensitivity::Public).unwrap();
+    lsc
+}
+
+fn phone_status<'a>(output: &'a BuildOutput, name: &str) -> &'a callguard::core::build::ResourceStatus {
+    output.statuses.iter().find(|s| s.kind == "Phone" && s.name == name).expect("the phone's status")
+}
+
+#[test]
+fn the_ca_rotates_with_overlap_until_nothing_it_issued_is_in_use() {
+    use callguard::core::pki::inspect::is_issued_by;
+    let ws = Workspace::new();
+    let first = ws.build_at(0);
+    let mut phone = TrustingPhone::default();
+    phone.fetch(&first.served, Some(BOB_CONFIG)).unwrap();
+    let old_ca = current_ca(&ws).certificate_der().to_vec();
+    let old_lsc = give_lsc(&ws, "SEP00AABBCCDD02", 0);
+    assert!(phone_status(&ws.build_at(1), "bob-7941").lsc.is_some(), "bob's LSC is the cluster CA's");
+
+    ws.edit("cluster.yaml", "  name: quickstart\n", "  name: quickstart\n  annotations:\n    callguard.io/rotate-ca: \"2026-12\"\n");
+    ws.edit("cluster.yaml", "  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 60");
+
+    // Step 1: a new CA issues; the old one stays trusted for what it issued.
+    let started = ws.build_at(2);
+    let new_ca = current_ca(&ws).certificate_der().to_vec();
+    assert_ne!(new_ca, old_ca);
+    let messages: Vec<&str> =
+        started.changes.iter().filter(|c| c.kind == ChangeKind::RotationStarted).map(|c| c.message.as_str()).collect();
+    assert!(messages.iter().any(|m| m.starts_with("CA rotation, step 1 of 2")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("ITL signer rotation, step 1 of 2")), "the signer is not the new CA's: {messages:?}");
+    phone.fetch(&started.served, Some(BOB_CONFIG)).unwrap();
+    assert_eq!(started.sip.as_ref().unwrap().trusted_cas, [new_ca.clone(), old_ca.clone()], "SIP accepts LSCs of both");
+    assert!(started.capf.as_ref().unwrap().previous_ca.as_deref() == Some(old_ca.as_slice()), "so does CAPF");
+    assert!(phone_status(&started, "bob-7941").lsc.is_some(), "bob's LSC of the old CA is still his");
+    let message = cluster_message(&started);
+    assert!(message.contains("CA rotation, step 1 of 2") && message.contains("SEP00AABBCCDD02"), "{message}");
+    assert_eq!(started.identity.id, first.identity.id, "the identity keeps its name");
+    assert_eq!(started.identity.previous_ca.as_deref(), Some(sha256_hex(&old_ca).as_str()));
+    let retired = format!("retired/ca-{}/ca/ca.key", &sha256_hex(&old_ca)[..16]);
+    assert!(state(&ws).read(&retired).unwrap().is_some(), "the old CA's key is set aside, not destroyed");
+
+    // The signer's rotation completes after its grace period; the old CA still waits for bob.
+    let signed = ws.build_at(63);
+    assert!(kinds(&signed).contains(&ChangeKind::RotationCompleted), "{:?}", signed.changes);
+    phone.fetch(&signed.served, Some(BOB_CONFIG)).unwrap();
+    let message = cluster_message(&signed);
+    assert!(message.contains("1 certificate(s) it issued remain (SEP00AABBCCDD02)"), "{message}");
+
+    // Bob gets an LSC of the new CA: nothing of the old one is in use, and it is trusted no more.
+    let new_lsc = give_lsc(&ws, "SEP00AABBCCDD02", 64);
+    assert!(is_issued_by(&old_lsc, &old_ca) && is_issued_by(&new_lsc, &new_ca));
+    let done = ws.build_at(65);
+    let completed: Vec<&str> =
+        done.changes.iter().filter(|c| c.kind == ChangeKind::RotationCompleted).map(|c| c.message.as_str()).collect();
+    assert!(completed.iter().any(|m| m.starts_with("CA rotation, step 2 of 2")), "{:?}", done.changes);
+    assert_eq!(done.sip.as_ref().unwrap().trusted_cas, std::slice::from_ref(&new_ca));
+    assert_eq!(done.identity.previous_ca, None);
+    phone.fetch(&done.served, Some(BOB_CONFIG)).unwrap();
+    // The phone ends trusting only what the new CA issued (tokens aside, which no CA issues).
+    for record in phone.itl.as_ref().unwrap().records.iter() {
+        assert!(is_issued_by(&record.certificate_der, &new_ca), "{} {:?} is the new CA's", record.subject, record.role);
+    }
+    let settled = ws.build_at(66);
+    assert!(settled.changes.is_empty(), "{:?}", settled.changes);
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     callguard::core::build::identity_record::sha256_hex(bytes)
 }

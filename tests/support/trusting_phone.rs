@@ -3,6 +3,8 @@
 //! one it holds signed it (the first of each is taken as it comes), and a signed configuration
 //! file only when a TFTP or CCM+TFTP record of a list it holds signed it.
 
+#![allow(dead_code)]
+
 use callguard::core::trust::{Mode, SignatureCheck, SignedFile, TrustList, TrustListKind};
 use callguard::services::tftp::FileSource;
 

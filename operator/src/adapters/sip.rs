@@ -29,7 +29,7 @@ pub fn parts(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectoryParts {
         identity
             .device_certificates
             .get(device)
-            .filter(|der| inspect::is_issued_by(der, &identity.ca_der))
+            .filter(|der| identity.trusted_cas.iter().any(|ca| inspect::is_issued_by(der, ca)))
             .map(|der| inspect::sha256_hex(der))
     };
     let cluster = snapshot.clusters.values().next();
@@ -65,7 +65,7 @@ pub fn parts(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectoryParts {
     SipDirectoryParts {
         realm,
         trunk_realm: cluster.map(|c| c.spec.digest().cluster_id().to_string()).unwrap_or_else(|| "StandAloneCluster".into()),
-        cluster_ca: identity.ca_der.clone(),
+        cluster_cas: identity.trusted_cas.clone(),
         manufacturer_cas,
         trunks: trunks(snapshot),
         phones: phones.collect(),
@@ -138,7 +138,7 @@ pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &Phone
     let chain = vec![CertificateDer::from(certificate_der.to_vec())];
     let config = server::tls_config(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.clone())), anchors)?;
     let legacy = if legacy_tls {
-        let trust: Vec<Vec<u8>> = std::iter::once(&anchors.cluster_ca).chain(&anchors.manufacturer_cas).cloned().collect();
+        let trust: Vec<Vec<u8>> = anchors.cluster_cas.iter().chain(&anchors.manufacturer_cas).cloned().collect();
         Some(LegacyTls::for_sip_phones(certificate_der, &pkcs8, &trust)?)
     } else {
         None
@@ -146,7 +146,7 @@ pub fn sip_tls(certificate_der: &[u8], key: &rsa::RsaPrivateKey, anchors: &Phone
     let client = rsipstack::transport::TlsConfig {
         client_cert: Some(crate::core::pki::ca::certificate_pem(certificate_der).into_bytes()),
         client_key: Some(crate::core::pki::keys::pkcs8_pem(key).as_bytes().to_vec()),
-        ca_certs: Some(crate::core::pki::ca::certificate_pem(&anchors.cluster_ca).into_bytes()),
+        ca_certs: Some(anchors.cluster_cas.iter().map(|der| crate::core::pki::ca::certificate_pem(der)).collect::<String>().into_bytes()),
         ..Default::default()
     };
     Ok(SipTls { config, legacy, client: Some(client) })

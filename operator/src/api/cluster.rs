@@ -667,6 +667,13 @@ pub struct IdentityRecord {
     /// The last `callguard.io/rotate-itl-signer` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub itl_signer_rotation_request: Option<String>,
+    /// SHA-256 of the CA that [`Self::ca`] replaced, trusted beside it while certificates it issued
+    /// remain (a CA rotation under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_ca: Option<String>,
+    /// The last `callguard.io/rotate-ca` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation_request: Option<String>,
 }
 
 /// What status shows of the published CTL.

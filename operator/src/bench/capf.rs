@@ -52,7 +52,7 @@ pub fn run(phones: usize) -> Result<(), String> {
     let directory = move |name: &str| name.starts_with("SEP").then(|| record.clone());
     let context = Arc::new(CapfContext {
         ca: ca.clone(),
-        trust: TrustAnchors { mic_bundle: Vec::new(), sudi_bundle: Vec::new() },
+        trust: TrustAnchors::default(),
         directory: Arc::new(directory),
         config: SessionConfig { lsc_validity_days: 365, ..SessionConfig::default() },
     });

@@ -88,10 +88,10 @@ pub fn run(handshakes: usize, concurrency: usize) -> Result<(), String> {
 
     // Callguard: the SIP service with only a TLS listener, on a runtime of one worker.
     let (server_runtime, callguard_cpu) = super::cpu_accounted_runtime("sip-tls-server", 1)?;
-    let anchors = PhoneAnchors { cluster_ca: ca.certificate_der().to_vec(), manufacturer_cas: Vec::new() };
+    let anchors = PhoneAnchors { cluster_cas: vec![ca.certificate_der().to_vec()], manufacturer_cas: Vec::new() };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&server.key)));
     let config = tls_config(vec![CertificateDer::from(server.certificate_der.clone())], key, &anchors)?;
-    let directory = SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), Vec::new(), Vec::new());
+    let directory = SipDirectory::new("ccmsipline".into(), vec![ca.certificate_der().to_vec()], Vec::new(), Vec::new());
     let service = SipService::new(directory, Some(SipTls { config, legacy: None, client: None }));
     let cancel = tokio_util::sync::CancellationToken::new();
     let listener = server_runtime

@@ -53,6 +53,9 @@ pub struct Plan {
     pub certificates_issued: Vec<String>,
     /// Trust lists signed anew (`ITLFile.tlv`, `CTLFile.tlv`).
     pub trust_lists_resigned: Vec<String>,
+    /// The rotation steps the change takes (an ITL signer announced, a new CA), then what each
+    /// rotation under way waits for before its next step (P.3-18).
+    pub rotation_steps: Vec<String>,
 }
 
 impl Plan {
@@ -67,7 +70,8 @@ impl Plan {
 
 /// The plan for going from `old` to `new` in one namespace. `changes` are the second build's, made on
 /// the state the first left; the catalogs are what each build serves.
-pub fn plan(old: &Snapshot, new: &Snapshot, changes: &[Change], old_catalog: &TftpCatalog, new_catalog: &TftpCatalog) -> Plan {
+pub fn plan(old: &Snapshot, new: &Snapshot, built: &crate::core::build::BuildOutput, old_catalog: &TftpCatalog) -> Plan {
+    let (changes, new_catalog) = (&built.changes, &built.catalog);
     let mut plan = Plan { namespace: new.namespace.clone(), ..Plan::default() };
     cluster_steps(old, new, &mut plan);
     let resigned: Vec<String> = new_catalog
@@ -90,9 +94,16 @@ pub fn plan(old: &Snapshot, new: &Snapshot, changes: &[Change], old_catalog: &Tf
     trunk_and_gateway_steps(old, new, &mut plan);
     plan.certificates_issued = issued(changes);
     plan.trust_lists_resigned = resigned;
+    plan.rotation_steps = rotation_steps(built);
     plan.steps.sort();
     plan.steps.dedup();
     plan
+}
+
+/// What the build did of a rotation, then what each rotation under way waits for.
+fn rotation_steps(built: &crate::core::build::BuildOutput) -> Vec<String> {
+    let steps = built.changes.iter().filter(|c| matches!(c.kind, ChangeKind::RotationStarted | ChangeKind::RotationCompleted));
+    steps.map(|c| c.message.clone()).chain(built.rotations.iter().map(|r| format!("under way: {r}"))).collect()
 }
 
 fn issued(changes: &[Change]) -> Vec<String> {
@@ -222,8 +233,12 @@ pub fn markdown(plans: &[Plan], old: &str, new: &str) -> String {
                 out.push_str(&format!("| {:?} | {} | {} | {} |\n", step.action, step.target, step.why.replace('|', "\\|"), step.page));
             }
         }
-        for (title, lines) in [("Certificates issued", &plan.certificates_issued), ("Trust lists signed anew", &plan.trust_lists_resigned)]
-        {
+        let sections = [
+            ("Certificates issued", &plan.certificates_issued),
+            ("Trust lists signed anew", &plan.trust_lists_resigned),
+            ("Rotation steps", &plan.rotation_steps),
+        ];
+        for (title, lines) in sections {
             if !lines.is_empty() {
                 out.push_str(&format!("\n{title}:\n"));
                 for line in lines {
@@ -262,12 +277,13 @@ pub fn plan_namespaces(
                 steps: Vec::new(),
                 certificates_issued: issued(&first.changes),
                 trust_lists_resigned: first.catalog.trust_lists.keys().cloned().collect(),
+                rotation_steps: Vec::new(),
             });
             continue;
         };
         let first = built(&before, "before the change")?;
         let second = built(&after, "after the change")?;
-        plans.push(plan(&before, &after, &second.changes, &first.catalog, &second.catalog));
+        plans.push(plan(&before, &after, &second, &first.catalog));
     }
     Ok(plans)
 }

@@ -62,7 +62,10 @@ impl EstIdentity {
     pub fn of(identity: &CapfIdentity, validity_days: u32) -> Result<EstIdentity, String> {
         let provider = crate::services::tls_provider::server_provider();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(identity.ca.certificate_der().to_vec())).map_err(|e| format!("EST: the cluster CA: {e}"))?;
+        // During a CA rotation an LSC of the previous CA still re-enrolls.
+        for ca in std::iter::once(identity.ca.certificate_der()).chain(identity.previous_ca.as_deref()) {
+            roots.add(CertificateDer::from(ca.to_vec())).map_err(|e| format!("EST: the cluster CA: {e}"))?;
+        }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated()
             .build()

@@ -381,7 +381,11 @@ impl Capf {
             ca: identity.ca.clone(),
             // Without `spec.capf.manufacturerCaCertificates` no MIC authenticates: phones do so by
             // string, null string, or an LSC of this CA.
-            trust: TrustAnchors { mic_bundle: manufacturer_cas, ..TrustAnchors::default() },
+            trust: TrustAnchors {
+                mic_bundle: manufacturer_cas,
+                previous_cluster_ca: identity.previous_ca.clone(),
+                ..TrustAnchors::default()
+            },
             directory: self.directory.clone(),
             config: SessionConfig { lsc_validity_days: days, ..SessionConfig::default() },
         };

@@ -69,24 +69,25 @@ pub fn holding_records(cluster: &str, secrets: &[Secret]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Whether `pem` is a certificate the cluster CA (`ca_der`) issued to `device`, as CAPF issues them:
+/// Whether `pem` is a certificate a cluster CA (`cas`) issued to `device`, as CAPF issues them:
 /// its CN is the device name (or instance ID).
-fn issued_to(pem: &[u8], device: &str, ca_der: Option<&[u8]>) -> bool {
+fn issued_to(pem: &[u8], device: &str, cas: &[Vec<u8>]) -> bool {
     use crate::core::pki::inspect::{CertificateFacts, certificate_der, is_issued_by};
-    let Some((der, ca)) = certificate_der(pem).ok().zip(ca_der) else { return false };
-    is_issued_by(&der, ca) && CertificateFacts::from_der(&der).is_ok_and(|f| f.subject_common_name.as_deref() == Some(device))
+    let Ok(der) = certificate_der(pem) else { return false };
+    cas.iter().any(|ca| is_issued_by(&der, ca))
+        && CertificateFacts::from_der(&der).is_ok_and(|f| f.subject_common_name.as_deref() == Some(device))
 }
 
 /// Adds what the record Secrets hold to a build's state: the records, and the certificates the
-/// cluster CA (`ca_der`) issued to the device whose key they are under; any other certificate is
-/// left out, and said so.
-pub fn read_into(cluster: &str, secrets: &[Secret], ca_der: Option<&[u8]>, files: &mut StateFiles) {
+/// cluster CA (`cas`: the current one, and during a rotation the previous one) issued to the device
+/// whose key they are under; any other certificate is left out, and said so.
+pub fn read_into(cluster: &str, secrets: &[Secret], cas: &[Vec<u8>], files: &mut StateFiles) {
     for secret in secrets.iter().filter(|s| is_record_secret(cluster, s)) {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
         for (key, bytes) in secret.data.iter().flatten() {
             let Some((file, sensitivity)) = file_of(cluster, name, key) else { continue };
             let device = key.rsplit_once('.').map(|(device, _)| device).unwrap_or_default();
-            if file.starts_with(DEVICES) && !issued_to(&bytes.0, device, ca_der) {
+            if file.starts_with(DEVICES) && !issued_to(&bytes.0, device, cas) {
                 tracing::warn!(secret = %name, %key, "not a certificate the cluster CA issued to {device}: not taken for its own");
                 continue;
             }
@@ -161,7 +162,7 @@ mod tests {
             ("notes.txt".into(), ByteString(b"?".to_vec())),
         ]));
         let mut files = StateFiles::new();
-        read_into("lab", std::slice::from_ref(&shard), Some(&ca), &mut files);
+        read_into("lab", std::slice::from_ref(&shard), std::slice::from_ref(&ca), &mut files);
         assert_ne!(secret_name("lab", "SEP00AABBCCDD04"), secret, "the misplaced device lives elsewhere");
         let names: Vec<&str> = files.keys().map(String::as_str).collect();
         assert_eq!(names, ["capf/SEP001122334455.yaml", "devices/SEP001122334455.crt"]);
@@ -173,9 +174,9 @@ mod tests {
         forged.data.as_mut().unwrap().insert("SEP001122334455.crt".into(), ByteString(stranger));
         let mut borrowed = shard.clone();
         borrowed.data.as_mut().unwrap().insert("SEP001122334455.crt".into(), ByteString(anothers));
-        for (secret, ca) in [(&forged, Some(ca.as_slice())), (&borrowed, Some(ca.as_slice())), (&shard, None)] {
+        for (secret, cas) in [(&forged, std::slice::from_ref(&ca)), (&borrowed, std::slice::from_ref(&ca)), (&shard, &[][..])] {
             let mut files = StateFiles::new();
-            read_into("lab", std::slice::from_ref(secret), ca, &mut files);
+            read_into("lab", std::slice::from_ref(secret), cas, &mut files);
             assert!(!files.contains_key("devices/SEP001122334455.crt") && files.contains_key("capf/SEP001122334455.yaml"));
         }
 

@@ -3,7 +3,7 @@
 //! `callguard validate` checks, so that the operator and the offline check give the same verdict with
 //! the same message. No other Secret of the namespace is ever read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -240,6 +240,9 @@ impl NamespaceObjects {
     }
 }
 
+/// The prefix of the annotations the build reads.
+const CALLGUARD_ANNOTATIONS: &str = "callguard.io/";
+
 fn metadata<K: Resource>(object: &K) -> Value {
     let meta = object.meta();
     json!({"name": meta.name, "namespace": meta.namespace})
@@ -251,10 +254,17 @@ where
 {
     for object in objects {
         let Ok(mut full) = serde_json::to_value(&object) else { continue };
+        // Callguard's own annotations are requests to the build (a rotation): they go with the object.
+        let mut metadata = metadata(&object);
+        let requests: BTreeMap<&String, &String> =
+            object.meta().annotations.iter().flatten().filter(|(key, _)| key.starts_with(CALLGUARD_ANNOTATIONS)).collect();
+        if !requests.is_empty() {
+            metadata["annotations"] = json!(requests);
+        }
         let value = json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
-            "metadata": metadata(&object),
+            "metadata": metadata,
             "spec": full.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
         });
         documents.push(document(value, &K::kind(&()), object.meta().name.as_deref().unwrap_or_default()));

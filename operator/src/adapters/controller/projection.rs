@@ -530,7 +530,7 @@ mod tests {
             directory: SipDirectoryParts {
                 realm: "ccmsipline".into(),
                 trunk_realm: "Lab".into(),
-                cluster_ca: vec![1, 2, 3],
+                cluster_cas: vec![vec![1, 2, 3]],
                 manufacturer_cas: vec![vec![4, 5], vec![6]],
                 trunks: Vec::new(),
                 phones: (0..30_000).map(|i| (format!("SEP{i:012X}"), sip_phone(i))).collect(),

@@ -17,7 +17,8 @@ use crate::core::build::identity_record::RECORD_FILE;
 use crate::core::build::state::{RETIRED, Sensitivity, StateFiles};
 use crate::core::build::tokens::{MAC_KEY_FILE, REGISTRY_FILE};
 
-const CA_FILES: [(&str, &str); 3] = [("ca/ca.crt", "ca.crt"), ("ca/ca.key", "ca.key"), ("ca/serials", "serials")];
+const CA_FILES: [(&str, &str); 4] =
+    [("ca/ca.crt", "ca.crt"), ("ca/ca.key", "ca.key"), ("ca/serials", "serials"), ("ca/previous.crt", "previous.crt")];
 const TOKEN_FILES: [(&str, &str); 2] = [(REGISTRY_FILE, "registry.yaml"), (MAC_KEY_FILE, "attempts.key")];
 const PUBLISHED: &str = "published/";
 const CERTS: &str = "certs/";
@@ -168,8 +169,12 @@ pub fn state_from_objects(
             }
         }
     }
-    let ca = files.get("ca/ca.crt").and_then(|(pem, _)| crate::core::pki::inspect::certificate_der(pem).ok());
-    super::capf_records::read_into(cluster, secrets, ca.as_deref(), &mut files);
+    // The cluster CA, and during a CA rotation the previous one: the LSCs either issued are kept.
+    let cas: Vec<Vec<u8>> = ["ca/ca.crt", "ca/previous.crt"]
+        .iter()
+        .filter_map(|file| files.get(*file).and_then(|(pem, _)| crate::core::pki::inspect::certificate_der(pem).ok()))
+        .collect();
+    super::capf_records::read_into(cluster, secrets, &cas, &mut files);
     for token in tokens {
         let (Some(name), Some(status)) = (token.metadata.name.as_deref(), token.status.as_ref()) else { continue };
         let counters = SecurityTokenStatus { common: Default::default(), ..status.clone() };
@@ -256,6 +261,10 @@ mod tests {
             ("ca/ca.crt".into(), (b"CA CERT".to_vec(), Sensitivity::Public)),
             ("ca/ca.key".into(), (b"CA KEY".to_vec(), Sensitivity::Private)),
             ("ca/serials".into(), (b"01\n".to_vec(), Sensitivity::Public)),
+            ("ca/previous.crt".into(), (b"PREVIOUS CA".to_vec(), Sensitivity::Public)),
+            ("certs/cm1.callmanager-tftp.next.crt".into(), (b"INCOMING CM1".to_vec(), Sensitivity::Public)),
+            ("certs/cm1.callmanager-tftp.next.key".into(), (b"INCOMING KEY".to_vec(), Sensitivity::Private)),
+            ("retired/ca-0011223344556677/ca/ca.key".into(), (b"ROTATED CA KEY".to_vec(), Sensitivity::Private)),
             ("certs/cm1.callmanager-tftp.crt".into(), (b"CM1 CERT".to_vec(), Sensitivity::Public)),
             ("certs/cm1.callmanager-tftp.key".into(), (b"CM1 KEY".to_vec(), Sensitivity::Private)),
             ("published/ITLFile.tlv".into(), (vec![1, 2, 3], Sensitivity::Public)),
@@ -273,8 +282,20 @@ mod tests {
     fn state_written_as_objects_reads_back_the_same() {
         let (secrets, trust) = objects_from_state("lab", &files());
         let names: Vec<_> = secrets.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["lab-ca", "lab-cm1-callmanager-tftp", "lab-retired-00aa11bb22cc33dd", "lab-tokens"]);
-        assert_eq!(secrets[2].data.as_ref().unwrap()["ca_ca.key"].0, b"OLD CA KEY", "a retired identity keeps its keys");
+        assert_eq!(
+            names,
+            [
+                "lab-ca",
+                "lab-cm1-callmanager-tftp",
+                "lab-cm1-callmanager-tftp-next",
+                "lab-retired-00aa11bb22cc33dd",
+                "lab-retired-ca-0011223344556677",
+                "lab-tokens"
+            ]
+        );
+        assert_eq!(secrets[3].data.as_ref().unwrap()["ca_ca.key"].0, b"OLD CA KEY", "a retired identity keeps its keys");
+        assert_eq!(secrets[0].data.as_ref().unwrap()["previous.crt"].0, b"PREVIOUS CA", "a rotation's previous CA beside the CA");
+        assert_eq!(secrets[2].data.as_ref().unwrap()["tls.key"].0, b"INCOMING KEY", "an incoming signer in a Secret of its own");
         assert_eq!(secrets[1].type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(secrets[1].data.as_ref().unwrap()["tls.key"].0, b"CM1 KEY");
         assert_eq!(trust.binary_data.as_ref().unwrap()["ITLFile.tlv"].0, vec![1, 2, 3]);

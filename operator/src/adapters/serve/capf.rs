@@ -153,7 +153,15 @@ impl Sources {
         let (certificate_der, key) = tls_pair(&*first(&self.certificate, &options.certificate_secret)?)?;
         let certificate =
             FunctionCertificate { node: projection.node, hostname: projection.hostname, role: ServerRole::Capf, certificate_der, key };
-        Ok((projection.directory, CapfIdentity { ca, certificate }))
+        // During a CA rotation the Secret also holds the previous CA, whose LSCs still authenticate.
+        let previous_ca = match field("previous.crt") {
+            Ok(pem) => Some(
+                crate::core::pki::inspect::certificate_der(pem.as_bytes())
+                    .map_err(|e| format!("Secret/{}: previous.crt: {e}", options.ca_secret))?,
+            ),
+            Err(_) => None,
+        };
+        Ok((projection.directory, CapfIdentity { ca, certificate, previous_ca }))
     }
 }
 

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use rsa::RsaPrivateKey;
 use time::OffsetDateTime;
 
+use super::identity_record::{identity_id, sha256_hex};
 use super::rotation::{self, SignerRotation};
+use super::state::RETIRED;
 use super::state::{Sensitivity, StateDir};
 use super::{BuildError, Change, ChangeKind};
 use crate::api::{CallControlCluster, ClusterNode, IdentityRecord};
@@ -26,6 +28,7 @@ const SERVER_KEY_BITS: u32 = 2048;
 const CA_CERTIFICATE: &str = "ca/ca.crt";
 const CA_KEY: &str = "ca/ca.key";
 const ISSUED_SERIALS: &str = "ca/serials";
+const PREVIOUS_CA: &str = super::identity_record::files::PREVIOUS_CA;
 
 /// A certificate of one function of one node, with its key.
 #[derive(Clone)]
@@ -53,6 +56,10 @@ pub struct ClusterIdentity {
     pub signer_rotation: Option<SignerRotation>,
     /// The `callguard.io/rotate-itl-signer` value acted on, for the identity record.
     pub rotation_request: Option<String>,
+    /// The CA that `ca` replaced in a rotation, trusted beside it while certificates it issued remain.
+    pub previous_ca: Option<Vec<u8>>,
+    /// The `callguard.io/rotate-ca` value acted on, for the identity record.
+    pub ca_rotation_request: Option<String>,
 }
 
 /// What the ITL signer's rotation reads besides the state (see `rotation`).
@@ -63,6 +70,8 @@ pub struct RotationInputs<'a> {
     pub record: Option<&'a IdentityRecord>,
     /// The cluster's `callguard.io/rotate-itl-signer` annotation.
     pub request: Option<&'a str>,
+    /// The cluster's `callguard.io/rotate-ca` annotation.
+    pub ca_request: Option<&'a str>,
     pub grace: time::Duration,
 }
 
@@ -190,13 +199,28 @@ impl ClusterIdentity {
         let mut changes = Vec::new();
         let issued = |message: String| Change { kind: ChangeKind::CertificateIssued, message };
         let signer_base = tftp_signer_base(cluster);
+        let mut previous_ca = load_previous_ca(state)?;
+        let last_ca_request = rotation.record.and_then(|r| r.ca_rotation_request.as_deref());
         let ca = match load_ca(state)? {
+            Some(current) if previous_ca.is_none() && rotation::requested(rotation.ca_request, last_ca_request) => {
+                let ca = ClusterCa::generate(&ca_settings(cluster, namespace), now).map_err(|e| BuildError::Pki(e.to_string()))?;
+                let label = retire_ca(state, &current)?;
+                keep_ca(state, &ca)?;
+                changes.push(Change {
+                    kind: ChangeKind::RotationStarted,
+                    message: format!(
+                        "CA rotation, step 1 of 2 (asked by {}): created the CA {}, which issues from now on; the previous CA stays trusted until no certificate it issued remains; its key is set aside under {RETIRED}{label}/ (P.6-1)",
+                        rotation::ROTATE_CA,
+                        ca.facts().map(|f| f.subject).unwrap_or_default()
+                    ),
+                });
+                previous_ca = Some(current.certificate_der().to_vec());
+                ca
+            }
             Some(ca) => ca,
             None => {
                 let ca = ClusterCa::generate(&ca_settings(cluster, namespace), now).map_err(|e| BuildError::Pki(e.to_string()))?;
-                let pem = ca.to_pem();
-                state.write(CA_KEY, pem.private_key.as_bytes(), Sensitivity::Private)?;
-                state.write(CA_CERTIFICATE, pem.certificate.as_bytes(), Sensitivity::Public)?;
+                keep_ca(state, &ca)?;
                 changes.push(issued(format!("created the cluster CA {}", ca.facts().map(|f| f.subject).unwrap_or_default())));
                 ca
             }
@@ -237,7 +261,12 @@ impl ClusterIdentity {
             ca: ca.clone(),
             functions,
             signer_rotation: None,
-            rotation_request: rotation::handled_request(rotation.request, rotation.record),
+            rotation_request: rotation::handled_request(
+                rotation.request,
+                rotation.record.and_then(|r| r.itl_signer_rotation_request.as_deref()),
+            ),
+            previous_ca,
+            ca_rotation_request: rotation::handled_request(rotation.ca_request, last_ca_request),
         };
         if let Some(base) = &signer_base {
             identity.signer_rotation = identity.rotate_signer(&mut issuer, cluster, base, signer_due, rotation, &mut changes)?;
@@ -268,7 +297,7 @@ impl ClusterIdentity {
             issuer.forget(&incoming_base)?;
             incoming = None;
         }
-        let asked = rotation::requested(inputs.request, inputs.record);
+        let asked = rotation::requested(inputs.request, inputs.record.and_then(|r| r.itl_signer_rotation_request.as_deref()));
         let why = match (&incoming, due) {
             (None, Some(reasons)) => Some(reasons.join("; ")),
             (None, None) if asked => Some(format!("asked by {}", rotation::ROTATE_ITL_SIGNER)),
@@ -314,6 +343,11 @@ impl ClusterIdentity {
         self.functions.iter().find(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
     }
 
+    /// The CAs whose certificates are trusted: the cluster CA, and during a CA rotation the previous one.
+    pub fn trusted_cas(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.ca.certificate_der().to_vec()).chain(self.previous_ca.clone()).collect()
+    }
+
     /// What the trust lists list: every function certificate, and during a rotation the incoming
     /// signer in the current one's role, so that a phone holding them accepts what it signs next.
     pub fn listed(&self) -> Vec<FunctionCertificate> {
@@ -355,6 +389,38 @@ fn load_function(state: &StateDir, base: &str) -> Result<Option<(Vec<u8>, RsaPri
     let der = crate::core::pki::inspect::certificate_der(&certificate).map_err(|e| BuildError::State(format!("{base}.crt: {e}")))?;
     let key = keys::from_pem(&key).map_err(|e| BuildError::State(format!("{base}.key: {e}")))?;
     Ok(Some((der, key)))
+}
+
+fn keep_ca(state: &StateDir, ca: &ClusterCa) -> Result<(), BuildError> {
+    let pem = ca.to_pem();
+    state.write(CA_KEY, pem.private_key.as_bytes(), Sensitivity::Private)?;
+    state.write(CA_CERTIFICATE, pem.certificate.as_bytes(), Sensitivity::Public)?;
+    Ok(())
+}
+
+/// Sets the CA a rotation replaces aside: its key and certificate under `retired/ca-<id>/` (read
+/// by nothing; in a cluster the Secret `C-retired-ca-<id>`), its certificate as the previous CA,
+/// which is trusted while certificates it issued remain. Returns the label.
+fn retire_ca(state: &StateDir, ca: &ClusterCa) -> Result<String, BuildError> {
+    let label = format!("ca-{}", identity_id(&sha256_hex(ca.certificate_der())));
+    let pem = ca.to_pem();
+    state.write(&format!("{RETIRED}{label}/{CA_KEY}"), pem.private_key.as_bytes(), Sensitivity::Private)?;
+    state.write(&format!("{RETIRED}{label}/{CA_CERTIFICATE}"), pem.certificate.as_bytes(), Sensitivity::Public)?;
+    state.write(PREVIOUS_CA, pem.certificate.as_bytes(), Sensitivity::Public)?;
+    Ok(label)
+}
+
+/// The CA a rotation replaced (DER), while it is still trusted.
+pub fn load_previous_ca(state: &StateDir) -> Result<Option<Vec<u8>>, BuildError> {
+    state
+        .read(PREVIOUS_CA)?
+        .map(|pem| crate::core::pki::inspect::certificate_der(&pem).map_err(|e| BuildError::State(format!("{PREVIOUS_CA}: {e}"))))
+        .transpose()
+}
+
+/// Ends a CA rotation: the previous CA is no longer trusted.
+pub fn forget_previous_ca(state: &StateDir) -> Result<(), BuildError> {
+    Ok(state.remove(PREVIOUS_CA)?)
 }
 
 /// The cluster CA kept in the state directory, if one was created.

@@ -59,6 +59,8 @@ impl<'a> Piece<'a> {
 pub struct Observed<'a> {
     pub ca_certificate: Piece<'a>,
     pub ca_key: Piece<'a>,
+    /// The CA a rotation replaced, trusted beside the current one until its leaves are gone.
+    pub previous_ca: Piece<'a>,
     /// The ITL signer's certificate (DER) and key, when the cluster has a TFTP node.
     pub signer_certificate: Piece<'a>,
     pub signer_key: Piece<'a>,
@@ -71,6 +73,7 @@ pub struct Observed<'a> {
 pub mod files {
     pub const CA_CERTIFICATE: &str = "ca/ca.crt";
     pub const CA_KEY: &str = "ca/ca.key";
+    pub const PREVIOUS_CA: &str = "ca/previous.crt";
     pub const PUBLISHED_ITL: &str = "published/ITLFile.tlv";
     pub const PUBLISHED_CTL: &str = "published/CTLFile.tlv";
 }
@@ -128,6 +131,13 @@ impl IdentityRecord {
     fn signer_is_known(&self, fingerprint: Option<&str>) -> bool {
         fingerprint.is_some_and(|f| f == self.itl_signer || self.incoming_itl_signer.as_deref() == Some(f))
     }
+
+    /// The CA the record names, or one that replaced it in a rotation whose record was not yet
+    /// written: the state then keeps the recorded CA as the previous one.
+    fn ca_is_known(&self, observed: &Observed<'_>) -> bool {
+        observed.ca_certificate.fingerprint().as_deref() == Some(self.ca.as_str())
+            || observed.previous_ca.fingerprint().as_deref() == Some(self.ca.as_str())
+    }
 }
 
 /// What the build may do with the identity.
@@ -153,7 +163,7 @@ pub fn verdict(record: Option<&IdentityRecord>, observed: &Observed<'_>, new_ide
             let replacement_done = new_identity == Some(record.id.as_str());
             if !observed.ca_certificate.is_present() {
                 lose(&ca_file, "the cluster CA certificate", false);
-            } else if observed.ca_certificate.fingerprint().as_deref() != Some(record.ca.as_str()) && !replacement_done {
+            } else if !record.ca_is_known(observed) && !replacement_done {
                 lose(&ca_file, "the cluster CA certificate", true);
             }
             if !observed.ca_key.is_present() {
@@ -225,6 +235,7 @@ mod tests {
         Observed {
             ca_certificate: Piece::Present(CA),
             ca_key: Piece::Present(b"key"),
+            previous_ca: Piece::Missing,
             signer_certificate: Piece::Present(SIGNER),
             signer_key: Piece::Present(b"key"),
             signer_files: ("certs/cm1.tftp.crt".into(), "certs/cm1.tftp.key".into()),
@@ -238,6 +249,7 @@ mod tests {
         Observed {
             ca_certificate: Piece::Missing,
             ca_key: Piece::Missing,
+            previous_ca: Piece::Missing,
             signer_certificate: Piece::Missing,
             signer_key: Piece::Missing,
             published_itl: Piece::Missing,
@@ -300,6 +312,14 @@ mod tests {
         let stranger = Observed { signer_certificate: Piece::Present(b"another signer"), ..whole() };
         assert!(verdict(Some(&rotating), &stranger, None).unwrap_err().losses[0].replaced);
         assert!(verdict(Some(&record()), &took_over, None).is_err(), "never announced: a replacement");
+    }
+
+    #[test]
+    fn a_rotated_ca_continues_only_when_it_replaced_the_recorded_one() {
+        let rotated = Observed { ca_certificate: Piece::Present(b"new CA"), previous_ca: Piece::Present(CA), ..whole() };
+        assert_eq!(verdict(Some(&record()), &rotated, None), Ok(Verdict::Continue), "rotation started, record not yet written");
+        let stranger = Observed { ca_certificate: Piece::Present(b"new CA"), previous_ca: Piece::Present(b"some CA"), ..whole() };
+        assert!(verdict(Some(&record()), &stranger, None).unwrap_err().losses[0].replaced);
     }
 
     #[test]

@@ -278,6 +278,8 @@ pub struct BuildOutput {
     pub media_control: Option<media_control::MediaControlIdentity>,
     /// When a rotation may take its next step: build again then.
     pub next_rotation_step: Option<OffsetDateTime>,
+    /// The rotations under way after this build and what each waits for, one line each.
+    pub rotations: Vec<String>,
 }
 
 /// The SIP service's identity on a node: the CallManager certificate SIP-TLS presents (role 1 or 2,
@@ -286,7 +288,8 @@ pub struct BuildOutput {
 #[derive(Debug, Clone)]
 pub struct SipIdentity {
     pub certificate: identity::FunctionCertificate,
-    pub ca_der: Vec<u8>,
+    /// The CAs whose LSCs it accepts: the cluster CA, and during a CA rotation the previous one.
+    pub trusted_cas: Vec<Vec<u8>>,
     pub device_certificates: BTreeMap<String, Vec<u8>>,
     /// `spec.legacyTls: Enabled`: TLS 1.0 and 1.1 for the guide's phones too.
     pub legacy_tls: bool,
@@ -308,6 +311,8 @@ pub struct TvsIdentity {
 pub struct CapfIdentity {
     pub ca: crate::core::pki::ca::ClusterCa,
     pub certificate: identity::FunctionCertificate,
+    /// The CA a rotation replaced (DER): its LSCs still authenticate until the rotation ends.
+    pub previous_ca: Option<Vec<u8>>,
 }
 
 const PUBLISHED: &str = "published";
@@ -320,6 +325,7 @@ fn observe_identity<'a>(files: &'a BTreeMap<&str, Vec<u8>>, signer: &Option<Stri
     Observed {
         ca_certificate: piece(identity_record::files::CA_CERTIFICATE),
         ca_key: piece(identity_record::files::CA_KEY),
+        previous_ca: piece(identity_record::files::PREVIOUS_CA),
         signer_certificate: piece(&certificate),
         signer_key: piece(&key),
         signer_files: (certificate, key),
@@ -344,6 +350,7 @@ fn keep_identity(
     let mut names = vec![
         identity_record::files::CA_CERTIFICATE.to_owned(),
         identity_record::files::CA_KEY.to_owned(),
+        identity_record::files::PREVIOUS_CA.to_owned(),
         identity_record::files::PUBLISHED_ITL.to_owned(),
         identity_record::files::PUBLISHED_CTL.to_owned(),
     ];
@@ -400,10 +407,12 @@ pub fn build_namespace(
         published_itl: previous_itl.as_ref(),
         record: record.as_ref(),
         request: cluster.annotations().get(rotation::ROTATE_ITL_SIGNER).map(String::as_str),
+        ca_request: cluster.annotations().get(rotation::ROTATE_CA).map(String::as_str),
         grace: cluster.spec.rotation.clone().unwrap_or_default().grace_period(),
     };
-    let (identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now, rotation)?;
+    let (mut identity, issued) = ClusterIdentity::load_or_issue(state, cluster, &snapshot.namespace, now, rotation)?;
     changes.extend(issued);
+    let ca_overlap = end_ca_overlap(&snapshot, state, &mut identity, now, &mut changes)?;
     let listed = identity.listed();
     let media_control = if !identity::call_manager_bases(cluster).is_empty() {
         let mut made = Vec::new();
@@ -469,15 +478,18 @@ pub fn build_namespace(
             None => token_status(name, token, &tokens.status(name)),
         });
     }
-    if let Some(rotation) = &identity.signer_rotation {
-        cluster_status.message =
-            [cluster_status.message.clone(), rotation.describe()].into_iter().filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
-    }
+    let rotations: Vec<String> = identity.signer_rotation.as_ref().map(|r| r.describe()).into_iter().chain(ca_overlap).collect();
+    cluster_status.message = std::iter::once(cluster_status.message.clone())
+        .chain(rotations.iter().cloned())
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     statuses.push(cluster_status);
 
     // Phones: resolved now, for their status and the catalog; signed by the TFTP service when fetched.
     let signing = SigningParameters::from_itl(hash, &itl_list);
-    let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing, identity.ca.certificate_der(), now)?;
+    let trusted_cas = identity.trusted_cas();
+    let (phones, phone_statuses) = resolve_phones(&snapshot, cluster, state, signing, &trusted_cas, now)?;
     statuses.extend(phone_statuses);
     // Every other object was validated and is used as it is: it says so, so that the table lists
     // every resource of the namespace, not only those with something to report.
@@ -487,7 +499,7 @@ pub fn build_namespace(
     for (kind, names) in snapshot.names_by_kind().into_iter().filter(|(kind, _)| !reported.contains(kind)) {
         for name in names {
             let mut status = ResourceStatus::ready(kind, name);
-            status.capf_profiles = user_capf_profiles(&snapshot, state, kind, name, identity.ca.certificate_der(), now)?;
+            status.capf_profiles = user_capf_profiles(&snapshot, state, kind, name, &trusted_cas, now)?;
             status.media = gateway_media(&snapshot, kind, name);
             if let Some(media) = &status.media {
                 status.message = media.reason();
@@ -496,16 +508,16 @@ pub fn build_namespace(
         }
     }
 
-    let identity_record = record_identity(state, &identity, &tftp, &trust_lists)?;
+    let identity_record = record_identity(state, record.as_ref(), &identity, &tftp, &trust_lists)?;
     let status = serde_yaml::to_string(&statuses).map_err(|e| BuildError::State(e.to_string()))?;
     state.write("status.yaml", status.as_bytes(), Sensitivity::Public)?;
     let catalog = TftpCatalog { trust_lists, signing, phones: Arc::new(phones) };
     let served = ServedFiles::new(catalog.clone(), tftp);
-    let capf = identity
-        .functions
-        .iter()
-        .find(|f| f.role == crate::core::pki::issue::ServerRole::Capf)
-        .map(|certificate| CapfIdentity { ca: identity.ca.clone(), certificate: certificate.clone() });
+    let capf = identity.functions.iter().find(|f| f.role == crate::core::pki::issue::ServerRole::Capf).map(|certificate| CapfIdentity {
+        ca: identity.ca.clone(),
+        certificate: certificate.clone(),
+        previous_ca: identity.previous_ca.clone(),
+    });
     let phones: BTreeMap<String, Vec<u8>> = snapshot
         .phones
         .values()
@@ -536,7 +548,7 @@ pub fn build_namespace(
         })?;
         Some(SipIdentity {
             certificate: certificate.clone(),
-            ca_der: identity.ca.certificate_der().to_vec(),
+            trusted_cas: trusted_cas.clone(),
             device_certificates: phones,
             legacy_tls: cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled),
         })
@@ -546,7 +558,19 @@ pub fn build_namespace(
         // Announced or recorded by this build: the next one takes it further.
         rotation::Waiting::Announcing | rotation::Waiting::Recording => now,
     });
-    Ok(BuildOutput { catalog, served, changes, statuses, identity: identity_record, capf, tvs, sip, media_control, next_rotation_step })
+    Ok(BuildOutput {
+        catalog,
+        served,
+        changes,
+        statuses,
+        identity: identity_record,
+        capf,
+        tvs,
+        sip,
+        media_control,
+        next_rotation_step,
+        rotations,
+    })
 }
 
 /// The media security of a gateway or H.323 trunk (P.13-2, P.13-3); none for other kinds.
@@ -565,7 +589,7 @@ fn resolve_phones(
     cluster: &CallControlCluster,
     state: &StateDir,
     signing: SigningParameters,
-    ca_der: &[u8],
+    cas: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<(BTreeMap<String, phone_files::PhonePayloads>, Vec<ResourceStatus>), BuildError> {
     let mut certificates = HashMap::new();
@@ -573,7 +597,7 @@ fn resolve_phones(
     for (name, phone) in &snapshot.phones {
         let device = phone.spec.device_name();
         let certificate = device_certificate(state, &device)?;
-        views.insert(name.as_str(), capf_view(snapshot, state, phone, ca_der, certificate.as_deref(), now)?);
+        views.insert(name.as_str(), capf_view(snapshot, state, phone, cas, certificate.as_deref(), now)?);
         if let Some(der) = certificate {
             certificates.insert(device, der);
         }
@@ -640,7 +664,7 @@ fn user_capf_profiles(
     state: &StateDir,
     kind: &str,
     name: &str,
-    ca_der: &[u8],
+    cas: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<Vec<crate::api::CapfProfileStatus>, BuildError> {
     let profiles = match kind {
@@ -656,7 +680,7 @@ fn user_capf_profiles(
         let certificate = certificate.and_then(|bytes| crate::core::pki::inspect::certificate_der(&bytes).ok());
         let view = CapfView {
             state: capf::operation_state_of(capf::OperationId::of_profile(profile), string.as_deref().map(String::as_str), &record, now),
-            lsc: lsc_summary(certificate.as_deref(), ca_der, now),
+            lsc: lsc_summary(certificate.as_deref(), cas, now),
             wrong_strings: record.wrong_strings(now),
         };
         statuses.push(crate::api::CapfProfileStatus {
@@ -670,9 +694,9 @@ fn user_capf_profiles(
     Ok(statuses)
 }
 
-/// The summary of `certificate` when the cluster CA issued it, and whether it expired.
-fn lsc_summary(certificate: Option<&[u8]>, ca_der: &[u8], now: OffsetDateTime) -> Option<(crate::api::CertificateSummary, bool)> {
-    certificate.filter(|der| crate::core::pki::inspect::is_issued_by(der, ca_der)).and_then(|der| {
+/// The summary of `certificate` when a trusted cluster CA (`cas`) issued it, and whether it expired.
+fn lsc_summary(certificate: Option<&[u8]>, cas: &[Vec<u8>], now: OffsetDateTime) -> Option<(crate::api::CertificateSummary, bool)> {
+    certificate.filter(|der| cas.iter().any(|ca| crate::core::pki::inspect::is_issued_by(der, ca))).and_then(|der| {
         let facts = crate::core::pki::inspect::CertificateFacts::from_der(der).ok()?;
         let summary = crate::api::CertificateSummary {
             subject: facts.subject,
@@ -698,7 +722,7 @@ fn capf_view(
     snapshot: &Snapshot,
     state: &StateDir,
     phone: &crate::api::Phone,
-    ca_der: &[u8],
+    cas: &[Vec<u8>],
     certificate: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<CapfView, BuildError> {
@@ -712,7 +736,7 @@ fn capf_view(
         Some(reference) if by_string => phone_files::secret_text(snapshot, reference).ok(),
         _ => None,
     };
-    let lsc = lsc_summary(certificate, ca_der, now);
+    let lsc = lsc_summary(certificate, cas, now);
     Ok(CapfView {
         state: capf::operation_state(phone, string.as_deref().map(String::as_str), &record, now),
         lsc,
@@ -746,22 +770,58 @@ impl CapfView {
 /// Writes the record of the identity just published (see `identity_record`).
 fn record_identity(
     state: &StateDir,
+    previous: Option<&IdentityRecord>,
     identity: &ClusterIdentity,
     signer: &crate::core::trust::Signer,
     trust_lists: &BTreeMap<String, Arc<[u8]>>,
 ) -> Result<IdentityRecord, BuildError> {
     let ca = sha256_hex(identity.ca.certificate_der());
     let record = IdentityRecord {
-        id: identity_id(&ca),
+        // A rotated CA keeps the identity's name: phones still trust it.
+        id: previous.map_or_else(|| identity_id(&ca), |r| r.id.clone()),
         ca,
         itl_signer: sha256_hex(signer.certificate_der()),
         ctl_published: trust_lists.contains_key(TrustListKind::Ctl.filename()),
         incoming_itl_signer: identity.signer_rotation.as_ref().map(|r| sha256_hex(&r.incoming.certificate_der)),
         itl_signer_rotation_request: identity.rotation_request.clone(),
+        previous_ca: identity.previous_ca.as_deref().map(sha256_hex),
+        ca_rotation_request: identity.ca_rotation_request.clone(),
     };
     let text = serde_yaml::to_string(&record).map_err(|e| BuildError::State(e.to_string()))?;
     state.write(RECORD_FILE, text.as_bytes(), Sensitivity::Public)?;
     Ok(record)
+}
+
+/// Ends a CA rotation once nothing the previous CA issued is in use (see `rotation`); else the
+/// cluster status's line about what it waits for.
+fn end_ca_overlap(
+    snapshot: &Snapshot,
+    state: &StateDir,
+    identity: &mut ClusterIdentity,
+    now: OffsetDateTime,
+    changes: &mut Vec<Change>,
+) -> Result<Option<String>, BuildError> {
+    let Some(previous) = identity.previous_ca.clone() else { return Ok(None) };
+    let phones = snapshot.phones.values().map(|p| p.spec.device_name());
+    let users = snapshot.end_users.values().flat_map(|u| &u.spec.capf_profiles);
+    let applications = snapshot.application_users.values().flat_map(|u| &u.spec.capf_profiles);
+    let mut devices = Vec::new();
+    for name in phones.chain(users.chain(applications).map(|p| p.instance_id.clone())) {
+        if let Some(der) = device_certificate(state, &name)? {
+            devices.push((name, der));
+        }
+    }
+    let left = rotation::left_by_previous_ca(&previous, &identity.listed(), &devices, now);
+    if !left.is_empty() {
+        return Ok(Some(rotation::describe_ca_overlap(&left)));
+    }
+    identity::forget_previous_ca(state)?;
+    identity.previous_ca = None;
+    changes.push(Change {
+        kind: ChangeKind::RotationCompleted,
+        message: "CA rotation, step 2 of 2: nothing the previous CA issued is in use any more; it is no longer trusted (P.6-1)".into(),
+    });
+    Ok(None)
 }
 
 /// The hash of every signature of the cluster's files: SHA-1 unless the CTL settings ask for SHA-512 (P.3-4).

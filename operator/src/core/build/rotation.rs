@@ -10,7 +10,12 @@
 //! is not taken for a replaced signer), and `spec.rotation.gracePeriodMinutes` has passed since
 //! that ITL's timestamp, the time its records last changed.
 //!
-//! The decision is pure; `identity` acts on it.
+//! The CA rotates with overlap: `callguard.io/rotate-ca` makes a new CA, which issues from then
+//! on, and keeps the previous one trusted (for the phones' LSCs, by SIP, CAPF and EST) until no
+//! certificate it issued remains in use: the function certificates are reissued at once, the ITL
+//! signer through the two steps above, the LSCs when CAPF gives each phone a new one.
+//!
+//! The decisions are pure; `identity` and the build act on them.
 
 use std::fmt;
 
@@ -23,6 +28,8 @@ use crate::core::trust::TrustList;
 
 /// The annotation that asks for an ITL signer rotation: any value not acted on before starts one.
 pub const ROTATE_ITL_SIGNER: &str = "callguard.io/rotate-itl-signer";
+/// The annotation that asks for a CA rotation, the same way.
+pub const ROTATE_CA: &str = "callguard.io/rotate-ca";
 
 /// Why the incoming signer does not sign yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,14 +93,48 @@ impl SignerRotation {
     }
 }
 
-/// The request the record keeps as acted on: this build's annotation, else the one before.
-pub fn handled_request(annotation: Option<&str>, record: Option<&IdentityRecord>) -> Option<String> {
-    annotation.map(str::to_owned).or_else(|| record.and_then(|r| r.itl_signer_rotation_request.clone()))
+/// The request the record keeps as acted on: this build's annotation, else the `last` one.
+pub fn handled_request(annotation: Option<&str>, last: Option<&str>) -> Option<String> {
+    annotation.or(last).map(str::to_owned)
 }
 
-/// Whether the annotation asks for a rotation not acted on before.
-pub fn requested(annotation: Option<&str>, record: Option<&IdentityRecord>) -> bool {
-    annotation.is_some_and(|value| record.and_then(|r| r.itl_signer_rotation_request.as_deref()) != Some(value))
+/// Whether the annotation asks for a rotation: a value other than the `last` one acted on.
+pub fn requested(annotation: Option<&str>, last: Option<&str>) -> bool {
+    annotation.is_some_and(|value| last != Some(value))
+}
+
+/// What the CA a rotation replaced issued that is still in use: function certificates
+/// (`node.role`) and the unexpired certificates of `devices` (by device name or instance ID). The
+/// previous CA stays trusted until this is empty.
+pub fn left_by_previous_ca(
+    previous_ca: &[u8],
+    functions: &[FunctionCertificate],
+    devices: &[(String, Vec<u8>)],
+    now: OffsetDateTime,
+) -> Vec<String> {
+    use crate::core::pki::inspect::{CertificateFacts, is_issued_by};
+    let functions = functions
+        .iter()
+        .filter(|f| is_issued_by(&f.certificate_der, previous_ca))
+        .map(|f| format!("{}.{}", f.node, super::identity::role_file_name(f.role)));
+    let devices = devices
+        .iter()
+        .filter(|(_, der)| is_issued_by(der, previous_ca) && CertificateFacts::from_der(der).is_ok_and(|facts| facts.not_after > now))
+        .map(|(device, _)| device.clone());
+    functions.chain(devices).collect()
+}
+
+/// The cluster status's line about a CA rotation waiting for `left` (see [`left_by_previous_ca`]).
+pub fn describe_ca_overlap(left: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut named = left.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if left.len() > SHOWN {
+        named.push_str(&format!(" and {} more", left.len() - SHOWN));
+    }
+    format!(
+        "CA rotation, step 1 of 2: the previous CA stays trusted while {} certificate(s) it issued remain ({named}); phones get an LSC of the new CA through CAPF (certificateOperation: Upgrade, P.6-1)",
+        left.len()
+    )
 }
 
 #[cfg(test)]
@@ -136,12 +177,12 @@ mod tests {
 
     #[test]
     fn a_request_is_acted_on_once_per_value() {
-        let record = IdentityRecord { itl_signer_rotation_request: Some("2026-12".into()), ..Default::default() };
+        let last = Some("2026-12");
         assert!(requested(Some("2026-12"), None));
-        assert!(!requested(Some("2026-12"), Some(&record)));
-        assert!(requested(Some("2027-01"), Some(&record)));
-        assert!(!requested(None, Some(&record)));
-        assert_eq!(handled_request(None, Some(&record)).as_deref(), Some("2026-12"));
-        assert_eq!(handled_request(Some("2027-01"), Some(&record)).as_deref(), Some("2027-01"));
+        assert!(!requested(Some("2026-12"), last));
+        assert!(requested(Some("2027-01"), last));
+        assert!(!requested(None, last));
+        assert_eq!(handled_request(None, last).as_deref(), Some("2026-12"));
+        assert_eq!(handled_request(Some("2027-01"), last).as_deref(), Some("2027-01"));
     }
 }

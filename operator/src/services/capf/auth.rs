@@ -85,6 +85,9 @@ pub struct TrustAnchors {
     pub mic_bundle: Vec<Vec<u8>>,
     /// DER certificates that issue SUDI certificates. Empty: SUDI_DATA is not verified (docs/wire-formats.md §7.7).
     pub sudi_bundle: Vec<Vec<u8>>,
+    /// The cluster CA a rotation replaced (DER): an LSC it issued still authenticates until the
+    /// rotation ends.
+    pub previous_cluster_ca: Option<Vec<u8>>,
 }
 
 /// Which chain a client certificate was found on.
@@ -132,7 +135,7 @@ pub(crate) fn check_certificate(body: &Body, check: &CertificateCheck<'_>) -> Re
     let leaf = X509::from_der(&certificate.der).map_err(|e| AuthError::BadCertificate(e.to_string()))?;
     let common_name = common_name(&certificate.der);
     let lsc_allowed = check.mode == CapfAuthenticationMode::ByExistingCertificatePrecedenceLsc;
-    let kind = if lsc_allowed && issued_by_any(&leaf, [check.lsc_ca_der]) {
+    let kind = if lsc_allowed && issued_by_any(&leaf, std::iter::once(check.lsc_ca_der).chain(check.trust.previous_cluster_ca.as_deref())) {
         if common_name != check.device_name {
             return Err(AuthError::CommonNameMismatch { device_name: check.device_name.to_owned(), common_name });
         }

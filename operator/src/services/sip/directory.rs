@@ -54,8 +54,9 @@ pub struct SipDirectory {
 pub struct SipDirectoryParts {
     pub realm: String,
     pub trunk_realm: String,
-    #[serde(with = "crate::core::pki::der_base64")]
-    pub cluster_ca: Vec<u8>,
+    /// The cluster CA, and during a CA rotation the previous one too.
+    #[serde(with = "crate::core::pki::der_base64::list")]
+    pub cluster_cas: Vec<Vec<u8>>,
     #[serde(with = "crate::core::pki::der_base64::list")]
     pub manufacturer_cas: Vec<Vec<u8>>,
     pub trunks: Vec<SipTrunkEntry>,
@@ -65,13 +66,18 @@ pub struct SipDirectoryParts {
 
 impl SipDirectoryParts {
     pub fn into_directory(self) -> SipDirectory {
-        SipDirectory::new(self.realm, self.cluster_ca, self.manufacturer_cas, self.phones.into_values())
+        SipDirectory::new(self.realm, self.cluster_cas, self.manufacturer_cas, self.phones.into_values())
             .with_trunks(self.trunk_realm, self.trunks)
     }
 }
 
 impl SipDirectory {
-    pub fn new(realm: String, cluster_ca: Vec<u8>, manufacturer_cas: Vec<Vec<u8>>, phones: impl IntoIterator<Item = SipPhone>) -> Self {
+    pub fn new(
+        realm: String,
+        cluster_cas: Vec<Vec<u8>>,
+        manufacturer_cas: Vec<Vec<u8>>,
+        phones: impl IntoIterator<Item = SipPhone>,
+    ) -> Self {
         let phones: BTreeMap<String, SipPhone> = phones.into_iter().map(|phone| (phone.device.clone(), phone)).collect();
         let mut by_line: HashMap<String, Vec<String>> = HashMap::new();
         for phone in phones.values() {
@@ -79,7 +85,7 @@ impl SipDirectory {
                 by_line.entry(line.clone()).or_default().push(phone.device.clone());
             }
         }
-        let anchors = PhoneAnchors { cluster_ca, manufacturer_cas };
+        let anchors = PhoneAnchors { cluster_cas, manufacturer_cas };
         SipDirectory { realm, trunk_realm: String::new(), anchors, phones, by_line, trunks: Vec::new() }
     }
 
@@ -96,7 +102,7 @@ impl SipDirectory {
     pub fn trunk_for(&self, local_port: u16, tls: bool, source: Option<IpAddr>, leaf: Option<&[u8]>) -> Option<&SipTrunkEntry> {
         let on_port = self.trunks.iter().filter(|t| t.incoming_port == local_port && t.tls == tls);
         if tls {
-            let leaf = leaf.filter(|der| inspect::is_issued_by(der, &self.anchors.cluster_ca))?;
+            let leaf = leaf.filter(|der| self.anchors.cluster_cas.iter().any(|ca| inspect::is_issued_by(der, ca)))?;
             on_port.into_iter().find(|t| {
                 let names: Vec<&str> = t.subject_names.iter().map(String::as_str).collect();
                 identity::trunk_subject_matches(leaf, &names)

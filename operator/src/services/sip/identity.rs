@@ -78,7 +78,8 @@ pub struct PhoneIdentity {
 /// The trust anchors of phone certificates.
 #[derive(Clone, Debug, Default)]
 pub struct PhoneAnchors {
-    pub cluster_ca: Vec<u8>,
+    /// The cluster CA, and during a CA rotation the previous one too.
+    pub cluster_cas: Vec<Vec<u8>>,
     pub manufacturer_cas: Vec<Vec<u8>>,
 }
 
@@ -95,7 +96,7 @@ pub fn identify_phone<'a>(
     if now < facts.not_before || now > facts.not_after {
         return Err(IdentityRefusal::OutOfValidity { not_before: facts.not_before, not_after: facts.not_after });
     }
-    let kind = if inspect::is_issued_by(leaf, &anchors.cluster_ca) {
+    let kind = if anchors.cluster_cas.iter().any(|ca| inspect::is_issued_by(leaf, ca)) {
         CertificateKind::Lsc
     } else if anchors.manufacturer_cas.iter().any(|ca| inspect::is_issued_by(leaf, ca)) {
         CertificateKind::Mic
@@ -183,7 +184,10 @@ mod tests {
 
     fn anchors() -> PhoneAnchors {
         let f = fixture();
-        PhoneAnchors { cluster_ca: f.cluster.certificate_der().to_vec(), manufacturer_cas: vec![f.manufacturer.certificate_der().to_vec()] }
+        PhoneAnchors {
+            cluster_cas: vec![f.cluster.certificate_der().to_vec()],
+            manufacturer_cas: vec![f.manufacturer.certificate_der().to_vec()],
+        }
     }
 
     fn check(leaf: Option<&[u8]>, current_lsc: Option<&str>, mic_accepted: bool) -> Result<PhoneIdentity, IdentityRefusal> {

@@ -110,7 +110,7 @@ pub fn tls_config(
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = crate::services::tls_provider::server_provider();
     let mut roots = rustls::RootCertStore::empty();
-    for der in std::iter::once(&anchors.cluster_ca).chain(&anchors.manufacturer_cas) {
+    for der in anchors.cluster_cas.iter().chain(&anchors.manufacturer_cas) {
         roots.add(CertificateDer::from(der.clone())).map_err(|e| format!("SIP-TLS trust anchor: {e}"))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -912,9 +912,9 @@ mod tests {
             SipPhone { digest: None, ..phone(CALLEE, "1004", DeviceSecurityMode::Encrypted, SipTransport::Tls, Some(&callee_lsc)) },
         ];
         let ports: Vec<u16> = trunk_listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        let directory =
-            SipDirectory::new("ccmsipline".into(), ca.certificate_der().to_vec(), vec![], phones).with_trunks("Lab".into(), trunks(&ports));
-        let anchors = PhoneAnchors { cluster_ca: ca.certificate_der().to_vec(), manufacturer_cas: vec![] };
+        let directory = SipDirectory::new("ccmsipline".into(), vec![ca.certificate_der().to_vec()], vec![], phones)
+            .with_trunks("Lab".into(), trunks(&ports));
+        let anchors = PhoneAnchors { cluster_cas: vec![ca.certificate_der().to_vec()], manufacturer_cas: vec![] };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys::pkcs8_der(&identity.key)));
         let config = tls_config(vec![CertificateDer::from(identity.certificate_der.clone())], key, &anchors).unwrap();
         let udp_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
