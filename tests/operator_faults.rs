@@ -9,12 +9,19 @@
 //! - no Secret the user owns was written by the operator, and each is as the user wrote it;
 //! - no token failure was counted: every password is right, whatever the operator's retries.
 //!
+//! A second run starts a CA rotation and an ITL signer rotation (no grace period) and kills the
+//! operator the same way: a simulated phone that follows every trust list the cluster publishes
+//! accepts each one, the rotations complete, and the cluster is never taken for one whose identity
+//! was lost.
+//!
 //! The run's seed is printed; `CALLGUARD_FAULT_SEED` repeats a run.
 
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/cluster.rs"]
 mod support;
+#[path = "support/trusting_phone.rs"]
+mod trusting_phone;
 use support::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,32 +113,11 @@ async fn fifty_kills_under_api_faults_lose_nothing_and_issue_nothing_twice() {
         .map(|name| (name.clone(), server.get("v1", "Secret", Some(NAMESPACE), name).unwrap()["data"].clone()))
         .collect();
 
-    server.inject_faults(Some(Faults {
-        identity: Some(OPERATOR.into()),
-        internal_error: 0.04,
-        conflict: 0.04,
-        lost_answer: 0.04,
-        expired_watch: 0.2,
-        dropped_watch: 0.2,
-        seed,
-    }));
+    server.inject_faults(Some(operator_faults(seed)));
     let mut rng = StdRng::seed_from_u64(seed);
     let mut ledger = Ledger::default();
-    for kill in 1..=KILLS {
-        let (_shutdown, operator) = start_operator(&server, OPERATOR, false);
-        // Killed at a random point of its progress, not of the clock (a loaded machine would let
-        // every kill land before the first write): after a random number of its writes, or 5 s.
-        let writes = || server.writes().iter().filter(|w| w.identity.as_deref() == Some(OPERATOR)).count();
-        let (before, after) = (writes(), rng.gen_range(0..30));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while writes() < before + after && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // Killed wherever it is: mid-list, mid-apply, mid-status.
-        operator.abort();
-        let _ = operator.await;
-        ledger.check(&server, &format!("after kill {kill}"));
-    }
+    // Killed wherever it is: mid-list, mid-apply, mid-status.
+    kill_repeatedly(&server, &mut rng, KILLS, |kill| ledger.check(&server, &format!("after kill {kill}"))).await;
     let injected = server.injected_faults();
     println!("injected: {injected:?}");
     for fault in ["internal_error", "conflict", "lost_answer", "expired_watch", "dropped_watch"] {
@@ -158,4 +144,111 @@ async fn fifty_kills_under_api_faults_lose_nothing_and_issue_nothing_twice() {
         assert_eq!(&server.get("v1", "Secret", Some(NAMESPACE), name).unwrap()["data"], data, "Secret/{name} as the user wrote it");
     }
     assert_eq!(failed_logins(&server), 0, "no token failure the user did not cause");
+}
+
+/// Faults on the operator's requests only, from `seed`.
+fn operator_faults(seed: u64) -> Faults {
+    Faults {
+        identity: Some(OPERATOR.into()),
+        internal_error: 0.04,
+        conflict: 0.04,
+        lost_answer: 0.04,
+        expired_watch: 0.2,
+        dropped_watch: 0.2,
+        seed,
+    }
+}
+
+/// Kills the operator at a random point of its progress, not of the clock (a loaded machine would
+/// let every kill land before the first write): after a random number of its writes, or 5 s;
+/// `kills` times, calling `after_each` after each.
+async fn kill_repeatedly(server: &FakeApiServer, rng: &mut StdRng, kills: usize, mut after_each: impl FnMut(usize)) {
+    for kill in 1..=kills {
+        let (_shutdown, operator) = start_operator(server, OPERATOR, false);
+        let writes = || server.writes().iter().filter(|w| w.identity.as_deref() == Some(OPERATOR)).count();
+        let (before, after) = (writes(), rng.gen_range(0..30));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while writes() < before + after && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        operator.abort();
+        let _ = operator.await;
+        after_each(kill);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_killed_at_random_points_publish_only_what_a_phone_accepts() {
+    use callguard::core::trust::TrustListKind;
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seed = std::env::var("CALLGUARD_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    println!("fault seed {seed} (CALLGUARD_FAULT_SEED={seed} repeats this run)");
+    let server = FakeApiServer::start().await;
+    let (shutdown, operator) = quickstart_ready(&server, OPERATOR).await;
+    let original = cluster(&server)["status"]["identity"].clone();
+
+    // A phone that takes every version of the trust lists, as they are written.
+    let phone = std::sync::Arc::new(std::sync::Mutex::new(trusting_phone::TrustingPhone::default()));
+    let refusals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let configs: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(server.client(), NAMESPACE);
+    let follower = {
+        let (phone, refusals) = (phone.clone(), refusals.clone());
+        tokio::spawn(async move {
+            let mut events = watcher(configs, watcher::Config::default()).boxed();
+            while let Some(Ok(event)) = events.next().await {
+                let (watcher::Event::Apply(map) | watcher::Event::InitApply(map)) = event else { continue };
+                if map.metadata.name.as_deref() != Some("quickstart-trust") {
+                    continue;
+                }
+                for kind in [TrustListKind::Ctl, TrustListKind::Itl] {
+                    if let Some(bytes) = map.binary_data.as_ref().and_then(|d| d.get(kind.filename()))
+                        && let Err(e) = phone.lock().unwrap().offer(kind, &bytes.0)
+                    {
+                        refusals.lock().unwrap().push(e);
+                    }
+                }
+            }
+        })
+    };
+    until("the phone to hold the ITL", || phone.lock().unwrap().itl.is_some()).await;
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+
+    edit(&server, "CallControlCluster", "callcontrolclusters", CLUSTER, |c| {
+        c["metadata"]["annotations"] = serde_json::json!({"callguard.io/rotate-ca": "r1", "callguard.io/rotate-itl-signer": "r1"});
+        c["spec"]["rotation"] = serde_json::json!({"gracePeriodMinutes": 0});
+    })
+    .await;
+    server.inject_faults(Some(operator_faults(seed)));
+    let mut rng = StdRng::seed_from_u64(seed);
+    kill_repeatedly(&server, &mut rng, 25, |_| {}).await;
+    server.inject_faults(None);
+
+    let (shutdown, operator) = start_operator(&server, OPERATOR, false);
+    let record = || cluster(&server)["status"]["identity"].clone();
+    until("both rotations to complete", || {
+        let now = record();
+        is_ready(&cluster(&server))
+            && now["ca"] != original["ca"]
+            && now["previousCa"].is_null()
+            && now["itlSigner"] != original["itlSigner"]
+            && now["incomingItlSigner"].is_null()
+    })
+    .await;
+    let published = decoded(&object(&server, "ConfigMap", "quickstart-trust"), "binaryData", "ITLFile.tlv");
+    until("the phone to hold the last ITL", || phone.lock().unwrap().itl.as_ref().is_some_and(|l| l.as_bytes() == published)).await;
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+    follower.abort();
+
+    let refusals = refusals.lock().unwrap().clone();
+    assert!(refusals.is_empty(), "the phone refused: {refusals:?}");
+    assert_eq!(record()["id"], original["id"], "the same identity, rotated");
+    let ca = certificate_der(&decoded(&object(&server, "Secret", "quickstart-ca"), "data", "ca.crt")).unwrap();
+    let phone = phone.lock().unwrap();
+    for held in phone.itl.as_ref().unwrap().records.iter() {
+        assert!(callguard::core::pki::inspect::is_issued_by(&held.certificate_der, &ca), "{} is the new CA's", held.subject);
+    }
+    assert!(server.get("v1", "Secret", Some(NAMESPACE), "quickstart-cm1-callmanager-tftp-next").is_none());
 }
