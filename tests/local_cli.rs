@@ -1,7 +1,8 @@
 //! `callguard local` on a copy of the quickstart, fetched with the real tftp-hpa and atftp clients:
 //! trust files that verify, signed configurations, the stub of an encrypted phone, negotiated
 //! options, a watched edit, an invalid edit that leaves the last good build served, a clean stop on
-//! SIGTERM, and a restart that regenerates nothing.
+//! SIGTERM, and a restart that regenerates nothing; an ITL signer rotation asked for while it runs
+//! takes both its steps without another edit, each ITL verifying against the one before.
 
 #[path = "support/peers.rs"]
 mod peers;
@@ -132,6 +133,37 @@ fn local_serves_the_quickstart_over_tftp_and_follows_edits() {
     assert_eq!(again.fetch_tftp_hpa("CTLFile.tlv", &out("ctl-again.tlv")), TftpGet::Fetched);
     assert_eq!(fs::read(out("ctl-again.tlv")).unwrap(), fs::read(out("ctl.tlv")).unwrap());
     again.stop();
+}
+
+/// With no grace period, `local` rebuilds for the rotation's second step by itself: the ITL a
+/// phone holds from step 1 (listing the current and the incoming signer) verifies the next one.
+#[test]
+fn an_itl_signer_rotation_takes_both_steps_while_local_runs() {
+    require("tftp", "tftp-hpa");
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = copy_quickstart(dir.path());
+    let out = |name: &str| dir.path().join(name);
+    let mut local = Local::start(&manifests, &dir.path().join("state"));
+    local.wait_for("CallControlCluster  quickstart       True   Ready");
+    assert_eq!(local.fetch_tftp_hpa("ITLFile.tlv", &out("itl-0.tlv")), TftpGet::Fetched);
+
+    let cluster = manifests.join("cluster.yaml");
+    let text = fs::read_to_string(&cluster).unwrap();
+    let text = text.replacen("  name: quickstart\n", "  name: quickstart\n  annotations:\n    callguard.io/rotate-itl-signer: \"1\"\n", 1);
+    fs::write(&cluster, text.replacen("  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 0", 1))
+        .unwrap();
+    local.wait_for("ITL signer rotation, step 1 of 2");
+    local.wait_for("ITL signer rotation, step 2 of 2");
+    let before = fs::read(out("itl-0.tlv")).unwrap();
+    let last = fetch_until(&local, "ITLFile.tlv", &out("itl-2.tlv"), |b| b != before.as_slice());
+    // The last ITL does not verify against the first (its signer is new), so a phone needs step 1's.
+    let signer_of = |bytes: &[u8]| callguard::core::trust::TrustList::parse(bytes, callguard::core::trust::Mode::Strict).unwrap();
+    let (first, last) = (signer_of(&before), signer_of(&last));
+    assert!(last.verify_against(&first).is_err(), "the signer changed");
+    assert_eq!(last.sast_records().count(), 1);
+    let state = fs::read_to_string(dir.path().join("state/namespaces/default/identity.yaml")).unwrap();
+    assert!(state.contains("itlSignerRotationRequest: '1'") && !state.contains("incomingItlSigner"), "{state}");
+    local.stop();
 }
 
 /// The README's main command, `callguard local examples/quickstart`, gives no port and the
