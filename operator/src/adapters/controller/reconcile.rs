@@ -493,7 +493,9 @@ const DOWNGRADED: &str = "Downgraded";
 
 fn record_expiry(context: &Context, namespace: &str, cluster: &str, files: &crate::core::build::state::StateFiles) {
     context.metrics.remove_cluster_certificates(namespace, cluster);
-    for (name, (bytes, _)) in files.iter().filter(|(name, _)| name.ends_with(".crt")) {
+    // A retired identity's or rotated CA's certificates serve nothing: their end is no alert.
+    let in_use = |name: &str| name.ends_with(".crt") && !name.starts_with(crate::core::build::state::RETIRED);
+    for (name, (bytes, _)) in files.iter().filter(|(name, _)| in_use(name)) {
         let Ok(der) = crate::core::pki::inspect::certificate_der(bytes) else { continue };
         let Ok((_, certificate)) = x509_parser::parse_x509_certificate(&der) else { continue };
         let Ok(not_after) = time::OffsetDateTime::from_unix_timestamp(certificate.validity().not_after.timestamp()) else { continue };
