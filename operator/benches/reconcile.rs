@@ -97,22 +97,13 @@ pub async fn run(phones: usize) -> Result<(), String> {
 
     // Warm: once no reconcile has run for two seconds (its own writes may have queued one more),
     // one phone's spec changes.
-    let mut idle_since = Instant::now();
-    while idle_since.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let text = match metrics(&metrics_bind).await {
-            Ok(text) => text,
-            Err(e) => {
-                let _ = operator.kill();
-                return Err(format!("the operator's /metrics: {e}"));
-            }
-        };
-        let in_flight =
-            text.lines().find_map(|l| l.strip_prefix("callguard_reconciles_in_flight ")).and_then(|v| v.trim().parse::<i64>().ok());
-        if in_flight != Some(0) {
-            idle_since = Instant::now();
+    let cold_metrics = match idle(&metrics_bind).await {
+        Ok(text) => text,
+        Err(e) => {
+            let _ = operator.kill();
+            return Err(e);
         }
-    }
+    };
     let edited = server.list("callguard.io/v1alpha1", "Phone", Some(NAMESPACE)).into_iter().next().ok_or("no phone to edit")?;
     let name = edited["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let resource =
@@ -135,6 +126,14 @@ pub async fn run(phones: usize) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
 
+    let warm_metrics = match idle(&metrics_bind).await {
+        Ok(text) => text,
+        Err(e) => {
+            let _ = operator.kill();
+            return Err(e);
+        }
+    };
+
     // SIGTERM, then the peak resident set of the process from the kernel.
     // SAFETY: kill and wait4 on our own child's pid; rusage is plain data the kernel fills.
     let peak_kib = unsafe {
@@ -149,10 +148,41 @@ pub async fn run(phones: usize) -> Result<(), String> {
     println!("  API requests (cold):          {requests:>8}");
     println!("  one phone's edit in status:   {edit_latency:>8.2?}   (target under 1 s)");
     println!("  operator peak memory (RSS):   {:>8.1} MiB   (target under 256 MiB)", peak_kib as f64 / 1024.0);
+    println!("  where it goes, per reconcile step (seconds summed over the reconciles; memory after the step's last run):");
+    println!("    {:<12} {:>10} {:>10} {:>12}", "step", "cold", "edit", "RSS MiB");
+    for step in ["Dereference", "Validate", "Build", "Desired", "Apply", "Status"] {
+        let sum = |text: &str| step_metric(text, "callguard_reconcile_step_duration_seconds_sum", step);
+        let resident = step_metric(&warm_metrics, "callguard_reconcile_step_resident_bytes", step) / (1024.0 * 1024.0);
+        let (cold, edit) = (sum(&cold_metrics), sum(&warm_metrics) - sum(&cold_metrics));
+        println!("    {step:<12} {cold:>10.2} {edit:>10.2} {resident:>12.1}");
+    }
     if ready != phones {
         return Err(format!("only {ready} of {phones} phones are Ready"));
     }
     Ok(())
+}
+
+/// Waits until no reconcile has run for two seconds (its own writes may queue one more); the
+/// operator's metrics then.
+async fn idle(metrics_bind: &str) -> Result<String, String> {
+    let mut idle_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = metrics(metrics_bind).await.map_err(|e| format!("the operator's /metrics: {e}"))?;
+        let in_flight =
+            text.lines().find_map(|l| l.strip_prefix("callguard_reconciles_in_flight ")).and_then(|v| v.trim().parse::<i64>().ok());
+        if in_flight != Some(0) {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= Duration::from_secs(2) {
+            return Ok(text);
+        }
+    }
+}
+
+/// The value of `metric{step="STEP"}` in a scrape, 0 when absent.
+fn step_metric(text: &str, metric: &str, step: &str) -> f64 {
+    let prefix = format!("{metric}{{step=\"{step}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
 
 /// The operator's `/metrics`, over one plain HTTP/1.1 request.

@@ -93,6 +93,30 @@ impl EncodeLabelValue for Kind {
     }
 }
 
+/// One step of a cluster's reconcile (docs/architecture.md §1), for the time and memory each takes.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ReconcileStep {
+    Dereference,
+    Validate,
+    Build,
+    Desired,
+    Apply,
+    Status,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: ReconcileStep,
+}
+
+/// The process's resident memory now (`VmRSS` of `/proc/self/status`), in bytes; 0 where it
+/// cannot be read.
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
 /// How one reconcile ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<'a> {
@@ -388,6 +412,8 @@ pub struct Metrics {
     watch_failing: Family<WatchLabels, Gauge<i64, AtomicI64>>,
     watch_errors: Family<WatchLabels, Counter>,
     reconciles_in_flight: Gauge<i64, AtomicI64>,
+    step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
+    step_resident: Family<StepLabels, Gauge<i64, AtomicI64>>,
 }
 
 fn reconcile_duration_histogram() -> Histogram {
@@ -427,6 +453,20 @@ impl Metrics {
         registry.register("watch_errors", "Errors of the watch of a kind", watch_errors.clone());
         let reconciles_in_flight = Gauge::<i64, AtomicI64>::default();
         registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
+        let step_duration = Family::<StepLabels, Histogram, fn() -> Histogram>::new_with_constructor(reconcile_duration_histogram);
+        registry.register_with_unit(
+            "reconcile_step_duration",
+            "Time one step of a cluster's reconcile took: dereference, validate, build, desired, apply, status",
+            Unit::Seconds,
+            step_duration.clone(),
+        );
+        let step_resident = Family::<StepLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register_with_unit(
+            "reconcile_step_resident",
+            "The operator's resident memory at the end of the last run of each reconcile step",
+            Unit::Bytes,
+            step_resident.clone(),
+        );
 
         // Every kind's series exists from the start, so that rate() sees the first reconcile.
         for kind in Kind::ALL {
@@ -444,7 +484,16 @@ impl Metrics {
             watch_failing,
             watch_errors,
             reconciles_in_flight,
+            step_duration,
+            step_resident,
         }
+    }
+
+    /// Records that `step` of a reconcile took `elapsed`, and the resident memory after it.
+    pub fn observe_step(&self, step: ReconcileStep, elapsed: Duration) {
+        let labels = StepLabels { step };
+        self.step_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.step_resident.get_or_create(&labels).set(i64::try_from(resident_bytes()).unwrap_or(i64::MAX));
     }
 
     /// Exposes a TFTP server's counters (from `TftpServer::counters`), read at each scrape.

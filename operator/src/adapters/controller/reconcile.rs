@@ -29,6 +29,7 @@ use crate::api::{
 };
 use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
+use crate::ops::metrics::ReconcileStep;
 use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
 use crate::validate::{SecretPolicy, validate_documents};
 
@@ -177,8 +178,10 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let namespace = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
 
+    let mut steps = StepClock::start(&context.metrics);
     // Dereference.
     let objects = NamespaceObjects::read(&context.client, &namespace).await.map_err(ReconcileError::Dereference)?;
+    steps.done(ReconcileStep::Dereference);
     // What the statuses and the build need, taken now: the objects themselves become the documents
     // validation reads, so that a 30 000-phone namespace is not held twice.
     let observed = Observed::of(&objects);
@@ -188,7 +191,9 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_new_generation(cluster, context, &observed).await?;
 
     // Validate.
-    let snapshot = match validate(objects).await? {
+    let validated = validate(objects).await?;
+    steps.done(ReconcileStep::Validate);
+    let snapshot = match validated {
         Ok(snapshot) => snapshot,
         Err(invalid) => {
             let reason = StallReason::InvalidConfiguration;
@@ -208,6 +213,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     // What a token unlock counted is stored before anything else can fail, the build included: a
     // failing apply or status write must never let a wrong password go uncounted (P.16-5).
     persist_token_registry(&context.client, &namespace, &name, &state, &owner).await.map_err(ReconcileError::Apply)?;
+    steps.done(ReconcileStep::Build);
     let output = match built {
         Ok(output) => output,
         Err(refused) => {
@@ -229,10 +235,12 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     };
     let desired = desired_objects(inputs).map_err(ReconcileError::Build)?;
     drop(snapshot);
+    steps.done(ReconcileStep::Desired);
 
     // Apply.
     let replicas = apply(&desired, &context.client, &namespace, &name).await.map_err(ReconcileError::Apply)?;
     drop(desired);
+    steps.done(ReconcileStep::Apply);
 
     // Status, and the events of what changed.
     for change in &output.changes {
@@ -247,11 +255,30 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_downgrades(context, cluster, &observed, &statuses).await;
     announce_withheld_srtp(context, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await.map_err(ReconcileError::Status)?;
+    steps.done(ReconcileStep::Status);
     // A rotation's next step is due with no edit either.
     let next_change = [capf_change, next_rotation_step].into_iter().flatten().min();
     let until_next_change =
         next_change.map(|at| at - time::OffsetDateTime::now_utc()).and_then(|left| Duration::try_from(left).ok()).unwrap_or(RESYNC);
     Ok(Reconciled { action: Action::requeue(until_next_change.clamp(Duration::from_secs(1), RESYNC)), stalled: None })
+}
+
+/// Times the steps of one reconcile into `callguard_reconcile_step_duration_seconds`, with the
+/// resident memory after each, so that a large namespace shows where its time and memory go.
+struct StepClock<'a> {
+    metrics: &'a crate::ops::metrics::Metrics,
+    since: std::time::Instant,
+}
+
+impl<'a> StepClock<'a> {
+    fn start(metrics: &'a crate::ops::metrics::Metrics) -> Self {
+        StepClock { metrics, since: std::time::Instant::now() }
+    }
+
+    fn done(&mut self, step: ReconcileStep) {
+        self.metrics.observe_step(step, self.since.elapsed());
+        self.since = std::time::Instant::now();
+    }
 }
 
 /// A new generation: says so first (kstatus `Reconciling`), so that GitOps tools wait for the result.
