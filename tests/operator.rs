@@ -791,3 +791,40 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
 fn sha256(der: &[u8]) -> String {
     callguard::core::build::identity_record::sha256_hex(der)
 }
+
+/// Only the statuses that change are written: an edit to one phone's description writes that phone's
+/// status alone (a typed field read back as 0 once made every phone's status look changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_to_one_phone_writes_only_its_status() {
+    let server = FakeApiServer::start().await;
+    let (shutdown, operator) = quickstart_ready(&server, "operator").await;
+    let status_writes = || {
+        server
+            .writes()
+            .iter()
+            .filter(|w| w.identity.as_deref() == Some("operator") && w.subresource.as_deref() == Some("status"))
+            .filter_map(|w| Some(format!("{}/{}", w.resource, w.name.clone()?)))
+            .collect::<Vec<_>>()
+    };
+    // Settled: two seconds with no status written.
+    let mut count = status_writes().len();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let now = status_writes().len();
+        if now == count {
+            break;
+        }
+        count = now;
+    }
+    edit(&server, "Phone", "phones", "bob-7941", |p| p["spec"]["description"] = json!("edited")).await;
+    until("bob's new generation in status", || {
+        let bob = object(&server, "Phone", "bob-7941");
+        bob["status"]["observedGeneration"] == bob["metadata"]["generation"]
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let written = status_writes()[count..].to_vec();
+    assert_eq!(written, ["phones.callguard.io/bob-7941"], "only the edited phone's status is written");
+    shutdown.trigger();
+    operator.await.unwrap().unwrap();
+}

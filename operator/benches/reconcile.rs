@@ -109,6 +109,8 @@ pub async fn run(phones: usize) -> Result<(), String> {
     let resource =
         kube::api::ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk("callguard.io", "v1alpha1", "Phone"), "phones");
     let phones_api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(server.client(), NAMESPACE, &resource);
+    let requests_before_edit: u64 = server.request_counts().values().sum();
+    let status_writes_before_edit = server.writes().iter().filter(|w| w.subresource.as_deref() == Some("status")).count();
     let edit_started = Instant::now();
     let patch = json!({"spec": {"description": "edited by the benchmark"}});
     let patched =
@@ -147,6 +149,10 @@ pub async fn run(phones: usize) -> Result<(), String> {
     println!("  phones Ready:                 {ready:>8} of {phones}");
     println!("  API requests (cold):          {requests:>8}");
     println!("  one phone's edit in status:   {edit_latency:>8.2?}   (target under 1 s)");
+    let requests_edit = server.request_counts().values().sum::<u64>() - requests_before_edit;
+    let status_writes_edit =
+        server.writes().iter().filter(|w| w.subresource.as_deref() == Some("status")).count() - status_writes_before_edit;
+    println!("  API requests (edit):          {requests_edit:>8} ({status_writes_edit} status writes)");
     println!("  operator peak memory (RSS):   {:>8.1} MiB   (target under 256 MiB)", peak_kib as f64 / 1024.0);
     println!("  where it goes, per reconcile step (seconds summed over the reconciles; memory after the step's last run):");
     println!("    {:<12} {:>10} {:>10} {:>12}", "step", "cold", "edit", "RSS MiB");

@@ -258,12 +258,19 @@ pub struct PhoneStatus {
     /// The issued LSC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lsc: Option<CertificateSummary>,
-    /// Consecutive wrong authentication strings; 10 lock CAPF out for 10 minutes (P.16-6).
-    #[serde(default)]
+    /// Consecutive wrong authentication strings, absent when none; 10 lock CAPF out for 10 minutes
+    /// (P.16-6).
+    // Not defaulted to 0 in the schema: the operator writes none, and a 0 read back would make
+    // every phone's status look changed at every reconcile.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_auth_failures: u32,
     /// The configuration file served and its content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<ServedFile>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A file the TFTP service serves to a phone.

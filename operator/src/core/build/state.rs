@@ -72,6 +72,11 @@ impl StateDir {
         StateDir { root: PathBuf::new(), memory: None, remote: Some(backend) }
     }
 
+    /// Whether this state lives in memory (the operator's, filled from Secrets, or a plan's).
+    pub fn is_in_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
     /// Every file of an in-memory state (empty for a directory).
     pub fn files(&self) -> StateFiles {
         self.memory.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
