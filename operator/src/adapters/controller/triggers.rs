@@ -36,6 +36,8 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// `MAX_BACKOFF` (client-go's numbers, as kube-runtime's default backoff).
 const FIRST_BACKOFF: Duration = Duration::from_millis(800);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// 410 Gone answers in quick succession that are still taken for routine expiries.
+const ROUTINE_EXPIRIES: u32 = 3;
 
 /// Clusters to reconcile.
 type Refs = Vec<ObjectRef<CallControlCluster>>;
@@ -112,6 +114,8 @@ impl Triggers {
             health: self.health.clone(),
             settle: None,
             backoff: FIRST_BACKOFF,
+            expired_in_a_row: 0,
+            last_expired: None,
         };
         let map = move |event: Event<PartialObjectMeta<K>>| match event {
             Event::Apply(object) | Event::InitApply(object) => map(&object, false),
@@ -145,6 +149,9 @@ struct Watch<K> {
     /// watcher retries a refused watch with no event to say that it now works, so it counts as
     /// working once it ran `SETTLE` past a retry without an error.
     backoff: Duration,
+    /// 410 Gone answers in a row, each within `SETTLE` of the one before, and when the last came.
+    expired_in_a_row: u32,
+    last_expired: Option<tokio::time::Instant>,
 }
 
 impl<K> Watch<K> {
@@ -168,6 +175,13 @@ impl<K> Watch<K> {
                         return Some(refs);
                     }
                 }
+                // 410 Gone: the resourceVersion expired, as it routinely does; the watcher lists
+                // again by itself, and the objects it lists are mapped like any change. Only a
+                // run of them, each within SETTLE of the last (a server that answers nothing
+                // else), is a failing watch.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 && self.routine_expiry() => {
+                    tracing::debug!("watch of {} expired (410 Gone): listing again", self.watched);
+                }
                 Err(error) => {
                     self.failed(&error);
                     tokio::time::sleep(self.backoff).await;
@@ -176,6 +190,15 @@ impl<K> Watch<K> {
                 }
             }
         }
+    }
+
+    /// Counts a 410 Gone; whether it is routine (not yet [`ROUTINE_EXPIRIES`] in quick succession).
+    fn routine_expiry(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let quick = self.last_expired.is_some_and(|last| now - last < SETTLE);
+        self.expired_in_a_row = if quick { self.expired_in_a_row + 1 } else { 1 };
+        self.last_expired = Some(now);
+        self.expired_in_a_row <= ROUTINE_EXPIRIES
     }
 
     /// An error: the first of a run (no retry of it settling yet) is logged at warn.
@@ -221,4 +244,59 @@ fn clusters_in(clusters: &Store<CallControlCluster>, namespace: Option<&str>) ->
         .filter(|cluster| namespace.is_none() || cluster.namespace().as_deref() == namespace)
         .map(|cluster| ObjectRef::from_obj(&*cluster))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn gone() -> watcher::Error {
+        let mut status = Status::failure("too old resource version", "Expired");
+        status.code = 410;
+        watcher::Error::WatchError(Box::new(status))
+    }
+
+    fn watch(events: Vec<Result<Event<u32>, watcher::Error>>) -> (Watch<u32>, Health) {
+        let health = Health::new();
+        health.set_ready(true);
+        let watch = Watch {
+            // Then nothing more, as a watch that idles.
+            events: stream::iter(events).chain(stream::pending()).boxed(),
+            kind: "Phone".into(),
+            namespace: "default".into(),
+            watched: "Phone in default".into(),
+            metrics: Arc::new(Metrics::new()),
+            health: health.clone(),
+            settle: None,
+            backoff: FIRST_BACKOFF,
+            expired_in_a_row: 0,
+            last_expired: None,
+        };
+        (watch, health)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_routine_410_is_not_a_failing_watch_but_a_run_of_them_is() {
+        let map = |event: Event<u32>| match event {
+            Event::Apply(n) => vec![ObjectRef::new(&n.to_string()).within("default")],
+            _ => Vec::new(),
+        };
+        let everything = || vec![ObjectRef::new("all").within("default")];
+
+        // Expired now and then, between changes: never failing, and the next change goes through.
+        let (mut routine, health) = watch(vec![Err(gone()), Ok(Event::Apply(1)), Err(gone()), Ok(Event::Apply(2))]);
+        assert_eq!(routine.next_refs(&map, &everything).await, Some(vec![ObjectRef::new("1").within("default")]));
+        assert_eq!(health.readiness(), Ok(()));
+        tokio::time::advance(SETTLE * 2).await;
+        assert_eq!(routine.next_refs(&map, &everything).await, Some(vec![ObjectRef::new("2").within("default")]));
+        assert_eq!(health.readiness(), Ok(()));
+
+        // Answered nothing but 410, one right after the other: failing, and said so.
+        let (mut broken, health) = watch((0..=ROUTINE_EXPIRIES).map(|_| Err(gone())).collect());
+        let waiting = tokio::time::timeout(Duration::from_millis(100), broken.next_refs(&map, &everything)).await;
+        assert!(waiting.is_err(), "no change to report yet");
+        let refused = health.readiness().unwrap_err();
+        assert!(refused.contains("Phone in default") && refused.contains("too old resource version"), "{refused}");
+    }
 }
