@@ -149,6 +149,61 @@ fn renaming_the_tftp_host_rolls_the_itl_signer_in_two_steps_a_phone_accepts() {
     assert!(!cluster_message(&settled).contains("rotation"), "{}", cluster_message(&settled));
 }
 
+/// A stop between the two files of step 2 (the incoming key written over the current one, the
+/// certificate not yet) is finished by the next build: the phone accepts what it publishes.
+#[test]
+fn a_second_step_stopped_halfway_is_finished_by_the_next_build() {
+    let ws = Workspace::new();
+    let mut phone = TrustingPhone::default();
+    phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
+    ws.edit("cluster.yaml", "hostname: cm1.quickstart.example", "hostname: cm1-new.quickstart.example");
+    ws.edit("cluster.yaml", "  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 0");
+    phone.fetch(&ws.build_at(1).served, Some(BOB_CONFIG)).unwrap();
+    let state = state(&ws);
+    let (current, incoming) = ("certs/cm1.callmanager-tftp", "certs/cm1.callmanager-tftp.next");
+    let incoming_key = state.read(&format!("{incoming}.key")).unwrap().expect("the incoming signer waits");
+    state.write(&format!("{current}.key"), &incoming_key, callguard::core::build::state::Sensitivity::Private).unwrap();
+
+    let finished = ws.build_at(2);
+    assert!(kinds(&finished).contains(&ChangeKind::RotationCompleted), "{:?}", finished.changes);
+    phone.fetch(&finished.served, Some(BOB_CONFIG)).unwrap();
+    assert_eq!(common_name(&phone.itl_sast()[0]), "cm1-new.quickstart.example");
+    assert!(state.read(&format!("{incoming}.key")).unwrap().is_none(), "the incoming copy is gone");
+}
+
+/// A CA rotation whose start stopped after the new key but before the new certificate is undone
+/// and started whole by the next build: the key always matches the certificate it is used with.
+#[test]
+fn a_ca_rotation_stopped_before_its_new_certificate_starts_again_whole() {
+    use callguard::core::build::state::Sensitivity;
+    let ws = Workspace::new();
+    let mut phone = TrustingPhone::default();
+    phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
+    let old = current_ca(&ws);
+    // What the start writes before the new certificate: the old CA aside, then a new key.
+    let state = state(&ws);
+    let label = format!("retired/ca-{}", &sha256_hex(old.certificate_der())[..16]);
+    let pem = old.to_pem();
+    state.write(&format!("{label}/ca/ca.key"), pem.private_key.as_bytes(), Sensitivity::Private).unwrap();
+    state.write(&format!("{label}/ca/ca.crt"), pem.certificate.as_bytes(), Sensitivity::Public).unwrap();
+    state.write("ca/previous.crt", pem.certificate.as_bytes(), Sensitivity::Public).unwrap();
+    let stray = callguard::core::pki::keys::pkcs8_pem(&callguard::core::pki::keys::generate_rsa(2048));
+    state.write("ca/ca.key", stray.as_bytes(), Sensitivity::Private).unwrap();
+
+    ws.edit("cluster.yaml", "  name: quickstart\n", "  name: quickstart\n  annotations:\n    callguard.io/rotate-ca: \"1\"\n");
+    let started = ws.build_at(1);
+    assert!(started.changes.iter().any(|c| c.message.starts_with("CA rotation, step 1 of 2")), "{:?}", started.changes);
+    let new = current_ca(&ws);
+    assert_ne!(new.certificate_der(), old.certificate_der());
+    // Every certificate the new CA issued verifies under it: its key is the one of its certificate.
+    for record in TrustList::parse(&started.catalog.trust_lists["ITLFile.tlv"], Mode::Strict).unwrap().records {
+        let ours = callguard::core::pki::inspect::is_issued_by(&record.certificate_der, new.certificate_der())
+            || callguard::core::pki::inspect::is_issued_by(&record.certificate_der, old.certificate_der());
+        assert!(ours, "{} verifies under the new or the previous CA", record.subject);
+    }
+    phone.fetch(&started.served, Some(BOB_CONFIG)).unwrap();
+}
+
 #[test]
 fn the_annotation_rotates_the_itl_signer_once_per_value() {
     let ws = Workspace::new();

@@ -199,6 +199,7 @@ impl ClusterIdentity {
         let mut changes = Vec::new();
         let issued = |message: String| Change { kind: ChangeKind::CertificateIssued, message };
         let signer_base = tftp_signer_base(cluster);
+        undo_half_started_ca_rotation(state)?;
         let mut previous_ca = load_previous_ca(state)?;
         let last_ca_request = rotation.record.and_then(|r| r.ca_rotation_request.as_deref());
         let ca = match load_ca(state)? {
@@ -225,6 +226,16 @@ impl ClusterIdentity {
                 ca
             }
         };
+        if let Some(base) = &signer_base
+            && finish_half_written_swap(state, base)?
+        {
+            changes.push(Change {
+                kind: ChangeKind::RotationCompleted,
+                message: format!(
+                    "ITL signer rotation, step 2 of 2: finished, as it had stopped between the key and the certificate of {base}; the incoming signer signs (P.3-18)"
+                ),
+            });
+        }
         let mut issuer = Issuer { state, ca: &ca, serials: issued_serials(state)?, now };
         let mut functions = Vec::new();
         let mut signer_due = None;
@@ -391,6 +402,28 @@ fn load_function(state: &StateDir, base: &str) -> Result<Option<(Vec<u8>, RsaPri
     Ok(Some((der, key)))
 }
 
+/// A rotation's second step writes the incoming signer's key and certificate over the current
+/// ones, two files: when only one of them was written before the process stopped, the other is
+/// written now, so that no key is ever used with another key's certificate. Whether it was.
+fn finish_half_written_swap(state: &StateDir, base: &str) -> Result<bool, BuildError> {
+    let incoming = incoming_signer_base(base);
+    for (written, other) in [("key", "crt"), ("crt", "key")] {
+        let (Some(incoming_written), Some(incoming_other)) =
+            (state.read(&format!("{incoming}.{written}"))?, state.read(&format!("{incoming}.{other}"))?)
+        else {
+            return Ok(false);
+        };
+        let current_written = state.read(&format!("{base}.{written}"))?;
+        let current_other = state.read(&format!("{base}.{other}"))?;
+        if current_written.as_deref() == Some(incoming_written.as_slice()) && current_other.as_deref() != Some(incoming_other.as_slice()) {
+            let sensitivity = if other == "key" { Sensitivity::Private } else { Sensitivity::Public };
+            state.write(&format!("{base}.{other}"), &incoming_other, sensitivity)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn keep_ca(state: &StateDir, ca: &ClusterCa) -> Result<(), BuildError> {
     let pem = ca.to_pem();
     state.write(CA_KEY, pem.private_key.as_bytes(), Sensitivity::Private)?;
@@ -408,6 +441,24 @@ fn retire_ca(state: &StateDir, ca: &ClusterCa) -> Result<String, BuildError> {
     state.write(&format!("{RETIRED}{label}/{CA_CERTIFICATE}"), pem.certificate.as_bytes(), Sensitivity::Public)?;
     state.write(PREVIOUS_CA, pem.certificate.as_bytes(), Sensitivity::Public)?;
     Ok(label)
+}
+
+/// A CA rotation's start writes the previous CA aside, then the new key, then the new certificate:
+/// when the process stopped before the certificate, the CA certificate is still the previous one.
+/// The previous key is put back and the start undone, so that the next build starts it whole.
+fn undo_half_started_ca_rotation(state: &StateDir) -> Result<(), BuildError> {
+    let (Some(previous), Some(current)) = (state.read(PREVIOUS_CA)?, state.read(CA_CERTIFICATE)?) else { return Ok(()) };
+    if previous != current {
+        return Ok(());
+    }
+    let der = crate::core::pki::inspect::certificate_der(&previous).map_err(|e| BuildError::State(format!("{PREVIOUS_CA}: {e}")))?;
+    let label = format!("ca-{}", identity_id(&sha256_hex(&der)));
+    let key = state
+        .read(&format!("{RETIRED}{label}/{CA_KEY}"))?
+        .ok_or_else(|| BuildError::State(format!("{PREVIOUS_CA} is the CA certificate, but {RETIRED}{label}/{CA_KEY} is missing")))?;
+    state.write(CA_KEY, &key, Sensitivity::Private)?;
+    state.remove(PREVIOUS_CA)?;
+    Ok(())
 }
 
 /// The CA a rotation replaced (DER), while it is still trusted.
