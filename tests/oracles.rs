@@ -1057,15 +1057,15 @@ fn phone_certificate_checks_on_openssl_certificates() {
     let device = "SEP001122334455";
     let phone_key = openssl_rsa_key(dir, "phone.key", 1024);
     let lsc = issue("lsc.pem", &phone_key, "/CN=SEP001122334455/O=Callguard/OU=voice", &ca, &ca_key);
-    let checked = check(device, &lsc, Some(&ca_der), now).expect("an LSC of the CA");
+    let checked = check(device, &lsc, std::slice::from_ref(&ca_der), now).expect("an LSC of the CA");
     assert_eq!((checked.origin, checked.der), (Origin::Lsc, openssl_der(dir, &dir.join("lsc.pem"))));
-    assert!(check("SEP00AABBCCDD06", &lsc, Some(&ca_der), now).is_err(), "an LSC for another phone");
+    assert!(check("SEP00AABBCCDD06", &lsc, std::slice::from_ref(&ca_der), now).is_err(), "an LSC for another phone");
 
     // Same issuer name, another key: the CA's signature does not verify.
     let impostor_key = openssl_rsa_key(dir, "impostor.key", 2048);
     let impostor = openssl_self_signed(dir, &impostor_key, "/CN=lab CA/O=Callguard/OU=voice", "0x02", "impostor.pem");
     let forged = issue("forged.pem", &phone_key, "/CN=SEP001122334455", &impostor, &impostor_key);
-    let refused = check(device, &forged, Some(&ca_der), now).expect_err("not signed by the CA");
+    let refused = check(device, &forged, std::slice::from_ref(&ca_der), now).expect_err("not signed by the CA");
     assert!(refused.contains("does not verify"), "{refused}");
 
     // A MIC: another CA, its CN names the phone as CP-<model>-SEP<MAC>; an EC key is taken with a warning.
@@ -1073,20 +1073,20 @@ fn phone_certificate_checks_on_openssl_certificates() {
     let maker = openssl_self_signed(dir, &maker_key, "/CN=Manufacturing CA", "0x03", "maker.pem");
     let mic_key = openssl_key(dir, "mic.key", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     let mic = issue("mic.pem", &mic_key, "/CN=CP-7975G-SEP001122334455", &maker, &maker_key);
-    let checked = check(device, &mic, Some(&ca_der), now).expect("a MIC naming the phone");
+    let checked = check(device, &mic, std::slice::from_ref(&ca_der), now).expect("a MIC naming the phone");
     assert!(matches!(checked.origin, Origin::Other { .. }) && checked.warnings.iter().any(|w| w.contains("EC")), "{checked:?}");
-    assert!(check("SEP00AABBCCDD06", &mic, Some(&ca_der), now).is_err(), "a MIC naming another phone");
+    assert!(check("SEP00AABBCCDD06", &mic, std::slice::from_ref(&ca_der), now).is_err(), "a MIC naming another phone");
 
-    let refused = check(device, &fs::read(&ca).unwrap(), Some(&ca_der), now).expect_err("a CA certificate");
+    let refused = check(device, &fs::read(&ca).unwrap(), std::slice::from_ref(&ca_der), now).expect_err("a CA certificate");
     assert!(refused.contains("CA certificate"), "{refused}");
     let ed_key = openssl_key(dir, "ed.key", &["-algorithm", "ED25519"]);
     let ed = issue("ed.pem", &ed_key, "/CN=CP-7975G-SEP001122334455", &maker, &maker_key);
-    assert!(check(device, &ed, Some(&ca_der), now).is_err(), "an Ed25519 key");
+    assert!(check(device, &ed, std::slice::from_ref(&ca_der), now).is_err(), "an Ed25519 key");
     let lsc_text = String::from_utf8(lsc.clone()).unwrap();
     let no_end = &lsc_text[..lsc_text.find("-----END").unwrap()];
-    assert!(check(device, no_end.as_bytes(), Some(&ca_der), now).is_err(), "no END line");
+    assert!(check(device, no_end.as_bytes(), std::slice::from_ref(&ca_der), now).is_err(), "no END line");
     let relabelled = lsc_text.replace("CERTIFICATE-----", "CERTIFICATE REQUEST-----");
-    assert!(check(device, relabelled.as_bytes(), Some(&ca_der), now).is_err(), "another label");
+    assert!(check(device, relabelled.as_bytes(), std::slice::from_ref(&ca_der), now).is_err(), "another label");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1218,7 +1218,7 @@ fn check_everything(bytes: &[u8]) {
     let _ = material::check_encrypted_key(bytes);
     let _ = inspect::certificate_der(bytes);
     let _ = inspect::CertificateFacts::from_der(bytes);
-    let _ = callguard::core::build::devices::check("SEP001122334455", bytes, None, now);
+    let _ = callguard::core::build::devices::check("SEP001122334455", bytes, &[], now);
     let _ = issue::public_key_from_csr(bytes);
     let _ = issue::check_phone_key(bytes);
     let text = String::from_utf8_lossy(bytes);

@@ -345,6 +345,10 @@ fn the_ca_rotates_with_overlap_until_nothing_it_issued_is_in_use() {
     assert!(message.contains("CA rotation, step 1 of 2") && message.contains("SEP00AABBCCDD02"), "{message}");
     assert_eq!(started.identity.id, first.identity.id, "the identity keeps its name");
     assert_eq!(started.identity.previous_ca.as_deref(), Some(sha256_hex(&old_ca).as_str()));
+    // Put back by hand (`callguard device add-cert`), bob's LSC of the previous CA is still his.
+    let added = callguard::core::build::devices::add(ws.state.path(), Some("default"), "SEP00AABBCCDD02", &old_lsc, ws.start)
+        .unwrap_or_else(|e| panic!("an LSC of the previous CA: {e:?}"));
+    assert!(matches!(added.checked.origin, callguard::core::build::devices::Origin::Lsc));
     let retired = format!("retired/ca-{}/ca/ca.key", &sha256_hex(&old_ca)[..16]);
     assert!(state(&ws).read(&retired).unwrap().is_some(), "the old CA's key is set aside, not destroyed");
 

@@ -61,9 +61,10 @@ pub struct Checked {
     pub warnings: Vec<String>,
 }
 
-/// Checks `bytes` (PEM or DER) as the certificate of `device` (see the module docs). `cluster_ca` is
-/// the DER of the state's CA certificate, when there is one yet.
-pub fn check(device: &str, bytes: &[u8], cluster_ca: Option<&[u8]>, now: OffsetDateTime) -> Result<Checked, String> {
+/// Checks `bytes` (PEM or DER) as the certificate of `device` (see the module docs). `cluster_cas`
+/// are the DER of the state's CA certificate, when there is one yet, and during a CA rotation of
+/// the previous one, whose LSCs are still the phones' own.
+pub fn check(device: &str, bytes: &[u8], cluster_cas: &[Vec<u8>], now: OffsetDateTime) -> Result<Checked, String> {
     let der = inspect::certificate_der(bytes)?;
     let facts = CertificateFacts::from_der(&der).map_err(|e| e.to_string())?;
     if facts.is_ca {
@@ -78,9 +79,9 @@ pub fn check(device: &str, bytes: &[u8], cluster_ca: Option<&[u8]>, now: OffsetD
         )),
         PublicKeyKind::Other => return Err("its key is not RSA or EC (P-256, P-384, P-521): no phone certificate has such a key".into()),
     }
-    let issued_by_ca = cluster_ca.is_some_and(|ca| same_issuer(&der, ca));
+    let issued_by_ca = cluster_cas.iter().any(|ca| same_issuer(&der, ca));
     let origin = if issued_by_ca {
-        if !cluster_ca.is_some_and(|ca| inspect::is_issued_by(&der, ca)) {
+        if !cluster_cas.iter().any(|ca| inspect::is_issued_by(&der, ca)) {
             return Err(format!(
                 "it names the cluster CA ({}) as its issuer, but the CA's signature on it does not verify: not an LSC of this cluster",
                 facts.issuer
@@ -187,14 +188,13 @@ pub fn add(state_root: &Path, namespace: Option<&str>, device: &str, bytes: &[u8
     }
     let namespace = choose_namespace(state_root, namespace).map_err(AddError::Unusable)?;
     let state = StateDir::open(&namespace_state(state_root, &namespace)).map_err(|e| AddError::Unusable(e.to_string()))?;
-    let ca = state
-        .read(super::identity_record::files::CA_CERTIFICATE)
-        .map_err(|e| AddError::Unusable(e.to_string()))?
-        .map(|bytes| inspect::certificate_der(&bytes))
-        .transpose()
-        .map_err(|e| AddError::Unusable(format!("{}: {e}", super::identity_record::files::CA_CERTIFICATE)))?;
-    let checked =
-        check(&device, bytes, ca.as_deref(), now).map_err(|e| AddError::Refused(format!("{device}: certificate refused: {e}")))?;
+    let mut cas = Vec::new();
+    for file in [super::identity_record::files::CA_CERTIFICATE, super::identity_record::files::PREVIOUS_CA] {
+        if let Some(bytes) = state.read(file).map_err(|e| AddError::Unusable(e.to_string()))? {
+            cas.push(inspect::certificate_der(&bytes).map_err(|e| AddError::Unusable(format!("{file}: {e}")))?);
+        }
+    }
+    let checked = check(&device, bytes, &cas, now).map_err(|e| AddError::Refused(format!("{device}: certificate refused: {e}")))?;
     let name = certificate_file(&device);
     state
         .write(&name, crate::core::pki::ca::certificate_pem(&checked.der).as_bytes(), Sensitivity::Public)
@@ -229,13 +229,13 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let key = rcgen::KeyPair::generate().unwrap();
         let mic = self_signed("CP-7961G-SEP00AABBCCDD01", &key, false);
-        let checked = check("SEP00AABBCCDD01", &mic, None, now).expect("a MIC naming the phone");
+        let checked = check("SEP00AABBCCDD01", &mic, &[], now).expect("a MIC naming the phone");
         assert!(matches!(checked.origin, Origin::Other { .. }));
         assert!(checked.warnings.iter().any(|w| w.contains("EC")), "{:?}", checked.warnings);
-        let refused = check("SEP00AABBCCDD02", &mic, None, now).unwrap_err();
+        let refused = check("SEP00AABBCCDD02", &mic, &[], now).unwrap_err();
         assert!(refused.contains("SEP00AABBCCDD02") && refused.contains("CP-7961G-SEP00AABBCCDD01"), "{refused}");
         let ca = self_signed("SEP00AABBCCDD01", &key, true);
-        assert!(check("SEP00AABBCCDD01", &ca, None, now).unwrap_err().contains("CA certificate"));
-        assert!(check("SEP00AABBCCDD01", b"junk", None, now).is_err());
+        assert!(check("SEP00AABBCCDD01", &ca, &[], now).unwrap_err().contains("CA certificate"));
+        assert!(check("SEP00AABBCCDD01", b"junk", &[], now).is_err());
     }
 }
