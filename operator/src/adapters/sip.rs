@@ -29,7 +29,7 @@ pub fn parts(snapshot: &Snapshot, identity: &SipIdentity) -> SipDirectoryParts {
         identity
             .device_certificates
             .get(device)
-            .filter(|der| identity.trusted_cas.iter().any(|ca| inspect::is_issued_by(der, ca)))
+            .filter(|der| inspect::is_issued_by_any(der, &identity.trusted_cas))
             .map(|der| inspect::sha256_hex(der))
     };
     let cluster = snapshot.clusters.values().next();

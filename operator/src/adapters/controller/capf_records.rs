@@ -72,10 +72,9 @@ pub fn holding_records(cluster: &str, secrets: &[Secret]) -> BTreeSet<String> {
 /// Whether `pem` is a certificate a cluster CA (`cas`) issued to `device`, as CAPF issues them:
 /// its CN is the device name (or instance ID).
 fn issued_to(pem: &[u8], device: &str, cas: &[Vec<u8>]) -> bool {
-    use crate::core::pki::inspect::{CertificateFacts, certificate_der, is_issued_by};
+    use crate::core::pki::inspect::{CertificateFacts, certificate_der, is_issued_by_any};
     let Ok(der) = certificate_der(pem) else { return false };
-    cas.iter().any(|ca| is_issued_by(&der, ca))
-        && CertificateFacts::from_der(&der).is_ok_and(|f| f.subject_common_name.as_deref() == Some(device))
+    is_issued_by_any(&der, cas) && CertificateFacts::from_der(&der).is_ok_and(|f| f.subject_common_name.as_deref() == Some(device))
 }
 
 /// Adds what the record Secrets hold to a build's state: the records, and the certificates the

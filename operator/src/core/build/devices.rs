@@ -81,7 +81,7 @@ pub fn check(device: &str, bytes: &[u8], cluster_cas: &[Vec<u8>], now: OffsetDat
     }
     let issued_by_ca = cluster_cas.iter().any(|ca| same_issuer(&der, ca));
     let origin = if issued_by_ca {
-        if !cluster_cas.iter().any(|ca| inspect::is_issued_by(&der, ca)) {
+        if !inspect::is_issued_by_any(&der, cluster_cas) {
             return Err(format!(
                 "it names the cluster CA ({}) as its issuer, but the CA's signature on it does not verify: not an LSC of this cluster",
                 facts.issuer

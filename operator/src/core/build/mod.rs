@@ -700,7 +700,7 @@ fn user_capf_profiles(
 
 /// The summary of `certificate` when a trusted cluster CA (`cas`) issued it, and whether it expired.
 fn lsc_summary(certificate: Option<&[u8]>, cas: &[Vec<u8>], now: OffsetDateTime) -> Option<(crate::api::CertificateSummary, bool)> {
-    certificate.filter(|der| cas.iter().any(|ca| crate::core::pki::inspect::is_issued_by(der, ca))).and_then(|der| {
+    certificate.filter(|der| crate::core::pki::inspect::is_issued_by_any(der, cas)).and_then(|der| {
         let facts = crate::core::pki::inspect::CertificateFacts::from_der(der).ok()?;
         let summary = crate::api::CertificateSummary {
             subject: facts.subject,

@@ -241,7 +241,19 @@ pub fn is_issued_by(leaf_der: &[u8], issuer_der: &[u8]) -> bool {
     let (Ok(leaf), Ok(issuer)) = (parse_certificate(leaf_der), parse_certificate(issuer_der)) else {
         return false;
     };
+    signed_by(&leaf, &issuer)
+}
+
+/// The leaf names `issuer` as its issuer and `issuer`'s key signed it.
+fn signed_by(leaf: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     leaf.issuer().as_raw() == issuer.subject().as_raw() && leaf.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Whether one of `issuers` (DER) issued `leaf_der`, as [`is_issued_by`] checks it; the leaf is
+/// parsed once.
+pub fn is_issued_by_any(leaf_der: &[u8], issuers: &[Vec<u8>]) -> bool {
+    let Ok(leaf) = parse_certificate(leaf_der) else { return false };
+    issuers.iter().filter_map(|der| parse_certificate(der).ok()).any(|issuer| signed_by(&leaf, &issuer))
 }
 
 /// The most certificates a CA bundle may hold: a manufacturer has a handful of CAs.

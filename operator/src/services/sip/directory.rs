@@ -102,7 +102,7 @@ impl SipDirectory {
     pub fn trunk_for(&self, local_port: u16, tls: bool, source: Option<IpAddr>, leaf: Option<&[u8]>) -> Option<&SipTrunkEntry> {
         let on_port = self.trunks.iter().filter(|t| t.incoming_port == local_port && t.tls == tls);
         if tls {
-            let leaf = leaf.filter(|der| self.anchors.cluster_cas.iter().any(|ca| inspect::is_issued_by(der, ca)))?;
+            let leaf = leaf.filter(|der| inspect::is_issued_by_any(der, &self.anchors.cluster_cas))?;
             on_port.into_iter().find(|t| {
                 let names: Vec<&str> = t.subject_names.iter().map(String::as_str).collect();
                 identity::trunk_subject_matches(leaf, &names)

@@ -96,9 +96,9 @@ pub fn identify_phone<'a>(
     if now < facts.not_before || now > facts.not_after {
         return Err(IdentityRefusal::OutOfValidity { not_before: facts.not_before, not_after: facts.not_after });
     }
-    let kind = if anchors.cluster_cas.iter().any(|ca| inspect::is_issued_by(leaf, ca)) {
+    let kind = if inspect::is_issued_by_any(leaf, &anchors.cluster_cas) {
         CertificateKind::Lsc
-    } else if anchors.manufacturer_cas.iter().any(|ca| inspect::is_issued_by(leaf, ca)) {
+    } else if inspect::is_issued_by_any(leaf, &anchors.manufacturer_cas) {
         CertificateKind::Mic
     } else {
         return Err(IdentityRefusal::UnknownIssuer { subject: facts.subject });
