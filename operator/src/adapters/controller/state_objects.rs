@@ -13,7 +13,7 @@ use kube::api::ObjectMeta;
 use super::labels;
 use crate::api::{CallControlCluster, SecurityToken, SecurityTokenStatus};
 use crate::core::build::catalog::TRUST_LIST_FILES;
-use crate::core::build::identity_record::RECORD_FILE;
+use crate::core::build::identity_record::{self, RECORD_FILE};
 use crate::core::build::state::{RETIRED, Sensitivity, StateFiles};
 use crate::core::build::tokens::{MAC_KEY_FILE, REGISTRY_FILE};
 
@@ -170,7 +170,7 @@ pub fn state_from_objects(
         }
     }
     // The cluster CA, and during a CA rotation the previous one: the LSCs either issued are kept.
-    let cas: Vec<Vec<u8>> = ["ca/ca.crt", "ca/previous.crt"]
+    let cas: Vec<Vec<u8>> = [identity_record::files::CA_CERTIFICATE, identity_record::files::PREVIOUS_CA]
         .iter()
         .filter_map(|file| files.get(*file).and_then(|(pem, _)| crate::core::pki::inspect::certificate_der(pem).ok()))
         .collect();

@@ -297,9 +297,7 @@ impl ClusterIdentity {
         inputs: RotationInputs<'_>,
         changes: &mut Vec<Change>,
     ) -> Result<Option<SignerRotation>, BuildError> {
-        let Some(index) = self.functions.iter().position(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp)) else {
-            return Ok(None);
-        };
+        let Some(index) = self.tftp_index() else { return Ok(None) };
         let Some(node) = cluster.spec.nodes.iter().find(|n| n.name == self.functions[index].node) else { return Ok(None) };
         let incoming_base = incoming_signer_base(base);
         let mut incoming = load_function(issuer.state, &incoming_base)?;
@@ -351,7 +349,11 @@ impl ClusterIdentity {
     /// The certificate that signs configuration files and the ITL: the TFTP function of the first
     /// TFTP node (the CallManager+TFTP certificate when both run there), as CallManager does (docs/wire-formats.md §4).
     pub fn tftp(&self) -> Option<&FunctionCertificate> {
-        self.functions.iter().find(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
+        self.tftp_index().map(|index| &self.functions[index])
+    }
+
+    fn tftp_index(&self) -> Option<usize> {
+        self.functions.iter().position(|f| matches!(f.role, ServerRole::Tftp | ServerRole::CallManagerAndTftp))
     }
 
     /// The CAs whose certificates are trusted: the cluster CA, and during a CA rotation the previous one.
@@ -407,21 +409,18 @@ fn load_function(state: &StateDir, base: &str) -> Result<Option<(Vec<u8>, RsaPri
 /// written now, so that no key is ever used with another key's certificate. Whether it was.
 fn finish_half_written_swap(state: &StateDir, base: &str) -> Result<bool, BuildError> {
     let incoming = incoming_signer_base(base);
-    for (written, other) in [("key", "crt"), ("crt", "key")] {
-        let (Some(incoming_written), Some(incoming_other)) =
-            (state.read(&format!("{incoming}.{written}"))?, state.read(&format!("{incoming}.{other}"))?)
-        else {
-            return Ok(false);
-        };
-        let current_written = state.read(&format!("{base}.{written}"))?;
-        let current_other = state.read(&format!("{base}.{other}"))?;
-        if current_written.as_deref() == Some(incoming_written.as_slice()) && current_other.as_deref() != Some(incoming_other.as_slice()) {
-            let sensitivity = if other == "key" { Sensitivity::Private } else { Sensitivity::Public };
-            state.write(&format!("{base}.{other}"), &incoming_other, sensitivity)?;
-            return Ok(true);
-        }
+    let read = |name: String| state.read(&name);
+    let (Some(incoming_key), Some(incoming_certificate)) = (read(format!("{incoming}.key"))?, read(format!("{incoming}.crt"))?) else {
+        return Ok(false);
+    };
+    let key_written = read(format!("{base}.key"))?.as_deref() == Some(incoming_key.as_slice());
+    let certificate_written = read(format!("{base}.crt"))?.as_deref() == Some(incoming_certificate.as_slice());
+    match (key_written, certificate_written) {
+        (true, false) => state.write(&format!("{base}.crt"), &incoming_certificate, Sensitivity::Public)?,
+        (false, true) => state.write(&format!("{base}.key"), &incoming_key, Sensitivity::Private)?,
+        _ => return Ok(false),
     }
-    Ok(false)
+    Ok(true)
 }
 
 fn keep_ca(state: &StateDir, ca: &ClusterCa) -> Result<(), BuildError> {
@@ -435,12 +434,18 @@ fn keep_ca(state: &StateDir, ca: &ClusterCa) -> Result<(), BuildError> {
 /// by nothing; in a cluster the Secret `C-retired-ca-<id>`), its certificate as the previous CA,
 /// which is trusted while certificates it issued remain. Returns the label.
 fn retire_ca(state: &StateDir, ca: &ClusterCa) -> Result<String, BuildError> {
-    let label = format!("ca-{}", identity_id(&sha256_hex(ca.certificate_der())));
+    let label = retired_ca_label(ca.certificate_der());
     let pem = ca.to_pem();
     state.write(&format!("{RETIRED}{label}/{CA_KEY}"), pem.private_key.as_bytes(), Sensitivity::Private)?;
     state.write(&format!("{RETIRED}{label}/{CA_CERTIFICATE}"), pem.certificate.as_bytes(), Sensitivity::Public)?;
     state.write(PREVIOUS_CA, pem.certificate.as_bytes(), Sensitivity::Public)?;
     Ok(label)
+}
+
+/// Where a rotated CA is set aside, by its certificate: `ca-` and its identity id. Not the bare id,
+/// which names the identity `callguard.io/new-identity` would set aside.
+fn retired_ca_label(certificate_der: &[u8]) -> String {
+    format!("ca-{}", identity_id(&sha256_hex(certificate_der)))
 }
 
 /// A CA rotation's start writes the previous CA aside, then the new key, then the new certificate:
@@ -452,7 +457,7 @@ fn undo_half_started_ca_rotation(state: &StateDir) -> Result<(), BuildError> {
         return Ok(());
     }
     let der = crate::core::pki::inspect::certificate_der(&previous).map_err(|e| BuildError::State(format!("{PREVIOUS_CA}: {e}")))?;
-    let label = format!("ca-{}", identity_id(&sha256_hex(&der)));
+    let label = retired_ca_label(&der);
     let key = state
         .read(&format!("{RETIRED}{label}/{CA_KEY}"))?
         .ok_or_else(|| BuildError::State(format!("{PREVIOUS_CA} is the CA certificate, but {RETIRED}{label}/{CA_KEY} is missing")))?;
