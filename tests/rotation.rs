@@ -50,6 +50,17 @@ impl Workspace {
         std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
     }
 
+    /// Sets `spec.rotation.gracePeriodMinutes` of the cluster.
+    fn set_grace_minutes(&self, minutes: u32) {
+        let grace = format!("  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: {minutes}");
+        self.edit("cluster.yaml", "  autoRegistration: false", &grace);
+    }
+
+    /// Gives the cluster its first annotation.
+    fn annotate(&self, key: &str, value: &str) {
+        self.edit("cluster.yaml", "  name: quickstart\n", &format!("  name: quickstart\n  annotations:\n    {key}: \"{value}\"\n"));
+    }
+
     /// Builds the namespace as it would be `minutes` after the workspace was made.
     fn build_at(&self, minutes: i64) -> BuildOutput {
         let paths = [self.manifests.path().to_path_buf()];
@@ -105,7 +116,7 @@ fn renaming_the_tftp_host_rolls_the_itl_signer_in_two_steps_a_phone_accepts() {
     let straggler = phone.clone();
 
     ws.edit("cluster.yaml", "hostname: cm1.quickstart.example", "hostname: cm1-new.quickstart.example");
-    ws.edit("cluster.yaml", "  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 60");
+    ws.set_grace_minutes(60);
 
     // Step 1: the incoming signer is listed beside the current one, which signs.
     let announced = ws.build_at(1);
@@ -157,7 +168,7 @@ fn a_second_step_stopped_halfway_is_finished_by_the_next_build() {
     let mut phone = TrustingPhone::default();
     phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
     ws.edit("cluster.yaml", "hostname: cm1.quickstart.example", "hostname: cm1-new.quickstart.example");
-    ws.edit("cluster.yaml", "  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 0");
+    ws.set_grace_minutes(0);
     phone.fetch(&ws.build_at(1).served, Some(BOB_CONFIG)).unwrap();
     let state = state(&ws);
     let (current, incoming) = ("certs/cm1.callmanager-tftp", "certs/cm1.callmanager-tftp.next");
@@ -190,7 +201,7 @@ fn a_ca_rotation_stopped_before_its_new_certificate_starts_again_whole() {
     let stray = callguard::core::pki::keys::pkcs8_pem(&callguard::core::pki::keys::generate_rsa(2048));
     state.write("ca/ca.key", stray.as_bytes(), Sensitivity::Private).unwrap();
 
-    ws.edit("cluster.yaml", "  name: quickstart\n", "  name: quickstart\n  annotations:\n    callguard.io/rotate-ca: \"1\"\n");
+    ws.annotate("callguard.io/rotate-ca", "1");
     let started = ws.build_at(1);
     assert!(started.changes.iter().any(|c| c.message.starts_with("CA rotation, step 1 of 2")), "{:?}", started.changes);
     let new = current_ca(&ws);
@@ -210,12 +221,8 @@ fn the_annotation_rotates_the_itl_signer_once_per_value() {
     let mut phone = TrustingPhone::default();
     phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
     let original = phone.itl_sast();
-    ws.edit(
-        "cluster.yaml",
-        "  name: quickstart\n",
-        "  name: quickstart\n  annotations:\n    callguard.io/rotate-itl-signer: \"2026-12\"\n",
-    );
-    ws.edit("cluster.yaml", "  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 0");
+    ws.annotate("callguard.io/rotate-itl-signer", "2026-12");
+    ws.set_grace_minutes(0);
 
     let mut signers = vec![original[0].clone()];
     for (minute, value) in [(1, "2026-12"), (3, "2027-01")] {
@@ -326,8 +333,8 @@ fn the_ca_rotates_with_overlap_until_nothing_it_issued_is_in_use() {
     let old_lsc = give_lsc(&ws, "SEP00AABBCCDD02", 0);
     assert!(phone_status(&ws.build_at(1), "bob-7941").lsc.is_some(), "bob's LSC is the cluster CA's");
 
-    ws.edit("cluster.yaml", "  name: quickstart\n", "  name: quickstart\n  annotations:\n    callguard.io/rotate-ca: \"2026-12\"\n");
-    ws.edit("cluster.yaml", "  autoRegistration: false", "  autoRegistration: false\n  rotation:\n    gracePeriodMinutes: 60");
+    ws.annotate("callguard.io/rotate-ca", "2026-12");
+    ws.set_grace_minutes(60);
 
     // Step 1: a new CA issues; the old one stays trusted for what it issued.
     let started = ws.build_at(2);
