@@ -397,6 +397,8 @@ fn write(
                 return Err(ApiError::new(Reason::MethodNotAllowed, "POST is not supported on the status subresource"));
             }
             let created = store.create(&target.resource, target.namespace.as_deref(), parse_body()?, false)?;
+            // The answer is written once the store is free for the next request.
+            drop(store);
             let name = created.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
             return Ok((StatusCode::CREATED, serde_json::to_vec(&*created).unwrap_or_default(), name));
         }
@@ -429,6 +431,7 @@ fn write(
             let request =
                 PatchRequest { kind, body, scope: target.scope, field_manager: query.get("fieldManager").map(String::as_str), force };
             let patched = store.patch(&target.resource, &key, &request)?;
+            drop(store);
             let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
             return Ok((status, serde_json::to_vec(&*patched).unwrap_or_default(), None));
         }
@@ -455,6 +458,7 @@ fn write(
         }
         _ => return Err(ApiError::new(Reason::MethodNotAllowed, "unsupported verb")),
     };
+    drop(store);
     Ok((StatusCode::OK, serde_json::to_vec(&*object).unwrap_or_default(), None))
 }
 

@@ -273,6 +273,14 @@ impl FakeApiServer {
         }
     }
 
+    /// How many objects of a kind `matching` holds, without copying them (a benchmark polls this).
+    pub fn count(&self, api_version: &str, kind: &str, namespace: Option<&str>, matching: impl Fn(&Value) -> bool) -> usize {
+        let store = self.shared.store();
+        let Some(resource) = store.registry.by_kind(api_version, kind).cloned() else { return 0 };
+        let selection = selectors::Selection { namespace: namespace.map(str::to_string), ..Default::default() };
+        store.list(&resource, &selection, None, None).map_or(0, |page| page.items.iter().filter(|object| matching(object)).count())
+    }
+
     /// The newest resourceVersion handed out.
     pub fn resource_version(&self) -> u64 {
         self.shared.store().revision
@@ -281,6 +289,11 @@ impl FakeApiServer {
     /// Every write request so far, in arrival order.
     pub fn writes(&self) -> Vec<WriteRecord> {
         self.shared.recorder().writes.clone()
+    }
+
+    /// How many writes so far are `matching`, without copying them (a benchmark polls this).
+    pub fn count_writes(&self, matching: impl Fn(&WriteRecord) -> bool) -> usize {
+        self.shared.recorder().writes.iter().filter(|write| matching(write)).count()
     }
 
     /// Every read request (get, list, watch) so far, in arrival order.

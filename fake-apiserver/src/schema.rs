@@ -5,7 +5,8 @@
 //! the stored object as `oldSelf` for transition rules). A refusal is a 422 `Invalid` with a cause per
 //! field, worded as the API server words them. An update is ratcheted, as Kubernetes does since 1.30:
 //! a fault the stored object already had does not refuse it (a status written on an object stored
-//! under an older schema goes through).
+//! under an older schema goes through), and a top-level field the update leaves as it was (the
+//! `spec` of a status write) is not checked again, since whatever it holds was admitted or ratcheted.
 //!
 //! Approximated: unknown fields are kept, not pruned; `format` is not checked; CEL runs only when the
 //! schema holds (as the API server skips rules under invalid values).
@@ -70,13 +71,55 @@ impl SchemaValidation {
 impl SchemaValidation {
     fn causes(&self, object: &Value, old: Option<&Value>) -> Vec<Cause> {
         let mut causes = Vec::new();
-        structural(&self.schema, object, "", &mut causes);
-        if causes.is_empty()
-            && let Err(errors) = validator().validate_compiled(&self.cel, object, old)
-        {
-            causes.extend(errors.iter().map(|e| Cause { field: e.field_path.clone(), message: e.message.clone() }));
+        // Rules on the root see every field: with one, the whole object is checked.
+        match (object.as_object(), old) {
+            (Some(fields), Some(old)) if self.cel.validations.is_empty() => {
+                let changed: Vec<(&String, &Value)> =
+                    fields.iter().filter(|(name, value)| old.get(name.as_str()) != Some(*value)).collect();
+                self.changed_fields(fields, &changed, old, &mut causes);
+            }
+            _ => {
+                structural(&self.schema, object, "", &mut causes);
+                if causes.is_empty()
+                    && let Err(errors) = validator().validate_compiled(&self.cel, object, old)
+                {
+                    causes.extend(errors.iter().map(|e| Cause { field: e.field_path.clone(), message: e.message.clone() }));
+                }
+            }
         }
         causes
+    }
+
+    /// The root's own checks, then those of the top-level fields an update changed.
+    fn changed_fields(&self, fields: &serde_json::Map<String, Value>, changed: &[(&String, &Value)], old: &Value, causes: &mut Vec<Cause>) {
+        for required in self.schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if !fields.contains_key(required) {
+                causes.push(Cause { field: required.to_owned(), message: "Required value".into() });
+            }
+        }
+        for (name, value) in changed {
+            if let Some(field_schema) = self.schema.pointer(&format!("/properties/{name}")) {
+                structural(field_schema, value, name, causes);
+            }
+        }
+        if !causes.is_empty() {
+            return;
+        }
+        for (name, value) in changed {
+            let Some(compiled) = self.cel.properties.get(name.as_str()) else { continue };
+            if let Err(errors) = validator().validate_compiled(compiled, value, old.get(name.as_str())) {
+                causes.extend(errors.iter().map(|e| Cause { field: under(name, &e.field_path), message: e.message.clone() }));
+            }
+        }
+    }
+}
+
+/// A field path found under the top-level field `name`, as seen from the root.
+fn under(name: &str, path: &str) -> String {
+    match path {
+        "" => name.to_owned(),
+        _ if path.starts_with('.') || path.starts_with('[') => format!("{name}{path}"),
+        _ => format!("{name}.{path}"),
     }
 }
 
@@ -211,7 +254,12 @@ mod tests {
                         "port": {"type": "integer", "minimum": 1024, "maximum": 65535},
                         "note": {"type": "string", "nullable": true}
                     },
-                    "x-kubernetes-validations": [{"rule": "!has(self.port) || self.port != 5060", "message": "5060 is the SIP port"}]
+                    "x-kubernetes-validations": [{"rule": "!has(self.port) || self.port != 5060", "message": "5060 is the SIP port", "fieldPath": ".port"}]
+                },
+                "status": {
+                    "type": "object",
+                    "properties": {"state": {"type": "string", "enum": ["Ready", "Failed"]}},
+                    "x-kubernetes-validations": [{"rule": "!has(self.state) || self.state != 'Failed' || has(self.reason)", "message": "a failure needs a reason"}]
                 }
             }
         }))
@@ -264,5 +312,24 @@ mod tests {
         assert!(phone_schema().admit(&phone(), &with_status, Some(&stored)).is_ok());
         let worse = json!({"metadata": {"name": "a"}, "spec": {"model": "7942", "port": 1}});
         assert!(phone_schema().admit(&phone(), &worse, Some(&stored)).is_err());
+    }
+
+    /// An update checks what it changes, named from the root, whatever the fields it left alone hold.
+    #[test]
+    fn an_update_checks_the_fields_it_changes_and_names_them_from_the_root() {
+        let schema = phone_schema();
+        let update = |old: Value, new: Value| match schema.admit(&phone(), &new, Some(&old)) {
+            Ok(()) => Vec::new(),
+            Err(error) => {
+                error.details.unwrap()["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap().to_owned()).collect()
+            }
+        };
+        let stored = json!({"metadata": {"name": "a"}, "spec": {"model": "7941"}});
+        let with = |status: Value| json!({"metadata": {"name": "a"}, "spec": {"model": "7941"}, "status": status});
+        assert_eq!(update(stored.clone(), with(json!({"state": "Ready"}))), Vec::<String>::new());
+        assert_eq!(update(stored.clone(), with(json!({"state": "Gone"}))), ["status.state"]);
+        assert_eq!(update(stored.clone(), with(json!({"state": "Failed"}))), ["status"]);
+        let spec = json!({"metadata": {"name": "a"}, "spec": {"model": "7941", "port": 5060}});
+        assert_eq!(update(stored, spec), ["spec.port"]);
     }
 }

@@ -61,19 +61,14 @@ pub async fn run(phones: usize) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let elapsed = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let status_writes = server.writes().iter().filter(|w| w.subresource.as_deref() == Some("status")).count();
+        let status_writes = server.count_writes(is_status_write);
         if status_writes >= with_status {
             let pending: usize = kinds
                 .iter()
                 .map(|kind| {
-                    server
-                        .list("callguard.io/v1alpha1", kind, Some(NAMESPACE))
-                        .iter()
-                        .filter(|o| {
-                            o["status"]["observedGeneration"] != o["metadata"]["generation"]
-                                || o["status"]["conditions"].as_array().is_none()
-                        })
-                        .count()
+                    server.count("callguard.io/v1alpha1", kind, Some(NAMESPACE), |o| {
+                        o["status"]["observedGeneration"] != o["metadata"]["generation"] || o["status"]["conditions"].as_array().is_none()
+                    })
                 })
                 .sum();
             if pending == 0 {
@@ -88,11 +83,9 @@ pub async fn run(phones: usize) -> Result<(), String> {
             return Err(format!("the operator exited with {status}"));
         }
     };
-    let ready = server
-        .list("callguard.io/v1alpha1", "Phone", Some(NAMESPACE))
-        .iter()
-        .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
-        .count();
+    let ready = server.count("callguard.io/v1alpha1", "Phone", Some(NAMESPACE), |p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    });
     let requests: u64 = server.request_counts().values().sum();
 
     // Warm: once no reconcile has run for two seconds (its own writes may have queued one more),
@@ -110,7 +103,7 @@ pub async fn run(phones: usize) -> Result<(), String> {
         kube::api::ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk("callguard.io", "v1alpha1", "Phone"), "phones");
     let phones_api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(server.client(), NAMESPACE, &resource);
     let requests_before_edit: u64 = server.request_counts().values().sum();
-    let status_writes_before_edit = server.writes().iter().filter(|w| w.subresource.as_deref() == Some("status")).count();
+    let status_writes_before_edit = server.count_writes(is_status_write);
     let edit_started = Instant::now();
     let patch = json!({"spec": {"description": "edited by the benchmark"}});
     let patched =
@@ -150,8 +143,7 @@ pub async fn run(phones: usize) -> Result<(), String> {
     println!("  API requests (cold):          {requests:>8}");
     println!("  one phone's edit in status:   {edit_latency:>8.2?}   (target under 1 s)");
     let requests_edit = server.request_counts().values().sum::<u64>() - requests_before_edit;
-    let status_writes_edit =
-        server.writes().iter().filter(|w| w.subresource.as_deref() == Some("status")).count() - status_writes_before_edit;
+    let status_writes_edit = server.count_writes(is_status_write) - status_writes_before_edit;
     println!("  API requests (edit):          {requests_edit:>8} ({status_writes_edit} status writes)");
     println!("  operator peak memory (RSS):   {:>8.1} MiB   (target under 256 MiB)", peak_kib as f64 / 1024.0);
     println!("  where it goes, per reconcile step (seconds summed over the reconciles; memory after the step's last run):");
@@ -166,6 +158,10 @@ pub async fn run(phones: usize) -> Result<(), String> {
         return Err(format!("only {ready} of {phones} phones are Ready"));
     }
     Ok(())
+}
+
+fn is_status_write(write: &fake_apiserver::WriteRecord) -> bool {
+    write.subresource.as_deref() == Some("status")
 }
 
 /// Waits until no reconcile has run for two seconds (its own writes may queue one more); the

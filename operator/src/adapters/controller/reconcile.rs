@@ -759,9 +759,13 @@ async fn patch_status_of<K>(client: &Client, namespace: &str, name: &str, status
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
-    match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+    let request = kube::core::Request::new(K::url_path(&(), Some(namespace)))
+        .patch_subresource("status", name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .map_err(kube::Error::BuildRequest)?;
+    // The object the server answers with is not read: a namespace's worth of them would be parsed
+    // for nothing.
+    match client.request::<serde::de::IgnoredAny>(request).await {
         Ok(_) => Ok(()),
         // Deleted since it was read: nothing to report on.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
