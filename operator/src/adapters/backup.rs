@@ -105,7 +105,7 @@ pub fn read_passphrase(path: &Path) -> Result<String, String> {
 /// backup moves between the two.
 pub async fn read_namespace(client: &kube::Client, namespace: &str) -> Result<StateFiles, String> {
     use crate::adapters::controller::{namespace_objects::NamespaceObjects, state_objects::state_of};
-    let objects = NamespaceObjects::read(client, namespace).await.map_err(|e| format!("namespace {namespace}: {e}"))?;
+    let objects = NamespaceObjects::read(client, namespace, None).await.map_err(|e| format!("namespace {namespace}: {e}"))?;
     let [cluster] = objects.clusters.as_slice() else {
         return Err(format!(
             "namespace {namespace} holds {} CallControlCluster(s); a backup takes the state of exactly one",

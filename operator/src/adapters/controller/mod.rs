@@ -4,6 +4,7 @@
 //! reconciles its cluster, and the reconcile writes the status of every object of the namespace.
 
 pub mod availability;
+pub mod cache;
 pub mod capf_records;
 pub mod conditions;
 pub mod desired;

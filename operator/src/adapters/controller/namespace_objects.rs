@@ -10,11 +10,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::object::HasSpec;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::cache::{Cache, Caches, Entry};
 use super::labels;
 use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
@@ -27,18 +29,18 @@ use crate::validate::manifest::Document;
 #[derive(Default)]
 pub struct NamespaceObjects {
     pub namespace: String,
-    pub clusters: Vec<CallControlCluster>,
-    pub tokens: Vec<SecurityToken>,
-    pub phone_profiles: Vec<PhoneSecurityProfile>,
-    pub phones: Vec<Phone>,
-    pub trunk_profiles: Vec<SipTrunkSecurityProfile>,
-    pub trunks: Vec<SipTrunk>,
-    pub srst_references: Vec<SrstReference>,
-    pub h323_gateways: Vec<H323Gateway>,
-    pub mgcp_gateways: Vec<MgcpGateway>,
-    pub end_users: Vec<EndUser>,
-    pub application_users: Vec<ApplicationUser>,
-    pub realms: Vec<SipRealm>,
+    pub clusters: Vec<Arc<CallControlCluster>>,
+    pub tokens: Vec<Arc<SecurityToken>>,
+    pub phone_profiles: Vec<Arc<PhoneSecurityProfile>>,
+    pub phones: Vec<Arc<Phone>>,
+    pub trunk_profiles: Vec<Arc<SipTrunkSecurityProfile>>,
+    pub trunks: Vec<Arc<SipTrunk>>,
+    pub srst_references: Vec<Arc<SrstReference>>,
+    pub h323_gateways: Vec<Arc<H323Gateway>>,
+    pub mgcp_gateways: Vec<Arc<MgcpGateway>>,
+    pub end_users: Vec<Arc<EndUser>>,
+    pub application_users: Vec<Arc<ApplicationUser>>,
+    pub realms: Vec<Arc<SipRealm>>,
     pub secrets: Vec<Secret>,
     pub config_maps: Vec<ConfigMap>,
     /// The objects the Rust types cannot read.
@@ -48,6 +50,7 @@ pub struct NamespaceObjects {
 /// A Callguard object the Rust types cannot read (stored under an older or looser schema, or
 /// written past it): kept as the API server holds it, so that validation names it and its field
 /// while the list of its kind is still read, instead of the whole read failing for ever.
+#[derive(Clone)]
 pub struct Untrusted {
     pub kind: Kind,
     pub name: String,
@@ -57,46 +60,68 @@ pub struct Untrusted {
     pub document: Value,
 }
 
-/// The `K`s of the namespace, and those of them the type cannot read. Typed first; only when one
-/// object does not fit is the list read again untyped and taken object by object.
-async fn list<K>(client: &Client, namespace: &str) -> Result<(Vec<K>, Vec<Untrusted>), kube::Error>
+/// The `K`s of the namespace, and those of them the type cannot read: from the watch cache while it
+/// is synced, otherwise listed. Typed first; only when one object does not fit is the list read again
+/// untyped and taken object by object.
+async fn list<K>(client: &Client, namespace: &str, cache: Option<&Cache<K>>) -> Result<(Vec<Arc<K>>, Vec<Untrusted>), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    if let Some(entries) = cache.and_then(|cache| cache.snapshot(Some(namespace))) {
+        let (mut typed, mut untrusted) = (Vec::with_capacity(entries.len()), Vec::new());
+        for entry in entries {
+            match entry {
+                Entry::Typed(object) => typed.push(object),
+                Entry::Untrusted(odd) => untrusted.push(Untrusted::clone(&odd)),
+            }
+        }
+        return Ok((typed, untrusted));
+    }
     match Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await {
-        Ok(list) => return Ok((list.items, Vec::new())),
+        Ok(list) => return Ok((list.items.into_iter().map(Arc::new).collect(), Vec::new())),
         Err(kube::Error::SerdeError(_)) => {}
         Err(e) => return Err(e),
     }
     let resource = ApiResource::erase::<K>(&());
     let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     let (mut typed, mut untrusted) = (Vec::new(), Vec::new());
-    let kind = Kind::ALL.into_iter().find(|kind| kind.as_str() == K::kind(&())).expect("every listed kind is a Callguard kind");
     for object in raw.list(&ListParams::default()).await?.items {
-        let mut value = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
-        value["apiVersion"] = json!(K::api_version(&()));
-        value["kind"] = json!(K::kind(&()));
-        match serde_json::from_value::<K>(value.clone()) {
-            Ok(object) => typed.push(object),
-            Err(error) => {
-                let name = object.name_any();
-                tracing::info!(%namespace, "{}/{name} does not fit its type ({error}): validation will name its fault", kind.as_str());
-                let document = json!({
-                    "apiVersion": K::api_version(&()),
-                    "kind": K::kind(&()),
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": value.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
-                });
-                let status = value.get_mut("status").map(Value::take).unwrap_or(Value::Null);
-                untrusted.push(Untrusted { kind, name, generation: object.metadata.generation, status, document });
-            }
+        match typed_or_untrusted::<K>(&object) {
+            Ok(object) => typed.push(Arc::new(object)),
+            Err(odd) => untrusted.push(odd),
         }
     }
     Ok((typed, untrusted))
 }
 
+/// An object read untyped, as its type, or as what validation needs to name why it does not fit.
+pub fn typed_or_untrusted<K>(object: &DynamicObject) -> Result<K, Untrusted>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let kind = Kind::ALL.into_iter().find(|kind| kind.as_str() == K::kind(&())).expect("every cached or listed kind is a Callguard kind");
+    let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
+    value["apiVersion"] = json!(K::api_version(&()));
+    value["kind"] = json!(K::kind(&()));
+    let error = match serde_json::from_value::<K>(value.clone()) {
+        Ok(typed) => return Ok(typed),
+        Err(error) => error,
+    };
+    let name = object.name_any();
+    let namespace = object.namespace().unwrap_or_default();
+    tracing::info!(%namespace, "{}/{name} does not fit its type ({error}): validation will name its fault", kind.as_str());
+    let document = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": value.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
+    });
+    let status = value.get_mut("status").map(Value::take).unwrap_or(Value::Null);
+    Err(Untrusted { kind, name, generation: object.metadata.generation, status, document })
+}
+
 /// The typed objects of a list; its untrusted ones join `untrusted`.
-fn split<K>((typed, odd): (Vec<K>, Vec<Untrusted>), untrusted: &mut Vec<Untrusted>) -> Vec<K> {
+fn split<K>((typed, odd): (Vec<Arc<K>>, Vec<Untrusted>), untrusted: &mut Vec<Untrusted>) -> Vec<Arc<K>> {
     untrusted.extend(odd);
     typed
 }
@@ -143,14 +168,17 @@ async fn get_secrets(client: &Client, namespace: &str, names: BTreeSet<String>) 
 }
 
 impl NamespaceObjects {
-    pub async fn read(client: &Client, namespace: &str) -> Result<Self, kube::Error> {
+    /// The namespace from the watch caches of `caches` where they are synced, from the API server
+    /// otherwise (and always, without caches: `callguard backup`).
+    pub async fn read(client: &Client, namespace: &str, caches: Option<&Caches>) -> Result<Self, kube::Error> {
         let (clusters, tokens, phone_profiles, phones, trunk_profiles, trunks) = tokio::try_join!(
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
+            list::<CallControlCluster>(client, namespace, None),
+            // Read fresh: see `Caches`.
+            list::<SecurityToken>(client, namespace, None),
+            list(client, namespace, caches.map(|c| &c.phone_profiles)),
+            list(client, namespace, caches.map(|c| &c.phones)),
+            list(client, namespace, caches.map(|c| &c.trunk_profiles)),
+            list(client, namespace, caches.map(|c| &c.trunks)),
         )?;
         // The state the operator owns, but not the projections it writes for the data plane (large,
         // and derived from the rest).
@@ -163,12 +191,12 @@ impl NamespaceObjects {
         ));
         let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
         let (srst_references, h323_gateways, mgcp_gateways, end_users, application_users, realms, owned_secrets, config_maps) = tokio::try_join!(
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
-            list(client, namespace),
+            list(client, namespace, caches.map(|c| &c.srst_references)),
+            list(client, namespace, caches.map(|c| &c.h323_gateways)),
+            list(client, namespace, caches.map(|c| &c.mgcp_gateways)),
+            list(client, namespace, caches.map(|c| &c.end_users)),
+            list(client, namespace, caches.map(|c| &c.application_users)),
+            list(client, namespace, caches.map(|c| &c.realms)),
             async { Ok(secrets.list(&owned).await?.items) },
             async { Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&owned).await?.items) },
         )?;
@@ -198,7 +226,17 @@ impl NamespaceObjects {
         for secret in &objects.secrets {
             wanted.remove(secret.metadata.name.as_deref().unwrap_or_default());
         }
-        let labelled = secrets.list(&ListParams::default().labels(labels::WATCHED_SECRET)).await?.items;
+        let cached = caches.and_then(|c| c.watched_secrets.snapshot(Some(namespace)));
+        let labelled = match cached {
+            Some(entries) => entries
+                .into_iter()
+                .filter_map(|entry| match entry {
+                    Entry::Typed(secret) => Some(Secret::clone(&secret)),
+                    Entry::Untrusted(_) => None,
+                })
+                .collect(),
+            None => secrets.list(&ListParams::default().labels(labels::WATCHED_SECRET)).await?.items,
+        };
         for secret in labelled {
             if wanted.remove(secret.metadata.name.as_deref().unwrap_or_default()) {
                 objects.secrets.push(secret);
@@ -248,14 +286,15 @@ fn metadata<K: Resource>(object: &K) -> Value {
     json!({"name": meta.name, "namespace": meta.namespace})
 }
 
-fn push_all<K>(documents: &mut Vec<Document>, objects: Vec<K>)
+fn push_all<K>(documents: &mut Vec<Document>, objects: Vec<Arc<K>>)
 where
-    K: Resource<DynamicType = ()> + Serialize,
+    K: Resource<DynamicType = ()> + HasSpec,
+    K::Spec: Serialize,
 {
     for object in objects {
-        let Ok(mut full) = serde_json::to_value(&object) else { continue };
+        let Ok(spec) = serde_json::to_value(object.spec()) else { continue };
         // Callguard's own annotations are requests to the build (a rotation): they go with the object.
-        let mut metadata = metadata(&object);
+        let mut metadata = metadata(&*object);
         let requests: BTreeMap<&String, &String> =
             object.meta().annotations.iter().flatten().filter(|(key, _)| key.starts_with(CALLGUARD_ANNOTATIONS)).collect();
         if !requests.is_empty() {
@@ -265,7 +304,7 @@ where
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
             "metadata": metadata,
-            "spec": full.get_mut("spec").map(Value::take).unwrap_or(Value::Null),
+            "spec": spec,
         });
         documents.push(document(value, &K::kind(&()), object.meta().name.as_deref().unwrap_or_default()));
     }

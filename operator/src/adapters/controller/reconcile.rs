@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::availability::{self, Replicas};
+use super::cache::Caches;
 use super::capf_records;
 use super::conditions::{Wanted, conditions, finished};
 use super::desired::{Desired, DesiredInputs, WorkloadDefaults, desired_objects, owned};
@@ -44,12 +46,20 @@ pub struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     /// At most this many status writes in flight.
     pub status_concurrency: usize,
+    /// The watch caches of each controller's scope (a namespace, or None for all).
+    pub caches: Vec<(Option<String>, Arc<Caches>)>,
 }
 
 impl Context {
     pub fn new(client: Client, image: String, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
         let workload_defaults = WorkloadDefaults { image, api_server_ports: vec![443, 6443], image_pull_secrets: Vec::new() };
-        Context { client, workload_defaults, metrics, recorder, failures: Mutex::default(), status_concurrency: 32 }
+        Context { client, workload_defaults, metrics, recorder, failures: Mutex::default(), status_concurrency: 32, caches: Vec::new() }
+    }
+
+    /// The caches of the scope that `namespace` (None: every namespace) belongs to.
+    pub fn caches_of(&self, namespace: Option<&str>) -> Arc<Caches> {
+        let scope = self.caches.iter().find(|(scope, _)| scope.is_none() || scope.as_deref() == namespace);
+        scope.map(|(_, caches)| Arc::clone(caches)).unwrap_or_default()
     }
 }
 
@@ -106,6 +116,9 @@ impl ReconcileError {
         }
     }
 }
+
+/// How long a reconcile waits for the watch caches to deliver its own last status writes.
+const CACHE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Requeue after success: certificates are checked for renewal at least this often.
 const RESYNC: Duration = Duration::from_secs(15 * 60);
@@ -180,8 +193,18 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
 
     let mut steps = StepClock::start(&context.metrics);
     // Dereference.
-    let objects = NamespaceObjects::read(&context.client, &namespace).await.map_err(ReconcileError::Dereference)?;
+    // The watch caches, once they hold this operator's own last status writes; if they lag behind
+    // for long, the namespace is read from the API server instead.
+    let caches = context.caches_of(Some(&namespace));
+    let cached = caches.caught_up(CACHE_PATIENCE).await.then_some(&*caches);
+    let objects = NamespaceObjects::read(&context.client, &namespace, cached).await.map_err(ReconcileError::Dereference)?;
     steps.done(ReconcileStep::Dereference);
+    // The cluster as just read: the controller's copy can be a write behind (its identity record, its
+    // observed generation), and the state is built from it.
+    let Some(cluster) = objects.clusters.iter().find(|c| c.name_any() == name).cloned() else {
+        return Ok(Reconciled { action: Action::await_change(), stalled: None });
+    };
+    let cluster = cluster.as_ref();
     // What the statuses and the build need, taken now: the objects themselves become the documents
     // validation reads, so that a 30 000-phone namespace is not held twice.
     let observed = Observed::of(&objects);
@@ -283,13 +306,15 @@ impl<'a> StepClock<'a> {
 
 /// A new generation: says so first (kstatus `Reconciling`), so that GitOps tools wait for the result.
 async fn announce_new_generation(cluster: &CallControlCluster, context: &Context, observed: &Observed) -> Result<(), ReconcileError> {
-    let observed_generation = cluster.status.as_ref().and_then(|s| s.common.observed_generation);
-    if observed_generation == cluster.metadata.generation {
+    // As just read, not as the controller's copy had it: that one can be a write behind, and
+    // would announce again a generation already reconciled.
+    let name = cluster.name_any();
+    let Some((generation, status)) = observed.objects.get(&(Kind::CallControlCluster, name.clone())) else { return Ok(()) };
+    if status.get("observedGeneration").and_then(Value::as_i64) == *generation {
         return Ok(());
     }
-    let name = cluster.name_any();
     let wanted = vec![
-        Wanted::new("Ready", false, "Reconciling", format!("reconciling generation {}", cluster.metadata.generation.unwrap_or_default())),
+        Wanted::new("Ready", false, "Reconciling", format!("reconciling generation {}", generation.unwrap_or_default())),
         Wanted::new("Reconciling", true, "Progressing", "validating, building and applying"),
         Wanted::new("Stalled", false, "Valid", ""),
     ];
@@ -654,7 +679,7 @@ fn built_statuses(
 }
 
 /// A token that this reconcile locked gets a Warning event on the cluster (P.16-5).
-async fn announce_token_changes(context: &Context, cluster: &CallControlCluster, tokens: &[SecurityToken], updates: &[StatusUpdate]) {
+async fn announce_token_changes(context: &Context, cluster: &CallControlCluster, tokens: &[Arc<SecurityToken>], updates: &[StatusUpdate]) {
     for update in updates.iter().filter(|u| u.kind == Kind::SecurityToken) {
         let locked_now = update.extra.get("locked") == Some(&json!(true));
         let was_locked = tokens.iter().any(|t| t.name_any() == update.name && t.status.as_ref().is_some_and(|s| s.locked));
@@ -674,10 +699,13 @@ pub struct Observed {
 
 impl Observed {
     fn of(objects: &NamespaceObjects) -> Self {
-        fn add<K: Resource + Serialize>(map: &mut BTreeMap<(Kind, String), (Option<i64>, Value)>, kind: Kind, list: &[K]) {
+        fn add<K>(map: &mut BTreeMap<(Kind, String), (Option<i64>, Value)>, kind: Kind, list: &[Arc<K>])
+        where
+            K: Resource + HasStatus,
+            K::Status: Serialize,
+        {
             for object in list {
-                let status =
-                    serde_json::to_value(object).ok().and_then(|mut v| v.get_mut("status").map(Value::take)).unwrap_or(Value::Null);
+                let status = object.status().and_then(|status| serde_json::to_value(status).ok()).unwrap_or(Value::Null);
                 map.insert((kind, object.meta().name.clone().unwrap_or_default()), (object.meta().generation, status));
             }
         }
@@ -729,15 +757,39 @@ async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<Sta
         patches.push((update.kind, update.name, Value::Object(status)));
     }
     let namespace = observed.namespace.clone();
+    let caches = context.caches_of(Some(&namespace));
     let results: Vec<Result<(), kube::Error>> = futures::stream::iter(patches)
-        .map(|(kind, name, status)| patch_status(&context.client, &namespace, kind, name, status))
+        .map(|(kind, name, status)| {
+            let caches = &caches;
+            let client = &context.client;
+            let namespace = &namespace;
+            async move {
+                if let Some(version) = patch_status(client, namespace, kind, name, status).await? {
+                    caches.wrote(kind, version);
+                }
+                Ok(())
+            }
+        })
         .buffer_unordered(context.status_concurrency.max(1))
         .collect()
         .await;
     results.into_iter().collect()
 }
 
-async fn patch_status(client: &Client, namespace: &str, kind: Kind, name: String, status: Value) -> Result<(), kube::Error> {
+/// Of the object a write answers with, only the resourceVersion it made is read.
+#[derive(serde::Deserialize)]
+struct Written {
+    metadata: WrittenMetadata,
+}
+
+#[derive(serde::Deserialize)]
+struct WrittenMetadata {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<String>,
+}
+
+/// The resourceVersion the write made, when it is a number.
+async fn patch_status(client: &Client, namespace: &str, kind: Kind, name: String, status: Value) -> Result<Option<u64>, kube::Error> {
     match kind {
         Kind::CallControlCluster => patch_status_of::<CallControlCluster>(client, namespace, &name, status).await,
         Kind::SecurityToken => patch_status_of::<SecurityToken>(client, namespace, &name, status).await,
@@ -755,7 +807,7 @@ async fn patch_status(client: &Client, namespace: &str, kind: Kind, name: String
 }
 
 /// Server-side apply on the status subresource: `spec` is never written.
-async fn patch_status_of<K>(client: &Client, namespace: &str, name: &str, status: Value) -> Result<(), kube::Error>
+async fn patch_status_of<K>(client: &Client, namespace: &str, name: &str, status: Value) -> Result<Option<u64>, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + fmt::Debug,
 {
@@ -763,12 +815,12 @@ where
     let request = kube::core::Request::new(K::url_path(&(), Some(namespace)))
         .patch_subresource("status", name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
         .map_err(kube::Error::BuildRequest)?;
-    // The object the server answers with is not read: a namespace's worth of them would be parsed
-    // for nothing.
-    match client.request::<serde::de::IgnoredAny>(request).await {
-        Ok(_) => Ok(()),
+    // Of the object the server answers with, only its version is read: a namespace's worth of them
+    // would be parsed for nothing.
+    match client.request::<Written>(request).await {
+        Ok(written) => Ok(written.metadata.resource_version.and_then(|v| v.parse().ok())),
         // Deleted since it was read: nothing to report on.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -81,10 +81,11 @@ pub async fn run(client: Client, options: OperatorOptions, shutdown: Shutdown) -
             Context::new(client.clone(), options.image.clone(), Arc::clone(&metrics), Recorder::new(client.clone(), reporter));
         context.workload_defaults.api_server_ports = options.api_server_ports.clone();
         context.workload_defaults.image_pull_secrets = options.image_pull_secrets.clone();
-        let context = Arc::new(context);
-        // One controller per managed namespace, or one for the whole cluster.
+        // One controller per managed namespace, or one for the whole cluster, each with its caches.
         let scopes: Vec<Option<String>> =
             if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+        context.caches = scopes.iter().map(|scope| (scope.clone(), Arc::default())).collect();
+        let context = Arc::new(context);
         let controllers = scopes
             .into_iter()
             .map(|namespace| controller(client.clone(), namespace, Arc::clone(&context), health.clone(), shutdown.clone()));
@@ -119,7 +120,8 @@ where
 
 /// The CallControlCluster controller of one namespace (or all): it owns the cluster's workloads and
 /// Secrets, and any change to a Callguard object of a namespace, or to a Secret labelled
-/// `callguard.io/watch`, reconciles the namespace's cluster. No other Secret is watched. Each of
+/// `callguard.io/watch`, reconciles the namespace's cluster. No other Secret is watched. The
+/// Callguard objects and the watched Secrets are kept in the scope's watch caches as they change. Each of
 /// these watches fails and backs off alone (`triggers`).
 async fn controller(client: Client, namespace: Option<String>, context: Arc<Context>, health: Health, shutdown: Shutdown) {
     let scope = namespace.as_deref();
@@ -133,7 +135,7 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
         health,
     };
     let owned = || watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY_KEY, labels::MANAGED_BY));
-    let all = watcher::Config::default;
+    let caches = context.caches_of(scope);
     let streams = [
         triggers.owned::<Secret>(owned()),
         triggers.owned::<ConfigMap>(owned()),
@@ -145,18 +147,18 @@ async fn controller(client: Client, namespace: Option<String>, context: Arc<Cont
         triggers.owned::<RoleBinding>(owned()),
         triggers.owned::<NetworkPolicy>(owned()),
         triggers.owned::<PodDisruptionBudget>(owned()),
-        triggers.in_namespace::<Secret>(watcher::Config::default().labels(labels::WATCHED_SECRET)),
-        triggers.in_namespace::<SecurityToken>(all()),
-        triggers.in_namespace::<PhoneSecurityProfile>(all()),
-        triggers.in_namespace::<Phone>(all()),
-        triggers.in_namespace::<SipTrunkSecurityProfile>(all()),
-        triggers.in_namespace::<SipTrunk>(all()),
-        triggers.in_namespace::<SrstReference>(all()),
-        triggers.in_namespace::<H323Gateway>(all()),
-        triggers.in_namespace::<MgcpGateway>(all()),
-        triggers.in_namespace::<EndUser>(all()),
-        triggers.in_namespace::<ApplicationUser>(all()),
-        triggers.in_namespace::<SipRealm>(all()),
+        triggers.watched_secrets(Arc::clone(&caches)),
+        triggers.in_namespace::<SecurityToken>(),
+        triggers.cached::<PhoneSecurityProfile>(Arc::clone(&caches), |c| &c.phone_profiles),
+        triggers.cached::<Phone>(Arc::clone(&caches), |c| &c.phones),
+        triggers.cached::<SipTrunkSecurityProfile>(Arc::clone(&caches), |c| &c.trunk_profiles),
+        triggers.cached::<SipTrunk>(Arc::clone(&caches), |c| &c.trunks),
+        triggers.cached::<SrstReference>(Arc::clone(&caches), |c| &c.srst_references),
+        triggers.cached::<H323Gateway>(Arc::clone(&caches), |c| &c.h323_gateways),
+        triggers.cached::<MgcpGateway>(Arc::clone(&caches), |c| &c.mgcp_gateways),
+        triggers.cached::<EndUser>(Arc::clone(&caches), |c| &c.end_users),
+        triggers.cached::<ApplicationUser>(Arc::clone(&caches), |c| &c.application_users),
+        triggers.cached::<SipRealm>(Arc::clone(&caches), |c| &c.realms),
     ];
     // Never an error in these streams: the controller's shared backoff never holds them back.
     let controller = streams.into_iter().fold(controller, |controller, stream| controller.reconcile_on(stream));

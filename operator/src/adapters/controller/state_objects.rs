@@ -109,7 +109,7 @@ pub fn state_from_objects(
     cluster: &CallControlCluster,
     secrets: &[Secret],
     trust: Option<&ConfigMap>,
-    tokens: &[SecurityToken],
+    tokens: &[std::sync::Arc<SecurityToken>],
 ) -> StateFiles {
     let cluster_object = cluster;
     let cluster = cluster.metadata.name.as_deref().unwrap_or_default();
@@ -307,7 +307,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("token spec: {e}")),
             status: token_counters(&files(), "primary"),
         };
-        let back = state_from_objects(&cluster("lab"), &secrets, Some(&trust), &[token]);
+        let back = state_from_objects(&cluster("lab"), &secrets, Some(&trust), &[std::sync::Arc::new(token)]);
         let mut expected = files();
         expected.remove("status.yaml");
         let strip = |f: &StateFiles| f.keys().cloned().collect::<Vec<_>>();

@@ -7,23 +7,29 @@
 //! alone; it is reported in `/readyz`, in `callguard_watch_failing` and in the log, and when it works
 //! again every cluster it concerns is reconciled, for the changes it may have missed meanwhile.
 //!
-//! The watches read metadata only: a trigger needs no more, 30,000 Phones' specs are not held twice,
-//! and an object whose spec the type cannot read does not break its kind's watch (the reconcile
-//! names it, see `namespace_objects::Untrusted`).
+//! The watches of what a cluster owns read metadata only: a trigger needs no more. Those of the
+//! Callguard kinds and the watched Secrets read whole objects and keep them in the watch caches
+//! (`cache`), from which the reconcile reads its namespace; they read untyped, so that an object
+//! whose spec the type cannot read does not break its kind's watch (the reconcile names it, see
+//! `namespace_objects::Untrusted`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use k8s_openapi::NamespaceResourceScope;
-use kube::core::PartialObjectMeta;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::cache::{Cache, Caches};
+use super::labels;
 use crate::api::CallControlCluster;
 use crate::ops::http::Health;
 use crate::ops::metrics::Metrics;
@@ -58,49 +64,87 @@ impl Triggers {
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
-        self.isolated::<K>(config, |object: &PartialObjectMeta<K>, _deleted| controlling_clusters(object))
-    }
-
-    /// Changes to the `K`s selected by `config`: every cluster of the object's namespace. Of an
-    /// object with a `generation` (a Callguard object), only a new generation or its deletion: a
-    /// status the operator wrote itself must not start another reconcile of the whole namespace.
-    pub fn in_namespace<K>(&self, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    {
-        let clusters = self.clusters.clone();
-        let seen: Mutex<HashMap<(String, String), i64>> = Mutex::default();
-        self.isolated::<K>(config, move |object: &PartialObjectMeta<K>, deleted| {
-            let key = (object.namespace().unwrap_or_default(), object.name_any());
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = match (deleted, object.metadata.generation) {
-                (true, _) => {
-                    seen.remove(&key);
-                    true
-                }
-                (false, Some(generation)) => seen.insert(key, generation) != Some(generation),
-                (false, None) => true,
-            };
-            if changed { clusters_in(&clusters, object.namespace().as_deref()) } else { Vec::new() }
+        self.isolated(self.metadata_api::<K>(), K::kind(&()).into_owned(), config, None, |event| match event {
+            Event::Apply(object) | Event::InitApply(object) | Event::Delete(object) => controlling_clusters(&object),
+            Event::Init | Event::InitDone => Vec::new(),
         })
     }
 
-    fn isolated<K>(
-        &self,
-        config: watcher::Config,
-        map: impl Fn(&PartialObjectMeta<K>, bool) -> Refs + Send + Sync + 'static,
-    ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    /// Changes to the `K`s of the scope, read as metadata only: every cluster of the object's
+    /// namespace (see [`NewGenerations`]).
+    pub fn in_namespace<K>(&self) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
-        // Metadata-only list and watch: `Api<PartialObjectMeta<K>>` asks for nothing else.
-        let api: Api<PartialObjectMeta<K>> = match &self.namespace {
+        let concerns = self.new_generations();
+        self.isolated(self.metadata_api::<K>(), K::kind(&()).into_owned(), watcher::Config::default(), None, move |event| {
+            concerns.of(&event)
+        })
+    }
+
+    /// Metadata-only list and watch: `Api<PartialObjectMeta<K>>` asks for nothing else.
+    fn metadata_api<K>(&self) -> Api<PartialObjectMeta<K>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        match &self.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Changes to the `K`s of the scope, each kept in `caches` before the reconcile it triggers
+    /// reads them: every cluster of the object's namespace (see [`NewGenerations`]). Read untyped,
+    /// so that an object whose spec the type cannot read does not break its kind's watch.
+    pub fn cached<K>(&self, caches: Arc<Caches>, cache: fn(&Caches) -> &Cache<K>) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + DeserializeOwned + Send + Sync + 'static,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let api: Api<DynamicObject> = match &self.namespace {
+            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let synced = cache(&caches).synced_flag();
+        let concerns = self.new_generations();
+        self.isolated(api, K::kind(&()).into_owned(), watcher::Config::default(), Some(synced), move |event| {
+            cache(&caches).apply_untyped(&event);
+            concerns.of(&event)
+        })
+    }
+
+    /// Changes to the Secrets labelled `callguard.io/watch`, kept in `caches` as [`Triggers::cached`].
+    pub fn watched_secrets(&self, caches: Arc<Caches>) -> BoxStream<'static, ObjectRef<CallControlCluster>> {
+        let api: Api<Secret> = match &self.namespace {
             Some(namespace) => Api::namespaced(self.client.clone(), namespace),
             None => Api::all(self.client.clone()),
         };
+        let synced = caches.watched_secrets.synced_flag();
+        let concerns = self.new_generations();
+        let config = watcher::Config::default().labels(labels::WATCHED_SECRET);
+        self.isolated(api, "Secret".to_owned(), config, Some(synced), move |event| {
+            caches.watched_secrets.apply_secret(&event);
+            concerns.of(&event)
+        })
+    }
+
+    fn new_generations(&self) -> NewGenerations {
+        NewGenerations { clusters: self.clusters.clone(), seen: Mutex::default() }
+    }
+
+    fn isolated<W>(
+        &self,
+        api: Api<W>,
+        kind: String,
+        config: watcher::Config,
+        synced: Option<Arc<AtomicBool>>,
+        map: impl Fn(Event<W>) -> Refs + Send + Sync + 'static,
+    ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
+    where
+        W: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
         let clusters = self.clusters.clone();
         let namespace = self.namespace.clone();
-        let kind = K::kind(&()).into_owned();
         let watched = match &self.namespace {
             Some(namespace) => format!("{kind} in {namespace}"),
             None => format!("{kind} in all namespaces"),
@@ -112,15 +156,11 @@ impl Triggers {
             watched,
             metrics: Arc::clone(&self.metrics),
             health: self.health.clone(),
+            synced,
             settle: None,
             backoff: FIRST_BACKOFF,
             expired_in_a_row: 0,
             last_expired: None,
-        };
-        let map = move |event: Event<PartialObjectMeta<K>>| match event {
-            Event::Apply(object) | Event::InitApply(object) => map(&object, false),
-            Event::Delete(object) => map(&object, true),
-            Event::Init | Event::InitDone => Vec::new(),
         };
         let everything = move || clusters_in(&clusters, namespace.as_deref());
         stream::unfold((watch, map, everything), |(mut watch, map, everything)| async move {
@@ -129,6 +169,35 @@ impl Triggers {
         })
         .flatten()
         .boxed()
+    }
+}
+
+/// Which changes reconcile the clusters of an object's namespace: of an object with a `generation`
+/// (a Callguard object), only a new generation or its deletion, since a status the operator wrote
+/// itself must not start another reconcile of the whole namespace; of a Secret, every change.
+struct NewGenerations {
+    clusters: Store<CallControlCluster>,
+    seen: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl NewGenerations {
+    fn of<W: Resource>(&self, event: &Event<W>) -> Refs {
+        let (meta, deleted) = match event {
+            Event::Apply(object) | Event::InitApply(object) => (object.meta(), false),
+            Event::Delete(object) => (object.meta(), true),
+            Event::Init | Event::InitDone => return Vec::new(),
+        };
+        let key = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match (deleted, meta.generation) {
+            (true, _) => {
+                seen.remove(&key);
+                true
+            }
+            (false, Some(generation)) => seen.insert(key, generation) != Some(generation),
+            (false, None) => true,
+        };
+        if changed { clusters_in(&self.clusters, meta.namespace.as_deref()) } else { Vec::new() }
     }
 }
 
@@ -142,6 +211,8 @@ struct Watch<K> {
     watched: String,
     metrics: Arc<Metrics>,
     health: Health,
+    /// The cache the watch keeps, which is stale while it fails.
+    synced: Option<Arc<AtomicBool>>,
     /// Failing: when the watch counts as working again, if no error comes first (None while it
     /// waits out its backoff inside `next_refs`, and when it works).
     settle: Option<tokio::time::Instant>,
@@ -212,6 +283,9 @@ impl<K> Watch<K> {
             tracing::debug!("watch of {watched} still failing: {error}");
         }
         self.settle = None;
+        if let Some(synced) = &self.synced {
+            synced.store(false, Ordering::Release);
+        }
         self.metrics.set_watch_failing(&self.kind, &self.namespace, true);
         self.health.set_watch_failing(watched, Some(error.to_string()));
     }
@@ -268,6 +342,7 @@ mod tests {
             watched: "Phone in default".into(),
             metrics: Arc::new(Metrics::new()),
             health: health.clone(),
+            synced: None,
             settle: None,
             backoff: FIRST_BACKOFF,
             expired_in_a_row: 0,

@@ -1,0 +1,317 @@
+//! The watch caches: each Callguard kind, and the Secrets labelled `callguard.io/watch`, as the
+//! watches that trigger reconciles last saw them. A reconcile reads its namespace from here instead
+//! of listing it, and the status writer compares with the statuses held here.
+//!
+//! Written by hand rather than with kube's `reflector::Store`: an entry is either the typed object
+//! or, for an object its type cannot read, what validation needs to name its fault
+//! ([`Untrusted`]); a `Store<K>` holds only objects that deserialize, and one that does not would
+//! fail its kind's whole watch.
+//!
+//! A cache is used only while its watch is synced (listed, and not failing since); otherwise the
+//! reconcile lists the kind itself, as it did before there were caches.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::DynamicObject;
+use kube::runtime::watcher::Event;
+
+use super::namespace_objects::{Untrusted, typed_or_untrusted};
+use crate::api::{
+    ApplicationUser, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SipRealm, SipTrunk, SipTrunkSecurityProfile,
+    SrstReference,
+};
+use crate::ops::metrics::Kind;
+
+/// An object as cached.
+pub enum Entry<K> {
+    Typed(Arc<K>),
+    Untrusted(Arc<Untrusted>),
+}
+
+impl<K> Clone for Entry<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Entry::Typed(object) => Entry::Typed(Arc::clone(object)),
+            Entry::Untrusted(odd) => Entry::Untrusted(Arc::clone(odd)),
+        }
+    }
+}
+
+type Key = (String, String);
+
+/// One kind's objects, by namespace and name.
+pub struct Cache<K> {
+    objects: RwLock<BTreeMap<Key, Entry<K>>>,
+    /// A relist under way: its objects, swapped in whole when it ends (as kube's reflector does), so
+    /// that a reader never sees half a list.
+    relisting: RwLock<Option<BTreeMap<Key, Entry<K>>>>,
+    /// Listed, and the watch has not failed since: the objects are the API server's.
+    synced: Arc<AtomicBool>,
+    /// The newest resourceVersion the watch delivered, and the newest one the operator's own status
+    /// writes made: a reconcile reads the cache once it holds its own writes (see [`Caches::caught_up`]).
+    seen: AtomicU64,
+    written: AtomicU64,
+}
+
+impl<K> Default for Cache<K> {
+    fn default() -> Self {
+        Cache {
+            objects: RwLock::default(),
+            relisting: RwLock::default(),
+            synced: Arc::default(),
+            seen: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<K> Cache<K> {
+    /// The flag its watch clears when it fails.
+    pub fn synced_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.synced)
+    }
+
+    /// The objects of `namespace` (every namespace when None), in name order; None while the cache
+    /// is not synced.
+    pub fn snapshot(&self, namespace: Option<&str>) -> Option<Vec<Entry<K>>> {
+        if !self.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        let entries = match namespace {
+            Some(namespace) => objects
+                .range((namespace.to_owned(), String::new())..)
+                .take_while(|((ns, _), _)| ns == namespace)
+                .map(|(_, entry)| entry.clone())
+                .collect(),
+            None => objects.values().cloned().collect(),
+        };
+        Some(entries)
+    }
+
+    /// A status write of the operator's own made `resource_version`.
+    pub fn wrote(&self, resource_version: u64) {
+        self.written.fetch_max(resource_version, Ordering::AcqRel);
+    }
+
+    fn holds_own_writes(&self) -> bool {
+        self.seen.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
+    }
+
+    /// Applies one watch event, before the reconcile it triggers reads the cache.
+    fn apply(&self, event: Event<(Key, Entry<K>)>, resource_version: Option<u64>) {
+        if let Some(version) = resource_version {
+            self.seen.fetch_max(version, Ordering::AcqRel);
+        }
+        match event {
+            Event::Init => *self.relisting.write().unwrap_or_else(|e| e.into_inner()) = Some(BTreeMap::new()),
+            Event::InitApply((key, entry)) => {
+                if let Some(buffer) = self.relisting.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    buffer.insert(key, entry);
+                }
+            }
+            Event::InitDone => {
+                if let Some(listed) = self.relisting.write().unwrap_or_else(|e| e.into_inner()).take() {
+                    *self.objects.write().unwrap_or_else(|e| e.into_inner()) = listed;
+                }
+                self.synced.store(true, Ordering::Release);
+            }
+            Event::Apply((key, entry)) => {
+                self.objects.write().unwrap_or_else(|e| e.into_inner()).insert(key, entry);
+            }
+            Event::Delete((key, _)) => {
+                self.objects.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            }
+        }
+    }
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> Key {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+/// The resourceVersion of the event's object, when it is a number (as every API server's is, though
+/// clients are told not to rely on it: when one is not, the cache does not wait for its own writes).
+fn version_of<W: kube::Resource>(event: &Event<W>) -> Option<u64> {
+    match event {
+        Event::Apply(object) | Event::InitApply(object) | Event::Delete(object) => object.meta().resource_version.as_deref()?.parse().ok(),
+        Event::Init | Event::InitDone => None,
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    /// Applies a watch event on the kind read untyped: each object is typed once, here, or kept as
+    /// [`Untrusted`]; its managed fields are not kept.
+    pub fn apply_untyped(&self, event: &Event<DynamicObject>) {
+        let entry = |object: &DynamicObject| {
+            let key = key_of(&object.metadata);
+            let entry = match typed_or_untrusted::<K>(object) {
+                Ok(mut typed) => {
+                    typed.meta_mut().managed_fields = None;
+                    Entry::Typed(Arc::new(typed))
+                }
+                Err(odd) => Entry::Untrusted(Arc::new(odd)),
+            };
+            (key, entry)
+        };
+        self.apply(map_event(event, entry), version_of(event));
+    }
+}
+
+impl Cache<Secret> {
+    pub fn apply_secret(&self, event: &Event<Secret>) {
+        self.apply(
+            map_event(event, |secret: &Secret| {
+                let mut secret = secret.clone();
+                secret.metadata.managed_fields = None;
+                (key_of(&secret.metadata), Entry::Typed(Arc::new(secret)))
+            }),
+            version_of(event),
+        );
+    }
+}
+
+fn map_event<W, T>(event: &Event<W>, f: impl Fn(&W) -> T) -> Event<T> {
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(f(object)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(object) => Event::Apply(f(object)),
+        Event::Delete(object) => Event::Delete(f(object)),
+    }
+}
+
+/// Every cache of one controller's scope.
+#[derive(Default)]
+///
+/// Not the SecurityTokens: their status holds the failed-login counters (P.16-5), which the
+/// reconcile reads fresh, since a copy one write behind would count a failure twice as one.
+pub struct Caches {
+    pub phone_profiles: Cache<PhoneSecurityProfile>,
+    pub phones: Cache<Phone>,
+    pub trunk_profiles: Cache<SipTrunkSecurityProfile>,
+    pub trunks: Cache<SipTrunk>,
+    pub srst_references: Cache<SrstReference>,
+    pub h323_gateways: Cache<H323Gateway>,
+    pub mgcp_gateways: Cache<MgcpGateway>,
+    pub end_users: Cache<EndUser>,
+    pub application_users: Cache<ApplicationUser>,
+    pub realms: Cache<SipRealm>,
+    /// The Secrets labelled `callguard.io/watch`.
+    pub watched_secrets: Cache<Secret>,
+}
+
+impl Caches {
+    /// Notes a status write of the operator's own to an object of `kind` (not cached: nothing).
+    pub fn wrote(&self, kind: Kind, resource_version: u64) {
+        match kind {
+            Kind::PhoneSecurityProfile => self.phone_profiles.wrote(resource_version),
+            Kind::Phone => self.phones.wrote(resource_version),
+            Kind::SipTrunkSecurityProfile => self.trunk_profiles.wrote(resource_version),
+            Kind::SipTrunk => self.trunks.wrote(resource_version),
+            Kind::SrstReference => self.srst_references.wrote(resource_version),
+            Kind::H323Gateway => self.h323_gateways.wrote(resource_version),
+            Kind::MgcpGateway => self.mgcp_gateways.wrote(resource_version),
+            Kind::EndUser => self.end_users.wrote(resource_version),
+            Kind::ApplicationUser => self.application_users.wrote(resource_version),
+            Kind::SipRealm => self.realms.wrote(resource_version),
+            Kind::CallControlCluster | Kind::SecurityToken => {}
+        }
+    }
+
+    /// Waits until every cache holds the operator's own last status writes, so that a reconcile
+    /// never compares its statuses with ones it has already replaced (it would write them again,
+    /// with new transition times); false when they have not arrived within `patience`.
+    pub async fn caught_up(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let behind = [
+                self.phone_profiles.holds_own_writes(),
+                self.phones.holds_own_writes(),
+                self.trunk_profiles.holds_own_writes(),
+                self.trunks.holds_own_writes(),
+                self.srst_references.holds_own_writes(),
+                self.h323_gateways.holds_own_writes(),
+                self.mgcp_gateways.holds_own_writes(),
+                self.end_users.holds_own_writes(),
+                self.application_users.holds_own_writes(),
+                self.realms.holds_own_writes(),
+            ]
+            .contains(&false);
+            if !behind {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn phone(name: &str, spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "callguard.io/v1alpha1", "kind": "Phone",
+            "metadata": {"name": name, "namespace": "default", "generation": 1, "managedFields": [{"manager": "kubectl"}]},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn good(name: &str) -> DynamicObject {
+        phone(name, json!({"macAddress": "00000000000A", "model": "7941", "protocol": "SIP", "securityProfileRef": "p"}))
+    }
+
+    fn names(cache: &Cache<Phone>) -> Vec<String> {
+        cache
+            .snapshot(Some("default"))
+            .unwrap()
+            .iter()
+            .map(|entry| match entry {
+                Entry::Typed(phone) => phone.metadata.name.clone().unwrap(),
+                Entry::Untrusted(odd) => format!("untrusted {}", odd.name),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_relist_is_seen_whole_and_an_object_its_type_cannot_read_is_kept_untrusted() {
+        let cache: Cache<Phone> = Cache::default();
+        assert!(cache.snapshot(None).is_none(), "not synced before its first list");
+        cache.apply_untyped(&Event::Init);
+        cache.apply_untyped(&Event::InitApply(good("a")));
+        cache.apply_untyped(&Event::InitApply(phone("b", json!({"directoryNumbers": "1002"}))));
+        assert!(cache.snapshot(None).is_none(), "half a list is never read");
+        cache.apply_untyped(&Event::InitDone);
+        assert_eq!(names(&cache), ["a", "untrusted b"]);
+        let Entry::Typed(a) = &cache.snapshot(None).unwrap()[0] else { panic!() };
+        assert!(a.metadata.managed_fields.is_none(), "managed fields are not held");
+
+        cache.apply_untyped(&Event::Apply(good("c")));
+        cache.apply_untyped(&Event::Delete(good("a")));
+        assert_eq!(names(&cache), ["untrusted b", "c"]);
+
+        // A relist replaces everything once it ends: b was fixed, c deleted meanwhile.
+        cache.apply_untyped(&Event::Init);
+        cache.apply_untyped(&Event::InitApply(good("b")));
+        assert_eq!(names(&cache), ["untrusted b", "c"]);
+        cache.apply_untyped(&Event::InitDone);
+        assert_eq!(names(&cache), ["b"]);
+
+        // A failing watch makes the cache unusable until it lists again.
+        cache.synced_flag().store(false, Ordering::Release);
+        assert!(cache.snapshot(Some("default")).is_none());
+    }
+}
