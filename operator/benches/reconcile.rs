@@ -145,6 +145,15 @@ pub async fn run(phones: usize) -> Result<(), String> {
     let requests_edit = server.request_counts().values().sum::<u64>() - requests_before_edit;
     let status_writes_edit = server.count_writes(is_status_write) - status_writes_before_edit;
     println!("  API requests (edit):          {requests_edit:>8} ({status_writes_edit} status writes)");
+    let mut projected = (0, 0);
+    for secret in server.list("v1", "Secret", Some(NAMESPACE)) {
+        if secret["metadata"]["labels"]["app.kubernetes.io/component"] == "tftp-files" {
+            let bytes: usize =
+                secret["data"].as_object().into_iter().flatten().filter_map(|(_, v)| v.as_str()).map(|b64| b64.len() * 3 / 4).sum();
+            projected = (projected.0 + 1, projected.1 + bytes);
+        }
+    }
+    println!("  projections (files for the pods): {:>3} Secrets, {:.1} MiB", projected.0, projected.1 as f64 / (1024.0 * 1024.0));
     println!("  operator peak memory (RSS):   {:>8.1} MiB   (target under 256 MiB)", peak_kib as f64 / 1024.0);
     println!("  where it goes, per reconcile step (seconds summed over the reconciles; memory after the step's last run):");
     println!("    {:<12} {:>10} {:>10} {:>12}", "step", "cold", "edit", "RSS MiB");

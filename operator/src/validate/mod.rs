@@ -86,12 +86,18 @@ pub struct Report {
 /// core/v1 Secrets, which resolve references, and objects meant for Callguard under a mistyped
 /// apiVersion (see [`meant_for_callguard`]), which are errors.
 pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Report {
+    validate_documents_remembering(documents, policy, None)
+}
+
+/// As [`validate_documents`]; with `remembered`, the schema and CEL checks of a document that
+/// passed them in the previous run are not made again (see [`PassedChecks`]).
+pub fn validate_documents_remembering(documents: &[Document], policy: SecretPolicy, remembered: Option<&PassedChecks>) -> Report {
     let schemas = kind_schemas();
     let mut report = Report::default();
     let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();
     let mut origins: BTreeMap<ObjectRef, &Document> = BTreeMap::new();
 
-    let checked: Vec<(usize, Vec<Violation>)> = check_in_parallel(documents, schemas);
+    let checked: Vec<(usize, Vec<Violation>)> = check_in_parallel(documents, schemas, remembered);
     for (index, violations) in checked {
         let doc = &documents[index];
         let (kind, name, namespace) = doc.identity();
@@ -161,22 +167,81 @@ pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Repor
     report
 }
 
-/// Schema and CEL checks are independent per object: run them on every core.
-fn check_in_parallel(documents: &[Document], schemas: &BTreeMap<String, KindSchema>) -> Vec<(usize, Vec<Violation>)> {
+/// The documents a long-running validator (the operator) found to pass the schema and CEL checks
+/// in its last run, by the SHA-256 of their JSON: in the next one, only what changed is checked
+/// again. A digest, not the object's name and version, so that nothing but the same bytes passes
+/// unchecked.
+#[derive(Default)]
+pub struct PassedChecks {
+    passed: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+impl PassedChecks {
+    fn digest(value: &Value) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        // Writing a `Value` into a hasher cannot fail.
+        let _ = serde_json::to_writer(HashWriter(&mut hasher), value);
+        hasher.finalize().into()
+    }
+}
+
+/// `io::Write` into a SHA-256, so that a document is hashed without a copy of its JSON.
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Schema and CEL checks are independent per object: run them on every core. With `remembered`,
+/// a document that passed last time is not checked again, and what passes now is remembered for
+/// the next run (and nothing else).
+fn check_in_parallel(
+    documents: &[Document],
+    schemas: &BTreeMap<String, KindSchema>,
+    remembered: Option<&PassedChecks>,
+) -> Vec<(usize, Vec<Violation>)> {
+    let before = remembered.map(|r| std::mem::take(&mut *r.passed.lock().unwrap_or_else(|e| e.into_inner())));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let chunk = documents.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
+    let (checked, passed): (Vec<_>, Vec<_>) = std::thread::scope(|scope| {
+        let before = before.as_ref();
         let handles: Vec<_> = documents
             .chunks(chunk)
             .enumerate()
             .map(|(c, docs)| {
                 scope.spawn(move || {
-                    docs.iter().enumerate().map(|(i, doc)| (c * chunk + i, check_document(&doc.value, schemas))).collect::<Vec<_>>()
+                    let mut passed = Vec::new();
+                    let checked = docs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, doc)| {
+                            let Some(before) = before else { return (c * chunk + i, check_document(&doc.value, schemas)) };
+                            let digest = PassedChecks::digest(&doc.value);
+                            let violations = if before.contains(&digest) { Vec::new() } else { check_document(&doc.value, schemas) };
+                            if violations.is_empty() {
+                                passed.push(digest);
+                            }
+                            (c * chunk + i, violations)
+                        })
+                        .collect::<Vec<_>>();
+                    (checked, passed)
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a validation worker panicked")).collect()
-    })
+        handles.into_iter().map(|h| h.join().expect("a validation worker panicked")).unzip()
+    });
+    if let Some(remembered) = remembered {
+        *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = passed.into_iter().flatten().collect();
+    }
+    checked.into_iter().flatten().collect()
 }
 
 /// Schema and CEL violations of one manifest document; none for objects Callguard does not own.
@@ -478,5 +543,44 @@ spec: {{realm: peer.example, user: cm, password: {{name: realm-password, key: pa
         let found = report(&yaml);
         assert_eq!(found.len(), 1, "{found:#?}");
         assert!(found[0].starts_with("ns.yaml:5: CallControlCluster/lab: spec.securityMode: \"Mixd\" is not one of"), "{found:#?}");
+    }
+
+    /// What passed is remembered by its bytes: the same document passes again unchecked, a changed
+    /// one is checked again, a failing one is never remembered, and only the last run is kept.
+    #[test]
+    fn only_what_passed_last_time_byte_for_byte_skips_the_checks() {
+        let document = |gateway: &str| {
+            let value =
+                json!({"apiVersion": API_VERSION, "kind": "SrstReference", "metadata": {"name": "s"}, "spec": {"gatewayAddress": gateway}});
+            Document::new(std::sync::Arc::from(Path::new("t.yaml")), 1, std::sync::Arc::from(""), value)
+        };
+        let invalid = || {
+            let value =
+                json!({"apiVersion": API_VERSION, "kind": "SrstReference", "metadata": {"name": "t"}, "spec": {"gatewayAddress": 7}});
+            Document::new(std::sync::Arc::from(Path::new("t.yaml")), 1, std::sync::Arc::from(""), value)
+        };
+        let remembered = PassedChecks::default();
+        let held = || remembered.passed.lock().unwrap().clone();
+        let run = |documents: &[Document]| check_in_parallel(documents, kind_schemas(), Some(&remembered));
+
+        let first = run(&[document("srst.example"), invalid()]);
+        assert!(first[0].1.is_empty() && !first[1].1.is_empty(), "{first:?}");
+        assert_eq!(held(), [PassedChecks::digest(&document("srst.example").value)].into());
+        // The same bytes: not checked, and still remembered; the invalid one is checked again.
+        let second = run(&[document("srst.example"), invalid()]);
+        assert!(second[0].1.is_empty() && !second[1].1.is_empty());
+        assert_eq!(held().len(), 1);
+        // A new address passes and replaces the old one in what is remembered.
+        assert!(run(&[document("srst2.example")])[0].1.is_empty());
+        assert_eq!(held(), [PassedChecks::digest(&document("srst2.example").value)].into());
+        // A digest that was remembered does not excuse different bytes.
+        let with_fault = Document::new(
+            std::sync::Arc::from(Path::new("t.yaml")),
+            1,
+            std::sync::Arc::from(""),
+            json!({"apiVersion": API_VERSION, "kind": "SrstReference", "metadata": {"name": "s"}, "spec": {"gatewayAddress": "srst2.example", "port": "x"}}),
+        );
+        assert!(!run(&[with_fault])[0].1.is_empty());
+        assert!(held().is_empty());
     }
 }

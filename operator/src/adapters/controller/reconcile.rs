@@ -33,7 +33,7 @@ use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
 use crate::ops::metrics::ReconcileStep;
 use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
-use crate::validate::{SecretPolicy, validate_documents};
+use crate::validate::{PassedChecks, SecretPolicy, validate_documents_remembering};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -48,12 +48,23 @@ pub struct Context {
     pub status_concurrency: usize,
     /// The watch caches of each controller's scope (a namespace, or None for all).
     pub caches: Vec<(Option<String>, Arc<Caches>)>,
+    /// By namespace, the documents the last reconcile found to pass the schema and CEL checks.
+    passed_checks: Mutex<HashMap<String, Arc<PassedChecks>>>,
 }
 
 impl Context {
     pub fn new(client: Client, image: String, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
         let workload_defaults = WorkloadDefaults { image, api_server_ports: vec![443, 6443], image_pull_secrets: Vec::new() };
-        Context { client, workload_defaults, metrics, recorder, failures: Mutex::default(), status_concurrency: 32, caches: Vec::new() }
+        Context {
+            client,
+            workload_defaults,
+            metrics,
+            recorder,
+            failures: Mutex::default(),
+            status_concurrency: 32,
+            caches: Vec::new(),
+            passed_checks: Mutex::default(),
+        }
     }
 
     /// The caches of the scope that `namespace` (None: every namespace) belongs to.
@@ -214,7 +225,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_new_generation(cluster, context, &observed).await?;
 
     // Validate.
-    let validated = validate(objects).await?;
+    let passed_checks = Arc::clone(context.passed_checks.lock().unwrap_or_else(|p| p.into_inner()).entry(namespace.clone()).or_default());
+    let validated = validate(objects, passed_checks).await?;
     steps.done(ReconcileStep::Validate);
     let snapshot = match validated {
         Ok(snapshot) => snapshot,
@@ -333,12 +345,17 @@ struct Invalid {
 }
 
 /// Validates exactly as `callguard validate` does: the namespace's snapshot, or what is wrong.
-async fn validate(objects: NamespaceObjects) -> Result<Result<crate::validate::Snapshot, Invalid>, ReconcileError> {
+/// Of what passed the schema and CEL checks in the last reconcile, only what changed is checked.
+async fn validate(
+    objects: NamespaceObjects,
+    passed_checks: Arc<PassedChecks>,
+) -> Result<Result<crate::validate::Snapshot, Invalid>, ReconcileError> {
     let namespace = objects.namespace.clone();
     let documents = objects.into_documents();
-    let mut report = tokio::task::spawn_blocking(move || validate_documents(&documents, SecretPolicy::Require))
-        .await
-        .map_err(|e| ReconcileError::Validate(e.to_string()))?;
+    let mut report =
+        tokio::task::spawn_blocking(move || validate_documents_remembering(&documents, SecretPolicy::Require, Some(&passed_checks)))
+            .await
+            .map_err(|e| ReconcileError::Validate(e.to_string()))?;
     if report.violations.is_empty() {
         return Ok(Ok(report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace))));
     }
