@@ -816,6 +816,7 @@ async fn an_edit_to_one_phone_writes_only_its_status() {
         }
         count = now;
     }
+    let reads_before = server.reads().len();
     edit(&server, "Phone", "phones", "bob-7941", |p| p["spec"]["description"] = json!("edited")).await;
     until("bob's new generation in status", || {
         let bob = object(&server, "Phone", "bob-7941");
@@ -825,6 +826,18 @@ async fn an_edit_to_one_phone_writes_only_its_status() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let written = status_writes()[count..].to_vec();
     assert_eq!(written, ["phones.callguard.io/bob-7941"], "only the edited phone's status is written");
+    // The namespace came from the watch caches: no Callguard kind was listed again, except the
+    // clusters and the tokens, which are read fresh.
+    let listed: std::collections::BTreeSet<String> = server.reads()[reads_before..]
+        .iter()
+        .filter(|r| r.verb == fake_apiserver::Verb::List && r.resource.ends_with(".callguard.io"))
+        .map(|r| r.resource.clone())
+        .collect();
+    assert_eq!(
+        listed,
+        ["callcontrolclusters.callguard.io", "securitytokens.callguard.io"].map(String::from).into(),
+        "what the reconcile of the edit listed"
+    );
     shutdown.trigger();
     operator.await.unwrap().unwrap();
 }

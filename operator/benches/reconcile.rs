@@ -104,6 +104,7 @@ pub async fn run(phones: usize) -> Result<(), String> {
     let phones_api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(server.client(), NAMESPACE, &resource);
     let requests_before_edit: u64 = server.request_counts().values().sum();
     let status_writes_before_edit = server.count_writes(is_status_write);
+    eprintln!("bench reconcile: warm; editing Phone/{name}");
     let edit_started = Instant::now();
     let patch = json!({"spec": {"description": "edited by the benchmark"}});
     let patched =
