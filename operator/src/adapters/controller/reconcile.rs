@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::availability::{self, Replicas};
 use super::cache::Caches;
 use super::capf_records;
-use super::conditions::{Wanted, conditions, finished};
+use super::conditions::{Wanted, already_set, conditions, finished};
 use super::desired::{Desired, DesiredInputs, WorkloadDefaults, desired_objects, owned};
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
@@ -759,15 +759,21 @@ async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<Sta
     let mut patches = Vec::new();
     for update in updates {
         let Some((generation, previous)) = current.get(&(update.kind, update.name.clone())) else { continue };
+        let unchanged = |field: &String, value: &Value| match previous.get(field) {
+            None => value.is_null(),
+            Some(old) => old == value,
+        };
+        if already_set(&update.wanted, previous.get("conditions"), *generation)
+            && previous.get("observedGeneration").and_then(Value::as_i64) == *generation
+            && update.extra.iter().all(|(field, value)| unchanged(field, value))
+        {
+            continue;
+        }
         let previous_conditions: Vec<Condition> =
             previous.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
         let mut status = update.extra.clone();
         status.insert("observedGeneration".into(), json!(generation));
         status.insert("conditions".into(), json!(conditions(&update.wanted, &previous_conditions, *generation, &now)));
-        let unchanged = |field: &String, value: &Value| match previous.get(field) {
-            None => value.is_null(),
-            Some(old) => old == value,
-        };
         if status.iter().all(|(field, value)| unchanged(field, value)) {
             continue;
         }
