@@ -75,45 +75,37 @@ impl<K> Cache<K> {
         Arc::clone(&self.synced)
     }
 
-    /// The objects of `namespace` (every namespace when None), in name order; None while the cache
-    /// is not synced.
-    pub fn snapshot(&self, namespace: Option<&str>) -> Option<Vec<Entry<K>>> {
+    /// The objects of `namespace`, in name order; None while the cache is not synced.
+    pub fn snapshot(&self, namespace: &str) -> Option<Vec<Entry<K>>> {
         if !self.synced.load(Ordering::Acquire) {
             return None;
         }
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
-        let entries = match namespace {
-            Some(namespace) => objects
-                .range((namespace.to_owned(), String::new())..)
-                .take_while(|((ns, _), _)| ns == namespace)
-                .map(|(_, entry)| entry.clone())
-                .collect(),
-            None => objects.values().cloned().collect(),
-        };
+        let entries = objects
+            .range((namespace.to_owned(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .map(|(_, entry)| entry.clone())
+            .collect();
         Some(entries)
     }
 
-    /// A status write of the operator's own made `resource_version`.
-    pub fn wrote(&self, resource_version: u64) {
-        self.written.fetch_max(resource_version, Ordering::AcqRel);
-    }
-
-    /// Holds the operator's own last status write, or is not read anyway (not synced: its kind is
-    /// listed, and a failing watch is not waited for).
-    fn holds_own_writes(&self) -> bool {
-        !self.synced.load(Ordering::Acquire) || self.seen.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
-    }
-
-    /// Applies one watch event, before the reconcile it triggers reads the cache.
-    fn apply(&self, event: Event<(Key, Entry<K>)>, resource_version: Option<u64>) {
-        if let Some(version) = resource_version {
+    /// Applies one watch event, before the reconcile it triggers reads the cache; `entry` makes an
+    /// object's entry, only for what is kept (a deletion needs its key alone).
+    fn apply<W: kube::Resource>(&self, event: &Event<W>, entry: impl Fn(&W) -> Entry<K>) {
+        let key = |object: &W| {
+            let meta = object.meta();
+            (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+        };
+        if let Event::Apply(object) | Event::InitApply(object) | Event::Delete(object) = event
+            && let Some(version) = version_of(object.meta())
+        {
             self.seen.fetch_max(version, Ordering::AcqRel);
         }
         match event {
             Event::Init => *self.relisting.write().unwrap_or_else(|e| e.into_inner()) = Some(BTreeMap::new()),
-            Event::InitApply((key, entry)) => {
+            Event::InitApply(object) => {
                 if let Some(buffer) = self.relisting.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                    buffer.insert(key, entry);
+                    buffer.insert(key(object), entry(object));
                 }
             }
             Event::InitDone => {
@@ -122,27 +114,21 @@ impl<K> Cache<K> {
                 }
                 self.synced.store(true, Ordering::Release);
             }
-            Event::Apply((key, entry)) => {
-                self.objects.write().unwrap_or_else(|e| e.into_inner()).insert(key, entry);
+            Event::Apply(object) => {
+                let entry = entry(object);
+                self.objects.write().unwrap_or_else(|e| e.into_inner()).insert(key(object), entry);
             }
-            Event::Delete((key, _)) => {
-                self.objects.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            Event::Delete(object) => {
+                self.objects.write().unwrap_or_else(|e| e.into_inner()).remove(&key(object));
             }
         }
     }
 }
 
-fn key_of(meta: &kube::api::ObjectMeta) -> Key {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-}
-
-/// The resourceVersion of the event's object, when it is a number (as every API server's is, though
-/// clients are told not to rely on it: when one is not, the cache does not wait for its own writes).
-fn version_of<W: kube::Resource>(event: &Event<W>) -> Option<u64> {
-    match event {
-        Event::Apply(object) | Event::InitApply(object) | Event::Delete(object) => object.meta().resource_version.as_deref()?.parse().ok(),
-        Event::Init | Event::InitDone => None,
-    }
+/// The resourceVersion of an object, when it is a number (as every API server's is, though clients
+/// are told not to rely on it: when one is not, the cache does not wait for its own writes).
+fn version_of(meta: &kube::api::ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
 }
 
 impl<K> Cache<K>
@@ -152,49 +138,50 @@ where
     /// Applies a watch event on the kind read untyped: each object is typed once, here, or kept as
     /// [`Untrusted`]; its managed fields are not kept.
     pub fn apply_untyped(&self, event: &Event<DynamicObject>) {
-        let entry = |object: &DynamicObject| {
-            let key = key_of(&object.metadata);
-            let entry = match typed_or_untrusted::<K>(object) {
-                Ok(mut typed) => {
-                    typed.meta_mut().managed_fields = None;
-                    Entry::Typed(Arc::new(typed))
-                }
-                Err(odd) => Entry::Untrusted(Arc::new(odd)),
-            };
-            (key, entry)
-        };
-        self.apply(map_event(event, entry), version_of(event));
+        self.apply(event, |object| match typed_or_untrusted::<K>(object) {
+            Ok(mut typed) => {
+                typed.meta_mut().managed_fields = None;
+                Entry::Typed(Arc::new(typed))
+            }
+            Err(odd) => Entry::Untrusted(Arc::new(odd)),
+        });
     }
 }
 
 impl Cache<Secret> {
     pub fn apply_secret(&self, event: &Event<Secret>) {
-        self.apply(
-            map_event(event, |secret: &Secret| {
-                let mut secret = secret.clone();
-                secret.metadata.managed_fields = None;
-                (key_of(&secret.metadata), Entry::Typed(Arc::new(secret)))
-            }),
-            version_of(event),
-        );
+        self.apply(event, |secret| {
+            let mut secret = secret.clone();
+            secret.metadata.managed_fields = None;
+            Entry::Typed(Arc::new(secret))
+        });
     }
 }
 
-fn map_event<W, T>(event: &Event<W>, f: impl Fn(&W) -> T) -> Event<T> {
-    match event {
-        Event::Init => Event::Init,
-        Event::InitApply(object) => Event::InitApply(f(object)),
-        Event::InitDone => Event::InitDone,
-        Event::Apply(object) => Event::Apply(f(object)),
-        Event::Delete(object) => Event::Delete(f(object)),
+/// What [`Caches::caught_up`] asks of a cache, whatever its kind.
+trait OwnWrites {
+    /// A status write of the operator's own made `resource_version`.
+    fn wrote(&self, resource_version: u64);
+    /// Holds the operator's own last status write, or is not read anyway (not synced: its kind is
+    /// listed, and a failing watch is not waited for).
+    fn holds_own_writes(&self) -> bool;
+}
+
+impl<K> OwnWrites for Cache<K> {
+    fn wrote(&self, resource_version: u64) {
+        self.written.fetch_max(resource_version, Ordering::AcqRel);
+    }
+
+    fn holds_own_writes(&self) -> bool {
+        !self.synced.load(Ordering::Acquire) || self.seen.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
     }
 }
 
 /// Every cache of one controller's scope.
-#[derive(Default)]
 ///
 /// Not the SecurityTokens: their status holds the failed-login counters (P.16-5), which the
 /// reconcile reads fresh, since a copy one write behind would count a failure twice as one.
+#[derive(Default)]
 pub struct Caches {
     pub phone_profiles: Cache<PhoneSecurityProfile>,
     pub phones: Cache<Phone>,
@@ -211,20 +198,27 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Notes a status write of the operator's own to an object of `kind` (not cached: nothing).
+    /// The cache of `kind`'s objects; None for a kind read fresh at each reconcile.
+    fn of_kind(&self, kind: Kind) -> Option<&dyn OwnWrites> {
+        Some(match kind {
+            Kind::PhoneSecurityProfile => &self.phone_profiles,
+            Kind::Phone => &self.phones,
+            Kind::SipTrunkSecurityProfile => &self.trunk_profiles,
+            Kind::SipTrunk => &self.trunks,
+            Kind::SrstReference => &self.srst_references,
+            Kind::H323Gateway => &self.h323_gateways,
+            Kind::MgcpGateway => &self.mgcp_gateways,
+            Kind::EndUser => &self.end_users,
+            Kind::ApplicationUser => &self.application_users,
+            Kind::SipRealm => &self.realms,
+            Kind::CallControlCluster | Kind::SecurityToken => return None,
+        })
+    }
+
+    /// Notes a status write of the operator's own to an object of `kind`.
     pub fn wrote(&self, kind: Kind, resource_version: u64) {
-        match kind {
-            Kind::PhoneSecurityProfile => self.phone_profiles.wrote(resource_version),
-            Kind::Phone => self.phones.wrote(resource_version),
-            Kind::SipTrunkSecurityProfile => self.trunk_profiles.wrote(resource_version),
-            Kind::SipTrunk => self.trunks.wrote(resource_version),
-            Kind::SrstReference => self.srst_references.wrote(resource_version),
-            Kind::H323Gateway => self.h323_gateways.wrote(resource_version),
-            Kind::MgcpGateway => self.mgcp_gateways.wrote(resource_version),
-            Kind::EndUser => self.end_users.wrote(resource_version),
-            Kind::ApplicationUser => self.application_users.wrote(resource_version),
-            Kind::SipRealm => self.realms.wrote(resource_version),
-            Kind::CallControlCluster | Kind::SecurityToken => {}
+        if let Some(cache) = self.of_kind(kind) {
+            cache.wrote(resource_version);
         }
     }
 
@@ -234,20 +228,7 @@ impl Caches {
     pub async fn caught_up(&self, patience: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let behind = [
-                self.phone_profiles.holds_own_writes(),
-                self.phones.holds_own_writes(),
-                self.trunk_profiles.holds_own_writes(),
-                self.trunks.holds_own_writes(),
-                self.srst_references.holds_own_writes(),
-                self.h323_gateways.holds_own_writes(),
-                self.mgcp_gateways.holds_own_writes(),
-                self.end_users.holds_own_writes(),
-                self.application_users.holds_own_writes(),
-                self.realms.holds_own_writes(),
-            ]
-            .contains(&false);
-            if !behind {
+            if Kind::ALL.into_iter().filter_map(|kind| self.of_kind(kind)).all(|cache| cache.holds_own_writes()) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -278,7 +259,7 @@ mod tests {
 
     fn names(cache: &Cache<Phone>) -> Vec<String> {
         cache
-            .snapshot(Some("default"))
+            .snapshot("default")
             .unwrap()
             .iter()
             .map(|entry| match entry {
@@ -291,14 +272,14 @@ mod tests {
     #[test]
     fn a_relist_is_seen_whole_and_an_object_its_type_cannot_read_is_kept_untrusted() {
         let cache: Cache<Phone> = Cache::default();
-        assert!(cache.snapshot(None).is_none(), "not synced before its first list");
+        assert!(cache.snapshot("default").is_none(), "not synced before its first list");
         cache.apply_untyped(&Event::Init);
         cache.apply_untyped(&Event::InitApply(good("a")));
         cache.apply_untyped(&Event::InitApply(phone("b", json!({"directoryNumbers": "1002"}))));
-        assert!(cache.snapshot(None).is_none(), "half a list is never read");
+        assert!(cache.snapshot("default").is_none(), "half a list is never read");
         cache.apply_untyped(&Event::InitDone);
         assert_eq!(names(&cache), ["a", "untrusted b"]);
-        let Entry::Typed(a) = &cache.snapshot(None).unwrap()[0] else { panic!() };
+        let Entry::Typed(a) = &cache.snapshot("default").unwrap()[0] else { panic!() };
         assert!(a.metadata.managed_fields.is_none(), "managed fields are not held");
 
         cache.apply_untyped(&Event::Apply(good("c")));
@@ -314,7 +295,7 @@ mod tests {
 
         // A failing watch makes the cache unusable until it lists again.
         cache.synced_flag().store(false, Ordering::Release);
-        assert!(cache.snapshot(Some("default")).is_none());
+        assert!(cache.snapshot("default").is_none());
     }
 
     /// A reconcile waits for the operator's own writes to come back through the watch, but not for

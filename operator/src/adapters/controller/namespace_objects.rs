@@ -67,7 +67,7 @@ async fn list<K>(client: &Client, namespace: &str, cache: Option<&Cache<K>>) -> 
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    if let Some(entries) = cache.and_then(|cache| cache.snapshot(Some(namespace))) {
+    if let Some(entries) = cache.and_then(|cache| cache.snapshot(namespace)) {
         let (mut typed, mut untrusted) = (Vec::with_capacity(entries.len()), Vec::new());
         for entry in entries {
             match entry {
@@ -226,7 +226,7 @@ impl NamespaceObjects {
         for secret in &objects.secrets {
             wanted.remove(secret.metadata.name.as_deref().unwrap_or_default());
         }
-        let cached = caches.and_then(|c| c.watched_secrets.snapshot(Some(namespace)));
+        let cached = caches.and_then(|c| c.watched_secrets.snapshot(namespace));
         let labelled = match cached {
             Some(entries) => entries
                 .into_iter()
