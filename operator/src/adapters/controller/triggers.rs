@@ -59,34 +59,33 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    /// Changes to the `K`s selected by `config` that a cluster owns (as their controller).
+    /// Changes to the `K`s selected by `config` that a cluster owns (as their controller), read as
+    /// metadata only.
     pub fn owned<K>(&self, config: watcher::Config) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
-        self.isolated(self.metadata_api::<K>(), K::kind(&()).into_owned(), config, None, |event| match event {
+        self.isolated(self.api::<PartialObjectMeta<K>>(), K::kind(&()).into_owned(), config, None, |event| match event {
             Event::Apply(object) | Event::InitApply(object) | Event::Delete(object) => controlling_clusters(&object),
             Event::Init | Event::InitDone => Vec::new(),
         })
     }
 
-    /// Changes to the `K`s of the scope, read as metadata only: every cluster of the object's
+    /// Changes to the `K`s of the scope, read as metadata only (`PartialObjectMeta` asks for nothing
+    /// else): every cluster of the object's
     /// namespace (see [`NewGenerations`]).
     pub fn in_namespace<K>(&self) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     {
         let concerns = self.new_generations();
-        self.isolated(self.metadata_api::<K>(), K::kind(&()).into_owned(), watcher::Config::default(), None, move |event| {
+        self.isolated(self.api::<PartialObjectMeta<K>>(), K::kind(&()).into_owned(), watcher::Config::default(), None, move |event| {
             concerns.of(&event)
         })
     }
 
-    /// Metadata-only list and watch: `Api<PartialObjectMeta<K>>` asks for nothing else.
-    fn metadata_api<K>(&self) -> Api<PartialObjectMeta<K>>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
-    {
+    /// `W`s in the scope: one namespace, or all.
+    fn api<W: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(&self) -> Api<W> {
         match &self.namespace {
             Some(namespace) => Api::namespaced(self.client.clone(), namespace),
             None => Api::all(self.client.clone()),
@@ -115,10 +114,7 @@ impl Triggers {
 
     /// Changes to the Secrets labelled `callguard.io/watch`, kept in `caches` as [`Triggers::cached`].
     pub fn watched_secrets(&self, caches: Arc<Caches>) -> BoxStream<'static, ObjectRef<CallControlCluster>> {
-        let api: Api<Secret> = match &self.namespace {
-            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
-            None => Api::all(self.client.clone()),
-        };
+        let api: Api<Secret> = self.api();
         let synced = caches.watched_secrets.synced_flag();
         let concerns = self.new_generations();
         let config = watcher::Config::default().labels(labels::WATCHED_SECRET);
