@@ -92,11 +92,7 @@ impl SchemaValidation {
 
     /// The root's own checks, then those of the top-level fields an update changed.
     fn changed_fields(&self, fields: &serde_json::Map<String, Value>, changed: &[(&String, &Value)], old: &Value, causes: &mut Vec<Cause>) {
-        for required in self.schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-            if !fields.contains_key(required) {
-                causes.push(Cause { field: required.to_owned(), message: "Required value".into() });
-            }
-        }
+        missing_required(&self.schema, fields, "", causes);
         for (name, value) in changed {
             if let Some(field_schema) = self.schema.pointer(&format!("/properties/{name}")) {
                 structural(field_schema, value, name, causes);
@@ -219,11 +215,7 @@ fn structural(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>
             }
         }
         Value::Object(fields) => {
-            for required in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                if !fields.contains_key(required) {
-                    causes.push(Cause { field: join(path, required), message: "Required value".into() });
-                }
-            }
+            missing_required(schema, fields, path, causes);
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (name, field) in fields {
@@ -234,6 +226,15 @@ fn structural(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>
             }
         }
         Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// A cause for each field `schema` requires that `fields` (the object at `path`) lacks.
+fn missing_required(schema: &Value, fields: &serde_json::Map<String, Value>, path: &str, causes: &mut Vec<Cause>) {
+    for required in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        if !fields.contains_key(required) {
+            causes.push(Cause { field: join(path, required), message: "Required value".into() });
+        }
     }
 }
 

@@ -211,37 +211,45 @@ fn check_in_parallel(
     let before = remembered.map(|r| std::mem::take(&mut *r.passed.lock().unwrap_or_else(|e| e.into_inner())));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let chunk = documents.len().div_ceil(workers).max(1);
-    let (checked, passed): (Vec<_>, Vec<_>) = std::thread::scope(|scope| {
+    let checked: Vec<(usize, Checked)> = std::thread::scope(|scope| {
         let before = before.as_ref();
         let handles: Vec<_> = documents
             .chunks(chunk)
             .enumerate()
             .map(|(c, docs)| {
                 scope.spawn(move || {
-                    let mut passed = Vec::new();
-                    let checked = docs
-                        .iter()
+                    docs.iter()
                         .enumerate()
-                        .map(|(i, doc)| {
-                            let Some(before) = before else { return (c * chunk + i, check_document(&doc.value, schemas)) };
-                            let digest = PassedChecks::digest(&doc.value);
-                            let violations = if before.contains(&digest) { Vec::new() } else { check_document(&doc.value, schemas) };
-                            if violations.is_empty() {
-                                passed.push(digest);
-                            }
-                            (c * chunk + i, violations)
-                        })
-                        .collect::<Vec<_>>();
-                    (checked, passed)
+                        .map(|(i, doc)| (c * chunk + i, check_remembering(&doc.value, schemas, before)))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a validation worker panicked")).unzip()
+        handles.into_iter().flat_map(|h| h.join().expect("a validation worker panicked")).collect()
     });
     if let Some(remembered) = remembered {
-        *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = passed.into_iter().flatten().collect();
+        *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = checked.iter().filter_map(|(_, checked)| checked.passed).collect();
     }
-    checked.into_iter().flatten().collect()
+    checked.into_iter().map(|(index, checked)| (index, checked.violations)).collect()
+}
+
+/// One document's violations, and the digest to remember when it passes (only when remembering).
+struct Checked {
+    violations: Vec<Violation>,
+    passed: Option<[u8; 32]>,
+}
+
+/// Checks one document; given what passed before (`before`), a document among it passes unchecked.
+fn check_remembering(
+    value: &Value,
+    schemas: &BTreeMap<String, KindSchema>,
+    before: Option<&std::collections::HashSet<[u8; 32]>>,
+) -> Checked {
+    let Some(before) = before else { return Checked { violations: check_document(value, schemas), passed: None } };
+    let digest = PassedChecks::digest(value);
+    let violations = if before.contains(&digest) { Vec::new() } else { check_document(value, schemas) };
+    let passed = violations.is_empty().then_some(digest);
+    Checked { violations, passed }
 }
 
 /// Schema and CEL violations of one manifest document; none for objects Callguard does not own.
