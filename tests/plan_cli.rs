@@ -15,11 +15,14 @@ fn callguard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_callguard")).args(args).output().unwrap()
 }
 
-fn copy_quickstart(to: &Path) {
+/// A directory holding a copy of the quickstart, to edit.
+fn quickstart_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(quickstart()).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
+    dir
 }
 
 fn edit(file: &Path, from: &str, to: &str) {
@@ -42,8 +45,7 @@ fn the_same_manifests_need_nothing() {
 
 #[test]
 fn each_change_gets_the_resets_and_restarts_the_guide_asks_for() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_quickstart(dir.path());
+    let dir = quickstart_copy();
     // A description alone changes nothing a device sees.
     edit(&dir.path().join("profiles.yaml"), "description: phones without security", "description: lobby phones");
     let unchanged = plan(&quickstart(), dir.path(), "markdown");
@@ -96,8 +98,7 @@ fn each_change_gets_the_resets_and_restarts_the_guide_asks_for() {
 
 #[test]
 fn a_rotation_is_planned_as_its_steps() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_quickstart(dir.path());
+    let dir = quickstart_copy();
     // A new hostname for the node whose certificate signs the ITL starts its rotation.
     edit(&dir.path().join("cluster.yaml"), "hostname: cm1.quickstart.example", "hostname: cm1-new.quickstart.example");
     let text = plan(&quickstart(), dir.path(), "markdown");
@@ -121,8 +122,7 @@ fn a_rotation_is_planned_as_its_steps() {
 
 #[test]
 fn an_invalid_new_is_refused_with_the_validation_message() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_quickstart(dir.path());
+    let dir = quickstart_copy();
     edit(&dir.path().join("trunk.yaml"), "incomingPort: 5061", "incomingPort: 99999");
     let out = callguard(&["plan", quickstart().to_str().unwrap(), dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

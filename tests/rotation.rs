@@ -69,6 +69,14 @@ impl Workspace {
         built.remove("default").expect("namespace default").unwrap_or_else(|e| panic!("the build at +{minutes} min: {e}"))
     }
 
+    /// The first build, and a phone that holds its trust lists and bob's configuration.
+    fn first_build_and_phone(&self) -> (BuildOutput, TrustingPhone) {
+        let first = self.build_at(0);
+        let mut phone = TrustingPhone::default();
+        phone.fetch(&first.served, Some(BOB_CONFIG)).unwrap();
+        (first, phone)
+    }
+
     /// Creates a software token with `callguard token create`, its manifests beside the others.
     fn create_token(&self, name: &str) {
         let password = self.manifests.path().join(format!("{name}.password"));
@@ -107,9 +115,7 @@ fn served_itl(output: &BuildOutput) -> TrustList {
 #[test]
 fn renaming_the_tftp_host_rolls_the_itl_signer_in_two_steps_a_phone_accepts() {
     let ws = Workspace::new();
-    let first = ws.build_at(0);
-    let mut phone = TrustingPhone::default();
-    phone.fetch(&first.served, Some(BOB_CONFIG)).unwrap();
+    let (_, mut phone) = ws.first_build_and_phone();
     let old_signer = phone.itl_sast();
     assert_eq!(old_signer.len(), 1);
     assert_eq!(common_name(&old_signer[0]), "cm1.quickstart.example");
@@ -165,8 +171,7 @@ fn renaming_the_tftp_host_rolls_the_itl_signer_in_two_steps_a_phone_accepts() {
 #[test]
 fn a_second_step_stopped_halfway_is_finished_by_the_next_build() {
     let ws = Workspace::new();
-    let mut phone = TrustingPhone::default();
-    phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
+    let (_, mut phone) = ws.first_build_and_phone();
     ws.edit("cluster.yaml", "hostname: cm1.quickstart.example", "hostname: cm1-new.quickstart.example");
     ws.set_grace_minutes(0);
     phone.fetch(&ws.build_at(1).served, Some(BOB_CONFIG)).unwrap();
@@ -188,8 +193,7 @@ fn a_second_step_stopped_halfway_is_finished_by_the_next_build() {
 fn a_ca_rotation_stopped_before_its_new_certificate_starts_again_whole() {
     use callguard::core::build::state::Sensitivity;
     let ws = Workspace::new();
-    let mut phone = TrustingPhone::default();
-    phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
+    let (_, mut phone) = ws.first_build_and_phone();
     let old = current_ca(&ws);
     // What the start writes before the new certificate: the old CA aside, then a new key.
     let state = state(&ws);
@@ -218,8 +222,7 @@ fn a_ca_rotation_stopped_before_its_new_certificate_starts_again_whole() {
 #[test]
 fn the_annotation_rotates_the_itl_signer_once_per_value() {
     let ws = Workspace::new();
-    let mut phone = TrustingPhone::default();
-    phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
+    let (_, mut phone) = ws.first_build_and_phone();
     let original = phone.itl_sast();
     ws.annotate("callguard.io/rotate-itl-signer", "2026-12");
     ws.set_grace_minutes(0);
@@ -251,8 +254,7 @@ fn the_annotation_rotates_the_itl_signer_once_per_value() {
 #[test]
 fn tokens_are_replaced_one_at_a_time_by_a_token_the_phones_already_trust() {
     let ws = Workspace::new();
-    let mut phone = TrustingPhone::default();
-    phone.fetch(&ws.build_at(0).served, Some(BOB_CONFIG)).unwrap();
+    let (_, mut phone) = ws.first_build_and_phone();
     let original = phone.ctl_sast();
     assert_eq!(original.len(), 2);
     ws.create_token("token-new");
@@ -326,9 +328,7 @@ fn phone_status<'a>(output: &'a BuildOutput, name: &str) -> &'a callguard::core:
 fn the_ca_rotates_with_overlap_until_nothing_it_issued_is_in_use() {
     use callguard::core::pki::inspect::is_issued_by;
     let ws = Workspace::new();
-    let first = ws.build_at(0);
-    let mut phone = TrustingPhone::default();
-    phone.fetch(&first.served, Some(BOB_CONFIG)).unwrap();
+    let (first, mut phone) = ws.first_build_and_phone();
     let old_ca = current_ca(&ws).certificate_der().to_vec();
     let old_lsc = give_lsc(&ws, "SEP00AABBCCDD02", 0);
     assert!(phone_status(&ws.build_at(1), "bob-7941").lsc.is_some(), "bob's LSC is the cluster CA's");
