@@ -557,11 +557,7 @@ pub fn build_namespace(
             legacy_tls: cluster.spec.legacy_tls == Some(crate::api::LegacyTls::Enabled),
         })
     });
-    let next_rotation_step = identity.signer_rotation.as_ref().map(|r| match r.waiting {
-        rotation::Waiting::GracePeriod { until } => until,
-        // Announced or recorded by this build: the next one takes it further.
-        rotation::Waiting::Announcing | rotation::Waiting::Recording => now,
-    });
+    let next_rotation_step = identity.signer_rotation.as_ref().map(|r| r.next_step(now));
     Ok(BuildOutput {
         catalog,
         served,

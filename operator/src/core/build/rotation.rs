@@ -91,6 +91,15 @@ impl SignerRotation {
             self.waiting
         )
     }
+
+    /// When a build may take it further: at the end of the grace period, or at once when this build
+    /// announced or recorded it.
+    pub fn next_step(&self, now: OffsetDateTime) -> OffsetDateTime {
+        match self.waiting {
+            Waiting::GracePeriod { until } => until,
+            Waiting::Announcing | Waiting::Recording => now,
+        }
+    }
 }
 
 /// The request the record keeps as acted on: this build's annotation, else the `last` one.
