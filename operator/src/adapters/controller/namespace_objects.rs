@@ -1,5 +1,6 @@
 //! Dereference: every Callguard object of a cluster's namespace, the Secrets the operator owns there
-//! and the Secrets those objects name, read from the API; and the same objects as the documents
+//! and the Secrets those objects name, from the watch caches where they are synced and from the API
+//! otherwise; and the same objects as the documents
 //! `callguard validate` checks, so that the operator and the offline check give the same verdict with
 //! the same message. No other Secret of the namespace is ever read.
 
