@@ -11,12 +11,24 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    not_given_before(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
 }
 
 /// A free TCP port, so that tests running at once do not all ask for 3804, 2445 or 8443.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    not_given_before(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+}
+
+/// A port from `pick` that this test process has not handed out yet: the kernel may give the port
+/// just released again, and two services of one command line would then ask for the same one.
+fn not_given_before(pick: impl Fn() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = pick();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A copy of `examples/quickstart` under `dir`, for a test to edit.
