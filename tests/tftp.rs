@@ -537,11 +537,20 @@ fn each_client_ip_runs_at_most_the_configured_number_of_transfers(mode: Transfer
 /// Behind source NAT a branch office is one IP, each phone on a port of its own: 300 phones on
 /// 127.0.0.1 each hold a transfer at the same moment (every one has its DATA 1 or OACK before any
 /// acknowledges), then all complete, byte for byte.
+///
+/// Each phone behaves as RFC 1350 asks of a client: it sends its request again when nothing answers
+/// (300 requests at once can overflow the server's receive buffer where `net.core.rmem_max` is
+/// small), answers a packet from any other transfer ID with ERROR 5 (an answer to a request it
+/// sent twice), and dallies after its last ACK, in case that ACK is lost. Every phone reaches the barrier, even one whose requests all went unanswered, so
+/// that a failure ends the test instead of leaving the others waiting for ever.
 fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort) {
     const PHONES: usize = 300;
-    // Long enough that no transfer gives up on its first packet (3 sends) while 300 threads start.
-    let harness =
-        Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout: Duration::from_secs(3), ..ServerConfig::default() });
+    const REQUEST_SENDS: u32 = 4;
+    const REQUEST_WAIT: Duration = Duration::from_secs(2);
+    // Long enough that no transfer gives up on its first packet (3 sends, 15 s) while 300 threads
+    // start and some of them send their request again (at most 4 × 2 s).
+    let retransmit_timeout = Duration::from_secs(5);
+    let harness = Harness::start(ServerConfig { transfer_port: mode, retransmit_timeout, ..ServerConfig::default() });
     let name = sized_name(100_000);
     let all_started = Barrier::new(PHONES);
     let fetched: Vec<Fetched> = std::thread::scope(|scope| {
@@ -556,9 +565,17 @@ fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort
                         TransferOptions { block_size: Some(1428), window_size: Some(4), ..TransferOptions::default() }
                     };
                     let socket = client_socket();
-                    socket.send_to(&read_request(name, options), harness.address).expect("RRQ");
-                    let (first, transfer) = receive(&socket).expect("the first packet");
+                    socket.set_read_timeout(Some(REQUEST_WAIT)).expect("read timeout");
+                    let request = read_request(name, options);
+                    let first = (0..REQUEST_SENDS).find_map(|_| {
+                        socket.send_to(&request, harness.address).expect("RRQ");
+                        receive(&socket)
+                    });
                     all_started.wait();
+                    let (first, transfer) =
+                        first.unwrap_or_else(|| panic!("phone {phone}: no answer to {REQUEST_SENDS} requests, {REQUEST_WAIT:?} apart"));
+                    // A lost packet is sent again after the server's timeout: wait for more than that.
+                    socket.set_read_timeout(Some(retransmit_timeout + REPLY_WAIT)).expect("read timeout");
                     let mut fetched = Fetched::default();
                     fetched.sources.insert(transfer);
                     let (block_size, window) = match first {
@@ -577,6 +594,12 @@ fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort
                     let mut expected = if fetched.bytes.is_empty() { 1u16 } else { 2 };
                     loop {
                         let (packet, from) = receive(&socket).unwrap_or_else(|| panic!("phone {phone}: no DATA {expected}"));
+                        if mode == TransferPort::Ephemeral && from != transfer {
+                            // The transfer of a request sent twice: end it (RFC 1350 §4).
+                            let unknown = Packet::Error { code: ErrorCode::UnknownTransferId, message: "unknown transfer ID".into() };
+                            socket.send_to(&unknown.encode(), from).expect("ERROR 5");
+                            continue;
+                        }
                         fetched.sources.insert(from);
                         let (block, payload) = match packet {
                             Packet::Data { block, payload } if block == expected => (block, payload),
@@ -597,6 +620,14 @@ fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort
                             in_window = 0;
                         }
                         if last {
+                            // Dally (RFC 1350 §6): a lost last ACK shows only as the last DATA sent
+                            // again, which is acknowledged again until the server stops sending it.
+                            socket.set_read_timeout(Some(retransmit_timeout + Duration::from_secs(1))).expect("read timeout");
+                            while let Some((packet, from)) = receive(&socket) {
+                                if from == transfer && matches!(packet, Packet::Data { block: resent, .. } if resent == block) {
+                                    socket.send_to(&Packet::Ack { block }.encode(), transfer).expect("ACK");
+                                }
+                            }
                             return fetched;
                         }
                         expected = expected.wrapping_add(1);
