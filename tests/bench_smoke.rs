@@ -63,8 +63,9 @@ fn the_capf_benchmark_enrols_five_phones_and_prints_its_figures() {
 /// sipp or kamailio fails the test.
 /// `bench media` sets up calls in rtpengine over its ng protocol and in Callguard's relay, carries
 /// RTP through both and straight over loopback, and prints each path's highest rate without loss
-/// and the two ratios, which must be those rates' quotients. Nothing is asserted of their size
-/// beyond that each path carried the first rate. A missing rtpengine fails the test.
+/// and the two ratios, which must be those rates' quotients, then the CPU time per packet of the
+/// generator on each path and of each relay. Nothing is asserted of their size beyond that each path
+/// carried the first rate and that every CPU figure is positive. A missing rtpengine fails the test.
 #[test]
 fn the_media_benchmark_relays_through_rtpengine_and_callguard_and_prints_its_figures() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_callguard"))
@@ -80,6 +81,19 @@ fn the_media_benchmark_relays_through_rtpengine_and_callguard_and_prints_its_fig
     assert_eq!(ratios.len(), 2, "{stdout}");
     assert!((ratios[0] - callguard / rtpengine).abs() <= 0.006, "{stdout}");
     assert!((ratios[1] - callguard / loopback).abs() <= 0.006, "{stdout}");
+    let table: Vec<&str> = stdout.lines().skip_while(|l| !l.trim_start().starts_with("CPU per packet")).skip(1).collect();
+    for (row, path) in ["loopback", "rtpengine", "Callguard"].into_iter().enumerate() {
+        let line = table.get(row).unwrap_or_else(|| panic!("the CPU row of {path}: {stdout}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.first(), Some(&path), "{stdout}");
+        let generator: f64 = cells.get(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        assert!(generator > 0.0, "the generator's CPU per packet on {path}: {line}");
+        let relay = cells.get(3).and_then(|n| n.parse::<f64>().ok());
+        match path {
+            "loopback" => assert_eq!(cells.get(3), Some(&"-"), "no relay on loopback: {line}"),
+            _ => assert!(relay.is_some_and(|micros| micros > 0.0), "the CPU per packet of {path}: {line}"),
+        }
+    }
 }
 
 #[test]

@@ -331,7 +331,7 @@ pub fn cpu_accounted_runtime(name: &str, workers: usize) -> Result<(tokio::runti
 }
 
 /// The time of a CPU clock (a thread's, or the calling thread's with `CLOCK_THREAD_CPUTIME_ID`).
-fn clock_time(clock: libc::clockid_t) -> std::time::Duration {
+pub(crate) fn clock_time(clock: libc::clockid_t) -> std::time::Duration {
     let mut spent = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime only writes the timespec it is given.
     if unsafe { libc::clock_gettime(clock, &mut spent) } != 0 {

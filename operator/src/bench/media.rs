@@ -29,6 +29,11 @@ const LOSS: f64 = 0.0001;
 /// The rates tried start here (packets per second, all streams together).
 const FIRST_RATE: u64 = 20_000;
 const MAX_RATE: u64 = 10_000_000;
+/// The rate the CPU time per packet is measured at, for [`CPU_STEP`]: the first rate, which every
+/// path must carry (a relay pushed past its limit first, as rtpengine is, would discard packets for
+/// a while and read cheap).
+const CPU_RATE: u64 = FIRST_RATE;
+const CPU_STEP: Duration = Duration::from_secs(3);
 
 /// One direction of one call: what the generator sends from, where to, and what receives.
 struct Stream {
@@ -46,6 +51,8 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
 
     // Loopback: the receivers are the targets.
     let loopback = generator.block_on(async { streams_to(streams, Ok) })?;
+    let mut cpu = BTreeMap::new();
+    cpu.insert("loopback", generator.block_on(cpu_per_packet(&loopback, None))?);
     found.insert("loopback", generator.block_on(highest_rate("loopback", &loopback, step)));
     drop(loopback);
 
@@ -70,13 +77,16 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
             return Err(e);
         }
     };
+    let pid = rtpengine.child.id();
+    let rtpengine_cpu = generator.block_on(cpu_per_packet(&through_rtpengine, Some(&|| crate::bench::process_cpu(pid))))?;
+    cpu.insert("rtpengine", rtpengine_cpu);
     let rtpengine_rate = generator.block_on(highest_rate("rtpengine", &through_rtpengine, step));
     rtpengine.stop();
     found.insert("rtpengine", rtpengine_rate);
     drop(through_rtpengine);
 
     // Callguard's relay, on a runtime of one worker.
-    let (runtime, _cpu) = crate::bench::cpu_accounted_runtime("callguard-media", 1)?;
+    let (runtime, relay_cpu) = crate::bench::cpu_accounted_runtime("callguard-media", 1)?;
     let settings = RelaySettings {
         bind: [127, 0, 0, 1].into(),
         advertised: [127, 0, 0, 1].into(),
@@ -98,6 +108,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
         }
         out
     };
+    cpu.insert("Callguard", generator.block_on(cpu_per_packet(&through_callguard, Some(&|| Ok(relay_cpu.spent()))))?);
     found.insert("Callguard", generator.block_on(highest_rate("Callguard", &through_callguard, step)));
     drop(runtime);
 
@@ -112,6 +123,14 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     }
     println!("  ratio:     {:.2}  (Callguard over rtpengine; target 1.0)", rate("Callguard") / rate("rtpengine").max(1.0));
     println!("  ratio:     {:.2}  (Callguard over the loopback limit; target 0.8)", rate("Callguard") / rate("loopback").max(1.0));
+    // The generator's own cost per packet rises when its packets cross to another thread and come
+    // back, through any relay: what stops the rise through a relay may be that, not the relay.
+    println!("  CPU per packet at {CPU_RATE} packets/s   generator      relay");
+    for name in ["loopback", "rtpengine", "Callguard"] {
+        let PacketCpu { generator_micros, relay_micros } = &cpu[name];
+        let relay = relay_micros.map_or("-".to_string(), |micros| format!("{micros:.2} µs"));
+        println!("    {name:<10} {generator_micros:>20.2} µs {relay:>10}");
+    }
     Ok(())
 }
 
@@ -144,7 +163,7 @@ async fn highest_rate(name: &str, streams: &[Stream], step: Duration) -> (u64, &
     let mut good = 0;
     let mut rate = FIRST_RATE;
     while rate <= MAX_RATE {
-        match lost_at(streams, rate, step).await {
+        match lost_at(streams, rate, step).await.outcome {
             Outcome::Lost(lost) => {
                 eprintln!("  {name} at {rate} packets/s: {:.3}% lost", lost * 100.0);
                 if lost > LOSS {
@@ -162,8 +181,14 @@ async fn highest_rate(name: &str, streams: &[Stream], step: Duration) -> (u64, &
     (good, "the largest rate tried")
 }
 
+/// What one rate came to, and the packets that arrived.
+struct Tried {
+    outcome: Outcome,
+    received: u64,
+}
+
 /// Sends at `rate` packets a second, spread over the streams, for `step`.
-async fn lost_at(streams: &[Stream], rate: u64, step: Duration) -> Outcome {
+async fn lost_at(streams: &[Stream], rate: u64, step: Duration) -> Tried {
     let received = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let receivers: Vec<_> = streams.iter().map(|s| receive(&s.receiver, received.clone(), stop.clone())).collect();
@@ -178,11 +203,34 @@ async fn lost_at(streams: &[Stream], rate: u64, step: Duration) -> Outcome {
         (sent, late)
     };
     let ((sent, late), _) = tokio::join!(sending, receiving);
-    if late {
-        return Outcome::Behind;
-    }
     let received = received.load(Relaxed);
-    Outcome::Lost(if sent == 0 { 1.0 } else { sent.saturating_sub(received) as f64 / sent as f64 })
+    if late {
+        return Tried { outcome: Outcome::Behind, received };
+    }
+    Tried { outcome: Outcome::Lost(if sent == 0 { 1.0 } else { sent.saturating_sub(received) as f64 / sent as f64 }), received }
+}
+
+/// CPU time per packet that arrived, at [`CPU_RATE`] (which every path carries without loss): the
+/// generator's thread's, and the relay's (`relay_spent`, `None` on loopback). Figures the other
+/// programs of a shared machine change less than the rates. Measured before the rates are raised,
+/// on a relay that has not been overloaded yet.
+async fn cpu_per_packet(streams: &[Stream], relay_spent: Option<&dyn Fn() -> Result<Duration, String>>) -> Result<PacketCpu, String> {
+    let relay_before = relay_spent.map(|spent| spent()).transpose()?;
+    let generator_before = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
+    let arrived = lost_at(streams, CPU_RATE, CPU_STEP).await.received.max(1);
+    let generator = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(generator_before);
+    let relay = match (relay_spent, relay_before) {
+        (Some(spent), Some(before)) => Some(spent()?.saturating_sub(before)),
+        _ => None,
+    };
+    let per_packet = |cpu: Duration| cpu.as_secs_f64() * 1e6 / arrived as f64;
+    Ok(PacketCpu { generator_micros: per_packet(generator), relay_micros: relay.map(per_packet) })
+}
+
+/// Microseconds of CPU per packet on one path.
+struct PacketCpu {
+    generator_micros: f64,
+    relay_micros: Option<f64>,
 }
 
 /// Every millisecond, its share of packets, one datagram per send and the streams taken in turn,

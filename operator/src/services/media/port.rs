@@ -1,12 +1,12 @@
-//! A UDP port read in batches (recvmmsg through quinn-udp) into a buffer made once, and written one
-//! datagram at a time: the relay's legs, and the generator of `bench media`.
+//! A UDP port read in batches (recvmmsg through quinn-udp) into a buffer made once: the relay's legs,
+//! and the generator of `bench media`. The relay writes its datagrams in trains ([`Train`]: one
+//! sendmsg with UDP GSO for a run of datagrams to one destination); the generator one at a time.
 
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 /// Largest datagram relayed; RTP over Ethernet stays well under it.
 pub const MAX_DATAGRAM: usize = 2048;
@@ -14,7 +14,10 @@ pub const MAX_DATAGRAM: usize = 2048;
 pub const BATCH: usize = 16;
 
 pub struct Port {
-    socket: UdpSocket,
+    /// Through `AsyncFd` rather than tokio's `UdpSocket`, whose reads end only on `WouldBlock`: a
+    /// read that filled less than the batch emptied the queue, and marks the port not readable
+    /// without a second, empty recvmmsg (one system call less per wake-up).
+    socket: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
 }
 
@@ -54,30 +57,132 @@ impl Port {
         let buffer = crate::services::udp_listener::RECEIVE_BUFFER;
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), buffer);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), buffer);
-        Ok(Port { socket: UdpSocket::from_std(socket).map_err(|e| e.to_string())?, state })
+        // SAFETY: the `std::net::UdpSocket` owns its descriptor, and the `AsyncFd` owns the socket
+        // until it is dropped: the descriptor stays open and the same for as long as required.
+        let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| e.to_string())?;
+        Ok(Port { socket, state })
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.socket.get_ref().local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Waits for datagrams and reads up to [`BATCH`] of them into `batch`; how many.
     pub async fn receive(&self, batch: &mut Batch) -> std::io::Result<usize> {
         let mut chunks = batch.storage.chunks_mut(MAX_DATAGRAM);
         let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-        let meta = &mut batch.meta;
-        self.socket.async_io(Interest::READABLE, || self.state.recv(UdpSockRef::from(&self.socket), &mut slices, meta)).await
+        loop {
+            // `AsyncFd` readiness does not count against the task's budget, as tokio's sockets do:
+            // without this, a port that always has datagrams would never let the runtime's other
+            // tasks run.
+            tokio::task::consume_budget().await;
+            let mut ready = self.socket.readable().await?;
+            match ready.try_io(|socket| self.state.recv(UdpSockRef::from(socket.get_ref()), &mut slices, &mut batch.meta)) {
+                Ok(Ok(count)) => {
+                    // recvmmsg stops short only when the queue is empty. A datagram that came
+                    // since is a new readiness event, which `clear_ready` does not clear.
+                    if count < BATCH {
+                        ready.clear_ready();
+                    }
+                    return Ok(count);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
     }
 
     /// Sends one datagram now; a full send buffer is an error (`WouldBlock`), as UDP would drop it.
     pub fn try_send(&self, destination: SocketAddr, contents: &[u8]) -> std::io::Result<()> {
         let transmit = Transmit { destination, ecn: None, contents, segment_size: None, src_ip: None };
-        self.state.try_send(UdpSockRef::from(&self.socket), &transmit)
+        self.state.try_send(UdpSockRef::from(self.socket.get_ref()), &transmit)
+    }
+
+    /// Datagrams one send may carry: more than 1 where the kernel segments them (UDP GSO).
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 
     /// Sends one datagram, waiting while the send buffer is full.
     pub async fn send(&self, destination: SocketAddr, contents: &[u8]) -> std::io::Result<()> {
-        self.socket.async_io(Interest::WRITABLE, || self.try_send(destination, contents)).await
+        loop {
+            let mut ready = self.socket.writable().await?;
+            if let Ok(sent) = ready.try_io(|_| self.try_send(destination, contents)) {
+                return sent;
+            }
+        }
+    }
+}
+
+/// Datagrams gathered for one send from one port to one destination: the relay forwards a batch
+/// read from one end, which goes on to one place, in one sendmsg instead of one per datagram (UDP
+/// GSO through quinn-udp). A train is as the kernel segments it: every datagram as long as the
+/// first, but the last, which may be shorter; and at most [`BATCH`] of them (32 KiB), under GSO's
+/// 64 KiB.
+pub struct Train<'p> {
+    buffer: Vec<u8>,
+    port: Option<&'p Port>,
+    destination: SocketAddr,
+    segment: usize,
+    datagrams: usize,
+    /// A shorter datagram ended the train: the next one starts another.
+    closed: bool,
+}
+
+/// What one send of a train did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub datagrams: u64,
+    pub bytes: u64,
+    /// The send buffer was full (or the send failed): UDP drops the train, as the network would.
+    pub dropped: bool,
+}
+
+impl Default for Train<'_> {
+    fn default() -> Self {
+        Train {
+            buffer: Vec::with_capacity(MAX_DATAGRAM * BATCH),
+            port: None,
+            destination: SocketAddr::from(([0, 0, 0, 0], 0)),
+            segment: 0,
+            datagrams: 0,
+            closed: false,
+        }
+    }
+}
+
+impl<'p> Train<'p> {
+    /// Adds `datagram` for `destination` from `port`. When it cannot join the train, the train is
+    /// sent first, and what that send did is returned.
+    pub fn push(&mut self, port: &'p Port, destination: SocketAddr, datagram: &[u8]) -> Option<Sent> {
+        let joins = self.port.is_some_and(|current| std::ptr::eq(current, port))
+            && self.destination == destination
+            && !self.closed
+            && datagram.len() <= self.segment
+            && self.datagrams < BATCH.min(port.max_segments());
+        let sent = if joins { None } else { self.send() };
+        if self.datagrams == 0 {
+            self.port = Some(port);
+            self.destination = destination;
+            self.segment = datagram.len();
+        }
+        self.buffer.extend_from_slice(datagram);
+        self.datagrams += 1;
+        self.closed = datagram.len() < self.segment || datagram.is_empty();
+        sent
+    }
+
+    /// Sends the train, if it holds any datagram, and empties it.
+    pub fn send(&mut self) -> Option<Sent> {
+        let port = self.port.take()?;
+        let transmit =
+            Transmit { destination: self.destination, ecn: None, contents: &self.buffer, segment_size: Some(self.segment), src_ip: None };
+        let dropped = port.state.try_send(UdpSockRef::from(port.socket.get_ref()), &transmit).is_err();
+        let sent = Sent { datagrams: self.datagrams as u64, bytes: self.buffer.len() as u64, dropped };
+        self.buffer.clear();
+        self.datagrams = 0;
+        self.closed = false;
+        Some(sent)
     }
 }
 

@@ -3,9 +3,10 @@
 //! service drives it through [`MediaRelay::allocate`], [`MediaRelay::update`] and
 //! [`MediaRelay::release`]; a call whose media stops for the inactivity time is released by itself.
 //!
-//! The loops read and write in batches (recvmmsg and GRO through quinn-udp) into buffers made once
-//! per port: nothing is allocated per packet but the decrypted copy rtc-srtp makes when it checks
-//! an encrypted call's packet.
+//! The loops read in batches (recvmmsg through quinn-udp) and write what a batch sends to one place
+//! in one sendmsg (UDP GSO through quinn-udp), through buffers made once per port: nothing is
+//! allocated per packet but the decrypted copy rtc-srtp makes when it checks an encrypted call's
+//! packet.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::pool::{PoolExhausted, PortPool};
-use super::port::{Batch, Port};
+use super::port::{Batch, Port, Sent, Train};
 use super::srtp::{SdesKey, SrtpCheck, is_rtcp};
 
 /// How each leg's far end is recognised.
@@ -352,6 +353,7 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
     let other = &call.legs[1 - from];
     let port = if rtcp_port { &leg.rtcp } else { &leg.rtp };
     let mut batch = Batch::default();
+    let mut train = Train::default();
     let counters = relay.counters.class(call.encrypted);
     loop {
         let received = tokio::select! {
@@ -391,15 +393,24 @@ async fn pump(relay: Arc<MediaRelay>, call: Arc<Call>, from: usize, rtcp_port: b
                 counters.dropped_no_destination.fetch_add(1, Relaxed);
                 continue;
             };
-            // UDP: a full send buffer drops the packet, as the network would.
-            if out.try_send(destination, packet).is_ok() {
-                counters.packets.fetch_add(1, Relaxed);
-                call.relayed.fetch_add(1, Relaxed);
-                counters.bytes.fetch_add(packet.len() as u64, Relaxed);
-            } else {
-                counters.dropped_full.fetch_add(1, Relaxed);
+            if let Some(sent) = train.push(out, destination, packet) {
+                count_sent(counters, &call, sent);
             }
         }
+        if let Some(sent) = train.send() {
+            count_sent(counters, &call, sent);
+        }
+    }
+}
+
+fn count_sent(counters: &ClassCounters, call: &Call, sent: Sent) {
+    // UDP: a full send buffer drops the packets, as the network would.
+    if sent.dropped {
+        counters.dropped_full.fetch_add(sent.datagrams, Relaxed);
+    } else {
+        counters.packets.fetch_add(sent.datagrams, Relaxed);
+        call.relayed.fetch_add(sent.datagrams, Relaxed);
+        counters.bytes.fetch_add(sent.bytes, Relaxed);
     }
 }
 
