@@ -201,3 +201,46 @@ fn without_gro(socket: &std::net::UdpSocket) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver() -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        socket
+    }
+
+    fn read(socket: &std::net::UdpSocket) -> Vec<u8> {
+        let mut buffer = [0u8; MAX_DATAGRAM];
+        let (len, _) = socket.recv_from(&mut buffer).expect("a datagram");
+        buffer[..len].to_vec()
+    }
+
+    /// Datagrams of one length to one place leave in one send and arrive one by one; a shorter one
+    /// ends the train, and another destination or a longer datagram starts a new one.
+    #[tokio::test]
+    async fn a_train_sends_what_goes_to_one_place_in_one_send_and_arrives_datagram_by_datagram() {
+        let port = Port::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (first, second) = (receiver(), receiver());
+        let (to_first, to_second) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+        let mut train = Train::default();
+        let sends: Vec<Option<Sent>> = vec![
+            train.push(&port, to_first, &[1; 100]),
+            train.push(&port, to_first, &[2; 100]),
+            train.push(&port, to_first, &[3; 60]),
+            // After a shorter datagram: a new train, though to the same place.
+            train.push(&port, to_first, &[4; 100]),
+            train.push(&port, to_second, &[5; 100]),
+            // Longer than the train's first: a new train.
+            train.push(&port, to_second, &[6; 120]),
+            train.send(),
+            train.send(),
+        ];
+        let sent = |datagrams, bytes| Some(Sent { datagrams, bytes, dropped: false });
+        assert_eq!(sends, vec![None, None, None, sent(3, 260), sent(1, 100), sent(1, 100), sent(1, 120), None]);
+        assert_eq!([read(&first), read(&first), read(&first), read(&first)], [vec![1; 100], vec![2; 100], vec![3; 60], vec![4; 100]]);
+        assert_eq!([read(&second), read(&second)], [vec![5; 100], vec![6; 120]]);
+    }
+}
