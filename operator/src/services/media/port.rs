@@ -141,7 +141,9 @@ pub struct Sent {
 impl Default for Train<'_> {
     fn default() -> Self {
         Train {
-            buffer: Vec::with_capacity(MAX_DATAGRAM * BATCH),
+            // Grown by the first trains, to what this port's packets need (RTP: a few KiB), then
+            // kept: every port of every call has one, and 32 KiB each would double a call's memory.
+            buffer: Vec::new(),
             port: None,
             destination: SocketAddr::from(([0, 0, 0, 0], 0)),
             segment: 0,
