@@ -541,8 +541,9 @@ fn each_client_ip_runs_at_most_the_configured_number_of_transfers(mode: Transfer
 /// Each phone behaves as RFC 1350 asks of a client: it sends its request again when nothing answers
 /// (300 requests at once can overflow the server's receive buffer where `net.core.rmem_max` is
 /// small), answers a packet from any other transfer ID with ERROR 5 (an answer to a request it
-/// sent twice), and dallies after its last ACK, in case that ACK is lost. Every phone reaches the barrier, even one whose requests all went unanswered, so
-/// that a failure ends the test instead of leaving the others waiting for ever.
+/// sent twice; a second transfer ID for a request sent once fails the test), and dallies after its
+/// last ACK, in case that ACK is lost. Every phone reaches the barrier, even one whose requests all
+/// went unanswered, so that a failure ends the test instead of leaving the others waiting for ever.
 fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort) {
     const PHONES: usize = 300;
     const REQUEST_SENDS: u32 = 4;
@@ -567,8 +568,10 @@ fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort
                     let socket = client_socket();
                     socket.set_read_timeout(Some(REQUEST_WAIT)).expect("read timeout");
                     let request = read_request(name, options);
+                    let mut requests_sent = 0;
                     let first = (0..REQUEST_SENDS).find_map(|_| {
                         socket.send_to(&request, harness.address).expect("RRQ");
+                        requests_sent += 1;
                         receive(&socket)
                     });
                     all_started.wait();
@@ -595,6 +598,7 @@ fn many_transfers_from_one_ip_on_different_ports_all_complete(mode: TransferPort
                     loop {
                         let (packet, from) = receive(&socket).unwrap_or_else(|| panic!("phone {phone}: no DATA {expected}"));
                         if mode == TransferPort::Ephemeral && from != transfer {
+                            assert!(requests_sent > 1, "phone {phone}: a second transfer ID {from} for one request");
                             // The transfer of a request sent twice: end it (RFC 1350 §4).
                             let unknown = Packet::Error { code: ErrorCode::UnknownTransferId, message: "unknown transfer ID".into() };
                             socket.send_to(&unknown.encode(), from).expect("ERROR 5");

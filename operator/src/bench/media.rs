@@ -219,10 +219,7 @@ async fn cpu_per_packet(streams: &[Stream], relay_spent: Option<&dyn Fn() -> Res
     let generator_before = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
     let arrived = lost_at(streams, CPU_RATE, CPU_STEP).await.received.max(1);
     let generator = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(generator_before);
-    let relay = match (relay_spent, relay_before) {
-        (Some(spent), Some(before)) => Some(spent()?.saturating_sub(before)),
-        _ => None,
-    };
+    let relay = relay_spent.zip(relay_before).map(|(spent, before)| spent().map(|now| now.saturating_sub(before))).transpose()?;
     let per_packet = |cpu: Duration| cpu.as_secs_f64() * 1e6 / arrived as f64;
     Ok(PacketCpu { generator_micros: per_packet(generator), relay_micros: relay.map(per_packet) })
 }

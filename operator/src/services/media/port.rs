@@ -94,12 +94,18 @@ impl Port {
 
     /// Sends one datagram now; a full send buffer is an error (`WouldBlock`), as UDP would drop it.
     pub fn try_send(&self, destination: SocketAddr, contents: &[u8]) -> std::io::Result<()> {
-        let transmit = Transmit { destination, ecn: None, contents, segment_size: None, src_ip: None };
+        self.try_send_segments(destination, contents, None)
+    }
+
+    /// Sends `contents` now, cut by the kernel into datagrams of `segment_size` bytes (the last may
+    /// be shorter) when given; as [`Port::try_send`] otherwise.
+    fn try_send_segments(&self, destination: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> std::io::Result<()> {
+        let transmit = Transmit { destination, ecn: None, contents, segment_size, src_ip: None };
         self.state.try_send(UdpSockRef::from(self.socket.get_ref()), &transmit)
     }
 
     /// Datagrams one send may carry: more than 1 where the kernel segments them (UDP GSO).
-    pub fn max_segments(&self) -> usize {
+    fn max_segments(&self) -> usize {
         self.state.max_gso_segments()
     }
 
@@ -177,9 +183,7 @@ impl<'p> Train<'p> {
     /// Sends the train, if it holds any datagram, and empties it.
     pub fn send(&mut self) -> Option<Sent> {
         let port = self.port.take()?;
-        let transmit =
-            Transmit { destination: self.destination, ecn: None, contents: &self.buffer, segment_size: Some(self.segment), src_ip: None };
-        let dropped = port.state.try_send(UdpSockRef::from(port.socket.get_ref()), &transmit).is_err();
+        let dropped = port.try_send_segments(self.destination, &self.buffer, Some(self.segment)).is_err();
         let sent = Sent { datagrams: self.datagrams as u64, bytes: self.buffer.len() as u64, dropped };
         self.buffer.clear();
         self.datagrams = 0;
