@@ -1,12 +1,14 @@
 //! `callguard bench media`: RTP relayed, one generator for three paths in one run: straight over
 //! loopback (the machine's limit for this generator), through rtpengine (Debian's userspace daemon,
 //! set up over its ng control protocol), and through Callguard's relay (in this process). For each,
-//! the highest rate it carries without loss: the rate doubles until more than [`LOSS`] of the
-//! packets are lost, then is bisected. Each relay gets one thread, as rtpengine's `--num-threads=1`.
-//! The generator (one thread: the senders and the receivers) is the same for all three.
+//! the highest rate it carries without loss: the rate rises by a fifth until more than [`LOSS`] of
+//! the packets are lost, and the kernel's counts say whose sockets dropped them. Each relay gets one
+//! thread, as rtpengine's `--num-threads=1`. The generator (one thread: the senders and the
+//! receivers) is the same for all three.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,6 +24,8 @@ const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4
 
 /// Both relays' ports lie below the kernel's ephemeral range (32768 and up), where the generator's
 /// sockets are: rtpengine loses the streams whose generator port falls in its own range.
+const RTPENGINE_PORTS: RangeInclusive<u16> = 20000..=22999;
+const CALLGUARD_PORTS: RangeInclusive<u16> = 23000..=25999;
 /// G.711 at 20 ms: a 12-byte RTP header and 160 bytes of audio.
 const PACKET: usize = 172;
 /// Loss at or under this fraction counts as none (a scheduling hiccup on a shared machine).
@@ -53,7 +57,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     let loopback = generator.block_on(async { streams_to(streams, Ok) })?;
     let mut cpu = BTreeMap::new();
     cpu.insert("loopback", generator.block_on(cpu_per_packet(&loopback, None))?);
-    found.insert("loopback", generator.block_on(highest_rate("loopback", &loopback, step)));
+    found.insert("loopback", generator.block_on(highest_rate("loopback", &loopback, None, step)));
     drop(loopback);
 
     // rtpengine, userspace only, one thread.
@@ -80,7 +84,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     let pid = rtpengine.child.id();
     let rtpengine_cpu = generator.block_on(cpu_per_packet(&through_rtpengine, Some(&|| crate::bench::process_cpu(pid))))?;
     cpu.insert("rtpengine", rtpengine_cpu);
-    let rtpengine_rate = generator.block_on(highest_rate("rtpengine", &through_rtpengine, step));
+    let rtpengine_rate = generator.block_on(highest_rate("rtpengine", &through_rtpengine, Some((RTPENGINE_PORTS, None)), step));
     rtpengine.stop();
     found.insert("rtpengine", rtpengine_rate);
     drop(through_rtpengine);
@@ -90,7 +94,7 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
     let settings = RelaySettings {
         bind: [127, 0, 0, 1].into(),
         advertised: [127, 0, 0, 1].into(),
-        ports: 23000..=25999,
+        ports: CALLGUARD_PORTS,
         inactivity: Duration::from_secs(600),
         latching: Latching::FirstPacket,
     };
@@ -109,7 +113,9 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
         out
     };
     cpu.insert("Callguard", generator.block_on(cpu_per_packet(&through_callguard, Some(&|| Ok(relay_cpu.spent()))))?);
-    found.insert("Callguard", generator.block_on(highest_rate("Callguard", &through_callguard, step)));
+    let send_drops = || relay.counters.unencrypted.dropped_full.load(Relaxed);
+    let relayed = Some((CALLGUARD_PORTS, Some(&send_drops as &dyn Fn() -> u64)));
+    found.insert("Callguard", generator.block_on(highest_rate("Callguard", &through_callguard, relayed, step)));
     drop(runtime);
 
     let rate = |name: &str| found[name].0 as f64;
@@ -118,8 +124,8 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
         LOSS * 100.0
     );
     for name in ["loopback", "rtpengine", "Callguard"] {
-        let (packets, stopped_by) = found[name];
-        println!("  {name:<10} {packets:>9} packets/s  (the next rate failed by {stopped_by})");
+        let (packets, stopped_by) = &found[name];
+        println!("  {name:<10} {packets:>9} packets/s  (the next rate failed: {stopped_by})");
     }
     println!("  ratio:     {:.2}  (Callguard over rtpengine; target 1.0)", rate("Callguard") / rate("rtpengine").max(1.0));
     println!("  ratio:     {:.2}  (Callguard over the loopback limit; target 0.8)", rate("Callguard") / rate("loopback").max(1.0));
@@ -147,8 +153,8 @@ fn streams_to(streams: usize, target: impl Fn(SocketAddr) -> Result<SocketAddr, 
 
 /// What one rate came to.
 enum Outcome {
-    /// The fraction of the packets sent that did not arrive.
-    Lost(f64),
+    /// The fraction of the packets sent that did not arrive, and where the rest were.
+    Lost(f64, Whereabouts),
     /// The generator could not send at this rate on this machine, beside what it drives.
     Behind,
 }
@@ -158,27 +164,36 @@ enum Outcome {
 /// bisection: a relay that was overloaded once may not recover at once (rtpengine discards a
 /// port's packets for a while after its queue overflowed), which would make any rate tried after a
 /// failure read low. The figure is within a fifth below the true limit, for every path alike. With
-/// it, what stopped the rise: loss, or the generator.
-async fn highest_rate(name: &str, streams: &[Stream], step: Duration) -> (u64, &'static str) {
+/// it, what stopped the rise: loss (and where the packets lost were), or the generator.
+async fn highest_rate(
+    name: &str,
+    streams: &[Stream],
+    relay: Option<(RangeInclusive<u16>, SendDrops<'_>)>,
+    step: Duration,
+) -> (u64, String) {
+    let (relay, relay_send) = relay.unzip();
+    let sockets =
+        Sockets { generator: streams.iter().filter_map(|s| s.receiver.inode()).collect(), relay, relay_send: relay_send.flatten() };
     let mut good = 0;
     let mut rate = FIRST_RATE;
     while rate <= MAX_RATE {
-        match lost_at(streams, rate, step).await.outcome {
-            Outcome::Lost(lost) => {
-                eprintln!("  {name} at {rate} packets/s: {:.3}% lost", lost * 100.0);
-                if lost > LOSS {
-                    return (good, "loss");
+        match lost_at(streams, rate, step, Some(&sockets)).await.outcome {
+            Outcome::Lost(fraction, whereabouts) => {
+                let lost = format!("{:.3}% lost{}", fraction * 100.0, whereabouts.describe(sockets.relay.is_some()));
+                eprintln!("  {name} at {rate} packets/s: {lost}");
+                if fraction > LOSS {
+                    return (good, format!("by loss, {lost}"));
                 }
             }
             Outcome::Behind => {
                 eprintln!("  {name} at {rate} packets/s: the generator fell behind");
-                return (good, "the generator");
+                return (good, "the generator fell behind".into());
             }
         }
         good = rate;
         rate += rate / 5;
     }
-    (good, "the largest rate tried")
+    (good, "none, the largest rate was tried".into())
 }
 
 /// What one rate came to, and the packets that arrived.
@@ -187,8 +202,10 @@ struct Tried {
     received: u64,
 }
 
-/// Sends at `rate` packets a second, spread over the streams, for `step`.
-async fn lost_at(streams: &[Stream], rate: u64, step: Duration) -> Tried {
+/// Sends at `rate` packets a second, spread over the streams, for `step`; with `sockets`, where
+/// the packets that did not arrive were.
+async fn lost_at(streams: &[Stream], rate: u64, step: Duration, sockets: Option<&Sockets<'_>>) -> Tried {
+    let before = sockets.map(Sockets::count).unwrap_or_default();
     let received = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let receivers: Vec<_> = streams.iter().map(|s| receive(&s.receiver, received.clone(), stop.clone())).collect();
@@ -197,17 +214,135 @@ async fn lost_at(streams: &[Stream], rate: u64, step: Duration) -> Tried {
         let began = Instant::now();
         let sent = send(streams, rate, step).await;
         let late = began.elapsed() > step.mul_f64(1.05);
+        let at_end = sockets.map(Sockets::count).unwrap_or_default();
         // What is still on its way.
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
-        (sent, late)
+        (sent, late, at_end)
     };
-    let ((sent, late), _) = tokio::join!(sending, receiving);
+    let ((sent, late, at_end), _) = tokio::join!(sending, receiving);
     let received = received.load(Relaxed);
     if late {
         return Tried { outcome: Outcome::Behind, received };
     }
-    Tried { outcome: Outcome::Lost(if sent == 0 { 1.0 } else { sent.saturating_sub(received) as f64 / sent as f64 }), received }
+    let whereabouts =
+        Whereabouts { dropped: sockets.map(Sockets::count).unwrap_or_default().dropped.since(before.dropped), queued: at_end.queued };
+    let lost = if sent == 0 { 1.0 } else { sent.saturating_sub(received) as f64 / sent as f64 };
+    Tried { outcome: Outcome::Lost(lost, whereabouts), received }
+}
+
+/// What a relay counts of the datagrams it could not send (its send buffer full); `None` where it
+/// does not say (rtpengine).
+type SendDrops<'a> = Option<&'a dyn Fn() -> u64>;
+
+/// The receiving sockets of one path: the generator's (by inode) and the relay's (by port); and
+/// what the relay dropped when sending.
+struct Sockets<'a> {
+    generator: HashSet<u64>,
+    relay: Option<RangeInclusive<u16>>,
+    relay_send: SendDrops<'a>,
+}
+
+/// A figure for the generator's receiving sockets and one for the relay's.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct BySide {
+    generator: u64,
+    relay: u64,
+}
+
+/// What the kernel (`/proc/net/udp`) and the relay say of a path's sockets at one moment.
+#[derive(Default, Clone, Copy)]
+struct SocketCounts {
+    /// Datagrams dropped at a full receive queue, since each socket was made; with the relay's
+    /// send drops as its own.
+    dropped: Dropped,
+    /// Bytes waiting to be read (the kernel's accounting, which counts each datagram's buffer).
+    queued: BySide,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Dropped {
+    receiving: BySide,
+    relay_sending: u64,
+}
+
+/// Where the packets a rate lost were: dropped by whom, or still queued, and where, when the
+/// sending stopped. Whose queue grows is who could not keep up.
+#[derive(Default, Clone, Copy)]
+struct Whereabouts {
+    dropped: Dropped,
+    queued: BySide,
+}
+
+impl Sockets<'_> {
+    /// The counts now; zero where `/proc/net/udp` cannot be read.
+    fn count(&self) -> SocketCounts {
+        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+        let mut counts = SocketCounts::default();
+        counts.dropped.relay_sending = self.relay_send.map_or(0, |count| count());
+        // sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt uid timeout inode ref pointer drops
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(queues), Some(inode), Some(dropped)) = (fields.get(1), fields.get(4), fields.get(9), fields.get(12))
+            else {
+                continue;
+            };
+            let port = local.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let queued = queues.rsplit(':').next().and_then(|hex| u64::from_str_radix(hex, 16).ok()).unwrap_or(0);
+            let dropped: u64 = dropped.parse().unwrap_or(0);
+            let side = if inode.parse().is_ok_and(|inode: u64| self.generator.contains(&inode)) {
+                (&mut counts.dropped.receiving.generator, &mut counts.queued.generator)
+            } else if port.zip(self.relay.as_ref()).is_some_and(|(port, relay)| relay.contains(&port)) {
+                (&mut counts.dropped.receiving.relay, &mut counts.queued.relay)
+            } else {
+                continue;
+            };
+            *side.0 += dropped;
+            *side.1 += queued;
+        }
+        counts
+    }
+}
+
+impl Dropped {
+    fn since(self, before: Dropped) -> Dropped {
+        Dropped {
+            receiving: BySide {
+                generator: self.receiving.generator.saturating_sub(before.receiving.generator),
+                relay: self.receiving.relay.saturating_sub(before.receiving.relay),
+            },
+            relay_sending: self.relay_sending.saturating_sub(before.relay_sending),
+        }
+    }
+}
+
+impl Whereabouts {
+    /// `; dropped by …; queued when the sending stopped: …`, each part where it says anything.
+    fn describe(self, relayed: bool) -> String {
+        let Whereabouts { dropped, queued } = self;
+        let kib = |bytes: u64| bytes.div_ceil(1024);
+        let mut parts = Vec::new();
+        match (dropped.receiving, relayed) {
+            (BySide { generator: 0, relay: 0 }, _) => {}
+            (BySide { generator, .. }, false) => parts.push(format!("dropped by the generator's sockets {generator}")),
+            (BySide { generator, relay }, true) => {
+                parts.push(format!("dropped by the generator's sockets {generator}, by the relay's {relay}"))
+            }
+        }
+        if dropped.relay_sending > 0 {
+            parts.push(format!("dropped by the relay's full send buffers {}", dropped.relay_sending));
+        }
+        match (queued, relayed) {
+            (BySide { generator: 0, relay: 0 }, _) => {}
+            (BySide { generator, .. }, false) => parts.push(format!("queued when the sending stopped: {} KiB", kib(generator))),
+            (BySide { generator, relay }, true) => parts.push(format!(
+                "queued when the sending stopped: {} KiB at the generator's sockets, {} KiB at the relay's",
+                kib(generator),
+                kib(relay)
+            )),
+        }
+        parts.iter().map(|part| format!("; {part}")).collect()
+    }
 }
 
 /// CPU time per packet that arrived, at [`CPU_RATE`] (which every path carries without loss): the
@@ -217,7 +352,7 @@ async fn lost_at(streams: &[Stream], rate: u64, step: Duration) -> Tried {
 async fn cpu_per_packet(streams: &[Stream], relay_spent: Option<&dyn Fn() -> Result<Duration, String>>) -> Result<PacketCpu, String> {
     let relay_before = relay_spent.map(|spent| spent()).transpose()?;
     let generator_before = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
-    let arrived = lost_at(streams, CPU_RATE, CPU_STEP).await.received.max(1);
+    let arrived = lost_at(streams, CPU_RATE, CPU_STEP, None).await.received.max(1);
     let generator = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(generator_before);
     let relay = relay_spent.zip(relay_before).map(|(spent, before)| spent().map(|now| now.saturating_sub(before))).transpose()?;
     let per_packet = |cpu: Duration| cpu.as_secs_f64() * 1e6 / arrived as f64;
@@ -355,5 +490,48 @@ impl Rtpengine {
 impl Drop for Rtpengine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the kernel drops at a full receive queue, and what waits in it, are counted against
+    /// the generator's socket by its inode and against the relay by its port range; not against a
+    /// socket that is neither.
+    #[tokio::test]
+    async fn drops_and_queues_are_counted_against_whose_socket_it_is() {
+        let (full, other) = (Port::bind(LOOPBACK).unwrap(), Port::bind(LOOPBACK).unwrap());
+        let port = full.address().port();
+        let as_generator = Sockets { generator: full.inode().into_iter().collect(), relay: None, relay_send: None };
+        let as_relay = Sockets { generator: HashSet::new(), relay: Some(port..=port), relay_send: None };
+        let elsewhere = Sockets { generator: other.inode().into_iter().collect(), relay: Some(port + 1..=port + 1), relay_send: None };
+        let before = [&as_generator, &as_relay, &elsewhere].map(Sockets::count);
+        // Never read: far more than its queue holds (4 MiB at most).
+        let sender = std::net::UdpSocket::bind(LOOPBACK).unwrap();
+        for _ in 0..40_000 {
+            let _ = sender.send_to(&[0u8; PACKET], full.address());
+        }
+        let after = [&as_generator, &as_relay, &elsewhere].map(Sockets::count);
+        let [generator, relay, neither] =
+            [0, 1, 2].map(|i| Whereabouts { dropped: after[i].dropped.since(before[i].dropped), queued: after[i].queued });
+        assert!(generator.dropped.receiving.generator > 0 && generator.queued.generator > 0, "{:?}", generator.queued);
+        assert_eq!((generator.dropped.receiving.relay, generator.queued.relay), (0, 0));
+        assert_eq!(relay.dropped.receiving, BySide { generator: 0, relay: generator.dropped.receiving.generator });
+        assert_eq!(relay.queued, BySide { generator: 0, relay: generator.queued.generator });
+        assert_eq!((neither.dropped, neither.queued), (Dropped::default(), BySide::default()));
+        let (dropped, queued) = (relay.dropped.receiving.relay, relay.queued.relay.div_ceil(1024));
+        assert_eq!(
+            relay.describe(true),
+            format!(
+                "; dropped by the generator's sockets 0, by the relay's {dropped}; queued when the sending stopped: 0 KiB at the generator's sockets, {queued} KiB at the relay's"
+            )
+        );
+        assert_eq!(
+            generator.describe(false),
+            format!("; dropped by the generator's sockets {dropped}; queued when the sending stopped: {queued} KiB")
+        );
+        assert_eq!(neither.describe(true), "");
     }
 }
