@@ -63,7 +63,8 @@ fn the_capf_benchmark_enrols_five_phones_and_prints_its_figures() {
 /// sipp or kamailio fails the test.
 /// `bench media` sets up calls in rtpengine over its ng protocol and in Callguard's relay, carries
 /// RTP through both and straight over loopback, and prints each path's highest rate without loss
-/// and the two ratios, which must be those rates' quotients, then the CPU time per packet of the
+/// with what stopped its rise and how busy the generator (and the relay) were at that rate, and the
+/// two ratios, which must be those rates' quotients, then the CPU time per packet of the
 /// generator on each path and of each relay. Nothing is asserted of their size beyond that each path
 /// carried the first rate and that every CPU figure is positive. A missing rtpengine fails the test.
 #[test]
@@ -77,6 +78,13 @@ fn the_media_benchmark_relays_through_rtpengine_and_callguard_and_prints_its_fig
     let rate = |name: &str| first_figure(&stdout, name);
     let (loopback, rtpengine, callguard) = (rate("loopback"), rate("rtpengine"), rate("Callguard"));
     assert!(loopback >= 20_000.0 && rtpengine >= 20_000.0 && callguard >= 20_000.0, "each carried the first rate: {stdout}");
+    // What stopped each rise, and how busy each side was at that rate: the relay's share where
+    // there is one.
+    for (path, relayed) in [("loopback", false), ("rtpengine", true), ("Callguard", true)] {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(path)).unwrap_or_default();
+        let busy = line.split("busy: the generator ").nth(1).unwrap_or_else(|| panic!("the busy shares of {path}: {line}"));
+        assert_eq!(busy.contains(", the relay "), relayed, "{line}");
+    }
     let ratios = ratios(&stdout);
     assert_eq!(ratios.len(), 2, "{stdout}");
     assert!((ratios[0] - callguard / rtpengine).abs() <= 0.006, "{stdout}");

@@ -2,9 +2,9 @@
 //! loopback (the machine's limit for this generator), through rtpengine (Debian's userspace daemon,
 //! set up over its ng control protocol), and through Callguard's relay (in this process). For each,
 //! the highest rate it carries without loss: the rate rises by a fifth until more than [`LOSS`] of
-//! the packets are lost, and the kernel's counts say whose sockets dropped them. Each relay gets one
-//! thread, as rtpengine's `--num-threads=1`. The generator (one thread: the senders and the
-//! receivers) is the same for all three.
+//! the packets are lost, and the failed rate says who was behind (whose queues grew, whose CPU was
+//! full). Each relay gets one thread, as rtpengine's `--num-threads=1`. The generator (one thread:
+//! the senders and the receivers) is the same for all three.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -82,9 +82,10 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
         }
     };
     let pid = rtpengine.child.id();
-    let rtpengine_cpu = generator.block_on(cpu_per_packet(&through_rtpengine, Some(&|| crate::bench::process_cpu(pid))))?;
+    let watched = Watched { ports: RTPENGINE_PORTS, cpu: &|| crate::bench::process_cpu(pid), send_drops: None };
+    let rtpengine_cpu = generator.block_on(cpu_per_packet(&through_rtpengine, Some(&watched)))?;
     cpu.insert("rtpengine", rtpengine_cpu);
-    let rtpengine_rate = generator.block_on(highest_rate("rtpengine", &through_rtpengine, Some((RTPENGINE_PORTS, None)), step));
+    let rtpengine_rate = generator.block_on(highest_rate("rtpengine", &through_rtpengine, Some(&watched), step));
     rtpengine.stop();
     found.insert("rtpengine", rtpengine_rate);
     drop(through_rtpengine);
@@ -112,10 +113,13 @@ pub fn run(streams: usize, seconds: f64) -> Result<(), String> {
         }
         out
     };
-    cpu.insert("Callguard", generator.block_on(cpu_per_packet(&through_callguard, Some(&|| Ok(relay_cpu.spent()))))?);
-    let send_drops = || relay.counters.unencrypted.dropped_full.load(Relaxed);
-    let relayed = Some((CALLGUARD_PORTS, Some(&send_drops as &dyn Fn() -> u64)));
-    found.insert("Callguard", generator.block_on(highest_rate("Callguard", &through_callguard, relayed, step)));
+    let watched = Watched {
+        ports: CALLGUARD_PORTS,
+        cpu: &|| Ok(relay_cpu.spent()),
+        send_drops: Some(&|| relay.counters.unencrypted.dropped_full.load(Relaxed)),
+    };
+    cpu.insert("Callguard", generator.block_on(cpu_per_packet(&through_callguard, Some(&watched)))?);
+    found.insert("Callguard", generator.block_on(highest_rate("Callguard", &through_callguard, Some(&watched), step)));
     drop(runtime);
 
     let rate = |name: &str| found[name].0 as f64;
@@ -153,10 +157,18 @@ fn streams_to(streams: usize, target: impl Fn(SocketAddr) -> Result<SocketAddr, 
 
 /// What one rate came to.
 enum Outcome {
-    /// The fraction of the packets sent that did not arrive, and where the rest were.
-    Lost(f64, Whereabouts),
+    /// The fraction of the packets sent that did not arrive.
+    Lost(f64),
     /// The generator could not send at this rate on this machine, beside what it drives.
     Behind,
+}
+
+/// A relay under test, as the generator watches it: the ports it receives on, the CPU time it has
+/// spent, and, where it counts them (Callguard), the datagrams it dropped with its send buffer full.
+struct Watched<'a> {
+    ports: RangeInclusive<u16>,
+    cpu: &'a dyn Fn() -> Result<Duration, String>,
+    send_drops: Option<&'a dyn Fn() -> u64>,
 }
 
 /// The highest rate carried with at most [`LOSS`] lost: rates rising by a fifth from
@@ -164,30 +176,24 @@ enum Outcome {
 /// bisection: a relay that was overloaded once may not recover at once (rtpengine discards a
 /// port's packets for a while after its queue overflowed), which would make any rate tried after a
 /// failure read low. The figure is within a fifth below the true limit, for every path alike. With
-/// it, what stopped the rise: loss (and where the packets lost were), or the generator.
-async fn highest_rate(
-    name: &str,
-    streams: &[Stream],
-    relay: Option<(RangeInclusive<u16>, SendDrops<'_>)>,
-    step: Duration,
-) -> (u64, String) {
-    let (relay, relay_send) = relay.unzip();
-    let sockets =
-        Sockets { generator: streams.iter().filter_map(|s| s.receiver.inode()).collect(), relay, relay_send: relay_send.flatten() };
+/// it, what stopped the rise: loss or the generator, and who was behind ([`Whereabouts`]).
+async fn highest_rate(name: &str, streams: &[Stream], relay: Option<&Watched<'_>>, step: Duration) -> (u64, String) {
+    let sockets = Sockets { generator: streams.iter().filter_map(|s| s.receiver.inode()).collect(), relay };
     let mut good = 0;
     let mut rate = FIRST_RATE;
     while rate <= MAX_RATE {
-        match lost_at(streams, rate, step, Some(&sockets)).await.outcome {
-            Outcome::Lost(fraction, whereabouts) => {
-                let lost = format!("{:.3}% lost{}", fraction * 100.0, whereabouts.describe(sockets.relay.is_some()));
-                eprintln!("  {name} at {rate} packets/s: {lost}");
+        let tried = lost_at(streams, rate, step, Some(&sockets)).await;
+        let whereabouts = tried.whereabouts.describe();
+        match tried.outcome {
+            Outcome::Lost(fraction) => {
+                eprintln!("  {name} at {rate} packets/s: {:.3}% lost{whereabouts}", fraction * 100.0);
                 if fraction > LOSS {
-                    return (good, format!("by loss, {lost}"));
+                    return (good, format!("by loss, {:.3}% lost{whereabouts}", fraction * 100.0));
                 }
             }
             Outcome::Behind => {
-                eprintln!("  {name} at {rate} packets/s: the generator fell behind");
-                return (good, "the generator fell behind".into());
+                eprintln!("  {name} at {rate} packets/s: the generator fell behind{whereabouts}");
+                return (good, format!("the generator fell behind{whereabouts}"));
             }
         }
         good = rate;
@@ -196,16 +202,18 @@ async fn highest_rate(
     (good, "none, the largest rate was tried".into())
 }
 
-/// What one rate came to, and the packets that arrived.
+/// What one rate came to, the packets that arrived, and where the others were.
 struct Tried {
     outcome: Outcome,
     received: u64,
+    whereabouts: Whereabouts,
 }
 
 /// Sends at `rate` packets a second, spread over the streams, for `step`; with `sockets`, where
 /// the packets that did not arrive were.
 async fn lost_at(streams: &[Stream], rate: u64, step: Duration, sockets: Option<&Sockets<'_>>) -> Tried {
-    let before = sockets.map(Sockets::count).unwrap_or_default();
+    let count = || sockets.map(Sockets::count).unwrap_or_default();
+    let before = count();
     let received = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let receivers: Vec<_> = streams.iter().map(|s| receive(&s.receiver, received.clone(), stop.clone())).collect();
@@ -213,34 +221,36 @@ async fn lost_at(streams: &[Stream], rate: u64, step: Duration, sockets: Option<
     let sending = async {
         let began = Instant::now();
         let sent = send(streams, rate, step).await;
-        let late = began.elapsed() > step.mul_f64(1.05);
-        let at_end = sockets.map(Sockets::count).unwrap_or_default();
+        let took = began.elapsed();
+        let at_end = count();
         // What is still on its way.
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
-        (sent, late, at_end)
+        (sent, took, at_end)
     };
-    let ((sent, late, at_end), _) = tokio::join!(sending, receiving);
+    let ((sent, took, at_end), _) = tokio::join!(sending, receiving);
     let received = received.load(Relaxed);
-    if late {
-        return Tried { outcome: Outcome::Behind, received };
-    }
-    let whereabouts =
-        Whereabouts { dropped: sockets.map(Sockets::count).unwrap_or_default().dropped.since(before.dropped), queued: at_end.queued };
-    let lost = if sent == 0 { 1.0 } else { sent.saturating_sub(received) as f64 / sent as f64 };
-    Tried { outcome: Outcome::Lost(lost, whereabouts), received }
+    let busy = |spent: Duration, before: Duration| spent.saturating_sub(before).as_secs_f64() / took.as_secs_f64();
+    let whereabouts = Whereabouts {
+        dropped: count().dropped.since(before.dropped),
+        queued: at_end.queued,
+        busy: sockets.map(|_| Busy {
+            generator: busy(at_end.generator_cpu, before.generator_cpu),
+            relay: at_end.relay_cpu.zip(before.relay_cpu).map(|(now, then)| busy(now, then)),
+        }),
+    };
+    let outcome = if took > step.mul_f64(1.05) {
+        Outcome::Behind
+    } else {
+        Outcome::Lost(if sent == 0 { 1.0 } else { sent.saturating_sub(received) as f64 / sent as f64 })
+    };
+    Tried { outcome, received, whereabouts }
 }
 
-/// What a relay counts of the datagrams it could not send (its send buffer full); `None` where it
-/// does not say (rtpengine).
-type SendDrops<'a> = Option<&'a dyn Fn() -> u64>;
-
-/// The receiving sockets of one path: the generator's (by inode) and the relay's (by port); and
-/// what the relay dropped when sending.
+/// The receiving sockets of one path: the generator's (by inode), and the relay's.
 struct Sockets<'a> {
     generator: HashSet<u64>,
-    relay: Option<RangeInclusive<u16>>,
-    relay_send: SendDrops<'a>,
+    relay: Option<&'a Watched<'a>>,
 }
 
 /// A figure for the generator's receiving sockets and one for the relay's.
@@ -250,7 +260,7 @@ struct BySide {
     relay: u64,
 }
 
-/// What the kernel (`/proc/net/udp`) and the relay say of a path's sockets at one moment.
+/// What the kernel (`/proc/net/udp`), the relay and the CPU clocks say of a path at one moment.
 #[derive(Default, Clone, Copy)]
 struct SocketCounts {
     /// Datagrams dropped at a full receive queue, since each socket was made; with the relay's
@@ -258,6 +268,9 @@ struct SocketCounts {
     dropped: Dropped,
     /// Bytes waiting to be read (the kernel's accounting, which counts each datagram's buffer).
     queued: BySide,
+    /// The generator's thread's CPU time, and the relay's.
+    generator_cpu: Duration,
+    relay_cpu: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -266,20 +279,32 @@ struct Dropped {
     relay_sending: u64,
 }
 
+/// The share of the sending time each side spent on a CPU: a side at 100% is the one behind.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    generator: f64,
+    relay: Option<f64>,
+}
+
 /// Where the packets a rate lost were: dropped by whom, or still queued, and where, when the
-/// sending stopped. Whose queue grows is who could not keep up.
+/// sending stopped; and how busy each side was. Whose queue grows is who could not keep up.
 #[derive(Default, Clone, Copy)]
 struct Whereabouts {
     dropped: Dropped,
     queued: BySide,
+    busy: Option<Busy>,
 }
 
 impl Sockets<'_> {
     /// The counts now; zero where `/proc/net/udp` cannot be read.
     fn count(&self) -> SocketCounts {
+        let mut counts = SocketCounts {
+            generator_cpu: crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID),
+            relay_cpu: self.relay.and_then(|relay| (relay.cpu)().ok()),
+            ..SocketCounts::default()
+        };
+        counts.dropped.relay_sending = self.relay.and_then(|relay| relay.send_drops).map_or(0, |count| count());
         let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-        let mut counts = SocketCounts::default();
-        counts.dropped.relay_sending = self.relay_send.map_or(0, |count| count());
         // sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt uid timeout inode ref pointer drops
         for line in table.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -292,7 +317,7 @@ impl Sockets<'_> {
             let dropped: u64 = dropped.parse().unwrap_or(0);
             let side = if inode.parse().is_ok_and(|inode: u64| self.generator.contains(&inode)) {
                 (&mut counts.dropped.receiving.generator, &mut counts.queued.generator)
-            } else if port.zip(self.relay.as_ref()).is_some_and(|(port, relay)| relay.contains(&port)) {
+            } else if port.zip(self.relay).is_some_and(|(port, relay)| relay.ports.contains(&port)) {
                 (&mut counts.dropped.receiving.relay, &mut counts.queued.relay)
             } else {
                 continue;
@@ -317,9 +342,11 @@ impl Dropped {
 }
 
 impl Whereabouts {
-    /// `; dropped by …; queued when the sending stopped: …`, each part where it says anything.
-    fn describe(self, relayed: bool) -> String {
-        let Whereabouts { dropped, queued } = self;
+    /// `; dropped by …; queued when the sending stopped: …; busy: …`, each part where it says
+    /// anything; the relay's figures where there is a relay.
+    fn describe(self) -> String {
+        let Whereabouts { dropped, queued, busy } = self;
+        let relayed = busy.is_some_and(|busy| busy.relay.is_some());
         let kib = |bytes: u64| bytes.div_ceil(1024);
         let mut parts = Vec::new();
         match (dropped.receiving, relayed) {
@@ -341,20 +368,28 @@ impl Whereabouts {
                 kib(relay)
             )),
         }
+        let percent = |share: f64| format!("{:.0}%", share * 100.0);
+        match busy {
+            Some(Busy { generator, relay: Some(relay) }) => {
+                parts.push(format!("busy: the generator {}, the relay {}", percent(generator), percent(relay)))
+            }
+            Some(Busy { generator, relay: None }) => parts.push(format!("busy: the generator {}", percent(generator))),
+            None => {}
+        }
         parts.iter().map(|part| format!("; {part}")).collect()
     }
 }
 
 /// CPU time per packet that arrived, at [`CPU_RATE`] (which every path carries without loss): the
-/// generator's thread's, and the relay's (`relay_spent`, `None` on loopback). Figures the other
-/// programs of a shared machine change less than the rates. Measured before the rates are raised,
-/// on a relay that has not been overloaded yet.
-async fn cpu_per_packet(streams: &[Stream], relay_spent: Option<&dyn Fn() -> Result<Duration, String>>) -> Result<PacketCpu, String> {
-    let relay_before = relay_spent.map(|spent| spent()).transpose()?;
+/// generator's thread's, and the relay's (`None` on loopback). Figures the other programs of a
+/// shared machine change less than the rates. Measured before the rates are raised, on a relay
+/// that has not been overloaded yet.
+async fn cpu_per_packet(streams: &[Stream], relay: Option<&Watched<'_>>) -> Result<PacketCpu, String> {
+    let relay_before = relay.map(|relay| (relay.cpu)()).transpose()?;
     let generator_before = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
     let arrived = lost_at(streams, CPU_RATE, CPU_STEP, None).await.received.max(1);
     let generator = crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(generator_before);
-    let relay = relay_spent.zip(relay_before).map(|(spent, before)| spent().map(|now| now.saturating_sub(before))).transpose()?;
+    let relay = relay.zip(relay_before).map(|(relay, before)| (relay.cpu)().map(|now| now.saturating_sub(before))).transpose()?;
     let per_packet = |cpu: Duration| cpu.as_secs_f64() * 1e6 / arrived as f64;
     Ok(PacketCpu { generator_micros: per_packet(generator), relay_micros: relay.map(per_packet) })
 }
@@ -504,9 +539,11 @@ mod tests {
     async fn drops_and_queues_are_counted_against_whose_socket_it_is() {
         let (full, other) = (Port::bind(LOOPBACK).unwrap(), Port::bind(LOOPBACK).unwrap());
         let port = full.address().port();
-        let as_generator = Sockets { generator: full.inode().into_iter().collect(), relay: None, relay_send: None };
-        let as_relay = Sockets { generator: HashSet::new(), relay: Some(port..=port), relay_send: None };
-        let elsewhere = Sockets { generator: other.inode().into_iter().collect(), relay: Some(port + 1..=port + 1), relay_send: None };
+        let no_cpu = || Ok(Duration::ZERO);
+        let [this_port, next_port] = [port..=port, port + 1..=port + 1].map(|ports| Watched { ports, cpu: &no_cpu, send_drops: None });
+        let as_generator = Sockets { generator: full.inode().into_iter().collect(), relay: None };
+        let as_relay = Sockets { generator: HashSet::new(), relay: Some(&this_port) };
+        let elsewhere = Sockets { generator: other.inode().into_iter().collect(), relay: Some(&next_port) };
         let before = [&as_generator, &as_relay, &elsewhere].map(Sockets::count);
         // Never read: far more than its queue holds (4 MiB at most).
         let sender = std::net::UdpSocket::bind(LOOPBACK).unwrap();
@@ -514,24 +551,32 @@ mod tests {
             let _ = sender.send_to(&[0u8; PACKET], full.address());
         }
         let after = [&as_generator, &as_relay, &elsewhere].map(Sockets::count);
-        let [generator, relay, neither] =
-            [0, 1, 2].map(|i| Whereabouts { dropped: after[i].dropped.since(before[i].dropped), queued: after[i].queued });
-        assert!(generator.dropped.receiving.generator > 0 && generator.queued.generator > 0, "{:?}", generator.queued);
-        assert_eq!((generator.dropped.receiving.relay, generator.queued.relay), (0, 0));
-        assert_eq!(relay.dropped.receiving, BySide { generator: 0, relay: generator.dropped.receiving.generator });
-        assert_eq!(relay.queued, BySide { generator: 0, relay: generator.queued.generator });
-        assert_eq!((neither.dropped, neither.queued), (Dropped::default(), BySide::default()));
-        let (dropped, queued) = (relay.dropped.receiving.relay, relay.queued.relay.div_ceil(1024));
+        let [generator, relay, neither] = [0, 1, 2].map(|i| (after[i].dropped.since(before[i].dropped), after[i].queued));
+        assert!(generator.0.receiving.generator > 0 && generator.1.generator > 0, "{generator:?}");
+        assert_eq!((generator.0.receiving.relay, generator.1.relay), (0, 0));
+        assert_eq!(relay.0.receiving, BySide { generator: 0, relay: generator.0.receiving.generator });
+        assert_eq!(relay.1, BySide { generator: 0, relay: generator.1.generator });
+        assert_eq!(neither, (Dropped::default(), BySide::default()));
+    }
+
+    /// A failed rate's whereabouts name each side's figures where there is a relay, and only the
+    /// generator's where there is none.
+    #[test]
+    fn whereabouts_are_told_by_side() {
+        let dropped = Dropped { receiving: BySide { generator: 0, relay: 3 }, relay_sending: 2 };
+        let relayed =
+            Whereabouts { dropped, queued: BySide { generator: 2048, relay: 1 }, busy: Some(Busy { generator: 1.0, relay: Some(0.641) }) };
         assert_eq!(
-            relay.describe(true),
-            format!(
-                "; dropped by the generator's sockets 0, by the relay's {dropped}; queued when the sending stopped: 0 KiB at the generator's sockets, {queued} KiB at the relay's"
-            )
+            relayed.describe(),
+            "; dropped by the generator's sockets 0, by the relay's 3; dropped by the relay's full send buffers 2; \
+             queued when the sending stopped: 2 KiB at the generator's sockets, 1 KiB at the relay's; busy: the generator 100%, the relay 64%"
         );
-        assert_eq!(
-            generator.describe(false),
-            format!("; dropped by the generator's sockets {dropped}; queued when the sending stopped: {queued} KiB")
-        );
-        assert_eq!(neither.describe(true), "");
+        let alone = Whereabouts {
+            dropped: Dropped { receiving: BySide { generator: 5, relay: 0 }, relay_sending: 0 },
+            queued: BySide { generator: 0, relay: 0 },
+            busy: Some(Busy { generator: 0.5, relay: None }),
+        };
+        assert_eq!(alone.describe(), "; dropped by the generator's sockets 5; busy: the generator 50%");
+        assert_eq!(Whereabouts::default().describe(), "");
     }
 }
