@@ -262,7 +262,7 @@ struct BySide {
 
 /// What the kernel (`/proc/net/udp`), the relay and the CPU clocks say of a path at one moment.
 #[derive(Default, Clone, Copy)]
-struct SocketCounts {
+struct PathCounts {
     /// Datagrams dropped at a full receive queue, since each socket was made; with the relay's
     /// send drops as its own.
     dropped: Dropped,
@@ -297,11 +297,11 @@ struct Whereabouts {
 
 impl Sockets<'_> {
     /// The counts now; zero where `/proc/net/udp` cannot be read.
-    fn count(&self) -> SocketCounts {
-        let mut counts = SocketCounts {
+    fn count(&self) -> PathCounts {
+        let mut counts = PathCounts {
             generator_cpu: crate::bench::clock_time(libc::CLOCK_THREAD_CPUTIME_ID),
             relay_cpu: self.relay.and_then(|relay| (relay.cpu)().ok()),
-            ..SocketCounts::default()
+            ..PathCounts::default()
         };
         counts.dropped.relay_sending = self.relay.and_then(|relay| relay.send_drops).map_or(0, |count| count());
         let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
