@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub use cross::check as check_snapshot;
 pub use schema::{KindSchema, kind_schemas, to_json_schema};
-pub use snapshot::{SecretData, SecretPolicy, Snapshot};
+pub use snapshot::{SecretData, SecretPolicy, Snapshot, SnapshotKind};
 
 use crate::api::API_VERSION;
 use crate::validate::manifest::{Document, parse_field_path};
@@ -86,18 +86,86 @@ pub struct Report {
 /// core/v1 Secrets, which resolve references, and objects meant for Callguard under a mistyped
 /// apiVersion (see [`meant_for_callguard`]), which are errors.
 pub fn validate_documents(documents: &[Document], policy: SecretPolicy) -> Report {
-    validate_documents_remembering(documents, policy, None)
+    validate_all(documents, policy, None)
 }
 
-/// As [`validate_documents`]; with `remembered`, the schema and CEL checks of a document that
-/// passed them in the previous run are not made again (see [`PassedChecks`]).
-pub fn validate_documents_remembering(documents: &[Document], policy: SecretPolicy, remembered: Option<&PassedChecks>) -> Report {
+/// What a long-running validator (the operator) already holds typed and found unchanged, by
+/// digest, since it last passed the schema and CEL checks: those objects go into the snapshot as
+/// they are, with no document made, checked or typed again; the cross-object rules still read them.
+#[derive(Default)]
+pub struct Prechecked {
+    /// Their namespace's objects, typed.
+    pub snapshot: Snapshot,
+    /// Each of them, and whether it is a Secret.
+    pub objects: Vec<(ObjectRef, bool)>,
+    /// What they are remembered by, to remember again.
+    pub digests: Vec<[u8; 32]>,
+}
+
+/// As [`validate_documents`], for the operator: `documents` (each remembered by its digest in
+/// `digests`, when it passes) and `prechecked`; the schema and CEL checks of a document that passed
+/// them in the previous run are not made again (see [`PassedChecks`]).
+pub fn validate_remembering(
+    documents: &[Document],
+    digests: &[[u8; 32]],
+    mut prechecked: Prechecked,
+    policy: SecretPolicy,
+    remembered: &PassedChecks,
+) -> Report {
+    let still_passing = std::mem::take(&mut prechecked.digests);
+    validate_all(documents, policy, Some((Remembering { digests, still_passing, memory: remembered }, prechecked)))
+}
+
+/// How a run remembers what passed: each document's digest, the digests of what passes unchecked
+/// (see [`Prechecked`]), and the memory.
+struct Remembering<'a> {
+    digests: &'a [[u8; 32]],
+    still_passing: Vec<[u8; 32]>,
+    memory: &'a PassedChecks,
+}
+
+/// Where an object came from, to place what is found about it.
+enum Origin<'d> {
+    Document(&'d Document),
+    /// Typed by the operator, with no document made: named as the operator names its documents.
+    Prechecked,
+}
+
+impl Origin<'_> {
+    fn file_and_line(&self, object: &ObjectRef) -> (String, usize) {
+        match self {
+            Origin::Document(doc) => (doc.file.display().to_string(), doc.line_of(&[])),
+            Origin::Prechecked => (object.to_string(), 0),
+        }
+    }
+
+    fn locate(&self, object: &ObjectRef, violation: Violation) -> Located {
+        match self {
+            Origin::Document(doc) => locate(doc, object, violation),
+            Origin::Prechecked => Located { file: object.to_string(), line: 0, object: object.to_string(), violation },
+        }
+    }
+}
+
+fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Option<(Remembering, Prechecked)>) -> Report {
     let schemas = kind_schemas();
     let mut report = Report::default();
     let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();
-    let mut origins: BTreeMap<ObjectRef, &Document> = BTreeMap::new();
+    let mut origins: BTreeMap<ObjectRef, Origin> = BTreeMap::new();
 
-    let checked: Vec<(usize, Vec<Violation>)> = check_in_parallel(documents, schemas, remembered);
+    let checked: Vec<(usize, Vec<Violation>)> = match remembering {
+        None => check_in_parallel(documents, schemas, None),
+        Some((remembering, prechecked)) => {
+            if !prechecked.objects.is_empty() {
+                snapshots.insert(prechecked.snapshot.namespace.clone(), prechecked.snapshot);
+            }
+            for (object, is_secret) in prechecked.objects {
+                *(if is_secret { &mut report.secrets } else { &mut report.objects }) += 1;
+                origins.insert(object, Origin::Prechecked);
+            }
+            check_in_parallel(documents, schemas, Some(remembering))
+        }
+    };
     for (index, violations) in checked {
         let doc = &documents[index];
         let (kind, name, namespace) = doc.identity();
@@ -126,12 +194,11 @@ pub fn validate_documents_remembering(documents: &[Document], policy: SecretPoli
             continue;
         }
         if let Some(first) = origins.get(&object) {
-            let first_at = first.line_of(&[]);
+            let (first_file, first_at) = first.file_and_line(&object);
             let v = Violation::new(
                 "metadata.name",
                 format!(
-                    "defined twice; first at {}:{first_at}: names are unique per kind and namespace (docs/architecture.md §3.1)",
-                    first.file.display()
+                    "defined twice; first at {first_file}:{first_at}: names are unique per kind and namespace (docs/architecture.md §3.1)"
                 ),
             );
             report.violations.push(locate(doc, &object, v));
@@ -140,7 +207,7 @@ pub fn validate_documents_remembering(documents: &[Document], policy: SecretPoli
         let snapshot = snapshots.entry(object.namespace.clone()).or_insert_with(|| Snapshot::new(&object.namespace));
         match snapshot.insert(&object, &doc.value) {
             Ok(()) => {
-                origins.insert(object, doc);
+                origins.insert(object, Origin::Document(doc));
             }
             Err(v) => {
                 snapshot.mark_invalid(&object);
@@ -152,7 +219,7 @@ pub fn validate_documents_remembering(documents: &[Document], policy: SecretPoli
     for snapshot in snapshots.values() {
         for finding in check_snapshot(snapshot, policy) {
             match origins.get(&finding.object) {
-                Some(doc) => report.violations.push(locate(doc, &finding.object, finding.violation)),
+                Some(origin) => report.violations.push(origin.locate(&finding.object, finding.violation)),
                 None => report.violations.push(Located {
                     file: "<namespace>".into(),
                     line: 0,
@@ -177,12 +244,19 @@ pub struct PassedChecks {
 }
 
 impl PassedChecks {
-    fn digest(value: &Value) -> [u8; 32] {
+    /// The SHA-256 of `value`'s JSON: of a document, or of what the operator makes one of.
+    pub fn digest(value: &impl serde::Serialize) -> [u8; 32] {
         use sha2::Digest;
         let mut hasher = sha2::Sha256::new();
-        // Writing a `Value` into a hasher cannot fail.
+        // Writing into a hasher cannot fail; a value that cannot be written as JSON is hashed as far
+        // as it was written, and its document is then checked, which fails it.
         let _ = serde_json::to_writer(HashWriter(&mut hasher), value);
         hasher.finalize().into()
+    }
+
+    /// What passed in the last run.
+    pub fn passed(&self) -> std::collections::HashSet<[u8; 32]> {
+        self.passed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -200,14 +274,18 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
-/// Schema and CEL checks are independent per object: run them on every core. With `remembered`,
+/// Schema and CEL checks are independent per object: run them on every core. With `remembering`,
 /// a document that passed last time is not checked again, and what passes now is remembered for
-/// the next run (and nothing else).
+/// the next run (and nothing else) beside what still passes unchecked.
 fn check_in_parallel(
     documents: &[Document],
     schemas: &BTreeMap<String, KindSchema>,
-    remembered: Option<&PassedChecks>,
+    remembering: Option<Remembering>,
 ) -> Vec<(usize, Vec<Violation>)> {
+    let (digests, still_passing, remembered) = match remembering {
+        Some(Remembering { digests, still_passing, memory }) => (Some(digests), Some(still_passing), Some(memory)),
+        None => (None, None, None),
+    };
     let before = remembered.map(|r| std::mem::take(&mut *r.passed.lock().unwrap_or_else(|e| e.into_inner())));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let chunk = documents.len().div_ceil(workers).max(1);
@@ -220,7 +298,10 @@ fn check_in_parallel(
                 scope.spawn(move || {
                     docs.iter()
                         .enumerate()
-                        .map(|(i, doc)| (c * chunk + i, check_remembering(&doc.value, schemas, before)))
+                        .map(|(i, doc)| {
+                            let index = c * chunk + i;
+                            (index, check_remembering(&doc.value, schemas, before, digests.and_then(|d| d.get(index))))
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -228,7 +309,8 @@ fn check_in_parallel(
         handles.into_iter().flat_map(|h| h.join().expect("a validation worker panicked")).collect()
     });
     if let Some(remembered) = remembered {
-        *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = checked.iter().filter_map(|(_, checked)| checked.passed).collect();
+        let passed = checked.iter().filter_map(|(_, checked)| checked.passed).chain(still_passing.into_iter().flatten());
+        *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = passed.collect();
     }
     checked.into_iter().map(|(index, checked)| (index, checked.violations)).collect()
 }
@@ -240,13 +322,15 @@ struct Checked {
 }
 
 /// Checks one document; given what passed before (`before`), a document among it passes unchecked.
+/// It is known by `digest` where its maker gave one, by its JSON's otherwise.
 fn check_remembering(
     value: &Value,
     schemas: &BTreeMap<String, KindSchema>,
     before: Option<&std::collections::HashSet<[u8; 32]>>,
+    digest: Option<&[u8; 32]>,
 ) -> Checked {
     let Some(before) = before else { return Checked { violations: check_document(value, schemas), passed: None } };
-    let digest = PassedChecks::digest(value);
+    let digest = digest.copied().unwrap_or_else(|| PassedChecks::digest(value));
     let violations = if before.contains(&digest) { Vec::new() } else { check_document(value, schemas) };
     let passed = violations.is_empty().then_some(digest);
     Checked { violations, passed }
@@ -569,7 +653,14 @@ spec: {{realm: peer.example, user: cm, password: {{name: realm-password, key: pa
         };
         let remembered = PassedChecks::default();
         let held = || remembered.passed.lock().unwrap().clone();
-        let run = |documents: &[Document]| check_in_parallel(documents, kind_schemas(), Some(&remembered));
+        let run = |documents: &[Document]| {
+            let digests: Vec<[u8; 32]> = documents.iter().map(|d| PassedChecks::digest(&d.value)).collect();
+            check_in_parallel(
+                documents,
+                kind_schemas(),
+                Some(Remembering { digests: &digests, still_passing: Vec::new(), memory: &remembered }),
+            )
+        };
 
         let first = run(&[document("srst.example"), invalid()]);
         assert!(first[0].1.is_empty() && !first[1].1.is_empty(), "{first:?}");

@@ -157,6 +157,37 @@ impl Snapshot {
     }
 }
 
+/// A Callguard kind, as a snapshot holds it.
+pub trait SnapshotKind: Sized {
+    /// Where a snapshot keeps the objects of this kind, by name.
+    fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Self>;
+}
+
+macro_rules! snapshot_kinds {
+    ($($kind:ty => $field:ident),* $(,)?) => {
+        $(impl SnapshotKind for $kind {
+            fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Self> {
+                &mut snapshot.$field
+            }
+        })*
+    };
+}
+
+snapshot_kinds! {
+    CallControlCluster => clusters,
+    SecurityToken => tokens,
+    PhoneSecurityProfile => phone_profiles,
+    Phone => phones,
+    SipTrunkSecurityProfile => trunk_profiles,
+    SipTrunk => trunks,
+    SrstReference => srst_references,
+    H323Gateway => h323_gateways,
+    MgcpGateway => mgcp_gateways,
+    EndUser => end_users,
+    ApplicationUser => application_users,
+    SipRealm => realms,
+}
+
 fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, K>, name: String, value: &Value) -> Result<(), Violation> {
     let typed = K::deserialize(value).map_err(|e| Violation::new("spec", format!("{e} (docs/architecture.md §3.1)")))?;
     map.insert(name, typed);

@@ -4,14 +4,15 @@
 //! `callguard validate` checks, so that the operator and the offline check give the same verdict with
 //! the same message. No other Secret of the namespace is ever read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
-use kube::core::object::HasSpec;
+use kube::core::object::{HasSpec, HasStatus};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,8 @@ use crate::api::{
 };
 use crate::ops::metrics::Kind;
 use crate::validate::manifest::Document;
+use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind};
+use zeroize::Zeroizing;
 
 /// The namespace as the API server holds it.
 #[derive(Default)]
@@ -247,71 +250,265 @@ impl NamespaceObjects {
         Ok(objects)
     }
 
-    /// The objects as manifests: what a user applied (apiVersion, kind, name, spec), without what the
-    /// API server or the operator added. Consumes the objects, which are not needed twice.
-    pub fn into_documents(self) -> Vec<Document> {
-        let mut documents = Vec::new();
-        push_all(&mut documents, self.clusters);
-        push_all(&mut documents, self.tokens);
-        push_all(&mut documents, self.phone_profiles);
-        push_all(&mut documents, self.phones);
-        push_all(&mut documents, self.trunk_profiles);
-        push_all(&mut documents, self.trunks);
-        push_all(&mut documents, self.srst_references);
-        push_all(&mut documents, self.h323_gateways);
-        push_all(&mut documents, self.mgcp_gateways);
-        push_all(&mut documents, self.end_users);
-        push_all(&mut documents, self.application_users);
-        push_all(&mut documents, self.realms);
+    /// The objects as validation takes them. An object whose digest is among `passed` (it passed the
+    /// schema and CEL checks in the last reconcile, and has not changed since) goes into the
+    /// snapshot as it is; every other one becomes a manifest: what a user applied (apiVersion, kind,
+    /// name, spec), without what the API server or the operator added, with the digest it is
+    /// remembered by when it passes. Consumes the objects, which are not needed twice.
+    pub fn into_validation(self, passed: &HashSet<[u8; 32]>) -> (Vec<Document>, Vec<[u8; 32]>, Prechecked) {
+        let mut out = Validation { passed, documents: Vec::new(), digests: Vec::new(), prechecked: Prechecked::default() };
+        out.prechecked.snapshot = Snapshot::new(&self.namespace);
+        out.take_all(self.clusters);
+        out.take_all(self.tokens);
+        out.take_all(self.phone_profiles);
+        out.take_all(self.phones);
+        out.take_all(self.trunk_profiles);
+        out.take_all(self.trunks);
+        out.take_all(self.srst_references);
+        out.take_all(self.h323_gateways);
+        out.take_all(self.mgcp_gateways);
+        out.take_all(self.end_users);
+        out.take_all(self.application_users);
+        out.take_all(self.realms);
         for odd in self.untrusted {
             let name = odd.name.clone();
-            documents.push(document(odd.document, odd.kind.as_str(), &name));
+            out.push_document(document(odd.document, odd.kind.as_str(), &name), None);
         }
         for secret in self.secrets {
-            let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": metadata(&secret)});
-            if let Some(data) = &secret.data {
-                value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
-            }
-            let name = secret.name_any();
-            documents.push(document(value, "Secret", &name));
+            out.take_secret(secret);
         }
-        documents
+        (out.documents, out.digests, out.prechecked)
+    }
+}
+
+/// What [`NamespaceObjects::into_validation`] makes.
+struct Validation<'p> {
+    passed: &'p HashSet<[u8; 32]>,
+    documents: Vec<Document>,
+    digests: Vec<[u8; 32]>,
+    prechecked: Prechecked,
+}
+
+impl Validation<'_> {
+    fn push_document(&mut self, document: Document, digest: Option<[u8; 32]>) {
+        self.digests.push(digest.unwrap_or_else(|| PassedChecks::digest(&document.value)));
+        self.documents.push(document);
+    }
+
+    fn take_all<K>(&mut self, objects: Vec<Arc<K>>)
+    where
+        K: Resource<DynamicType = ()> + HasSpec + HasStatus + SnapshotKind + Clone,
+        K::Spec: Serialize,
+    {
+        for object in objects {
+            let name = object.meta().name.clone().unwrap_or_default();
+            let namespace = object.meta().namespace.clone();
+            // Callguard's own annotations are requests to the build (a rotation): they go with the object.
+            let requests: BTreeMap<String, String> = object
+                .meta()
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(key, _)| key.starts_with(CALLGUARD_ANNOTATIONS))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            // Everything the manifest holds, in the order the type writes it: the same bytes for the
+            // same manifest.
+            let digest = PassedChecks::digest(&(K::api_version(&()), K::kind(&()), &name, &namespace, &requests, object.spec()));
+            if self.passed.contains(&digest) {
+                // As the manifest would be typed: its metadata only, no status.
+                let mut typed = K::clone(&object);
+                *typed.meta_mut() = ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: namespace.clone(),
+                    annotations: (!requests.is_empty()).then_some(requests),
+                    ..ObjectMeta::default()
+                };
+                *typed.status_mut() = None;
+                K::entries(&mut self.prechecked.snapshot).insert(name.clone(), typed);
+                let object = ObjectRef { kind: K::kind(&()).into_owned(), namespace: namespace.unwrap_or_default(), name };
+                self.prechecked.objects.push((object, false));
+                self.prechecked.digests.push(digest);
+                continue;
+            }
+            let Ok(spec) = serde_json::to_value(object.spec()) else { continue };
+            let mut metadata = json!({"name": object.meta().name, "namespace": namespace});
+            if !requests.is_empty() {
+                metadata["annotations"] = json!(requests);
+            }
+            let value = json!({
+                "apiVersion": K::api_version(&()),
+                "kind": K::kind(&()),
+                "metadata": metadata,
+                "spec": spec,
+            });
+            self.push_document(document(value, &K::kind(&()), &name), Some(digest));
+        }
+    }
+
+    /// A Secret's data is bytes from the API server, always of the shape validation asks: what
+    /// it checks is the manifest made of it, and its digest is of the name and the bytes.
+    fn take_secret(&mut self, secret: Secret) {
+        let name = secret.name_any();
+        let data: BTreeMap<&String, &[u8]> = secret.data.iter().flatten().map(|(key, bytes)| (key, bytes.0.as_slice())).collect();
+        let digest = PassedChecks::digest(&("v1", "Secret", &name, &secret.metadata.namespace, &data));
+        if self.passed.contains(&digest) {
+            let decoded = data.iter().map(|(key, bytes)| ((*key).clone(), Zeroizing::new(bytes.to_vec()))).collect();
+            self.prechecked.snapshot.secrets.insert(name.clone(), SecretData(decoded));
+            let object = ObjectRef { kind: "Secret".into(), namespace: secret.metadata.namespace.clone().unwrap_or_default(), name };
+            self.prechecked.objects.push((object, true));
+            self.prechecked.digests.push(digest);
+            return;
+        }
+        let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": secret.metadata.namespace}});
+        if let Some(data) = &secret.data {
+            value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
+        }
+        self.push_document(document(value, "Secret", &name), Some(digest));
     }
 }
 
 /// The prefix of the annotations the build reads.
 const CALLGUARD_ANNOTATIONS: &str = "callguard.io/";
 
-fn metadata<K: Resource>(object: &K) -> Value {
-    let meta = object.meta();
-    json!({"name": meta.name, "namespace": meta.namespace})
-}
-
-fn push_all<K>(documents: &mut Vec<Document>, objects: Vec<Arc<K>>)
-where
-    K: Resource<DynamicType = ()> + HasSpec,
-    K::Spec: Serialize,
-{
-    for object in objects {
-        let Ok(spec) = serde_json::to_value(object.spec()) else { continue };
-        // Callguard's own annotations are requests to the build (a rotation): they go with the object.
-        let mut metadata = metadata(&*object);
-        let requests: BTreeMap<&String, &String> =
-            object.meta().annotations.iter().flatten().filter(|(key, _)| key.starts_with(CALLGUARD_ANNOTATIONS)).collect();
-        if !requests.is_empty() {
-            metadata["annotations"] = json!(requests);
-        }
-        let value = json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "metadata": metadata,
-            "spec": spec,
-        });
-        documents.push(document(value, &K::kind(&()), object.meta().name.as_deref().unwrap_or_default()));
-    }
-}
-
 /// Messages name the object as `Kind/name`: there is no file or line.
 fn document(value: Value, kind: &str, name: &str) -> Document {
     Document::new(Arc::from(Path::new(&format!("{kind}/{name}"))), 0, Arc::from(""), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::validate::{Report, SecretPolicy, validate_remembering};
+
+    /// The quickstart's objects as the API server would hand them over: in a namespace, with a uid,
+    /// a resource version, labels, others' annotations and a status, and Secrets' `stringData`
+    /// moved into `data`.
+    fn quickstart() -> NamespaceObjects {
+        let mut objects = NamespaceObjects { namespace: "voice".into(), ..NamespaceObjects::default() };
+        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+        let mut files: Vec<_> = std::fs::read_dir(directory).unwrap().map(|entry| entry.unwrap().path()).collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let mut value = Value::deserialize(document).unwrap();
+                let kind = value["kind"].as_str().unwrap().to_string();
+                let metadata = &mut value["metadata"];
+                metadata["namespace"] = json!("voice");
+                metadata["uid"] = json!(format!("uid-{kind}-{}", metadata["name"].as_str().unwrap()));
+                metadata["resourceVersion"] = json!("41");
+                metadata["labels"] = json!({"team": "voice"});
+                metadata["annotations"] = json!({"example.com/note": "not the build's", "callguard.io/rotate-ca": "r1"});
+                if kind != "Secret" {
+                    value["status"] = json!({});
+                }
+                fn typed<K: DeserializeOwned>(value: Value) -> Arc<K> {
+                    Arc::new(serde_json::from_value(value).unwrap())
+                }
+                match kind.as_str() {
+                    "CallControlCluster" => objects.clusters.push(typed(value)),
+                    "SecurityToken" => objects.tokens.push(typed(value)),
+                    "PhoneSecurityProfile" => objects.phone_profiles.push(typed(value)),
+                    "Phone" => objects.phones.push(typed(value)),
+                    "SipTrunkSecurityProfile" => objects.trunk_profiles.push(typed(value)),
+                    "SipTrunk" => objects.trunks.push(typed(value)),
+                    "SrstReference" => objects.srst_references.push(typed(value)),
+                    "H323Gateway" => objects.h323_gateways.push(typed(value)),
+                    "MgcpGateway" => objects.mgcp_gateways.push(typed(value)),
+                    "EndUser" => objects.end_users.push(typed(value)),
+                    "ApplicationUser" => objects.application_users.push(typed(value)),
+                    "SipRealm" => objects.realms.push(typed(value)),
+                    "Secret" => {
+                        use base64::Engine;
+                        let plain = value.get_mut("stringData").map(Value::take).unwrap_or(json!({}));
+                        for (key, text) in plain.as_object().unwrap() {
+                            let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_str().unwrap());
+                            value["data"][key] = json!(encoded);
+                        }
+                        objects.secrets.push(serde_json::from_value(value).unwrap());
+                    }
+                    other => panic!("a kind the quickstart should not hold: {other}"),
+                }
+            }
+        }
+        objects
+    }
+
+    /// Runs the operator's validation of `objects` with `memory`; the documents made, and the report.
+    fn validate(objects: NamespaceObjects, memory: &PassedChecks) -> (usize, Report) {
+        let (documents, digests, prechecked) = objects.into_validation(&memory.passed());
+        (documents.len(), validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, memory))
+    }
+
+    /// Everything a snapshot holds, comparable: the typed objects as JSON, the Secrets' bytes.
+    fn contents(report: &Report) -> Value {
+        let snapshot = &report.snapshots["voice"];
+        let secrets: BTreeMap<&String, Vec<&[u8]>> =
+            snapshot.secrets.iter().map(|(name, data)| (name, data.0.values().map(|bytes| bytes.as_slice()).collect())).collect();
+        json!({
+            "clusters": snapshot.clusters, "tokens": snapshot.tokens, "phoneProfiles": snapshot.phone_profiles,
+            "phones": snapshot.phones, "trunkProfiles": snapshot.trunk_profiles, "trunks": snapshot.trunks,
+            "srst": snapshot.srst_references, "h323": snapshot.h323_gateways, "mgcp": snapshot.mgcp_gateways,
+            "endUsers": snapshot.end_users, "applicationUsers": snapshot.application_users, "realms": snapshot.realms,
+            "secrets": secrets, "invalid": snapshot.invalid,
+        })
+    }
+
+    /// An unchanged object that passed its checks goes into the snapshot as it is, with no document
+    /// made; the snapshot is the one its documents would make, and an edit makes one document.
+    #[test]
+    fn what_passed_unchanged_is_taken_typed_and_makes_the_same_snapshot_as_its_documents() {
+        let memory = PassedChecks::default();
+        let (documents, first) = validate(quickstart(), &memory);
+        assert!(first.violations.is_empty(), "{:?}", first.violations);
+        assert_eq!(documents, first.objects + first.secrets);
+        let expected = contents(&first);
+        assert_eq!(expected["phones"].as_object().map(|phones| phones.len()), Some(7));
+
+        let (documents, second) = validate(quickstart(), &memory);
+        assert_eq!(documents, 0, "nothing changed: no document is made");
+        assert!(second.violations.is_empty(), "{:?}", second.violations);
+        assert_eq!((second.objects, second.secrets), (first.objects, first.secrets));
+        assert_eq!(contents(&second), expected);
+        // The build's own annotations stay on the object; nobody else's do.
+        let phone = second.snapshots["voice"].phones.values().next().unwrap();
+        assert_eq!(phone.metadata.annotations, Some([("callguard.io/rotate-ca".to_string(), "r1".to_string())].into()));
+        assert_eq!((phone.metadata.uid.as_ref(), phone.status.as_ref()), (None, None));
+
+        // One phone edited: one document, and the snapshot a fresh validation makes.
+        let edited = || {
+            let mut objects = quickstart();
+            let mut phone = Phone::clone(&objects.phones[0]);
+            phone.spec.description = Some("edited".into());
+            objects.phones[0] = Arc::new(phone);
+            objects
+        };
+        let (documents, third) = validate(edited(), &memory);
+        assert_eq!(documents, 1);
+        let (_, fresh) = validate(edited(), &PassedChecks::default());
+        assert_eq!(contents(&third), contents(&fresh));
+        assert_ne!(contents(&third), expected);
+    }
+
+    /// A rule across objects that an unchanged object now breaks (the profile it names is gone)
+    /// names it as its document would: the same message, the same place.
+    #[test]
+    fn a_cross_object_fault_of_an_unchanged_object_reads_as_it_would_from_its_document() {
+        let memory = PassedChecks::default();
+        assert!(validate(quickstart(), &memory).1.violations.is_empty());
+        let without_profile = || {
+            let mut objects = quickstart();
+            let profile = objects.phones[0].spec.security_profile_ref.clone();
+            objects.phone_profiles.retain(|p| p.metadata.name.as_deref() != Some(profile.as_str()));
+            objects
+        };
+        let (documents, remembered) = validate(without_profile(), &memory);
+        assert_eq!(documents, 0);
+        let (_, fresh) = validate(without_profile(), &PassedChecks::default());
+        assert!(!fresh.violations.is_empty());
+        assert_eq!(remembered.violations, fresh.violations);
+    }
 }

@@ -33,7 +33,7 @@ use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
 use crate::ops::metrics::ReconcileStep;
 use crate::ops::metrics::{CertificateLabels, Kind, Metrics, Outcome};
-use crate::validate::{PassedChecks, SecretPolicy, validate_documents_remembering};
+use crate::validate::{PassedChecks, SecretPolicy, validate_remembering};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -351,11 +351,12 @@ async fn validate(
     passed_checks: Arc<PassedChecks>,
 ) -> Result<Result<crate::validate::Snapshot, Invalid>, ReconcileError> {
     let namespace = objects.namespace.clone();
-    let documents = objects.into_documents();
-    let mut report =
-        tokio::task::spawn_blocking(move || validate_documents_remembering(&documents, SecretPolicy::Require, Some(&passed_checks)))
-            .await
-            .map_err(|e| ReconcileError::Validate(e.to_string()))?;
+    let mut report = tokio::task::spawn_blocking(move || {
+        let (documents, digests, prechecked) = objects.into_validation(&passed_checks.passed());
+        validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &passed_checks)
+    })
+    .await
+    .map_err(|e| ReconcileError::Validate(e.to_string()))?;
     if report.violations.is_empty() {
         return Ok(Ok(report.snapshots.remove(&namespace).unwrap_or_else(|| crate::validate::Snapshot::new(&namespace))));
     }
