@@ -287,32 +287,30 @@ fn check_in_parallel(
         None => (None, None, None),
     };
     let before = remembered.map(|r| std::mem::take(&mut *r.passed.lock().unwrap_or_else(|e| e.into_inner())));
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    let chunk = documents.len().div_ceil(workers).max(1);
-    let checked: Vec<(usize, Checked)> = std::thread::scope(|scope| {
-        let before = before.as_ref();
-        let handles: Vec<_> = documents
-            .chunks(chunk)
-            .enumerate()
-            .map(|(c, docs)| {
-                scope.spawn(move || {
-                    docs.iter()
-                        .enumerate()
-                        .map(|(i, doc)| {
-                            let index = c * chunk + i;
-                            (index, check_remembering(&doc.value, schemas, before, digests.and_then(|d| d.get(index))))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a validation worker panicked")).collect()
-    });
+    let before = before.as_ref();
+    let checked: Vec<(usize, Checked)> =
+        on_every_core(documents, |index, doc| (index, check_remembering(&doc.value, schemas, before, digests.and_then(|d| d.get(index)))));
     if let Some(remembered) = remembered {
         let passed = checked.iter().filter_map(|(_, checked)| checked.passed).chain(still_passing.into_iter().flatten());
         *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = passed.collect();
     }
     checked.into_iter().map(|(index, checked)| (index, checked.violations)).collect()
+}
+
+/// `work` on each of `items` (with its index), the items shared out over the cores (at most 8), in
+/// the items' order: what validation does per object is independent of the other objects.
+pub fn on_every_core<T: Sync, R: Send>(items: &[T], work: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let chunk = items.len().div_ceil(workers).max(1);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| scope.spawn(move || part.iter().enumerate().map(|(i, item)| work(c * chunk + i, item)).collect::<Vec<R>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a validation worker panicked")).collect()
+    })
 }
 
 /// One document's violations, and the digest to remember when it passes (only when remembering).

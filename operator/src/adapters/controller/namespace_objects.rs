@@ -26,7 +26,7 @@ use crate::api::{
 };
 use crate::ops::metrics::Kind;
 use crate::validate::manifest::Document;
-use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind};
+use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, on_every_core};
 use zeroize::Zeroizing;
 
 /// The namespace as the API server holds it.
@@ -274,9 +274,7 @@ impl NamespaceObjects {
             let name = odd.name.clone();
             out.push_document(document(odd.document, odd.kind.as_str(), &name), None);
         }
-        for secret in self.secrets {
-            out.take_secret(secret);
-        }
+        out.take_secrets(self.secrets);
         (out.documents, out.digests, out.prechecked)
     }
 }
@@ -297,24 +295,18 @@ impl Validation<'_> {
 
     fn take_all<K>(&mut self, objects: Vec<Arc<K>>)
     where
-        K: Resource<DynamicType = ()> + HasSpec + HasStatus + SnapshotKind + Clone,
+        K: Resource<DynamicType = ()> + HasSpec + HasStatus + SnapshotKind + Clone + Send + Sync,
         K::Spec: Serialize,
     {
-        for object in objects {
+        // Digests are most of what an unchanged namespace costs to validate: on every core.
+        let digests = on_every_core(&objects, |_, object| {
+            let meta = object.meta();
+            PassedChecks::digest(&(K::api_version(&()), K::kind(&()), &meta.name, &meta.namespace, &build_requests(meta), object.spec()))
+        });
+        for (object, digest) in objects.into_iter().zip(digests) {
             let name = object.meta().name.clone().unwrap_or_default();
             let namespace = object.meta().namespace.clone();
-            // Callguard's own annotations are requests to the build (a rotation): they go with the object.
-            let requests: BTreeMap<String, String> = object
-                .meta()
-                .annotations
-                .iter()
-                .flatten()
-                .filter(|(key, _)| key.starts_with(CALLGUARD_ANNOTATIONS))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect();
-            // Everything the manifest holds, in the order the type writes it: the same bytes for the
-            // same manifest.
-            let digest = PassedChecks::digest(&(K::api_version(&()), K::kind(&()), &name, &namespace, &requests, object.spec()));
+            let requests = build_requests(object.meta());
             if self.passed.contains(&digest) {
                 // As the manifest would be typed: its metadata only, no status.
                 let mut typed = K::clone(&object);
@@ -348,28 +340,42 @@ impl Validation<'_> {
 
     /// A Secret's data is bytes from the API server, always of the shape validation asks: what
     /// it checks is the manifest made of it, and its digest is of the name and the bytes.
-    fn take_secret(&mut self, secret: Secret) {
-        let name = secret.name_any();
-        let data: BTreeMap<&String, &[u8]> = secret.data.iter().flatten().map(|(key, bytes)| (key, bytes.0.as_slice())).collect();
-        let digest = PassedChecks::digest(&("v1", "Secret", &name, &secret.metadata.namespace, &data));
-        if self.passed.contains(&digest) {
-            let decoded = data.iter().map(|(key, bytes)| ((*key).clone(), Zeroizing::new(bytes.to_vec()))).collect();
-            self.prechecked.snapshot.secrets.insert(name.clone(), SecretData(decoded));
-            let object = ObjectRef { kind: "Secret".into(), namespace: secret.metadata.namespace.clone().unwrap_or_default(), name };
-            self.prechecked.objects.push((object, true));
-            self.prechecked.digests.push(digest);
-            return;
+    fn take_secrets(&mut self, secrets: Vec<Secret>) {
+        fn data(secret: &Secret) -> BTreeMap<&String, &[u8]> {
+            secret.data.iter().flatten().map(|(key, bytes)| (key, bytes.0.as_slice())).collect()
         }
-        let mut value = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": secret.metadata.namespace}});
-        if let Some(data) = &secret.data {
-            value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
+        let digests = on_every_core(&secrets, |_, secret| {
+            PassedChecks::digest(&("v1", "Secret", &secret.metadata.name, &secret.metadata.namespace, data(secret)))
+        });
+        for (secret, digest) in secrets.into_iter().zip(digests) {
+            let name = secret.name_any();
+            if self.passed.contains(&digest) {
+                let decoded = data(&secret).into_iter().map(|(key, bytes)| (key.clone(), Zeroizing::new(bytes.to_vec()))).collect();
+                self.prechecked.snapshot.secrets.insert(name.clone(), SecretData(decoded));
+                let object = ObjectRef { kind: "Secret".into(), namespace: secret.metadata.namespace.clone().unwrap_or_default(), name };
+                self.prechecked.objects.push((object, true));
+                self.prechecked.digests.push(digest);
+                continue;
+            }
+            let mut value =
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": secret.metadata.namespace}});
+            if let Some(data) = &secret.data {
+                value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
+            }
+            self.push_document(document(value, "Secret", &name), Some(digest));
         }
-        self.push_document(document(value, "Secret", &name), Some(digest));
     }
 }
 
 /// The prefix of the annotations the build reads.
 const CALLGUARD_ANNOTATIONS: &str = "callguard.io/";
+
+/// Callguard's own annotations of an object: requests to the build (a rotation), which go with it
+/// into validation and the build; nobody else's do.
+fn build_requests(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    let annotations = meta.annotations.iter().flatten();
+    annotations.filter(|(key, _)| key.starts_with(CALLGUARD_ANNOTATIONS)).map(|(key, value)| (key.clone(), value.clone())).collect()
+}
 
 /// Messages name the object as `Kind/name`: there is no file or line.
 fn document(value: Value, kind: &str, name: &str) -> Document {
