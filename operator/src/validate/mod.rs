@@ -235,9 +235,9 @@ fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Optio
 }
 
 /// The documents a long-running validator (the operator) found to pass the schema and CEL checks
-/// in its last run, by the SHA-256 of their JSON: in the next one, only what changed is checked
-/// again. A digest, not the object's name and version, so that nothing but the same bytes passes
-/// unchecked.
+/// in its last run, by the SHA-256 of their JSON (the operator's typed objects: of their manifest's
+/// parts, written straight from the type): in the next one, only what changed is checked again. A
+/// digest, not the object's name and version, so that nothing but the same bytes passes unchecked.
 #[derive(Default)]
 pub struct PassedChecks {
     passed: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
@@ -248,8 +248,8 @@ impl PassedChecks {
     pub fn digest(value: &impl serde::Serialize) -> [u8; 32] {
         use sha2::Digest;
         let mut hasher = sha2::Sha256::new();
-        // Writing into a hasher cannot fail; a value that cannot be written as JSON is hashed as far
-        // as it was written, and its document is then checked, which fails it.
+        // Writing into a hasher cannot fail. What cannot be written as JSON never passes (no
+        // document of it is checked), so a digest of part of it is never remembered.
         let _ = serde_json::to_writer(HashWriter(&mut hasher), value);
         hasher.finalize().into()
     }
