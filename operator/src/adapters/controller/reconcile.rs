@@ -50,6 +50,8 @@ pub struct Context {
     pub caches: Vec<(Option<String>, Arc<Caches>)>,
     /// By namespace, the documents the last reconcile found to pass the schema and CEL checks.
     passed_checks: Mutex<HashMap<String, Arc<PassedChecks>>>,
+    /// By namespace, the statuses the last reconcile that ran to its end observed.
+    observed: Mutex<HashMap<String, Observed>>,
 }
 
 impl Context {
@@ -64,6 +66,7 @@ impl Context {
             status_concurrency: 32,
             caches: Vec::new(),
             passed_checks: Mutex::default(),
+            observed: Mutex::default(),
         }
     }
 
@@ -218,7 +221,8 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let cluster = cluster.as_ref();
     // What the statuses and the build need, taken now: the objects themselves become the documents
     // validation reads, so that a 30 000-phone namespace is not held twice.
-    let observed = Observed::of(&objects);
+    let previous = context.observed.lock().unwrap_or_else(|p| p.into_inner()).remove(&namespace);
+    let observed = Observed::of(&objects, previous);
     let state = StateDir::in_memory(state_of(cluster, &objects));
     let holding_records = capf_records::holding_records(&name, &objects.secrets);
     let tokens = objects.tokens.clone();
@@ -290,6 +294,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_downgrades(context, cluster, &observed, &statuses).await;
     announce_withheld_srtp(context, &observed, &statuses).await;
     write_statuses(context, &observed, statuses).await.map_err(ReconcileError::Status)?;
+    context.observed.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace, observed);
     steps.done(ReconcileStep::Status);
     // A rotation's next step is due with no edit either.
     let next_change = [capf_change, next_rotation_step].into_iter().flatten().min();
@@ -713,38 +718,54 @@ async fn announce_token_changes(context: &Context, cluster: &CallControlCluster,
 pub struct Observed {
     namespace: String,
     objects: BTreeMap<(Kind, String), (Option<i64>, Value)>,
+    /// The resource version each status was read at: a status read at the same version in the
+    /// last reconcile is taken from it rather than made again (most of an edit's statuses).
+    versions: HashMap<(Kind, String), String>,
 }
 
 impl Observed {
-    fn of(objects: &NamespaceObjects) -> Self {
-        fn add<K>(map: &mut BTreeMap<(Kind, String), (Option<i64>, Value)>, kind: Kind, list: &[Arc<K>])
-        where
-            K: Resource + HasStatus,
-            K::Status: Serialize,
-        {
-            for object in list {
-                let status = object.status().and_then(|status| serde_json::to_value(status).ok()).unwrap_or(Value::Null);
-                map.insert((kind, object.meta().name.clone().unwrap_or_default()), (object.meta().generation, status));
-            }
-        }
-        let mut map = BTreeMap::new();
-        add(&mut map, Kind::CallControlCluster, &objects.clusters);
-        add(&mut map, Kind::SecurityToken, &objects.tokens);
-        add(&mut map, Kind::PhoneSecurityProfile, &objects.phone_profiles);
-        add(&mut map, Kind::Phone, &objects.phones);
-        add(&mut map, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
-        add(&mut map, Kind::SipTrunk, &objects.trunks);
-        add(&mut map, Kind::SrstReference, &objects.srst_references);
-        add(&mut map, Kind::H323Gateway, &objects.h323_gateways);
-        add(&mut map, Kind::MgcpGateway, &objects.mgcp_gateways);
-        add(&mut map, Kind::EndUser, &objects.end_users);
-        add(&mut map, Kind::ApplicationUser, &objects.application_users);
-        add(&mut map, Kind::SipRealm, &objects.realms);
+    /// The statuses of `objects`; those at the same resource version as in `previous` taken from it.
+    fn of(objects: &NamespaceObjects, previous: Option<Observed>) -> Self {
+        let mut previous =
+            previous.unwrap_or_else(|| Observed { namespace: String::new(), objects: BTreeMap::new(), versions: HashMap::new() });
+        let mut observed = Observed { namespace: objects.namespace.clone(), objects: BTreeMap::new(), versions: HashMap::new() };
+        observed.add(&mut previous, Kind::CallControlCluster, &objects.clusters);
+        observed.add(&mut previous, Kind::SecurityToken, &objects.tokens);
+        observed.add(&mut previous, Kind::PhoneSecurityProfile, &objects.phone_profiles);
+        observed.add(&mut previous, Kind::Phone, &objects.phones);
+        observed.add(&mut previous, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
+        observed.add(&mut previous, Kind::SipTrunk, &objects.trunks);
+        observed.add(&mut previous, Kind::SrstReference, &objects.srst_references);
+        observed.add(&mut previous, Kind::H323Gateway, &objects.h323_gateways);
+        observed.add(&mut previous, Kind::MgcpGateway, &objects.mgcp_gateways);
+        observed.add(&mut previous, Kind::EndUser, &objects.end_users);
+        observed.add(&mut previous, Kind::ApplicationUser, &objects.application_users);
+        observed.add(&mut previous, Kind::SipRealm, &objects.realms);
         // Validation names what is wrong with them, in their own status too.
         for odd in &objects.untrusted {
-            map.insert((odd.kind, odd.name.clone()), (odd.generation, odd.status.clone()));
+            observed.objects.insert((odd.kind, odd.name.clone()), (odd.generation, odd.status.clone()));
         }
-        Observed { namespace: objects.namespace.clone(), objects: map }
+        observed
+    }
+
+    fn add<K>(&mut self, previous: &mut Observed, kind: Kind, list: &[Arc<K>])
+    where
+        K: Resource + HasStatus,
+        K::Status: Serialize,
+    {
+        for object in list {
+            let key = (kind, object.meta().name.clone().unwrap_or_default());
+            let version = object.meta().resource_version.clone();
+            let unchanged = version.is_some() && previous.versions.get(&key) == version.as_ref();
+            let status = match previous.objects.remove(&key) {
+                Some((_, status)) if unchanged => status,
+                _ => object.status().and_then(|status| serde_json::to_value(status).ok()).unwrap_or(Value::Null),
+            };
+            if let Some(version) = version {
+                self.versions.insert(key.clone(), version);
+            }
+            self.objects.insert(key, (object.meta().generation, status));
+        }
     }
 
     /// Every object by kind and name, in that order.
@@ -846,5 +867,41 @@ where
         // Deleted since it was read: nothing to report on.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone(version: &str, reason: &str) -> Arc<Phone> {
+        let value = json!({
+            "apiVersion": "callguard.io/v1alpha1", "kind": "Phone",
+            "metadata": {"name": "lobby", "namespace": "voice", "resourceVersion": version, "generation": 2},
+            "spec": {"macAddress": "001122334455", "model": "7970", "protocol": "SCCP", "securityProfileRef": "p"},
+            "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True", "reason": reason, "message": "",
+                "lastTransitionTime": "2026-12-07T00:00:00Z"}]},
+        });
+        Arc::new(serde_json::from_value(value).expect("a phone"))
+    }
+
+    fn reason(observed: &Observed) -> Value {
+        observed.objects[&(Kind::Phone, "lobby".to_string())].1["conditions"][0]["reason"].clone()
+    }
+
+    /// A status read at the resource version the last reconcile read it at is taken from that
+    /// reconcile; at any other version, it is read from the object.
+    #[test]
+    fn a_status_is_made_again_only_when_its_resource_version_changed() {
+        let namespace = |phone| NamespaceObjects { namespace: "voice".into(), phones: vec![phone], ..NamespaceObjects::default() };
+        let first = Observed::of(&namespace(phone("7", "Built")), None);
+        assert_eq!(reason(&first), json!("Built"));
+        // The same version: what the last reconcile read (here a status that differs, to tell them apart).
+        let same = Observed::of(&namespace(phone("7", "Other")), Some(first));
+        assert_eq!(reason(&same), json!("Built"));
+        // A new version: read again.
+        let newer = Observed::of(&namespace(phone("8", "Other")), Some(same));
+        assert_eq!(reason(&newer), json!("Other"));
+        assert_eq!(newer.objects[&(Kind::Phone, "lobby".to_string())].0, Some(2));
     }
 }
