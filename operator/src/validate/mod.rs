@@ -103,23 +103,26 @@ pub struct Prechecked {
 }
 
 /// As [`validate_documents`], for the operator: `documents` (each remembered by its digest in
-/// `digests`, when it passes) and `prechecked`; the schema and CEL checks of a document that passed
-/// them in the previous run are not made again (see [`PassedChecks`]).
+/// `digests`, when it passes) and `prechecked`; the schema and CEL checks of a document among
+/// `before` (what passed in the previous run, taken with [`PassedChecks::take`]) are not made
+/// again, and what passes now goes back into `remembered`.
 pub fn validate_remembering(
     documents: &[Document],
     digests: &[[u8; 32]],
     mut prechecked: Prechecked,
     policy: SecretPolicy,
+    before: &std::collections::HashSet<[u8; 32]>,
     remembered: &PassedChecks,
 ) -> Report {
     let still_passing = std::mem::take(&mut prechecked.digests);
-    validate_all(documents, policy, Some((Remembering { digests, still_passing, memory: remembered }, prechecked)))
+    validate_all(documents, policy, Some((Remembering { digests, before, still_passing, memory: remembered }, prechecked)))
 }
 
-/// How a run remembers what passed: each document's digest, the digests of what passes unchecked
-/// (see [`Prechecked`]), and the memory.
+/// How a run remembers what passed: each document's digest, what passed in the previous run, the
+/// digests of what passes unchecked (see [`Prechecked`]), and the memory.
 struct Remembering<'a> {
     digests: &'a [[u8; 32]],
+    before: &'a std::collections::HashSet<[u8; 32]>,
     still_passing: Vec<[u8; 32]>,
     memory: &'a PassedChecks,
 }
@@ -254,9 +257,9 @@ impl PassedChecks {
         hasher.finalize().into()
     }
 
-    /// What passed in the last run.
-    pub fn passed(&self) -> std::collections::HashSet<[u8; 32]> {
-        self.passed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// What passed in the last run, taken out: the run that takes it remembers what passes in it.
+    pub fn take(&self) -> std::collections::HashSet<[u8; 32]> {
+        std::mem::take(&mut *self.passed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -282,12 +285,10 @@ fn check_in_parallel(
     schemas: &BTreeMap<String, KindSchema>,
     remembering: Option<Remembering>,
 ) -> Vec<(usize, Vec<Violation>)> {
-    let (digests, still_passing, remembered) = match remembering {
-        Some(Remembering { digests, still_passing, memory }) => (Some(digests), Some(still_passing), Some(memory)),
-        None => (None, None, None),
+    let (digests, before, still_passing, remembered) = match remembering {
+        Some(Remembering { digests, before, still_passing, memory }) => (Some(digests), Some(before), Some(still_passing), Some(memory)),
+        None => (None, None, None, None),
     };
-    let before = remembered.map(|r| std::mem::take(&mut *r.passed.lock().unwrap_or_else(|e| e.into_inner())));
-    let before = before.as_ref();
     let checked: Vec<(usize, Checked)> =
         on_every_core(documents, |index, doc| (index, check_remembering(&doc.value, schemas, before, digests.and_then(|d| d.get(index)))));
     if let Some(remembered) = remembered {
@@ -653,11 +654,9 @@ spec: {{realm: peer.example, user: cm, password: {{name: realm-password, key: pa
         let held = || remembered.passed.lock().unwrap().clone();
         let run = |documents: &[Document]| {
             let digests: Vec<[u8; 32]> = documents.iter().map(|d| PassedChecks::digest(&d.value)).collect();
-            check_in_parallel(
-                documents,
-                kind_schemas(),
-                Some(Remembering { digests: &digests, still_passing: Vec::new(), memory: &remembered }),
-            )
+            let before = remembered.take();
+            let remembering = Remembering { digests: &digests, before: &before, still_passing: Vec::new(), memory: &remembered };
+            check_in_parallel(documents, kind_schemas(), Some(remembering))
         };
 
         let first = run(&[document("srst.example"), invalid()]);

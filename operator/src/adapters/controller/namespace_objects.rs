@@ -299,14 +299,14 @@ impl Validation<'_> {
         K::Spec: Serialize,
     {
         // Digests are most of what an unchanged namespace costs to validate: on every core.
-        let digests = on_every_core(&objects, |_, object| {
+        let digested = on_every_core(&objects, |_, object| {
             let meta = object.meta();
-            PassedChecks::digest(&(K::api_version(&()), K::kind(&()), &meta.name, &meta.namespace, &build_requests(meta), object.spec()))
+            let requests = build_requests(meta);
+            (PassedChecks::digest(&(K::api_version(&()), K::kind(&()), &meta.name, &meta.namespace, &requests, object.spec())), requests)
         });
-        for (object, digest) in objects.into_iter().zip(digests) {
+        for (object, (digest, requests)) in objects.into_iter().zip(digested) {
             let name = object.meta().name.clone().unwrap_or_default();
             let namespace = object.meta().namespace.clone();
-            let requests = build_requests(object.meta());
             if self.passed.contains(&digest) {
                 // As the manifest would be typed: its metadata only, no status.
                 let mut typed = K::clone(&object);
@@ -350,9 +350,9 @@ impl Validation<'_> {
         for (secret, digest) in secrets.into_iter().zip(digests) {
             let name = secret.name_any();
             if self.passed.contains(&digest) {
-                let decoded = data(&secret).into_iter().map(|(key, bytes)| (key.clone(), Zeroizing::new(bytes.to_vec()))).collect();
+                let decoded = secret.data.into_iter().flatten().map(|(key, bytes)| (key, Zeroizing::new(bytes.0))).collect();
                 self.prechecked.snapshot.secrets.insert(name.clone(), SecretData(decoded));
-                let object = ObjectRef { kind: "Secret".into(), namespace: secret.metadata.namespace.clone().unwrap_or_default(), name };
+                let object = ObjectRef { kind: "Secret".into(), namespace: secret.metadata.namespace.unwrap_or_default(), name };
                 self.prechecked.objects.push((object, true));
                 self.prechecked.digests.push(digest);
                 continue;
@@ -445,8 +445,9 @@ mod tests {
 
     /// Runs the operator's validation of `objects` with `memory`; the documents made, and the report.
     fn validate(objects: NamespaceObjects, memory: &PassedChecks) -> (usize, Report) {
-        let (documents, digests, prechecked) = objects.into_validation(&memory.passed());
-        (documents.len(), validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, memory))
+        let before = memory.take();
+        let (documents, digests, prechecked) = objects.into_validation(&before);
+        (documents.len(), validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &before, memory))
     }
 
     /// Everything a snapshot holds, comparable: the typed objects as JSON, the Secrets' bytes.

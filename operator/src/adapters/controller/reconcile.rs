@@ -357,8 +357,9 @@ async fn validate(
 ) -> Result<Result<crate::validate::Snapshot, Invalid>, ReconcileError> {
     let namespace = objects.namespace.clone();
     let mut report = tokio::task::spawn_blocking(move || {
-        let (documents, digests, prechecked) = objects.into_validation(&passed_checks.passed());
-        validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &passed_checks)
+        let before = passed_checks.take();
+        let (documents, digests, prechecked) = objects.into_validation(&before);
+        validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &before, &passed_checks)
     })
     .await
     .map_err(|e| ReconcileError::Validate(e.to_string()))?;
