@@ -326,7 +326,7 @@ async fn announce_new_generation(cluster: &CallControlCluster, context: &Context
     // As just read, not as the controller's copy had it: that one can be a write behind, and
     // would announce again a generation already reconciled.
     let name = cluster.name_any();
-    let Some((generation, status)) = observed.objects.get(&(Kind::CallControlCluster, name.clone())) else { return Ok(()) };
+    let Some(Seen { generation, status, .. }) = observed.objects.get(&(Kind::CallControlCluster, name.clone())) else { return Ok(()) };
     if status.get("observedGeneration").and_then(Value::as_i64) == *generation {
         return Ok(());
     }
@@ -337,7 +337,8 @@ async fn announce_new_generation(cluster: &CallControlCluster, context: &Context
     ];
     // The identity record goes with it: a status applied without it would drop it (see
     // `invalid_statuses`).
-    let previous = observed.objects.get(&(Kind::CallControlCluster, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
+    let previous =
+        observed.objects.get(&(Kind::CallControlCluster, name.clone())).and_then(|Seen { status, .. }| status.get("identity").cloned());
     let extra = previous.map(|identity| ("identity".to_owned(), identity)).into_iter().collect();
     let update = StatusUpdate { kind: Kind::CallControlCluster, name, wanted, extra };
     write_statuses(context, observed, vec![update]).await.map_err(ReconcileError::Status)
@@ -509,7 +510,7 @@ async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, ob
         .filter(|u| u.kind == Kind::Phone)
         .filter_map(|update| {
             let downgraded = update.wanted.iter().find(|w| w.type_ == DOWNGRADED && w.status)?;
-            let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
+            let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|Seen { status, .. }| {
                 status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == DOWNGRADED).map(|c| c["status"] == "True")
             });
             (was != Some(true)).then_some((&update.name, downgraded))
@@ -547,7 +548,7 @@ async fn announce_withheld_srtp(context: &Context, observed: &Observed, updates:
     use super::gateway_status::SRTP_WITHHELD;
     for update in updates.iter().filter(|u| matches!(u.kind, Kind::H323Gateway | Kind::MgcpGateway)) {
         let Some(withheld) = update.wanted.iter().find(|w| w.type_ == SRTP_WITHHELD && w.status) else { continue };
-        let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|(_, status)| {
+        let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|Seen { status, .. }| {
             status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == SRTP_WITHHELD).map(|c| c["status"] == "True")
         });
         if was == Some(true) {
@@ -613,7 +614,7 @@ fn invalid_statuses(
         if is_cluster {
             // The identity record outlives a stall: a status applied without it would drop it, and
             // with it the memory that an identity exists (see `identity_record`).
-            let previous = observed.objects.get(&(kind, name.clone())).and_then(|(_, status)| status.get("identity").cloned());
+            let previous = observed.objects.get(&(kind, name.clone())).and_then(|Seen { status, .. }| status.get("identity").cloned());
             extra.extend(previous.map(|identity| ("identity".to_owned(), identity)));
         }
         updates.push(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
@@ -718,18 +719,23 @@ async fn announce_token_changes(context: &Context, cluster: &CallControlCluster,
 /// transition times and skip writes that would change nothing.
 pub struct Observed {
     namespace: String,
-    objects: BTreeMap<(Kind, String), (Option<i64>, Value)>,
-    /// The resource version each status was read at: a status read at the same version in the
-    /// last reconcile is taken from it rather than made again (most of an edit's statuses).
-    versions: HashMap<(Kind, String), String>,
+    objects: BTreeMap<(Kind, String), Seen>,
+}
+
+/// One object as read.
+struct Seen {
+    generation: Option<i64>,
+    status: Value,
+    /// The resource version it was read at: a status read at the same version in the last
+    /// reconcile is taken from it rather than made again (most of an edit's statuses).
+    version: Option<String>,
 }
 
 impl Observed {
     /// The statuses of `objects`; those at the same resource version as in `previous` taken from it.
     fn of(objects: &NamespaceObjects, previous: Option<Observed>) -> Self {
-        let mut previous =
-            previous.unwrap_or_else(|| Observed { namespace: String::new(), objects: BTreeMap::new(), versions: HashMap::new() });
-        let mut observed = Observed { namespace: objects.namespace.clone(), objects: BTreeMap::new(), versions: HashMap::new() };
+        let mut previous = previous.map(|observed| observed.objects).unwrap_or_default();
+        let mut observed = Observed { namespace: objects.namespace.clone(), objects: BTreeMap::new() };
         observed.add(&mut previous, Kind::CallControlCluster, &objects.clusters);
         observed.add(&mut previous, Kind::SecurityToken, &objects.tokens);
         observed.add(&mut previous, Kind::PhoneSecurityProfile, &objects.phone_profiles);
@@ -744,12 +750,13 @@ impl Observed {
         observed.add(&mut previous, Kind::SipRealm, &objects.realms);
         // Validation names what is wrong with them, in their own status too.
         for odd in &objects.untrusted {
-            observed.objects.insert((odd.kind, odd.name.clone()), (odd.generation, odd.status.clone()));
+            let seen = Seen { generation: odd.generation, status: odd.status.clone(), version: None };
+            observed.objects.insert((odd.kind, odd.name.clone()), seen);
         }
         observed
     }
 
-    fn add<K>(&mut self, previous: &mut Observed, kind: Kind, list: &[Arc<K>])
+    fn add<K>(&mut self, previous: &mut BTreeMap<(Kind, String), Seen>, kind: Kind, list: &[Arc<K>])
     where
         K: Resource + HasStatus,
         K::Status: Serialize,
@@ -757,15 +764,11 @@ impl Observed {
         for object in list {
             let key = (kind, object.meta().name.clone().unwrap_or_default());
             let version = object.meta().resource_version.clone();
-            let unchanged = version.is_some() && previous.versions.get(&key) == version.as_ref();
-            let status = match previous.objects.remove(&key) {
-                Some((_, status)) if unchanged => status,
+            let status = match previous.remove(&key) {
+                Some(seen) if version.is_some() && seen.version == version => seen.status,
                 _ => object.status().and_then(|status| serde_json::to_value(status).ok()).unwrap_or(Value::Null),
             };
-            if let Some(version) = version {
-                self.versions.insert(key.clone(), version);
-            }
-            self.objects.insert(key, (object.meta().generation, status));
+            self.objects.insert(key, Seen { generation: object.meta().generation, status, version });
         }
     }
 
@@ -781,7 +784,7 @@ async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<Sta
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut patches = Vec::new();
     for update in updates {
-        let Some((generation, previous)) = current.get(&(update.kind, update.name.clone())) else { continue };
+        let Some(Seen { generation, status: previous, .. }) = current.get(&(update.kind, update.name.clone())) else { continue };
         let unchanged = |field: &String, value: &Value| match previous.get(field) {
             None => value.is_null(),
             Some(old) => old == value,
@@ -887,7 +890,7 @@ mod tests {
     }
 
     fn reason(observed: &Observed) -> Value {
-        observed.objects[&(Kind::Phone, "lobby".to_string())].1["conditions"][0]["reason"].clone()
+        observed.objects[&(Kind::Phone, "lobby".to_string())].status["conditions"][0]["reason"].clone()
     }
 
     /// A status read at the resource version the last reconcile read it at is taken from that
@@ -903,6 +906,6 @@ mod tests {
         // A new version: read again.
         let newer = Observed::of(&namespace(phone("8", "Other")), Some(same));
         assert_eq!(reason(&newer), json!("Other"));
-        assert_eq!(newer.objects[&(Kind::Phone, "lobby".to_string())].0, Some(2));
+        assert_eq!(newer.objects[&(Kind::Phone, "lobby".to_string())].generation, Some(2));
     }
 }
