@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use callguard::services::tftp::packet::to_netascii;
 use callguard::services::tftp::{
-    Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions, TransferPort,
+    CounterSnapshot, Counters, ErrorCode, FailureKind, MemoryFiles, Mode, Packet, Request, ServerConfig, TftpServer, TransferOptions,
+    TransferPort,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -263,6 +264,20 @@ fn assert_still_serves(harness: &Harness, after: &str) {
 // ---------------------------------------------------------------------------------------------------------
 // Real clients
 
+/// The server's counters once it has counted `files` files served (each at its last ACK, which
+/// may come after the client has its bytes), waited for up to [`REPLY_WAIT`].
+fn once_served(harness: &Harness, files: u64) -> CounterSnapshot {
+    let until = Instant::now() + REPLY_WAIT;
+    loop {
+        let counters = harness.counters.snapshot();
+        if counters.files_served >= files {
+            return counters;
+        }
+        assert!(Instant::now() < until, "waited {REPLY_WAIT:?} for {files} files served: {counters:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn tftp_hpa_fetches_every_size_byte_for_byte(mode: TransferPort) {
     let harness = Harness::in_mode(mode);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -273,11 +288,7 @@ fn tftp_hpa_fetches_every_size_byte_for_byte(mode: TransferPort) {
         assert!(received == content(len, 1), "size {len}: got {} bytes, want {len}: {}", received.len(), text(&output));
     }
     // The server counts a file served at its last ACK, which tftp sends as it exits.
-    let until = Instant::now() + REPLY_WAIT;
-    while harness.counters.snapshot().files_served < SIZES.len() as u64 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let served = harness.counters.snapshot();
+    let served = once_served(&harness, SIZES.len() as u64);
     assert_eq!(served.files_served, SIZES.len() as u64);
     let expected_bytes: usize = SIZES.iter().sum();
     assert!(served.bytes_sent >= expected_bytes as u64);
@@ -716,12 +727,7 @@ fn a_new_request_from_the_same_address_supersedes_its_transfer(mode: TransferPor
     let (packet, _) = receive(&socket).expect("DATA 2");
     assert!(matches!(&packet, Packet::Data { block: 2, payload } if payload.len() == 1), "{packet:?}");
     socket.send_to(&Packet::Ack { block: 2 }.encode(), harness.address).expect("ACK 2");
-    let served = Instant::now() + REPLY_WAIT;
-    while harness.counters.snapshot().files_served < 2 {
-        assert!(Instant::now() < served, "{:?}", harness.counters.snapshot());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let counters = harness.counters.snapshot();
+    let counters = once_served(&harness, 2);
     assert_eq!((counters.failures_of(FailureKind::Superseded), counters.failures_of(FailureKind::ClientLimit)), (2, 0), "{counters:?}");
 }
 
