@@ -200,6 +200,34 @@ pub struct CommonStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// A resource's status, by the fields every Callguard status has.
+pub trait HasCommonStatus {
+    fn common(&self) -> &CommonStatus;
+}
+
+macro_rules! common_status {
+    ($($status:ty),* $(,)?) => {
+        $(impl HasCommonStatus for $status {
+            fn common(&self) -> &CommonStatus {
+                &self.common
+            }
+        })*
+    };
+}
+
+common_status!(
+    super::CallControlClusterStatus,
+    super::SecurityTokenStatus,
+    super::PhoneSecurityProfileStatus,
+    super::PhoneStatus,
+    super::SipTrunkSecurityProfileStatus,
+    super::SipTrunkStatus,
+    super::SrstReferenceStatus,
+    super::GatewayStatus,
+    super::UserStatus,
+    super::SipRealmStatus,
+);
+
 /// What status shows of a certificate; never the key.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

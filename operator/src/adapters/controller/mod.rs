@@ -15,6 +15,7 @@ pub mod projection;
 pub mod reconcile;
 pub mod run;
 pub mod state_objects;
+pub mod status_writer;
 pub mod triggers;
 pub mod workloads;
 

@@ -5,11 +5,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -20,15 +17,13 @@ use serde_json::{Value, json};
 use super::availability::{self, Replicas};
 use super::cache::Caches;
 use super::capf_records;
-use super::conditions::{Wanted, already_set, conditions, finished};
+use super::conditions::{Wanted, finished};
 use super::desired::{Desired, DesiredInputs, WorkloadDefaults, desired_objects, owned};
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
 use super::state_objects::{objects_from_state, place, state_of, token_counters};
-use crate::api::{
-    ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
-    SipTrunkSecurityProfile, SrstReference,
-};
+use super::status_writer::{Observed, Seen, Settled, StatusUpdate, write_statuses};
+use crate::api::{CallControlCluster, SecurityToken};
 use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
 use crate::ops::metrics::ReconcileStep;
@@ -50,8 +45,8 @@ pub struct Context {
     pub caches: Vec<(Option<String>, Arc<Caches>)>,
     /// By namespace, the documents the last reconcile found to pass the schema and CEL checks.
     passed_checks: Mutex<HashMap<String, Arc<PassedChecks>>>,
-    /// By namespace, the statuses the last reconcile that ran to its end observed.
-    observed: Mutex<HashMap<String, Observed>>,
+    /// By namespace, the statuses its last reconcile found in place or wrote.
+    settled: Mutex<HashMap<String, Settled>>,
 }
 
 impl Context {
@@ -66,7 +61,7 @@ impl Context {
             status_concurrency: 32,
             caches: Vec::new(),
             passed_checks: Mutex::default(),
-            observed: Mutex::default(),
+            settled: Mutex::default(),
         }
     }
 
@@ -221,12 +216,12 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     let cluster = cluster.as_ref();
     // What the statuses and the build need, taken now: the objects themselves become the documents
     // validation reads, so that a 30 000-phone namespace is not held twice.
-    let previous = context.observed.lock().unwrap_or_else(|p| p.into_inner()).remove(&namespace);
-    let observed = Observed::of(&objects, previous);
+    let settled = context.settled.lock().unwrap_or_else(|p| p.into_inner()).remove(&namespace).unwrap_or_default();
+    let mut observed = Observed::of(&objects, settled);
     let state = StateDir::in_memory(state_of(cluster, &objects));
     let holding_records = capf_records::holding_records(&name, &objects.secrets);
     let tokens = objects.tokens.clone();
-    announce_new_generation(cluster, context, &observed).await?;
+    announce_new_generation(cluster, context, &mut observed).await?;
 
     // Validate.
     let passed_checks = Arc::clone(context.passed_checks.lock().unwrap_or_else(|p| p.into_inner()).entry(namespace.clone()).or_default());
@@ -236,7 +231,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         Ok(snapshot) => snapshot,
         Err(invalid) => {
             let reason = StallReason::InvalidConfiguration;
-            return stall(cluster, context, &observed, reason, &invalid.message, &invalid.by_object).await;
+            return stall(cluster, context, observed, reason, &invalid.message, &invalid.by_object).await;
         }
     };
 
@@ -257,7 +252,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
         Ok(output) => output,
         Err(refused) => {
             let (reason, message) = refusal(&name, &refused);
-            return stall(cluster, context, &observed, reason, &message, &BTreeMap::new()).await;
+            return stall(cluster, context, observed, reason, &message, &BTreeMap::new()).await;
         }
     };
     let files = state.files();
@@ -293,8 +288,9 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
     announce_withheld_srtp(context, &observed, &statuses).await;
-    write_statuses(context, &observed, statuses).await.map_err(ReconcileError::Status)?;
-    context.observed.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace, observed);
+    let written = write_statuses(context, &mut observed, statuses).await;
+    context.settled.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace, observed.into_settled());
+    written.map_err(ReconcileError::Status)?;
     steps.done(ReconcileStep::Status);
     // A rotation's next step is due with no edit either.
     let next_change = [capf_change, next_rotation_step].into_iter().flatten().min();
@@ -322,11 +318,12 @@ impl<'a> StepClock<'a> {
 }
 
 /// A new generation: says so first (kstatus `Reconciling`), so that GitOps tools wait for the result.
-async fn announce_new_generation(cluster: &CallControlCluster, context: &Context, observed: &Observed) -> Result<(), ReconcileError> {
+async fn announce_new_generation(cluster: &CallControlCluster, context: &Context, observed: &mut Observed) -> Result<(), ReconcileError> {
     // As just read, not as the controller's copy had it: that one can be a write behind, and
     // would announce again a generation already reconciled.
     let name = cluster.name_any();
-    let Some(Seen { generation, status, .. }) = observed.objects.get(&(Kind::CallControlCluster, name.clone())) else { return Ok(()) };
+    let Some(Seen { generation, object, .. }) = observed.get(Kind::CallControlCluster, &name) else { return Ok(()) };
+    let status = object.to_json();
     if status.get("observedGeneration").and_then(Value::as_i64) == *generation {
         return Ok(());
     }
@@ -337,9 +334,7 @@ async fn announce_new_generation(cluster: &CallControlCluster, context: &Context
     ];
     // The identity record goes with it: a status applied without it would drop it (see
     // `invalid_statuses`).
-    let previous =
-        observed.objects.get(&(Kind::CallControlCluster, name.clone())).and_then(|Seen { status, .. }| status.get("identity").cloned());
-    let extra = previous.map(|identity| ("identity".to_owned(), identity)).into_iter().collect();
+    let extra = status.get("identity").map(|identity| ("identity".to_owned(), identity.clone())).into_iter().collect();
     let update = StatusUpdate { kind: Kind::CallControlCluster, name, wanted, extra };
     write_statuses(context, observed, vec![update]).await.map_err(ReconcileError::Status)
 }
@@ -395,14 +390,17 @@ async fn build(
 async fn stall(
     cluster: &CallControlCluster,
     context: &Context,
-    observed: &Observed,
+    mut observed: Observed,
     reason: StallReason,
     message: &str,
     by_object: &BTreeMap<String, Vec<String>>,
 ) -> Result<Reconciled, ReconcileError> {
     publish(context, cluster, EventType::Warning, reason.as_str(), message).await;
-    let statuses = invalid_statuses(observed, &cluster.name_any(), reason.as_str(), message, by_object);
-    write_statuses(context, observed, statuses).await.map_err(ReconcileError::Status)?;
+    let statuses = invalid_statuses(&observed, &cluster.name_any(), reason.as_str(), message, by_object);
+    let written = write_statuses(context, &mut observed, statuses).await;
+    let namespace = observed.namespace.clone();
+    context.settled.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace, observed.into_settled());
+    written.map_err(ReconcileError::Status)?;
     Ok(Reconciled::stalled(reason))
 }
 
@@ -510,9 +508,7 @@ async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, ob
         .filter(|u| u.kind == Kind::Phone)
         .filter_map(|update| {
             let downgraded = update.wanted.iter().find(|w| w.type_ == DOWNGRADED && w.status)?;
-            let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|Seen { status, .. }| {
-                status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == DOWNGRADED).map(|c| c["status"] == "True")
-            });
+            let was = observed.get(update.kind, &update.name).and_then(|seen| seen.object.condition(DOWNGRADED));
             (was != Some(true)).then_some((&update.name, downgraded))
         })
         .collect();
@@ -548,9 +544,7 @@ async fn announce_withheld_srtp(context: &Context, observed: &Observed, updates:
     use super::gateway_status::SRTP_WITHHELD;
     for update in updates.iter().filter(|u| matches!(u.kind, Kind::H323Gateway | Kind::MgcpGateway)) {
         let Some(withheld) = update.wanted.iter().find(|w| w.type_ == SRTP_WITHHELD && w.status) else { continue };
-        let was = observed.objects.get(&(update.kind, update.name.clone())).and_then(|Seen { status, .. }| {
-            status.get("conditions")?.as_array()?.iter().find(|c| c["type"] == SRTP_WITHHELD).map(|c| c["status"] == "True")
-        });
+        let was = observed.get(update.kind, &update.name).and_then(|seen| seen.object.condition(SRTP_WITHHELD));
         if was == Some(true) {
             continue;
         }
@@ -581,15 +575,6 @@ fn record_expiry(context: &Context, namespace: &str, cluster: &str, files: &crat
     }
 }
 
-/// A status to write: the kind, the object, and the fields of `status` the operator owns.
-pub struct StatusUpdate {
-    kind: Kind,
-    name: String,
-    wanted: Vec<Wanted>,
-    /// Fields besides `conditions` and `observedGeneration`.
-    extra: serde_json::Map<String, Value>,
-}
-
 /// Statuses when nothing is built: the cluster and every offending object Stalled with the
 /// validation message; the others NotReady, waiting for the cluster.
 fn invalid_statuses(
@@ -614,7 +599,7 @@ fn invalid_statuses(
         if is_cluster {
             // The identity record outlives a stall: a status applied without it would drop it, and
             // with it the memory that an identity exists (see `identity_record`).
-            let previous = observed.objects.get(&(kind, name.clone())).and_then(|Seen { status, .. }| status.get("identity").cloned());
+            let previous = observed.get(kind, &name).and_then(|seen| seen.object.to_json().get("identity").cloned());
             extra.extend(previous.map(|identity| ("identity".to_owned(), identity)));
         }
         updates.push(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
@@ -712,200 +697,5 @@ async fn announce_token_changes(context: &Context, cluster: &CallControlCluster,
             let note = format!("SecurityToken/{} is locked, and it can never sign again: {}", update.name, crate::api::TOKEN_LOCK_RULE);
             publish(context, cluster, EventType::Warning, "TokenLocked", &note).await;
         }
-    }
-}
-
-/// The generation and status of every Callguard object of the namespace as read, to keep
-/// transition times and skip writes that would change nothing.
-pub struct Observed {
-    namespace: String,
-    objects: BTreeMap<(Kind, String), Seen>,
-}
-
-/// One object as read.
-struct Seen {
-    generation: Option<i64>,
-    status: Value,
-    /// The resource version it was read at: a status read at the same version in the last
-    /// reconcile is taken from it rather than made again (most of an edit's statuses).
-    version: Option<String>,
-}
-
-impl Observed {
-    /// The statuses of `objects`; those at the same resource version as in `previous` taken from it.
-    fn of(objects: &NamespaceObjects, previous: Option<Observed>) -> Self {
-        let mut previous = previous.map(|observed| observed.objects).unwrap_or_default();
-        let mut observed = Observed { namespace: objects.namespace.clone(), objects: BTreeMap::new() };
-        observed.add(&mut previous, Kind::CallControlCluster, &objects.clusters);
-        observed.add(&mut previous, Kind::SecurityToken, &objects.tokens);
-        observed.add(&mut previous, Kind::PhoneSecurityProfile, &objects.phone_profiles);
-        observed.add(&mut previous, Kind::Phone, &objects.phones);
-        observed.add(&mut previous, Kind::SipTrunkSecurityProfile, &objects.trunk_profiles);
-        observed.add(&mut previous, Kind::SipTrunk, &objects.trunks);
-        observed.add(&mut previous, Kind::SrstReference, &objects.srst_references);
-        observed.add(&mut previous, Kind::H323Gateway, &objects.h323_gateways);
-        observed.add(&mut previous, Kind::MgcpGateway, &objects.mgcp_gateways);
-        observed.add(&mut previous, Kind::EndUser, &objects.end_users);
-        observed.add(&mut previous, Kind::ApplicationUser, &objects.application_users);
-        observed.add(&mut previous, Kind::SipRealm, &objects.realms);
-        // Validation names what is wrong with them, in their own status too.
-        for odd in &objects.untrusted {
-            let seen = Seen { generation: odd.generation, status: odd.status.clone(), version: None };
-            observed.objects.insert((odd.kind, odd.name.clone()), seen);
-        }
-        observed
-    }
-
-    fn add<K>(&mut self, previous: &mut BTreeMap<(Kind, String), Seen>, kind: Kind, list: &[Arc<K>])
-    where
-        K: Resource + HasStatus,
-        K::Status: Serialize,
-    {
-        for object in list {
-            let key = (kind, object.meta().name.clone().unwrap_or_default());
-            let version = object.meta().resource_version.clone();
-            let status = match previous.remove(&key) {
-                Some(seen) if version.is_some() && seen.version == version => seen.status,
-                _ => object.status().and_then(|status| serde_json::to_value(status).ok()).unwrap_or(Value::Null),
-            };
-            self.objects.insert(key, Seen { generation: object.meta().generation, status, version });
-        }
-    }
-
-    /// Every object by kind and name, in that order.
-    fn names(&self) -> impl Iterator<Item = (Kind, String)> + '_ {
-        self.objects.keys().cloned()
-    }
-}
-
-/// Writes the statuses that changed, through the status subresource, a bounded number at a time.
-async fn write_statuses(context: &Context, observed: &Observed, updates: Vec<StatusUpdate>) -> Result<(), kube::Error> {
-    let current = &observed.objects;
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let mut patches = Vec::new();
-    for update in updates {
-        let Some(Seen { generation, status: previous, .. }) = current.get(&(update.kind, update.name.clone())) else { continue };
-        let unchanged = |field: &String, value: &Value| match previous.get(field) {
-            None => value.is_null(),
-            Some(old) => old == value,
-        };
-        if already_set(&update.wanted, previous.get("conditions"), *generation)
-            && previous.get("observedGeneration").and_then(Value::as_i64) == *generation
-            && update.extra.iter().all(|(field, value)| unchanged(field, value))
-        {
-            continue;
-        }
-        let previous_conditions: Vec<Condition> =
-            previous.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
-        let mut status = update.extra.clone();
-        status.insert("observedGeneration".into(), json!(generation));
-        status.insert("conditions".into(), json!(conditions(&update.wanted, &previous_conditions, *generation, &now)));
-        if status.iter().all(|(field, value)| unchanged(field, value)) {
-            continue;
-        }
-        patches.push((update.kind, update.name, Value::Object(status)));
-    }
-    let namespace = observed.namespace.clone();
-    let caches = context.caches_of(Some(&namespace));
-    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(patches)
-        .map(|(kind, name, status)| {
-            let caches = &caches;
-            let client = &context.client;
-            let namespace = &namespace;
-            async move {
-                if let Some(version) = patch_status(client, namespace, kind, name, status).await? {
-                    caches.wrote(kind, version);
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(context.status_concurrency.max(1))
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
-/// Of the object a write answers with, only the resourceVersion it made is read.
-#[derive(serde::Deserialize)]
-struct Written {
-    metadata: WrittenMetadata,
-}
-
-#[derive(serde::Deserialize)]
-struct WrittenMetadata {
-    #[serde(rename = "resourceVersion")]
-    resource_version: Option<String>,
-}
-
-/// The resourceVersion the write made, when it is a number.
-async fn patch_status(client: &Client, namespace: &str, kind: Kind, name: String, status: Value) -> Result<Option<u64>, kube::Error> {
-    match kind {
-        Kind::CallControlCluster => patch_status_of::<CallControlCluster>(client, namespace, &name, status).await,
-        Kind::SecurityToken => patch_status_of::<SecurityToken>(client, namespace, &name, status).await,
-        Kind::PhoneSecurityProfile => patch_status_of::<PhoneSecurityProfile>(client, namespace, &name, status).await,
-        Kind::Phone => patch_status_of::<Phone>(client, namespace, &name, status).await,
-        Kind::SipTrunkSecurityProfile => patch_status_of::<SipTrunkSecurityProfile>(client, namespace, &name, status).await,
-        Kind::SipTrunk => patch_status_of::<SipTrunk>(client, namespace, &name, status).await,
-        Kind::SrstReference => patch_status_of::<SrstReference>(client, namespace, &name, status).await,
-        Kind::H323Gateway => patch_status_of::<H323Gateway>(client, namespace, &name, status).await,
-        Kind::MgcpGateway => patch_status_of::<MgcpGateway>(client, namespace, &name, status).await,
-        Kind::EndUser => patch_status_of::<EndUser>(client, namespace, &name, status).await,
-        Kind::ApplicationUser => patch_status_of::<ApplicationUser>(client, namespace, &name, status).await,
-        Kind::SipRealm => patch_status_of::<SipRealm>(client, namespace, &name, status).await,
-    }
-}
-
-/// Server-side apply on the status subresource: `spec` is never written.
-async fn patch_status_of<K>(client: &Client, namespace: &str, name: &str, status: Value) -> Result<Option<u64>, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + fmt::Debug,
-{
-    let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
-    let request = kube::core::Request::new(K::url_path(&(), Some(namespace)))
-        .patch_subresource("status", name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .map_err(kube::Error::BuildRequest)?;
-    // Of the object the server answers with, only its version is read: a namespace's worth of them
-    // would be parsed for nothing.
-    match client.request::<Written>(request).await {
-        Ok(written) => Ok(written.metadata.resource_version.and_then(|v| v.parse().ok())),
-        // Deleted since it was read: nothing to report on.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn phone(version: &str, reason: &str) -> Arc<Phone> {
-        let value = json!({
-            "apiVersion": "callguard.io/v1alpha1", "kind": "Phone",
-            "metadata": {"name": "lobby", "namespace": "voice", "resourceVersion": version, "generation": 2},
-            "spec": {"macAddress": "001122334455", "model": "7970", "protocol": "SCCP", "securityProfileRef": "p"},
-            "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True", "reason": reason, "message": "",
-                "lastTransitionTime": "2026-12-07T00:00:00Z"}]},
-        });
-        Arc::new(serde_json::from_value(value).expect("a phone"))
-    }
-
-    fn reason(observed: &Observed) -> Value {
-        observed.objects[&(Kind::Phone, "lobby".to_string())].status["conditions"][0]["reason"].clone()
-    }
-
-    /// A status read at the resource version the last reconcile read it at is taken from that
-    /// reconcile; at any other version, it is read from the object.
-    #[test]
-    fn a_status_is_made_again_only_when_its_resource_version_changed() {
-        let namespace = |phone| NamespaceObjects { namespace: "voice".into(), phones: vec![phone], ..NamespaceObjects::default() };
-        let first = Observed::of(&namespace(phone("7", "Built")), None);
-        assert_eq!(reason(&first), json!("Built"));
-        // The same version: what the last reconcile read (here a status that differs, to tell them apart).
-        let same = Observed::of(&namespace(phone("7", "Other")), Some(first));
-        assert_eq!(reason(&same), json!("Built"));
-        // A new version: read again.
-        let newer = Observed::of(&namespace(phone("8", "Other")), Some(same));
-        assert_eq!(reason(&newer), json!("Other"));
-        assert_eq!(newer.objects[&(Kind::Phone, "lobby".to_string())].generation, Some(2));
     }
 }
