@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use callguard::api::*;
 use callguard::core::phone_config::*;
@@ -358,7 +358,7 @@ fn render_quickstart() -> BTreeMap<String, Rendered> {
             cluster,
             phone,
             profile: &snapshot.phone_profiles[&phone.spec.security_profile_ref],
-            srst_reference: phone.spec.srst_reference_ref.as_ref().map(|r| &snapshot.srst_references[r]),
+            srst_reference: phone.spec.srst_reference_ref.as_ref().map(|r| &*snapshot.srst_references[r]),
             secrets: &secrets,
             device_certificate: Some(certificate),
             trust: TrustFacts { has_call_manager_record: true },
@@ -541,10 +541,10 @@ impl Case {
     }
     fn profile_mut(&mut self) -> &mut PhoneSecurityProfileSpec {
         let name = self.snapshot.phones[&self.phone].spec.security_profile_ref.clone();
-        &mut self.snapshot.phone_profiles.get_mut(&name).expect("profile").spec
+        &mut Arc::make_mut(self.snapshot.phone_profiles.get_mut(&name).expect("profile")).spec
     }
     fn cluster_mut(&mut self) -> &mut CallControlClusterSpec {
-        &mut self.snapshot.clusters.values_mut().next().expect("cluster").spec
+        &mut Arc::make_mut(self.snapshot.clusters.values_mut().next().expect("cluster")).spec
     }
     fn resolve(&self) -> Result<Resolved, RenderError> {
         let phone = &self.snapshot.phones[&self.phone];
@@ -552,7 +552,7 @@ impl Case {
             cluster: self.snapshot.clusters.values().next().expect("cluster"),
             phone,
             profile: &self.snapshot.phone_profiles[&phone.spec.security_profile_ref],
-            srst_reference: phone.spec.srst_reference_ref.as_ref().map(|r| &self.snapshot.srst_references[r]),
+            srst_reference: phone.spec.srst_reference_ref.as_ref().map(|r| &*self.snapshot.srst_references[r]),
             secrets: &self.secrets,
             device_certificate: self.certificate,
             trust: self.trust,

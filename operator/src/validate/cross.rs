@@ -114,7 +114,7 @@ fn single_cluster<'a>(out: &mut Findings<'a>) -> Option<&'a CallControlCluster> 
             ),
         );
     }
-    first
+    first.map(|cluster| &**cluster)
 }
 
 fn any_object(s: &Snapshot) -> (&'static str, String) {

@@ -100,7 +100,13 @@ pub struct Prechecked {
     pub objects: Vec<(ObjectRef, bool)>,
     /// What they are remembered by, to remember again.
     pub digests: Vec<[u8; 32]>,
+    /// By document, what a document made of an object already typed becomes when it passes: that
+    /// object, put into the snapshot as it is rather than typed again from the document.
+    pub typed: Vec<Option<TypedObject>>,
 }
+
+/// Puts an object already typed into a snapshot.
+pub type TypedObject = Box<dyn FnOnce(&mut Snapshot) + Send>;
 
 /// As [`validate_documents`], for the operator: `documents` (each remembered by its digest in
 /// `digests`, when it passes) and `prechecked`; the schema and CEL checks of a document among
@@ -156,9 +162,11 @@ fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Optio
     let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();
     let mut origins: BTreeMap<ObjectRef, Origin> = BTreeMap::new();
 
+    let mut typed = Vec::new();
     let checked: Vec<(usize, Vec<Violation>)> = match remembering {
         None => check_in_parallel(documents, schemas, None),
-        Some((remembering, prechecked)) => {
+        Some((remembering, mut prechecked)) => {
+            typed = std::mem::take(&mut prechecked.typed);
             if !prechecked.objects.is_empty() {
                 snapshots.insert(prechecked.snapshot.namespace.clone(), prechecked.snapshot);
             }
@@ -208,7 +216,14 @@ fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Optio
             continue;
         }
         let snapshot = snapshots.entry(object.namespace.clone()).or_insert_with(|| Snapshot::new(&object.namespace));
-        match snapshot.insert(&object, &doc.value) {
+        let inserted = match typed.get_mut(index).and_then(Option::take) {
+            Some(put) => {
+                put(snapshot);
+                Ok(())
+            }
+            None => snapshot.insert(&object, &doc.value),
+        };
+        match inserted {
             Ok(()) => {
                 origins.insert(object, Origin::Document(doc));
             }

@@ -2,6 +2,7 @@
 //! to. Built from manifests by `validate`, and from the API by the operator.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use base64::Engine;
 use kube::Resource;
@@ -59,18 +60,18 @@ pub enum SecretPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub namespace: String,
-    pub clusters: BTreeMap<String, CallControlCluster>,
-    pub tokens: BTreeMap<String, SecurityToken>,
-    pub phone_profiles: BTreeMap<String, PhoneSecurityProfile>,
-    pub phones: BTreeMap<String, Phone>,
-    pub trunk_profiles: BTreeMap<String, SipTrunkSecurityProfile>,
-    pub trunks: BTreeMap<String, SipTrunk>,
-    pub srst_references: BTreeMap<String, SrstReference>,
-    pub h323_gateways: BTreeMap<String, H323Gateway>,
-    pub mgcp_gateways: BTreeMap<String, MgcpGateway>,
-    pub end_users: BTreeMap<String, EndUser>,
-    pub application_users: BTreeMap<String, ApplicationUser>,
-    pub realms: BTreeMap<String, SipRealm>,
+    pub clusters: BTreeMap<String, Arc<CallControlCluster>>,
+    pub tokens: BTreeMap<String, Arc<SecurityToken>>,
+    pub phone_profiles: BTreeMap<String, Arc<PhoneSecurityProfile>>,
+    pub phones: BTreeMap<String, Arc<Phone>>,
+    pub trunk_profiles: BTreeMap<String, Arc<SipTrunkSecurityProfile>>,
+    pub trunks: BTreeMap<String, Arc<SipTrunk>>,
+    pub srst_references: BTreeMap<String, Arc<SrstReference>>,
+    pub h323_gateways: BTreeMap<String, Arc<H323Gateway>>,
+    pub mgcp_gateways: BTreeMap<String, Arc<MgcpGateway>>,
+    pub end_users: BTreeMap<String, Arc<EndUser>>,
+    pub application_users: BTreeMap<String, Arc<ApplicationUser>>,
+    pub realms: BTreeMap<String, Arc<SipRealm>>,
     pub secrets: BTreeMap<String, SecretData>,
     /// Objects that are there but invalid, by kind and name: kept out of the maps above, so that
     /// no rule reads them, and known, so that what refers to them says they are invalid, not missing.
@@ -160,22 +161,32 @@ impl Snapshot {
 /// A Callguard kind, as a snapshot holds it.
 pub trait SnapshotKind: Sized {
     /// Where a snapshot keeps the objects of this kind, by name.
-    fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Self>;
+    fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Arc<Self>>;
+    /// Whether a rule reads the status of this kind: an object read from the API server then goes
+    /// into a snapshot without its status, as its manifest would, never with it.
+    const STATUS_READ: bool = false;
 }
 
 macro_rules! snapshot_kinds {
     ($($kind:ty => $field:ident),* $(,)?) => {
         $(impl SnapshotKind for $kind {
-            fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Self> {
+            fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Arc<Self>> {
                 &mut snapshot.$field
             }
         })*
     };
 }
 
+// A token's lock is in its status (P.16-5); the lock a build obeys is the token registry's.
+impl SnapshotKind for SecurityToken {
+    fn entries(snapshot: &mut Snapshot) -> &mut BTreeMap<String, Arc<Self>> {
+        &mut snapshot.tokens
+    }
+    const STATUS_READ: bool = true;
+}
+
 snapshot_kinds! {
     CallControlCluster => clusters,
-    SecurityToken => tokens,
     PhoneSecurityProfile => phone_profiles,
     Phone => phones,
     SipTrunkSecurityProfile => trunk_profiles,
@@ -188,9 +199,9 @@ snapshot_kinds! {
     SipRealm => realms,
 }
 
-fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, K>, name: String, value: &Value) -> Result<(), Violation> {
+fn insert<K: Resource + DeserializeOwned>(map: &mut BTreeMap<String, Arc<K>>, name: String, value: &Value) -> Result<(), Violation> {
     let typed = K::deserialize(value).map_err(|e| Violation::new("spec", format!("{e} (docs/architecture.md §3.1)")))?;
-    map.insert(name, typed);
+    map.insert(name, Arc::new(typed));
     Ok(())
 }
 

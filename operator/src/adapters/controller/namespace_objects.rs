@@ -26,7 +26,7 @@ use crate::api::{
 };
 use crate::ops::metrics::Kind;
 use crate::validate::manifest::Document;
-use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, on_every_core};
+use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, TypedObject, on_every_core};
 use zeroize::Zeroizing;
 
 /// The namespace as the API server holds it.
@@ -272,7 +272,7 @@ impl NamespaceObjects {
         out.take_all(self.realms);
         for odd in self.untrusted {
             let name = odd.name.clone();
-            out.push_document(document(odd.document, odd.kind.as_str(), &name), None);
+            out.push_document(document(odd.document, odd.kind.as_str(), &name), None, None);
         }
         out.take_secrets(self.secrets);
         (out.documents, out.digests, out.prechecked)
@@ -288,14 +288,15 @@ struct Validation<'p> {
 }
 
 impl Validation<'_> {
-    fn push_document(&mut self, document: Document, digest: Option<[u8; 32]>) {
+    fn push_document(&mut self, document: Document, digest: Option<[u8; 32]>, typed: Option<TypedObject>) {
         self.digests.push(digest.unwrap_or_else(|| PassedChecks::digest(&document.value)));
         self.documents.push(document);
+        self.prechecked.typed.push(typed);
     }
 
     fn take_all<K>(&mut self, objects: Vec<Arc<K>>)
     where
-        K: Resource<DynamicType = ()> + HasSpec + HasStatus + SnapshotKind + Clone + Send + Sync,
+        K: Resource<DynamicType = ()> + HasSpec + HasStatus + SnapshotKind + Clone + Send + Sync + 'static,
         K::Spec: Serialize,
     {
         // Digests are most of what an unchanged namespace costs to validate: on every core.
@@ -308,15 +309,22 @@ impl Validation<'_> {
             let name = object.meta().name.clone().unwrap_or_default();
             let namespace = object.meta().namespace.clone();
             if self.passed.contains(&digest) {
-                // As the manifest would be typed: its metadata only, no status.
-                let mut typed = K::clone(&object);
-                *typed.meta_mut() = ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: namespace.clone(),
-                    annotations: (!requests.is_empty()).then_some(requests),
-                    ..ObjectMeta::default()
+                // The cached object itself, shared, not copied: the rules and the build read its
+                // name, its Callguard annotations and its spec, which are what its digest covers.
+                let typed = if K::STATUS_READ {
+                    // As its manifest would be typed: its name and requests, and no status.
+                    let mut typed = K::clone(&object);
+                    *typed.meta_mut() = ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: namespace.clone(),
+                        annotations: (!requests.is_empty()).then_some(requests),
+                        ..ObjectMeta::default()
+                    };
+                    *typed.status_mut() = None;
+                    Arc::new(typed)
+                } else {
+                    object
                 };
-                *typed.status_mut() = None;
                 K::entries(&mut self.prechecked.snapshot).insert(name.clone(), typed);
                 let object = ObjectRef { kind: K::kind(&()).into_owned(), namespace: namespace.unwrap_or_default(), name };
                 self.prechecked.objects.push((object, false));
@@ -334,7 +342,11 @@ impl Validation<'_> {
                 "metadata": metadata,
                 "spec": spec,
             });
-            self.push_document(document(value, &K::kind(&()), &name), Some(digest));
+            // When it passes, the object itself goes into the snapshot (see above).
+            let document = document(value, &K::kind(&()), &name);
+            let typed: Option<TypedObject> =
+                (!K::STATUS_READ).then(|| Box::new(move |snapshot: &mut Snapshot| drop(K::entries(snapshot).insert(name, object))) as _);
+            self.push_document(document, Some(digest), typed);
         }
     }
 
@@ -362,7 +374,7 @@ impl Validation<'_> {
             if let Some(data) = &secret.data {
                 value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
             }
-            self.push_document(document(value, "Secret", &name), Some(digest));
+            self.push_document(document(value, "Secret", &name), Some(digest), None);
         }
     }
 }
@@ -387,7 +399,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::validate::{Report, SecretPolicy, validate_remembering};
+    use crate::validate::{Report, SecretPolicy, validate_documents, validate_remembering};
 
     /// The quickstart's objects as the API server would hand them over: in a namespace, with a uid,
     /// a resource version, labels, others' annotations and a status, and Secrets' `stringData`
@@ -450,16 +462,32 @@ mod tests {
         (documents.len(), validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &before, memory))
     }
 
-    /// Everything a snapshot holds, comparable: the typed objects as JSON, the Secrets' bytes.
+    /// Everything a snapshot holds that a rule or the build reads, comparable: each typed object's
+    /// name, Callguard annotations, spec and (where a rule reads it) status as JSON; the Secrets'
+    /// bytes.
     fn contents(report: &Report) -> Value {
+        fn read<K>(objects: &BTreeMap<String, Arc<K>>) -> Value
+        where
+            K: Resource + HasSpec + HasStatus + SnapshotKind,
+            K::Spec: Serialize,
+            K::Status: Serialize,
+        {
+            let read = objects.iter().map(|(name, object)| {
+                let meta = object.meta();
+                let status = if K::STATUS_READ { json!(object.status()) } else { Value::Null };
+                let metadata = json!({"name": meta.name, "namespace": meta.namespace, "requests": build_requests(meta)});
+                (name.clone(), json!({"metadata": metadata, "spec": object.spec(), "status": status}))
+            });
+            Value::Object(read.collect())
+        }
         let snapshot = &report.snapshots["voice"];
         let secrets: BTreeMap<&String, Vec<&[u8]>> =
             snapshot.secrets.iter().map(|(name, data)| (name, data.0.values().map(|bytes| bytes.as_slice()).collect())).collect();
         json!({
-            "clusters": snapshot.clusters, "tokens": snapshot.tokens, "phoneProfiles": snapshot.phone_profiles,
-            "phones": snapshot.phones, "trunkProfiles": snapshot.trunk_profiles, "trunks": snapshot.trunks,
-            "srst": snapshot.srst_references, "h323": snapshot.h323_gateways, "mgcp": snapshot.mgcp_gateways,
-            "endUsers": snapshot.end_users, "applicationUsers": snapshot.application_users, "realms": snapshot.realms,
+            "clusters": read(&snapshot.clusters), "tokens": read(&snapshot.tokens), "phoneProfiles": read(&snapshot.phone_profiles),
+            "phones": read(&snapshot.phones), "trunkProfiles": read(&snapshot.trunk_profiles), "trunks": read(&snapshot.trunks),
+            "srst": read(&snapshot.srst_references), "h323": read(&snapshot.h323_gateways), "mgcp": read(&snapshot.mgcp_gateways),
+            "endUsers": read(&snapshot.end_users), "applicationUsers": read(&snapshot.application_users), "realms": read(&snapshot.realms),
             "secrets": secrets, "invalid": snapshot.invalid,
         })
     }
@@ -469,21 +497,32 @@ mod tests {
     #[test]
     fn what_passed_unchanged_is_taken_typed_and_makes_the_same_snapshot_as_its_documents() {
         let memory = PassedChecks::default();
-        let (documents, first) = validate(quickstart(), &memory);
+        let objects = quickstart();
+        let cached = Arc::clone(&objects.phones[0]);
+        let (documents, first) = validate(objects, &memory);
         assert!(first.violations.is_empty(), "{:?}", first.violations);
         assert_eq!(documents, first.objects + first.secrets);
         let expected = contents(&first);
         assert_eq!(expected["phones"].as_object().map(|phones| phones.len()), Some(7));
+        // Checked through its document, and then the cached phone itself, not a copy; the snapshot
+        // the documents alone make.
+        assert!(Arc::ptr_eq(&first.snapshots["voice"].phones[cached.metadata.name.as_ref().unwrap()], &cached));
+        let (documents, _, _) = quickstart().into_validation(&HashSet::new());
+        assert_eq!(contents(&validate_documents(&documents, SecretPolicy::Require)), expected);
 
-        let (documents, second) = validate(quickstart(), &memory);
+        let objects = quickstart();
+        let cached = Arc::clone(&objects.phones[0]);
+        let (documents, second) = validate(objects, &memory);
         assert_eq!(documents, 0, "nothing changed: no document is made");
         assert!(second.violations.is_empty(), "{:?}", second.violations);
         assert_eq!((second.objects, second.secrets), (first.objects, first.secrets));
         assert_eq!(contents(&second), expected);
-        // The build's own annotations stay on the object; nobody else's do.
-        let phone = second.snapshots["voice"].phones.values().next().unwrap();
-        assert_eq!(phone.metadata.annotations, Some([("callguard.io/rotate-ca".to_string(), "r1".to_string())].into()));
-        assert_eq!((phone.metadata.uid.as_ref(), phone.status.as_ref()), (None, None));
+        // The cached phone itself, not a copy; a token as its manifest, without the status it has.
+        let snapshot = &second.snapshots["voice"];
+        assert!(Arc::ptr_eq(&snapshot.phones[cached.metadata.name.as_ref().unwrap()], &cached));
+        let token = snapshot.tokens.values().next().unwrap();
+        assert_eq!((token.metadata.uid.as_ref(), token.status.as_ref()), (None, None));
+        assert_eq!(token.metadata.annotations, Some([("callguard.io/rotate-ca".to_string(), "r1".to_string())].into()));
 
         // One phone edited: one document, and the snapshot a fresh validation makes.
         let edited = || {

@@ -604,7 +604,7 @@ fn resolve_phones(
     }
     let asked = encryption_asked(snapshot);
     let context = PhoneContext { snapshot, cluster, trust: signing.trust(), encryption_asked: &asked };
-    let phones: Vec<(&String, &crate::api::Phone)> = snapshot.phones.iter().collect();
+    let phones: Vec<(&String, &crate::api::Phone)> = snapshot.phones.iter().map(|(name, phone)| (name, &**phone)).collect();
     let resolved = on_every_core(&phones, |(name, phone)| {
         let device = phone.spec.device_name();
         let view = views.get(name.as_str());

@@ -116,7 +116,7 @@ pub fn resolve_phone(context: &PhoneContext<'_>, phone: &Phone, certificate_der:
         cluster: context.cluster,
         phone,
         profile,
-        srst_reference,
+        srst_reference: srst_reference.map(|srst| &**srst),
         secrets: &secrets,
         device_certificate,
         trust: context.trust,

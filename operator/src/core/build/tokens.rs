@@ -79,7 +79,7 @@ impl Tokens {
         let mut changed = false;
         let mut tokens = BTreeMap::new();
         for (name, token) in &snapshot.tokens {
-            let mut token = token.clone();
+            let mut token = SecurityToken::clone(token);
             let certificate =
                 secret_text(snapshot, &token.spec.certificate).ok().and_then(|pem| material::certificate_der(pem.as_bytes()).ok());
             if let Some(der) = &certificate {
