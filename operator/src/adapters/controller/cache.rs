@@ -7,11 +7,12 @@
 //! ([`Untrusted`]); a `Store<K>` holds only objects that deserialize, and one that does not would
 //! fail its kind's whole watch.
 //!
-//! A cache is used only while its watch is synced (listed, and not failing since); otherwise the
-//! reconcile lists the kind itself, as it did before there were caches.
+//! A cache is used only while its watch is synced (listed, and not failing since). A reconcile
+//! waits for a watch's first list rather than listing the kind a second time beside it; a kind
+//! whose watch fails, or that no watch keeps, the reconcile lists itself.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,14 +44,48 @@ impl<K> Clone for Entry<K> {
 
 type Key = (String, String);
 
+/// Where a cache's watch is: none yet, its first list under way, synced (listed, and not failing
+/// since), or failing.
+#[derive(Default)]
+pub struct WatchState(AtomicU8);
+
+const UNWATCHED: u8 = 0;
+const LISTING: u8 = 1;
+const SYNCED: u8 = 2;
+const FAILING: u8 = 3;
+
+impl WatchState {
+    /// A watch started, and lists first.
+    pub fn listing(&self) {
+        let _ = self.0.compare_exchange(UNWATCHED, LISTING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The watch failed: its cache is stale until it lists again.
+    pub fn failing(&self) {
+        self.0.store(FAILING, Ordering::Release);
+    }
+
+    fn synced(&self) {
+        self.0.store(SYNCED, Ordering::Release);
+    }
+
+    fn is_synced(&self) -> bool {
+        self.0.load(Ordering::Acquire) == SYNCED
+    }
+
+    fn is_listing(&self) -> bool {
+        self.0.load(Ordering::Acquire) == LISTING
+    }
+}
+
 /// One kind's objects, by namespace and name.
 pub struct Cache<K> {
     objects: RwLock<BTreeMap<Key, Entry<K>>>,
     /// A relist under way: its objects, swapped in whole when it ends (as kube's reflector does), so
     /// that a reader never sees half a list.
     relisting: RwLock<Option<BTreeMap<Key, Entry<K>>>>,
-    /// Listed, and the watch has not failed since: the objects are the API server's.
-    synced: Arc<AtomicBool>,
+    /// Synced: the objects are the API server's.
+    watch: Arc<WatchState>,
     /// The newest resourceVersion the watch delivered, and the newest one the operator's own status
     /// writes made: a reconcile reads the cache once it holds its own writes (see [`Caches::caught_up`]).
     seen: AtomicU64,
@@ -62,7 +97,7 @@ impl<K> Default for Cache<K> {
         Cache {
             objects: RwLock::default(),
             relisting: RwLock::default(),
-            synced: Arc::default(),
+            watch: Arc::default(),
             seen: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }
@@ -70,14 +105,14 @@ impl<K> Default for Cache<K> {
 }
 
 impl<K> Cache<K> {
-    /// The flag its watch clears when it fails.
-    pub fn synced_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.synced)
+    /// What its watch reports.
+    pub fn watch_state(&self) -> Arc<WatchState> {
+        Arc::clone(&self.watch)
     }
 
     /// The objects of `namespace`, in name order; None while the cache is not synced.
     pub fn snapshot(&self, namespace: &str) -> Option<Vec<Entry<K>>> {
-        if !self.synced.load(Ordering::Acquire) {
+        if !self.watch.is_synced() {
             return None;
         }
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
@@ -112,7 +147,7 @@ impl<K> Cache<K> {
                 if let Some(listed) = self.relisting.write().unwrap_or_else(|e| e.into_inner()).take() {
                     *self.objects.write().unwrap_or_else(|e| e.into_inner()) = listed;
                 }
-                self.synced.store(true, Ordering::Release);
+                self.watch.synced();
             }
             Event::Apply(object) => {
                 let entry = entry(object);
@@ -162,8 +197,9 @@ impl Cache<Secret> {
 trait OwnWrites {
     /// A status write of the operator's own made `resource_version`.
     fn wrote(&self, resource_version: u64);
-    /// Holds the operator's own last status write, or is not read anyway (not synced: its kind is
-    /// listed, and a failing watch is not waited for).
+    /// Holds the operator's own last status write, or is not read anyway (its kind is listed: no
+    /// watch keeps it, or its watch fails, and a failing watch is not waited for). False during
+    /// its watch's first list.
     fn holds_own_writes(&self) -> bool;
 }
 
@@ -173,7 +209,11 @@ impl<K> OwnWrites for Cache<K> {
     }
 
     fn holds_own_writes(&self) -> bool {
-        !self.synced.load(Ordering::Acquire) || self.seen.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
+        if self.watch.is_synced() {
+            self.seen.load(Ordering::Acquire) >= self.written.load(Ordering::Acquire)
+        } else {
+            !self.watch.is_listing()
+        }
     }
 }
 
@@ -294,16 +334,18 @@ mod tests {
         assert_eq!(names(&cache), ["b"]);
 
         // A failing watch makes the cache unusable until it lists again.
-        cache.synced_flag().store(false, Ordering::Release);
+        cache.watch_state().failing();
         assert!(cache.snapshot("default").is_none());
     }
 
-    /// A reconcile waits for the operator's own writes to come back through the watch, but not for
-    /// a cache that is not read anyway.
+    /// A reconcile waits for a watch's first list and for the operator's own writes to come back
+    /// through the watch, but not for a cache that is not read anyway.
     #[tokio::test(start_paused = true)]
     async fn a_reconcile_waits_for_its_own_writes_but_not_for_a_failing_watch() {
         let caches = Caches::default();
-        assert!(caches.caught_up(Duration::ZERO).await, "nothing written yet");
+        assert!(caches.caught_up(Duration::ZERO).await, "no watch keeps them: listed");
+        caches.phones.watch_state().listing();
+        assert!(!caches.caught_up(Duration::from_secs(1)).await, "the first list is waited for");
         caches.phones.apply_untyped(&Event::Init);
         caches.phones.apply_untyped(&Event::InitDone);
         caches.wrote(Kind::Phone, 7);
@@ -313,7 +355,7 @@ mod tests {
         caches.phones.apply_untyped(&Event::Apply(back));
         assert!(caches.caught_up(Duration::ZERO).await);
         caches.wrote(Kind::Phone, 9);
-        caches.phones.synced_flag().store(false, Ordering::Release);
+        caches.phones.watch_state().failing();
         assert!(caches.caught_up(Duration::ZERO).await, "a failing watch's cache is not read, so not waited for");
         caches.wrote(Kind::SecurityToken, 100);
         assert!(caches.caught_up(Duration::ZERO).await, "tokens are not cached");

@@ -14,7 +14,6 @@
 //! `namespace_objects::Untrusted`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::cache::{Cache, Caches};
+use super::cache::{Cache, Caches, WatchState};
 use super::labels;
 use crate::api::CallControlCluster;
 use crate::ops::http::Health;
@@ -104,7 +103,7 @@ impl Triggers {
             Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
             None => Api::all_with(self.client.clone(), &resource),
         };
-        let synced = cache(&caches).synced_flag();
+        let synced = cache(&caches).watch_state();
         let concerns = self.new_generations();
         self.isolated(api, K::kind(&()).into_owned(), watcher::Config::default(), Some(synced), move |event| {
             cache(&caches).apply_untyped(&event);
@@ -115,7 +114,7 @@ impl Triggers {
     /// Changes to the Secrets labelled `callguard.io/watch`, kept in `caches` as [`Triggers::cached`].
     pub fn watched_secrets(&self, caches: Arc<Caches>) -> BoxStream<'static, ObjectRef<CallControlCluster>> {
         let api: Api<Secret> = self.api();
-        let synced = caches.watched_secrets.synced_flag();
+        let synced = caches.watched_secrets.watch_state();
         let concerns = self.new_generations();
         let config = watcher::Config::default().labels(labels::WATCHED_SECRET);
         self.isolated(api, "Secret".to_owned(), config, Some(synced), move |event| {
@@ -133,7 +132,7 @@ impl Triggers {
         api: Api<W>,
         kind: String,
         config: watcher::Config,
-        synced: Option<Arc<AtomicBool>>,
+        synced: Option<Arc<WatchState>>,
         map: impl Fn(Event<W>) -> Refs + Send + Sync + 'static,
     ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
@@ -145,6 +144,9 @@ impl Triggers {
             Some(namespace) => format!("{kind} in {namespace}"),
             None => format!("{kind} in all namespaces"),
         };
+        if let Some(synced) = &synced {
+            synced.listing();
+        }
         let watch = Watch {
             events: watcher::watcher(api, config).boxed(),
             kind,
@@ -208,7 +210,7 @@ struct Watch<K> {
     metrics: Arc<Metrics>,
     health: Health,
     /// The cache the watch keeps, which is stale while it fails.
-    synced: Option<Arc<AtomicBool>>,
+    synced: Option<Arc<WatchState>>,
     /// Failing: when the watch counts as working again, if no error comes first (None while it
     /// waits out its backoff inside `next_refs`, and when it works).
     settle: Option<tokio::time::Instant>,
@@ -280,7 +282,7 @@ impl<K> Watch<K> {
         }
         self.settle = None;
         if let Some(synced) = &self.synced {
-            synced.store(false, Ordering::Release);
+            synced.failing();
         }
         self.metrics.set_watch_failing(&self.kind, &self.namespace, true);
         self.health.set_watch_failing(watched, Some(error.to_string()));
