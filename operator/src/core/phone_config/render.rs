@@ -47,6 +47,9 @@ fn document(body: impl FnOnce(&mut Xml) -> io::Result<()>) -> Result<Vec<u8>, Re
     written.map_err(|e| RenderError::Xml(e.to_string()))?;
     let mut bytes = w.into_inner();
     bytes.push(b'\n');
+    // Kept for every phone of a cluster until the files are projected: not with up to twice the
+    // room its growth left.
+    bytes.shrink_to_fit();
     Ok(bytes)
 }
 
