@@ -100,13 +100,22 @@ pub struct Prechecked {
     pub objects: Vec<(ObjectRef, bool)>,
     /// What they are remembered by, to remember again.
     pub digests: Vec<[u8; 32]>,
-    /// By document, what a document made of an object already typed becomes when it passes: that
-    /// object, put into the snapshot as it is rather than typed again from the document.
-    pub typed: Vec<Option<TypedObject>>,
+    /// Objects already typed that changed, to check through a document of each.
+    pub to_check: Vec<ToCheck>,
 }
 
-/// Puts an object already typed into a snapshot.
-pub type TypedObject = Box<dyn FnOnce(&mut Snapshot) + Send>;
+/// An object the operator holds typed and that must be checked: its document is made, checked and
+/// dropped on a worker, so that a cold start never holds the documents of a whole namespace at
+/// once; when it passes, the object itself goes into the snapshot, not one typed again from JSON.
+pub struct ToCheck {
+    pub object: ObjectRef,
+    /// What it is remembered by when it passes.
+    pub digest: [u8; 32],
+    /// Its manifest: apiVersion, kind, metadata and spec.
+    pub document: Box<dyn Fn() -> Value + Send + Sync>,
+    /// Puts it into a snapshot.
+    pub put: Box<dyn FnOnce(&mut Snapshot) + Send + Sync>,
+}
 
 /// As [`validate_documents`], for the operator: `documents` (each remembered by its digest in
 /// `digests`, when it passes) and `prechecked`; the schema and CEL checks of a document among
@@ -162,17 +171,31 @@ fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Optio
     let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();
     let mut origins: BTreeMap<ObjectRef, Origin> = BTreeMap::new();
 
-    let mut typed = Vec::new();
     let checked: Vec<(usize, Vec<Violation>)> = match remembering {
         None => check_in_parallel(documents, schemas, None),
-        Some((remembering, mut prechecked)) => {
-            typed = std::mem::take(&mut prechecked.typed);
-            if !prechecked.objects.is_empty() {
+        Some((mut remembering, prechecked)) => {
+            if !prechecked.objects.is_empty() || !prechecked.to_check.is_empty() {
                 snapshots.insert(prechecked.snapshot.namespace.clone(), prechecked.snapshot);
             }
             for (object, is_secret) in prechecked.objects {
                 *(if is_secret { &mut report.secrets } else { &mut report.objects }) += 1;
                 origins.insert(object, Origin::Prechecked);
+            }
+            let to_check = prechecked.to_check;
+            let checked = on_every_core(&to_check, |_, item| {
+                check_remembering(&(item.document)(), schemas, Some(remembering.before), Some(&item.digest))
+            });
+            for (item, checked) in to_check.into_iter().zip(checked) {
+                report.objects += 1;
+                let snapshot = snapshots.entry(item.object.namespace.clone()).or_insert_with(|| Snapshot::new(&item.object.namespace));
+                if checked.violations.is_empty() {
+                    (item.put)(snapshot);
+                    remembering.still_passing.extend(checked.passed);
+                } else {
+                    report.violations.extend(checked.violations.into_iter().map(|v| Origin::Prechecked.locate(&item.object, v)));
+                    snapshot.mark_invalid(&item.object);
+                }
+                origins.insert(item.object, Origin::Prechecked);
             }
             check_in_parallel(documents, schemas, Some(remembering))
         }
@@ -216,14 +239,7 @@ fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Optio
             continue;
         }
         let snapshot = snapshots.entry(object.namespace.clone()).or_insert_with(|| Snapshot::new(&object.namespace));
-        let inserted = match typed.get_mut(index).and_then(Option::take) {
-            Some(put) => {
-                put(snapshot);
-                Ok(())
-            }
-            None => snapshot.insert(&object, &doc.value),
-        };
-        match inserted {
+        match snapshot.insert(&object, &doc.value) {
             Ok(()) => {
                 origins.insert(object, Origin::Document(doc));
             }

@@ -26,7 +26,7 @@ use crate::api::{
 };
 use crate::ops::metrics::Kind;
 use crate::validate::manifest::Document;
-use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, TypedObject, on_every_core};
+use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, ToCheck, on_every_core};
 use zeroize::Zeroizing;
 
 /// The namespace as the API server holds it.
@@ -272,7 +272,7 @@ impl NamespaceObjects {
         out.take_all(self.realms);
         for odd in self.untrusted {
             let name = odd.name.clone();
-            out.push_document(document(odd.document, odd.kind.as_str(), &name), None, None);
+            out.push_document(document(odd.document, odd.kind.as_str(), &name), None);
         }
         out.take_secrets(self.secrets);
         (out.documents, out.digests, out.prechecked)
@@ -288,10 +288,9 @@ struct Validation<'p> {
 }
 
 impl Validation<'_> {
-    fn push_document(&mut self, document: Document, digest: Option<[u8; 32]>, typed: Option<TypedObject>) {
+    fn push_document(&mut self, document: Document, digest: Option<[u8; 32]>) {
         self.digests.push(digest.unwrap_or_else(|| PassedChecks::digest(&document.value)));
         self.documents.push(document);
-        self.prechecked.typed.push(typed);
     }
 
     fn take_all<K>(&mut self, objects: Vec<Arc<K>>)
@@ -308,45 +307,43 @@ impl Validation<'_> {
         for (object, (digest, requests)) in objects.into_iter().zip(digested) {
             let name = object.meta().name.clone().unwrap_or_default();
             let namespace = object.meta().namespace.clone();
-            if self.passed.contains(&digest) {
-                // The cached object itself, shared, not copied: the rules and the build read its
-                // name, its Callguard annotations and its spec, which are what its digest covers.
-                let typed = if K::STATUS_READ {
-                    // As its manifest would be typed: its name and requests, and no status.
-                    let mut typed = K::clone(&object);
-                    *typed.meta_mut() = ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: namespace.clone(),
-                        annotations: (!requests.is_empty()).then_some(requests),
-                        ..ObjectMeta::default()
-                    };
-                    *typed.status_mut() = None;
-                    Arc::new(typed)
-                } else {
-                    object
+            let reference =
+                ObjectRef { kind: K::kind(&()).into_owned(), namespace: namespace.clone().unwrap_or_default(), name: name.clone() };
+            // The cached object itself, shared, not copied: the rules and the build read its name,
+            // its Callguard annotations and its spec, which are what its digest covers.
+            let typed = if K::STATUS_READ {
+                // As its manifest would be typed: its name and requests, and no status.
+                let mut typed = K::clone(&object);
+                *typed.meta_mut() = ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: namespace.clone(),
+                    annotations: (!requests.is_empty()).then(|| requests.clone()),
+                    ..ObjectMeta::default()
                 };
-                K::entries(&mut self.prechecked.snapshot).insert(name.clone(), typed);
-                let object = ObjectRef { kind: K::kind(&()).into_owned(), namespace: namespace.unwrap_or_default(), name };
-                self.prechecked.objects.push((object, false));
+                *typed.status_mut() = None;
+                Arc::new(typed)
+            } else {
+                object
+            };
+            if self.passed.contains(&digest) {
+                K::entries(&mut self.prechecked.snapshot).insert(name, typed);
+                self.prechecked.objects.push((reference, false));
                 self.prechecked.digests.push(digest);
                 continue;
             }
-            let Ok(spec) = serde_json::to_value(object.spec()) else { continue };
-            let mut metadata = json!({"name": object.meta().name, "namespace": namespace});
-            if !requests.is_empty() {
-                metadata["annotations"] = json!(requests);
-            }
-            let value = json!({
-                "apiVersion": K::api_version(&()),
-                "kind": K::kind(&()),
-                "metadata": metadata,
-                "spec": spec,
-            });
-            // When it passes, the object itself goes into the snapshot (see above).
-            let document = document(value, &K::kind(&()), &name);
-            let typed: Option<TypedObject> =
-                (!K::STATUS_READ).then(|| Box::new(move |snapshot: &mut Snapshot| drop(K::entries(snapshot).insert(name, object))) as _);
-            self.push_document(document, Some(digest), typed);
+            let manifest = Arc::clone(&typed);
+            let manifest_name = name.clone();
+            let document = move || {
+                let mut metadata = json!({"name": manifest_name, "namespace": namespace});
+                if !requests.is_empty() {
+                    metadata["annotations"] = json!(requests);
+                }
+                // A spec that cannot be written as JSON fails the schema's checks, by name.
+                let spec = serde_json::to_value(manifest.spec()).unwrap_or(Value::Null);
+                json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": metadata, "spec": spec})
+            };
+            let put = move |snapshot: &mut Snapshot| drop(K::entries(snapshot).insert(name, typed));
+            self.prechecked.to_check.push(ToCheck { object: reference, digest, document: Box::new(document), put: Box::new(put) });
         }
     }
 
@@ -374,7 +371,7 @@ impl Validation<'_> {
             if let Some(data) = &secret.data {
                 value["data"] = serde_json::to_value(data).unwrap_or(Value::Null);
             }
-            self.push_document(document(value, "Secret", &name), Some(digest), None);
+            self.push_document(document(value, "Secret", &name), Some(digest));
         }
     }
 }
@@ -455,11 +452,20 @@ mod tests {
         objects
     }
 
-    /// Runs the operator's validation of `objects` with `memory`; the documents made, and the report.
+    /// Runs the operator's validation of `objects` with `memory`; the documents made (or to be
+    /// made, of typed objects, as they are checked), and the report.
     fn validate(objects: NamespaceObjects, memory: &PassedChecks) -> (usize, Report) {
         let before = memory.take();
         let (documents, digests, prechecked) = objects.into_validation(&before);
-        (documents.len(), validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &before, memory))
+        let made = documents.len() + prechecked.to_check.len();
+        (made, validate_remembering(&documents, &digests, prechecked, SecretPolicy::Require, &before, memory))
+    }
+
+    /// Every document the operator's validation checks, typed objects' included, made at once.
+    fn all_documents(objects: NamespaceObjects) -> Vec<Document> {
+        let (mut documents, _, prechecked) = objects.into_validation(&HashSet::new());
+        documents.extend(prechecked.to_check.iter().map(|item| document((item.document)(), &item.object.kind, &item.object.name)));
+        documents
     }
 
     /// Everything a snapshot holds that a rule or the build reads, comparable: each typed object's
@@ -507,8 +513,7 @@ mod tests {
         // Checked through its document, and then the cached phone itself, not a copy; the snapshot
         // the documents alone make.
         assert!(Arc::ptr_eq(&first.snapshots["voice"].phones[cached.metadata.name.as_ref().unwrap()], &cached));
-        let (documents, _, _) = quickstart().into_validation(&HashSet::new());
-        assert_eq!(contents(&validate_documents(&documents, SecretPolicy::Require)), expected);
+        assert_eq!(contents(&validate_documents(&all_documents(quickstart()), SecretPolicy::Require)), expected);
 
         let objects = quickstart();
         let cached = Arc::clone(&objects.phones[0]);
@@ -537,6 +542,26 @@ mod tests {
         let (_, fresh) = validate(edited(), &PassedChecks::default());
         assert_eq!(contents(&third), contents(&fresh));
         assert_ne!(contents(&third), expected);
+    }
+
+    /// A changed object that breaks a CEL rule is named, and kept out of the snapshot, as its
+    /// document would be: the same violations, in the same places.
+    #[test]
+    fn a_changed_object_that_breaks_a_rule_reads_as_it_would_from_its_document() {
+        let breaking = || {
+            let mut objects = quickstart();
+            let mut phone = Phone::clone(&objects.phones[0]);
+            phone.spec.model = serde_json::from_value(json!("7905")).unwrap();
+            phone.spec.protocol = serde_json::from_value(json!("SCCP")).unwrap();
+            objects.phones[0] = Arc::new(phone);
+            objects
+        };
+        let (made, report) = validate(breaking(), &PassedChecks::default());
+        assert!(made > 0);
+        let from_documents = validate_documents(&all_documents(breaking()), SecretPolicy::Require);
+        assert!(report.violations.iter().any(|v| v.violation.message.contains("P.7-4")), "{:?}", report.violations);
+        assert_eq!(report.violations, from_documents.violations);
+        assert_eq!(contents(&report), contents(&from_documents));
     }
 
     /// A rule across objects that an unchanged object now breaks (the profile it names is gone)
