@@ -269,6 +269,7 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     };
     let desired = desired_objects(inputs).map_err(ReconcileError::Build)?;
     drop(snapshot);
+    let output = StatusInputs::of(output);
     steps.done(ReconcileStep::Desired);
 
     // Apply.
@@ -284,7 +285,6 @@ async fn reconcile_cluster(cluster: &CallControlCluster, context: &Context) -> R
     record_expiry(context, &namespace, &name, &files);
     let statuses = built_statuses(&observed, &name, &output, &files, availability::condition(&replicas));
     let next_rotation_step = output.next_rotation_step;
-    drop(output);
     announce_token_changes(context, cluster, &tokens, &statuses).await;
     announce_downgrades(context, cluster, &observed, &statuses).await;
     announce_withheld_srtp(context, &observed, &statuses).await;
@@ -602,9 +602,25 @@ fn invalid_statuses(
             let previous = observed.get(kind, &name).and_then(|seen| seen.object.to_json().get("identity").cloned());
             extra.extend(previous.map(|identity| ("identity".to_owned(), identity)));
         }
-        updates.push(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
+        observed.keep_unsettled(&mut updates, StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
     }
     updates
+}
+
+/// What the status step needs of a build. The rest, every phone's resolved files among it, is in
+/// the desired objects by then: dropped before the statuses are made, not held beside them.
+struct StatusInputs {
+    changes: Vec<crate::core::build::Change>,
+    statuses: Vec<ResourceStatus>,
+    identity: crate::api::IdentityRecord,
+    next_rotation_step: Option<time::OffsetDateTime>,
+}
+
+impl StatusInputs {
+    fn of(output: BuildOutput) -> Self {
+        let BuildOutput { changes, statuses, identity, next_rotation_step, .. } = output;
+        StatusInputs { changes, statuses, identity, next_rotation_step }
+    }
 }
 
 /// Statuses after a build: the build's own (cluster, tokens, phones); Ready for what it validated,
@@ -612,7 +628,7 @@ fn invalid_statuses(
 fn built_statuses(
     observed: &Observed,
     cluster: &str,
-    output: &BuildOutput,
+    output: &StatusInputs,
     files: &crate::core::build::state::StateFiles,
     data_plane: Wanted,
 ) -> Vec<StatusUpdate> {
@@ -683,7 +699,7 @@ fn built_statuses(
                 extra.insert("lockedAt".into(), json!(at));
             }
         }
-        updates.push(StatusUpdate { kind, name, wanted: finished(ready, None, domain), extra });
+        observed.keep_unsettled(&mut updates, StatusUpdate { kind, name, wanted: finished(ready, None, domain), extra });
     }
     updates
 }

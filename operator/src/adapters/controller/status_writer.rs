@@ -204,6 +204,20 @@ impl Observed {
         patches
     }
 
+    /// Adds `update` to `updates` unless it is settled: a namespace's worth of updates is not held
+    /// at once when nearly all of them would change nothing. (What is settled is in place, so
+    /// nothing announces a change of it either.)
+    pub fn keep_unsettled(&self, updates: &mut Vec<StatusUpdate>, update: StatusUpdate) {
+        let key = (update.kind, update.name);
+        let settled = self.objects.get(&key).is_some_and(|seen| {
+            let digest = digest(&update.wanted, &update.extra, seen.generation);
+            self.is_settled(&key, seen.version.as_ref(), &digest)
+        });
+        if !settled {
+            updates.push(StatusUpdate { kind: key.0, name: key.1, wanted: update.wanted, extra: update.extra });
+        }
+    }
+
     /// Whether `update` is what this reconcile or an earlier one settled, at the version read.
     fn is_settled(&self, key: &(Kind, String), version: Option<&String>, digest: &[u8; 32]) -> bool {
         let Some(version) = version else { return false };
@@ -348,6 +362,21 @@ mod tests {
 
         let mut wished = observed(phone("7", "Built"), newer.into_settled());
         assert_eq!(wished.due(update("Moved"), &at()).len(), 1, "a new wish is compared");
+    }
+
+    /// A settled update is not even kept for the writer; any other is.
+    #[test]
+    fn only_unsettled_updates_are_kept() {
+        let mut first = observed(phone("7", "Built"), Settled::default());
+        assert!(first.due(update("Built"), &at()).is_empty());
+        let mut kept = Vec::new();
+        first.keep_unsettled(&mut kept, update("Built").remove(0));
+        assert!(kept.is_empty(), "settled at version 7");
+        first.keep_unsettled(&mut kept, update("Moved").remove(0));
+        assert_eq!(kept.len(), 1, "a new wish");
+        let newer = observed(phone("8", "Built"), first.into_settled());
+        newer.keep_unsettled(&mut kept, update("Built").remove(0));
+        assert_eq!(kept.len(), 2, "a new version");
     }
 
     /// An object gone from the namespace leaves nothing settled behind.
