@@ -167,41 +167,54 @@ impl Observed {
 
     /// The statuses of `updates` that a write would change, each with its key and the digest of
     /// what it asks for; those it would not change are settled.
-    fn due(&mut self, updates: Vec<StatusUpdate>, now: &Time) -> Vec<((Kind, String), [u8; 32], Value)> {
-        let mut patches = Vec::new();
+    #[cfg(test)]
+    fn due(&mut self, updates: Vec<StatusUpdate>, now: &Time) -> Vec<Write> {
+        let mut writes = Vec::new();
         for update in updates {
-            let StatusUpdate { kind, name, wanted, extra } = update;
-            let key = (kind, name);
-            let Some(Seen { generation, version, object }) = self.objects.get(&key) else { continue };
-            let digest = digest(&wanted, &extra, *generation);
-            if self.is_settled(&key, version.as_ref(), &digest) {
-                continue;
+            match self.due_one(update, now) {
+                Due::Write(write) => writes.push(write),
+                Due::InPlace(key, settled) => self.settle(key, settled),
+                Due::Nothing => {}
             }
-            let settled = version.clone().map(|version| (version, digest));
-            let previous = object.to_json();
-            let unchanged = |field: &String, value: &Value| match previous.get(field) {
-                None => value.is_null(),
-                Some(old) => old == value,
-            };
-            if already_set(&wanted, previous.get("conditions"), *generation)
-                && previous.get("observedGeneration").and_then(Value::as_i64) == *generation
-                && extra.iter().all(|(field, value)| unchanged(field, value))
-            {
-                self.settled.0.extend(settled.map(|settled| (key, settled)));
-                continue;
-            }
-            let previous_conditions: Vec<Condition> =
-                previous.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
-            let mut status = extra;
-            status.insert("observedGeneration".into(), json!(generation));
-            status.insert("conditions".into(), json!(conditions(&wanted, &previous_conditions, *generation, now)));
-            if status.iter().all(|(field, value)| unchanged(field, value)) {
-                self.settled.0.extend(settled.map(|settled| (key, settled)));
-                continue;
-            }
-            patches.push((key, digest, Value::Object(status)));
         }
-        patches
+        writes
+    }
+
+    /// What `update` needs: nothing (settled, or its object is gone), nothing but to be settled
+    /// (found in place), or a write.
+    fn due_one(&self, update: StatusUpdate, now: &Time) -> Due {
+        let StatusUpdate { kind, name, wanted, extra } = update;
+        let key = (kind, name);
+        let Some(Seen { generation, version, object }) = self.objects.get(&key) else { return Due::Nothing };
+        let digest = digest(&wanted, &extra, *generation);
+        if self.is_settled(&key, version.as_ref(), &digest) {
+            return Due::Nothing;
+        }
+        let in_place = |key| version.clone().map_or(Due::Nothing, |version| Due::InPlace(key, (version, digest)));
+        let previous = object.to_json();
+        let unchanged = |field: &String, value: &Value| match previous.get(field) {
+            None => value.is_null(),
+            Some(old) => old == value,
+        };
+        if already_set(&wanted, previous.get("conditions"), *generation)
+            && previous.get("observedGeneration").and_then(Value::as_i64) == *generation
+            && extra.iter().all(|(field, value)| unchanged(field, value))
+        {
+            return in_place(key);
+        }
+        let previous_conditions: Vec<Condition> =
+            previous.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+        let mut status = extra;
+        status.insert("observedGeneration".into(), json!(generation));
+        status.insert("conditions".into(), json!(conditions(&wanted, &previous_conditions, *generation, now)));
+        if status.iter().all(|(field, value)| unchanged(field, value)) {
+            return in_place(key);
+        }
+        Due::Write(Write { key, digest, status: Value::Object(status) })
+    }
+
+    fn settle(&mut self, key: Key, settled: (String, [u8; 32])) {
+        self.settled.0.insert(key, settled);
     }
 
     /// Adds `update` to `updates` unless it is settled: a namespace's worth of updates is not held
@@ -225,13 +238,43 @@ impl Observed {
     }
 }
 
+/// What an update needs.
+enum Due {
+    Nothing,
+    InPlace(Key, (String, [u8; 32])),
+    Write(Write),
+}
+
+/// A status to write, and the digest of what it asks for.
+struct Write {
+    key: Key,
+    digest: [u8; 32],
+    status: Value,
+}
+
+type Key = (Kind, String);
+
 /// Writes the statuses that changed, through the status subresource, a bounded number at a time.
+/// Each status is made as it is written, not all before: a cold start's 45,000 would be held at once.
 pub async fn write_statuses(context: &Context, observed: &mut Observed, updates: Vec<StatusUpdate>) -> Result<(), kube::Error> {
-    let patches = observed.due(updates, &Time(k8s_openapi::jiff::Timestamp::now()));
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
     let namespace = observed.namespace.clone();
     let caches = context.caches_of(Some(&namespace));
-    let results: Vec<_> = futures::stream::iter(patches)
-        .map(|(key, digest, status)| {
+    let mut in_place = Vec::new();
+    let reading = &*observed;
+    let results: Vec<_> = futures::stream::iter(updates)
+        .filter_map(|update| {
+            let write = match reading.due_one(update, &now) {
+                Due::Write(write) => Some(write),
+                Due::InPlace(key, settled) => {
+                    in_place.push((key, settled));
+                    None
+                }
+                Due::Nothing => None,
+            };
+            futures::future::ready(write)
+        })
+        .map(|Write { key, digest, status }| {
             let caches = &caches;
             let client = &context.client;
             let namespace = &namespace;
@@ -239,19 +282,20 @@ pub async fn write_statuses(context: &Context, observed: &mut Observed, updates:
                 let written = patch_status(client, namespace, key.0, &key.1, status).await?;
                 Ok::<_, kube::Error>(written.map(|version| {
                     caches.wrote(key.0, version);
-                    (key, version, digest)
+                    (key, (version.to_string(), digest))
                 }))
             }
         })
         .buffer_unordered(context.status_concurrency.max(1))
         .collect()
         .await;
+    for (key, settled) in in_place {
+        observed.settle(key, settled);
+    }
     let mut failed = None;
     for result in results {
         match result {
-            Ok(Some((key, version, digest))) => {
-                observed.settled.0.insert(key, (version.to_string(), digest));
-            }
+            Ok(Some((key, settled))) => observed.settle(key, settled),
             Ok(None) => {}
             Err(e) => failed = failed.or(Some(e)),
         }
@@ -358,7 +402,7 @@ mod tests {
         let mut newer = observed(phone("8", "Other"), same.into_settled());
         let due = newer.due(update("Built"), &at());
         assert_eq!(due.len(), 1, "a new version is read");
-        assert_eq!(due[0].2["conditions"][0]["reason"], "Built");
+        assert_eq!(due[0].status["conditions"][0]["reason"], "Built");
 
         let mut wished = observed(phone("7", "Built"), newer.into_settled());
         assert_eq!(wished.due(update("Moved"), &at()).len(), 1, "a new wish is compared");
