@@ -56,7 +56,10 @@ pub enum SecretPolicy {
     AllowMissing,
 }
 
-/// Every Callguard object of one namespace, by name.
+/// Every Callguard object of one namespace, by name. In the operator the objects are the watch
+/// cache's own, shared: they carry what the API server added, and the rules and the build read only
+/// their names, Callguard annotations and specs. A kind whose status a rule reads goes in as a copy
+/// without it (see [`SnapshotKind::STATUS_READ`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub namespace: String,

@@ -93,16 +93,19 @@ impl ObservedStatus for Untrusted {
     }
 }
 
+/// An object, by kind and name.
+type Key = (Kind, String);
+
 /// By object, the digest of the status a reconcile found in place or wrote, and the resource
 /// version the object had then. Carried from one reconcile of a namespace to the next.
 #[derive(Default)]
-pub struct Settled(HashMap<(Kind, String), (String, [u8; 32])>);
+pub struct Settled(HashMap<Key, (String, [u8; 32])>);
 
 /// Every Callguard object of the namespace as read: its generation and, through the cache's own
 /// copy, its status; to keep transition times and skip writes that would change nothing.
 pub struct Observed {
     pub namespace: String,
-    objects: BTreeMap<(Kind, String), Seen>,
+    objects: BTreeMap<Key, Seen>,
     settled: Settled,
 }
 
@@ -156,7 +159,7 @@ impl Observed {
     }
 
     /// Every object by kind and name, in that order.
-    pub fn names(&self) -> impl Iterator<Item = (Kind, String)> + '_ {
+    pub fn names(&self) -> impl Iterator<Item = Key> + '_ {
         self.objects.keys().cloned()
     }
 
@@ -232,7 +235,7 @@ impl Observed {
     }
 
     /// Whether `update` is what this reconcile or an earlier one settled, at the version read.
-    fn is_settled(&self, key: &(Kind, String), version: Option<&String>, digest: &[u8; 32]) -> bool {
+    fn is_settled(&self, key: &Key, version: Option<&String>, digest: &[u8; 32]) -> bool {
         let Some(version) = version else { return false };
         self.settled.0.get(key).is_some_and(|(at, settled)| at == version && settled == digest)
     }
@@ -251,8 +254,6 @@ struct Write {
     digest: [u8; 32],
     status: Value,
 }
-
-type Key = (Kind, String);
 
 /// Writes the statuses that changed, through the status subresource, a bounded number at a time.
 /// Each status is made as it is written, not all before: a cold start's 45,000 would be held at once.
