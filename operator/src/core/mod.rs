@@ -5,6 +5,7 @@ pub mod backup;
 pub mod build;
 pub mod capf_report;
 pub mod gateway_media;
+pub mod parallel;
 pub mod phone_config;
 pub mod pki;
 pub mod plan;

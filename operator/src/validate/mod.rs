@@ -17,6 +17,7 @@ pub use schema::{KindSchema, kind_schemas, to_json_schema};
 pub use snapshot::{SecretData, SecretPolicy, Snapshot, SnapshotKind};
 
 use crate::api::API_VERSION;
+use crate::core::parallel::on_every_core;
 use crate::validate::manifest::{Document, parse_field_path};
 
 /// One broken rule: the field it concerns and a message that ends with the seed section.
@@ -182,7 +183,7 @@ fn validate_all(documents: &[Document], policy: SecretPolicy, remembering: Optio
                 origins.insert(object, Origin::Prechecked);
             }
             let to_check = prechecked.to_check;
-            let checked = on_every_core(&to_check, |_, item| {
+            let checked = on_every_core(&to_check, |item| {
                 check_remembering(&(item.document)(), schemas, Some(remembering.before), Some(&item.digest))
             });
             for (item, checked) in to_check.into_iter().zip(checked) {
@@ -320,29 +321,14 @@ fn check_in_parallel(
         Some(Remembering { digests, before, still_passing, memory }) => (Some(digests), Some(before), Some(still_passing), Some(memory)),
         None => (None, None, None, None),
     };
-    let checked: Vec<(usize, Checked)> =
-        on_every_core(documents, |index, doc| (index, check_remembering(&doc.value, schemas, before, digests.and_then(|d| d.get(index)))));
+    let checked: Vec<(usize, Checked)> = on_every_core(&documents.iter().enumerate().collect::<Vec<_>>(), |&(index, doc)| {
+        (index, check_remembering(&doc.value, schemas, before, digests.and_then(|d| d.get(index))))
+    });
     if let Some(remembered) = remembered {
         let passed = checked.iter().filter_map(|(_, checked)| checked.passed).chain(still_passing.into_iter().flatten());
         *remembered.passed.lock().unwrap_or_else(|e| e.into_inner()) = passed.collect();
     }
     checked.into_iter().map(|(index, checked)| (index, checked.violations)).collect()
-}
-
-/// `work` on each of `items` (with its index), the items shared out over the cores (at most 8), in
-/// the items' order: what validation does per object is independent of the other objects.
-pub fn on_every_core<T: Sync, R: Send>(items: &[T], work: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    let chunk = items.len().div_ceil(workers).max(1);
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .enumerate()
-            .map(|(c, part)| scope.spawn(move || part.iter().enumerate().map(|(i, item)| work(c * chunk + i, item)).collect::<Vec<R>>()))
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a validation worker panicked")).collect()
-    })
 }
 
 /// One document's violations, and the digest to remember when it passes (only when remembering).

@@ -24,9 +24,10 @@ use crate::api::{
     ApplicationUser, CallControlCluster, EndUser, H323Gateway, MgcpGateway, Phone, PhoneSecurityProfile, SecurityToken, SipRealm, SipTrunk,
     SipTrunkSecurityProfile, SrstReference,
 };
+use crate::core::parallel::on_every_core;
 use crate::ops::metrics::Kind;
 use crate::validate::manifest::Document;
-use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, ToCheck, on_every_core};
+use crate::validate::{ObjectRef, PassedChecks, Prechecked, SecretData, Snapshot, SnapshotKind, ToCheck};
 use zeroize::Zeroizing;
 
 /// The namespace as the API server holds it.
@@ -299,7 +300,7 @@ impl Validation<'_> {
         K::Spec: Serialize,
     {
         // Digests are most of what an unchanged namespace costs to validate: on every core.
-        let digested = on_every_core(&objects, |_, object| {
+        let digested = on_every_core(&objects, |object| {
             let meta = object.meta();
             let requests = build_requests(meta);
             (PassedChecks::digest(&(K::api_version(&()), K::kind(&()), &meta.name, &meta.namespace, &requests, object.spec())), requests)
@@ -353,7 +354,7 @@ impl Validation<'_> {
         fn data(secret: &Secret) -> BTreeMap<&String, &[u8]> {
             secret.data.iter().flatten().map(|(key, bytes)| (key, bytes.0.as_slice())).collect()
         }
-        let digests = on_every_core(&secrets, |_, secret| {
+        let digests = on_every_core(&secrets, |secret| {
             PassedChecks::digest(&("v1", "Secret", &secret.metadata.name, &secret.metadata.namespace, data(secret)))
         });
         for (secret, digest) in secrets.into_iter().zip(digests) {

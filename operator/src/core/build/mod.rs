@@ -25,6 +25,7 @@ use kube::ResourceExt;
 use time::OffsetDateTime;
 
 use crate::api::{CallControlCluster, ClusterSecurityMode, IdentityRecord, SignatureHash};
+use crate::core::parallel::on_every_core;
 use crate::core::token::signing::{CtlSigningPlan, PlanCondition};
 use crate::core::trust::{HashAlgorithm, Mode, TrustList, TrustListKind};
 use crate::validate::Snapshot;
@@ -32,7 +33,7 @@ use catalog::{SigningParameters, TftpCatalog};
 use identity::{ClusterIdentity, tftp_signer_base};
 use identity_record::{IdentityLost, Observed, Piece, RECORD_FILE, Verdict, identity_id, sha256_hex};
 use phone_files::{PhoneContext, encryption_asked, resolve_phone};
-use served::{ServedFiles, on_every_core};
+use served::ServedFiles;
 use state::{Sensitivity, StateDir};
 use tokens::Tokens;
 use trust_files::{TrustListPlan, build_trust_list, tftp_signer};

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::catalog::{SigningParameters, TftpCatalog};
 use super::phone_files::{PhoneFiles, PhonePayloads};
+use crate::core::parallel::on_every_core;
 use crate::core::trust::{Signer, TrustListKind};
 use crate::services::tftp::FileSource;
 
@@ -163,17 +164,6 @@ impl PhoneRenderer {
             }
         }
     }
-}
-
-/// Runs `job` over `items` on every core, keeping the order.
-pub fn on_every_core<T: Sync, R: Send>(items: &[T], job: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let chunk = items.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items.chunks(chunk).map(|items| scope.spawn(|| items.iter().map(&job).collect::<Vec<_>>())).collect();
-        // A panic in a job is a bug in this crate, not bad input: let it surface.
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-    })
 }
 
 /// The namespace's TFTP root: the generic trust lists, per-phone copies of them, and the phones'
