@@ -22,7 +22,7 @@ use super::desired::{Desired, DesiredInputs, WorkloadDefaults, desired_objects, 
 use super::labels::{self, FIELD_MANAGER};
 use super::namespace_objects::NamespaceObjects;
 use super::state_objects::{objects_from_state, place, state_of, token_counters};
-use super::status_writer::{Observed, Seen, Settled, StatusUpdate, write_statuses};
+use super::status_writer::{Observed, Seen, Settled, StatusUpdate, Unsettled, write_statuses};
 use crate::api::{CallControlCluster, SecurityToken};
 use crate::core::build::state::StateDir;
 use crate::core::build::{BuildError, BuildOptions, BuildOutput, ChangeKind, ResourceStatus, build_namespace};
@@ -335,8 +335,8 @@ async fn announce_new_generation(cluster: &CallControlCluster, context: &Context
     // The identity record goes with it: a status applied without it would drop it (see
     // `invalid_statuses`).
     let extra = status.get("identity").map(|identity| ("identity".to_owned(), identity.clone())).into_iter().collect();
-    let update = StatusUpdate { kind: Kind::CallControlCluster, name, wanted, extra };
-    write_statuses(context, observed, vec![update]).await.map_err(ReconcileError::Status)
+    let update = observed.unsettled(StatusUpdate { kind: Kind::CallControlCluster, name, wanted, extra });
+    write_statuses(context, observed, update.into_iter().collect()).await.map_err(ReconcileError::Status)
 }
 
 /// What validation found wrong: every violation as one message, and by object.
@@ -502,7 +502,7 @@ const DOWNGRADE_EVENTS_PER_PHONE: usize = 50;
 /// A phone that became downgraded (credentials in clear, hardening not delivered, a secure SRST
 /// reference written insecure) gets a Warning event, once, when it happens; many at once are
 /// summed up in one event on the cluster, by reason.
-async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, observed: &Observed, updates: &[StatusUpdate]) {
+async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, observed: &Observed, updates: &[Unsettled]) {
     let newly: Vec<(&String, &Wanted)> = updates
         .iter()
         .filter(|u| u.kind == Kind::Phone)
@@ -540,7 +540,7 @@ async fn announce_downgrades(context: &Context, cluster: &CallControlCluster, ob
 
 /// A gateway or H.323 trunk whose SRTP keys became withheld for lack of IPSec gets a Warning event,
 /// once, when it happens (P.13-2, P.13-3).
-async fn announce_withheld_srtp(context: &Context, observed: &Observed, updates: &[StatusUpdate]) {
+async fn announce_withheld_srtp(context: &Context, observed: &Observed, updates: &[Unsettled]) {
     use super::gateway_status::SRTP_WITHHELD;
     for update in updates.iter().filter(|u| matches!(u.kind, Kind::H323Gateway | Kind::MgcpGateway)) {
         let Some(withheld) = update.wanted.iter().find(|w| w.type_ == SRTP_WITHHELD && w.status) else { continue };
@@ -583,7 +583,7 @@ fn invalid_statuses(
     reason: &str,
     message: &str,
     by_object: &BTreeMap<String, Vec<String>>,
-) -> Vec<StatusUpdate> {
+) -> Vec<Unsettled> {
     let mut updates = Vec::new();
     for (kind, name) in observed.names() {
         let own = by_object.get(&format!("{}/{name}", kind.as_str()));
@@ -602,7 +602,7 @@ fn invalid_statuses(
             let previous = observed.get(kind, &name).and_then(|seen| seen.object.to_json().get("identity").cloned());
             extra.extend(previous.map(|identity| ("identity".to_owned(), identity)));
         }
-        observed.keep_unsettled(&mut updates, StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra });
+        updates.extend(observed.unsettled(StatusUpdate { kind, name, wanted: finished(ready, stalled, vec![]), extra }));
     }
     updates
 }
@@ -631,7 +631,7 @@ fn built_statuses(
     output: &StatusInputs,
     files: &crate::core::build::state::StateFiles,
     data_plane: Wanted,
-) -> Vec<StatusUpdate> {
+) -> Vec<Unsettled> {
     let built: HashMap<(&str, &str), &ResourceStatus> = output.statuses.iter().map(|s| ((s.kind, s.name.as_str()), s)).collect();
     let mut updates = Vec::new();
     for (kind, name) in observed.names() {
@@ -699,13 +699,13 @@ fn built_statuses(
                 extra.insert("lockedAt".into(), json!(at));
             }
         }
-        observed.keep_unsettled(&mut updates, StatusUpdate { kind, name, wanted: finished(ready, None, domain), extra });
+        updates.extend(observed.unsettled(StatusUpdate { kind, name, wanted: finished(ready, None, domain), extra }));
     }
     updates
 }
 
 /// A token that this reconcile locked gets a Warning event on the cluster (P.16-5).
-async fn announce_token_changes(context: &Context, cluster: &CallControlCluster, tokens: &[Arc<SecurityToken>], updates: &[StatusUpdate]) {
+async fn announce_token_changes(context: &Context, cluster: &CallControlCluster, tokens: &[Arc<SecurityToken>], updates: &[Unsettled]) {
     for update in updates.iter().filter(|u| u.kind == Kind::SecurityToken) {
         let locked_now = update.extra.get("locked") == Some(&json!(true));
         let was_locked = tokens.iter().any(|t| t.name_any() == update.name && t.status.as_ref().is_some_and(|s| s.locked));

@@ -38,6 +38,20 @@ pub struct StatusUpdate {
     pub extra: serde_json::Map<String, Value>,
 }
 
+/// An update that is not settled (see [`Observed::unsettled`]), with the digest it was judged by.
+pub struct Unsettled {
+    update: StatusUpdate,
+    digest: [u8; 32],
+}
+
+impl std::ops::Deref for Unsettled {
+    type Target = StatusUpdate;
+
+    fn deref(&self) -> &StatusUpdate {
+        &self.update
+    }
+}
+
 /// What an update asks for at `generation`, as a digest: the same digest at the same resource
 /// version is the same status.
 fn digest(wanted: &[Wanted], extra: &serde_json::Map<String, Value>, generation: Option<i64>) -> [u8; 32] {
@@ -173,7 +187,8 @@ impl Observed {
     #[cfg(test)]
     fn due(&mut self, updates: Vec<StatusUpdate>, now: &Time) -> Vec<Write> {
         let mut writes = Vec::new();
-        for update in updates {
+        let unsettled: Vec<Unsettled> = updates.into_iter().filter_map(|update| self.unsettled(update)).collect();
+        for update in unsettled {
             match self.due_one(update, now) {
                 Due::Write(write) => writes.push(write),
                 Due::InPlace(key, settled) => self.settle(key, settled),
@@ -183,16 +198,12 @@ impl Observed {
         writes
     }
 
-    /// What `update` needs: nothing (settled, or its object is gone), nothing but to be settled
-    /// (found in place), or a write.
-    fn due_one(&self, update: StatusUpdate, now: &Time) -> Due {
-        let StatusUpdate { kind, name, wanted, extra } = update;
+    /// What `update` needs: nothing (its object is gone), nothing but to be settled (found in
+    /// place), or a write.
+    fn due_one(&self, update: Unsettled, now: &Time) -> Due {
+        let Unsettled { update: StatusUpdate { kind, name, wanted, extra }, digest } = update;
         let key = (kind, name);
         let Some(Seen { generation, version, object }) = self.objects.get(&key) else { return Due::Nothing };
-        let digest = digest(&wanted, &extra, *generation);
-        if self.is_settled(&key, version.as_ref(), &digest) {
-            return Due::Nothing;
-        }
         let in_place = |key| version.clone().map_or(Due::Nothing, |version| Due::InPlace(key, (version, digest)));
         let previous = object.to_json();
         let unchanged = |field: &String, value: &Value| match previous.get(field) {
@@ -220,18 +231,18 @@ impl Observed {
         self.settled.0.insert(key, settled);
     }
 
-    /// Adds `update` to `updates` unless it is settled: a namespace's worth of updates is not held
-    /// at once when nearly all of them would change nothing. (What is settled is in place, so
+    /// `update`, unless it is settled or its object is gone: a namespace's worth of updates is not
+    /// held at once when nearly all of them would change nothing. (What is settled is in place, so
     /// nothing announces a change of it either.)
-    pub fn keep_unsettled(&self, updates: &mut Vec<StatusUpdate>, update: StatusUpdate) {
+    pub fn unsettled(&self, update: StatusUpdate) -> Option<Unsettled> {
         let key = (update.kind, update.name);
-        let settled = self.objects.get(&key).is_some_and(|seen| {
-            let digest = digest(&update.wanted, &update.extra, seen.generation);
-            self.is_settled(&key, seen.version.as_ref(), &digest)
-        });
-        if !settled {
-            updates.push(StatusUpdate { kind: key.0, name: key.1, wanted: update.wanted, extra: update.extra });
+        let seen = self.objects.get(&key)?;
+        let digest = digest(&update.wanted, &update.extra, seen.generation);
+        if self.is_settled(&key, seen.version.as_ref(), &digest) {
+            return None;
         }
+        let update = StatusUpdate { kind: key.0, name: key.1, wanted: update.wanted, extra: update.extra };
+        Some(Unsettled { update, digest })
     }
 
     /// Whether `update` is what this reconcile or an earlier one settled, at the version read.
@@ -257,7 +268,7 @@ struct Write {
 
 /// Writes the statuses that changed, through the status subresource, a bounded number at a time.
 /// Each status is made as it is written, not all before: a cold start's 45,000 would be held at once.
-pub async fn write_statuses(context: &Context, observed: &mut Observed, updates: Vec<StatusUpdate>) -> Result<(), kube::Error> {
+pub async fn write_statuses(context: &Context, observed: &mut Observed, updates: Vec<Unsettled>) -> Result<(), kube::Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let namespace = observed.namespace.clone();
     let caches = context.caches_of(Some(&namespace));
@@ -414,14 +425,10 @@ mod tests {
     fn only_unsettled_updates_are_kept() {
         let mut first = observed(phone("7", "Built"), Settled::default());
         assert!(first.due(update("Built"), &at()).is_empty());
-        let mut kept = Vec::new();
-        first.keep_unsettled(&mut kept, update("Built").remove(0));
-        assert!(kept.is_empty(), "settled at version 7");
-        first.keep_unsettled(&mut kept, update("Moved").remove(0));
-        assert_eq!(kept.len(), 1, "a new wish");
+        assert!(first.unsettled(update("Built").remove(0)).is_none(), "settled at version 7");
+        assert!(first.unsettled(update("Moved").remove(0)).is_some(), "a new wish");
         let newer = observed(phone("8", "Built"), first.into_settled());
-        newer.keep_unsettled(&mut kept, update("Built").remove(0));
-        assert_eq!(kept.len(), 2, "a new version");
+        assert!(newer.unsettled(update("Built").remove(0)).is_some(), "a new version");
     }
 
     /// An object gone from the namespace leaves nothing settled behind.
