@@ -103,9 +103,9 @@ impl Triggers {
             Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
             None => Api::all_with(self.client.clone(), &resource),
         };
-        let synced = cache(&caches).watch_state();
+        let cache_watch = cache(&caches).watch_state();
         let concerns = self.new_generations();
-        self.isolated(api, K::kind(&()).into_owned(), watcher::Config::default(), Some(synced), move |event| {
+        self.isolated(api, K::kind(&()).into_owned(), watcher::Config::default(), Some(cache_watch), move |event| {
             cache(&caches).apply_untyped(&event);
             concerns.of(&event)
         })
@@ -114,10 +114,10 @@ impl Triggers {
     /// Changes to the Secrets labelled `callguard.io/watch`, kept in `caches` as [`Triggers::cached`].
     pub fn watched_secrets(&self, caches: Arc<Caches>) -> BoxStream<'static, ObjectRef<CallControlCluster>> {
         let api: Api<Secret> = self.api();
-        let synced = caches.watched_secrets.watch_state();
+        let cache_watch = caches.watched_secrets.watch_state();
         let concerns = self.new_generations();
         let config = watcher::Config::default().labels(labels::WATCHED_SECRET);
-        self.isolated(api, "Secret".to_owned(), config, Some(synced), move |event| {
+        self.isolated(api, "Secret".to_owned(), config, Some(cache_watch), move |event| {
             caches.watched_secrets.apply_secret(&event);
             concerns.of(&event)
         })
@@ -132,7 +132,7 @@ impl Triggers {
         api: Api<W>,
         kind: String,
         config: watcher::Config,
-        synced: Option<Arc<WatchState>>,
+        cache_watch: Option<Arc<WatchState>>,
         map: impl Fn(Event<W>) -> Refs + Send + Sync + 'static,
     ) -> BoxStream<'static, ObjectRef<CallControlCluster>>
     where
@@ -144,8 +144,8 @@ impl Triggers {
             Some(namespace) => format!("{kind} in {namespace}"),
             None => format!("{kind} in all namespaces"),
         };
-        if let Some(synced) = &synced {
-            synced.listing();
+        if let Some(cache_watch) = &cache_watch {
+            cache_watch.listing();
         }
         let watch = Watch {
             events: watcher::watcher(api, config).boxed(),
@@ -154,7 +154,7 @@ impl Triggers {
             watched,
             metrics: Arc::clone(&self.metrics),
             health: self.health.clone(),
-            synced,
+            cache_watch,
             settle: None,
             backoff: FIRST_BACKOFF,
             expired_in_a_row: 0,
@@ -209,8 +209,8 @@ struct Watch<K> {
     watched: String,
     metrics: Arc<Metrics>,
     health: Health,
-    /// The cache the watch keeps, which is stale while it fails.
-    synced: Option<Arc<WatchState>>,
+    /// The state of the cache the watch keeps: listing at the start, failing while it fails.
+    cache_watch: Option<Arc<WatchState>>,
     /// Failing: when the watch counts as working again, if no error comes first (None while it
     /// waits out its backoff inside `next_refs`, and when it works).
     settle: Option<tokio::time::Instant>,
@@ -281,8 +281,8 @@ impl<K> Watch<K> {
             tracing::debug!("watch of {watched} still failing: {error}");
         }
         self.settle = None;
-        if let Some(synced) = &self.synced {
-            synced.failing();
+        if let Some(cache_watch) = &self.cache_watch {
+            cache_watch.failing();
         }
         self.metrics.set_watch_failing(&self.kind, &self.namespace, true);
         self.health.set_watch_failing(watched, Some(error.to_string()));
@@ -340,7 +340,7 @@ mod tests {
             watched: "Phone in default".into(),
             metrics: Arc::new(Metrics::new()),
             health: health.clone(),
-            synced: None,
+            cache_watch: None,
             settle: None,
             backoff: FIRST_BACKOFF,
             expired_in_a_row: 0,
