@@ -49,7 +49,7 @@ pub struct NamespaceObjects {
     pub secrets: Vec<Secret>,
     pub config_maps: Vec<ConfigMap>,
     /// The objects the Rust types cannot read.
-    pub untrusted: Vec<Untrusted>,
+    pub untrusted: Vec<Arc<Untrusted>>,
 }
 
 /// A Callguard object the Rust types cannot read (stored under an older or looser schema, or
@@ -68,7 +68,7 @@ pub struct Untrusted {
 /// The `K`s of the namespace, and those of them the type cannot read: from the watch cache while it
 /// is synced, otherwise listed. Typed first; only when one object does not fit is the list read again
 /// untyped and taken object by object.
-async fn list<K>(client: &Client, namespace: &str, cache: Option<&Cache<K>>) -> Result<(Vec<Arc<K>>, Vec<Untrusted>), kube::Error>
+async fn list<K>(client: &Client, namespace: &str, cache: Option<&Cache<K>>) -> Result<(Vec<Arc<K>>, Vec<Arc<Untrusted>>), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -77,7 +77,7 @@ where
         for entry in entries {
             match entry {
                 Entry::Typed(object) => typed.push(object),
-                Entry::Untrusted(odd) => untrusted.push(Untrusted::clone(&odd)),
+                Entry::Untrusted(odd) => untrusted.push(odd),
             }
         }
         return Ok((typed, untrusted));
@@ -93,7 +93,7 @@ where
     for object in raw.list(&ListParams::default()).await?.items {
         match typed_or_untrusted::<K>(&object) {
             Ok(object) => typed.push(Arc::new(object)),
-            Err(odd) => untrusted.push(odd),
+            Err(odd) => untrusted.push(Arc::new(odd)),
         }
     }
     Ok((typed, untrusted))
@@ -126,7 +126,7 @@ where
 }
 
 /// The typed objects of a list; its untrusted ones join `untrusted`.
-fn split<K>((typed, odd): (Vec<Arc<K>>, Vec<Untrusted>), untrusted: &mut Vec<Untrusted>) -> Vec<Arc<K>> {
+fn split<K>((typed, odd): (Vec<Arc<K>>, Vec<Arc<Untrusted>>), untrusted: &mut Vec<Arc<Untrusted>>) -> Vec<Arc<K>> {
     untrusted.extend(odd);
     typed
 }
@@ -272,8 +272,8 @@ impl NamespaceObjects {
         out.take_all(self.application_users);
         out.take_all(self.realms);
         for odd in self.untrusted {
-            let name = odd.name.clone();
-            out.push_document(document(odd.document, odd.kind.as_str(), &name), None);
+            let odd = Arc::unwrap_or_clone(odd);
+            out.push_document(document(odd.document, odd.kind.as_str(), &odd.name), None);
         }
         out.take_secrets(self.secrets);
         (out.documents, out.digests, out.prechecked)

@@ -148,7 +148,7 @@ impl Observed {
         observed.add(Kind::SipRealm, &objects.realms);
         // Validation names what is wrong with them, in their own status too.
         for odd in &objects.untrusted {
-            let seen = Seen { generation: odd.generation, version: None, object: Arc::new(odd.clone()) };
+            let seen = Seen { generation: odd.generation, version: None, object: Arc::clone(odd) as _ };
             observed.objects.insert((odd.kind, odd.name.clone()), seen);
         }
         let present = &observed.objects;
