@@ -7,6 +7,9 @@
 //! port per transfer (RFC 1350 §4) and single-port mode, where every packet comes from the listening
 //! port and replies are told apart by the client's address and port.
 
+#[path = "support/tftp_counters.rs"]
+mod tftp_counters;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -264,18 +267,9 @@ fn assert_still_serves(harness: &Harness, after: &str) {
 // ---------------------------------------------------------------------------------------------------------
 // Real clients
 
-/// The server's counters once it has counted `files` files served (each at its last ACK, which
-/// may come after the client has its bytes), waited for up to [`REPLY_WAIT`].
+/// The server's counters once it has counted `files` files served, waited for up to [`REPLY_WAIT`].
 fn once_served(harness: &Harness, files: u64) -> CounterSnapshot {
-    let until = Instant::now() + REPLY_WAIT;
-    loop {
-        let counters = harness.counters.snapshot();
-        if counters.files_served >= files {
-            return counters;
-        }
-        assert!(Instant::now() < until, "waited {REPLY_WAIT:?} for {files} files served: {counters:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tftp_counters::counters_when(&harness.counters, REPLY_WAIT, &format!("{files} files served"), |c| c.files_served >= files)
 }
 
 fn tftp_hpa_fetches_every_size_byte_for_byte(mode: TransferPort) {

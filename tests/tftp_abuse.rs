@@ -8,6 +8,9 @@
 //! in both transfer-port modes (`mod ephemeral` and `mod single_port` at the end): the bounds hold
 //! whether transfers run on ports of their own or all on the listening port.
 
+#[path = "support/tftp_counters.rs"]
+mod tftp_counters;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -84,18 +87,9 @@ fn socket_on(host: Ipv4Addr) -> UdpSocket {
     UdpSocket::bind(SocketAddr::from((host, 0))).unwrap_or_else(|error| panic!("bind {host}: {error}"))
 }
 
-/// The server's counters once `done` holds of them: the event a test waits for, polled, failing after
-/// `EVENT_GUARD`.
+/// The server's counters once `done` holds of them, waited for up to `EVENT_GUARD`.
 fn counters_when(harness: &Harness, what: &str, done: impl Fn(&CounterSnapshot) -> bool) -> CounterSnapshot {
-    let guard = Instant::now() + EVENT_GUARD;
-    loop {
-        let counters = harness.counters.snapshot();
-        if done(&counters) {
-            return counters;
-        }
-        assert!(Instant::now() < guard, "waited {EVENT_GUARD:?} for {what}: {counters:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    tftp_counters::counters_when(&harness.counters, EVENT_GUARD, what, done)
 }
 
 /// Exactly `count` datagrams from `socket`, each waited for (up to `EVENT_GUARD`): (packet, its
