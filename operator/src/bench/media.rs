@@ -305,25 +305,16 @@ impl Sockets<'_> {
         };
         counts.dropped.relay_sending = self.relay.and_then(|relay| relay.send_drops).map_or(0, |count| count());
         let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-        // sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt uid timeout inode ref pointer drops
-        for line in table.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(queues), Some(inode), Some(dropped)) = (fields.get(1), fields.get(4), fields.get(9), fields.get(12))
-            else {
-                continue;
-            };
-            let port = local.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            let queued = queues.rsplit(':').next().and_then(|hex| u64::from_str_radix(hex, 16).ok()).unwrap_or(0);
-            let dropped: u64 = dropped.parse().unwrap_or(0);
-            let side = if inode.parse().is_ok_and(|inode: u64| self.generator.contains(&inode)) {
+        for row in crate::adapters::local::port::socket_rows(&table) {
+            let side = if self.generator.contains(&row.inode) {
                 (&mut counts.dropped.receiving.generator, &mut counts.queued.generator)
-            } else if port.zip(self.relay).is_some_and(|(port, relay)| relay.ports.contains(&port)) {
+            } else if self.relay.is_some_and(|relay| relay.ports.contains(&row.local.port())) {
                 (&mut counts.dropped.receiving.relay, &mut counts.queued.relay)
             } else {
                 continue;
             };
-            *side.0 += dropped;
-            *side.1 += queued;
+            *side.0 += row.drops;
+            *side.1 += row.rx_queue;
         }
         counts
     }

@@ -61,11 +61,11 @@ impl Service {
     }
 
     /// The kernel's socket tables, and the state a conflicting socket is in (any for UDP, LISTEN for TCP).
-    fn tables(self) -> ([&'static str; 2], Option<&'static str>) {
+    fn tables(self) -> ([&'static str; 2], Option<u8>) {
         match self {
             // SIP binds UDP first, then TCP on the same port.
             Service::Tftp | Service::Sip => (["/proc/net/udp", "/proc/net/udp6"], None),
-            Service::Capf | Service::Tvs | Service::Est | Service::SipTls => (["/proc/net/tcp", "/proc/net/tcp6"], Some("0A")),
+            Service::Capf | Service::Tvs | Service::Est | Service::SipTls => (["/proc/net/tcp", "/proc/net/tcp6"], Some(0x0A)),
         }
     }
 
@@ -180,21 +180,42 @@ fn command_of(pid: u32) -> String {
 }
 
 /// The inodes of the sockets of a `/proc/net/{udp,tcp}{,6}` table that conflict with `address`: in
-/// `state` (hex, `0A` for a listening TCP socket) when one is given.
-fn conflicting_inodes(table: &str, address: SocketAddr, state: Option<&str>) -> Vec<u64> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (ip, port) = fields.get(1)?.split_once(':')?;
-            let (ip, port) = (proc_ip(ip)?, u16::from_str_radix(port, 16).ok()?);
+/// `state` (`0x0A` for a listening TCP socket) when one is given.
+fn conflicting_inodes(table: &str, address: SocketAddr, state: Option<u8>) -> Vec<u64> {
+    socket_rows(table)
+        .filter(|row| {
+            let ip = row.local.ip();
             let overlaps = ip == address.ip() || ip.is_unspecified() || address.ip().is_unspecified();
-            let in_state = state.is_none_or(|wanted| fields.get(3).is_some_and(|st| st.eq_ignore_ascii_case(wanted)));
-            (port == address.port() && overlaps && in_state).then(|| fields.get(9)?.parse().ok())?
+            row.local.port() == address.port() && overlaps && state.is_none_or(|wanted| row.state == wanted)
         })
+        .map(|row| row.inode)
         .collect()
+}
+
+/// One socket of a `/proc/net/{udp,tcp}{,6}` table, as far as Callguard reads it.
+pub struct SocketRow {
+    pub local: SocketAddr,
+    pub state: u8,
+    /// Bytes waiting in its receive queue.
+    pub rx_queue: u64,
+    pub inode: u64,
+    /// Datagrams the kernel dropped on their way in (UDP tables only; 0 elsewhere).
+    pub drops: u64,
+}
+
+/// The sockets of a `/proc/net/{udp,tcp}{,6}` table; a line that does not read is left out.
+pub fn socket_rows(table: &str) -> impl Iterator<Item = SocketRow> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ref pointer drops
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (ip, port) = fields.get(1)?.split_once(':')?;
+        let local = SocketAddr::new(proc_ip(ip)?, u16::from_str_radix(port, 16).ok()?);
+        let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+        let rx_queue = fields.get(4)?.rsplit(':').next().and_then(|hex| u64::from_str_radix(hex, 16).ok())?;
+        let inode = fields.get(9)?.parse().ok()?;
+        let drops = fields.get(12).and_then(|d| d.parse().ok()).unwrap_or(0);
+        Some(SocketRow { local, state, rx_queue, inode, drops })
+    })
 }
 
 /// An address as `/proc/net/udp{,6}` prints it: 32-bit words in hex, each in the host's byte order.
@@ -239,7 +260,7 @@ mod tests {
         assert_eq!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69)), None), [11, 12]);
         assert_eq!(conflicting_inodes(&table, SocketAddr::from(([0, 0, 0, 0], 69)), None), [11, 12, 13]);
         // TCP: only listening sockets (state 0A) keep a port from being bound; these are in state 07.
-        assert!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69)), Some("0A")).is_empty());
+        assert!(conflicting_inodes(&table, SocketAddr::from(([127, 0, 0, 1], 69)), Some(0x0A)).is_empty());
     }
 
     #[test]
