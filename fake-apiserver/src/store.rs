@@ -303,15 +303,17 @@ impl Store {
         &mut self,
         resource: &ResourceType,
         key: &ObjectKey,
-        live: &Value,
+        live: &Arc<Value>,
         mut object: Value,
         scope: Scope,
     ) -> Result<Arc<Value>, ApiError> {
+        // Every status write of a namespace passes here: the live object is read in place and copied
+        // once at most (for a status write), not cloned whole for each comparison.
         match scope {
             Scope::Status => {
-                let status = object.get("status").cloned();
-                let managed_fields = object.pointer("/metadata/managedFields").cloned();
-                object = live.clone();
+                let status = object.as_object_mut().and_then(|fields| fields.remove("status"));
+                let managed_fields = object.pointer_mut("/metadata/managedFields").map(Value::take);
+                object = (**live).clone();
                 set_or_remove(&mut object, "status", status);
                 if let Some(managed_fields) = managed_fields {
                     object["metadata"]["managedFields"] = managed_fields;
@@ -320,7 +322,8 @@ impl Store {
             Scope::Main if resource.has_status => set_or_remove(&mut object, "status", live.get("status").cloned()),
             Scope::Main => {}
         }
-        let live_metadata = live.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        let no_metadata = Map::new();
+        let live_metadata = live.get("metadata").and_then(Value::as_object).unwrap_or(&no_metadata);
         let metadata = metadata_of(&mut object)?;
         for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
             match live_metadata.get(field) {
@@ -352,21 +355,21 @@ impl Store {
             let selector = object.pointer("/spec/selector").map(Value::to_string).unwrap_or_default();
             return Err(ApiError::invalid(resource, &key.1, "spec.selector", &format!("Invalid value: {selector}: field is immutable")));
         }
-        if spec_of(live) != spec_of(&object) {
+        if !same_fields_except(live, &object, &["metadata", "status"]) {
             let generation = live.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             object["metadata"]["generation"] = json!(generation + 1);
         }
         object["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
-        if without_times(&object) == without_times(live) {
+        if same_but_times(&object, live) {
             // A write that changes nothing is not stored: no new resourceVersion, no watch event.
-            return Ok(Arc::new(live.clone()));
+            return Ok(Arc::clone(live));
         }
         if let Some(validation) = &resource.validation {
             validation.admit(resource, &object, Some(live))?;
         }
         if live_metadata.contains_key("deletionTimestamp") && finalizers(&object).is_empty() {
             // The last finalizer is gone: the write deletes the object (watchers see one DELETED event).
-            return Ok(self.remove_as(resource, key, Some(object)).unwrap_or_else(|| Arc::new(live.clone())));
+            return Ok(self.remove_as(resource, key, Some(object)).unwrap_or_else(|| Arc::clone(live)));
         }
         Ok(self.commit(resource, key.clone(), object, EventType::Modified))
     }
@@ -562,24 +565,32 @@ fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {
 }
 
 /// Everything but `metadata` and `status`: what `generation` counts changes of.
-fn spec_of(object: &Value) -> Map<String, Value> {
-    let mut fields = object.as_object().cloned().unwrap_or_default();
-    fields.remove("metadata");
-    fields.remove("status");
-    fields
+/// Whether `a` and `b` have the same fields, apart from `skipped` (compared in place: the maps are
+/// ordered by key, so equal maps list the same entries in the same order). Values that are not
+/// objects are compared whole.
+fn same_fields_except(a: &Value, b: &Value, skipped: &[&str]) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let kept = |(name, _): &(&String, &Value)| !skipped.contains(&name.as_str());
+            a.iter().filter(kept).eq(b.iter().filter(kept))
+        }
+        _ => a == b,
+    }
 }
 
-/// The object with the times of its managedFields entries blanked, to recognise a no-op write.
-fn without_times(object: &Value) -> Value {
-    let mut copy = object.clone();
-    if let Some(entries) = copy.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut) {
-        for entry in entries {
-            if let Some(fields) = entry.as_object_mut() {
-                fields.remove("time");
-            }
-        }
+/// Whether `a` and `b` are the same object but for the times of their managed fields' entries.
+fn same_but_times(a: &Value, b: &Value) -> bool {
+    static NO_METADATA: Value = Value::Null;
+    fn metadata(object: &Value) -> &Value {
+        object.get("metadata").unwrap_or(&NO_METADATA)
     }
-    copy
+    fn entries(object: &Value) -> &[Value] {
+        object.pointer("/metadata/managedFields").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+    }
+    same_fields_except(a, b, &["metadata"])
+        && same_fields_except(metadata(a), metadata(b), &["managedFields"])
+        && entries(a).len() == entries(b).len()
+        && entries(a).iter().zip(entries(b)).all(|(a, b)| same_fields_except(a, b, &["time"]))
 }
 
 pub fn finalizers(object: &Value) -> Vec<String> {
@@ -630,5 +641,41 @@ fn fold_string_data(secret: &mut Value) {
             let text = value.as_str().unwrap_or_default();
             data.insert(key, json!(base64::engine::general_purpose::STANDARD.encode(text)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{same_but_times, same_fields_except};
+
+    fn phone(labels: serde_json::Value, entry: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Phone", "metadata": {"name": "sep1", "labels": labels, "managedFields": [entry]}, "spec": {"model": "7961"}})
+    }
+
+    #[test]
+    fn a_write_that_only_moves_a_managed_fields_time_changes_nothing() {
+        let entry = |time: &str, fields: serde_json::Value| json!({"manager": "operator", "time": time, "fieldsV1": fields});
+        let before = phone(json!({"site": "a"}), entry("2026-01-01T00:00:00Z", json!({"f:spec": {}})));
+        let later = phone(json!({"site": "a"}), entry("2026-01-02T00:00:00Z", json!({"f:spec": {}})));
+        assert!(same_but_times(&before, &later));
+        let relabelled = phone(json!({"site": "b"}), entry("2026-01-01T00:00:00Z", json!({"f:spec": {}})));
+        assert!(!same_but_times(&before, &relabelled), "a label is a change");
+        let other_fields = phone(json!({"site": "a"}), entry("2026-01-01T00:00:00Z", json!({"f:status": {}})));
+        assert!(!same_but_times(&before, &other_fields), "a managed fields entry's fields are a change");
+        let mut no_entries = before.clone();
+        no_entries["metadata"]["managedFields"] = json!([]);
+        assert!(!same_but_times(&before, &no_entries), "an entry fewer is a change");
+    }
+
+    #[test]
+    fn fields_are_compared_apart_from_the_skipped_ones() {
+        let a = json!({"metadata": {"name": "x"}, "spec": {"model": "7961"}, "status": {"ready": true}});
+        let b = json!({"metadata": {"name": "y"}, "spec": {"model": "7961"}});
+        assert!(same_fields_except(&a, &b, &["metadata", "status"]));
+        assert!(!same_fields_except(&a, &b, &["metadata"]));
+        assert!(!same_fields_except(&json!({"spec": {}, "extra": 1}), &json!({"spec": {}}), &["metadata"]));
+        assert!(!same_fields_except(&json!(1), &json!(2), &[]), "values that are not objects are compared whole");
     }
 }
