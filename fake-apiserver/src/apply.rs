@@ -28,11 +28,15 @@ struct ManagedEntry {
     api_version: String,
     time: Value,
     fields: FieldSet,
+    /// Its index in the live object's `managedFields` while its fields are as stored there: written
+    /// back from there, not made again from the set (most applies change one manager's time only).
+    stored: Option<usize>,
 }
 
 impl ManagedEntry {
-    fn parse(entry: &Value) -> Option<ManagedEntry> {
+    fn parse(index: usize, entry: &Value) -> Option<ManagedEntry> {
         Some(ManagedEntry {
+            stored: Some(index),
             manager: entry.get("manager")?.as_str()?.to_string(),
             operation: entry.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
             subresource: entry.get("subresource").and_then(Value::as_str).map(str::to_string),
@@ -42,7 +46,15 @@ impl ManagedEntry {
         })
     }
 
-    fn to_json(&self) -> Value {
+    fn to_json(&self, stored: &[Value]) -> Value {
+        if let Some(stored) = self.stored.and_then(|index| stored.get(index)) {
+            let mut entry = stored.clone();
+            entry["apiVersion"] = json!(self.api_version);
+            if !self.time.is_null() {
+                entry["time"] = self.time.clone();
+            }
+            return entry;
+        }
         let mut entry = json!({
             "manager": self.manager, "operation": self.operation, "apiVersion": self.api_version, "time": self.time,
             "fieldsType": "FieldsV1", "fieldsV1": fields::to_fields_v1(&self.fields),
@@ -70,8 +82,8 @@ pub fn apply(live: &Value, request: &ApplyRequest) -> Result<Value, ApiError> {
     let scoped = scoped_config(request);
     let applied_set = fields::collect(&scoped, request.resource);
     let subresource = (request.scope == Scope::Status).then(|| "status".to_string());
-    let mut entries: Vec<ManagedEntry> =
-        live.pointer("/metadata/managedFields").and_then(Value::as_array).into_iter().flatten().filter_map(ManagedEntry::parse).collect();
+    let stored = live.pointer("/metadata/managedFields").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut entries: Vec<ManagedEntry> = stored.iter().enumerate().filter_map(|(index, entry)| ManagedEntry::parse(index, entry)).collect();
     let is_mine = |entry: &ManagedEntry| entry.manager == request.manager && entry.operation == "Apply" && entry.subresource == subresource;
 
     let conflicts = find_conflicts(live, &scoped, &applied_set, &entries, &is_mine);
@@ -81,6 +93,7 @@ pub fn apply(live: &Value, request: &ApplyRequest) -> Result<Value, ApiError> {
         }
         for (index, path) in &conflicts {
             entries[*index].fields.remove(path);
+            entries[*index].stored = None;
         }
     }
 
@@ -99,6 +112,9 @@ pub fn apply(live: &Value, request: &ApplyRequest) -> Result<Value, ApiError> {
 
     match entries.iter_mut().find(|entry| is_mine(entry)) {
         Some(entry) => {
+            if entry.fields != applied_set {
+                entry.stored = None;
+            }
             entry.fields = applied_set;
             entry.time = json!(request.now);
             entry.api_version = request.resource.api_version();
@@ -110,10 +126,11 @@ pub fn apply(live: &Value, request: &ApplyRequest) -> Result<Value, ApiError> {
             api_version: request.resource.api_version(),
             time: json!(request.now),
             fields: applied_set,
+            stored: None,
         }),
     }
     entries.retain(|entry| !entry.fields.is_empty());
-    merged["metadata"]["managedFields"] = Value::Array(entries.iter().map(ManagedEntry::to_json).collect());
+    merged["metadata"]["managedFields"] = Value::Array(entries.iter().map(|entry| entry.to_json(stored)).collect());
     Ok(merged)
 }
 

@@ -102,12 +102,23 @@ impl SchemaValidation {
             return;
         }
         for (name, value) in changed {
-            let Some(compiled) = self.cel.properties.get(name.as_str()) else { continue };
+            let Some(compiled) = self.cel.properties.get(name.as_str()).filter(|compiled| has_rules(compiled)) else { continue };
             if let Err(errors) = validator().validate_compiled(compiled, value, old.get(name.as_str())) {
                 causes.extend(errors.iter().map(|e| Cause { field: under(name, &e.field_path), message: e.message.clone() }));
             }
         }
     }
+}
+
+/// Whether any rule sits at or below `compiled`. kube's validator turns every value it walks into a
+/// CEL value, rules or none: a status write's status and metadata, which no rule reads, are not
+/// walked at all, as the API server does not.
+fn has_rules(compiled: &CompiledSchema) -> bool {
+    !compiled.validations.is_empty()
+        || compiled.properties.values().any(has_rules)
+        || compiled.items.as_deref().is_some_and(has_rules)
+        || compiled.additional_properties.as_deref().is_some_and(has_rules)
+        || [&compiled.all_of, &compiled.one_of, &compiled.any_of].into_iter().flatten().any(has_rules)
 }
 
 /// A field path found under the top-level field `name`, as seen from the root.
@@ -303,6 +314,19 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    /// Rules are found wherever they sit; a subtree without any is not walked by the CEL validator.
+    #[test]
+    fn rules_are_found_at_any_depth() {
+        let schema = phone_schema();
+        assert!(has_rules(&schema.cel.properties["spec"]) && has_rules(&schema.cel.properties["status"]));
+        let deep = compile_schema(&json!({"type": "object", "properties": {"lines": {"type": "array", "items": {
+            "type": "object", "x-kubernetes-validations": [{"rule": "has(self.number)"}]}}}}));
+        assert!(has_rules(&deep));
+        let plain = compile_schema(&json!({"type": "object", "properties": {"lines": {"type": "array", "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}));
+        assert!(!has_rules(&plain));
     }
 
     /// A fault the stored object already had does not refuse an update; a new one does.

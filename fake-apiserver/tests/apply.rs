@@ -38,6 +38,10 @@ async fn apply_creates_updates_and_removes_fields() {
     assert!(updated.data["spec"].get("description").is_none(), "a field the manager stopped applying is removed");
     assert_eq!(updated.metadata.labels.unwrap().len(), 1);
     assert_eq!(updated.metadata.generation, Some(2));
+    let stored = server.get("callguard.io/v1alpha1", "Phone", Some("default"), "sep1").unwrap();
+    let entry = managed_entry(&stored, "operator").unwrap();
+    assert!(entry["fieldsV1"]["f:spec"].get("f:description").is_none(), "the entry no longer owns what was not applied");
+    assert_eq!(entry["fieldsV1"]["f:spec"]["f:model"], json!({}));
 
     // Applying the same configuration again is a no-op.
     let again = api.patch("sep1", &PatchParams::apply("operator"), &Patch::Apply(&smaller)).await.unwrap();
