@@ -17,7 +17,7 @@ pub mod tokens;
 pub mod trust_files;
 pub mod vouched;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -593,25 +593,18 @@ fn resolve_phones(
     cas: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<(BTreeMap<String, phone_files::PhonePayloads>, Vec<ResourceStatus>), BuildError> {
-    let mut certificates = HashMap::new();
-    let mut views = HashMap::new();
-    for (name, phone) in &snapshot.phones {
-        let device = phone.spec.device_name();
-        let certificate = device_certificate(state, &device)?;
-        views.insert(name.as_str(), capf_view(snapshot, state, phone, cas, certificate.as_deref(), now)?);
-        if let Some(der) = certificate {
-            certificates.insert(device, der);
-        }
-    }
     let asked = encryption_asked(snapshot);
     let context = PhoneContext { snapshot, cluster, trust: signing.trust(), encryption_asked: &asked };
     let phones: Vec<(&String, &crate::api::Phone)> = snapshot.phones.iter().map(|(name, phone)| (name, &**phone)).collect();
+    // Each phone's certificate and CAPF record are read where it is resolved, not gathered first: a
+    // namespace-sized map of them would sit beside every phone's files at the build's peak.
     let resolved = on_every_core(&phones, |(name, phone)| {
         let device = phone.spec.device_name();
-        let view = views.get(name.as_str());
+        let certificate = device_certificate(state, &device)?;
+        let view = capf_view(snapshot, state, phone, cas, certificate.as_deref(), now)?;
         // An operation CAPF completed, or whose deadline went by, is no longer pending: the phone is
         // no longer told to contact CAPF (docs/wire-formats.md §7.5 "After success").
-        let settled = view.is_some_and(|v| v.state.scheduled().is_none() && v.state != capf::OperationState::None);
+        let settled = view.state.scheduled().is_none() && view.state != capf::OperationState::None;
         let settled_phone = settled.then(|| {
             let mut phone = (*phone).clone();
             if let Some(capf) = phone.spec.capf.as_mut() {
@@ -619,21 +612,23 @@ fn resolve_phones(
             }
             phone
         });
-        let mut status =
-            match resolve_phone(&context, settled_phone.as_ref().unwrap_or(phone), certificates.get(&device).map(Vec::as_slice)) {
-                Ok(resolved) => (Some((device, resolved.payloads)), phone_status(name, &resolved.conditions)),
-                Err(message) => (None, ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
-            };
-        if let Some(view) = view {
-            view.apply(&mut status.1);
+        let (payloads, mut status) = match resolve_phone(&context, settled_phone.as_ref().unwrap_or(phone), certificate.as_deref()) {
+            Ok(resolved) => (Some((device, resolved.payloads)), phone_status(name, &resolved.conditions)),
+            Err(message) => (None, ResourceStatus::not_ready("Phone", name, "ConfigurationRefused", message)),
+        };
+        view.apply(&mut status);
+        // Only `callguard capf report` reads these, from a state directory's `status.yaml`; the
+        // operator keeps statuses in the objects, where they are not written.
+        if !state.is_in_memory() {
+            let mode = snapshot.phone_profiles.get(&phone.spec.security_profile_ref).map(|p| p.spec.authentication_mode());
+            status.device = Some(crate::core::capf_report::DeviceFacts::of(phone, mode));
         }
-        let mode = snapshot.phone_profiles.get(&phone.spec.security_profile_ref).map(|p| p.spec.authentication_mode());
-        status.1.device = Some(crate::core::capf_report::DeviceFacts::of(phone, mode));
-        status
+        Ok::<_, BuildError>((payloads, status))
     });
     let mut catalog = BTreeMap::new();
     let mut statuses = Vec::with_capacity(resolved.len());
-    for (payloads, status) in resolved {
+    for result in resolved {
+        let (payloads, status) = result?;
         catalog.extend(payloads);
         statuses.push(status);
     }
