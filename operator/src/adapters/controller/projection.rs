@@ -31,6 +31,7 @@ use crate::core::build::TvsIdentity;
 use crate::core::build::catalog::{SigningParameters, TftpCatalog, trust_lists_only};
 use crate::core::build::phone_files::PhonePayloads;
 use crate::core::build::vouched::Vouched;
+use crate::core::parallel::on_every_core;
 use crate::core::pki::ca::certificate_pem;
 use crate::core::pki::keys;
 use crate::services::sip::directory::{SipDirectoryParts, SipPhone};
@@ -106,26 +107,49 @@ fn secret(name: String, cluster: &str, data: BTreeMap<String, ByteString>) -> Se
 }
 
 fn compress(json: &[u8]) -> Result<Vec<u8>, String> {
-    // The gzip header carries no time, so equal input gives equal bytes and an unchanged shard is an
-    // unchanged object; and a shard compressed before is not compressed again (an edit to one phone
-    // changes one shard of many).
+    remembered(Sha256::digest(json).into(), || gzip(json))
+}
+
+/// Gzip with no time in its header, so that equal input gives equal bytes and an unchanged shard is
+/// an unchanged object.
+fn gzip(json: &[u8]) -> Result<Vec<u8>, String> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(json).map_err(|e| e.to_string())?;
+    encoder.finish().map_err(|e| e.to_string())
+}
+
+/// The compressed bytes made for `key` before, or `make`'s, remembered: an edit to one phone
+/// changes one shard of many, and the others are not compressed again. `key` is a SHA-256 of all
+/// that the bytes are made of.
+fn remembered(key: [u8; 32], make: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
     static COMPRESSED: std::sync::Mutex<BTreeMap<[u8; 32], Vec<u8>>> = std::sync::Mutex::new(BTreeMap::new());
     /// Compressed bytes remembered, at most (`cargo bench --bench reconcile` prints what a
     /// namespace of 30,000 phones projects).
     const REMEMBERED_BYTES: usize = 32 * 1024 * 1024;
-    let digest: [u8; 32] = Sha256::digest(json).into();
-    if let Some(known) = COMPRESSED.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) {
+    if let Some(known) = COMPRESSED.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(known.clone());
     }
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(json).map_err(|e| e.to_string())?;
-    let compressed = encoder.finish().map_err(|e| e.to_string())?;
+    let compressed = make()?;
     let mut remembered = COMPRESSED.lock().unwrap_or_else(|e| e.into_inner());
     if remembered.values().map(Vec::len).sum::<usize>() + compressed.len() > REMEMBERED_BYTES {
         remembered.clear();
     }
-    remembered.insert(digest, compressed.clone());
+    remembered.insert(key, compressed.clone());
     Ok(compressed)
+}
+
+/// The key of a shard's compressed bytes: its entries' keys and digests, in order. Equal keys give
+/// equal JSON, so an unchanged shard is found without writing its JSON again.
+fn shard_key(entries: &[(&str, [u8; 32])]) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update(b"callguard projection shard\0");
+    for (key, entry) in entries {
+        // Length-prefixed, so that no two different lists run together into the same bytes.
+        digest.update((key.len() as u64).to_be_bytes());
+        digest.update(key.as_bytes());
+        digest.update(entry);
+    }
+    digest.finalize().into()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -135,24 +159,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// The entries of `map` spread over Secrets `<base>-<n>` by a hash of their key, as many as it takes
 /// for each to fit [`MAX_SHARD_BYTES`] compressed; `estimate` guesses an entry's JSON size to start
 /// from. Each shard with its reference, in order.
-fn shard_secrets<T: Serialize>(
+fn shard_secrets<T: Serialize + Sync>(
     cluster: &str,
     base: &str,
     map: &BTreeMap<String, T>,
     estimate: impl Fn(&T) -> usize,
+    digest: impl Fn(&T) -> [u8; 32] + Sync,
     what: &str,
 ) -> Result<Vec<(ShardRef, Secret)>, String> {
     let inflated: usize = map.values().map(estimate).sum();
     let mut count = inflated.div_ceil(START_SHARD_INFLATED_BYTES).max(1).next_power_of_two();
+    // Each entry's digest, on every core: the shards are then looked up by their entries' digests,
+    // and only a shard that changed is written as JSON and compressed.
+    let entries: Vec<(&String, &T)> = map.iter().collect();
+    let digests = on_every_core(&entries, |(_, value)| digest(value));
     loop {
-        let mut groups: Vec<BTreeMap<&str, &T>> = (0..count).map(|_| BTreeMap::new()).collect();
-        for (key, value) in map {
-            groups[shard_of(key, count)].insert(key, value);
+        let mut groups: Vec<Vec<(&str, [u8; 32])>> = (0..count).map(|_| Vec::new()).collect();
+        // In the map's order, so each group is in key order, as its JSON map is.
+        for ((key, _), digest) in entries.iter().zip(&digests) {
+            groups[shard_of(key, count)].push((key.as_str(), *digest));
         }
         let mut compressed = Vec::with_capacity(count);
         for group in &groups {
-            let json = serde_json::to_vec(group).map_err(|e| e.to_string())?;
-            compressed.push(compress(&json)?);
+            compressed.push(remembered(shard_key(group), || {
+                let members: BTreeMap<&str, &T> = group.iter().filter_map(|(key, _)| Some((*key, map.get(*key)?))).collect();
+                gzip(&serde_json::to_vec(&members).map_err(|e| e.to_string())?)
+            })?);
         }
         if compressed.iter().any(|bytes| bytes.len() > MAX_SHARD_BYTES) {
             count *= 2;
@@ -175,7 +207,8 @@ fn shard_secrets<T: Serialize>(
 
 /// The catalog as Secrets, with as many shards as it takes for each to fit [`MAX_SHARD_BYTES`].
 pub fn project(cluster: &str, catalog: &TftpCatalog) -> Result<Projection, String> {
-    let shards = shard_secrets(cluster, &index_name(cluster), &catalog.phones, |p| p.path.len() * 4 + 2048, "the TFTP catalog")?;
+    let estimate = |p: &PhonePayloads| p.path.len() * 4 + 2048;
+    let shards = shard_secrets(cluster, &index_name(cluster), &catalog.phones, estimate, PhonePayloads::digest, "the TFTP catalog")?;
     let description = CatalogIndex {
         signing: catalog.signing,
         phones: catalog.phones.len(),
@@ -384,7 +417,8 @@ struct SipIndex {
 /// The SIP projection as Secrets: the phones in shards, written before the index that names them.
 pub fn project_sip(cluster: &str, projection: &SipProjection) -> Result<Projection, String> {
     let phones = &projection.directory.phones;
-    let shards = shard_secrets(cluster, &sip_name(cluster), phones, |_| 512, "the SIP directory")?;
+    let digest = |phone: &SipPhone| Sha256::digest(serde_json::to_vec(phone).unwrap_or_default()).into();
+    let shards = shard_secrets(cluster, &sip_name(cluster), phones, |_| 512, digest, "the SIP directory")?;
     let mut header = projection.clone();
     header.directory.phones.clear();
     let index = SipIndex { projection: header, phones: phones.len(), shards: shards.iter().map(|(r, _)| r.clone()).collect() };
@@ -489,9 +523,20 @@ mod tests {
         assert_eq!(a.index, b.index);
         let mut phones = (*before.phones).clone();
         phones.insert("SEP000000000005".into(), payloads("edited", 2048));
-        let after = project("lab", &TftpCatalog { phones: Arc::new(phones), ..before }).unwrap();
+        let edited = TftpCatalog { phones: Arc::new(phones), ..before.clone() };
+        let after = project("lab", &edited).unwrap();
         let changed = a.shards.iter().zip(&after.shards).filter(|(x, y)| x != y).count();
         assert_eq!(changed, 1);
+        assert_eq!(round_trip(&after), edited, "the edited shard carries the edit, not what was remembered");
+
+        // Shards are found again by their phones' digests: a change to any one field is a new shard.
+        let mut value = serde_json::to_value(&before.phones["SEP000000000007"]).unwrap();
+        value["plainAllowed"] = serde_json::json!(true);
+        let mut phones = (*before.phones).clone();
+        phones.insert("SEP000000000007".into(), serde_json::from_value(value).unwrap());
+        let flag = TftpCatalog { phones: Arc::new(phones), ..before.clone() };
+        assert_eq!(round_trip(&project("lab", &flag).unwrap()), flag);
+        assert_eq!(round_trip(&project("lab", &before).unwrap()), before, "and the catalog before it is found again");
     }
 
     #[test]

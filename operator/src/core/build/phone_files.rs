@@ -154,21 +154,24 @@ impl PhonePayloads {
     /// hash and timestamp: equal keys give equal files, so a cached signature (or encryption) can be
     /// reused.
     pub fn content_key(&self, signing: &[u8; 32]) -> [u8; 32] {
+        // Every field, by name: a field added to the payloads and left out here does not compile.
+        let PhonePayloads { path, full, stub, plain_allowed, certificate } = self;
         let mut digest = Sha256::new();
         digest.update(signing);
-        for part in [
-            Some(self.path.as_bytes()),
-            self.full.as_deref().map(str::as_bytes),
-            self.stub.as_deref().map(str::as_bytes),
-            self.certificate.as_deref(),
-        ] {
+        for part in [Some(path.as_bytes()), full.as_deref().map(str::as_bytes), stub.as_deref().map(str::as_bytes), certificate.as_deref()]
+        {
             // Length-prefixed, so that no two different inputs run together into the same bytes.
             let part = part.unwrap_or_default();
             digest.update((part.len() as u64).to_be_bytes());
             digest.update(part);
         }
-        digest.update([u8::from(self.plain_allowed), u8::from(self.full.is_some()), u8::from(self.stub.is_some())]);
+        digest.update([u8::from(*plain_allowed), u8::from(full.is_some()), u8::from(stub.is_some()), u8::from(certificate.is_some())]);
         digest.finalize().into()
+    }
+
+    /// A digest of the payloads themselves: equal digests, equal payloads (and equal JSON).
+    pub fn digest(&self) -> [u8; 32] {
+        self.content_key(&[0; 32])
     }
 
     /// Signs (and encrypts) the files: one RSA signature for a clear configuration, two for an
