@@ -355,6 +355,7 @@ impl Store {
             let selector = object.pointer("/spec/selector").map(Value::to_string).unwrap_or_default();
             return Err(ApiError::invalid(resource, &key.1, "spec.selector", &format!("Invalid value: {selector}: field is immutable")));
         }
+        // Everything but `metadata` and `status` is what `generation` counts changes of.
         if !same_fields_except(live, &object, &["metadata", "status"]) {
             let generation = live.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             object["metadata"]["generation"] = json!(generation + 1);
@@ -564,7 +565,6 @@ fn set_or_remove(object: &mut Value, field: &str, value: Option<Value>) {
     }
 }
 
-/// Everything but `metadata` and `status`: what `generation` counts changes of.
 /// Whether `a` and `b` have the same fields, apart from `skipped` (compared in place: the maps are
 /// ordered by key, so equal maps list the same entries in the same order). Values that are not
 /// objects are compared whole.
