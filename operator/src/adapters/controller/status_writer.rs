@@ -186,16 +186,29 @@ impl Observed {
     /// what it asks for; those it would not change are settled.
     #[cfg(test)]
     fn due(&mut self, updates: Vec<StatusUpdate>, now: &Time) -> Vec<Write> {
-        let mut writes = Vec::new();
         let unsettled: Vec<Unsettled> = updates.into_iter().filter_map(|update| self.unsettled(update)).collect();
-        for update in unsettled {
-            match self.due_one(update, now) {
-                Due::Write(write) => writes.push(write),
-                Due::InPlace(key, settled) => self.settle(key, settled),
-                Due::Nothing => {}
-            }
-        }
+        let mut in_place = Vec::new();
+        let writes = self.writes(unsettled, now, &mut in_place).collect();
+        self.settle_all(in_place);
         writes
+    }
+
+    /// The writes `updates` need, each made only when it is pulled; what is found in place goes to
+    /// `in_place`, to be settled once the writes are done.
+    fn writes<'a>(
+        &'a self,
+        updates: Vec<Unsettled>,
+        now: &'a Time,
+        in_place: &'a mut Vec<(Key, (String, [u8; 32]))>,
+    ) -> impl Iterator<Item = Write> + 'a {
+        updates.into_iter().filter_map(move |update| match self.due_one(update, now) {
+            Due::Write(write) => Some(write),
+            Due::InPlace(key, settled) => {
+                in_place.push((key, settled));
+                None
+            }
+            Due::Nothing => None,
+        })
     }
 
     /// What `update` needs: nothing (its object is gone), nothing but to be settled (found in
@@ -227,8 +240,8 @@ impl Observed {
         Due::Write(Write { key, digest, status: Value::Object(status) })
     }
 
-    fn settle(&mut self, key: Key, settled: (String, [u8; 32])) {
-        self.settled.0.insert(key, settled);
+    fn settle_all(&mut self, settled: impl IntoIterator<Item = (Key, (String, [u8; 32]))>) {
+        self.settled.0.extend(settled);
     }
 
     /// `update`, unless it is settled or its object is gone: a namespace's worth of updates is not
@@ -273,19 +286,7 @@ pub async fn write_statuses(context: &Context, observed: &mut Observed, updates:
     let namespace = observed.namespace.clone();
     let caches = context.caches_of(Some(&namespace));
     let mut in_place = Vec::new();
-    let reading = &*observed;
-    let results: Vec<_> = futures::stream::iter(updates)
-        .filter_map(|update| {
-            let write = match reading.due_one(update, &now) {
-                Due::Write(write) => Some(write),
-                Due::InPlace(key, settled) => {
-                    in_place.push((key, settled));
-                    None
-                }
-                Due::Nothing => None,
-            };
-            futures::future::ready(write)
-        })
+    let results: Vec<_> = futures::stream::iter(observed.writes(updates, &now, &mut in_place))
         .map(|Write { key, digest, status }| {
             let caches = &caches;
             let client = &context.client;
@@ -301,17 +302,16 @@ pub async fn write_statuses(context: &Context, observed: &mut Observed, updates:
         .buffer_unordered(context.status_concurrency.max(1))
         .collect()
         .await;
-    for (key, settled) in in_place {
-        observed.settle(key, settled);
-    }
+    observed.settle_all(in_place);
     let mut failed = None;
+    let mut written = Vec::new();
     for result in results {
         match result {
-            Ok(Some((key, settled))) => observed.settle(key, settled),
-            Ok(None) => {}
+            Ok(settled) => written.extend(settled),
             Err(e) => failed = failed.or(Some(e)),
         }
     }
+    observed.settle_all(written);
     failed.map_or(Ok(()), Err)
 }
 
