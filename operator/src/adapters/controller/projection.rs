@@ -140,10 +140,10 @@ fn remembered(key: [u8; 32], make: impl FnOnce() -> Result<Vec<u8>, String>) -> 
 
 /// The key of a shard's compressed bytes: its entries' keys and digests, in order. Equal keys give
 /// equal JSON, so an unchanged shard is found without writing its JSON again.
-fn shard_key(entries: &[(&str, [u8; 32])]) -> [u8; 32] {
+fn shard_key<T>(entries: &[(&str, &T, [u8; 32])]) -> [u8; 32] {
     let mut digest = Sha256::new();
     digest.update(b"callguard projection shard\0");
-    for (key, entry) in entries {
+    for (key, _, entry) in entries {
         // Length-prefixed, so that no two different lists run together into the same bytes.
         digest.update((key.len() as u64).to_be_bytes());
         digest.update(key.as_bytes());
@@ -174,15 +174,15 @@ fn shard_secrets<T: Serialize + Sync>(
     let entries: Vec<(&String, &T)> = map.iter().collect();
     let digests = on_every_core(&entries, |(_, value)| digest(value));
     loop {
-        let mut groups: Vec<Vec<(&str, [u8; 32])>> = (0..count).map(|_| Vec::new()).collect();
+        let mut groups: Vec<Vec<(&str, &T, [u8; 32])>> = (0..count).map(|_| Vec::new()).collect();
         // In the map's order, so each group is in key order, as its JSON map is.
-        for ((key, _), digest) in entries.iter().zip(&digests) {
-            groups[shard_of(key, count)].push((key.as_str(), *digest));
+        for ((key, value), digest) in entries.iter().zip(&digests) {
+            groups[shard_of(key, count)].push((key.as_str(), *value, *digest));
         }
         let mut compressed = Vec::with_capacity(count);
         for group in &groups {
             compressed.push(remembered(shard_key(group), || {
-                let members: BTreeMap<&str, &T> = group.iter().filter_map(|(key, _)| Some((*key, map.get(*key)?))).collect();
+                let members: BTreeMap<&str, &T> = group.iter().map(|(key, value, _)| (*key, *value)).collect();
                 gzip(&serde_json::to_vec(&members).map_err(|e| e.to_string())?)
             })?);
         }
