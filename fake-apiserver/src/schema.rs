@@ -21,6 +21,8 @@ use crate::status::{ApiError, Reason};
 pub struct SchemaValidation {
     schema: Value,
     cel: CompiledSchema,
+    /// The top-level fields with a rule at or below them: the others are not walked by CEL.
+    ruled: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for SchemaValidation {
@@ -38,7 +40,9 @@ struct Cause {
 
 impl SchemaValidation {
     pub fn of(schema: &Value) -> SchemaValidation {
-        SchemaValidation { schema: schema.clone(), cel: compile_schema(schema) }
+        let cel = compile_schema(schema);
+        let ruled = cel.properties.iter().filter(|(_, compiled)| has_rules(compiled)).map(|(name, _)| name.clone()).collect();
+        SchemaValidation { schema: schema.clone(), cel, ruled }
     }
 
     /// Err: the object is refused, every cause listed.
@@ -102,7 +106,7 @@ impl SchemaValidation {
             return;
         }
         for (name, value) in changed {
-            let Some(compiled) = self.cel.properties.get(name.as_str()).filter(|compiled| has_rules(compiled)) else { continue };
+            let Some(compiled) = self.cel.properties.get(name.as_str()).filter(|_| self.ruled.contains(name.as_str())) else { continue };
             if let Err(errors) = validator().validate_compiled(compiled, value, old.get(name.as_str())) {
                 causes.extend(errors.iter().map(|e| Cause { field: under(name, &e.field_path), message: e.message.clone() }));
             }
@@ -112,7 +116,7 @@ impl SchemaValidation {
 
 /// Whether any rule sits at or below `compiled`. kube's validator turns every value it walks into a
 /// CEL value, rules or none: a status write's status and metadata, which no rule reads, are not
-/// walked at all, as the API server does not.
+/// walked at all, as the API server does not. Found once per schema (`SchemaValidation::ruled`).
 fn has_rules(compiled: &CompiledSchema) -> bool {
     !compiled.validations.is_empty()
         || compiled.properties.values().any(has_rules)
@@ -321,6 +325,7 @@ mod tests {
     fn rules_are_found_at_any_depth() {
         let schema = phone_schema();
         assert!(has_rules(&schema.cel.properties["spec"]) && has_rules(&schema.cel.properties["status"]));
+        assert_eq!(schema.ruled.iter().collect::<Vec<_>>(), ["spec", "status"]);
         let deep = compile_schema(&json!({"type": "object", "properties": {"lines": {"type": "array", "items": {
             "type": "object", "x-kubernetes-validations": [{"rule": "has(self.number)"}]}}}}));
         assert!(has_rules(&deep));
